@@ -1,0 +1,49 @@
+//! The storage crate's error type: one variant per cause, each naming the
+//! file, offset or segment a person needs to find the problem.
+
+use std::path::PathBuf;
+
+use crate::ids::SegmentId;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("WAL file {path} is corrupt at offset {offset}: {reason}")]
+    WalCorrupt { path: PathBuf, offset: u64, reason: String },
+    #[error("the write-ahead log failed earlier and accepts no more writes: {0}")]
+    WalPoisoned(String),
+    #[error("segment {id} ({path}) is corrupt: {reason}")]
+    SegmentCorrupt { id: SegmentId, path: PathBuf, reason: String },
+    #[error("segment file {path} has unsupported format version {version}")]
+    UnsupportedFormat { path: PathBuf, version: u32 },
+    #[error("catalog {path} is corrupt: {reason}")]
+    ManifestCorrupt { path: PathBuf, reason: String },
+    #[error("event batch schema mismatch: {0}")]
+    Schema(String),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    #[error("internal error (a bug): {0}")]
+    Internal(String),
+}
+
+/// Attaches a path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| StorageError::Io { path: path.into(), source })
+    }
+}
