@@ -17,6 +17,8 @@ pub enum StorageError {
     },
     #[error("WAL file {path} is corrupt at offset {offset}: {reason}")]
     WalCorrupt { path: PathBuf, offset: u64, reason: String },
+    #[error("WAL record of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
+    WalRecordTooLarge { size_bytes: usize, max_bytes: usize },
     #[error("the write-ahead log failed earlier and accepts no more writes: {0}")]
     WalPoisoned(String),
     #[error("segment {id} ({path}) is corrupt: {reason}")]

@@ -14,7 +14,9 @@
 
 mod error;
 mod event;
+pub mod failpoint;
 mod ids;
+mod wal;
 
 pub use error::{Result, StorageError};
 pub use event::{
@@ -22,3 +24,4 @@ pub use event::{
     TimestampMs, event_schema, shard_of,
 };
 pub use ids::{Lsn, SegmentId};
+pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

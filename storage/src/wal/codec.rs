@@ -1,0 +1,143 @@
+//! WAL payload codec for event batches: one Arrow IPC stream per record,
+//! holding the schema message and exactly one record batch.
+
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::ArrowError;
+
+use crate::error::{Result, StorageError};
+use crate::event::EventBatch;
+
+/// Encodes `batch` as an Arrow IPC stream (schema + one batch + end marker).
+pub fn encode_batch(batch: &EventBatch) -> Result<Vec<u8>> {
+    let rb = batch.record_batch();
+    let mut writer = StreamWriter::try_new(Vec::new(), rb.schema_ref())?;
+    writer.write(rb)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// Decodes a payload written by [`encode_batch`].
+///
+/// # Errors
+/// [`StorageError::Arrow`] if the bytes are not an IPC stream with exactly
+/// one batch; [`StorageError::Schema`] if the batch is not an event batch.
+pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
+    let mut reader = StreamReader::try_new(bytes, None)?;
+    let batch = match reader.next() {
+        Some(batch) => batch?,
+        None => return Err(ipc_error("the IPC stream holds no record batch")),
+    };
+    if reader.next().is_some() {
+        return Err(ipc_error("the IPC stream holds more than one record batch"));
+    }
+    EventBatch::try_new(batch)
+}
+
+fn ipc_error(reason: &str) -> StorageError {
+    StorageError::Arrow(ArrowError::IpcError(reason.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::{Event, EventType, InvalidReason};
+
+    fn opt_string() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![Just(None), Just(Some(String::new())), any::<String>().prop_map(Some)]
+    }
+
+    prop_compose! {
+        fn event()(
+            event_id in any::<String>(),
+            kind in prop::sample::select(EventType::ALL.to_vec()),
+            ts in any::<i64>(),
+            ids in prop::array::uniform4(any::<String>()),
+            opts in prop::collection::vec(opt_string(), 13),
+            cost_micros in any::<i64>(),
+            value_micros in any::<i64>(),
+            attributed in any::<bool>(),
+            invalid_reason in prop::sample::select(InvalidReason::ALL.to_vec()),
+        ) -> Event {
+            let [publisher_id, advertiser_id, campaign_id, ad_id] = ids;
+            let mut o = opts.into_iter();
+            let mut next = move || o.next().flatten();
+            Event {
+                event_id, kind, ts, publisher_id, advertiser_id, campaign_id, ad_id, cost_micros, value_micros,
+                attributed, invalid_reason,
+                ad_group_id: next(), impression_id: next(), click_id: next(), user_key: next(), device: next(),
+                os: next(), country: next(), region: next(), placement: next(), ip_hash: next(), ua_hash: next(),
+                attributed_to: next(),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(events in prop::collection::vec(event(), 0..40)) {
+            let batch = EventBatch::from_events(&events);
+            let bytes = encode_batch(&batch).expect("encode");
+            let back = decode_batch(&bytes).expect("decode");
+            prop_assert_eq!(back.events(), events);
+        }
+
+        #[test]
+        fn sliced_round_trip(events in prop::collection::vec(event(), 1..20), cut in 0usize..20) {
+            let batch = EventBatch::from_events(&events);
+            let cut = cut % events.len();
+            let sliced = batch.slice(cut, events.len() - cut);
+            let back = decode_batch(&encode_batch(&sliced).expect("encode")).expect("decode");
+            prop_assert_eq!(back.events(), events[cut..].to_vec());
+        }
+
+        #[test]
+        fn garbage_is_an_error(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(decode_batch(&bytes).is_err());
+        }
+
+        /// A valid stream cut short is an error, never a panic.
+        #[test]
+        fn truncated_stream_is_an_error(events in prop::collection::vec(event(), 1..5), frac in 0.0f64..1.0) {
+            let bytes = encode_batch(&EventBatch::from_events(&events)).expect("encode");
+            let cut = (bytes.len() as f64 * frac) as usize;
+            // The last 8 bytes are the end-of-stream marker, which the reader
+            // does not need; cutting them off still decodes.
+            prop_assume!(cut < bytes.len() - 8);
+            prop_assert!(decode_batch(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn empty_input_and_empty_batch() {
+        assert!(decode_batch(&[]).is_err());
+        let back = decode_batch(&encode_batch(&EventBatch::empty()).expect("encode")).expect("decode");
+        assert!(back.is_empty());
+    }
+
+    #[test]
+    fn two_batches_rejected() {
+        let batch = EventBatch::empty();
+        let rb = batch.record_batch();
+        let mut writer = StreamWriter::try_new(Vec::new(), rb.schema_ref()).expect("writer");
+        writer.write(rb).expect("write");
+        writer.write(rb).expect("write");
+        writer.finish().expect("finish");
+        let err = decode_batch(&writer.into_inner().expect("bytes")).expect_err("two batches");
+        assert!(err.to_string().contains("more than one"), "{err}");
+    }
+
+    #[test]
+    fn foreign_schema_rejected() {
+        use std::sync::Arc;
+
+        use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+        let rb = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1])) as ArrayRef)]).expect("batch");
+        let mut writer = StreamWriter::try_new(Vec::new(), rb.schema_ref()).expect("writer");
+        writer.write(&rb).expect("write");
+        writer.finish().expect("finish");
+        let err = decode_batch(&writer.into_inner().expect("bytes")).expect_err("wrong schema");
+        assert!(matches!(err, StorageError::Schema(_)), "{err}");
+    }
+}

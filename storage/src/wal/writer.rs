@@ -1,0 +1,361 @@
+//! The appending side of the WAL: framing records into the active file,
+//! group commit, rotation and deletion of covered files.
+//!
+//! Locks, always taken in this order (never `append` while holding `sync`):
+//! - `truncate` serialises [`Wal::truncate_before`] calls;
+//! - `append` guards the active file, the closed-file list and LSN
+//!   assignment; held for one `write_all` (plus a rotation now and then);
+//! - `sync` guards the durable watermark and the "a leader is syncing" flag;
+//!   waiters sleep on `synced_cv`;
+//! - `fsync` serialises fsyncs of data files (the group-commit leader's and
+//!   rotation's), so that a failure reported to one of them poisons the log
+//!   before the other can report success for the same pages: after a failed
+//!   fsync the kernel may have dropped the dirty pages, and a later fsync of
+//!   the same file succeeds without having written them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::error::{IoContext, Result, StorageError};
+use crate::failpoint;
+use crate::ids::Lsn;
+use crate::wal::format::{self, MAX_PAYLOAD_BYTES, RECORD_HEADER_LEN};
+use crate::wal::replay::{self, ClosedFile};
+use crate::wal::{WalConfig, WalStats};
+
+/// Scratch buffers above this size are freed after use rather than kept.
+const SCRATCH_KEEP_BYTES: usize = 1 << 20;
+
+/// A segmented, checksummed write-ahead log with group commit. See the
+/// `wal` module docs (storage/src/wal.rs) for the format and protocol.
+///
+/// All methods take `&self`; share a `Wal` between threads with an `Arc`.
+pub struct Wal {
+    config: WalConfig,
+    append: Mutex<AppendState>,
+    sync: Mutex<SyncState>,
+    synced_cv: Condvar,
+    truncate: Mutex<()>,
+    fsync: Mutex<()>,
+    /// Set once, by the first failed write or fsync; never cleared.
+    poison: OnceLock<String>,
+    /// The LSN the next append gets. Written under `append`.
+    next_lsn: AtomicU64,
+    appends: AtomicU64,
+    fsyncs: AtomicU64,
+    bytes: AtomicU64,
+    /// Test hook: the next data-file fsync fails.
+    #[cfg(test)]
+    pub(crate) fail_next_sync: std::sync::atomic::AtomicBool,
+}
+
+struct AppendState {
+    active: ActiveFile,
+    /// Closed files, oldest first. Rotation pushes at the back,
+    /// `truncate_before` removes from the front.
+    closed: Vec<ClosedFile>,
+    /// Reused to frame each record so one `write_all` carries it.
+    scratch: Vec<u8>,
+}
+
+struct ActiveFile {
+    file: Arc<File>,
+    path: PathBuf,
+    first_lsn: Lsn,
+    len_bytes: u64,
+    records: u64,
+}
+
+struct SyncState {
+    /// Every record with an LSN at or below this is on stable storage.
+    synced: Lsn,
+    /// A thread is running an fsync for the group; others wait.
+    leader: bool,
+}
+
+impl Wal {
+    /// Opens the log in `config.dir` (creating the directory if needed),
+    /// replays every valid record in LSN order through `visit`, repairs a
+    /// torn tail, and positions for appending after the last valid record.
+    ///
+    /// # Errors
+    /// [`StorageError::WalCorrupt`] (naming file and offset) for damage that
+    /// is not a torn tail; [`StorageError::Io`]; any error `visit` returns,
+    /// which stops replay.
+    pub fn open(config: WalConfig, mut visit: impl FnMut(Lsn, &[u8]) -> Result<()>) -> Result<Wal> {
+        if config.file_size_bytes == 0 {
+            return Err(StorageError::Config("wal.file_size_bytes must be greater than 0".into()));
+        }
+        fs::create_dir_all(&config.dir).at(&config.dir)?;
+        let recovered = replay::recover(&config.dir, config.fsync, &mut visit)?;
+        let next_lsn = recovered.next_lsn;
+        let active = match recovered.tail {
+            Some(tail) => ActiveFile {
+                file: Arc::new(OpenOptions::new().append(true).open(&tail.path).at(&tail.path)?),
+                path: tail.path,
+                first_lsn: tail.first_lsn,
+                len_bytes: tail.len_bytes,
+                records: tail.records,
+            },
+            None => create_file(&config.dir, next_lsn, config.fsync)?,
+        };
+        tracing::info!(dir = %config.dir.display(), next_lsn = next_lsn.0, files = recovered.closed.len() + 1,
+            "WAL opened");
+        Ok(Wal {
+            append: Mutex::new(AppendState { active, closed: recovered.closed, scratch: Vec::new() }),
+            // Everything recovered is durable: replay fsynced what it repaired,
+            // and the rest was read back from the files.
+            sync: Mutex::new(SyncState { synced: Lsn(next_lsn.0 - 1), leader: false }),
+            synced_cv: Condvar::new(),
+            truncate: Mutex::new(()),
+            fsync: Mutex::new(()),
+            poison: OnceLock::new(),
+            next_lsn: AtomicU64::new(next_lsn.0),
+            appends: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+            config,
+        })
+    }
+
+    /// Appends one record and returns once it is durable (see
+    /// [`Wal::append_with`]).
+    pub fn append(&self, payload: &[u8]) -> Result<Lsn> {
+        self.append_with(payload, |_| {})
+    }
+
+    /// Appends one record: assigns the next LSN, writes the framed record,
+    /// calls `on_assigned(lsn)` while still holding the append lock (so
+    /// callers see assignments in LSN order), then waits until an fsync
+    /// covering the record has completed. Concurrent callers share fsyncs.
+    ///
+    /// With `fsync` disabled in the config the wait is skipped.
+    ///
+    /// # Errors
+    /// [`StorageError::WalRecordTooLarge`] for a payload over 4 GiB - 1;
+    /// [`StorageError::WalPoisoned`] if this or an earlier write or fsync
+    /// failed. A poisoned log never acknowledges again; `on_assigned` may
+    /// have run for a record that then fails, so the caller must treat its
+    /// in-memory state as unconfirmed and recover by reopening.
+    pub fn append_with(&self, payload: &[u8], on_assigned: impl FnOnce(Lsn)) -> Result<Lsn> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(StorageError::WalRecordTooLarge { size_bytes: payload.len(), max_bytes: MAX_PAYLOAD_BYTES });
+        }
+        let lsn = {
+            let mut st = self.append.lock();
+            self.check_poison()?;
+            let lsn = Lsn(self.next_lsn.load(Ordering::Acquire));
+            let frame_len = (RECORD_HEADER_LEN + payload.len()) as u64;
+            if st.active.records > 0 && st.active.len_bytes + frame_len > self.config.file_size_bytes {
+                self.rotate(&mut st, lsn).map_err(|e| self.poison_with(&e))?;
+            }
+            let AppendState { active, scratch, .. } = &mut *st;
+            scratch.clear();
+            format::encode_record(scratch, lsn, payload);
+            let mut file: &File = &active.file;
+            if let Err(e) = file.write_all(scratch).at(&active.path) {
+                return Err(self.poison_with(&e));
+            }
+            if scratch.capacity() > SCRATCH_KEEP_BYTES {
+                *scratch = Vec::new();
+            }
+            failpoint::hit("wal_after_write");
+            active.len_bytes += frame_len;
+            active.records += 1;
+            self.next_lsn.store(lsn.next().0, Ordering::Release);
+            self.appends.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(frame_len, Ordering::Relaxed);
+            on_assigned(lsn);
+            lsn
+        };
+        if self.config.fsync {
+            self.wait_durable(lsn)?;
+        }
+        Ok(lsn)
+    }
+
+    /// Makes every record appended so far durable. Forces an fsync even when
+    /// the config disables per-append fsync.
+    pub fn sync(&self) -> Result<()> {
+        let last = self.last_lsn();
+        if last == Lsn(0) {
+            return self.check_poison();
+        }
+        self.wait_durable(last)
+    }
+
+    /// The LSN the next append will get.
+    pub fn next_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn.load(Ordering::Acquire))
+    }
+
+    /// The LSN of the last record written (replayed or appended), or
+    /// `Lsn(0)` if the log has never held a record.
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn().0 - 1)
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        WalStats {
+            appends: self.appends.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deletes every closed file whose records all have an LSN below `lsn`,
+    /// oldest first, and returns how many it deleted. The active file is
+    /// never deleted. Call it only once those records are safe elsewhere
+    /// (in sealed segments recorded in the catalog).
+    ///
+    /// Deleting oldest first keeps the remaining files contiguous if the
+    /// process dies half way; a file whose unlink was not yet durable may
+    /// reappear after a crash and be replayed again, so replay consumers
+    /// must skip LSNs they already hold.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
+        let _serial = self.truncate.lock();
+        let victims: Vec<ClosedFile> =
+            self.append.lock().closed.iter().take_while(|f| f.last_lsn < lsn).cloned().collect();
+        let mut deleted = 0;
+        let mut result = Ok(());
+        for f in &victims {
+            if let Err(e) = fs::remove_file(&f.path).at(&f.path) {
+                result = Err(e);
+                break;
+            }
+            tracing::debug!(path = %f.path.display(), first_lsn = f.first_lsn.0, last_lsn = f.last_lsn.0,
+                "deleted WAL file");
+            deleted += 1;
+        }
+        // Only this function removes entries, and it is serialised, so the
+        // first `deleted` entries are still the ones deleted above.
+        self.append.lock().closed.drain(..deleted);
+        result?;
+        if deleted > 0 && self.config.fsync {
+            fsync_dir(&self.config.dir)?;
+        }
+        Ok(deleted)
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match self.poison.get() {
+            Some(reason) => Err(StorageError::WalPoisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the log failed (the first failure wins) and returns the error
+    /// the caller reports. Idempotent: an already-poisoned error passes through.
+    fn poison_with(&self, cause: &StorageError) -> StorageError {
+        if let StorageError::WalPoisoned(reason) = cause {
+            return StorageError::WalPoisoned(reason.clone());
+        }
+        let reason = self.poison.get_or_init(|| {
+            tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
+            cause.to_string()
+        });
+        StorageError::WalPoisoned(reason.clone())
+    }
+
+    /// Closes the active file (fsynced) and starts a new one at `first_lsn`.
+    fn rotate(&self, st: &mut MutexGuard<'_, AppendState>, first_lsn: Lsn) -> Result<()> {
+        if self.config.fsync {
+            self.sync_file(&st.active.file, &st.active.path)?;
+        }
+        let new = create_file(&self.config.dir, first_lsn, self.config.fsync)?;
+        let old = std::mem::replace(&mut st.active, new);
+        tracing::debug!(closed = %old.path.display(), next = %st.active.path.display(), "WAL rotated");
+        st.closed.push(ClosedFile { path: old.path, first_lsn: old.first_lsn, last_lsn: Lsn(first_lsn.0 - 1) });
+        Ok(())
+    }
+
+    /// Waits until `lsn` is durable, becoming the sync leader if no one is.
+    fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        let mut s = self.sync.lock();
+        loop {
+            if s.synced >= lsn {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if s.leader {
+                self.synced_cv.wait(&mut s);
+                continue;
+            }
+            s.leader = true;
+            let result = MutexGuard::unlocked(&mut s, || self.sync_active());
+            s.leader = false;
+            // A failure poisoned the log (inside `sync_file`) before the
+            // leader flag is released, so no later leader can acknowledge.
+            if let Ok(covered) = result {
+                s.synced = s.synced.max(covered);
+            }
+            self.synced_cv.notify_all();
+            result?;
+        }
+    }
+
+    /// One group-commit fsync: everything written before it started is
+    /// durable when it returns. Returns the last LSN it covers.
+    fn sync_active(&self) -> Result<Lsn> {
+        // Records in closed files were fsynced at rotation, so syncing the
+        // file active at this instant covers every LSN written so far.
+        let (file, path, covered) = {
+            let st = self.append.lock();
+            (Arc::clone(&st.active.file), st.active.path.clone(), Lsn(self.next_lsn.load(Ordering::Acquire) - 1))
+        };
+        self.sync_file(&file, &path)?;
+        failpoint::hit("wal_after_fsync");
+        Ok(covered)
+    }
+
+    /// fsyncs one data file. A failure poisons the log before the `fsync`
+    /// lock is released; once poisoned, no fsync is attempted (its success
+    /// would prove nothing about pages an earlier failed fsync dropped).
+    fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
+        let _serial = self.fsync.lock();
+        self.check_poison()?;
+        #[cfg(test)]
+        if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+            let source = std::io::Error::other("injected fsync failure");
+            return Err(self.poison_with(&StorageError::Io { path: path.to_path_buf(), source }));
+        }
+        file.sync_data().at(path).map_err(|e| self.poison_with(&e))?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.config.dir)
+            .field("next_lsn", &self.next_lsn())
+            .field("poisoned", &self.poison.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates `{first_lsn:020}.wal` with its header, durably (file and
+/// directory entry) when `fsync` is set.
+fn create_file(dir: &Path, first_lsn: Lsn, fsync: bool) -> Result<ActiveFile> {
+    let path = dir.join(format::file_name(first_lsn));
+    let mut file = OpenOptions::new().append(true).create_new(true).open(&path).at(&path)?;
+    file.write_all(&format::file_header()).at(&path)?;
+    if fsync {
+        file.sync_all().at(&path)?;
+        fsync_dir(dir)?;
+    }
+    Ok(ActiveFile { file: Arc::new(file), path, first_lsn, len_bytes: format::FILE_HEADER_LEN, records: 0 })
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
