@@ -15,6 +15,7 @@
 mod error;
 mod event;
 mod ids;
+mod segment;
 
 pub use error::{Result, StorageError};
 pub use event::{
@@ -22,3 +23,6 @@ pub use event::{
     TimestampMs, event_schema, shard_of,
 };
 pub use ids::{Lsn, SegmentId};
+pub use segment::{
+    ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, ValueRange, write_segment,
+};
