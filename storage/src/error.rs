@@ -23,6 +23,8 @@ pub enum StorageError {
     WalPoisoned(String),
     #[error("segment {id} ({path}) is corrupt: {reason}")]
     SegmentCorrupt { id: SegmentId, path: PathBuf, reason: String },
+    #[error("segment {path} would hold {rows} rows; a segment holds at most 4294967295")]
+    SegmentTooLarge { path: PathBuf, rows: u64 },
     #[error("segment file {path} has unsupported format version {version}")]
     UnsupportedFormat { path: PathBuf, version: u32 },
     #[error("catalog {path} is corrupt: {reason}")]

@@ -15,7 +15,13 @@
 mod error;
 mod event;
 pub mod failpoint;
+mod head;
 mod ids;
+mod manifest;
+mod scan;
+mod seal;
+mod segment;
+mod store;
 mod wal;
 
 pub use error::{Result, StorageError};
@@ -23,5 +29,16 @@ pub use event::{
     COLUMNS, ColumnId, ColumnKind, ColumnSpec, Event, EventBatch, EventBatchBuilder, EventType, InvalidReason,
     TimestampMs, event_schema, shard_of,
 };
+pub use head::{HeadChunk, Partitioning};
 pub use ids::{Lsn, SegmentId};
+pub use manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier};
+pub use scan::{
+    BlockScan, DimFilter, HeadScan, PruneReason, ScanBatch, ScanPlan, ScanRequest, ScanSource, SegmentScan, TimeRange,
+    gather, scan_block,
+};
+pub use seal::{SealContext, SealPipeline, SealStage};
+pub use segment::{
+    ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, ValueRange, write_segment,
+};
+pub use store::{DamagedSegment, LiveSegment, SealReport, Snapshot, Store, StoreConfig, StoreStats};
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

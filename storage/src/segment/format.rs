@@ -1,0 +1,677 @@
+//! Byte-level building blocks of the segment format (docs/segment-format.md):
+//! little-endian encoder/decoder for the footer, bit packing, the integer
+//! block codec (frame of reference and delta + frame of reference), and the
+//! footer itself.
+//!
+//! Everything here is pure: bytes in, values out. Decoders never panic on
+//! bad input; they return a short reason that the reader wraps into
+//! `StorageError::SegmentCorrupt` together with the segment's path.
+
+use std::sync::Arc;
+
+use crate::event::ColumnKind;
+
+use super::{ColumnStats, Dictionary, ValueRange};
+
+/// First and last 8 bytes of every segment file.
+pub(crate) const MAGIC: [u8; 8] = *b"ADSTSEG\0";
+/// The version this code writes. Readers accept every version listed in
+/// [`SUPPORTED_VERSIONS`].
+pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const SUPPORTED_VERSIONS: [u32; 1] = [1];
+/// magic (8) + version u32 + reserved u32 (zero).
+pub(crate) const HEADER_LEN: usize = 16;
+/// footer_len u64 + footer_crc u32 + version u32 + magic (8).
+pub(crate) const TRAILER_LEN: usize = 24;
+
+/// Why a decoder rejected its input; the reader adds file and column.
+pub(crate) type Reason = String;
+
+// ---------------------------------------------------------------- codes
+
+pub(crate) fn kind_code(kind: ColumnKind) -> u8 {
+    match kind {
+        ColumnKind::Str => 0,
+        ColumnKind::I64 => 1,
+        ColumnKind::U8 => 2,
+        ColumnKind::Bool => 3,
+    }
+}
+
+pub(crate) fn kind_from_code(code: u8) -> Option<ColumnKind> {
+    match code {
+        0 => Some(ColumnKind::Str),
+        1 => Some(ColumnKind::I64),
+        2 => Some(ColumnKind::U8),
+        3 => Some(ColumnKind::Bool),
+        _ => None,
+    }
+}
+
+/// How a column's blocks are encoded (footer byte `encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// I64 / U8 / Bool values as integer blocks.
+    Int = 0,
+    /// Strings as dictionary codes (0 = NULL) in integer blocks.
+    Dict = 1,
+    /// Strings as validity bitmap + lengths (integer block) + bytes.
+    PlainStr = 2,
+}
+
+impl Encoding {
+    pub(crate) fn from_code(code: u8) -> Option<Encoding> {
+        match code {
+            0 => Some(Encoding::Int),
+            1 => Some(Encoding::Dict),
+            2 => Some(Encoding::PlainStr),
+            _ => None,
+        }
+    }
+}
+
+/// Integer block tags.
+pub(crate) const INT_FOR: u8 = 1;
+pub(crate) const INT_DELTA: u8 = 2;
+
+/// Block flag bit: the stored bytes are a zstd frame.
+pub(crate) const FLAG_ZSTD: u8 = 1;
+
+// ---------------------------------------------------------------- encoder
+
+/// Appends little-endian values to a byte buffer.
+#[derive(Default)]
+pub(crate) struct Enc {
+    pub(crate) buf: Vec<u8>,
+}
+
+impl Enc {
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub(crate) fn u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub(crate) fn i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// `u32` length, then the bytes.
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        // Invariant: callers pass footer fields (names, dictionary entries,
+        // user metadata), far below 4 GiB; the writer checks user_meta.
+        self.u32(u32::try_from(v.len()).expect("footer field below 4 GiB"));
+        self.buf.extend_from_slice(v);
+    }
+}
+
+// ---------------------------------------------------------------- decoder
+
+/// Reads little-endian values from a byte slice; every read is bounds-checked.
+pub(crate) struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Dec<'a> {
+        Dec { buf, pos: 0 }
+    }
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Reason> {
+        if self.remaining() < n {
+            return Err(format!("truncated: need {n} bytes at offset {}, have {}", self.pos, self.remaining()));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Reason> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    pub(crate) fn u8(&mut self) -> Result<u8, Reason> {
+        Ok(self.take(1)?[0])
+    }
+    pub(crate) fn u16(&mut self) -> Result<u16, Reason> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, Reason> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64, Reason> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn i64(&mut self) -> Result<i64, Reason> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], Reason> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    pub(crate) fn str(&mut self) -> Result<&'a str, Reason> {
+        std::str::from_utf8(self.bytes()?).map_err(|e| format!("invalid UTF-8 at offset {}: {e}", self.pos))
+    }
+    /// A count of entries each at least `min_entry` bytes long: rejects
+    /// counts the remaining input cannot hold, so a corrupt count never
+    /// drives a huge allocation.
+    pub(crate) fn count(&self, n: u64, min_entry: usize) -> Result<usize, Reason> {
+        let n = usize::try_from(n).map_err(|_| format!("count {n} too large"))?;
+        if n.saturating_mul(min_entry.max(1)) > self.remaining() {
+            return Err(format!("count {n} at offset {} exceeds the remaining {} bytes", self.pos, self.remaining()));
+        }
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------- bit packing
+
+/// Bytes needed for `count` values of `width` bits.
+pub(crate) fn packed_len(count: usize, width: u32) -> usize {
+    (count * width as usize).div_ceil(8)
+}
+
+/// Bits needed to represent `range` (0 for 0).
+pub(crate) fn bit_width(range: u64) -> u32 {
+    64 - range.leading_zeros()
+}
+
+fn mask(width: u32) -> u64 {
+    if width >= 64 { u64::MAX } else { (1u64 << width) - 1 }
+}
+
+/// Appends `values`, each truncated to its low `width` bits, as one
+/// little-endian bit stream: value `i` occupies bits `i*width ..
+/// (i+1)*width`, bit 0 being the lowest bit of the first byte. Writes exactly
+/// `packed_len(n, width)` bytes.
+pub(crate) fn pack(values: impl IntoIterator<Item = u64>, width: u32, out: &mut Vec<u8>) {
+    debug_assert!(width <= 64);
+    if width == 0 {
+        return;
+    }
+    let mask = mask(width);
+    let mut acc: u64 = 0;
+    let mut filled: u32 = 0;
+    for v in values {
+        let v = v & mask;
+        acc |= v << filled;
+        let total = filled + width;
+        if total >= 64 {
+            out.extend_from_slice(&acc.to_le_bytes());
+            acc = if filled == 0 { 0 } else { v >> (64 - filled) };
+            filled = total - 64;
+        } else {
+            filled = total;
+        }
+    }
+    let tail = filled.div_ceil(8) as usize;
+    out.extend_from_slice(&acc.to_le_bytes()[..tail]);
+}
+
+/// Unpacks `n` values of `width` bits from `packed` and appends `f(value)`
+/// for each to `out`. The hot loop is one unaligned load, shift and mask
+/// per value, with no data-dependent branch; the last few values, whose
+/// load window would run past the input, go through a zero-padded copy.
+pub(crate) fn unpack_map<T>(
+    packed: &[u8],
+    width: u32,
+    n: usize,
+    out: &mut Vec<T>,
+    f: impl Fn(u64) -> T,
+) -> Result<(), Reason> {
+    if width > 64 {
+        return Err(format!("bit width {width} exceeds 64"));
+    }
+    let need = packed_len(n, width);
+    if packed.len() < need {
+        return Err(format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()));
+    }
+    let packed = &packed[..need];
+    out.reserve(n);
+    if width == 0 {
+        out.extend((0..n).map(|_| f(0)));
+        return Ok(());
+    }
+    let w = width as usize;
+    let mask = mask(width);
+    // A value starting at bit `b` needs bytes b/8 .. b/8+8 (shift <= 7,
+    // width <= 56) or b/8 .. b/8+16 (wider). Value i may use the fast path
+    // iff floor(i*w/8) + window <= len.
+    let window = if width <= 56 { 8 } else { 16 };
+    let fast = if packed.len() >= window { ((packed.len() - window + 1) * 8).div_ceil(w).min(n) } else { 0 };
+    // `extend` over an exact-size range writes without per-value capacity checks.
+    if width <= 56 {
+        out.extend((0..fast).map(|i| {
+            let bit = i * w;
+            let b = bit >> 3;
+            let mut word = [0u8; 8];
+            // Invariant: b + 8 <= packed.len() for the first `fast` values (above).
+            word.copy_from_slice(&packed[b..b + 8]);
+            f((u64::from_le_bytes(word) >> (bit & 7)) & mask)
+        }));
+    } else {
+        out.extend((0..fast).map(|i| {
+            let bit = i * w;
+            let b = bit >> 3;
+            let mut word = [0u8; 16];
+            // Invariant: b + 16 <= packed.len() for the first `fast` values (above).
+            word.copy_from_slice(&packed[b..b + 16]);
+            f(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask)
+        }));
+    }
+    let mut bit = fast * w;
+    for _ in fast..n {
+        let b = bit >> 3;
+        let end = (b + 16).min(packed.len());
+        let mut word = [0u8; 16];
+        word[..end - b].copy_from_slice(&packed[b..end]);
+        out.push(f(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask));
+        bit += w;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- integer blocks
+
+/// `max - min` as an unsigned distance (never overflows).
+fn span(min: i64, max: i64) -> u64 {
+    (i128::from(max) - i128::from(min)) as u64
+}
+
+/// Encodes `values` as an integer block:
+///
+/// ```text
+/// FoR:   tag=1 u8 | min i64   | width u8 | packed (v - min), n values
+/// delta: tag=2 u8 | first i64 | min_delta i64 | width u8 | packed (d - min_delta), n-1 values
+/// ```
+///
+/// where `d[i] = v[i] - v[i-1]` (wrapping). Delta is used only when
+/// `allow_delta` and it needs fewer bits per value than frame of reference.
+/// Empty input writes nothing (blocks always hold at least one row).
+pub(crate) fn encode_ints(values: &[i64], allow_delta: bool, out: &mut Vec<u8>) {
+    let Some((&first, _)) = values.split_first() else { return };
+    let (min, max) = values.iter().fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let for_width = bit_width(span(min, max));
+    if allow_delta && values.len() > 1 {
+        let deltas = values.windows(2).map(|p| p[1].wrapping_sub(p[0]));
+        let (dmin, dmax) = deltas.clone().fold((i64::MAX, i64::MIN), |(lo, hi), d| (lo.min(d), hi.max(d)));
+        let delta_width = bit_width(span(dmin, dmax));
+        if delta_width < for_width {
+            out.push(INT_DELTA);
+            out.extend_from_slice(&first.to_le_bytes());
+            out.extend_from_slice(&dmin.to_le_bytes());
+            out.push(delta_width as u8);
+            pack(deltas.map(|d| d.wrapping_sub(dmin) as u64), delta_width, out);
+            return;
+        }
+    }
+    out.push(INT_FOR);
+    out.extend_from_slice(&min.to_le_bytes());
+    out.push(for_width as u8);
+    pack(values.iter().map(|&v| v.wrapping_sub(min) as u64), for_width, out);
+}
+
+/// Decodes an `n`-value integer block at the start of `buf` into `out`,
+/// returning the bytes consumed.
+pub(crate) fn decode_i64(buf: &[u8], n: usize, out: &mut Vec<i64>) -> Result<usize, Reason> {
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut d = Dec::new(buf);
+    match d.u8()? {
+        INT_FOR => {
+            let min = d.i64()?;
+            let width = u32::from(d.u8()?);
+            let start = d.pos();
+            unpack_map(&buf[start..], width, n, out, |x| min.wrapping_add(x as i64))?;
+            Ok(start + packed_len(n, width))
+        }
+        INT_DELTA => {
+            let first = d.i64()?;
+            let dmin = d.i64()?;
+            let width = u32::from(d.u8()?);
+            let start = d.pos();
+            let base = out.len();
+            out.push(first);
+            unpack_map(&buf[start..], width, n - 1, out, |x| dmin.wrapping_add(x as i64))?;
+            let vals = &mut out[base..];
+            let mut acc = first;
+            for v in vals.iter_mut().skip(1) {
+                acc = acc.wrapping_add(*v);
+                *v = acc;
+            }
+            Ok(start + packed_len(n - 1, width))
+        }
+        tag => Err(format!("unknown integer block tag {tag}")),
+    }
+}
+
+/// Like [`decode_i64`] but maps every value through `f` (for u8, bool,
+/// dictionary codes and string lengths), without an intermediate vector on
+/// the frame-of-reference path.
+pub(crate) fn decode_ints_map<T>(
+    buf: &[u8],
+    n: usize,
+    out: &mut Vec<T>,
+    f: impl Fn(i64) -> T,
+) -> Result<usize, Reason> {
+    if n == 0 {
+        return Ok(0);
+    }
+    if buf.first() == Some(&INT_FOR) {
+        let mut d = Dec::new(buf);
+        d.u8()?;
+        let min = d.i64()?;
+        let width = u32::from(d.u8()?);
+        let start = d.pos();
+        unpack_map(&buf[start..], width, n, out, |x| f(min.wrapping_add(x as i64)))?;
+        return Ok(start + packed_len(n, width));
+    }
+    let mut tmp = Vec::with_capacity(n);
+    let used = decode_i64(buf, n, &mut tmp)?;
+    out.extend(tmp.into_iter().map(f));
+    Ok(used)
+}
+
+// ---------------------------------------------------------------- footer
+
+/// Where a block's bytes are and how to check them.
+#[derive(Debug, Clone)]
+pub(crate) struct BlockMeta {
+    pub(crate) offset: u64,
+    pub(crate) stored_len: u64,
+    pub(crate) raw_len: u64,
+    pub(crate) flags: u8,
+    pub(crate) crc: u32,
+    pub(crate) rows: u32,
+    pub(crate) stats: ColumnStats,
+}
+
+/// One serialized roaring bitmap in the index section.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexEntry {
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) crc: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnMeta {
+    pub(crate) name: String,
+    pub(crate) kind: ColumnKind,
+    pub(crate) encoding: Encoding,
+    pub(crate) stats: ColumnStats,
+    pub(crate) dict: Option<Arc<Dictionary>>,
+    pub(crate) blocks: Vec<BlockMeta>,
+    /// Per dictionary code (0 = NULL, then 1..=dict.len()), the bitmap of
+    /// rows holding it. Present for dictionary-encoded dimension columns.
+    pub(crate) index: Option<Vec<IndexEntry>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Footer {
+    pub(crate) rows: u64,
+    pub(crate) block_rows: u32,
+    pub(crate) min_ts: i64,
+    pub(crate) max_ts: i64,
+    pub(crate) user_meta: Vec<u8>,
+    pub(crate) index_offset: u64,
+    pub(crate) index_len: u64,
+    pub(crate) index_crc: u32,
+    pub(crate) columns: Vec<ColumnMeta>,
+}
+
+fn put_stats(e: &mut Enc, s: &ColumnStats) {
+    e.u64(s.null_count);
+    match &s.range {
+        ValueRange::Empty => e.u8(0),
+        ValueRange::Int { min, max } => {
+            e.u8(1);
+            e.i64(*min);
+            e.i64(*max);
+        }
+        ValueRange::Codes { min, max } => {
+            e.u8(2);
+            e.u32(*min);
+            e.u32(*max);
+        }
+        ValueRange::Str { min, max } => {
+            e.u8(3);
+            e.bytes(min.as_bytes());
+            e.bytes(max.as_bytes());
+        }
+    }
+}
+
+fn get_stats(d: &mut Dec<'_>) -> Result<ColumnStats, Reason> {
+    let null_count = d.u64()?;
+    let range = match d.u8()? {
+        0 => ValueRange::Empty,
+        1 => ValueRange::Int { min: d.i64()?, max: d.i64()? },
+        2 => ValueRange::Codes { min: d.u32()?, max: d.u32()? },
+        3 => ValueRange::Str { min: d.str()?.to_owned(), max: d.str()?.to_owned() },
+        t => return Err(format!("unknown stats tag {t}")),
+    };
+    Ok(ColumnStats { null_count, range })
+}
+
+impl Footer {
+    /// The footer's bytes (version 1 layout, docs/segment-format.md).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        e.u64(self.rows);
+        e.u32(self.block_rows);
+        e.i64(self.min_ts);
+        e.i64(self.max_ts);
+        e.bytes(&self.user_meta);
+        e.u64(self.index_offset);
+        e.u64(self.index_len);
+        e.u32(self.index_crc);
+        // Invariant: the event schema has 23 columns.
+        e.u16(u16::try_from(self.columns.len()).expect("column count fits u16"));
+        for c in &self.columns {
+            e.bytes(c.name.as_bytes());
+            e.u8(kind_code(c.kind));
+            e.u8(c.encoding as u8);
+            put_stats(&mut e, &c.stats);
+            if let Some(dict) = &c.dict {
+                e.u32(dict.len() as u32);
+                for (_, v) in dict.iter() {
+                    e.bytes(v.as_bytes());
+                }
+            }
+            e.u32(c.blocks.len() as u32);
+            for b in &c.blocks {
+                e.u64(b.offset);
+                e.u64(b.stored_len);
+                e.u64(b.raw_len);
+                e.u8(b.flags);
+                e.u32(b.crc);
+                e.u32(b.rows);
+                put_stats(&mut e, &b.stats);
+            }
+            match &c.index {
+                None => e.u8(0),
+                Some(entries) => {
+                    e.u8(1);
+                    e.u32(entries.len() as u32);
+                    for x in entries {
+                        e.u64(x.offset);
+                        e.u64(x.len);
+                        e.u32(x.crc);
+                    }
+                }
+            }
+        }
+        e.buf
+    }
+
+    /// Parses a version-1 footer. Structural checks against the file (block
+    /// ranges, schema) are the reader's job.
+    pub(crate) fn decode(buf: &[u8]) -> Result<Footer, Reason> {
+        let mut d = Dec::new(buf);
+        let rows = d.u64()?;
+        let block_rows = d.u32()?;
+        let min_ts = d.i64()?;
+        let max_ts = d.i64()?;
+        let user_meta = d.bytes()?.to_vec();
+        let index_offset = d.u64()?;
+        let index_len = d.u64()?;
+        let index_crc = d.u32()?;
+        let ncols = d.u16()?;
+        let mut columns = Vec::with_capacity(d.count(u64::from(ncols), 8)?);
+        for _ in 0..ncols {
+            let name = d.str()?.to_owned();
+            let kind = kind_from_code(d.u8()?).ok_or_else(|| format!("column {name}: unknown kind"))?;
+            let encoding = Encoding::from_code(d.u8()?).ok_or_else(|| format!("column {name}: unknown encoding"))?;
+            let stats = get_stats(&mut d)?;
+            let dict = if encoding == Encoding::Dict {
+                let n = d.u32()?;
+                let n = d.count(u64::from(n), 4)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(d.str()?);
+                }
+                let dict = Dictionary::from_sorted(&entries)
+                    .ok_or_else(|| format!("column {name}: dictionary is not strictly sorted"))?;
+                Some(Arc::new(dict))
+            } else {
+                None
+            };
+            let nblocks = d.u32()?;
+            let nblocks = d.count(u64::from(nblocks), 42)?;
+            let mut blocks = Vec::with_capacity(nblocks);
+            for _ in 0..nblocks {
+                blocks.push(BlockMeta {
+                    offset: d.u64()?,
+                    stored_len: d.u64()?,
+                    raw_len: d.u64()?,
+                    flags: d.u8()?,
+                    crc: d.u32()?,
+                    rows: d.u32()?,
+                    stats: get_stats(&mut d)?,
+                });
+            }
+            let index = match d.u8()? {
+                0 => None,
+                1 => {
+                    let n = d.u32()?;
+                    let n = d.count(u64::from(n), 20)?;
+                    let mut entries = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        entries.push(IndexEntry { offset: d.u64()?, len: d.u64()?, crc: d.u32()? });
+                    }
+                    Some(entries)
+                }
+                t => return Err(format!("column {name}: bad index flag {t}")),
+            };
+            columns.push(ColumnMeta { name, kind, encoding, stats, dict, blocks, index });
+        }
+        if d.remaining() != 0 {
+            return Err(format!("{} unexpected bytes after the footer's last column", d.remaining()));
+        }
+        Ok(Footer { rows, block_rows, min_ts, max_ts, user_meta, index_offset, index_len, index_crc, columns })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn unpack_all(packed: &[u8], width: u32, n: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        unpack_map(packed, width, n, &mut out, |x| x).expect("unpack");
+        out
+    }
+
+    #[test]
+    fn pack_known_bytes() {
+        // 3-bit values 1,2,3,4 -> bits 001 010 011 100 (LSB first)
+        let mut out = Vec::new();
+        pack([1u64, 2, 3, 4], 3, &mut out);
+        assert_eq!(out, vec![0b1101_0001, 0b0000_1000]);
+        assert_eq!(unpack_all(&out, 3, 4), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn unpack_rejects_short_input() {
+        let mut out: Vec<u64> = Vec::new();
+        assert!(unpack_map(&[0u8; 3], 7, 4, &mut out, |x| x).is_err());
+        assert!(unpack_map(&[0u8; 3], 65, 1, &mut out, |x| x).is_err());
+    }
+
+    #[test]
+    fn int_extremes_round_trip() {
+        let values = vec![i64::MIN, i64::MAX, 0, -1, i64::MIN, i64::MAX];
+        for allow_delta in [false, true] {
+            let mut buf = Vec::new();
+            encode_ints(&values, allow_delta, &mut buf);
+            let mut out = Vec::new();
+            let used = decode_i64(&buf, values.len(), &mut out).expect("decode");
+            assert_eq!(used, buf.len());
+            assert_eq!(out, values);
+        }
+    }
+
+    #[test]
+    fn delta_chosen_for_sorted_timestamps() {
+        let values: Vec<i64> = (0..1000).map(|i| 1_700_000_000_000 + i * 3).collect();
+        let mut buf = Vec::new();
+        encode_ints(&values, true, &mut buf);
+        assert_eq!(buf[0], INT_DELTA);
+        assert!(buf.len() < 30, "constant deltas pack to width 0, got {} bytes", buf.len());
+        let mut out = Vec::new();
+        decode_i64(&buf, values.len(), &mut out).expect("decode");
+        assert_eq!(out, values);
+    }
+
+    proptest! {
+        #[test]
+        fn bitpack_round_trip(width in 0u32..=64, raw in prop::collection::vec(any::<u64>(), 0..300)) {
+            let values: Vec<u64> = raw.iter().map(|v| v & mask(width)).collect();
+            let mut out = Vec::new();
+            pack(values.iter().copied(), width, &mut out);
+            prop_assert_eq!(out.len(), packed_len(values.len(), width));
+            prop_assert_eq!(unpack_all(&out, width, values.len()), values);
+        }
+
+        #[test]
+        fn int_block_round_trip(
+            values in prop::collection::vec(prop_oneof![any::<i64>(), -1000i64..1000, Just(i64::MIN), Just(i64::MAX)], 1..300),
+            allow_delta: bool,
+            trailing in prop::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let mut buf = Vec::new();
+            encode_ints(&values, allow_delta, &mut buf);
+            let len = buf.len();
+            buf.extend_from_slice(&trailing);
+            let mut out = vec![42i64];
+            let used = decode_i64(&buf, values.len(), &mut out).expect("decode");
+            prop_assert_eq!(used, len);
+            prop_assert_eq!(&out[1..], &values[..]);
+            let mut mapped = Vec::new();
+            decode_ints_map(&buf, values.len(), &mut mapped, |v| v.wrapping_mul(3)).expect("decode");
+            let want: Vec<i64> = values.iter().map(|v| v.wrapping_mul(3)).collect();
+            prop_assert_eq!(mapped, want);
+        }
+
+        #[test]
+        fn int_block_never_panics_on_garbage(buf in prop::collection::vec(any::<u8>(), 0..64), n in 0usize..100) {
+            let mut out = Vec::new();
+            let _ = decode_i64(&buf, n, &mut out);
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Reads a segment file through a read-only memory map.
+//!
+//! `open` checks magic, version and the footer checksum, parses the footer
+//! and validates its structure against the file (every block and index
+//! range inside its section, the schema of this build), so later reads can
+//! index the map without further bounds surprises. Block bytes and index
+//! bitmaps are checked against their own CRC32C each time they are read:
+//! a flipped byte becomes a `SegmentCorrupt` error naming the file, never
+//! wrong data.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer};
+use memmap2::Mmap;
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+
+use crate::error::{IoContext, Result, StorageError};
+use crate::event::{COLUMNS, ColumnId, ColumnKind, EventBatch, event_schema};
+use crate::ids::SegmentId;
+
+use super::format::{
+    BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason, SUPPORTED_VERSIONS,
+    TRAILER_LEN, decode_i64, decode_ints_map, packed_len,
+};
+use super::{ColumnData, ColumnStats, Dictionary};
+
+/// An open segment file. Cheap to share (`Send + Sync`); every read method
+/// takes `&self`.
+#[derive(Debug)]
+pub struct SegmentReader {
+    id: SegmentId,
+    path: PathBuf,
+    mmap: Mmap,
+    pub(super) footer: Footer,
+}
+
+fn corrupt(id: SegmentId, path: &Path, reason: impl Into<String>) -> StorageError {
+    StorageError::SegmentCorrupt { id, path: path.to_owned(), reason: reason.into() }
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: segment files are immutable. `write_segment` writes and fsyncs
+    // a file once, before anyone opens it; nothing in adstore opens a
+    // segment for writing or truncates it afterwards, and removal unlinks the
+    // whole file, which leaves existing mappings intact. So the bytes behind
+    // this map do not change while the `Mmap` lives.
+    unsafe { Mmap::map(file) }
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+impl SegmentReader {
+    /// Maps the segment at `path` and validates its header, trailer and
+    /// footer. Errors: `Io` if the file cannot be read,
+    /// `UnsupportedFormat` for a version this build cannot read,
+    /// `SegmentCorrupt` for anything else wrong.
+    pub fn open(id: SegmentId, path: &Path) -> Result<SegmentReader> {
+        let file = File::open(path).at(path)?;
+        let len = file.metadata().at(path)?.len();
+        if len < (HEADER_LEN + TRAILER_LEN) as u64 {
+            return Err(corrupt(id, path, format!("file is {len} bytes, shorter than header and trailer")));
+        }
+        let mmap = map_file(&file).at(path)?;
+        let buf: &[u8] = &mmap;
+        let n = buf.len();
+        let trailer = &buf[n - TRAILER_LEN..];
+        if trailer[16..24] != MAGIC {
+            return Err(corrupt(id, path, "bad magic at end of file (truncated or not a segment)"));
+        }
+        let version = le_u32(&trailer[12..16]);
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err(StorageError::UnsupportedFormat { path: path.to_owned(), version });
+        }
+        if buf[..8] != MAGIC {
+            return Err(corrupt(id, path, "bad magic at start of file"));
+        }
+        if le_u32(&buf[8..12]) != version {
+            return Err(corrupt(id, path, "header and trailer disagree on the format version"));
+        }
+        if le_u32(&buf[12..16]) != 0 {
+            return Err(corrupt(id, path, "reserved header bytes are not zero"));
+        }
+        let footer_len = le_u64(trailer);
+        let footer_crc = le_u32(&trailer[8..12]);
+        let footer_end = n - TRAILER_LEN;
+        let footer_start = match usize::try_from(footer_len) {
+            Ok(l) if l <= footer_end - HEADER_LEN => footer_end - l,
+            _ => return Err(corrupt(id, path, format!("footer length {footer_len} exceeds the file"))),
+        };
+        let footer_bytes = &buf[footer_start..footer_end];
+        if crc32c::crc32c(footer_bytes) != footer_crc {
+            return Err(corrupt(id, path, "footer checksum mismatch"));
+        }
+        let footer = Footer::decode(footer_bytes).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        validate(&footer, footer_start as u64).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        Ok(SegmentReader { id, path: path.to_owned(), mmap, footer })
+    }
+
+    pub fn id(&self) -> SegmentId {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// The `user_meta` the writer was given.
+    pub fn user_meta(&self) -> &[u8] {
+        &self.footer.user_meta
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.footer.rows as usize
+    }
+
+    /// `(min ts, max ts)`; `(i64::MAX, i64::MIN)` for an empty segment.
+    pub fn time_range(&self) -> (i64, i64) {
+        (self.footer.min_ts, self.footer.max_ts)
+    }
+
+    /// Blocks per column (every column has the same block boundaries).
+    pub fn num_blocks(&self) -> usize {
+        self.num_rows().div_ceil(self.footer.block_rows as usize)
+    }
+
+    /// Stored row range of `block`; empty past the last block.
+    pub fn block_rows(&self, block: usize) -> Range<usize> {
+        let br = self.footer.block_rows as usize;
+        let start = block.saturating_mul(br).min(self.num_rows());
+        start..start.saturating_add(br).min(self.num_rows())
+    }
+
+    /// Null count and value range of the whole column.
+    pub fn column_stats(&self, col: ColumnId) -> &ColumnStats {
+        &self.col(col).stats
+    }
+
+    /// Null count and value range of one block; `None` past the last block.
+    pub fn block_stats(&self, col: ColumnId, block: usize) -> Option<&ColumnStats> {
+        self.col(col).blocks.get(block).map(|b| &b.stats)
+    }
+
+    /// The column's dictionary, if it is dictionary-encoded in this segment.
+    pub fn dictionary(&self, col: ColumnId) -> Option<&Dictionary> {
+        self.col(col).dict.as_deref()
+    }
+
+    /// Whether [`SegmentReader::index_rows`] works for `col` (dictionary-encoded dimensions).
+    pub fn has_index(&self, col: ColumnId) -> bool {
+        self.col(col).index.is_some()
+    }
+
+    /// Stored row ids whose `col` holds dictionary `code` (0: NULL). Read
+    /// from the map on each call and checked against its CRC32C. A code
+    /// past the dictionary gives an empty bitmap; a column without an index
+    /// is a caller bug (`Internal`).
+    pub fn index_rows(&self, col: ColumnId, code: u32) -> Result<RoaringBitmap> {
+        let Some(entries) = &self.col(col).index else {
+            return Err(StorageError::Internal(format!("column {} of segment {} has no index", col.name(), self.id)));
+        };
+        let Some(e) = entries.get(code as usize) else { return Ok(RoaringBitmap::new()) };
+        let what = || format!("index of column {} code {code}", col.name());
+        let bytes = self.slice(e.offset, e.len).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        if crc32c::crc32c(bytes) != e.crc {
+            return Err(self.corrupt(format!("{}: checksum mismatch", what())));
+        }
+        let map = RoaringBitmap::deserialize_from(bytes).map_err(|err| self.corrupt(format!("{}: {err}", what())))?;
+        if map.max().is_some_and(|m| u64::from(m) >= self.footer.rows) {
+            return Err(self.corrupt(format!("{}: row id past the end of the segment", what())));
+        }
+        Ok(map)
+    }
+
+    /// Decodes one block of one column, after checking its CRC32C. Errors:
+    /// `SegmentCorrupt` naming the file, column and block; `Internal` for a
+    /// block past the last.
+    pub fn read_column(&self, col: ColumnId, block: usize) -> Result<ColumnData> {
+        let meta = self.col(col);
+        let Some(b) = meta.blocks.get(block) else {
+            return Err(StorageError::Internal(format!(
+                "segment {}: block {block} of column {} out of range ({} blocks)",
+                self.id,
+                col.name(),
+                meta.blocks.len()
+            )));
+        };
+        let what = || format!("column {} block {block}", col.name());
+        let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        decode_block(meta, b, &raw).map_err(|r| self.corrupt(format!("{}: {r}", what())))
+    }
+
+    /// The whole segment as one batch, rows in stored (sorted) order.
+    pub fn read_batch(&self) -> Result<EventBatch> {
+        if self.num_rows() == 0 {
+            return Ok(EventBatch::empty());
+        }
+        let columns = COLUMNS.par_iter().map(|spec| self.read_array(spec.id)).collect::<Result<Vec<_>>>()?;
+        let batch = RecordBatch::try_new(event_schema(), columns)
+            .map_err(|e| self.corrupt(format!("decoded columns do not form a batch: {e}")))?;
+        EventBatch::try_new(batch).map_err(|e| self.corrupt(format!("decoded rows are not valid events: {e}")))
+    }
+
+    /// Checks every checksum in the file and decodes every block and bitmap.
+    pub fn verify(&self) -> Result<()> {
+        for spec in &COLUMNS {
+            for block in 0..self.col(spec.id).blocks.len() {
+                self.read_column(spec.id, block)?;
+            }
+        }
+        let f = &self.footer;
+        let section =
+            self.slice(f.index_offset, f.index_len).map_err(|r| self.corrupt(format!("index section: {r}")))?;
+        if crc32c::crc32c(section) != f.index_crc {
+            return Err(self.corrupt("index section checksum mismatch"));
+        }
+        for spec in &COLUMNS {
+            if let Some(entries) = &self.col(spec.id).index {
+                for code in 0..entries.len() {
+                    self.index_rows(spec.id, code as u32)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn col(&self, col: ColumnId) -> &ColumnMeta {
+        // Invariant: `validate` checked that the footer has every column of the schema, in order.
+        &self.footer.columns[col.index()]
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> StorageError {
+        corrupt(self.id, &self.path, reason)
+    }
+
+    fn slice(&self, offset: u64, len: u64) -> Result<&[u8], Reason> {
+        let range =
+            usize::try_from(offset).ok().zip(usize::try_from(len).ok()).and_then(|(o, l)| Some(o..o.checked_add(l)?));
+        range.and_then(|r| self.mmap.get(r)).ok_or_else(|| format!("range {offset}+{len} outside the file"))
+    }
+
+    /// A block's encoded bytes: checksum verified, decompressed if needed.
+    fn block_bytes(&self, b: &BlockMeta) -> Result<Cow<'_, [u8]>, Reason> {
+        let stored = self.slice(b.offset, b.stored_len)?;
+        if crc32c::crc32c(stored) != b.crc {
+            return Err("checksum mismatch".into());
+        }
+        if b.flags & FLAG_ZSTD == 0 {
+            return Ok(Cow::Borrowed(stored));
+        }
+        let cap = usize::try_from(b.raw_len).map_err(|_| "block too large".to_string())?;
+        let raw = zstd::bulk::decompress(stored, cap).map_err(|e| format!("zstd: {e}"))?;
+        if raw.len() as u64 != b.raw_len {
+            return Err(format!("decompressed to {} bytes, expected {}", raw.len(), b.raw_len));
+        }
+        Ok(Cow::Owned(raw))
+    }
+
+    /// A whole column as one Arrow array.
+    fn read_array(&self, col: ColumnId) -> Result<ArrayRef> {
+        let meta = self.col(col);
+        let parts = (0..meta.blocks.len()).map(|b| self.read_column(col, b)).collect::<Result<Vec<_>>>()?;
+        let rows = self.num_rows();
+        let mismatch = || StorageError::Internal(format!("column {} decoded to mixed block types", col.name()));
+        let array: ArrayRef = match meta.kind {
+            ColumnKind::I64 => {
+                let mut all = Vec::with_capacity(rows);
+                for p in parts {
+                    let ColumnData::I64(v) = p else { return Err(mismatch()) };
+                    all.extend_from_slice(&v);
+                }
+                Arc::new(Int64Array::from(all))
+            }
+            ColumnKind::U8 => {
+                let mut all = Vec::with_capacity(rows);
+                for p in parts {
+                    let ColumnData::U8(v) = p else { return Err(mismatch()) };
+                    all.extend_from_slice(&v);
+                }
+                Arc::new(UInt8Array::from(all))
+            }
+            ColumnKind::Bool => {
+                let mut all = Vec::with_capacity(rows);
+                for p in parts {
+                    let ColumnData::Bool(v) = p else { return Err(mismatch()) };
+                    all.extend_from_slice(&v);
+                }
+                Arc::new(BooleanArray::from(all))
+            }
+            ColumnKind::Str if meta.encoding == Encoding::Dict => {
+                let dict = meta.dict.as_deref().ok_or_else(mismatch)?;
+                let mut b = StringBuilder::with_capacity(rows, rows * 8);
+                for p in parts {
+                    let ColumnData::Dict { codes, .. } = p else { return Err(mismatch()) };
+                    for code in codes {
+                        if code == 0 {
+                            b.append_null();
+                        } else {
+                            // `decode_block` checked every code against the dictionary.
+                            b.append_option(dict.value(code));
+                        }
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnKind::Str => {
+                let arrays = parts
+                    .into_iter()
+                    .map(|p| match p {
+                        ColumnData::Str(a) => Ok(a),
+                        _ => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<StringArray>>>()?;
+                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
+                arrow_select::concat::concat(&refs)?
+            }
+        };
+        Ok(array)
+    }
+}
+
+/// Structural checks of a decoded footer against the file and the schema.
+fn validate(f: &Footer, footer_start: u64) -> Result<(), Reason> {
+    if f.rows > u64::from(u32::MAX) {
+        return Err(format!("row count {} exceeds the limit", f.rows));
+    }
+    if f.block_rows == 0 {
+        return Err("block_rows is 0".into());
+    }
+    if f.columns.len() != COLUMNS.len() {
+        return Err(format!("{} columns, expected {}", f.columns.len(), COLUMNS.len()));
+    }
+    let index_end = f.index_offset.checked_add(f.index_len);
+    if f.index_offset < HEADER_LEN as u64 || index_end != Some(footer_start) {
+        return Err("index section does not end where the footer starts".into());
+    }
+    let rows = f.rows as usize;
+    let block_rows = f.block_rows as usize;
+    let nblocks = rows.div_ceil(block_rows);
+    for (spec, c) in COLUMNS.iter().zip(&f.columns) {
+        if c.name != spec.name || c.kind != spec.kind {
+            return Err(format!("column {:?} where the schema has {:?}", c.name, spec.name));
+        }
+        let encoding_ok = match spec.kind {
+            ColumnKind::Str => matches!(c.encoding, Encoding::Dict | Encoding::PlainStr),
+            _ => c.encoding == Encoding::Int,
+        };
+        if !encoding_ok {
+            return Err(format!("column {}: encoding {:?} does not fit its kind", c.name, c.encoding));
+        }
+        if c.blocks.len() != nblocks {
+            return Err(format!("column {}: {} blocks, expected {nblocks}", c.name, c.blocks.len()));
+        }
+        for (i, b) in c.blocks.iter().enumerate() {
+            let want = (rows - i * block_rows).min(block_rows);
+            if b.rows as usize != want {
+                return Err(format!("column {} block {i}: {} rows, expected {want}", c.name, b.rows));
+            }
+            let end = b.offset.checked_add(b.stored_len);
+            if b.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > f.index_offset) {
+                return Err(format!("column {} block {i}: byte range outside the data section", c.name));
+            }
+            if b.flags & !FLAG_ZSTD != 0 {
+                return Err(format!("column {} block {i}: unknown flags {:#x}", c.name, b.flags));
+            }
+        }
+        if let Some(entries) = &c.index {
+            let dict_len = c.dict.as_ref().map(|d| d.len());
+            if dict_len.map(|n| n + 1) != Some(entries.len()) {
+                return Err(format!("column {}: index does not match its dictionary", c.name));
+            }
+            for e in entries {
+                let end = e.offset.checked_add(e.len);
+                if e.offset < f.index_offset || end.is_none_or(|x| x > footer_start) {
+                    return Err(format!("column {}: index entry outside the index section", c.name));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a block's raw (decompressed) bytes.
+fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8]) -> Result<ColumnData, Reason> {
+    let n = b.rows as usize;
+    let expect_all = |used: usize| {
+        if used == raw.len() { Ok(()) } else { Err(format!("{} trailing bytes", raw.len() - used)) }
+    };
+    match (meta.kind, meta.encoding) {
+        (ColumnKind::I64, _) => {
+            let mut v = Vec::with_capacity(n);
+            expect_all(decode_i64(raw, n, &mut v)?)?;
+            Ok(ColumnData::I64(v))
+        }
+        (ColumnKind::U8, _) => {
+            let mut v = Vec::with_capacity(n);
+            expect_all(decode_ints_map(raw, n, &mut v, |x| x as u8)?)?;
+            Ok(ColumnData::U8(v))
+        }
+        (ColumnKind::Bool, _) => {
+            let mut v = Vec::with_capacity(n);
+            expect_all(decode_ints_map(raw, n, &mut v, |x| x != 0)?)?;
+            Ok(ColumnData::Bool(v))
+        }
+        (ColumnKind::Str, Encoding::Dict) => {
+            let dict = meta.dict.clone().ok_or_else(|| "dictionary missing".to_string())?;
+            let mut codes = Vec::with_capacity(n);
+            expect_all(decode_ints_map(raw, n, &mut codes, |x| x as u32)?)?;
+            let max = codes.iter().copied().max().unwrap_or(0);
+            if max as usize > dict.len() {
+                return Err(format!("code {max} past the dictionary ({} entries)", dict.len()));
+            }
+            Ok(ColumnData::Dict { codes, dict })
+        }
+        (ColumnKind::Str, _) => decode_plain(raw, n).map(ColumnData::Str),
+    }
+}
+
+/// Plain string block: `null_count u32 | validity bitmap (if null_count > 0)
+/// | lengths (integer block) | bytes`.
+fn decode_plain(raw: &[u8], n: usize) -> Result<StringArray, Reason> {
+    let mut d = Dec::new(raw);
+    let null_count = d.u32()? as usize;
+    if null_count > n {
+        return Err(format!("null count {null_count} exceeds {n} rows"));
+    }
+    let nulls = if null_count > 0 {
+        let bits = d.take(packed_len(n, 1))?;
+        let nulls = NullBuffer::new(BooleanBuffer::new(Buffer::from_slice_ref(bits), 0, n));
+        if nulls.null_count() != null_count {
+            return Err("validity bitmap disagrees with the null count".into());
+        }
+        Some(nulls)
+    } else {
+        None
+    };
+    let start = d.pos();
+    let mut lengths = Vec::with_capacity(n);
+    let used = decode_ints_map(&raw[start..], n, &mut lengths, |x| x)?;
+    let data = &raw[start + used..];
+    let mut offsets = Vec::with_capacity(n + 1);
+    offsets.push(0i32);
+    let mut total: i64 = 0;
+    for len in lengths {
+        total = total.saturating_add(len);
+        if len < 0 || total > data.len() as i64 || total > i64::from(i32::MAX) {
+            return Err("string lengths do not fit the block".into());
+        }
+        offsets.push(total as i32);
+    }
+    if total as usize != data.len() {
+        return Err(format!("string lengths sum to {total}, block holds {} bytes", data.len()));
+    }
+    // Invariant: offsets start at 0 and never decrease (lengths are checked >= 0).
+    let offsets = OffsetBuffer::new(offsets.into());
+    StringArray::try_new(offsets, Buffer::from_slice_ref(data), nulls).map_err(|e| e.to_string())
+}

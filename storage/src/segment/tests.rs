@@ -1,0 +1,486 @@
+//! Writer/reader tests: round trips against an in-memory model, stats and
+//! index against naive scans, corruption, and the version-1 golden file.
+
+use std::path::{Path, PathBuf};
+
+use arrow_array::Array;
+use proptest::prelude::*;
+
+use super::*;
+use crate::error::StorageError;
+use crate::event::{COLUMNS, ColumnId, ColumnKind, Event, EventBatch, EventType, InvalidReason};
+use crate::ids::SegmentId;
+
+const ID: SegmentId = SegmentId(7);
+
+/// The order `write_segment` promises: by (advertiser, campaign, ad, ts), ties in input order.
+fn model_sort(events: &[Event]) -> Vec<Event> {
+    let mut v = events.to_vec();
+    v.sort_by(|a, b| {
+        (&a.advertiser_id, &a.campaign_id, &a.ad_id, a.ts).cmp(&(&b.advertiser_id, &b.campaign_id, &b.ad_id, b.ts))
+    });
+    v
+}
+
+fn write(dir: &Path, events: &[Event], opts: &SegmentWriteOptions) -> (PathBuf, SegmentSummary) {
+    let path = dir.join(ID.file_name());
+    let summary = write_segment(&path, &EventBatch::from_events(events), opts).expect("write segment");
+    (path, summary)
+}
+
+fn opts(block_rows: usize) -> SegmentWriteOptions {
+    SegmentWriteOptions { block_rows, zstd_level: 3, user_meta: b"meta".to_vec() }
+}
+
+fn small_events(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event {
+            event_id: format!("ev-{i:04}"),
+            kind: EventType::ALL[i % 3],
+            ts: 1_700_000_000_000 + (i as i64 * 7919) % 5000,
+            publisher_id: format!("pub{}", i % 2),
+            advertiser_id: ["acme", "globex", "initech"][i % 3].into(),
+            campaign_id: format!("c{}", i % 4),
+            ad_group_id: if i % 5 == 0 { None } else { Some(format!("g{}", i % 3)) },
+            ad_id: format!("ad{}", i % 6),
+            impression_id: Some(format!("imp-{i}")),
+            click_id: if i % 2 == 0 { None } else { Some(String::new()) },
+            user_key: Some(format!("u{}", i % 4)),
+            device: Some("mobile".into()),
+            os: if i % 4 == 0 { None } else { Some("android".into()) },
+            country: Some(["DE", "FR", "US"][i % 3].into()),
+            region: None,
+            placement: Some("feed".into()),
+            cost_micros: (i as i64) * 1000 - 3000,
+            value_micros: if i % 7 == 0 { i64::MAX } else { 0 },
+            ip_hash: Some(format!("{:x}", i * 2654435761)),
+            ua_hash: None,
+            attributed: i % 2 == 0,
+            attributed_to: if i % 3 == 0 { Some(format!("imp-{}", i / 2)) } else { None },
+            invalid_reason: InvalidReason::ALL[i % 5],
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- naive checks
+
+fn naive_block_stats(data: &ColumnData) -> ColumnStats {
+    fn int(vals: impl Iterator<Item = i64>) -> ValueRange {
+        vals.fold(ValueRange::Empty, |r, v| match r {
+            ValueRange::Int { min, max } => ValueRange::Int { min: min.min(v), max: max.max(v) },
+            _ => ValueRange::Int { min: v, max: v },
+        })
+    }
+    match data {
+        ColumnData::I64(v) => ColumnStats { null_count: 0, range: int(v.iter().copied()) },
+        ColumnData::U8(v) => ColumnStats { null_count: 0, range: int(v.iter().map(|&x| i64::from(x))) },
+        ColumnData::Bool(v) => ColumnStats { null_count: 0, range: int(v.iter().map(|&x| i64::from(x))) },
+        ColumnData::Dict { codes, .. } => {
+            let nn: Vec<u32> = codes.iter().copied().filter(|&c| c != 0).collect();
+            let range = match (nn.iter().min(), nn.iter().max()) {
+                (Some(&min), Some(&max)) => ValueRange::Codes { min, max },
+                _ => ValueRange::Empty,
+            };
+            ColumnStats { null_count: (codes.len() - nn.len()) as u64, range }
+        }
+        ColumnData::Str(a) => {
+            let vals: Vec<&str> = a.iter().flatten().collect();
+            let range = match (vals.iter().min(), vals.iter().max()) {
+                (Some(min), Some(max)) => ValueRange::Str { min: min.to_string(), max: max.to_string() },
+                _ => ValueRange::Empty,
+            };
+            ColumnStats { null_count: a.null_count() as u64, range }
+        }
+    }
+}
+
+/// Column stats as the union of block stats computed naively.
+fn union(a: ColumnStats, b: ColumnStats) -> ColumnStats {
+    let range = match (a.range, b.range) {
+        (ValueRange::Empty, r) | (r, ValueRange::Empty) => r,
+        (ValueRange::Int { min, max }, ValueRange::Int { min: m, max: x }) => {
+            ValueRange::Int { min: min.min(m), max: max.max(x) }
+        }
+        (ValueRange::Codes { min, max }, ValueRange::Codes { min: m, max: x }) => {
+            ValueRange::Codes { min: min.min(m), max: max.max(x) }
+        }
+        (ValueRange::Str { min, max }, ValueRange::Str { min: m, max: x }) => {
+            ValueRange::Str { min: min.min(m), max: max.max(x) }
+        }
+        (r, other) => panic!("mixed stats {r:?} / {other:?}"),
+    };
+    ColumnStats { null_count: a.null_count + b.null_count, range }
+}
+
+/// Checks everything the reader reports against what it decodes and against `model`.
+fn check_segment(r: &SegmentReader, model: &[Event], block_rows: usize) {
+    let batch = r.read_batch().expect("read batch");
+    assert_eq!(batch.events(), model);
+    assert_eq!(r.num_rows(), model.len());
+    assert_eq!(r.num_blocks(), model.len().div_ceil(block_rows));
+    let want_range = model.iter().fold((i64::MAX, i64::MIN), |(lo, hi), e| (lo.min(e.ts), hi.max(e.ts)));
+    assert_eq!(r.time_range(), want_range);
+    r.verify().expect("verify");
+
+    for spec in &COLUMNS {
+        let mut total = ColumnStats { null_count: 0, range: ValueRange::Empty };
+        for block in 0..r.num_blocks() {
+            let rows = r.block_rows(block);
+            assert_eq!(rows.start, block * block_rows);
+            let data = r.read_column(spec.id, block).expect("read column");
+            assert_eq!(data.len(), rows.len());
+            let naive = naive_block_stats(&data);
+            assert_eq!(r.block_stats(spec.id, block), Some(&naive), "{} block {block}", spec.name);
+            total = union(total, naive);
+        }
+        assert_eq!(r.column_stats(spec.id), &total, "column {}", spec.name);
+        if spec.dimension {
+            assert!(r.dictionary(spec.id).is_some(), "dimension {} must be dictionary-encoded", spec.name);
+        }
+        if spec.kind != ColumnKind::Str {
+            assert!(r.dictionary(spec.id).is_none());
+        }
+
+        if let Some(dict) = r.dictionary(spec.id) {
+            let entries: Vec<&str> = dict.iter().map(|(_, v)| v).collect();
+            assert!(entries.windows(2).all(|w| w[0] < w[1]), "dictionary sorted");
+            for (code, v) in dict.iter() {
+                assert_eq!(dict.code_of(v), Some(code));
+            }
+            assert_eq!(dict.value(0), None);
+            assert_eq!(dict.value(dict.len() as u32 + 1), None);
+        }
+        if r.has_index(spec.id) {
+            let col = batch.str_column(spec.id);
+            let dict = r.dictionary(spec.id).expect("indexed columns have a dictionary");
+            for code in 0..=dict.len() as u32 {
+                let want: Vec<u32> = (0..col.len())
+                    .filter(|&i| match dict.value(code) {
+                        None => col.is_null(i),
+                        Some(v) => col.is_valid(i) && col.value(i) == v,
+                    })
+                    .map(|i| i as u32)
+                    .collect();
+                let got: Vec<u32> = r.index_rows(spec.id, code).expect("index rows").iter().collect();
+                assert_eq!(got, want, "index of {} code {code}", spec.name);
+            }
+            assert!(r.index_rows(spec.id, dict.len() as u32 + 1).expect("past the end").is_empty());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- round trips
+
+fn pool() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["", "a", "b", "ä", "日本", "a\u{0}b", "zz", "🦀"]).prop_map(str::to_owned)
+}
+
+fn any_str() -> impl Strategy<Value = String> {
+    prop_oneof![pool(), "\\PC{0,6}"]
+}
+
+fn opt(s: impl Strategy<Value = String>) -> impl Strategy<Value = Option<String>> {
+    prop::option::of(s)
+}
+
+fn any_ts() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just(i64::MIN + 1),
+        any::<i64>(),
+        1_700_000_000_000i64..1_700_000_010_000,
+    ]
+}
+
+fn any_event() -> impl Strategy<Value = Event> {
+    let ids =
+        (any_str(), 0u8..3, any_ts(), pool(), pool(), pool(), opt(pool()), pool(), opt(any_str()), opt(any_str()));
+    let rest = (
+        (opt(any_str()), opt(pool()), opt(pool()), opt(pool()), opt(pool()), opt(pool())),
+        (prop_oneof![any::<i64>(), 0i64..1000], any::<i64>(), opt(any_str()), opt(any_str())),
+        (any::<bool>(), opt(any_str()), 0u8..5),
+    );
+    (ids, rest).prop_map(|(a, (b, c, d))| Event {
+        event_id: a.0,
+        kind: EventType::from_code(a.1).unwrap_or_default(),
+        ts: a.2,
+        publisher_id: a.3,
+        advertiser_id: a.4,
+        campaign_id: a.5,
+        ad_group_id: a.6,
+        ad_id: a.7,
+        impression_id: a.8,
+        click_id: a.9,
+        user_key: b.0,
+        device: b.1,
+        os: b.2,
+        country: b.3,
+        region: b.4,
+        placement: b.5,
+        cost_micros: c.0,
+        value_micros: c.1,
+        ip_hash: c.2,
+        ua_hash: c.3,
+        attributed: d.0,
+        attributed_to: d.1,
+        invalid_reason: InvalidReason::from_code(d.2).unwrap_or_default(),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn round_trip_matches_model(
+        events in prop::collection::vec(any_event(), 0..150),
+        block_rows in prop_oneof![Just(1usize), 2usize..20, Just(64), Just(65536)],
+        zstd_level in prop_oneof![Just(1), Just(3)],
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = SegmentWriteOptions { block_rows, zstd_level, user_meta: vec![1, 2, 3] };
+        let (path, summary) = write(dir.path(), &events, &opts);
+        let r = SegmentReader::open(ID, &path).expect("open");
+        prop_assert_eq!(summary.rows as usize, events.len());
+        prop_assert_eq!(summary.size_bytes, std::fs::metadata(&path).expect("stat").len());
+        prop_assert_eq!(r.size_bytes(), summary.size_bytes);
+        prop_assert_eq!((summary.min_ts, summary.max_ts), r.time_range());
+        prop_assert_eq!(r.user_meta(), &[1u8, 2, 3][..]);
+        check_segment(&r, &model_sort(&events), block_rows);
+    }
+}
+
+#[test]
+fn empty_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, summary) = write(dir.path(), &[], &SegmentWriteOptions::default());
+    assert_eq!(summary.rows, 0);
+    assert_eq!((summary.min_ts, summary.max_ts), (i64::MAX, i64::MIN));
+    let r = SegmentReader::open(ID, &path).expect("open");
+    assert_eq!(r.num_blocks(), 0);
+    assert!(r.read_batch().expect("read").is_empty());
+    assert_eq!(r.column_stats(ColumnId::Ts).range, ValueRange::Empty);
+    assert!(r.index_rows(ColumnId::AdvertiserId, 0).expect("index").is_empty());
+    assert!(matches!(r.read_column(ColumnId::Ts, 0), Err(StorageError::Internal(_))));
+    check_segment(&r, &[], 65536);
+}
+
+#[test]
+fn one_row_and_stable_ties() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut events = small_events(1);
+    check_segment(&SegmentReader::open(ID, &write(dir.path(), &events, &opts(4)).0).expect("open"), &events, 4);
+
+    // Identical sort keys: input order must survive.
+    events = (0..20).map(|i| Event { event_id: format!("{}", 19 - i), ..small_events(1)[0].clone() }).collect();
+    let r = SegmentReader::open(ID, &write(dir.path(), &events, &opts(3)).0).expect("open");
+    assert_eq!(r.read_batch().expect("read").events(), events);
+}
+
+#[test]
+fn encodings_follow_cardinality() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = small_events(300);
+    let (path, _) = write(dir.path(), &events, &opts(64));
+    let r = SegmentReader::open(ID, &path).expect("open");
+    // Unique per row: plain. Few distinct values: dictionary even if not a dimension.
+    assert!(r.dictionary(ColumnId::EventId).is_none());
+    assert!(matches!(r.read_column(ColumnId::EventId, 0).expect("read"), ColumnData::Str(_)));
+    assert_eq!(r.dictionary(ColumnId::UserKey).map(Dictionary::len), Some(4));
+    assert!(!r.has_index(ColumnId::UserKey), "only dimensions are indexed");
+    let dict = r.dictionary(ColumnId::AdvertiserId).expect("dimension");
+    assert_eq!(dict.iter().map(|(_, v)| v).collect::<Vec<_>>(), ["acme", "globex", "initech"]);
+    assert_eq!(dict.code_of("globex"), Some(2));
+    assert_eq!(dict.code_of("zzz"), None);
+    // All-NULL dimension: only the NULL bitmap, covering every row.
+    assert_eq!(r.dictionary(ColumnId::Region).map(Dictionary::len), Some(0));
+    assert_eq!(r.index_rows(ColumnId::Region, 0).expect("index").len(), 300);
+    check_segment(&r, &model_sort(&events), 64);
+}
+
+#[test]
+fn rejects_bad_options() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.seg");
+    let batch = EventBatch::from_events(&small_events(3));
+    for o in [
+        SegmentWriteOptions { block_rows: 0, ..Default::default() },
+        SegmentWriteOptions { zstd_level: 1000, ..Default::default() },
+    ] {
+        assert!(matches!(write_segment(&path, &batch, &o), Err(StorageError::Config(_))));
+    }
+}
+
+// ---------------------------------------------------------------- corruption
+
+/// Opening and fully reading `bytes` as a segment must fail, naming the file.
+fn assert_detected(path: &Path, bytes: &[u8], original: &[Event], what: &str) {
+    std::fs::write(path, bytes).expect("write corrupted file");
+    let shown = path.display().to_string();
+    let err = match SegmentReader::open(ID, path) {
+        Err(e) => e,
+        Ok(r) => {
+            // Never wrong data: a full read either fails or returns the original rows.
+            if let Ok(b) = r.read_batch() {
+                assert_eq!(b.events(), original, "{what}: read_batch returned wrong data");
+            }
+            r.verify().expect_err(&format!("{what}: verify must detect the corruption"))
+        }
+    };
+    assert!(err.to_string().contains(&shown), "{what}: error {err} does not name {shown}");
+}
+
+fn corrupt_fixture() -> (tempfile::TempDir, PathBuf, Vec<u8>, Vec<Event>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = small_events(40);
+    let (path, _) = write(dir.path(), &events, &opts(16));
+    let bytes = std::fs::read(&path).expect("read file");
+    (dir, path, bytes, model_sort(&events))
+}
+
+#[test]
+fn every_flipped_byte_is_detected() {
+    let (_dir, path, bytes, model) = corrupt_fixture();
+    for pos in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[pos] ^= 0x10;
+        assert_detected(&path, &b, &model, &format!("flip at {pos}/{}", bytes.len()));
+    }
+}
+
+#[test]
+fn flipped_block_fails_read_column() {
+    let (_dir, path, bytes, _) = corrupt_fixture();
+    let r = SegmentReader::open(ID, &path).expect("open");
+    let b = &r.footer.columns[ColumnId::CostMicros.index()].blocks[1];
+    let pos = (b.offset + b.stored_len / 2) as usize;
+    drop(r);
+    let mut bad = bytes.clone();
+    bad[pos] ^= 1;
+    std::fs::write(&path, &bad).expect("write");
+    let r = SegmentReader::open(ID, &path).expect("footer intact: open succeeds");
+    let err = r.read_column(ColumnId::CostMicros, 1).expect_err("corrupt block");
+    assert!(matches!(err, StorageError::SegmentCorrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(err.to_string().contains("cost_micros block 1"), "{err}");
+    r.read_column(ColumnId::CostMicros, 0).expect("other blocks still readable");
+    assert!(r.read_batch().is_err());
+}
+
+#[test]
+fn flipped_index_fails_index_rows() {
+    let (_dir, path, bytes, _) = corrupt_fixture();
+    let r = SegmentReader::open(ID, &path).expect("open");
+    let code = r.dictionary(ColumnId::Country).and_then(|d| d.code_of("FR")).expect("FR");
+    let e = r.footer.columns[ColumnId::Country.index()].index.as_ref().expect("indexed")[code as usize];
+    drop(r);
+    let mut bad = bytes.clone();
+    bad[(e.offset + e.len - 1) as usize] ^= 0x80;
+    std::fs::write(&path, &bad).expect("write");
+    let r = SegmentReader::open(ID, &path).expect("open");
+    let err = r.index_rows(ColumnId::Country, code).expect_err("corrupt bitmap");
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    r.index_rows(ColumnId::Country, code - 1).expect("neighbouring bitmap intact");
+    assert!(r.verify().is_err());
+}
+
+#[test]
+fn flipped_footer_fails_open() {
+    let (_dir, path, bytes, _) = corrupt_fixture();
+    let footer_len = u64::from_le_bytes(bytes[bytes.len() - 24..bytes.len() - 16].try_into().expect("8 bytes"));
+    let footer_start = bytes.len() - 24 - footer_len as usize;
+    for pos in [footer_start, footer_start + footer_len as usize / 2, bytes.len() - 25] {
+        let mut bad = bytes.clone();
+        bad[pos] ^= 4;
+        std::fs::write(&path, &bad).expect("write");
+        let err = SegmentReader::open(ID, &path).expect_err("corrupt footer");
+        assert!(err.to_string().contains("footer checksum mismatch"), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+}
+
+#[test]
+fn truncated_file_fails_open() {
+    let (_dir, path, bytes, _) = corrupt_fixture();
+    for len in [0, 1, 16, 39, 40, bytes.len() / 2, bytes.len() - 24, bytes.len() - 1] {
+        std::fs::write(&path, &bytes[..len]).expect("write");
+        let err = SegmentReader::open(ID, &path).expect_err("truncated");
+        assert!(matches!(err, StorageError::SegmentCorrupt { .. }), "len {len}: {err}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+}
+
+#[test]
+fn unknown_version_is_unsupported() {
+    let (_dir, path, mut bytes, _) = corrupt_fixture();
+    let n = bytes.len();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[n - 12..n - 8].copy_from_slice(&2u32.to_le_bytes());
+    std::fs::write(&path, &bytes).expect("write");
+    match SegmentReader::open(ID, &path) {
+        Err(StorageError::UnsupportedFormat { version: 2, path: p }) => assert_eq!(p, path),
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- golden file
+
+fn golden_path() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/segment-v1.seg"))
+}
+
+/// The input of the golden file. Changing it requires regenerating the
+/// file, which only `ADSTORE_REGENERATE_GOLDEN=1` does.
+fn golden_events() -> Vec<Event> {
+    let mut events = small_events(10);
+    events[3].ts = i64::MIN;
+    events[4].ts = i64::MAX;
+    events[5].country = Some("日本".into());
+    events[6].region = Some(String::new());
+    events
+}
+
+fn golden_options() -> SegmentWriteOptions {
+    SegmentWriteOptions { block_rows: 4, zstd_level: 3, user_meta: b"golden-v1".to_vec() }
+}
+
+#[test]
+fn regenerate_golden_file() {
+    if std::env::var("ADSTORE_REGENERATE_GOLDEN").as_deref() != Ok("1") {
+        return;
+    }
+    let path = golden_path();
+    std::fs::create_dir_all(path.parent().expect("golden dir")).expect("mkdir");
+    write_segment(&path, &EventBatch::from_events(&golden_events()), &golden_options()).expect("write golden");
+}
+
+#[test]
+fn golden_file_v1_reads_back_exactly() {
+    let path = golden_path();
+    let r = SegmentReader::open(SegmentId(1), &path).expect("open golden segment-v1.seg");
+    r.verify().expect("golden verifies");
+    assert_eq!(r.user_meta(), b"golden-v1");
+    assert_eq!(r.num_rows(), 10);
+    assert_eq!(r.num_blocks(), 3);
+    assert_eq!(r.time_range(), (i64::MIN, i64::MAX));
+    let events = r.read_batch().expect("read golden").events();
+    // Stored order, pinned literally: acme rows first, by campaign, ad, ts.
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["ev-0000", "ev-0009", "ev-0006", "ev-0003", "ev-0004", "ev-0001", "ev-0007", "ev-0008", "ev-0005", "ev-0002"]
+    );
+    assert_eq!(events, model_sort(&golden_events()));
+    let e = &events[3];
+    assert_eq!(
+        (e.ts, e.advertiser_id.as_str(), e.campaign_id.as_str(), e.ad_id.as_str()),
+        (i64::MIN, "acme", "c3", "ad3")
+    );
+    assert_eq!(e.attributed_to.as_deref(), Some("imp-1"));
+    assert_eq!(e.invalid_reason, InvalidReason::ALL[3]);
+    let adv = r.dictionary(ColumnId::AdvertiserId).expect("dict");
+    let globex = adv.code_of("globex").expect("globex");
+    assert_eq!(r.index_rows(ColumnId::AdvertiserId, globex).expect("index").iter().collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(r.column_stats(ColumnId::Ts).range, ValueRange::Int { min: i64::MIN, max: i64::MAX });
+    check_segment(&r, &events, 4);
+}
