@@ -1,5 +1,15 @@
-pub mod cli {
-    pub fn main() -> std::process::ExitCode {
-        std::process::ExitCode::SUCCESS
-    }
-}
+//! adstore-server: the HTTP API, configuration and the `adstore` CLI.
+//!
+//! Dependency rule: this crate sits on top; it uses `adstore-storage`,
+//! `adstore-ingest` and `adstore-query`, and nothing depends on it but the
+//! `adstore` binary.
+
+pub mod cli;
+mod config;
+mod error;
+mod http;
+pub mod datagen;
+
+pub use config::{Config, HttpConfig, IngestConfig};
+pub use error::ServerError;
+pub use http::{AppState, router};

@@ -27,6 +27,8 @@ pub enum StorageError {
     SegmentTooLarge { path: PathBuf, rows: u64 },
     #[error("segment file {path} has unsupported format version {version}")]
     UnsupportedFormat { path: PathBuf, version: u32 },
+    #[error("data in this range is unavailable: segment {id} is damaged ({reason})")]
+    Damaged { id: SegmentId, reason: String },
     #[error("catalog {path} is corrupt: {reason}")]
     ManifestCorrupt { path: PathBuf, reason: String },
     #[error("event batch schema mismatch: {0}")]

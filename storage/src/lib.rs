@@ -22,6 +22,8 @@ mod scan;
 mod seal;
 mod segment;
 mod store;
+#[cfg(test)]
+mod testutil;
 mod wal;
 
 pub use error::{Result, StorageError};

@@ -7,6 +7,7 @@ use arrow_array::Array;
 use proptest::prelude::*;
 
 use super::*;
+use crate::testutil::any_event;
 use crate::error::StorageError;
 use crate::event::{COLUMNS, ColumnId, ColumnKind, Event, EventBatch, EventType, InvalidReason};
 use crate::ids::SegmentId;
@@ -170,63 +171,6 @@ fn check_segment(r: &SegmentReader, model: &[Event], block_rows: usize) {
 }
 
 // ---------------------------------------------------------------- round trips
-
-fn pool() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["", "a", "b", "ä", "日本", "a\u{0}b", "zz", "🦀"]).prop_map(str::to_owned)
-}
-
-fn any_str() -> impl Strategy<Value = String> {
-    prop_oneof![pool(), "\\PC{0,6}"]
-}
-
-fn opt(s: impl Strategy<Value = String>) -> impl Strategy<Value = Option<String>> {
-    prop::option::of(s)
-}
-
-fn any_ts() -> impl Strategy<Value = i64> {
-    prop_oneof![
-        Just(i64::MIN),
-        Just(i64::MAX),
-        Just(i64::MIN + 1),
-        any::<i64>(),
-        1_700_000_000_000i64..1_700_000_010_000,
-    ]
-}
-
-fn any_event() -> impl Strategy<Value = Event> {
-    let ids =
-        (any_str(), 0u8..3, any_ts(), pool(), pool(), pool(), opt(pool()), pool(), opt(any_str()), opt(any_str()));
-    let rest = (
-        (opt(any_str()), opt(pool()), opt(pool()), opt(pool()), opt(pool()), opt(pool())),
-        (prop_oneof![any::<i64>(), 0i64..1000], any::<i64>(), opt(any_str()), opt(any_str())),
-        (any::<bool>(), opt(any_str()), 0u8..5),
-    );
-    (ids, rest).prop_map(|(a, (b, c, d))| Event {
-        event_id: a.0,
-        kind: EventType::from_code(a.1).unwrap_or_default(),
-        ts: a.2,
-        publisher_id: a.3,
-        advertiser_id: a.4,
-        campaign_id: a.5,
-        ad_group_id: a.6,
-        ad_id: a.7,
-        impression_id: a.8,
-        click_id: a.9,
-        user_key: b.0,
-        device: b.1,
-        os: b.2,
-        country: b.3,
-        region: b.4,
-        placement: b.5,
-        cost_micros: c.0,
-        value_micros: c.1,
-        ip_hash: c.2,
-        ua_hash: c.3,
-        attributed: d.0,
-        attributed_to: d.1,
-        invalid_reason: InvalidReason::from_code(d.2).unwrap_or_default(),
-    })
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]

@@ -202,6 +202,13 @@ impl Wal {
         Lsn(self.next_lsn().0 - 1)
     }
 
+    /// The first LSN of the oldest retained file: no record below it can be
+    /// replayed any more (once `truncate_before` has returned).
+    pub fn first_lsn(&self) -> Lsn {
+        let st = self.append.lock();
+        st.closed.first().map_or(st.active.first_lsn, |f| f.first_lsn)
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
         WalStats {

@@ -1,0 +1,92 @@
+//! The server's TOML configuration. Every field has a default, documented
+//! here and in `docs/configuration.md`; an empty file is a valid config.
+
+use std::path::Path;
+
+use adstore_storage::StoreConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServerError;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: HttpConfig,
+    pub ingest: IngestConfig,
+    pub storage: StoreConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest accepted request body, in bytes (after decompression for
+    /// compressed bodies). Default 64 MiB. Larger requests get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig { max_body_bytes: 64 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Events more than this far ahead of the server clock are rejected
+    /// (`future`). Default 300_000 (5 minutes).
+    pub max_future_skew_ms: i64,
+    /// Events older than this behind the newest accepted event time are
+    /// rejected (`late`) unless the request says `?mode=backfill`.
+    /// Default 86_400_000 (24 hours).
+    pub allowed_lateness_ms: i64,
+    /// Per-line errors listed in an ingest response (counts stay exact).
+    /// Default 100.
+    pub max_errors: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig { max_future_skew_ms: 300_000, allowed_lateness_ms: 86_400_000, max_errors: 100 }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.storage.validate().map_err(|e| ServerError::Config(e.to_string()))?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(ServerError::Config("server.max_body_bytes must be at least 1024".into()));
+        }
+        if self.ingest.max_future_skew_ms < 0 || self.ingest.allowed_lateness_ms < 0 {
+            return Err(ServerError::Config("ingest windows must not be negative".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c: Config = toml::from_str("").expect("parse");
+        assert_eq!(c.storage.shards, 4);
+        assert_eq!(c.server.max_body_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Config>("[storage]\nshard = 3\n").expect_err("must fail");
+        assert!(err.to_string().contains("shard"), "{err}");
+    }
+}
