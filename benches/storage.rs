@@ -80,16 +80,18 @@ fn main() {
     let cases = [
         ("advertiser_id = 'adv-000', sum(cost_micros)", DimFilter::eq(ColumnId::AdvertiserId, "adv-000")),
         ("device = 'mobile', sum(cost_micros)", DimFilter::eq(ColumnId::Device, "mobile")),
-        ("country IN ('DE','FR'), sum(cost_micros)", DimFilter {
-            column: ColumnId::Country,
-            values: vec!["DE".into(), "FR".into()],
-            negated: false,
-        }),
+        (
+            "country IN ('DE','FR'), sum(cost_micros)",
+            DimFilter { column: ColumnId::Country, values: vec!["DE".into(), "FR".into()], negated: false },
+        ),
     ];
     let mut scan_lines = Vec::new();
     for (name, filter) in cases {
-        let req =
-            ScanRequest { time_range: TimeRange::ALL, filters: vec![filter.clone()], columns: vec![ColumnId::CostMicros] };
+        let req = ScanRequest {
+            time_range: TimeRange::ALL,
+            filters: vec![filter.clone()],
+            columns: vec![ColumnId::CostMicros],
+        };
         let (expected, matched) = sum_cost(&snapshot, &req);
         // Independent check against a full decode.
         let mut naive = 0i64;

@@ -14,7 +14,14 @@ const TORTURE: &str = env!("CARGO_BIN_EXE_adstore-torture");
 
 /// Runs the torture writer; returns the ids it acknowledged and whether it
 /// exited cleanly.
-fn run_child(dir: &Path, first: u64, batches: u64, size: u64, failpoint: Option<&str>, kill_after: Option<Duration>) -> (Vec<u64>, bool) {
+fn run_child(
+    dir: &Path,
+    first: u64,
+    batches: u64,
+    size: u64,
+    failpoint: Option<&str>,
+    kill_after: Option<Duration>,
+) -> (Vec<u64>, bool) {
     let mut cmd = Command::new(TORTURE);
     cmd.args([dir.to_str().expect("utf-8 path"), &first.to_string(), &batches.to_string(), &size.to_string()])
         .stdout(Stdio::piped())
@@ -89,7 +96,12 @@ fn check_exactly_once(counts: &HashMap<u64, usize>, acked: &[u64]) {
         assert_eq!(*n, 1, "event e{id} stored {n} times");
     }
     let missing: Vec<u64> = acked.iter().copied().filter(|id| !counts.contains_key(id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged events lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 #[test]

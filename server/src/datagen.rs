@@ -45,10 +45,16 @@ impl Default for GenConfig {
     }
 }
 
-const DEVICES: [(&str, &str, u32); 5] =
-    [("mobile", "android", 45), ("mobile", "ios", 20), ("desktop", "windows", 22), ("tablet", "ios", 8), ("ctv", "tizen", 5)];
+const DEVICES: [(&str, &str, u32); 5] = [
+    ("mobile", "android", 45),
+    ("mobile", "ios", 20),
+    ("desktop", "windows", 22),
+    ("tablet", "ios", 8),
+    ("ctv", "tizen", 5),
+];
 const COUNTRIES: [&str; 12] = ["US", "DE", "GB", "FR", "BR", "IN", "JP", "CA", "ES", "IT", "NL", "MX"];
-const PLACEMENTS: [&str; 8] = ["feed", "banner_top", "banner_bottom", "interstitial", "video_pre", "video_mid", "native", "search"];
+const PLACEMENTS: [&str; 8] =
+    ["feed", "banner_top", "banner_bottom", "interstitial", "video_pre", "video_mid", "native", "search"];
 
 struct Campaign {
     advertiser: usize,
@@ -144,7 +150,11 @@ impl Generator {
             device: Some(device.to_string()),
             os: Some(os.to_string()),
             country: Some(country.to_string()),
-            region: if country == "US" { Some(format!("US-{}", ["CA", "NY", "TX", "WA"][(user % 4) as usize])) } else { None },
+            region: if country == "US" {
+                Some(format!("US-{}", ["CA", "NY", "TX", "WA"][(user % 4) as usize]))
+            } else {
+                None
+            },
             placement: Some(PLACEMENTS[self.rng.usize(0..PLACEMENTS.len())].to_string()),
             ip_hash: Some(format!("ip{:06}", user % 150_000)),
             ua_hash: Some(format!("ua{:03}", user % 300)),
@@ -202,8 +212,7 @@ impl Generator {
         e.impression_id = Some(e.event_id.clone());
         e.cost_micros = self.rng.i64(500..5_000);
         let slot = self.rng.usize(0..self.recent_impressions.len());
-        self.recent_impressions[slot] =
-            Some(Recent { id: e.event_id.clone(), ad, user, ts, campaign });
+        self.recent_impressions[slot] = Some(Recent { id: e.event_id.clone(), ad, user, ts, campaign });
         e
     }
 
@@ -218,7 +227,7 @@ impl Generator {
         e.cost_micros = self.rng.i64(100_000..1_000_000);
         match self.rng.u32(0..100) {
             0..85 => e.impression_id = Some(imp.id.clone()),
-            85..97 => {} // user_key only: last-touch attribution
+            85..97 => {}                                           // user_key only: last-touch attribution
             _ => e.impression_id = Some(format!("i-missing-{n}")), // orphan
         }
         let cslot = self.rng.usize(0..self.recent_clicks.len());
@@ -241,7 +250,11 @@ impl Generator {
 
     fn user(&mut self) -> u64 {
         // Skewed: a quarter of traffic from 1% of users.
-        if self.rng.u32(0..4) == 0 { self.rng.u64(0..self.cfg.users / 100 + 1) } else { self.rng.u64(0..self.cfg.users) }
+        if self.rng.u32(0..4) == 0 {
+            self.rng.u64(0..self.cfg.users / 100 + 1)
+        } else {
+            self.rng.u64(0..self.cfg.users)
+        }
     }
 }
 

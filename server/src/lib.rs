@@ -6,9 +6,9 @@
 
 pub mod cli;
 mod config;
+pub mod datagen;
 mod error;
 mod http;
-pub mod datagen;
 
 pub use config::{Config, HttpConfig, IngestConfig};
 pub use error::ServerError;

@@ -452,7 +452,8 @@ impl From<EventBatch> for RecordBatch {
 /// Builds an [`EventBatch`] row by row. Parsers push borrowed strings
 /// directly, without building an [`Event`] first.
 pub struct EventBatchBuilder {
-    strings: Vec<(ColumnId, StringBuilder)>,
+    /// Indexed by `ColumnId as usize`; `Some` exactly for the string columns.
+    strings: Vec<Option<StringBuilder>>,
     kind: UInt8Builder,
     ts: Int64Builder,
     cost: Int64Builder,
@@ -464,11 +465,8 @@ pub struct EventBatchBuilder {
 
 impl EventBatchBuilder {
     pub fn with_capacity(rows: usize) -> EventBatchBuilder {
-        let strings = COLUMNS
-            .iter()
-            .filter(|c| c.kind == Str)
-            .map(|c| (c.id, StringBuilder::with_capacity(rows, rows * 8)))
-            .collect();
+        let strings =
+            COLUMNS.iter().map(|c| (c.kind == Str).then(|| StringBuilder::with_capacity(rows, rows * 8))).collect();
         EventBatchBuilder {
             strings,
             kind: UInt8Builder::with_capacity(rows),
@@ -489,16 +487,16 @@ impl EventBatchBuilder {
         self.rows == 0
     }
 
-    fn string_builder(&mut self, id: ColumnId) -> &mut StringBuilder {
-        // Invariant: `strings` holds exactly the Str columns, in schema order.
-        let pos = self.strings.iter().position(|(c, _)| *c == id).expect("string column");
-        &mut self.strings[pos].1
-    }
-
     /// Sets a string column of the row being built. Every column of a row
     /// must be set exactly once before [`EventBatchBuilder::end_row`].
+    /// Setting a non-string column this way is a bug and panics.
     pub fn set_str(&mut self, id: ColumnId, value: Option<&str>) {
-        self.string_builder(id).append_option(value);
+        // Invariant: callers pass string columns only (checked in debug builds
+        // by the schema check in `finish`).
+        match &mut self.strings[id.index()] {
+            Some(b) => b.append_option(value),
+            None => panic!("set_str on non-string column {}", id.name()),
+        }
     }
 
     pub fn set_type(&mut self, t: EventType) {
@@ -559,8 +557,10 @@ impl EventBatchBuilder {
 
     pub fn finish(mut self) -> EventBatch {
         let mut columns: Vec<Option<ArrayRef>> = vec![None; COLUMNS.len()];
-        for (id, mut b) in std::mem::take(&mut self.strings) {
-            columns[id.index()] = Some(Arc::new(b.finish()));
+        for (i, b) in std::mem::take(&mut self.strings).into_iter().enumerate() {
+            if let Some(mut b) = b {
+                columns[i] = Some(Arc::new(b.finish()));
+            }
         }
         columns[ColumnId::Type.index()] = Some(Arc::new(self.kind.finish()));
         columns[ColumnId::Ts.index()] = Some(Arc::new(self.ts.finish()));

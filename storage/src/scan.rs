@@ -173,8 +173,7 @@ impl Snapshot {
         if let Some(d) = self.damaged.iter().find(|d| req.time_range.overlaps(d.meta.min_ts, d.meta.max_ts)) {
             return Err(StorageError::Damaged { id: d.meta.id, reason: d.error.clone() });
         }
-        let per_segment: Vec<Result<SegmentOutcome>> =
-            self.segments.par_iter().map(|s| plan_segment(s, req)).collect();
+        let per_segment: Vec<Result<SegmentOutcome>> = self.segments.par_iter().map(|s| plan_segment(s, req)).collect();
         let mut plan = ScanPlan {
             segments: Vec::new(),
             pruned: Vec::new(),
@@ -274,13 +273,12 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
     for b in 0..nblocks {
         let rows = reader.block_rows(b);
         let mut check_time = !whole_time;
-        if check_time {
-            if let Some(ValueRange::Int { min, max }) = reader.block_stats(ColumnId::Ts, b).map(|s| &s.range) {
-                if !req.time_range.overlaps(*min, *max) {
-                    continue;
-                }
-                check_time = !req.time_range.covers(*min, *max);
+        if check_time && let Some(ValueRange::Int { min, max }) = reader.block_stats(ColumnId::Ts, b).map(|s| &s.range)
+        {
+            if !req.time_range.overlaps(*min, *max) {
+                continue;
             }
+            check_time = !req.time_range.covers(*min, *max);
         }
         // Zone map on dictionary codes: skip blocks whose code range holds none of the codes.
         let excluded = code_ranges.iter().any(|(col, codes)| match reader.block_stats(*col, b).map(|s| &s.range) {
@@ -349,8 +347,7 @@ pub fn scan_block(
         let keep: Box<dyn Fn(usize) -> bool> = match &data {
             ColumnData::Dict { codes, dict } => {
                 // Resolve the filter to a per-code verdict once.
-                let verdict: Vec<bool> =
-                    (0..=dict.len() as u32).map(|c| f.matches_str(dict.value(c))).collect();
+                let verdict: Vec<bool> = (0..=dict.len() as u32).map(|c| f.matches_str(dict.value(c))).collect();
                 Box::new(move |i| verdict.get(codes[i] as usize).copied().unwrap_or(false))
             }
             ColumnData::Str(a) => Box::new(move |i| f.matches_str((!a.is_null(i)).then(|| a.value(i)))),
@@ -396,7 +393,8 @@ pub fn gather(data: &ColumnData, idx: &[u32]) -> ColumnData {
             ColumnData::Dict { codes: idx.iter().map(|&i| codes[i as usize]).collect(), dict: dict.clone() }
         }
         ColumnData::Str(a) => {
-            let b: arrow_array::StringArray = idx.iter().map(|&i| (!a.is_null(i as usize)).then(|| a.value(i as usize))).collect();
+            let b: arrow_array::StringArray =
+                idx.iter().map(|&i| (!a.is_null(i as usize)).then(|| a.value(i as usize))).collect();
             ColumnData::Str(b)
         }
     }

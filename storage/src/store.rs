@@ -263,27 +263,15 @@ impl Store {
         let partitioning = config.partitioning();
         let mut head = Head::default();
         let now = Instant::now();
-        let wal_config = WalConfig {
-            dir: data_dir.join("wal"),
-            file_size_bytes: config.wal_file_size_bytes,
-            fsync: config.fsync,
-        };
+        let wal_config =
+            WalConfig { dir: data_dir.join("wal"), file_size_bytes: config.wal_file_size_bytes, fsync: config.fsync };
         let wal = Wal::open(wal_config, |lsn, payload| {
             let batch = decode_batch(payload)?;
-            let parts = partitioning
-                .split(&batch)?
-                .into_iter()
-                .filter(|(p, _)| catalog.sealed_lsn(*p) < lsn)
-                .collect();
+            let parts = partitioning.split(&batch)?.into_iter().filter(|(p, _)| catalog.sealed_lsn(*p) < lsn).collect();
             head.insert(lsn, parts, now);
             Ok(())
         })?;
-        tracing::info!(
-            segments = readers.len(),
-            damaged = damaged.len(),
-            head_rows = head.rows(),
-            "store opened"
-        );
+        tracing::info!(segments = readers.len(), damaged = damaged.len(), head_rows = head.rows(), "store opened");
         let inner = Inner {
             config,
             segments_dir,

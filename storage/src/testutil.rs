@@ -60,4 +60,3 @@ pub(crate) fn any_event() -> impl Strategy<Value = Event> {
         invalid_reason: InvalidReason::from_code(d.2).unwrap_or_default(),
     })
 }
-

@@ -7,10 +7,10 @@ use arrow_array::Array;
 use proptest::prelude::*;
 
 use super::*;
-use crate::testutil::any_event;
 use crate::error::StorageError;
 use crate::event::{COLUMNS, ColumnId, ColumnKind, Event, EventBatch, EventType, InvalidReason};
 use crate::ids::SegmentId;
+use crate::testutil::any_event;
 
 const ID: SegmentId = SegmentId(7);
 

@@ -46,7 +46,7 @@ fn event(n: u64, ts: i64, adv: &str) -> Event {
         campaign_id: format!("c{}", n % 3),
         ad_id: format!("ad{}", n % 5),
         impression_id: Some(format!("i{n}")),
-        device: if n % 4 == 0 { None } else { Some(["mobile", "desktop", "ctv"][(n % 3) as usize].into()) },
+        device: if n.is_multiple_of(4) { None } else { Some(["mobile", "desktop", "ctv"][(n % 3) as usize].into()) },
         cost_micros: n as i64,
         ..Event::default()
     }
@@ -152,7 +152,7 @@ fn damaged_segment_is_reported_and_never_served() {
     let damaged = store.damaged();
     assert_eq!(damaged.len(), 1, "the flipped byte must be detected");
     assert!(damaged[0].error.contains(&seg.meta.id.file_name()), "error names the file: {}", damaged[0].error);
-    let err = store.snapshot().scan(&req).err().expect("a scan over the damaged range must fail");
+    let err = store.snapshot().scan(&req).expect_err("a scan over the damaged range must fail");
     assert!(err.to_string().contains(&seg.meta.id.to_string()), "{err}");
     // Data outside the damaged segment's range is still served.
     let outside = ScanRequest { time_range: TimeRange { start_ms: 1_000_000, end_ms: 2_000_000 }, ..req };
@@ -219,7 +219,8 @@ fn scanned_costs(store: &Store, req: &ScanRequest) -> Vec<i64> {
 }
 
 fn any_filter() -> impl Strategy<Value = DimFilter> {
-    let col = prop::sample::select(vec![ColumnId::AdvertiserId, ColumnId::CampaignId, ColumnId::Device, ColumnId::AdId]);
+    let col =
+        prop::sample::select(vec![ColumnId::AdvertiserId, ColumnId::CampaignId, ColumnId::Device, ColumnId::AdId]);
     let vals = prop::collection::vec(
         prop::sample::select(vec!["a1", "a2", "a9", "c0", "c1", "mobile", "ctv", "ad3", "zz"]).prop_map(String::from),
         1..3,
@@ -314,7 +315,8 @@ fn scan_prunes_by_time_and_dictionary() {
     assert!(plan.segments.iter().all(|s| s.segment.meta.partition.bucket_start_ms == 3_600_000));
     assert!(plan.pruned.iter().any(|(_, why)| *why == PruneReason::TimeRange));
 
-    let req = ScanRequest { filters: vec![DimFilter::eq(ColumnId::AdvertiserId, "a1")], time_range: TimeRange::ALL, ..req };
+    let req =
+        ScanRequest { filters: vec![DimFilter::eq(ColumnId::AdvertiserId, "a1")], time_range: TimeRange::ALL, ..req };
     let plan = snap.plan_scan(&req).expect("plan");
     assert!(plan.segments.iter().all(|s| s.segment.meta.partition.bucket_start_ms == 0));
     assert!(plan.pruned.iter().any(|(_, why)| *why == PruneReason::Dictionary(ColumnId::AdvertiserId)));
