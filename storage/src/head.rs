@@ -94,10 +94,6 @@ impl SealCandidate {
     pub fn max_lsn(&self) -> Lsn {
         self.chunks.iter().map(|c| c.lsn).max().unwrap_or_default()
     }
-
-    pub fn rows(&self) -> usize {
-        self.chunks.iter().map(|c| c.batch.num_rows()).sum()
-    }
 }
 
 impl Head {

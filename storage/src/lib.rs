@@ -38,7 +38,7 @@ pub use scan::{
     BlockScan, DimFilter, HeadScan, PruneReason, ScanBatch, ScanPlan, ScanRequest, ScanSource, SegmentScan, TimeRange,
     gather, scan_block,
 };
-pub use seal::{SealContext, SealPipeline, SealStage};
+pub use seal::{SealContext, SealKind, SealPipeline, SealStage, Sidecar, SidecarReader, StageOutput};
 pub use segment::{
     ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, ValueRange, write_segment,
 };

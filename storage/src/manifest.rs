@@ -259,9 +259,10 @@ impl Manifest {
             let entry = entry.at(segments_dir)?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
+            // `{id}.seg` and its sidecars `{id}.{suffix}` live and die together.
             let live = name
-                .strip_suffix(".seg")
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .split_once('.')
+                .and_then(|(hex, _)| u64::from_str_radix(hex, 16).ok())
                 .is_some_and(|id| catalog.segments.contains_key(&SegmentId(id)));
             if !live && entry.file_type().at(&path)?.is_file() {
                 fs::remove_file(&path).at(&path)?;

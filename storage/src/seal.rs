@@ -2,32 +2,93 @@
 //! head and a segment file.
 //!
 //! ```text
-//!   head chunks ─► concat ─► stage 1 ─► stage 2 ─► … ─► write segment ─► catalog
-//!                           (dedupe)  (attribution, invalid traffic, rollups …)
+//!   head chunks ─► concat ─► stage 1 ─► stage 2 ─► … ─► write segment + sidecars ─► catalog commit
+//!                           (exactly-once: dedupe, attribution, invalid traffic; rollups …)
+//!                                                                         │
+//!                                              stage.committed() ◄────────┘  (or stage.aborted())
 //! ```
 //!
-//! Stages are the extension point for the exactly-once and rollup work:
-//! each receives the events being sealed and a [`SealContext`] with the
-//! sealed segments visible when the seal started (for lookups across
-//! buckets), and returns the events to store. A stage may drop rows
-//! (duplicates) and fill derived columns (`attributed`, `attributed_to`,
-//! `invalid_reason`). Stages run off the ingest path, on the sealer thread.
+//! Stages are the extension point for the exactly-once and rollup work.
+//! Each receives the events being sealed and a [`SealContext`] (which
+//! partition, what kind of seal, the store as it was when the seal started)
+//! and returns the events to store plus optional **sidecar** files, kept
+//! beside the segment (`{segment id}.{suffix}`), written and fsynced before
+//! the catalog commit and deleted with the segment. Sidecars let a stage
+//! rebuild its in-memory state at the next open ([`SealStage::recover`])
+//! without rescanning segment data.
+//!
+//! The same pipeline runs again over already-sealed events when a bucket
+//! closes ([`SealKind::Final`]) or when rules change ([`SealKind::Reprocess`]);
+//! stages must then recompute derived columns from scratch.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::event::EventBatch;
-use crate::manifest::PartitionKey;
+use crate::ids::SegmentId;
+use crate::manifest::{PartitionKey, SegmentMeta};
 use crate::store::Snapshot;
+
+/// Why the pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealKind {
+    /// Head events become a segment for the first time (provisional).
+    Seal,
+    /// A closed bucket's segments are re-sealed with complete data (final).
+    Final,
+    /// Segments are re-sealed under the current rules (reprocessing).
+    Reprocess,
+}
 
 /// What a stage knows about the seal it runs in.
 pub struct SealContext<'a> {
     pub partition: PartitionKey,
     pub bucket_width_ms: i64,
+    pub kind: SealKind,
     /// The store as it was when the seal started: sealed segments and head.
     pub snapshot: &'a Snapshot,
-    /// True when the bucket has closed and this seal produces final data.
+    /// True when the output is final (the bucket has closed).
     pub is_final: bool,
+    /// Segments this seal replaces (empty for [`SealKind::Seal`]).
+    pub replaces: &'a [SegmentMeta],
+}
+
+/// A file a stage stores beside a segment.
+#[derive(Debug, Clone)]
+pub struct Sidecar {
+    /// File name suffix, e.g. `keys` for `0000000000000007.keys`. ASCII letters only.
+    pub suffix: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+/// What a stage returns.
+pub struct StageOutput {
+    pub events: EventBatch,
+    pub sidecars: Vec<Sidecar>,
+}
+
+impl StageOutput {
+    pub fn events(events: EventBatch) -> StageOutput {
+        StageOutput { events, sidecars: Vec::new() }
+    }
+}
+
+/// Reads the sidecar files of live segments at open.
+pub struct SidecarReader {
+    pub(crate) segments_dir: PathBuf,
+}
+
+impl SidecarReader {
+    /// The sidecar `suffix` of segment `id`, or `None` if it was never written.
+    pub fn read(&self, id: SegmentId, suffix: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.segments_dir.join(format!("{id}.{suffix}"));
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(&path),
+        }
+    }
 }
 
 /// One step of the seal pipeline.
@@ -35,12 +96,37 @@ pub trait SealStage: Send + Sync {
     /// A short name for logs and errors.
     fn name(&self) -> &str;
 
+    /// Version of the rules this stage applies (recorded on segments as
+    /// `attribution_version`). Default 0.
+    fn rules_version(&self) -> u32 {
+        0
+    }
+
+    /// Rebuilds in-memory state when the store opens, from the recovered
+    /// snapshot (segments and replayed head) and the sidecars this stage
+    /// wrote. Called once, before any seal.
+    ///
+    /// # Errors
+    /// An error fails `Store::open`.
+    fn recover(&self, _snapshot: &Snapshot, _sidecars: &SidecarReader) -> Result<()> {
+        Ok(())
+    }
+
     /// Transforms the events of one partition before they are written.
     ///
     /// # Errors
-    /// An error aborts this seal: nothing is written, the events stay in the
-    /// head, and the seal is retried on the next tick.
-    fn apply(&self, ctx: &SealContext<'_>, events: EventBatch) -> Result<EventBatch>;
+    /// An error aborts the whole seal pass: nothing is committed, the events
+    /// stay where they were, [`SealStage::aborted`] is called for every
+    /// partition this stage already processed, and the pass is retried on
+    /// the next tick.
+    fn apply(&self, ctx: &SealContext<'_>, events: EventBatch) -> Result<StageOutput>;
+
+    /// The catalog commit that made `events` (this stage's output) visible
+    /// has landed.
+    fn committed(&self, _ctx: &SealContext<'_>, _events: &EventBatch) {}
+
+    /// The seal pass that `apply` produced `events` for was abandoned.
+    fn aborted(&self, _ctx: &SealContext<'_>, _events: &EventBatch) {}
 }
 
 /// The ordered list of stages a store runs at every seal. Empty by default:
@@ -48,6 +134,14 @@ pub trait SealStage: Send + Sync {
 #[derive(Clone, Default)]
 pub struct SealPipeline {
     stages: Vec<Arc<dyn SealStage>>,
+}
+
+/// The pipeline's output for one partition: final events, all sidecars, and
+/// what each stage produced (for the commit/abort callbacks).
+pub(crate) struct PipelineOutput {
+    pub events: EventBatch,
+    pub sidecars: Vec<Sidecar>,
+    pub per_stage: Vec<EventBatch>,
 }
 
 impl SealPipeline {
@@ -64,10 +158,46 @@ impl SealPipeline {
         self.stages.iter().map(|s| s.name()).collect()
     }
 
-    pub fn run(&self, ctx: &SealContext<'_>, mut events: EventBatch) -> Result<EventBatch> {
-        for stage in &self.stages {
-            events = stage.apply(ctx, events)?;
+    pub(crate) fn rules_version(&self) -> u32 {
+        self.stages.iter().map(|s| s.rules_version()).max().unwrap_or(0)
+    }
+
+    pub(crate) fn recover(&self, snapshot: &Snapshot, sidecars: &SidecarReader) -> Result<()> {
+        self.stages.iter().try_for_each(|s| s.recover(snapshot, sidecars))
+    }
+
+    pub(crate) fn run(&self, ctx: &SealContext<'_>, mut events: EventBatch) -> Result<PipelineOutput> {
+        let mut sidecars = Vec::new();
+        let mut per_stage = Vec::with_capacity(self.stages.len());
+        for (i, stage) in self.stages.iter().enumerate() {
+            match stage.apply(ctx, events) {
+                Ok(out) => {
+                    events = out.events;
+                    sidecars.extend(out.sidecars);
+                    per_stage.push(events.clone());
+                }
+                Err(e) => {
+                    self.aborted_upto(ctx, &per_stage, i);
+                    return Err(e);
+                }
+            }
         }
-        Ok(events)
+        Ok(PipelineOutput { events, sidecars, per_stage })
+    }
+
+    pub(crate) fn committed(&self, ctx: &SealContext<'_>, per_stage: &[EventBatch]) {
+        for (stage, events) in self.stages.iter().zip(per_stage) {
+            stage.committed(ctx, events);
+        }
+    }
+
+    pub(crate) fn aborted(&self, ctx: &SealContext<'_>, per_stage: &[EventBatch]) {
+        self.aborted_upto(ctx, per_stage, per_stage.len());
+    }
+
+    fn aborted_upto(&self, ctx: &SealContext<'_>, per_stage: &[EventBatch], n: usize) {
+        for (stage, events) in self.stages.iter().zip(per_stage).take(n) {
+            stage.aborted(ctx, events);
+        }
     }
 }

@@ -22,10 +22,10 @@
 //! - WAL files are deleted only after the catalog that covers their events
 //!   is durable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +41,7 @@ use crate::ids::{Lsn, SegmentId};
 use crate::manifest::{
     Catalog, CatalogEdit, Level, Manifest, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir,
 };
-use crate::seal::{SealContext, SealPipeline};
+use crate::seal::{PipelineOutput, SealContext, SealKind, SealPipeline, SidecarReader};
 use crate::segment::{SegmentReader, SegmentWriteOptions, write_segment};
 use crate::wal::{Wal, WalConfig, decode_batch, encode_batch};
 
@@ -71,6 +71,10 @@ pub struct StoreConfig {
     /// fsync the WAL before acknowledging. Default true; turn off only for
     /// throwaway data (tests, benchmarks of everything but durability).
     pub fsync: bool,
+    /// A bucket closes (and is re-sealed as final) once the newest event
+    /// time is this far past its end. Default 86_400_000 (24 h); the server
+    /// sets it from `ingest.allowed_lateness_ms`.
+    pub allowed_lateness_ms: i64,
 }
 
 impl Default for StoreConfig {
@@ -85,6 +89,7 @@ impl Default for StoreConfig {
             zstd_level: 3,
             wal_file_size_bytes: 64 << 20,
             fsync: true,
+            allowed_lateness_ms: 86_400_000,
         }
     }
 }
@@ -106,6 +111,9 @@ impl StoreConfig {
         }
         if !(1..=22).contains(&self.zstd_level) {
             return bad("storage.zstd_level must be between 1 and 22");
+        }
+        if self.allowed_lateness_ms < 0 {
+            return bad("allowed lateness must not be negative");
         }
         if self.wal_file_size_bytes < 4096 {
             return bad("storage.wal_file_size_bytes must be at least 4096");
@@ -195,11 +203,34 @@ pub struct StoreStats {
     pub wal_fsyncs: u64,
 }
 
-/// One partition's seal, written but not yet committed.
+/// One partition's worth of sealing: head chunks and/or segments to replace.
+struct SealJob {
+    partition: PartitionKey,
+    kind: SealKind,
+    is_final: bool,
+    head: SealCandidate,
+    replaces: Vec<SegmentMeta>,
+}
+
+impl SealJob {
+    fn context<'a>(&'a self, snapshot: &'a Snapshot, bucket_width_ms: i64) -> SealContext<'a> {
+        SealContext {
+            partition: self.partition,
+            bucket_width_ms,
+            kind: self.kind,
+            snapshot,
+            is_final: self.is_final,
+            replaces: &self.replaces,
+        }
+    }
+}
+
+/// A job whose segment is written but not yet committed.
 struct PreparedSeal {
-    candidate: SealCandidate,
+    job: SealJob,
     segment: Option<(SegmentMeta, Arc<SegmentReader>)>,
-    rows_out: usize,
+    output: PipelineOutput,
+    rows_in: usize,
 }
 
 /// What one sealer pass did.
@@ -208,7 +239,10 @@ pub struct SealReport {
     pub partitions: usize,
     pub rows_in: usize,
     pub rows_out: usize,
+    /// Segments written.
     pub segments: Vec<SegmentId>,
+    /// Segments replaced (re-seals).
+    pub replaced: Vec<SegmentId>,
 }
 
 struct Inner {
@@ -223,6 +257,8 @@ struct Inner {
     counters: Counters,
     stop: AtomicBool,
     sealer: Mutex<Option<JoinHandle<()>>>,
+    /// Newest event time appended or recovered; buckets close relative to it.
+    max_event_ts: AtomicI64,
 }
 
 /// Handle to an open store. Clones share the same store.
@@ -272,6 +308,13 @@ impl Store {
             Ok(())
         })?;
         tracing::info!(segments = readers.len(), damaged = damaged.len(), head_rows = head.rows(), "store opened");
+        let max_event_ts = catalog
+            .segments
+            .values()
+            .map(|m| m.max_ts)
+            .chain(head.snapshot().iter().filter_map(|(_, c)| c.batch.ts().iter().copied().max()))
+            .max()
+            .unwrap_or(i64::MIN);
         let inner = Inner {
             config,
             segments_dir,
@@ -284,8 +327,12 @@ impl Store {
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             sealer: Mutex::new(None),
+            max_event_ts: AtomicI64::new(max_event_ts),
         };
-        Ok(Store { inner: Arc::new(inner) })
+        let store = Store { inner: Arc::new(inner) };
+        let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
+        store.inner.pipeline.recover(&store.snapshot(), &sidecars)?;
+        Ok(store)
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -313,6 +360,9 @@ impl Store {
             self.inner.visible.write().head.insert(lsn, parts, Instant::now());
         })?;
         self.inner.counters.appended_rows.fetch_add(rows, Ordering::Relaxed);
+        if let Some(max) = batch.ts().iter().max() {
+            self.inner.max_event_ts.fetch_max(*max, Ordering::AcqRel);
+        }
         Ok(lsn)
     }
 
@@ -361,41 +411,159 @@ impl Store {
 
     /// Seals the partitions that are due (row threshold or age).
     pub fn seal_due(&self) -> Result<SealReport> {
-        self.seal(false)
+        let _one_sealer = self.inner.seal_lock.lock();
+        self.seal_head(|_| false)
     }
 
     /// Seals every head partition now (tests, shutdown, benchmarks).
     pub fn seal_all(&self) -> Result<SealReport> {
-        self.seal(true)
+        let _one_sealer = self.inner.seal_lock.lock();
+        self.seal_head(|_| true)
     }
 
-    fn seal(&self, force: bool) -> Result<SealReport> {
+    /// Seals head partitions that are due or for which `force` holds.
+    /// Callers hold `seal_lock`.
+    fn seal_head(&self, force: impl Fn(&PartitionKey) -> bool) -> Result<SealReport> {
         let inner = &self.inner;
-        let _one_sealer = inner.seal_lock.lock();
         let max_age = Duration::from_millis(inner.config.seal_max_age_ms);
-        let candidates = inner.visible.read().head.due(Instant::now(), inner.config.seal_max_rows, max_age, force);
-        if candidates.is_empty() {
+        let now = Instant::now();
+        let candidates: Vec<SealCandidate> = {
+            let v = inner.visible.read();
+            let due = v.head.due(now, inner.config.seal_max_rows, max_age, false);
+            let mut all = v.head.due(now, inner.config.seal_max_rows, max_age, true);
+            all.retain(|c| force(&c.partition) || due.iter().any(|d| d.partition == c.partition));
+            all
+        };
+        let jobs = candidates
+            .into_iter()
+            .map(|c| SealJob {
+                partition: c.partition,
+                kind: SealKind::Seal,
+                is_final: false,
+                head: c,
+                replaces: vec![],
+            })
+            .collect();
+        self.run_jobs(jobs)
+    }
+
+    /// Re-seals every partition of the given buckets from its raw segments
+    /// (after sealing whatever the head holds for them): with
+    /// [`SealKind::Final`] when buckets close, with [`SealKind::Reprocess`]
+    /// when rules changed. Each partition's old segments are replaced by one
+    /// new segment in a single catalog commit, so a snapshot sees all old or
+    /// all new. Output is final when the bucket has closed.
+    pub fn reseal_buckets(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
+        let _one_sealer = self.inner.seal_lock.lock();
+        self.reseal_locked(buckets, kind)
+    }
+
+    fn reseal_locked(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
+        let inner = &self.inner;
+        let mut report = self.seal_head(|p| buckets.contains(&p.bucket_start_ms))?;
+        let catalog = inner.visible.read().catalog.clone();
+        let mut by_partition: BTreeMap<PartitionKey, Vec<SegmentMeta>> = BTreeMap::new();
+        for m in catalog.segments_of(Level::Raw) {
+            if buckets.contains(&m.partition.bucket_start_ms) {
+                by_partition.entry(m.partition).or_default().push(m.clone());
+            }
+        }
+        let jobs: Vec<SealJob> = by_partition
+            .into_iter()
+            .map(|(partition, replaces)| SealJob {
+                partition,
+                kind,
+                is_final: self.bucket_closed(partition.bucket_start_ms),
+                head: SealCandidate { partition, chunks: vec![] },
+                replaces,
+            })
+            .collect();
+        let more = self.run_jobs(jobs)?;
+        report.partitions += more.partitions;
+        report.rows_in += more.rows_in;
+        report.rows_out += more.rows_out;
+        report.segments.extend(more.segments);
+        report.replaced.extend(more.replaced);
+        Ok(report)
+    }
+
+    /// Whether no live event can land in the bucket any more: its end plus
+    /// the allowed lateness is behind the newest event time seen.
+    pub fn bucket_closed(&self, bucket_start_ms: i64) -> bool {
+        let newest = self.inner.max_event_ts.load(Ordering::Acquire);
+        let end = bucket_start_ms.saturating_add(self.inner.config.bucket_width_ms);
+        newest != i64::MIN && end.saturating_add(self.inner.config.allowed_lateness_ms) <= newest
+    }
+
+    /// Newest event time accepted so far (`i64::MIN` if none).
+    pub fn max_event_ts(&self) -> i64 {
+        self.inner.max_event_ts.load(Ordering::Acquire)
+    }
+
+    /// Re-seals, as final, every closed bucket that still has provisional
+    /// raw segments (including buckets a backfill re-opened).
+    pub fn finalize_closed(&self) -> Result<SealReport> {
+        let _one_sealer = self.inner.seal_lock.lock();
+        let catalog = self.inner.visible.read().catalog.clone();
+        let mut buckets: Vec<i64> = catalog
+            .segments_of(Level::Raw)
+            .filter(|m| !m.is_final && self.bucket_closed(m.partition.bucket_start_ms))
+            .map(|m| m.partition.bucket_start_ms)
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        if buckets.is_empty() {
             return Ok(SealReport::default());
         }
-        // Partitions seal in parallel; their catalog changes land in one commit.
+        tracing::info!(buckets = buckets.len(), "finalizing closed buckets");
+        self.reseal_locked(&buckets, SealKind::Final)
+    }
+
+    /// Runs the pipeline for every job in parallel, writes their segments,
+    /// and commits them all in one catalog edit. Callers hold `seal_lock`.
+    fn run_jobs(&self, jobs: Vec<SealJob>) -> Result<SealReport> {
+        let inner = &self.inner;
+        if jobs.is_empty() {
+            return Ok(SealReport::default());
+        }
         let snapshot = self.snapshot();
-        let prepared: Vec<PreparedSeal> =
-            candidates.par_iter().map(|c| self.prepare_seal(c, &snapshot)).collect::<Result<_>>()?;
-        drop(snapshot);
+        let results: Vec<Result<PreparedSeal>> = jobs.into_par_iter().map(|j| self.prepare(j, &snapshot)).collect();
+        let mut prepared = Vec::with_capacity(results.len());
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(p) => prepared.push(p),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            self.abandon(&prepared, &snapshot);
+            return Err(e);
+        }
 
         let mut edit = CatalogEdit::default();
         let mut report = SealReport::default();
         for p in &prepared {
-            edit.sealed.push(SealWatermark { partition: p.candidate.partition, lsn: p.candidate.max_lsn() });
+            if p.job.kind == SealKind::Seal {
+                edit.sealed.push(SealWatermark { partition: p.job.partition, lsn: p.job.head.max_lsn() });
+            }
             if let Some((meta, _)) = &p.segment {
                 edit.add.push(meta.clone());
                 report.segments.push(meta.id);
             }
+            edit.remove.extend(p.job.replaces.iter().map(|m| m.id));
+            report.replaced.extend(p.job.replaces.iter().map(|m| m.id));
             report.partitions += 1;
-            report.rows_in += p.candidate.rows();
-            report.rows_out += p.rows_out;
+            report.rows_in += p.rows_in;
+            report.rows_out += p.output.events.num_rows();
         }
-        let catalog = inner.manifest.commit(&edit)?;
+        let catalog = match inner.manifest.commit(&edit) {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon(&prepared, &snapshot);
+                return Err(e);
+            }
+        };
         failpoint::hit("seal_after_commit");
         {
             let mut v = inner.visible.write();
@@ -405,33 +573,89 @@ impl Store {
                 if let Some((meta, reader)) = &p.segment {
                     v.readers.insert(meta.id, reader.clone());
                 }
-                v.head.remove_sealed(p.candidate.partition, p.candidate.chunks.len(), now);
+                for old in &p.job.replaces {
+                    v.readers.remove(&old.id);
+                }
+                if !p.job.head.chunks.is_empty() {
+                    v.head.remove_sealed(p.job.partition, p.job.head.chunks.len(), now);
+                }
+            }
+        }
+        for p in &prepared {
+            inner.pipeline.committed(&p.job.context(&snapshot, inner.config.bucket_width_ms), &p.output.per_stage);
+        }
+        // Replaced segments are out of the catalog: their files can go.
+        // Snapshots still holding a reader keep the mapping alive.
+        for p in &prepared {
+            for old in &p.job.replaces {
+                self.delete_segment_files(old.id);
             }
         }
         inner.counters.seals.fetch_add(prepared.len() as u64, Ordering::Relaxed);
         inner.counters.sealed_rows.fetch_add(report.rows_out as u64, Ordering::Relaxed);
-        self.truncate_wal()?;
+        if prepared.iter().any(|p| p.job.kind == SealKind::Seal) {
+            self.truncate_wal()?;
+        }
         Ok(report)
     }
 
-    /// Runs the pipeline over one partition's chunks and writes the segment
-    /// file (durably, but not yet in the catalog: until the commit, a crash
-    /// leaves an orphan file that the next open removes).
-    fn prepare_seal(&self, candidate: &SealCandidate, snapshot: &Snapshot) -> Result<PreparedSeal> {
-        let inner = &self.inner;
-        let batches: Vec<EventBatch> = candidate.chunks.iter().map(|c| c.batch.clone()).collect();
-        let events = EventBatch::concat(&batches)?;
-        let ctx = SealContext {
-            partition: candidate.partition,
-            bucket_width_ms: inner.config.bucket_width_ms,
-            snapshot,
-            is_final: false,
-        };
-        let events = inner.pipeline.run(&ctx, events)?;
-        let rows_out = events.num_rows();
-        if events.is_empty() {
-            return Ok(PreparedSeal { candidate: candidate.clone(), segment: None, rows_out });
+    fn abandon(&self, prepared: &[PreparedSeal], snapshot: &Snapshot) {
+        for p in prepared {
+            self.inner
+                .pipeline
+                .aborted(&p.job.context(snapshot, self.inner.config.bucket_width_ms), &p.output.per_stage);
+            if let Some((meta, _)) = &p.segment {
+                self.delete_segment_files(meta.id);
+            }
         }
+    }
+
+    /// Removes a segment file and its sidecars (best effort: a leftover is
+    /// an orphan that the next open removes).
+    fn delete_segment_files(&self, id: SegmentId) {
+        let prefix = format!("{id}.");
+        let Ok(entries) = std::fs::read_dir(&self.inner.segments_dir) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix)
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not delete replaced segment file");
+            }
+        }
+    }
+
+    /// Runs the pipeline over one job's events and writes the segment and
+    /// its sidecars (durably, but not yet in the catalog: until the commit,
+    /// a crash leaves orphan files that the next open removes).
+    fn prepare(&self, job: SealJob, snapshot: &Snapshot) -> Result<PreparedSeal> {
+        let inner = &self.inner;
+        let mut batches: Vec<EventBatch> = job.head.chunks.iter().map(|c| c.batch.clone()).collect();
+        for old in &job.replaces {
+            let reader =
+                snapshot.segments.iter().find(|s| s.meta.id == old.id).map(|s| s.reader.clone()).ok_or_else(|| {
+                    StorageError::Damaged { id: old.id, reason: "segment not readable for re-seal".into() }
+                })?;
+            batches.push(reader.read_batch()?);
+        }
+        let events = EventBatch::concat(&batches)?;
+        let rows_in = events.num_rows();
+        let ctx = job.context(snapshot, inner.config.bucket_width_ms);
+        let output = inner.pipeline.run(&ctx, events)?;
+        if output.events.is_empty() {
+            return Ok(PreparedSeal { job, segment: None, output, rows_in });
+        }
+        let written = self.write_job_segment(&job, &output);
+        match written {
+            Ok(segment) => Ok(PreparedSeal { job, segment: Some(segment), output, rows_in }),
+            Err(e) => {
+                inner.pipeline.aborted(&ctx, &output.per_stage);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_job_segment(&self, job: &SealJob, output: &PipelineOutput) -> Result<(SegmentMeta, Arc<SegmentReader>)> {
+        let inner = &self.inner;
         let id = inner.manifest.allocate_segment_id()?;
         let path = inner.segments_dir.join(id.file_name());
         let opts = SegmentWriteOptions {
@@ -439,26 +663,33 @@ impl Store {
             zstd_level: inner.config.zstd_level,
             ..SegmentWriteOptions::default()
         };
-        let summary = write_segment(&path, &events, &opts)?;
+        let summary = write_segment(&path, &output.events, &opts)?;
+        for sidecar in &output.sidecars {
+            let path = inner.segments_dir.join(format!("{id}.{}", sidecar.suffix));
+            let mut f = std::fs::File::create(&path).at(&path)?;
+            std::io::Write::write_all(&mut f, &sidecar.bytes).at(&path)?;
+            f.sync_all().at(&path)?;
+        }
         sync_dir(&inner.segments_dir)?;
         failpoint::hit("seal_after_segment_write");
         let reader = Arc::new(SegmentReader::open(id, &path)?);
+        let max_lsn = job.replaces.iter().map(|m| m.max_lsn).chain([job.head.max_lsn()]).max().unwrap_or_default();
         let meta = SegmentMeta {
             id,
             level: Level::Raw,
-            partition: candidate.partition,
+            partition: job.partition,
             bucket_width_ms: inner.config.bucket_width_ms,
             min_ts: summary.min_ts,
             max_ts: summary.max_ts,
             rows: summary.rows,
             size_bytes: summary.size_bytes,
             tier: Tier::Local,
-            attribution_version: 0,
-            is_final: false,
-            max_lsn: candidate.max_lsn(),
+            attribution_version: inner.pipeline.rules_version(),
+            is_final: job.is_final,
+            max_lsn,
             created_ms: now_ms(),
         };
-        Ok(PreparedSeal { candidate: candidate.clone(), segment: Some((meta, reader)), rows_out })
+        Ok((meta, reader))
     }
 
     /// Deletes WAL files whose records are all in segments, and forgets
@@ -523,6 +754,10 @@ impl Store {
                     if let Err(e) = store.seal_due() {
                         store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "seal failed; events stay in the head and WAL");
+                    }
+                    if let Err(e) = store.finalize_closed() {
+                        store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "finalizing closed buckets failed; will retry");
                     }
                     let deadline = Instant::now() + interval;
                     while Instant::now() < deadline && !store.inner.stop.load(Ordering::Acquire) {

@@ -88,7 +88,14 @@ fn partial_seal_then_crash_replays_only_unsealed_partitions() {
     let candidates = store.inner.visible.read().head.due(Instant::now(), usize::MAX, Duration::MAX, true);
     assert_eq!(candidates.len(), 2);
     let snapshot = store.snapshot();
-    let prepared = store.prepare_seal(&candidates[0], &snapshot).expect("prepare");
+    let job = SealJob {
+        partition: candidates[0].partition,
+        kind: SealKind::Seal,
+        is_final: false,
+        head: candidates[0].clone(),
+        replaces: vec![],
+    };
+    let prepared = store.prepare(job, &snapshot).expect("prepare");
     let (meta, _) = prepared.segment.expect("segment");
     store
         .inner
@@ -331,4 +338,64 @@ fn config_is_validated() {
     assert!(err.to_string().contains("shards"), "{err}");
     let bad = StoreConfig { bucket_width_ms: 7 * 60_000, ..StoreConfig::default() };
     assert!(Store::open(dir.path(), bad, SealPipeline::new()).is_err());
+}
+
+#[test]
+fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig { allowed_lateness_ms: 3_600_000, ..small_config() };
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
+    let mut events: Vec<Event> = Vec::new();
+    // Bucket 0 gets three seals (three segments per partition).
+    for round in 0..3u64 {
+        let chunk: Vec<Event> = (0..100).map(|n| event(round * 100 + n, (n as i64) * 1000, "a1")).collect();
+        store.append(&EventBatch::from_events(&chunk)).expect("append");
+        store.seal_all().expect("seal");
+        events.extend(chunk);
+    }
+    let raw_before = store.catalog().segments.len();
+    assert!(raw_before >= 3);
+    assert!(!store.bucket_closed(0), "bucket 0 is open: no newer events yet");
+    assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
+
+    // An event two hours later closes bucket 0 (lateness 1 h).
+    let late = event(10_000, 2 * 3_600_000 + 1, "a1");
+    store.append(&EventBatch::from_events(std::slice::from_ref(&late))).expect("append");
+    assert!(store.bucket_closed(0));
+    // Concurrent readers must always see all rows exactly once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut checks = 0;
+            while !stop.load(Ordering::Acquire) {
+                let n: usize = store.snapshot().read_events().expect("read").iter().map(|b| b.num_rows()).sum();
+                assert_eq!(n, 301, "a snapshot saw a mix of old and new segments");
+                checks += 1;
+            }
+            checks
+        })
+    };
+    let report = store.finalize_closed().expect("finalize");
+    stop.store(true, Ordering::Release);
+    let checks = reader.join().expect("reader thread");
+    assert!(checks > 0);
+    assert_eq!(report.replaced.len(), raw_before);
+    let catalog = store.catalog();
+    let bucket0: Vec<&SegmentMeta> = catalog.segments.values().filter(|m| m.partition.bucket_start_ms == 0).collect();
+    assert!(bucket0.iter().all(|m| m.is_final), "closed bucket re-sealed as final");
+    let partitions: std::collections::BTreeSet<_> = bucket0.iter().map(|m| m.partition).collect();
+    assert_eq!(bucket0.len(), partitions.len(), "one final segment per partition");
+    events.push(late);
+    assert_eq!(all_events(&store), sorted_debug(&events));
+    // Old files are gone; the store reopens to the same state.
+    let files = std::fs::read_dir(dir.path().join("segments")).expect("dir").count();
+    assert_eq!(files, catalog.segments.len());
+    store.close().expect("close");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(all_events(&store), sorted_debug(&events));
+    // Nothing left to finalize.
+    assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
 }
