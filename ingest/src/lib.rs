@@ -15,8 +15,12 @@
 //! the event model and must never depend on `adstore-query` or
 //! `adstore-server`.
 
+mod dedupe;
 mod error;
+mod exactly_once;
 mod parse;
 
+pub use dedupe::{DedupeConfig, DedupeIndex, DedupeStats, batch_keys, decode_keys, encode_keys, idempotency_key};
 pub use error::IngestError;
+pub use exactly_once::{AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};
 pub use parse::{LineError, ParseOptions, ParseOutcome, parse_json_array, parse_ndjson};

@@ -216,11 +216,17 @@ impl Generator {
         e
     }
 
-    fn click(&mut self, n: u64, ts: i64) -> Event {
+    fn click(&mut self, n: u64, ts_now: i64) -> Event {
         let slot = self.rng.usize(0..self.recent_impressions.len());
-        let Some(imp) = self.recent_impressions[slot].clone() else { return self.impression(n, ts) };
-        // Clicks follow their impression by 0.5 s to 10 min.
-        let ts = (imp.ts + self.rng.i64(500..600_000)).max(ts.min(imp.ts + 600_000));
+        let Some(imp) = self.recent_impressions[slot].clone() else { return self.impression(n, ts_now) };
+        // Clicks mostly follow their impression by 0.5 s to 10 min; some take
+        // up to 50 min, a few come suspiciously fast (under 1 s).
+        let delay = match self.rng.u32(0..100) {
+            0..3 => self.rng.i64(50..900),
+            3..23 => self.rng.i64(600_000..3_000_000),
+            _ => self.rng.i64(500..600_000),
+        };
+        let ts = imp.ts + delay;
         let mut e = self.base(EventType::Click, imp.campaign, imp.ad.clone(), imp.user, ts);
         e.event_id = format!("c-{}-{n}", self.cfg.seed);
         e.click_id = Some(e.event_id.clone());

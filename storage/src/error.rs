@@ -37,6 +37,8 @@ pub enum StorageError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("busy: {0}; retry later")]
+    Busy(String),
     #[error("the store is shutting down")]
     ShuttingDown,
     #[error("internal error (a bug): {0}")]

@@ -1,0 +1,565 @@
+//! Exactly-once counting, part one: idempotency keys and the dedupe index.
+//!
+//! An event's idempotency key is a 128-bit hash of (`publisher_id`, `type`,
+//! `event_id`) (DESIGN.md §2). The [`DedupeIndex`] remembers every key
+//! accepted within the dedupe window (plus the allowed lateness, since a
+//! retry may arrive that late) and answers two questions:
+//!
+//! ```text
+//!  ingest:  admit(keys)  ── new? record as pending : "duplicate"      (atomic per key)
+//!  seal:    claim(keys)  ── pending → sealed;  already sealed? drop    (the exact check)
+//!  restart: recover from `{segment}.keys` sidecars + replayed head     (no data rescan)
+//! ```
+//!
+//! Memory: keys live in a sharded open-addressing table of bare `u128`
+//! slots (16 bytes). The low byte of a stored key is replaced by a tag
+//! (sealed bit + 7-bit time epoch used for expiry), leaving 120 bits of
+//! hash. Tables grow by 1.25× at a load of 0.85, so the table costs between
+//! 18.8 and 23.5 bytes per key: under the 24-byte budget at every size.
+//! Expired keys are dropped by [`DedupeIndex::expire`], shard by shard.
+
+use adstore_storage::{ColumnId, EventBatch, EventType};
+use std::collections::HashSet;
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+
+const SHARDS: usize = 64;
+const MAX_LOAD: f64 = 0.85;
+const GROWTH: f64 = 1.25;
+const SEALED: u8 = 0x80;
+const EPOCHS: i64 = 128;
+
+/// The idempotency key of one event: a 128-bit hash of its publisher, type
+/// and id. Two publishers' colliding event ids never collide here.
+pub fn idempotency_key(publisher_id: &str, kind: EventType, event_id: &str) -> u128 {
+    let mut buf = Vec::with_capacity(publisher_id.len() + event_id.len() + 5);
+    buf.extend_from_slice(&(publisher_id.len() as u32).to_le_bytes());
+    buf.extend_from_slice(publisher_id.as_bytes());
+    buf.push(kind as u8);
+    buf.extend_from_slice(event_id.as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&buf)
+}
+
+/// The keys and event times of every row of a batch.
+pub fn batch_keys(batch: &EventBatch) -> Vec<(u128, i64)> {
+    let publisher = batch.str_column(ColumnId::PublisherId);
+    let id = batch.str_column(ColumnId::EventId);
+    let kind = batch.u8_column(ColumnId::Type).values();
+    let ts = batch.ts();
+    (0..batch.num_rows())
+        .map(|i| {
+            let k = EventType::from_code(kind[i]).unwrap_or_default();
+            (idempotency_key(publisher.value(i), k, id.value(i)), ts[i])
+        })
+        .collect()
+}
+
+/// Dedupe settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupeConfig {
+    /// Two events with one key whose times are this close are one event.
+    /// Default 24 h.
+    pub window_ms: i64,
+    /// How late an event may arrive; keys are kept for window + lateness.
+    pub allowed_lateness_ms: i64,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> DedupeConfig {
+        DedupeConfig { window_ms: 86_400_000, allowed_lateness_ms: 86_400_000 }
+    }
+}
+
+impl DedupeConfig {
+    /// Width of one expiry epoch: the retention spans at most 60 epochs, so
+    /// 7-bit epoch tags never wrap while a key is alive.
+    fn epoch_ms(&self) -> i64 {
+        ((self.window_ms + self.allowed_lateness_ms) / 60).max(60_000)
+    }
+
+    fn epoch_of(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.epoch_ms())
+    }
+
+    fn retention_epochs(&self) -> i64 {
+        (self.window_ms + self.allowed_lateness_ms).div_euclid(self.epoch_ms()) + 1
+    }
+
+    fn window_epochs(&self) -> i64 {
+        self.window_ms.div_euclid(self.epoch_ms()) + 1
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DedupeStats {
+    pub keys: u64,
+    pub table_bytes: u64,
+}
+
+impl DedupeStats {
+    pub fn bytes_per_key(&self) -> f64 {
+        if self.keys == 0 { 0.0 } else { self.table_bytes as f64 / self.keys as f64 }
+    }
+}
+
+/// One shard: linear probing over `u128` slots, 0 = empty.
+#[derive(Default)]
+struct Shard {
+    slots: Vec<u128>,
+    len: usize,
+}
+
+#[inline]
+fn stored(key: u128, tag: u8) -> u128 {
+    let body = key & !0xFF;
+    // Never store 0 (the empty slot), whatever the hash.
+    let body = if body == 0 { 1 << 8 } else { body };
+    body | u128::from(tag)
+}
+
+#[inline]
+fn body(slot: u128) -> u128 {
+    slot & !0xFF
+}
+
+#[inline]
+fn tag(slot: u128) -> u8 {
+    (slot & 0xFF) as u8
+}
+
+impl Shard {
+    fn home(&self, key: u128) -> usize {
+        // Multiply-shift range reduction: tables are not powers of two.
+        (((key >> 64) as u64 as u128 * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// The slot index holding `key`, or the empty slot where it would go.
+    fn find(&self, key: u128) -> (usize, bool) {
+        let want = body(stored(key, 0));
+        let n = self.slots.len();
+        let mut i = self.home(key);
+        loop {
+            let s = self.slots[i];
+            if s == 0 {
+                return (i, false);
+            }
+            if body(s) == want {
+                return (i, true);
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+    }
+
+    fn reserve_one(&mut self) {
+        if (self.len + 1) as f64 > self.slots.len() as f64 * MAX_LOAD {
+            let cap = ((self.slots.len() as f64 * GROWTH) as usize).max(64);
+            self.rebuild(cap, |_| true);
+        }
+    }
+
+    /// Re-inserts the slots that `keep` accepts into a table of `cap` slots.
+    fn rebuild(&mut self, cap: usize, keep: impl Fn(u128) -> bool) {
+        let old = std::mem::replace(&mut self.slots, vec![0; cap]);
+        self.len = 0;
+        for s in old.into_iter().filter(|&s| s != 0 && keep(s)) {
+            let (i, _) = self.find(s);
+            self.slots[i] = s;
+            self.len += 1;
+        }
+    }
+
+    fn remove_at(&mut self, mut hole: usize) {
+        // Backward-shift deletion keeps probe chains intact without tombstones.
+        let n = self.slots.len();
+        self.slots[hole] = 0;
+        self.len -= 1;
+        let mut i = hole;
+        loop {
+            i = if i + 1 == n { 0 } else { i + 1 };
+            let s = self.slots[i];
+            if s == 0 {
+                return;
+            }
+            let home = self.home(s);
+            // Move `s` into the hole if its home is not in (hole, i].
+            let between = if hole <= i { home > hole && home <= i } else { home > hole || home <= i };
+            if !between {
+                self.slots[hole] = s;
+                self.slots[i] = 0;
+                hole = i;
+            }
+        }
+    }
+}
+
+/// The set of keys seen within the dedupe window. Thread-safe; every
+/// operation on one key is atomic.
+///
+/// Keys admitted by a request whose events are not yet durable are **in
+/// flight**. A later request carrying one of them waits in
+/// [`DedupeIndex::admit_durable`] until the first one settles: if it was
+/// stored, the later one is a duplicate; if its append failed, the later
+/// one is admitted. So a `duplicate` answer is never given for an event
+/// that could still be lost.
+pub struct DedupeIndex {
+    config: DedupeConfig,
+    shards: Vec<Mutex<Shard>>,
+    inflight: Mutex<HashSet<u128>>,
+    settled: Condvar,
+}
+
+impl DedupeIndex {
+    pub fn new(config: DedupeConfig) -> DedupeIndex {
+        DedupeIndex {
+            config,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            inflight: Mutex::new(HashSet::new()),
+            settled: Condvar::new(),
+        }
+    }
+
+    /// Like [`DedupeIndex::admit`], for a request about to be made durable:
+    /// waits (up to `timeout`) until none of `keys` is in flight, admits
+    /// them, and marks the new ones in flight until [`DedupeIndex::settle`].
+    /// Returns `None` on timeout (nothing admitted).
+    pub fn admit_durable(&self, keys: &[(u128, i64)], timeout: std::time::Duration) -> Option<Vec<bool>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut inflight = self.inflight.lock();
+        while keys.iter().any(|(k, _)| inflight.contains(k)) {
+            if self.settled.wait_until(&mut inflight, deadline).timed_out() {
+                return None;
+            }
+        }
+        let verdicts = self.admit(keys);
+        for ((k, _), dup) in keys.iter().zip(&verdicts) {
+            if !dup {
+                inflight.insert(*k);
+            }
+        }
+        Some(verdicts)
+    }
+
+    /// Ends the flight of keys admitted by [`DedupeIndex::admit_durable`]:
+    /// `stored` says whether their events are durable. If not, the keys are
+    /// forgotten, so a retry is admitted.
+    pub fn settle(&self, keys: &[(u128, i64)], stored: bool) {
+        if !stored {
+            self.forget(keys);
+        }
+        let mut inflight = self.inflight.lock();
+        for (k, _) in keys {
+            inflight.remove(k);
+        }
+        drop(inflight);
+        self.settled.notify_all();
+    }
+
+    pub fn config(&self) -> DedupeConfig {
+        self.config
+    }
+
+    fn shard(&self, key: u128) -> &Mutex<Shard> {
+        // The top bits pick the shard; `home` uses the next 64 bits.
+        &self.shards[(key >> 122) as usize % SHARDS]
+    }
+
+    fn epoch_tag(&self, ts: i64) -> u8 {
+        (self.config.epoch_of(ts).rem_euclid(EPOCHS)) as u8
+    }
+
+    /// Whether a stored tag's event time is within the window of `ts`.
+    fn within_window(&self, slot_tag: u8, ts: i64) -> bool {
+        let now = self.config.epoch_of(ts).rem_euclid(EPOCHS);
+        let then = i64::from(slot_tag & !SEALED);
+        let d = (now - then).rem_euclid(EPOCHS);
+        let d = d.min(EPOCHS - d);
+        d <= self.config.window_epochs()
+    }
+
+    /// Ingest-time check. For each `(key, ts)` in order: a duplicate if the
+    /// key was admitted before (or earlier in `keys`) with an event time in
+    /// the window; otherwise recorded as pending. Returns the verdicts.
+    pub fn admit(&self, keys: &[(u128, i64)]) -> Vec<bool> {
+        keys.iter()
+            .map(|&(key, ts)| {
+                let mut shard = self.shard(key).lock();
+                shard.reserve_one();
+                let (i, found) = shard.find(key);
+                if found && self.within_window(tag(shard.slots[i]), ts) {
+                    return true;
+                }
+                let t = self.epoch_tag(ts) | if found { tag(shard.slots[i]) & SEALED } else { 0 };
+                if !found {
+                    shard.len += 1;
+                }
+                shard.slots[i] = stored(key, t);
+                false
+            })
+            .collect()
+    }
+
+    /// Forgets keys admitted for events that were then not stored (their
+    /// WAL append failed), so a retry is not taken for a duplicate.
+    pub fn forget(&self, keys: &[(u128, i64)]) {
+        for &(key, _) in keys {
+            let mut shard = self.shard(key).lock();
+            if shard.slots.is_empty() {
+                continue;
+            }
+            let (i, found) = shard.find(key);
+            if found && tag(shard.slots[i]) & SEALED == 0 {
+                shard.remove_at(i);
+            }
+        }
+    }
+
+    /// The exact check at seal: marks each key sealed and returns, for each,
+    /// whether it was already sealed (a duplicate that must not be stored
+    /// twice) or repeats an earlier key of `keys`.
+    pub fn claim(&self, keys: &[(u128, i64)]) -> Vec<bool> {
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        keys.iter()
+            .map(|&(key, ts)| {
+                if !seen.insert(key) {
+                    return true;
+                }
+                let mut shard = self.shard(key).lock();
+                shard.reserve_one();
+                let (i, found) = shard.find(key);
+                if found && tag(shard.slots[i]) & SEALED != 0 && self.within_window(tag(shard.slots[i]), ts) {
+                    return true;
+                }
+                if !found {
+                    shard.len += 1;
+                }
+                shard.slots[i] = stored(key, self.epoch_tag(ts) | SEALED);
+                false
+            })
+            .collect()
+    }
+
+    /// Undoes [`DedupeIndex::claim`] for a seal that did not commit: the
+    /// keys go back to pending.
+    pub fn unclaim(&self, keys: &[(u128, i64)]) {
+        for &(key, _) in keys {
+            let mut shard = self.shard(key).lock();
+            if shard.slots.is_empty() {
+                continue;
+            }
+            let (i, found) = shard.find(key);
+            if found {
+                let s = shard.slots[i];
+                shard.slots[i] = stored(key, tag(s) & !SEALED);
+            }
+        }
+    }
+
+    /// Records keys known to be sealed (recovery from sidecars).
+    pub fn insert_sealed(&self, keys: &[(u128, i64)]) {
+        for &(key, ts) in keys {
+            let mut shard = self.shard(key).lock();
+            shard.reserve_one();
+            let (i, found) = shard.find(key);
+            if !found {
+                shard.len += 1;
+            }
+            shard.slots[i] = stored(key, self.epoch_tag(ts) | SEALED);
+        }
+    }
+
+    /// Drops keys whose event time is older than window + lateness before
+    /// `newest_ts`. Shards are rebuilt one at a time, so the extra memory
+    /// is at most one shard's.
+    pub fn expire(&self, newest_ts: i64) -> u64 {
+        let now = self.config.epoch_of(newest_ts).rem_euclid(EPOCHS);
+        let keep_epochs = self.config.retention_epochs();
+        let mut dropped = 0u64;
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let before = shard.len;
+            let live = |s: u128| (now - i64::from(tag(s) & !SEALED)).rem_euclid(EPOCHS) <= keep_epochs;
+            let survivors = shard.slots.iter().filter(|&&s| s != 0 && live(s)).count();
+            if survivors == before {
+                continue;
+            }
+            let cap = if survivors == 0 { 0 } else { ((survivors as f64 / 0.75) as usize).max(64) };
+            shard.rebuild(cap, live);
+            dropped += (before - shard.len) as u64;
+        }
+        dropped
+    }
+
+    pub fn stats(&self) -> DedupeStats {
+        let mut s = DedupeStats::default();
+        for shard in &self.shards {
+            let shard = shard.lock();
+            s.keys += shard.len as u64;
+            s.table_bytes += (shard.slots.capacity() * std::mem::size_of::<u128>()) as u64;
+        }
+        s
+    }
+}
+
+/// Sidecar encoding of a segment's keys: `ADSKEYS1`, count (u64 LE), then
+/// per key the 16-byte key (LE) and its event time (i64 LE).
+pub fn encode_keys(keys: &[(u128, i64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + keys.len() * 24);
+    out.extend_from_slice(b"ADSKEYS1");
+    out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+    for (k, ts) in keys {
+        out.extend_from_slice(&k.to_le_bytes());
+        out.extend_from_slice(&ts.to_le_bytes());
+    }
+    out
+}
+
+pub fn decode_keys(bytes: &[u8]) -> Option<Vec<(u128, i64)>> {
+    let rest = bytes.strip_prefix(b"ADSKEYS1")?;
+    let (n, rest) = rest.split_first_chunk::<8>()?;
+    let n = usize::try_from(u64::from_le_bytes(*n)).ok()?;
+    if rest.len() != n.checked_mul(24)? {
+        return None;
+    }
+    Some(
+        rest.chunks_exact(24)
+            .map(|c| {
+                let (k, t) = c.split_at(16);
+                let k = u128::from_le_bytes(k.try_into().unwrap_or([0; 16]));
+                let t = i64::from_le_bytes(t.try_into().unwrap_or([0; 8]));
+                (k, t)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    #[test]
+    fn keys_are_scoped_by_publisher_and_type() {
+        let a = idempotency_key("p1", EventType::Click, "e1");
+        assert_ne!(a, idempotency_key("p2", EventType::Click, "e1"));
+        assert_ne!(a, idempotency_key("p1", EventType::Impression, "e1"));
+        assert_ne!(idempotency_key("ab", EventType::Click, "c"), idempotency_key("a", EventType::Click, "bc"));
+        assert_eq!(a, idempotency_key("p1", EventType::Click, "e1"));
+    }
+
+    #[test]
+    fn admit_claim_forget() {
+        let idx = DedupeIndex::new(DedupeConfig::default());
+        let k = |n: u64| (idempotency_key("p", EventType::Click, &n.to_string()), 10 * H);
+        assert_eq!(idx.admit(&[k(1), k(2), k(1)]), vec![false, false, true]);
+        assert_eq!(idx.admit(&[k(2), k(3)]), vec![true, false]);
+        idx.forget(&[k(3)]);
+        assert_eq!(idx.admit(&[k(3)]), vec![false], "a forgotten key may be admitted again");
+        // Seal: first claim wins, a second claim of the same key is a duplicate.
+        assert_eq!(idx.claim(&[k(1), k(2), k(2)]), vec![false, false, true]);
+        assert_eq!(idx.claim(&[k(1)]), vec![true]);
+        idx.unclaim(&[k(1)]);
+        assert_eq!(idx.claim(&[k(1)]), vec![false]);
+        // Sealed keys are still duplicates at ingest, and cannot be forgotten.
+        idx.forget(&[k(1)]);
+        assert_eq!(idx.admit(&[k(1)]), vec![true]);
+    }
+
+    #[test]
+    fn window_and_expiry() {
+        let cfg = DedupeConfig { window_ms: 24 * H, allowed_lateness_ms: 24 * H };
+        let idx = DedupeIndex::new(cfg);
+        let key = idempotency_key("p", EventType::Impression, "x");
+        assert_eq!(idx.admit(&[(key, 0)]), vec![false]);
+        assert_eq!(idx.admit(&[(key, 20 * H)]), vec![true], "inside the window");
+        assert_eq!(idx.stats().keys, 1);
+        assert_eq!(idx.expire(30 * H), 0, "kept for window + lateness");
+        assert_eq!(idx.expire(50 * H), 1);
+        assert_eq!(idx.stats().keys, 0);
+        assert_eq!(idx.admit(&[(key, 50 * H)]), vec![false]);
+    }
+
+    #[test]
+    fn memory_per_key_stays_under_budget() {
+        let idx = DedupeIndex::new(DedupeConfig::default());
+        let mut worst: f64 = 0.0;
+        for batch in 0..40u64 {
+            let keys: Vec<(u128, i64)> =
+                (0..5_000).map(|i| (idempotency_key("p", EventType::Impression, &format!("{batch}-{i}")), 0)).collect();
+            idx.admit(&keys);
+            worst = worst.max(idx.stats().bytes_per_key());
+        }
+        assert_eq!(idx.stats().keys, 200_000);
+        assert!(worst <= 24.0, "bytes per key peaked at {worst}");
+    }
+
+    #[test]
+    fn sidecar_round_trip() {
+        let keys = vec![(1u128 << 100 | 7, -5i64), (u128::MAX, i64::MAX)];
+        assert_eq!(decode_keys(&encode_keys(&keys)), Some(keys));
+        assert_eq!(decode_keys(b"garbage"), None);
+        let mut bytes = encode_keys(&[(1, 1)]);
+        bytes.pop();
+        assert_eq!(decode_keys(&bytes), None);
+    }
+
+    #[test]
+    fn a_retry_waits_for_the_first_request_to_settle() {
+        let idx = std::sync::Arc::new(DedupeIndex::new(DedupeConfig::default()));
+        let key = [(idempotency_key("p", EventType::Click, "e"), 0i64)];
+        assert_eq!(idx.admit_durable(&key, std::time::Duration::from_secs(1)), Some(vec![false]));
+        // While in flight, a retry cannot get an answer.
+        assert_eq!(idx.admit_durable(&key, std::time::Duration::from_millis(20)), None);
+        let waiter = {
+            let idx = idx.clone();
+            std::thread::spawn(move || idx.admit_durable(&key, std::time::Duration::from_secs(10)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // The first append failed: the retry is admitted as new.
+        idx.settle(&key, false);
+        assert_eq!(waiter.join().expect("thread"), Some(vec![false]));
+        idx.settle(&key, true);
+        assert_eq!(idx.admit_durable(&key, std::time::Duration::from_secs(1)), Some(vec![true]));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The table behaves like a set under random admits, forgets and expiry-free use.
+        #[test]
+        fn table_matches_a_hash_set(ops in prop::collection::vec((0u8..3, 0u64..300), 1..2000)) {
+            let idx = DedupeIndex::new(DedupeConfig::default());
+            let mut model: HashMap<u128, bool> = HashMap::new(); // key -> sealed
+            for (op, n) in ops {
+                let key = (idempotency_key("p", EventType::Click, &n.to_string()), 5 * H);
+                match op {
+                    0 => {
+                        let dup = idx.admit(&[key])[0];
+                        prop_assert_eq!(dup, model.contains_key(&key.0));
+                        model.entry(key.0).or_insert(false);
+                    }
+                    1 => {
+                        idx.forget(&[key]);
+                        if model.get(&key.0) == Some(&false) {
+                            model.remove(&key.0);
+                        }
+                    }
+                    _ => {
+                        let dup = idx.claim(&[key])[0];
+                        prop_assert_eq!(dup, model.get(&key.0) == Some(&true));
+                        model.insert(key.0, true);
+                    }
+                }
+                prop_assert_eq!(idx.stats().keys, model.len() as u64);
+            }
+        }
+    }
+}

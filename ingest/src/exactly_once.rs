@@ -1,0 +1,614 @@
+//! Exactly-once counting at seal: dedupe, attribution and invalid traffic
+//! (DESIGN.md §2–§4), as one seal stage.
+//!
+//! ```text
+//!  partition events ─► exact dedupe (claim keys; drop repeats)
+//!                   ─► sort by (ts, type, event_id)            deterministic order
+//!                   ─► index impressions, then clicks           (AttributionIndex)
+//!                   ─► clicks → impression (by id, else last touch by user_key+ad)
+//!                   ─► conversions → click (by id, else last touch by user_key+advertiser)
+//!                   ─► invalid traffic: bot_ua > click_flood > too_fast > unattributed
+//!                   ─► events + sidecars {id}.keys, {id}.attr
+//! ```
+//!
+//! The attribution index holds the impressions and clicks sealed within
+//! their windows (plus the allowed lateness) so lookups across segments and
+//! buckets never rescan data; at open it is rebuilt from the `.attr`
+//! sidecars, and the dedupe index from the `.keys` sidecars.
+//!
+//! A first seal attributes with what is known then (provisional). When a
+//! bucket closes the store re-seals it ([`SealKind::Final`]); this stage
+//! then recomputes every derived column over the complete bucket, which is
+//! what makes late impressions count. Reprocessing does the same under the
+//! current rules.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use adstore_storage::{
+    ColumnId, EventBatch, EventType, InvalidReason, Level, Result as StorageResult, SealContext, SealKind, SealStage,
+    Sidecar, SidecarReader, Snapshot, StageOutput, StorageError, Store,
+};
+use arrow_array::{ArrayRef, BooleanArray, StringArray, UInt8Array};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::dedupe::{DedupeIndex, batch_keys, decode_keys, encode_keys};
+
+/// Attribution and invalid-traffic rules: a named, versioned configuration.
+/// A change of rules bumps `version`; reprocessing re-applies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttributionRules {
+    /// Version recorded on every segment sealed under these rules. Default 1.
+    pub version: u32,
+    /// A click may follow its impression by at most this much. Default 3_600_000 (1 h).
+    pub click_window_ms: i64,
+    /// A conversion may follow its click by at most this much. Default 604_800_000 (7 d).
+    pub conversion_window_ms: i64,
+    /// `unattributed`: clicks without an attributable impression are invalid. Default true.
+    pub unattributed: bool,
+    /// `too_fast`: clicks less than this many ms after their impression are
+    /// invalid; 0 turns the rule off. Default 1_000.
+    pub too_fast_ms: i64,
+    /// `click_flood`: clicks on one ad by one user_key (or ip_hash) beyond
+    /// this many in one minute are invalid; 0 turns the rule off. Default 5.
+    pub click_flood_per_minute: u32,
+    /// `bot_ua`: events whose `ua_hash` is in this list are invalid. Default empty.
+    pub bot_ua_hashes: Vec<String>,
+}
+
+impl Default for AttributionRules {
+    fn default() -> AttributionRules {
+        AttributionRules {
+            version: 1,
+            click_window_ms: 3_600_000,
+            conversion_window_ms: 7 * 86_400_000,
+            unattributed: true,
+            too_fast_ms: 1_000,
+            click_flood_per_minute: 5,
+            bot_ua_hashes: Vec::new(),
+        }
+    }
+}
+
+impl AttributionRules {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.click_window_ms <= 0 || self.click_window_ms > 30 * 86_400_000 {
+            return Err("click_window_ms must be between 1 and 30 days in ms".into());
+        }
+        if self.conversion_window_ms <= 0 || self.conversion_window_ms > 90 * 86_400_000 {
+            return Err("conversion_window_ms must be between 1 ms and 90 days".into());
+        }
+        if self.too_fast_ms < 0 {
+            return Err("too_fast_ms must not be negative".into());
+        }
+        Ok(())
+    }
+}
+
+fn h(s: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+}
+
+#[derive(Clone)]
+struct Touch {
+    ts: i64,
+    id: Arc<str>,
+}
+
+/// Sealed impressions and clicks within their windows.
+#[derive(Default)]
+struct AttributionIndex {
+    /// impression_id → (ts, ad hash)
+    impressions: HashMap<u64, (i64, u64)>,
+    /// (user_key, ad_id) → impressions, for last-touch clicks.
+    imp_by_user: HashMap<(u64, u64), Vec<Touch>>,
+    /// click_id → ts
+    clicks: HashMap<u64, i64>,
+    /// (user_key, advertiser_id) → clicks, for last-touch conversions.
+    click_by_user: HashMap<(u64, u64), Vec<Touch>>,
+}
+
+/// One impression or click, as indexed (and stored in `.attr` sidecars).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Anchor {
+    kind: EventType,
+    ts: i64,
+    /// impression_id or click_id.
+    id: String,
+    /// ad_id for impressions, advertiser_id for clicks.
+    scope: String,
+    user_key: Option<String>,
+}
+
+impl AttributionIndex {
+    fn insert(&mut self, a: &Anchor) {
+        let id: Arc<str> = Arc::from(a.id.as_str());
+        let scope = h(&a.scope);
+        let touch = Touch { ts: a.ts, id };
+        match a.kind {
+            EventType::Impression => {
+                self.impressions.insert(h(&a.id), (a.ts, scope));
+                if let Some(u) = &a.user_key {
+                    push_touch(self.imp_by_user.entry((h(u), scope)).or_default(), touch);
+                }
+            }
+            EventType::Click => {
+                self.clicks.insert(h(&a.id), a.ts);
+                if let Some(u) = &a.user_key {
+                    push_touch(self.click_by_user.entry((h(u), scope)).or_default(), touch);
+                }
+            }
+            EventType::Conversion => {}
+        }
+    }
+
+    /// Drops impressions before `imp_floor` and clicks before `click_floor`.
+    fn expire(&mut self, imp_floor: i64, click_floor: i64) {
+        self.impressions.retain(|_, (ts, _)| *ts >= imp_floor);
+        self.clicks.retain(|_, ts| *ts >= click_floor);
+        for (map, floor) in [(&mut self.imp_by_user, imp_floor), (&mut self.click_by_user, click_floor)] {
+            map.retain(|_, v| {
+                v.retain(|t| t.ts >= floor);
+                !v.is_empty()
+            });
+        }
+    }
+
+    fn entries(&self) -> usize {
+        self.impressions.len() + self.clicks.len()
+    }
+}
+
+/// Keeps touches sorted by (ts, id) without duplicates.
+fn push_touch(v: &mut Vec<Touch>, t: Touch) {
+    let pos = v.partition_point(|x| (x.ts, &*x.id) < (t.ts, &*t.id));
+    if v.get(pos).is_some_and(|x| x.ts == t.ts && x.id == t.id) {
+        return;
+    }
+    v.insert(pos, t);
+}
+
+/// The latest touch with `lo <= ts <= hi`.
+fn last_touch(v: &[Touch], lo: i64, hi: i64) -> Option<&Touch> {
+    let end = v.partition_point(|x| x.ts <= hi);
+    v[..end].last().filter(|t| t.ts >= lo)
+}
+
+/// Counters for `/metrics` and tests.
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct ExactlyOnceStats {
+    pub duplicates_at_seal: u64,
+    pub index_entries: u64,
+    pub dedupe_keys: u64,
+    pub dedupe_table_bytes: u64,
+}
+
+/// The seal stage. Shared (`Arc`) between the store's pipeline and the
+/// server, which uses [`ExactlyOnce::dedupe`] for the ingest-time check and
+/// [`ExactlyOnce::set_rules`] to change rules.
+pub struct ExactlyOnce {
+    dedupe: Arc<DedupeIndex>,
+    rules: RwLock<Arc<AttributionRules>>,
+    index: RwLock<AttributionIndex>,
+    allowed_lateness_ms: i64,
+    newest_ts: AtomicI64,
+    duplicates_at_seal: AtomicU64,
+}
+
+impl ExactlyOnce {
+    pub fn new(dedupe: Arc<DedupeIndex>, rules: AttributionRules, allowed_lateness_ms: i64) -> ExactlyOnce {
+        ExactlyOnce {
+            dedupe,
+            rules: RwLock::new(Arc::new(rules)),
+            index: RwLock::new(AttributionIndex::default()),
+            allowed_lateness_ms,
+            newest_ts: AtomicI64::new(i64::MIN),
+            duplicates_at_seal: AtomicU64::new(0),
+        }
+    }
+
+    pub fn dedupe(&self) -> &Arc<DedupeIndex> {
+        &self.dedupe
+    }
+
+    pub fn rules(&self) -> Arc<AttributionRules> {
+        self.rules.read().clone()
+    }
+
+    /// Replaces the rules. They apply to seals from now on; already sealed
+    /// buckets change only when re-sealed (finalization or reprocessing).
+    pub fn set_rules(&self, rules: AttributionRules) -> Result<(), String> {
+        rules.validate()?;
+        *self.rules.write() = Arc::new(rules);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> ExactlyOnceStats {
+        let d = self.dedupe.stats();
+        ExactlyOnceStats {
+            duplicates_at_seal: self.duplicates_at_seal.load(Ordering::Relaxed),
+            index_entries: self.index.read().entries() as u64,
+            dedupe_keys: d.keys,
+            dedupe_table_bytes: d.table_bytes,
+        }
+    }
+
+    /// Drops index entries and dedupe keys that no future event can need.
+    pub fn expire(&self) {
+        let newest = self.newest_ts.load(Ordering::Acquire);
+        if newest == i64::MIN {
+            return;
+        }
+        let rules = self.rules();
+        let imp_floor = newest.saturating_sub(rules.click_window_ms + self.allowed_lateness_ms);
+        let click_floor = newest.saturating_sub(rules.conversion_window_ms + self.allowed_lateness_ms);
+        self.index.write().expire(imp_floor, click_floor);
+        self.dedupe.expire(newest);
+    }
+
+    fn observe(&self, batch: &EventBatch) {
+        if let Some(max) = batch.ts().iter().max() {
+            self.newest_ts.fetch_max(*max, Ordering::AcqRel);
+        }
+    }
+}
+
+/// What [`ExactlyOnce::ingest`] did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IngestSummary {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+impl ExactlyOnce {
+    /// The write path of a request: the ingest-time dedupe check, then a
+    /// durable append of the new events. Duplicates are acknowledged but not
+    /// stored. If the append fails, the keys are forgotten so a retry is
+    /// accepted; an event is never answered `duplicate` before the first
+    /// copy is durable (see [`DedupeIndex::admit_durable`]).
+    pub fn ingest(&self, store: &Store, batch: &EventBatch) -> StorageResult<IngestSummary> {
+        if batch.is_empty() {
+            return Ok(IngestSummary::default());
+        }
+        let keys = batch_keys(batch);
+        let Some(dup) = self.dedupe.admit_durable(&keys, std::time::Duration::from_secs(30)) else {
+            return Err(StorageError::Busy("an earlier request with the same event ids is still being stored".into()));
+        };
+        let fresh: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
+        let admitted: Vec<(u128, i64)> = fresh.iter().map(|&i| keys[i as usize]).collect();
+        let duplicates = batch.num_rows() - fresh.len();
+        let result = if fresh.is_empty() {
+            Ok(())
+        } else if fresh.len() == batch.num_rows() {
+            store.append(batch).map(|_| ())
+        } else {
+            batch.take(&fresh).and_then(|b| store.append(&b)).map(|_| ())
+        };
+        self.dedupe.settle(&admitted, result.is_ok());
+        result?;
+        Ok(IngestSummary { accepted: fresh.len(), duplicates })
+    }
+}
+
+fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
+    use arrow_array::Array;
+    if a.is_null(i) { None } else { Some(a.value(i)) }
+}
+
+fn anchors_of(batch: &EventBatch) -> Vec<Anchor> {
+    let kind = batch.u8_column(ColumnId::Type).values();
+    let ts = batch.ts();
+    let imp = batch.str_column(ColumnId::ImpressionId);
+    let click = batch.str_column(ColumnId::ClickId);
+    let ad = batch.str_column(ColumnId::AdId);
+    let adv = batch.str_column(ColumnId::AdvertiserId);
+    let user = batch.str_column(ColumnId::UserKey);
+    (0..batch.num_rows())
+        .filter_map(|i| {
+            let k = EventType::from_code(kind[i])?;
+            let (id, scope) = match k {
+                EventType::Impression => (opt_str(imp, i)?, ad.value(i)),
+                EventType::Click => (opt_str(click, i)?, adv.value(i)),
+                EventType::Conversion => return None,
+            };
+            Some(Anchor {
+                kind: k,
+                ts: ts[i],
+                id: id.to_string(),
+                scope: scope.to_string(),
+                user_key: opt_str(user, i).map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// `.attr` sidecar: `ADSATTR1`, then per anchor: kind u8, ts i64, and three
+/// length-prefixed (u32) strings id, scope, user_key (length u32::MAX = null).
+fn encode_anchors(anchors: &[Anchor]) -> Vec<u8> {
+    let mut out = b"ADSATTR1".to_vec();
+    let s = |out: &mut Vec<u8>, v: Option<&str>| match v {
+        Some(v) => {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+    };
+    for a in anchors {
+        out.push(a.kind as u8);
+        out.extend_from_slice(&a.ts.to_le_bytes());
+        s(&mut out, Some(&a.id));
+        s(&mut out, Some(&a.scope));
+        s(&mut out, a.user_key.as_deref());
+    }
+    out
+}
+
+fn decode_anchors(bytes: &[u8]) -> Option<Vec<Anchor>> {
+    let mut rest = bytes.strip_prefix(b"ADSATTR1")?;
+    let mut out = Vec::new();
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if rest.len() < n {
+            return None;
+        }
+        let (a, b) = rest.split_at(n);
+        *rest = b;
+        Some(a)
+    }
+    fn string(rest: &mut &[u8]) -> Option<Option<String>> {
+        let len = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?);
+        if len == u32::MAX {
+            return Some(None);
+        }
+        let s = std::str::from_utf8(take(rest, len as usize)?).ok()?;
+        Some(Some(s.to_string()))
+    }
+    while !rest.is_empty() {
+        let kind = EventType::from_code(take(&mut rest, 1)?[0])?;
+        let ts = i64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
+        let id = string(&mut rest)??;
+        let scope = string(&mut rest)??;
+        let user_key = string(&mut rest)?;
+        out.push(Anchor { kind, ts, id, scope, user_key });
+    }
+    Some(out)
+}
+
+impl SealStage for ExactlyOnce {
+    fn name(&self) -> &str {
+        "exactly_once"
+    }
+
+    fn rules_version(&self) -> u32 {
+        self.rules.read().version
+    }
+
+    fn recover(&self, snapshot: &Snapshot, sidecars: &SidecarReader) -> StorageResult<()> {
+        let mut anchors_loaded = 0usize;
+        let mut keys_loaded = 0usize;
+        let mut rescanned = 0usize;
+        for seg in snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw) {
+            let keys = sidecars.read(seg.meta.id, "keys")?.and_then(|b| decode_keys(&b));
+            let anchors = sidecars.read(seg.meta.id, "attr")?.and_then(|b| decode_anchors(&b));
+            let (keys, anchors) = match (keys, anchors) {
+                (Some(k), Some(a)) => (k, a),
+                _ => {
+                    // Written before this stage existed (or sidecars lost):
+                    // derive from the segment itself, once.
+                    rescanned += 1;
+                    let batch = seg.reader.read_batch()?;
+                    (batch_keys(&batch), anchors_of(&batch))
+                }
+            };
+            keys_loaded += keys.len();
+            anchors_loaded += anchors.len();
+            self.dedupe.insert_sealed(&keys);
+            let mut index = self.index.write();
+            for a in &anchors {
+                index.insert(a);
+            }
+            self.newest_ts.fetch_max(seg.meta.max_ts, Ordering::AcqRel);
+        }
+        // Replayed head events are accepted but not sealed: pending keys.
+        for (_, chunk) in &snapshot.head {
+            self.dedupe.admit(&batch_keys(&chunk.batch));
+            self.observe(&chunk.batch);
+        }
+        self.expire();
+        tracing::info!(keys_loaded, anchors_loaded, rescanned, "exactly-once state recovered");
+        Ok(())
+    }
+
+    fn apply(&self, ctx: &SealContext<'_>, events: EventBatch) -> StorageResult<StageOutput> {
+        self.observe(&events);
+        let keys = batch_keys(&events);
+        // Exact dedupe. A first seal claims keys against everything sealed;
+        // a re-seal only drops repeats within the events it rewrites.
+        let dup: Vec<bool> = match ctx.kind {
+            SealKind::Seal => self.dedupe.claim(&keys),
+            SealKind::Final | SealKind::Reprocess => {
+                let mut seen = HashSet::with_capacity(keys.len());
+                keys.iter().map(|(k, _)| !seen.insert(*k)).collect()
+            }
+        };
+        let drops = dup.iter().filter(|d| **d).count();
+        self.duplicates_at_seal.fetch_add(drops as u64, Ordering::Relaxed);
+        let mut order: Vec<u32> = (0..events.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
+        // Deterministic processing order: (ts, type, event_id).
+        {
+            let ts = events.ts();
+            let kind = events.u8_column(ColumnId::Type).values();
+            let id = events.str_column(ColumnId::EventId);
+            order.sort_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                (ts[a], kind[a], id.value(a)).cmp(&(ts[b], kind[b], id.value(b)))
+            });
+        }
+        let events = events.take(&order)?;
+        let kept_keys: Vec<(u128, i64)> = order.iter().map(|&i| keys[i as usize]).collect();
+        let rules = self.rules();
+        let anchors = anchors_of(&events);
+        {
+            let mut index = self.index.write();
+            for a in &anchors {
+                index.insert(a);
+            }
+        }
+        let events = self.attribute(&events, &rules)?;
+        let sidecars = vec![
+            Sidecar { suffix: "keys", bytes: encode_keys(&kept_keys) },
+            Sidecar { suffix: "attr", bytes: encode_anchors(&anchors) },
+        ];
+        Ok(StageOutput { events, sidecars })
+    }
+
+    fn committed(&self, _ctx: &SealContext<'_>, _events: &EventBatch) {
+        self.expire();
+    }
+
+    fn aborted(&self, ctx: &SealContext<'_>, events: &EventBatch) {
+        if ctx.kind == SealKind::Seal {
+            // The claimed keys go back to pending: the events are still in the head.
+            self.dedupe.unclaim(&batch_keys(events));
+        }
+    }
+}
+
+impl ExactlyOnce {
+    /// Fills `attributed`, `attributed_to` and `invalid_reason` for events
+    /// already in processing order.
+    fn attribute(&self, events: &EventBatch, rules: &AttributionRules) -> StorageResult<EventBatch> {
+        let n = events.num_rows();
+        let kind = events.u8_column(ColumnId::Type).values();
+        let ts = events.ts();
+        let imp_id = events.str_column(ColumnId::ImpressionId);
+        let click_id = events.str_column(ColumnId::ClickId);
+        let ad = events.str_column(ColumnId::AdId);
+        let adv = events.str_column(ColumnId::AdvertiserId);
+        let user = events.str_column(ColumnId::UserKey);
+        let ip = events.str_column(ColumnId::IpHash);
+        let ua = events.str_column(ColumnId::UaHash);
+        let bots: HashSet<&str> = rules.bot_ua_hashes.iter().map(String::as_str).collect();
+
+        let mut attributed = vec![false; n];
+        let mut attributed_to: Vec<Option<String>> = vec![None; n];
+        let mut reason = vec![InvalidReason::Valid; n];
+        // Clicks per (ad, user_key or ip_hash, minute), in processing order.
+        let mut flood: HashMap<(u64, u64, i64), u32> = HashMap::new();
+        let index = self.index.read();
+        for i in 0..n {
+            let Some(k) = EventType::from_code(kind[i]) else {
+                return Err(StorageError::Internal(format!("bad event type code {}", kind[i])));
+            };
+            let is_bot = opt_str(ua, i).is_some_and(|u| bots.contains(u));
+            match k {
+                EventType::Impression => {}
+                EventType::Click => {
+                    let ad_h = h(ad.value(i));
+                    let lo = ts[i].saturating_sub(rules.click_window_ms);
+                    let found: Option<(i64, String)> = match opt_str(imp_id, i) {
+                        Some(id) => index
+                            .impressions
+                            .get(&h(id))
+                            .filter(|(t, a)| *a == ad_h && *t <= ts[i] && *t >= lo)
+                            .map(|(t, _)| (*t, id.to_string())),
+                        None => opt_str(user, i)
+                            .and_then(|u| index.imp_by_user.get(&(h(u), ad_h)))
+                            .and_then(|v| last_touch(v, lo, ts[i]))
+                            .map(|t| (t.ts, t.id.to_string())),
+                    };
+                    let who = opt_str(user, i).or_else(|| opt_str(ip, i)).map(h);
+                    let flooded = match who {
+                        Some(w) if rules.click_flood_per_minute > 0 => {
+                            let c = flood.entry((ad_h, w, ts[i].div_euclid(60_000))).or_insert(0);
+                            *c += 1;
+                            *c > rules.click_flood_per_minute
+                        }
+                        _ => false,
+                    };
+                    let too_fast =
+                        found.as_ref().is_some_and(|(t, _)| rules.too_fast_ms > 0 && ts[i] - t < rules.too_fast_ms);
+                    reason[i] = if is_bot {
+                        InvalidReason::BotUa
+                    } else if flooded {
+                        InvalidReason::ClickFlood
+                    } else if too_fast {
+                        InvalidReason::TooFast
+                    } else if found.is_none() && rules.unattributed {
+                        InvalidReason::Unattributed
+                    } else {
+                        InvalidReason::Valid
+                    };
+                    if let Some((_, id)) = found {
+                        attributed[i] = true;
+                        attributed_to[i] = Some(id);
+                    }
+                    continue;
+                }
+                EventType::Conversion => {
+                    let lo = ts[i].saturating_sub(rules.conversion_window_ms);
+                    let found: Option<String> = match opt_str(click_id, i) {
+                        Some(id) => {
+                            index.clicks.get(&h(id)).filter(|t| **t <= ts[i] && **t >= lo).map(|_| id.to_string())
+                        }
+                        None => opt_str(user, i)
+                            .and_then(|u| index.click_by_user.get(&(h(u), h(adv.value(i)))))
+                            .and_then(|v| last_touch(v, lo, ts[i]))
+                            .map(|t| t.id.to_string()),
+                    };
+                    if let Some(id) = found {
+                        attributed[i] = true;
+                        attributed_to[i] = Some(id);
+                    }
+                }
+            }
+            if is_bot {
+                reason[i] = InvalidReason::BotUa;
+            }
+        }
+        drop(index);
+        let out = events.with_column(ColumnId::Attributed, Arc::new(BooleanArray::from(attributed)) as ArrayRef)?;
+        let out = out.with_column(ColumnId::AttributedTo, Arc::new(StringArray::from(attributed_to)) as ArrayRef)?;
+        out.with_column(
+            ColumnId::InvalidReason,
+            Arc::new(UInt8Array::from(reason.iter().map(|r| *r as u8).collect::<Vec<u8>>())) as ArrayRef,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchors_round_trip() {
+        let a = vec![
+            Anchor { kind: EventType::Impression, ts: 5, id: "i1".into(), scope: "ad".into(), user_key: None },
+            Anchor {
+                kind: EventType::Click, ts: -5, id: "c1".into(), scope: "adv".into(), user_key: Some("ü".into())
+            },
+        ];
+        assert_eq!(decode_anchors(&encode_anchors(&a)), Some(a));
+        assert_eq!(decode_anchors(b"ADSATTR1\x00"), None);
+    }
+
+    #[test]
+    fn last_touch_picks_latest_in_window() {
+        let mut v = Vec::new();
+        for (ts, id) in [(10, "a"), (30, "c"), (20, "b"), (30, "c")] {
+            push_touch(&mut v, Touch { ts, id: Arc::from(id) });
+        }
+        assert_eq!(v.len(), 3);
+        assert_eq!(last_touch(&v, 0, 25).map(|t| &*t.id), Some("b"));
+        assert_eq!(last_touch(&v, 21, 25).map(|t| &*t.id), None);
+        assert_eq!(last_touch(&v, 0, 100).map(|t| &*t.id), Some("c"));
+    }
+
+    #[test]
+    fn rules_validate() {
+        assert!(AttributionRules::default().validate().is_ok());
+        assert!(AttributionRules { click_window_ms: 0, ..AttributionRules::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! Exactly-once counting against an independent oracle (tests/oracle):
+//! duplicates, retries across restarts, out-of-order and late events, orphan
+//! clicks, user_key-only clicks, conversions, a bot burst and a click flood.
+
+mod oracle;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use adstore_ingest::{AttributionRules, DedupeConfig, DedupeIndex, ExactlyOnce};
+use adstore_server::datagen::{BOT_UA_HASH, GenConfig, Generator};
+use adstore_storage::{Event, EventBatch, EventType, SealKind, SealPipeline, Store, StoreConfig};
+
+fn rules() -> AttributionRules {
+    AttributionRules { bot_ua_hashes: vec![BOT_UA_HASH.to_string()], ..AttributionRules::default() }
+}
+
+fn oracle_rules(r: &AttributionRules) -> oracle::Rules {
+    oracle::Rules {
+        click_window_ms: r.click_window_ms,
+        conversion_window_ms: r.conversion_window_ms,
+        too_fast_ms: r.too_fast_ms,
+        flood_per_minute: r.click_flood_per_minute as usize,
+        bot_ua: r.bot_ua_hashes.clone(),
+    }
+}
+
+fn open(dir: &std::path::Path, rules: AttributionRules) -> (Store, Arc<ExactlyOnce>) {
+    let eo = Arc::new(ExactlyOnce::new(Arc::new(DedupeIndex::new(DedupeConfig::default())), rules, 86_400_000));
+    let config = StoreConfig { shards: 3, block_rows: 1024, ..StoreConfig::default() };
+    let store = Store::open(dir, config, SealPipeline::new().with_stage(eo.clone())).expect("open store");
+    (store, eo)
+}
+
+/// The generated day plus a click flood by one ordinary user, and clicks
+/// that arrive before their impressions (out of order across batches).
+fn stream() -> Vec<Event> {
+    let cfg = GenConfig { events: 40_000, span_ms: 6 * 3_600_000, ..GenConfig::default() };
+    let mut events: Vec<Event> = Generator::new(cfg.clone()).collect();
+    let base = cfg.start_ms + 2 * 3_600_000;
+    let imp = Event {
+        event_id: "flood-imp".into(),
+        kind: EventType::Impression,
+        ts: base,
+        publisher_id: "pub-00".into(),
+        advertiser_id: "adv-001".into(),
+        campaign_id: "cmp-001-00".into(),
+        ad_id: "ad-001-00-0".into(),
+        impression_id: Some("flood-imp".into()),
+        user_key: Some("flooder".into()),
+        cost_micros: 1000,
+        ..Event::default()
+    };
+    for k in 0..12 {
+        events.push(Event {
+            event_id: format!("flood-click-{k}"),
+            kind: EventType::Click,
+            ts: base + 2_000 + k * 3_000,
+            click_id: Some(format!("flood-click-{k}")),
+            impression_id: Some("flood-imp".into()),
+            cost_micros: 300_000,
+            ..imp.clone()
+        });
+    }
+    // The impression arrives after its clicks.
+    events.push(imp);
+    events
+}
+
+fn all_buckets(store: &Store) -> Vec<i64> {
+    let mut b: Vec<i64> = store.catalog().segments.values().map(|m| m.partition.bucket_start_ms).collect();
+    b.sort_unstable();
+    b.dedup();
+    b
+}
+
+fn attributed_in_range(s: &Store, range: &[i64]) -> i64 {
+    s.snapshot()
+        .read_events()
+        .expect("read")
+        .iter()
+        .flat_map(|b| b.events())
+        .filter(|e| {
+            e.kind == EventType::Click && e.attributed && range.contains(&(e.ts.div_euclid(3_600_000) * 3_600_000))
+        })
+        .count() as i64
+}
+
+fn stored_report(store: &Store) -> oracle::Report {
+    oracle::report(&oracle::stored_outcomes(&store.snapshot().read_events().expect("read events")))
+}
+
+#[test]
+fn counts_match_the_oracle_through_retries_restarts_and_finalization() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sent = stream();
+    let batches: Vec<&[Event]> = sent.chunks(1_000).collect();
+    let (mut store, mut eo) = open(dir.path(), rules());
+    let (mut accepted, mut duplicates) = (0usize, 0usize);
+    let mut resent = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        let s = eo.ingest(&store, &EventBatch::from_events(batch)).expect("ingest");
+        accepted += s.accepted;
+        duplicates += s.duplicates;
+        if i % 7 == 3 {
+            store.seal_all().expect("seal");
+        }
+        if i == batches.len() / 2 {
+            // Restart, then the producer retries its last three batches.
+            store.close().expect("close");
+            drop(store);
+            (store, eo) = open(dir.path(), rules());
+            for retry in &batches[i - 2..=i] {
+                let s = eo.ingest(&store, &EventBatch::from_events(retry)).expect("retry");
+                assert_eq!(s.accepted, 0, "a retried batch must be all duplicates");
+                duplicates += s.duplicates;
+                resent.extend_from_slice(retry);
+            }
+        }
+    }
+    let unique = oracle::dedupe(&sent);
+    assert_eq!(accepted, unique.len(), "accepted events");
+    assert_eq!(duplicates, sent.len() + resent.len() - unique.len(), "duplicates answered");
+
+    store.seal_all().expect("seal");
+    store.reseal_buckets(&all_buckets(&store), SealKind::Final).expect("finalize");
+    let expected = oracle::report(&oracle::outcomes(&sent, &oracle_rules(&rules())));
+    oracle::assert_same(&expected, &stored_report(&store));
+    // The flood and the bot burst were both seen.
+    let invalid: std::collections::BTreeMap<String, i64> =
+        expected.values().flat_map(|m| m.invalid.clone()).fold(Default::default(), |mut acc, (k, v)| {
+            *acc.entry(k).or_default() += v;
+            acc
+        });
+    for reason in ["click_flood", "bot_ua", "unattributed", "too_fast"] {
+        assert!(invalid.get(reason).copied().unwrap_or(0) > 0, "the stream should exercise {reason}: {invalid:?}");
+    }
+
+    // The final state survives a restart unchanged.
+    store.close().expect("close");
+    drop(store);
+    let (store, _eo) = open(dir.path(), rules());
+    oracle::assert_same(&expected, &stored_report(&store));
+}
+
+#[test]
+fn reprocessing_moves_numbers_exactly_as_the_oracle_says_and_atomically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sent = stream();
+    let (store, eo) = open(dir.path(), rules());
+    for batch in sent.chunks(2_000) {
+        eo.ingest(&store, &EventBatch::from_events(batch)).expect("ingest");
+    }
+    store.seal_all().expect("seal");
+    let buckets = all_buckets(&store);
+    store.reseal_buckets(&buckets, SealKind::Final).expect("finalize");
+    let before = stored_report(&store);
+
+    // New rules: a 5-minute click window, version 2.
+    let new_rules = AttributionRules { version: 2, click_window_ms: 300_000, ..rules() };
+    eo.set_rules(new_rules.clone()).expect("valid rules");
+    let range: Vec<i64> = buckets[1..3].to_vec();
+    let in_range = |hour: i64| range.contains(&(hour * 3_600_000));
+
+    // A concurrent reader must see the range's attributed clicks either all
+    // old or all new, never a mix.
+    let old_value = attributed_in_range(&store, &range);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let stop = stop.clone();
+        let range = range.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::Acquire) {
+                seen.insert(attributed_in_range(&store, &range));
+            }
+            seen
+        })
+    };
+    let report = store.reseal_buckets(&range, SealKind::Reprocess).expect("reprocess");
+    assert!(report.partitions > 0);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stop.store(true, Ordering::Release);
+    let seen = reader.join().expect("reader");
+    let new_value = attributed_in_range(&store, &range);
+    assert!(new_value < old_value, "a shorter click window attributes fewer clicks ({new_value} vs {old_value})");
+    assert!(seen.iter().all(|v| *v == old_value || *v == new_value), "a reader saw a mix: {seen:?}");
+
+    let after = stored_report(&store);
+    let expected_new = oracle::report(&oracle::outcomes(&sent, &oracle_rules(&new_rules)));
+    for ((campaign, hour), m) in &after {
+        let key = (campaign.clone(), *hour);
+        if in_range(*hour) {
+            assert_eq!(Some(m), expected_new.get(&key), "{key:?} under the new rules");
+        } else {
+            assert_eq!(Some(m), before.get(&key), "{key:?} outside the range must not move");
+        }
+    }
+    assert_eq!(after.len(), before.len());
+    let versions: std::collections::BTreeSet<u32> = store
+        .catalog()
+        .segments
+        .values()
+        .filter(|m| range.contains(&m.partition.bucket_start_ms))
+        .map(|m| m.attribution_version)
+        .collect();
+    assert_eq!(versions, [2].into_iter().collect(), "reprocessed segments carry the new rules version");
+}
