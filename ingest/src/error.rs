@@ -76,6 +76,14 @@ pub enum IngestError {
     #[error("expected one of mobile, desktop, tablet, ctv, other, found {found:?}")]
     BadDevice { found: String },
 
+    /// An Arrow column holds a data type this field cannot be read from.
+    #[error("Arrow type {data_type} is not accepted for this field")]
+    UnsupportedArrowType { field: &'static str, data_type: String },
+
+    /// The Arrow IPC stream itself is broken; the rows before the break are kept.
+    #[error("malformed Arrow IPC stream: {message}")]
+    MalformedArrow { message: String },
+
     /// `ts` is further ahead of the server clock than the allowed skew.
     #[error("future: ts is {ahead_ms} ms in the future (max skew {max_skew_ms})")]
     Future { ahead_ms: i64, max_skew_ms: i64 },
@@ -90,7 +98,7 @@ impl IngestError {
     pub fn field(&self) -> Option<&str> {
         use IngestError as E;
         match self {
-            E::MalformedJson { .. } | E::LineTooLong { .. } => None,
+            E::MalformedJson { .. } | E::LineTooLong { .. } | E::MalformedArrow { .. } => None,
             E::UnknownField { field } => Some(field),
             E::DuplicateField { field }
             | E::MissingField { field }
@@ -98,7 +106,8 @@ impl IngestError {
             | E::ExpectedString { field, .. }
             | E::EmptyString { field }
             | E::ValueTooLong { field, .. }
-            | E::ExpectedNonNegativeInt { field, .. } => Some(field),
+            | E::ExpectedNonNegativeInt { field, .. }
+            | E::UnsupportedArrowType { field, .. } => Some(field),
             E::ExpectedTimestamp { .. } | E::BadTimestamp { .. } | E::Future { .. } | E::Late { .. } => Some("ts"),
             E::BadType { .. } | E::TypeMismatch { .. } => Some("type"),
             E::BadCountry { .. } => Some("country"),

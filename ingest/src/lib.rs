@@ -1,26 +1,29 @@
 //! adstore-ingest: from request bodies to valid, typed event batches.
 //!
 //! ```text
-//!  HTTP body (NDJSON / JSON array) ──► parse ──► EventBatch (valid rows) + per-line errors
+//!  HTTP body (NDJSON / JSON array / Arrow IPC) ──► parse ──► EventBatch (valid rows) + per-line errors
 //!                                                   │
 //!                                                   ▼
 //!                                  server: dedupe, WAL append (adstore-storage)
 //! ```
 //!
 //! Today this crate holds the parser and validator of DESIGN.md §1 and §5
-//! ([`parse_ndjson`], [`parse_json_array`]); dedupe, attribution and
+//! ([`parse_ndjson`], [`parse_json_array`], [`parse_arrow_ipc`]); dedupe, attribution and
 //! invalid-traffic rules join it later.
 //!
 //! Dependencies point one way: this crate depends on `adstore-storage` for
 //! the event model and must never depend on `adstore-query` or
 //! `adstore-server`.
 
+mod arrow;
 mod dedupe;
 mod error;
 mod exactly_once;
 mod parse;
 
+pub use arrow::parse_arrow_ipc;
 pub use dedupe::{DedupeConfig, DedupeIndex, DedupeStats, batch_keys, decode_keys, encode_keys, idempotency_key};
 pub use error::IngestError;
 pub use exactly_once::{AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};
+pub use parse::rfc3339::parse_ms as parse_rfc3339_ms;
 pub use parse::{LineError, ParseOptions, ParseOutcome, parse_json_array, parse_ndjson};

@@ -30,10 +30,10 @@
 //!   rejection, and the complete elements before it are kept;
 //! - a leading UTF-8 byte order mark is ignored.
 
-mod raw;
-mod rfc3339;
+pub(crate) mod raw;
+pub(crate) mod rfc3339;
 mod split;
-mod validate;
+pub(crate) mod validate;
 
 use adstore_storage::{EventBatch, EventBatchBuilder, EventType};
 use rayon::prelude::*;
@@ -115,7 +115,7 @@ pub struct LineError {
 }
 
 impl LineError {
-    fn new(line: usize, error: &IngestError) -> LineError {
+    pub(crate) fn new(line: usize, error: &IngestError) -> LineError {
         LineError { line, field: error.field().map(str::to_owned), reason: error.to_string() }
     }
 }
@@ -160,12 +160,13 @@ fn auto_chunk_items(n: usize) -> usize {
 }
 
 /// The result of one chunk, before merging.
-struct ChunkOut {
-    batch: EventBatch,
-    rejected: usize,
-    rejected_late: usize,
-    rejected_future: usize,
-    errors: Vec<LineError>,
+pub(crate) struct ChunkOut {
+    pub(crate) batch: EventBatch,
+    pub(crate) rejected: usize,
+    pub(crate) rejected_late: usize,
+    pub(crate) rejected_future: usize,
+    /// The chunk's first `max_errors` rejections, in body order.
+    pub(crate) errors: Vec<LineError>,
 }
 
 fn parse_items(body: &[u8], items: &[Item], opts: &ParseOptions, chunk_items: usize) -> ParseOutcome {
@@ -175,6 +176,11 @@ fn parse_items(body: &[u8], items: &[Item], opts: &ParseOptions, chunk_items: us
     } else {
         items.par_chunks(chunk_items).map(|chunk| parse_chunk(body, chunk, opts)).collect()
     };
+    merge(chunks, opts)
+}
+
+/// Joins chunk results, in body order, into one outcome.
+pub(crate) fn merge(chunks: Vec<ChunkOut>, opts: &ParseOptions) -> ParseOutcome {
     let mut out = ParseOutcome {
         batch: EventBatch::empty(),
         rejected: 0,

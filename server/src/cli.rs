@@ -1,17 +1,27 @@
 //! The `adstore` command line.
+//!
+//! ```text
+//!  adstore serve   ─► cli/serve.rs   the store and its HTTP API (optionally with demo data)
+//!  adstore gen     ─► cli/gen.rs     synthetic events as NDJSON (datagen)
+//!  adstore ingest  ─► cli/ingest.rs  a file to a server: parallel batches, retries, progress
+//!  adstore sql     ─► cli/sql.rs     a query to a server: table, CSV or JSON
+//! ```
+//!
+//! Every subcommand returns `Result<(), ServerError>`; `main` prints the
+//! error and exits 1. Logs go to stderr (filter with `ADSTORE_LOG`), data to
+//! stdout.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod gen_cmd;
+mod ingest;
+mod serve;
+mod sql;
+
+use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
 
-use adstore_storage::{SealPipeline, Store};
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
 use crate::error::ServerError;
-use crate::http::{AppState, HttpCounters, router};
 
 #[derive(Parser)]
 #[command(name = "adstore", version, about = "Columnar time-series store for advertising metrics")]
@@ -23,30 +33,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the store: HTTP API on --listen, data in --data-dir.
-    Serve(ServeArgs),
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Data directory (created if missing).
-    #[arg(long, default_value = "./adstore-data")]
-    data_dir: PathBuf,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
-    /// TOML configuration file (see docs/configuration.md).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    Serve(serve::ServeArgs),
+    /// Write realistic synthetic events as NDJSON.
+    Gen(gen_cmd::GenArgs),
+    /// Send an NDJSON file (or stdin) to a server in parallel batches.
+    Ingest(ingest::IngestArgs),
+    /// Run a SQL query on a server and print the result.
+    Sql(sql::SqlArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Gen(args) => gen_cmd::run(args),
+        Command::Ingest(args) => ingest::run(args),
+        Command::Sql(args) => sql::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("adstore: {e}");
             ExitCode::FAILURE
@@ -57,71 +63,63 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ADSTORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
-fn serve(args: ServeArgs) -> Result<(), ServerError> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+/// A duration such as `1d`, `6h`, `30m`, `90s`, `250ms`, or plain milliseconds.
+fn parse_duration_ms(arg: &'static str, s: &str) -> Result<i64, ServerError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let bad = || ServerError::InvalidArgument {
+        arg,
+        message: format!("{s:?} is not a duration like 1d, 6h, 30m, 90s, 250ms or milliseconds"),
     };
-    let store = Store::open(&args.data_dir, config.storage.clone(), SealPipeline::new())?;
-    store.start_sealer()?;
-    let snapshot = store.snapshot();
-    let newest = snapshot
-        .segments
-        .iter()
-        .map(|s| s.meta.max_ts)
-        .chain(snapshot.head.iter().flat_map(|(_, c)| c.batch.ts().iter().copied()))
-        .max()
-        .unwrap_or(i64::MIN);
-    drop(snapshot);
-    let state = Arc::new(AppState {
-        store: store.clone(),
-        config,
-        newest_ts_ms: AtomicI64::new(newest),
-        counters: HttpCounters::default(),
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ServerError::Internal(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .map_err(|source| ServerError::Bind { addr: args.listen.clone(), source })?;
-        let local: SocketAddr =
-            listener.local_addr().map_err(|source| ServerError::Bind { addr: args.listen.clone(), source })?;
-        tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "adstore listening");
-        // Tests and scripts read this line to find an ephemeral port.
-        println!("listening on http://{local}");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| ServerError::Internal(format!("server error: {e}")))
-    })?;
-    tracing::info!("shutting down: finishing in-flight requests and syncing the WAL");
-    store.close()?;
-    Ok(())
+    let n: i64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).ok_or_else(bad)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+/// An instant given as RFC 3339 or as epoch milliseconds.
+fn parse_instant_ms(arg: &'static str, s: &str) -> Result<i64, ServerError> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    adstore_ingest::parse_rfc3339_ms(s.trim()).map_err(|detail| ServerError::InvalidArgument {
+        arg,
+        message: format!("{s:?} is neither epoch milliseconds nor RFC 3339 ({detail})"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("span", "1d").expect("1d"), 86_400_000);
+        assert_eq!(parse_duration_ms("span", "90s").expect("90s"), 90_000);
+        assert_eq!(parse_duration_ms("span", "250ms").expect("ms"), 250);
+        assert_eq!(parse_duration_ms("span", "1500").expect("plain"), 1500);
+        assert!(parse_duration_ms("span", "1w").is_err());
+        assert!(parse_duration_ms("span", "d").is_err());
+    }
+
+    #[test]
+    fn instants() {
+        assert_eq!(parse_instant_ms("start", "1000").expect("ms"), 1000);
+        assert_eq!(parse_instant_ms("start", "1970-01-01T00:00:01Z").expect("rfc"), 1000);
+        assert!(parse_instant_ms("start", "yesterday").is_err());
     }
 }

@@ -8,8 +8,16 @@ use axum::response::{IntoResponse, Response};
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("unsupported content type {0:?}; use application/x-ndjson, application/json")]
+    #[error(
+        "unsupported content type {0:?}; use application/x-ndjson, application/json or application/vnd.apache.arrow.stream"
+    )]
     UnsupportedMediaType(String),
+    #[error("unsupported content encoding {0:?}; use gzip, zstd or identity")]
+    UnsupportedEncoding(String),
+    #[error("request body is larger than the limit of {limit_bytes} bytes (server.max_body_bytes{after})")]
+    PayloadTooLarge { limit_bytes: usize, after: &'static str },
+    #[error("cannot decompress the {encoding} request body: {source}")]
+    Decompress { encoding: &'static str, source: std::io::Error },
     #[error("request body is not valid: {0}")]
     BadRequest(String),
     #[error("storage: {0}")]
@@ -18,6 +26,15 @@ pub enum ServerError {
     Bind { addr: String, source: std::io::Error },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A command-line argument that cannot be used (CLI only).
+    #[error("invalid --{arg}: {message}")]
+    InvalidArgument { arg: &'static str, message: String },
+    /// Reading or writing a local file (CLI only).
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// A request from the CLI to a server failed for good (CLI only).
+    #[error("{url}: {message}")]
+    Client { url: String, message: String },
 }
 
 impl ServerError {
@@ -26,11 +43,18 @@ impl ServerError {
         match self {
             ServerError::Config(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
             ServerError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ServerError::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding"),
+            ServerError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ServerError::Decompress { .. } => (StatusCode::BAD_REQUEST, "bad_encoding"),
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
             ServerError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
-            ServerError::Bind { .. } | ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ServerError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            ServerError::Bind { .. }
+            | ServerError::Internal(_)
+            | ServerError::Io { .. }
+            | ServerError::Client { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }

@@ -1,30 +1,34 @@
 //! HTTP routes (axum).
 //!
 //! ```text
-//!  POST /v1/events[/{type}s:batch] ─► parse (blocking pool) ─► Store::append (fsync) ─► 200 {accepted,…}
+//!  POST /v1/events[/{type}s:batch] ─► decompress + parse (blocking pool) ─► Store::append (fsync) ─► 200 {accepted,…}
+//!        bodies: NDJSON, JSON array, Arrow IPC stream; Content-Encoding gzip | zstd
 //!  GET  /v1/segments               ─► catalog listing
 //!  GET  /health                    ─► liveness + damaged segments
 //!  GET  /metrics                   ─► Prometheus text
 //! ```
 //!
-//! Handlers never block the async runtime: parsing and the fsync-bound
-//! append run on tokio's blocking pool.
+//! Handlers never block the async runtime: decompression, parsing and the
+//! fsync-bound append run on tokio's blocking pool. The response is sent
+//! only after the WAL fsync that covers the request's events.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use adstore_ingest::{ParseOptions, ParseOutcome, parse_json_array, parse_ndjson};
+use adstore_ingest::{ParseOptions, ParseOutcome, parse_arrow_ipc, parse_json_array, parse_ndjson};
 use adstore_storage::{EventType, Store};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use crate::body::{self, Encoding};
 use crate::config::Config;
 use crate::error::ServerError;
 
@@ -152,7 +156,7 @@ async fn ingest_mixed(
     State(app): State<Arc<AppState>>,
     Query(p): Query<IngestParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServerError> {
     ingest(app, p, headers, body, None).await
 }
@@ -161,7 +165,7 @@ async fn ingest_impressions(
     State(app): State<Arc<AppState>>,
     Query(p): Query<IngestParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServerError> {
     ingest(app, p, headers, body, Some(EventType::Impression)).await
 }
@@ -170,7 +174,7 @@ async fn ingest_clicks(
     State(app): State<Arc<AppState>>,
     Query(p): Query<IngestParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServerError> {
     ingest(app, p, headers, body, Some(EventType::Click)).await
 }
@@ -179,7 +183,7 @@ async fn ingest_conversions(
     State(app): State<Arc<AppState>>,
     Query(p): Query<IngestParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ServerError> {
     ingest(app, p, headers, body, Some(EventType::Conversion)).await
 }
@@ -188,39 +192,58 @@ async fn ingest_conversions(
 enum BodyFormat {
     Ndjson,
     Json,
+    Arrow,
 }
 
-fn body_format(headers: &HeaderMap, body: &[u8]) -> Result<BodyFormat, ServerError> {
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ServerError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/x-ndjson");
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "text/plain" | "" => {
             Ok(BodyFormat::Ndjson)
         }
-        "application/json" => {
-            // A JSON body is either an array of events or NDJSON sent with a
-            // generic type; the first non-blank byte tells which.
-            let first = body.iter().find(|b| !b.is_ascii_whitespace());
-            Ok(if first == Some(&b'[') { BodyFormat::Json } else { BodyFormat::Ndjson })
-        }
+        // Array or NDJSON: decided after decompression, see `sniff_json`.
+        "application/json" => Ok(BodyFormat::Json),
+        "application/vnd.apache.arrow.stream" => Ok(BodyFormat::Arrow),
         other => Err(ServerError::UnsupportedMediaType(other.to_string())),
     }
+}
+
+/// A JSON body is either an array of events or NDJSON sent with a generic
+/// content type; the first non-blank byte tells which.
+fn sniff_json(body: &[u8]) -> BodyFormat {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') { BodyFormat::Json } else { BodyFormat::Ndjson }
+}
+
+/// The raw body, or why axum could not read it: over the limit is our 413.
+fn raw_body(body: Result<Bytes, BytesRejection>, limit_bytes: usize) -> Result<Bytes, ServerError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServerError::PayloadTooLarge { limit_bytes, after: "" }
+        } else {
+            ServerError::BadRequest(rejection.body_text())
+        }
+    })
 }
 
 async fn ingest(
     app: Arc<AppState>,
     params: IngestParams,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
     expected_type: Option<EventType>,
 ) -> Result<Response, ServerError> {
     app.counters.ingest_requests.fetch_add(1, Ordering::Relaxed);
+    let limit_bytes = app.config.server.max_body_bytes;
+    let body = raw_body(body, limit_bytes)?;
     let backfill = match params.mode.as_deref() {
         None | Some("live") => false,
         Some("backfill") => true,
         Some(other) => return Err(ServerError::BadRequest(format!("unknown mode {other:?}; use live or backfill"))),
     };
-    let format = body_format(&headers, &body)?;
+    let format = body_format(&headers)?;
+    let encoding = Encoding::from_headers(&headers)?;
     let now = now_ms();
     let newest = app.newest_ts_ms.load(Ordering::Relaxed);
     let opts = ParseOptions {
@@ -237,10 +260,16 @@ async fn ingest(
     };
     let worker = app.clone();
     let outcome: ParseOutcome = tokio::task::spawn_blocking(move || {
+        let body = body::decode(body, encoding, limit_bytes)?;
         let outcome = match format {
             BodyFormat::Ndjson => parse_ndjson(&body, &opts),
-            BodyFormat::Json => parse_json_array(&body, &opts),
+            BodyFormat::Json => match sniff_json(&body) {
+                BodyFormat::Json => parse_json_array(&body, &opts),
+                _ => parse_ndjson(&body, &opts),
+            },
+            BodyFormat::Arrow => parse_arrow_ipc(&body, &opts),
         };
+        drop(body);
         if !outcome.batch.is_empty() {
             worker.store.append(&outcome.batch)?;
         }

@@ -48,7 +48,7 @@ pub(crate) const INPUT_COLUMNS: [ColumnId; INPUT_FIELDS] = {
 
 /// The input field called `name`; `None` for anything else, including the
 /// columns that seal fills in (`attributed`, `attributed_to`, `invalid_reason`).
-fn input_column(name: &str) -> Option<ColumnId> {
+pub(crate) fn input_column(name: &str) -> Option<ColumnId> {
     use ColumnId as C;
     Some(match name {
         "event_id" => C::EventId,

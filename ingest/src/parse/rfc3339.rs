@@ -14,7 +14,7 @@
 const SHAPE: &str = "expected YYYY-MM-DDTHH:MM:SS[.fraction] followed by Z or an offset +HH:MM / -HH:MM";
 
 /// Parses `s` as an RFC 3339 date-time; the error says what is wrong.
-pub(crate) fn parse_ms(s: &str) -> Result<i64, &'static str> {
+pub fn parse_ms(s: &str) -> Result<i64, &'static str> {
     let b = s.as_bytes();
     let year = digits(b, 0, 4).ok_or(SHAPE)?;
     expect(b, 4, b'-')?;

@@ -52,30 +52,53 @@ pub(crate) fn check<'r>(raw: &'r RawEvent<'_>, opts: &ParseOptions) -> Result<Ch
             C::Ts => out.ts = timestamp(raw)?,
             C::CostMicros => out.cost_micros = micros(raw, column)?,
             C::ValueMicros => out.value_micros = micros(raw, column)?,
-            _ => {
-                let required = match column {
-                    C::EventId | C::PublisherId | C::AdvertiserId | C::CampaignId | C::AdId => true,
-                    C::ImpressionId => kind == EventType::Impression,
-                    C::ClickId => kind == EventType::Click,
-                    _ => false,
-                };
-                let max_bytes = if column == C::EventId { MAX_EVENT_ID_BYTES } else { MAX_STR_BYTES };
-                let value = string(raw, column, required, max_bytes)?;
-                match (column, value) {
-                    (C::Country, Some(c)) if !(c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase())) => {
-                        return Err(IngestError::BadCountry { found: snippet(c) });
-                    }
-                    (C::Device, Some(d)) if !DEVICES.contains(&d) => {
-                        return Err(IngestError::BadDevice { found: snippet(d) });
-                    }
-                    _ => {}
-                }
-                out.strs[column.index()] = value;
-            }
+            _ => out.strs[column.index()] = string(raw, column, is_required(column, kind))?,
         }
     }
     time_window(out.ts, opts)?;
     Ok(out)
+}
+
+/// Whether a string field must be present (and non-empty) in an event of `kind`.
+pub(crate) fn is_required(column: ColumnId, kind: EventType) -> bool {
+    use ColumnId as C;
+    match column {
+        C::EventId | C::PublisherId | C::AdvertiserId | C::CampaignId | C::AdId => true,
+        C::ImpressionId => kind == EventType::Impression,
+        C::ClickId => kind == EventType::Click,
+        _ => false,
+    }
+}
+
+/// Checks a present, non-null string value of `column`: emptiness, length,
+/// and the formats of `country` and `device`. An empty optional value is
+/// `Ok(None)` (stored as null). Shared by the JSON and Arrow readers, so both
+/// apply the same rules.
+pub(crate) fn str_value(column: ColumnId, required: bool, s: &str) -> Result<Option<&str>, IngestError> {
+    use ColumnId as C;
+    let field = column.name();
+    if s.is_empty() {
+        return if required { Err(IngestError::EmptyString { field }) } else { Ok(None) };
+    }
+    let max_bytes = if column == C::EventId { MAX_EVENT_ID_BYTES } else { MAX_STR_BYTES };
+    if s.len() > max_bytes {
+        return Err(IngestError::ValueTooLong { field, len_bytes: s.len(), max_bytes });
+    }
+    match column {
+        C::Country if !(s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())) => {
+            Err(IngestError::BadCountry { found: snippet(s) })
+        }
+        C::Device if !DEVICES.contains(&s) => Err(IngestError::BadDevice { found: snippet(s) }),
+        _ => Ok(Some(s)),
+    }
+}
+
+/// A named event type against the type a typed endpoint implies.
+pub(crate) fn type_value(found: EventType, expected: Option<EventType>) -> Result<EventType, IngestError> {
+    match expected {
+        Some(expected) if expected != found => Err(IngestError::TypeMismatch { found, expected }),
+        _ => Ok(found),
+    }
 }
 
 /// Appends a checked event as one row; seal-time columns get their defaults.
@@ -105,38 +128,20 @@ fn event_type(raw: &RawEvent<'_>, expected: Option<EventType>) -> Result<EventTy
         (Some(Val::Null), None) => Err(IngestError::NullField { field }),
         (Some(Val::Str(s)), expected) => {
             let found = EventType::parse(s).ok_or_else(|| IngestError::BadType { found: snippet(s) })?;
-            match expected {
-                Some(expected) if expected != found => Err(IngestError::TypeMismatch { found, expected }),
-                _ => Ok(found),
-            }
+            type_value(found, expected)
         }
         (Some(other), _) => Err(IngestError::ExpectedString { field, found: other.kind() }),
     }
 }
 
 /// A string field: `None` when absent, null or (for optional fields) empty.
-fn string<'r>(
-    raw: &'r RawEvent<'_>,
-    column: ColumnId,
-    required: bool,
-    max_bytes: usize,
-) -> Result<Option<&'r str>, IngestError> {
+fn string<'r>(raw: &'r RawEvent<'_>, column: ColumnId, required: bool) -> Result<Option<&'r str>, IngestError> {
     let field = column.name();
     match raw.get(column) {
         None if required => Err(IngestError::MissingField { field }),
         Some(Val::Null) if required => Err(IngestError::NullField { field }),
         None | Some(Val::Null) => Ok(None),
-        Some(Val::Str(s)) if s.is_empty() => {
-            if required {
-                Err(IngestError::EmptyString { field })
-            } else {
-                Ok(None)
-            }
-        }
-        Some(Val::Str(s)) if s.len() > max_bytes => {
-            Err(IngestError::ValueTooLong { field, len_bytes: s.len(), max_bytes })
-        }
-        Some(Val::Str(s)) => Ok(Some(s)),
+        Some(Val::Str(s)) => str_value(column, required, s),
         Some(other) => Err(IngestError::ExpectedString { field, found: other.kind() }),
     }
 }
@@ -169,7 +174,7 @@ fn timestamp(raw: &RawEvent<'_>) -> Result<i64, IngestError> {
 }
 
 /// DESIGN.md §5: not too far ahead of the server clock, not older than the lateness bound.
-fn time_window(ts: i64, opts: &ParseOptions) -> Result<(), IngestError> {
+pub(crate) fn time_window(ts: i64, opts: &ParseOptions) -> Result<(), IngestError> {
     let ahead_ms = ts.saturating_sub(opts.now_ms);
     if ahead_ms > opts.max_future_skew_ms {
         return Err(IngestError::Future { ahead_ms, max_skew_ms: opts.max_future_skew_ms });

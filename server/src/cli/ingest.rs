@@ -1,0 +1,561 @@
+//! `adstore ingest FILE|-`: bulk-load NDJSON into a running server.
+//!
+//! ```text
+//!  reader (calling thread): read 1 MiB chunks, cut at line boundaries into
+//!    batches of --batch-size lines ──► bounded queue ──► --concurrency workers:
+//!        [--format arrow: parse client-side, encode Arrow IPC]
+//!        POST /v1/events ─► 2xx/400/422: count accepted / duplicates / rejected
+//!                        ─► 429, 5xx, connection error: retry the same bytes after a backoff
+//!                        ─► other statuses: the batch fails, the run exits 1
+//! ```
+//!
+//! A retried batch carries the same lines, so the same event ids: the
+//! server's dedupe turns a retry of a batch that did land into duplicates,
+//! which makes the load exactly-once. Progress goes to stderr (hidden when
+//! stderr is not a terminal), the summary to stdout.
+
+use std::fs::File;
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use adstore_ingest::{ParseOptions, parse_ndjson};
+use adstore_storage::{ColumnId, EventBatch};
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::ArrowError;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use memchr::memchr_iter;
+use serde::Deserialize;
+
+use crate::error::ServerError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireFormat {
+    /// Send the lines as they are (application/x-ndjson).
+    Ndjson,
+    /// Parse client-side and send Arrow IPC streams (application/vnd.apache.arrow.stream).
+    Arrow,
+}
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// NDJSON file to load, or - for stdin.
+    input: String,
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Events (lines) per request.
+    #[arg(long, default_value_t = 10_000)]
+    batch_size: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Wire format of the requests.
+    #[arg(long, value_enum, default_value_t = WireFormat::Ndjson)]
+    format: WireFormat,
+    /// Accept events of any age (?mode=backfill), for loading history.
+    #[arg(long)]
+    backfill: bool,
+    /// Attempts per batch before giving up on it.
+    #[arg(long, default_value_t = 10)]
+    max_attempts: u32,
+}
+
+/// Bytes read from the input at a time.
+const READ_CHUNK: usize = 1 << 20;
+/// Per-line errors printed at the end.
+const SHOWN_ERRORS: usize = 20;
+
+/// A run of whole lines of the input.
+struct Batch {
+    /// 1-based line number of the first line.
+    first_line: usize,
+    /// Non-blank lines, i.e. events.
+    events: u64,
+    body: Vec<u8>,
+}
+
+/// Cuts a byte stream into batches of whole lines.
+struct Splitter<R> {
+    input: R,
+    pending: Vec<u8>,
+    /// Bytes of `pending` already searched for newlines, and the newlines found there.
+    scanned: usize,
+    newlines: usize,
+    next_line: usize,
+    eof: bool,
+}
+
+impl<R: Read> Splitter<R> {
+    fn new(input: R) -> Splitter<R> {
+        Splitter { input, pending: Vec::new(), scanned: 0, newlines: 0, next_line: 1, eof: false }
+    }
+
+    fn next_batch(&mut self, lines: usize) -> std::io::Result<Option<Batch>> {
+        loop {
+            let mut cut = None;
+            for pos in memchr_iter(b'\n', &self.pending[self.scanned..]) {
+                self.newlines += 1;
+                if self.newlines == lines {
+                    cut = Some(self.scanned + pos + 1);
+                    break;
+                }
+            }
+            if let Some(cut) = cut {
+                let rest = self.pending.split_off(cut);
+                let body = std::mem::replace(&mut self.pending, rest);
+                return Ok(Some(self.batch(body, lines)));
+            }
+            self.scanned = self.pending.len();
+            if self.eof {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                let body = std::mem::take(&mut self.pending);
+                let lines = self.newlines + usize::from(body.last() != Some(&b'\n'));
+                return Ok(Some(self.batch(body, lines)));
+            }
+            let len = self.pending.len();
+            self.pending.resize(len + READ_CHUNK, 0);
+            let n = loop {
+                match self.input.read(&mut self.pending[len..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            self.pending.truncate(len + n.as_ref().map_or(0, |n| *n));
+            if n? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    fn batch(&mut self, body: Vec<u8>, lines: usize) -> Batch {
+        let events = body.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).count() as u64;
+        let first_line = self.next_line;
+        self.next_line += lines;
+        self.scanned = 0;
+        self.newlines = 0;
+        Batch { first_line, events, body }
+    }
+}
+
+/// The server's answer to an ingest request (`{"accepted",…}`).
+#[derive(Deserialize)]
+struct IngestReply {
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    #[serde(default)]
+    errors: Vec<ReplyError>,
+}
+
+#[derive(Deserialize)]
+struct ReplyError {
+    line: usize,
+    field: Option<String>,
+    reason: String,
+}
+
+#[derive(Default)]
+struct Totals {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+    retries: AtomicU64,
+    failed_batches: AtomicU64,
+    bytes_done: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Totals {
+    fn note_error(&self, message: String) {
+        if let Ok(mut errors) = self.errors.lock()
+            && errors.len() < SHOWN_ERRORS
+        {
+            errors.push(message);
+        }
+    }
+}
+
+pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
+    if args.batch_size == 0 || args.concurrency == 0 || args.max_attempts == 0 {
+        return Err(ServerError::InvalidArgument {
+            arg: "batch-size",
+            message: "--batch-size, --concurrency and --max-attempts must be positive".into(),
+        });
+    }
+    let (input, total_bytes): (Box<dyn Read + Send>, Option<u64>) = if args.input == "-" {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let f = File::open(&args.input).map_err(|source| ServerError::Io { path: args.input.clone(), source })?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let endpoint =
+        format!("{}/v1/events{}", args.url.trim_end_matches('/'), if args.backfill { "?mode=backfill" } else { "" });
+    let progress = progress_bar(total_bytes);
+    let totals = Arc::new(Totals::default());
+    let started = Instant::now();
+    let (tx, rx) = mpsc::sync_channel::<Batch>(args.concurrency * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .max_idle_connections_per_host(args.concurrency)
+        .build()
+        .into();
+
+    let mut workers = Vec::new();
+    for i in 0..args.concurrency {
+        let worker = Worker {
+            agent: agent.clone(),
+            endpoint: endpoint.clone(),
+            format: args.format,
+            max_attempts: args.max_attempts,
+            totals: totals.clone(),
+            progress: progress.clone(),
+            started,
+            stop: stop.clone(),
+        };
+        let rx = rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("adstore-ingest-{i}"))
+            .spawn(move || {
+                loop {
+                    let next = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok(batch) = next else { break };
+                    worker.send(batch);
+                }
+            })
+            .map_err(|e| ServerError::Internal(format!("cannot start a worker thread: {e}")))?;
+        workers.push(handle);
+    }
+
+    let mut splitter = Splitter::new(input);
+    let mut read_error = None;
+    while !stop.load(Ordering::Relaxed) {
+        match splitter.next_batch(args.batch_size) {
+            Ok(Some(batch)) => {
+                if tx.send(batch).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(source) => {
+                read_error = Some(ServerError::Io { path: args.input.clone(), source });
+                break;
+            }
+        }
+    }
+    drop(tx);
+    for w in workers {
+        let _ = w.join();
+    }
+    progress.finish_and_clear();
+    print_summary(&totals, started.elapsed());
+    if let Some(e) = read_error {
+        return Err(e);
+    }
+    let failed = totals.failed_batches.load(Ordering::Relaxed);
+    if failed > 0 {
+        eprintln!("adstore: {failed} batch(es) could not be delivered");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(total_bytes: Option<u64>) -> ProgressBar {
+    let target =
+        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let pb = match total_bytes {
+        Some(len) => {
+            let pb = ProgressBar::with_draw_target(Some(len), target);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes}  {msg}  ETA {eta}",
+            ) {
+                pb.set_style(style.progress_chars("=> "));
+            }
+            pb
+        }
+        None => {
+            let pb = ProgressBar::with_draw_target(None, target);
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {bytes}  {msg}") {
+                pb.set_style(style);
+            }
+            pb
+        }
+    };
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+/// One sending thread's view of the run.
+struct Worker {
+    agent: ureq::Agent,
+    endpoint: String,
+    format: WireFormat,
+    max_attempts: u32,
+    totals: Arc<Totals>,
+    progress: ProgressBar,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+/// What one attempt to deliver a batch came to.
+enum Attempt {
+    Done(IngestReply),
+    /// Worth another try, after at least this long.
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
+    Fatal(String),
+}
+
+impl Worker {
+    fn send(&self, batch: Batch) {
+        let t = &self.totals;
+        t.sent.fetch_add(batch.events, Ordering::Relaxed);
+        let raw_len = batch.body.len() as u64;
+        let (body, content_type, client_rejected) = match self.format {
+            WireFormat::Ndjson => (Some(batch.body), "application/x-ndjson", 0),
+            WireFormat::Arrow => match to_arrow(&batch.body, batch.first_line, t) {
+                Ok((body, rejected)) => (body, "application/vnd.apache.arrow.stream", rejected),
+                Err(e) => {
+                    self.fail(format!("lines {}..: cannot encode Arrow IPC: {e}", batch.first_line));
+                    return;
+                }
+            },
+        };
+        t.rejected.fetch_add(client_rejected, Ordering::Relaxed);
+        let mut attempt = 1;
+        // Nothing valid to send (every line rejected client-side).
+        let Some(body) = body else {
+            self.advance(raw_len);
+            return;
+        };
+        loop {
+            match self.post(&body, content_type) {
+                Attempt::Done(reply) => {
+                    t.accepted.fetch_add(reply.accepted, Ordering::Relaxed);
+                    t.duplicates.fetch_add(reply.duplicates, Ordering::Relaxed);
+                    t.rejected.fetch_add(reply.rejected, Ordering::Relaxed);
+                    for e in reply.errors {
+                        let at = match self.format {
+                            WireFormat::Ndjson => format!("line {}", batch.first_line + e.line - 1),
+                            WireFormat::Arrow => format!("row {} of the batch from line {}", e.line, batch.first_line),
+                        };
+                        let field = e.field.map(|f| format!(" {f}:")).unwrap_or_default();
+                        t.note_error(format!("{at}:{field} {}", e.reason));
+                    }
+                    break;
+                }
+                Attempt::Retry { after, why } if attempt < self.max_attempts && !self.stop.load(Ordering::Relaxed) => {
+                    t.retries.fetch_add(1, Ordering::Relaxed);
+                    let backoff = backoff(attempt).max(after.unwrap_or_default());
+                    self.progress.suspend(|| {
+                        tracing::warn!(first_line = batch.first_line, attempt, error = %why, "retrying batch");
+                    });
+                    std::thread::sleep(backoff);
+                    attempt += 1;
+                }
+                Attempt::Retry { why, .. } => {
+                    self.fail(format!("lines {}..: gave up after {attempt} attempts: {why}", batch.first_line));
+                    break;
+                }
+                Attempt::Fatal(why) => {
+                    self.fail(format!("lines {}..: {why}", batch.first_line));
+                    break;
+                }
+            }
+        }
+        self.advance(raw_len);
+    }
+
+    /// Moves the progress bar past a finished batch of `raw_len` input bytes.
+    fn advance(&self, raw_len: u64) {
+        let t = &self.totals;
+        let done = t.bytes_done.fetch_add(raw_len, Ordering::Relaxed) + raw_len;
+        self.progress.set_position(done);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let acked = t.accepted.load(Ordering::Relaxed) + t.duplicates.load(Ordering::Relaxed);
+        self.progress.set_message(format!("{acked} events, {:.0} events/s", acked as f64 / secs));
+    }
+
+    fn fail(&self, message: String) {
+        self.totals.failed_batches.fetch_add(1, Ordering::Relaxed);
+        self.totals.note_error(message);
+        // A batch the server refuses outright (413, 415, 404) will not go
+        // better for the next one: stop reading.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn post(&self, body: &[u8], content_type: &str) -> Attempt {
+        let response = self.agent.post(&self.endpoint).header("content-type", content_type).send(body);
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => return Attempt::Retry { after: None, why: e.to_string() },
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = match response.body_mut().read_to_string() {
+            Ok(t) => t,
+            Err(e) => return Attempt::Retry { after: None, why: format!("reading the response: {e}") },
+        };
+        match status {
+            200..=299 | 400 | 422 => match serde_json::from_str::<IngestReply>(&text) {
+                Ok(reply) => Attempt::Done(reply),
+                Err(_) => Attempt::Fatal(format!("HTTP {status}: {}", error_message(&text))),
+            },
+            429 | 500..=599 => {
+                Attempt::Retry { after: retry_after, why: format!("HTTP {status}: {}", error_message(&text)) }
+            }
+            413 => Attempt::Fatal(format!("HTTP 413: {}; use a smaller --batch-size", error_message(&text))),
+            _ => Attempt::Fatal(format!("HTTP {status}: {}", error_message(&text))),
+        }
+    }
+}
+
+/// 100 ms, 200 ms, 400 ms, … capped at 10 s, with up to 25% jitter so
+/// retrying workers do not march in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.saturating_sub(1).min(7)).min(10_000);
+    Duration::from_millis(base + fastrand::u64(0..=base / 4))
+}
+
+/// The `message` of a JSON error body, or the body itself.
+fn error_message(text: &str) -> String {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        message: String,
+    }
+    match serde_json::from_str::<Wrapper>(text) {
+        Ok(w) => w.error.message,
+        Err(_) => text.chars().take(200).collect(),
+    }
+}
+
+/// Parses NDJSON lines client-side and encodes the valid events as one Arrow
+/// IPC stream of the input columns. Lines the parser rejects are reported
+/// here and not sent; the server still applies its own checks (time window).
+fn to_arrow(body: &[u8], first_line: usize, totals: &Totals) -> Result<(Option<Vec<u8>>, u64), ArrowError> {
+    let opts = ParseOptions {
+        max_future_skew_ms: i64::MAX,
+        min_ts_ms: None,
+        max_errors: SHOWN_ERRORS,
+        ..ParseOptions::default()
+    };
+    let outcome = parse_ndjson(body, &opts);
+    for e in &outcome.errors {
+        let field = e.field.as_deref().map(|f| format!(" {f}:")).unwrap_or_default();
+        totals.note_error(format!("line {}:{field} {}", first_line + e.line - 1, e.reason));
+    }
+    let encoded = if outcome.batch.is_empty() { None } else { Some(encode_arrow_ipc(&outcome.batch)?) };
+    Ok((encoded, outcome.rejected as u64))
+}
+
+/// The input columns of `batch` (all but the seal-time ones) as an Arrow IPC stream.
+pub fn encode_arrow_ipc(batch: &EventBatch) -> Result<Vec<u8>, ArrowError> {
+    // Invariant: the seal-time columns (`attributed`, `attributed_to`,
+    // `invalid_reason`) are the last ones of the event schema.
+    let input: Vec<usize> = (0..ColumnId::Attributed.index()).collect();
+    let record = batch.record_batch().project(&input)?;
+    let mut out = Vec::with_capacity(record.get_array_memory_size() + 4096);
+    let mut writer = StreamWriter::try_new(&mut out, &record.schema())?;
+    writer.write(&record)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+fn print_summary(t: &Totals, elapsed: Duration) {
+    if let Ok(errors) = t.errors.lock() {
+        for e in errors.iter() {
+            eprintln!("  {e}");
+        }
+    }
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64();
+    let sent = load(&t.sent);
+    println!(
+        "{}",
+        summary_text(sent, load(&t.accepted), load(&t.duplicates), load(&t.rejected), load(&t.retries), secs)
+    );
+}
+
+fn summary_text(sent: u64, accepted: u64, duplicates: u64, rejected: u64, retries: u64, secs: f64) -> String {
+    format!(
+        "sent        {sent}\naccepted    {accepted}\nduplicates  {duplicates}\nrejected    {rejected}\n\
+         retries     {retries}\nelapsed     {secs:.2} s\nrate        {:.0} events/s",
+        sent as f64 / secs.max(1e-9)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batches(input: &[u8], lines: usize, chunk_reads: usize) -> Vec<(usize, u64, Vec<u8>)> {
+        // A reader that returns at most `chunk_reads` bytes per read, to cut lines across reads.
+        struct Dribble<'a>(&'a [u8], usize);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(buf.len()).min(self.1);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut s = Splitter::new(Dribble(input, chunk_reads));
+        let mut out = Vec::new();
+        while let Some(b) = s.next_batch(lines).expect("read") {
+            out.push((b.first_line, b.events, b.body));
+        }
+        out
+    }
+
+    #[test]
+    fn splitter_cuts_at_line_boundaries() {
+        let input = b"a\nb\n\nc\nd\ne";
+        for chunk in [1, 2, 3, 100] {
+            let got = batches(input, 2, chunk);
+            assert_eq!(
+                got,
+                vec![(1, 2, b"a\nb\n".to_vec()), (3, 1, b"\nc\n".to_vec()), (5, 2, b"d\ne".to_vec()),],
+                "chunk {chunk}"
+            );
+        }
+        assert!(batches(b"", 10, 5).is_empty());
+        assert_eq!(batches(b"x\n", 10, 5), vec![(1, 1, b"x\n".to_vec())]);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) >= Duration::from_millis(100) && backoff(1) <= Duration::from_millis(125));
+        assert!(backoff(3) >= Duration::from_millis(400));
+        assert!(backoff(30) <= Duration::from_millis(12_500));
+    }
+
+    #[test]
+    fn error_messages_are_unwrapped() {
+        assert_eq!(error_message(r#"{"error":{"code":"x","message":"too big"}}"#), "too big");
+        assert_eq!(error_message("plain"), "plain");
+    }
+}

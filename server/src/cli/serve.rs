@@ -1,0 +1,158 @@
+//! `adstore serve`: open the store, optionally load demo data, serve HTTP
+//! until SIGINT/SIGTERM.
+//!
+//! Shutdown order: the signal stops the listener; in-flight requests run to
+//! completion (each returns only after its WAL fsync); then the store stops
+//! its sealer and fsyncs the WAL, and the process exits 0. Events still in
+//! the head are replayed from the WAL at the next start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Instant;
+
+use adstore_ingest::{ParseOptions, parse_ndjson};
+use adstore_storage::{SealPipeline, Store};
+
+use crate::config::Config;
+use crate::datagen::{GenConfig, Generator, write_ndjson};
+use crate::error::ServerError;
+use crate::http::{AppState, HttpCounters, now_ms, router};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "./adstore-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the "listening on" line says which).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// If the data directory is empty, first load a day of synthetic events ending now.
+    #[arg(long)]
+    demo: bool,
+    /// Number of events --demo loads.
+    #[arg(long, default_value_t = 500_000, requires = "demo")]
+    demo_events: u64,
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let was_empty = dir_is_empty(&args.data_dir)?;
+    let store = Store::open(&args.data_dir, config.storage.clone(), SealPipeline::new())?;
+    if args.demo {
+        if was_empty {
+            load_demo(&store, args.demo_events)?;
+        } else {
+            tracing::info!(data_dir = %args.data_dir.display(), "--demo: data directory is not empty, loading nothing");
+        }
+    }
+    store.start_sealer()?;
+    let snapshot = store.snapshot();
+    let newest = snapshot
+        .segments
+        .iter()
+        .map(|s| s.meta.max_ts)
+        .chain(snapshot.head.iter().flat_map(|(_, c)| c.batch.ts().iter().copied()))
+        .max()
+        .unwrap_or(i64::MIN);
+    drop(snapshot);
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        config,
+        newest_ts_ms: AtomicI64::new(newest),
+        counters: HttpCounters::default(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Internal(format!("cannot start the async runtime: {e}")))?;
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: args.listen.clone(), source })?;
+        let local: SocketAddr =
+            listener.local_addr().map_err(|source| ServerError::Bind { addr: args.listen.clone(), source })?;
+        tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "adstore listening");
+        // Tests and scripts read this line to find an ephemeral port.
+        println!("listening on http://{local}");
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| ServerError::Internal(format!("server error: {e}")))
+    });
+    tracing::info!("shutting down: in-flight requests finished, syncing the WAL");
+    // Close even if serving failed, so the WAL is synced either way.
+    let closed = store.close();
+    served?;
+    closed?;
+    tracing::info!("shutdown complete");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// True if `dir` is missing or has no entries.
+fn dir_is_empty(dir: &Path) -> Result<bool, ServerError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(ServerError::Io { path: dir.display().to_string(), source }),
+    }
+}
+
+/// Loads `events` generated events spread over the day before now, through
+/// the same parser as HTTP ingest, in backfill mode.
+fn load_demo(store: &Store, events: u64) -> Result<(), ServerError> {
+    const CHUNK: usize = 50_000;
+    let started = Instant::now();
+    let span_ms = 86_400_000;
+    let now = now_ms();
+    let cfg = GenConfig { events, start_ms: now - span_ms, span_ms, ..GenConfig::default() };
+    let opts = ParseOptions { now_ms: now, ..ParseOptions::default() };
+    let mut generator = Generator::new(cfg);
+    let mut body = Vec::with_capacity(CHUNK * 400);
+    let mut loaded = 0;
+    loop {
+        body.clear();
+        generator.by_ref().take(CHUNK).for_each(|e| write_ndjson(&e, &mut body));
+        if body.is_empty() {
+            break;
+        }
+        let outcome = parse_ndjson(&body, &opts);
+        if let Some(e) = outcome.errors.first() {
+            return Err(ServerError::Internal(format!("demo data rejected at line {}: {}", e.line, e.reason)));
+        }
+        store.append(&outcome.batch)?;
+        loaded += outcome.batch.num_rows();
+    }
+    tracing::info!(events = loaded, elapsed_ms = started.elapsed().as_millis() as u64, "demo data loaded");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("signal received: no longer accepting connections");
+}
