@@ -14,6 +14,10 @@ pub struct Config {
     pub server: HttpConfig,
     pub ingest: IngestConfig,
     pub storage: StoreConfig,
+    /// Attribution and invalid-traffic rules (DESIGN.md §3–§4). Rules set
+    /// later through `PUT /v1/attribution` are persisted in the data
+    /// directory and win over these.
+    pub attribution: adstore_ingest::AttributionRules,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,11 +47,19 @@ pub struct IngestConfig {
     /// Per-line errors listed in an ingest response (counts stay exact).
     /// Default 100.
     pub max_errors: usize,
+    /// Two events with the same (publisher_id, type, event_id) whose event
+    /// times are within this window are one event. Default 86_400_000 (24 h).
+    pub dedupe_window_ms: i64,
 }
 
 impl Default for IngestConfig {
     fn default() -> IngestConfig {
-        IngestConfig { max_future_skew_ms: 300_000, allowed_lateness_ms: 86_400_000, max_errors: 100 }
+        IngestConfig {
+            max_future_skew_ms: 300_000,
+            allowed_lateness_ms: 86_400_000,
+            max_errors: 100,
+            dedupe_window_ms: 86_400_000,
+        }
     }
 }
 
@@ -69,6 +81,10 @@ impl Config {
         if self.ingest.max_future_skew_ms < 0 || self.ingest.allowed_lateness_ms < 0 {
             return Err(ServerError::Config("ingest windows must not be negative".into()));
         }
+        if self.ingest.dedupe_window_ms <= 0 {
+            return Err(ServerError::Config("ingest.dedupe_window_ms must be positive".into()));
+        }
+        self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;
         Ok(())
     }
 }

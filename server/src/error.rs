@@ -20,6 +20,8 @@ pub enum ServerError {
     Decompress { encoding: &'static str, source: std::io::Error },
     #[error("request body is not valid: {0}")]
     BadRequest(String),
+    #[error("not found: {0}")]
+    NotFound(String),
     #[error("storage: {0}")]
     Storage(#[from] adstore_storage::StorageError),
     #[error("cannot bind {addr}: {source}")]
@@ -47,6 +49,9 @@ impl ServerError {
             ServerError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServerError::Decompress { .. } => (StatusCode::BAD_REQUEST, "bad_encoding"),
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServerError::Storage(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ServerError::Storage(S::Damaged { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "damaged_data"),
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
             ServerError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use adstore_ingest::{ParseOptions, ParseOutcome, parse_arrow_ipc, parse_json_array, parse_ndjson};
+use adstore_ingest::{IngestSummary, ParseOptions, ParseOutcome, parse_arrow_ipc, parse_json_array, parse_ndjson};
 use adstore_storage::{EventType, Store};
 use axum::Json;
 use axum::Router;
@@ -36,6 +36,10 @@ use crate::error::ServerError;
 pub struct AppState {
     pub store: Store,
     pub config: Config,
+    pub data_dir: std::path::PathBuf,
+    /// Dedupe, attribution and invalid-traffic state (shared with the seal pipeline).
+    pub exactly_once: Arc<adstore_ingest::ExactlyOnce>,
+    pub jobs: crate::exactly::Jobs,
     /// Newest event time accepted so far; the lateness bound hangs off it.
     pub newest_ts_ms: AtomicI64,
     pub counters: HttpCounters,
@@ -46,6 +50,7 @@ pub struct HttpCounters {
     pub ingest_requests: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    pub duplicates: AtomicU64,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -54,6 +59,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/segments", get(segments))
+        .route("/v1/attribution", get(crate::exactly::get_rules).put(crate::exactly::put_rules))
+        .route("/v1/reprocess", post(crate::exactly::start_reprocess))
+        .route("/v1/reprocess/{id}", get(crate::exactly::get_reprocess))
         .route("/v1/events", post(ingest_mixed))
         .route("/v1/events/impressions:batch", post(ingest_impressions))
         .route("/v1/events/clicks:batch", post(ingest_clicks))
@@ -75,6 +83,7 @@ async fn health(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let s = app.store.stats();
+    let eo = app.exactly_once.stats();
     let c = &app.counters;
     let text = format!(
         "# TYPE adstore_ingest_requests_total counter\nadstore_ingest_requests_total {}\n\
@@ -85,7 +94,12 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
          # TYPE adstore_sealed_rows_total counter\nadstore_sealed_rows_total {}\n\
          # TYPE adstore_seal_errors_total counter\nadstore_seal_errors_total {}\n\
          # TYPE adstore_wal_fsyncs_total counter\nadstore_wal_fsyncs_total {}\n\
-         # TYPE adstore_wal_appends_total counter\nadstore_wal_appends_total {}\n",
+         # TYPE adstore_wal_appends_total counter\nadstore_wal_appends_total {}\n\
+         # TYPE adstore_events_duplicate_total counter\nadstore_events_duplicate_total {}\n\
+         # TYPE adstore_seal_duplicates_dropped_total counter\nadstore_seal_duplicates_dropped_total {}\n\
+         # TYPE adstore_dedupe_keys gauge\nadstore_dedupe_keys {}\n\
+         # TYPE adstore_dedupe_table_bytes gauge\nadstore_dedupe_table_bytes {}\n\
+         # TYPE adstore_attribution_index_entries gauge\nadstore_attribution_index_entries {}\n",
         c.ingest_requests.load(Ordering::Relaxed),
         c.accepted.load(Ordering::Relaxed),
         c.rejected.load(Ordering::Relaxed),
@@ -95,6 +109,11 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         s.seal_errors,
         s.wal_fsyncs,
         s.wal_appends,
+        c.duplicates.load(Ordering::Relaxed),
+        eo.duplicates_at_seal,
+        eo.dedupe_keys,
+        eo.dedupe_table_bytes,
+        eo.index_entries,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -259,7 +278,7 @@ async fn ingest(
         ..ParseOptions::default()
     };
     let worker = app.clone();
-    let outcome: ParseOutcome = tokio::task::spawn_blocking(move || {
+    let (outcome, summary): (ParseOutcome, IngestSummary) = tokio::task::spawn_blocking(move || {
         let body = body::decode(body, encoding, limit_bytes)?;
         let outcome = match format {
             BodyFormat::Ndjson => parse_ndjson(&body, &opts),
@@ -270,21 +289,21 @@ async fn ingest(
             BodyFormat::Arrow => parse_arrow_ipc(&body, &opts),
         };
         drop(body);
-        if !outcome.batch.is_empty() {
-            worker.store.append(&outcome.batch)?;
-        }
-        Ok::<_, ServerError>(outcome)
+        // Dedupe, then the durable append: the answer comes after the fsync.
+        let summary = worker.exactly_once.ingest(&worker.store, &outcome.batch)?;
+        Ok::<_, ServerError>((outcome, summary))
     })
     .await
     .map_err(|e| ServerError::Internal(format!("ingest task failed: {e}")))??;
 
-    let accepted = outcome.batch.num_rows();
+    let accepted = summary.accepted;
+    app.counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
     if let Some(max) = outcome.batch.ts().iter().max() {
         app.newest_ts_ms.fetch_max(*max, Ordering::Relaxed);
     }
     app.counters.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     app.counters.rejected.fetch_add(outcome.rejected as u64, Ordering::Relaxed);
-    let status = if accepted == 0 && outcome.rejected > 0 {
+    let status = if accepted == 0 && summary.duplicates == 0 && outcome.rejected > 0 {
         if outcome.rejected_late + outcome.rejected_future == outcome.rejected {
             StatusCode::UNPROCESSABLE_ENTITY
         } else {
@@ -293,7 +312,8 @@ async fn ingest(
     } else {
         StatusCode::OK
     };
-    let body = IngestResponse { accepted, duplicates: 0, rejected: outcome.rejected, errors: outcome.errors };
+    let body =
+        IngestResponse { accepted, duplicates: summary.duplicates, rejected: outcome.rejected, errors: outcome.errors };
     Ok((status, Json(body)).into_response())
 }
 

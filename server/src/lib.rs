@@ -9,8 +9,10 @@ pub mod cli;
 mod config;
 pub mod datagen;
 mod error;
+mod exactly;
 mod http;
 
 pub use config::{Config, HttpConfig, IngestConfig};
 pub use error::ServerError;
+pub use exactly::{ReprocessJob, Totals, open_store};
 pub use http::{AppState, router};

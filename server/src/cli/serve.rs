@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Instant;
 
+use adstore_ingest::ExactlyOnce;
 use adstore_ingest::{ParseOptions, parse_ndjson};
-use adstore_storage::{SealPipeline, Store};
+use adstore_storage::Store;
 
 use crate::config::Config;
 use crate::datagen::{GenConfig, Generator, write_ndjson};
@@ -46,10 +47,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         None => Config::default(),
     };
     let was_empty = dir_is_empty(&args.data_dir)?;
-    let store = Store::open(&args.data_dir, config.storage.clone(), SealPipeline::new())?;
+    let (store, exactly_once) = crate::exactly::open_store(&args.data_dir, &config)?;
     if args.demo {
         if was_empty {
-            load_demo(&store, args.demo_events)?;
+            load_demo(&store, &exactly_once, args.demo_events)?;
         } else {
             tracing::info!(data_dir = %args.data_dir.display(), "--demo: data directory is not empty, loading nothing");
         }
@@ -67,6 +68,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
     let state = Arc::new(AppState {
         store: store.clone(),
         config,
+        data_dir: args.data_dir.clone(),
+        exactly_once,
+        jobs: crate::exactly::Jobs::open(&args.data_dir)?,
         newest_ts_ms: AtomicI64::new(newest),
         counters: HttpCounters::default(),
     });
@@ -108,7 +112,7 @@ fn dir_is_empty(dir: &Path) -> Result<bool, ServerError> {
 
 /// Loads `events` generated events spread over the day before now, through
 /// the same parser as HTTP ingest, in backfill mode.
-fn load_demo(store: &Store, events: u64) -> Result<(), ServerError> {
+fn load_demo(store: &Store, exactly_once: &ExactlyOnce, events: u64) -> Result<(), ServerError> {
     const CHUNK: usize = 50_000;
     let started = Instant::now();
     let span_ms = 86_400_000;
@@ -128,8 +132,7 @@ fn load_demo(store: &Store, events: u64) -> Result<(), ServerError> {
         if let Some(e) = outcome.errors.first() {
             return Err(ServerError::Internal(format!("demo data rejected at line {}: {}", e.line, e.reason)));
         }
-        store.append(&outcome.batch)?;
-        loaded += outcome.batch.num_rows();
+        loaded += exactly_once.ingest(store, &outcome.batch)?.accepted;
     }
     tracing::info!(events = loaded, elapsed_ms = started.elapsed().as_millis() as u64, "demo data loaded");
     Ok(())

@@ -1,0 +1,285 @@
+//! Exactly-once wiring: opening the store with the exactly-once seal stage,
+//! the attribution rules API, and reprocessing jobs.
+//!
+//! ```text
+//!  GET/PUT /v1/attribution      rules (validated, persisted to {data}/attribution.json)
+//!  POST    /v1/reprocess        {"from","to","reason"} ─► job (background) ─► Store::reseal_buckets
+//!  GET     /v1/reprocess/{id}   job: range, rules version, status, totals before/after
+//! ```
+//!
+//! Jobs are persisted under `{data}/reprocess/{id}.json`, so they survive a
+//! restart (a job that was running when the process stopped is reported as
+//! `interrupted`; its segments are all old or all new, as every re-seal
+//! commits atomically).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use adstore_ingest::{AttributionRules, DedupeConfig, DedupeIndex, ExactlyOnce};
+use adstore_storage::{EventType, SealKind, SealPipeline, Store};
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::http::{AppState, now_ms};
+
+const RULES_FILE: &str = "attribution.json";
+
+/// Opens the store in `data_dir` with the exactly-once seal stage, using the
+/// persisted attribution rules if any (they win over the config file's,
+/// since they were set through the API later).
+pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<ExactlyOnce>), ServerError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ServerError::Config(format!("cannot create {}: {e}", data_dir.display())))?;
+    let rules = match std::fs::read(data_dir.join(RULES_FILE)) {
+        Ok(bytes) => serde_json::from_slice::<AttributionRules>(&bytes)
+            .map_err(|e| ServerError::Config(format!("{}: {e}", data_dir.join(RULES_FILE).display())))?,
+        Err(_) => config.attribution.clone(),
+    };
+    rules.validate().map_err(ServerError::Config)?;
+    let lateness = config.ingest.allowed_lateness_ms;
+    let dedupe =
+        DedupeIndex::new(DedupeConfig { window_ms: config.ingest.dedupe_window_ms, allowed_lateness_ms: lateness });
+    let eo = Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, lateness));
+    let mut storage = config.storage.clone();
+    storage.allowed_lateness_ms = lateness;
+    let store = Store::open(data_dir, storage, SealPipeline::new().with_stage(eo.clone()))?;
+    Ok((store, eo))
+}
+
+pub async fn get_rules(State(app): State<Arc<AppState>>) -> Json<AttributionRules> {
+    Json((*app.exactly_once.rules()).clone())
+}
+
+/// Replaces the rules. The new version must be higher than the current one.
+pub async fn put_rules(
+    State(app): State<Arc<AppState>>,
+    Json(rules): Json<AttributionRules>,
+) -> Result<Json<AttributionRules>, ServerError> {
+    let current = app.exactly_once.rules();
+    if rules.version <= current.version {
+        return Err(ServerError::BadRequest(format!(
+            "attribution.version must increase: current {}, got {}",
+            current.version, rules.version
+        )));
+    }
+    rules.validate().map_err(ServerError::BadRequest)?;
+    let bytes = serde_json::to_vec_pretty(&rules).map_err(|e| ServerError::Internal(e.to_string()))?;
+    write_atomically(&app.data_dir.join(RULES_FILE), &bytes)?;
+    app.exactly_once.set_rules(rules.clone()).map_err(ServerError::BadRequest)?;
+    tracing::info!(version = rules.version, "attribution rules changed");
+    Ok(Json(rules))
+}
+
+/// Measure totals of a time range, recorded before and after a reprocess.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    pub events: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub conversions: u64,
+    pub billable_clicks: u64,
+    pub attributed_clicks: u64,
+    pub attributed_conversions: u64,
+    pub invalid: BTreeMap<String, u64>,
+    pub spend_micros: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReprocessJob {
+    pub id: u64,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub reason: String,
+    pub rules_version: u32,
+    /// `running`, `done`, `failed` or `interrupted`.
+    pub status: String,
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub buckets: usize,
+    pub segments_replaced: usize,
+    pub totals_before: Option<Totals>,
+    pub totals_after: Option<Totals>,
+}
+
+/// The job registry.
+pub struct Jobs {
+    dir: PathBuf,
+    jobs: Mutex<BTreeMap<u64, ReprocessJob>>,
+}
+
+impl Jobs {
+    pub fn open(data_dir: &Path) -> Result<Jobs, ServerError> {
+        let dir = data_dir.join("reprocess");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ServerError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        let mut jobs = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| ServerError::Internal(e.to_string()))?.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+            if let Ok(mut job) = serde_json::from_slice::<ReprocessJob>(&bytes) {
+                if job.status == "running" {
+                    job.status = "interrupted".into();
+                }
+                jobs.insert(job.id, job);
+            }
+        }
+        Ok(Jobs { dir, jobs: Mutex::new(jobs) })
+    }
+
+    fn save(&self, job: &ReprocessJob) -> Result<(), ServerError> {
+        self.jobs.lock().insert(job.id, job.clone());
+        let bytes = serde_json::to_vec_pretty(job).map_err(|e| ServerError::Internal(e.to_string()))?;
+        write_atomically(&self.dir.join(format!("{}.json", job.id)), &bytes)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.jobs.lock().keys().next_back().map_or(1, |k| k + 1)
+    }
+
+    pub fn get(&self, id: u64) -> Option<ReprocessJob> {
+        self.jobs.lock().get(&id).cloned()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReprocessRequest {
+    /// Start of the range (RFC 3339 or epoch ms), inclusive.
+    from: serde_json::Value,
+    /// End of the range (RFC 3339 or epoch ms), exclusive.
+    to: serde_json::Value,
+    reason: Option<String>,
+}
+
+fn parse_time(field: &str, v: &serde_json::Value) -> Result<i64, ServerError> {
+    match v {
+        serde_json::Value::Number(n) => {
+            n.as_i64().ok_or_else(|| ServerError::BadRequest(format!("{field}: expected epoch milliseconds")))
+        }
+        serde_json::Value::String(s) => adstore_ingest::parse_rfc3339_ms(s)
+            .map_err(|e| ServerError::BadRequest(format!("{field}: not an RFC 3339 time: {e}"))),
+        _ => Err(ServerError::BadRequest(format!("{field}: expected an RFC 3339 string or epoch ms"))),
+    }
+}
+
+/// Starts a reprocessing job over `[from, to)`; returns it at once (202 semantics, status `running`).
+pub async fn start_reprocess(
+    State(app): State<Arc<AppState>>,
+    Json(req): Json<ReprocessRequest>,
+) -> Result<(axum::http::StatusCode, Json<ReprocessJob>), ServerError> {
+    let from_ms = parse_time("from", &req.from)?;
+    let to_ms = parse_time("to", &req.to)?;
+    if from_ms >= to_ms {
+        return Err(ServerError::BadRequest("from must be before to".into()));
+    }
+    let width = app.store.config().bucket_width_ms;
+    let first = from_ms.div_euclid(width) * width;
+    let buckets: Vec<i64> = (0..).map(|i| first + i * width).take_while(|b| *b < to_ms).take(100_000).collect();
+    let job = ReprocessJob {
+        id: app.jobs.next_id(),
+        from_ms,
+        to_ms,
+        reason: req.reason.unwrap_or_default(),
+        rules_version: app.exactly_once.rules().version,
+        status: "running".into(),
+        error: None,
+        created_ms: now_ms(),
+        finished_ms: None,
+        buckets: buckets.len(),
+        segments_replaced: 0,
+        totals_before: None,
+        totals_after: None,
+    };
+    app.jobs.save(&job)?;
+    tracing::info!(id = job.id, from_ms, to_ms, reason = %job.reason, "reprocess job started");
+    let worker = app.clone();
+    let started = job.clone();
+    tokio::task::spawn_blocking(move || run_job(&worker, started, &buckets));
+    Ok((axum::http::StatusCode::ACCEPTED, Json(job)))
+}
+
+fn run_job(app: &AppState, mut job: ReprocessJob, buckets: &[i64]) {
+    let result = (|| -> Result<(), ServerError> {
+        // Totals cover whole buckets: the unit that is re-sealed.
+        let width = app.store.config().bucket_width_ms;
+        let (lo, hi) =
+            (buckets.first().copied().unwrap_or(job.from_ms), buckets.last().map_or(job.to_ms, |b| b + width));
+        job.totals_before = Some(totals(&app.store, lo, hi)?);
+        app.jobs.save(&job)?;
+        let report = app.store.reseal_buckets(buckets, SealKind::Reprocess)?;
+        job.segments_replaced = report.replaced.len();
+        job.totals_after = Some(totals(&app.store, lo, hi)?);
+        Ok(())
+    })();
+    job.finished_ms = Some(now_ms());
+    match result {
+        Ok(()) => job.status = "done".into(),
+        Err(e) => {
+            tracing::error!(id = job.id, error = %e, "reprocess job failed");
+            job.status = "failed".into();
+            job.error = Some(e.to_string());
+        }
+    }
+    if let Err(e) = app.jobs.save(&job) {
+        tracing::error!(id = job.id, error = %e, "cannot record reprocess job");
+    }
+}
+
+pub async fn get_reprocess(
+    State(app): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<u64>,
+) -> Result<Json<ReprocessJob>, ServerError> {
+    app.jobs.get(id).map(Json).ok_or_else(|| ServerError::NotFound(format!("no reprocess job {id}")))
+}
+
+/// Measure totals over `[from, to)`, from one consistent snapshot.
+pub fn totals(store: &Store, from: i64, to: i64) -> Result<Totals, ServerError> {
+    let mut t = Totals::default();
+    for batch in store.snapshot().read_events()? {
+        for e in batch.events() {
+            if e.ts < from || e.ts >= to {
+                continue;
+            }
+            t.events += 1;
+            let valid = e.invalid_reason.as_str().is_empty();
+            if !valid {
+                *t.invalid.entry(e.invalid_reason.as_str().to_string()).or_default() += 1;
+            }
+            match e.kind {
+                EventType::Impression => t.impressions += 1,
+                EventType::Click => {
+                    t.clicks += 1;
+                    t.billable_clicks += u64::from(valid);
+                    t.attributed_clicks += u64::from(e.attributed);
+                }
+                EventType::Conversion => {
+                    t.conversions += 1;
+                    t.attributed_conversions += u64::from(e.attributed);
+                }
+            }
+            if valid && e.kind != EventType::Conversion {
+                t.spend_micros += e.cost_micros;
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| ServerError::Internal(format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
