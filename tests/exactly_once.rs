@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use adstore_ingest::{AttributionRules, DedupeConfig, DedupeIndex, ExactlyOnce};
-use adstore_server::datagen::{BOT_UA_HASH, GenConfig, Generator};
+use adstore_server::datagen::BOT_UA_HASH;
 use adstore_storage::{Event, EventBatch, EventType, SealKind, SealPipeline, Store, StoreConfig};
 
 fn rules() -> AttributionRules {
@@ -30,41 +30,6 @@ fn open(dir: &std::path::Path, rules: AttributionRules) -> (Store, Arc<ExactlyOn
     let config = StoreConfig { shards: 3, block_rows: 1024, ..StoreConfig::default() };
     let store = Store::open(dir, config, SealPipeline::new().with_stage(eo.clone())).expect("open store");
     (store, eo)
-}
-
-/// The generated day plus a click flood by one ordinary user, and clicks
-/// that arrive before their impressions (out of order across batches).
-fn stream() -> Vec<Event> {
-    let cfg = GenConfig { events: 40_000, span_ms: 6 * 3_600_000, ..GenConfig::default() };
-    let mut events: Vec<Event> = Generator::new(cfg.clone()).collect();
-    let base = cfg.start_ms + 2 * 3_600_000;
-    let imp = Event {
-        event_id: "flood-imp".into(),
-        kind: EventType::Impression,
-        ts: base,
-        publisher_id: "pub-00".into(),
-        advertiser_id: "adv-001".into(),
-        campaign_id: "cmp-001-00".into(),
-        ad_id: "ad-001-00-0".into(),
-        impression_id: Some("flood-imp".into()),
-        user_key: Some("flooder".into()),
-        cost_micros: 1000,
-        ..Event::default()
-    };
-    for k in 0..12 {
-        events.push(Event {
-            event_id: format!("flood-click-{k}"),
-            kind: EventType::Click,
-            ts: base + 2_000 + k * 3_000,
-            click_id: Some(format!("flood-click-{k}")),
-            impression_id: Some("flood-imp".into()),
-            cost_micros: 300_000,
-            ..imp.clone()
-        });
-    }
-    // The impression arrives after its clicks.
-    events.push(imp);
-    events
 }
 
 fn all_buckets(store: &Store) -> Vec<i64> {
@@ -93,7 +58,7 @@ fn stored_report(store: &Store) -> oracle::Report {
 #[test]
 fn counts_match_the_oracle_through_retries_restarts_and_finalization() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sent = stream();
+    let sent = oracle::stream();
     let batches: Vec<&[Event]> = sent.chunks(1_000).collect();
     let (mut store, mut eo) = open(dir.path(), rules());
     let (mut accepted, mut duplicates) = (0usize, 0usize);
@@ -146,7 +111,7 @@ fn counts_match_the_oracle_through_retries_restarts_and_finalization() {
 #[test]
 fn reprocessing_moves_numbers_exactly_as_the_oracle_says_and_atomically() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sent = stream();
+    let sent = oracle::stream();
     let (store, eo) = open(dir.path(), rules());
     for batch in sent.chunks(2_000) {
         eo.ingest(&store, &EventBatch::from_events(batch)).expect("ingest");

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use adstore_server::datagen::{GenConfig, Generator};
 use adstore_storage::{Event, EventType};
 
 pub struct Rules {
@@ -237,4 +238,39 @@ pub fn assert_same(expected: &Report, actual: &Report) {
         diffs.len(),
         diffs[..diffs.len().min(10)].join("\n")
     );
+}
+
+/// The generated day plus a click flood by one ordinary user, and clicks
+/// that arrive before their impressions (out of order across batches).
+pub fn stream() -> Vec<Event> {
+    let cfg = GenConfig { events: 40_000, span_ms: 6 * 3_600_000, ..GenConfig::default() };
+    let mut events: Vec<Event> = Generator::new(cfg.clone()).collect();
+    let base = cfg.start_ms + 2 * 3_600_000;
+    let imp = Event {
+        event_id: "flood-imp".into(),
+        kind: EventType::Impression,
+        ts: base,
+        publisher_id: "pub-00".into(),
+        advertiser_id: "adv-001".into(),
+        campaign_id: "cmp-001-00".into(),
+        ad_id: "ad-001-00-0".into(),
+        impression_id: Some("flood-imp".into()),
+        user_key: Some("flooder".into()),
+        cost_micros: 1000,
+        ..Event::default()
+    };
+    for k in 0..12 {
+        events.push(Event {
+            event_id: format!("flood-click-{k}"),
+            kind: EventType::Click,
+            ts: base + 2_000 + k * 3_000,
+            click_id: Some(format!("flood-click-{k}")),
+            impression_id: Some("flood-imp".into()),
+            cost_micros: 300_000,
+            ..imp.clone()
+        });
+    }
+    // The impression arrives after its clicks.
+    events.push(imp);
+    events
 }

@@ -1,0 +1,156 @@
+//! The exactly-once oracle over real HTTP, with the server killed by
+//! SIGKILL in the middle of ingest and restarted while the producer retries.
+
+mod oracle;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use adstore_server::datagen::{BOT_UA_HASH, write_ndjson};
+use adstore_storage::{Event, SealKind};
+
+const ADSTORE: &str = env!("CARGO_BIN_EXE_adstore");
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, config: &Path) -> Server {
+    let mut child = Command::new(ADSTORE)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start adstore serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+    let url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+    Server { child, url }
+}
+
+#[derive(Debug)]
+struct Reply {
+    accepted: usize,
+    duplicates: usize,
+    rejected: usize,
+}
+
+/// One POST; `None` when the server is unreachable or answers 5xx.
+fn post(agent: &ureq::Agent, url: &str, events: &[Event]) -> Option<Reply> {
+    let mut body = Vec::new();
+    for e in events {
+        write_ndjson(e, &mut body);
+    }
+    let mut r =
+        agent.post(format!("{url}/v1/events")).header("content-type", "application/x-ndjson").send(&body[..]).ok()?;
+    if r.status().as_u16() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).map(|n| n as usize);
+    Some(Reply { accepted: n("accepted")?, duplicates: n("duplicates")?, rejected: n("rejected")? })
+}
+
+#[test]
+fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("adstore.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\nshards = 3\n\n\
+             [attribution]\nbot_ua_hashes = [\"{BOT_UA_HASH}\"]\n"
+        ),
+    )
+    .expect("config");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+
+    let sent = oracle::stream();
+    let batches: Vec<&[Event]> = sent.chunks(500).collect();
+    let mut server = start(&data, &config);
+    let (mut accepted, mut duplicates) = (0usize, 0usize);
+    let kill_at = [batches.len() / 3, 2 * batches.len() / 3];
+    let mut i = 0;
+    let mut kills = 0;
+    while i < batches.len() {
+        if kill_at.contains(&i) && kills < kill_at.iter().filter(|k| **k <= i).count() {
+            // Kill the server while a request is in flight: the producer does
+            // not know whether it landed and will retry it.
+            let pid = server.child.id().to_string();
+            let in_flight = {
+                let agent = agent.clone();
+                let url = server.url.clone();
+                let batch = batches[i].to_vec();
+                std::thread::spawn(move || post(&agent, &url, &batch))
+            };
+            std::thread::sleep(Duration::from_millis(5));
+            Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
+            let _ = server.child.wait();
+            if let Some(r) = in_flight.join().expect("thread") {
+                accepted += r.accepted;
+                duplicates += r.duplicates;
+            }
+            kills += 1;
+            server = start(&data, &config);
+            // The producer retries the uncertain batch and, being at-least-once,
+            // the one before it too.
+            for retry in [i - 1, i] {
+                let r = post(&agent, &server.url, batches[retry]).expect("retry after restart");
+                assert_eq!(r.rejected, 0);
+                accepted += r.accepted;
+                duplicates += r.duplicates;
+            }
+            i += 1;
+            continue;
+        }
+        let r = loop {
+            match post(&agent, &server.url, batches[i]) {
+                Some(r) => break r,
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        assert_eq!(r.rejected, 0, "batch {i}");
+        accepted += r.accepted;
+        duplicates += r.duplicates;
+        i += 1;
+    }
+    assert_eq!(kills, 2);
+    let unique = oracle::dedupe(&sent);
+    assert_eq!(accepted, unique.len(), "every event accepted exactly once across kills and retries");
+    assert!(duplicates >= sent.len() - unique.len());
+
+    // Stop cleanly, then finalize every bucket and compare with the oracle.
+    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("term");
+    let status = server.child.wait().expect("wait");
+    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    let cfg = adstore_server::Config::load(&config).expect("config");
+    let (store, _eo) = adstore_server::open_store(&data, &cfg).expect("open store");
+    store.seal_all().expect("seal");
+    let mut buckets: Vec<i64> = store.catalog().segments.values().map(|m| m.partition.bucket_start_ms).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    store.reseal_buckets(&buckets, SealKind::Final).expect("finalize");
+    let rules = oracle::Rules { bot_ua: vec![BOT_UA_HASH.to_string()], ..oracle::Rules::default() };
+    let expected = oracle::report(&oracle::outcomes(&sent, &rules));
+    let actual = oracle::report(&oracle::stored_outcomes(&store.snapshot().read_events().expect("read")));
+    oracle::assert_same(&expected, &actual);
+}
