@@ -11,6 +11,10 @@
 
 use std::time::{Duration, Instant};
 
+// The same allocator as the `adstore` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use adstore_server::datagen::{GenConfig, Generator};
 use adstore_storage::{
     ColumnData, ColumnId, DimFilter, EventBatch, EventBatchBuilder, ScanRequest, SealPipeline, Snapshot, Store,
@@ -59,7 +63,8 @@ fn main() {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig { seal_max_rows: usize::MAX, fsync: false, ..StoreConfig::default() };
+    let zstd_level = env_u64("ADSTORE_BENCH_ZSTD", StoreConfig::default().zstd_level as u64) as i32;
+    let config = StoreConfig { seal_max_rows: usize::MAX, fsync: false, zstd_level, ..StoreConfig::default() };
     let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
     eprintln!("appending…");
     for b in &batches {
@@ -134,7 +139,8 @@ fn main() {
          | seal time | {seal_ms:.0} ms |\n\
          | seal throughput | {seal_rate:.2} M events/s |\n\
          | bytes on disk | {bytes} |\n\
-         | bytes per event | {bpe:.1} |\n\n\
+         | bytes per event | {bpe:.1} |\n\
+         | zstd level | {zstd_level} |\n\n\
          ## Filtered-sum scan (median of 15, all segments sealed)\n\n\
          Rows/s counts every row of the store the scan answers for (pruned or read); \
          matched rows/s counts only rows that passed the filter.\n\n\
