@@ -154,3 +154,85 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     let actual = oracle::report(&oracle::stored_outcomes(&store.snapshot().read_events().expect("read")));
     oracle::assert_same(&expected, &actual);
 }
+
+fn json(agent: &ureq::Agent, method: &str, url: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let resp = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("POST", Some(b)) => agent.post(url).header("content-type", "application/json").send(b.to_string().as_bytes()),
+        ("PUT", Some(b)) => agent.put(url).header("content-type", "application/json").send(b.to_string().as_bytes()),
+        _ => panic!("bad request spec"),
+    };
+    let mut resp = resp.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn rules_change_and_reprocess_job_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("adstore.toml");
+    std::fs::write(&config, "[storage]\nseal_max_age_ms = 50\nseal_interval_ms = 20\n").expect("config");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let server = start(&data, &config);
+    let sent = oracle::stream();
+    for batch in sent.chunks(2_000) {
+        assert!(post(&agent, &server.url, batch).is_some());
+    }
+
+    let (status, rules) = json(&agent, "GET", &format!("{}/v1/attribution", server.url), None);
+    assert_eq!(status, 200);
+    assert_eq!(rules["version"], 1);
+    // The version must increase, and bad rules are refused with a message.
+    let mut same = rules.clone();
+    same["click_window_ms"] = 300_000.into();
+    let (status, body) = json(&agent, "PUT", &format!("{}/v1/attribution", server.url), Some(same.clone()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("version"), "{body}");
+    same["version"] = 2.into();
+    let (status, body) = json(&agent, "PUT", &format!("{}/v1/attribution", server.url), Some(same));
+    assert_eq!(status, 200, "{body}");
+
+    let (status, job) = json(
+        &agent,
+        "POST",
+        &format!("{}/v1/reprocess", server.url),
+        Some(
+            serde_json::json!({"from": "2026-11-01T00:00:00Z", "to": "2026-11-01T06:00:00Z", "reason": "shorter click window"}),
+        ),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().expect("job id");
+    let job = loop {
+        let (status, job) = json(&agent, "GET", &format!("{}/v1/reprocess/{id}", server.url), None);
+        assert_eq!(status, 200);
+        if job["status"] != "running" {
+            break job;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["rules_version"], 2);
+    assert_eq!(job["reason"], "shorter click window");
+    let before = &job["totals_before"];
+    let after = &job["totals_after"];
+    assert_eq!(before["events"], after["events"], "reprocessing never adds or loses events");
+    assert!(
+        after["attributed_clicks"].as_u64() < before["attributed_clicks"].as_u64(),
+        "a shorter window attributes fewer clicks: {before} -> {after}"
+    );
+    let (status, _) = json(&agent, "GET", &format!("{}/v1/reprocess/999", server.url), None);
+    assert_eq!(status, 404);
+    let (status, body) = json(
+        &agent,
+        "POST",
+        &format!("{}/v1/reprocess", server.url),
+        Some(serde_json::json!({"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"})),
+    );
+    assert_eq!(status, 400, "{body}");
+}

@@ -20,6 +20,7 @@
 
 use adstore_storage::{ColumnId, EventBatch, EventType};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
@@ -210,6 +211,12 @@ pub struct DedupeIndex {
     shards: Vec<Mutex<Shard>>,
     inflight: Mutex<HashSet<u128>>,
     settled: Condvar,
+    /// The newest epoch of any key recorded (absolute, not mod 128). Every
+    /// stored tag is at or behind it, so tag ages are unambiguous as long
+    /// as keys are swept before they are 128 epochs old.
+    newest_epoch: AtomicI64,
+    /// The newest epoch at the last sweep.
+    swept_epoch: AtomicI64,
 }
 
 impl DedupeIndex {
@@ -219,7 +226,29 @@ impl DedupeIndex {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             inflight: Mutex::new(HashSet::new()),
             settled: Condvar::new(),
+            newest_epoch: AtomicI64::new(i64::MIN),
+            swept_epoch: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Raises the newest epoch to cover `keys`, sweeping expired keys when
+    /// it moved. Called before keys are recorded, so no stored tag is ever
+    /// ahead of the newest epoch.
+    fn advance(&self, keys: &[(u128, i64)]) {
+        let Some(max_ts) = keys.iter().map(|(_, ts)| *ts).max() else { return };
+        let epoch = self.config.epoch_of(max_ts);
+        let prev = self.newest_epoch.fetch_max(epoch, Ordering::AcqRel);
+        if epoch > prev && prev != i64::MIN {
+            // A jump past the whole retention expires every key; ages mod 128
+            // are only unambiguous for smaller steps.
+            self.sweep(epoch - prev > self.config.retention_epochs());
+        }
+    }
+
+    /// Age in epochs of a stored tag relative to the newest epoch.
+    fn age(&self, slot_tag: u8) -> i64 {
+        let now = self.newest_epoch.load(Ordering::Acquire).rem_euclid(EPOCHS);
+        (now - i64::from(slot_tag & !SEALED)).rem_euclid(EPOCHS)
     }
 
     /// Like [`DedupeIndex::admit`], for a request about to be made durable:
@@ -271,19 +300,20 @@ impl DedupeIndex {
         (self.config.epoch_of(ts).rem_euclid(EPOCHS)) as u8
     }
 
-    /// Whether a stored tag's event time is within the window of `ts`.
+    /// Whether a stored tag's event time is within the window of `ts`
+    /// (at epoch granularity).
     fn within_window(&self, slot_tag: u8, ts: i64) -> bool {
-        let now = self.config.epoch_of(ts).rem_euclid(EPOCHS);
-        let then = i64::from(slot_tag & !SEALED);
-        let d = (now - then).rem_euclid(EPOCHS);
-        let d = d.min(EPOCHS - d);
-        d <= self.config.window_epochs()
+        let newest = self.newest_epoch.load(Ordering::Acquire);
+        let age_new = newest.saturating_sub(self.config.epoch_of(ts));
+        let age_old = self.age(slot_tag);
+        (age_new - age_old).abs() <= self.config.window_epochs()
     }
 
     /// Ingest-time check. For each `(key, ts)` in order: a duplicate if the
     /// key was admitted before (or earlier in `keys`) with an event time in
     /// the window; otherwise recorded as pending. Returns the verdicts.
     pub fn admit(&self, keys: &[(u128, i64)]) -> Vec<bool> {
+        self.advance(keys);
         keys.iter()
             .map(|&(key, ts)| {
                 let mut shard = self.shard(key).lock();
@@ -321,6 +351,7 @@ impl DedupeIndex {
     /// whether it was already sealed (a duplicate that must not be stored
     /// twice) or repeats an earlier key of `keys`.
     pub fn claim(&self, keys: &[(u128, i64)]) -> Vec<bool> {
+        self.advance(keys);
         let mut seen = std::collections::HashSet::with_capacity(keys.len());
         keys.iter()
             .map(|&(key, ts)| {
@@ -360,6 +391,7 @@ impl DedupeIndex {
 
     /// Records keys known to be sealed (recovery from sidecars).
     pub fn insert_sealed(&self, keys: &[(u128, i64)]) {
+        self.advance(keys);
         for &(key, ts) in keys {
             let mut shard = self.shard(key).lock();
             shard.reserve_one();
@@ -371,17 +403,25 @@ impl DedupeIndex {
         }
     }
 
-    /// Drops keys whose event time is older than window + lateness before
-    /// `newest_ts`. Shards are rebuilt one at a time, so the extra memory
-    /// is at most one shard's.
+    /// Drops keys whose event time is older than window + lateness behind
+    /// `newest_ts` (or behind the newest key recorded, if that is later).
+    /// Returns how many were dropped.
     pub fn expire(&self, newest_ts: i64) -> u64 {
-        let now = self.config.epoch_of(newest_ts).rem_euclid(EPOCHS);
+        let epoch = self.config.epoch_of(newest_ts);
+        let prev = self.newest_epoch.fetch_max(epoch, Ordering::AcqRel);
+        self.sweep(prev != i64::MIN && epoch - prev > self.config.retention_epochs())
+    }
+
+    /// Rebuilds each shard without its expired keys, one shard at a time,
+    /// so the extra memory is at most one shard's.
+    fn sweep(&self, everything: bool) -> u64 {
+        self.swept_epoch.fetch_max(self.newest_epoch.load(Ordering::Acquire), Ordering::AcqRel);
         let keep_epochs = self.config.retention_epochs();
         let mut dropped = 0u64;
         for shard in &self.shards {
             let mut shard = shard.lock();
             let before = shard.len;
-            let live = |s: u128| (now - i64::from(tag(s) & !SEALED)).rem_euclid(EPOCHS) <= keep_epochs;
+            let live = |s: u128| !everything && self.age(tag(s)) <= keep_epochs;
             let survivors = shard.slots.iter().filter(|&&s| s != 0 && live(s)).count();
             if survivors == before {
                 continue;
@@ -485,6 +525,22 @@ mod tests {
         assert_eq!(idx.expire(50 * H), 1);
         assert_eq!(idx.stats().keys, 0);
         assert_eq!(idx.admit(&[(key, 50 * H)]), vec![false]);
+    }
+
+    #[test]
+    fn keys_newer_than_the_last_expiry_time_are_kept() {
+        // The sealer may expire with an older "newest" than ingest has seen.
+        let idx = DedupeIndex::new(DedupeConfig::default());
+        let key = idempotency_key("p", EventType::Impression, "late-sealer");
+        assert_eq!(idx.admit(&[(key, 100 * H)]), vec![false]);
+        assert_eq!(idx.expire(10 * H), 0);
+        assert_eq!(idx.admit(&[(key, 100 * H)]), vec![true]);
+        // Long idle, then far newer traffic: old keys never alias as recent.
+        let key2 = idempotency_key("p", EventType::Impression, "ancient");
+        assert_eq!(idx.admit(&[(key2, 101 * H)]), vec![false]);
+        let fresh = idempotency_key("p", EventType::Impression, "fresh");
+        assert_eq!(idx.admit(&[(fresh, 101 * H + 200 * 24 * H)]), vec![false]);
+        assert_eq!(idx.admit(&[(key2, 101 * H + 200 * 24 * H)]), vec![false], "an expired key is new again");
     }
 
     #[test]
