@@ -17,7 +17,7 @@ use adstore_ingest::{ParseOptions, parse_ndjson};
 use adstore_storage::{SealPipeline, Store};
 
 use crate::config::Config;
-use crate::datagen::{GenConfig, Generator, write_ndjson};
+use crate::datagen::{GenConfig, Generator};
 use crate::error::ServerError;
 use crate::http::{AppState, HttpCounters, now_ms, router};
 
@@ -121,8 +121,7 @@ fn load_demo(store: &Store, events: u64) -> Result<(), ServerError> {
     let mut loaded = 0;
     loop {
         body.clear();
-        generator.by_ref().take(CHUNK).for_each(|e| write_ndjson(&e, &mut body));
-        if body.is_empty() {
+        if generator.write_ndjson_chunk(CHUNK, &mut body) == 0 {
             break;
         }
         let outcome = parse_ndjson(&body, &opts);
