@@ -62,13 +62,51 @@ struct Campaign {
     ads: usize,
 }
 
-#[derive(Clone)]
+/// A recent impression or click, for later events to point at.
+#[derive(Clone, Copy)]
 struct Recent {
-    id: String,
-    ad: String,
+    /// Sequence number of the event (its id is `i-{seed}-{n}` / `c-{seed}-{n}`).
+    n: u64,
+    ad: u32,
     user: u64,
     ts: i64,
     campaign: usize,
+}
+
+/// Another event an event refers to, by sequence number.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ref {
+    None,
+    /// `i-{seed}-{n}`
+    Impression(u64),
+    /// `c-{seed}-{n}`
+    Click(u64),
+    /// `i-missing-{n}`: an impression that never existed.
+    MissingImpression(u64),
+}
+
+/// One generated event as numbers only: building it allocates nothing.
+/// [`Generator::next`] turns it into an [`Event`]; [`Generator::write_ndjson_chunk`]
+/// writes it straight to NDJSON, byte for byte what [`write_ndjson`] writes
+/// for that `Event` (a unit test holds the two together).
+#[derive(Clone, Copy)]
+struct Spec {
+    kind: EventType,
+    /// Sequence number: the event id is `{i|c|v}-{seed}-{n}`.
+    n: u64,
+    ts: i64,
+    campaign: usize,
+    ad: u32,
+    user: u64,
+    publisher: u32,
+    /// Index into DEVICES; `None` for ("other", "other").
+    device: Option<usize>,
+    placement: usize,
+    cost_micros: i64,
+    value_micros: i64,
+    impression: Ref,
+    click: Ref,
+    bot: bool,
 }
 
 /// An iterator of generated events.
@@ -78,10 +116,11 @@ pub struct Generator {
     campaigns: Vec<Campaign>,
     /// Cumulative campaign weights for skewed picks.
     weights: Vec<f64>,
+    /// Events produced so far (re-sends included).
     n: u64,
     recent_impressions: Vec<Option<Recent>>,
     recent_clicks: Vec<Option<Recent>>,
-    resend: Option<Event>,
+    resend: Option<Spec>,
     bot_start: u64,
 }
 
@@ -115,6 +154,18 @@ impl Generator {
         }
     }
 
+    /// Writes up to `max` more events as NDJSON lines to `out`, without
+    /// building an [`Event`]; returns how many it wrote (0 at the end).
+    pub fn write_ndjson_chunk(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
+        let mut written = 0;
+        while written < max {
+            let Some(spec) = self.next_spec() else { break };
+            self.write_spec(&spec, out);
+            written += 1;
+        }
+        written
+    }
+
     fn pick_campaign(&mut self) -> usize {
         // Invariant: weights is non-empty (at least one advertiser with two campaigns).
         let total = *self.weights.last().expect("campaigns exist");
@@ -122,68 +173,55 @@ impl Generator {
         self.weights.partition_point(|w| *w < x).min(self.campaigns.len() - 1)
     }
 
-    fn base(&mut self, kind: EventType, campaign: usize, ad: String, user: u64, ts: i64) -> Event {
-        let c = &self.campaigns[campaign];
-        let (advertiser, camp) = (c.advertiser, c.campaign);
+    fn base(&mut self, kind: EventType, n: u64, campaign: usize, ad: u32, user: u64, ts: i64) -> Spec {
         let roll = self.rng.u32(0..100);
         let mut acc = 0;
-        let (device, os) = DEVICES
-            .iter()
-            .find(|(_, _, w)| {
-                acc += w;
-                roll < acc
-            })
-            .map(|(d, o, _)| (*d, *o))
-            .unwrap_or(("other", "other"));
-        let country = COUNTRIES[(user % COUNTRIES.len() as u64) as usize];
-        let publisher = self.rng.usize(0..20);
-        Event {
-            event_id: String::new(),
+        let device = DEVICES.iter().position(|(_, _, w)| {
+            acc += w;
+            roll < acc
+        });
+        let publisher = self.rng.u32(0..20);
+        let placement = self.rng.usize(0..PLACEMENTS.len());
+        Spec {
             kind,
+            n,
             ts,
-            publisher_id: format!("pub-{publisher:02}"),
-            advertiser_id: format!("adv-{advertiser:03}"),
-            campaign_id: format!("cmp-{advertiser:03}-{camp:02}"),
-            ad_group_id: Some(format!("grp-{advertiser:03}-{camp:02}-{}", user % 2)),
-            ad_id: ad,
-            user_key: Some(format!("u{user:07}")),
-            device: Some(device.to_string()),
-            os: Some(os.to_string()),
-            country: Some(country.to_string()),
-            region: if country == "US" {
-                Some(format!("US-{}", ["CA", "NY", "TX", "WA"][(user % 4) as usize]))
-            } else {
-                None
-            },
-            placement: Some(PLACEMENTS[self.rng.usize(0..PLACEMENTS.len())].to_string()),
-            ip_hash: Some(format!("ip{:06}", user % 150_000)),
-            ua_hash: Some(format!("ua{:03}", user % 300)),
-            ..Event::default()
+            campaign,
+            ad,
+            user,
+            publisher,
+            device,
+            placement,
+            cost_micros: 0,
+            value_micros: 0,
+            impression: Ref::None,
+            click: Ref::None,
+            bot: false,
         }
     }
 
-    fn next_event(&mut self) -> Event {
+    fn next_spec(&mut self) -> Option<Spec> {
+        if self.n >= self.cfg.events {
+            return None;
+        }
         let n = self.n;
         self.n += 1;
         let step = self.cfg.span_ms as f64 / self.cfg.events.max(1) as f64;
         let mut ts = self.cfg.start_ms + (n as f64 * step) as i64;
-        let seed = self.cfg.seed;
 
         // Exact re-send of the previous event (a producer retry).
         if self.rng.u32(0..1000) < 20
             && let Some(e) = self.resend.take()
         {
-            return e;
+            return Some(e);
         }
         // The bot burst: 600 clicks from one user on the hot ad in a minute.
         if (self.bot_start..self.bot_start + 600).contains(&n) && self.rng.bool() {
-            let mut e = self.base(EventType::Click, 0, "ad-000-00-0".into(), 7, ts);
-            e.event_id = format!("c-{seed}-{n}");
-            e.click_id = Some(e.event_id.clone());
-            e.ua_hash = Some(BOT_UA_HASH.into());
-            e.ip_hash = Some("ip-bot".into());
+            let mut e = self.base(EventType::Click, n, 0, 0, 7, ts);
+            e.click = Ref::Click(n);
+            e.bot = true;
             e.cost_micros = 250_000;
-            return e;
+            return Some(e);
         }
         // A late arrival: event time hours behind the stream.
         if self.rng.u32(0..100) == 0 {
@@ -198,27 +236,25 @@ impl Generator {
         } else {
             self.impression(n, ts)
         };
-        self.resend = Some(e.clone());
-        e
+        self.resend = Some(e);
+        Some(e)
     }
 
-    fn impression(&mut self, n: u64, ts: i64) -> Event {
+    fn impression(&mut self, n: u64, ts: i64) -> Spec {
         let campaign = self.pick_campaign();
-        let c = &self.campaigns[campaign];
-        let ad = format!("ad-{:03}-{:02}-{}", c.advertiser, c.campaign, self.rng.usize(0..c.ads));
+        let ad = self.rng.u32(0..self.campaigns[campaign].ads as u32);
         let user = self.user();
-        let mut e = self.base(EventType::Impression, campaign, ad.clone(), user, ts);
-        e.event_id = format!("i-{}-{n}", self.cfg.seed);
-        e.impression_id = Some(e.event_id.clone());
+        let mut e = self.base(EventType::Impression, n, campaign, ad, user, ts);
+        e.impression = Ref::Impression(n);
         e.cost_micros = self.rng.i64(500..5_000);
         let slot = self.rng.usize(0..self.recent_impressions.len());
-        self.recent_impressions[slot] = Some(Recent { id: e.event_id.clone(), ad, user, ts, campaign });
+        self.recent_impressions[slot] = Some(Recent { n, ad, user, ts, campaign });
         e
     }
 
-    fn click(&mut self, n: u64, ts_now: i64) -> Event {
+    fn click(&mut self, n: u64, ts_now: i64) -> Spec {
         let slot = self.rng.usize(0..self.recent_impressions.len());
-        let Some(imp) = self.recent_impressions[slot].clone() else { return self.impression(n, ts_now) };
+        let Some(imp) = self.recent_impressions[slot] else { return self.impression(n, ts_now) };
         // Clicks mostly follow their impression by 0.5 s to 10 min; some take
         // up to 50 min, a few come suspiciously fast (under 1 s).
         let delay = match self.rng.u32(0..100) {
@@ -227,28 +263,26 @@ impl Generator {
             _ => self.rng.i64(500..600_000),
         };
         let ts = imp.ts + delay;
-        let mut e = self.base(EventType::Click, imp.campaign, imp.ad.clone(), imp.user, ts);
-        e.event_id = format!("c-{}-{n}", self.cfg.seed);
-        e.click_id = Some(e.event_id.clone());
+        let mut e = self.base(EventType::Click, n, imp.campaign, imp.ad, imp.user, ts);
+        e.click = Ref::Click(n);
         e.cost_micros = self.rng.i64(100_000..1_000_000);
-        match self.rng.u32(0..100) {
-            0..85 => e.impression_id = Some(imp.id.clone()),
-            85..97 => {}                                           // user_key only: last-touch attribution
-            _ => e.impression_id = Some(format!("i-missing-{n}")), // orphan
-        }
+        e.impression = match self.rng.u32(0..100) {
+            0..85 => Ref::Impression(imp.n),
+            85..97 => Ref::None,            // user_key only: last-touch attribution
+            _ => Ref::MissingImpression(n), // orphan
+        };
         let cslot = self.rng.usize(0..self.recent_clicks.len());
-        self.recent_clicks[cslot] = Some(Recent { id: e.event_id.clone(), ts, ..imp });
+        self.recent_clicks[cslot] = Some(Recent { n, ts, ..imp });
         e
     }
 
-    fn conversion(&mut self, n: u64, ts: i64) -> Event {
+    fn conversion(&mut self, n: u64, ts: i64) -> Spec {
         let slot = self.rng.usize(0..self.recent_clicks.len());
-        let Some(click) = self.recent_clicks[slot].clone() else { return self.impression(n, ts) };
+        let Some(click) = self.recent_clicks[slot] else { return self.impression(n, ts) };
         let ts = click.ts + self.rng.i64(1_000..3_600_000);
-        let mut e = self.base(EventType::Conversion, click.campaign, click.ad.clone(), click.user, ts);
-        e.event_id = format!("v-{}-{n}", self.cfg.seed);
+        let mut e = self.base(EventType::Conversion, n, click.campaign, click.ad, click.user, ts);
         if self.rng.u32(0..100) < 70 {
-            e.click_id = Some(click.id.clone());
+            e.click = Ref::Click(click.n);
         }
         e.value_micros = self.rng.i64(1_000_000..200_000_000);
         e
@@ -262,12 +296,178 @@ impl Generator {
             self.rng.u64(0..self.cfg.users)
         }
     }
+
+    fn id(&self, r: Ref) -> Option<String> {
+        let seed = self.cfg.seed;
+        match r {
+            Ref::None => None,
+            Ref::Impression(n) => Some(format!("i-{seed}-{n}")),
+            Ref::Click(n) => Some(format!("c-{seed}-{n}")),
+            Ref::MissingImpression(n) => Some(format!("i-missing-{n}")),
+        }
+    }
+
+    fn to_event(&self, s: &Spec) -> Event {
+        let c = &self.campaigns[s.campaign];
+        let (a, k) = (c.advertiser, c.campaign);
+        let (device, os) = s.device.map_or(("other", "other"), |i| (DEVICES[i].0, DEVICES[i].1));
+        let country = COUNTRIES[(s.user % COUNTRIES.len() as u64) as usize];
+        let prefix = match s.kind {
+            EventType::Impression => 'i',
+            EventType::Click => 'c',
+            EventType::Conversion => 'v',
+        };
+        Event {
+            event_id: format!("{prefix}-{}-{}", self.cfg.seed, s.n),
+            kind: s.kind,
+            ts: s.ts,
+            publisher_id: format!("pub-{:02}", s.publisher),
+            advertiser_id: format!("adv-{a:03}"),
+            campaign_id: format!("cmp-{a:03}-{k:02}"),
+            ad_group_id: Some(format!("grp-{a:03}-{k:02}-{}", s.user % 2)),
+            ad_id: format!("ad-{a:03}-{k:02}-{}", s.ad),
+            impression_id: self.id(s.impression),
+            click_id: self.id(s.click),
+            user_key: Some(format!("u{:07}", s.user)),
+            device: Some(device.to_string()),
+            os: Some(os.to_string()),
+            country: Some(country.to_string()),
+            region: (country == "US").then(|| format!("US-{}", REGIONS[(s.user % 4) as usize])),
+            placement: Some(PLACEMENTS[s.placement].to_string()),
+            cost_micros: s.cost_micros,
+            value_micros: s.value_micros,
+            ip_hash: Some(if s.bot { "ip-bot".into() } else { format!("ip{:06}", s.user % 150_000) }),
+            ua_hash: Some(if s.bot { BOT_UA_HASH.into() } else { format!("ua{:03}", s.user % 300) }),
+            ..Event::default()
+        }
+    }
+
+    /// `write_ndjson(&self.to_event(s))`, without the allocations.
+    fn write_spec(&self, s: &Spec, out: &mut Vec<u8>) {
+        let c = &self.campaigns[s.campaign];
+        let (a, k) = (c.advertiser as u64, c.campaign as u64);
+        let seed = self.cfg.seed;
+        let id = |out: &mut Vec<u8>, key: &[u8], r: Ref| {
+            let (prefix, n): (&[u8], u64) = match r {
+                Ref::None => return,
+                Ref::Impression(n) => (b"i-", n),
+                Ref::Click(n) => (b"c-", n),
+                Ref::MissingImpression(n) => (b"i-missing-", n),
+            };
+            out.extend_from_slice(key);
+            out.extend_from_slice(prefix);
+            if !matches!(r, Ref::MissingImpression(_)) {
+                num(out, seed, 1);
+                out.push(b'-');
+            }
+            num(out, n, 1);
+            out.push(b'"');
+        };
+        let prefix: &[u8] = match s.kind {
+            EventType::Impression => b"{\"event_id\":\"i-",
+            EventType::Click => b"{\"event_id\":\"c-",
+            EventType::Conversion => b"{\"event_id\":\"v-",
+        };
+        out.extend_from_slice(prefix);
+        num(out, seed, 1);
+        out.push(b'-');
+        num(out, s.n, 1);
+        out.extend_from_slice(b"\",\"type\":\"");
+        out.extend_from_slice(s.kind.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"ts\":");
+        int(out, s.ts);
+        out.extend_from_slice(b",\"publisher_id\":\"pub-");
+        num(out, u64::from(s.publisher), 2);
+        out.extend_from_slice(b"\",\"advertiser_id\":\"adv-");
+        num(out, a, 3);
+        out.extend_from_slice(b"\",\"campaign_id\":\"cmp-");
+        num(out, a, 3);
+        out.push(b'-');
+        num(out, k, 2);
+        out.extend_from_slice(b"\",\"ad_group_id\":\"grp-");
+        num(out, a, 3);
+        out.push(b'-');
+        num(out, k, 2);
+        out.push(b'-');
+        num(out, s.user % 2, 1);
+        out.extend_from_slice(b"\",\"ad_id\":\"ad-");
+        num(out, a, 3);
+        out.push(b'-');
+        num(out, k, 2);
+        out.push(b'-');
+        num(out, u64::from(s.ad), 1);
+        out.push(b'"');
+        id(out, b",\"impression_id\":\"", s.impression);
+        id(out, b",\"click_id\":\"", s.click);
+        out.extend_from_slice(b",\"user_key\":\"u");
+        num(out, s.user, 7);
+        let (device, os) = s.device.map_or(("other", "other"), |i| (DEVICES[i].0, DEVICES[i].1));
+        out.extend_from_slice(b"\",\"device\":\"");
+        out.extend_from_slice(device.as_bytes());
+        out.extend_from_slice(b"\",\"os\":\"");
+        out.extend_from_slice(os.as_bytes());
+        let country = COUNTRIES[(s.user % COUNTRIES.len() as u64) as usize];
+        out.extend_from_slice(b"\",\"country\":\"");
+        out.extend_from_slice(country.as_bytes());
+        if country == "US" {
+            out.extend_from_slice(b"\",\"region\":\"US-");
+            out.extend_from_slice(REGIONS[(s.user % 4) as usize].as_bytes());
+        }
+        out.extend_from_slice(b"\",\"placement\":\"");
+        out.extend_from_slice(PLACEMENTS[s.placement].as_bytes());
+        out.push(b'"');
+        if s.cost_micros != 0 {
+            out.extend_from_slice(b",\"cost_micros\":");
+            int(out, s.cost_micros);
+        }
+        if s.value_micros != 0 {
+            out.extend_from_slice(b",\"value_micros\":");
+            int(out, s.value_micros);
+        }
+        if s.bot {
+            out.extend_from_slice(b",\"ip_hash\":\"ip-bot\",\"ua_hash\":\"");
+            out.extend_from_slice(BOT_UA_HASH.as_bytes());
+        } else {
+            out.extend_from_slice(b",\"ip_hash\":\"ip");
+            num(out, s.user % 150_000, 6);
+            out.extend_from_slice(b"\",\"ua_hash\":\"ua");
+            num(out, s.user % 300, 3);
+        }
+        out.extend_from_slice(b"\"}\n");
+    }
+}
+
+const REGIONS: [&str; 4] = ["CA", "NY", "TX", "WA"];
+
+/// `v` in decimal, zero-padded to at least `width` digits.
+fn num(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len().saturating_sub(width));
+    out.extend_from_slice(&buf[start..]);
+}
+
+/// A signed integer in decimal.
+fn int(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    num(out, v.unsigned_abs(), 1);
 }
 
 impl Iterator for Generator {
     type Item = Event;
     fn next(&mut self) -> Option<Event> {
-        (self.n < self.cfg.events).then(|| self.next_event())
+        let spec = self.next_spec()?;
+        Some(self.to_event(&spec))
     }
 }
 
@@ -345,6 +545,30 @@ mod tests {
         let hot = events.iter().filter(|e| e.campaign_id == "cmp-000-00").count() as f64;
         assert!(hot / n > 0.05, "hot campaign share {}", hot / n);
         assert!(events.iter().any(|e| e.ua_hash.as_deref() == Some(BOT_UA_HASH)));
+    }
+
+    #[test]
+    fn direct_writer_matches_write_ndjson() {
+        let cfg = GenConfig { events: 50_000, ..GenConfig::default() };
+        let mut via_events = Vec::new();
+        Generator::new(cfg.clone()).for_each(|e| write_ndjson(&e, &mut via_events));
+        let mut direct = Vec::new();
+        let mut g = Generator::new(cfg);
+        while g.write_ndjson_chunk(7_000, &mut direct) > 0 {}
+        assert_eq!(String::from_utf8_lossy(&direct), String::from_utf8_lossy(&via_events));
+    }
+
+    #[test]
+    fn numbers_are_padded() {
+        let mut out = Vec::new();
+        num(&mut out, 7, 3);
+        out.push(b' ');
+        num(&mut out, 12345, 2);
+        out.push(b' ');
+        int(&mut out, -42);
+        out.push(b' ');
+        num(&mut out, u64::MAX, 1);
+        assert_eq!(String::from_utf8_lossy(&out), format!("007 12345 -42 {}", u64::MAX));
     }
 
     #[test]

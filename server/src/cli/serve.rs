@@ -18,7 +18,7 @@ use adstore_ingest::{ParseOptions, parse_ndjson};
 use adstore_storage::Store;
 
 use crate::config::Config;
-use crate::datagen::{GenConfig, Generator, write_ndjson};
+use crate::datagen::{GenConfig, Generator};
 use crate::error::ServerError;
 use crate::http::{AppState, HttpCounters, now_ms, router};
 
@@ -79,6 +79,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         .build()
         .map_err(|e| ServerError::Internal(format!("cannot start the async runtime: {e}")))?;
     let served = runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|source| ServerError::Bind { addr: args.listen.clone(), source })?;
@@ -88,7 +89,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         // Tests and scripts read this line to find an ephemeral port.
         println!("listening on http://{local}");
         axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| ServerError::Internal(format!("server error: {e}")))
     });
@@ -124,8 +125,7 @@ fn load_demo(store: &Store, exactly_once: &ExactlyOnce, events: u64) -> Result<(
     let mut loaded = 0;
     loop {
         body.clear();
-        generator.by_ref().take(CHUNK).for_each(|e| write_ndjson(&e, &mut body));
-        if body.is_empty() {
+        if generator.write_ndjson_chunk(CHUNK, &mut body) == 0 {
             break;
         }
         let outcome = parse_ndjson(&body, &opts);
@@ -138,24 +138,32 @@ fn load_demo(store: &Store, exactly_once: &ExactlyOnce, events: u64) -> Result<(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT/SIGTERM handlers now (so a signal that comes right
+/// after the "listening on" line is not lost to the default action, which
+/// would kill the process) and returns the future that resolves on one.
+/// Must be called inside the runtime.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, ServerError> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind| {
+            signal(kind).map_err(|e| ServerError::Internal(format!("cannot install a signal handler: {e}")))
+        };
+        let mut term = install(SignalKind::terminate())?;
+        let mut int = install(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+            tracing::info!("signal received: no longer accepting connections");
+        })
     }
-    tracing::info!("signal received: no longer accepting connections");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("signal received: no longer accepting connections");
+        })
+    }
 }

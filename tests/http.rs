@@ -1,0 +1,243 @@
+//! The HTTP API end to end: the real `adstore serve` binary on an ephemeral
+//! port, in a temporary data directory. Stored events are counted by opening
+//! the data directory after the server has stopped, so a count covers the
+//! WAL, the head and the sealed segments alike.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use adstore_ingest::{ParseOptions, parse_ndjson};
+use adstore_storage::{ColumnId, EventBatch, StoreConfig};
+use support::*;
+
+const NDJSON: &str = "application/x-ndjson";
+const ARROW: &str = "application/vnd.apache.arrow.stream";
+
+fn accepted(v: &serde_json::Value) -> u64 {
+    v["accepted"].as_u64().expect("accepted")
+}
+
+fn stored_ids(dir: &std::path::Path) -> Vec<String> {
+    let mut ids: Vec<String> = stored_events(dir, StoreConfig::default())
+        .iter()
+        .flat_map(|b| b.str_column(ColumnId::EventId).iter().flatten().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn ndjson_and_arrow_batches_are_counted_back_exactly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    // Seal quickly so the count spans sealed segments as well as the head.
+    let server = Server::start(&dir, Some("[storage]\nseal_max_age_ms = 200\nseal_interval_ms = 50\n"));
+    let body = ndjson(12_000, 1);
+    let (status, r) = server.post("/v1/events", NDJSON, None, &body);
+    assert_eq!((status, accepted(&r), r["rejected"].as_u64()), (200, 12_000, Some(0)), "{r}");
+
+    let events = parse_ndjson(&ndjson(9_000, 2), &ParseOptions::default()).batch;
+    let (status, r) = server.post("/v1/events", ARROW, None, &arrow_ipc(&events, 2_500));
+    assert_eq!((status, accepted(&r)), (200, 9_000), "{r}");
+
+    // Let the sealer write segments, then check the listing agrees.
+    std::thread::sleep(Duration::from_millis(800));
+    let listing = server.get("/v1/segments");
+    let sealed: u64 =
+        listing["segments"].as_array().expect("segments").iter().map(|s| s["rows"].as_u64().unwrap_or(0)).sum();
+    let head = listing["head"]["rows"].as_u64().expect("head rows");
+    assert_eq!(sealed + head, 21_000, "{listing}");
+
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir), 21_000);
+}
+
+#[test]
+fn arrow_rows_keep_their_values() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, None);
+    let sent = parse_ndjson(&ndjson(3_000, 3), &ParseOptions::default()).batch;
+    let (status, r) = server.post("/v1/events", ARROW, Some("zstd"), &zstd(&arrow_ipc(&sent, 1_000)));
+    assert_eq!((status, accepted(&r)), (200, 3_000), "{r}");
+    assert!(server.stop().success());
+    let mut got: Vec<_> = stored_events(&dir, StoreConfig::default()).iter().flat_map(EventBatch::events).collect();
+    let mut want = sent.events();
+    let key = |e: &adstore_storage::Event| (e.event_id.clone(), e.kind, e.ts);
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn malformed_lines_are_rejected_by_number_and_good_lines_land() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, None);
+    let ts = now_ms() - HOUR_MS;
+    let good = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","type":"impression","ts":{ts},"publisher_id":"p","advertiser_id":"a","campaign_id":"c","ad_id":"d","impression_id":"{id}"}}"#
+        )
+    };
+    let body = [
+        good("ok-1"),
+        r#"{"event_id":"bad-json","type":"impression""#.to_string(),
+        good("ok-2"),
+        r#"{"event_id":"no-ts","type":"click","publisher_id":"p","advertiser_id":"a","campaign_id":"c","ad_id":"d","click_id":"k"}"#.to_string(),
+        String::new(),
+        good("ok-3"),
+        r#"{"event_id":"x","type":"impression","ts":1,"publisher_id":"p","advertiser_id":"a","campaign_id":"c","ad_id":"d","impression_id":"i","colour":"red"}"#.to_string(),
+    ]
+    .join("\n");
+    let (status, r) = server.post("/v1/events", NDJSON, None, body.as_bytes());
+    assert_eq!(status, 200, "{r}");
+    assert_eq!((accepted(&r), r["rejected"].as_u64(), r["duplicates"].as_u64()), (3, Some(3), Some(0)), "{r}");
+    let errors = r["errors"].as_array().expect("errors");
+    let lines: Vec<u64> = errors.iter().map(|e| e["line"].as_u64().expect("line")).collect();
+    assert_eq!(lines, vec![2, 4, 7], "{r}");
+    assert_eq!(errors[1]["field"], "ts");
+    assert_eq!(errors[2]["field"], "colour");
+
+    // A request whose every line is bad is a 400, and stores nothing.
+    let (status, r) = server.post("/v1/events", NDJSON, None, b"{\"event_id\":1}\nnot json\n");
+    assert_eq!((status, accepted(&r), r["rejected"].as_u64()), (400, 0, Some(2)), "{r}");
+
+    assert!(server.stop().success());
+    assert_eq!(stored_ids(&dir), vec!["ok-1", "ok-2", "ok-3"]);
+}
+
+#[test]
+fn typed_endpoint_rejects_a_mismatched_type() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, None);
+    let ts = now_ms() - HOUR_MS;
+    let body = format!(
+        "{{\"event_id\":\"i1\",\"type\":\"impression\",\"ts\":{ts},\"publisher_id\":\"p\",\"advertiser_id\":\"a\",\"campaign_id\":\"c\",\"ad_id\":\"d\",\"impression_id\":\"i1\"}}\n\
+         {{\"event_id\":\"k1\",\"ts\":{ts},\"publisher_id\":\"p\",\"advertiser_id\":\"a\",\"campaign_id\":\"c\",\"ad_id\":\"d\",\"click_id\":\"k1\"}}\n"
+    );
+    let (status, r) = server.post("/v1/events/clicks:batch", NDJSON, None, body.as_bytes());
+    assert_eq!((status, accepted(&r)), (200, 1), "{r}");
+    assert_eq!(r["errors"][0]["line"], 1);
+    assert_eq!(r["errors"][0]["field"], "type");
+    assert_eq!(r["errors"][0]["reason"], "type impression does not match the endpoint's type click");
+    assert!(server.stop().success());
+    assert_eq!(stored_ids(&dir), vec!["k1"]);
+}
+
+#[test]
+fn gzip_and_zstd_bodies_are_decompressed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, None);
+    let a = ndjson(5_000, 4);
+    let b = ndjson(4_000, 5);
+    let (status, r) = server.post("/v1/events", NDJSON, Some("gzip"), &gzip(&a));
+    assert_eq!((status, accepted(&r)), (200, 5_000), "{r}");
+    let (status, r) = server.post("/v1/events", "application/json", Some("zstd"), &zstd(&b));
+    assert_eq!((status, accepted(&r)), (200, 4_000), "{r}");
+    let (status, r) = server.post("/v1/events", NDJSON, Some("gzip"), b"this is not gzip");
+    assert_eq!((status, &r["error"]["code"]), (400, &serde_json::json!("bad_encoding")), "{r}");
+    let (status, r) = server.post("/v1/events", NDJSON, Some("br"), &a);
+    assert_eq!((status, &r["error"]["code"]), (415, &serde_json::json!("unsupported_encoding")), "{r}");
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir), 9_000);
+}
+
+#[test]
+fn oversize_bodies_get_413_with_a_json_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, Some("[server]\nmax_body_bytes = 65536\n"));
+    let body = ndjson(1_000, 6);
+    assert!(body.len() > 65_536 && body.len() < 1 << 20, "{}", body.len());
+    let (status, r) = server.post("/v1/events", NDJSON, None, &body);
+    assert_eq!(status, 413, "{r}");
+    assert_eq!(r["error"]["code"], "payload_too_large", "{r}");
+    // Small on the wire, too large once decompressed.
+    let packed = zstd(&body);
+    assert!(packed.len() < 65_536);
+    let (status, r) = server.post("/v1/events", NDJSON, Some("zstd"), &packed);
+    assert_eq!((status, &r["error"]["code"]), (413, &serde_json::json!("payload_too_large")), "{r}");
+    // Under the limit is fine.
+    let (status, r) = server.post("/v1/events", NDJSON, None, &ndjson(100, 7));
+    assert_eq!((status, accepted(&r)), (200, 100), "{r}");
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir), 100);
+}
+
+#[test]
+fn restart_keeps_every_acknowledged_event_and_sigterm_exits_0() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let config = "[storage]\nseal_max_age_ms = 300\nseal_interval_ms = 50\n";
+    let server = Server::start(&dir, Some(config));
+    let url = format!("{}/v1/events", server.url);
+    // Concurrent producers; every acknowledged count must survive.
+    let acked: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let url = url.clone();
+                s.spawn(move || {
+                    (0..3)
+                        .map(|j| {
+                            let (status, r) = post(&url, NDJSON, None, &ndjson(2_000, 100 + i * 10 + j));
+                            assert_eq!(status, 200, "{r}");
+                            accepted(&r)
+                        })
+                        .sum::<u64>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("producer")).sum()
+    });
+    assert_eq!(acked, 24_000);
+    std::thread::sleep(Duration::from_millis(500)); // some of it sealed, some still in the head
+    let status = server.stop();
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0: {status:?}");
+
+    let server = Server::start(&dir, Some(config));
+    let (status, r) = server.post("/v1/events", NDJSON, None, &ndjson(1_000, 999));
+    assert_eq!((status, accepted(&r)), (200, 1_000), "{r}");
+    let listing = server.get("/v1/segments");
+    let sealed: u64 =
+        listing["segments"].as_array().expect("segments").iter().map(|s| s["rows"].as_u64().unwrap_or(0)).sum();
+    assert!(sealed > 0, "expected sealed segments: {listing}");
+    assert_eq!(server.stop().code(), Some(0));
+    assert_eq!(stored_count(&dir), 25_000);
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut server = Server::start(&dir, None);
+    let body = ndjson(500, 8);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut conn = TcpStream::connect(&addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let half = body.len() / 2;
+    conn.write_all(head.as_bytes()).expect("send head");
+    conn.write_all(&body[..half]).expect("send half");
+    std::thread::sleep(Duration::from_millis(300));
+    server.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused once shutdown began…
+    assert!(TcpStream::connect(&addr).is_err(), "listener still accepting after SIGTERM");
+    // …but the request already under way completes.
+    conn.write_all(&body[half..]).expect("send rest");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"accepted\":500"), "{response}");
+    assert_eq!(server.wait().code(), Some(0));
+    assert_eq!(stored_count(&dir), 500);
+}

@@ -1,0 +1,189 @@
+//! Helpers for the tests that run the real `adstore` binary: a server on an
+//! ephemeral port in a temporary data directory, killed on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use adstore_server::datagen::{GenConfig, Generator, write_ndjson};
+use adstore_storage::{EventBatch, SealPipeline, Store, StoreConfig};
+
+pub const ADSTORE: &str = env!("CARGO_BIN_EXE_adstore");
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// A running `adstore serve`; killed (SIGKILL) if still running when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `adstore serve --listen 127.0.0.1:0 --data-dir DIR [--config FILE]`
+    /// and waits for its "listening on" line.
+    pub fn start(data_dir: &Path, config_toml: Option<&str>) -> Server {
+        Server::start_with(data_dir, config_toml, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, config_toml: Option<&str>, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(ADSTORE);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        if let Some(toml) = config_toml {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, toml).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(extra).env("ADSTORE_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn adstore serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("adstore serve did not report its address");
+            }
+        };
+        Server { child: Some(child), url, data_dir: data_dir.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then waits (at most 60 s) for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.sigterm();
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("adstore serve did not exit within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        encoding: Option<&str>,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        post(&format!("{}{path}", self.url), content_type, encoding, body)
+    }
+
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let mut r = agent().get(&format!("{}{path}", self.url)).call().expect("GET");
+        serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("json")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// POSTs `body`; returns the status and the JSON response.
+pub fn post(url: &str, content_type: &str, encoding: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut req = agent().post(url).header("content-type", content_type);
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    let mut r = req.send(body).expect("POST");
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().expect("body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, json)
+}
+
+/// Every event stored in `dir` (the server must be stopped): opens the store.
+pub fn stored_events(dir: &Path, config: StoreConfig) -> Vec<EventBatch> {
+    let store = Store::open(dir, config, SealPipeline::new()).expect("open store");
+    let events = store.snapshot().read_events().expect("read");
+    store.close().expect("close");
+    events
+}
+
+pub fn stored_count(dir: &Path) -> usize {
+    stored_events(dir, StoreConfig::default()).iter().map(EventBatch::num_rows).sum()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
+}
+
+/// `n` generated events over the last 12 hours, as NDJSON.
+pub fn ndjson(n: u64, seed: u64) -> Vec<u8> {
+    let cfg =
+        GenConfig { seed, events: n, start_ms: now_ms() - 12 * HOUR_MS, span_ms: 11 * HOUR_MS, ..GenConfig::default() };
+    let mut out = Vec::new();
+    Generator::new(cfg).for_each(|e| write_ndjson(&e, &mut out));
+    out
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).expect("zstd")
+}
+
+/// The input columns of `batch` as an Arrow IPC stream, cut into record batches of `rows`.
+pub fn arrow_ipc(batch: &EventBatch, rows: usize) -> Vec<u8> {
+    let input: Vec<usize> = (0..adstore_storage::ColumnId::Attributed.index()).collect();
+    let record = batch.record_batch().project(&input).expect("project");
+    let mut out = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &record.schema()).expect("writer");
+    let mut offset = 0;
+    while offset < record.num_rows() {
+        let len = rows.min(record.num_rows() - offset);
+        w.write(&record.slice(offset, len)).expect("write");
+        offset += len;
+    }
+    w.finish().expect("finish");
+    drop(w);
+    out
+}
