@@ -241,3 +241,24 @@ fn sigterm_lets_an_in_flight_request_finish() {
     assert_eq!(server.wait().code(), Some(0));
     assert_eq!(stored_count(&dir), 500);
 }
+
+#[test]
+fn the_same_batch_sent_twice_counts_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, None);
+    let body = ndjson(3_000, 11);
+    let (status, first) = server.post("/v1/events", "application/x-ndjson", None, &body);
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["accepted"], 3_000);
+    assert_eq!(first["duplicates"], 0);
+    // A producer retry of the whole batch: acknowledged, counted nowhere.
+    let (status, second) = server.post("/v1/events", "application/x-ndjson", None, &body);
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["accepted"], 0, "{second}");
+    assert_eq!(second["duplicates"], 3_000, "{second}");
+    let metrics = server.get_text("/metrics");
+    assert!(metrics.contains("adstore_events_duplicate_total 3000"), "{metrics}");
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir), 3_000);
+}

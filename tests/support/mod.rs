@@ -104,6 +104,11 @@ impl Server {
         let mut r = agent().get(&format!("{}{path}", self.url)).call().expect("GET");
         serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("json")
     }
+
+    pub fn get_text(&self, path: &str) -> String {
+        let mut r = agent().get(&format!("{}{path}", self.url)).call().expect("GET");
+        r.body_mut().read_to_string().expect("body")
+    }
 }
 
 impl Drop for Server {
@@ -152,12 +157,22 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
 }
 
-/// `n` generated events over the last 12 hours, as NDJSON.
+/// `n` distinct generated events over the last 12 hours, as NDJSON. The
+/// generator's exact re-sends are left out, so every line is stored.
 pub fn ndjson(n: u64, seed: u64) -> Vec<u8> {
-    let cfg =
-        GenConfig { seed, events: n, start_ms: now_ms() - 12 * HOUR_MS, span_ms: 11 * HOUR_MS, ..GenConfig::default() };
+    let cfg = GenConfig {
+        seed,
+        events: n + n / 10 + 10,
+        start_ms: now_ms() - 12 * HOUR_MS,
+        span_ms: 11 * HOUR_MS,
+        ..GenConfig::default()
+    };
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    Generator::new(cfg).for_each(|e| write_ndjson(&e, &mut out));
+    Generator::new(cfg)
+        .filter(|e| seen.insert((e.publisher_id.clone(), e.kind, e.event_id.clone())))
+        .take(n as usize)
+        .for_each(|e| write_ndjson(&e, &mut out));
     out
 }
 
