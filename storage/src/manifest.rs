@@ -107,6 +107,11 @@ pub struct Catalog {
     /// For each head partition, the highest LSN whose events for that
     /// partition are already in segments. WAL replay skips them.
     pub sealed: Vec<SealWatermark>,
+    /// The partitioning the data directory was created with (shards,
+    /// bucket width in ms). Fixed for its life: replay and pruning depend
+    /// on it.
+    #[serde(default)]
+    pub partitioning: Option<(u32, i64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +151,9 @@ impl Catalog {
                 None => next.sealed.push(*w),
             }
         }
+        if let Some(p) = edit.set_partitioning {
+            next.partitioning = Some(p);
+        }
         if let Some(floor) = edit.forget_sealed_below {
             next.sealed.retain(|w| w.lsn >= floor);
         }
@@ -162,6 +170,8 @@ pub struct CatalogEdit {
     pub sealed: Vec<SealWatermark>,
     /// Drop watermarks below this LSN: no retained WAL record is that old.
     pub forget_sealed_below: Option<Lsn>,
+    /// Record the data directory's partitioning (first open only).
+    pub set_partitioning: Option<(u32, i64)>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -280,7 +280,26 @@ impl Store {
         for orphan in manifest.remove_orphans(&segments_dir)? {
             tracing::info!(path = %orphan.display(), "removed segment file not in the catalog");
         }
-        let catalog = manifest.current();
+        let mut catalog = manifest.current();
+        let wanted = (config.shards, config.bucket_width_ms);
+        match catalog.partitioning {
+            Some(have) if have != wanted => {
+                return Err(StorageError::Config(format!(
+                    "{} was created with shards = {} and bucket_width_ms = {}; the configuration says shards = {} \
+                     and bucket_width_ms = {} (these cannot change for an existing data directory)",
+                    data_dir.display(),
+                    have.0,
+                    have.1,
+                    wanted.0,
+                    wanted.1
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let edit = CatalogEdit { set_partitioning: Some(wanted), ..CatalogEdit::default() };
+                catalog = manifest.commit(&edit)?;
+            }
+        }
         let mut readers = HashMap::new();
         let mut damaged = Vec::new();
         for meta in catalog.segments.values().filter(|m| m.tier == Tier::Local) {

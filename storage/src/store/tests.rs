@@ -399,3 +399,17 @@ fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
     // Nothing left to finalize.
     assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
 }
+
+#[test]
+fn partitioning_is_fixed_for_the_life_of_a_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    store.append(&EventBatch::from_events(&[event(1, 5, "a1")])).expect("append");
+    store.close().expect("close");
+    drop(store);
+    let other = StoreConfig { shards: 5, ..small_config() };
+    let err = Store::open(dir.path(), other, SealPipeline::new()).err().expect("must refuse");
+    assert!(err.to_string().contains("shards = 3") && err.to_string().contains("shards = 5"), "{err}");
+    // The original configuration still opens it, with the event.
+    assert_eq!(all_events(&open(dir.path())).len(), 1);
+}
