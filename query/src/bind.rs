@@ -75,8 +75,9 @@ fn type_error(message: impl Into<String>, span: Span) -> QueryError {
     QueryError::Type { message: message.into(), position: pos(span) }
 }
 
-/// Splits sqlparser's "… at Line: 1, Column: 8" into message and position.
-fn syntax_error(e: ParserError) -> QueryError {
+/// Splits sqlparser's "… at Line: 1, Column: 8" into message and position;
+/// errors at the end of input point just past the last character.
+fn syntax_error(e: ParserError, sql: &str) -> QueryError {
     let text = match e {
         ParserError::TokenizerError(s) | ParserError::ParserError(s) => s,
         ParserError::RecursionLimitExceeded => "query is nested too deeply".to_string(),
@@ -90,12 +91,14 @@ fn syntax_error(e: ParserError) -> QueryError {
             return QueryError::Syntax { message: text[..i].to_string(), position: Some(Position { line, column }) };
         }
     }
-    QueryError::Syntax { message: text, position: None }
+    let line = sql.trim_end().lines().count().max(1) as u64;
+    let column = sql.trim_end().lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
+    QueryError::Syntax { message: text, position: Some(Position { line, column }) }
 }
 
 /// Parses and binds one statement.
 pub(crate) fn bind_sql(sql: &str, now_ms: i64) -> Result<LogicalPlan> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(syntax_error)?;
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(e, sql))?;
     let mut it = statements.into_iter();
     let Some(first) = it.next() else {
         return Err(QueryError::Syntax { message: "empty query".into(), position: None });

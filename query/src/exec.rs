@@ -400,36 +400,49 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
             scan.blocks_total
         ),
     );
-    let mut segs: Vec<(String, String)> = scan
+    // One row per segment, in (bucket, shard) order.
+    let label = |m: &adstore_storage::SegmentMeta| {
+        (
+            (m.partition.bucket_start_ms, m.partition.shard),
+            format!(
+                "segment {} (bucket {}, shard {})",
+                m.id,
+                format_timestamp(m.partition.bucket_start_ms),
+                m.partition.shard
+            ),
+        )
+    };
+    let mut segs: Vec<((i64, u32), String, String)> = scan
         .segments
         .iter()
         .map(|s| {
-            (
-                s.segment.meta.id.to_string(),
-                format!(
-                    "kept: {} of {} blocks, {}{}",
-                    s.blocks.len(),
-                    s.segment.reader.num_blocks(),
-                    if s.segment.meta.is_final { "final" } else { "provisional" },
-                    if s.row_filters.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} filter(s) checked per row", s.row_filters.len())
-                    }
-                ),
-            )
+            let (k, name) = label(&s.segment.meta);
+            let what = format!(
+                "kept: {} of {} blocks, {}{}",
+                s.blocks.len(),
+                s.segment.reader.num_blocks(),
+                if s.segment.meta.is_final { "final" } else { "provisional" },
+                if s.row_filters.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} filter(s) checked per row", s.row_filters.len())
+                }
+            );
+            (k, name, what)
         })
-        .chain(scan.pruned.iter().map(|(id, why)| {
+        .chain(scan.pruned.iter().filter_map(|(id, why)| {
+            let meta = snapshot.segments.iter().find(|s| s.meta.id == *id)?;
+            let (k, name) = label(&meta.meta);
             let why = match why {
                 adstore_storage::PruneReason::TimeRange => "time range".to_string(),
                 adstore_storage::PruneReason::Dictionary(c) => format!("no matching {} in dictionary", c.name()),
             };
-            (id.to_string(), format!("pruned: {why}"))
+            Some((k, name, format!("pruned: {why}")))
         }))
         .collect();
     segs.sort();
-    for (id, what) in segs {
-        push(&format!("segment {id}"), what);
+    for (_, name, what) in segs {
+        push(&name, what);
     }
     let head_rows: usize = scan.head.iter().map(|h| h.chunk.batch.num_rows()).sum();
     push("head", format!("{} chunk(s), {} row(s) checked row by row", scan.head.len(), head_rows));

@@ -51,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/segments", get(segments))
         .route("/v1/events", post(ingest_mixed))
+        .route("/v1/sql", get(crate::sql::sql_get).post(crate::sql::sql_post))
         .route("/v1/events/impressions:batch", post(ingest_impressions))
         .route("/v1/events/clicks:batch", post(ingest_clicks))
         .route("/v1/events/conversions:batch", post(ingest_conversions))

@@ -9,6 +9,7 @@ mod config;
 pub mod datagen;
 mod error;
 mod http;
+mod sql;
 
 pub use config::{Config, HttpConfig, IngestConfig};
 pub use error::ServerError;
