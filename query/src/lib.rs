@@ -1,1 +1,94 @@
-//! placeholder
+//! adstore-query: SQL over the store.
+//!
+//! ```text
+//!  SQL ──bind (sqlparser → typed logical plan)──► planner (source, time range,
+//!      pushed dimension filters, needed columns) ──► executor (rayon over blocks
+//!      and head chunks, vectorized on dictionary codes, partial aggregates merged)
+//!      ──► Arrow RecordBatch ──► JSON / CSV / Arrow IPC
+//! ```
+//!
+//! The SQL subset, types, measures of `metrics` and errors are described in
+//! `docs/sql.md`. Entry point: [`execute`].
+//!
+//! Dependency rule: this crate depends on `adstore-storage` only, and only
+//! through its public scan API; the server depends on it.
+
+mod bind;
+mod error;
+mod exec;
+mod expr;
+mod hll;
+mod output;
+mod plan;
+mod planner;
+mod source;
+mod time;
+mod types;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use adstore_storage::Snapshot;
+
+pub use error::{Position, QueryError, Result};
+pub use output::{Cell, QueryResult, QueryStats, sql_type_name};
+pub use source::Source;
+
+/// Per-query settings. Every field has a default.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    /// What `now()` means, epoch ms. Default: the wall clock at `default()`.
+    pub now_ms: i64,
+    /// The query fails with [`QueryError::Timeout`] after this long. Default 30 s.
+    pub timeout: Duration,
+    /// The most groups an aggregation may produce. Default 1_000_000.
+    pub max_groups: usize,
+    /// Approximate memory for aggregation state and buffered rows. Default 1 GiB.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for QueryOptions {
+    fn default() -> QueryOptions {
+        QueryOptions {
+            now_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+            timeout: Duration::from_secs(30),
+            max_groups: 1_000_000,
+            max_memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Parses, plans and runs one SQL statement (`SELECT …` or
+/// `EXPLAIN SELECT …`) against a snapshot of the store.
+///
+/// # Errors
+/// [`QueryError::is_user_error`] tells a bad query (syntax, unsupported
+/// construct with its position, unknown names, limits, timeout) from a
+/// failure of the store.
+pub fn execute(snapshot: &Snapshot, sql: &str, opts: &QueryOptions) -> Result<QueryResult> {
+    let started = Instant::now();
+    let deadline = started + opts.timeout;
+    let logical = bind::bind_sql(sql, opts.now_ms)?;
+    let explain = logical.explain;
+    let physical = planner::plan(logical);
+    let source = physical.source.source.name().to_string();
+    let (schema, batches, stats) = if explain {
+        let (schema, batches) = exec::explain(snapshot, &physical)?;
+        (schema, batches, exec::ExecStats::default())
+    } else {
+        exec::execute(snapshot, &physical, opts, deadline)?
+    };
+    Ok(QueryResult {
+        schema,
+        batches,
+        stats: QueryStats {
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            rows_scanned: stats.rows_scanned,
+            segments_scanned: stats.segments_scanned,
+            segments_pruned: stats.segments_pruned,
+            blocks_scanned: stats.blocks_scanned,
+            blocks_pruned: stats.blocks_pruned,
+            source,
+            provisional: stats.provisional,
+        },
+    })
+}

@@ -24,6 +24,8 @@ pub enum ServerError {
     NotFound(String),
     #[error("storage: {0}")]
     Storage(#[from] adstore_storage::StorageError),
+    #[error("{0}")]
+    Query(#[from] adstore_query::QueryError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("internal error: {0}")]
@@ -55,6 +57,8 @@ impl ServerError {
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
             ServerError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            ServerError::Query(e) if e.is_user_error() => (StatusCode::BAD_REQUEST, e.code()),
+            ServerError::Query(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.code()),
             ServerError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
             ServerError::Bind { .. }
             | ServerError::Internal(_)
@@ -70,7 +74,12 @@ impl IntoResponse for ServerError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        if let ServerError::Query(q) = &self {
+            body["error"]["position"] = q
+                .position()
+                .map_or(serde_json::Value::Null, |p| serde_json::json!({ "line": p.line, "column": p.column }));
+        }
         (status, Json(body)).into_response()
     }
 }

@@ -63,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reprocess", post(crate::exactly::start_reprocess))
         .route("/v1/reprocess/{id}", get(crate::exactly::get_reprocess))
         .route("/v1/events", post(ingest_mixed))
+        .route("/v1/sql", get(crate::sql::sql_get).post(crate::sql::sql_post))
         .route("/v1/events/impressions:batch", post(ingest_impressions))
         .route("/v1/events/clicks:batch", post(ingest_clicks))
         .route("/v1/events/conversions:batch", post(ingest_conversions))

@@ -1,0 +1,981 @@
+//! Hash aggregation in two phases.
+//!
+//! ```text
+//!  block ──► key columns as codes ──► group id per row ──► partial states (per block)
+//!                (dictionary codes,     (dense table when the code space
+//!                 block-local dicts)      is small, else packed-u64 hash)
+//!  partials ──► AggMerger: codes → global ids (once per dictionary entry) ──► global states ──► vectors
+//! ```
+//!
+//! Within a block, rows are grouped by dictionary codes only; strings are
+//! looked at when a partial is merged, once per (dictionary, code), and the
+//! translation is cached per dictionary for the whole query.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use crate::error::{QueryError, Result};
+use crate::expr::{Batch, DictRef, Vector, bools, eval, floats, ints, true_rows, valid};
+use crate::hll::{Hll, hash_bytes};
+use crate::plan::{AggFunc, AggSpec};
+use crate::types::{DataType, Scalar};
+
+/// FxHash: a fast, non-cryptographic hasher for integer keys.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+        for &b in chunks.remainder() {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = BuildHasherDefault<FxHasher>;
+type FxMap<K, V> = HashMap<K, V, FxBuild>;
+
+/// What the codes of a key column mean (code 0 is always NULL).
+#[derive(Debug, Clone)]
+pub(crate) enum Domain {
+    Dict(DictRef),
+    /// Code `c` is `base + c - 1`.
+    IntRange {
+        base: i64,
+        ts: bool,
+    },
+    /// Code `c` is `values[c - 1]`.
+    Values(Arc<Vec<Scalar>>),
+}
+
+pub(crate) struct KeyCol {
+    pub codes: Vec<u32>,
+    pub domain: Domain,
+    /// One more than the largest code.
+    pub card: u64,
+}
+
+fn float_key(f: f64) -> u64 {
+    // -0.0 groups with 0.0.
+    if f == 0.0 { 0 } else { f.to_bits() }
+}
+
+/// Turns a vector into codes for grouping.
+pub(crate) fn key_col(v: &Vector<'_>, ty: DataType, n: usize) -> Result<KeyCol> {
+    Ok(match v {
+        Vector::Dict(codes, dict) => {
+            KeyCol { codes: codes.to_vec(), domain: Domain::Dict(dict.clone()), card: dict.len() as u64 + 1 }
+        }
+        Vector::Const(s) => {
+            let code = u32::from(!s.is_null());
+            KeyCol { codes: vec![code; n], domain: Domain::Values(Arc::new(vec![s.clone()])), card: 2 }
+        }
+        Vector::Plain(_) => {
+            let mut map: FxMap<&str, u32> = FxMap::default();
+            let mut values = Vec::new();
+            let mut codes = Vec::with_capacity(n);
+            for i in 0..n {
+                codes.push(match v.str_at(i) {
+                    None => 0,
+                    Some(s) => *map.entry(s).or_insert_with(|| {
+                        values.push(Scalar::Str(s.into()));
+                        values.len() as u32
+                    }),
+                });
+            }
+            let card = values.len() as u64 + 1;
+            KeyCol { codes, domain: Domain::Values(Arc::new(values)), card }
+        }
+        Vector::Bool(..) => {
+            let (b, nv) = bools(v, n)?;
+            let codes = (0..n).map(|i| if valid(&nv, i) { 1 + u32::from(b[i]) } else { 0 }).collect();
+            KeyCol { codes, domain: Domain::Values(Arc::new(vec![Scalar::Bool(false), Scalar::Bool(true)])), card: 3 }
+        }
+        Vector::Float(..) => {
+            let (f, nv) = floats(v, n)?;
+            let mut map: FxMap<u64, u32> = FxMap::default();
+            let mut values = Vec::new();
+            let codes = (0..n)
+                .map(|i| {
+                    if !valid(&nv, i) {
+                        return 0;
+                    }
+                    let x = if f[i] == 0.0 { 0.0 } else { f[i] };
+                    *map.entry(float_key(x)).or_insert_with(|| {
+                        values.push(Scalar::Float(x));
+                        values.len() as u32
+                    })
+                })
+                .collect();
+            let card = values.len() as u64 + 1;
+            KeyCol { codes, domain: Domain::Values(Arc::new(values)), card }
+        }
+        Vector::Int(..) => {
+            let (x, nv) = ints(v, n)?;
+            let ts = ty == DataType::Timestamp;
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            for i in 0..n {
+                if valid(&nv, i) {
+                    lo = lo.min(x[i]);
+                    hi = hi.max(x[i]);
+                }
+            }
+            if lo > hi {
+                return Ok(KeyCol { codes: vec![0; n], domain: Domain::IntRange { base: 0, ts }, card: 1 });
+            }
+            let span = i128::from(hi) - i128::from(lo);
+            if span < (1 << 20) {
+                let codes = match nv.as_ref() {
+                    None => x.iter().map(|&a| (a - lo) as u32 + 1).collect(),
+                    Some(nv) => x.iter().zip(nv).map(|(&a, &ok)| if ok { (a - lo) as u32 + 1 } else { 0 }).collect(),
+                };
+                KeyCol { codes, domain: Domain::IntRange { base: lo, ts }, card: span as u64 + 2 }
+            } else {
+                let mut map: FxMap<i64, u32> = FxMap::default();
+                let mut values = Vec::new();
+                let codes = (0..n)
+                    .map(|i| {
+                        if !valid(&nv, i) {
+                            return 0;
+                        }
+                        *map.entry(x[i]).or_insert_with(|| {
+                            values.push(if ts { Scalar::Ts(x[i]) } else { Scalar::Int(x[i]) });
+                            values.len() as u32
+                        })
+                    })
+                    .collect();
+                let card = values.len() as u64 + 1;
+                KeyCol { codes, domain: Domain::Values(Arc::new(values)), card }
+            }
+        }
+    })
+}
+
+/// Group ids of a block's rows.
+pub(crate) struct Grouping {
+    pub gid: Vec<u32>,
+    pub ngroups: usize,
+    /// `ngroups * keys` codes, group by group.
+    pub codes: Vec<u32>,
+}
+
+pub(crate) fn group(keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grouping> {
+    let k = keys.len();
+    if k == 0 {
+        return Ok(Grouping { gid: vec![0; n], ngroups: usize::from(n > 0), codes: Vec::new() });
+    }
+    let too_many = || QueryError::TooManyGroups { max_groups };
+    let product = keys.iter().try_fold(1u64, |acc, kc| acc.checked_mul(kc.card));
+    let dense_limit = (2 * n as u64).clamp(4096, 1 << 22);
+    let mut gid = Vec::with_capacity(n);
+    let mut codes = Vec::new();
+    let mut ngroups = 0usize;
+    let mut new_group = |row: usize, codes: &mut Vec<u32>| -> Result<u32> {
+        if ngroups >= max_groups {
+            return Err(too_many());
+        }
+        codes.extend(keys.iter().map(|kc| kc.codes[row]));
+        ngroups += 1;
+        Ok(ngroups as u32 - 1)
+    };
+    match product {
+        Some(p) if p <= dense_limit => {
+            let mut table = vec![u32::MAX; p as usize];
+            if k == 1 {
+                for (row, &c) in keys[0].codes.iter().enumerate() {
+                    let slot = &mut table[c as usize];
+                    if *slot == u32::MAX {
+                        *slot = new_group(row, &mut codes)?;
+                    }
+                    gid.push(*slot);
+                }
+            } else {
+                let mut idx = vec![0usize; n];
+                let mut stride = 1usize;
+                for kc in keys {
+                    for (i, &c) in kc.codes.iter().enumerate() {
+                        idx[i] += c as usize * stride;
+                    }
+                    stride *= kc.card as usize;
+                }
+                for (row, &ix) in idx.iter().enumerate() {
+                    let slot = &mut table[ix];
+                    if *slot == u32::MAX {
+                        *slot = new_group(row, &mut codes)?;
+                    }
+                    gid.push(*slot);
+                }
+            }
+        }
+        _ => {
+            let bits: Vec<u32> = keys.iter().map(|kc| 64 - (kc.card.max(2) - 1).leading_zeros()).collect();
+            if bits.iter().sum::<u32>() <= 64 {
+                let mut packed = vec![0u64; n];
+                let mut shift = 0;
+                for (kc, b) in keys.iter().zip(&bits) {
+                    for (i, &c) in kc.codes.iter().enumerate() {
+                        packed[i] |= u64::from(c) << shift;
+                    }
+                    shift += b;
+                }
+                let mut map: FxMap<u64, u32> = FxMap::default();
+                for (row, p) in packed.iter().enumerate() {
+                    let g = match map.get(p) {
+                        Some(g) => *g,
+                        None => {
+                            let g = new_group(row, &mut codes)?;
+                            map.insert(*p, g);
+                            g
+                        }
+                    };
+                    gid.push(g);
+                }
+            } else {
+                let mut map: FxMap<Box<[u32]>, u32> = FxMap::default();
+                let mut buf = vec![0u32; k];
+                for row in 0..n {
+                    for (b, kc) in buf.iter_mut().zip(keys) {
+                        *b = kc.codes[row];
+                    }
+                    let g = match map.get(buf.as_slice()) {
+                        Some(g) => *g,
+                        None => {
+                            let g = new_group(row, &mut codes)?;
+                            map.insert(buf.clone().into_boxed_slice(), g);
+                            g
+                        }
+                    };
+                    gid.push(g);
+                }
+            }
+        }
+    }
+    Ok(Grouping { gid, ngroups, codes })
+}
+
+/// The state of one aggregate over many groups (columnar, by group id).
+pub(crate) enum State {
+    Count(Vec<i64>),
+    SumInt {
+        sum: Vec<i128>,
+        seen: Vec<bool>,
+    },
+    SumFloat {
+        sum: Vec<f64>,
+        seen: Vec<bool>,
+    },
+    AvgInt {
+        sum: Vec<i128>,
+        count: Vec<i64>,
+    },
+    AvgFloat {
+        sum: Vec<f64>,
+        count: Vec<i64>,
+    },
+    MinMaxInt {
+        v: Vec<i64>,
+        seen: Vec<bool>,
+        max: bool,
+    },
+    MinMaxFloat {
+        v: Vec<f64>,
+        seen: Vec<bool>,
+        max: bool,
+    },
+    MinMaxStr {
+        v: Vec<Option<Arc<str>>>,
+        max: bool,
+    },
+    /// Per block: distinct `(group, code)` pairs and what the codes mean.
+    DistinctPartial {
+        pairs: Vec<(u32, u32)>,
+        domain: Domain,
+    },
+    /// Merged: distinct `(group, global value id)` pairs.
+    DistinctGlobal {
+        interner: Box<Interner>,
+        set: HashSet<(u32, u32), FxBuild>,
+        counts: Vec<i64>,
+    },
+    /// Per block: distinct `(group, hash)` pairs.
+    ApproxPartial(Vec<(u32, u64)>),
+    ApproxGlobal(Vec<Hll>),
+}
+
+fn for_rows(n: usize, sel: Option<&[u32]>, mut f: impl FnMut(usize)) {
+    match sel {
+        None => (0..n).for_each(&mut f),
+        Some(s) => s.iter().for_each(|&i| f(i as usize)),
+    }
+}
+
+/// Valid flags of any vector (`None`: all rows valid).
+fn validity(v: &Vector<'_>, n: usize) -> Option<Vec<bool>> {
+    match v {
+        Vector::Const(s) => s.is_null().then(|| vec![false; n]),
+        Vector::Int(_, nv) | Vector::Float(_, nv) | Vector::Bool(_, nv) => nv.clone(),
+        Vector::Dict(c, _) => c.contains(&0).then(|| c.iter().map(|&c| c != 0).collect()),
+        Vector::Plain(a) => {
+            use arrow_array::Array;
+            a.nulls().map(|nb| nb.iter().collect())
+        }
+    }
+}
+
+/// The partial state of `spec` over one block.
+pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<State> {
+    let n = batch.rows;
+    let ng = g.ngroups;
+    let gid = &g.gid;
+    let sel_vec = match &spec.filter {
+        Some(f) => Some(true_rows(&eval(f, batch)?, n)?),
+        None => None,
+    };
+    let sel = sel_vec.as_deref();
+    let arg = match &spec.arg {
+        Some(a) => Some((eval(a, batch)?, a.ty())),
+        None => None,
+    };
+    let missing = || QueryError::Internal("aggregate without argument".into());
+    Ok(match spec.func {
+        AggFunc::CountStar => {
+            let mut c = vec![0i64; ng];
+            for_rows(n, sel, |i| c[gid[i] as usize] += 1);
+            State::Count(c)
+        }
+        AggFunc::Count => {
+            let (v, _) = arg.as_ref().ok_or_else(missing)?;
+            let nv = validity(v, n);
+            let mut c = vec![0i64; ng];
+            for_rows(n, sel, |i| {
+                if valid(&nv, i) {
+                    c[gid[i] as usize] += 1
+                }
+            });
+            State::Count(c)
+        }
+        AggFunc::Sum | AggFunc::Avg => {
+            let (v, ty) = arg.as_ref().ok_or_else(missing)?;
+            let avg = spec.func == AggFunc::Avg;
+            if *ty == DataType::Float {
+                let (x, nv) = floats(v, n)?;
+                let mut sum = vec![0f64; ng];
+                let mut count = vec![0i64; ng];
+                for_rows(n, sel, |i| {
+                    if valid(&nv, i) {
+                        let gi = gid[i] as usize;
+                        sum[gi] += x[i];
+                        count[gi] += 1;
+                    }
+                });
+                if avg {
+                    State::AvgFloat { sum, count }
+                } else {
+                    State::SumFloat { sum, seen: count.iter().map(|c| *c > 0).collect() }
+                }
+            } else {
+                let (x, nv) = ints(v, n)?;
+                let mut sum = vec![0i128; ng];
+                let mut count = vec![0i64; ng];
+                match (nv.as_ref(), sel) {
+                    (None, None) => {
+                        for (i, &a) in x.iter().enumerate() {
+                            let gi = gid[i] as usize;
+                            sum[gi] += i128::from(a);
+                            count[gi] += 1;
+                        }
+                    }
+                    _ => for_rows(n, sel, |i| {
+                        if valid(&nv, i) {
+                            let gi = gid[i] as usize;
+                            sum[gi] += i128::from(x[i]);
+                            count[gi] += 1;
+                        }
+                    }),
+                }
+                if avg {
+                    State::AvgInt { sum, count }
+                } else {
+                    State::SumInt { sum, seen: count.iter().map(|c| *c > 0).collect() }
+                }
+            }
+        }
+        AggFunc::Min | AggFunc::Max => {
+            let (v, ty) = arg.as_ref().ok_or_else(missing)?;
+            let max = spec.func == AggFunc::Max;
+            match ty {
+                DataType::Float => {
+                    let (x, nv) = floats(v, n)?;
+                    let mut out = vec![0f64; ng];
+                    let mut seen = vec![false; ng];
+                    for_rows(n, sel, |i| {
+                        if valid(&nv, i) {
+                            let gi = gid[i] as usize;
+                            let better = if max { x[i] > out[gi] } else { x[i] < out[gi] };
+                            if !seen[gi] || better {
+                                out[gi] = x[i];
+                                seen[gi] = true;
+                            }
+                        }
+                    });
+                    State::MinMaxFloat { v: out, seen, max }
+                }
+                DataType::Str => {
+                    let mut best: Vec<Option<&str>> = vec![None; ng];
+                    match v {
+                        Vector::Dict(codes, DictRef::Segment(d)) => {
+                            // Sorted dictionary: code order is string order.
+                            let mut bc = vec![0u32; ng];
+                            for_rows(n, sel, |i| {
+                                let c = codes[i];
+                                if c != 0 {
+                                    let gi = gid[i] as usize;
+                                    if bc[gi] == 0 || (if max { c > bc[gi] } else { c < bc[gi] }) {
+                                        bc[gi] = c;
+                                    }
+                                }
+                            });
+                            for (b, c) in best.iter_mut().zip(bc) {
+                                *b = d.value(c);
+                            }
+                        }
+                        _ => for_rows(n, sel, |i| {
+                            if let Some(s) = v.str_at(i) {
+                                let gi = gid[i] as usize;
+                                let better = match best[gi] {
+                                    None => true,
+                                    Some(b) => {
+                                        if max {
+                                            s > b
+                                        } else {
+                                            s < b
+                                        }
+                                    }
+                                };
+                                if better {
+                                    best[gi] = Some(s);
+                                }
+                            }
+                        }),
+                    }
+                    State::MinMaxStr { v: best.into_iter().map(|b| b.map(Arc::from)).collect(), max }
+                }
+                _ => {
+                    let (x, nv) = ints(v, n)?;
+                    let mut out = vec![0i64; ng];
+                    let mut seen = vec![false; ng];
+                    for_rows(n, sel, |i| {
+                        if valid(&nv, i) {
+                            let gi = gid[i] as usize;
+                            let better = if max { x[i] > out[gi] } else { x[i] < out[gi] };
+                            if !seen[gi] || better {
+                                out[gi] = x[i];
+                                seen[gi] = true;
+                            }
+                        }
+                    });
+                    State::MinMaxInt { v: out, seen, max }
+                }
+            }
+        }
+        AggFunc::CountDistinct => {
+            let (v, ty) = arg.as_ref().ok_or_else(missing)?;
+            let kc = key_col(v, *ty, n)?;
+            let mut pairs = Vec::new();
+            for_rows(n, sel, |i| {
+                let c = kc.codes[i];
+                if c != 0 {
+                    pairs.push((gid[i], c));
+                }
+            });
+            pairs.sort_unstable();
+            pairs.dedup();
+            State::DistinctPartial { pairs, domain: kc.domain }
+        }
+        AggFunc::ApproxDistinct => {
+            let (v, _) = arg.as_ref().ok_or_else(missing)?;
+            let mut pairs = Vec::new();
+            match v {
+                Vector::Dict(codes, dict) => {
+                    let mut cache: Vec<Option<u64>> = vec![None; dict.len() + 1];
+                    for_rows(n, sel, |i| {
+                        let c = codes[i] as usize;
+                        if c != 0 {
+                            let h = *cache[c]
+                                .get_or_insert_with(|| hash_bytes(dict.value(c as u32).unwrap_or("").as_bytes()));
+                            pairs.push((gid[i], h));
+                        }
+                    });
+                }
+                Vector::Plain(_) | Vector::Const(Scalar::Str(_)) => for_rows(n, sel, |i| {
+                    if let Some(s) = v.str_at(i) {
+                        pairs.push((gid[i], hash_bytes(s.as_bytes())));
+                    }
+                }),
+                Vector::Const(Scalar::Null) => {}
+                Vector::Float(..) | Vector::Const(Scalar::Float(_)) => {
+                    let (x, nv) = floats(v, n)?;
+                    for_rows(n, sel, |i| {
+                        if valid(&nv, i) {
+                            pairs.push((gid[i], hash_bytes(&float_key(x[i]).to_le_bytes())));
+                        }
+                    });
+                }
+                Vector::Bool(..) | Vector::Const(Scalar::Bool(_)) => {
+                    let (x, nv) = bools(v, n)?;
+                    for_rows(n, sel, |i| {
+                        if valid(&nv, i) {
+                            pairs.push((gid[i], hash_bytes(&[u8::from(x[i])])));
+                        }
+                    });
+                }
+                _ => {
+                    let (x, nv) = ints(v, n)?;
+                    for_rows(n, sel, |i| {
+                        if valid(&nv, i) {
+                            pairs.push((gid[i], hash_bytes(&x[i].to_le_bytes())));
+                        }
+                    });
+                }
+            }
+            pairs.sort_unstable();
+            pairs.dedup();
+            State::ApproxPartial(pairs)
+        }
+    })
+}
+
+/// A hashable key value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum KeyVal {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(u64),
+    Str(Arc<str>),
+}
+
+/// Global ids for the values of one key column (or DISTINCT argument).
+#[derive(Default)]
+pub(crate) struct Interner {
+    map: FxMap<KeyVal, u32>,
+    pub values: Vec<Scalar>,
+    /// Per dictionary (by identity): code → global id (`u32::MAX`: not yet seen).
+    dict_cache: FxMap<usize, Vec<u32>>,
+    bytes: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, s: Scalar) -> u32 {
+        let key = match &s {
+            Scalar::Null => KeyVal::Null,
+            Scalar::Bool(b) => KeyVal::Bool(*b),
+            Scalar::Int(i) | Scalar::Ts(i) => KeyVal::Int(*i),
+            Scalar::Float(f) => KeyVal::Float(float_key(*f)),
+            Scalar::Str(s) => KeyVal::Str(s.clone()),
+        };
+        if let Some(id) = self.map.get(&key) {
+            return *id;
+        }
+        let id = self.values.len() as u32;
+        self.bytes += 48 + if let Scalar::Str(s) = &s { s.len() } else { 0 };
+        self.values.push(s);
+        self.map.insert(key, id);
+        id
+    }
+
+    pub(crate) fn translate(&mut self, d: &Domain, code: u32) -> u32 {
+        match d {
+            Domain::Dict(dict) => {
+                let cache = self.dict_cache.entry(dict.id()).or_insert_with(|| vec![u32::MAX; dict.len() + 1]);
+                let cached = cache.get(code as usize).copied().unwrap_or(u32::MAX);
+                if cached != u32::MAX {
+                    return cached;
+                }
+                let s = dict.value(code).map_or(Scalar::Null, |s| Scalar::Str(s.into()));
+                let id = self.intern(s);
+                if let Some(slot) = self.dict_cache.get_mut(&dict.id()).and_then(|c| c.get_mut(code as usize)) {
+                    *slot = id;
+                }
+                id
+            }
+            Domain::IntRange { base, ts } => {
+                let s = if code == 0 {
+                    Scalar::Null
+                } else {
+                    let v = base + i64::from(code) - 1;
+                    if *ts { Scalar::Ts(v) } else { Scalar::Int(v) }
+                };
+                self.intern(s)
+            }
+            Domain::Values(vals) => {
+                let s = (code as usize).checked_sub(1).and_then(|i| vals.get(i)).cloned().unwrap_or(Scalar::Null);
+                self.intern(s)
+            }
+        }
+    }
+
+    fn approx_bytes(&self) -> usize {
+        self.bytes + self.dict_cache.values().map(|c| c.len() * 4).sum::<usize>()
+    }
+}
+
+/// One block's aggregation result.
+pub(crate) struct Partial {
+    pub domains: Vec<Domain>,
+    pub grouping: Grouping,
+    pub states: Vec<State>,
+}
+
+/// Merges block partials into global groups.
+pub(crate) struct AggMerger {
+    k: usize,
+    key_types: Vec<DataType>,
+    interners: Vec<Interner>,
+    groups: FxMap<Box<[u32]>, u32>,
+    group_keys: Vec<u32>,
+    ngroups: usize,
+    states: Vec<State>,
+    max_groups: usize,
+    max_bytes: usize,
+}
+
+fn grow<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
+    if v.len() < n {
+        v.resize(n, fill);
+    }
+}
+
+impl AggMerger {
+    pub(crate) fn new(key_types: Vec<DataType>, specs: &[AggSpec], max_groups: usize, max_bytes: usize) -> AggMerger {
+        let states = specs
+            .iter()
+            .map(|s| {
+                let ty = s.arg.as_ref().map(|a| a.ty()).unwrap_or(DataType::Int);
+                match s.func {
+                    AggFunc::CountStar | AggFunc::Count => State::Count(Vec::new()),
+                    AggFunc::Sum if ty == DataType::Float => State::SumFloat { sum: Vec::new(), seen: Vec::new() },
+                    AggFunc::Sum => State::SumInt { sum: Vec::new(), seen: Vec::new() },
+                    AggFunc::Avg if ty == DataType::Float => State::AvgFloat { sum: Vec::new(), count: Vec::new() },
+                    AggFunc::Avg => State::AvgInt { sum: Vec::new(), count: Vec::new() },
+                    AggFunc::Min | AggFunc::Max => {
+                        let max = s.func == AggFunc::Max;
+                        match ty {
+                            DataType::Float => State::MinMaxFloat { v: Vec::new(), seen: Vec::new(), max },
+                            DataType::Str => State::MinMaxStr { v: Vec::new(), max },
+                            _ => State::MinMaxInt { v: Vec::new(), seen: Vec::new(), max },
+                        }
+                    }
+                    AggFunc::CountDistinct => {
+                        State::DistinctGlobal { interner: Box::default(), set: HashSet::default(), counts: Vec::new() }
+                    }
+                    AggFunc::ApproxDistinct => State::ApproxGlobal(Vec::new()),
+                }
+            })
+            .collect();
+        let k = key_types.len();
+        AggMerger {
+            k,
+            interners: (0..k).map(|_| Interner::default()).collect(),
+            key_types,
+            groups: FxMap::default(),
+            group_keys: Vec::new(),
+            ngroups: 0,
+            states,
+            max_groups,
+            max_bytes,
+        }
+    }
+
+    pub(crate) fn merge(&mut self, p: Partial) -> Result<()> {
+        let k = self.k;
+        let mut map = Vec::with_capacity(p.grouping.ngroups);
+        if k == 0 {
+            if p.grouping.ngroups > 0 {
+                self.ngroups = self.ngroups.max(1);
+                map.push(0u32);
+            }
+        } else {
+            let mut buf = vec![0u32; k];
+            for g in 0..p.grouping.ngroups {
+                for (j, b) in buf.iter_mut().enumerate() {
+                    *b = self.interners[j].translate(&p.domains[j], p.grouping.codes[g * k + j]);
+                }
+                let id = match self.groups.get(buf.as_slice()) {
+                    Some(id) => *id,
+                    None => {
+                        if self.ngroups >= self.max_groups {
+                            return Err(QueryError::TooManyGroups { max_groups: self.max_groups });
+                        }
+                        let id = self.ngroups as u32;
+                        self.ngroups += 1;
+                        self.groups.insert(buf.clone().into_boxed_slice(), id);
+                        self.group_keys.extend_from_slice(&buf);
+                        id
+                    }
+                };
+                map.push(id);
+            }
+        }
+        let ng = self.ngroups;
+        for (global, part) in self.states.iter_mut().zip(p.states) {
+            merge_state(global, part, &map, ng)?;
+        }
+        let bytes = self.approx_bytes();
+        if bytes > self.max_bytes {
+            return Err(QueryError::MemoryLimit { max_bytes: self.max_bytes });
+        }
+        Ok(())
+    }
+
+    fn approx_bytes(&self) -> usize {
+        let per_group = self.k * 4 + 48;
+        let mut total = self.ngroups * per_group + self.interners.iter().map(Interner::approx_bytes).sum::<usize>();
+        for s in &self.states {
+            total += match s {
+                State::DistinctGlobal { interner, set, .. } => interner.approx_bytes() + set.capacity() * 12,
+                State::ApproxGlobal(h) => h.iter().map(Hll::approx_bytes).sum(),
+                State::MinMaxStr { v, .. } => v.iter().map(|s| s.as_ref().map_or(8, |s| s.len() + 24)).sum(),
+                _ => self.ngroups * 16,
+            };
+        }
+        total
+    }
+
+    /// Key vectors (by key) and aggregate vectors (by aggregate), group by
+    /// group. With no keys and no rows, one group (SQL: `count(*)` of
+    /// nothing is one row with 0).
+    pub(crate) fn finish(mut self) -> Result<(usize, Vec<Vector<'static>>)> {
+        if self.k == 0 && self.ngroups == 0 {
+            self.ngroups = 1;
+        }
+        let ng = self.ngroups;
+        let mut cols = Vec::with_capacity(self.k + self.states.len());
+        for j in 0..self.k {
+            let vals: Vec<&Scalar> =
+                (0..ng).map(|g| &self.interners[j].values[self.group_keys[g * self.k + j] as usize]).collect();
+            cols.push(vector_of(&vals, self.key_types[j]));
+        }
+        for s in self.states {
+            cols.push(finish_state(s, ng)?);
+        }
+        Ok((ng, cols))
+    }
+}
+
+/// A vector of type `ty` holding `vals`.
+pub(crate) fn vector_of(vals: &[&Scalar], ty: DataType) -> Vector<'static> {
+    let nv: Vec<bool> = vals.iter().map(|s| !s.is_null()).collect();
+    let nv = if nv.iter().all(|v| *v) { None } else { Some(nv) };
+    match ty {
+        DataType::Int | DataType::Timestamp => Vector::Int(
+            Cow::Owned(vals.iter().map(|s| if let Scalar::Int(i) | Scalar::Ts(i) = s { *i } else { 0 }).collect()),
+            nv,
+        ),
+        DataType::Float => Vector::Float(
+            Cow::Owned(vals.iter().map(|s| if let Scalar::Float(f) = s { *f } else { 0.0 }).collect()),
+            nv,
+        ),
+        DataType::Bool => Vector::Bool(Cow::Owned(vals.iter().map(|s| matches!(s, Scalar::Bool(true))).collect()), nv),
+        DataType::Str => {
+            Vector::Plain(vals.iter().map(|s| if let Scalar::Str(s) = s { Some(&**s) } else { None }).collect())
+        }
+        DataType::Null => Vector::Const(Scalar::Null),
+    }
+}
+
+fn merge_state(global: &mut State, part: State, map: &[u32], ng: usize) -> Result<()> {
+    let mismatch = || QueryError::Internal("aggregate state kinds differ".into());
+    match (global, part) {
+        (State::Count(g), State::Count(p)) => {
+            grow(g, ng, 0);
+            for (i, c) in p.into_iter().enumerate() {
+                g[map[i] as usize] += c;
+            }
+        }
+        (State::SumInt { sum, seen }, State::SumInt { sum: ps, seen: pn }) => {
+            grow(sum, ng, 0);
+            grow(seen, ng, false);
+            for (i, (s, n)) in ps.into_iter().zip(pn).enumerate() {
+                let gi = map[i] as usize;
+                sum[gi] += s;
+                seen[gi] |= n;
+            }
+        }
+        (State::SumFloat { sum, seen }, State::SumFloat { sum: ps, seen: pn }) => {
+            grow(sum, ng, 0.0);
+            grow(seen, ng, false);
+            for (i, (s, n)) in ps.into_iter().zip(pn).enumerate() {
+                let gi = map[i] as usize;
+                sum[gi] += s;
+                seen[gi] |= n;
+            }
+        }
+        (State::AvgInt { sum, count }, State::AvgInt { sum: ps, count: pc }) => {
+            grow(sum, ng, 0);
+            grow(count, ng, 0);
+            for (i, (s, c)) in ps.into_iter().zip(pc).enumerate() {
+                let gi = map[i] as usize;
+                sum[gi] += s;
+                count[gi] += c;
+            }
+        }
+        (State::AvgFloat { sum, count }, State::AvgFloat { sum: ps, count: pc }) => {
+            grow(sum, ng, 0.0);
+            grow(count, ng, 0);
+            for (i, (s, c)) in ps.into_iter().zip(pc).enumerate() {
+                let gi = map[i] as usize;
+                sum[gi] += s;
+                count[gi] += c;
+            }
+        }
+        (State::MinMaxInt { v, seen, max }, State::MinMaxInt { v: pv, seen: pn, .. }) => {
+            grow(v, ng, 0);
+            grow(seen, ng, false);
+            for (i, (x, n)) in pv.into_iter().zip(pn).enumerate() {
+                let gi = map[i] as usize;
+                if n && (!seen[gi] || (if *max { x > v[gi] } else { x < v[gi] })) {
+                    v[gi] = x;
+                    seen[gi] = true;
+                }
+            }
+        }
+        (State::MinMaxFloat { v, seen, max }, State::MinMaxFloat { v: pv, seen: pn, .. }) => {
+            grow(v, ng, 0.0);
+            grow(seen, ng, false);
+            for (i, (x, n)) in pv.into_iter().zip(pn).enumerate() {
+                let gi = map[i] as usize;
+                if n && (!seen[gi] || (if *max { x > v[gi] } else { x < v[gi] })) {
+                    v[gi] = x;
+                    seen[gi] = true;
+                }
+            }
+        }
+        (State::MinMaxStr { v, max }, State::MinMaxStr { v: pv, .. }) => {
+            grow(v, ng, None);
+            for (i, x) in pv.into_iter().enumerate() {
+                let gi = map[i] as usize;
+                if let Some(x) = x {
+                    let better = match &v[gi] {
+                        None => true,
+                        Some(cur) => {
+                            if *max {
+                                x > *cur
+                            } else {
+                                x < *cur
+                            }
+                        }
+                    };
+                    if better {
+                        v[gi] = Some(x);
+                    }
+                }
+            }
+        }
+        (State::DistinctGlobal { interner, set, .. }, State::DistinctPartial { pairs, domain }) => {
+            for (g, c) in pairs {
+                let id = interner.translate(&domain, c);
+                set.insert((map[g as usize], id));
+            }
+        }
+        (State::ApproxGlobal(h), State::ApproxPartial(pairs)) => {
+            grow(h, ng, Hll::default());
+            for (g, hash) in pairs {
+                h[map[g as usize] as usize].insert_hash(hash);
+            }
+        }
+        _ => return Err(mismatch()),
+    }
+    Ok(())
+}
+
+fn finish_state(s: State, ng: usize) -> Result<Vector<'static>> {
+    let overflow = || QueryError::Overflow { what: "sum" };
+    Ok(match s {
+        State::Count(mut c) => {
+            grow(&mut c, ng, 0);
+            Vector::Int(Cow::Owned(c), None)
+        }
+        State::SumInt { mut sum, mut seen } => {
+            grow(&mut sum, ng, 0);
+            grow(&mut seen, ng, false);
+            let vals = sum.iter().map(|s| i64::try_from(*s).map_err(|_| overflow())).collect::<Result<Vec<_>>>()?;
+            Vector::Int(Cow::Owned(vals), Some(seen))
+        }
+        State::SumFloat { mut sum, mut seen } => {
+            grow(&mut sum, ng, 0.0);
+            grow(&mut seen, ng, false);
+            Vector::Float(Cow::Owned(sum), Some(seen))
+        }
+        State::AvgInt { mut sum, mut count } => {
+            grow(&mut sum, ng, 0);
+            grow(&mut count, ng, 0);
+            let vals = sum.iter().zip(&count).map(|(s, c)| if *c > 0 { *s as f64 / *c as f64 } else { 0.0 }).collect();
+            Vector::Float(Cow::Owned(vals), Some(count.iter().map(|c| *c > 0).collect()))
+        }
+        State::AvgFloat { mut sum, mut count } => {
+            grow(&mut sum, ng, 0.0);
+            grow(&mut count, ng, 0);
+            let vals = sum.iter().zip(&count).map(|(s, c)| if *c > 0 { *s / *c as f64 } else { 0.0 }).collect();
+            Vector::Float(Cow::Owned(vals), Some(count.iter().map(|c| *c > 0).collect()))
+        }
+        State::MinMaxInt { mut v, mut seen, .. } => {
+            grow(&mut v, ng, 0);
+            grow(&mut seen, ng, false);
+            Vector::Int(Cow::Owned(v), Some(seen))
+        }
+        State::MinMaxFloat { mut v, mut seen, .. } => {
+            grow(&mut v, ng, 0.0);
+            grow(&mut seen, ng, false);
+            Vector::Float(Cow::Owned(v), Some(seen))
+        }
+        State::MinMaxStr { mut v, .. } => {
+            grow(&mut v, ng, None);
+            Vector::Plain(v.iter().map(|s| s.as_deref()).collect())
+        }
+        State::DistinctGlobal { set, mut counts, .. } => {
+            counts.clear();
+            counts.resize(ng, 0);
+            for (g, _) in set {
+                counts[g as usize] += 1;
+            }
+            Vector::Int(Cow::Owned(counts), None)
+        }
+        State::ApproxGlobal(mut h) => {
+            grow(&mut h, ng, Hll::default());
+            Vector::Int(Cow::Owned(h.iter().map(Hll::estimate).collect()), None)
+        }
+        State::DistinctPartial { .. } | State::ApproxPartial(_) => {
+            return Err(QueryError::Internal("partial state left unmerged".into()));
+        }
+    })
+}

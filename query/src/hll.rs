@@ -1,0 +1,158 @@
+//! A small HyperLogLog for `approx_count_distinct`: 2^14 registers
+//! (standard error about 0.8%), a sparse form for small sets, linear
+//! counting for small cardinalities. Values are hashed with xxh3 over their
+//! bytes, so the same string gives the same hash whether it came from a
+//! segment dictionary or from the head, and sketches of disjoint parts
+//! merge into exactly the sketch of the whole.
+
+const P: u32 = 14;
+const M: usize = 1 << P;
+/// Sparse entries kept before switching to registers.
+const SPARSE_MAX: usize = M / 8;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Hll {
+    /// `(index << 6) | rank`, unsorted, possibly with repeats.
+    Sparse(Vec<u32>),
+    Dense(Box<[u8]>),
+}
+
+impl Default for Hll {
+    fn default() -> Self {
+        Hll::Sparse(Vec::new())
+    }
+}
+
+pub(crate) fn hash_bytes(b: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(b)
+}
+
+fn split(h: u64) -> (usize, u8) {
+    let idx = (h >> (64 - P)) as usize;
+    let w = (h << P) | (1 << (P - 1));
+    (idx, (w.leading_zeros() + 1) as u8)
+}
+
+impl Hll {
+    pub(crate) fn insert_hash(&mut self, h: u64) {
+        let (idx, rank) = split(h);
+        match self {
+            Hll::Dense(r) => r[idx] = r[idx].max(rank),
+            Hll::Sparse(v) => {
+                v.push(((idx as u32) << 6) | u32::from(rank));
+                if v.len() > SPARSE_MAX {
+                    self.compact();
+                }
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        if let Hll::Sparse(v) = self {
+            // Keep the highest rank per index: sort descending, keep the first of each index.
+            v.sort_unstable_by(|a, b| b.cmp(a));
+            v.dedup_by_key(|e| *e >> 6);
+            if v.len() > SPARSE_MAX / 2 {
+                let mut r = vec![0u8; M].into_boxed_slice();
+                for e in v.iter() {
+                    let (i, k) = ((e >> 6) as usize, (e & 63) as u8);
+                    r[i] = r[i].max(k);
+                }
+                *self = Hll::Dense(r);
+            }
+        }
+    }
+
+    /// Adds every value of `other` (used to combine sketches of parts).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn merge(&mut self, other: &Hll) {
+        match other {
+            Hll::Sparse(v) => {
+                for e in v {
+                    let (i, k) = ((e >> 6) as usize, (e & 63) as u8);
+                    match self {
+                        Hll::Dense(r) => r[i] = r[i].max(k),
+                        Hll::Sparse(s) => s.push(*e),
+                    }
+                }
+                if matches!(self, Hll::Sparse(s) if s.len() > SPARSE_MAX) {
+                    self.compact();
+                }
+            }
+            Hll::Dense(o) => {
+                let mut mine = match std::mem::take(self) {
+                    Hll::Dense(r) => r,
+                    Hll::Sparse(v) => {
+                        let mut r = vec![0u8; M].into_boxed_slice();
+                        for e in v {
+                            let (i, k) = ((e >> 6) as usize, (e & 63) as u8);
+                            r[i] = r[i].max(k);
+                        }
+                        r
+                    }
+                };
+                for (a, b) in mine.iter_mut().zip(o.iter()) {
+                    *a = (*a).max(*b);
+                }
+                *self = Hll::Dense(mine);
+            }
+        }
+    }
+
+    pub(crate) fn approx_bytes(&self) -> usize {
+        match self {
+            Hll::Sparse(v) => v.capacity() * 4 + 32,
+            Hll::Dense(_) => M + 32,
+        }
+    }
+
+    /// The estimated number of distinct values.
+    pub(crate) fn estimate(&self) -> i64 {
+        let mut regs = vec![0u8; M];
+        match self {
+            Hll::Dense(r) => regs.copy_from_slice(r),
+            Hll::Sparse(v) => {
+                for e in v {
+                    let (i, k) = ((e >> 6) as usize, (e & 63) as u8);
+                    regs[i] = regs[i].max(k);
+                }
+            }
+        }
+        let m = M as f64;
+        let zeros = regs.iter().filter(|r| **r == 0).count();
+        let sum: f64 = regs.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
+        let alpha = 0.7213 / (1.0 + 1.079 / m);
+        let raw = alpha * m * m / sum;
+        let est = if raw <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { raw };
+        est.round() as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_are_close_and_merge_is_exact() {
+        for n in [0u64, 1, 10, 100, 1000, 20_000, 200_000] {
+            let mut whole = Hll::default();
+            let mut a = Hll::default();
+            let mut b = Hll::default();
+            for i in 0..n {
+                let h = hash_bytes(&i.to_le_bytes());
+                whole.insert_hash(h);
+                if i % 3 == 0 {
+                    a.insert_hash(h)
+                } else {
+                    b.insert_hash(h)
+                }
+                // Repeats change nothing.
+                whole.insert_hash(h);
+            }
+            a.merge(&b);
+            assert_eq!(a.estimate(), whole.estimate(), "n={n}");
+            let err = (whole.estimate() - n as i64).abs() as f64;
+            assert!(err <= (n as f64 * 0.03).max(1.0), "n={n} est={}", whole.estimate());
+        }
+    }
+}

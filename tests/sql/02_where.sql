@@ -1,0 +1,23 @@
+SELECT count(*) FROM events WHERE device = 'mobile';
+SELECT count(*) FROM events WHERE device <> 'mobile';
+SELECT count(*) FROM events WHERE device IS NULL;
+SELECT count(*) FROM events WHERE device IS NOT NULL;
+SELECT count(*) FROM events WHERE country IN ('US', 'GB');
+SELECT count(*) FROM events WHERE country NOT IN ('US', 'GB');
+-- NOT IN with a NULL in the list is never true.
+SELECT count(*) FROM events WHERE country NOT IN ('US', NULL);
+SELECT count(*) FROM events WHERE cost_micros BETWEEN 1000 AND 2000;
+SELECT count(*) FROM events WHERE cost_micros NOT BETWEEN 1000 AND 2000;
+SELECT count(*) FROM events WHERE cost_micros < 1500 OR cost_micros >= 400000;
+SELECT count(*) FROM events WHERE cost_micros <= 1500 AND cost_micros > 1400;
+SELECT count(*) FROM events WHERE NOT (type = 'impression');
+SELECT count(*) FROM events WHERE campaign_id LIKE 'a1-%';
+SELECT count(*) FROM events WHERE ad_id LIKE '%ad_';
+SELECT count(*) FROM events WHERE ad_id NOT LIKE '%1';
+SELECT count(*) FROM events WHERE type = 'click' AND invalid_reason = 'too_fast';
+SELECT count(*) FROM events WHERE attributed AND type = 'conversion';
+SELECT count(*) FROM events WHERE final;
+SELECT count(*) FROM events WHERE (device = 'mobile' OR device IS NULL) AND country = 'DE';
+SELECT count(*) FROM events WHERE user_key IN ('u01', 'u02') AND placement <> 'feed';
+SELECT count(*) FROM events WHERE type = 'nonsense';
+SELECT count(*) FROM events WHERE campaign_id < 'a2' AND campaign_id >= 'a1-c2';

@@ -1,0 +1,13 @@
+SELECT count(*) FROM events WHERE ts >= '2026-11-22T10:00:00Z' AND ts < '2026-11-22T11:00:00Z';
+SELECT count(*) FROM events WHERE ts >= TIMESTAMP '2026-11-22 10:00:00' AND ts < TIMESTAMP '2026-11-22 11:00:00';
+SELECT count(*) FROM events WHERE ts >= 1795341600000 AND ts < 1795345200000;
+SELECT count(*) FROM events WHERE ts BETWEEN '2026-11-22T10:00:00Z' AND '2026-11-22T10:59:59.999Z';
+SELECT count(*) FROM events WHERE ts >= now() - INTERVAL '1 hour';
+SELECT count(*) FROM events WHERE ts >= now() - INTERVAL '6' HOUR AND ts < now() - INTERVAL '3 hours';
+SELECT date_trunc('day', ts) AS day, count(*) FROM events GROUP BY day ORDER BY day;
+SELECT date_trunc('hour', ts) AS hour, count(*) FROM events WHERE ts < '2026-11-22T04:00:00Z' GROUP BY 1 ORDER BY 1;
+SELECT time_bucket(INTERVAL '15 minutes', ts) AS t, count(*) FROM events WHERE ts >= '2026-11-23T23:00:00Z' GROUP BY t ORDER BY t;
+SELECT date_trunc('week', ts), date_trunc('month', ts), date_trunc('year', ts), count(*) FROM events GROUP BY 1, 2, 3;
+SELECT extract(epoch FROM date_trunc('day', ts)) AS epoch_s, count(*) FROM events GROUP BY 1 ORDER BY 1;
+SELECT min(ts) + INTERVAL '1 day' AS plus_day, max(ts) - min(ts) AS span_ms FROM events;
+SELECT now() - INTERVAL '90 minutes' AS t FROM events LIMIT 1;

@@ -1,0 +1,9 @@
+-- metrics answers from events (no rollups yet); each pair must agree.
+SELECT sum(impressions), sum(clicks), sum(conversions), sum(invalid_impressions), sum(invalid_clicks), sum(billable_impressions), sum(billable_clicks), sum(attributed_conversions), sum(spend_micros), sum(conversion_value_micros), approx_count_distinct(users) FROM metrics;
+SELECT count(*) FILTER (WHERE type = 'impression'), count(*) FILTER (WHERE type = 'click'), count(*) FILTER (WHERE type = 'conversion'), count(*) FILTER (WHERE type = 'impression' AND invalid_reason <> ''), count(*) FILTER (WHERE type = 'click' AND invalid_reason <> ''), count(*) FILTER (WHERE type = 'impression' AND invalid_reason = ''), count(*) FILTER (WHERE type = 'click' AND invalid_reason = ''), count(*) FILTER (WHERE type = 'conversion' AND attributed), sum(cost_micros) FILTER (WHERE type IN ('impression', 'click') AND invalid_reason = ''), sum(value_micros) FILTER (WHERE type = 'conversion' AND attributed), approx_count_distinct(user_key) FROM events;
+SELECT campaign_id, sum(clicks) * 1.0 / nullif(sum(impressions), 0) AS ctr FROM metrics WHERE advertiser_id = 'a1' AND ts >= '2026-11-22T00:00:00Z' AND ts < '2026-11-23T00:00:00Z' GROUP BY campaign_id ORDER BY campaign_id;
+SELECT date_trunc('hour', ts) AS hour, sum(impressions), sum(clicks) FROM metrics WHERE campaign_id = 'a2-c1' AND ts >= '2026-11-23T20:00:00Z' GROUP BY hour ORDER BY hour;
+SELECT ts, sum(impressions) FROM metrics WHERE ts >= '2026-11-23T23:50:30Z' GROUP BY ts ORDER BY ts;
+SELECT date_trunc('minute', ts) AS ts, sum(CASE WHEN type = 'impression' THEN 1 ELSE 0 END) FROM events WHERE date_trunc('minute', ts) >= '2026-11-23T23:50:30Z' GROUP BY 1 ORDER BY 1;
+SELECT device, country, sum(spend_micros) FROM metrics WHERE advertiser_id = 'a3' GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT count(DISTINCT ad_id), min(campaign_id), max(placement) FROM metrics WHERE publisher_id = 'pub2';
