@@ -163,7 +163,9 @@ pub fn ndjson(n: u64, seed: u64) -> Vec<u8> {
     let cfg = GenConfig {
         seed,
         events: n + n / 10 + 10,
-        start_ms: now_ms() - 12 * HOUR_MS,
+        // Clicks and conversions trail the stream by up to two hours: keep
+        // them all in the past.
+        start_ms: now_ms() - 14 * HOUR_MS,
         span_ms: 11 * HOUR_MS,
         ..GenConfig::default()
     };

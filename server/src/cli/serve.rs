@@ -118,7 +118,9 @@ fn load_demo(store: &Store, exactly_once: &ExactlyOnce, events: u64) -> Result<(
     let started = Instant::now();
     let span_ms = 86_400_000;
     let now = now_ms();
-    let cfg = GenConfig { events, start_ms: now - span_ms, span_ms, ..GenConfig::default() };
+    // Clicks and conversions trail their impressions by up to two hours:
+    // end the stream that far back so nothing lands in the future.
+    let cfg = GenConfig { events, start_ms: now - span_ms - 2 * 3_600_000, span_ms, ..GenConfig::default() };
     let opts = ParseOptions { now_ms: now, ..ParseOptions::default() };
     let mut generator = Generator::new(cfg);
     let mut body = Vec::with_capacity(CHUNK * 400);
