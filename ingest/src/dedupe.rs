@@ -131,8 +131,10 @@ fn tag(slot: u128) -> u8 {
 
 impl Shard {
     fn home(&self, key: u128) -> usize {
-        // Multiply-shift range reduction: tables are not powers of two.
-        (((key >> 64) as u64 as u128 * self.slots.len() as u128) >> 64) as usize
+        // Multiply-shift range reduction (tables are not powers of two) over
+        // bits 8..72: not the top bits, which pick the shard and so are the
+        // same for every key of a shard, nor the low byte, which holds the tag.
+        ((((key >> 8) as u64) as u128 * self.slots.len() as u128) >> 64) as usize
     }
 
     /// The slot index holding `key`, or the empty slot where it would go.
@@ -409,6 +411,11 @@ impl DedupeIndex {
     pub fn expire(&self, newest_ts: i64) -> u64 {
         let epoch = self.config.epoch_of(newest_ts);
         let prev = self.newest_epoch.fetch_max(epoch, Ordering::AcqRel);
+        let newest = self.newest_epoch.load(Ordering::Acquire);
+        // Nothing can have expired since the last sweep at this epoch.
+        if self.swept_epoch.load(Ordering::Acquire) >= newest {
+            return 0;
+        }
         self.sweep(prev != i64::MIN && epoch - prev > self.config.retention_epochs())
     }
 

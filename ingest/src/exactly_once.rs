@@ -195,6 +195,8 @@ pub struct ExactlyOnce {
     index: RwLock<AttributionIndex>,
     allowed_lateness_ms: i64,
     newest_ts: AtomicI64,
+    /// `newest_ts` at the last expiry.
+    expired_at_ts: AtomicI64,
     duplicates_at_seal: AtomicU64,
 }
 
@@ -206,6 +208,7 @@ impl ExactlyOnce {
             index: RwLock::new(AttributionIndex::default()),
             allowed_lateness_ms,
             newest_ts: AtomicI64::new(i64::MIN),
+            expired_at_ts: AtomicI64::new(i64::MIN),
             duplicates_at_seal: AtomicU64::new(0),
         }
     }
@@ -239,9 +242,12 @@ impl ExactlyOnce {
     /// Drops index entries and dedupe keys that no future event can need.
     pub fn expire(&self) {
         let newest = self.newest_ts.load(Ordering::Acquire);
-        if newest == i64::MIN {
+        // Expiry walks the whole index: do it when event time moved a minute.
+        let last = self.expired_at_ts.load(Ordering::Acquire);
+        if newest == i64::MIN || (last != i64::MIN && newest - last < 60_000) {
             return;
         }
+        self.expired_at_ts.store(newest, Ordering::Release);
         let rules = self.rules();
         let imp_floor = newest.saturating_sub(rules.click_window_ms + self.allowed_lateness_ms);
         let click_floor = newest.saturating_sub(rules.conversion_window_ms + self.allowed_lateness_ms);
