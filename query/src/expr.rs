@@ -662,6 +662,10 @@ fn binary<'a>(
             let (a, av) = bools(l, n)?;
             let (c, cv) = bools(r, n)?;
             let and = op == BinOp::And;
+            if av.is_none() && cv.is_none() {
+                let vals = a.iter().zip(c.iter()).map(|(x, y)| if and { *x && *y } else { *x || *y }).collect();
+                return Ok(Vector::Bool(Cow::Owned(vals), None));
+            }
             Ok(bool_from(n, |i| {
                 let (x, y) = (valid(&av, i).then_some(a[i]), valid(&cv, i).then_some(c[i]));
                 match (x, y) {

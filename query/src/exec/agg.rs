@@ -656,6 +656,8 @@ enum KeyVal {
 #[derive(Default)]
 pub(crate) struct Interner {
     map: FxMap<KeyVal, u32>,
+    /// Strings, looked up by `&str` without allocating.
+    strs: FxMap<Arc<str>, u32>,
     pub values: Vec<Scalar>,
     /// Per dictionary (by identity): code → global id (`u32::MAX`: not yet seen).
     dict_cache: FxMap<usize, Vec<u32>>,
@@ -663,7 +665,22 @@ pub(crate) struct Interner {
 }
 
 impl Interner {
+    fn intern_str(&mut self, s: &str) -> u32 {
+        if let Some(id) = self.strs.get(s) {
+            return *id;
+        }
+        let id = self.values.len() as u32;
+        let a: Arc<str> = Arc::from(s);
+        self.bytes += 48 + s.len();
+        self.values.push(Scalar::Str(a.clone()));
+        self.strs.insert(a, id);
+        id
+    }
+
     fn intern(&mut self, s: Scalar) -> u32 {
+        if let Scalar::Str(x) = &s {
+            return self.intern_str(x);
+        }
         let key = match &s {
             Scalar::Null => KeyVal::Null,
             Scalar::Bool(b) => KeyVal::Bool(*b),
@@ -689,8 +706,10 @@ impl Interner {
                 if cached != u32::MAX {
                     return cached;
                 }
-                let s = dict.value(code).map_or(Scalar::Null, |s| Scalar::Str(s.into()));
-                let id = self.intern(s);
+                let id = match dict.value(code) {
+                    Some(s) => self.intern_str(s),
+                    None => self.intern(Scalar::Null),
+                };
                 if let Some(slot) = self.dict_cache.get_mut(&dict.id()).and_then(|c| c.get_mut(code as usize)) {
                     *slot = id;
                 }
@@ -729,7 +748,10 @@ impl Interner {
                 let c = codes[i] as usize;
                 let Some(slot) = cache.get_mut(c) else { continue };
                 if *slot == u32::MAX {
-                    *slot = self.intern(dict.value(c as u32).map_or(Scalar::Null, |s| Scalar::Str(s.into())));
+                    *slot = match dict.value(c as u32) {
+                        Some(s) => self.intern_str(s),
+                        None => self.intern(Scalar::Null),
+                    };
                 }
                 out[i] = *slot;
             }
