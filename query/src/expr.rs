@@ -596,18 +596,11 @@ fn str_predicate<'a>(v: &Vector<'_>, n: usize, f: impl Fn(&str) -> Option<bool>)
 }
 
 fn dict_verdict<'a>(codes: &[u32], table: &[Option<bool>]) -> Vector<'a> {
-    let mut vals = Vec::with_capacity(codes.len());
-    let mut all_valid = true;
-    for &c in codes {
-        let r = table.get(c as usize).copied().flatten();
-        all_valid &= r.is_some();
-        vals.push(r.unwrap_or(false));
-    }
-    let nv = if all_valid {
-        None
-    } else {
-        Some(codes.iter().map(|&c| table.get(c as usize).copied().flatten().is_some()).collect())
-    };
+    let flat: Vec<bool> = table.iter().map(|t| t.unwrap_or(false)).collect();
+    let vals: Vec<bool> = codes.iter().map(|&c| flat.get(c as usize).copied().unwrap_or(false)).collect();
+    // NULL results come from code 0 or entries without a verdict.
+    let maybe_null = table.iter().skip(1).any(Option::is_none) || codes.contains(&0);
+    let nv = maybe_null.then(|| codes.iter().map(|&c| table.get(c as usize).copied().flatten().is_some()).collect());
     Vector::Bool(Cow::Owned(vals), nv)
 }
 
@@ -669,6 +662,10 @@ fn binary<'a>(
             let (a, av) = bools(l, n)?;
             let (c, cv) = bools(r, n)?;
             let and = op == BinOp::And;
+            if av.is_none() && cv.is_none() {
+                let vals = a.iter().zip(c.iter()).map(|(x, y)| if and { *x && *y } else { *x || *y }).collect();
+                return Ok(Vector::Bool(Cow::Owned(vals), None));
+            }
             Ok(bool_from(n, |i| {
                 let (x, y) = (valid(&av, i).then_some(a[i]), valid(&cv, i).then_some(c[i]));
                 match (x, y) {

@@ -108,19 +108,23 @@ impl Hll {
 
     /// The estimated number of distinct values.
     pub(crate) fn estimate(&self) -> i64 {
-        let mut regs = vec![0u8; M];
-        match self {
-            Hll::Dense(r) => regs.copy_from_slice(r),
-            Hll::Sparse(v) => {
-                for e in v {
-                    let (i, k) = ((e >> 6) as usize, (e & 63) as u8);
-                    regs[i] = regs[i].max(k);
-                }
+        // 2^-r for every possible register value.
+        let pow: [f64; 64] = std::array::from_fn(|r| 2f64.powi(-(r as i32)));
+        let (zeros, sum) = match self {
+            Hll::Dense(r) => {
+                let zeros = r.iter().filter(|x| **x == 0).count();
+                (zeros, r.iter().map(|&x| pow[usize::from(x) & 63]).sum::<f64>())
             }
-        }
+            Hll::Sparse(v) => {
+                // Highest rank per register; absent registers are 0 (2^0 = 1 each).
+                let mut e = v.clone();
+                e.sort_unstable_by(|a, b| b.cmp(a));
+                e.dedup_by_key(|x| *x >> 6);
+                let set: f64 = e.iter().map(|x| pow[(x & 63) as usize]).sum();
+                (M - e.len(), (M - e.len()) as f64 + set)
+            }
+        };
         let m = M as f64;
-        let zeros = regs.iter().filter(|r| **r == 0).count();
-        let sum: f64 = regs.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
         let alpha = 0.7213 / (1.0 + 1.079 / m);
         let raw = alpha * m * m / sum;
         let est = if raw <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { raw };

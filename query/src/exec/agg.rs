@@ -17,7 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::error::{QueryError, Result};
-use crate::expr::{Batch, DictRef, Vector, bools, eval, floats, ints, true_rows, valid};
+use crate::expr::{Batch, DictRef, Expr, Vector, bools, eval, floats, ints, true_rows, valid};
 use crate::hll::{Hll, hash_bytes};
 use crate::plan::{AggFunc, AggSpec};
 use crate::types::{DataType, Scalar};
@@ -218,6 +218,15 @@ pub(crate) fn group(keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grou
                     }
                     gid.push(*slot);
                 }
+            } else if k == 2 {
+                let stride = keys[0].card as usize;
+                for (row, (&a, &b)) in keys[0].codes.iter().zip(&keys[1].codes).enumerate() {
+                    let slot = &mut table[a as usize + b as usize * stride];
+                    if *slot == u32::MAX {
+                        *slot = new_group(row, &mut codes)?;
+                    }
+                    gid.push(*slot);
+                }
             } else {
                 let mut idx = vec![0usize; n];
                 let mut stride = 1usize;
@@ -331,11 +340,24 @@ pub(crate) enum State {
     ApproxGlobal(Vec<Hll>),
 }
 
-fn for_rows(n: usize, sel: Option<&[u32]>, mut f: impl FnMut(usize)) {
-    match sel {
-        None => (0..n).for_each(&mut f),
-        Some(s) => s.iter().for_each(|&i| f(i as usize)),
-    }
+/// Runs `$body` for every row (`$i: usize`) of `0..$n`, or of the
+/// selection when there is one. A macro, not a closure, so the body is
+/// compiled into the loop.
+macro_rules! for_rows {
+    ($n:expr, $sel:expr, |$i:ident| $body:block) => {
+        match $sel {
+            None => {
+                #[allow(clippy::needless_range_loop)]
+                for $i in 0..$n $body
+            }
+            Some(s) => {
+                for &r in s.iter() {
+                    let $i = r as usize;
+                    $body
+                }
+            }
+        }
+    };
 }
 
 /// Valid flags of any vector (`None`: all rows valid).
@@ -361,6 +383,9 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
         None => None,
     };
     let sel = sel_vec.as_deref();
+    if let Some(state) = sum_case_fast(spec, batch, g, sel)? {
+        return Ok(state);
+    }
     let arg = match &spec.arg {
         Some(a) => Some((eval(a, batch)?, a.ty())),
         None => None,
@@ -369,14 +394,14 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
     Ok(match spec.func {
         AggFunc::CountStar => {
             let mut c = vec![0i64; ng];
-            for_rows(n, sel, |i| c[gid[i] as usize] += 1);
+            for_rows!(n, sel, |i| { c[gid[i] as usize] += 1 });
             State::Count(c)
         }
         AggFunc::Count => {
             let (v, _) = arg.as_ref().ok_or_else(missing)?;
             let nv = validity(v, n);
             let mut c = vec![0i64; ng];
-            for_rows(n, sel, |i| {
+            for_rows!(n, sel, |i| {
                 if valid(&nv, i) {
                     c[gid[i] as usize] += 1
                 }
@@ -390,7 +415,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                 let (x, nv) = floats(v, n)?;
                 let mut sum = vec![0f64; ng];
                 let mut count = vec![0i64; ng];
-                for_rows(n, sel, |i| {
+                for_rows!(n, sel, |i| {
                     if valid(&nv, i) {
                         let gi = gid[i] as usize;
                         sum[gi] += x[i];
@@ -414,7 +439,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                             count[gi] += 1;
                         }
                     }
-                    _ => for_rows(n, sel, |i| {
+                    _ => for_rows!(n, sel, |i| {
                         if valid(&nv, i) {
                             let gi = gid[i] as usize;
                             sum[gi] += i128::from(x[i]);
@@ -437,7 +462,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                     let (x, nv) = floats(v, n)?;
                     let mut out = vec![0f64; ng];
                     let mut seen = vec![false; ng];
-                    for_rows(n, sel, |i| {
+                    for_rows!(n, sel, |i| {
                         if valid(&nv, i) {
                             let gi = gid[i] as usize;
                             let better = if max { x[i] > out[gi] } else { x[i] < out[gi] };
@@ -455,7 +480,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                         Vector::Dict(codes, DictRef::Segment(d)) => {
                             // Sorted dictionary: code order is string order.
                             let mut bc = vec![0u32; ng];
-                            for_rows(n, sel, |i| {
+                            for_rows!(n, sel, |i| {
                                 let c = codes[i];
                                 if c != 0 {
                                     let gi = gid[i] as usize;
@@ -468,7 +493,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                                 *b = d.value(c);
                             }
                         }
-                        _ => for_rows(n, sel, |i| {
+                        _ => for_rows!(n, sel, |i| {
                             if let Some(s) = v.str_at(i) {
                                 let gi = gid[i] as usize;
                                 let better = match best[gi] {
@@ -493,7 +518,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                     let (x, nv) = ints(v, n)?;
                     let mut out = vec![0i64; ng];
                     let mut seen = vec![false; ng];
-                    for_rows(n, sel, |i| {
+                    for_rows!(n, sel, |i| {
                         if valid(&nv, i) {
                             let gi = gid[i] as usize;
                             let better = if max { x[i] > out[gi] } else { x[i] < out[gi] };
@@ -511,7 +536,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
             let (v, ty) = arg.as_ref().ok_or_else(missing)?;
             let kc = key_col(v, *ty, n)?;
             let mut pairs = Vec::new();
-            for_rows(n, sel, |i| {
+            for_rows!(n, sel, |i| {
                 let c = kc.codes[i];
                 if c != 0 {
                     pairs.push((gid[i], c));
@@ -527,7 +552,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
             match v {
                 Vector::Dict(codes, dict) => {
                     let mut cache: Vec<Option<u64>> = vec![None; dict.len() + 1];
-                    for_rows(n, sel, |i| {
+                    for_rows!(n, sel, |i| {
                         let c = codes[i] as usize;
                         if c != 0 {
                             let h = *cache[c]
@@ -536,7 +561,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                         }
                     });
                 }
-                Vector::Plain(_) | Vector::Const(Scalar::Str(_)) => for_rows(n, sel, |i| {
+                Vector::Plain(_) | Vector::Const(Scalar::Str(_)) => for_rows!(n, sel, |i| {
                     if let Some(s) = v.str_at(i) {
                         pairs.push((gid[i], hash_bytes(s.as_bytes())));
                     }
@@ -544,7 +569,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                 Vector::Const(Scalar::Null) => {}
                 Vector::Float(..) | Vector::Const(Scalar::Float(_)) => {
                     let (x, nv) = floats(v, n)?;
-                    for_rows(n, sel, |i| {
+                    for_rows!(n, sel, |i| {
                         if valid(&nv, i) {
                             pairs.push((gid[i], hash_bytes(&float_key(x[i]).to_le_bytes())));
                         }
@@ -552,7 +577,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                 }
                 Vector::Bool(..) | Vector::Const(Scalar::Bool(_)) => {
                     let (x, nv) = bools(v, n)?;
-                    for_rows(n, sel, |i| {
+                    for_rows!(n, sel, |i| {
                         if valid(&nv, i) {
                             pairs.push((gid[i], hash_bytes(&[u8::from(x[i])])));
                         }
@@ -560,7 +585,7 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                 }
                 _ => {
                     let (x, nv) = ints(v, n)?;
-                    for_rows(n, sel, |i| {
+                    for_rows!(n, sel, |i| {
                         if valid(&nv, i) {
                             pairs.push((gid[i], hash_bytes(&x[i].to_le_bytes())));
                         }
@@ -572,6 +597,49 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
             State::ApproxPartial(pairs)
         }
     })
+}
+
+/// `sum(CASE WHEN c THEN v ELSE 0 END)` over integers (conditional counts
+/// and the measures of `metrics`) without materializing the CASE: one pass
+/// over the condition, adding `v` where it holds.
+fn sum_case_fast(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping, sel: Option<&[u32]>) -> Result<Option<State>> {
+    let Some(Expr::Case(whens, els, DataType::Int)) = &spec.arg else { return Ok(None) };
+    let ([(c, v)], Expr::Lit(Scalar::Int(0), _)) = (whens.as_slice(), els.as_ref()) else { return Ok(None) };
+    if spec.func != AggFunc::Sum {
+        return Ok(None);
+    }
+    let n = batch.rows;
+    let (gid, ng) = (&g.gid, g.ngroups);
+    let cond = eval(c, batch)?;
+    let (cb, cv) = bools(&cond, n)?;
+    let mut sum = vec![0i128; ng];
+    let mut seen = vec![false; ng];
+    match eval(v, batch)? {
+        Vector::Const(Scalar::Int(a)) => {
+            let a = i128::from(a);
+            for_rows!(n, sel, |i| {
+                let gi = gid[i] as usize;
+                seen[gi] = true;
+                if cb[i] && valid(&cv, i) {
+                    sum[gi] += a;
+                }
+            });
+        }
+        val => {
+            let (x, xv) = ints(&val, n)?;
+            for_rows!(n, sel, |i| {
+                let gi = gid[i] as usize;
+                let hit = cb[i] && valid(&cv, i);
+                if !hit {
+                    seen[gi] = true;
+                } else if valid(&xv, i) {
+                    seen[gi] = true;
+                    sum[gi] += i128::from(x[i]);
+                }
+            });
+        }
+    }
+    Ok(Some(State::SumInt { sum, seen }))
 }
 
 /// A hashable key value.
@@ -588,6 +656,8 @@ enum KeyVal {
 #[derive(Default)]
 pub(crate) struct Interner {
     map: FxMap<KeyVal, u32>,
+    /// Strings, looked up by `&str` without allocating.
+    strs: FxMap<Arc<str>, u32>,
     pub values: Vec<Scalar>,
     /// Per dictionary (by identity): code → global id (`u32::MAX`: not yet seen).
     dict_cache: FxMap<usize, Vec<u32>>,
@@ -595,7 +665,22 @@ pub(crate) struct Interner {
 }
 
 impl Interner {
+    fn intern_str(&mut self, s: &str) -> u32 {
+        if let Some(id) = self.strs.get(s) {
+            return *id;
+        }
+        let id = self.values.len() as u32;
+        let a: Arc<str> = Arc::from(s);
+        self.bytes += 48 + s.len();
+        self.values.push(Scalar::Str(a.clone()));
+        self.strs.insert(a, id);
+        id
+    }
+
     fn intern(&mut self, s: Scalar) -> u32 {
+        if let Scalar::Str(x) = &s {
+            return self.intern_str(x);
+        }
         let key = match &s {
             Scalar::Null => KeyVal::Null,
             Scalar::Bool(b) => KeyVal::Bool(*b),
@@ -621,8 +706,10 @@ impl Interner {
                 if cached != u32::MAX {
                     return cached;
                 }
-                let s = dict.value(code).map_or(Scalar::Null, |s| Scalar::Str(s.into()));
-                let id = self.intern(s);
+                let id = match dict.value(code) {
+                    Some(s) => self.intern_str(s),
+                    None => self.intern(Scalar::Null),
+                };
                 if let Some(slot) = self.dict_cache.get_mut(&dict.id()).and_then(|c| c.get_mut(code as usize)) {
                     *slot = id;
                 }
@@ -644,6 +731,38 @@ impl Interner {
         }
     }
 
+    /// Translates `codes[offset], codes[offset + stride], …` into
+    /// `out` at the same positions, fetching a dictionary's cache once.
+    pub(crate) fn translate_strided(
+        &mut self,
+        d: &Domain,
+        codes: &[u32],
+        offset: usize,
+        stride: usize,
+        out: &mut [u32],
+    ) {
+        if let Domain::Dict(dict) = d {
+            let id = dict.id();
+            let mut cache = self.dict_cache.remove(&id).unwrap_or_else(|| vec![u32::MAX; dict.len() + 1]);
+            for i in (offset..codes.len()).step_by(stride) {
+                let c = codes[i] as usize;
+                let Some(slot) = cache.get_mut(c) else { continue };
+                if *slot == u32::MAX {
+                    *slot = match dict.value(c as u32) {
+                        Some(s) => self.intern_str(s),
+                        None => self.intern(Scalar::Null),
+                    };
+                }
+                out[i] = *slot;
+            }
+            self.dict_cache.insert(id, cache);
+            return;
+        }
+        for i in (offset..codes.len()).step_by(stride) {
+            out[i] = self.translate(d, codes[i]);
+        }
+    }
+
     fn approx_bytes(&self) -> usize {
         self.bytes + self.dict_cache.values().map(|c| c.len() * 4).sum::<usize>()
     }
@@ -656,12 +775,24 @@ pub(crate) struct Partial {
     pub states: Vec<State>,
 }
 
+/// Global groups by their keys' global ids: packed into a u64 for up to
+/// two keys (no allocation, no slice compare), else boxed.
+enum GroupMap {
+    Packed(FxMap<u64, u32>),
+    Wide(FxMap<Box<[u32]>, u32>),
+}
+
+fn pack(ids: &[u32]) -> u64 {
+    ids.iter().enumerate().fold(0u64, |acc, (i, id)| acc | (u64::from(*id) << (32 * i)))
+}
+
 /// Merges block partials into global groups.
 pub(crate) struct AggMerger {
     k: usize,
     key_types: Vec<DataType>,
     interners: Vec<Interner>,
-    groups: FxMap<Box<[u32]>, u32>,
+    groups: GroupMap,
+    merges: u64,
     group_keys: Vec<u32>,
     ngroups: usize,
     states: Vec<State>,
@@ -707,7 +838,8 @@ impl AggMerger {
             k,
             interners: (0..k).map(|_| Interner::default()).collect(),
             key_types,
-            groups: FxMap::default(),
+            groups: if k <= 2 { GroupMap::Packed(FxMap::default()) } else { GroupMap::Wide(FxMap::default()) },
+            merges: 0,
             group_keys: Vec::new(),
             ngroups: 0,
             states,
@@ -718,28 +850,42 @@ impl AggMerger {
 
     pub(crate) fn merge(&mut self, p: Partial) -> Result<()> {
         let k = self.k;
-        let mut map = Vec::with_capacity(p.grouping.ngroups);
+        let ng_part = p.grouping.ngroups;
+        let mut map = Vec::with_capacity(ng_part);
         if k == 0 {
-            if p.grouping.ngroups > 0 {
+            if ng_part > 0 {
                 self.ngroups = self.ngroups.max(1);
                 map.push(0u32);
             }
         } else {
-            let mut buf = vec![0u32; k];
-            for g in 0..p.grouping.ngroups {
-                for (j, b) in buf.iter_mut().enumerate() {
-                    *b = self.interners[j].translate(&p.domains[j], p.grouping.codes[g * k + j]);
-                }
-                let id = match self.groups.get(buf.as_slice()) {
-                    Some(id) => *id,
+            // Global ids of every partial group's keys, one key column at a time.
+            let mut ids = vec![0u32; ng_part * k];
+            for (j, interner) in self.interners.iter_mut().enumerate() {
+                interner.translate_strided(&p.domains[j], &p.grouping.codes, j, k, &mut ids);
+            }
+            for g in 0..ng_part {
+                let key = &ids[g * k..(g + 1) * k];
+                let found = match &self.groups {
+                    GroupMap::Packed(m) => m.get(&pack(key)).copied(),
+                    GroupMap::Wide(m) => m.get(key).copied(),
+                };
+                let id = match found {
+                    Some(id) => id,
                     None => {
                         if self.ngroups >= self.max_groups {
                             return Err(QueryError::TooManyGroups { max_groups: self.max_groups });
                         }
                         let id = self.ngroups as u32;
                         self.ngroups += 1;
-                        self.groups.insert(buf.clone().into_boxed_slice(), id);
-                        self.group_keys.extend_from_slice(&buf);
+                        match &mut self.groups {
+                            GroupMap::Packed(m) => {
+                                m.insert(pack(key), id);
+                            }
+                            GroupMap::Wide(m) => {
+                                m.insert(key.to_vec().into_boxed_slice(), id);
+                            }
+                        }
+                        self.group_keys.extend_from_slice(key);
                         id
                     }
                 };
@@ -750,8 +896,16 @@ impl AggMerger {
         for (global, part) in self.states.iter_mut().zip(p.states) {
             merge_state(global, part, &map, ng)?;
         }
-        let bytes = self.approx_bytes();
-        if bytes > self.max_bytes {
+        // Memory is estimated now and then: the estimate walks every group.
+        self.merges += 1;
+        if self.merges.is_multiple_of(16) || ng_part > 4096 {
+            self.check_memory()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_memory(&self) -> Result<()> {
+        if self.approx_bytes() > self.max_bytes {
             return Err(QueryError::MemoryLimit { max_bytes: self.max_bytes });
         }
         Ok(())
@@ -775,6 +929,7 @@ impl AggMerger {
     /// group. With no keys and no rows, one group (SQL: `count(*)` of
     /// nothing is one row with 0).
     pub(crate) fn finish(mut self) -> Result<(usize, Vec<Vector<'static>>)> {
+        self.check_memory()?;
         if self.k == 0 && self.ngroups == 0 {
             self.ngroups = 1;
         }
