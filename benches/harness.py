@@ -808,9 +808,17 @@ def write_chart(path: Path, engines, suite, results) -> bool:
     width = 0.8 / len(others)
     for k, e in enumerate(others):
         xs = [i + (k - (len(others) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [med[e][n] / med[base][n] for n in names], width, label=e)
+        ratios = [med[e][n] / med[base][n] for n in names]
+        bars = ax.bar(xs, ratios, width, label=e)
+        ax.bar_label(bars, labels=[f"{r:.2g}x" for r in ratios], fontsize=7, padding=1)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}x")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"median time / {base} median time (log)")
