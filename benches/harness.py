@@ -587,10 +587,11 @@ def parse_ingest_summary(text: str) -> dict:
     return out
 
 
-def adstore_ingest(binary: Path, data: Path, out: Path, fmt: str, threads: int, events: int, keep=False):
+def adstore_ingest(binary: Path, server_bin: Path, data: Path, out: Path, fmt: str, threads: int, events: int,
+                   keep=False):
     """One bulk load into a fresh server; returns (figures, the server if kept)."""
     data_dir = out / f"adstore-data-{fmt}"
-    server = AdstoreServer(binary, data_dir, out / f"adstore-serve-{fmt}.log", threads)
+    server = AdstoreServer(server_bin, data_dir, out / f"adstore-serve-{fmt}.log", threads)
     try:
         log(f"adstore: ingest --format {fmt} into {data_dir} ({server.url})")
         t = time.perf_counter()
@@ -724,6 +725,8 @@ def write_report(out: Path, ctx: dict) -> Path:
         f"{ctx['distinct_rows']:,} events after de-duplication by (publisher_id, type, event_id).",
         f"- Engines: {', '.join(engines)}; each limited to {ctx['threads']} threads and run alone, one after the other.",
         f"- Query times: client-side wall time, median of {ctx['runs']} runs after one warm-up run.",
+        f"- The harness took {ctx['harness_s'] / 60:.1f} min (generation, loads, suites; not the release build)."
+        if ctx.get("harness_s") else "",
         f"- Ratios are engine time / {base} time (above 1: {base} is faster)." if base else "",
         "",
         "## Machine",
@@ -736,12 +739,13 @@ def write_report(out: Path, ctx: dict) -> Path:
     ]
     if "adstore" in engines and ctx.get("ingest"):
         lines += ["## adstore ingest (`adstore ingest` to `adstore serve`, fsync on)", "",
-                  "| wire format | events | time (s) | events/s | server peak RSS | sealed after (s) | segments | bytes on disk |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| wire format | events | time (s) | events/s | server peak RSS | sealed after (s) | segments "
+                  "| segment bytes | data dir bytes (with WAL) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for fig in ctx["ingest"]:
             lines.append(f"| {fig['format']} | {fig['events']:,} | {fig['ingest_s']:.2f} | {fig['events_per_s']:,.0f} "
                          f"| {fmt_bytes(fig['peak_rss_bytes'])} | {fig['seal_wait_s']:.1f} | {fig['segments']} "
-                         f"| {fmt_bytes(fig['bytes_on_disk'])} |")
+                         f"| {fmt_bytes(fig['segment_bytes'])} | {fmt_bytes(fig['bytes_on_disk'])} |")
         lines.append("")
     lines += ["## Load", "",
               "| engine | load (s) | events/s | settle (s) | rows | bytes on disk | peak RSS |",
@@ -753,8 +757,9 @@ def write_report(out: Path, ctx: dict) -> Path:
         lines.append(f"| {e} | {ld['load_s']:.2f} | {ctx['events'] / ld['load_s']:,.0f} | {ld['settle_s']:.2f} "
                      f"| {ld['rows']:,} | {fmt_bytes(ld['bytes_on_disk'])} | {fmt_bytes(ld['peak_rss_bytes'])} |")
     lines += ["",
-              "adstore: load = `adstore ingest --format ndjson` (acknowledged after fsync, deduplicated at ingest), "
-              "settle = waiting until the head is sealed into segments. DuckDB: load = `CREATE TABLE AS` from "
+              ("adstore: load = `adstore ingest --format ndjson` (acknowledged after fsync, deduplicated at ingest), "
+               "settle = waiting until the head is sealed into segments. " if "adstore" in ctx["loads"] else "") +
+              "DuckDB: load = `CREATE TABLE AS` from "
               "`read_json` with `DISTINCT ON (publisher_id, type, event_id)` ordered by (advertiser_id, campaign_id, ts), "
               "settle = `CHECKPOINT`. chDB: load = `INSERT ... SELECT FROM file(JSONEachRow) LIMIT 1 BY "
               "publisher_id, type, event_id` into a MergeTree ordered by (advertiser_id, campaign_id, ts), "
@@ -780,6 +785,11 @@ def write_report(out: Path, ctx: dict) -> Path:
     lines += ["", "The SQL of every engine is in `benches/queries.toml`; every query's rows were compared "
               "across the engines (sorted; floats to a relative 1e-9; approximate distinct counts within 2%) "
               f"and {'all agreed' if not ctx['mismatches'] else 'SOME DIFFERED (see the run log)'}.", ""]
+    notes = list(ctx.get("notes", []))
+    if "adstore" not in engines:
+        notes.append(f"adstore was not part of this run (`--engines {','.join(engines)}`): ratios are relative to "
+                     f"{base}. Run `benches/run.sh` with adstore once its SQL engine (`POST /v1/sql`) is merged.")
+    ctx = dict(ctx, notes=notes)
     if ctx.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in ctx["notes"]] + [""]
     if ctx.get("chart"):
@@ -835,6 +845,44 @@ def write_chart(path: Path, engines, suite, results) -> bool:
 # ---------------------------------------------------------------------------
 
 
+def render(out: Path, ctx: dict, publish: bool):
+    """Writes report.md and ratios.png under `out` from a run's figures."""
+    chart = out / "ratios.png"
+    ctx = dict(ctx)
+    if write_chart(chart, ctx["engines"], ctx["suite"], ctx["results"]):
+        ctx["chart"] = "latest.png" if publish else "ratios.png"
+    return write_report(out, ctx), chart
+
+
+def publish_report(report: Path, chart: Path) -> None:
+    dest = REPO / "docs" / "bench"
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report, dest / "latest.md")
+    if chart.exists():
+        shutil.copyfile(chart, dest / "latest.png")
+    log(f"published {dest / 'latest.md'}")
+
+
+def render_main(args) -> int:
+    """Re-renders the report of the last run from its results.json (no engine runs, no new numbers)."""
+    out = Path(args.out).resolve()
+    try:
+        with open(out / "results.json") as f:
+            ctx = json.load(f)
+    except FileNotFoundError:
+        raise BenchError(f"no {out / 'results.json'}: run benches/run.sh first") from None
+    if args.publish and (ctx.get("mismatches") or ctx.get("failure")):
+        raise BenchError("that run failed (result mismatch or an engine error); it cannot be published")
+    if "suite" not in ctx:
+        ctx["suite"] = load_suite(Path(args.queries), ctx["engines"],
+                                  time_placeholders(GEN_START, GEN_SPAN_DAYS))
+    report, chart = render(out, ctx, args.publish)
+    if args.publish:
+        publish_report(report, chart)
+    print(report.read_text())
+    return 0
+
+
 def generate(binary: Path, out: Path, events: int) -> Path:
     data = out / f"events-{events}-s{GEN_SEED}-{GEN_SPAN_DAYS}d.ndjson"
     stamp = data.with_suffix(".done")
@@ -858,7 +906,9 @@ def run_main(args) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     binary = Path(args.bin).resolve()
+    server_bin = Path(args.server_bin).resolve() if args.server_bin else binary
     started = time.perf_counter()
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     placeholders = time_placeholders(GEN_START, GEN_SPAN_DAYS)
     suite = load_suite(Path(args.queries), engines, placeholders)
     suite_file = out / "suite.json"
@@ -868,13 +918,14 @@ def run_main(args) -> int:
     ctx = {"engines": engines, "suite": suite, "events": args.events, "threads": args.threads, "runs": args.runs,
            "data_bytes": data.stat().st_size, "results": {}, "loads": {}, "ingest": [], "versions": {},
            "mismatches": [], "notes": [], "machine": machine_description(),
-           "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"), "command": args.command_line}
+           "when": when, "command": args.command_line}
     failure = None
 
     if "adstore" in engines:
-        ver = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
+        ver = subprocess.run([str(server_bin), "--version"], capture_output=True, text=True).stdout.strip()
         ctx["versions"]["adstore"] = ver or "adstore"
-        fig, server = adstore_ingest(binary, data, out, "ndjson", args.threads, args.events, keep=True)
+        fig, server = adstore_ingest(binary, server_bin, data, out, "ndjson", args.threads, args.events,
+                                     keep=True)
         try:
             ctx["ingest"].append(fig)
             try:
@@ -890,8 +941,14 @@ def run_main(args) -> int:
         ctx["loads"]["adstore"] = {"load_s": fig["ingest_s"], "settle_s": fig["seal_wait_s"],
                                    "rows": fig["segment_rows"], "bytes_on_disk": fig["bytes_on_disk"],
                                    "peak_rss_bytes": fig["peak_rss_bytes"]}
-        arrow, _ = adstore_ingest(binary, data, out, "arrow", args.threads, args.events)
-        ctx["ingest"].append(arrow)
+        try:
+            arrow, _ = adstore_ingest(binary, server_bin, data, out, "arrow", args.threads, args.events)
+            ctx["ingest"].append(arrow)
+        except BenchError as e:
+            # The queries are still worth comparing; the run fails at the end.
+            failure = failure or str(e).splitlines()[0]
+            log(f"adstore: {e}")
+            ctx["notes"].append(f"adstore Arrow IPC ingest failed: {str(e).splitlines()[0]}")
         shutil.rmtree(out / "adstore-data-arrow", ignore_errors=True)
 
     for e in engines:
@@ -921,12 +978,11 @@ def run_main(args) -> int:
             log(f"{q['name']}: {len(ctx['results'][ref][q['name']]['rows'])} rows; " + ", ".join(
                 f"{e} {median_ms(ctx['results'][e][q['name']]['times_s']):.2f} ms" for e in ran))
 
-    chart = out / "ratios.png"
-    if write_chart(chart, engines, suite, ctx["results"]):
-        ctx["chart"] = "latest.png" if args.publish else "ratios.png"
-    report = write_report(out, ctx)
+    ctx["failure"] = failure
+    ctx["harness_s"] = time.perf_counter() - started
     with open(out / "results.json", "w") as f:
-        json.dump({k: v for k, v in ctx.items() if k != "suite"}, f, indent=1, default=str)
+        json.dump(ctx, f, indent=1, default=str)
+    report, chart = render(out, ctx, args.publish)
     log(f"report: {report} ({time.perf_counter() - started:.0f} s in the harness)")
 
     if ctx["mismatches"]:
@@ -938,12 +994,7 @@ def run_main(args) -> int:
         print(f"\nFAILED: {failure}", file=sys.stderr)
         return 2
     if args.publish:
-        dest = REPO / "docs" / "bench"
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(report, dest / "latest.md")
-        if chart.exists():
-            shutil.copyfile(chart, dest / "latest.png")
-        log(f"published {dest / 'latest.md'}")
+        publish_report(report, chart)
     print(report.read_text())
     return 0
 
@@ -1038,6 +1089,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="the whole benchmark (normally through benches/run.sh)")
     r.add_argument("--bin", required=True, help="the release adstore binary")
+    r.add_argument("--server-bin", help="a different adstore binary for `serve` (e.g. a branch's build); "
+                   "gen and ingest still come from --bin")
     r.add_argument("--events", type=int, default=10_000_000)
     r.add_argument("--engines", default="adstore,duckdb,chdb")
     r.add_argument("--threads", type=int, default=2)
@@ -1046,6 +1099,10 @@ def main(argv=None) -> int:
     r.add_argument("--queries", default=str(HERE / "queries.toml"))
     r.add_argument("--publish", action="store_true", help="copy the report and chart to docs/bench/latest.*")
     r.add_argument("--command-line", default="benches/run.sh", help="how the run was started, for the report")
+    rr = sub.add_parser("render", help="re-render report.md and the chart of the last run from its results.json")
+    rr.add_argument("--out", default=str(HERE / "out"))
+    rr.add_argument("--publish", action="store_true", help="copy them to docs/bench/latest.*")
+    rr.add_argument("--queries", default=str(HERE / "queries.toml"))
     w = sub.add_parser("_worker", help="internal: one engine's load and suite")
     w.add_argument("--engine", required=True, choices=["duckdb", "chdb"])
     w.add_argument("--data", required=True)
@@ -1059,6 +1116,8 @@ def main(argv=None) -> int:
         if args.cmd == "_worker":
             worker_main(args)
             return 0
+        if args.cmd == "render":
+            return render_main(args)
         if args.runs < 5:
             log(f"note: --runs {args.runs} (< 5) is for development only")
         return run_main(args)
