@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark: adstore vs DuckDB vs chDB on the same generated
+# events, in one run, on this machine. See benches/harness.py for the steps.
+#
+#   benches/run.sh [--events N] [--quick] [--engines adstore,duckdb,chdb] [--threads 2]
+#                  [--runs 5] [--publish]
+#
+#   --events N   events to generate (default 10000000)
+#   --quick      1000000 events (for development)
+#   --engines    comma-separated subset of adstore,duckdb,chdb (default all three)
+#   --threads    threads each engine may use (default 2)
+#   --runs       timed runs per query after one warm-up (default 5)
+#   --publish    copy the report to docs/bench/latest.md and the chart to docs/bench/latest.png
+#
+# Output in benches/out/ (gitignored): the generated NDJSON (reused when the
+# size matches), engine data directories, logs, report.md, ratios.png,
+# results.json. The virtualenv with DuckDB, chDB and matplotlib (pinned in
+# benches/requirements.txt) is created in benches/.venv on first use.
+# Exit status: 0 when every query agreed across the engines, 1 on a result
+# mismatch (the diff is printed), 2 on any other failure.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+cmdline="benches/run.sh $*"
+
+events=10000000
+engines=adstore,duckdb,chdb
+threads=2
+runs=5
+publish=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --events) events="$2"; shift 2 ;;
+    --events=*) events="${1#*=}"; shift ;;
+    --quick) events=1000000; shift ;;
+    --engines) engines="$2"; shift 2 ;;
+    --engines=*) engines="${1#*=}"; shift ;;
+    --threads) threads="$2"; shift 2 ;;
+    --threads=*) threads="${1#*=}"; shift ;;
+    --runs) runs="$2"; shift 2 ;;
+    --runs=*) runs="${1#*=}"; shift ;;
+    --publish) publish=(--publish); shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+t0=$(date +%s)
+
+# 1. adstore, release. The binary is always built (gen and ingest come from it).
+log "cargo build --release"
+(cd "$repo" && cargo build --release --quiet --bin adstore)
+target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+bin="$target_dir/release/adstore"
+[[ -x "$bin" ]] || { echo "run.sh: no binary at $bin" >&2; exit 2; }
+
+# 2. The virtualenv, (re)installed when requirements.txt changes.
+venv="$here/.venv"
+req="$here/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  log "creating $venv (duckdb, chdb, matplotlib from PyPI)"
+  t=$(date +%s)
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
+  log "virtualenv ready in $(( $(date +%s) - t )) s, $(du -sh "$venv" | cut -f1)"
+fi
+
+# 3. Everything else: generate, load, time, compare, report.
+set +e
+"$venv/bin/python" "$here/harness.py" run --bin "$bin" --events "$events" --engines "$engines" \
+  --threads "$threads" --runs "$runs" --out "$here/out" --command-line "$cmdline" "${publish[@]}"
+status=$?
+set -e
+log "finished in $(( $(date +%s) - t0 )) s (exit $status)"
+exit $status
