@@ -81,7 +81,8 @@ fn main() {
         AttributionRules { bot_ua_hashes: vec![BOT_UA_HASH.to_string()], ..AttributionRules::default() },
         86_400_000,
     ));
-    let eo_store = Store::open(eo_dir.path(), config.clone(), SealPipeline::new().with_stage(eo.clone())).expect("open");
+    let eo_store =
+        Store::open(eo_dir.path(), config.clone(), SealPipeline::new().with_stage(eo.clone())).expect("open");
     let mut eo_accepted = 0usize;
     for b in &batches {
         eo_accepted += eo.ingest(&eo_store, b).expect("ingest").accepted;

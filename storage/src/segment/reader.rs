@@ -270,7 +270,22 @@ impl SegmentReader {
             return Ok(Cow::Borrowed(stored));
         }
         let cap = usize::try_from(b.raw_len).map_err(|_| "block too large".to_string())?;
-        let raw = zstd::bulk::decompress(stored, cap).map_err(|e| format!("zstd: {e}"))?;
+        // One decompression context per thread: creating one per block costs
+        // more than decompressing a small block.
+        thread_local! {
+            static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let raw = DCTX.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+            }
+            match slot.as_mut() {
+                Some(d) => d.decompress(stored, cap).map_err(|e| format!("zstd: {e}")),
+                None => Err("zstd: no decompression context".to_string()),
+            }
+        })?;
         if raw.len() as u64 != b.raw_len {
             return Err(format!("decompressed to {} bytes, expected {}", raw.len(), b.raw_len));
         }
