@@ -274,3 +274,36 @@ fn the_same_batch_sent_twice_counts_once() {
     assert!(server.stop().success());
     assert_eq!(stored_count(&dir), 3_000);
 }
+
+#[test]
+fn a_publisher_over_its_rate_gets_429_with_retry_after() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, Some("[ingest]\nmax_events_per_second_per_publisher = 1000\n"));
+    let line = |i: u32| {
+        format!(
+            "{{\"event_id\":\"e{i}\",\"type\":\"impression\",\"ts\":{},\"publisher_id\":\"pub-x\",\"advertiser_id\":\"a\",\
+             \"campaign_id\":\"c\",\"ad_id\":\"ad\",\"impression_id\":\"i{i}\"}}\n",
+            now_ms() - HOUR_MS
+        )
+    };
+    let body: String = (0..800).map(line).collect();
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, body.as_bytes());
+    assert_eq!((status, accepted(&r)), (200, 800), "{r}");
+    // 800 more within the same second: over 1000/s for pub-x.
+    let body: String = (800..1600).map(line).collect();
+    let resp = agent()
+        .post(format!("{}/v1/events", server.url))
+        .header("content-type", "application/x-ndjson")
+        .send(body.as_bytes())
+        .expect("POST");
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert!(retry_after.as_deref().and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1), "{retry_after:?}");
+    // After waiting, the same request goes through.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, body.as_bytes());
+    assert_eq!((status, accepted(&r)), (200, 800), "{r}");
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir), 1_600);
+}

@@ -50,6 +50,10 @@ pub struct IngestConfig {
     /// Two events with the same (publisher_id, type, event_id) whose event
     /// times are within this window are one event. Default 86_400_000 (24 h).
     pub dedupe_window_ms: i64,
+    /// Events per second one publisher may send; a request beyond it gets
+    /// 429 with `Retry-After`, and nothing of it is stored. Default 0
+    /// (unlimited).
+    pub max_events_per_second_per_publisher: u64,
 }
 
 impl Default for IngestConfig {
@@ -59,6 +63,7 @@ impl Default for IngestConfig {
             allowed_lateness_ms: 86_400_000,
             max_errors: 100,
             dedupe_window_ms: 86_400_000,
+            max_events_per_second_per_publisher: 0,
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum ServerError {
     BadRequest(String),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("publisher {publisher_id:?} is over its ingest rate; retry after {retry_after_s} s")]
+    RateLimited { publisher_id: String, retry_after_s: u64 },
     #[error("storage: {0}")]
     Storage(#[from] adstore_storage::StorageError),
     #[error("{0}")]
@@ -52,6 +54,7 @@ impl ServerError {
             ServerError::Decompress { .. } => (StatusCode::BAD_REQUEST, "bad_encoding"),
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServerError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServerError::Storage(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ServerError::Storage(S::Damaged { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "damaged_data"),
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -80,6 +83,12 @@ impl IntoResponse for ServerError {
                 .position()
                 .map_or(serde_json::Value::Null, |p| serde_json::json!({ "line": p.line, "column": p.column }));
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ServerError::RateLimited { retry_after_s, .. } = &self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_s.to_string())
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        response
     }
 }

@@ -40,6 +40,7 @@ pub struct AppState {
     /// Dedupe, attribution and invalid-traffic state (shared with the seal pipeline).
     pub exactly_once: Arc<adstore_ingest::ExactlyOnce>,
     pub jobs: crate::exactly::Jobs,
+    pub rate_limiter: crate::ratelimit::RateLimiter,
     /// Newest event time accepted so far; the lateness bound hangs off it.
     pub newest_ts_ms: AtomicI64,
     pub counters: HttpCounters,
@@ -290,6 +291,10 @@ async fn ingest(
             BodyFormat::Arrow => parse_arrow_ipc(&body, &opts),
         };
         drop(body);
+        worker
+            .rate_limiter
+            .admit(&outcome.batch)
+            .map_err(|l| ServerError::RateLimited { publisher_id: l.publisher_id, retry_after_s: l.retry_after_s })?;
         // Dedupe, then the durable append: the answer comes after the fsync.
         let summary = worker.exactly_once.ingest(&worker.store, &outcome.batch)?;
         Ok::<_, ServerError>((outcome, summary))

@@ -11,6 +11,7 @@ pub mod datagen;
 mod error;
 mod exactly;
 mod http;
+mod ratelimit;
 mod sql;
 
 pub use config::{Config, HttpConfig, IngestConfig};

@@ -65,12 +65,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         .max()
         .unwrap_or(i64::MIN);
     drop(snapshot);
+    let rate_limiter = crate::ratelimit::RateLimiter::new(config.ingest.max_events_per_second_per_publisher);
     let state = Arc::new(AppState {
         store: store.clone(),
         config,
         data_dir: args.data_dir.clone(),
         exactly_once,
         jobs: crate::exactly::Jobs::open(&args.data_dir)?,
+        rate_limiter,
         newest_ts_ms: AtomicI64::new(newest),
         counters: HttpCounters::default(),
     });
