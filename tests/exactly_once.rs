@@ -140,8 +140,11 @@ fn reprocessing_moves_numbers_exactly_as_the_oracle_says_and_atomically() {
         let range = range.clone();
         std::thread::spawn(move || {
             let mut seen = std::collections::BTreeSet::new();
-            while !stop.load(Ordering::Acquire) {
+            loop {
                 seen.insert(attributed_in_range(&store, &range));
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
             }
             seen
         })

@@ -434,7 +434,7 @@ impl SealStage for ExactlyOnce {
         // a re-seal only drops repeats within the events it rewrites.
         let dup: Vec<bool> = match ctx.kind {
             SealKind::Seal => self.dedupe.claim(&keys),
-            SealKind::Final | SealKind::Reprocess => {
+            SealKind::Final | SealKind::Reprocess | SealKind::Compact => {
                 let mut seen = HashSet::with_capacity(keys.len());
                 keys.iter().map(|(k, _)| !seen.insert(*k)).collect()
             }

@@ -39,6 +39,9 @@ pub enum SealKind {
     Final,
     /// Segments are re-sealed under the current rules (reprocessing).
     Reprocess,
+    /// A partition's small provisional segments are merged into one before
+    /// its bucket closes (current rules, still provisional).
+    Compact,
 }
 
 /// What a stage knows about the seal it runs in.

@@ -71,6 +71,10 @@ pub struct StoreConfig {
     /// fsync the WAL before acknowledging. Default true; turn off only for
     /// throwaway data (tests, benchmarks of everything but durability).
     pub fsync: bool,
+    /// A partition with this many provisional raw segments is compacted
+    /// into one (seals every `seal_max_age_ms` make many small segments
+    /// before the bucket closes); 0 turns compaction off. Default 8.
+    pub compact_min_segments: usize,
     /// A bucket closes (and is re-sealed as final) once the newest event
     /// time is this far past its end. Default 86_400_000 (24 h); the server
     /// sets it from `ingest.allowed_lateness_ms`.
@@ -89,6 +93,7 @@ impl Default for StoreConfig {
             zstd_level: 3,
             wal_file_size_bytes: 64 << 20,
             fsync: true,
+            compact_min_segments: 8,
             allowed_lateness_ms: 86_400_000,
         }
     }
@@ -538,6 +543,40 @@ impl Store {
         self.reseal_locked(&buckets, SealKind::Final)
     }
 
+    /// Merges the provisional raw segments of every partition that has at
+    /// least `compact_min_segments` of them (and whose bucket has not
+    /// closed: those are finalized instead) into one segment per partition.
+    pub fn compact_small(&self) -> Result<SealReport> {
+        let min = self.inner.config.compact_min_segments;
+        if min < 2 {
+            return Ok(SealReport::default());
+        }
+        let _one_sealer = self.inner.seal_lock.lock();
+        let catalog = self.inner.visible.read().catalog.clone();
+        let mut by_partition: BTreeMap<PartitionKey, Vec<SegmentMeta>> = BTreeMap::new();
+        for m in catalog.segments_of(Level::Raw) {
+            by_partition.entry(m.partition).or_default().push(m.clone());
+        }
+        let jobs: Vec<SealJob> = by_partition
+            .into_iter()
+            .filter(|(p, segs)| {
+                segs.len() >= min && segs.iter().any(|m| !m.is_final) && !self.bucket_closed(p.bucket_start_ms)
+            })
+            .map(|(partition, replaces)| SealJob {
+                partition,
+                kind: SealKind::Compact,
+                is_final: false,
+                head: SealCandidate { partition, chunks: vec![] },
+                replaces,
+            })
+            .collect();
+        if jobs.is_empty() {
+            return Ok(SealReport::default());
+        }
+        tracing::debug!(partitions = jobs.len(), "compacting small provisional segments");
+        self.run_jobs(jobs)
+    }
+
     /// Runs the pipeline for every job in parallel, writes their segments,
     /// and commits them all in one catalog edit. Callers hold `seal_lock`.
     fn run_jobs(&self, jobs: Vec<SealJob>) -> Result<SealReport> {
@@ -773,6 +812,10 @@ impl Store {
                     if let Err(e) = store.seal_due() {
                         store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "seal failed; events stay in the head and WAL");
+                    }
+                    if let Err(e) = store.compact_small() {
+                        store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "compaction failed; will retry");
                     }
                     if let Err(e) = store.finalize_closed() {
                         store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);

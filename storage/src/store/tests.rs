@@ -369,10 +369,13 @@ fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut checks = 0;
-            while !stop.load(Ordering::Acquire) {
+            loop {
                 let n: usize = store.snapshot().read_events().expect("read").iter().map(|b| b.num_rows()).sum();
                 assert_eq!(n, 301, "a snapshot saw a mix of old and new segments");
                 checks += 1;
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
             }
             checks
         })
@@ -412,4 +415,34 @@ fn partitioning_is_fixed_for_the_life_of_a_data_dir() {
     assert!(err.to_string().contains("shards = 3") && err.to_string().contains("shards = 5"), "{err}");
     // The original configuration still opens it, with the event.
     assert_eq!(all_events(&open(dir.path())).len(), 1);
+}
+
+#[test]
+fn small_provisional_segments_are_compacted_without_changing_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig { shards: 1, compact_min_segments: 4, ..small_config() };
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
+    let mut events = Vec::new();
+    for round in 0..6u64 {
+        let chunk: Vec<Event> = (0..50).map(|n| event(round * 50 + n, 1_000 + n as i64, "a1")).collect();
+        store.append(&EventBatch::from_events(&chunk)).expect("append");
+        store.seal_all().expect("seal");
+        events.extend(chunk);
+    }
+    assert_eq!(store.catalog().segments.len(), 6);
+    let report = store.compact_small().expect("compact");
+    assert_eq!(report.replaced.len(), 6);
+    let catalog = store.catalog();
+    assert_eq!(catalog.segments.len(), 1);
+    assert!(catalog.segments.values().all(|m| !m.is_final), "compaction keeps data provisional");
+    assert_eq!(all_events(&store), sorted_debug(&events));
+    // Below the threshold: nothing to do.
+    assert_eq!(store.compact_small().expect("compact").partitions, 0);
+    store.close().expect("close");
+    drop(store);
+    assert_eq!(all_events(&open_with(dir.path(), StoreConfig { shards: 1, ..small_config() })), sorted_debug(&events));
+}
+
+fn open_with(dir: &Path, config: StoreConfig) -> Store {
+    Store::open(dir, config, SealPipeline::new()).expect("open store")
 }
