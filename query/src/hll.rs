@@ -106,29 +106,72 @@ impl Hll {
         }
     }
 
-    /// The estimated number of distinct values.
+    /// The estimated number of distinct values, with Ertl's improved
+    /// estimator ("New cardinality estimation algorithms for HyperLogLog
+    /// sketches", 2017). Unlike the classic raw estimate with a linear
+    /// counting switch, it has no bias bump around 2.5 x registers
+    /// (about +2.5% at 40k distinct values with 2^14 registers), and needs
+    /// no empirical correction tables.
     pub(crate) fn estimate(&self) -> i64 {
-        // 2^-r for every possible register value.
-        let pow: [f64; 64] = std::array::from_fn(|r| 2f64.powi(-(r as i32)));
-        let (zeros, sum) = match self {
+        // Histogram of register values: c[k] registers hold rank k.
+        let q = (64 - P) as usize;
+        let mut c = vec![0u64; q + 2];
+        match self {
             Hll::Dense(r) => {
-                let zeros = r.iter().filter(|x| **x == 0).count();
-                (zeros, r.iter().map(|&x| pow[usize::from(x) & 63]).sum::<f64>())
+                for &x in r.iter() {
+                    c[usize::from(x).min(q + 1)] += 1;
+                }
             }
             Hll::Sparse(v) => {
-                // Highest rank per register; absent registers are 0 (2^0 = 1 each).
                 let mut e = v.clone();
                 e.sort_unstable_by(|a, b| b.cmp(a));
                 e.dedup_by_key(|x| *x >> 6);
-                let set: f64 = e.iter().map(|x| pow[(x & 63) as usize]).sum();
-                (M - e.len(), (M - e.len()) as f64 + set)
+                for x in &e {
+                    c[((x & 63) as usize).min(q + 1)] += 1;
+                }
+                c[0] += (M - e.len()) as u64;
             }
-        };
+        }
         let m = M as f64;
-        let alpha = 0.7213 / (1.0 + 1.079 / m);
-        let raw = alpha * m * m / sum;
-        let est = if raw <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { raw };
-        est.round() as i64
+        let mut z = m * tau(1.0 - c[q + 1] as f64 / m);
+        for k in (1..=q).rev() {
+            z = 0.5 * (z + c[k] as f64);
+        }
+        z += m * sigma(c[0] as f64 / m);
+        let alpha_inf = 1.0 / (2.0 * std::f64::consts::LN_2);
+        (alpha_inf * m * m / z).round() as i64
+    }
+}
+
+fn sigma(mut x: f64) -> f64 {
+    if x >= 1.0 {
+        return f64::INFINITY;
+    }
+    let (mut y, mut z) = (1.0, x);
+    loop {
+        x *= x;
+        let before = z;
+        z += x * y;
+        y += y;
+        if z == before {
+            return z;
+        }
+    }
+}
+
+fn tau(mut x: f64) -> f64 {
+    if x <= 0.0 || x >= 1.0 {
+        return 0.0;
+    }
+    let (mut y, mut z) = (1.0, 1.0 - x);
+    loop {
+        x = x.sqrt();
+        let before = z;
+        y *= 0.5;
+        z -= (1.0 - x).powi(2) * y;
+        if z == before {
+            return z / 3.0;
+        }
     }
 }
 
@@ -138,7 +181,8 @@ mod tests {
 
     #[test]
     fn estimates_are_close_and_merge_is_exact() {
-        for n in [0u64, 1, 10, 100, 1000, 20_000, 200_000] {
+        // 40k-45k is where the classic estimator's bias peaks with 2^14 registers.
+        for n in [0u64, 1, 10, 100, 1000, 20_000, 40_000, 43_000, 50_000, 200_000] {
             let mut whole = Hll::default();
             let mut a = Hll::default();
             let mut b = Hll::default();
@@ -156,7 +200,7 @@ mod tests {
             a.merge(&b);
             assert_eq!(a.estimate(), whole.estimate(), "n={n}");
             let err = (whole.estimate() - n as i64).abs() as f64;
-            assert!(err <= (n as f64 * 0.03).max(1.0), "n={n} est={}", whole.estimate());
+            assert!(err <= (n as f64 * 0.02).max(1.0), "n={n} est={}", whole.estimate());
         }
     }
 }
