@@ -8,7 +8,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use adstore_storage::{ColumnId, SealPipeline, Store, StoreConfig};
+use adstore_storage::{ColumnId, SealPipeline, Store};
+
+#[path = "../src/torture_config.rs"]
+mod torture_config;
+use torture_config::torture_config;
 
 const TORTURE: &str = env!("CARGO_BIN_EXE_adstore-torture");
 
@@ -53,19 +57,6 @@ fn run_child(
         let _ = k.join();
     }
     (acked, status.success())
-}
-
-fn torture_config() -> StoreConfig {
-    // Must match the writer's config: partitioning decides replay.
-    StoreConfig {
-        shards: 3,
-        seal_max_rows: 300,
-        seal_max_age_ms: 20,
-        seal_interval_ms: 5,
-        block_rows: 128,
-        wal_file_size_bytes: 16 * 1024,
-        ..StoreConfig::default()
-    }
 }
 
 /// Opens the store and counts every event id it holds.

@@ -25,7 +25,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::body::{self, Encoding};
@@ -63,11 +63,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/attribution", get(crate::exactly::get_rules).put(crate::exactly::put_rules))
         .route("/v1/reprocess", post(crate::exactly::start_reprocess))
         .route("/v1/reprocess/{id}", get(crate::exactly::get_reprocess))
-        .route("/v1/events", post(ingest_mixed))
+        .route("/v1/events", ingest_route(None))
         .route("/v1/sql", get(crate::sql::sql_get).post(crate::sql::sql_post))
-        .route("/v1/events/impressions:batch", post(ingest_impressions))
-        .route("/v1/events/clicks:batch", post(ingest_clicks))
-        .route("/v1/events/conversions:batch", post(ingest_conversions))
+        .route("/v1/events/impressions:batch", ingest_route(Some(EventType::Impression)))
+        .route("/v1/events/clicks:batch", ingest_route(Some(EventType::Click)))
+        .route("/v1/events/conversions:batch", ingest_route(Some(EventType::Conversion)))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -173,40 +173,15 @@ struct IngestResponse {
     errors: Vec<adstore_ingest::LineError>,
 }
 
-async fn ingest_mixed(
-    State(app): State<Arc<AppState>>,
-    Query(p): Query<IngestParams>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ServerError> {
-    ingest(app, p, headers, body, None).await
-}
-
-async fn ingest_impressions(
-    State(app): State<Arc<AppState>>,
-    Query(p): Query<IngestParams>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ServerError> {
-    ingest(app, p, headers, body, Some(EventType::Impression)).await
-}
-
-async fn ingest_clicks(
-    State(app): State<Arc<AppState>>,
-    Query(p): Query<IngestParams>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ServerError> {
-    ingest(app, p, headers, body, Some(EventType::Click)).await
-}
-
-async fn ingest_conversions(
-    State(app): State<Arc<AppState>>,
-    Query(p): Query<IngestParams>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ServerError> {
-    ingest(app, p, headers, body, Some(EventType::Conversion)).await
+/// `POST` handler for an ingest endpoint; `kind` is the type a typed
+/// `:batch` endpoint implies (`None` for the mixed endpoint).
+fn ingest_route(kind: Option<EventType>) -> MethodRouter<Arc<AppState>> {
+    post(
+        move |State(app): State<Arc<AppState>>,
+              Query(p): Query<IngestParams>,
+              headers: HeaderMap,
+              body: Result<Bytes, BytesRejection>| async move { ingest(app, p, headers, body, kind).await },
+    )
 }
 
 #[derive(Clone, Copy)]

@@ -13,7 +13,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use adstore_storage::{Event, EventBatch, EventType, SealPipeline, Store, StoreConfig};
+use adstore_storage::{Event, EventBatch, EventType, SealPipeline, Store};
+
+#[path = "../torture_config.rs"]
+mod torture_config;
+use torture_config::torture_config;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -34,19 +38,6 @@ fn main() -> ExitCode {
             eprintln!("adstore-torture: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Small thresholds so that a short run rotates WAL files and seals often.
-pub fn torture_config() -> StoreConfig {
-    StoreConfig {
-        shards: 3,
-        seal_max_rows: 300,
-        seal_max_age_ms: 20,
-        seal_interval_ms: 5,
-        block_rows: 128,
-        wal_file_size_bytes: 16 * 1024,
-        ..StoreConfig::default()
     }
 }
 
