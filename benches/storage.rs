@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench --bench storage                      # 4M events
 //! ADSTORE_BENCH_EVENTS=10000000 cargo bench --bench storage
+//! ADSTORE_BENCH_SCAN_RUNS=200 ADSTORE_BENCH_SCAN=device cargo bench --bench storage   # for a profiler
 //! ```
 //!
 //! Prints a markdown report; with `ADSTORE_BENCH_REPORT=path` also writes it
@@ -152,8 +153,12 @@ fn main() {
             DimFilter { column: ColumnId::Country, values: vec!["DE".into(), "FR".into()], negated: false },
         ),
     ];
+    let scan_runs = env_u64("ADSTORE_BENCH_SCAN_RUNS", 15).max(1) as u32;
+    eprintln!("scanning…");
     let mut scan_lines = Vec::new();
-    for (name, filter) in cases {
+    // ADSTORE_BENCH_SCAN=device: only the cases whose name contains it (for a profiler).
+    let only = std::env::var("ADSTORE_BENCH_SCAN").unwrap_or_default();
+    for (name, filter) in cases.into_iter().filter(|(name, _)| name.contains(only.as_str())) {
         let req = ScanRequest {
             time_range: TimeRange::ALL,
             filters: vec![filter.clone()],
@@ -175,13 +180,13 @@ fn main() {
         assert_eq!(expected, naive, "{name}: scan disagrees with a full decode");
         let mut times = Vec::new();
         let c = cpu_time();
-        for _ in 0..15 {
+        for _ in 0..scan_runs {
             let t = Instant::now();
             let (sum, _) = sum_cost(&snapshot, &req);
             times.push(t.elapsed());
             assert_eq!(sum, expected);
         }
-        let cpu_per_run = (cpu_time() - c) / 15;
+        let cpu_per_run = (cpu_time() - c) / scan_runs;
         let m = median(times);
         scan_lines.push(format!(
             "| {name} | {matched} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} |",
@@ -216,7 +221,7 @@ fn main() {
          | seal CPU time | {eo_seal_cpu_ms:.0} ms ({eo_seal_cpu_rate:.2} M events/s with 2 cores fully ours) |\n\
          | dedupe keys held | {dedupe_keys} |\n\
          | dedupe table RAM | {dedupe_bytes} bytes ({dedupe_bpk:.1} bytes/key; {ingest_bpk:.1} bytes/key right after ingest) |\n\n\
-         ## Filtered-sum scan (median of 15, all segments sealed)\n\n\
+         ## Filtered-sum scan (median of {scan_runs}, all segments sealed)\n\n\
          Rows/s counts every row of the store the scan answers for (pruned or read); \
          matched rows/s counts only rows that passed the filter.\n\n\
          | query | matched rows | median ms | M rows/s (store) | M matched rows/s | CPU ms per run | M rows/s (store) with 2 cores fully ours |\n|---|---|---|---|---|---|---|\n{scans}\n\n\

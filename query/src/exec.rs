@@ -56,9 +56,7 @@ enum Task<'p> {
 
 fn scan_task(task: &Task<'_>, req: &adstore_storage::ScanRequest) -> Result<Option<(ScanBatch, bool)>> {
     Ok(match task {
-        Task::Block(s, b) => {
-            scan_block(&s.segment.reader, b, &s.row_filters, req)?.map(|sb| (sb, s.segment.meta.is_final))
-        }
+        Task::Block(s, b) => scan_block(s, b, req)?.map(|sb| (sb, s.segment.meta.is_final)),
         Task::Head(h) => {
             let one = ScanPlan {
                 segments: Vec::new(),

@@ -15,7 +15,6 @@
 //! sealed) are filtered row by row.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use arrow_array::Array;
 use rayon::prelude::*;
@@ -26,7 +25,7 @@ use crate::event::{ColumnId, ColumnKind, EventBatch};
 use crate::head::HeadChunk;
 use crate::ids::{Lsn, SegmentId};
 use crate::manifest::PartitionKey;
-use crate::segment::{ColumnData, SegmentReader, ValueRange};
+use crate::segment::{ColumnData, Selection, ValueRange};
 use crate::store::{LiveSegment, Snapshot};
 
 /// Half-open range of event time `[start_ms, end_ms)`.
@@ -107,20 +106,33 @@ pub enum PruneReason {
     Dictionary(ColumnId),
 }
 
-/// The rows to read from one block: every row, or offsets within the block.
+/// The rows to read from one block.
 #[derive(Debug, Clone)]
 pub struct BlockScan {
     pub block: usize,
+    /// Stored row ids of the whole block.
     pub rows: Range<usize>,
-    pub selection: Option<Vec<u32>>,
+    /// Rows kept by the indexes (before per-row checks).
+    pub selection: Selection,
+    /// Rows that match the index lookups (before per-row checks), also
+    /// where those lookups are left to `check_codes`.
+    pub candidate_rows: usize,
     /// Rows still to be checked against the time range.
     pub check_time: bool,
+    /// The segment's `code_filters` are still to be checked row by row:
+    /// set where the matching rows are too many and too scattered for the
+    /// index to be the cheaper way to find them.
+    pub check_codes: bool,
 }
 
 #[derive(Clone)]
 pub struct SegmentScan {
     pub segment: LiveSegment,
     pub blocks: Vec<BlockScan>,
+    /// `IN` filters on dictionary columns, resolved to this segment's codes
+    /// (ascending). Applied by the index, or per row in blocks with
+    /// `check_codes`.
+    pub code_filters: Vec<(ColumnId, Vec<u32>)>,
     /// Filters that could not be answered by indexes and are checked per row.
     pub row_filters: Vec<DimFilter>,
 }
@@ -192,11 +204,7 @@ impl Snapshot {
                 SegmentOutcome::Scan(scan, blocks) => {
                     plan.blocks_total += blocks;
                     plan.blocks_pruned += blocks - scan.blocks.len();
-                    plan.candidate_rows += scan
-                        .blocks
-                        .iter()
-                        .map(|b| b.selection.as_ref().map_or(b.rows.len(), Vec::len) as u64)
-                        .sum::<u64>();
+                    plan.candidate_rows += scan.blocks.iter().map(|b| b.candidate_rows as u64).sum::<u64>();
                     plan.segments.push(scan);
                 }
             }
@@ -289,20 +297,46 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
         if excluded {
             continue;
         }
-        let selection = match &selection {
-            None => None,
-            Some(bits) => {
-                let start = rows.start as u32;
-                let offsets: Vec<u32> = bits.range(start..rows.end as u32).map(|r| r - start).collect();
-                if offsets.is_empty() {
-                    continue;
-                }
-                if offsets.len() == rows.len() { None } else { Some(offsets) }
-            }
+        let (selection, candidate_rows, check_codes) = match &selection {
+            None => (Selection::All, rows.len(), false),
+            Some(bits) => match block_selection(bits, &rows) {
+                None => continue,
+                Some(found) => found,
+            },
         };
-        blocks.push(BlockScan { block: b, rows, selection, check_time });
+        blocks.push(BlockScan { block: b, rows, selection, candidate_rows, check_time, check_codes });
     }
-    Ok(SegmentOutcome::Scan(SegmentScan { segment: seg.clone(), blocks, row_filters }, nblocks))
+    Ok(SegmentOutcome::Scan(
+        SegmentScan { segment: seg.clone(), blocks, code_filters: code_ranges, row_filters },
+        nblocks,
+    ))
+}
+
+/// How to find the rows of `block` (stored row ids) that are in `bits`:
+/// `(selection, matching rows, check codes per row)`, or `None` if none
+/// are. A run of rows becomes a range; many scattered rows are cheaper to
+/// find by comparing the block's codes than by walking the bitmap.
+fn block_selection(bits: &RoaringBitmap, block: &Range<usize>) -> Option<(Selection, usize, bool)> {
+    let (start, end) = (block.start as u32, block.end as u32);
+    let count = bits.range_cardinality(start..end) as usize;
+    if count == 0 {
+        return None;
+    }
+    if count == block.len() {
+        return Some((Selection::All, count, false));
+    }
+    let mut it = bits.range(start..end);
+    let (first, last) = (it.next()?, it.next_back().unwrap_or(start));
+    let first = first.max(start);
+    let last = last.max(first);
+    if (last - first) as usize + 1 == count {
+        return Some((Selection::Range(first - start..last - start + 1), count, false));
+    }
+    // Walking a bitmap costs several times a code comparison per row.
+    if count * 8 >= block.len() {
+        return Some((Selection::All, count, true));
+    }
+    Some((Selection::Rows(bits.range(start..end).map(|r| r - start).collect()), count, false))
 }
 
 impl ScanPlan {
@@ -313,7 +347,7 @@ impl ScanPlan {
             self.segments.iter().flat_map(|s| s.blocks.iter().map(move |b| (s, b))).collect();
         let mut out: Vec<ScanBatch> = work
             .par_iter()
-            .map(|(s, b)| scan_block(&s.segment.reader, b, &s.row_filters, req))
+            .map(|(s, b)| scan_block(s, b, req))
             .filter_map(|r| r.transpose())
             .collect::<Result<Vec<_>>>()?;
         let head: Vec<ScanBatch> = self
@@ -327,60 +361,69 @@ impl ScanPlan {
     }
 }
 
+/// A filter resolved to a verdict per dictionary code (0 = NULL), looked
+/// up without a branch: rows test codes in an unpredictable order, and a
+/// mispredicted branch per row costs more than the lookup.
+struct CodeVerdict(Vec<bool>);
+
+impl CodeVerdict {
+    fn new(dict_len: usize, matches: impl Fn(u32) -> bool) -> CodeVerdict {
+        // One slot past the dictionary, always false, for codes outside it
+        // (never written; a block's codes are checked by its CRC).
+        CodeVerdict((0..=dict_len as u32).map(matches).chain([false]).collect())
+    }
+
+    fn holds(&self, code: i64) -> bool {
+        // `as usize` maps a negative code past the end too.
+        self.0[(code as usize).min(self.0.len() - 1)]
+    }
+}
+
 /// Reads one block, applying the per-row checks, and returns the requested
 /// columns of the surviving rows (`None` if none survive).
-pub fn scan_block(
-    reader: &Arc<SegmentReader>,
-    block: &BlockScan,
-    row_filters: &[DimFilter],
-    req: &ScanRequest,
-) -> Result<Option<ScanBatch>> {
-    let mut selection: Option<Vec<u32>> = block.selection.clone();
+pub fn scan_block(seg: &SegmentScan, block: &BlockScan, req: &ScanRequest) -> Result<Option<ScanBatch>> {
+    let reader = &seg.segment.reader;
+    let n = block.rows.len();
+    let mut selection = block.selection.clone();
     if block.check_time {
-        let ColumnData::I64(ts) = reader.read_column(ColumnId::Ts, block.block)? else {
-            return Err(StorageError::Internal("ts column is not I64".into()));
-        };
-        selection = Some(refine(selection, ts.len(), |i| req.time_range.contains(ts[i])));
+        let range = req.time_range;
+        selection = reader.select_rows(ColumnId::Ts, block.block, selection, |ts| range.contains(ts))?;
     }
-    for f in row_filters {
-        let data = reader.read_column(f.column, block.block)?;
-        let keep: Box<dyn Fn(usize) -> bool> = match &data {
-            ColumnData::Dict { codes, dict } => {
-                // Resolve the filter to a per-code verdict once.
-                let verdict: Vec<bool> = (0..=dict.len() as u32).map(|c| f.matches_str(dict.value(c))).collect();
-                Box::new(move |i| verdict.get(codes[i] as usize).copied().unwrap_or(false))
+    if block.check_codes {
+        for (col, codes) in &seg.code_filters {
+            let dict_len = reader.dictionary(*col).map_or(0, |d| d.len());
+            let verdict = CodeVerdict::new(dict_len, |c| codes.binary_search(&c).is_ok());
+            selection = reader.select_rows(*col, block.block, selection, |c| verdict.holds(c))?;
+        }
+    }
+    for f in &seg.row_filters {
+        selection = match reader.dictionary(f.column) {
+            Some(dict) => {
+                let verdict = CodeVerdict::new(dict.len(), |c| f.matches_str(dict.value(c)));
+                reader.select_rows(f.column, block.block, selection, |c| verdict.holds(c))?
             }
-            ColumnData::Str(a) => Box::new(move |i| f.matches_str((!a.is_null(i)).then(|| a.value(i)))),
-            _ => return Err(StorageError::Internal(format!("filter on non-string column {}", f.column.name()))),
+            None => {
+                let ColumnData::Str(a) = reader.read_column(f.column, block.block)? else {
+                    return Err(StorageError::Internal(format!("filter on non-string column {}", f.column.name())));
+                };
+                selection.refine(n, |i| f.matches_str((!a.is_null(i)).then(|| a.value(i))))
+            }
         };
-        selection = Some(refine(selection, data.len(), keep));
     }
-    let rows = selection.as_ref().map_or(block.rows.len(), Vec::len);
+    let rows = selection.count(n);
     if rows == 0 {
         return Ok(None);
     }
     let columns = req
         .columns
         .iter()
-        .map(|&c| {
-            let data = reader.read_column(c, block.block)?;
-            Ok(match &selection {
-                None => data,
-                Some(idx) => gather(&data, idx),
-            })
+        .map(|&c| match &selection {
+            Selection::All => reader.read_column(c, block.block),
+            Selection::Range(r) => reader.read_column_rows(c, block.block, r.start as usize..r.end as usize),
+            Selection::Rows(idx) => reader.read_column_at(c, block.block, idx),
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(ScanBatch { source: ScanSource::Segment { id: reader.id(), block: block.block }, rows, columns }))
-}
-
-fn refine(selection: Option<Vec<u32>>, len: usize, keep: impl Fn(usize) -> bool) -> Vec<u32> {
-    match selection {
-        Some(mut idx) => {
-            idx.retain(|&i| keep(i as usize));
-            idx
-        }
-        None => (0..len as u32).filter(|&i| keep(i as usize)).collect(),
-    }
 }
 
 /// The rows of `data` at `idx`, in that order.
@@ -434,4 +477,42 @@ fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBa
         })
         .collect();
     Ok(Some(ScanBatch { source: ScanSource::Head { lsn: chunk.lsn }, rows: idx.len(), columns }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(rows: impl IntoIterator<Item = u32>) -> RoaringBitmap {
+        rows.into_iter().collect()
+    }
+
+    #[test]
+    fn block_selection_picks_the_cheapest_way_to_the_rows() {
+        let block = 1000..2000;
+        assert_eq!(block_selection(&bits(0..1000), &block), None, "no rows of this block");
+        assert_eq!(block_selection(&bits(500..2500), &block), Some((Selection::All, 1000, false)));
+        assert_eq!(
+            block_selection(&bits(1200..1300), &block),
+            Some((Selection::Range(200..300), 100, false)),
+            "a run of rows is a range"
+        );
+        assert_eq!(
+            block_selection(&bits((1000..2000).step_by(2)), &block),
+            Some((Selection::All, 500, true)),
+            "many scattered rows are found by their codes"
+        );
+        assert_eq!(
+            block_selection(&bits([999, 1003, 1500, 1999, 2000]), &block),
+            Some((Selection::Rows(vec![3, 500, 999]), 3, false)),
+            "a few scattered rows are listed"
+        );
+    }
+
+    #[test]
+    fn code_verdict_never_matches_codes_outside_the_dictionary() {
+        let v = CodeVerdict::new(3, |c| c == 2 || c == 3);
+        assert!(v.holds(2) && v.holds(3));
+        assert!(!v.holds(0) && !v.holds(1) && !v.holds(4) && !v.holds(1 << 40) && !v.holds(-1));
+    }
 }

@@ -5,7 +5,7 @@
 //! A segment holds rows sorted by `(advertiser_id, campaign_id, ad_id, ts)`
 //! (ties keep their input order). Each column is cut into blocks of
 //! `block_rows` rows; every block is encoded on its own, zstd-compressed when
-//! that saves at least 1/8 of its bytes, and checksummed, so a scan touches only the
+//! that saves at least 1/4 of its bytes, and checksummed, so a scan touches only the
 //! blocks it needs and a flipped byte is reported with the file's name
 //! instead of being returned as data.
 //!
@@ -46,6 +46,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 pub use reader::SegmentReader;
@@ -57,7 +58,7 @@ pub struct SegmentWriteOptions {
     /// Rows per block. Default 65536.
     pub block_rows: usize,
     /// zstd level for blocks (a block is stored compressed only when that
-    /// saves at least 1/8 of its bytes). Default 3.
+    /// saves at least 1/4 of its bytes). Default 3.
     pub zstd_level: i32,
     /// Opaque caller metadata stored in the footer (at most 16 MiB).
     /// Default empty.
@@ -161,6 +162,51 @@ impl Dictionary {
     /// `(code, value)` in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
         (1..=self.len() as u32).filter_map(|c| self.value(c).map(|v| (c, v)))
+    }
+}
+
+/// Which rows of a block a scan keeps, as offsets within the block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    /// A run of consecutive rows (a dimension the rows are sorted by).
+    Range(Range<u32>),
+    /// Ascending offsets.
+    Rows(Vec<u32>),
+}
+
+impl Selection {
+    /// Rows kept of a block of `block_len` rows.
+    pub fn count(&self, block_len: usize) -> usize {
+        match self {
+            Selection::All => block_len,
+            Selection::Range(r) => r.len(),
+            Selection::Rows(v) => v.len(),
+        }
+    }
+
+    /// Keeps the selected rows `i` (offsets within the block) for which
+    /// `keep(i)` holds.
+    pub(crate) fn refine(self, block_len: usize, keep: impl Fn(usize) -> bool) -> Selection {
+        let scan = |rows: Range<usize>| {
+            let mut out = vec![0u32; rows.len()];
+            let mut kept = 0;
+            for i in rows {
+                // Branch-free: write the offset, advance only if kept.
+                out[kept] = i as u32;
+                kept += usize::from(keep(i));
+            }
+            out.truncate(kept);
+            out
+        };
+        Selection::Rows(match self {
+            Selection::All => scan(0..block_len),
+            Selection::Range(r) => scan(r.start as usize..r.end as usize),
+            Selection::Rows(mut v) => {
+                v.retain(|&i| keep(i as usize));
+                v
+            }
+        })
     }
 }
 

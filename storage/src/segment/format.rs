@@ -7,6 +7,7 @@
 //! bad input; they return a short reason that the reader wraps into
 //! `StorageError::SegmentCorrupt` together with the segment's path.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::event::ColumnKind;
@@ -220,13 +221,139 @@ pub(crate) fn pack(values: impl IntoIterator<Item = u64>, width: u32, out: &mut 
 }
 
 /// Unpacks `n` values of `width` bits from `packed` and appends `f(value)`
-/// for each to `out`. The hot loop is one unaligned load, shift and mask
-/// per value, with no data-dependent branch; the last few values, whose
-/// load window would run past the input, go through a zero-padded copy.
+/// for each to `out`. See [`unpack_range`].
+#[cfg(test)]
 pub(crate) fn unpack_map<T>(
     packed: &[u8],
     width: u32,
     n: usize,
+    out: &mut Vec<T>,
+    f: impl Fn(u64) -> T,
+) -> Result<(), Reason> {
+    unpack_range(packed, width, 0..n, out, f)
+}
+
+/// Unpacks values `rows.start .. rows.end` of `width` bits from `packed`
+/// (bit packing allows random access) and appends `f(value)` for each to
+/// `out`. The hot loop is one unaligned load, shift and mask per value, with
+/// no data-dependent branch; the last few values, whose load window would
+/// run past the input, go through a zero-padded copy.
+pub(crate) fn unpack_range<T>(
+    packed: &[u8],
+    width: u32,
+    rows: Range<usize>,
+    out: &mut Vec<T>,
+    f: impl Fn(u64) -> T,
+) -> Result<(), Reason> {
+    if width > 64 {
+        return Err(format!("bit width {width} exceeds 64"));
+    }
+    let need = packed_len(rows.end, width);
+    if packed.len() < need {
+        return Err(format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()));
+    }
+    let packed = &packed[..need];
+    out.reserve(rows.len());
+    if width == 0 {
+        out.extend(rows.map(|_| f(0)));
+        return Ok(());
+    }
+    let w = width as usize;
+    let mask = mask(width);
+    // A value starting at bit `b` needs bytes b/8 .. b/8+8 (shift <= 7,
+    // width <= 56) or b/8 .. b/8+16 (wider). Value i may use the fast path
+    // iff floor(i*w/8) + window <= len.
+    let window = if width <= 56 { 8 } else { 16 };
+    let fast_end = if packed.len() >= window { ((packed.len() - window + 1) * 8).div_ceil(w) } else { 0 };
+    let fast = rows.start..fast_end.clamp(rows.start, rows.end);
+    // `extend` over an exact-size range writes without per-value capacity checks.
+    if width <= 56 {
+        out.extend(fast.clone().map(|i| {
+            let bit = i * w;
+            let b = bit >> 3;
+            let mut word = [0u8; 8];
+            // Invariant: b + 8 <= packed.len() for values before `fast_end` (above).
+            word.copy_from_slice(&packed[b..b + 8]);
+            f((u64::from_le_bytes(word) >> (bit & 7)) & mask)
+        }));
+    } else {
+        out.extend(fast.clone().map(|i| {
+            let bit = i * w;
+            let b = bit >> 3;
+            let mut word = [0u8; 16];
+            // Invariant: b + 16 <= packed.len() for values before `fast_end` (above).
+            word.copy_from_slice(&packed[b..b + 16]);
+            f(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask)
+        }));
+    }
+    for i in fast.end..rows.end {
+        let bit = i * w;
+        let b = bit >> 3;
+        let end = (b + 16).min(packed.len());
+        let mut word = [0u8; 16];
+        word[..end - b].copy_from_slice(&packed[b..end]);
+        out.push(f(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask));
+    }
+    Ok(())
+}
+
+/// Appends to `out` the offsets `i` in `rows` whose value (of `width`
+/// bits, bit-packed like [`unpack_range`]) satisfies `keep`: a filter over
+/// packed values without materializing them.
+fn select_packed(
+    packed: &[u8],
+    width: u32,
+    rows: Range<usize>,
+    out: &mut Vec<u32>,
+    keep: impl Fn(u64) -> bool,
+) -> Result<(), Reason> {
+    if width > 64 {
+        return Err(format!("bit width {width} exceeds 64"));
+    }
+    let need = packed_len(rows.end, width);
+    if packed.len() < need {
+        return Err(format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()));
+    }
+    let packed = &packed[..need];
+    let base = out.len();
+    out.resize(base + rows.len(), 0);
+    let slots = &mut out[base..];
+    let mut kept = 0;
+    let w = width as usize;
+    let mask = mask(width);
+    let fast_end = if width <= 56 && packed.len() >= 8 { ((packed.len() - 7) * 8).div_ceil(w.max(1)) } else { 0 };
+    let fast = rows.start..fast_end.clamp(rows.start, rows.end);
+    for i in fast.clone() {
+        let bit = i * w;
+        let b = bit >> 3;
+        let mut word = [0u8; 8];
+        // Invariant: b + 8 <= packed.len() for values before `fast_end` (above).
+        word.copy_from_slice(&packed[b..b + 8]);
+        // Branch-free: write the offset, advance only if kept.
+        slots[kept] = i as u32;
+        kept += usize::from(keep((u64::from_le_bytes(word) >> (bit & 7)) & mask));
+    }
+    for i in fast.end..rows.end {
+        let bit = i * w;
+        let b = bit >> 3;
+        let end = (b + 16).min(packed.len());
+        let mut word = [0u8; 16];
+        word[..end - b].copy_from_slice(&packed[b..end]);
+        slots[kept] = i as u32;
+        kept += usize::from(keep(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask));
+    }
+    out.truncate(base + kept);
+    Ok(())
+}
+
+/// Unpacks the values at offsets `idx` (each below `n`) of `n` values of
+/// `width` bits and appends `f(value)` for each to `out`, in `idx` order:
+/// the gather of a selection without decoding the rows it skips.
+fn unpack_at<T>(
+    packed: &[u8],
+    width: u32,
+    n: usize,
+    idx: &[u32],
     out: &mut Vec<T>,
     f: impl Fn(u64) -> T,
 ) -> Result<(), Reason> {
@@ -237,48 +364,33 @@ pub(crate) fn unpack_map<T>(
     if packed.len() < need {
         return Err(format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()));
     }
+    if let Some(&i) = idx.iter().find(|&&i| i as usize >= n) {
+        return Err(format!("row {i} outside a block of {n}"));
+    }
     let packed = &packed[..need];
-    out.reserve(n);
+    out.reserve(idx.len());
     if width == 0 {
-        out.extend((0..n).map(|_| f(0)));
+        out.extend(idx.iter().map(|_| f(0)));
         return Ok(());
     }
     let w = width as usize;
     let mask = mask(width);
-    // A value starting at bit `b` needs bytes b/8 .. b/8+8 (shift <= 7,
-    // width <= 56) or b/8 .. b/8+16 (wider). Value i may use the fast path
-    // iff floor(i*w/8) + window <= len.
-    let window = if width <= 56 { 8 } else { 16 };
-    let fast = if packed.len() >= window { ((packed.len() - window + 1) * 8).div_ceil(w).min(n) } else { 0 };
-    // `extend` over an exact-size range writes without per-value capacity checks.
-    if width <= 56 {
-        out.extend((0..fast).map(|i| {
-            let bit = i * w;
-            let b = bit >> 3;
-            let mut word = [0u8; 8];
-            // Invariant: b + 8 <= packed.len() for the first `fast` values (above).
-            word.copy_from_slice(&packed[b..b + 8]);
-            f((u64::from_le_bytes(word) >> (bit & 7)) & mask)
-        }));
-    } else {
-        out.extend((0..fast).map(|i| {
-            let bit = i * w;
-            let b = bit >> 3;
-            let mut word = [0u8; 16];
-            // Invariant: b + 16 <= packed.len() for the first `fast` values (above).
-            word.copy_from_slice(&packed[b..b + 16]);
-            f(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask)
-        }));
-    }
-    let mut bit = fast * w;
-    for _ in fast..n {
+    out.extend(idx.iter().map(|&i| {
+        let bit = i as usize * w;
         let b = bit >> 3;
-        let end = (b + 16).min(packed.len());
-        let mut word = [0u8; 16];
-        word[..end - b].copy_from_slice(&packed[b..end]);
-        out.push(f(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask));
-        bit += w;
-    }
+        let v = if width <= 56 && b + 8 <= packed.len() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&packed[b..b + 8]);
+            u64::from_le_bytes(word) >> (bit & 7)
+        } else {
+            // The last values, and widths over 56: a zero-padded 16-byte window.
+            let end = (b + 16).min(packed.len());
+            let mut word = [0u8; 16];
+            word[..end - b].copy_from_slice(&packed[b..end]);
+            (u128::from_le_bytes(word) >> (bit & 7)) as u64
+        };
+        f(v & mask)
+    }));
     Ok(())
 }
 
@@ -324,7 +436,26 @@ pub(crate) fn encode_ints(values: &[i64], allow_delta: bool, out: &mut Vec<u8>) 
 
 /// Decodes an `n`-value integer block at the start of `buf` into `out`,
 /// returning the bytes consumed.
+#[cfg(test)]
 pub(crate) fn decode_i64(buf: &[u8], n: usize, out: &mut Vec<i64>) -> Result<usize, Reason> {
+    decode_ints_map(buf, n, 0..n, out, |x| x)
+}
+
+/// Decodes values `rows` of an `n`-value integer block at the start of
+/// `buf`, mapping each through `f` (for u8, bool, dictionary codes and
+/// string lengths), and returns the bytes the whole block takes. Frame of
+/// reference decodes only `rows`; delta needs the running sum from the
+/// first value, so it decodes up to `rows.end`.
+pub(crate) fn decode_ints_map<T>(
+    buf: &[u8],
+    n: usize,
+    rows: Range<usize>,
+    out: &mut Vec<T>,
+    f: impl Fn(i64) -> T,
+) -> Result<usize, Reason> {
+    if rows.end > n || rows.start > rows.end {
+        return Err(format!("rows {rows:?} outside a block of {n}"));
+    }
     if n == 0 {
         return Ok(0);
     }
@@ -334,40 +465,94 @@ pub(crate) fn decode_i64(buf: &[u8], n: usize, out: &mut Vec<i64>) -> Result<usi
             let min = d.i64()?;
             let width = u32::from(d.u8()?);
             let start = d.pos();
-            unpack_map(&buf[start..], width, n, out, |x| min.wrapping_add(x as i64))?;
-            Ok(start + packed_len(n, width))
+            let used = start + packed_len(n, width);
+            if buf.len() < used {
+                return Err(format!(
+                    "bit-packed data truncated: need {} bytes, have {}",
+                    used - start,
+                    buf.len() - start
+                ));
+            }
+            unpack_range(&buf[start..], width, rows, out, |x| f(min.wrapping_add(x as i64)))?;
+            Ok(used)
         }
         INT_DELTA => {
             let first = d.i64()?;
             let dmin = d.i64()?;
             let width = u32::from(d.u8()?);
             let start = d.pos();
-            let base = out.len();
-            out.push(first);
-            unpack_map(&buf[start..], width, n - 1, out, |x| dmin.wrapping_add(x as i64))?;
-            let vals = &mut out[base..];
-            let mut acc = first;
-            for v in vals.iter_mut().skip(1) {
-                acc = acc.wrapping_add(*v);
-                *v = acc;
+            let used = start + packed_len(n - 1, width);
+            if buf.len() < used {
+                return Err(format!(
+                    "bit-packed data truncated: need {} bytes, have {}",
+                    used - start,
+                    buf.len() - start
+                ));
             }
-            Ok(start + packed_len(n - 1, width))
+            let mut deltas = Vec::with_capacity(rows.end.saturating_sub(1));
+            unpack_range(&buf[start..], width, 0..rows.end.saturating_sub(1), &mut deltas, |x| {
+                dmin.wrapping_add(x as i64)
+            })?;
+            out.reserve(rows.len());
+            let mut acc = first;
+            if rows.start == 0 && !rows.is_empty() {
+                out.push(f(first));
+            }
+            for (i, d) in deltas.iter().enumerate() {
+                acc = acc.wrapping_add(*d);
+                if i + 1 >= rows.start {
+                    out.push(f(acc));
+                }
+            }
+            Ok(used)
         }
         tag => Err(format!("unknown integer block tag {tag}")),
     }
 }
 
-/// Like [`decode_i64`] but maps every value through `f` (for u8, bool,
-/// dictionary codes and string lengths), without an intermediate vector on
-/// the frame-of-reference path.
-pub(crate) fn decode_ints_map<T>(
+/// Decodes the values at offsets `idx` (ascending or not, each below `n`)
+/// of an `n`-value integer block, mapping each through `f`, and returns
+/// the bytes the whole block takes. Frame of reference reads only those
+/// values; delta decodes the block and picks them.
+pub(crate) fn decode_ints_at<T>(
     buf: &[u8],
     n: usize,
+    idx: &[u32],
     out: &mut Vec<T>,
     f: impl Fn(i64) -> T,
 ) -> Result<usize, Reason> {
-    if n == 0 {
-        return Ok(0);
+    if buf.first() == Some(&INT_FOR) && n > 0 {
+        let mut d = Dec::new(buf);
+        d.u8()?;
+        let min = d.i64()?;
+        let width = u32::from(d.u8()?);
+        let start = d.pos();
+        unpack_at(&buf[start..], width, n, idx, out, |x| f(min.wrapping_add(x as i64)))?;
+        return Ok(start + packed_len(n, width));
+    }
+    let mut all = Vec::with_capacity(n);
+    let used = decode_ints_map(buf, n, 0..n, &mut all, |x| x)?;
+    out.reserve(idx.len());
+    for &i in idx {
+        let v = all.get(i as usize).ok_or_else(|| format!("row {i} outside a block of {n}"))?;
+        out.push(f(*v));
+    }
+    Ok(used)
+}
+
+/// Appends to `out` the offsets in `rows` of an `n`-value integer block
+/// whose value satisfies `keep`, and returns the bytes the whole block
+/// takes. Frame of reference tests the packed values in place; delta
+/// decodes up to `rows.end` first.
+pub(crate) fn select_ints(
+    buf: &[u8],
+    n: usize,
+    rows: Range<usize>,
+    out: &mut Vec<u32>,
+    keep: impl Fn(i64) -> bool,
+) -> Result<usize, Reason> {
+    if rows.end > n || rows.start > rows.end {
+        return Err(format!("rows {rows:?} outside a block of {n}"));
     }
     if buf.first() == Some(&INT_FOR) {
         let mut d = Dec::new(buf);
@@ -375,12 +560,16 @@ pub(crate) fn decode_ints_map<T>(
         let min = d.i64()?;
         let width = u32::from(d.u8()?);
         let start = d.pos();
-        unpack_map(&buf[start..], width, n, out, |x| f(min.wrapping_add(x as i64)))?;
-        return Ok(start + packed_len(n, width));
+        let used = start + packed_len(n, width);
+        if buf.len() < used {
+            return Err(format!("bit-packed data truncated: need {} bytes, have {}", used - start, buf.len() - start));
+        }
+        select_packed(&buf[start..], width, rows, out, |x| keep(min.wrapping_add(x as i64)))?;
+        return Ok(used);
     }
-    let mut tmp = Vec::with_capacity(n);
-    let used = decode_i64(buf, n, &mut tmp)?;
-    out.extend(tmp.into_iter().map(f));
+    let mut values = Vec::with_capacity(rows.len());
+    let used = decode_ints_map(buf, n, rows.clone(), &mut values, |x| x)?;
+    out.extend(rows.zip(values).filter(|(_, v)| keep(*v)).map(|(i, _)| i as u32));
     Ok(used)
 }
 
@@ -663,9 +852,63 @@ mod tests {
             prop_assert_eq!(used, len);
             prop_assert_eq!(&out[1..], &values[..]);
             let mut mapped = Vec::new();
-            decode_ints_map(&buf, values.len(), &mut mapped, |v| v.wrapping_mul(3)).expect("decode");
+            decode_ints_map(&buf, values.len(), 0..values.len(), &mut mapped, |v| v.wrapping_mul(3)).expect("decode");
             let want: Vec<i64> = values.iter().map(|v| v.wrapping_mul(3)).collect();
             prop_assert_eq!(mapped, want);
+        }
+
+        #[test]
+        fn int_block_range_decodes_the_same_values(
+            values in prop::collection::vec(prop_oneof![any::<i64>(), -1000i64..1000, 0i64..3], 1..300),
+            allow_delta: bool,
+            a in any::<prop::sample::Index>(),
+            b in any::<prop::sample::Index>(),
+        ) {
+            let mut buf = Vec::new();
+            encode_ints(&values, allow_delta, &mut buf);
+            let (a, b) = (a.index(values.len() + 1), b.index(values.len() + 1));
+            let rows = a.min(b)..a.max(b);
+            let mut out = Vec::new();
+            let used = decode_ints_map(&buf, values.len(), rows.clone(), &mut out, |v| v).expect("decode");
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(&out[..], &values[rows]);
+        }
+
+        #[test]
+        fn int_block_gather_decodes_the_same_values(
+            values in prop::collection::vec(prop_oneof![any::<i64>(), -1000i64..1000, 0i64..3], 1..300),
+            allow_delta: bool,
+            picks in prop::collection::vec(any::<prop::sample::Index>(), 0..50),
+        ) {
+            let mut buf = Vec::new();
+            encode_ints(&values, allow_delta, &mut buf);
+            let idx: Vec<u32> = picks.iter().map(|p| p.index(values.len()) as u32).collect();
+            let mut out = Vec::new();
+            let used = decode_ints_at(&buf, values.len(), &idx, &mut out, |v| v).expect("decode");
+            prop_assert_eq!(used, buf.len());
+            let want: Vec<i64> = idx.iter().map(|&i| values[i as usize]).collect();
+            prop_assert_eq!(out, want);
+            let past = [values.len() as u32];
+            prop_assert!(decode_ints_at(&buf, values.len(), &past, &mut Vec::new(), |v| v).is_err());
+        }
+
+        #[test]
+        fn int_block_select_matches_a_filter(
+            values in prop::collection::vec(prop_oneof![any::<i64>(), -1000i64..1000, 0i64..3], 1..300),
+            allow_delta: bool,
+            a in any::<prop::sample::Index>(),
+            b in any::<prop::sample::Index>(),
+            pivot in -2i64..3,
+        ) {
+            let mut buf = Vec::new();
+            encode_ints(&values, allow_delta, &mut buf);
+            let (a, b) = (a.index(values.len() + 1), b.index(values.len() + 1));
+            let rows = a.min(b)..a.max(b);
+            let mut out = vec![7u32];
+            let used = select_ints(&buf, values.len(), rows.clone(), &mut out, |v| v <= pivot).expect("select");
+            prop_assert_eq!(used, buf.len());
+            let want: Vec<u32> = rows.filter(|&i| values[i] <= pivot).map(|i| i as u32).collect();
+            prop_assert_eq!(&out[1..], &want[..]);
         }
 
         #[test]

@@ -27,9 +27,9 @@ use crate::ids::SegmentId;
 
 use super::format::{
     BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason, SUPPORTED_VERSIONS,
-    TRAILER_LEN, decode_i64, decode_ints_map, packed_len,
+    TRAILER_LEN, decode_ints_at, decode_ints_map, packed_len, select_ints,
 };
-use super::{ColumnData, ColumnStats, Dictionary};
+use super::{ColumnData, ColumnStats, Dictionary, Selection};
 
 /// An open segment file. Cheap to share (`Send + Sync`); every read method
 /// takes `&self`.
@@ -197,6 +197,13 @@ impl SegmentReader {
     /// `SegmentCorrupt` naming the file, column and block; `Internal` for a
     /// block past the last.
     pub fn read_column(&self, col: ColumnId, block: usize) -> Result<ColumnData> {
+        self.read_column_rows(col, block, 0..self.block_rows(block).len())
+    }
+
+    /// The values of `col` at offsets `idx` within `block`, in `idx` order:
+    /// a gather that decodes bit-packed values in place instead of the
+    /// whole block. The whole block's checksum is still verified.
+    pub fn read_column_at(&self, col: ColumnId, block: usize, idx: &[u32]) -> Result<ColumnData> {
         let meta = self.col(col);
         let Some(b) = meta.blocks.get(block) else {
             return Err(StorageError::Internal(format!(
@@ -208,7 +215,89 @@ impl SegmentReader {
         };
         let what = || format!("column {} block {block}", col.name());
         let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
-        decode_block(meta, b, &raw).map_err(|r| self.corrupt(format!("{}: {r}", what())))
+        decode_block_at(meta, b, &raw, idx).map_err(|r| self.corrupt(format!("{}: {r}", what())))
+    }
+
+    /// The rows of `within` (offsets in `block`) whose stored integer of
+    /// `col` satisfies `keep`: the value of an integer column, the code of
+    /// a dictionary column (0 = NULL). Tests packed values in place,
+    /// without decoding the column. `Internal` for a plain string column.
+    pub fn select_rows(
+        &self,
+        col: ColumnId,
+        block: usize,
+        within: Selection,
+        keep: impl Fn(i64) -> bool,
+    ) -> Result<Selection> {
+        let meta = self.col(col);
+        let Some(b) = meta.blocks.get(block) else {
+            return Err(StorageError::Internal(format!(
+                "segment {}: block {block} of column {} out of range ({} blocks)",
+                self.id,
+                col.name(),
+                meta.blocks.len()
+            )));
+        };
+        if meta.encoding == Encoding::PlainStr {
+            return Err(StorageError::Internal(format!("select_rows on plain string column {}", col.name())));
+        }
+        let what = || format!("column {} block {block}", col.name());
+        let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        let n = b.rows as usize;
+        let check = |used: usize| {
+            if used == raw.len() {
+                Ok(())
+            } else {
+                Err(self.corrupt(format!("{}: {} trailing bytes", what(), raw.len().abs_diff(used))))
+            }
+        };
+        let mut out = Vec::new();
+        match within {
+            Selection::All => check(
+                select_ints(&raw, n, 0..n, &mut out, keep).map_err(|r| self.corrupt(format!("{}: {r}", what())))?,
+            )?,
+            Selection::Range(r) => check(
+                select_ints(&raw, n, r.start as usize..r.end as usize, &mut out, keep)
+                    .map_err(|r| self.corrupt(format!("{}: {r}", what())))?,
+            )?,
+            Selection::Rows(idx) => {
+                let mut values = Vec::with_capacity(idx.len());
+                check(
+                    decode_ints_at(&raw, n, &idx, &mut values, |x| x)
+                        .map_err(|r| self.corrupt(format!("{}: {r}", what())))?,
+                )?;
+                out = idx.into_iter().zip(values).filter(|(_, v)| keep(*v)).map(|(i, _)| i).collect();
+            }
+        }
+        Ok(Selection::Rows(out))
+    }
+
+    /// Like [`SegmentReader::read_column`], but decodes only `rows`
+    /// (offsets within the block): bit-packed values are read in place, so a
+    /// scan that keeps a run of rows (sorted dimensions) decodes just that
+    /// run. The whole block's checksum is still verified. `rows` past the
+    /// block is `Internal`.
+    pub fn read_column_rows(&self, col: ColumnId, block: usize, rows: Range<usize>) -> Result<ColumnData> {
+        let meta = self.col(col);
+        let Some(b) = meta.blocks.get(block) else {
+            return Err(StorageError::Internal(format!(
+                "segment {}: block {block} of column {} out of range ({} blocks)",
+                self.id,
+                col.name(),
+                meta.blocks.len()
+            )));
+        };
+        if rows.start > rows.end || rows.end > b.rows as usize {
+            return Err(StorageError::Internal(format!(
+                "segment {}: rows {rows:?} of column {} block {block} out of range ({} rows)",
+                self.id,
+                col.name(),
+                b.rows
+            )));
+        }
+        let what = || format!("column {} block {block}", col.name());
+        let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        decode_block(meta, b, &raw, rows).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
     /// The whole segment as one batch, rows in stored (sorted) order.
@@ -416,39 +505,89 @@ fn validate(f: &Footer, footer_start: u64) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Decodes a block's raw (decompressed) bytes.
-fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8]) -> Result<ColumnData, Reason> {
+/// Decodes `rows` of a block's raw (decompressed) bytes; the whole block
+/// is still checked to be exactly as long as its encoding says.
+fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], rows: Range<usize>) -> Result<ColumnData, Reason> {
     let n = b.rows as usize;
     let expect_all = |used: usize| {
         if used == raw.len() { Ok(()) } else { Err(format!("{} trailing bytes", raw.len() - used)) }
     };
+    let len = rows.len();
     match (meta.kind, meta.encoding) {
         (ColumnKind::I64, _) => {
-            let mut v = Vec::with_capacity(n);
-            expect_all(decode_i64(raw, n, &mut v)?)?;
+            let mut v = Vec::with_capacity(len);
+            expect_all(decode_ints_map(raw, n, rows, &mut v, |x| x)?)?;
             Ok(ColumnData::I64(v))
         }
         (ColumnKind::U8, _) => {
-            let mut v = Vec::with_capacity(n);
-            expect_all(decode_ints_map(raw, n, &mut v, |x| x as u8)?)?;
+            let mut v = Vec::with_capacity(len);
+            expect_all(decode_ints_map(raw, n, rows, &mut v, |x| x as u8)?)?;
             Ok(ColumnData::U8(v))
         }
         (ColumnKind::Bool, _) => {
-            let mut v = Vec::with_capacity(n);
-            expect_all(decode_ints_map(raw, n, &mut v, |x| x != 0)?)?;
+            let mut v = Vec::with_capacity(len);
+            expect_all(decode_ints_map(raw, n, rows, &mut v, |x| x != 0)?)?;
             Ok(ColumnData::Bool(v))
         }
         (ColumnKind::Str, Encoding::Dict) => {
             let dict = meta.dict.clone().ok_or_else(|| "dictionary missing".to_string())?;
-            let mut codes = Vec::with_capacity(n);
-            expect_all(decode_ints_map(raw, n, &mut codes, |x| x as u32)?)?;
+            let mut codes = Vec::with_capacity(len);
+            expect_all(decode_ints_map(raw, n, rows, &mut codes, |x| x as u32)?)?;
             let max = codes.iter().copied().max().unwrap_or(0);
             if max as usize > dict.len() {
                 return Err(format!("code {max} past the dictionary ({} entries)", dict.len()));
             }
             Ok(ColumnData::Dict { codes, dict })
         }
-        (ColumnKind::Str, _) => decode_plain(raw, n).map(ColumnData::Str),
+        (ColumnKind::Str, _) => {
+            let all = decode_plain(raw, n)?;
+            Ok(ColumnData::Str(if len == n { all } else { all.slice(rows.start, len) }))
+        }
+    }
+}
+
+/// Decodes the rows at offsets `idx` of a block's raw bytes.
+fn decode_block_at(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], idx: &[u32]) -> Result<ColumnData, Reason> {
+    let n = b.rows as usize;
+    let expect_all = |used: usize| {
+        if used == raw.len() { Ok(()) } else { Err(format!("{} trailing bytes", raw.len() - used)) }
+    };
+    let len = idx.len();
+    match (meta.kind, meta.encoding) {
+        (ColumnKind::I64, _) => {
+            let mut v = Vec::with_capacity(len);
+            expect_all(decode_ints_at(raw, n, idx, &mut v, |x| x)?)?;
+            Ok(ColumnData::I64(v))
+        }
+        (ColumnKind::U8, _) => {
+            let mut v = Vec::with_capacity(len);
+            expect_all(decode_ints_at(raw, n, idx, &mut v, |x| x as u8)?)?;
+            Ok(ColumnData::U8(v))
+        }
+        (ColumnKind::Bool, _) => {
+            let mut v = Vec::with_capacity(len);
+            expect_all(decode_ints_at(raw, n, idx, &mut v, |x| x != 0)?)?;
+            Ok(ColumnData::Bool(v))
+        }
+        (ColumnKind::Str, Encoding::Dict) => {
+            let dict = meta.dict.clone().ok_or_else(|| "dictionary missing".to_string())?;
+            let mut codes = Vec::with_capacity(len);
+            expect_all(decode_ints_at(raw, n, idx, &mut codes, |x| x as u32)?)?;
+            let max = codes.iter().copied().max().unwrap_or(0);
+            if max as usize > dict.len() {
+                return Err(format!("code {max} past the dictionary ({} entries)", dict.len()));
+            }
+            Ok(ColumnData::Dict { codes, dict })
+        }
+        (ColumnKind::Str, _) => {
+            let all = decode_plain(raw, n)?;
+            if let Some(&i) = idx.iter().find(|&&i| i as usize >= n) {
+                return Err(format!("row {i} outside a block of {n}"));
+            }
+            let picked: StringArray =
+                idx.iter().map(|&i| (!all.is_null(i as usize)).then(|| all.value(i as usize))).collect();
+            Ok(ColumnData::Str(picked))
+        }
     }
 }
 
@@ -472,7 +611,7 @@ fn decode_plain(raw: &[u8], n: usize) -> Result<StringArray, Reason> {
     };
     let start = d.pos();
     let mut lengths = Vec::with_capacity(n);
-    let used = decode_ints_map(&raw[start..], n, &mut lengths, |x| x)?;
+    let used = decode_ints_map(&raw[start..], n, 0..n, &mut lengths, |x| x)?;
     let data = &raw[start + used..];
     let mut offsets = Vec::with_capacity(n + 1);
     offsets.push(0i32);

@@ -213,12 +213,32 @@ fn naive_scan(events: &[Event], req: &ScanRequest) -> Vec<i64> {
     out
 }
 
+/// The costs the scan returns (sorted), after checking that the other
+/// columns of each returned row (a plain string, a dictionary string, a
+/// U8) belong to the same event as its cost: `event(n, ..)` has cost `n`.
 fn scanned_costs(store: &Store, req: &ScanRequest) -> Vec<i64> {
+    let req = ScanRequest {
+        columns: vec![ColumnId::CostMicros, ColumnId::EventId, ColumnId::Device, ColumnId::Type],
+        ..req.clone()
+    };
     let mut out = Vec::new();
-    for b in store.snapshot().scan(req).expect("scan") {
-        assert_eq!(b.columns.len(), 1);
+    for b in store.snapshot().scan(&req).expect("scan") {
+        assert_eq!(b.columns.len(), 4);
+        assert!(b.columns.iter().all(|c| c.len() == b.rows), "every column holds the batch's rows");
         let ColumnData::I64(v) = &b.columns[0] else { panic!("cost_micros must be I64") };
-        assert_eq!(v.len(), b.rows);
+        // Head chunks return strings, segments dictionary codes or plain strings.
+        let str_at = |c: &ColumnData, i: usize| match c {
+            ColumnData::Str(a) => (!arrow_array::Array::is_null(a, i)).then(|| a.value(i).to_string()),
+            ColumnData::Dict { codes, dict } => dict.value(codes[i]).map(str::to_string),
+            other => panic!("a string column decoded as {other:?}"),
+        };
+        for (i, &cost) in v.iter().enumerate() {
+            let want = event(cost as u64, 0, "");
+            assert_eq!(str_at(&b.columns[1], i), Some(want.event_id), "row {i} of {:?}", b.source);
+            assert_eq!(str_at(&b.columns[2], i), want.device, "row {i} of {:?}", b.source);
+            let ColumnData::U8(t) = &b.columns[3] else { panic!("type must be U8") };
+            assert_eq!(t[i], 0, "impression");
+        }
         out.extend_from_slice(v);
     }
     out.sort();
