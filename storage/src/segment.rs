@@ -5,7 +5,7 @@
 //! A segment holds rows sorted by `(advertiser_id, campaign_id, ad_id, ts)`
 //! (ties keep their input order). Each column is cut into blocks of
 //! `block_rows` rows; every block is encoded on its own, zstd-compressed when
-//! that saves at least 1/4 of its bytes, and checksummed, so a scan touches only the
+//! that saves at least 1/3 of its bytes, and checksummed, so a scan touches only the
 //! blocks it needs and a flipped byte is reported with the file's name
 //! instead of being returned as data.
 //!
@@ -58,7 +58,7 @@ pub struct SegmentWriteOptions {
     /// Rows per block. Default 65536.
     pub block_rows: usize,
     /// zstd level for blocks (a block is stored compressed only when that
-    /// saves at least 1/4 of its bytes). Default 3.
+    /// saves at least 1/3 of its bytes). Default 3.
     pub zstd_level: i32,
     /// Opaque caller metadata stored in the footer (at most 16 MiB).
     /// Default empty.

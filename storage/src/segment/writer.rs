@@ -309,7 +309,7 @@ fn encode_column(
         };
         let compressed =
             compressor.compress(&payload).map_err(|e| StorageError::Internal(format!("zstd compression: {e}")))?;
-        // Keep the zstd frame only if it saves at least a quarter: every scan
+        // Keep the zstd frame only if it saves at least a third: every scan
         // of the block pays for decompression (about 1 GB/s), while bit-packed
         // integers that zstd shrinks by 10-20% (costs, timestamps) stay
         // cheaper to read raw.
