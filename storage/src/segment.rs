@@ -58,7 +58,7 @@ pub struct SegmentWriteOptions {
     /// Rows per block. Default 65536.
     pub block_rows: usize,
     /// zstd level for blocks (a block is stored compressed only when that
-    /// saves at least 1/3 of its bytes). Default 3.
+    /// saves at least 1/3 of its bytes). Default 1.
     pub zstd_level: i32,
     /// Opaque caller metadata stored in the footer (at most 16 MiB).
     /// Default empty.
@@ -67,7 +67,7 @@ pub struct SegmentWriteOptions {
 
 impl Default for SegmentWriteOptions {
     fn default() -> Self {
-        SegmentWriteOptions { block_rows: 65536, zstd_level: 3, user_meta: Vec::new() }
+        SegmentWriteOptions { block_rows: 65536, zstd_level: 1, user_meta: Vec::new() }
     }
 }
 
