@@ -13,6 +13,8 @@ run.sh builds adstore (release) and the virtualenv, then calls `harness.py run`:
         │     query suite over POST /v1/sql    warm-up + median of --runs
         │     du of the data dir
         │   adstore serve (another fresh data dir): adstore ingest --format arrow
+        │   adstore gen --format arrow ──► events.arrows (cached); adstore serve (fresh):
+        │     adstore ingest events.arrows   (Arrow IPC input: sliced, not parsed)
         │
         ├─► worker process: DuckDB  load (de-duplicated) + the suite, SET threads=N
         ├─► worker process: chDB    load into MergeTree + the suite, max_threads=N
@@ -556,13 +558,19 @@ class AdstoreServer:
         return self.request("POST", "/v1/sql", body, {"content-type": "application/json"})
 
     def wait_sealed(self, timeout_s: float = 600) -> float:
+        """Seconds until the head is sealed; `self.final_s`: until closed buckets are also re-sealed as final."""
         t = time.perf_counter()
+        sealed = None
         while True:
             seg = self.get_json("/v1/segments")
-            if seg.get("head", {}).get("rows", 0) == 0:
-                return time.perf_counter() - t
+            if sealed is None and seg.get("head", {}).get("rows", 0) == 0:
+                sealed = time.perf_counter() - t
+            if sealed is not None and seg.get("finalize_pending_buckets", 0) == 0:
+                self.final_s = time.perf_counter() - t
+                return sealed
             if time.perf_counter() - t > timeout_s:
-                raise BenchError(f"adstore: head still holds {seg['head']['rows']} rows after {timeout_s} s")
+                raise BenchError(f"adstore: head still holds {seg['head']['rows']} rows, "
+                                 f"{seg.get('finalize_pending_buckets')} bucket(s) to finalize after {timeout_s} s")
             time.sleep(0.5)
 
     def stop(self):
@@ -588,18 +596,21 @@ def parse_ingest_summary(text: str) -> dict:
 
 
 def adstore_ingest(binary: Path, server_bin: Path, data: Path, out: Path, fmt: str, threads: int, events: int,
-                   keep=False):
-    """One bulk load into a fresh server; returns (figures, the server if kept)."""
+                   keep=False, wire: str | None = None):
+    """One bulk load into a fresh server; returns (figures, the server if kept).
+
+    `fmt` names the run; `wire` is `adstore ingest --format` (default `fmt`)."""
+    wire = wire or fmt
     data_dir = out / f"adstore-data-{fmt}"
     server = AdstoreServer(server_bin, data_dir, out / f"adstore-serve-{fmt}.log", threads)
     try:
         log(f"adstore: ingest --format {fmt} into {data_dir} ({server.url})")
         t = time.perf_counter()
         proc = subprocess.run([str(binary), "ingest", str(data), "--url", server.url, "--backfill",
-                               "--format", fmt], capture_output=True, text=True)
+                               "--format", wire], capture_output=True, text=True)
         ingest_s = time.perf_counter() - t
         if proc.returncode != 0:
-            raise BenchError(f"adstore ingest --format {fmt} failed (exit {proc.returncode}):\n"
+            raise BenchError(f"adstore ingest --format {wire} ({fmt}) failed (exit {proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
         summary = parse_ingest_summary(proc.stdout)
         rss_ingest = RssSampler.read(server.proc.pid, "VmHWM")
@@ -607,7 +618,8 @@ def adstore_ingest(binary: Path, server_bin: Path, data: Path, out: Path, fmt: s
         segs = server.get_json("/v1/segments")
         fig = {
             "format": fmt, "ingest_s": ingest_s, "events": events, "events_per_s": events / ingest_s,
-            "summary": summary, "seal_wait_s": seal_s, "peak_rss_ingest_bytes": rss_ingest,
+            "summary": summary, "seal_wait_s": seal_s, "final_wait_s": server.final_s,
+            "peak_rss_ingest_bytes": rss_ingest,
             "peak_rss_bytes": server.sampler.stop() if not keep else RssSampler.read(server.proc.pid, "VmHWM"),
             "segments": len(segs.get("segments", [])),
             "segment_bytes": sum(s.get("size_bytes", 0) for s in segs.get("segments", [])),
@@ -616,7 +628,7 @@ def adstore_ingest(binary: Path, server_bin: Path, data: Path, out: Path, fmt: s
         }
         log(f"adstore: {fmt}: {events} events in {ingest_s:.2f} s = {fig['events_per_s']:,.0f} events/s; "
             f"accepted {summary.get('accepted')}, duplicates {summary.get('duplicates')}, "
-            f"rejected {summary.get('rejected')}; sealed after {seal_s:.1f} s more; "
+            f"rejected {summary.get('rejected')}; sealed after {seal_s:.1f} s more, final after {server.final_s:.1f} s; "
             f"peak RSS {fig['peak_rss_bytes'] / 2**20:.0f} MiB")
         if summary.get("rejected"):
             raise BenchError(f"adstore ingest rejected {summary['rejected']} events:\n{proc.stdout}\n{proc.stderr}")
@@ -739,14 +751,18 @@ def write_report(out: Path, ctx: dict) -> Path:
     ]
     if "adstore" in engines and ctx.get("ingest"):
         lines += ["## adstore ingest (`adstore ingest` to `adstore serve`, fsync on)", "",
-                  "| wire format | events | time (s) | events/s | server peak RSS | sealed after (s) | segments "
+                  "| wire format | events | time (s) | events/s | server peak RSS | sealed after (s) | final after (s) | segments "
                   "| segment bytes | data dir bytes (with WAL) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for fig in ctx["ingest"]:
             lines.append(f"| {fig['format']} | {fig['events']:,} | {fig['ingest_s']:.2f} | {fig['events_per_s']:,.0f} "
-                         f"| {fmt_bytes(fig['peak_rss_bytes'])} | {fig['seal_wait_s']:.1f} | {fig['segments']} "
+                         f"| {fmt_bytes(fig['peak_rss_bytes'])} | {fig['seal_wait_s']:.1f} "
+                         f"| {fig.get('final_wait_s', float('nan')):.1f} | {fig['segments']} "
                          f"| {fmt_bytes(fig['segment_bytes'])} | {fmt_bytes(fig['bytes_on_disk'])} |")
-        lines.append("")
+        lines += ["", "ndjson: the NDJSON file as it is. arrow: the same file parsed by `adstore ingest` into Arrow "
+                  "IPC before sending (the client's parsing is in the time). arrow-file: an Arrow IPC file of the "
+                  "same events (`adstore gen --format arrow`), sliced into requests by `adstore ingest` without "
+                  "parsing, as a producer that holds Arrow already would send it.", ""]
     lines += ["## Load", "",
               "| engine | load (s) | events/s | settle (s) | rows | bytes on disk | peak RSS |",
               "|---|---:|---:|---:|---:|---:|---:|"]
@@ -758,7 +774,7 @@ def write_report(out: Path, ctx: dict) -> Path:
                      f"| {ld['rows']:,} | {fmt_bytes(ld['bytes_on_disk'])} | {fmt_bytes(ld['peak_rss_bytes'])} |")
     lines += ["",
               ("adstore: load = `adstore ingest --format ndjson` (acknowledged after fsync, deduplicated at ingest), "
-               "settle = waiting until the head is sealed into segments. " if "adstore" in ctx["loads"] else "") +
+               "settle = waiting until the head is sealed into segments (the queries start once closed buckets are also re-sealed as final: \"final after\" above). " if "adstore" in ctx["loads"] else "") +
               "DuckDB: load = `CREATE TABLE AS` from "
               "`read_json` with `DISTINCT ON (publisher_id, type, event_id)` ordered by (advertiser_id, campaign_id, ts), "
               "settle = `CHECKPOINT`. chDB: load = `INSERT ... SELECT FROM file(JSONEachRow) LIMIT 1 BY "
@@ -883,15 +899,17 @@ def render_main(args) -> int:
     return 0
 
 
-def generate(binary: Path, out: Path, events: int) -> Path:
-    data = out / f"events-{events}-s{GEN_SEED}-{GEN_SPAN_DAYS}d.ndjson"
-    stamp = data.with_suffix(".done")
+def generate(binary: Path, out: Path, events: int, fmt: str = "ndjson") -> Path:
+    """The generated events as `fmt` (ndjson, or arrow: an Arrow IPC stream of the same events)."""
+    suffix = "ndjson" if fmt == "ndjson" else "arrows"
+    data = out / f"events-{events}-s{GEN_SEED}-{GEN_SPAN_DAYS}d.{suffix}"
+    stamp = data.with_suffix(f".{suffix}.done")
     if data.exists() and stamp.exists():
         log(f"reusing {data}")
         return data
     log(f"generating {events:,} events into {data}")
     subprocess.run([str(binary), "gen", "--events", str(events), "--seed", str(GEN_SEED), "--start", GEN_START,
-                    "--span", f"{GEN_SPAN_DAYS}d", "--out", str(data)], check=True)
+                    "--span", f"{GEN_SPAN_DAYS}d", "--format", fmt, "--out", str(data)], check=True)
     stamp.write_text("ok\n")
     return data
 
@@ -941,15 +959,21 @@ def run_main(args) -> int:
         ctx["loads"]["adstore"] = {"load_s": fig["ingest_s"], "settle_s": fig["seal_wait_s"],
                                    "rows": fig["segment_rows"], "bytes_on_disk": fig["bytes_on_disk"],
                                    "peak_rss_bytes": fig["peak_rss_bytes"]}
-        try:
-            arrow, _ = adstore_ingest(binary, server_bin, data, out, "arrow", args.threads, args.events)
-            ctx["ingest"].append(arrow)
-        except BenchError as e:
-            # The queries are still worth comparing; the run fails at the end.
-            failure = failure or str(e).splitlines()[0]
-            log(f"adstore: {e}")
-            ctx["notes"].append(f"adstore Arrow IPC ingest failed: {str(e).splitlines()[0]}")
-        shutil.rmtree(out / "adstore-data-arrow", ignore_errors=True)
+        # Arrow IPC twice: parsed from the NDJSON by the client, and read
+        # from an Arrow IPC file of the same events (what a producer holding
+        # Arrow already sends; the client only slices it).
+        arrow_file = generate(binary, out, args.events, "arrow")
+        for name, source in (("arrow", data), ("arrow-file", arrow_file)):
+            try:
+                arrow, _ = adstore_ingest(binary, server_bin, source, out, name, args.threads, args.events,
+                                          wire="arrow")
+                ctx["ingest"].append(arrow)
+            except BenchError as e:
+                # The queries are still worth comparing; the run fails at the end.
+                failure = failure or str(e).splitlines()[0]
+                log(f"adstore: {e}")
+                ctx["notes"].append(f"adstore Arrow IPC ingest ({name}) failed: {str(e).splitlines()[0]}")
+            shutil.rmtree(out / f"adstore-data-{name}", ignore_errors=True)
 
     for e in engines:
         if e == "adstore":

@@ -1,6 +1,6 @@
 //! The real `adstore` binary end to end: `gen` a file, `serve`, `ingest` the
-//! file (NDJSON, and Arrow IPC built client-side), and check the numbers the
-//! summary reports against what the store holds.
+//! file (NDJSON, Arrow IPC built client-side, an Arrow IPC file), and check
+//! the numbers the summary reports against what the store holds.
 //!
 //! Until exactly-once dedupe lands, the ~2% exact re-sends of the generated
 //! file are stored twice, so the check is stored == accepted == lines - rejected.
@@ -99,6 +99,46 @@ fn gen_serve_ingest_ndjson() {
 #[test]
 fn gen_serve_ingest_arrow() {
     ingest_and_check("arrow");
+}
+
+/// An Arrow IPC stream from `gen --format arrow` is sent in slices,
+/// without parsing, and counts like the same events as NDJSON.
+#[test]
+fn gen_serve_ingest_arrow_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let start = (now_ms() - 20 * HOUR_MS).to_string();
+    let gen_args = ["gen", "--events", "30000", "--seed", "7", "--start", &start, "--span", "18h"];
+    let ndjson = adstore(&gen_args).stdout;
+    let file = tmp.path().join("events.arrows");
+    let file_arg = file.to_str().expect("utf-8 path");
+    adstore(&[&gen_args[..], &["--format", "arrow", "--out", file_arg]].concat());
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, None);
+    // --format says ndjson (the default): an Arrow input is sent as Arrow anyway.
+    let out = adstore(&["ingest", file_arg, "--url", &server.url, "--batch-size", "7000", "--concurrency", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let distinct = distinct_events(&ndjson);
+    assert_eq!(summary_value(&stdout, "sent"), 30_000, "{stdout}");
+    assert_eq!(summary_value(&stdout, "rejected"), 0, "{stdout}");
+    assert_eq!(summary_value(&stdout, "accepted"), distinct, "{stdout}");
+    assert_eq!(summary_value(&stdout, "duplicates"), 30_000 - distinct, "{stdout}");
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir) as u64, distinct);
+}
+
+#[test]
+fn ingest_refuses_a_broken_arrow_stream_before_sending() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("broken.arrows");
+    std::fs::write(&file, [0xFF, 0xFF, 0xFF, 0xFF, 0x10, 0, 0, 0, 1, 2, 3]).expect("write");
+    // Nothing listens on port 9: a request would fail differently.
+    let out = Command::new(ADSTORE)
+        .args(["ingest", file.to_str().expect("path"), "--url", "http://127.0.0.1:9"])
+        .output()
+        .expect("run");
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.arrows: not a readable Arrow IPC stream"), "{stderr}");
 }
 
 #[test]

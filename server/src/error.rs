@@ -38,6 +38,10 @@ pub enum ServerError {
     /// Reading or writing a local file (CLI only).
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// An input file that starts like an Arrow IPC stream but cannot be
+    /// read as one (CLI only).
+    #[error("{path}: not a readable Arrow IPC stream: {source}")]
+    ArrowInput { path: String, source: arrow_schema::ArrowError },
     /// A request from the CLI to a server failed for good (CLI only).
     #[error("{url}: {message}")]
     Client { url: String, message: String },
@@ -66,6 +70,7 @@ impl ServerError {
             ServerError::Bind { .. }
             | ServerError::Internal(_)
             | ServerError::Io { .. }
+            | ServerError::ArrowInput { .. }
             | ServerError::Client { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

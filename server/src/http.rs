@@ -157,6 +157,8 @@ async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "catalog_version": catalog.version,
         "segments": rows,
         "head": { "rows": stats.head_rows, "partitions": stats.head_partitions },
+        // Closed buckets the sealer has yet to re-seal as final.
+        "finalize_pending_buckets": app.store.closed_provisional_buckets().len(),
     }))
 }
 

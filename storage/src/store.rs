@@ -512,6 +512,20 @@ impl Store {
         Ok(report)
     }
 
+    /// Closed buckets that still have provisional raw segments: the
+    /// sealer's next [`Store::finalize_closed`] re-seals them (ascending).
+    pub fn closed_provisional_buckets(&self) -> Vec<i64> {
+        let catalog = self.inner.visible.read().catalog.clone();
+        let mut buckets: Vec<i64> = catalog
+            .segments_of(Level::Raw)
+            .filter(|m| !m.is_final && self.bucket_closed(m.partition.bucket_start_ms))
+            .map(|m| m.partition.bucket_start_ms)
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        buckets
+    }
+
     /// Whether no live event can land in the bucket any more: its end plus
     /// the allowed lateness is behind the newest event time seen.
     pub fn bucket_closed(&self, bucket_start_ms: i64) -> bool {
@@ -529,14 +543,7 @@ impl Store {
     /// raw segments (including buckets a backfill re-opened).
     pub fn finalize_closed(&self) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
-        let catalog = self.inner.visible.read().catalog.clone();
-        let mut buckets: Vec<i64> = catalog
-            .segments_of(Level::Raw)
-            .filter(|m| !m.is_final && self.bucket_closed(m.partition.bucket_start_ms))
-            .map(|m| m.partition.bucket_start_ms)
-            .collect();
-        buckets.sort_unstable();
-        buckets.dedup();
+        let buckets = self.closed_provisional_buckets();
         if buckets.is_empty() {
             return Ok(SealReport::default());
         }

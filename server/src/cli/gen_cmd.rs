@@ -1,4 +1,4 @@
-//! `adstore gen`: synthetic events as NDJSON, fast.
+//! `adstore gen`: synthetic events as NDJSON (or an Arrow IPC stream), fast.
 //!
 //! ```text
 //!  generator thread: Generator::write_ndjson_chunk ─► NDJSON buffers of CHUNK events
@@ -8,7 +8,9 @@
 //!
 //! The generator writes NDJSON straight from its numbers, allocating
 //! nothing per event, and the writes overlap with generation. The output is
-//! deterministic by `--seed` and `--start`.
+//! deterministic by `--seed` and `--start`. `--format arrow` writes the same
+//! events as one Arrow IPC stream of record batches (the input columns of
+//! the event schema), for loaders that hold Arrow already.
 
 use std::fs::File;
 use std::io::Write;
@@ -16,6 +18,12 @@ use std::process::ExitCode;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
+use adstore_storage::EventBatchBuilder;
+use arrow_array::RecordBatch;
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::ArrowError;
+
+use super::ingest::input_columns;
 use super::{parse_duration_ms, parse_instant_ms};
 use crate::datagen::{GenConfig, Generator};
 use crate::error::ServerError;
@@ -38,7 +46,21 @@ pub struct GenArgs {
     /// Output file, or - for stdout.
     #[arg(long, default_value = "-")]
     out: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GenFormat::Ndjson)]
+    format: GenFormat,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenFormat {
+    /// One JSON object per line.
+    Ndjson,
+    /// An Arrow IPC stream (application/vnd.apache.arrow.stream).
+    Arrow,
+}
+
+/// Rows per record batch of `--format arrow`.
+const ARROW_BATCH_ROWS: usize = 64 * 1024;
 
 /// Events per chunk handed from the generator thread to the writer.
 const CHUNK: usize = 16 * 1024;
@@ -60,7 +82,15 @@ pub fn run(args: GenArgs) -> Result<ExitCode, ServerError> {
         (Box::new(f), args.out.clone())
     };
     let started = Instant::now();
-    let written = generate(cfg, &mut out).map_err(|source| ServerError::Io { path: path.clone(), source })?;
+    let written = match args.format {
+        GenFormat::Ndjson => {
+            generate(cfg, &mut out).map_err(|source| ServerError::Io { path: path.clone(), source })?
+        }
+        GenFormat::Arrow => generate_arrow(cfg, &mut out).map_err(|e| match e {
+            ArrowError::IoError(_, source) => ServerError::Io { path: path.clone(), source },
+            other => ServerError::Internal(format!("encoding Arrow IPC: {other}")),
+        })?,
+    };
     let secs = started.elapsed().as_secs_f64();
     if args.out != "-" {
         eprintln!(
@@ -104,6 +134,58 @@ pub fn generate(cfg: GenConfig, out: &mut dyn Write) -> std::io::Result<u64> {
     Ok(written)
 }
 
+/// Writes every event of `cfg` to `out` as one Arrow IPC stream of the
+/// event schema's input columns; returns the bytes written.
+pub fn generate_arrow(cfg: GenConfig, out: &mut dyn Write) -> Result<u64, ArrowError> {
+    let mut generator = Generator::new(cfg).peekable();
+    // The next record batch of input columns; `None` once the events run out.
+    let mut next_record = || -> Result<Option<RecordBatch>, ArrowError> {
+        if generator.peek().is_none() {
+            return Ok(None);
+        }
+        let mut builder = EventBatchBuilder::with_capacity(ARROW_BATCH_ROWS);
+        for e in generator.by_ref().take(ARROW_BATCH_ROWS) {
+            builder.push(&e);
+        }
+        input_columns(&builder.finish()).map(Some)
+    };
+    let mut counted = CountingWrite { inner: out, written: 0 };
+    let first = next_record()?;
+    // No events: a stream of the schema alone.
+    let schema = match &first {
+        Some(r) => r.schema(),
+        None => input_columns(&EventBatchBuilder::with_capacity(0).finish())?.schema(),
+    };
+    let mut writer = StreamWriter::try_new(&mut counted, &schema)?;
+    let mut record = first;
+    while let Some(r) = record {
+        writer.write(&r)?;
+        record = next_record()?;
+    }
+    writer.finish()?;
+    drop(writer);
+    counted.flush()?;
+    Ok(counted.written)
+}
+
+/// Counts the bytes written through it.
+struct CountingWrite<'a> {
+    inner: &'a mut dyn Write,
+    written: u64,
+}
+
+impl Write for CountingWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +202,31 @@ mod tests {
         use crate::datagen::write_ndjson;
         Generator::new(cfg).for_each(|e| write_ndjson(&e, &mut serial));
         assert_eq!(a, serial, "the two-thread pipeline writes what the generator yields, in order");
+    }
+
+    #[test]
+    fn arrow_holds_the_events_of_the_ndjson() {
+        use adstore_ingest::{ParseOptions, parse_ndjson};
+        // More than one record batch, the last one short.
+        let cfg = GenConfig { events: ARROW_BATCH_ROWS as u64 + 1000, ..GenConfig::default() };
+        let mut ndjson = Vec::new();
+        generate(cfg.clone(), &mut ndjson).expect("gen");
+        let mut arrow = Vec::new();
+        let written = generate_arrow(cfg, &mut arrow).expect("gen arrow");
+        assert_eq!(written, arrow.len() as u64);
+        let opts = ParseOptions { max_future_skew_ms: i64::MAX, min_ts_ms: None, ..ParseOptions::default() };
+        let parsed = parse_ndjson(&ndjson, &opts);
+        assert_eq!(parsed.rejected, 0);
+        let want = input_columns(&parsed.batch).expect("project");
+        let reader = arrow_ipc::reader::StreamReader::try_new(&arrow[..], None).expect("an IPC stream");
+        let mut row = 0;
+        let mut batches = 0;
+        for record in reader {
+            let record = record.expect("a record batch");
+            assert_eq!(record, want.slice(row, record.num_rows()), "rows from {row}");
+            row += record.num_rows();
+            batches += 1;
+        }
+        assert_eq!((row, batches), (want.num_rows(), 2));
     }
 }

@@ -1,9 +1,13 @@
-//! `adstore ingest FILE|-`: bulk-load NDJSON into a running server.
+//! `adstore ingest FILE|-`: bulk-load NDJSON or an Arrow IPC stream into a
+//! running server.
 //!
 //! ```text
-//!  reader (calling thread): read 1 MiB chunks, cut at line boundaries into
-//!    batches of --batch-size lines ──► bounded queue ──► --concurrency workers:
-//!        [--format arrow: parse client-side, encode Arrow IPC]
+//!  reader (calling thread): NDJSON: read 1 MiB chunks, cut at line boundaries
+//!    into batches of --batch-size lines; Arrow IPC stream (detected by its
+//!    first bytes): slice its record batches into --batch-size rows
+//!        ──► bounded queue ──► --concurrency workers:
+//!        [NDJSON with --format arrow: parse client-side, encode Arrow IPC]
+//!        [Arrow input: encode each slice as one IPC stream]
 //!        POST /v1/events ─► 2xx/400/422: count accepted / duplicates / rejected
 //!                        ─► 429, 5xx, connection error: retry the same bytes after a backoff
 //!                        ─► other statuses: the batch fails, the run exits 1
@@ -15,7 +19,7 @@
 //! stderr is not a terminal), the summary to stdout.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -23,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use adstore_ingest::{ParseOptions, parse_ndjson};
 use adstore_storage::{ColumnId, EventBatch};
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::ArrowError;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -41,7 +47,9 @@ pub enum WireFormat {
 
 #[derive(clap::Args)]
 pub struct IngestArgs {
-    /// NDJSON file to load, or - for stdin.
+    /// NDJSON file or Arrow IPC stream (as `adstore gen --format arrow`
+    /// writes) to load, or - for stdin. An Arrow input is sent as Arrow IPC
+    /// whatever --format says.
     input: String,
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -68,13 +76,24 @@ const READ_CHUNK: usize = 1 << 20;
 /// Per-line errors printed at the end.
 const SHOWN_ERRORS: usize = 20;
 
-/// A run of whole lines of the input.
+/// The first bytes of an Arrow IPC stream: the continuation marker of its
+/// schema message. No NDJSON text starts with 0xFF.
+const ARROW_STREAM_START: [u8; 4] = [0xFF; 4];
+
+/// A run of whole lines, or of rows, of the input.
 struct Batch {
-    /// 1-based line number of the first line.
+    /// 1-based line (NDJSON) or row (Arrow input) number of the first event.
     first_line: usize,
-    /// Non-blank lines, i.e. events.
+    /// Non-blank lines or rows, i.e. events.
     events: u64,
-    body: Vec<u8>,
+    body: Payload,
+}
+
+enum Payload {
+    /// NDJSON lines as read.
+    Lines(Vec<u8>),
+    /// Rows of an Arrow input, encoded by the worker that sends them.
+    Rows(RecordBatch),
 }
 
 /// Cuts a byte stream into batches of whole lines.
@@ -138,8 +157,40 @@ impl<R: Read> Splitter<R> {
         self.next_line += lines;
         self.scanned = 0;
         self.newlines = 0;
-        Batch { first_line, events, body }
+        Batch { first_line, events, body: Payload::Lines(body) }
     }
+}
+
+/// Reads an Arrow IPC stream and queues its rows in slices of `rows`.
+/// Stops early when `stop` is set or the workers are gone.
+fn queue_arrow_rows(
+    input: impl Read,
+    path: &str,
+    rows: usize,
+    tx: &mpsc::SyncSender<Batch>,
+    stop: &AtomicBool,
+) -> Result<(), ServerError> {
+    let bad = |source| ServerError::ArrowInput { path: path.to_string(), source };
+    let reader = StreamReader::try_new(input, None).map_err(bad)?;
+    let mut next_row = 1;
+    for record in reader {
+        let record = record.map_err(bad)?;
+        let mut offset = 0;
+        while offset < record.num_rows() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let len = (record.num_rows() - offset).min(rows);
+            let batch =
+                Batch { first_line: next_row, events: len as u64, body: Payload::Rows(record.slice(offset, len)) };
+            if tx.send(batch).is_err() {
+                return Ok(());
+            }
+            next_row += len;
+            offset += len;
+        }
+    }
+    Ok(())
 }
 
 /// The server's answer to an ingest request (`{"accepted",…}`).
@@ -195,6 +246,11 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(f), len)
     };
+    let mut input = BufReader::with_capacity(READ_CHUNK, input);
+    let arrow_input = input
+        .fill_buf()
+        .map(|start| start.starts_with(&ARROW_STREAM_START))
+        .map_err(|source| ServerError::Io { path: args.input.clone(), source })?;
     let endpoint =
         format!("{}/v1/events{}", args.url.trim_end_matches('/'), if args.backfill { "?mode=backfill" } else { "" });
     let progress = progress_bar(total_bytes);
@@ -215,7 +271,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
         let worker = Worker {
             agent: agent.clone(),
             endpoint: endpoint.clone(),
-            format: args.format,
+            format: if arrow_input { Sent::ArrowRows } else { Sent::from(args.format) },
             max_attempts: args.max_attempts,
             totals: totals.clone(),
             progress: progress.clone(),
@@ -239,19 +295,23 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
         workers.push(handle);
     }
 
-    let mut splitter = Splitter::new(input);
     let mut read_error = None;
-    while !stop.load(Ordering::Relaxed) {
-        match splitter.next_batch(args.batch_size) {
-            Ok(Some(batch)) => {
-                if tx.send(batch).is_err() {
+    if arrow_input {
+        read_error = queue_arrow_rows(input, &args.input, args.batch_size, &tx, &stop).err();
+    } else {
+        let mut splitter = Splitter::new(input);
+        while !stop.load(Ordering::Relaxed) {
+            match splitter.next_batch(args.batch_size) {
+                Ok(Some(batch)) => {
+                    if tx.send(batch).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    read_error = Some(ServerError::Io { path: args.input.clone(), source });
                     break;
                 }
-            }
-            Ok(None) => break,
-            Err(source) => {
-                read_error = Some(ServerError::Io { path: args.input.clone(), source });
-                break;
             }
         }
     }
@@ -297,11 +357,31 @@ fn progress_bar(total_bytes: Option<u64>) -> ProgressBar {
     pb
 }
 
+/// What the workers send.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// NDJSON lines as they are.
+    Lines,
+    /// NDJSON lines parsed client-side into Arrow IPC.
+    ParsedLines,
+    /// The rows of an Arrow input.
+    ArrowRows,
+}
+
+impl From<WireFormat> for Sent {
+    fn from(f: WireFormat) -> Sent {
+        match f {
+            WireFormat::Ndjson => Sent::Lines,
+            WireFormat::Arrow => Sent::ParsedLines,
+        }
+    }
+}
+
 /// One sending thread's view of the run.
 struct Worker {
     agent: ureq::Agent,
     endpoint: String,
-    format: WireFormat,
+    format: Sent,
     max_attempts: u32,
     totals: Arc<Totals>,
     progress: ProgressBar,
@@ -324,16 +404,24 @@ impl Worker {
     fn send(&self, batch: Batch) {
         let t = &self.totals;
         t.sent.fetch_add(batch.events, Ordering::Relaxed);
-        let raw_len = batch.body.len() as u64;
-        let (body, content_type, client_rejected) = match self.format {
-            WireFormat::Ndjson => (Some(batch.body), "application/x-ndjson", 0),
-            WireFormat::Arrow => match to_arrow(&batch.body, batch.first_line, t) {
-                Ok((body, rejected)) => (body, "application/vnd.apache.arrow.stream", rejected),
-                Err(e) => {
-                    self.fail(format!("lines {}..: cannot encode Arrow IPC: {e}", batch.first_line));
-                    return;
-                }
-            },
+        const ARROW: &str = "application/vnd.apache.arrow.stream";
+        let encoded = match (self.format, batch.body) {
+            (Sent::Lines, Payload::Lines(lines)) => Ok((lines.len() as u64, Some(lines), "application/x-ndjson", 0)),
+            (Sent::ParsedLines, Payload::Lines(lines)) => to_arrow(&lines, batch.first_line, t)
+                .map(|(body, rejected)| (lines.len() as u64, body, ARROW, rejected)),
+            (_, Payload::Rows(record)) => {
+                encode_record_batch(&record).map(|body| (body.len() as u64, Some(body), ARROW, 0))
+            }
+            (Sent::ArrowRows, Payload::Lines(_)) => {
+                Err(ArrowError::InvalidArgumentError("lines from an Arrow input".into()))
+            }
+        };
+        let (raw_len, body, content_type, client_rejected) = match encoded {
+            Ok(e) => e,
+            Err(e) => {
+                self.fail(format!("{} {}..: cannot encode Arrow IPC: {e}", self.unit(), batch.first_line));
+                return;
+            }
         };
         t.rejected.fetch_add(client_rejected, Ordering::Relaxed);
         let mut attempt = 1;
@@ -350,8 +438,11 @@ impl Worker {
                     t.rejected.fetch_add(reply.rejected, Ordering::Relaxed);
                     for e in reply.errors {
                         let at = match self.format {
-                            WireFormat::Ndjson => format!("line {}", batch.first_line + e.line - 1),
-                            WireFormat::Arrow => format!("row {} of the batch from line {}", e.line, batch.first_line),
+                            Sent::Lines => format!("line {}", batch.first_line + e.line - 1),
+                            Sent::ParsedLines => {
+                                format!("row {} of the batch from line {}", e.line, batch.first_line)
+                            }
+                            Sent::ArrowRows => format!("row {}", batch.first_line + e.line - 1),
                         };
                         let field = e.field.map(|f| format!(" {f}:")).unwrap_or_default();
                         t.note_error(format!("{at}:{field} {}", e.reason));
@@ -368,16 +459,25 @@ impl Worker {
                     attempt += 1;
                 }
                 Attempt::Retry { why, .. } => {
-                    self.fail(format!("lines {}..: gave up after {attempt} attempts: {why}", batch.first_line));
+                    self.fail(format!(
+                        "{} {}..: gave up after {attempt} attempts: {why}",
+                        self.unit(),
+                        batch.first_line
+                    ));
                     break;
                 }
                 Attempt::Fatal(why) => {
-                    self.fail(format!("lines {}..: {why}", batch.first_line));
+                    self.fail(format!("{} {}..: {why}", self.unit(), batch.first_line));
                     break;
                 }
             }
         }
         self.advance(raw_len);
+    }
+
+    /// What the input is counted in, for messages.
+    fn unit(&self) -> &'static str {
+        if self.format == Sent::ArrowRows { "rows" } else { "lines" }
     }
 
     /// Moves the progress bar past a finished batch of `raw_len` input bytes.
@@ -473,13 +573,22 @@ fn to_arrow(body: &[u8], first_line: usize, totals: &Totals) -> Result<(Option<V
 
 /// The input columns of `batch` (all but the seal-time ones) as an Arrow IPC stream.
 pub fn encode_arrow_ipc(batch: &EventBatch) -> Result<Vec<u8>, ArrowError> {
+    encode_record_batch(&input_columns(batch)?)
+}
+
+/// The input columns of `batch`: all but the seal-time ones.
+pub fn input_columns(batch: &EventBatch) -> Result<RecordBatch, ArrowError> {
     // Invariant: the seal-time columns (`attributed`, `attributed_to`,
     // `invalid_reason`) are the last ones of the event schema.
     let input: Vec<usize> = (0..ColumnId::Attributed.index()).collect();
-    let record = batch.record_batch().project(&input)?;
+    batch.record_batch().project(&input)
+}
+
+/// One record batch as an Arrow IPC stream (schema, batch, end marker).
+fn encode_record_batch(record: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
     let mut out = Vec::with_capacity(record.get_array_memory_size() + 4096);
     let mut writer = StreamWriter::try_new(&mut out, &record.schema())?;
-    writer.write(&record)?;
+    writer.write(record)?;
     writer.finish()?;
     drop(writer);
     Ok(out)
@@ -526,7 +635,8 @@ mod tests {
         let mut s = Splitter::new(Dribble(input, chunk_reads));
         let mut out = Vec::new();
         while let Some(b) = s.next_batch(lines).expect("read") {
-            out.push((b.first_line, b.events, b.body));
+            let Payload::Lines(body) = b.body else { panic!("the splitter cuts lines") };
+            out.push((b.first_line, b.events, body));
         }
         out
     }
