@@ -199,7 +199,10 @@ fn time_bound(c: &Expr, plan: &LogicalPlan) -> Option<(i64, i64, bool)> {
 }
 
 fn dim_filter(c: &Expr, plan: &LogicalPlan) -> Option<DimFilter> {
-    let string_col = |e: &Expr| slot_col(e, plan).filter(|c| c.spec().kind == ColumnKind::Str);
+    // String columns, and enum columns (`type`, `invalid_reason`) that SQL
+    // compares by name: storage tests either on its stored codes.
+    let string_col =
+        |e: &Expr| slot_col(e, plan).filter(|c| c.spec().kind == ColumnKind::Str || c.enum_names().is_some());
     match c {
         Expr::Bin(op @ (BinOp::Eq | BinOp::NotEq), a, b, _) => {
             let (col, v) = match (string_col(a), string_col(b), a.as_ref(), b.as_ref()) {

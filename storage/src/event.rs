@@ -206,6 +206,18 @@ impl ColumnId {
     pub fn from_index(index: usize) -> Option<ColumnId> {
         COLUMNS.get(index).map(|c| c.id)
     }
+
+    /// For a `U8` enum column (`type`, `invalid_reason`), the name of each
+    /// code, indexed by code: what SQL compares it as.
+    pub fn enum_names(self) -> Option<&'static [&'static str]> {
+        const TYPES: [&str; 3] = ["impression", "click", "conversion"];
+        const REASONS: [&str; 5] = ["", "unattributed", "too_fast", "click_flood", "bot_ua"];
+        match self {
+            ColumnId::Type => Some(&TYPES),
+            ColumnId::InvalidReason => Some(&REASONS),
+            _ => None,
+        }
+    }
 }
 
 /// The Arrow schema of [`EventBatch`]: `type` and `invalid_reason` are
@@ -617,5 +629,25 @@ mod tests {
         let rb = RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![1])) as ArrayRef)]).expect("batch");
         let err = EventBatch::try_new(rb).expect_err("must fail");
         assert!(err.to_string().contains("expected 23 columns"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod enum_name_tests {
+    use super::*;
+
+    #[test]
+    fn enum_names_are_the_codes_names() {
+        let types = ColumnId::Type.enum_names().expect("type is an enum");
+        assert_eq!(types.len(), EventType::ALL.len());
+        for t in EventType::ALL {
+            assert_eq!(types[t as usize], t.as_str());
+        }
+        let reasons = ColumnId::InvalidReason.enum_names().expect("invalid_reason is an enum");
+        assert_eq!(reasons.len(), InvalidReason::ALL.len());
+        for r in InvalidReason::ALL {
+            assert_eq!(reasons[r as usize], r.as_str());
+        }
+        assert_eq!(ColumnId::Device.enum_names(), None);
     }
 }

@@ -54,7 +54,9 @@ impl TimeRange {
 }
 
 /// `column IN (values)`, or `column NOT IN (values)` when `negated`.
-/// NULL never matches either (SQL semantics).
+/// NULL never matches either (SQL semantics). The column is a string
+/// column, or an enum column (`type`, `invalid_reason`) compared by the
+/// names of its codes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DimFilter {
     pub column: ColumnId,
@@ -87,9 +89,9 @@ pub struct ScanRequest {
 impl ScanRequest {
     fn validate(&self) -> Result<()> {
         for f in &self.filters {
-            if f.column.spec().kind != ColumnKind::Str {
+            if f.column.spec().kind != ColumnKind::Str && f.column.enum_names().is_none() {
                 return Err(StorageError::Internal(format!(
-                    "dimension filter on non-string column {}",
+                    "dimension filter on column {}, neither a string nor an enum",
                     f.column.name()
                 )));
             }
@@ -368,9 +370,15 @@ struct CodeVerdict(Vec<bool>);
 
 impl CodeVerdict {
     fn new(dict_len: usize, matches: impl Fn(u32) -> bool) -> CodeVerdict {
-        // One slot past the dictionary, always false, for codes outside it
+        CodeVerdict::of_table((0..=dict_len as u32).map(matches).collect())
+    }
+
+    /// `table[c]`: whether code `c` matches.
+    fn of_table(mut table: Vec<bool>) -> CodeVerdict {
+        // One slot past the table, always false, for codes outside it
         // (never written; a block's codes are checked by its CRC).
-        CodeVerdict((0..=dict_len as u32).map(matches).chain([false]).collect())
+        table.push(false);
+        CodeVerdict(table)
     }
 
     fn holds(&self, code: i64) -> bool {
@@ -397,12 +405,17 @@ pub fn scan_block(seg: &SegmentScan, block: &BlockScan, req: &ScanRequest) -> Re
         }
     }
     for f in &seg.row_filters {
-        selection = match reader.dictionary(f.column) {
-            Some(dict) => {
+        selection = match (reader.dictionary(f.column), f.column.enum_names()) {
+            (Some(dict), _) => {
                 let verdict = CodeVerdict::new(dict.len(), |c| f.matches_str(dict.value(c)));
                 reader.select_rows(f.column, block.block, selection, |c| verdict.holds(c))?
             }
-            None => {
+            (None, Some(names)) => {
+                // Enum codes start at 0 (no NULL code): `names[c]`.
+                let verdict = CodeVerdict::of_table(names.iter().map(|n| f.matches_str(Some(n))).collect());
+                reader.select_rows(f.column, block.block, selection, |c| verdict.holds(c))?
+            }
+            (None, None) => {
                 let ColumnData::Str(a) = reader.read_column(f.column, block.block)? else {
                     return Err(StorageError::Internal(format!("filter on non-string column {}", f.column.name())));
                 };
@@ -452,16 +465,38 @@ fn head_column(batch: &EventBatch, c: ColumnId) -> ColumnData {
     }
 }
 
+/// A filtered column of a head chunk.
+enum HeadColumn<'a> {
+    Str(&'a arrow_array::StringArray),
+    /// Codes and the name of each.
+    Enum(&'a [u8], &'static [&'static str]),
+}
+
+impl HeadColumn<'_> {
+    fn value(&self, i: usize) -> Option<&str> {
+        match self {
+            HeadColumn::Str(a) => (!a.is_null(i)).then(|| a.value(i)),
+            HeadColumn::Enum(codes, names) => names.get(usize::from(codes[i])).copied(),
+        }
+    }
+}
+
 fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBatch>> {
     let batch = &chunk.batch;
     let ts = batch.ts();
-    let filters: Vec<(&DimFilter, &arrow_array::StringArray)> =
-        req.filters.iter().map(|f| (f, batch.str_column(f.column))).collect();
-    let idx: Vec<u32> = (0..batch.num_rows())
-        .filter(|&i| {
-            req.time_range.contains(ts[i])
-                && filters.iter().all(|(f, a)| f.matches_str((!a.is_null(i)).then(|| a.value(i))))
+    let filters: Vec<(&DimFilter, HeadColumn<'_>)> = req
+        .filters
+        .iter()
+        .map(|f| {
+            let col = match f.column.enum_names() {
+                Some(names) => HeadColumn::Enum(batch.u8_column(f.column).values(), names),
+                None => HeadColumn::Str(batch.str_column(f.column)),
+            };
+            (f, col)
         })
+        .collect();
+    let idx: Vec<u32> = (0..batch.num_rows())
+        .filter(|&i| req.time_range.contains(ts[i]) && filters.iter().all(|(f, c)| f.matches_str(c.value(i))))
         .map(|i| i as u32)
         .collect();
     if idx.is_empty() {

@@ -21,3 +21,4 @@ SELECT count(*) FROM events WHERE (device = 'mobile' OR device IS NULL) AND coun
 SELECT count(*) FROM events WHERE user_key IN ('u01', 'u02') AND placement <> 'feed';
 SELECT count(*) FROM events WHERE type = 'nonsense';
 SELECT count(*) FROM events WHERE campaign_id < 'a2' AND campaign_id >= 'a1-c2';
+SELECT type, invalid_reason, count(*) FROM events WHERE type <> 'impression' AND invalid_reason NOT IN ('') GROUP BY 1, 2 ORDER BY 1, 2;

@@ -2,3 +2,4 @@ EXPLAIN SELECT campaign_id, count(*) FROM events WHERE advertiser_id = 'a1' AND 
 EXPLAIN SELECT count(*) FROM events WHERE advertiser_id = 'zzz';
 EXPLAIN SELECT event_id FROM events WHERE device <> 'mobile' AND cost_micros > 10 ORDER BY ts DESC LIMIT 10;
 EXPLAIN SELECT sum(clicks) FROM metrics WHERE ts >= now() - INTERVAL '1 hour';
+EXPLAIN SELECT count(*) FROM events WHERE type = 'click' AND invalid_reason IN ('too_fast', 'bot_ua');
