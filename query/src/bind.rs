@@ -1115,7 +1115,7 @@ impl Binder {
         if e.has_slots() || matches!(e, Expr::Lit(..)) {
             return Ok(e);
         }
-        let batch = crate::expr::Batch { rows: 1, cols: Vec::new() };
+        let batch = crate::expr::Batch::new(1, Vec::new());
         let v = crate::expr::eval(&e, &batch)?;
         let ty = e.ty();
         Ok(Expr::Lit(v.scalar(0, ty), ty))

@@ -107,7 +107,8 @@ fn make_batch<'a>(sb: &'a ScanBatch, plan: &PhysicalPlan, is_final: bool) -> Res
             }
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Batch { rows: sb.rows, cols })
+    let ts_slot = plan.logical.scan_cols.iter().position(|c| matches!(c, ScanCol::Event(ColumnId::Ts)));
+    Ok(Batch { rows: sb.rows, cols, ts_bounds: ts_slot.map(|i| (i, sb.ts_bounds.0, sb.ts_bounds.1)) })
 }
 
 /// Applies the residual filter; `None` when no row is left.
@@ -123,7 +124,7 @@ fn filtered<'a>(batch: Batch<'a>, plan: &PhysicalPlan) -> Result<Option<Batch<'a
         return Ok(Some(batch));
     }
     let cols = batch.cols.iter().map(|c| gather(c, &sel)).collect();
-    Ok(Some(Batch { rows: sel.len(), cols }))
+    Ok(Some(Batch { rows: sel.len(), cols, ts_bounds: batch.ts_bounds }))
 }
 
 fn output_types(l: &LogicalPlan) -> Vec<DataType> {
@@ -241,12 +242,12 @@ pub(crate) fn execute(
                 return Err(timeout());
             }
             let (ng, cols) = merger.into_inner().map_err(|_| poisoned())?.finish()?;
-            let post = Batch { rows: ng, cols };
+            let post = Batch::new(ng, cols);
             let post = match &aggregate.having {
                 None => post,
                 Some(h) => {
                     let sel = true_rows(&eval(h, &post)?, post.rows)?;
-                    Batch { rows: sel.len(), cols: post.cols.iter().map(|c| gather(c, &sel)).collect() }
+                    Batch::new(sel.len(), post.cols.iter().map(|c| gather(c, &sel)).collect())
                 }
             };
             let (outs, extras) = project(logical, &post)?;

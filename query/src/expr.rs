@@ -282,6 +282,16 @@ pub(crate) fn valid(v: &Validity, i: usize) -> bool {
 pub(crate) struct Batch<'a> {
     pub rows: usize,
     pub cols: Vec<Vector<'a>>,
+    /// The slot holding the event time, with bounds of its values, when the
+    /// batch comes from a scan: a time truncation that maps both bounds to
+    /// one value is that value on every row.
+    pub ts_bounds: Option<(usize, i64, i64)>,
+}
+
+impl<'a> Batch<'a> {
+    pub(crate) fn new(rows: usize, cols: Vec<Vector<'a>>) -> Batch<'a> {
+        Batch { rows, cols, ts_bounds: None }
+    }
 }
 
 impl Vector<'_> {
@@ -545,8 +555,8 @@ pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
             let choice: Vec<u32> = (0..n).map(|i| if eqb[i] && valid(&eqv, i) { u32::MAX } else { 0 }).collect();
             pick(&[av], a.ty(), &choice, n)?
         }
-        Expr::TimeBucket(w, x) => map_ints(&eval(x, b)?, n, |t| time_bucket(*w, t))?,
-        Expr::DateTrunc(u, x) => map_ints(&eval(x, b)?, n, |t| date_trunc(*u, t))?,
+        Expr::TimeBucket(w, x) => truncate(b, x, n, |t| time_bucket(*w, t))?,
+        Expr::DateTrunc(u, x) => truncate(b, x, n, |t| date_trunc(*u, t))?,
         Expr::Epoch(x) => {
             let v = eval(x, b)?;
             let (x, nv) = ints(&v, n)?;
@@ -555,14 +565,27 @@ pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
     })
 }
 
-fn map_ints<'a>(v: &Vector<'_>, n: usize, f: impl Fn(i64) -> i64) -> Result<Vector<'a>> {
-    if let Vector::Const(s) = v {
+/// Applies a timestamp truncation `f` (`date_trunc`, `time_bucket`: both
+/// non-decreasing) to `x`. When `x` is the event time and the batch's
+/// bounds of it truncate alike (a block spans minutes, a bucket is an
+/// hour or a day), every row does: the result is one constant, with no
+/// per-row work here or in grouping.
+fn truncate<'a>(b: &Batch<'_>, x: &Expr, n: usize, f: impl Fn(i64) -> i64) -> Result<Vector<'a>> {
+    if let (Expr::Slot(slot, _), Some((ts_slot, lo, hi))) = (x, b.ts_bounds)
+        && *slot == ts_slot
+        && lo <= hi
+        && f(lo) == f(hi)
+    {
+        return Ok(Vector::Const(Scalar::Ts(f(lo))));
+    }
+    let v = eval(x, b)?;
+    if let Vector::Const(s) = &v {
         return Ok(Vector::Const(match s {
             Scalar::Ts(t) | Scalar::Int(t) => Scalar::Ts(f(*t)),
             _ => Scalar::Null,
         }));
     }
-    let (x, nv) = ints(v, n)?;
+    let (x, nv) = ints(&v, n)?;
     Ok(Vector::Int(Cow::Owned(x.iter().map(|&t| f(t)).collect()), nv.into_owned()))
 }
 

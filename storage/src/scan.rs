@@ -177,6 +177,10 @@ pub struct ScanBatch {
     pub source: ScanSource,
     pub rows: usize,
     pub columns: Vec<ColumnData>,
+    /// `(min, max)` bounds of the rows' `ts` (of the whole block or chunk,
+    /// so possibly wider than the rows kept): lets a consumer see that a
+    /// time truncation is the same for every row without reading `ts`.
+    pub ts_bounds: (i64, i64),
 }
 
 impl Snapshot {
@@ -436,7 +440,16 @@ pub fn scan_block(seg: &SegmentScan, block: &BlockScan, req: &ScanRequest) -> Re
             Selection::Rows(idx) => reader.read_column_at(c, block.block, idx),
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Some(ScanBatch { source: ScanSource::Segment { id: reader.id(), block: block.block }, rows, columns }))
+    let ts_bounds = match reader.block_stats(ColumnId::Ts, block.block).map(|s| &s.range) {
+        Some(ValueRange::Int { min, max }) => (*min, *max),
+        _ => (i64::MIN, i64::MAX),
+    };
+    Ok(Some(ScanBatch {
+        source: ScanSource::Segment { id: reader.id(), block: block.block },
+        rows,
+        columns,
+        ts_bounds,
+    }))
 }
 
 /// The rows of `data` at `idx`, in that order.
@@ -511,7 +524,9 @@ fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBa
             if all { data } else { gather(&data, &idx) }
         })
         .collect();
-    Ok(Some(ScanBatch { source: ScanSource::Head { lsn: chunk.lsn }, rows: idx.len(), columns }))
+    let ts_bounds =
+        idx.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &i| (lo.min(ts[i as usize]), hi.max(ts[i as usize])));
+    Ok(Some(ScanBatch { source: ScanSource::Head { lsn: chunk.lsn }, rows: idx.len(), columns, ts_bounds }))
 }
 
 #[cfg(test)]

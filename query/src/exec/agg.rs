@@ -82,6 +82,8 @@ pub(crate) struct KeyCol {
     pub domain: Domain,
     /// One more than the largest code.
     pub card: u64,
+    /// Every row has the same code (a constant key: grouping ignores it).
+    pub constant: bool,
 }
 
 fn float_key(f: f64) -> u64 {
@@ -92,12 +94,15 @@ fn float_key(f: f64) -> u64 {
 /// Turns a vector into codes for grouping.
 pub(crate) fn key_col(v: &Vector<'_>, ty: DataType, n: usize) -> Result<KeyCol> {
     Ok(match v {
-        Vector::Dict(codes, dict) => {
-            KeyCol { codes: codes.to_vec(), domain: Domain::Dict(dict.clone()), card: dict.len() as u64 + 1 }
-        }
+        Vector::Dict(codes, dict) => KeyCol {
+            codes: codes.to_vec(),
+            domain: Domain::Dict(dict.clone()),
+            card: dict.len() as u64 + 1,
+            constant: false,
+        },
         Vector::Const(s) => {
             let code = u32::from(!s.is_null());
-            KeyCol { codes: vec![code; n], domain: Domain::Values(Arc::new(vec![s.clone()])), card: 2 }
+            KeyCol { codes: vec![code; n], domain: Domain::Values(Arc::new(vec![s.clone()])), card: 2, constant: true }
         }
         Vector::Plain(_) => {
             let mut map: FxMap<&str, u32> = FxMap::default();
@@ -113,12 +118,17 @@ pub(crate) fn key_col(v: &Vector<'_>, ty: DataType, n: usize) -> Result<KeyCol> 
                 });
             }
             let card = values.len() as u64 + 1;
-            KeyCol { codes, domain: Domain::Values(Arc::new(values)), card }
+            KeyCol { codes, domain: Domain::Values(Arc::new(values)), card, constant: false }
         }
         Vector::Bool(..) => {
             let (b, nv) = bools(v, n)?;
             let codes = (0..n).map(|i| if valid(&nv, i) { 1 + u32::from(b[i]) } else { 0 }).collect();
-            KeyCol { codes, domain: Domain::Values(Arc::new(vec![Scalar::Bool(false), Scalar::Bool(true)])), card: 3 }
+            KeyCol {
+                codes,
+                domain: Domain::Values(Arc::new(vec![Scalar::Bool(false), Scalar::Bool(true)])),
+                card: 3,
+                constant: false,
+            }
         }
         Vector::Float(..) => {
             let (f, nv) = floats(v, n)?;
@@ -137,7 +147,7 @@ pub(crate) fn key_col(v: &Vector<'_>, ty: DataType, n: usize) -> Result<KeyCol> 
                 })
                 .collect();
             let card = values.len() as u64 + 1;
-            KeyCol { codes, domain: Domain::Values(Arc::new(values)), card }
+            KeyCol { codes, domain: Domain::Values(Arc::new(values)), card, constant: false }
         }
         Vector::Int(..) => {
             let (x, nv) = ints(v, n)?;
@@ -150,7 +160,12 @@ pub(crate) fn key_col(v: &Vector<'_>, ty: DataType, n: usize) -> Result<KeyCol> 
                 }
             }
             if lo > hi {
-                return Ok(KeyCol { codes: vec![0; n], domain: Domain::IntRange { base: 0, ts }, card: 1 });
+                return Ok(KeyCol {
+                    codes: vec![0; n],
+                    domain: Domain::IntRange { base: 0, ts },
+                    card: 1,
+                    constant: false,
+                });
             }
             let span = i128::from(hi) - i128::from(lo);
             if span < (1 << 20) {
@@ -158,7 +173,7 @@ pub(crate) fn key_col(v: &Vector<'_>, ty: DataType, n: usize) -> Result<KeyCol> 
                     None => x.iter().map(|&a| (a - lo) as u32 + 1).collect(),
                     Some(nv) => x.iter().zip(nv).map(|(&a, &ok)| if ok { (a - lo) as u32 + 1 } else { 0 }).collect(),
                 };
-                KeyCol { codes, domain: Domain::IntRange { base: lo, ts }, card: span as u64 + 2 }
+                KeyCol { codes, domain: Domain::IntRange { base: lo, ts }, card: span as u64 + 2, constant: false }
             } else {
                 let mut map: FxMap<i64, u32> = FxMap::default();
                 let mut values = Vec::new();
@@ -174,7 +189,7 @@ pub(crate) fn key_col(v: &Vector<'_>, ty: DataType, n: usize) -> Result<KeyCol> 
                     })
                     .collect();
                 let card = values.len() as u64 + 1;
-                KeyCol { codes, domain: Domain::Values(Arc::new(values)), card }
+                KeyCol { codes, domain: Domain::Values(Arc::new(values)), card, constant: false }
             }
         }
     })
@@ -188,10 +203,14 @@ pub(crate) struct Grouping {
     pub codes: Vec<u32>,
 }
 
-pub(crate) fn group(keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grouping> {
+pub(crate) fn group(all_keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grouping> {
+    // Constant keys (a time bucket that one block falls in) split nothing:
+    // group on the others, and give every group the constants' codes.
+    let keys: Vec<&KeyCol> = all_keys.iter().filter(|kc| !kc.constant).collect();
     let k = keys.len();
     if k == 0 {
-        return Ok(Grouping { gid: vec![0; n], ngroups: usize::from(n > 0), codes: Vec::new() });
+        let codes = if n > 0 { all_keys.iter().map(|kc| kc.codes[0]).collect() } else { Vec::new() };
+        return Ok(Grouping { gid: vec![0; n], ngroups: usize::from(n > 0), codes });
     }
     let too_many = || QueryError::TooManyGroups { max_groups };
     let product = keys.iter().try_fold(1u64, |acc, kc| acc.checked_mul(kc.card));
@@ -203,7 +222,7 @@ pub(crate) fn group(keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grou
         if ngroups >= max_groups {
             return Err(too_many());
         }
-        codes.extend(keys.iter().map(|kc| kc.codes[row]));
+        codes.extend(all_keys.iter().map(|kc| kc.codes[row]));
         ngroups += 1;
         Ok(ngroups as u32 - 1)
     };
@@ -272,7 +291,7 @@ pub(crate) fn group(keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grou
                 let mut map: FxMap<Box<[u32]>, u32> = FxMap::default();
                 let mut buf = vec![0u32; k];
                 for row in 0..n {
-                    for (b, kc) in buf.iter_mut().zip(keys) {
+                    for (b, kc) in buf.iter_mut().zip(&keys) {
                         *b = kc.codes[row];
                     }
                     let g = match map.get(buf.as_slice()) {
