@@ -204,18 +204,7 @@ impl SegmentReader {
     /// a gather that decodes bit-packed values in place instead of the
     /// whole block. The whole block's checksum is still verified.
     pub fn read_column_at(&self, col: ColumnId, block: usize, idx: &[u32]) -> Result<ColumnData> {
-        let meta = self.col(col);
-        let Some(b) = meta.blocks.get(block) else {
-            return Err(StorageError::Internal(format!(
-                "segment {}: block {block} of column {} out of range ({} blocks)",
-                self.id,
-                col.name(),
-                meta.blocks.len()
-            )));
-        };
-        let what = || format!("column {} block {block}", col.name());
-        let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
-        decode_block_at(meta, b, &raw, idx).map_err(|r| self.corrupt(format!("{}: {r}", what())))
+        self.read_picked(col, block, Pick::At(idx))
     }
 
     /// The rows of `within` (offsets in `block`) whose stored integer of
@@ -278,6 +267,10 @@ impl SegmentReader {
     /// run. The whole block's checksum is still verified. `rows` past the
     /// block is `Internal`.
     pub fn read_column_rows(&self, col: ColumnId, block: usize, rows: Range<usize>) -> Result<ColumnData> {
+        self.read_picked(col, block, Pick::Run(&rows))
+    }
+
+    fn read_picked(&self, col: ColumnId, block: usize, pick: Pick<'_>) -> Result<ColumnData> {
         let meta = self.col(col);
         let Some(b) = meta.blocks.get(block) else {
             return Err(StorageError::Internal(format!(
@@ -287,7 +280,9 @@ impl SegmentReader {
                 meta.blocks.len()
             )));
         };
-        if rows.start > rows.end || rows.end > b.rows as usize {
+        if let Pick::Run(rows) = pick
+            && (rows.start > rows.end || rows.end > b.rows as usize)
+        {
             return Err(StorageError::Internal(format!(
                 "segment {}: rows {rows:?} of column {} block {block} out of range ({} rows)",
                 self.id,
@@ -297,7 +292,7 @@ impl SegmentReader {
         }
         let what = || format!("column {} block {block}", col.name());
         let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
-        decode_block(meta, b, &raw, rows).map_err(|r| self.corrupt(format!("{}: {r}", what())))
+        decode_block(meta, b, &raw, pick).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
     /// The whole segment as one batch, rows in stored (sorted) order.
@@ -505,74 +500,61 @@ fn validate(f: &Footer, footer_start: u64) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Decodes `rows` of a block's raw (decompressed) bytes; the whole block
-/// is still checked to be exactly as long as its encoding says.
-fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], rows: Range<usize>) -> Result<ColumnData, Reason> {
-    let n = b.rows as usize;
-    let expect_all = |used: usize| {
-        if used == raw.len() { Ok(()) } else { Err(format!("{} trailing bytes", raw.len() - used)) }
-    };
-    let len = rows.len();
-    match (meta.kind, meta.encoding) {
-        (ColumnKind::I64, _) => {
-            let mut v = Vec::with_capacity(len);
-            expect_all(decode_ints_map(raw, n, rows, &mut v, |x| x)?)?;
-            Ok(ColumnData::I64(v))
+/// Which rows of a block to decode (offsets within the block).
+#[derive(Clone, Copy)]
+enum Pick<'a> {
+    /// A run: bit-packed values are read from its start.
+    Run(&'a Range<usize>),
+    /// These rows, in this order: each bit-packed value is read in place.
+    At(&'a [u32]),
+}
+
+impl Pick<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Pick::Run(r) => r.len(),
+            Pick::At(idx) => idx.len(),
         }
-        (ColumnKind::U8, _) => {
-            let mut v = Vec::with_capacity(len);
-            expect_all(decode_ints_map(raw, n, rows, &mut v, |x| x as u8)?)?;
-            Ok(ColumnData::U8(v))
-        }
-        (ColumnKind::Bool, _) => {
-            let mut v = Vec::with_capacity(len);
-            expect_all(decode_ints_map(raw, n, rows, &mut v, |x| x != 0)?)?;
-            Ok(ColumnData::Bool(v))
-        }
-        (ColumnKind::Str, Encoding::Dict) => {
-            let dict = meta.dict.clone().ok_or_else(|| "dictionary missing".to_string())?;
-            let mut codes = Vec::with_capacity(len);
-            expect_all(decode_ints_map(raw, n, rows, &mut codes, |x| x as u32)?)?;
-            let max = codes.iter().copied().max().unwrap_or(0);
-            if max as usize > dict.len() {
-                return Err(format!("code {max} past the dictionary ({} entries)", dict.len()));
-            }
-            Ok(ColumnData::Dict { codes, dict })
-        }
-        (ColumnKind::Str, _) => {
-            let all = decode_plain(raw, n)?;
-            Ok(ColumnData::Str(if len == n { all } else { all.slice(rows.start, len) }))
+    }
+
+    /// Decodes the picked values of an `n`-value integer block into `out`;
+    /// returns the bytes the whole block takes.
+    fn ints<T>(&self, raw: &[u8], n: usize, out: &mut Vec<T>, f: impl Fn(i64) -> T) -> Result<usize, Reason> {
+        match self {
+            Pick::Run(r) => decode_ints_map(raw, n, (*r).clone(), out, f),
+            Pick::At(idx) => decode_ints_at(raw, n, idx, out, f),
         }
     }
 }
 
-/// Decodes the rows at offsets `idx` of a block's raw bytes.
-fn decode_block_at(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], idx: &[u32]) -> Result<ColumnData, Reason> {
+/// Decodes the picked rows of a block's raw (decompressed) bytes; the
+/// whole block is still checked to be exactly as long as its encoding says.
+fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], pick: Pick<'_>) -> Result<ColumnData, Reason> {
     let n = b.rows as usize;
     let expect_all = |used: usize| {
         if used == raw.len() { Ok(()) } else { Err(format!("{} trailing bytes", raw.len() - used)) }
     };
-    let len = idx.len();
+    let len = pick.len();
     match (meta.kind, meta.encoding) {
         (ColumnKind::I64, _) => {
             let mut v = Vec::with_capacity(len);
-            expect_all(decode_ints_at(raw, n, idx, &mut v, |x| x)?)?;
+            expect_all(pick.ints(raw, n, &mut v, |x| x)?)?;
             Ok(ColumnData::I64(v))
         }
         (ColumnKind::U8, _) => {
             let mut v = Vec::with_capacity(len);
-            expect_all(decode_ints_at(raw, n, idx, &mut v, |x| x as u8)?)?;
+            expect_all(pick.ints(raw, n, &mut v, |x| x as u8)?)?;
             Ok(ColumnData::U8(v))
         }
         (ColumnKind::Bool, _) => {
             let mut v = Vec::with_capacity(len);
-            expect_all(decode_ints_at(raw, n, idx, &mut v, |x| x != 0)?)?;
+            expect_all(pick.ints(raw, n, &mut v, |x| x != 0)?)?;
             Ok(ColumnData::Bool(v))
         }
         (ColumnKind::Str, Encoding::Dict) => {
             let dict = meta.dict.clone().ok_or_else(|| "dictionary missing".to_string())?;
             let mut codes = Vec::with_capacity(len);
-            expect_all(decode_ints_at(raw, n, idx, &mut codes, |x| x as u32)?)?;
+            expect_all(pick.ints(raw, n, &mut codes, |x| x as u32)?)?;
             let max = codes.iter().copied().max().unwrap_or(0);
             if max as usize > dict.len() {
                 return Err(format!("code {max} past the dictionary ({} entries)", dict.len()));
@@ -581,12 +563,16 @@ fn decode_block_at(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], idx: &[u32]) ->
         }
         (ColumnKind::Str, _) => {
             let all = decode_plain(raw, n)?;
-            if let Some(&i) = idx.iter().find(|&&i| i as usize >= n) {
-                return Err(format!("row {i} outside a block of {n}"));
-            }
-            let picked: StringArray =
-                idx.iter().map(|&i| (!all.is_null(i as usize)).then(|| all.value(i as usize))).collect();
-            Ok(ColumnData::Str(picked))
+            Ok(ColumnData::Str(match pick {
+                Pick::Run(r) if r.len() == n => all,
+                Pick::Run(r) => all.slice(r.start, r.len()),
+                Pick::At(idx) => {
+                    if let Some(&i) = idx.iter().find(|&&i| i as usize >= n) {
+                        return Err(format!("row {i} outside a block of {n}"));
+                    }
+                    idx.iter().map(|&i| (!all.is_null(i as usize)).then(|| all.value(i as usize))).collect()
+                }
+            }))
         }
     }
 }
