@@ -329,6 +329,14 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
+def settle_machine():
+    """Before a suite: flush the page cache's dirty pages (a load just wrote
+    gigabytes) and let the writeback finish, so it does not compete with the
+    timed queries of whichever engine comes first."""
+    os.sync()
+    time.sleep(2)
+
+
 def duckdb_worker(args, suite):
     import duckdb
 
@@ -369,6 +377,7 @@ def duckdb_worker(args, suite):
             return [d[0] for d in cur.description], cur.fetchall()
         return fn
 
+    settle_machine()
     results = {}
     for q in suite:
         (names, raw), times = run_timed(query(q["sql"]["duckdb"]), args.runs)
@@ -434,6 +443,7 @@ def chdb_worker(args, suite):
             return sess.query(sql, "JSONCompact").data()
         return fn
 
+    settle_machine()
     results = {}
     for q in suite:
         raw, times = run_timed(query(q["sql"]["chdb"]), args.runs)
@@ -646,6 +656,7 @@ def adstore_queries(server: AdstoreServer, suite, runs: int) -> dict:
     if status in (404, 405):
         raise BenchError("adstore has no POST /v1/sql yet (HTTP %d): the query engine is not merged. "
                          "Run with --engines duckdb,chdb, or merge the query engine." % status)
+    settle_machine()
     results = {}
     for q in suite:
         elapsed = []
@@ -736,7 +747,8 @@ def write_report(out: Path, ctx: dict) -> Path:
         f"--span {GEN_SPAN_DAYS}d`), {fmt_bytes(ctx['data_bytes'])} of NDJSON; "
         f"{ctx['distinct_rows']:,} events after de-duplication by (publisher_id, type, event_id).",
         f"- Engines: {', '.join(engines)}; each limited to {ctx['threads']} threads and run alone, one after the other.",
-        f"- Query times: client-side wall time, median of {ctx['runs']} runs after one warm-up run.",
+        f"- Query times: client-side wall time, median of {ctx['runs']} runs after one warm-up run; each engine's "
+        "suite starts after `sync` and 2 s of quiet (a load leaves gigabytes of dirty pages to write back).",
         f"- The harness took {ctx['harness_s'] / 60:.1f} min (generation, loads, suites; not the release build)."
         if ctx.get("harness_s") else "",
         f"- Ratios are engine time / {base} time (above 1: {base} is faster)." if base else "",
