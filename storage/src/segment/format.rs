@@ -220,6 +220,16 @@ pub(crate) fn pack(values: impl IntoIterator<Item = u64>, width: u32, out: &mut 
     out.extend_from_slice(&acc.to_le_bytes()[..tail]);
 }
 
+/// The bytes holding the first `n` values of `width` bits, after checking
+/// the width and that they are all there.
+fn packed_prefix(packed: &[u8], width: u32, n: usize) -> Result<&[u8], Reason> {
+    if width > 64 {
+        return Err(format!("bit width {width} exceeds 64"));
+    }
+    let need = packed_len(n, width);
+    packed.get(..need).ok_or_else(|| format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()))
+}
+
 /// Unpacks `n` values of `width` bits from `packed` and appends `f(value)`
 /// for each to `out`. See [`unpack_range`].
 #[cfg(test)]
@@ -245,14 +255,7 @@ pub(crate) fn unpack_range<T>(
     out: &mut Vec<T>,
     f: impl Fn(u64) -> T,
 ) -> Result<(), Reason> {
-    if width > 64 {
-        return Err(format!("bit width {width} exceeds 64"));
-    }
-    let need = packed_len(rows.end, width);
-    if packed.len() < need {
-        return Err(format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()));
-    }
-    let packed = &packed[..need];
+    let packed = packed_prefix(packed, width, rows.end)?;
     out.reserve(rows.len());
     if width == 0 {
         out.extend(rows.map(|_| f(0)));
@@ -307,14 +310,7 @@ fn select_packed(
     out: &mut Vec<u32>,
     keep: impl Fn(u64) -> bool,
 ) -> Result<(), Reason> {
-    if width > 64 {
-        return Err(format!("bit width {width} exceeds 64"));
-    }
-    let need = packed_len(rows.end, width);
-    if packed.len() < need {
-        return Err(format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()));
-    }
-    let packed = &packed[..need];
+    let packed = packed_prefix(packed, width, rows.end)?;
     let base = out.len();
     out.resize(base + rows.len(), 0);
     let slots = &mut out[base..];
@@ -357,17 +353,10 @@ fn unpack_at<T>(
     out: &mut Vec<T>,
     f: impl Fn(u64) -> T,
 ) -> Result<(), Reason> {
-    if width > 64 {
-        return Err(format!("bit width {width} exceeds 64"));
-    }
-    let need = packed_len(n, width);
-    if packed.len() < need {
-        return Err(format!("bit-packed data truncated: need {need} bytes, have {}", packed.len()));
-    }
+    let packed = packed_prefix(packed, width, n)?;
     if let Some(&i) = idx.iter().find(|&&i| i as usize >= n) {
         return Err(format!("row {i} outside a block of {n}"));
     }
-    let packed = &packed[..need];
     out.reserve(idx.len());
     if width == 0 {
         out.extend(idx.iter().map(|_| f(0)));

@@ -218,15 +218,7 @@ impl SegmentReader {
         within: Selection,
         keep: impl Fn(i64) -> bool,
     ) -> Result<Selection> {
-        let meta = self.col(col);
-        let Some(b) = meta.blocks.get(block) else {
-            return Err(StorageError::Internal(format!(
-                "segment {}: block {block} of column {} out of range ({} blocks)",
-                self.id,
-                col.name(),
-                meta.blocks.len()
-            )));
-        };
+        let (meta, b) = self.block_meta(col, block)?;
         if meta.encoding == Encoding::PlainStr {
             return Err(StorageError::Internal(format!("select_rows on plain string column {}", col.name())));
         }
@@ -271,15 +263,7 @@ impl SegmentReader {
     }
 
     fn read_picked(&self, col: ColumnId, block: usize, pick: Pick<'_>) -> Result<ColumnData> {
-        let meta = self.col(col);
-        let Some(b) = meta.blocks.get(block) else {
-            return Err(StorageError::Internal(format!(
-                "segment {}: block {block} of column {} out of range ({} blocks)",
-                self.id,
-                col.name(),
-                meta.blocks.len()
-            )));
-        };
+        let (meta, b) = self.block_meta(col, block)?;
         if let Pick::Run(rows) = pick
             && (rows.start > rows.end || rows.end > b.rows as usize)
         {
@@ -327,6 +311,20 @@ impl SegmentReader {
             }
         }
         Ok(())
+    }
+
+    /// A column's metadata and that of one of its blocks; `Internal` past the last block.
+    fn block_meta(&self, col: ColumnId, block: usize) -> Result<(&ColumnMeta, &BlockMeta)> {
+        let meta = self.col(col);
+        let b = meta.blocks.get(block).ok_or_else(|| {
+            StorageError::Internal(format!(
+                "segment {}: block {block} of column {} out of range ({} blocks)",
+                self.id,
+                col.name(),
+                meta.blocks.len()
+            ))
+        })?;
+        Ok((meta, b))
     }
 
     fn col(&self, col: ColumnId) -> &ColumnMeta {
