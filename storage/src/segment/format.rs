@@ -243,6 +243,17 @@ pub(crate) fn unpack_map<T>(
     unpack_range(packed, width, 0..n, out, f)
 }
 
+/// The 64 bits of `packed` from bit `bit` on (unmasked), read through a
+/// zero-padded 16-byte window: for values whose 8-byte window would run
+/// past the end, and for widths over 56. `bit / 8` must be inside `packed`.
+fn read_padded(packed: &[u8], bit: usize) -> u64 {
+    let b = bit >> 3;
+    let end = (b + 16).min(packed.len());
+    let mut word = [0u8; 16];
+    word[..end - b].copy_from_slice(&packed[b..end]);
+    (u128::from_le_bytes(word) >> (bit & 7)) as u64
+}
+
 /// Unpacks values `rows.start .. rows.end` of `width` bits from `packed`
 /// (bit packing allows random access) and appends `f(value)` for each to
 /// `out`. The hot loop is one unaligned load, shift and mask per value, with
@@ -290,12 +301,7 @@ pub(crate) fn unpack_range<T>(
         }));
     }
     for i in fast.end..rows.end {
-        let bit = i * w;
-        let b = bit >> 3;
-        let end = (b + 16).min(packed.len());
-        let mut word = [0u8; 16];
-        word[..end - b].copy_from_slice(&packed[b..end]);
-        out.push(f(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask));
+        out.push(f(read_padded(packed, i * w) & mask));
     }
     Ok(())
 }
@@ -330,13 +336,8 @@ fn select_packed(
         kept += usize::from(keep((u64::from_le_bytes(word) >> (bit & 7)) & mask));
     }
     for i in fast.end..rows.end {
-        let bit = i * w;
-        let b = bit >> 3;
-        let end = (b + 16).min(packed.len());
-        let mut word = [0u8; 16];
-        word[..end - b].copy_from_slice(&packed[b..end]);
         slots[kept] = i as u32;
-        kept += usize::from(keep(((u128::from_le_bytes(word) >> (bit & 7)) as u64) & mask));
+        kept += usize::from(keep(read_padded(packed, i * w) & mask));
     }
     out.truncate(base + kept);
     Ok(())
@@ -372,11 +373,8 @@ fn unpack_at<T>(
             word.copy_from_slice(&packed[b..b + 8]);
             u64::from_le_bytes(word) >> (bit & 7)
         } else {
-            // The last values, and widths over 56: a zero-padded 16-byte window.
-            let end = (b + 16).min(packed.len());
-            let mut word = [0u8; 16];
-            word[..end - b].copy_from_slice(&packed[b..end]);
-            (u128::from_le_bytes(word) >> (bit & 7)) as u64
+            // The last values, and widths over 56.
+            read_padded(packed, bit)
         };
         f(v & mask)
     }));
@@ -423,6 +421,43 @@ pub(crate) fn encode_ints(values: &[i64], allow_delta: bool, out: &mut Vec<u8>) 
     pack(values.iter().map(|&v| v.wrapping_sub(min) as u64), for_width, out);
 }
 
+/// A frame-of-reference integer block: `min`, the bit width, the packed
+/// area of its `n` values, and the bytes the whole block takes.
+struct ForBlock<'a> {
+    min: i64,
+    width: u32,
+    packed: &'a [u8],
+    used: usize,
+}
+
+impl ForBlock<'_> {
+    fn value(&self, x: u64) -> i64 {
+        self.min.wrapping_add(x as i64)
+    }
+}
+
+/// The frame-of-reference block of `n` values at the start of `buf`, with
+/// its length checked; `None` for another tag.
+fn for_block(buf: &[u8], n: usize) -> Result<Option<ForBlock<'_>>, Reason> {
+    if buf.first() != Some(&INT_FOR) {
+        return Ok(None);
+    }
+    let mut d = Dec::new(buf);
+    d.u8()?;
+    let min = d.i64()?;
+    let width = u32::from(d.u8()?);
+    let start = d.pos();
+    let packed = packed_prefix(&buf[start..], width, n)?;
+    Ok(Some(ForBlock { min, width, packed, used: start + packed.len() }))
+}
+
+fn check_rows(rows: &Range<usize>, n: usize) -> Result<(), Reason> {
+    if rows.end > n || rows.start > rows.end {
+        return Err(format!("rows {rows:?} outside a block of {n}"));
+    }
+    Ok(())
+}
+
 /// Decodes an `n`-value integer block at the start of `buf` into `out`,
 /// returning the bytes consumed.
 #[cfg(test)]
@@ -442,46 +477,25 @@ pub(crate) fn decode_ints_map<T>(
     out: &mut Vec<T>,
     f: impl Fn(i64) -> T,
 ) -> Result<usize, Reason> {
-    if rows.end > n || rows.start > rows.end {
-        return Err(format!("rows {rows:?} outside a block of {n}"));
-    }
+    check_rows(&rows, n)?;
     if n == 0 {
         return Ok(0);
     }
+    if let Some(block) = for_block(buf, n)? {
+        unpack_range(block.packed, block.width, rows, out, |x| f(block.value(x)))?;
+        return Ok(block.used);
+    }
     let mut d = Dec::new(buf);
     match d.u8()? {
-        INT_FOR => {
-            let min = d.i64()?;
-            let width = u32::from(d.u8()?);
-            let start = d.pos();
-            let used = start + packed_len(n, width);
-            if buf.len() < used {
-                return Err(format!(
-                    "bit-packed data truncated: need {} bytes, have {}",
-                    used - start,
-                    buf.len() - start
-                ));
-            }
-            unpack_range(&buf[start..], width, rows, out, |x| f(min.wrapping_add(x as i64)))?;
-            Ok(used)
-        }
         INT_DELTA => {
             let first = d.i64()?;
             let dmin = d.i64()?;
             let width = u32::from(d.u8()?);
             let start = d.pos();
-            let used = start + packed_len(n - 1, width);
-            if buf.len() < used {
-                return Err(format!(
-                    "bit-packed data truncated: need {} bytes, have {}",
-                    used - start,
-                    buf.len() - start
-                ));
-            }
+            let packed = packed_prefix(&buf[start..], width, n - 1)?;
+            let used = start + packed.len();
             let mut deltas = Vec::with_capacity(rows.end.saturating_sub(1));
-            unpack_range(&buf[start..], width, 0..rows.end.saturating_sub(1), &mut deltas, |x| {
-                dmin.wrapping_add(x as i64)
-            })?;
+            unpack_range(packed, width, 0..rows.end.saturating_sub(1), &mut deltas, |x| dmin.wrapping_add(x as i64))?;
             out.reserve(rows.len());
             let mut acc = first;
             if rows.start == 0 && !rows.is_empty() {
@@ -510,14 +524,11 @@ pub(crate) fn decode_ints_at<T>(
     out: &mut Vec<T>,
     f: impl Fn(i64) -> T,
 ) -> Result<usize, Reason> {
-    if buf.first() == Some(&INT_FOR) && n > 0 {
-        let mut d = Dec::new(buf);
-        d.u8()?;
-        let min = d.i64()?;
-        let width = u32::from(d.u8()?);
-        let start = d.pos();
-        unpack_at(&buf[start..], width, n, idx, out, |x| f(min.wrapping_add(x as i64)))?;
-        return Ok(start + packed_len(n, width));
+    if n > 0
+        && let Some(block) = for_block(buf, n)?
+    {
+        unpack_at(block.packed, block.width, n, idx, out, |x| f(block.value(x)))?;
+        return Ok(block.used);
     }
     let mut all = Vec::with_capacity(n);
     let used = decode_ints_map(buf, n, 0..n, &mut all, |x| x)?;
@@ -540,21 +551,10 @@ pub(crate) fn select_ints(
     out: &mut Vec<u32>,
     keep: impl Fn(i64) -> bool,
 ) -> Result<usize, Reason> {
-    if rows.end > n || rows.start > rows.end {
-        return Err(format!("rows {rows:?} outside a block of {n}"));
-    }
-    if buf.first() == Some(&INT_FOR) {
-        let mut d = Dec::new(buf);
-        d.u8()?;
-        let min = d.i64()?;
-        let width = u32::from(d.u8()?);
-        let start = d.pos();
-        let used = start + packed_len(n, width);
-        if buf.len() < used {
-            return Err(format!("bit-packed data truncated: need {} bytes, have {}", used - start, buf.len() - start));
-        }
-        select_packed(&buf[start..], width, rows, out, |x| keep(min.wrapping_add(x as i64)))?;
-        return Ok(used);
+    check_rows(&rows, n)?;
+    if let Some(block) = for_block(buf, n)? {
+        select_packed(block.packed, block.width, rows, out, |x| keep(block.value(x)))?;
+        return Ok(block.used);
     }
     let mut values = Vec::with_capacity(rows.len());
     let used = decode_ints_map(buf, n, rows.clone(), &mut values, |x| x)?;
