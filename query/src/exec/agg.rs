@@ -201,6 +201,40 @@ pub(crate) struct Grouping {
     pub ngroups: usize,
     /// `ngroups * keys` codes, group by group.
     pub codes: Vec<u32>,
+    /// The rows as runs of one group, when runs are long (see [`runs_of`]).
+    pub runs: Option<Vec<Run>>,
+}
+
+/// Rows `previous end .. end` of a block all belong to group `gid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub end: u32,
+    pub gid: u32,
+}
+
+/// Shortest average run worth adding up run by run.
+const MIN_AVG_RUN: usize = 16;
+
+/// The runs of equal group ids, when they average at least
+/// [`MIN_AVG_RUN`] rows. Rows are sorted by advertiser, campaign, ad and
+/// time, so grouping by a prefix of that order, or by a time bucket that a
+/// block falls in, gives long runs: each run's total is then a tight sum
+/// over a slice, without a per-row store into a group's accumulator.
+fn runs_of(gid: &[u32]) -> Option<Vec<Run>> {
+    let n = gid.len();
+    let last = *gid.last()?;
+    let changes = gid.windows(2).filter(|w| w[0] != w[1]).count();
+    if (changes + 1) * MIN_AVG_RUN > n {
+        return None;
+    }
+    let mut runs = Vec::with_capacity(changes + 1);
+    for (i, w) in gid.windows(2).enumerate() {
+        if w[0] != w[1] {
+            runs.push(Run { end: i as u32 + 1, gid: w[0] });
+        }
+    }
+    runs.push(Run { end: n as u32, gid: last });
+    Some(runs)
 }
 
 pub(crate) fn group(all_keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grouping> {
@@ -210,7 +244,9 @@ pub(crate) fn group(all_keys: &[KeyCol], n: usize, max_groups: usize) -> Result<
     let k = keys.len();
     if k == 0 {
         let codes = if n > 0 { all_keys.iter().map(|kc| kc.codes[0]).collect() } else { Vec::new() };
-        return Ok(Grouping { gid: vec![0; n], ngroups: usize::from(n > 0), codes });
+        let gid = vec![0; n];
+        let runs = runs_of(&gid);
+        return Ok(Grouping { gid, ngroups: usize::from(n > 0), codes, runs });
     }
     let too_many = || QueryError::TooManyGroups { max_groups };
     let product = keys.iter().try_fold(1u64, |acc, kc| acc.checked_mul(kc.card));
@@ -307,7 +343,8 @@ pub(crate) fn group(all_keys: &[KeyCol], n: usize, max_groups: usize) -> Result<
             }
         }
     }
-    Ok(Grouping { gid, ngroups, codes })
+    let runs = runs_of(&gid);
+    Ok(Grouping { gid, ngroups, codes, runs })
 }
 
 /// The state of one aggregate over many groups (columnar, by group id).
@@ -380,14 +417,30 @@ macro_rules! for_rows {
 }
 
 /// Per-group totals of `value(i)` over the rows `0..n` (or the selection)
-/// of a block grouped by `gid`. A block has few groups and runs of rows in
-/// one group, so one accumulator per group makes every add wait for the
-/// previous one's store; four interleaved sets of accumulators, summed at
-/// the end, let four adds run at once.
-fn group_totals<T>(gid: &[u32], ng: usize, n: usize, sel: Option<&[u32]>, value: impl Fn(usize) -> T) -> Vec<T>
+/// of a block grouped by `g`. Long runs of one group are summed slice by
+/// slice. Otherwise a block has few groups and short runs, so one
+/// accumulator per group would make every add wait for the previous one's
+/// store; four interleaved sets of accumulators, summed at the end, let
+/// four adds run at once.
+fn group_totals<T>(g: &Grouping, n: usize, sel: Option<&[u32]>, value: impl Fn(usize) -> T) -> Vec<T>
 where
     T: Copy + Default + std::ops::AddAssign,
 {
+    let (gid, ng) = (&g.gid, g.ngroups);
+    if let (None, Some(runs)) = (sel, &g.runs) {
+        let mut acc = vec![T::default(); ng];
+        let mut start = 0;
+        for r in runs {
+            let end = (r.end as usize).min(n);
+            let mut total = T::default();
+            for i in start..end {
+                total += value(i);
+            }
+            acc[r.gid as usize] += total;
+            start = end;
+        }
+        return acc;
+    }
     const LANES: usize = 4;
     if ng > 4096 {
         // Many groups: consecutive rows rarely share one, and four copies
@@ -444,11 +497,11 @@ where
 /// Adds in i64 when no total can overflow it (the usual case: costs of a
 /// block), else in i128. `None` counts: every group of the block has a
 /// value (no NULLs, no selection).
-fn int_sums(x: &[i64], nv: &Validity, gid: &[u32], ng: usize, sel: Option<&[u32]>) -> (Vec<i128>, Option<Vec<i64>>) {
+fn int_sums(x: &[i64], nv: &Validity, g: &Grouping, sel: Option<&[u32]>) -> (Vec<i128>, Option<Vec<i64>>) {
     let n = x.len();
     let counts = match (nv, sel) {
         (None, None) => None,
-        _ => Some(group_totals(gid, ng, n, sel, |i| i64::from(valid(nv, i)))),
+        _ => Some(group_totals(g, n, sel, |i| i64::from(valid(nv, i)))),
     };
     // An upper bound of every |x| (OR of the magnitudes' bits; `v ^ (v >> 63)`
     // is |v| for v >= 0 and |v| - 1 below): a plain OR, which vectorizes.
@@ -456,11 +509,11 @@ fn int_sums(x: &[i64], nv: &Validity, gid: &[u32], ng: usize, sel: Option<&[u32]
     let bound = u128::from(bits) + 1;
     let fits_i64 = bound * (n as u128) < (1u128 << 63);
     let sums = match (fits_i64, nv) {
-        (true, None) => group_totals(gid, ng, n, sel, |i| x[i]).into_iter().map(i128::from).collect(),
+        (true, None) => group_totals(g, n, sel, |i| x[i]).into_iter().map(i128::from).collect(),
         (true, Some(v)) => {
-            group_totals(gid, ng, n, sel, |i| if v[i] { x[i] } else { 0 }).into_iter().map(i128::from).collect()
+            group_totals(g, n, sel, |i| if v[i] { x[i] } else { 0 }).into_iter().map(i128::from).collect()
         }
-        (false, _) => group_totals(gid, ng, n, sel, |i| if valid(nv, i) { i128::from(x[i]) } else { 0 }),
+        (false, _) => group_totals(g, n, sel, |i| if valid(nv, i) { i128::from(x[i]) } else { 0 }),
     };
     (sums, counts)
 }
@@ -497,11 +550,11 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
     };
     let missing = || QueryError::Internal("aggregate without argument".into());
     Ok(match spec.func {
-        AggFunc::CountStar => State::Count(group_totals(gid, ng, n, sel, |_| 1i64)),
+        AggFunc::CountStar => State::Count(group_totals(g, n, sel, |_| 1i64)),
         AggFunc::Count => {
             let (v, _) = arg.as_ref().ok_or_else(missing)?;
             let nv = validity(v, n);
-            State::Count(group_totals(gid, ng, n, sel, |i| i64::from(valid(&nv, i))))
+            State::Count(group_totals(g, n, sel, |i| i64::from(valid(&nv, i))))
         }
         AggFunc::Sum | AggFunc::Avg => {
             let (v, ty) = arg.as_ref().ok_or_else(missing)?;
@@ -524,10 +577,10 @@ pub(crate) fn update(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping) -> Result<
                 }
             } else {
                 let (x, nv) = ints(v, n)?;
-                let (sum, counts) = int_sums(&x, &nv, gid, ng, sel);
+                let (sum, counts) = int_sums(&x, &nv, g, sel);
                 match (avg, counts) {
                     (true, Some(count)) => State::AvgInt { sum, count },
-                    (true, None) => State::AvgInt { sum, count: group_totals(gid, ng, n, None, |_| 1i64) },
+                    (true, None) => State::AvgInt { sum, count: group_totals(g, n, None, |_| 1i64) },
                     (false, Some(count)) => State::SumInt { sum, seen: count.iter().map(|c| *c > 0).collect() },
                     (false, None) => State::SumInt { sum, seen: vec![true; ng] },
                 }
@@ -689,43 +742,101 @@ fn sum_case_fast(spec: &AggSpec, batch: &Batch<'_>, g: &Grouping, sel: Option<&[
     }
     let n = batch.rows;
     let (gid, ng) = (&g.gid, g.ngroups);
+    let value = eval(v, batch)?;
+    if let Vector::Const(Scalar::Int(a)) = value {
+        // Every row gives a value (THEN's or ELSE 0): a group is seen
+        // when it has a selected row.
+        let seen = match sel {
+            None => vec![true; ng],
+            Some(_) => group_totals(g, n, sel, |_| 1i64).into_iter().map(|c| c > 0).collect(),
+        };
+        let fits_i64 = i64::try_from(i128::from(a) * n as i128).is_ok();
+        if fits_i64 && let Some((codes, hits)) = code_verdict(c, batch)? {
+            let sum = const_sum_by_code(g, n, sel, codes, &hits, a);
+            return Ok(Some(State::SumInt { sum: sum.into_iter().map(i128::from).collect(), seen }));
+        }
+        let cond = eval(c, batch)?;
+        let (cb, cv) = bools(&cond, n)?;
+        let hit = |i: usize| cb[i] && valid(&cv, i);
+        let sum = if fits_i64 {
+            group_totals(g, n, sel, |i| if hit(i) { a } else { 0 }).into_iter().map(i128::from).collect()
+        } else {
+            group_totals(g, n, sel, |i| if hit(i) { i128::from(a) } else { 0 })
+        };
+        return Ok(Some(State::SumInt { sum, seen }));
+    }
     let cond = eval(c, batch)?;
     let (cb, cv) = bools(&cond, n)?;
-    let hit = |i: usize| cb[i] && valid(&cv, i);
-    match eval(v, batch)? {
-        Vector::Const(Scalar::Int(a)) => {
-            // Every row gives a value (THEN's or ELSE 0): a group is seen
-            // when it has a selected row.
-            let seen = match sel {
-                None => vec![true; ng],
-                Some(_) => group_totals(gid, ng, n, sel, |_| 1i64).into_iter().map(|c| c > 0).collect(),
-            };
-            let sum = match i64::try_from(i128::from(a) * n as i128) {
-                Ok(_) => {
-                    group_totals(gid, ng, n, sel, |i| if hit(i) { a } else { 0 }).into_iter().map(i128::from).collect()
-                }
-                Err(_) => group_totals(gid, ng, n, sel, |i| if hit(i) { i128::from(a) } else { 0 }),
-            };
-            Ok(Some(State::SumInt { sum, seen }))
+    let (x, xv) = ints(&value, n)?;
+    let mut sum = vec![0i128; ng];
+    let mut seen = vec![false; ng];
+    for_rows!(n, sel, |i| {
+        let gi = gid[i] as usize;
+        // A hit gives THEN's value, NULL or not; a miss gives 0.
+        if !(cb[i] && valid(&cv, i)) {
+            seen[gi] = true;
+        } else if valid(&xv, i) {
+            seen[gi] = true;
+            sum[gi] += i128::from(x[i]);
         }
-        val => {
-            let (x, xv) = ints(&val, n)?;
-            let mut sum = vec![0i128; ng];
-            let mut seen = vec![false; ng];
-            for_rows!(n, sel, |i| {
-                let gi = gid[i] as usize;
-                let h = hit(i);
-                // A hit gives THEN's value, NULL or not; a miss gives 0.
-                if !h {
-                    seen[gi] = true;
-                } else if valid(&xv, i) {
-                    seen[gi] = true;
-                    sum[gi] += i128::from(x[i]);
-                }
-            });
-            Ok(Some(State::SumInt { sum, seen }))
+    });
+    Ok(Some(State::SumInt { sum, seen }))
+}
+
+/// Dictionaries up to this size get a verdict per code (see [`code_verdict`]).
+const MAX_VERDICT_CODES: usize = 4096;
+
+/// When `cond` reads one column only, and that column is dictionary
+/// codes: the codes, and per code whether the condition holds (NULL
+/// counts as not). The condition is evaluated once per dictionary entry,
+/// on a batch holding each code once, instead of once per row.
+fn code_verdict<'b>(cond: &Expr, batch: &'b Batch<'_>) -> Result<Option<(&'b [u32], Vec<bool>)>> {
+    let mut slots = Vec::new();
+    cond.visit_slots(&mut |s| {
+        if !slots.contains(&s) {
+            slots.push(s);
         }
+    });
+    let [slot] = slots[..] else { return Ok(None) };
+    let Some(Vector::Dict(codes, dict)) = batch.cols.get(slot) else { return Ok(None) };
+    let m = dict.len() + 1;
+    if m > MAX_VERDICT_CODES || m > batch.rows {
+        return Ok(None);
     }
+    let cols = (0..batch.cols.len())
+        .map(|i| {
+            if i == slot {
+                Vector::Dict(Cow::Owned((0..m as u32).collect()), dict.clone())
+            } else {
+                Vector::Const(Scalar::Null)
+            }
+        })
+        .collect();
+    let probe = Batch::new(m, cols);
+    let verdict = eval(cond, &probe)?;
+    let (b, nv) = bools(&verdict, m)?;
+    Ok(Some((codes, (0..m).map(|c| b[c] && valid(&nv, c)).collect())))
+}
+
+/// Per-group totals of `a` over the rows whose code is a hit. With long
+/// runs and few hit codes, each run counts its hits by comparing codes,
+/// which vectorizes; otherwise each row looks its value up by code.
+fn const_sum_by_code(g: &Grouping, n: usize, sel: Option<&[u32]>, codes: &[u32], hits: &[bool], a: i64) -> Vec<i64> {
+    let hit_codes: Vec<u32> = (0..hits.len() as u32).filter(|&c| hits[c as usize]).collect();
+    if let (None, Some(runs), true) = (sel, &g.runs, hit_codes.len() <= 4) {
+        let mut acc = vec![0i64; g.ngroups];
+        let mut start = 0;
+        for r in runs {
+            let end = (r.end as usize).min(n);
+            let slice = codes.get(start..end).unwrap_or_default();
+            let count: usize = hit_codes.iter().map(|&h| slice.iter().filter(|&&c| c == h).count()).sum();
+            acc[r.gid as usize] += a * count as i64;
+            start = end;
+        }
+        return acc;
+    }
+    let values: Vec<i64> = hits.iter().map(|&h| if h { a } else { 0 }).collect();
+    group_totals(g, n, sel, |i| values.get(codes[i] as usize).copied().unwrap_or(0))
 }
 
 /// A hashable key value.
@@ -1234,40 +1345,72 @@ mod tests {
     }
 
     proptest! {
-        /// The lane-split totals and the i64/i128 choice agree with a
-        /// plain i128 loop, with NULLs, selections and extreme values.
-        #[test]
-        fn int_sums_match_a_plain_loop(rows in any_rows(), with_nulls: bool, with_sel: bool) {
-            let ng = 6;
-            let gid: Vec<u32> = rows.iter().map(|r| r.0).collect();
-            let x: Vec<i64> = rows.iter().map(|r| r.1).collect();
-            let nv: Validity = with_nulls.then(|| rows.iter().map(|r| r.2).collect());
-            let sel: Option<Vec<u32>> =
-                with_sel.then(|| (0..rows.len() as u32).filter(|&i| rows[i as usize].3).collect());
-            let mut want_sum = vec![0i128; ng];
-            let mut want_count = vec![0i64; ng];
-            for (i, r) in rows.iter().enumerate() {
-                if (!with_sel || r.3) && (!with_nulls || r.2) {
-                    want_sum[r.0 as usize] += i128::from(r.1);
-                    want_count[r.0 as usize] += 1;
+            /// The lane-split totals and the i64/i128 choice agree with a
+            /// plain i128 loop, with NULLs, selections and extreme values.
+            #[test]
+            fn int_sums_match_a_plain_loop(rows in any_rows(), with_nulls: bool, with_sel: bool) {
+                let ng = 6;
+                let gid: Vec<u32> = rows.iter().map(|r| r.0).collect();
+                let x: Vec<i64> = rows.iter().map(|r| r.1).collect();
+                let nv: Validity = with_nulls.then(|| rows.iter().map(|r| r.2).collect());
+                let sel: Option<Vec<u32>> =
+                    with_sel.then(|| (0..rows.len() as u32).filter(|&i| rows[i as usize].3).collect());
+                let mut want_sum = vec![0i128; ng];
+                let mut want_count = vec![0i64; ng];
+                for (i, r) in rows.iter().enumerate() {
+                    if (!with_sel || r.3) && (!with_nulls || r.2) {
+                        want_sum[r.0 as usize] += i128::from(r.1);
+                        want_count[r.0 as usize] += 1;
+                    }
+                }
+                let g = Grouping { gid: gid.clone(), ngroups: ng, codes: Vec::new(), runs: runs_of(&gid) };
+                let (sum, counts) = int_sums(&x, &nv, &g, sel.as_deref());
+                prop_assert_eq!(sum, want_sum);
+                match counts {
+                    Some(c) => prop_assert_eq!(c, want_count),
+                    None => prop_assert!(!with_nulls && !with_sel),
+                }
+                let big: Vec<u32> = gid.iter().map(|g| g * 1000).collect();
+                let big = Grouping { gid: big, ngroups: 6000, codes: Vec::new(), runs: None };
+                let totals = group_totals(&big, rows.len(), sel.as_deref(), |i| i128::from(x[i]));
+                let by_group: Vec<i128> = (0..ng).map(|g| totals[g * 1000]).collect();
+                let mut want_all = vec![0i128; ng];
+                for (i, r) in rows.iter().enumerate() {
+                    if !with_sel || r.3 {
+                        want_all[r.0 as usize] += i128::from(x[i]);
+                    }
+                }
+                prop_assert_eq!(by_group, want_all, "more groups than the lanes are for");
+            }
+
+            /// Totals taken run by run, and conditional counts taken by
+            /// comparing codes, agree with a plain loop over the rows.
+            #[test]
+            fn run_totals_and_code_counts_match_a_plain_loop(
+                runs in prop::collection::vec((0u32..5, 1usize..60), 1..12),
+                codes_seed in prop::collection::vec(0u32..6, 1..64),
+                hits in prop::collection::vec(any::<bool>(), 6),
+                a in -3i64..4,
+            ) {
+                let gid: Vec<u32> = runs.iter().flat_map(|&(g, len)| std::iter::repeat_n(g, len)).collect();
+                let n = gid.len();
+                let codes: Vec<u32> = (0..n).map(|i| codes_seed[i % codes_seed.len()]).collect();
+                let x: Vec<i64> = (0..n as i64).map(|i| i * 7 - 50).collect();
+                let g = Grouping { gid: gid.clone(), ngroups: 5, codes: Vec::new(), runs: runs_of(&gid) };
+                let mut want_sum = vec![0i64; 5];
+                let mut want_hits = vec![0i64; 5];
+                for i in 0..n {
+                    want_sum[gid[i] as usize] += x[i];
+                    if hits[codes[i] as usize] {
+                        want_hits[gid[i] as usize] += a;
+                    }
+                }
+                prop_assert_eq!(group_totals(&g, n, None, |i| x[i]), want_sum);
+                prop_assert_eq!(const_sum_by_code(&g, n, None, &codes, &hits, a), want_hits);
+                if let Some(r) = &g.runs {
+                    prop_assert_eq!(r.last().map(|r| r.end as usize), Some(n));
+                    prop_assert!(r.windows(2).all(|w| w[0].end < w[1].end));
                 }
             }
-            let (sum, counts) = int_sums(&x, &nv, &gid, ng, sel.as_deref());
-            prop_assert_eq!(sum, want_sum);
-            match counts {
-                Some(c) => prop_assert_eq!(c, want_count),
-                None => prop_assert!(!with_nulls && !with_sel),
-            }
-            let big: Vec<u32> = gid.iter().map(|g| g * 1000).collect();
-            let totals = group_totals(&big, 6000, rows.len(), sel.as_deref(), |i| i128::from(x[i]));
-            let by_group: Vec<i128> = (0..ng).map(|g| totals[g * 1000]).collect();
-            let mut want_all = vec![0i128; ng];
-            for (i, r) in rows.iter().enumerate() {
-                if !with_sel || r.3 {
-                    want_all[r.0 as usize] += i128::from(x[i]);
-                }
-            }
-            prop_assert_eq!(by_group, want_all, "more groups than the lanes are for");
-        }
     }
 }
