@@ -40,8 +40,8 @@ pub use scan::{
 };
 pub use seal::{SealContext, SealKind, SealPipeline, SealStage, Sidecar, SidecarReader, StageOutput};
 pub use segment::{
-    ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, Selection, ValueRange,
-    write_segment,
+    BlockCache, ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, Selection,
+    ValueRange, write_segment,
 };
 pub use store::{DamagedSegment, LiveSegment, SealReport, Snapshot, Store, StoreConfig, StoreStats};
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

@@ -39,6 +39,7 @@
 //!   NULL;
 //! - every byte of a file is covered by a magic check or a CRC32C.
 
+mod cache;
 mod format;
 mod reader;
 mod writer;
@@ -49,6 +50,7 @@ mod tests;
 use std::ops::Range;
 use std::sync::Arc;
 
+pub use cache::BlockCache;
 pub use reader::SegmentReader;
 pub use writer::write_segment;
 

@@ -42,7 +42,7 @@ use crate::manifest::{
     Catalog, CatalogEdit, Level, Manifest, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir,
 };
 use crate::seal::{PipelineOutput, SealContext, SealKind, SealPipeline, SidecarReader};
-use crate::segment::{SegmentReader, SegmentWriteOptions, write_segment};
+use crate::segment::{BlockCache, SegmentReader, SegmentWriteOptions, write_segment};
 use crate::wal::{Wal, WalConfig, decode_batch, encode_batch};
 
 #[cfg(test)]
@@ -80,6 +80,9 @@ pub struct StoreConfig {
     /// time is this far past its end. Default 86_400_000 (24 h); the server
     /// sets it from `ingest.allowed_lateness_ms`.
     pub allowed_lateness_ms: i64,
+    /// Bytes of checked, decompressed segment blocks kept for queries (see
+    /// `BlockCache`); 0 turns the cache off. Default 268_435_456 (256 MiB).
+    pub block_cache_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -96,6 +99,7 @@ impl Default for StoreConfig {
             fsync: true,
             compact_min_segments: 8,
             allowed_lateness_ms: 86_400_000,
+            block_cache_bytes: 256 << 20,
         }
     }
 }
@@ -207,6 +211,8 @@ pub struct StoreStats {
     pub segments: usize,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
+    /// Bytes held by the block cache.
+    pub block_cache_bytes: u64,
 }
 
 /// One partition's worth of sealing: head chunks and/or segments to replace.
@@ -265,6 +271,8 @@ struct Inner {
     sealer: Mutex<Option<JoinHandle<()>>>,
     /// Newest event time appended or recovered; buckets close relative to it.
     max_event_ts: AtomicI64,
+    /// Blocks queries read, shared by every segment reader.
+    block_cache: Arc<BlockCache>,
 }
 
 /// Handle to an open store. Clones share the same store.
@@ -306,13 +314,14 @@ impl Store {
                 catalog = manifest.commit(&edit)?;
             }
         }
+        let block_cache = Arc::new(BlockCache::new(config.block_cache_bytes));
         let mut readers = HashMap::new();
         let mut damaged = Vec::new();
         for meta in catalog.segments.values().filter(|m| m.tier == Tier::Local) {
             let path = segments_dir.join(meta.id.file_name());
             match SegmentReader::open(meta.id, &path) {
                 Ok(r) => {
-                    readers.insert(meta.id, Arc::new(r));
+                    readers.insert(meta.id, Arc::new(r.with_cache(block_cache.clone())));
                 }
                 Err(e) => {
                     tracing::error!(segment = %meta.id, error = %e, "damaged segment: not served");
@@ -353,6 +362,7 @@ impl Store {
             stop: AtomicBool::new(false),
             sealer: Mutex::new(None),
             max_event_ts: AtomicI64::new(max_event_ts),
+            block_cache,
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -431,6 +441,7 @@ impl Store {
             segments: v.readers.len(),
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
+            block_cache_bytes: self.inner.block_cache.used_bytes(),
         }
     }
 
@@ -738,7 +749,7 @@ impl Store {
         }
         sync_dir(&inner.segments_dir)?;
         failpoint::hit("seal_after_segment_write");
-        let reader = Arc::new(SegmentReader::open(id, &path)?);
+        let reader = Arc::new(SegmentReader::open(id, &path)?.with_cache(inner.block_cache.clone()));
         let max_lsn = job.replaces.iter().map(|m| m.max_lsn).chain([job.head.max_lsn()]).max().unwrap_or_default();
         let meta = SegmentMeta {
             id,

@@ -6,11 +6,12 @@
 //! index the map without further bounds surprises. Block bytes and index
 //! bitmaps are checked against their own CRC32C each time they are read:
 //! a flipped byte becomes a `SegmentCorrupt` error naming the file, never
-//! wrong data.
+//! wrong data. With a [`BlockCache`], the query reads (`read_column*`,
+//! `select_rows`) keep the checked, decompressed bytes of the blocks they
+//! read there; `verify` and whole-segment reads always read the file.
 
-use std::borrow::Cow;
 use std::fs::File;
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::event::{COLUMNS, ColumnId, ColumnKind, EventBatch, event_schema};
 use crate::ids::SegmentId;
 
+use super::cache::{BlockCache, BlockKey, next_reader_id};
 use super::format::{
     BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason, SUPPORTED_VERSIONS,
     TRAILER_LEN, decode_ints_at, decode_ints_map, packed_len, select_ints,
@@ -39,6 +41,48 @@ pub struct SegmentReader {
     path: PathBuf,
     mmap: Mmap,
     pub(super) footer: Footer,
+    /// This reader's key in the block cache (never reused in the process).
+    uid: u64,
+    cache: Option<Arc<BlockCache>>,
+}
+
+/// A block's encoded bytes: in the mapped file, decompressed for this
+/// read, or shared with the block cache.
+enum BlockBytes<'a> {
+    Mapped(&'a [u8]),
+    Owned(Vec<u8>),
+    Cached(Arc<[u8]>),
+}
+
+impl Deref for BlockBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlockBytes::Mapped(b) => b,
+            BlockBytes::Owned(b) => b,
+            BlockBytes::Cached(b) => b,
+        }
+    }
+}
+
+/// Whether a read goes through the block cache (query reads) or always
+/// reads the file (verification, whole-segment reads).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Cache,
+    File,
+}
+
+impl Drop for SegmentReader {
+    fn drop(&mut self) {
+        // The file is gone or replaced: its blocks will not be read again.
+        if let Some(cache) = &self.cache {
+            for b in self.footer.columns.iter().flat_map(|c| &c.blocks) {
+                cache.remove(&BlockKey { reader: self.uid, offset: b.offset });
+            }
+        }
+    }
 }
 
 fn corrupt(id: SegmentId, path: &Path, reason: impl Into<String>) -> StorageError {
@@ -111,7 +155,14 @@ impl SegmentReader {
         }
         let footer = Footer::decode(footer_bytes).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
         validate(&footer, footer_start as u64).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
-        Ok(SegmentReader { id, path: path.to_owned(), mmap, footer })
+        Ok(SegmentReader { id, path: path.to_owned(), mmap, footer, uid: next_reader_id(), cache: None })
+    }
+
+    /// This reader, keeping the blocks its query reads check and
+    /// decompress in `cache`.
+    pub fn with_cache(mut self, cache: Arc<BlockCache>) -> SegmentReader {
+        self.cache = Some(cache);
+        self
     }
 
     pub fn id(&self) -> SegmentId {
@@ -197,14 +248,14 @@ impl SegmentReader {
     /// `SegmentCorrupt` naming the file, column and block; `Internal` for a
     /// block past the last.
     pub fn read_column(&self, col: ColumnId, block: usize) -> Result<ColumnData> {
-        self.read_column_rows(col, block, 0..self.block_rows(block).len())
+        self.read_picked(col, block, Pick::Run(&(0..self.block_rows(block).len())), Via::Cache)
     }
 
     /// The values of `col` at offsets `idx` within `block`, in `idx` order:
     /// a gather that decodes bit-packed values in place instead of the
     /// whole block. The whole block's checksum is still verified.
     pub fn read_column_at(&self, col: ColumnId, block: usize, idx: &[u32]) -> Result<ColumnData> {
-        self.read_picked(col, block, Pick::At(idx))
+        self.read_picked(col, block, Pick::At(idx), Via::Cache)
     }
 
     /// The rows of `within` (offsets in `block`) whose stored integer of
@@ -223,7 +274,7 @@ impl SegmentReader {
             return Err(StorageError::Internal(format!("select_rows on plain string column {}", col.name())));
         }
         let what = || format!("column {} block {block}", col.name());
-        let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        let raw = self.block_bytes(b, Via::Cache).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
         let n = b.rows as usize;
         let check = |used: usize| {
             if used == raw.len() {
@@ -259,10 +310,10 @@ impl SegmentReader {
     /// run. The whole block's checksum is still verified. `rows` past the
     /// block is `Internal`.
     pub fn read_column_rows(&self, col: ColumnId, block: usize, rows: Range<usize>) -> Result<ColumnData> {
-        self.read_picked(col, block, Pick::Run(&rows))
+        self.read_picked(col, block, Pick::Run(&rows), Via::Cache)
     }
 
-    fn read_picked(&self, col: ColumnId, block: usize, pick: Pick<'_>) -> Result<ColumnData> {
+    fn read_picked(&self, col: ColumnId, block: usize, pick: Pick<'_>, via: Via) -> Result<ColumnData> {
         let (meta, b) = self.block_meta(col, block)?;
         if let Pick::Run(rows) = pick
             && (rows.start > rows.end || rows.end > b.rows as usize)
@@ -275,7 +326,7 @@ impl SegmentReader {
             )));
         }
         let what = || format!("column {} block {block}", col.name());
-        let raw = self.block_bytes(b).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        let raw = self.block_bytes(b, via).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
         decode_block(meta, b, &raw, pick).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
@@ -294,7 +345,7 @@ impl SegmentReader {
     pub fn verify(&self) -> Result<()> {
         for spec in &COLUMNS {
             for block in 0..self.col(spec.id).blocks.len() {
-                self.read_column(spec.id, block)?;
+                self.read_picked(spec.id, block, Pick::Run(&(0..self.block_rows(block).len())), Via::File)?;
             }
         }
         let f = &self.footer;
@@ -342,14 +393,32 @@ impl SegmentReader {
         range.and_then(|r| self.mmap.get(r)).ok_or_else(|| format!("range {offset}+{len} outside the file"))
     }
 
-    /// A block's encoded bytes: checksum verified, decompressed if needed.
-    fn block_bytes(&self, b: &BlockMeta) -> Result<Cow<'_, [u8]>, Reason> {
+    /// A block's encoded bytes: checksum verified, decompressed if needed;
+    /// from the block cache when `via` allows and it holds them.
+    fn block_bytes(&self, b: &BlockMeta, via: Via) -> Result<BlockBytes<'_>, Reason> {
+        let cache = self.cache.as_ref().filter(|_| via == Via::Cache);
+        let Some(cache) = cache else { return self.file_block_bytes(b) };
+        let key = BlockKey { reader: self.uid, offset: b.offset };
+        if let Some(hit) = cache.get(&key) {
+            return Ok(BlockBytes::Cached(hit));
+        }
+        let block: Arc<[u8]> = match self.file_block_bytes(b)? {
+            BlockBytes::Owned(v) => v.into(),
+            other => Arc::from(&*other),
+        };
+        cache.insert(key, block.clone());
+        Ok(BlockBytes::Cached(block))
+    }
+
+    /// A block's encoded bytes read from the file: checksum verified,
+    /// decompressed if needed.
+    fn file_block_bytes(&self, b: &BlockMeta) -> Result<BlockBytes<'_>, Reason> {
         let stored = self.slice(b.offset, b.stored_len)?;
         if crc32c::crc32c(stored) != b.crc {
             return Err("checksum mismatch".into());
         }
         if b.flags & FLAG_ZSTD == 0 {
-            return Ok(Cow::Borrowed(stored));
+            return Ok(BlockBytes::Mapped(stored));
         }
         let cap = usize::try_from(b.raw_len).map_err(|_| "block too large".to_string())?;
         // One decompression context per thread: creating one per block costs
@@ -371,13 +440,15 @@ impl SegmentReader {
         if raw.len() as u64 != b.raw_len {
             return Err(format!("decompressed to {} bytes, expected {}", raw.len(), b.raw_len));
         }
-        Ok(Cow::Owned(raw))
+        Ok(BlockBytes::Owned(raw))
     }
 
     /// A whole column as one Arrow array.
     fn read_array(&self, col: ColumnId) -> Result<ArrayRef> {
         let meta = self.col(col);
-        let parts = (0..meta.blocks.len()).map(|b| self.read_column(col, b)).collect::<Result<Vec<_>>>()?;
+        let parts = (0..meta.blocks.len())
+            .map(|b| self.read_picked(col, b, Pick::Run(&(0..self.block_rows(b).len())), Via::File))
+            .collect::<Result<Vec<_>>>()?;
         let rows = self.num_rows();
         let mismatch = || StorageError::Internal(format!("column {} decoded to mixed block types", col.name()));
         let array: ArrayRef = match meta.kind {

@@ -428,3 +428,55 @@ fn golden_file_v1_reads_back_exactly() {
     assert_eq!(r.column_stats(ColumnId::Ts).range, ValueRange::Int { min: i64::MIN, max: i64::MAX });
     check_segment(&r, &events, 4);
 }
+
+#[test]
+fn cached_reads_match_file_reads_and_leave_with_the_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = small_events(40);
+    let (path, _) = write(dir.path(), &events, &opts(8));
+    let plain = SegmentReader::open(ID, &path).expect("open");
+    let cache = std::sync::Arc::new(BlockCache::new(1 << 20));
+    let cached = SegmentReader::open(ID, &path).expect("open").with_cache(cache.clone());
+    for spec in &COLUMNS {
+        for block in 0..plain.num_blocks() {
+            let want = plain.read_column(spec.id, block).expect("file read");
+            // First read fills the cache, the second is served from it.
+            for _ in 0..2 {
+                assert_eq!(cached.read_column(spec.id, block).expect("cached read"), want, "{}", spec.id.name());
+                let rows = 1..plain.block_rows(block).len();
+                assert_eq!(
+                    cached.read_column_rows(spec.id, block, rows.clone()).expect("cached rows"),
+                    plain.read_column_rows(spec.id, block, rows).expect("file rows")
+                );
+            }
+        }
+    }
+    assert!(cache.used_bytes() > 0, "query reads fill the cache");
+    drop(cached);
+    assert_eq!(cache.used_bytes(), 0, "a dropped reader's blocks leave the cache");
+}
+
+#[test]
+fn verify_reads_the_file_not_the_cache() {
+    let (_dir, path, _bytes, _) = corrupt_fixture();
+    let cache = std::sync::Arc::new(BlockCache::new(1 << 20));
+    let r = SegmentReader::open(ID, &path).expect("open").with_cache(cache);
+    let before = r.read_column(ColumnId::CostMicros, 1).expect("read into the cache");
+    let b = &r.footer.columns[ColumnId::CostMicros.index()].blocks[1];
+    let pos = b.offset + b.stored_len / 2;
+    {
+        // Damage the file in place (same length, the map stays valid).
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open rw");
+        let mut byte = [0u8; 1];
+        f.seek(SeekFrom::Start(pos)).expect("seek");
+        f.read_exact(&mut byte).expect("read");
+        f.seek(SeekFrom::Start(pos)).expect("seek");
+        f.write_all(&[byte[0] ^ 1]).expect("write");
+    }
+    assert_eq!(r.read_column(ColumnId::CostMicros, 1).expect("served from the cache"), before);
+    let err = r.verify().expect_err("verification reads the damaged file");
+    assert!(err.to_string().contains("cost_micros block 1"), "{err}");
+    let fresh = SegmentReader::open(ID, &path).expect("footer intact");
+    assert!(fresh.read_column(ColumnId::CostMicros, 1).is_err(), "an uncached read sees the damage");
+}
