@@ -900,6 +900,38 @@ mod tests {
             prop_assert_eq!(&out[1..], &want[..]);
         }
 
+        /// Narrow values (dictionary codes, enums): a range, a dense or
+        /// sparse gather, and a filter all agree with the values.
+        #[test]
+        fn narrow_int_blocks_decode_gather_and_select_the_same_values(
+            width in 1u32..=16,
+            seed in prop::collection::vec(any::<u64>(), 64..400),
+            a in any::<prop::sample::Index>(),
+            b in any::<prop::sample::Index>(),
+            keep_every in 1usize..4,
+            pivot_bits in any::<u64>(),
+        ) {
+            let values: Vec<i64> = seed.iter().map(|v| (v & mask(width)) as i64 + 5).collect();
+            let mut buf = Vec::new();
+            encode_ints(&values, false, &mut buf);
+            let n = values.len();
+            let (a, b) = (a.index(n + 1), b.index(n + 1));
+            let rows = a.min(b)..a.max(b);
+            let mut out = Vec::new();
+            decode_ints_map(&buf, n, rows.clone(), &mut out, |v| v).expect("range");
+            prop_assert_eq!(&out[..], &values[rows.clone()]);
+            let idx: Vec<u32> = rows.clone().filter(|i| i % keep_every == 0).map(|i| i as u32).collect();
+            let mut picked = Vec::new();
+            decode_ints_at(&buf, n, &idx, &mut picked, |v| v).expect("gather");
+            let want: Vec<i64> = idx.iter().map(|&i| values[i as usize]).collect();
+            prop_assert_eq!(picked, want);
+            let pivot = (pivot_bits & mask(width)) as i64 + 5;
+            let mut kept = Vec::new();
+            select_ints(&buf, n, rows.clone(), &mut kept, |v| v <= pivot).expect("select");
+            let want: Vec<u32> = rows.filter(|&i| values[i] <= pivot).map(|i| i as u32).collect();
+            prop_assert_eq!(kept, want);
+        }
+
         #[test]
         fn int_block_never_panics_on_garbage(buf in prop::collection::vec(any::<u8>(), 0..64), n in 0usize..100) {
             let mut out = Vec::new();
