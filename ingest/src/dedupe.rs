@@ -31,6 +31,10 @@ const MAX_LOAD: f64 = 0.85;
 const GROWTH: f64 = 1.25;
 const SEALED: u8 = 0x80;
 const EPOCHS: i64 = 128;
+/// Ingest sweeps expired keys when the newest epoch has moved this far
+/// since the last sweep. Live keys span at most 61 epochs (see
+/// [`DedupeConfig::epoch_ms`]), so tags stay under 61 + 16 < 128 epochs old.
+const INGEST_SWEEP_EPOCHS: i64 = 16;
 
 /// The idempotency key of one event: a 128-bit hash of its publisher, type
 /// and id. Two publishers' colliding event ids never collide here.
@@ -158,9 +162,11 @@ impl Shard {
         }
     }
 
-    fn reserve_one(&mut self) {
-        if (self.len + 1) as f64 > self.slots.len() as f64 * MAX_LOAD {
-            let cap = ((self.slots.len() as f64 * GROWTH) as usize).max(64);
+    /// Makes room for `more` keys within the maximum load.
+    fn reserve(&mut self, more: usize) {
+        if (self.len + more) as f64 > self.slots.len() as f64 * MAX_LOAD {
+            let need = ((self.len + more) as f64 / MAX_LOAD) as usize + 1;
+            let cap = ((self.slots.len() as f64 * GROWTH) as usize).max(need).max(64);
             self.rebuild(cap, |_| true);
         }
     }
@@ -276,8 +282,16 @@ impl DedupeIndex {
         let prev = self.newest_epoch.fetch_max(epoch, Ordering::AcqRel);
         if epoch > prev && prev != i64::MIN {
             // A jump past the whole retention expires every key; ages mod 128
-            // are only unambiguous for smaller steps.
-            self.sweep(epoch - prev > self.config.retention_epochs());
+            // are only unambiguous for smaller steps. Otherwise ingest sweeps
+            // only every `INGEST_SWEEP_EPOCHS`, which keeps every live tag
+            // younger than 128 epochs; the sealer's `expire` drops expired
+            // keys at each seal. (A backfill crosses an epoch every few
+            // requests: a sweep of the whole table each time was 4% of ingest.)
+            let everything = epoch - prev > self.config.retention_epochs();
+            let swept = self.swept_epoch.load(Ordering::Acquire);
+            if everything || epoch.saturating_sub(swept) >= INGEST_SWEEP_EPOCHS {
+                self.sweep(everything);
+            }
         }
     }
 
@@ -328,8 +342,12 @@ impl DedupeIndex {
     }
 
     fn shard(&self, key: u128) -> &Mutex<Shard> {
+        &self.shards[self.shard_of(key)]
+    }
+
+    fn shard_of(&self, key: u128) -> usize {
         // The top bits pick the shard; `home` uses the next 64 bits.
-        &self.shards[(key >> 122) as usize % SHARDS]
+        (key >> 122) as usize % SHARDS
     }
 
     fn epoch_tag(&self, ts: i64) -> u8 {
@@ -350,22 +368,41 @@ impl DedupeIndex {
     /// the window; otherwise recorded as pending. Returns the verdicts.
     pub fn admit(&self, keys: &[(u128, i64)]) -> Vec<bool> {
         self.advance(keys);
-        keys.iter()
-            .map(|&(key, ts)| {
-                let mut shard = self.shard(key).lock();
-                shard.reserve_one();
-                let (i, found) = shard.find(key);
-                if found && self.within_window(tag(shard.slots[i]), ts) {
-                    return true;
-                }
-                let t = self.epoch_tag(ts) | if found { tag(shard.slots[i]) & SEALED } else { 0 };
-                if !found {
-                    shard.len += 1;
-                }
-                shard.slots[i] = stored(key, t);
-                false
-            })
-            .collect()
+        let mut verdicts = vec![false; keys.len()];
+        self.by_shard(keys, |shard, i, (key, ts)| {
+            let (slot, found) = shard.find(key);
+            if found && self.within_window(tag(shard.slots[slot]), ts) {
+                verdicts[i] = true;
+                return;
+            }
+            let t = self.epoch_tag(ts) | if found { tag(shard.slots[slot]) & SEALED } else { 0 };
+            if !found {
+                shard.len += 1;
+            }
+            shard.slots[slot] = stored(key, t);
+        });
+        verdicts
+    }
+
+    /// Runs `f(shard, index, key)` for every key, shard by shard, each
+    /// shard locked once with room made for all its keys. Keys of one
+    /// shard keep their order, and equal keys share a shard, so the result
+    /// is that of taking the keys in order. The table is far larger than
+    /// the caches: with one lock per key, each lookup's cache miss waited
+    /// for the previous one (a lock is a full fence); under one lock the
+    /// misses of consecutive keys overlap.
+    fn by_shard(&self, keys: &[(u128, i64)], mut f: impl FnMut(&mut Shard, usize, (u128, i64))) {
+        let mut order: Vec<(u8, u32)> =
+            keys.iter().enumerate().map(|(i, (k, _))| (self.shard_of(*k) as u8, i as u32)).collect();
+        // Stable: keys of a shard stay in input order.
+        order.sort_by_key(|&(s, _)| s);
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            let mut shard = self.shards[run[0].0 as usize].lock();
+            shard.reserve(run.len());
+            for &(_, i) in run {
+                f(&mut shard, i as usize, keys[i as usize]);
+            }
+        }
     }
 
     /// Forgets keys admitted for events that were then not stored (their
@@ -388,25 +425,26 @@ impl DedupeIndex {
     /// twice) or repeats an earlier key of `keys`.
     pub fn claim(&self, keys: &[(u128, i64)]) -> Vec<bool> {
         self.advance(keys);
+        let mut verdicts = vec![false; keys.len()];
         let mut seen = KeySet::with_capacity_and_hasher(keys.len(), KeyHash);
-        keys.iter()
-            .map(|&(key, ts)| {
-                if !seen.insert(key) {
-                    return true;
-                }
-                let mut shard = self.shard(key).lock();
-                shard.reserve_one();
-                let (i, found) = shard.find(key);
-                if found && tag(shard.slots[i]) & SEALED != 0 && self.within_window(tag(shard.slots[i]), ts) {
-                    return true;
-                }
-                if !found {
-                    shard.len += 1;
-                }
-                shard.slots[i] = stored(key, self.epoch_tag(ts) | SEALED);
-                false
-            })
-            .collect()
+        self.by_shard(keys, |shard, i, (key, ts)| {
+            // Equal keys share a shard and keep their order: the first
+            // occurrence is claimed, the others repeat it.
+            if !seen.insert(key) {
+                verdicts[i] = true;
+                return;
+            }
+            let (slot, found) = shard.find(key);
+            if found && tag(shard.slots[slot]) & SEALED != 0 && self.within_window(tag(shard.slots[slot]), ts) {
+                verdicts[i] = true;
+                return;
+            }
+            if !found {
+                shard.len += 1;
+            }
+            shard.slots[slot] = stored(key, self.epoch_tag(ts) | SEALED);
+        });
+        verdicts
     }
 
     /// Undoes [`DedupeIndex::claim`] for a seal that did not commit: the
@@ -428,15 +466,13 @@ impl DedupeIndex {
     /// Records keys known to be sealed (recovery from sidecars).
     pub fn insert_sealed(&self, keys: &[(u128, i64)]) {
         self.advance(keys);
-        for &(key, ts) in keys {
-            let mut shard = self.shard(key).lock();
-            shard.reserve_one();
+        self.by_shard(keys, |shard, _, (key, ts)| {
             let (i, found) = shard.find(key);
             if !found {
                 shard.len += 1;
             }
             shard.slots[i] = stored(key, self.epoch_tag(ts) | SEALED);
-        }
+        });
     }
 
     /// Drops keys whose event time is older than window + lateness behind
@@ -569,6 +605,29 @@ mod tests {
     }
 
     #[test]
+    fn steady_ingest_over_many_tag_wraps_keeps_verdicts_and_bounds_the_table() {
+        // No sealer: only ingest's own sweeps keep tags unambiguous.
+        let cfg = DedupeConfig::default();
+        let epoch = cfg.epoch_ms();
+        let idx = DedupeIndex::new(cfg);
+        let key = |e: i64| idempotency_key("p", EventType::Impression, &e.to_string());
+        for e in 0..400i64 {
+            assert_eq!(idx.admit(&[(key(e), e * epoch)]), vec![false], "epoch {e} is new");
+            if e >= 30 {
+                // A re-send 30 epochs (24 h) later, inside the window.
+                assert_eq!(idx.admit(&[(key(e - 30), (e - 30) * epoch)]), vec![true], "re-send at epoch {e}");
+            }
+            if e >= 130 {
+                // Long expired: new again, never mistaken for a recent key.
+                assert_eq!(idx.admit(&[(key(e - 130), (e - 130) * epoch)]), vec![false], "old re-send at epoch {e}");
+                idx.forget(&[(key(e - 130), (e - 130) * epoch)]);
+            }
+            // Live keys span 61 epochs, plus up to 16 epochs between sweeps.
+            assert!(idx.stats().keys <= 80, "{} keys at epoch {e}", idx.stats().keys);
+        }
+    }
+
+    #[test]
     fn keys_newer_than_the_last_expiry_time_are_kept() {
         // The sealer may expire with an older "newest" than ingest has seen.
         let idx = DedupeIndex::new(DedupeConfig::default());
@@ -655,6 +714,39 @@ mod tests {
                         model.insert(key.0, true);
                     }
                 }
+                prop_assert_eq!(idx.stats().keys, model.len() as u64);
+            }
+        }
+
+        /// Whole batches (keys spread over every shard, repeats within a
+        /// batch) get the verdicts of taking their keys one by one.
+        #[test]
+        fn batches_match_a_hash_set(
+            batches in prop::collection::vec((any::<bool>(), prop::collection::vec(0u64..400, 0..300)), 1..20),
+        ) {
+            let idx = DedupeIndex::new(DedupeConfig::default());
+            let mut model: HashMap<u128, bool> = HashMap::new(); // key -> sealed
+            for (claim, ns) in batches {
+                let keys: Vec<(u128, i64)> =
+                    ns.iter().map(|n| (idempotency_key("p", EventType::Click, &n.to_string()), 5 * H)).collect();
+                let got = if claim { idx.claim(&keys) } else { idx.admit(&keys) };
+                let mut seen_here = std::collections::HashSet::new();
+                let want: Vec<bool> = keys
+                    .iter()
+                    .map(|(k, _)| {
+                        let first = seen_here.insert(*k);
+                        if claim {
+                            let dup = !first || model.get(k) == Some(&true);
+                            model.insert(*k, true);
+                            dup
+                        } else {
+                            let dup = model.contains_key(k);
+                            model.entry(*k).or_insert(false);
+                            dup
+                        }
+                    })
+                    .collect();
+                prop_assert_eq!(got, want);
                 prop_assert_eq!(idx.stats().keys, model.len() as u64);
             }
         }
