@@ -219,6 +219,16 @@ fn restart_keeps_every_acknowledged_event_and_sigterm_exits_0() {
     let sealed: u64 =
         listing["segments"].as_array().expect("segments").iter().map(|s| s["rows"].as_u64().unwrap_or(0)).sum();
     assert!(sealed > 0, "expected sealed segments: {listing}");
+    // A query over the sealed segments leaves their blocks in the block cache.
+    let (status, r) = server.post("/v1/sql", "text/plain", None, b"SELECT sum(cost_micros) AS c FROM events");
+    assert_eq!(status, 200, "{r}");
+    let metrics = server.get_text("/metrics");
+    let cached: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("adstore_block_cache_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("adstore_block_cache_bytes in /metrics");
+    assert!(cached > 0, "{metrics}");
     assert_eq!(server.stop().code(), Some(0));
     assert_eq!(stored_count(&dir), 25_000);
 }

@@ -101,7 +101,8 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
          # TYPE adstore_seal_duplicates_dropped_total counter\nadstore_seal_duplicates_dropped_total {}\n\
          # TYPE adstore_dedupe_keys gauge\nadstore_dedupe_keys {}\n\
          # TYPE adstore_dedupe_table_bytes gauge\nadstore_dedupe_table_bytes {}\n\
-         # TYPE adstore_attribution_index_entries gauge\nadstore_attribution_index_entries {}\n",
+         # TYPE adstore_attribution_index_entries gauge\nadstore_attribution_index_entries {}\n\
+         # TYPE adstore_block_cache_bytes gauge\nadstore_block_cache_bytes {}\n",
         c.ingest_requests.load(Ordering::Relaxed),
         c.accepted.load(Ordering::Relaxed),
         c.rejected.load(Ordering::Relaxed),
@@ -116,6 +117,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         eo.dedupe_keys,
         eo.dedupe_table_bytes,
         eo.index_entries,
+        s.block_cache_bytes,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
