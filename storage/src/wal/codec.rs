@@ -8,10 +8,21 @@ use arrow_schema::ArrowError;
 use crate::error::{Result, StorageError};
 use crate::event::EventBatch;
 
+/// Room for the IPC schema and message headers on top of the batch's buffers.
+const IPC_OVERHEAD_BYTES: usize = 16 << 10;
+
 /// Encodes `batch` as an Arrow IPC stream (schema + one batch + end marker).
 pub fn encode_batch(batch: &EventBatch) -> Result<Vec<u8>> {
     let rb = batch.record_batch();
-    let mut writer = StreamWriter::try_new(Vec::new(), rb.schema_ref())?;
+    // Sized up front: growing by doubling copied the payload several times,
+    // each time into memory fresh from the kernel.
+    let data: usize = rb
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum();
+    let out = Vec::with_capacity(data + IPC_OVERHEAD_BYTES);
+    let mut writer = StreamWriter::try_new(out, rb.schema_ref())?;
     writer.write(rb)?;
     writer.finish()?;
     Ok(writer.into_inner()?)

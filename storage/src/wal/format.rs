@@ -56,14 +56,23 @@ pub(crate) fn record_crc(lsn: Lsn, payload: &[u8]) -> u32 {
 
 /// Appends the framed record to `out`. The caller has checked
 /// `payload.len() <= MAX_PAYLOAD_BYTES`.
+#[cfg(test)]
 pub(crate) fn encode_record(out: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
+    out.reserve(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&record_header(lsn, payload));
+    out.extend_from_slice(payload);
+}
+
+/// The header of the record holding `payload` at `lsn`: what
+/// [`encode_record`] writes before the payload.
+pub(crate) fn record_header(lsn: Lsn, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
     // Invariant: callers reject payloads above MAX_PAYLOAD_BYTES (= u32::MAX).
     let len = u32::try_from(payload.len()).expect("payload length checked by caller");
-    out.reserve(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&record_crc(lsn, payload).to_le_bytes());
-    out.extend_from_slice(&lsn.0.to_le_bytes());
-    out.extend_from_slice(payload);
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&record_crc(lsn, payload).to_le_bytes());
+    header[8..].copy_from_slice(&lsn.0.to_le_bytes());
+    header
 }
 
 /// A decoded record header.

@@ -14,7 +14,7 @@
 //!   the same file succeeds without having written them.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,8 +28,24 @@ use crate::wal::format::{self, MAX_PAYLOAD_BYTES, RECORD_HEADER_LEN};
 use crate::wal::replay::{self, ClosedFile};
 use crate::wal::{WalConfig, WalStats};
 
-/// Scratch buffers above this size are freed after use rather than kept.
-const SCRATCH_KEEP_BYTES: usize = 1 << 20;
+/// Writes `parts` one after the other with vectored writes: a record's
+/// header and payload go out without first being copied into one buffer
+/// (a copy of every payload, into memory the allocator often had to get
+/// fresh from the kernel). A crash between partial writes leaves a torn
+/// tail, which replay truncates.
+fn write_all_parts(mut file: &File, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// A segmented, checksummed write-ahead log with group commit. See the
 /// `wal` module docs (storage/src/wal.rs) for the format and protocol.
@@ -59,8 +75,6 @@ struct AppendState {
     /// Closed files, oldest first. Rotation pushes at the back,
     /// `truncate_before` removes from the front.
     closed: Vec<ClosedFile>,
-    /// Reused to frame each record so one `write_all` carries it.
-    scratch: Vec<u8>,
 }
 
 struct ActiveFile {
@@ -107,7 +121,7 @@ impl Wal {
         tracing::info!(dir = %config.dir.display(), next_lsn = next_lsn.0, files = recovered.closed.len() + 1,
             "WAL opened");
         Ok(Wal {
-            append: Mutex::new(AppendState { active, closed: recovered.closed, scratch: Vec::new() }),
+            append: Mutex::new(AppendState { active, closed: recovered.closed }),
             // Everything recovered is durable: replay fsynced what it repaired,
             // and the rest was read back from the files.
             sync: Mutex::new(SyncState { synced: Lsn(next_lsn.0 - 1), leader: false }),
@@ -156,15 +170,10 @@ impl Wal {
             if st.active.records > 0 && st.active.len_bytes + frame_len > self.config.file_size_bytes {
                 self.rotate(&mut st, lsn).map_err(|e| self.poison_with(&e))?;
             }
-            let AppendState { active, scratch, .. } = &mut *st;
-            scratch.clear();
-            format::encode_record(scratch, lsn, payload);
-            let mut file: &File = &active.file;
-            if let Err(e) = file.write_all(scratch).at(&active.path) {
+            let active = &mut st.active;
+            let header = format::record_header(lsn, payload);
+            if let Err(e) = write_all_parts(&active.file, &[&header, payload]).at(&active.path) {
                 return Err(self.poison_with(&e));
-            }
-            if scratch.capacity() > SCRATCH_KEEP_BYTES {
-                *scratch = Vec::new();
             }
             failpoint::hit("wal_after_write");
             active.len_bytes += frame_len;
