@@ -229,9 +229,9 @@ fn runs_of(gid: &[u32]) -> Option<Vec<Run>> {
         return None;
     }
     let mut runs = Vec::with_capacity(changes + 1);
-    for (i, w) in gid.windows(2).enumerate() {
-        if w[0] != w[1] {
-            runs.push(Run { end: i as u32 + 1, gid: w[0] });
+    for (i, (next, prev)) in gid[1..].iter().zip(&gid[..n - 1]).enumerate() {
+        if next != prev {
+            runs.push(Run { end: i as u32 + 1, gid: *prev });
         }
     }
     runs.push(Run { end: n as u32, gid: last });
