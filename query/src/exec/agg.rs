@@ -238,6 +238,16 @@ fn runs_of(gid: &[u32]) -> Option<Vec<Run>> {
     Some(runs)
 }
 
+/// Each run's rows (capped at `n`) and its group.
+fn run_spans(runs: &[Run], n: usize) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + '_ {
+    runs.iter().scan(0usize, move |start, r| {
+        let end = (r.end as usize).min(n);
+        let rows = *start..end;
+        *start = end;
+        Some((rows, r.gid as usize))
+    })
+}
+
 pub(crate) fn group(all_keys: &[KeyCol], n: usize, max_groups: usize) -> Result<Grouping> {
     // Constant keys (a time bucket that one block falls in) split nothing:
     // group on the others, and give every group the constants' codes.
@@ -447,15 +457,12 @@ where
     let (gid, ng) = (&g.gid, g.ngroups);
     if let (None, Some(runs)) = (sel, &g.runs) {
         let mut acc = vec![T::default(); ng];
-        let mut start = 0;
-        for r in runs {
-            let end = (r.end as usize).min(n);
+        for (rows, gi) in run_spans(runs, n) {
             let mut total = T::default();
-            for i in start..end {
+            for i in rows {
                 total += value(i);
             }
-            acc[r.gid as usize] += total;
-            start = end;
+            acc[gi] += total;
         }
         return acc;
     }
@@ -843,13 +850,10 @@ fn const_sum_by_code(g: &Grouping, n: usize, sel: Option<&[u32]>, codes: &[u32],
     let hit_codes: Vec<u32> = (0..hits.len() as u32).filter(|&c| hits[c as usize]).collect();
     if let (None, Some(runs), true) = (sel, &g.runs, hit_codes.len() <= 4) {
         let mut acc = vec![0i64; g.ngroups];
-        let mut start = 0;
-        for r in runs {
-            let end = (r.end as usize).min(n);
-            let slice = codes.get(start..end).unwrap_or_default();
+        for (rows, gi) in run_spans(runs, n) {
+            let slice = codes.get(rows).unwrap_or_default();
             let count: usize = hit_codes.iter().map(|&h| slice.iter().filter(|&&c| c == h).count()).sum();
-            acc[r.gid as usize] += a * count as i64;
-            start = end;
+            acc[gi] += a * count as i64;
         }
         return acc;
     }
