@@ -91,6 +91,10 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     let kill_at = [batches.len() / 3, 2 * batches.len() / 3];
     let mut i = 0;
     let mut kills = 0;
+    // New events in in-flight batches whose reply never came: the server may
+    // have made them durable before it died, and then the retry rightly calls
+    // them duplicates, so the replies alone cannot count them.
+    let mut unanswered_new = 0usize;
     while i < batches.len() {
         if kill_at.contains(&i) && kills < kill_at.iter().filter(|k| **k <= i).count() {
             // Kill the server while a request is in flight: the producer does
@@ -105,9 +109,15 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
             std::thread::sleep(Duration::from_millis(5));
             Command::new("kill").args(["-KILL", &pid]).status().expect("kill");
             let _ = server.child.wait();
-            if let Some(r) = in_flight.join().expect("thread") {
-                accepted += r.accepted;
-                duplicates += r.duplicates;
+            match in_flight.join().expect("thread") {
+                Some(r) => {
+                    accepted += r.accepted;
+                    duplicates += r.duplicates;
+                }
+                None => {
+                    let before = oracle::dedupe(&sent[..i * 500]).len();
+                    unanswered_new += oracle::dedupe(&sent[..(i + 1) * 500]).len() - before;
+                }
             }
             kills += 1;
             server = start(&data, &config);
@@ -135,7 +145,15 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     }
     assert_eq!(kills, 2);
     let unique = oracle::dedupe(&sent);
-    assert_eq!(accepted, unique.len(), "every event accepted exactly once across kills and retries");
+    // No event is acknowledged as accepted twice, and every event is
+    // acknowledged unless its only reply was lost with the killed server. The
+    // exact count is checked against the store below.
+    assert!(accepted <= unique.len(), "accepted {accepted} of {} unique events", unique.len());
+    assert!(
+        accepted + unanswered_new >= unique.len(),
+        "accepted {accepted} + {unanswered_new} unanswered < {} unique events",
+        unique.len()
+    );
     assert!(duplicates >= sent.len() - unique.len());
 
     // Stop cleanly, then finalize every bucket and compare with the oracle.
@@ -151,7 +169,10 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     store.reseal_buckets(&buckets, SealKind::Final).expect("finalize");
     let rules = oracle::Rules { bot_ua: vec![BOT_UA_HASH.to_string()], ..oracle::Rules::default() };
     let expected = oracle::report(&oracle::outcomes(&sent, &rules));
-    let actual = oracle::report(&oracle::stored_outcomes(&store.snapshot().read_events().expect("read")));
+    let stored = store.snapshot().read_events().expect("read");
+    let rows: usize = stored.iter().map(|b| b.events().len()).sum();
+    assert_eq!(rows, unique.len(), "every event stored exactly once across kills and retries");
+    let actual = oracle::report(&oracle::stored_outcomes(&stored));
     oracle::assert_same(&expected, &actual);
 }
 
