@@ -20,8 +20,7 @@ use adstore_ingest::{IngestSummary, ParseOptions, ParseOutcome, parse_arrow_ipc,
 use adstore_storage::{EventType, Store};
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +43,8 @@ pub struct AppState {
     /// Newest event time accepted so far; the lateness bound hangs off it.
     pub newest_ts_ms: AtomicI64,
     pub counters: HttpCounters,
+    /// Buffers for ingest bodies, reused between requests.
+    pub body_buffers: Arc<body::BufferPool>,
 }
 
 #[derive(Default)]
@@ -181,10 +182,9 @@ struct IngestResponse {
 /// `:batch` endpoint implies (`None` for the mixed endpoint).
 fn ingest_route(kind: Option<EventType>) -> MethodRouter<Arc<AppState>> {
     post(
-        move |State(app): State<Arc<AppState>>,
-              Query(p): Query<IngestParams>,
-              headers: HeaderMap,
-              body: Result<Bytes, BytesRejection>| async move { ingest(app, p, headers, body, kind).await },
+        move |State(app): State<Arc<AppState>>, Query(p): Query<IngestParams>, headers: HeaderMap, body: Body| async move {
+            ingest(app, p, headers, body, kind).await
+        },
     )
 }
 
@@ -216,27 +216,16 @@ fn sniff_json(body: &[u8]) -> BodyFormat {
     if first == Some(&b'[') { BodyFormat::Json } else { BodyFormat::Ndjson }
 }
 
-/// The raw body, or why axum could not read it: over the limit is our 413.
-fn raw_body(body: Result<Bytes, BytesRejection>, limit_bytes: usize) -> Result<Bytes, ServerError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ServerError::PayloadTooLarge { limit_bytes, after: "" }
-        } else {
-            ServerError::BadRequest(rejection.body_text())
-        }
-    })
-}
-
 async fn ingest(
     app: Arc<AppState>,
     params: IngestParams,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     expected_type: Option<EventType>,
 ) -> Result<Response, ServerError> {
     app.counters.ingest_requests.fetch_add(1, Ordering::Relaxed);
     let limit_bytes = app.config.server.max_body_bytes;
-    let body = raw_body(body, limit_bytes)?;
+    let body = body::read(body, &headers, limit_bytes, &app.body_buffers).await?;
     let backfill = match params.mode.as_deref() {
         None | Some("live") => false,
         Some("backfill") => true,
@@ -260,7 +249,7 @@ async fn ingest(
     };
     let worker = app.clone();
     let (outcome, summary): (ParseOutcome, IngestSummary) = tokio::task::spawn_blocking(move || {
-        let body = body::decode(body, encoding, limit_bytes)?;
+        let body = body::decode(body, encoding, limit_bytes, &worker.body_buffers)?;
         let outcome = match format {
             BodyFormat::Ndjson => parse_ndjson(&body, &opts),
             BodyFormat::Json => match sniff_json(&body) {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  reader (calling thread): NDJSON: read 1 MiB chunks, cut at line boundaries
-//!    into batches of --batch-size lines; Arrow IPC stream (detected by its
+//!    into batches of --batch-size lines (in buffers reused once sent);
+//!    Arrow IPC stream (detected by its
 //!    first bytes): slice its record batches into --batch-size rows
 //!        ──► bounded queue ──► --concurrency workers:
 //!        [NDJSON with --format arrow: parse client-side, encode Arrow IPC]
@@ -35,6 +36,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memchr::memchr_iter;
 use serde::Deserialize;
 
+use crate::body::{BufferPool, PooledBuf};
 use crate::error::ServerError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -73,6 +75,8 @@ pub struct IngestArgs {
 
 /// Bytes read from the input at a time.
 const READ_CHUNK: usize = 1 << 20;
+/// Batch buffers larger than this are freed after sending instead of reused.
+const BATCH_BUFFER_MAX_KEPT_BYTES: usize = 256 << 20;
 /// Per-line errors printed at the end.
 const SHOWN_ERRORS: usize = 20;
 
@@ -90,16 +94,21 @@ struct Batch {
 }
 
 enum Payload {
-    /// NDJSON lines as read.
-    Lines(Vec<u8>),
+    /// NDJSON lines as read; the buffer goes back to the reader once sent.
+    Lines(PooledBuf),
     /// Rows of an Arrow input, encoded by the worker that sends them.
     Rows(RecordBatch),
 }
 
 /// Cuts a byte stream into batches of whole lines.
+///
+/// Batch buffers come from a pool and return to it when the worker drops
+/// them after sending: megabytes of fresh memory per batch otherwise cost
+/// the kernel mapping and zeroing pages each time.
 struct Splitter<R> {
     input: R,
-    pending: Vec<u8>,
+    pool: Arc<BufferPool>,
+    pending: PooledBuf,
     /// Bytes of `pending` already searched for newlines, and the newlines found there.
     scanned: usize,
     newlines: usize,
@@ -108,8 +117,9 @@ struct Splitter<R> {
 }
 
 impl<R: Read> Splitter<R> {
-    fn new(input: R) -> Splitter<R> {
-        Splitter { input, pending: Vec::new(), scanned: 0, newlines: 0, next_line: 1, eof: false }
+    fn new(input: R, pool: Arc<BufferPool>) -> Splitter<R> {
+        let pending = pool.take();
+        Splitter { input, pool, pending, scanned: 0, newlines: 0, next_line: 1, eof: false }
     }
 
     fn next_batch(&mut self, lines: usize) -> std::io::Result<Option<Batch>> {
@@ -123,7 +133,9 @@ impl<R: Read> Splitter<R> {
                 }
             }
             if let Some(cut) = cut {
-                let rest = self.pending.split_off(cut);
+                let mut rest = self.pool.take();
+                rest.vec_mut().extend_from_slice(&self.pending[cut..]);
+                self.pending.vec_mut().truncate(cut);
                 let body = std::mem::replace(&mut self.pending, rest);
                 return Ok(Some(self.batch(body, lines)));
             }
@@ -132,26 +144,21 @@ impl<R: Read> Splitter<R> {
                 if self.pending.is_empty() {
                     return Ok(None);
                 }
-                let body = std::mem::take(&mut self.pending);
+                let body = std::mem::replace(&mut self.pending, self.pool.take());
                 let lines = self.newlines + usize::from(body.last() != Some(&b'\n'));
                 return Ok(Some(self.batch(body, lines)));
             }
-            let len = self.pending.len();
-            self.pending.resize(len + READ_CHUNK, 0);
-            let n = loop {
-                match self.input.read(&mut self.pending[len..]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    other => break other,
-                }
-            };
-            self.pending.truncate(len + n.as_ref().map_or(0, |n| *n));
-            if n? == 0 {
+            // Into spare capacity: `read_to_end` does not zero it first, and
+            // retries reads that were interrupted.
+            let pending = self.pending.vec_mut();
+            pending.reserve(READ_CHUNK);
+            if (&mut self.input).take(READ_CHUNK as u64).read_to_end(pending)? == 0 {
                 self.eof = true;
             }
         }
     }
 
-    fn batch(&mut self, body: Vec<u8>, lines: usize) -> Batch {
+    fn batch(&mut self, body: PooledBuf, lines: usize) -> Batch {
         let events = body.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).count() as u64;
         let first_line = self.next_line;
         self.next_line += lines;
@@ -299,7 +306,9 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
     if arrow_input {
         read_error = queue_arrow_rows(input, &args.input, args.batch_size, &tx, &stop).err();
     } else {
-        let mut splitter = Splitter::new(input);
+        // Every batch in flight, queued or being filled holds a buffer.
+        let pool = BufferPool::new(args.concurrency * 3 + 2, BATCH_BUFFER_MAX_KEPT_BYTES);
+        let mut splitter = Splitter::new(input, pool);
         while !stop.load(Ordering::Relaxed) {
             match splitter.next_batch(args.batch_size) {
                 Ok(Some(batch)) => {
@@ -377,6 +386,23 @@ impl From<WireFormat> for Sent {
     }
 }
 
+/// A request body: lines as read, or their Arrow IPC encoding.
+enum Wire {
+    Lines(PooledBuf),
+    Encoded(Vec<u8>),
+}
+
+impl std::ops::Deref for Wire {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Wire::Lines(b) => b,
+            Wire::Encoded(b) => b,
+        }
+    }
+}
+
 /// One sending thread's view of the run.
 struct Worker {
     agent: ureq::Agent,
@@ -405,12 +431,13 @@ impl Worker {
         let t = &self.totals;
         t.sent.fetch_add(batch.events, Ordering::Relaxed);
         const ARROW: &str = "application/vnd.apache.arrow.stream";
+        const NDJSON: &str = "application/x-ndjson";
         let encoded = match (self.format, batch.body) {
-            (Sent::Lines, Payload::Lines(lines)) => Ok((lines.len() as u64, Some(lines), "application/x-ndjson", 0)),
+            (Sent::Lines, Payload::Lines(lines)) => Ok((lines.len() as u64, Some(Wire::Lines(lines)), NDJSON, 0)),
             (Sent::ParsedLines, Payload::Lines(lines)) => to_arrow(&lines, batch.first_line, t)
-                .map(|(body, rejected)| (lines.len() as u64, body, ARROW, rejected)),
+                .map(|(body, rejected)| (lines.len() as u64, body.map(Wire::Encoded), ARROW, rejected)),
             (_, Payload::Rows(record)) => {
-                encode_record_batch(&record).map(|body| (body.len() as u64, Some(body), ARROW, 0))
+                encode_record_batch(&record).map(|body| (body.len() as u64, Some(Wire::Encoded(body)), ARROW, 0))
             }
             (Sent::ArrowRows, Payload::Lines(_)) => {
                 Err(ArrowError::InvalidArgumentError("lines from an Arrow input".into()))
@@ -632,11 +659,11 @@ mod tests {
                 Ok(n)
             }
         }
-        let mut s = Splitter::new(Dribble(input, chunk_reads));
+        let mut s = Splitter::new(Dribble(input, chunk_reads), BufferPool::new(4, 1 << 20));
         let mut out = Vec::new();
         while let Some(b) = s.next_batch(lines).expect("read") {
             let Payload::Lines(body) = b.body else { panic!("the splitter cuts lines") };
-            out.push((b.first_line, b.events, body));
+            out.push((b.first_line, b.events, body.to_vec()));
         }
         out
     }

@@ -22,6 +22,12 @@ use crate::datagen::{GenConfig, Generator};
 use crate::error::ServerError;
 use crate::http::{AppState, HttpCounters, now_ms, router};
 
+/// Ingest body buffers kept between requests: enough for a few requests in
+/// flight, raw and decompressed, each up to 16 MiB (about 40,000 NDJSON
+/// events). At most 128 MiB sit idle.
+const BODY_BUFFERS_KEPT: usize = 8;
+const BODY_BUFFER_MAX_KEPT_BYTES: usize = 16 << 20;
+
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// Data directory (created if missing).
@@ -75,6 +81,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         rate_limiter,
         newest_ts_ms: AtomicI64::new(newest),
         counters: HttpCounters::default(),
+        body_buffers: crate::body::BufferPool::new(BODY_BUFFERS_KEPT, BODY_BUFFER_MAX_KEPT_BYTES),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
