@@ -291,7 +291,7 @@ impl ExactlyOnce {
         } else if fresh.len() == batch.num_rows() {
             store.append(batch).map(|_| ())
         } else {
-            batch.take(&fresh).and_then(|b| store.append(&b)).map(|_| ())
+            store.append_rows(batch, Some(&fresh)).map(|_| ())
         };
         self.dedupe.settle(&admitted, result.is_ok());
         result?;

@@ -382,21 +382,28 @@ impl Store {
     /// fsynced; the events are visible to snapshots from that moment on
     /// (in fact slightly before: from when the record is written).
     pub fn append(&self, batch: &EventBatch) -> Result<Lsn> {
+        self.append_rows(batch, None)
+    }
+
+    /// Appends the rows of `batch` at `keep` (ascending), or all rows when
+    /// `None`, as [`Store::append`] does. The rows are copied at most once.
+    pub fn append_rows(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Lsn> {
         if self.inner.stop.load(Ordering::Acquire) {
             return Err(StorageError::ShuttingDown);
         }
-        if batch.is_empty() {
+        if keep.map_or(batch.num_rows(), <[u32]>::len) == 0 {
             return Ok(Lsn(0));
         }
-        let parts = self.inner.partitioning.split(batch)?;
-        let payload = encode_batch(batch)?;
-        let rows = batch.num_rows() as u64;
+        let grouped = self.inner.partitioning.group(batch, keep)?;
+        let payload = encode_batch(&grouped.rows)?;
+        let rows = grouped.rows.num_rows() as u64;
+        let max_ts = grouped.rows.ts().iter().max().copied();
         let lsn = self.inner.wal.append_with(&payload, |lsn| {
-            self.inner.visible.write().head.insert(lsn, parts, Instant::now());
+            self.inner.visible.write().head.insert(lsn, grouped.parts, Instant::now());
         })?;
         self.inner.counters.appended_rows.fetch_add(rows, Ordering::Relaxed);
-        if let Some(max) = batch.ts().iter().max() {
-            self.inner.max_event_ts.fetch_max(*max, Ordering::AcqRel);
+        if let Some(max) = max_ts {
+            self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);
         }
         Ok(lsn)
     }
