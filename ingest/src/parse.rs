@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  body ──split──► [Item{range, line}] ──par_chunks (rayon)──► per chunk:
-//!                                           serde (RawEvent, borrowed) ─► check ─► EventBatchBuilder
+//!                 fast::read, else serde (RawEvent, borrowed) ─► check ─► EventBatchBuilder
 //!                                                                  │ reject
 //!                                                                  ▼
 //!                                                     counts + first `max_errors` LineErrors
@@ -30,6 +30,7 @@
 //!   rejection, and the complete elements before it are kept;
 //! - a leading UTF-8 byte order mark is ignored.
 
+mod fast;
 pub(crate) mod raw;
 pub(crate) mod rfc3339;
 mod split;
@@ -261,7 +262,7 @@ fn parse_one(
         return Err(IngestError::MalformedJson { message });
     }
     let raw: Result<RawEvent<'_>, _> = match line {
-        Line::Text(s) => serde_json::from_str(s),
+        Line::Text(s) => fast::read(s).map_or_else(|| serde_json::from_str(s), Ok),
         Line::Bytes(b) => serde_json::from_slice(b),
     };
     let raw = raw.map_err(|e| malformed(&e, item))?;

@@ -107,7 +107,7 @@ impl Val<'_> {
 }
 
 /// The fields of one event object as read, before validation.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct RawEvent<'a> {
     vals: [Option<Val<'a>>; INPUT_FIELDS],
     /// The first key that is not an input field.
@@ -117,6 +117,28 @@ pub(crate) struct RawEvent<'a> {
 }
 
 impl<'a> RawEvent<'a> {
+    pub(crate) fn empty() -> RawEvent<'a> {
+        RawEvent { vals: [const { None }; INPUT_FIELDS], unknown: None, duplicate: None }
+    }
+
+    /// Records `column`'s value; the first one wins and a repeat is noted.
+    pub(crate) fn set(&mut self, column: ColumnId, value: Val<'a>) {
+        // Invariant: `input_column` only yields columns below INPUT_FIELDS.
+        let slot = &mut self.vals[column.index()];
+        if slot.is_some() {
+            self.duplicate.get_or_insert(column);
+        } else {
+            *slot = Some(value);
+        }
+    }
+
+    /// Notes a key that is not an input field; the first one is kept.
+    pub(crate) fn note_unknown(&mut self, name: &str) {
+        if self.unknown.is_none() {
+            self.unknown = Some(name.to_owned());
+        }
+    }
+
     /// `None` when the field is absent; `Some(Val::Null)` for an explicit `null`.
     pub(crate) fn get(&self, column: ColumnId) -> Option<&Val<'a>> {
         self.vals.get(column.index()).and_then(Option::as_ref)
@@ -139,24 +161,13 @@ impl<'de> Visitor<'de> for EventVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent<'de>, A::Error> {
-        let mut raw = RawEvent { vals: [const { None }; INPUT_FIELDS], unknown: None, duplicate: None };
+        let mut raw = RawEvent::empty();
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match key {
-                Key::Known(column) => {
-                    let value = map.next_value::<Val<'de>>()?;
-                    // Invariant: `input_column` only yields columns below INPUT_FIELDS.
-                    let slot = &mut raw.vals[column.index()];
-                    if slot.is_some() {
-                        raw.duplicate.get_or_insert(column);
-                    } else {
-                        *slot = Some(value);
-                    }
-                }
+                Key::Known(column) => raw.set(column, map.next_value::<Val<'de>>()?),
                 Key::Unknown(name) => {
                     map.next_value::<IgnoredAny>()?;
-                    if raw.unknown.is_none() {
-                        raw.unknown = Some(name.into_owned());
-                    }
+                    raw.note_unknown(&name);
                 }
             }
         }
