@@ -43,7 +43,7 @@ use crate::manifest::{
 };
 use crate::seal::{PipelineOutput, SealContext, SealKind, SealPipeline, SidecarReader};
 use crate::segment::{BlockCache, SegmentReader, SegmentWriteOptions, write_segment};
-use crate::wal::{Wal, WalConfig, decode_batch, encode_batch};
+use crate::wal::{Wal, WalConfig, decode_batch, encode_batch_into};
 
 #[cfg(test)]
 mod tests;
@@ -273,7 +273,15 @@ struct Inner {
     max_event_ts: AtomicI64,
     /// Blocks queries read, shared by every segment reader.
     block_cache: Arc<BlockCache>,
+    /// WAL payload buffers kept between appends; a fresh one per record
+    /// cost the kernel zeroing megabytes of pages each time.
+    encode_buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// At most this many encode buffers are kept, each at most this large, so
+/// at most 128 MiB sit idle.
+const ENCODE_BUFFERS_KEPT: usize = 8;
+const ENCODE_BUFFER_MAX_KEPT_BYTES: usize = 16 << 20;
 
 /// Handle to an open store. Clones share the same store.
 #[derive(Clone)]
@@ -363,6 +371,7 @@ impl Store {
             sealer: Mutex::new(None),
             max_event_ts: AtomicI64::new(max_event_ts),
             block_cache,
+            encode_buffers: Mutex::new(Vec::new()),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -395,12 +404,18 @@ impl Store {
             return Ok(Lsn(0));
         }
         let grouped = self.inner.partitioning.group(batch, keep)?;
-        let payload = encode_batch(&grouped.rows)?;
+        let mut payload = self.inner.encode_buffers.lock().pop().unwrap_or_default();
+        encode_batch_into(&grouped.rows, &mut payload)?;
         let rows = grouped.rows.num_rows() as u64;
         let max_ts = grouped.rows.ts().iter().max().copied();
         let lsn = self.inner.wal.append_with(&payload, |lsn| {
             self.inner.visible.write().head.insert(lsn, grouped.parts, Instant::now());
         })?;
+        let mut kept = self.inner.encode_buffers.lock();
+        if kept.len() < ENCODE_BUFFERS_KEPT && payload.capacity() <= ENCODE_BUFFER_MAX_KEPT_BYTES {
+            kept.push(payload);
+        }
+        drop(kept);
         self.inner.counters.appended_rows.fetch_add(rows, Ordering::Relaxed);
         if let Some(max) = max_ts {
             self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);

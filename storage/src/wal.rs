@@ -80,7 +80,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use codec::{decode_batch, encode_batch};
+pub use codec::{decode_batch, encode_batch, encode_batch_into};
 pub use writer::Wal;
 
 /// Where and how the WAL writes.

@@ -13,6 +13,14 @@ const IPC_OVERHEAD_BYTES: usize = 16 << 10;
 
 /// Encodes `batch` as an Arrow IPC stream (schema + one batch + end marker).
 pub fn encode_batch(batch: &EventBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_batch_into(batch, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_batch`] into `out` (cleared first), so a caller can reuse one
+/// buffer for many records instead of megabytes of fresh memory each time.
+pub fn encode_batch_into(batch: &EventBatch, out: &mut Vec<u8>) -> Result<()> {
     let rb = batch.record_batch();
     // Sized up front: growing by doubling copied the payload several times,
     // each time into memory fresh from the kernel.
@@ -21,11 +29,12 @@ pub fn encode_batch(batch: &EventBatch) -> Result<Vec<u8>> {
         .iter()
         .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
         .sum();
-    let out = Vec::with_capacity(data + IPC_OVERHEAD_BYTES);
+    out.clear();
+    out.reserve(data + IPC_OVERHEAD_BYTES);
     let mut writer = StreamWriter::try_new(out, rb.schema_ref())?;
     writer.write(rb)?;
     writer.finish()?;
-    Ok(writer.into_inner()?)
+    Ok(())
 }
 
 /// Decodes a payload written by [`encode_batch`].
