@@ -122,6 +122,7 @@ impl<'a> RawEvent<'a> {
     }
 
     /// Records `column`'s value; the first one wins and a repeat is noted.
+    #[inline]
     pub(crate) fn set(&mut self, column: ColumnId, value: Val<'a>) {
         // Invariant: `input_column` only yields columns below INPUT_FIELDS.
         let slot = &mut self.vals[column.index()];
