@@ -159,7 +159,16 @@ impl<R: Read> Splitter<R> {
     }
 
     fn batch(&mut self, body: PooledBuf, lines: usize) -> Batch {
-        let events = body.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).count() as u64;
+        // Non-blank lines. Found with memchr: splitting byte by byte was
+        // half of the client's time on a large file.
+        let mut events = 0;
+        let mut start = 0;
+        for end in memchr_iter(b'\n', &body).chain(std::iter::once(body.len())) {
+            if !body[start..end].iter().all(u8::is_ascii_whitespace) {
+                events += 1;
+            }
+            start = end + 1;
+        }
         let first_line = self.next_line;
         self.next_line += lines;
         self.scanned = 0;
