@@ -14,7 +14,7 @@ run.sh builds adstore (release) and the virtualenv, then calls `harness.py run`:
         │     du of the data dir
         │   adstore serve (another fresh data dir): adstore ingest --format arrow
         │   adstore gen --format arrow ──► events.arrows (cached); adstore serve (fresh):
-        │     adstore ingest events.arrows   (Arrow IPC input: sliced, not parsed)
+        │     adstore ingest events.arrows   (Arrow IPC input: batches sent as read, not decoded)
         │
         ├─► worker process: DuckDB  load (de-duplicated) + the suite, SET threads=N
         ├─► worker process: chDB    load into MergeTree + the suite, max_threads=N
@@ -773,8 +773,9 @@ def write_report(out: Path, ctx: dict) -> Path:
                          f"| {fmt_bytes(fig['segment_bytes'])} | {fmt_bytes(fig['bytes_on_disk'])} |")
         lines += ["", "ndjson: the NDJSON file as it is. arrow: the same file parsed by `adstore ingest` into Arrow "
                   "IPC before sending (the client's parsing is in the time). arrow-file: an Arrow IPC file of the "
-                  "same events (`adstore gen --format arrow`), sliced into requests by `adstore ingest` without "
-                  "parsing, as a producer that holds Arrow already would send it.", ""]
+                  "same events (`adstore gen --format arrow`, record batches of 8,192 rows), each batch sent by "
+                  "`adstore ingest` as one request as read, without decoding, as a producer that holds Arrow already "
+                  "would send it.", ""]
     lines += ["## Load", "",
               "| engine | load (s) | events/s | settle (s) | rows | bytes on disk | peak RSS |",
               "|---|---:|---:|---:|---:|---:|---:|"]
@@ -911,18 +912,23 @@ def render_main(args) -> int:
     return 0
 
 
+# Written next to a generated file; a file with another stamp is generated
+# again (bump it when `adstore gen` changes its output).
+GEN_STAMP = "adstore gen output v2 (Arrow record batches of 8192 rows)"
+
+
 def generate(binary: Path, out: Path, events: int, fmt: str = "ndjson") -> Path:
     """The generated events as `fmt` (ndjson, or arrow: an Arrow IPC stream of the same events)."""
     suffix = "ndjson" if fmt == "ndjson" else "arrows"
     data = out / f"events-{events}-s{GEN_SEED}-{GEN_SPAN_DAYS}d.{suffix}"
     stamp = data.with_suffix(f".{suffix}.done")
-    if data.exists() and stamp.exists():
+    if data.exists() and stamp.exists() and stamp.read_text().strip() == GEN_STAMP:
         log(f"reusing {data}")
         return data
     log(f"generating {events:,} events into {data}")
     subprocess.run([str(binary), "gen", "--events", str(events), "--seed", str(GEN_SEED), "--start", GEN_START,
                     "--span", f"{GEN_SPAN_DAYS}d", "--format", fmt, "--out", str(data)], check=True)
-    stamp.write_text("ok\n")
+    stamp.write_text(GEN_STAMP + "\n")
     return data
 
 

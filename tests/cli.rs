@@ -104,7 +104,17 @@ fn gen_serve_ingest_arrow() {
 /// An Arrow IPC stream from `gen --format arrow` is sent in slices,
 /// without parsing, and counts like the same events as NDJSON.
 #[test]
-fn gen_serve_ingest_arrow_file() {
+fn gen_serve_ingest_arrow_file_in_slices() {
+    ingest_arrow_file("7000");
+}
+
+/// Record batches no larger than --batch-size go out as they are read.
+#[test]
+fn gen_serve_ingest_arrow_file_batches_as_they_are() {
+    ingest_arrow_file("40000");
+}
+
+fn ingest_arrow_file(batch_size: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let start = (now_ms() - 20 * HOUR_MS).to_string();
     let gen_args = ["gen", "--events", "30000", "--seed", "7", "--start", &start, "--span", "18h"];
@@ -115,7 +125,7 @@ fn gen_serve_ingest_arrow_file() {
     let dir = tmp.path().join("data");
     let server = Server::start(&dir, None);
     // --format says ndjson (the default): an Arrow input is sent as Arrow anyway.
-    let out = adstore(&["ingest", file_arg, "--url", &server.url, "--batch-size", "7000", "--concurrency", "3"]);
+    let out = adstore(&["ingest", file_arg, "--url", &server.url, "--batch-size", batch_size, "--concurrency", "3"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let distinct = distinct_events(&ndjson);
     assert_eq!(summary_value(&stdout, "sent"), 30_000, "{stdout}");

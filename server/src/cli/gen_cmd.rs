@@ -59,8 +59,10 @@ pub enum GenFormat {
     Arrow,
 }
 
-/// Rows per record batch of `--format arrow`.
-const ARROW_BATCH_ROWS: usize = 64 * 1024;
+/// Rows per record batch of `--format arrow`: a common batch size for Arrow
+/// producers, and under `adstore ingest`'s default `--batch-size`, so the
+/// file's batches go out as they are.
+const ARROW_BATCH_ROWS: usize = 8 * 1024;
 
 /// Events per chunk handed from the generator thread to the writer.
 const CHUNK: usize = 16 * 1024;

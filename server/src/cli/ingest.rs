@@ -4,11 +4,12 @@
 //! ```text
 //!  reader (calling thread): NDJSON: read 1 MiB chunks, cut at line boundaries
 //!    into batches of --batch-size lines (in buffers reused once sent);
-//!    Arrow IPC stream (detected by its
-//!    first bytes): slice its record batches into --batch-size rows
+//!    Arrow IPC stream (detected by its first bytes): each record batch of
+//!    at most --batch-size rows as read (schema + batch bytes); from the
+//!    first one that is not, decode and slice into --batch-size rows
 //!        ──► bounded queue ──► --concurrency workers:
 //!        [NDJSON with --format arrow: parse client-side, encode Arrow IPC]
-//!        [Arrow input: encode each slice as one IPC stream]
+//!        [decoded Arrow slices: encode each as one IPC stream]
 //!        POST /v1/events ─► 2xx/400/422: count accepted / duplicates / rejected
 //!                        ─► 429, 5xx, connection error: retry the same bytes after a backoff
 //!                        ─► other statuses: the batch fails, the run exits 1
@@ -20,7 +21,7 @@
 //! stderr is not a terminal), the summary to stdout.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::io::{BufRead, BufReader, Cursor, IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -98,6 +99,8 @@ enum Payload {
     Lines(PooledBuf),
     /// Rows of an Arrow input, encoded by the worker that sends them.
     Rows(RecordBatch),
+    /// An Arrow IPC stream as read from the input, sent as it is.
+    Ipc(Vec<u8>),
 }
 
 /// Cuts a byte stream into batches of whole lines.
@@ -177,18 +180,157 @@ impl<R: Read> Splitter<R> {
     }
 }
 
-/// Reads an Arrow IPC stream and queues its rows in slices of `rows`.
-/// Stops early when `stop` is set or the workers are gone.
-fn queue_arrow_rows(
-    input: impl Read,
+/// Queues an Arrow IPC stream. A record batch of at most `rows` rows goes
+/// out as it is: its message bytes, behind the stream's schema message, are
+/// the request body, with nothing decoded or re-encoded (decoding, checking
+/// and re-encoding each batch was most of the client's time). At the first
+/// message that cannot go out as it is (a larger batch, a dictionary, bytes
+/// that are not a message), the rest of the stream goes to
+/// [`queue_arrow_rows`], which decodes it and reports any error.
+fn queue_arrow_input(
+    mut input: impl Read,
     path: &str,
     rows: usize,
     tx: &mpsc::SyncSender<Batch>,
     stop: &AtomicBool,
 ) -> Result<(), ServerError> {
+    let bad = |source| ServerError::Io { path: path.to_string(), source };
+    let schema = match read_ipc_message(&mut input).map_err(bad)? {
+        // A schema the decoder cannot read is left to it, to say why.
+        IpcRead::Message(m)
+            if m.kind == IpcKind::Schema && arrow_ipc::convert::try_schema_from_ipc_buffer(&m.bytes).is_ok() =>
+        {
+            m.bytes
+        }
+        IpcRead::Message(m) => return queue_arrow_rows(Cursor::new(m.bytes).chain(input), path, rows, 1, tx, stop),
+        IpcRead::Unsupported(read) => return queue_arrow_rows(Cursor::new(read).chain(input), path, rows, 1, tx, stop),
+        IpcRead::End(read) => return queue_arrow_rows(Cursor::new(read).chain(input), path, rows, 1, tx, stop),
+    };
+    let mut next_row = 1;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let read = match read_ipc_message(&mut input).map_err(bad)? {
+            IpcRead::Message(m) if m.kind == IpcKind::RecordBatch(0) => continue,
+            IpcRead::Message(IpcMessage { kind: IpcKind::RecordBatch(n), bytes }) if n <= rows => {
+                let mut body = Vec::with_capacity(schema.len() + bytes.len() + IPC_END.len());
+                body.extend_from_slice(&schema);
+                body.extend_from_slice(&bytes);
+                body.extend_from_slice(&IPC_END);
+                if tx.send(Batch { first_line: next_row, events: n as u64, body: Payload::Ipc(body) }).is_err() {
+                    return Ok(());
+                }
+                next_row += n;
+                continue;
+            }
+            IpcRead::End(read) if read.is_empty() => return Ok(()),
+            IpcRead::Message(m) => m.bytes,
+            IpcRead::Unsupported(read) | IpcRead::End(read) => read,
+        };
+        let rest = Cursor::new(schema).chain(Cursor::new(read)).chain(input);
+        return queue_arrow_rows(rest, path, rows, next_row, tx, stop);
+    }
+}
+
+/// The end-of-stream marker of the IPC stream format.
+const IPC_END: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+
+/// Largest message the pass-through reads whole; a longer one is left to
+/// the decoder.
+const MAX_IPC_MESSAGE_BYTES: usize = 1 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IpcKind {
+    Schema,
+    /// A record batch of this many rows.
+    RecordBatch(usize),
+    Other,
+}
+
+/// One encapsulated IPC message, as its bytes on the wire.
+struct IpcMessage {
+    kind: IpcKind,
+    bytes: Vec<u8>,
+}
+
+enum IpcRead {
+    Message(IpcMessage),
+    /// The end-of-stream marker, or the end of the input (`bytes` holds
+    /// what was read of a message cut short, if anything).
+    End(Vec<u8>),
+    /// Bytes that do not frame a message this reader understands.
+    Unsupported(Vec<u8>),
+}
+
+/// Reads one message: `0xFFFFFFFF`, a little-endian `i32` metadata length,
+/// the metadata (a flatbuffer `Message`), then `bodyLength` bytes of body.
+/// Anything unexpected is returned with the bytes read so far.
+fn read_ipc_message(input: &mut impl Read) -> std::io::Result<IpcRead> {
+    let mut bytes = Vec::new();
+    if !read_up_to(input, &mut bytes, 8)? {
+        return Ok(IpcRead::End(bytes));
+    }
+    if bytes[..4] != [0xFF; 4] {
+        return Ok(IpcRead::Unsupported(bytes));
+    }
+    let meta_len = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if meta_len == 0 {
+        return Ok(IpcRead::End(Vec::new()));
+    }
+    let Ok(meta_len) = usize::try_from(meta_len) else {
+        return Ok(IpcRead::Unsupported(bytes));
+    };
+    if meta_len > MAX_IPC_MESSAGE_BYTES || !read_up_to(input, &mut bytes, meta_len)? {
+        return Ok(if meta_len > MAX_IPC_MESSAGE_BYTES { IpcRead::Unsupported(bytes) } else { IpcRead::End(bytes) });
+    }
+    let (kind, body_len) = match arrow_ipc::root_as_message(&bytes[8..]) {
+        Ok(m) => {
+            let kind = match m.header_type() {
+                arrow_ipc::MessageHeader::Schema => IpcKind::Schema,
+                // A compressed body is left to the decoder, which says
+                // whether it can read it.
+                arrow_ipc::MessageHeader::RecordBatch => m
+                    .header_as_record_batch()
+                    .filter(|b| b.compression().is_none())
+                    .and_then(|b| usize::try_from(b.length()).ok())
+                    .map_or(IpcKind::Other, IpcKind::RecordBatch),
+                _ => IpcKind::Other,
+            };
+            (kind, usize::try_from(m.bodyLength()).ok())
+        }
+        Err(_) => (IpcKind::Other, None),
+    };
+    let Some(body_len) = body_len.filter(|&n| n <= MAX_IPC_MESSAGE_BYTES && kind != IpcKind::Other) else {
+        return Ok(IpcRead::Unsupported(bytes));
+    };
+    if !read_up_to(input, &mut bytes, body_len)? {
+        return Ok(IpcRead::End(bytes));
+    }
+    Ok(IpcRead::Message(IpcMessage { kind, bytes }))
+}
+
+/// Appends `n` bytes of `input` to `out`; `false` if the input ended first
+/// (what was read stays in `out`).
+fn read_up_to(input: &mut impl Read, out: &mut Vec<u8>, n: usize) -> std::io::Result<bool> {
+    let got = input.take(n as u64).read_to_end(out)?;
+    Ok(got == n)
+}
+
+/// Reads an Arrow IPC stream and queues its rows in slices of `rows`,
+/// numbering them from `first_row`. Stops early when `stop` is set or the
+/// workers are gone.
+fn queue_arrow_rows(
+    input: impl Read,
+    path: &str,
+    rows: usize,
+    first_row: usize,
+    tx: &mpsc::SyncSender<Batch>,
+    stop: &AtomicBool,
+) -> Result<(), ServerError> {
     let bad = |source| ServerError::ArrowInput { path: path.to_string(), source };
     let reader = StreamReader::try_new(input, None).map_err(bad)?;
-    let mut next_row = 1;
+    let mut next_row = first_row;
     for record in reader {
         let record = record.map_err(bad)?;
         let mut offset = 0;
@@ -313,7 +455,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
 
     let mut read_error = None;
     if arrow_input {
-        read_error = queue_arrow_rows(input, &args.input, args.batch_size, &tx, &stop).err();
+        read_error = queue_arrow_input(input, &args.input, args.batch_size, &tx, &stop).err();
     } else {
         // Every batch in flight, queued or being filled holds a buffer.
         let pool = BufferPool::new(args.concurrency * 3 + 2, BATCH_BUFFER_MAX_KEPT_BYTES);
@@ -448,6 +590,7 @@ impl Worker {
             (_, Payload::Rows(record)) => {
                 encode_record_batch(&record).map(|body| (body.len() as u64, Some(Wire::Encoded(body)), ARROW, 0))
             }
+            (_, Payload::Ipc(body)) => Ok((body.len() as u64, Some(Wire::Encoded(body)), ARROW, 0)),
             (Sent::ArrowRows, Payload::Lines(_)) => {
                 Err(ArrowError::InvalidArgumentError("lines from an Arrow input".into()))
             }
@@ -675,6 +818,88 @@ mod tests {
             out.push((b.first_line, b.events, body.to_vec()));
         }
         out
+    }
+
+    /// What `queue_arrow_input` queued: (first row, events, sent as read?, rows).
+    fn queued_arrow(input: &[u8], rows: usize) -> Result<Vec<(usize, u64, bool, RecordBatch)>, ServerError> {
+        let (tx, rx) = mpsc::sync_channel(1024);
+        queue_arrow_input(input, "in.arrows", rows, &tx, &AtomicBool::new(false))?;
+        drop(tx);
+        Ok(rx
+            .into_iter()
+            .map(|b| {
+                let (as_read, record) = match b.body {
+                    Payload::Ipc(bytes) => {
+                        let mut reader = StreamReader::try_new(&bytes[..], None).expect("a whole IPC stream");
+                        let record = reader.next().expect("one batch").expect("valid");
+                        assert!(reader.next().is_none(), "one batch per request");
+                        (true, record)
+                    }
+                    Payload::Rows(record) => (false, record),
+                    Payload::Lines(_) => panic!("lines from an Arrow input"),
+                };
+                (b.first_line, b.events, as_read, record)
+            })
+            .collect())
+    }
+
+    fn arrow_stream(batches: &[RecordBatch]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = StreamWriter::try_new(&mut out, &batches[0].schema()).expect("writer");
+        for b in batches {
+            w.write(b).expect("write");
+        }
+        w.finish().expect("finish");
+        drop(w);
+        out
+    }
+
+    fn numbers(from: i64, n: usize) -> RecordBatch {
+        let ts = arrow_array::Int64Array::from_iter_values(from..from + n as i64);
+        let id = arrow_array::StringArray::from_iter_values((from..from + n as i64).map(|i| format!("e{i}")));
+        RecordBatch::try_from_iter([("ts", Arc::new(ts) as _), ("event_id", Arc::new(id) as _)]).expect("batch")
+    }
+
+    #[test]
+    fn small_arrow_batches_go_out_as_read() {
+        let batches = [numbers(0, 3), numbers(3, 5), numbers(8, 0), numbers(8, 2)];
+        let got = queued_arrow(&arrow_stream(&batches), 5).expect("queue");
+        let summary: Vec<(usize, u64, bool)> = got.iter().map(|(l, n, r, _)| (*l, *n, *r)).collect();
+        assert_eq!(summary, vec![(1, 3, true), (4, 5, true), (9, 2, true)]);
+        for ((.., record), want) in got.iter().zip([&batches[0], &batches[1], &batches[3]]) {
+            assert_eq!(record, want);
+        }
+    }
+
+    #[test]
+    fn a_larger_arrow_batch_hands_the_rest_to_the_decoder() {
+        let batches = [numbers(0, 3), numbers(3, 12), numbers(15, 2)];
+        let got = queued_arrow(&arrow_stream(&batches), 5).expect("queue");
+        let summary: Vec<(usize, u64, bool)> = got.iter().map(|(l, n, r, _)| (*l, *n, *r)).collect();
+        assert_eq!(summary, vec![(1, 3, true), (4, 5, false), (9, 5, false), (14, 2, false), (16, 2, false)]);
+        let mut row = 0;
+        for (.., record) in got {
+            assert_eq!(record, numbers(row, record.num_rows()), "rows from {row}");
+            row += record.num_rows() as i64;
+        }
+        assert_eq!(row, 17);
+    }
+
+    #[test]
+    fn dictionaries_and_broken_streams_go_to_the_decoder() {
+        let keys = arrow_array::Int32Array::from(vec![0, 1, 0]);
+        let values = arrow_array::StringArray::from(vec!["a", "b"]);
+        let dict = arrow_array::DictionaryArray::try_new(keys, Arc::new(values)).expect("dictionary");
+        let batch = RecordBatch::try_from_iter([("device", Arc::new(dict) as _)]).expect("batch");
+        let got = queued_arrow(&arrow_stream(std::slice::from_ref(&batch)), 5).expect("queue");
+        assert_eq!(got.len(), 1);
+        assert!(!got[0].2, "a dictionary batch is decoded, not passed through");
+        assert_eq!(got[0].3, batch);
+        // Cut short inside the second batch: the first goes out, then the
+        // decoder reports the damage.
+        let bytes = arrow_stream(&[numbers(0, 3), numbers(3, 4)]);
+        let err = queued_arrow(&bytes[..bytes.len() - 20], 5).err().expect("truncated");
+        assert!(matches!(err, ServerError::ArrowInput { .. }), "{err}");
     }
 
     #[test]
