@@ -60,6 +60,18 @@ pub(crate) fn read(line: &str) -> Option<RawEvent<'_>> {
     (s.pos == s.bytes.len()).then_some(raw)
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `word` is `"`, `\\` or below 0x20. (A byte below
+/// `n` sets its high bit in `(x - n) & !x`; bytes of 0x80 and up never do.
+/// Borrows can flag a byte above a flagged one, never one below it, and
+/// any flag at all means a true one.)
+fn stops_string(word: u64) -> bool {
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20) != 0
+}
+
 struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -86,6 +98,15 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.pos;
+        // Eight bytes at a time while no quote, backslash or control
+        // character is among them; then byte by byte to find which.
+        while let Some(word) = self.bytes.get(self.pos..self.pos + 8) {
+            let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
+            if stops_string(word) {
+                break;
+            }
+            self.pos += 8;
+        }
         loop {
             match *self.bytes.get(self.pos)? {
                 b'"' => break,
@@ -172,6 +193,20 @@ mod tests {
     }
 
     #[test]
+    fn word_test_matches_a_byte_loop() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let special =
+            prop::sample::select(vec![b'"', b'\\', 0u8, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xff, b'a', b'#', b']']);
+        let words = prop::collection::vec(prop_oneof![special, any::<u8>()], 8);
+        for _ in 0..20_000 {
+            let bytes = words.new_tree(&mut runner).expect("generate").current();
+            let word = u64::from_le_bytes(<[u8; 8]>::try_from(&bytes[..]).expect("eight bytes"));
+            let want = bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            assert_eq!(stops_string(word), want, "{bytes:?}");
+        }
+    }
+
+    #[test]
     fn leaves_the_rest_to_serde() {
         for line in [
             r#"{"event_id":"a\"b"}"#,
@@ -209,8 +244,11 @@ mod tests {
                 .prop_map(String::from),
         ];
         let value = prop_oneof![
-            "\"[a-z0-9 _\\-é日]{0,8}\"",
+            "\"[a-z0-9 _\\-é日]{0,20}\"",
             prop::sample::select(vec![
+                r#""abcdefghijklmnop\"q""#,
+                "\"abcdefghij\u{1}klmnop\"",
+                r#""abcdefgh""#,
                 "null",
                 "true",
                 "false",
