@@ -613,6 +613,18 @@ def parse_ingest_summary(text: str) -> dict:
 INGEST_RUNS = 3
 
 
+def run_ingest(binary: Path, data: Path, server: "AdstoreServer", fmt: str, wire: str):
+    """`adstore ingest` of `data` into `server`, timed: (seconds, the finished process)."""
+    t = time.perf_counter()
+    proc = subprocess.run([str(binary), "ingest", str(data), "--url", server.url, "--backfill",
+                           "--format", wire], capture_output=True, text=True)
+    ingest_s = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise BenchError(f"adstore ingest --format {wire} ({fmt}) failed (exit {proc.returncode}):\n"
+                         f"{proc.stdout}\n{proc.stderr}")
+    return ingest_s, proc
+
+
 def ingest_only(binary: Path, server_bin: Path, data: Path, out: Path, fmt: str, threads: int,
                 wire: str) -> tuple[float, int]:
     """One timed bulk load into a fresh server, stopped afterwards: (seconds, server VmHWM)."""
@@ -620,13 +632,7 @@ def ingest_only(binary: Path, server_bin: Path, data: Path, out: Path, fmt: str,
     settle_machine()
     server = AdstoreServer(server_bin, data_dir, out / f"adstore-serve-{fmt}-rate.log", threads)
     try:
-        t = time.perf_counter()
-        proc = subprocess.run([str(binary), "ingest", str(data), "--url", server.url, "--backfill",
-                               "--format", wire], capture_output=True, text=True)
-        ingest_s = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise BenchError(f"adstore ingest --format {wire} ({fmt}) failed (exit {proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        ingest_s, _ = run_ingest(binary, data, server, fmt, wire)
         hwm = RssSampler.read(server.proc.pid, "VmHWM")
         log(f"adstore: {fmt}: timed run, {ingest_s:.2f} s")
     finally:
@@ -647,13 +653,7 @@ def adstore_ingest(binary: Path, server_bin: Path, data: Path, out: Path, fmt: s
     server = AdstoreServer(server_bin, data_dir, out / f"adstore-serve-{fmt}.log", threads)
     try:
         log(f"adstore: ingest --format {fmt} into {data_dir} ({server.url})")
-        t = time.perf_counter()
-        proc = subprocess.run([str(binary), "ingest", str(data), "--url", server.url, "--backfill",
-                               "--format", wire], capture_output=True, text=True)
-        ingest_s = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise BenchError(f"adstore ingest --format {wire} ({fmt}) failed (exit {proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        ingest_s, proc = run_ingest(binary, data, server, fmt, wire)
         summary = parse_ingest_summary(proc.stdout)
         rss_ingest = RssSampler.read(server.proc.pid, "VmHWM")
         seal_s = server.wait_sealed()
