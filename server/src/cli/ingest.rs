@@ -202,9 +202,9 @@ fn queue_arrow_input(
         {
             m.bytes
         }
-        IpcRead::Message(m) => return queue_arrow_rows(Cursor::new(m.bytes).chain(input), path, rows, 1, tx, stop),
-        IpcRead::Unsupported(read) => return queue_arrow_rows(Cursor::new(read).chain(input), path, rows, 1, tx, stop),
-        IpcRead::End(read) => return queue_arrow_rows(Cursor::new(read).chain(input), path, rows, 1, tx, stop),
+        IpcRead::Message(IpcMessage { bytes, .. }) | IpcRead::Unsupported(bytes) | IpcRead::End(bytes) => {
+            return queue_arrow_rows(Cursor::new(bytes).chain(input), path, rows, 1, tx, stop);
+        }
     };
     let mut next_row = 1;
     loop {
