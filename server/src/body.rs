@@ -13,18 +13,16 @@
 //! body cannot expand into an unbounded allocation (a "zip bomb").
 //! Decompression is CPU work: callers run it on the blocking pool.
 //!
-//! Buffers come from a [`BufferPool`] and go back to it when dropped. An
-//! ingest body is megabytes; a fresh buffer for each one made the kernel map
-//! and zero its pages every time, a tenth of NDJSON ingest time in a profile.
+//! Buffers come from a [`BufferPool`] (see `adstore_storage::buffers`) and
+//! go back to it when dropped.
 
 use std::io::Read;
-use std::ops::Deref;
 use std::sync::Arc;
 
+use adstore_storage::{BufferPool, PooledBuf};
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use http_body_util::BodyExt;
-use parking_lot::Mutex;
 
 use crate::error::ServerError;
 
@@ -52,75 +50,6 @@ impl Encoding {
     }
 }
 
-/// Byte buffers kept between requests.
-///
-/// At most `keep` buffers wait in the pool, and a buffer that grew past
-/// `max_kept_bytes` is freed instead of kept, so the pool holds at most
-/// `keep * max_kept_bytes` while idle.
-pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
-    keep: usize,
-    max_kept_bytes: usize,
-}
-
-impl BufferPool {
-    pub fn new(keep: usize, max_kept_bytes: usize) -> Arc<BufferPool> {
-        Arc::new(BufferPool { free: Mutex::new(Vec::new()), keep, max_kept_bytes })
-    }
-
-    /// An empty buffer, with the capacity of a returned one when there is one.
-    pub fn take(self: &Arc<Self>) -> PooledBuf {
-        let buf = self.free.lock().pop().unwrap_or_default();
-        PooledBuf { buf, pool: self.clone() }
-    }
-
-    /// Bytes held by idle buffers.
-    pub fn idle_bytes(&self) -> usize {
-        self.free.lock().iter().map(Vec::capacity).sum()
-    }
-}
-
-/// A buffer that goes back to its pool when dropped.
-pub struct PooledBuf {
-    buf: Vec<u8>,
-    pool: Arc<BufferPool>,
-}
-
-impl Deref for PooledBuf {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl std::fmt::Debug for PooledBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBuf").field("len", &self.buf.len()).field("capacity", &self.buf.capacity()).finish()
-    }
-}
-
-impl PooledBuf {
-    /// The buffer itself, to fill.
-    pub fn vec_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-}
-
-impl Drop for PooledBuf {
-    fn drop(&mut self) {
-        if self.buf.capacity() == 0 || self.buf.capacity() > self.pool.max_kept_bytes {
-            return;
-        }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let mut free = self.pool.free.lock();
-        if free.len() < self.pool.keep {
-            free.push(buf);
-        }
-    }
-}
-
 /// Reads a request body into a pooled buffer, refusing it with 413 once it
 /// passes `limit_bytes` (up front when `Content-Length` says so).
 pub async fn read(
@@ -136,15 +65,15 @@ pub async fn read(
         return Err(too_large());
     }
     let mut out = pool.take();
-    out.buf.reserve(declared.unwrap_or(0) as usize);
+    out.vec_mut().reserve(declared.unwrap_or(0) as usize);
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ServerError::BadRequest(format!("failed to read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
-            if out.buf.len() + data.len() > limit_bytes {
+            if out.len() + data.len() > limit_bytes {
                 return Err(too_large());
             }
-            out.buf.extend_from_slice(&data);
+            out.vec_mut().extend_from_slice(&data);
         }
     }
     Ok(out)
@@ -170,10 +99,10 @@ pub fn decode(
     };
     let mut out = pool.take();
     // A guess at the ratio of NDJSON, bounded so a tiny body cannot reserve much.
-    out.buf.reserve(body.len().saturating_mul(8).min(limit_bytes));
+    out.vec_mut().reserve(body.len().saturating_mul(8).min(limit_bytes));
     let read = reader
         .take(limit_bytes as u64 + 1)
-        .read_to_end(&mut out.buf)
+        .read_to_end(out.vec_mut())
         .map_err(|source| ServerError::Decompress { encoding: name, source })?;
     if read > limit_bytes {
         return Err(ServerError::PayloadTooLarge { limit_bytes, after: ", after decompression" });
@@ -189,7 +118,7 @@ mod tests {
 
     fn pooled(pool: &Arc<BufferPool>, data: &[u8]) -> PooledBuf {
         let mut b = pool.take();
-        b.buf.extend_from_slice(data);
+        b.vec_mut().extend_from_slice(data);
         b
     }
 
@@ -222,24 +151,6 @@ mod tests {
         let pool = BufferPool::new(4, 1 << 20);
         let err = decode(pooled(&pool, b"not gzip"), Encoding::Gzip, 1024, &pool).expect_err("bad");
         assert!(matches!(err, ServerError::Decompress { encoding: "gzip", .. }), "{err}");
-    }
-
-    #[test]
-    fn buffers_are_reused_up_to_the_pool_bounds() {
-        let pool = BufferPool::new(2, 1 << 16);
-        let a = pooled(&pool, &[1; 1000]);
-        let a_ptr = a.as_ptr();
-        drop(a);
-        let b = pool.take();
-        assert!(b.is_empty(), "a reused buffer starts empty");
-        assert_eq!(b.buf.as_ptr(), a_ptr, "the returned buffer is handed out again");
-        drop(b);
-        // A buffer over max_kept_bytes is freed, and at most `keep` are kept.
-        drop(pooled(&pool, &vec![0; (1 << 16) + 1]));
-        let held: Vec<PooledBuf> = (0..3).map(|_| pooled(&pool, &[2; 100])).collect();
-        drop(held);
-        assert_eq!(pool.free.lock().len(), 2);
-        assert!(pool.idle_bytes() <= 2 << 16);
     }
 
     #[tokio::test]

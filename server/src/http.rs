@@ -44,7 +44,7 @@ pub struct AppState {
     pub newest_ts_ms: AtomicI64,
     pub counters: HttpCounters,
     /// Buffers for ingest bodies, reused between requests.
-    pub body_buffers: Arc<body::BufferPool>,
+    pub body_buffers: Arc<adstore_storage::BufferPool>,
 }
 
 #[derive(Default)]

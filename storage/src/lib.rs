@@ -12,6 +12,7 @@
 //! This crate depends on no other adstore crate; `ingest`, `query` and
 //! `server` depend on it, never the other way.
 
+mod buffers;
 mod error;
 mod event;
 pub mod failpoint;
@@ -26,6 +27,7 @@ mod store;
 mod testutil;
 mod wal;
 
+pub use buffers::{BufferPool, PooledBuf};
 pub use error::{Result, StorageError};
 pub use event::{
     COLUMNS, ColumnId, ColumnKind, ColumnSpec, Event, EventBatch, EventBatchBuilder, EventType, InvalidReason,

@@ -33,6 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::buffers::BufferPool;
 use crate::error::{IoContext, Result, StorageError};
 use crate::event::EventBatch;
 use crate::failpoint;
@@ -273,9 +274,8 @@ struct Inner {
     max_event_ts: AtomicI64,
     /// Blocks queries read, shared by every segment reader.
     block_cache: Arc<BlockCache>,
-    /// WAL payload buffers kept between appends; a fresh one per record
-    /// cost the kernel zeroing megabytes of pages each time.
-    encode_buffers: Mutex<Vec<Vec<u8>>>,
+    /// WAL payload buffers kept between appends.
+    encode_buffers: Arc<BufferPool>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -371,7 +371,7 @@ impl Store {
             sealer: Mutex::new(None),
             max_event_ts: AtomicI64::new(max_event_ts),
             block_cache,
-            encode_buffers: Mutex::new(Vec::new()),
+            encode_buffers: BufferPool::new(ENCODE_BUFFERS_KEPT, ENCODE_BUFFER_MAX_KEPT_BYTES),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -404,18 +404,13 @@ impl Store {
             return Ok(Lsn(0));
         }
         let grouped = self.inner.partitioning.group(batch, keep)?;
-        let mut payload = self.inner.encode_buffers.lock().pop().unwrap_or_default();
-        encode_batch_into(&grouped.rows, &mut payload)?;
+        let mut payload = self.inner.encode_buffers.take();
+        encode_batch_into(&grouped.rows, payload.vec_mut())?;
         let rows = grouped.rows.num_rows() as u64;
         let max_ts = grouped.rows.ts().iter().max().copied();
         let lsn = self.inner.wal.append_with(&payload, |lsn| {
             self.inner.visible.write().head.insert(lsn, grouped.parts, Instant::now());
         })?;
-        let mut kept = self.inner.encode_buffers.lock();
-        if kept.len() < ENCODE_BUFFERS_KEPT && payload.capacity() <= ENCODE_BUFFER_MAX_KEPT_BYTES {
-            kept.push(payload);
-        }
-        drop(kept);
         self.inner.counters.appended_rows.fetch_add(rows, Ordering::Relaxed);
         if let Some(max) = max_ts {
             self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);

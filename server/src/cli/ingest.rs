@@ -37,8 +37,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memchr::memchr_iter;
 use serde::Deserialize;
 
-use crate::body::{BufferPool, PooledBuf};
 use crate::error::ServerError;
+use adstore_storage::{BufferPool, PooledBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WireFormat {

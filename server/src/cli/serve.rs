@@ -81,7 +81,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         rate_limiter,
         newest_ts_ms: AtomicI64::new(newest),
         counters: HttpCounters::default(),
-        body_buffers: crate::body::BufferPool::new(BODY_BUFFERS_KEPT, BODY_BUFFER_MAX_KEPT_BYTES),
+        body_buffers: adstore_storage::BufferPool::new(BODY_BUFFERS_KEPT, BODY_BUFFER_MAX_KEPT_BYTES),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
