@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use adstore_storage::{
-    BlockScan, ColumnData, ColumnId, HeadScan, ScanBatch, ScanPlan, SegmentScan, Snapshot, scan_block,
+    BlockScan, ColumnData, ColumnId, HeadScan, ScanBatch, ScanPlan, SegmentScan, Snapshot, count_block, scan_block,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{Field, Schema, SchemaRef};
@@ -32,8 +32,8 @@ use rayon::prelude::*;
 use crate::QueryOptions;
 use crate::bind::{INVALID_NAMES, TYPE_NAMES};
 use crate::error::{QueryError, Result};
-use crate::expr::{Batch, DictRef, Vector, eval, gather, true_rows};
-use crate::plan::{LogicalPlan, ScanCol, SortTarget};
+use crate::expr::{Batch, DictRef, Expr, Vector, eval, gather, true_rows};
+use crate::plan::{AggFunc, LogicalPlan, ScanCol, SortTarget};
 use crate::planner::PhysicalPlan;
 use crate::time::format_timestamp;
 use crate::types::DataType;
@@ -75,8 +75,7 @@ fn column_vector(data: &ColumnData, col: ColumnId) -> Vector<'_> {
     match data {
         ColumnData::I64(v) => Vector::Int(std::borrow::Cow::Borrowed(v), None),
         ColumnData::U8(v) => {
-            let names: &'static [&'static str] = if col == ColumnId::Type { &TYPE_NAMES } else { &INVALID_NAMES };
-            Vector::Dict(v.iter().map(|&c| u32::from(c) + 1).collect(), DictRef::Static(names))
+            Vector::Dict(v.iter().map(|&c| u32::from(c) + 1).collect(), DictRef::Static(enum_names(col)))
         }
         ColumnData::Bool(v) => Vector::Bool(std::borrow::Cow::Borrowed(v), None),
         ColumnData::Dict { codes, dict } => {
@@ -84,6 +83,33 @@ fn column_vector(data: &ColumnData, col: ColumnId) -> Vector<'_> {
         }
         ColumnData::Str(a) => Vector::Plain(a.clone()),
     }
+}
+
+/// The names of an enum column's codes as the executor's vectors give
+/// them (see [`column_vector`]).
+fn enum_names(col: ColumnId) -> &'static [&'static str] {
+    if col == ColumnId::Type { &TYPE_NAMES } else { &INVALID_NAMES }
+}
+
+/// The key columns of a plan whose blocks [`count_block`] can answer:
+/// only `count(*)`, grouped by bare columns, with the whole WHERE pushed
+/// into the scan.
+fn counted_keys(plan: &PhysicalPlan) -> Option<Vec<ColumnId>> {
+    let aggregate = plan.logical.aggregate.as_ref()?;
+    if plan.residual.is_some() || !aggregate.aggs.iter().all(|a| a.func == AggFunc::CountStar && a.filter.is_none()) {
+        return None;
+    }
+    aggregate
+        .keys
+        .iter()
+        .map(|k| match k {
+            Expr::Slot(i, _) => match plan.logical.scan_cols.get(*i)? {
+                ScanCol::Event(id) => Some(*id),
+                ScanCol::Final => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// The batch a plan's expressions read, from one scan batch.
@@ -223,7 +249,21 @@ pub(crate) fn execute(
             let merger =
                 Mutex::new(agg::AggMerger::new(key_types, &aggregate.aggs, opts.max_groups, opts.max_memory_bytes));
             let poisoned = || QueryError::Internal("aggregation state poisoned by an earlier panic".into());
+            let counted = counted_keys(plan);
+            let counted_names: Vec<&'static [&'static str]> =
+                counted.iter().flatten().map(|&c| enum_names(c)).collect();
             tasks.par_iter().try_for_each(|t| -> Result<()> {
+                if let (Some(keys), Task::Block(s, b)) = (&counted, t) {
+                    if Instant::now() > deadline {
+                        return Err(timeout());
+                    }
+                    if let Some(counts) = count_block(s, b, &plan.request, keys)? {
+                        let rows: u64 = counts.counts.iter().map(|&c| u64::from(c)).sum();
+                        rows_scanned.fetch_add(rows, Ordering::Relaxed);
+                        let partial = agg::counted_partial(counts, &counted_names, aggregate.aggs.len());
+                        return merger.lock().map_err(|_| poisoned())?.merge(partial);
+                    }
+                }
                 let Some((sb, is_final)) = next_batch(t)? else { return Ok(()) };
                 let Some(batch) = filtered(make_batch(&sb, plan, is_final)?, plan)? else { return Ok(()) };
                 let n = batch.rows;
@@ -372,10 +412,15 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
         Some(a) => push(
             "aggregate",
             format!(
-                "hash aggregate on dictionary codes: {} key(s) [{}], {} aggregate(s), partial per block, merged at the end",
+                "hash aggregate on dictionary codes: {} key(s) [{}], {} aggregate(s), partial per block, merged at the end{}",
                 a.keys.len(),
                 a.keys.iter().map(|k| describe(k, &names)).collect::<Vec<_>>().join(", "),
-                a.aggs.len()
+                a.aggs.len(),
+                if counted_keys(plan).is_some() {
+                    "; segment blocks counted from packed codes where the keys' codes fit a table"
+                } else {
+                    ""
+                }
             ),
         ),
         None => push("aggregate", "none (row query)".into()),

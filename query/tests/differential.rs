@@ -775,6 +775,27 @@ fn any_query() -> impl Strategy<Value = Query> {
     prop_oneof![5 => agg, 1 => rows]
 }
 
+/// `count(*)` grouped by bare dimension (and `type`) columns, filtered by
+/// AND-ed leaf predicates: the shape the executor answers from packed
+/// codes without reading rows (`count_block`), when every predicate is
+/// pushed into the scan.
+fn count_query() -> impl Strategy<Value = Query> {
+    let key = prop_oneof![4 => any_dim().prop_map(Key::Dim), 1 => Just(Key::Type)];
+    (
+        prop::collection::vec(key, 0..3),
+        1..3usize,
+        prop::collection::vec(leaf_pred(true), 0..3),
+        prop::option::weighted(0.2, 0i64..3),
+        prop::option::weighted(0.3, (0u64..5, 0u64..3)),
+    )
+        .prop_map(|(mut keys, counts, preds, having, limit)| {
+            keys.dedup();
+            let filter = preds.into_iter().reduce(|a, b| Pred::And(Box::new(a), Box::new(b)));
+            let having = having.map(|n| (Agg::CountStar, n));
+            Query::Agg(AggQuery { metrics: false, keys, aggs: vec![Agg::CountStar; counts], filter, having, limit })
+        })
+}
+
 // ---------------------------------------------------------------- the test
 
 fn load(events: &[Event], sealed: usize) -> (tempfile::TempDir, Store) {
@@ -810,39 +831,55 @@ proptest! {
 
     #[test]
     fn engine_agrees_with_naive_evaluator(
-        mut events in prop::collection::vec(any_event(), 0..300),
+        events in prop::collection::vec(any_event(), 0..300),
         sealed_frac in 0.0f64..=1.0,
         queries in prop::collection::vec(any_query(), 10),
     ) {
-        for (i, e) in events.iter_mut().enumerate() {
-            e.event_id = format!("e{i:04}");
-        }
-        let sealed = (events.len() as f64 * sealed_frac) as usize;
-        let (_dir, store) = load(&events, sealed);
-        for q in &queries {
-            match q {
-                Query::Agg(a) => {
-                    let want = naive_agg(a, &events);
-                    let sql = agg_sql(a, a.metrics);
-                    let got = run(&store, &sql).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
-                    check(&got, &want, &sql)?;
-                    if a.metrics {
-                        let sql = agg_sql(a, false);
-                        let got = run(&store, &sql).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
-                        check(&got, &want, &sql)?;
-                    }
-                }
-                Query::Rows(r) => {
-                    let want = naive_rows(r, &events);
-                    let mut sql = "SELECT event_id, ts, campaign_id, device, cost_micros, type FROM events".to_string();
-                    if let Some(f) = &r.filter {
-                        sql += &format!(" WHERE {}", f.sql("ts"));
-                    }
-                    sql += &format!(" ORDER BY 1, 2, 3, 4, 5, 6 LIMIT {}", r.limit);
+        check_queries(events, sealed_frac, &queries)?;
+    }
+
+    #[test]
+    fn dimension_counts_agree_with_naive_evaluator(
+        events in prop::collection::vec(any_event(), 0..600),
+        sealed_frac in 0.5f64..=1.0,
+        queries in prop::collection::vec(count_query(), 10),
+    ) {
+        check_queries(events, sealed_frac, &queries)?;
+    }
+}
+
+/// Loads `events` (the first `sealed_frac` of them sealed into segments,
+/// the rest in the head) and checks every query against the naive answer.
+fn check_queries(mut events: Vec<Event>, sealed_frac: f64, queries: &[Query]) -> Result<(), TestCaseError> {
+    for (i, e) in events.iter_mut().enumerate() {
+        e.event_id = format!("e{i:04}");
+    }
+    let sealed = (events.len() as f64 * sealed_frac) as usize;
+    let (_dir, store) = load(&events, sealed);
+    for q in queries {
+        match q {
+            Query::Agg(a) => {
+                let want = naive_agg(a, &events);
+                let sql = agg_sql(a, a.metrics);
+                let got = run(&store, &sql).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
+                check(&got, &want, &sql)?;
+                if a.metrics {
+                    let sql = agg_sql(a, false);
                     let got = run(&store, &sql).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
                     check(&got, &want, &sql)?;
                 }
             }
+            Query::Rows(r) => {
+                let want = naive_rows(r, &events);
+                let mut sql = "SELECT event_id, ts, campaign_id, device, cost_micros, type FROM events".to_string();
+                if let Some(f) = &r.filter {
+                    sql += &format!(" WHERE {}", f.sql("ts"));
+                }
+                sql += &format!(" ORDER BY 1, 2, 3, 4, 5, 6 LIMIT {}", r.limit);
+                let got = run(&store, &sql).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
+                check(&got, &want, &sql)?;
+            }
         }
     }
+    Ok(())
 }

@@ -37,8 +37,8 @@ pub use head::{Grouped, HeadChunk, Partitioning};
 pub use ids::{Lsn, SegmentId};
 pub use manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier};
 pub use scan::{
-    BlockScan, DimFilter, HeadScan, PruneReason, ScanBatch, ScanPlan, ScanRequest, ScanSource, SegmentScan, TimeRange,
-    gather, scan_block,
+    BlockScan, CodeCounts, DimFilter, HeadScan, MAX_COUNT_CELLS, PruneReason, ScanBatch, ScanPlan, ScanRequest,
+    ScanSource, SegmentScan, TimeRange, count_block, gather, scan_block,
 };
 pub use seal::{SealContext, SealKind, SealPipeline, SealStage, Sidecar, SidecarReader, StageOutput};
 pub use segment::{

@@ -452,6 +452,180 @@ pub fn scan_block(seg: &SegmentScan, block: &BlockScan, req: &ScanRequest) -> Re
     }))
 }
 
+/// Largest table [`count_block`] fills: one cell per combination of the
+/// keys' codes.
+pub const MAX_COUNT_CELLS: usize = 1 << 14;
+
+/// How many rows of one block pass a scan's filters, per combination of
+/// the codes of some key columns.
+#[derive(Debug, Clone)]
+pub struct CodeCounts {
+    /// Per key, the segment's dictionary (codes: 0 = NULL, then entries),
+    /// or `None` for an enum column (codes index [`ColumnId::enum_names`]).
+    pub dicts: Vec<Option<std::sync::Arc<crate::segment::Dictionary>>>,
+    /// Key `j` has codes `0..cards[j]`.
+    pub cards: Vec<usize>,
+    /// Row-major over the keys' codes, the last key varying fastest: the
+    /// cell of codes `(c0, c1)` is `c0 * cards[1] + c1`.
+    pub counts: Vec<u32>,
+}
+
+/// The fused scan of `count(*) … GROUP BY` on dimension columns: counts
+/// the rows of one block that pass the request's filters per combination
+/// of the codes of `keys`, reading each column's block once, in order,
+/// without listing the surviving rows or decoding them to values.
+///
+/// `None` when [`scan_block`] is the better way to this block: a key is
+/// not dictionary-encoded in this segment and not an enum column, the
+/// table would pass [`MAX_COUNT_CELLS`], or the indexes left a short list
+/// of rows, which is cheaper to read row by row.
+pub fn count_block(
+    seg: &SegmentScan,
+    block: &BlockScan,
+    req: &ScanRequest,
+    keys: &[ColumnId],
+) -> Result<Option<CodeCounts>> {
+    let reader = &seg.segment.reader;
+    let n = block.rows.len();
+    if let Selection::Rows(idx) = &block.selection
+        && idx.len() * 4 < n
+    {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| StorageError::SegmentCorrupt {
+        id: reader.id(),
+        path: reader.path().to_owned(),
+        reason: format!("block {}: {reason}", block.block),
+    };
+    let mut dicts = Vec::with_capacity(keys.len());
+    let mut cards = Vec::with_capacity(keys.len());
+    let mut cells = 1usize;
+    for &k in keys {
+        let card = match (reader.dictionary(k), k.enum_names()) {
+            (Some(dict), _) => dict.len() + 1,
+            (None, Some(names)) => names.len(),
+            (None, None) => return Ok(None),
+        };
+        cells = cells.saturating_mul(card);
+        cards.push(card);
+    }
+    // More cells than rows: a sparse table, better grouped by hashing.
+    if cells > MAX_COUNT_CELLS || cells > n.max(64) {
+        return Ok(None);
+    }
+    // Each row's cell; a row a filter rejects gets the `drop` bit, above
+    // every cell, so that each filter is a branch-free OR.
+    let drop = cells.next_power_of_two() as u32;
+    let mut cell = vec![0u32; n];
+    for (&k, &card) in keys.iter().zip(&cards) {
+        let card32 = card as u32;
+        match reader.read_column(k, block.block)? {
+            ColumnData::Dict { codes, dict } => {
+                // The reader checked every code against the dictionary.
+                for (c, code) in cell.iter_mut().zip(codes) {
+                    *c = *c * card32 + code;
+                }
+                dicts.push(Some(dict));
+            }
+            ColumnData::U8(codes) => {
+                if let Some(bad) = codes.iter().find(|&&c| u32::from(c) >= card32) {
+                    return Err(corrupt(format!("code {bad} of column {} names no value", k.name())));
+                }
+                for (c, code) in cell.iter_mut().zip(codes) {
+                    *c = *c * card32 + u32::from(code);
+                }
+                dicts.push(None);
+            }
+            _ => return Ok(None),
+        }
+    }
+    match &block.selection {
+        Selection::All => {}
+        Selection::Range(r) => {
+            let (start, end) = ((r.start as usize).min(n), (r.end as usize).min(n));
+            cell[..start].fill(drop);
+            cell[end..].fill(drop);
+        }
+        Selection::Rows(idx) => {
+            let mut kept = vec![drop; n];
+            for &i in idx {
+                let i = i as usize;
+                let c = cell.get(i).ok_or_else(|| StorageError::Internal(format!("row {i} outside a block of {n}")))?;
+                kept[i] = *c;
+            }
+            cell = kept;
+        }
+    }
+    if block.check_time {
+        let ColumnData::I64(ts) = reader.read_column(ColumnId::Ts, block.block)? else {
+            return Err(StorageError::Internal("ts is not an integer column".into()));
+        };
+        drop_failing(&mut cell, drop, ts.iter(), |t| req.time_range.contains(*t));
+    }
+    if block.check_codes {
+        for (col, codes) in &seg.code_filters {
+            let ColumnData::Dict { codes: got, dict } = reader.read_column(*col, block.block)? else {
+                return Err(StorageError::Internal(format!("code filter on column {} without codes", col.name())));
+            };
+            let verdict = CodeVerdict::new(dict.len(), |c| codes.binary_search(&c).is_ok());
+            drop_by_code(&mut cell, drop, &got, &verdict);
+        }
+    }
+    for f in &seg.row_filters {
+        match reader.read_column(f.column, block.block)? {
+            ColumnData::Dict { codes, dict } => {
+                let verdict = CodeVerdict::new(dict.len(), |c| f.matches_str(dict.value(c)));
+                drop_by_code(&mut cell, drop, &codes, &verdict);
+            }
+            ColumnData::U8(codes) => {
+                let names = f.column.enum_names().unwrap_or(&[]);
+                let verdict = CodeVerdict::of_table(names.iter().map(|n| f.matches_str(Some(n))).collect());
+                drop_by_code(&mut cell, drop, &codes, &verdict);
+            }
+            ColumnData::Str(a) => drop_failing(&mut cell, drop, a.iter(), |v| f.matches_str(v)),
+            _ => return Err(StorageError::Internal(format!("filter on non-string column {}", f.column.name()))),
+        }
+    }
+    // Four interleaved tables, so that rows of one cell in a row (sorted
+    // keys) do not each wait for the previous add's store.
+    let width = 2 * drop as usize;
+    let mut tables = vec![0u32; 4 * width];
+    let (t0, rest) = tables.split_at_mut(width);
+    let (t1, rest) = rest.split_at_mut(width);
+    let (t2, t3) = rest.split_at_mut(width);
+    let mut quads = cell.chunks_exact(4);
+    for q in &mut quads {
+        t0[q[0] as usize] += 1;
+        t1[q[1] as usize] += 1;
+        t2[q[2] as usize] += 1;
+        t3[q[3] as usize] += 1;
+    }
+    for &c in quads.remainder() {
+        t0[c as usize] += 1;
+    }
+    let counts = (0..cells).map(|i| t0[i] + t1[i] + t2[i] + t3[i]).collect();
+    Ok(Some(CodeCounts { dicts, cards, counts }))
+}
+
+/// Sets the `drop` bit of the rows whose code fails `verdict`: a lookup
+/// of the bit to OR, without a branch.
+fn drop_by_code<C: Copy + Into<u64>>(cell: &mut [u32], drop: u32, codes: &[C], verdict: &CodeVerdict) {
+    let bits: Vec<u32> = verdict.0.iter().map(|&ok| if ok { 0 } else { drop }).collect();
+    let last = bits.len() - 1;
+    for (c, &code) in cell.iter_mut().zip(codes) {
+        let code: u64 = code.into();
+        *c |= bits[(code as usize).min(last)];
+    }
+}
+
+/// Sets the `drop` bit of the rows whose value fails `passes`.
+fn drop_failing<T>(cell: &mut [u32], drop: u32, values: impl Iterator<Item = T>, passes: impl Fn(T) -> bool) {
+    for (c, v) in cell.iter_mut().zip(values) {
+        // passes: 1 - 1 = 0; fails: 0 - 1 = all bits.
+        *c |= drop & u32::from(passes(v)).wrapping_sub(1);
+    }
+}
+
 /// The rows of `data` at `idx`, in that order.
 pub fn gather(data: &ColumnData, idx: &[u32]) -> ColumnData {
     match data {

@@ -994,6 +994,46 @@ pub(crate) struct Partial {
     pub states: Vec<State>,
 }
 
+/// A block's partial from [`adstore_storage::count_block`]: one group per
+/// non-empty cell, every aggregate a `count(*)`. `enum_names[j]` names
+/// the codes of key `j` when it is an enum column.
+pub(crate) fn counted_partial(
+    c: adstore_storage::CodeCounts,
+    enum_names: &[&'static [&'static str]],
+    naggs: usize,
+) -> Partial {
+    let k = c.cards.len();
+    let domains: Vec<Domain> = c
+        .dicts
+        .into_iter()
+        .zip(enum_names)
+        .map(|(d, names)| match d {
+            Some(dict) => Domain::Dict(DictRef::Segment(dict)),
+            None => Domain::Dict(DictRef::Static(names)),
+        })
+        .collect();
+    // Enum codes start at 0; the static dictionary's at 1 (0 is NULL).
+    let shift: Vec<u32> = domains.iter().map(|d| u32::from(matches!(d, Domain::Dict(DictRef::Static(_))))).collect();
+    let mut codes = Vec::new();
+    let mut counts = Vec::new();
+    let mut key = vec![0u32; k];
+    for (cell, &n) in c.counts.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let mut rest = cell;
+        for j in (0..k).rev() {
+            key[j] = (rest % c.cards[j]) as u32 + shift[j];
+            rest /= c.cards[j];
+        }
+        codes.extend_from_slice(&key);
+        counts.push(i64::from(n));
+    }
+    let grouping = Grouping { gid: Vec::new(), ngroups: counts.len(), codes, runs: None };
+    let states = (0..naggs).map(|_| State::Count(counts.clone())).collect();
+    Partial { domains, grouping, states }
+}
+
 /// Global groups by their keys' global ids: packed into a u64 for up to
 /// two keys (no allocation, no slice compare), else boxed.
 enum GroupMap {

@@ -588,7 +588,7 @@ impl Pick<'_> {
 
     /// Decodes the picked values of an `n`-value integer block into `out`;
     /// returns the bytes the whole block takes.
-    fn ints<T>(&self, raw: &[u8], n: usize, out: &mut Vec<T>, f: impl Fn(i64) -> T) -> Result<usize, Reason> {
+    fn ints<T: Copy>(&self, raw: &[u8], n: usize, out: &mut Vec<T>, f: impl Fn(i64) -> T) -> Result<usize, Reason> {
         match self {
             Pick::Run(r) => decode_ints_map(raw, n, (*r).clone(), out, f),
             Pick::At(idx) => decode_ints_at(raw, n, idx, out, f),
