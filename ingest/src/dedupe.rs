@@ -489,6 +489,19 @@ impl DedupeIndex {
         }
     }
 
+    /// Makes room for about `keys` more keys in every shard at once (keys
+    /// spread evenly over shards), so that loading them does not grow each
+    /// table step by step: recovery knows its key count up front.
+    pub fn reserve(&self, keys: usize) {
+        let per_shard = keys / SHARDS;
+        // Shards differ from the mean by a few standard deviations at most;
+        // a fuller shard grows as usual.
+        let slack = per_shard / 50 + 64;
+        for shard in &self.shards {
+            shard.lock().reserve(per_shard + slack);
+        }
+    }
+
     /// Records keys known to be sealed (recovery from sidecars).
     pub fn insert_sealed(&self, keys: &[(u128, i64)]) {
         self.advance(keys);

@@ -392,29 +392,48 @@ impl SealStage for ExactlyOnce {
     }
 
     fn recover(&self, snapshot: &Snapshot, sidecars: &SidecarReader) -> StorageResult<()> {
-        let mut anchors_loaded = 0usize;
-        let mut keys_loaded = 0usize;
-        let mut rescanned = 0usize;
-        for seg in snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw) {
-            let keys = sidecars.read(seg.meta.id, "keys")?.and_then(|b| decode_keys(&b));
-            let anchors = sidecars.read(seg.meta.id, "attr")?.and_then(|b| decode_anchors(&b));
-            let (keys, anchors) = match (keys, anchors) {
-                (Some(k), Some(a)) => (k, a),
-                _ => {
-                    // Written before this stage existed (or sidecars lost):
-                    // derive from the segment itself, once.
-                    rescanned += 1;
-                    let batch = seg.reader.read_batch()?;
-                    (batch_keys(&batch), anchors_of(&batch))
-                }
-            };
-            keys_loaded += keys.len();
-            anchors_loaded += anchors.len();
-            self.dedupe.insert_sealed(&keys);
-            let mut index = self.index.write();
-            for a in &anchors {
-                index.insert(a);
+        let raw: Vec<_> = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).collect();
+        let rows: u64 = raw.iter().map(|s| s.meta.rows).sum();
+        self.dedupe.reserve(usize::try_from(rows).unwrap_or(usize::MAX));
+        // Keys and anchors are independent: each half reads its own
+        // sidecars, on its own thread. A segment without a sidecar (written
+        // before this stage existed, or the sidecar lost) is read instead.
+        let load_keys = || -> StorageResult<(usize, usize)> {
+            let (mut loaded, mut rescanned) = (0, 0);
+            for seg in &raw {
+                let keys = match sidecars.read(seg.meta.id, "keys")?.and_then(|b| decode_keys(&b)) {
+                    Some(keys) => keys,
+                    None => {
+                        rescanned += 1;
+                        batch_keys(&seg.reader.read_batch()?)
+                    }
+                };
+                loaded += keys.len();
+                self.dedupe.insert_sealed(&keys);
             }
+            Ok((loaded, rescanned))
+        };
+        let load_anchors = || -> StorageResult<(usize, usize)> {
+            let (mut loaded, mut rescanned) = (0, 0);
+            let mut index = self.index.write();
+            for seg in &raw {
+                let anchors = match sidecars.read(seg.meta.id, "attr")?.and_then(|b| decode_anchors(&b)) {
+                    Some(anchors) => anchors,
+                    None => {
+                        rescanned += 1;
+                        anchors_of(&seg.reader.read_batch()?)
+                    }
+                };
+                loaded += anchors.len();
+                for a in &anchors {
+                    index.insert(a);
+                }
+            }
+            Ok((loaded, rescanned))
+        };
+        let (keys, anchors) = rayon::join(load_keys, load_anchors);
+        let ((keys_loaded, keys_rescanned), (anchors_loaded, anchors_rescanned)) = (keys?, anchors?);
+        for seg in &raw {
             self.newest_ts.fetch_max(seg.meta.max_ts, Ordering::AcqRel);
         }
         // Replayed head events are accepted but not sealed: pending keys.
@@ -423,7 +442,7 @@ impl SealStage for ExactlyOnce {
             self.observe(&chunk.batch);
         }
         self.expire();
-        tracing::info!(keys_loaded, anchors_loaded, rescanned, "exactly-once state recovered");
+        tracing::info!(keys_loaded, anchors_loaded, keys_rescanned, anchors_rescanned, "exactly-once state recovered");
         Ok(())
     }
 
