@@ -187,13 +187,21 @@ impl Head {
         self.partitions.iter().flat_map(|(k, p)| p.chunks.iter().map(move |c| (*k, c.clone()))).collect()
     }
 
-    /// Partitions that hold at least `max_rows` rows or whose oldest chunk is
-    /// older than `max_age`; with `force`, every partition.
-    pub fn due(&self, now: Instant, max_rows: usize, max_age: std::time::Duration, force: bool) -> Vec<SealCandidate> {
+    /// Partitions that hold at least `max_rows` rows, whose oldest chunk is
+    /// older than `max_age`, or for which `force` holds. Only those
+    /// partitions' chunk lists are copied: the sealer asks every second, and
+    /// a backfill leaves tens of thousands of chunks in the head.
+    pub fn due(
+        &self,
+        now: Instant,
+        max_rows: usize,
+        max_age: std::time::Duration,
+        force: impl Fn(&PartitionKey) -> bool,
+    ) -> Vec<SealCandidate> {
         self.partitions
             .iter()
-            .filter(|(_, p)| {
-                force || p.rows >= max_rows || p.oldest_arrival.is_some_and(|t| now.duration_since(t) >= max_age)
+            .filter(|(k, p)| {
+                p.rows >= max_rows || p.oldest_arrival.is_some_and(|t| now.duration_since(t) >= max_age) || force(k)
             })
             .map(|(k, p)| SealCandidate { partition: *k, chunks: p.chunks.clone() })
             .collect()
@@ -224,6 +232,7 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use proptest::prelude::*;
 
@@ -277,6 +286,28 @@ mod tests {
             let keep: Vec<u32> = (0..events.len() as u32).filter(|&i| mask[i as usize]).collect();
             check(&p, &events, Some(keep))?;
         }
+    }
+
+    #[test]
+    fn due_takes_full_old_and_forced_partitions_only() {
+        let key = |shard| PartitionKey { bucket_start_ms: 0, shard };
+        let rows = |n: usize| EventBatch::from_events(&vec![Event::default(); n]);
+        let start = Instant::now();
+        let mut head = Head::default();
+        head.insert(Lsn(1), vec![(key(0), rows(5)), (key(1), rows(1)), (key(2), rows(1))], start);
+        head.insert(Lsn(2), vec![(key(3), rows(1))], start + Duration::from_secs(20));
+        let now = start + Duration::from_secs(30);
+        let due = |max_rows, force: &dyn Fn(&PartitionKey) -> bool| -> Vec<(u32, usize)> {
+            let picked = head.due(now, max_rows, Duration::from_secs(25), force);
+            picked.iter().map(|c| (c.partition.shard, c.chunks.len())).collect()
+        };
+        // Shards 0..3 arrived 30 s ago (older than 25 s); shard 3 10 s ago.
+        assert_eq!(due(usize::MAX, &|_| false), vec![(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(due(usize::MAX, &|k| k.shard == 3), vec![(0, 1), (1, 1), (2, 1), (3, 1)]);
+        let young = head.due(start, 5, Duration::from_secs(25), |_| false);
+        assert_eq!(young.iter().map(|c| c.partition.shard).collect::<Vec<_>>(), vec![0], "5 rows reach max_rows");
+        let forced = head.due(start, usize::MAX, Duration::from_secs(25), |k| k.shard == 2);
+        assert_eq!(forced.iter().map(|c| c.partition.shard).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]

@@ -480,13 +480,8 @@ impl Store {
         let inner = &self.inner;
         let max_age = Duration::from_millis(inner.config.seal_max_age_ms);
         let now = Instant::now();
-        let candidates: Vec<SealCandidate> = {
-            let v = inner.visible.read();
-            let due = v.head.due(now, inner.config.seal_max_rows, max_age, false);
-            let mut all = v.head.due(now, inner.config.seal_max_rows, max_age, true);
-            all.retain(|c| force(&c.partition) || due.iter().any(|d| d.partition == c.partition));
-            all
-        };
+        let candidates: Vec<SealCandidate> =
+            inner.visible.read().head.due(now, inner.config.seal_max_rows, max_age, force);
         let jobs = candidates
             .into_iter()
             .map(|c| SealJob {

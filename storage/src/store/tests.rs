@@ -85,7 +85,7 @@ fn partial_seal_then_crash_replays_only_unsealed_partitions() {
     // hand through the head's due list.
     let events: Vec<Event> = (0..40).map(|n| event(n, if n % 2 == 0 { 0 } else { 3_600_000 }, "a1")).collect();
     store.append(&EventBatch::from_events(&events)).expect("append");
-    let candidates = store.inner.visible.read().head.due(Instant::now(), usize::MAX, Duration::MAX, true);
+    let candidates = store.inner.visible.read().head.due(Instant::now(), usize::MAX, Duration::MAX, |_| true);
     assert_eq!(candidates.len(), 2);
     let snapshot = store.snapshot();
     let job = SealJob {
