@@ -273,9 +273,11 @@ pub struct Event {
 }
 
 /// A batch of events with the [`event_schema`].
+/// A batch of events in the event schema. Cloning is one reference count:
+/// the head hands its chunks to every snapshot (each query, each seal).
 #[derive(Debug, Clone)]
 pub struct EventBatch {
-    batch: RecordBatch,
+    batch: Arc<RecordBatch>,
 }
 
 impl EventBatch {
@@ -308,7 +310,7 @@ impl EventBatch {
         }
         // Re-stamp with the canonical schema so nullability flags match exactly.
         let batch = RecordBatch::try_new(expected, batch.columns().to_vec())?;
-        let out = EventBatch { batch };
+        let out = EventBatch { batch: Arc::new(batch) };
         if out.u8_column(ColumnId::Type).values().iter().any(|&c| EventType::from_code(c).is_none()) {
             return Err(StorageError::Schema("column \"type\" holds an unknown event type code".into()));
         }
@@ -319,7 +321,7 @@ impl EventBatch {
     }
 
     pub fn empty() -> EventBatch {
-        EventBatch { batch: RecordBatch::new_empty(event_schema()) }
+        EventBatch { batch: Arc::new(RecordBatch::new_empty(event_schema())) }
     }
 
     pub fn from_events(events: &[Event]) -> EventBatch {
@@ -343,7 +345,7 @@ impl EventBatch {
     }
 
     pub fn into_record_batch(self) -> RecordBatch {
-        self.batch
+        Arc::unwrap_or_clone(self.batch)
     }
 
     pub fn column(&self, id: ColumnId) -> &ArrayRef {
@@ -376,7 +378,7 @@ impl EventBatch {
 
     /// Rows `offset..offset+len`, sharing buffers (no copy).
     pub fn slice(&self, offset: usize, len: usize) -> EventBatch {
-        EventBatch { batch: self.batch.slice(offset, len) }
+        EventBatch { batch: Arc::new(self.batch.slice(offset, len)) }
     }
 
     /// Gathers the rows at `indices`, in that order.
@@ -388,7 +390,7 @@ impl EventBatch {
             .iter()
             .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(EventBatch { batch: RecordBatch::try_new(event_schema(), columns)? })
+        Ok(EventBatch { batch: Arc::new(RecordBatch::try_new(event_schema(), columns)?) })
     }
 
     /// Concatenates batches into one.
@@ -396,9 +398,9 @@ impl EventBatch {
         if batches.len() == 1 {
             return Ok(batches[0].clone());
         }
-        let refs: Vec<RecordBatch> = batches.iter().map(|b| b.batch.clone()).collect();
+        let refs: Vec<RecordBatch> = batches.iter().map(|b| (*b.batch).clone()).collect();
         let batch = arrow_select::concat::concat_batches(&event_schema(), &refs)?;
-        Ok(EventBatch { batch })
+        Ok(EventBatch { batch: Arc::new(batch) })
     }
 
     /// Replaces one column (used by seal stages that fill in derived columns).
@@ -457,7 +459,7 @@ impl TryFrom<RecordBatch> for EventBatch {
 
 impl From<EventBatch> for RecordBatch {
     fn from(b: EventBatch) -> RecordBatch {
-        b.batch
+        Arc::unwrap_or_clone(b.batch)
     }
 }
 
@@ -584,7 +586,7 @@ impl EventBatchBuilder {
         // lengths because each row sets every column once.
         let columns: Vec<ArrayRef> = columns.into_iter().map(|c| c.expect("every column built")).collect();
         let batch = RecordBatch::try_new(event_schema(), columns).expect("builder keeps columns aligned");
-        EventBatch { batch }
+        EventBatch { batch: Arc::new(batch) }
     }
 }
 
@@ -596,6 +598,16 @@ pub fn shard_of(advertiser_id: &str, shards: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cloned_batch_shares_its_columns() {
+        // Snapshots clone every head chunk: a clone must not copy the
+        // record batch (its column list), only count a reference.
+        let a = EventBatch::from_events(&[Event::default(), Event::default()]);
+        let b = a.clone();
+        assert!(std::ptr::eq(a.record_batch(), b.record_batch()));
+        assert_eq!(b.into_record_batch().num_rows(), 2, "the last owner still gets the batch");
+    }
 
     pub(crate) fn sample() -> Event {
         Event {
