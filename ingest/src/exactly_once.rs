@@ -631,6 +631,22 @@ mod tests {
         assert_eq!(last_touch(&v, 0, 100).map(|t| &*t.id), Some("c"));
     }
 
+    proptest::proptest! {
+        /// Appends in order, inserts out of order, drops repeats: the
+        /// touches stay exactly the sorted set of what was pushed.
+        #[test]
+        fn touches_stay_the_sorted_set_pushed(pushed in proptest::collection::vec((0i64..40, 0u8..4), 0..80)) {
+            let mut v = Vec::new();
+            for (ts, id) in &pushed {
+                push_touch(&mut v, Touch { ts: *ts, id: Arc::from(id.to_string()) });
+            }
+            let want: std::collections::BTreeSet<(i64, String)> =
+                pushed.iter().map(|(ts, id)| (*ts, id.to_string())).collect();
+            let got: Vec<(i64, String)> = v.iter().map(|t| (t.ts, t.id.to_string())).collect();
+            proptest::prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn rules_validate() {
         assert!(AttributionRules::default().validate().is_ok());
