@@ -256,10 +256,10 @@ fn read_padded(packed: &[u8], bit: usize) -> u64 {
 
 /// Unpacks values `rows.start .. rows.end` of `width` bits from `packed`
 /// (bit packing allows random access) and appends `f(value)` for each to
-/// `out`. Widths up to 16 (dictionary codes, enums, small ranges) are
-/// unpacked eight values at a time (see [`unpack_groups`]); the values
-/// before the first and after the last whole group, and wider values, one
-/// at a time (see [`unpack_each`]).
+/// `out`. Widths up to 28 (dictionary codes, enums, costs, small ranges)
+/// are unpacked eight values at a time (see [`unpack_groups`] and
+/// [`unpack_groups_wide`]); the values before the first and after the last
+/// whole group, and wider values, one at a time (see [`unpack_each`]).
 pub(crate) fn unpack_range<T: Copy>(
     packed: &[u8],
     width: u32,
@@ -268,7 +268,7 @@ pub(crate) fn unpack_range<T: Copy>(
     f: impl Fn(u64) -> T,
 ) -> Result<(), Reason> {
     let packed = packed_prefix(packed, width, rows.end)?;
-    if width == 0 || width > 16 || rows.len() < 16 {
+    if width == 0 || width > 28 || rows.len() < 16 {
         return unpack_each(packed, width, rows, out, f);
     }
     out.reserve(rows.len());
@@ -277,14 +277,15 @@ pub(crate) fn unpack_range<T: Copy>(
     unpack_each(packed, width, rows.start..first, out, &f)?;
     let groups = first / 8..last / 8;
     macro_rules! widths {
-        ($($w:literal)*) => {
+        ($($w:literal)* ; $($wide:literal)*) => {
             match width {
                 $($w => unpack_groups::<$w, T>(packed, groups, out, &f),)*
-                _ => unreachable!("widths 1..=16 are matched"),
+                $($wide => unpack_groups_wide::<$wide, T>(packed, groups, out, &f),)*
+                _ => unreachable!("widths 1..=28 are matched"),
             }
         };
     }
-    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 ; 17 18 19 20 21 22 23 24 25 26 27 28);
     unpack_each(packed, width, last..rows.end, out, &f)
 }
 
@@ -311,6 +312,35 @@ fn unpack_groups<const W: usize, T: Copy>(
             let word = u128::from_le_bytes(word);
             std::array::from_fn(|j| f((word >> (j * W)) as u64 & mask))
         };
+        out.extend_from_slice(&vals);
+    }
+}
+
+/// Like [`unpack_groups`], for widths 17..=28, whose group of eight values
+/// (`W` bytes) does not fit one 16-byte word: it is read as two
+/// overlapping words, one from the group's start and one ending at its
+/// end. For `W <= 28` each value lies wholly inside one of them, at a
+/// constant shift.
+fn unpack_groups_wide<const W: usize, T: Copy>(
+    packed: &[u8],
+    groups: Range<usize>,
+    out: &mut Vec<T>,
+    f: &impl Fn(u64) -> T,
+) {
+    let mask = (1u64 << W) - 1;
+    // Bit offset of the second word within the group.
+    let hi_base = 8 * (W - 16);
+    for g in packed[groups.start * W..groups.end * W].chunks_exact(W) {
+        let mut lo = [0u8; 16];
+        lo.copy_from_slice(&g[..16]);
+        let mut hi = [0u8; 16];
+        hi.copy_from_slice(&g[W - 16..]);
+        let (lo, hi) = (u128::from_le_bytes(lo), u128::from_le_bytes(hi));
+        let vals: [T; 8] = std::array::from_fn(|j| {
+            let bit = j * W;
+            let word = if bit + W <= 128 { lo >> bit } else { hi >> (bit - hi_base) };
+            f(word as u64 & mask)
+        });
         out.extend_from_slice(&vals);
     }
 }
@@ -886,12 +916,12 @@ mod tests {
             prop_assert_eq!(unpack_all(&out, width, values.len()), values);
         }
 
-        /// Widths 1..=16 take the eight-at-a-time path between the
-        /// first and the last whole group of eight; any range must decode
-        /// to the same values.
+        /// Widths 1..=28 take an eight-at-a-time path between the first
+        /// and the last whole group of eight, wider ones not; any range
+        /// must decode to the same values.
         #[test]
         fn narrow_unpack_range_decodes_the_values(
-            width in 1u32..=16,
+            width in 1u32..=34,
             raw in prop::collection::vec(any::<u64>(), 0..300),
             a in any::<prop::sample::Index>(),
             b in any::<prop::sample::Index>(),
