@@ -257,9 +257,9 @@ fn read_padded(packed: &[u8], bit: usize) -> u64 {
 /// Unpacks values `rows.start .. rows.end` of `width` bits from `packed`
 /// (bit packing allows random access) and appends `f(value)` for each to
 /// `out`. Widths up to 28 (dictionary codes, enums, costs, small ranges)
-/// are unpacked eight values at a time (see [`unpack_groups`] and
-/// [`unpack_groups_wide`]); the values before the first and after the last
-/// whole group, and wider values, one at a time (see [`unpack_each`]).
+/// are unpacked eight values at a time (see [`unpack_groups`]); the values
+/// before the first and after the last whole group, and wider values, one
+/// at a time (see [`unpack_each`]).
 pub(crate) fn unpack_range<T: Copy>(
     packed: &[u8],
     width: u32,
@@ -277,22 +277,24 @@ pub(crate) fn unpack_range<T: Copy>(
     unpack_each(packed, width, rows.start..first, out, &f)?;
     let groups = first / 8..last / 8;
     macro_rules! widths {
-        ($($w:literal)* ; $($wide:literal)*) => {
+        ($($w:literal)*) => {
             match width {
                 $($w => unpack_groups::<$w, T>(packed, groups, out, &f),)*
-                $($wide => unpack_groups_wide::<$wide, T>(packed, groups, out, &f),)*
                 _ => unreachable!("widths 1..=28 are matched"),
             }
         };
     }
-    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 ; 17 18 19 20 21 22 23 24 25 26 27 28);
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28);
     unpack_each(packed, width, last..rows.end, out, &f)
 }
 
 /// Appends `f(value)` for the values of groups `groups` (group `g` is
-/// values `8g .. 8g + 8`) of `W`-bit values. A group is exactly `W` bytes:
-/// one load, then eight shifts by constants, which the compiler unrolls.
-/// `packed` must hold every byte of those groups.
+/// values `8g .. 8g + 8`) of `W`-bit values, `W` in 1..=28. A group is
+/// exactly `W` bytes: loaded as one word when it fits 16 bytes, else as two
+/// overlapping 16-byte words, one from the group's start and one ending at
+/// its end (for `W <= 28` each value lies wholly inside one of them). Each
+/// value then comes out by a shift by a constant: the compiler unrolls the
+/// eight. `packed` must hold every byte of those groups.
 fn unpack_groups<const W: usize, T: Copy>(
     packed: &[u8],
     groups: Range<usize>,
@@ -306,41 +308,25 @@ fn unpack_groups<const W: usize, T: Copy>(
             word[..W].copy_from_slice(g);
             let word = u64::from_le_bytes(word);
             std::array::from_fn(|j| f((word >> (j * W)) & mask))
-        } else {
+        } else if W <= 16 {
             let mut word = [0u8; 16];
             word[..W].copy_from_slice(g);
             let word = u128::from_le_bytes(word);
             std::array::from_fn(|j| f((word >> (j * W)) as u64 & mask))
+        } else {
+            let mut lo = [0u8; 16];
+            lo.copy_from_slice(&g[..16]);
+            let mut hi = [0u8; 16];
+            hi.copy_from_slice(&g[W - 16..]);
+            let (lo, hi) = (u128::from_le_bytes(lo), u128::from_le_bytes(hi));
+            // Bit offset of the second word within the group.
+            let hi_base = 8 * W.saturating_sub(16);
+            std::array::from_fn(|j| {
+                let bit = j * W;
+                let word = if bit + W <= 128 { lo >> bit } else { hi >> (bit - hi_base) };
+                f(word as u64 & mask)
+            })
         };
-        out.extend_from_slice(&vals);
-    }
-}
-
-/// Like [`unpack_groups`], for widths 17..=28, whose group of eight values
-/// (`W` bytes) does not fit one 16-byte word: it is read as two
-/// overlapping words, one from the group's start and one ending at its
-/// end. For `W <= 28` each value lies wholly inside one of them, at a
-/// constant shift.
-fn unpack_groups_wide<const W: usize, T: Copy>(
-    packed: &[u8],
-    groups: Range<usize>,
-    out: &mut Vec<T>,
-    f: &impl Fn(u64) -> T,
-) {
-    let mask = (1u64 << W) - 1;
-    // Bit offset of the second word within the group.
-    let hi_base = 8 * (W - 16);
-    for g in packed[groups.start * W..groups.end * W].chunks_exact(W) {
-        let mut lo = [0u8; 16];
-        lo.copy_from_slice(&g[..16]);
-        let mut hi = [0u8; 16];
-        hi.copy_from_slice(&g[W - 16..]);
-        let (lo, hi) = (u128::from_le_bytes(lo), u128::from_le_bytes(hi));
-        let vals: [T; 8] = std::array::from_fn(|j| {
-            let bit = j * W;
-            let word = if bit + W <= 128 { lo >> bit } else { hi >> (bit - hi_base) };
-            f(word as u64 & mask)
-        });
         out.extend_from_slice(&vals);
     }
 }
