@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use adstore_storage::{
-    ColumnId, EventBatch, EventType, InvalidReason, Level, Result as StorageResult, SealContext, SealKind, SealStage,
-    Sidecar, SidecarReader, Snapshot, StageOutput, StorageError, Store,
+    ColumnId, EventBatch, EventType, InvalidReason, Level, LiveSegment, Result as StorageResult, SealContext, SealKind,
+    SealStage, Sidecar, SidecarReader, Snapshot, StageOutput, StorageError, Store,
 };
 use arrow_array::{ArrayRef, BooleanArray, StringArray, UInt8Array};
 use parking_lot::RwLock;
@@ -160,6 +160,33 @@ impl AttributionIndex {
     fn entries(&self) -> usize {
         self.impressions.len() + self.clicks.len()
     }
+}
+
+/// Hands `load` the `suffix` sidecar of every segment, decoded by `decode`;
+/// a segment without one (written before this stage existed, or the
+/// sidecar lost) is read and its items derived from its events instead.
+/// Returns the items loaded and the segments read.
+fn load_sidecars<T>(
+    segments: &[&LiveSegment],
+    sidecars: &SidecarReader,
+    suffix: &str,
+    decode: impl Fn(&[u8]) -> Option<Vec<T>>,
+    derive: impl Fn(&EventBatch) -> Vec<T>,
+    mut load: impl FnMut(&[T]),
+) -> StorageResult<(usize, usize)> {
+    let (mut loaded, mut rescanned) = (0, 0);
+    for seg in segments {
+        let items = match sidecars.read(seg.meta.id, suffix)?.and_then(|b| decode(&b)) {
+            Some(items) => items,
+            None => {
+                rescanned += 1;
+                derive(&seg.reader.read_batch()?)
+            }
+        };
+        loaded += items.len();
+        load(&items);
+    }
+    Ok((loaded, rescanned))
 }
 
 /// Keeps touches sorted by (ts, id) without duplicates.
@@ -396,40 +423,16 @@ impl SealStage for ExactlyOnce {
         let rows: u64 = raw.iter().map(|s| s.meta.rows).sum();
         self.dedupe.reserve(usize::try_from(rows).unwrap_or(usize::MAX));
         // Keys and anchors are independent: each half reads its own
-        // sidecars, on its own thread. A segment without a sidecar (written
-        // before this stage existed, or the sidecar lost) is read instead.
-        let load_keys = || -> StorageResult<(usize, usize)> {
-            let (mut loaded, mut rescanned) = (0, 0);
-            for seg in &raw {
-                let keys = match sidecars.read(seg.meta.id, "keys")?.and_then(|b| decode_keys(&b)) {
-                    Some(keys) => keys,
-                    None => {
-                        rescanned += 1;
-                        batch_keys(&seg.reader.read_batch()?)
-                    }
-                };
-                loaded += keys.len();
-                self.dedupe.insert_sealed(&keys);
-            }
-            Ok((loaded, rescanned))
-        };
-        let load_anchors = || -> StorageResult<(usize, usize)> {
-            let (mut loaded, mut rescanned) = (0, 0);
+        // sidecars, on its own thread.
+        let load_keys =
+            || load_sidecars(&raw, sidecars, "keys", decode_keys, batch_keys, |keys| self.dedupe.insert_sealed(keys));
+        let load_anchors = || {
             let mut index = self.index.write();
-            for seg in &raw {
-                let anchors = match sidecars.read(seg.meta.id, "attr")?.and_then(|b| decode_anchors(&b)) {
-                    Some(anchors) => anchors,
-                    None => {
-                        rescanned += 1;
-                        anchors_of(&seg.reader.read_batch()?)
-                    }
-                };
-                loaded += anchors.len();
-                for a in &anchors {
+            load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
+                for a in anchors {
                     index.insert(a);
                 }
-            }
-            Ok((loaded, rescanned))
+            })
         };
         let (keys, anchors) = rayon::join(load_keys, load_anchors);
         let ((keys_loaded, keys_rescanned), (anchors_loaded, anchors_rescanned)) = (keys?, anchors?);
