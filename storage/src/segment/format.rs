@@ -269,12 +269,13 @@ pub(crate) fn unpack_range<T: Copy>(
 ) -> Result<(), Reason> {
     let packed = packed_prefix(packed, width, rows.end)?;
     if width == 0 || width > 28 || rows.len() < 16 {
-        return unpack_each(packed, width, rows, out, f);
+        unpack_each(packed, width, rows, out, f);
+        return Ok(());
     }
     out.reserve(rows.len());
     let first = rows.start.next_multiple_of(8).min(rows.end);
     let last = (rows.end / 8 * 8).max(first);
-    unpack_each(packed, width, rows.start..first, out, &f)?;
+    unpack_each(packed, width, rows.start..first, out, &f);
     let groups = first / 8..last / 8;
     macro_rules! widths {
         ($($w:literal)*) => {
@@ -285,7 +286,8 @@ pub(crate) fn unpack_range<T: Copy>(
         };
     }
     widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28);
-    unpack_each(packed, width, last..rows.end, out, &f)
+    unpack_each(packed, width, last..rows.end, out, &f);
+    Ok(())
 }
 
 /// Appends `f(value)` for the values of groups `groups` (group `g` is
@@ -336,17 +338,11 @@ fn unpack_groups<const W: usize, T: Copy>(
 /// branch; the last few values, whose load window would run past the
 /// input, go through a zero-padded copy. `packed` is already checked to
 /// hold `rows`.
-fn unpack_each<T>(
-    packed: &[u8],
-    width: u32,
-    rows: Range<usize>,
-    out: &mut Vec<T>,
-    f: impl Fn(u64) -> T,
-) -> Result<(), Reason> {
+fn unpack_each<T>(packed: &[u8], width: u32, rows: Range<usize>, out: &mut Vec<T>, f: impl Fn(u64) -> T) {
     out.reserve(rows.len());
     if width == 0 {
         out.extend(rows.map(|_| f(0)));
-        return Ok(());
+        return;
     }
     let w = width as usize;
     let mask = mask(width);
@@ -379,7 +375,6 @@ fn unpack_each<T>(
     for i in fast.end..rows.end {
         out.push(f(read_padded(packed, i * w) & mask));
     }
-    Ok(())
 }
 
 /// Appends to `out` the offsets `i` in `rows` whose value (of `width`
