@@ -63,13 +63,14 @@ pub(crate) fn read(line: &str) -> Option<RawEvent<'_>> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `word` is `"`, `\\` or below 0x20. (A byte below
-/// `n` sets its high bit in `(x - n) & !x`; bytes of 0x80 and up never do.
-/// Borrows can flag a byte above a flagged one, never one below it, and
-/// any flag at all means a true one.)
-fn stops_string(word: u64) -> bool {
+/// The high bit of each byte of `word` that may be `"`, `\\` or below 0x20.
+/// (A byte below `n` sets its high bit in `(x - n) & !x`; bytes of 0x80 and
+/// up never do. Borrows can flag a byte above a flagged one, never one below
+/// it, so the lowest flag is always a true one, and so is any flag at all
+/// when there is one.)
+fn stop_flags(word: u64) -> u64 {
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
-    below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20) != 0
+    below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20)
 }
 
 struct Scanner<'a> {
@@ -99,10 +100,12 @@ impl<'a> Scanner<'a> {
         self.eat(b'"')?;
         let start = self.pos;
         // Eight bytes at a time while no quote, backslash or control
-        // character is among them; then byte by byte to find which.
+        // character is among them; the lowest flag is the first such byte.
+        // Near the end of the line, byte by byte.
         while let Some(word) = self.bytes.get(self.pos..self.pos + 8) {
-            let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
-            if stops_string(word) {
+            let flags = stop_flags(u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?));
+            if flags != 0 {
+                self.pos += (flags.trailing_zeros() / 8) as usize;
                 break;
             }
             self.pos += 8;
@@ -147,12 +150,16 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
         }
         let start = self.pos;
-        let mut n: u64 = 0;
-        while let Some(d @ b'0'..=b'9') = self.peek() {
-            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-            self.pos += 1;
-        }
-        let digits = self.pos - start;
+        let digits = self.bytes[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+        self.pos += digits;
+        let text = &self.bytes[start..self.pos];
+        // Nineteen digits always fit in a u64; only longer numbers need the
+        // overflow checks.
+        let n = if digits <= 19 {
+            text.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+        } else {
+            text.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
+        };
         if digits == 0 || (digits > 1 && self.bytes[start] == b'0') {
             return None;
         }
@@ -193,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn word_test_matches_a_byte_loop() {
+    fn word_test_finds_the_first_stop_byte() {
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let special =
             prop::sample::select(vec![b'"', b'\\', 0u8, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xff, b'a', b'#', b']']);
@@ -201,8 +208,9 @@ mod tests {
         for _ in 0..20_000 {
             let bytes = words.new_tree(&mut runner).expect("generate").current();
             let word = u64::from_le_bytes(<[u8; 8]>::try_from(&bytes[..]).expect("eight bytes"));
-            let want = bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
-            assert_eq!(stops_string(word), want, "{bytes:?}");
+            let first = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            let flags = stop_flags(word);
+            assert_eq!(first, (flags != 0).then(|| (flags.trailing_zeros() / 8) as usize), "{bytes:?}");
         }
     }
 
