@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  body ──split──► [Item{range, line}] ──par_chunks (rayon)──► per chunk:
-//!                 fast::read, else serde (RawEvent, borrowed) ─► check ─► EventBatchBuilder
+//!                 fast::read_into, else serde (RawEvent, borrowed) ─► check ─► EventBatchBuilder
 //!                                                                  │ reject
 //!                                                                  ▼
 //!                                                     counts + first `max_errors` LineErrors
@@ -218,12 +218,14 @@ fn parse_chunk(body: &[u8], items: &[Item], opts: &ParseOptions) -> ChunkOut {
     // next to ASCII bytes, so they are char boundaries of a valid chunk.
     let base = items.first().map_or(0, |i| i.start);
     let text = items.last().and_then(|last| std::str::from_utf8(&body[base..last.end]).ok());
+    let mut raw = RawEvent::empty();
     for item in items {
         let line = match text.and_then(|t| t.get(item.start - base..item.end - base)) {
             Some(s) => Line::Text(s),
             None => Line::Bytes(&body[item.start..item.end]),
         };
-        let Err(error) = parse_one(&mut builder, line, item, opts) else {
+        raw.clear();
+        let Err(error) = parse_one(&mut builder, &mut raw, line, item, opts) else {
             continue;
         };
         out.rejected += 1;
@@ -248,9 +250,11 @@ enum Line<'a> {
 }
 
 /// Parses, checks and appends one event; on error nothing is appended.
-fn parse_one(
+/// `raw` is empty scratch space for the event as read.
+fn parse_one<'a>(
     builder: &mut EventBatchBuilder,
-    line: Line<'_>,
+    raw: &mut RawEvent<'a>,
+    line: Line<'a>,
     item: &Item,
     opts: &ParseOptions,
 ) -> Result<(), IngestError> {
@@ -265,12 +269,12 @@ fn parse_one(
         let message = format!("empty array element at column {}", item.col);
         return Err(IngestError::MalformedJson { message });
     }
-    let raw: Result<RawEvent<'_>, _> = match line {
-        Line::Text(s) => fast::read(s).map_or_else(|| serde_json::from_str(s), Ok),
-        Line::Bytes(b) => serde_json::from_slice(b),
-    };
-    let raw = raw.map_err(|e| malformed(&e, item))?;
-    let event = validate::check(&raw, opts)?;
+    match line {
+        Line::Text(s) if fast::read_into(s, raw) => {}
+        Line::Text(s) => *raw = serde_json::from_str(s).map_err(|e| malformed(&e, item))?,
+        Line::Bytes(b) => *raw = serde_json::from_slice(b).map_err(|e| malformed(&e, item))?,
+    }
+    let event = validate::check(raw, opts)?;
     validate::push(builder, &event);
     Ok(())
 }

@@ -23,9 +23,22 @@ use std::borrow::Cow;
 use super::raw::{RawEvent, Val, input_column};
 
 /// The event on `line`, or `None` when the line needs the general reader.
+#[cfg(test)]
 pub(crate) fn read(line: &str) -> Option<RawEvent<'_>> {
-    let mut s = Scanner { text: line, bytes: line.as_bytes(), pos: 0 };
     let mut raw = RawEvent::empty();
+    read_into(line, &mut raw).then_some(raw)
+}
+
+/// Reads the event on `line` into `raw`, which must be empty; `false` when
+/// the line needs the general reader, and then `raw` holds part of the line.
+/// (Filling a caller's `RawEvent` in place: returning one, some 700 bytes,
+/// cost a copy or two per event.)
+pub(crate) fn read_into<'a>(line: &'a str, raw: &mut RawEvent<'a>) -> bool {
+    fill(line, raw).is_some()
+}
+
+fn fill<'a>(line: &'a str, raw: &mut RawEvent<'a>) -> Option<()> {
+    let mut s = Scanner { text: line, bytes: line.as_bytes(), pos: 0 };
     s.skip_ws();
     s.eat(b'{')?;
     s.skip_ws();
@@ -57,7 +70,7 @@ pub(crate) fn read(line: &str) -> Option<RawEvent<'_>> {
         }
     }
     s.skip_ws();
-    (s.pos == s.bytes.len()).then_some(raw)
+    (s.pos == s.bytes.len()).then_some(())
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;

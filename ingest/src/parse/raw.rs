@@ -121,6 +121,13 @@ impl<'a> RawEvent<'a> {
         RawEvent { vals: [const { None }; INPUT_FIELDS], unknown: None, duplicate: None }
     }
 
+    /// Back to [`RawEvent::empty`], for the next line.
+    pub(crate) fn clear(&mut self) {
+        self.vals.iter_mut().for_each(|v| *v = None);
+        self.unknown = None;
+        self.duplicate = None;
+    }
+
     /// Records `column`'s value; the first one wins and a repeat is noted.
     #[inline]
     pub(crate) fn set(&mut self, column: ColumnId, value: Val<'a>) {
