@@ -12,8 +12,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// How long mimalloc keeps freed memory before returning it to the OS.
 /// Its default (1 s) gave a 10M-event NDJSON load about 40,000 page faults
 /// of fresh, zeroed memory for buffers that the next requests would have
-/// reused; with 10 s, about 2,000, and 5-10% less server CPU. The memory of
-/// a sealed head is still returned 10 s after it is freed.
+/// reused; with 10 s, about 2,000, and less server CPU for the load and the
+/// seal after it, at the price of a higher peak RSS while sealing (figures
+/// in docs/configuration.md). Freed memory still goes back after 10 s.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 #[allow(unsafe_code)]
