@@ -407,6 +407,47 @@ fn group_commit_shares_fsyncs() {
     assert_eq!(seen, written);
 }
 
+/// How many of the file's pages are in the page cache (`mincore(2)` over a
+/// read-only mapping, which itself loads no page).
+fn cached_pages(path: &Path) -> usize {
+    let file = fs::File::open(path).expect("open");
+    // SAFETY: a read-only private mapping of a file no one truncates during
+    // the test; its bytes are never read, only the kernel's residency map.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
+    let page = 4096;
+    let mut resident = vec![0u8; map.len().div_ceil(page)];
+    // SAFETY: `map` is a live mapping of `map.len()` bytes at a page-aligned
+    // address, and `resident` has one byte per page of it.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, map.len(), resident.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    resident.iter().filter(|&&b| b & 1 == 1).count()
+}
+
+#[test]
+fn synced_records_leave_the_page_cache() {
+    // On the crate's own file system: on tmpfs the cache is the file.
+    let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir");
+    let written = |fsync: bool, dir: &str| -> (PathBuf, Vec<Vec<u8>>) {
+        let cfg = config(&tmp.path().join(dir), 64 << 20, fsync);
+        let (wal, _) = open(&cfg).expect("open");
+        let records: Vec<Vec<u8>> = (0..16).map(|i| payload(i, 64 << 10)).collect();
+        for r in &records {
+            wal.append(r).expect("append");
+        }
+        (only_file(&cfg.dir), records)
+    };
+    // Control: unsynced writes sit in the cache, so the probe sees pages.
+    let (unsynced, _) = written(false, "unsynced");
+    assert!(cached_pages(&unsynced) > 0, "the probe should see freshly written pages");
+    // Synced records are dropped from the cache, and still read back.
+    let (synced, records) = written(true, "synced");
+    assert_eq!(cached_pages(&synced), 0, "an acknowledged record's pages stayed cached");
+    let (_, seen) = open(&config(synced.parent().expect("dir"), 64 << 20, true)).expect("reopen");
+    expect_records(&seen, &records, 1);
+}
+
 #[test]
 fn failed_fsync_poisons() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -345,6 +345,7 @@ impl Wal {
         }
         file.sync_data().at(path).map_err(|e| self.poison_with(&e))?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        drop_cached_pages(file);
         Ok(())
     }
 }
@@ -370,6 +371,18 @@ fn create_file(dir: &Path, first_lsn: Lsn, fsync: bool) -> Result<ActiveFile> {
         fsync_dir(dir)?;
     }
     Ok(ActiveFile { file: Arc::new(file), path, first_lsn, len_bytes: format::FILE_HEADER_LEN, records: 0 })
+}
+
+/// Asks the kernel to drop the file's clean cached pages. The WAL is read
+/// only by replay at startup, so its pages in the page cache only crowd out
+/// segment pages that queries read through mmap; and pages freed right away
+/// are reused by the next writes while still warm, where a growing cache
+/// keeps taking memory the hypervisor has to fault in first (see
+/// `benches/first-touch.c`). Advice only: a failure changes nothing stored.
+fn drop_cached_pages(file: &File) {
+    if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::debug!(error = %e, "WAL fadvise(DONTNEED) failed");
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
