@@ -81,11 +81,14 @@ pub struct DedupeConfig {
     pub window_ms: i64,
     /// How late an event may arrive; keys are kept for window + lateness.
     pub allowed_lateness_ms: i64,
+    /// Keys the table is sized for from the start, and never shrinks
+    /// below. 0 (the default): start empty and grow as keys arrive.
+    pub expected_keys: usize,
 }
 
 impl Default for DedupeConfig {
     fn default() -> DedupeConfig {
-        DedupeConfig { window_ms: 86_400_000, allowed_lateness_ms: 86_400_000 }
+        DedupeConfig { window_ms: 86_400_000, allowed_lateness_ms: 86_400_000, expected_keys: 0 }
     }
 }
 
@@ -107,6 +110,24 @@ impl DedupeConfig {
     fn window_epochs(&self) -> i64 {
         self.window_ms.div_euclid(self.epoch_ms()) + 1
     }
+
+    /// Slots each shard keeps at least: room for its share of
+    /// `expected_keys` within the maximum load.
+    fn min_slots(&self) -> usize {
+        if self.expected_keys == 0 {
+            return 0;
+        }
+        (shard_share(self.expected_keys) as f64 / MAX_LOAD) as usize + 1
+    }
+}
+
+/// Room one shard needs for its part of `keys` keys spread over the
+/// shards by hash: the mean plus five standard deviations (a binomial
+/// count's is at most the square root of the mean), plus a little. A shard
+/// that still gets more grows as usual.
+fn shard_share(keys: usize) -> usize {
+    let mean = keys / SHARDS;
+    mean + 5 * (mean as f64).sqrt() as usize + 64
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -287,10 +308,17 @@ pub struct DedupeIndex {
 }
 
 impl DedupeIndex {
+    /// An empty index; with `expected_keys` set, its tables are allocated
+    /// at that size now (the kernel backs the pages as keys land on them).
     pub fn new(config: DedupeConfig) -> DedupeIndex {
+        let shard = || {
+            let mut shard = Shard::default();
+            shard.rebuild(config.min_slots(), |_| true);
+            Mutex::new(shard)
+        };
         DedupeIndex {
             config,
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS).map(|_| shard()).collect(),
             inflight: Mutex::new(KeySet::default()),
             settled: Condvar::new(),
             newest_epoch: AtomicI64::new(i64::MIN),
@@ -493,12 +521,9 @@ impl DedupeIndex {
     /// spread evenly over shards), so that loading them does not grow each
     /// table step by step: recovery knows its key count up front.
     pub fn reserve(&self, keys: usize) {
-        let per_shard = keys / SHARDS;
-        // Shards differ from the mean by a few standard deviations at most;
-        // a fuller shard grows as usual.
-        let slack = per_shard / 50 + 64;
+        let room = shard_share(keys);
         for shard in &self.shards {
-            shard.lock().reserve(per_shard + slack);
+            shard.lock().reserve(room);
         }
     }
 
@@ -543,6 +568,7 @@ impl DedupeIndex {
                 continue;
             }
             let cap = if survivors == 0 { 0 } else { ((survivors as f64 / 0.75) as usize).max(64) };
+            let cap = cap.max(self.config.min_slots());
             shard.rebuild(cap, live);
             dropped += (before - shard.len) as u64;
         }
@@ -648,7 +674,7 @@ mod tests {
 
     #[test]
     fn window_and_expiry() {
-        let cfg = DedupeConfig { window_ms: 24 * H, allowed_lateness_ms: 24 * H };
+        let cfg = DedupeConfig { window_ms: 24 * H, allowed_lateness_ms: 24 * H, expected_keys: 0 };
         let idx = DedupeIndex::new(cfg);
         let key = idempotency_key("p", EventType::Impression, "x");
         assert_eq!(idx.admit(&[(key, 0)]), vec![false]);
@@ -711,6 +737,34 @@ mod tests {
         }
         assert_eq!(idx.stats().keys, 200_000);
         assert!(worst <= 24.0, "bytes per key peaked at {worst}");
+    }
+
+    #[test]
+    fn expected_keys_are_room_from_the_start_and_a_floor() {
+        const EXPECTED: usize = 100_000;
+        let cfg = DedupeConfig { expected_keys: EXPECTED, ..DedupeConfig::default() };
+        let idx = DedupeIndex::new(cfg);
+        let sized = idx.stats().table_bytes;
+        assert!(sized as f64 >= EXPECTED as f64 * 16.0 / MAX_LOAD, "table of {sized} bytes");
+        let keys = |from: usize, n: usize, ts: i64| -> Vec<(u128, i64)> {
+            (from..from + n).map(|i| (idempotency_key("p", EventType::Impression, &i.to_string()), ts)).collect()
+        };
+        for batch in 0..10 {
+            let verdicts = idx.admit(&keys(batch * EXPECTED / 10, EXPECTED / 10, 0));
+            assert!(verdicts.iter().all(|dup| !dup), "fresh keys are not duplicates");
+            assert_eq!(idx.stats().table_bytes, sized, "the table grew before the expected keys were in");
+        }
+        assert_eq!(idx.stats().keys, EXPECTED as u64);
+        assert!(idx.admit(&keys(0, 10, 0)).iter().all(|dup| *dup), "the keys are remembered");
+        // Expiring every key keeps the table at its expected size.
+        let far = 10 * (cfg.window_ms + cfg.allowed_lateness_ms);
+        assert_eq!(idx.expire(far), EXPECTED as u64);
+        assert_eq!(idx.stats().keys, 0);
+        assert_eq!(idx.stats().table_bytes, sized, "the sweep shrank the table below its floor");
+        // More keys than expected: it grows as usual.
+        idx.admit(&keys(0, 2 * EXPECTED, far));
+        assert!(idx.stats().table_bytes > sized);
+        assert_eq!(idx.stats().keys, 2 * EXPECTED as u64);
     }
 
     #[test]

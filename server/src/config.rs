@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 
+/// Largest `ingest.dedupe_expected_keys`: about 75 GB of table.
+const MAX_EXPECTED_KEYS: usize = 4_000_000_000;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -50,6 +53,10 @@ pub struct IngestConfig {
     /// Two events with the same (publisher_id, type, event_id) whose event
     /// times are within this window are one event. Default 86_400_000 (24 h).
     pub dedupe_window_ms: i64,
+    /// Keys (events within dedupe window + lateness) the dedupe index is
+    /// sized for at startup and never shrinks below. Default 0: start empty
+    /// and grow as keys arrive.
+    pub dedupe_expected_keys: usize,
     /// Events per second one publisher may send; a request beyond it gets
     /// 429 with `Retry-After`, and nothing of it is stored. Default 0
     /// (unlimited).
@@ -63,6 +70,7 @@ impl Default for IngestConfig {
             allowed_lateness_ms: 86_400_000,
             max_errors: 100,
             dedupe_window_ms: 86_400_000,
+            dedupe_expected_keys: 0,
             max_events_per_second_per_publisher: 0,
         }
     }
@@ -89,6 +97,11 @@ impl Config {
         if self.ingest.dedupe_window_ms <= 0 {
             return Err(ServerError::Config("ingest.dedupe_window_ms must be positive".into()));
         }
+        if self.ingest.dedupe_expected_keys > MAX_EXPECTED_KEYS {
+            return Err(ServerError::Config(format!(
+                "ingest.dedupe_expected_keys must be at most {MAX_EXPECTED_KEYS} (about 19 bytes of memory each)"
+            )));
+        }
         self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;
         Ok(())
     }
@@ -103,6 +116,17 @@ mod tests {
         let c: Config = toml::from_str("").expect("parse");
         assert_eq!(c.storage.shards, 4);
         assert_eq!(c.server.max_body_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn dedupe_expected_keys_is_read_and_bounded() {
+        let c: Config = toml::from_str("[ingest]\ndedupe_expected_keys = 50000000\n").expect("parse");
+        assert_eq!(c.ingest.dedupe_expected_keys, 50_000_000);
+        c.validate().expect("valid");
+        let huge = format!("[ingest]\ndedupe_expected_keys = {}\n", MAX_EXPECTED_KEYS + 1);
+        let c: Config = toml::from_str(&huge).expect("parse");
+        let err = c.validate().expect_err("too many");
+        assert!(err.to_string().contains("ingest.dedupe_expected_keys must be at most"), "{err}");
     }
 
     #[test]

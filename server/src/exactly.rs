@@ -42,8 +42,11 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     };
     rules.validate().map_err(ServerError::Config)?;
     let lateness = config.ingest.allowed_lateness_ms;
-    let dedupe =
-        DedupeIndex::new(DedupeConfig { window_ms: config.ingest.dedupe_window_ms, allowed_lateness_ms: lateness });
+    let dedupe = DedupeIndex::new(DedupeConfig {
+        window_ms: config.ingest.dedupe_window_ms,
+        allowed_lateness_ms: lateness,
+        expected_keys: config.ingest.dedupe_expected_keys,
+    });
     let eo = Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, lateness));
     let mut storage = config.storage.clone();
     storage.allowed_lateness_ms = lateness;
