@@ -111,6 +111,11 @@ impl DedupeConfig {
         self.window_ms.div_euclid(self.epoch_ms()) + 1
     }
 
+    /// Bytes of table allocated up front for `expected_keys`.
+    pub fn expected_table_bytes(&self) -> u64 {
+        (self.min_slots() * SHARDS * std::mem::size_of::<u128>()) as u64
+    }
+
     /// Slots each shard keeps at least: room for its share of
     /// `expected_keys` within the maximum load.
     fn min_slots(&self) -> usize {
@@ -746,6 +751,7 @@ mod tests {
         let idx = DedupeIndex::new(cfg);
         let sized = idx.stats().table_bytes;
         assert!(sized as f64 >= EXPECTED as f64 * 16.0 / MAX_LOAD, "table of {sized} bytes");
+        assert_eq!(cfg.expected_table_bytes(), sized);
         let keys = |from: usize, n: usize, ts: i64| -> Vec<(u128, i64)> {
             (from..from + n).map(|i| (idempotency_key("p", EventType::Impression, &i.to_string()), ts)).collect()
         };

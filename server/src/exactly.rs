@@ -42,16 +42,42 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     };
     rules.validate().map_err(ServerError::Config)?;
     let lateness = config.ingest.allowed_lateness_ms;
-    let dedupe = DedupeIndex::new(DedupeConfig {
+    let dedupe_config = DedupeConfig {
         window_ms: config.ingest.dedupe_window_ms,
         allowed_lateness_ms: lateness,
         expected_keys: config.ingest.dedupe_expected_keys,
-    });
+    };
+    check_dedupe_fits(&dedupe_config, mem_total_bytes())?;
+    let dedupe = DedupeIndex::new(dedupe_config);
     let eo = Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, lateness));
     let mut storage = config.storage.clone();
     storage.allowed_lateness_ms = lateness;
     let store = Store::open(data_dir, storage, SealPipeline::new().with_stage(eo.clone()))?;
     Ok((store, eo))
+}
+
+/// Refuses an `ingest.dedupe_expected_keys` whose table would take more
+/// than half the machine's memory (`mem_total`, when known): allocating it
+/// would abort the process or leave nothing for the head and queries.
+fn check_dedupe_fits(config: &DedupeConfig, mem_total: Option<u64>) -> Result<(), ServerError> {
+    let needs = config.expected_table_bytes();
+    match mem_total {
+        Some(total) if needs > total / 2 => Err(ServerError::Config(format!(
+            "ingest.dedupe_expected_keys = {} needs {:.1} GB of dedupe table, more than half of this machine's {:.1} GB",
+            config.expected_keys,
+            needs as f64 / 1e9,
+            total as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `MemTotal` from `/proc/meminfo`, in bytes; `None` where there is none.
+fn mem_total_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub async fn get_rules(State(app): State<Arc<AppState>>) -> Json<AttributionRules> {
@@ -285,4 +311,24 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expected_key_count_beyond_half_the_memory_is_refused() {
+        let config = |expected_keys| DedupeConfig { expected_keys, ..DedupeConfig::default() };
+        let gib = 1u64 << 30;
+        // 10M keys take about 190 MB.
+        assert!(check_dedupe_fits(&config(10_000_000), Some(gib)).is_ok());
+        assert!(check_dedupe_fits(&config(0), Some(1)).is_ok(), "no table up front");
+        assert!(check_dedupe_fits(&config(1_000_000_000), None).is_ok(), "unknown memory is not checked");
+        let err = check_dedupe_fits(&config(100_000_000), Some(2 * gib)).expect_err("1.9 GB of 2 GiB");
+        let text = err.to_string();
+        assert!(text.contains("ingest.dedupe_expected_keys = 100000000 needs 1.9 GB"), "{text}");
+        assert!(text.contains("2.1 GB"), "{text}");
+        assert!(mem_total_bytes().is_some_and(|b| b > gib / 8), "MemTotal read from /proc/meminfo");
+    }
 }
