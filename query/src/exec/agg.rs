@@ -1419,7 +1419,7 @@ mod tests {
                         with_sel.then(|| (0..rows.len() as u32).filter(|&i| rows[i as usize].3).collect());
                     let mut want_sum = vec![0i128; ng];
                     let mut want_count = vec![0i64; ng];
-                    for (i, r) in rows.iter().enumerate() {
+                    for r in &rows {
                         if (!with_sel || r.3) && (!with_nulls || r.2) {
                             want_sum[r.0 as usize] += i128::from(r.1);
                             want_count[r.0 as usize] += 1;
