@@ -229,3 +229,37 @@ fn same_verdicts_as_ndjson() {
     assert_eq!((from_arrow.rejected_late, from_arrow.rejected_future), (1, 1));
     assert_eq!(from_json.batch.events(), from_arrow.batch.events());
 }
+
+proptest::proptest! {
+    /// `all_plain` holds only for columns whose every value `str_value`
+    /// accepts unchanged, whether the field is required or not.
+    #[test]
+    fn plain_columns_pass_the_per_value_checks(
+        values in proptest::collection::vec(
+            proptest::option::weighted(0.9, proptest::prop_oneof![
+                proptest::strategy::Just(String::new()),
+                "[a-z0-9-]{1,12}",
+                "[A-Z]{2}",
+                proptest::strategy::Just("x".repeat(validate::MAX_EVENT_ID_BYTES + 1)),
+            ]),
+            1..20,
+        ),
+        column in proptest::sample::select(vec![
+            ColumnId::EventId, ColumnId::PublisherId, ColumnId::AdGroupId, ColumnId::Country, ColumnId::Device,
+        ]),
+    ) {
+        let a: StringArray = values.iter().map(|v| v.as_deref()).collect();
+        let each_passes = values.iter().all(|v| {
+            v.as_deref().is_some_and(|s| {
+                [true, false].iter().all(|&required| matches!(validate::str_value(column, required, s), Ok(Some(t)) if t == s))
+            })
+        });
+        if all_plain(&a, column) {
+            proptest::prop_assert!(each_passes, "{column:?} {values:?}");
+        }
+        // It is not too cautious either where it applies.
+        if !matches!(column, ColumnId::Country | ColumnId::Device) {
+            proptest::prop_assert_eq!(all_plain(&a, column), each_passes);
+        }
+    }
+}
