@@ -370,12 +370,13 @@ fn check_batch(batch: &RecordBatch, first_line: usize, opts: &ParseOptions) -> C
             _ => {
                 let mut empty_to_null = false;
                 let plain = matches!(source, Col::Str(a) if all_plain(a, column));
-                let rows = fault.iter_mut().enumerate().filter(|(_, f)| !plain && **f == FAULT_NONE);
-                for (row, f) in rows {
-                    match str_cell(source, column, kind_of(row), row) {
-                        Ok(None) => empty_to_null |= !source.is_null(row),
-                        Ok(Some(_)) => {}
-                        Err(_) => *f = code,
+                if !plain {
+                    for (row, f) in fault.iter_mut().enumerate().filter(|(_, f)| **f == FAULT_NONE) {
+                        match str_cell(source, column, kind_of(row), row) {
+                            Ok(None) => empty_to_null |= !source.is_null(row),
+                            Ok(Some(_)) => {}
+                            Err(_) => *f = code,
+                        }
                     }
                 }
                 match source {

@@ -314,7 +314,8 @@ pub struct DedupeIndex {
 
 impl DedupeIndex {
     /// An empty index; with `expected_keys` set, its tables are allocated
-    /// at that size now (the kernel backs the pages as keys land on them).
+    /// at that size now (resident memory reaches it as keys spread over the
+    /// tables).
     pub fn new(config: DedupeConfig) -> DedupeIndex {
         let shard = || {
             let mut shard = Shard::default();
