@@ -40,6 +40,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -613,32 +614,55 @@ def parse_ingest_summary(text: str) -> dict:
 INGEST_RUNS = 3
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used so far (/proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the command name, which may hold spaces: utime and
+            # stime are the 14th and 15th fields of the whole line.
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return float("nan")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_ingest(binary: Path, data: Path, server: "AdstoreServer", fmt: str, wire: str):
-    """`adstore ingest` of `data` into `server`, timed: (seconds, the finished process)."""
+    """`adstore ingest` of `data` into `server`, timed: (seconds, the finished
+    process, the CPU seconds the client and the server used for it)."""
+    server_cpu = cpu_seconds(server.proc.pid)
+    client_cpu = children_cpu_seconds()
     t = time.perf_counter()
     proc = subprocess.run([str(binary), "ingest", str(data), "--url", server.url, "--backfill",
                            "--format", wire], capture_output=True, text=True)
     ingest_s = time.perf_counter() - t
+    cpu = {"client_cpu_s": children_cpu_seconds() - client_cpu, "server_cpu_s": cpu_seconds(server.proc.pid) - server_cpu}
     if proc.returncode != 0:
         raise BenchError(f"adstore ingest --format {wire} ({fmt}) failed (exit {proc.returncode}):\n"
                          f"{proc.stdout}\n{proc.stderr}")
-    return ingest_s, proc
+    return ingest_s, proc, cpu
 
 
 def ingest_only(binary: Path, server_bin: Path, data: Path, out: Path, fmt: str, threads: int,
-                wire: str) -> tuple[float, int]:
-    """One timed bulk load into a fresh server, stopped afterwards: (seconds, server VmHWM)."""
+                wire: str) -> tuple[float, int, dict]:
+    """One timed bulk load into a fresh server, stopped afterwards: (seconds,
+    server VmHWM, CPU seconds of client and server)."""
     data_dir = out / f"adstore-data-{fmt}-rate"
     settle_machine()
     server = AdstoreServer(server_bin, data_dir, out / f"adstore-serve-{fmt}-rate.log", threads)
     try:
-        ingest_s, _ = run_ingest(binary, data, server, fmt, wire)
+        ingest_s, _, cpu = run_ingest(binary, data, server, fmt, wire)
         hwm = RssSampler.read(server.proc.pid, "VmHWM")
-        log(f"adstore: {fmt}: timed run, {ingest_s:.2f} s")
+        log(f"adstore: {fmt}: timed run, {ingest_s:.2f} s, CPU: server {cpu['server_cpu_s']:.1f} s, "
+            f"client {cpu['client_cpu_s']:.1f} s")
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    return ingest_s, hwm
+    return ingest_s, hwm, cpu
 
 
 def adstore_ingest(binary: Path, server_bin: Path, data: Path, out: Path, fmt: str, threads: int, events: int,
@@ -653,16 +677,19 @@ def adstore_ingest(binary: Path, server_bin: Path, data: Path, out: Path, fmt: s
     server = AdstoreServer(server_bin, data_dir, out / f"adstore-serve-{fmt}.log", threads)
     try:
         log(f"adstore: ingest --format {fmt} into {data_dir} ({server.url})")
-        ingest_s, proc = run_ingest(binary, data, server, fmt, wire)
+        ingest_s, proc, cpu = run_ingest(binary, data, server, fmt, wire)
         summary = parse_ingest_summary(proc.stdout)
         rss_ingest = RssSampler.read(server.proc.pid, "VmHWM")
         seal_s = server.wait_sealed()
         segs = server.get_json("/v1/segments")
-        runs_s = [r for r, _ in rates] + [ingest_s]
+        runs_s = [r for r, _, _ in rates] + [ingest_s]
+        cpu_runs = [c for _, _, c in rates] + [cpu]
         fig = {
             "format": fmt, "ingest_s": statistics.median(runs_s), "events": events,
             "events_per_s": events / statistics.median(runs_s), "ingest_runs_s": runs_s,
-            "peak_rss_ingest_runs_bytes": [m for _, m in rates],
+            "server_cpu_runs_s": [c["server_cpu_s"] for c in cpu_runs],
+            "client_cpu_runs_s": [c["client_cpu_s"] for c in cpu_runs],
+            "peak_rss_ingest_runs_bytes": [m for _, m, _ in rates],
             "summary": summary, "seal_wait_s": seal_s, "final_wait_s": server.final_s,
             "peak_rss_ingest_bytes": rss_ingest,
             "peak_rss_bytes": server.sampler.stop() if not keep else RssSampler.read(server.proc.pid, "VmHWM"),
@@ -799,18 +826,26 @@ def write_report(out: Path, ctx: dict) -> Path:
     ]
     if "adstore" in engines and ctx.get("ingest"):
         lines += ["## adstore ingest (`adstore ingest` to `adstore serve`, fsync on)", "",
-                  "| wire format | events | time (s) | events/s | each run (events/s) | server peak RSS "
+                  "| wire format | events | time (s) | events/s | each run (events/s) "
+                  "| server CPU, each run (s) | client CPU, each run (s) | server peak RSS "
                   "| sealed after (s) | final after (s) | segments | segment bytes | data dir bytes (with WAL) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for fig in ctx["ingest"]:
             each = ", ".join(f"{fig['events'] / r:,.0f}" for r in fig.get("ingest_runs_s", [fig["ingest_s"]]))
+            server_cpu = ", ".join(f"{c:.1f}" for c in fig.get("server_cpu_runs_s", []))
+            client_cpu = ", ".join(f"{c:.1f}" for c in fig.get("client_cpu_runs_s", []))
             lines.append(f"| {fig['format']} | {fig['events']:,} | {fig['ingest_s']:.2f} | {fig['events_per_s']:,.0f} "
-                         f"| {each} | {fmt_bytes(fig['peak_rss_bytes'])} | {fig['seal_wait_s']:.1f} "
+                         f"| {each} | {server_cpu} | {client_cpu} | {fmt_bytes(fig['peak_rss_bytes'])} "
+                         f"| {fig['seal_wait_s']:.1f} "
                          f"| {fig.get('final_wait_s', float('nan')):.1f} | {fig['segments']} "
                          f"| {fmt_bytes(fig['segment_bytes'])} | {fmt_bytes(fig['bytes_on_disk'])} |")
         lines += ["", f"Time and events/s: the median of {INGEST_RUNS} runs, each into a fresh server after the "
                   "page cache's dirty pages are flushed; the last run is the one sealed, measured on disk and "
                   "queried. Server peak RSS covers that run's ingest and seal.", "",
+                  "CPU: user + system seconds that the server and the `adstore ingest` process each used during "
+                  "a load. Both share the machine's cores, so their sum over the cores bounds the load's time "
+                  "from below; it moves less than the time when the machine is busy elsewhere, but first-touch "
+                  "memory on a VM still varies from run to run (see docs/ingest.md).", "",
                   "ndjson: the NDJSON file as it is. arrow: the same file parsed by `adstore ingest` into Arrow "
                   "IPC before sending (the client's parsing is in the time). arrow-file: an Arrow IPC file of the "
                   "same events (`adstore gen --format arrow`, record batches of 8,192 rows), each batch sent by "
