@@ -219,13 +219,14 @@ fn parse_chunk(body: &[u8], items: &[Item], opts: &ParseOptions) -> ChunkOut {
     let base = items.first().map_or(0, |i| i.start);
     let text = items.last().and_then(|last| std::str::from_utf8(&body[base..last.end]).ok());
     let mut raw = RawEvent::empty();
+    let mut keys = fast::KeyOrder::default();
     for item in items {
         let line = match text.and_then(|t| t.get(item.start - base..item.end - base)) {
             Some(s) => Line::Text(s),
             None => Line::Bytes(&body[item.start..item.end]),
         };
         raw.clear();
-        let Err(error) = parse_one(&mut builder, &mut raw, line, item, opts) else {
+        let Err(error) = parse_one(&mut builder, &mut raw, &mut keys, line, item, opts) else {
             continue;
         };
         out.rejected += 1;
@@ -254,6 +255,7 @@ enum Line<'a> {
 fn parse_one<'a>(
     builder: &mut EventBatchBuilder,
     raw: &mut RawEvent<'a>,
+    keys: &mut fast::KeyOrder,
     line: Line<'a>,
     item: &Item,
     opts: &ParseOptions,
@@ -270,7 +272,7 @@ fn parse_one<'a>(
         return Err(IngestError::MalformedJson { message });
     }
     match line {
-        Line::Text(s) if fast::read_into(s, raw) => {}
+        Line::Text(s) if fast::read_into(s, raw, keys) => {}
         Line::Text(s) => *raw = serde_json::from_str(s).map_err(|e| malformed(&e, item))?,
         Line::Bytes(b) => *raw = serde_json::from_slice(b).map_err(|e| malformed(&e, item))?,
     }

@@ -20,24 +20,71 @@
 
 use std::borrow::Cow;
 
-use super::raw::{RawEvent, Val, input_column};
+use adstore_storage::ColumnId;
+
+use super::raw::{INPUT_FIELDS, RawEvent, Val, input_column};
 
 /// The event on `line`, or `None` when the line needs the general reader.
 #[cfg(test)]
 pub(crate) fn read(line: &str) -> Option<RawEvent<'_>> {
     let mut raw = RawEvent::empty();
-    read_into(line, &mut raw).then_some(raw)
+    read_into(line, &mut raw, &mut KeyOrder::default()).then_some(raw)
 }
+
+/// Which key followed each key in the lines read so far. Producers write
+/// every line with its fields in the same order, give or take the fields
+/// one type of event has and another lacks, so the key after each key is
+/// first compared with the one that followed it last time: one comparison
+/// instead of a scan for the closing quote and a lookup of the name (half
+/// the strings of a line are keys).
+pub(crate) struct KeyOrder {
+    /// By the previous key's column index; [`LINE_START`] for a line's
+    /// first key and for the key after one that is not an input field.
+    next: [Option<ColumnId>; INPUT_FIELDS + 1],
+}
+
+const LINE_START: usize = INPUT_FIELDS;
+
+impl Default for KeyOrder {
+    fn default() -> KeyOrder {
+        KeyOrder { next: [None; INPUT_FIELDS + 1] }
+    }
+}
+
+/// Each input field's name in quotes, zero-padded to 16 bytes, and its
+/// length with the quotes, by column index (the input fields are the first
+/// columns of the schema).
+const QUOTED_KEYS: [([u8; 16], usize); INPUT_FIELDS] = {
+    let mut out = [([0u8; 16], 0); INPUT_FIELDS];
+    let mut i = 0;
+    while i < INPUT_FIELDS {
+        let name = adstore_storage::COLUMNS[i].name.as_bytes();
+        // Invariant: the longest input field name has 13 bytes.
+        assert!(name.len() + 2 <= 16);
+        out[i].0[0] = b'"';
+        let mut j = 0;
+        while j < name.len() {
+            out[i].0[j + 1] = name[j];
+            j += 1;
+        }
+        out[i].0[name.len() + 1] = b'"';
+        out[i].1 = name.len() + 2;
+        i += 1;
+    }
+    out
+};
 
 /// Reads the event on `line` into `raw`, which must be empty; `false` when
 /// the line needs the general reader, and then `raw` holds part of the line.
 /// (Filling a caller's `RawEvent` in place: returning one, some 700 bytes,
-/// cost a copy or two per event.)
-pub(crate) fn read_into<'a>(line: &'a str, raw: &mut RawEvent<'a>) -> bool {
-    fill(line, raw).is_some()
+/// cost a copy or two per event.) `keys` carries the key order from one
+/// line to the next; any value, even one from other input, gives the same
+/// result.
+pub(crate) fn read_into<'a>(line: &'a str, raw: &mut RawEvent<'a>, keys: &mut KeyOrder) -> bool {
+    fill(line, raw, keys).is_some()
 }
 
-fn fill<'a>(line: &'a str, raw: &mut RawEvent<'a>) -> Option<()> {
+fn fill<'a>(line: &'a str, raw: &mut RawEvent<'a>, keys: &mut KeyOrder) -> Option<()> {
     let mut s = Scanner { text: line, bytes: line.as_bytes(), pos: 0 };
     s.skip_ws();
     s.eat(b'{')?;
@@ -45,15 +92,27 @@ fn fill<'a>(line: &'a str, raw: &mut RawEvent<'a>) -> Option<()> {
     if s.peek()? == b'}' {
         s.pos += 1;
     } else {
+        let mut prev = LINE_START;
         loop {
-            let key = s.string()?;
+            let column = match keys.next[prev] {
+                Some(column) if s.eat_key(column) => Some(column),
+                _ => {
+                    let key = s.string()?;
+                    let column = input_column(key);
+                    if column.is_none() {
+                        raw.note_unknown(key);
+                    }
+                    keys.next[prev] = column;
+                    column
+                }
+            };
+            prev = column.map_or(LINE_START, ColumnId::index);
             s.skip_ws();
             s.eat(b':')?;
             s.skip_ws();
             let value = s.value()?;
-            match input_column(key) {
-                Some(column) => raw.set(column, value),
-                None => raw.note_unknown(key),
+            if let Some(column) = column {
+                raw.set(column, value);
             }
             s.skip_ws();
             match s.peek()? {
@@ -106,6 +165,27 @@ impl<'a> Scanner<'a> {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
         }
+    }
+
+    /// Consumes the string `"name"` of `column` if it comes next, exactly:
+    /// a key spelled with an escape is not taken, and is left to
+    /// [`Self::string`].
+    fn eat_key(&mut self, column: ColumnId) -> bool {
+        let (pattern, len) = QUOTED_KEYS[column.index()];
+        // Sixteen bytes compared at once when the line has them (a call to
+        // memcmp per key cost more than scanning the key did).
+        let taken = match self.bytes.get(self.pos..self.pos + 16) {
+            Some(window) => {
+                let window = u128::from_le_bytes(<[u8; 16]>::try_from(window).unwrap_or_default());
+                let mask = if len == 16 { u128::MAX } else { (1u128 << (len * 8)) - 1 };
+                window & mask == u128::from_le_bytes(pattern)
+            }
+            None => self.bytes.get(self.pos..self.pos + len) == Some(&pattern[..len]),
+        };
+        if taken {
+            self.pos += len;
+        }
+        taken
     }
 
     /// A string with no escape and no control character, borrowed.
@@ -255,6 +335,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn keys_in_the_last_order_are_taken_and_others_scanned() {
+        let mut keys = KeyOrder::default();
+        let mut read_next = |line: &'static str| {
+            let mut raw = RawEvent::empty();
+            read_into(line, &mut raw, &mut keys).then_some(raw)
+        };
+        for line in [
+            r#"{"event_id":"a","ad_id":"x","ts":1}"#,
+            // Same order: every key taken by comparison.
+            r#"{"event_id":"b","ad_id":"y","ts":2}"#,
+            // A longer name that starts with the remembered one, and a
+            // shorter one; then the remembered names spelled differently.
+            r#"{"event_idx":"c","ad_group_id":"z","t":3}"#,
+            r#"{"event_id":"d","ad_id":"w","ts":4,"os":"ios"}"#,
+            r#"{ "event_id" : "e" , "ad_id":"v","ts":5}"#,
+            r#"{"ts":6,"event_id":"f","ad_id":"u","ts":7}"#,
+        ] {
+            assert_eq!(read_next(line), serde(line), "{line}");
+        }
+        // An escaped spelling of a remembered key goes to serde.
+        assert_eq!(read_next(r#"{"event\u005fid":"g","ad_id":"t","ts":8}"#), None);
+        // What followed each key last is kept: the escaped line stopped
+        // before it changed anything.
+        use ColumnId as C;
+        assert_eq!(keys.next[LINE_START], Some(C::Ts));
+        assert_eq!(keys.next[C::Ts.index()], Some(C::EventId));
+        assert_eq!(keys.next[C::EventId.index()], Some(C::AdId));
+        assert_eq!(keys.next[C::AdId.index()], Some(C::Ts));
+        assert_eq!(keys.next[C::Os.index()], None, "os was last in its line");
+    }
+
     /// JSON text built from pieces that are valid and invalid, plain and
     /// awkward, so both paths are exercised.
     fn token() -> impl Strategy<Value = String> {
@@ -316,11 +428,18 @@ mod tests {
             .prop_map(|(fields, open, close, sep)| format!("{open}{}{close}", fields.join(sep)));
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let (mut fast_reads, mut serde_reads) = (0, 0);
+        // Also read with the key order of all the lines before, as a chunk
+        // of a body is read: a wrong guess must never change the result.
+        let mut keys = KeyOrder::default();
         for _ in 0..5000 {
             let line = line.new_tree(&mut runner).expect("generate").current();
             let by_serde = serde(&line);
             serde_reads += usize::from(by_serde.is_some());
-            if let Some(fast) = read(&line) {
+            let mut raw = RawEvent::empty();
+            let with_order = read_into(&line, &mut raw, &mut keys).then_some(raw);
+            let fresh = read(&line);
+            assert_eq!(with_order, fresh, "{line}");
+            if let Some(fast) = fresh {
                 fast_reads += 1;
                 assert_eq!(Some(fast), by_serde, "{line}");
             }
