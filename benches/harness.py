@@ -640,7 +640,8 @@ def run_ingest(binary: Path, data: Path, server: "AdstoreServer", fmt: str, wire
     proc = subprocess.run([str(binary), "ingest", str(data), "--url", server.url, "--backfill",
                            "--format", wire], capture_output=True, text=True)
     ingest_s = time.perf_counter() - t
-    cpu = {"client_cpu_s": children_cpu_seconds() - client_cpu, "server_cpu_s": cpu_seconds(server.proc.pid) - server_cpu}
+    cpu = {"client_cpu_s": children_cpu_seconds() - client_cpu,
+           "server_cpu_s": cpu_seconds(server.proc.pid) - server_cpu}
     if proc.returncode != 0:
         raise BenchError(f"adstore ingest --format {wire} ({fmt}) failed (exit {proc.returncode}):\n"
                          f"{proc.stdout}\n{proc.stderr}")

@@ -4,12 +4,14 @@
 
 use std::hint::black_box;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use adstore_ingest::{DedupeConfig, DedupeIndex, idempotency_key};
 use adstore_storage::EventType;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+/// The server's allocator: it backs the tables with huge pages, which the
+/// system allocator on this VM does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const KEYS: usize = 10_000_000;
 const REQUEST: usize = 10_000;

@@ -59,8 +59,9 @@ const QUOTED_KEYS: [([u8; 16], usize); INPUT_FIELDS] = {
     let mut i = 0;
     while i < INPUT_FIELDS {
         let name = adstore_storage::COLUMNS[i].name.as_bytes();
-        // Invariant: the longest input field name has 13 bytes.
-        assert!(name.len() + 2 <= 16);
+        // Invariant: the longest input field name has 13 bytes, so a
+        // quoted name fits in 16 with room to spare.
+        assert!(name.len() + 2 < 16);
         out[i].0[0] = b'"';
         let mut j = 0;
         while j < name.len() {
@@ -177,8 +178,7 @@ impl<'a> Scanner<'a> {
         let taken = match self.bytes.get(self.pos..self.pos + 16) {
             Some(window) => {
                 let window = u128::from_le_bytes(<[u8; 16]>::try_from(window).unwrap_or_default());
-                let mask = if len == 16 { u128::MAX } else { (1u128 << (len * 8)) - 1 };
-                window & mask == u128::from_le_bytes(pattern)
+                window & ((1u128 << (len * 8)) - 1) == u128::from_le_bytes(pattern)
             }
             None => self.bytes.get(self.pos..self.pos + len) == Some(&pattern[..len]),
         };
