@@ -317,3 +317,55 @@ fn a_publisher_over_its_rate_gets_429_with_retry_after() {
     assert!(server.stop().success());
     assert_eq!(stored_count(&dir), 1_600);
 }
+
+/// `adstore_dedupe_table_bytes` from `/metrics`.
+fn dedupe_table_bytes(server: &Server) -> u64 {
+    let metrics = server.get_text("/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("adstore_dedupe_table_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("adstore_dedupe_table_bytes in {metrics}"))
+}
+
+fn post_announcing(server: &Server, body: &[u8], events: &str) -> (u16, serde_json::Value) {
+    let mut resp = agent()
+        .post(format!("{}/v1/events", server.url))
+        .header("content-type", NDJSON)
+        .header("adstore-expected-events", events)
+        .send(body)
+        .expect("POST");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+#[test]
+fn an_announced_load_sizes_the_dedupe_index_once_and_a_bad_announcement_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = Server::start(&dir, Some("[ingest]\nmax_announced_events = 500000\n"));
+    let (status, r) = post_announcing(&server, &ndjson(1_000, 21), "200000");
+    assert_eq!((status, accepted(&r)), (200, 1_000), "{r}");
+    // 16-byte slots at a load of at most 0.85.
+    let sized = dedupe_table_bytes(&server);
+    assert!(sized as f64 >= 200_000.0 * 16.0 / 0.85, "{sized} bytes of table for 200,000 announced events");
+    // The rest of the load announces what is left: the table stays as it is.
+    let (status, r) = post_announcing(&server, &ndjson(1_000, 22), "199000");
+    assert_eq!((status, accepted(&r)), (200, 1_000), "{r}");
+    assert_eq!(dedupe_table_bytes(&server), sized);
+
+    // Not a number: 400 naming the header, and nothing of the batch stored.
+    let (status, r) = post_announcing(&server, &ndjson(1_000, 23), "lots");
+    assert_eq!(status, 400, "{r}");
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("adstore-expected-events") && message.contains("lots"), "{r}");
+    // An announcement past `ingest.max_announced_events` is taken only up
+    // to it.
+    let (status, r) = post_announcing(&server, &ndjson(1_000, 24), "1000000000000");
+    assert_eq!((status, accepted(&r)), (200, 1_000), "{r}");
+    let capped = dedupe_table_bytes(&server);
+    assert!(capped > sized && (capped as f64) < 500_000.0 * 19.0 * 1.1, "{capped} bytes of table");
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir), 3_000);
+}

@@ -72,6 +72,16 @@ fn check_dedupe_fits(config: &DedupeConfig, mem_total: Option<u64>) -> Result<()
     }
 }
 
+/// The largest dedupe table a client's announcement of a bulk load may
+/// size ahead of its keys: the table for `ingest.max_announced_events`,
+/// and at most an eighth of the machine's memory. Keys that do arrive
+/// still grow the table past it.
+pub fn announced_table_limit(config: &Config) -> u64 {
+    let events = DedupeConfig { expected_keys: config.ingest.max_announced_events, ..DedupeConfig::default() };
+    let memory = mem_total_bytes().map_or(u64::MAX, |total| total / 8);
+    events.expected_table_bytes().min(memory)
+}
+
 /// `MemTotal` from `/proc/meminfo`, in bytes; `None` where there is none.
 fn mem_total_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;

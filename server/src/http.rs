@@ -45,6 +45,9 @@ pub struct AppState {
     pub counters: HttpCounters,
     /// Buffers for ingest bodies, reused between requests.
     pub body_buffers: Arc<adstore_storage::BufferPool>,
+    /// The largest dedupe table that an `adstore-expected-events`
+    /// announcement may size ahead of the keys.
+    pub dedupe_announced_max_bytes: u64,
 }
 
 #[derive(Default)]
@@ -209,6 +212,24 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ServerError> {
     }
 }
 
+/// The `adstore-expected-events` header: how many events the bulk load
+/// this request belongs to still has to send, its own included. The server
+/// sizes its dedupe index for them at once instead of growing it step by
+/// step (see docs/ingest.md). Optional; `adstore ingest` sends it.
+pub const EXPECTED_EVENTS_HEADER: &str = "adstore-expected-events";
+
+fn announced_events(headers: &HeaderMap) -> Result<Option<usize>, ServerError> {
+    let Some(value) = headers.get(EXPECTED_EVENTS_HEADER) else { return Ok(None) };
+    let text = value.to_str().unwrap_or("");
+    match text.trim().parse::<u64>() {
+        Ok(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        Err(_) => Err(ServerError::BadRequest(format!(
+            "header {EXPECTED_EVENTS_HEADER} must be a whole number of events, not {:?}",
+            String::from_utf8_lossy(value.as_bytes())
+        ))),
+    }
+}
+
 /// A JSON body is either an array of events or NDJSON sent with a generic
 /// content type; the first non-blank byte tells which.
 fn sniff_json(body: &[u8]) -> BodyFormat {
@@ -233,6 +254,7 @@ async fn ingest(
     };
     let format = body_format(&headers)?;
     let encoding = Encoding::from_headers(&headers)?;
+    let announced = announced_events(&headers)?;
     let now = now_ms();
     let newest = app.newest_ts_ms.load(Ordering::Relaxed);
     let opts = ParseOptions {
@@ -259,6 +281,10 @@ async fn ingest(
             BodyFormat::Arrow => parse_arrow_ipc(&body, &opts),
         };
         drop(body);
+        let limit = worker.dedupe_announced_max_bytes;
+        if let Some(events) = announced.filter(|_| limit > 0) {
+            worker.exactly_once.dedupe().reserve_announced(events, limit);
+        }
         worker
             .rate_limiter
             .admit(&outcome.batch)

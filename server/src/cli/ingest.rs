@@ -38,6 +38,7 @@ use memchr::memchr_iter;
 use serde::Deserialize;
 
 use crate::error::ServerError;
+use crate::http::EXPECTED_EVENTS_HEADER;
 use adstore_storage::{BufferPool, PooledBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -458,6 +459,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
             progress: progress.clone(),
             started,
             stop: stop.clone(),
+            input_bytes: total_bytes,
         };
         let rx = rx.clone();
         let handle = std::thread::Builder::new()
@@ -590,6 +592,8 @@ struct Worker {
     progress: ProgressBar,
     started: Instant,
     stop: Arc<AtomicBool>,
+    /// Size of the input file; `None` for standard input.
+    input_bytes: Option<u64>,
 }
 
 /// What one attempt to deliver a batch came to.
@@ -635,8 +639,9 @@ impl Worker {
             self.advance(raw_len);
             return;
         };
+        let to_come = events_to_come(self.input_bytes, t.bytes_done.load(Ordering::Relaxed), raw_len, batch.events);
         loop {
-            match self.post(&body, content_type) {
+            match self.post(&body, content_type, to_come) {
                 Attempt::Done(reply) => {
                     t.accepted.fetch_add(reply.accepted, Ordering::Relaxed);
                     t.duplicates.fetch_add(reply.duplicates, Ordering::Relaxed);
@@ -703,8 +708,12 @@ impl Worker {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    fn post(&self, body: &[u8], content_type: &str) -> Attempt {
-        let response = self.agent.post(&self.endpoint).header("content-type", content_type).send(body);
+    fn post(&self, body: &[u8], content_type: &str, events_to_come: Option<u64>) -> Attempt {
+        let mut request = self.agent.post(&self.endpoint).header("content-type", content_type);
+        if let Some(n) = events_to_come {
+            request = request.header(EXPECTED_EVENTS_HEADER, n.to_string());
+        }
+        let response = request.send(body);
         let mut response = match response {
             Ok(r) => r,
             Err(e) => return Attempt::Retry { after: None, why: e.to_string() },
@@ -732,6 +741,20 @@ impl Worker {
             _ => Attempt::Fatal(format!("HTTP {status}: {}", error_message(&text))),
         }
     }
+}
+
+/// How many events the load still has to send, this batch's included,
+/// estimated from the input bytes not yet sent at this batch's bytes per
+/// event; `None` for an input of unknown size. Sent as the
+/// `adstore-expected-events` header, so that the server sizes its dedupe
+/// index for the whole load at once.
+fn events_to_come(input_bytes: Option<u64>, bytes_done: u64, batch_bytes: u64, batch_events: u64) -> Option<u64> {
+    let left = input_bytes?.saturating_sub(bytes_done);
+    if batch_bytes == 0 || batch_events == 0 {
+        return None;
+    }
+    let estimate = (u128::from(left) * u128::from(batch_events)).div_ceil(u128::from(batch_bytes));
+    Some(u64::try_from(estimate).unwrap_or(u64::MAX).max(batch_events))
 }
 
 /// 100 ms, 200 ms, 400 ms, … capped at 10 s, with up to 25% jitter so
@@ -949,6 +972,18 @@ mod tests {
             let want = vec![(1, 2, b"a\n \t\nb\n".to_vec()), (4, 1, b" \r\n\nc\n".to_vec()), (7, 0, b"  ".to_vec())];
             assert_eq!(got, want, "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn the_events_to_come_are_estimated_from_the_bytes_left() {
+        // 1,000 bytes of 100-byte events, 300 sent: this batch of 2 events
+        // and the 5 after it.
+        assert_eq!(events_to_come(Some(1_000), 300, 200, 2), Some(7));
+        // Never fewer than the batch itself, even past the estimated end.
+        assert_eq!(events_to_come(Some(1_000), 1_000, 200, 2), Some(2));
+        assert_eq!(events_to_come(Some(1_000), 0, 150, 1), Some(7), "rounded up");
+        assert_eq!(events_to_come(None, 0, 200, 2), None, "standard input");
+        assert_eq!(events_to_come(Some(1_000), 0, 0, 0), None);
     }
 
     #[test]

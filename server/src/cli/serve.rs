@@ -72,6 +72,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         .unwrap_or(i64::MIN);
     drop(snapshot);
     let rate_limiter = crate::ratelimit::RateLimiter::new(config.ingest.max_events_per_second_per_publisher);
+    let dedupe_announced_max_bytes = crate::exactly::announced_table_limit(&config);
     let state = Arc::new(AppState {
         store: store.clone(),
         config,
@@ -82,6 +83,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         newest_ts_ms: AtomicI64::new(newest),
         counters: HttpCounters::default(),
         body_buffers: adstore_storage::BufferPool::new(BODY_BUFFERS_KEPT, BODY_BUFFER_MAX_KEPT_BYTES),
+        dedupe_announced_max_bytes,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
