@@ -355,11 +355,15 @@ fn an_announced_load_sizes_the_dedupe_index_once_and_a_bad_announcement_is_refus
     assert_eq!((status, accepted(&r)), (200, 1_000), "{r}");
     assert_eq!(dedupe_table_bytes(&server), sized);
 
-    // Not a number: 400 naming the header, and nothing of the batch stored.
-    let (status, r) = post_announcing(&server, &ndjson(1_000, 23), "lots");
-    assert_eq!(status, 400, "{r}");
-    let message = r["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("adstore-expected-events") && message.contains("lots"), "{r}");
+    // Not a count: 400 naming the header and the value, and nothing of the
+    // batch stored.
+    for bad in ["lots", "-1", "", "18446744073709551616", "1e6"] {
+        let (status, r) = post_announcing(&server, &ndjson(1_000, 23), bad);
+        assert_eq!(status, 400, "{bad:?}: {r}");
+        assert_eq!(r["error"]["code"], "bad_header", "{r}");
+        let message = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("adstore-expected-events") && message.contains(&format!("{bad:?}")), "{r}");
+    }
     // An announcement past `ingest.max_announced_events` is taken only up
     // to it.
     let (status, r) = post_announcing(&server, &ndjson(1_000, 24), "1000000000000");
@@ -368,4 +372,13 @@ fn an_announced_load_sizes_the_dedupe_index_once_and_a_bad_announcement_is_refus
     assert!(capped > sized && (capped as f64) < 500_000.0 * 19.0 * 1.1, "{capped} bytes of table");
     assert!(server.stop().success());
     assert_eq!(stored_count(&dir), 3_000);
+
+    // `max_announced_events = 0`: announcements are read, and ignored.
+    let dir = tmp.path().join("ignored");
+    let server = Server::start(&dir, Some("[ingest]\nmax_announced_events = 0\n"));
+    let (status, r) = post_announcing(&server, &ndjson(1_000, 25), "200000");
+    assert_eq!((status, accepted(&r)), (200, 1_000), "{r}");
+    let table = dedupe_table_bytes(&server);
+    assert!((table as f64) < 200_000.0 * 16.0 / 0.85, "{table} bytes of table");
+    assert!(server.stop().success());
 }

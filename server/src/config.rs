@@ -57,10 +57,10 @@ pub struct IngestConfig {
     /// sized for at startup and never shrinks below. Default 0: start empty
     /// and grow as keys arrive.
     pub dedupe_expected_keys: usize,
-    /// The most events an `adstore-expected-events` announcement may size
-    /// the dedupe index for ahead of their keys (also never more than an
-    /// eighth of the machine's memory of table). 0: announcements are
-    /// ignored. Default 50_000_000 (about 940 MB of table).
+    /// An `adstore-expected-events` announcement never sizes the dedupe
+    /// index past the table for this many keys (nor past an eighth of the
+    /// memory). 0: announcements are ignored. Default 20_000_000 (about
+    /// 380 MB of table).
     pub max_announced_events: usize,
     /// Events per second one publisher may send; a request beyond it gets
     /// 429 with `Retry-After`, and nothing of it is stored. Default 0
@@ -76,7 +76,7 @@ impl Default for IngestConfig {
             max_errors: 100,
             dedupe_window_ms: 86_400_000,
             dedupe_expected_keys: 0,
-            max_announced_events: 50_000_000,
+            max_announced_events: 20_000_000,
             max_events_per_second_per_publisher: 0,
         }
     }

@@ -20,6 +20,9 @@ pub enum ServerError {
     Decompress { encoding: &'static str, source: std::io::Error },
     #[error("request body is not valid: {0}")]
     BadRequest(String),
+    /// A request header whose value cannot be used.
+    #[error("header {header}: {value:?} is not {expected}")]
+    BadHeader { header: &'static str, value: String, expected: &'static str },
     #[error("not found: {0}")]
     NotFound(String),
     #[error("publisher {publisher_id:?} is over its ingest rate; retry after {retry_after_s} s")]
@@ -57,6 +60,7 @@ impl ServerError {
             ServerError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServerError::Decompress { .. } => (StatusCode::BAD_REQUEST, "bad_encoding"),
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServerError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServerError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServerError::Storage(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),

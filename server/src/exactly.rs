@@ -78,16 +78,27 @@ fn check_dedupe_fits(config: &DedupeConfig, mem_total: Option<u64>) -> Result<()
 /// still grow the table past it.
 pub fn announced_table_limit(config: &Config) -> u64 {
     let events = DedupeConfig { expected_keys: config.ingest.max_announced_events, ..DedupeConfig::default() };
-    let memory = mem_total_bytes().map_or(u64::MAX, |total| total / 8);
+    // Where the memory is not known, 1 GiB of table (about 50M keys).
+    let memory = mem_total_bytes().map_or(1 << 30, |total| total / 8);
     events.expected_table_bytes().min(memory)
 }
 
-/// `MemTotal` from `/proc/meminfo`, in bytes; `None` where there is none.
+/// The memory the process may use, in bytes: `MemTotal` from
+/// `/proc/meminfo`, or the cgroup's limit (`memory.max`, cgroup v2) when
+/// that is lower, as in a container; `None` where neither is known.
 fn mem_total_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let info = std::fs::read_to_string("/proc/meminfo").ok();
+    let total = info.as_deref().and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    // "max" (no limit) does not parse, and leaves MemTotal.
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    match (total, cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
+    }
 }
 
 pub async fn get_rules(State(app): State<Arc<AppState>>) -> Json<AttributionRules> {

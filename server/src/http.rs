@@ -223,10 +223,11 @@ fn announced_events(headers: &HeaderMap) -> Result<Option<usize>, ServerError> {
     let text = value.to_str().unwrap_or("");
     match text.trim().parse::<u64>() {
         Ok(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
-        Err(_) => Err(ServerError::BadRequest(format!(
-            "header {EXPECTED_EVENTS_HEADER} must be a whole number of events, not {:?}",
-            String::from_utf8_lossy(value.as_bytes())
-        ))),
+        Err(_) => Err(ServerError::BadHeader {
+            header: EXPECTED_EVENTS_HEADER,
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            expected: "a count of events (a decimal integer from 0 to 18446744073709551615)",
+        }),
     }
 }
 
@@ -281,14 +282,22 @@ async fn ingest(
             BodyFormat::Arrow => parse_arrow_ipc(&body, &opts),
         };
         drop(body);
-        let limit = worker.dedupe_announced_max_bytes;
-        if let Some(events) = announced.filter(|_| limit > 0) {
-            worker.exactly_once.dedupe().reserve_announced(events, limit);
-        }
         worker
             .rate_limiter
             .admit(&outcome.batch)
             .map_err(|l| ServerError::RateLimited { publisher_id: l.publisher_id, retry_after_s: l.retry_after_s })?;
+        let limit = worker.dedupe_announced_max_bytes;
+        if let Some(events) = announced.filter(|_| limit > 0 && outcome.batch.num_rows() > 0) {
+            let resize = worker.exactly_once.dedupe().reserve_announced(events, limit);
+            if resize.to_bytes > resize.from_bytes {
+                tracing::info!(
+                    announced_events = events,
+                    from_bytes = resize.from_bytes,
+                    to_bytes = resize.to_bytes,
+                    "dedupe index sized for an announced load"
+                );
+            }
+        }
         // Dedupe, then the durable append: the answer comes after the fsync.
         let summary = worker.exactly_once.ingest(&worker.store, &outcome.batch)?;
         Ok::<_, ServerError>((outcome, summary))

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use adstore_ingest::{ParseOptions, parse_ndjson};
@@ -448,6 +448,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
         .build()
         .into();
 
+    let load_events = Arc::new(OnceLock::new());
     let mut workers = Vec::new();
     for i in 0..args.concurrency {
         let worker = Worker {
@@ -460,6 +461,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
             started,
             stop: stop.clone(),
             input_bytes: total_bytes,
+            load_events: load_events.clone(),
         };
         let rx = rx.clone();
         let handle = std::thread::Builder::new()
@@ -594,6 +596,9 @@ struct Worker {
     stop: Arc<AtomicBool>,
     /// Size of the input file; `None` for standard input.
     input_bytes: Option<u64>,
+    /// The events of the whole input, estimated once, from the first batch
+    /// sent; `None` for standard input.
+    load_events: Arc<OnceLock<Option<u64>>>,
 }
 
 /// What one attempt to deliver a batch came to.
@@ -610,7 +615,7 @@ enum Attempt {
 impl Worker {
     fn send(&self, batch: Batch) {
         let t = &self.totals;
-        t.sent.fetch_add(batch.events, Ordering::Relaxed);
+        let sent_before = t.sent.fetch_add(batch.events, Ordering::Relaxed);
         const ARROW: &str = "application/vnd.apache.arrow.stream";
         const NDJSON: &str = "application/x-ndjson";
         let encoded = match (self.format, batch.body) {
@@ -639,7 +644,10 @@ impl Worker {
             self.advance(raw_len);
             return;
         };
-        let to_come = events_to_come(self.input_bytes, t.bytes_done.load(Ordering::Relaxed), raw_len, batch.events);
+        // Announced to the server: the events still to come, this batch's
+        // included. Estimated once, so that the announcements only shrink.
+        let load = *self.load_events.get_or_init(|| load_events(self.input_bytes, raw_len, batch.events));
+        let to_come = load.map(|load| load.saturating_sub(sent_before).max(batch.events));
         loop {
             match self.post(&body, content_type, to_come) {
                 Attempt::Done(reply) => {
@@ -743,18 +751,17 @@ impl Worker {
     }
 }
 
-/// How many events the load still has to send, this batch's included,
-/// estimated from the input bytes not yet sent at this batch's bytes per
-/// event; `None` for an input of unknown size. Sent as the
+/// The events of the whole input, estimated from its size at the bytes
+/// per event of one batch; `None` for an input of unknown size. Each
+/// request announces this less the events sent before it in the
 /// `adstore-expected-events` header, so that the server sizes its dedupe
 /// index for the whole load at once.
-fn events_to_come(input_bytes: Option<u64>, bytes_done: u64, batch_bytes: u64, batch_events: u64) -> Option<u64> {
-    let left = input_bytes?.saturating_sub(bytes_done);
+fn load_events(input_bytes: Option<u64>, batch_bytes: u64, batch_events: u64) -> Option<u64> {
     if batch_bytes == 0 || batch_events == 0 {
         return None;
     }
-    let estimate = (u128::from(left) * u128::from(batch_events)).div_ceil(u128::from(batch_bytes));
-    Some(u64::try_from(estimate).unwrap_or(u64::MAX).max(batch_events))
+    let estimate = (u128::from(input_bytes?) * u128::from(batch_events)).div_ceil(u128::from(batch_bytes));
+    Some(u64::try_from(estimate).unwrap_or(u64::MAX))
 }
 
 /// 100 ms, 200 ms, 400 ms, … capped at 10 s, with up to 25% jitter so
@@ -975,15 +982,13 @@ mod tests {
     }
 
     #[test]
-    fn the_events_to_come_are_estimated_from_the_bytes_left() {
-        // 1,000 bytes of 100-byte events, 300 sent: this batch of 2 events
-        // and the 5 after it.
-        assert_eq!(events_to_come(Some(1_000), 300, 200, 2), Some(7));
-        // Never fewer than the batch itself, even past the estimated end.
-        assert_eq!(events_to_come(Some(1_000), 1_000, 200, 2), Some(2));
-        assert_eq!(events_to_come(Some(1_000), 0, 150, 1), Some(7), "rounded up");
-        assert_eq!(events_to_come(None, 0, 200, 2), None, "standard input");
-        assert_eq!(events_to_come(Some(1_000), 0, 0, 0), None);
+    fn the_events_of_a_load_are_estimated_from_the_input_size() {
+        // 1,000 bytes of 100-byte events.
+        assert_eq!(load_events(Some(1_000), 200, 2), Some(10));
+        assert_eq!(load_events(Some(1_000), 150, 1), Some(7), "rounded up");
+        assert_eq!(load_events(Some(u64::MAX), 1, u64::MAX), Some(u64::MAX), "saturates");
+        assert_eq!(load_events(None, 200, 2), None, "standard input");
+        assert_eq!(load_events(Some(1_000), 0, 0), None);
     }
 
     #[test]
