@@ -222,13 +222,8 @@ fn restart_keeps_every_acknowledged_event_and_sigterm_exits_0() {
     // A query over the sealed segments leaves their blocks in the block cache.
     let (status, r) = server.post("/v1/sql", "text/plain", None, b"SELECT sum(cost_micros) AS c FROM events");
     assert_eq!(status, 200, "{r}");
-    let metrics = server.get_text("/metrics");
-    let cached: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("adstore_block_cache_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("adstore_block_cache_bytes in /metrics");
-    assert!(cached > 0, "{metrics}");
+    let cached = server.metric("adstore_block_cache_bytes");
+    assert!(cached > 0, "{cached} bytes in the block cache");
     assert_eq!(server.stop().code(), Some(0));
     assert_eq!(stored_count(&dir), 25_000);
 }
@@ -318,26 +313,13 @@ fn a_publisher_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(stored_count(&dir), 1_600);
 }
 
-/// `adstore_dedupe_table_bytes` from `/metrics`.
 fn dedupe_table_bytes(server: &Server) -> u64 {
-    let metrics = server.get_text("/metrics");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("adstore_dedupe_table_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("adstore_dedupe_table_bytes in {metrics}"))
+    server.metric("adstore_dedupe_table_bytes")
 }
 
 fn post_announcing(server: &Server, body: &[u8], events: &str) -> (u16, serde_json::Value) {
-    let mut resp = agent()
-        .post(format!("{}/v1/events", server.url))
-        .header("content-type", NDJSON)
-        .header("adstore-expected-events", events)
-        .send(body)
-        .expect("POST");
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    let headers = [("content-type", NDJSON), ("adstore-expected-events", events)];
+    post_with_headers(&format!("{}/v1/events", server.url), &headers, body)
 }
 
 #[test]

@@ -233,11 +233,9 @@ impl Shard {
     }
 
     /// Grows the table in one step to hold `keys` keys within the maximum
-    /// load, if it cannot already, but to no more than `max_slots` slots.
+    /// load, but to no more than `max_slots` slots; a table that large
+    /// already stays as it is.
     fn grow_to(&mut self, keys: usize, max_slots: usize) {
-        if keys as f64 <= self.slots.len() as f64 * MAX_LOAD {
-            return;
-        }
         let cap = ((keys as f64 / MAX_LOAD) as usize + 1).min(max_slots);
         // Invariant: a larger table than now, so it keeps an empty slot.
         if cap > self.slots.len() {

@@ -109,6 +109,16 @@ impl Server {
         let mut r = agent().get(&format!("{}{path}", self.url)).call().expect("GET");
         r.body_mut().read_to_string().expect("body")
     }
+
+    /// The value of the unlabelled metric `name` in `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let metrics = self.get_text("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    }
 }
 
 impl Drop for Server {
@@ -130,9 +140,15 @@ pub fn agent() -> ureq::Agent {
 
 /// POSTs `body`; returns the status and the JSON response.
 pub fn post(url: &str, content_type: &str, encoding: Option<&str>, body: &[u8]) -> (u16, serde_json::Value) {
-    let mut req = agent().post(url).header("content-type", content_type);
-    if let Some(e) = encoding {
-        req = req.header("content-encoding", e);
+    let encoding = encoding.map(|e| ("content-encoding", e));
+    post_with_headers(url, &[("content-type", content_type)].into_iter().chain(encoding).collect::<Vec<_>>(), body)
+}
+
+/// POSTs `body` with `headers`; returns the status and the JSON response.
+pub fn post_with_headers(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, serde_json::Value) {
+    let mut req = agent().post(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let mut r = req.send(body).expect("POST");
     let status = r.status().as_u16();
