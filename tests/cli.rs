@@ -177,6 +177,47 @@ fn ingest_reports_a_server_that_is_not_there() {
     assert!(stderr.contains("gave up after 2 attempts"), "{stderr}");
 }
 
+/// A server whose head fills up answers 503 with Retry-After; the client
+/// waits as told, without spending attempts, and every event lands once.
+#[test]
+fn ingest_waits_out_a_full_head_and_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let start = (now_ms() - 20 * HOUR_MS).to_string();
+    let ndjson = adstore(&["gen", "--events", "12000", "--seed", "5", "--start", &start, "--span", "18h"]).stdout;
+    let file = tmp.path().join("events.ndjson");
+    std::fs::write(&file, &ndjson).expect("write");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let dir = tmp.path().join("data");
+    // 128 KiB of head: less than one 2000-event request, so most requests
+    // find the head full until the sealer (pressed, every 200 ms) empties it.
+    let config = "[storage]\nmax_head_bytes = 131072\nseal_max_age_ms = 3600000\nseal_interval_ms = 200\n";
+    let server = Server::start(&dir, Some(config));
+    let args = ["ingest", file_arg, "--url", &server.url, "--batch-size", "2000", "--concurrency", "3"];
+    let out = adstore(&[&args[..], &["--max-attempts", "1"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let distinct = distinct_events(&ndjson);
+    assert_eq!(summary_value(&stdout, "sent"), 12_000, "{stdout}");
+    assert_eq!(summary_value(&stdout, "accepted"), distinct, "{stdout}");
+    assert_eq!(summary_value(&stdout, "duplicates"), 12_000 - distinct, "{stdout}");
+    assert!(summary_value(&stdout, "retries") > 0, "the head was full at least once: {stdout}");
+    assert!(server.metric("adstore_ingest_head_full_total") > 0);
+
+    // A client that may not wait gives up on a full head, and says why.
+    let again = tmp.path().join("again.ndjson");
+    let more = adstore(&["gen", "--events", "12000", "--seed", "6", "--start", &start, "--span", "18h"]).stdout;
+    std::fs::write(&again, &more).expect("write");
+    let mut args = args;
+    args[1] = again.to_str().expect("utf-8 path");
+    let out = Command::new(ADSTORE).args(args).args(["--max-wait", "0"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gave up after waiting 0 s in all for the server: HTTP 503"), "{stderr}");
+    assert!(stderr.contains("storage.max_head_bytes"), "{stderr}");
+    let accepted_again = summary_value(&String::from_utf8_lossy(&out.stdout), "accepted");
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir) as u64, distinct + accepted_again);
+}
+
 #[test]
 fn serve_demo_loads_an_empty_data_dir_once() {
     let tmp = tempfile::tempdir().expect("tempdir");

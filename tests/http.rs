@@ -313,6 +313,61 @@ fn a_publisher_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(stored_count(&dir), 1_600);
 }
 
+#[test]
+fn a_full_head_gets_503_with_retry_after_and_stores_the_request_once_retried() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    // 64 KiB of head, far less than one 1000-event request; partitions
+    // never age into a seal, so only the limit makes the sealer take them.
+    let server = Server::start(&dir, Some("[storage]\nmax_head_bytes = 65536\nseal_max_age_ms = 3600000\n"));
+    assert_eq!(server.metric("adstore_head_limit_bytes"), 65_536);
+    let send = |body: &[u8]| {
+        agent().post(format!("{}/v1/events", server.url)).header("content-type", NDJSON).send(body).expect("POST")
+    };
+    let mut stored = 0;
+    let mut refused = None;
+    // An empty head takes any request; the next one finds it full unless
+    // the sealer (once a second) emptied it in between.
+    for seed in 0..20 {
+        let body = ndjson(1_000, 300 + seed);
+        let mut resp = send(&body);
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = resp.body_mut().read_to_string().expect("reply");
+        let reply: serde_json::Value = serde_json::from_str(&text).expect("json reply");
+        if status == 503 {
+            refused = Some((body, retry_after, reply));
+            break;
+        }
+        assert_eq!((status, accepted(&reply)), (200, 1_000), "{reply}");
+        stored += 1_000;
+    }
+    let (body, retry_after, reply) = refused.expect("a request finds the head full");
+    assert_eq!(reply["error"]["code"], "head_full", "{reply}");
+    let message = reply["error"]["message"].as_str().expect("message");
+    assert!(message.contains("storage.max_head_bytes") && message.contains("65536"), "{message}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(server.metric("adstore_ingest_head_full_total") >= 1);
+    assert!(server.metric("adstore_head_bytes") >= 65_536);
+    // The sealer takes every partition, however young, and the same
+    // request then lands whole: nothing of the refused one was kept.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let retried = loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let (status, r) = server.post("/v1/events", NDJSON, None, &body);
+        if status == 200 {
+            break r;
+        }
+        assert_eq!((status, &r["error"]["code"]), (503, &serde_json::json!("head_full")), "{r}");
+        assert!(std::time::Instant::now() < deadline, "the head never got room back");
+    };
+    assert_eq!((accepted(&retried), retried["duplicates"].as_u64()), (1_000, Some(0)), "{retried}");
+    stored += 1_000;
+    assert!(server.metric("adstore_sealed_rows_total") > 0);
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir), stored);
+}
+
 fn dedupe_table_bytes(server: &Server) -> u64 {
     server.metric("adstore_dedupe_table_bytes")
 }

@@ -66,6 +66,7 @@ impl ServerError {
             ServerError::Storage(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ServerError::Storage(S::Damaged { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "damaged_data"),
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ServerError::Storage(S::HeadFull { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "head_full"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
             ServerError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
             ServerError::Query(e) if e.is_user_error() => (StatusCode::BAD_REQUEST, e.code()),
@@ -80,10 +81,25 @@ impl ServerError {
     }
 }
 
+impl ServerError {
+    /// Seconds after which the same request may succeed, for `Retry-After`.
+    fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            ServerError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            // The sealer looks again every second (`storage.seal_interval_ms`).
+            ServerError::Storage(adstore_storage::StorageError::HeadFull { .. }) => Some(1),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        // A full head is backpressure, logged by the store when it starts
+        // and ends, not once per refused request.
+        let head_full = matches!(self, ServerError::Storage(adstore_storage::StorageError::HeadFull { .. }));
+        if status.is_server_error() && !head_full {
             tracing::error!(error = %self, "request failed");
         }
         let mut body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
@@ -93,8 +109,8 @@ impl IntoResponse for ServerError {
                 .map_or(serde_json::Value::Null, |p| serde_json::json!({ "line": p.line, "column": p.column }));
         }
         let mut response = (status, Json(body)).into_response();
-        if let ServerError::RateLimited { retry_after_s, .. } = &self
-            && let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_s.to_string())
+        if let Some(after_s) = self.retry_after_s()
+            && let Ok(v) = axum::http::HeaderValue::from_str(&after_s.to_string())
         {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }

@@ -52,6 +52,7 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     let eo = Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, lateness));
     let mut storage = config.storage.clone();
     storage.allowed_lateness_ms = lateness;
+    storage.max_head_bytes.get_or_insert_with(|| default_head_limit(mem_total_bytes()));
     let store = Store::open(data_dir, storage, SealPipeline::new().with_stage(eo.clone()))?;
     Ok((store, eo))
 }
@@ -81,6 +82,14 @@ pub fn announced_table_limit(config: &Config) -> u64 {
     // Where the memory is not known, 1 GiB of table (about 50M keys).
     let memory = mem_total_bytes().map_or(1 << 30, |total| total / 8);
     events.expected_table_bytes().min(memory)
+}
+
+/// `storage.max_head_bytes` when the configuration leaves it out: a quarter
+/// of the memory, or 4 GiB where the memory is not known. Sealing needs
+/// about as much again as the partitions it takes, and the dedupe index,
+/// queries and the page cache of segments need the rest.
+fn default_head_limit(mem_total: Option<u64>) -> u64 {
+    mem_total.map_or(4 << 30, |total| total / 4)
 }
 
 /// The memory the process may use, in bytes: `MemTotal` from
@@ -351,5 +360,20 @@ mod tests {
         assert!(text.contains("ingest.dedupe_expected_keys = 100000000 needs 1.9 GB"), "{text}");
         assert!(text.contains("2.1 GB"), "{text}");
         assert!(mem_total_bytes().is_some_and(|b| b > gib / 8), "MemTotal read from /proc/meminfo");
+    }
+
+    #[test]
+    fn the_head_limit_is_a_quarter_of_the_memory_unless_configured() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let limit_of = |toml: &str, dir: &str| {
+            let config: Config = toml::from_str(toml).expect("config");
+            let (store, _) = open_store(&tmp.path().join(dir), &config).expect("open");
+            store.stats().head_limit_bytes
+        };
+        let memory = mem_total_bytes().expect("MemTotal");
+        assert_eq!(limit_of("", "default"), memory / 4);
+        assert_eq!(limit_of("[storage]\nmax_head_bytes = 1000000\n", "set"), 1_000_000);
+        assert_eq!(limit_of("[storage]\nmax_head_bytes = 0\n", "off"), 0, "0: no limit");
+        assert_eq!(default_head_limit(None), 4 << 30);
     }
 }

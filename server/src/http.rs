@@ -96,6 +96,9 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
          # TYPE adstore_events_accepted_total counter\nadstore_events_accepted_total {}\n\
          # TYPE adstore_events_rejected_total counter\nadstore_events_rejected_total {}\n\
          # TYPE adstore_head_rows gauge\nadstore_head_rows {}\n\
+         # TYPE adstore_head_bytes gauge\nadstore_head_bytes {}\n\
+         # TYPE adstore_head_limit_bytes gauge\nadstore_head_limit_bytes {}\n\
+         # TYPE adstore_ingest_head_full_total counter\nadstore_ingest_head_full_total {}\n\
          # TYPE adstore_segments gauge\nadstore_segments {}\n\
          # TYPE adstore_sealed_rows_total counter\nadstore_sealed_rows_total {}\n\
          # TYPE adstore_seal_errors_total counter\nadstore_seal_errors_total {}\n\
@@ -111,6 +114,9 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         c.accepted.load(Ordering::Relaxed),
         c.rejected.load(Ordering::Relaxed),
         s.head_rows,
+        s.head_bytes,
+        s.head_limit_bytes,
+        s.head_full_refusals,
         s.segments,
         s.sealed_rows,
         s.seal_errors,
@@ -162,7 +168,12 @@ async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "catalog_version": catalog.version,
         "segments": rows,
-        "head": { "rows": stats.head_rows, "partitions": stats.head_partitions },
+        "head": {
+            "rows": stats.head_rows,
+            "partitions": stats.head_partitions,
+            "bytes": stats.head_bytes,
+            "limit_bytes": stats.head_limit_bytes,
+        },
         // Closed buckets the sealer has yet to re-seal as final.
         "finalize_pending_buckets": app.store.closed_provisional_buckets().len(),
     }))
@@ -256,6 +267,8 @@ async fn ingest(
     let format = body_format(&headers)?;
     let encoding = Encoding::from_headers(&headers)?;
     let announced = announced_events(&headers)?;
+    // Refused before the parse: the head has no room until seals catch up.
+    app.store.check_head_room()?;
     let now = now_ms();
     let newest = app.newest_ts_ms.load(Ordering::Relaxed);
     let opts = ParseOptions {

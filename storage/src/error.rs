@@ -39,6 +39,12 @@ pub enum StorageError {
     Config(String),
     #[error("busy: {0}; retry later")]
     Busy(String),
+    /// Unsealed events fill the head's memory limit; sealing frees it.
+    #[error(
+        "the head holds {head_bytes} bytes of unsealed events, at its limit of {limit_bytes} (storage.max_head_bytes); \
+         retry once seals have caught up"
+    )]
+    HeadFull { head_bytes: u64, limit_bytes: u64 },
     #[error("the store is shutting down")]
     ShuttingDown,
     #[error("internal error (a bug): {0}")]

@@ -376,6 +376,16 @@ impl EventBatch {
         self.i64_column(ColumnId::Ts).values()
     }
 
+    /// Bytes of Arrow buffers this batch's rows take: a slice counts only
+    /// its own rows, not the whole buffers it shares with other slices.
+    pub fn memory_bytes(&self) -> usize {
+        self.batch
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+            .sum()
+    }
+
     /// Rows `offset..offset+len`, sharing buffers (no copy).
     pub fn slice(&self, offset: usize, len: usize) -> EventBatch {
         EventBatch { batch: Arc::new(self.batch.slice(offset, len)) }

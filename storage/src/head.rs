@@ -137,6 +137,8 @@ pub struct HeadChunk {
 struct HeadPartition {
     chunks: Vec<HeadChunk>,
     rows: usize,
+    /// Arrow bytes of the chunks' rows ([`EventBatch::memory_bytes`]).
+    bytes: u64,
     /// When the oldest chunk still in the partition arrived.
     oldest_arrival: Option<Instant>,
 }
@@ -145,6 +147,8 @@ struct HeadPartition {
 #[derive(Debug, Default)]
 pub struct Head {
     partitions: BTreeMap<PartitionKey, HeadPartition>,
+    /// Sum of the partitions' `bytes`.
+    bytes: u64,
 }
 
 /// A partition that a seal should take now, and how much of it.
@@ -167,8 +171,11 @@ impl Head {
             if batch.is_empty() {
                 continue;
             }
+            let bytes = batch.memory_bytes() as u64;
             let p = self.partitions.entry(key).or_default();
             p.rows += batch.num_rows();
+            p.bytes += bytes;
+            self.bytes += bytes;
             p.oldest_arrival.get_or_insert(now);
             p.chunks.push(HeadChunk { lsn, batch });
         }
@@ -176,6 +183,12 @@ impl Head {
 
     pub fn rows(&self) -> usize {
         self.partitions.values().map(|p| p.rows).sum()
+    }
+
+    /// Arrow bytes of every unsealed event: what [`Head::insert`] added and
+    /// [`Head::remove_sealed`] has not yet removed.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub fn partition_count(&self) -> usize {
@@ -212,8 +225,13 @@ impl Head {
     pub fn remove_sealed(&mut self, partition: PartitionKey, count: usize, now: Instant) {
         let Some(p) = self.partitions.get_mut(&partition) else { return };
         let count = count.min(p.chunks.len());
-        let removed: usize = p.chunks.drain(..count).map(|c| c.batch.num_rows()).sum();
-        p.rows -= removed;
+        let (rows, bytes) = p
+            .chunks
+            .drain(..count)
+            .fold((0, 0), |(rows, bytes), c| (rows + c.batch.num_rows(), bytes + c.batch.memory_bytes() as u64));
+        p.rows -= rows;
+        p.bytes -= bytes;
+        self.bytes -= bytes;
         if p.chunks.is_empty() {
             self.partitions.remove(&partition);
         } else {

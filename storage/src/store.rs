@@ -84,6 +84,12 @@ pub struct StoreConfig {
     /// Bytes of checked, decompressed segment blocks kept for queries (see
     /// `BlockCache`); 0 turns the cache off. Default 268_435_456 (256 MiB).
     pub block_cache_bytes: u64,
+    /// Appends are refused with [`StorageError::HeadFull`] while the head
+    /// holds this many bytes of unsealed events ([`Head::bytes`]), and from
+    /// half of it on the sealer seals every partition at each pass, however
+    /// young. `None` or `Some(0)`: no limit. Default `None`; the server sets
+    /// a quarter of the memory.
+    pub max_head_bytes: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +107,7 @@ impl Default for StoreConfig {
             compact_min_segments: 8,
             allowed_lateness_ms: 86_400_000,
             block_cache_bytes: 256 << 20,
+            max_head_bytes: None,
         }
     }
 }
@@ -199,6 +206,7 @@ struct Counters {
     sealed_rows: AtomicU64,
     seals: AtomicU64,
     seal_errors: AtomicU64,
+    head_full_refusals: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +217,12 @@ pub struct StoreStats {
     pub seal_errors: u64,
     pub head_rows: usize,
     pub head_partitions: usize,
+    /// Arrow bytes of the unsealed events.
+    pub head_bytes: u64,
+    /// `max_head_bytes`, 0 when there is none.
+    pub head_limit_bytes: u64,
+    /// Appends refused because the head was full.
+    pub head_full_refusals: u64,
     pub segments: usize,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
@@ -276,6 +290,9 @@ struct Inner {
     block_cache: Arc<BlockCache>,
     /// WAL payload buffers kept between appends.
     encode_buffers: Arc<BufferPool>,
+    /// Whether the last head-room check found the head full (logged once
+    /// per change, not once per refused request).
+    head_full: AtomicBool,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -372,6 +389,7 @@ impl Store {
             max_event_ts: AtomicI64::new(max_event_ts),
             block_cache,
             encode_buffers: BufferPool::new(ENCODE_BUFFERS_KEPT, ENCODE_BUFFER_MAX_KEPT_BYTES),
+            head_full: AtomicBool::new(false),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -403,6 +421,7 @@ impl Store {
         if keep.map_or(batch.num_rows(), <[u32]>::len) == 0 {
             return Ok(Lsn(0));
         }
+        self.check_head_room()?;
         let grouped = self.inner.partitioning.group(batch, keep)?;
         let mut payload = self.inner.encode_buffers.take();
         encode_batch_into(&grouped.rows, payload.vec_mut())?;
@@ -416,6 +435,34 @@ impl Store {
             self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);
         }
         Ok(lsn)
+    }
+
+    /// `Err(`[`StorageError::HeadFull`]`)` while the head holds
+    /// `max_head_bytes` or more of unsealed events. [`Store::append_rows`]
+    /// checks it first; a server can check it before parsing a request.
+    /// An append that finds room may take the head past the limit by its
+    /// own size, so an empty head always takes the next request.
+    pub fn check_head_room(&self) -> Result<()> {
+        let Some(limit) = self.head_limit() else { return Ok(()) };
+        let head_bytes = self.inner.visible.read().head.bytes();
+        let full = head_bytes >= limit;
+        if full != self.inner.head_full.swap(full, Ordering::AcqRel) {
+            if full {
+                tracing::warn!(head_bytes, limit_bytes = limit, "head full: appends refused until seals catch up");
+            } else {
+                tracing::info!(head_bytes, limit_bytes = limit, "head has room again: appends accepted");
+            }
+        }
+        if full {
+            self.inner.counters.head_full_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(StorageError::HeadFull { head_bytes, limit_bytes: limit });
+        }
+        Ok(())
+    }
+
+    /// `max_head_bytes`, when there is one.
+    fn head_limit(&self) -> Option<u64> {
+        self.inner.config.max_head_bytes.filter(|&l| l > 0)
     }
 
     /// A consistent view of catalog, segments and head.
@@ -455,6 +502,9 @@ impl Store {
             seal_errors: c.seal_errors.load(Ordering::Relaxed),
             head_rows: v.head.rows(),
             head_partitions: v.head.partition_count(),
+            head_bytes: v.head.bytes(),
+            head_limit_bytes: self.head_limit().unwrap_or(0),
+            head_full_refusals: c.head_full_refusals.load(Ordering::Relaxed),
             segments: v.readers.len(),
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
@@ -462,10 +512,17 @@ impl Store {
         }
     }
 
-    /// Seals the partitions that are due (row threshold or age).
+    /// Seals the partitions that are due (row threshold or age), or every
+    /// partition while the head holds half of `max_head_bytes` or more:
+    /// waiting for partitions to age would leave appends refused meanwhile.
     pub fn seal_due(&self) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
-        self.seal_head(|_| false)
+        let head_bytes = self.inner.visible.read().head.bytes();
+        let pressed = self.head_limit().is_some_and(|limit| head_bytes >= limit / 2);
+        if pressed {
+            tracing::debug!(head_bytes, "head at half its limit or more: sealing every partition");
+        }
+        self.seal_head(|_| pressed)
     }
 
     /// Seals every head partition now (tests, shutdown, benchmarks).

@@ -73,6 +73,11 @@ pub struct IngestArgs {
     /// Attempts per batch before giving up on it.
     #[arg(long, default_value_t = 10)]
     max_attempts: u32,
+    /// Seconds a batch may wait, in all, on a server that says when to come
+    /// back (429 or 503 with Retry-After: a rate limit, a full head). Those
+    /// waits do not count against --max-attempts.
+    #[arg(long, default_value_t = 600)]
+    max_wait: u64,
 }
 
 /// Bytes read from the input at a time.
@@ -456,6 +461,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
             endpoint: endpoint.clone(),
             format: if arrow_input { Sent::ArrowRows } else { Sent::from(args.format) },
             max_attempts: args.max_attempts,
+            max_wait: Duration::from_secs(args.max_wait),
             totals: totals.clone(),
             progress: progress.clone(),
             started,
@@ -590,6 +596,7 @@ struct Worker {
     endpoint: String,
     format: Sent,
     max_attempts: u32,
+    max_wait: Duration,
     totals: Arc<Totals>,
     progress: ProgressBar,
     started: Instant,
@@ -607,6 +614,12 @@ enum Attempt {
     /// Worth another try, after at least this long.
     Retry {
         after: Option<Duration>,
+        why: String,
+    },
+    /// The server is up but asks to come back after this long
+    /// (backpressure, not a failure).
+    Wait {
+        after: Duration,
         why: String,
     },
     Fatal(String),
@@ -639,6 +652,7 @@ impl Worker {
         };
         t.rejected.fetch_add(client_rejected, Ordering::Relaxed);
         let mut attempt = 1;
+        let mut waited = Duration::ZERO;
         // Nothing valid to send (every line rejected client-side).
         let Some(body) = body else {
             self.advance(raw_len);
@@ -675,6 +689,24 @@ impl Worker {
                     });
                     std::thread::sleep(backoff);
                     attempt += 1;
+                }
+                Attempt::Wait { after, why }
+                    if waited + after <= self.max_wait && !self.stop.load(Ordering::Relaxed) =>
+                {
+                    t.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(first_line = batch.first_line, after_s = after.as_secs(), error = %why,
+                        "server asks to wait");
+                    std::thread::sleep(after);
+                    waited += after;
+                }
+                Attempt::Wait { why, .. } => {
+                    self.fail(format!(
+                        "{} {}..: gave up after waiting {} s in all for the server: {why}",
+                        self.unit(),
+                        batch.first_line,
+                        waited.as_secs()
+                    ));
+                    break;
                 }
                 Attempt::Retry { why, .. } => {
                     self.fail(format!(
@@ -743,7 +775,13 @@ impl Worker {
                 Err(_) => Attempt::Fatal(format!("HTTP {status}: {}", error_message(&text))),
             },
             429 | 500..=599 => {
-                Attempt::Retry { after: retry_after, why: format!("HTTP {status}: {}", error_message(&text)) }
+                let why = format!("HTTP {status}: {}", error_message(&text));
+                match retry_after {
+                    Some(after) if status == 429 || status == 503 => {
+                        Attempt::Wait { after: after.max(Duration::from_millis(100)), why }
+                    }
+                    _ => Attempt::Retry { after: retry_after, why },
+                }
             }
             413 => Attempt::Fatal(format!("HTTP 413: {}; use a smaller --batch-size", error_message(&text))),
             _ => Attempt::Fatal(format!("HTTP {status}: {}", error_message(&text))),

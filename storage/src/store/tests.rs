@@ -466,3 +466,75 @@ fn small_provisional_segments_are_compacted_without_changing_events() {
 fn open_with(dir: &Path, config: StoreConfig) -> Store {
     Store::open(dir, config, SealPipeline::new()).expect("open store")
 }
+
+#[test]
+fn a_full_head_refuses_appends_until_seals_free_it_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let batch_of =
+        |from: u64| -> Vec<Event> { (from..from + 50).map(|n| event(n, 1_000_000 + n as i64, "a1")).collect() };
+    let bytes_of = |from: u64| EventBatch::from_events(&batch_of(from)).memory_bytes() as u64;
+    let one_batch = bytes_of(0);
+    // Room for two batches and a half; partitions never age or fill, so
+    // only the head limit makes the sealer take them.
+    let config = StoreConfig {
+        max_head_bytes: Some(one_batch * 5 / 2),
+        seal_max_age_ms: 3_600_000,
+        seal_max_rows: usize::MAX,
+        ..small_config()
+    };
+    let store = open_with(dir.path(), config.clone());
+    let mut stored: Vec<Event> = Vec::new();
+    for from in [0, 50, 100] {
+        store.append(&EventBatch::from_events(&batch_of(from))).expect("room in the head");
+        stored.extend(batch_of(from));
+    }
+    let stats = store.stats();
+    let three = bytes_of(0) + bytes_of(50) + bytes_of(100);
+    assert_eq!(stats.head_bytes, three, "the head counts the bytes of its rows");
+    let refused = store.append(&EventBatch::from_events(&batch_of(150))).expect_err("the head is full");
+    assert!(
+        matches!(refused, StorageError::HeadFull { head_bytes, limit_bytes } if head_bytes == three && limit_bytes == one_batch * 5 / 2),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("storage.max_head_bytes"), "{refused}");
+    assert_eq!(store.stats().head_full_refusals, 1);
+    assert_eq!(all_events(&store), sorted_debug(&stored), "a refused append stores nothing");
+
+    // Young partitions below max_rows are sealed because the head is past
+    // half its limit; then appends are taken again.
+    let report = store.seal_due().expect("seal");
+    assert_eq!(report.rows_in, 150);
+    assert_eq!(store.stats().head_bytes, 0, "sealing gives the bytes back");
+    store.check_head_room().expect("room again");
+    store.append(&EventBatch::from_events(&batch_of(150))).expect("room after the seal");
+    stored.extend(batch_of(150));
+    // Below half the limit, young partitions wait as before.
+    assert_eq!(store.seal_due().expect("seal").rows_in, 0);
+    assert_eq!(all_events(&store), sorted_debug(&stored));
+    store.close().expect("close");
+
+    // Replay brings back what the head held, limit or not.
+    let store = open_with(dir.path(), config);
+    assert_eq!(store.stats().head_bytes, bytes_of(150));
+    assert_eq!(all_events(&store), sorted_debug(&stored));
+}
+
+#[test]
+fn head_bytes_count_each_row_once_however_the_batch_is_split() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    // Three advertisers over two buckets: one batch becomes several
+    // partitions' slices of one buffer.
+    let events: Vec<Event> =
+        (0..300).map(|n| event(n, (n as i64 % 2) * 3_600_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
+    let batch = EventBatch::from_events(&events);
+    store.append(&batch).expect("append");
+    let parts = store.partitioning().split(&batch).expect("split");
+    assert!(parts.len() > 1, "the batch spans partitions");
+    let sliced: u64 = store.snapshot().head.iter().map(|(_, c)| c.batch.memory_bytes() as u64).sum();
+    assert_eq!(store.stats().head_bytes, sliced);
+    let whole = batch.record_batch().get_array_memory_size() as u64;
+    assert!(sliced <= whole + 64 * 23, "slices of one buffer are not counted whole each: {sliced} vs {whole}");
+    store.seal_all().expect("seal");
+    assert_eq!(store.stats().head_bytes, 0);
+}

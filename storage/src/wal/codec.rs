@@ -24,13 +24,8 @@ pub fn encode_batch_into(batch: &EventBatch, out: &mut Vec<u8>) -> Result<()> {
     let rb = batch.record_batch();
     // Sized up front: growing by doubling copied the payload several times,
     // each time into memory fresh from the kernel.
-    let data: usize = rb
-        .columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
-        .sum();
     out.clear();
-    out.reserve(data + IPC_OVERHEAD_BYTES);
+    out.reserve(batch.memory_bytes() + IPC_OVERHEAD_BYTES);
     let mut writer = StreamWriter::try_new(out, rb.schema_ref())?;
     writer.write(rb)?;
     writer.finish()?;
