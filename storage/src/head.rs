@@ -159,6 +159,10 @@ pub struct SealCandidate {
 }
 
 impl SealCandidate {
+    pub fn rows(&self) -> usize {
+        self.chunks.iter().map(|c| c.batch.num_rows()).sum()
+    }
+
     pub fn max_lsn(&self) -> Lsn {
         self.chunks.iter().map(|c| c.lsn).max().unwrap_or_default()
     }

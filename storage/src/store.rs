@@ -272,6 +272,17 @@ pub struct SealReport {
     pub replaced: Vec<SegmentId>,
 }
 
+impl SealReport {
+    /// Adds what another pass did.
+    fn absorb(&mut self, other: SealReport) {
+        self.partitions += other.partitions;
+        self.rows_in += other.rows_in;
+        self.rows_out += other.rows_out;
+        self.segments.extend(other.segments);
+        self.replaced.extend(other.replaced);
+    }
+}
+
 struct Inner {
     config: StoreConfig,
     segments_dir: PathBuf,
@@ -539,17 +550,30 @@ impl Store {
         let now = Instant::now();
         let candidates: Vec<SealCandidate> =
             inner.visible.read().head.due(now, inner.config.seal_max_rows, max_age, force);
-        let jobs = candidates
-            .into_iter()
-            .map(|c| SealJob {
+        // One commit per group of at most `seal_max_rows` rows (and at least
+        // one partition). A pass over a large head, as under pressure, then
+        // holds the sealed copy of one group at a time instead of the whole
+        // head's, and gives each group's head memory back once committed.
+        let mut report = SealReport::default();
+        let mut group = Vec::new();
+        let mut group_rows = 0;
+        for c in candidates {
+            let rows = c.rows();
+            if !group.is_empty() && group_rows + rows > inner.config.seal_max_rows {
+                report.absorb(self.run_jobs(std::mem::take(&mut group))?);
+                group_rows = 0;
+            }
+            group_rows += rows;
+            group.push(SealJob {
                 partition: c.partition,
                 kind: SealKind::Seal,
                 is_final: false,
                 head: c,
                 replaces: vec![],
-            })
-            .collect();
-        self.run_jobs(jobs)
+            });
+        }
+        report.absorb(self.run_jobs(group)?);
+        Ok(report)
     }
 
     /// Re-seals every partition of the given buckets from its raw segments
@@ -583,12 +607,7 @@ impl Store {
                 replaces,
             })
             .collect();
-        let more = self.run_jobs(jobs)?;
-        report.partitions += more.partitions;
-        report.rows_in += more.rows_in;
-        report.rows_out += more.rows_out;
-        report.segments.extend(more.segments);
-        report.replaced.extend(more.replaced);
+        report.absorb(self.run_jobs(jobs)?);
         Ok(report)
     }
 

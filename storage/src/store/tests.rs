@@ -538,3 +538,50 @@ fn head_bytes_count_each_row_once_however_the_batch_is_split() {
     store.seal_all().expect("seal");
     assert_eq!(store.stats().head_bytes, 0);
 }
+
+#[test]
+fn a_large_seal_commits_in_groups_of_at_most_seal_max_rows_and_seals_the_same_events() {
+    // Three advertisers over two buckets: several partitions.
+    let events: Vec<Event> =
+        (0..240).map(|n| event(n, (n as i64 % 2) * 3_600_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
+    let batch = EventBatch::from_events(&events);
+    let mut sizes: BTreeMap<PartitionKey, usize> = BTreeMap::new();
+    for (key, part) in small_config().partitioning().split(&batch).expect("split") {
+        *sizes.entry(key).or_default() += part.num_rows();
+    }
+    let partitions = sizes.len();
+    assert!(partitions >= 3, "{sizes:?}");
+    let sealed_with = |seal_max_rows: usize| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_with(dir.path(), StoreConfig { seal_max_rows, ..small_config() });
+        store.append(&batch).expect("append");
+        let before = store.catalog().version;
+        let report = store.seal_all().expect("seal");
+        let commits = store.catalog().version - before;
+        assert_eq!((report.rows_in, report.rows_out, store.snapshot().head_rows()), (240, 240, 0));
+        assert_eq!(report.segments.len(), partitions);
+        (commits, all_events(&store))
+    };
+    let (commits, whole) = sealed_with(1_000);
+    assert_eq!(commits, 1, "everything fits one group");
+    assert_eq!(sealed_with(1).0 as usize, partitions, "each partition alone");
+    // The model: partitions in key order, a new group when the next would
+    // take the group past the bound.
+    let bound = 120;
+    let mut groups = 0;
+    let mut rows = 0;
+    for &n in sizes.values() {
+        if rows > 0 && rows + n > bound {
+            rows = 0;
+        }
+        if rows == 0 {
+            groups += 1;
+        }
+        rows += n;
+    }
+    assert!(groups > 1 && groups < partitions, "{sizes:?}");
+    let (commits, grouped) = sealed_with(bound);
+    assert_eq!(commits as usize, groups);
+    assert_eq!(grouped, whole);
+    assert_eq!(whole, sorted_debug(&events));
+}
