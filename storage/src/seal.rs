@@ -118,10 +118,12 @@ pub trait SealStage: Send + Sync {
     /// Transforms the events of one partition before they are written.
     ///
     /// # Errors
-    /// An error aborts the whole seal pass: nothing is committed, the events
-    /// stay where they were, [`SealStage::aborted`] is called for every
-    /// partition this stage already processed, and the pass is retried on
-    /// the next tick.
+    /// An error aborts the seal pass from the group of partitions (at most
+    /// `seal_max_rows` rows, committed together) it happened in: nothing
+    /// of that group is committed, its events stay where they were,
+    /// [`SealStage::aborted`] is called for every partition of the group
+    /// this stage already processed, and the rest is retried on the next
+    /// tick. Groups committed before stay committed.
     fn apply(&self, ctx: &SealContext<'_>, events: EventBatch) -> Result<StageOutput>;
 
     /// The catalog commit that made `events` (this stage's output) visible

@@ -304,6 +304,12 @@ struct Inner {
     /// Whether the last head-room check found the head full (logged once
     /// per change, not once per refused request).
     head_full: AtomicBool,
+    /// Threads for seals, compactions and verification. Apart from the
+    /// global rayon pool that queries (and ingest parsing) use: a query's
+    /// tasks queued there behind seal tasks of seconds each, and took up to
+    /// 100x longer while a load was being sealed. In two pools, the OS
+    /// shares the cores between them instead.
+    background: rayon::ThreadPool,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -350,6 +356,11 @@ impl Store {
                 catalog = manifest.commit(&edit)?;
             }
         }
+        let background = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("adstore-seal-{i}"))
+            .build()
+            .map_err(|e| StorageError::Internal(format!("cannot start the seal threads: {e}")))?;
         let block_cache = Arc::new(BlockCache::new(config.block_cache_bytes));
         let mut readers = HashMap::new();
         let mut damaged = Vec::new();
@@ -401,6 +412,7 @@ impl Store {
             block_cache,
             encode_buffers: BufferPool::new(ENCODE_BUFFERS_KEPT, ENCODE_BUFFER_MAX_KEPT_BYTES),
             head_full: AtomicBool::new(false),
+            background,
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -692,7 +704,8 @@ impl Store {
             return Ok(SealReport::default());
         }
         let snapshot = self.snapshot();
-        let results: Vec<Result<PreparedSeal>> = jobs.into_par_iter().map(|j| self.prepare(j, &snapshot)).collect();
+        let results: Vec<Result<PreparedSeal>> =
+            inner.background.install(|| jobs.into_par_iter().map(|j| self.prepare(j, &snapshot)).collect());
         let mut prepared = Vec::with_capacity(results.len());
         let mut failure = None;
         for r in results {
@@ -884,12 +897,13 @@ impl Store {
     /// this once at start, so a large store opens without waiting for it.
     pub fn verify_segments(&self) -> usize {
         let live: Vec<LiveSegment> = self.snapshot().segments;
-        let bad: Vec<DamagedSegment> = live
-            .par_iter()
-            .filter_map(|s| {
-                s.reader.verify().err().map(|e| DamagedSegment { meta: s.meta.clone(), error: e.to_string() })
-            })
-            .collect();
+        let bad: Vec<DamagedSegment> = self.inner.background.install(|| {
+            live.par_iter()
+                .filter_map(|s| {
+                    s.reader.verify().err().map(|e| DamagedSegment { meta: s.meta.clone(), error: e.to_string() })
+                })
+                .collect()
+        });
         if !bad.is_empty() {
             let mut v = self.inner.visible.write();
             for d in &bad {

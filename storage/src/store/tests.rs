@@ -585,3 +585,30 @@ fn a_large_seal_commits_in_groups_of_at_most_seal_max_rows_and_seals_the_same_ev
     assert_eq!(grouped, whole);
     assert_eq!(whole, sorted_debug(&events));
 }
+
+/// Records the thread each seal runs on.
+struct ThreadNames(Mutex<Vec<String>>);
+
+impl crate::seal::SealStage for ThreadNames {
+    fn name(&self) -> &str {
+        "thread-names"
+    }
+
+    fn apply(&self, _ctx: &crate::seal::SealContext<'_>, events: EventBatch) -> Result<crate::seal::StageOutput> {
+        self.0.lock().push(std::thread::current().name().unwrap_or("").to_string());
+        Ok(crate::seal::StageOutput { events, sidecars: vec![] })
+    }
+}
+
+#[test]
+fn seals_run_on_their_own_threads_not_the_pool_queries_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = Arc::new(ThreadNames(Mutex::new(Vec::new())));
+    let store = Store::open(dir.path(), small_config(), SealPipeline::new().with_stage(names.clone())).expect("open");
+    let events: Vec<Event> = (0..90).map(|n| event(n, 1_000_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
+    store.append(&EventBatch::from_events(&events)).expect("append");
+    store.seal_all().expect("seal");
+    let names = names.0.lock().clone();
+    assert!(!names.is_empty());
+    assert!(names.iter().all(|n| n.starts_with("adstore-seal-")), "{names:?}");
+}
