@@ -192,7 +192,8 @@ fn ingest_waits_out_a_full_head_and_loses_nothing() {
     // find the head full until the sealer (pressed, every 200 ms) empties it.
     let config = "[storage]\nmax_head_bytes = 131072\nseal_max_age_ms = 3600000\nseal_interval_ms = 200\n";
     let server = Server::start(&dir, Some(config));
-    let args = ["ingest", file_arg, "--url", &server.url, "--batch-size", "2000", "--concurrency", "3"];
+    let url = server.url.clone();
+    let args = ["ingest", file_arg, "--url", &url, "--batch-size", "2000", "--concurrency", "3"];
     let out = adstore(&[&args[..], &["--max-attempts", "1"]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let distinct = distinct_events(&ndjson);
@@ -202,12 +203,20 @@ fn ingest_waits_out_a_full_head_and_loses_nothing() {
     assert!(summary_value(&stdout, "retries") > 0, "the head was full at least once: {stdout}");
     assert!(server.metric("adstore_ingest_head_full_total") > 0);
 
+    assert!(server.stop().success());
+
     // A client that may not wait gives up on a full head, and says why.
+    // The sealer passes once at start and then not for an hour: once the
+    // first requests fill the head, the others are refused.
+    let config = "[storage]\nmax_head_bytes = 131072\nseal_max_age_ms = 3600000\nseal_interval_ms = 3600000\n";
+    let server = Server::start(&dir, Some(config));
+    let url = server.url.clone();
     let again = tmp.path().join("again.ndjson");
     let more = adstore(&["gen", "--events", "12000", "--seed", "6", "--start", &start, "--span", "18h"]).stdout;
     std::fs::write(&again, &more).expect("write");
     let mut args = args;
     args[1] = again.to_str().expect("utf-8 path");
+    args[3] = &url;
     let out = Command::new(ADSTORE).args(args).args(["--max-wait", "0"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -238,6 +247,26 @@ fn serve_demo_loads_an_empty_data_dir_once() {
     assert!(server.stop().success());
     // Not empty any more: --demo adds nothing.
     let server = Server::start_with(&dir, None, &["--demo", "--demo-events", "5000"]);
+    assert!(server.stop().success());
+    assert_eq!(stored_count(&dir) as u64, distinct);
+}
+
+#[test]
+fn serve_demo_loads_more_than_the_head_holds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    // Three demo chunks of 50,000 events, each over 1 MB of head.
+    let config = "[storage]\nmax_head_bytes = 1000000\n";
+    let server = Server::start_with(&dir, Some(config), &["--demo", "--demo-events", "120000"]);
+    let distinct = {
+        let mut body = Vec::new();
+        let cfg = adstore_server::datagen::GenConfig { events: 120_000, ..Default::default() };
+        for e in adstore_server::datagen::Generator::new(cfg) {
+            adstore_server::datagen::write_ndjson(&e, &mut body);
+        }
+        distinct_events(&body)
+    };
+    assert!(server.metric("adstore_sealed_rows_total") > 0, "the demo load sealed as it went");
     assert!(server.stop().success());
     assert_eq!(stored_count(&dir) as u64, distinct);
 }

@@ -247,3 +247,38 @@ fn a_concurrent_sealer_never_lets_a_duplicate_through() {
     assert_eq!(stored, unique, "stored once each");
     store.close().expect("close");
 }
+
+/// A batch the store refuses because its head is full, after the
+/// ingest-time dedupe check admitted its keys, is not remembered: sent
+/// again once seals made room, it counts once, and the totals match the
+/// oracle's.
+#[test]
+fn a_batch_refused_for_a_full_head_counts_once_when_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eo = Arc::new(ExactlyOnce::new(Arc::new(DedupeIndex::new(DedupeConfig::default())), rules(), 86_400_000));
+    // Room for about one batch of 1,000 events.
+    let config = StoreConfig { max_head_bytes: Some(100_000), ..StoreConfig::default() };
+    let store = Store::open(dir.path(), config, SealPipeline::new().with_stage(eo.clone())).expect("open");
+    let sent = oracle::stream();
+    let (mut accepted, mut duplicates, mut refusals) = (0, 0, 0);
+    for batch in sent.chunks(1_000) {
+        let batch = EventBatch::from_events(batch);
+        let summary = match eo.ingest(&store, &batch) {
+            Err(adstore_storage::StorageError::HeadFull { .. }) => {
+                refusals += 1;
+                store.seal_due().expect("seal under pressure");
+                eo.ingest(&store, &batch).expect("room after the seal")
+            }
+            other => other.expect("ingest"),
+        };
+        accepted += summary.accepted;
+        duplicates += summary.duplicates;
+    }
+    assert!(refusals > 0, "the head was full at least once");
+    let unique = oracle::dedupe(&sent).len();
+    assert_eq!((accepted, duplicates), (unique, sent.len() - unique), "refused batches left no keys behind");
+    store.seal_all().expect("seal");
+    let stored: usize = store.snapshot().read_events().expect("read").iter().map(|b| b.num_rows()).sum();
+    assert_eq!(stored, unique);
+    store.close().expect("close");
+}

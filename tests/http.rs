@@ -348,7 +348,6 @@ fn a_full_head_gets_503_with_retry_after_and_stores_the_request_once_retried() {
     assert!(message.contains("storage.max_head_bytes") && message.contains("65536"), "{message}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert!(server.metric("adstore_ingest_head_full_total") >= 1);
-    assert!(server.metric("adstore_head_bytes") >= 65_536);
     // The sealer takes every partition, however young, and the same
     // request then lands whole: nothing of the refused one was kept.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -4,6 +4,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use adstore_storage::StorageError as S;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
@@ -52,7 +54,6 @@ pub enum ServerError {
 
 impl ServerError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use adstore_storage::StorageError as S;
         match self {
             ServerError::Config(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
             ServerError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -79,15 +80,12 @@ impl ServerError {
             | ServerError::Client { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
-}
 
-impl ServerError {
     /// Seconds after which the same request may succeed, for `Retry-After`.
     fn retry_after_s(&self) -> Option<u64> {
         match self {
             ServerError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
-            // The sealer looks again every second (`storage.seal_interval_ms`).
-            ServerError::Storage(adstore_storage::StorageError::HeadFull { .. }) => Some(1),
+            ServerError::Storage(S::HeadFull { retry_after_s, .. }) => Some(*retry_after_s),
             _ => None,
         }
     }
@@ -98,7 +96,7 @@ impl IntoResponse for ServerError {
         let (status, code) = self.status_and_code();
         // A full head is backpressure, logged by the store when it starts
         // and ends, not once per refused request.
-        let head_full = matches!(self, ServerError::Storage(adstore_storage::StorageError::HeadFull { .. }));
+        let head_full = matches!(self, ServerError::Storage(S::HeadFull { .. }));
         if status.is_server_error() && !head_full {
             tracing::error!(error = %self, "request failed");
         }

@@ -259,6 +259,10 @@ async fn ingest(
     app.counters.ingest_requests.fetch_add(1, Ordering::Relaxed);
     let limit_bytes = app.config.server.max_body_bytes;
     let body = body::read(body, &headers, limit_bytes, &app.body_buffers).await?;
+    // Refused before the parse: the head has no room until seals catch up.
+    // (After reading the body: a reply to a request whose body is not read
+    // can reach the client as a reset connection instead of a 503.)
+    app.store.check_head_room()?;
     let backfill = match params.mode.as_deref() {
         None | Some("live") => false,
         Some("backfill") => true,
@@ -267,8 +271,6 @@ async fn ingest(
     let format = body_format(&headers)?;
     let encoding = Encoding::from_headers(&headers)?;
     let announced = announced_events(&headers)?;
-    // Refused before the parse: the head has no room until seals catch up.
-    app.store.check_head_room()?;
     let now = now_ms();
     let newest = app.newest_ts_ms.load(Ordering::Relaxed);
     let opts = ParseOptions {

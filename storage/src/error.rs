@@ -44,7 +44,12 @@ pub enum StorageError {
         "the head holds {head_bytes} bytes of unsealed events, at its limit of {limit_bytes} (storage.max_head_bytes); \
          retry once seals have caught up"
     )]
-    HeadFull { head_bytes: u64, limit_bytes: u64 },
+    HeadFull {
+        head_bytes: u64,
+        limit_bytes: u64,
+        /// When to try again: the sealer's next pass (`seal_interval_ms`), in whole seconds, at least 1.
+        retry_after_s: u64,
+    },
     #[error("the store is shutting down")]
     ShuttingDown,
     #[error("internal error (a bug): {0}")]

@@ -131,6 +131,9 @@ pub struct Grouped {
 pub struct HeadChunk {
     pub lsn: Lsn,
     pub batch: EventBatch,
+    /// `batch.memory_bytes()`, counted into the head's bytes at insert and
+    /// out again, the same number, when sealed.
+    pub bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -181,7 +184,7 @@ impl Head {
             p.bytes += bytes;
             self.bytes += bytes;
             p.oldest_arrival.get_or_insert(now);
-            p.chunks.push(HeadChunk { lsn, batch });
+            p.chunks.push(HeadChunk { lsn, batch, bytes });
         }
     }
 
@@ -229,10 +232,9 @@ impl Head {
     pub fn remove_sealed(&mut self, partition: PartitionKey, count: usize, now: Instant) {
         let Some(p) = self.partitions.get_mut(&partition) else { return };
         let count = count.min(p.chunks.len());
-        let (rows, bytes) = p
-            .chunks
-            .drain(..count)
-            .fold((0, 0), |(rows, bytes), c| (rows + c.batch.num_rows(), bytes + c.batch.memory_bytes() as u64));
+        let (rows, bytes) =
+            p.chunks.drain(..count).fold((0, 0), |(rows, bytes), c| (rows + c.batch.num_rows(), bytes + c.bytes));
+        debug_assert!(p.bytes >= bytes && self.bytes >= bytes, "head bytes out of step");
         p.rows -= rows;
         p.bytes -= bytes;
         self.bytes -= bytes;

@@ -478,7 +478,8 @@ impl Store {
         }
         if full {
             self.inner.counters.head_full_refusals.fetch_add(1, Ordering::Relaxed);
-            return Err(StorageError::HeadFull { head_bytes, limit_bytes: limit });
+            let retry_after_s = self.inner.config.seal_interval_ms.div_ceil(1000).max(1);
+            return Err(StorageError::HeadFull { head_bytes, limit_bytes: limit, retry_after_s });
         }
         Ok(())
     }
@@ -565,7 +566,9 @@ impl Store {
         // One commit per group of at most `seal_max_rows` rows (and at least
         // one partition). A pass over a large head, as under pressure, then
         // holds the sealed copy of one group at a time instead of the whole
-        // head's, and gives each group's head memory back once committed.
+        // head's, and drops each group's head chunks once committed (their
+        // memory goes once no other partition's slice of the same append
+        // still holds it).
         let mut report = SealReport::default();
         let mut group = Vec::new();
         let mut group_rows = 0;

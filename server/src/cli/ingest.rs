@@ -687,16 +687,19 @@ impl Worker {
                     self.progress.suspend(|| {
                         tracing::warn!(first_line = batch.first_line, attempt, error = %why, "retrying batch");
                     });
-                    std::thread::sleep(backoff);
+                    self.sleep_unless_stopped(backoff);
                     attempt += 1;
                 }
-                Attempt::Wait { after, why }
-                    if waited + after <= self.max_wait && !self.stop.load(Ordering::Relaxed) =>
-                {
+                Attempt::Wait { .. } if self.stop.load(Ordering::Relaxed) => {
+                    // Another batch failed for good and the run is ending;
+                    // that failure is the one to report.
+                    break;
+                }
+                Attempt::Wait { after, why } if after <= self.max_wait.saturating_sub(waited) => {
                     t.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(first_line = batch.first_line, after_s = after.as_secs(), error = %why,
                         "server asks to wait");
-                    std::thread::sleep(after);
+                    self.sleep_unless_stopped(after);
                     waited += after;
                 }
                 Attempt::Wait { why, .. } => {
@@ -723,6 +726,19 @@ impl Worker {
             }
         }
         self.advance(raw_len);
+    }
+
+    /// Sleeps for `duration`, or less if the run is stopped meanwhile.
+    fn sleep_unless_stopped(&self, duration: Duration) {
+        const SLICE: Duration = Duration::from_millis(100);
+        let deadline = Instant::now() + duration;
+        while !self.stop.load(Ordering::Relaxed) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(SLICE));
+        }
     }
 
     /// What the input is counted in, for messages.

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use adstore_ingest::ExactlyOnce;
 use adstore_ingest::{ParseOptions, parse_ndjson};
-use adstore_storage::Store;
+use adstore_storage::{StorageError, Store};
 
 use crate::config::Config;
 use crate::datagen::{GenConfig, Generator};
@@ -145,7 +145,14 @@ fn load_demo(store: &Store, exactly_once: &ExactlyOnce, events: u64) -> Result<(
         if let Some(e) = outcome.errors.first() {
             return Err(ServerError::Internal(format!("demo data rejected at line {}: {}", e.line, e.reason)));
         }
-        loaded += exactly_once.ingest(store, &outcome.batch)?.accepted;
+        // The sealer is not running yet: seal here when the head is full.
+        loaded += match exactly_once.ingest(store, &outcome.batch) {
+            Err(StorageError::HeadFull { .. }) => {
+                store.seal_all()?;
+                exactly_once.ingest(store, &outcome.batch)?.accepted
+            }
+            other => other?.accepted,
+        };
     }
     tracing::info!(events = loaded, elapsed_ms = started.elapsed().as_millis() as u64, "demo data loaded");
     Ok(())
