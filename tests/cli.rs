@@ -234,14 +234,7 @@ fn serve_demo_loads_an_empty_data_dir_once() {
     let server = Server::start_with(&dir, None, &["--demo", "--demo-events", "5000"]);
     let head = server.get("/v1/segments")["head"]["rows"].as_u64().expect("head rows");
     // 5000 generated lines, of which exact re-sends are stored once.
-    let distinct = {
-        let mut body = Vec::new();
-        let cfg = adstore_server::datagen::GenConfig { events: 5000, ..Default::default() };
-        for e in adstore_server::datagen::Generator::new(cfg) {
-            adstore_server::datagen::write_ndjson(&e, &mut body);
-        }
-        distinct_events(&body)
-    };
+    let distinct = demo_distinct_events(5000);
     assert!(distinct < 5000 && distinct > 4800, "{distinct}");
     assert_eq!(head, distinct);
     assert!(server.stop().success());
@@ -258,17 +251,21 @@ fn serve_demo_loads_more_than_the_head_holds() {
     // Three demo chunks of 50,000 events, each over 1 MB of head.
     let config = "[storage]\nmax_head_bytes = 1000000\n";
     let server = Server::start_with(&dir, Some(config), &["--demo", "--demo-events", "120000"]);
-    let distinct = {
-        let mut body = Vec::new();
-        let cfg = adstore_server::datagen::GenConfig { events: 120_000, ..Default::default() };
-        for e in adstore_server::datagen::Generator::new(cfg) {
-            adstore_server::datagen::write_ndjson(&e, &mut body);
-        }
-        distinct_events(&body)
-    };
+    let distinct = demo_distinct_events(120_000);
     assert!(server.metric("adstore_sealed_rows_total") > 0, "the demo load sealed as it went");
     assert!(server.stop().success());
     assert_eq!(stored_count(&dir) as u64, distinct);
+}
+
+/// Distinct events among the first `events` that `serve --demo` generates
+/// (which events does not depend on when they start).
+fn demo_distinct_events(events: u64) -> u64 {
+    let mut body = Vec::new();
+    let cfg = adstore_server::datagen::GenConfig { events, ..Default::default() };
+    for e in adstore_server::datagen::Generator::new(cfg) {
+        adstore_server::datagen::write_ndjson(&e, &mut body);
+    }
+    distinct_events(&body)
 }
 
 /// Distinct (publisher_id, type, event_id) among the valid JSON lines.
