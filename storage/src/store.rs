@@ -306,9 +306,9 @@ struct Inner {
     head_full: AtomicBool,
     /// Threads for seals, compactions and verification. Apart from the
     /// global rayon pool that queries (and ingest parsing) use: a query's
-    /// tasks queued there behind seal tasks of seconds each, and took up to
-    /// 100x longer while a load was being sealed. In two pools, the OS
-    /// shares the cores between them instead.
+    /// tasks queued there behind seal tasks of seconds each, and took
+    /// seconds instead of tens of milliseconds while a load was being
+    /// sealed. In two pools, the OS shares the cores between them instead.
     background: rayon::ThreadPool,
 }
 
@@ -463,8 +463,8 @@ impl Store {
     /// `Err(`[`StorageError::HeadFull`]`)` while the head holds
     /// `max_head_bytes` or more of unsealed events. [`Store::append_rows`]
     /// checks it first; a server can check it before parsing a request.
-    /// An append that finds room may take the head past the limit by its
-    /// own size, so an empty head always takes the next request.
+    /// Appends that find room at the same moment may together take the head
+    /// past the limit; an empty head always takes the next append.
     pub fn check_head_room(&self) -> Result<()> {
         let Some(limit) = self.head_limit() else { return Ok(()) };
         let head_bytes = self.inner.visible.read().head.bytes();
