@@ -525,11 +525,10 @@ fn head_bytes_count_each_row_once_however_the_batch_is_split() {
     let store = open(dir.path());
     // Three advertisers over two buckets: one batch becomes several
     // partitions' slices of one buffer.
-    let events: Vec<Event> =
-        (0..300).map(|n| event(n, (n as i64 % 2) * 3_600_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
+    let events = over_two_buckets(300);
     let batch = EventBatch::from_events(&events);
     store.append(&batch).expect("append");
-    let parts = store.partitioning().split(&batch).expect("split");
+    let parts = partition_rows(&batch);
     assert!(parts.len() > 1, "the batch spans partitions");
     // Each slice of a partition adds at most one offset (4 bytes) and one
     // byte of validity bitmap per column to the rows it holds.
@@ -545,13 +544,9 @@ fn head_bytes_count_each_row_once_however_the_batch_is_split() {
 #[test]
 fn a_large_seal_commits_in_groups_of_at_most_seal_max_rows_and_seals_the_same_events() {
     // Three advertisers over two buckets: several partitions.
-    let events: Vec<Event> =
-        (0..240).map(|n| event(n, (n as i64 % 2) * 3_600_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
+    let events = over_two_buckets(240);
     let batch = EventBatch::from_events(&events);
-    let mut sizes: BTreeMap<PartitionKey, usize> = BTreeMap::new();
-    for (key, part) in small_config().partitioning().split(&batch).expect("split") {
-        *sizes.entry(key).or_default() += part.num_rows();
-    }
+    let sizes = partition_rows(&batch);
     let partitions = sizes.len();
     assert!(partitions >= 3, "{sizes:?}");
     let sealed_with = |seal_max_rows: usize| {
@@ -635,16 +630,9 @@ impl crate::seal::SealStage for FailOn {
 #[test]
 fn a_failed_group_leaves_the_groups_before_it_committed_and_its_own_in_the_head() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events: Vec<Event> =
-        (0..240).map(|n| event(n, (n as i64 % 2) * 3_600_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
+    let events = over_two_buckets(240);
     let batch = EventBatch::from_events(&events);
-    let keys: Vec<PartitionKey> = {
-        let mut keys: Vec<PartitionKey> =
-            small_config().partitioning().split(&batch).expect("split").into_iter().map(|(k, _)| k).collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    };
+    let keys: Vec<PartitionKey> = partition_rows(&batch).into_keys().collect();
     let last = *keys.last().expect("partitions");
     // One partition a group; the last one fails.
     let config = StoreConfig { seal_max_rows: 1, ..small_config() };
@@ -660,4 +648,19 @@ fn a_failed_group_leaves_the_groups_before_it_committed_and_its_own_in_the_head(
     let head_bytes: u64 = snap.head.iter().map(|(_, c)| c.batch.memory_bytes() as u64).sum();
     assert_eq!(store.stats().head_bytes, head_bytes);
     assert_eq!(all_events(&store), sorted_debug(&events), "nothing lost or doubled");
+}
+
+/// `n` events of three advertisers over two one-hour buckets: several
+/// partitions under `small_config`.
+fn over_two_buckets(n: u64) -> Vec<Event> {
+    (0..n).map(|n| event(n, (n as i64 % 2) * 3_600_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect()
+}
+
+/// Rows of `batch` per partition under `small_config`, in key order.
+fn partition_rows(batch: &EventBatch) -> BTreeMap<PartitionKey, usize> {
+    let mut rows: BTreeMap<PartitionKey, usize> = BTreeMap::new();
+    for (key, part) in small_config().partitioning().split(batch).expect("split") {
+        *rows.entry(key).or_default() += part.num_rows();
+    }
+    rows
 }
