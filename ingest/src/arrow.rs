@@ -1,7 +1,7 @@
 //! Arrow IPC stream bodies to an [`EventBatch`] of valid events.
 //!
 //! ```text
-//!  body ──StreamReader──► RecordBatch, RecordBatch, …   (slices of <= SLICE_ROWS rows)
+//!  body ──StreamDecoder──► RecordBatch, RecordBatch, …   (slices of <= SLICE_ROWS rows)
 //!                              │ par_iter (rayon), per slice:
 //!                              ▼
 //!     resolve columns by name ─► one pass per column, in schema order:
@@ -31,9 +31,9 @@
 //! Invariants: every row of the stream is either one row of
 //! `ParseOutcome::batch` or counted in `rejected`; accepted rows keep stream
 //! order; valid string columns are moved, not copied, unless they need a
-//! conversion (another string encoding, or `""` stored as null).
+//! conversion (another string encoding, or `""` stored as null). Columns are
+//! not copied out of the body either: the decoded arrays point into it.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use adstore_storage::{COLUMNS, ColumnId, EventBatch, EventType, InvalidReason, event_schema};
@@ -46,7 +46,8 @@ use arrow_array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
     UInt64Array, new_null_array,
 };
-use arrow_ipc::reader::StreamReader;
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
 use arrow_schema::{DataType, TimeUnit};
 use arrow_select::filter::FilterBuilder;
 use rayon::prelude::*;
@@ -63,8 +64,12 @@ const SLICE_ROWS: usize = 64 * 1024;
 /// A stream that breaks off (bad framing, a truncated message) is one more
 /// rejection, at the row after the last complete batch; the rows of the
 /// complete batches before it are kept, as for a JSON array.
-pub fn parse_arrow_ipc(body: &[u8], opts: &ParseOptions) -> ParseOutcome {
-    let (batches, broken) = read_stream(body);
+///
+/// The accepted columns share `body`'s memory where they need no
+/// conversion: pass an owned buffer (a `Vec<u8>`, or
+/// `PooledBuf::into_arrow`) to decode without a copy.
+pub fn parse_arrow_ipc(body: impl Into<Buffer>, opts: &ParseOptions) -> ParseOutcome {
+    let (batches, broken) = read_stream(body.into());
     let mut slices = Vec::new();
     let mut first_line = 1;
     for batch in &batches {
@@ -88,19 +93,20 @@ pub fn parse_arrow_ipc(body: &[u8], opts: &ParseOptions) -> ParseOutcome {
 }
 
 /// Every complete batch of the stream, and the error that ended it early, if one did.
-fn read_stream(body: &[u8]) -> (Vec<RecordBatch>, Option<String>) {
-    let reader = match StreamReader::try_new(Cursor::new(body), None) {
-        Ok(r) => r,
-        Err(e) => return (Vec::new(), Some(e.to_string())),
-    };
+fn read_stream(mut body: Buffer) -> (Vec<RecordBatch>, Option<String>) {
+    let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
-    for batch in reader {
-        match batch {
-            Ok(b) => batches.push(b),
+    while !body.is_empty() {
+        match decoder.decode(&mut body) {
+            Ok(Some(batch)) => batches.push(batch),
+            Ok(None) => {}
             Err(e) => return (batches, Some(e.to_string())),
         }
     }
-    (batches, None)
+    if decoder.schema().is_none() {
+        return (batches, Some("the stream has no schema message".into()));
+    }
+    (batches, decoder.finish().err().map(|e| e.to_string()))
 }
 
 /// One producer column, resolved once per batch to what the checks read.

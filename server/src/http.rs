@@ -294,9 +294,10 @@ async fn ingest(
                 BodyFormat::Json => parse_json_array(&body, &opts),
                 _ => parse_ndjson(&body, &opts),
             },
-            BodyFormat::Arrow => parse_arrow_ipc(&body, &opts),
+            // The columns stay in the body's buffer until the append copies
+            // them into the head; the buffer then goes back to the pool.
+            BodyFormat::Arrow => parse_arrow_ipc(body.into_arrow(), &opts),
         };
-        drop(body);
         worker
             .rate_limiter
             .admit(&outcome.batch)

@@ -59,6 +59,19 @@ impl PooledBuf {
     pub fn vec_mut(&mut self) -> &mut Vec<u8> {
         &mut self.buf
     }
+
+    /// The bytes as an Arrow buffer, without a copy. Arrays decoded from it
+    /// share its memory, and it goes back to the pool when the last of them
+    /// is dropped.
+    pub fn into_arrow(self) -> arrow_buffer::Buffer {
+        arrow_buffer::Buffer::from(bytes::Bytes::from_owner(self))
+    }
+}
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
 }
 
 impl Drop for PooledBuf {
@@ -105,5 +118,21 @@ mod tests {
         let free = pool.free.lock();
         assert_eq!(free.len(), 2);
         assert!(free.iter().all(|b| b.capacity() <= 1 << 16));
+    }
+
+    #[test]
+    fn an_arrow_view_shares_the_bytes_and_returns_the_buffer_when_dropped() {
+        let pool = BufferPool::new(2, 1 << 16);
+        let mut a = pool.take();
+        a.vec_mut().extend_from_slice(b"0123456789");
+        let a_ptr = a.as_ptr();
+        let whole = a.into_arrow();
+        let part = whole.slice_with_length(2, 3);
+        assert_eq!(whole.as_ptr(), a_ptr, "no copy");
+        assert_eq!(part.as_slice(), b"234");
+        drop(whole);
+        assert!(pool.free.lock().is_empty(), "a slice still holds the buffer");
+        drop(part);
+        assert_eq!(pool.take().buf.as_ptr(), a_ptr, "back in the pool after the last view");
     }
 }

@@ -78,7 +78,7 @@ fn store_schema_round_trips() {
         })
         .collect();
     let body = ipc(&[input_batch(&events[..60]), input_batch(&events[60..])]);
-    let out = parse_arrow_ipc(&body, &opts());
+    let out = parse_arrow_ipc(body.as_slice(), &opts());
     assert_eq!(out.rejected, 0, "{:?}", out.errors);
     assert_eq!(out.batch.events(), events);
 }
@@ -99,7 +99,7 @@ fn strings_timestamps_subsets_and_dictionaries() {
         ("click_id", Arc::new(StringArray::from(vec![None, Some("k"), None]))),
         ("country", Arc::new(StringArray::from(vec![Some(""), None, Some("US")]))),
     ]);
-    let out = parse_arrow_ipc(&ipc(&[batch]), &opts());
+    let out = parse_arrow_ipc(ipc(&[batch]), &opts());
     assert_eq!(out.rejected, 0, "{:?}", out.errors);
     let got = out.batch.events();
     assert_eq!(got.len(), 3);
@@ -127,7 +127,7 @@ fn bad_rows_are_rejected_by_row_number_and_good_rows_kept() {
     ));
     second = RecordBatch::try_new(schema.clone(), cols).expect("batch");
     let first = RecordBatch::try_new(schema, first.columns().to_vec()).expect("batch");
-    let out = parse_arrow_ipc(&ipc(&[first, second]), &opts());
+    let out = parse_arrow_ipc(ipc(&[first, second]), &opts());
     assert_eq!(out.accepted(), 4);
     assert_eq!(out.rejected, 2);
     assert_eq!(
@@ -145,11 +145,11 @@ fn type_codes_and_typed_endpoints() {
     let mut cols = b.columns().to_vec();
     cols[ColumnId::Type.index()] = Arc::new(UInt8Array::from(vec![1, 7]));
     b = RecordBatch::try_new(b.schema(), cols).expect("batch");
-    let out = parse_arrow_ipc(&ipc(std::slice::from_ref(&b)), &opts());
+    let out = parse_arrow_ipc(ipc(std::slice::from_ref(&b)), &opts());
     assert_eq!(errs(&out), vec![(2, Some("type"), "expected one of impression, click, conversion, found \"code 7\"")]);
 
     let o = ParseOptions { expected_type: Some(EventType::Impression), ..opts() };
-    let out = parse_arrow_ipc(&ipc(&[input_batch(&[event(EventType::Click, "a")])]), &o);
+    let out = parse_arrow_ipc(ipc(&[input_batch(&[event(EventType::Click, "a")])]), &o);
     assert_eq!(out.accepted(), 0);
     assert_eq!(errs(&out), vec![(1, Some("type"), "type click does not match the endpoint's type impression")]);
 }
@@ -163,7 +163,7 @@ fn missing_required_columns_and_wrong_types() {
         ("publisher_id", Arc::new(StringArray::from(vec!["p", "p"]))),
         ("advertiser_id", Arc::new(Int64Array::from(vec![1, 2]))),
     ]);
-    let out = parse_arrow_ipc(&ipc(&[batch]), &opts());
+    let out = parse_arrow_ipc(ipc(&[batch]), &opts());
     assert_eq!(out.rejected, 2);
     assert_eq!(out.errors[0].field.as_deref(), Some("advertiser_id"));
     assert_eq!(out.errors[0].reason, "Arrow type Int64 is not accepted for this field");
@@ -175,7 +175,7 @@ fn unknown_column_rejects_every_row_with_capped_errors() {
     let b = EventBatch::from_events(&events);
     let body = ipc(&[b.record_batch().clone()]); // carries the seal-time columns too
     let o = ParseOptions { max_errors: 3, ..opts() };
-    let out = parse_arrow_ipc(&body, &o);
+    let out = parse_arrow_ipc(body.as_slice(), &o);
     assert_eq!((out.accepted(), out.rejected), (0, 10));
     let unknown = |line| (line, Some("attributed"), "unknown field");
     assert_eq!(errs(&out), vec![unknown(1), unknown(2), unknown(3)]);
@@ -194,6 +194,30 @@ fn truncated_stream_keeps_complete_batches() {
 
     let out = parse_arrow_ipc(b"not arrow", &opts());
     assert_eq!((out.accepted(), out.rejected), (0, 1));
+    let out = parse_arrow_ipc(Vec::<u8>::new(), &opts());
+    assert_eq!((out.accepted(), out.rejected), (0, 1), "an empty body has no schema");
+}
+
+#[test]
+fn a_second_stream_after_the_end_marker_is_reported_not_dropped() {
+    let events: Vec<Event> = (0..5).map(|i| event(EventType::Impression, &format!("e{i}"))).collect();
+    let mut body = ipc(&[input_batch(&events[..3])]);
+    body.extend(ipc(&[input_batch(&events[3..])]));
+    let out = parse_arrow_ipc(body, &opts());
+    assert_eq!((out.accepted(), out.rejected), (3, 1));
+    assert_eq!(out.errors[0].line, 4);
+    assert!(out.errors[0].reason.starts_with("malformed Arrow IPC stream"), "{}", out.errors[0].reason);
+}
+
+#[test]
+fn accepted_columns_point_into_the_body() {
+    let events: Vec<Event> = (0..4).map(|i| event(EventType::Impression, &format!("e{i}"))).collect();
+    let body = ipc(&[input_batch(&events)]);
+    let range = body.as_ptr_range();
+    let out = parse_arrow_ipc(body, &opts());
+    assert_eq!(out.accepted(), 4);
+    let ids = out.batch.str_column(ColumnId::EventId).values().as_ptr();
+    assert!(range.contains(&ids), "event_id was copied out of the body");
 }
 
 #[test]
@@ -222,7 +246,7 @@ fn same_verdicts_as_ndjson() {
         ndjson.push(b'\n');
     }
     let from_json = parse_ndjson(&ndjson, &o);
-    let from_arrow = parse_arrow_ipc(&ipc(&[input_batch(&events)]), &o);
+    let from_arrow = parse_arrow_ipc(ipc(&[input_batch(&events)]), &o);
     assert_eq!(errs(&from_json), errs(&from_arrow));
     assert_eq!(from_json.rejected, 5);
     assert_eq!((from_json.rejected_late, from_json.rejected_future), (1, 1));
