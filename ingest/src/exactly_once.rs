@@ -307,7 +307,7 @@ impl ExactlyOnce {
             return Ok(IngestSummary::default());
         }
         let keys = batch_keys(batch);
-        let Some(dup) = self.dedupe.admit_durable(&keys, std::time::Duration::from_secs(30)) else {
+        let Some((dup, flight)) = self.dedupe.admit_durable(&keys, std::time::Duration::from_secs(30)) else {
             return Err(StorageError::Busy("an earlier request with the same event ids is still being stored".into()));
         };
         let fresh: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
@@ -320,7 +320,7 @@ impl ExactlyOnce {
         } else {
             store.append_rows(batch, Some(&fresh)).map(|_| ())
         };
-        self.dedupe.settle(&admitted, result.is_ok());
+        self.dedupe.settle(flight, &admitted, result.is_ok());
         result?;
         Ok(IngestSummary { accepted: fresh.len(), duplicates })
     }

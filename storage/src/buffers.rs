@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// Spare capacity [`PooledBuf::into_arrow`] lets a buffer keep.
+const MAX_SPARE_BYTES: usize = 64 << 10;
+
 /// Byte buffers kept between uses (request bodies, WAL payloads).
 ///
 /// At most `keep` buffers wait in the pool, and a buffer that grew past
@@ -63,7 +66,15 @@ impl PooledBuf {
     /// The bytes as an Arrow buffer, without a copy. Arrays decoded from it
     /// share its memory, and it goes back to the pool when the last of them
     /// is dropped.
-    pub fn into_arrow(self) -> arrow_buffer::Buffer {
+    ///
+    /// Such arrays can outlive the request (the head keeps the rows of a
+    /// batch that needs no regrouping), so a reused buffer much larger than
+    /// its bytes is first shrunk to fit them: the head counts rows, not the
+    /// spare capacity they would otherwise hold on to.
+    pub fn into_arrow(mut self) -> arrow_buffer::Buffer {
+        if self.buf.capacity() > 2 * self.buf.len() + MAX_SPARE_BYTES {
+            self.buf.shrink_to_fit();
+        }
         arrow_buffer::Buffer::from(bytes::Bytes::from_owner(self))
     }
 }
@@ -134,5 +145,19 @@ mod tests {
         assert!(pool.free.lock().is_empty(), "a slice still holds the buffer");
         drop(part);
         assert_eq!(pool.take().buf.as_ptr(), a_ptr, "back in the pool after the last view");
+    }
+
+    #[test]
+    fn an_arrow_view_does_not_hold_much_more_than_its_bytes() {
+        let pool = BufferPool::new(2, 1 << 24);
+        let mut big = pool.take();
+        big.vec_mut().resize(1 << 22, 0);
+        drop(big);
+        let mut small = pool.take();
+        assert!(small.buf.capacity() >= 1 << 22, "the big buffer is reused");
+        small.vec_mut().extend_from_slice(&[7; 1000]);
+        drop(small.into_arrow());
+        let kept = pool.take();
+        assert!(kept.buf.capacity() <= 1000 + MAX_SPARE_BYTES, "capacity {}", kept.buf.capacity());
     }
 }
