@@ -54,58 +54,70 @@ impl Partitioning {
         let adv = batch.str_column(ColumnId::AdvertiserId);
         let n = keep.map_or(batch.num_rows(), <[u32]>::len);
         let row = |j: usize| keep.map_or(j, |k| k[j] as usize);
-        // Shard hashes repeat heavily within a batch; remember the last one.
-        let mut last: Option<(&str, u32)> = None;
-        let mut key_of = Vec::with_capacity(n);
+        // Each row's partition, as an index into the batch's distinct
+        // partitions (a map lookup per row was most of this function).
+        // Shard hashes and partitions repeat heavily; remember the last ones.
+        let mut parts = PartitionIndex::default();
+        let mut last_shard: Option<(&str, u32)> = None;
+        let mut last_part: Option<(PartitionKey, u32)> = None;
+        let mut runs = 0;
+        let mut part_of = Vec::with_capacity(n);
         for j in 0..n {
             let i = row(j);
             let a = adv.value(i);
-            let shard = match last {
+            let shard = match last_shard {
                 Some((s, h)) if s == a => h,
                 _ => {
                     let h = shard_of(a, self.shards);
-                    last = Some((a, h));
+                    last_shard = Some((a, h));
                     h
                 }
             };
-            key_of.push(PartitionKey { bucket_start_ms: self.bucket_start(ts[i]), shard });
+            let key = PartitionKey { bucket_start_ms: self.bucket_start(ts[i]), shard };
+            let p = match last_part {
+                Some((k, p)) if k == key => p,
+                _ => {
+                    runs += 1;
+                    let p = parts.find_or_add(key);
+                    last_part = Some((key, p));
+                    p
+                }
+            };
+            part_of.push(p);
         }
-        // Rows per partition, then each partition's span in the grouped rows.
-        let mut counts: BTreeMap<PartitionKey, usize> = BTreeMap::new();
-        let mut runs = 0;
-        for (j, k) in key_of.iter().enumerate() {
-            if j == 0 || key_of[j - 1] != *k {
-                runs += 1;
-            }
-            *counts.entry(*k).or_default() += 1;
-        }
-        if keep.is_none() && runs == counts.len() {
+        let keys = parts.keys;
+        if keep.is_none() && runs == keys.len() {
             // Already grouped: slice in place.
-            let mut parts = Vec::with_capacity(runs);
+            let mut out = Vec::with_capacity(runs);
             let mut j = 0;
             while j < n {
-                let k = key_of[j];
-                let len = key_of[j..].iter().take_while(|x| **x == k).count();
-                parts.push((k, if len == n { batch.clone() } else { batch.slice(j, len) }));
+                let p = part_of[j];
+                let len = part_of[j..].iter().take_while(|x| **x == p).count();
+                out.push((keys[p as usize], if len == n { batch.clone() } else { batch.slice(j, len) }));
                 j += len;
             }
-            return Ok(Grouped { rows: batch.clone(), parts });
+            return Ok(Grouped { rows: batch.clone(), parts: out });
         }
-        let mut spans = Vec::with_capacity(counts.len());
+        // Partitions in key order; each one's span in the grouped rows.
+        let mut counts = vec![0usize; keys.len()];
+        for &p in &part_of {
+            counts[p as usize] += 1;
+        }
+        let mut sorted: Vec<usize> = (0..keys.len()).collect();
+        sorted.sort_by_key(|&p| keys[p]);
+        let mut spans = Vec::with_capacity(keys.len());
+        // From here on: where each partition's next row goes.
+        let mut slot = vec![0usize; keys.len()];
         let mut next = 0;
-        for (k, slot) in counts.iter_mut() {
-            let len = *slot;
-            spans.push((*k, next, len));
-            // From here on: where the partition's next row goes.
-            *slot = next;
-            next += len;
+        for p in sorted {
+            spans.push((keys[p], next, counts[p]));
+            slot[p] = next;
+            next += counts[p];
         }
         let mut order = vec![0u32; n];
-        for (j, k) in key_of.iter().enumerate() {
-            // Invariant: every key of key_of was counted.
-            let slot = counts.get_mut(k).expect("every row's partition was counted");
-            order[*slot] = row(j) as u32;
-            *slot += 1;
+        for (j, &p) in part_of.iter().enumerate() {
+            order[slot[p as usize]] = row(j) as u32;
+            slot[p as usize] += 1;
         }
         let rows = batch.take(&order)?;
         let parts = spans
@@ -113,6 +125,41 @@ impl Partitioning {
             .map(|(k, start, len)| (k, if len == n { rows.clone() } else { rows.slice(start, len) }))
             .collect();
         Ok(Grouped { rows, parts })
+    }
+}
+
+/// The distinct partitions of a batch, in order of first appearance.
+/// Searched in a list while there are few (a batch usually spans a bucket
+/// or two), through a map beyond that.
+#[derive(Default)]
+struct PartitionIndex {
+    keys: Vec<PartitionKey>,
+    map: std::collections::HashMap<PartitionKey, u32>,
+}
+
+impl PartitionIndex {
+    /// Partitions searched by a scan of the list.
+    const LIST_LEN: usize = 16;
+
+    fn find_or_add(&mut self, key: PartitionKey) -> u32 {
+        let found = if self.keys.len() <= Self::LIST_LEN {
+            self.keys.iter().position(|k| *k == key).map(|p| p as u32)
+        } else {
+            self.map.get(&key).copied()
+        };
+        if let Some(p) = found {
+            return p;
+        }
+        let p = self.keys.len() as u32;
+        self.keys.push(key);
+        if self.keys.len() > Self::LIST_LEN {
+            if self.map.is_empty() {
+                self.map.extend(self.keys.iter().enumerate().map(|(i, k)| (*k, i as u32)));
+            } else {
+                self.map.insert(key, p);
+            }
+        }
+        p
     }
 }
 
