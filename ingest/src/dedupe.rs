@@ -590,15 +590,30 @@ impl DedupeIndex {
     /// for the previous one (a lock is a full fence); under one lock the
     /// misses of consecutive keys overlap.
     fn by_shard(&self, keys: &[(u128, i64)], mut f: impl FnMut(&mut Shard, usize, (u128, i64))) {
-        let mut order: Vec<(u8, u32)> =
-            keys.iter().enumerate().map(|(i, (k, _))| (self.shard_of(*k) as u8, i as u32)).collect();
-        // Stable: keys of a shard stay in input order.
-        order.sort_by_key(|&(s, _)| s);
-        for run in order.chunk_by(|a, b| a.0 == b.0) {
-            let mut shard = self.shards[run[0].0 as usize].lock();
+        // A counting sort by shard, stable: keys of a shard stay in input order.
+        let mut start = [0usize; SHARDS + 1];
+        for (k, _) in keys {
+            start[self.shard_of(*k) + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            start[s + 1] += start[s];
+        }
+        let mut next = start;
+        let mut order = vec![0u32; keys.len()];
+        for (i, (k, _)) in keys.iter().enumerate() {
+            let s = self.shard_of(*k);
+            order[next[s]] = i as u32;
+            next[s] += 1;
+        }
+        for (s, shard) in self.shards.iter().enumerate() {
+            let run = &order[start[s]..start[s + 1]];
+            if run.is_empty() {
+                continue;
+            }
+            let mut shard = shard.lock();
             shard.reserve(run.len());
-            shard.touch(run.iter().map(|&(_, i)| keys[i as usize].0));
-            for &(_, i) in run {
+            shard.touch(run.iter().map(|&i| keys[i as usize].0));
+            for &i in run {
                 f(&mut shard, i as usize, keys[i as usize]);
             }
         }
