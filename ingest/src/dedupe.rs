@@ -378,7 +378,24 @@ impl Flights {
 /// flight until it is passed to [`DedupeIndex::settle`].
 #[derive(Debug)]
 #[must_use = "keys stay in flight until the request is settled"]
-pub struct Flight(Arc<AtomicBool>);
+pub struct Flight {
+    settled: Arc<AtomicBool>,
+    /// Keys the request found in the index and gave a new time, as
+    /// [`Rewrite`]s to undo if its events are not stored.
+    rewritten: Vec<Rewrite>,
+}
+
+/// A slot an admit rewrote: a key found outside the window gets the new
+/// event's time. Undone by [`DedupeIndex::restore`].
+#[derive(Debug, Clone, Copy)]
+struct Rewrite {
+    key: u128,
+    before: u128,
+    written: u128,
+    /// Whether the slot held the key before this request (not an event of
+    /// the same request, earlier in it).
+    found_before: bool,
+}
 
 /// How long a request blocked by another's keys waits before it looks
 /// again, at most: a settle does not take the lock the waiter sleeps on, so
@@ -472,10 +489,10 @@ impl DedupeIndex {
             // Under the flights lock: no other request admits between a
             // key's lookup and the registration of this request's keys.
             let mut own = FlightKeys::for_keys(keys.len());
-            if let Some(verdicts) = self.admit_unless(keys, |key| flights.may_hold(key), &mut own) {
+            if let Some((verdicts, rewritten)) = self.admit_unless(keys, |key| flights.may_hold(key), &mut own) {
                 let settled = Arc::new(AtomicBool::new(false));
                 flights.open.push((settled.clone(), own));
-                return Some((verdicts, Flight(settled)));
+                return Some((verdicts, Flight { settled, rewritten }));
             }
             let now = std::time::Instant::now();
             if now >= deadline {
@@ -487,18 +504,19 @@ impl DedupeIndex {
 
     /// [`DedupeIndex::admit`], with each new key added to `own`, unless a
     /// key already in the index (pending or sealed) may be in flight: then
-    /// it stops there, undoes what it wrote, and returns `None`.
+    /// it stops there, undoes what it wrote, and returns `None`. Also
+    /// returns the slots it rewrote, for [`DedupeIndex::settle`] to undo.
     ///
     /// The undo is exact: keys it added are removed, and keys it found and
-    /// gave a new time (found outside the window) get their old slot back,
-    /// unless something else (a seal's claim) changed the slot since. (Looking
-    /// first and writing in a second pass cost 6-8% of Arrow ingest.)
+    /// gave a new time (found outside the window) get their old time back
+    /// (see [`DedupeIndex::restore`]). Looking first and writing in a second
+    /// pass cost 6-8% of Arrow ingest.
     fn admit_unless(
         &self,
         keys: &[(u128, i64)],
         in_flight: impl Fn(u128) -> bool,
         own: &mut FlightKeys,
-    ) -> Option<Vec<bool>> {
+    ) -> Option<(Vec<bool>, Vec<Rewrite>)> {
         const OPEN: u8 = 0;
         const ADDED: u8 = 1;
         const REWRITTEN: u8 = 2;
@@ -506,8 +524,8 @@ impl DedupeIndex {
         self.advance(keys);
         let mut state = vec![OPEN; keys.len()];
         let mut blocked = false;
-        // (key, slot before, slot written) of keys found and rewritten: few.
-        let mut rewritten: Vec<(u128, u128, u128)> = Vec::new();
+        // Few: only re-sends from outside the window.
+        let mut rewritten: Vec<Rewrite> = Vec::new();
         self.by_shard(keys, |shard, i, (key, ts)| {
             if blocked {
                 return;
@@ -525,7 +543,7 @@ impl DedupeIndex {
             let written = stored(key, self.epoch_tag(ts) | if found { tag(before) & SEALED } else { 0 });
             shard.slots[slot] = written;
             if found {
-                rewritten.push((key, before, written));
+                rewritten.push(Rewrite { key, before, written, found_before: !own.may_hold(key) });
                 state[i] = REWRITTEN;
             } else {
                 shard.len += 1;
@@ -534,31 +552,50 @@ impl DedupeIndex {
             own.insert(key);
         });
         if !blocked {
-            return Some(state.into_iter().map(|s| s == DUPLICATE).collect());
-        }
-        for &(key, before, written) in rewritten.iter().rev() {
-            let mut shard = self.shard(key).lock();
-            let (slot, found) = shard.find(key);
-            if found && shard.slots[slot] == written {
-                shard.slots[slot] = before;
-            }
+            return Some((state.into_iter().map(|s| s == DUPLICATE).collect(), rewritten));
         }
         let added: Vec<(u128, i64)> = keys.iter().zip(&state).filter(|(_, s)| **s == ADDED).map(|(k, _)| *k).collect();
-        self.forget(&added);
+        self.undo(&rewritten, &added);
         None
     }
 
+    /// Undoes an admit: the rewritten slots first, newest first (a key
+    /// added and then rewritten by a later event of the same request goes
+    /// back to added), then the added keys are forgotten.
+    fn undo(&self, rewritten: &[Rewrite], added: &[(u128, i64)]) {
+        for r in rewritten.iter().rev() {
+            self.restore(*r);
+        }
+        self.forget(added);
+    }
+
+    /// Gives a rewritten key its old time back if the slot still holds the
+    /// time written. Its sealed bit stays as it is now: a seal's claim or
+    /// unclaim may have changed it since, and that change stands.
+    fn restore(&self, r: Rewrite) {
+        let mut shard = self.shard(r.key).lock();
+        let (slot, found) = shard.find(r.key);
+        let time_of = |s: u128| s & !u128::from(SEALED);
+        if found && time_of(shard.slots[slot]) == time_of(r.written) {
+            let sealed = shard.slots[slot] & u128::from(SEALED);
+            shard.slots[slot] = time_of(r.before) | sealed;
+        }
+    }
+
     /// Ends the flight of a request admitted by
-    /// [`DedupeIndex::admit_durable`]; `admitted` are its new keys and
-    /// `stored` says whether their events are durable. If not, the keys are
-    /// forgotten, so a retry is admitted.
+    /// [`DedupeIndex::admit_durable`]; `admitted` are its keys answered new
+    /// and `stored` says whether their events are durable. If not, the
+    /// admit is undone (keys it added are forgotten, keys it found get their
+    /// old time back), so a retry is admitted.
     pub fn settle(&self, flight: Flight, admitted: &[(u128, i64)], stored: bool) {
-        // Forgotten before the flag is set: a lookup that still finds a key
+        // Undone before the flag is set: a lookup that still finds a key
         // (under its shard's lock) still sees the request in flight.
         if !stored {
-            self.forget(admitted);
+            let found_before = |k: &u128| flight.rewritten.iter().any(|r| r.found_before && r.key == *k);
+            let added: Vec<(u128, i64)> = admitted.iter().filter(|(k, _)| !found_before(k)).copied().collect();
+            self.undo(&flight.rewritten, &added);
         }
-        flight.0.store(true, Ordering::Release);
+        flight.settled.store(true, Ordering::Release);
         self.settled.notify_all();
     }
 
@@ -1150,6 +1187,45 @@ mod tests {
         idx.settle(other, &[(busy, 0)], true);
         let (verdicts, _) = idx.admit_durable(&request, short).expect("admitted once the other settled");
         assert_eq!(verdicts, vec![false, false, true], "new, new, and a duplicate of the settled request");
+    }
+
+    #[test]
+    fn a_failed_request_gives_back_what_it_found() {
+        let idx = DedupeIndex::new(DedupeConfig::default());
+        let short = std::time::Duration::from_millis(20);
+        let key = |id: &str| idempotency_key("p", EventType::Click, id);
+        let (pending, sealed, twice) = (key("pending"), key("sealed"), key("twice"));
+        assert_eq!(idx.admit(&[(pending, 0), (sealed, 0)]), vec![false, false]);
+        assert_eq!(idx.claim(&[(sealed, 0)]), vec![false]);
+        // 30 h on: new events with the same ids, and one id twice, 30 h apart.
+        let request = [(pending, 30 * H), (sealed, 30 * H), (twice, 0), (twice, 30 * H)];
+        let (verdicts, flight) = idx.admit_durable(&request, short).expect("admitted");
+        assert_eq!(verdicts, vec![false; 4]);
+        idx.settle(flight, &request, false);
+        // The append failed: the first copies are still duplicates, and
+        // every event of the request is new again.
+        assert_eq!(idx.admit(&[(pending, 0), (sealed, 0)]), vec![true, true]);
+        let (verdicts, flight) = idx.admit_durable(&request, short).expect("admitted");
+        assert_eq!(verdicts, vec![false; 4], "a retry of the failed request is new");
+        idx.settle(flight, &request, true);
+    }
+
+    #[test]
+    fn an_undo_keeps_what_a_seal_did_meanwhile() {
+        let idx = DedupeIndex::new(DedupeConfig::default());
+        let short = std::time::Duration::from_millis(20);
+        let k = idempotency_key("p", EventType::Click, "k");
+        assert_eq!(idx.admit(&[(k, 0)]), vec![false]);
+        assert_eq!(idx.claim(&[(k, 0)]), vec![false], "a seal claims the first event");
+        let later = [(k, 30 * H)];
+        let (_, flight) = idx.admit_durable(&later, short).expect("admitted");
+        // The seal aborts (its claim undone), then the later request fails.
+        idx.unclaim(&[(k, 0)]);
+        idx.settle(flight, &later, false);
+        // The first event is pending again, at its own time: a re-send is a
+        // duplicate, and the next seal claims it.
+        assert_eq!(idx.admit(&[(k, 0)]), vec![true]);
+        assert_eq!(idx.claim(&[(k, 0)]), vec![false]);
     }
 
     /// Requests over a few shared keys, from several threads, some of whose
