@@ -1143,13 +1143,19 @@ mod tests {
         assert_eq!(waiter.join().expect("thread"), vec![true, true], "both stored by the others");
     }
 
-    #[test]
-    fn a_sealed_key_taken_again_after_the_window_is_in_flight_like_any_other() {
+    /// An index holding one key, admitted and sealed at time 0.
+    fn index_with_a_sealed_key() -> (DedupeIndex, u128) {
         let idx = DedupeIndex::new(DedupeConfig::default());
-        let short = std::time::Duration::from_millis(20);
         let k = idempotency_key("p", EventType::Click, "k");
         assert_eq!(idx.admit(&[(k, 0)]), vec![false]);
-        assert_eq!(idx.claim(&[(k, 0)]), vec![false], "sealed");
+        assert_eq!(idx.claim(&[(k, 0)]), vec![false], "a seal claims it");
+        (idx, k)
+    }
+
+    #[test]
+    fn a_sealed_key_taken_again_after_the_window_is_in_flight_like_any_other() {
+        let (idx, k) = index_with_a_sealed_key();
+        let short = std::time::Duration::from_millis(20);
         // The same id 30 h later is a new event, in flight until settled:
         // its retry waits instead of being told it is a duplicate.
         let later = [(k, 30 * H)];
@@ -1212,11 +1218,8 @@ mod tests {
 
     #[test]
     fn an_undo_keeps_what_a_seal_did_meanwhile() {
-        let idx = DedupeIndex::new(DedupeConfig::default());
+        let (idx, k) = index_with_a_sealed_key();
         let short = std::time::Duration::from_millis(20);
-        let k = idempotency_key("p", EventType::Click, "k");
-        assert_eq!(idx.admit(&[(k, 0)]), vec![false]);
-        assert_eq!(idx.claim(&[(k, 0)]), vec![false], "a seal claims the first event");
         let later = [(k, 30 * H)];
         let (_, flight) = idx.admit_durable(&later, short).expect("admitted");
         // The seal aborts (its claim undone), then the later request fails.
