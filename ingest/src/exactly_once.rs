@@ -34,7 +34,7 @@ use arrow_array::{ArrayRef, BooleanArray, StringArray, UInt8Array};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::dedupe::{DedupeIndex, batch_keys, decode_keys, encode_keys};
+use crate::dedupe::{DedupeIndex, Flight, batch_keys, decode_keys, encode_keys};
 
 /// Attribution and invalid-traffic rules: a named, versioned configuration.
 /// A change of rules bumps `version`; reprocessing re-applies them.
@@ -312,6 +312,7 @@ impl ExactlyOnce {
         };
         let fresh: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
         let admitted: Vec<(u128, i64)> = fresh.iter().map(|&i| keys[i as usize]).collect();
+        let landing = Landing { dedupe: &self.dedupe, flight: Some(flight), admitted };
         let duplicates = batch.num_rows() - fresh.len();
         let result = if fresh.is_empty() {
             Ok(())
@@ -320,9 +321,35 @@ impl ExactlyOnce {
         } else {
             store.append_rows(batch, Some(&fresh)).map(|_| ())
         };
-        self.dedupe.settle(flight, &admitted, result.is_ok());
+        landing.settle(result.is_ok());
         result?;
         Ok(IngestSummary { accepted: fresh.len(), duplicates })
+    }
+}
+
+/// A request's flight until its append returns. Dropped unsettled (a panic
+/// in the append), it settles as not stored: otherwise the keys would stay
+/// in flight for good and every retry would wait out its timeout. If the
+/// events did land after all, the seal's exact check drops the retry's copy.
+struct Landing<'a> {
+    dedupe: &'a DedupeIndex,
+    flight: Option<Flight>,
+    admitted: Vec<(u128, i64)>,
+}
+
+impl Landing<'_> {
+    fn settle(mut self, stored: bool) {
+        if let Some(flight) = self.flight.take() {
+            self.dedupe.settle(flight, &self.admitted, stored);
+        }
+    }
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            self.dedupe.settle(flight, &self.admitted, false);
+        }
     }
 }
 
@@ -609,6 +636,20 @@ impl ExactlyOnce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_dropped_mid_append_leaves_nothing_in_flight() {
+        let dedupe = DedupeIndex::new(crate::dedupe::DedupeConfig::default());
+        let short = std::time::Duration::from_millis(20);
+        let keys = [(crate::dedupe::idempotency_key("p", EventType::Click, "e"), 0i64)];
+        let (_, flight) = dedupe.admit_durable(&keys, short).expect("admitted");
+        drop(Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() });
+        // Not stored as far as anyone knows: the retry is admitted, at once.
+        let (verdicts, flight) = dedupe.admit_durable(&keys, short).expect("not left in flight");
+        assert_eq!(verdicts, vec![false]);
+        Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() }.settle(true);
+        assert_eq!(dedupe.admit_durable(&keys, short).map(|(v, _)| v), Some(vec![true]));
+    }
 
     #[test]
     fn anchors_round_trip() {
