@@ -874,7 +874,7 @@ pub fn decode_keys(bytes: &[u8]) -> Option<Vec<(u128, i64)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use proptest::prelude::*;
@@ -1143,6 +1143,9 @@ mod tests {
         assert_eq!(waiter.join().expect("thread"), vec![true, true], "both stored by the others");
     }
 
+    /// How long a test lets a request wait for another's keys.
+    pub(crate) const SHORT: std::time::Duration = std::time::Duration::from_millis(20);
+
     /// An index holding one key, admitted and sealed at time 0.
     fn index_with_a_sealed_key() -> (DedupeIndex, u128) {
         let idx = DedupeIndex::new(DedupeConfig::default());
@@ -1155,21 +1158,19 @@ mod tests {
     #[test]
     fn a_sealed_key_taken_again_after_the_window_is_in_flight_like_any_other() {
         let (idx, k) = index_with_a_sealed_key();
-        let short = std::time::Duration::from_millis(20);
         // The same id 30 h later is a new event, in flight until settled:
         // its retry waits instead of being told it is a duplicate.
         let later = [(k, 30 * H)];
-        let (verdicts, first) = idx.admit_durable(&later, short).expect("admitted");
+        let (verdicts, first) = idx.admit_durable(&later, SHORT).expect("admitted");
         assert_eq!(verdicts, vec![false]);
-        assert!(idx.admit_durable(&later, short).is_none(), "the retry waits");
+        assert!(idx.admit_durable(&later, SHORT).is_none(), "the retry waits");
         idx.settle(first, &later, true);
-        assert_eq!(idx.admit_durable(&later, short).map(|(v, _)| v), Some(vec![true]));
+        assert_eq!(idx.admit_durable(&later, SHORT).map(|(v, _)| v), Some(vec![true]));
     }
 
     #[test]
     fn a_blocked_request_changes_nothing_it_found() {
         let idx = DedupeIndex::new(DedupeConfig::default());
-        let short = std::time::Duration::from_millis(20);
         // Ids whose shards put the key in flight last in the pass, so a pass
         // that wrote as it went would have written the two found keys.
         let find_key = |name: &str, fits: &dyn Fn(usize) -> bool| {
@@ -1183,35 +1184,34 @@ mod tests {
         let busy = find_key("busy", &|s| s > SHARDS / 2);
         assert_eq!(idx.admit(&[(pending, 0), (sealed, 0)]), vec![false, false]);
         assert_eq!(idx.claim(&[(sealed, 0)]), vec![false]);
-        let (_, other) = idx.admit_durable(&[(busy, 0)], short).expect("admitted");
+        let (_, other) = idx.admit_durable(&[(busy, 0)], SHORT).expect("admitted");
         // Both found keys 30 h on (outside the window), behind a key in flight.
         let request = [(pending, 30 * H), (sealed, 30 * H), (busy, 0)];
-        assert!(idx.admit_durable(&request, short).is_none());
+        assert!(idx.admit_durable(&request, SHORT).is_none());
         // Nothing it found was touched: the first copies are still duplicates.
         let first_copies = [(pending, 0), (sealed, 0)];
-        assert_eq!(idx.admit_durable(&first_copies, short).map(|(v, _)| v), Some(vec![true, true]));
+        assert_eq!(idx.admit_durable(&first_copies, SHORT).map(|(v, _)| v), Some(vec![true, true]));
         idx.settle(other, &[(busy, 0)], true);
-        let (verdicts, _) = idx.admit_durable(&request, short).expect("admitted once the other settled");
+        let (verdicts, _) = idx.admit_durable(&request, SHORT).expect("admitted once the other settled");
         assert_eq!(verdicts, vec![false, false, true], "new, new, and a duplicate of the settled request");
     }
 
     #[test]
     fn a_failed_request_gives_back_what_it_found() {
         let idx = DedupeIndex::new(DedupeConfig::default());
-        let short = std::time::Duration::from_millis(20);
         let key = |id: &str| idempotency_key("p", EventType::Click, id);
         let (pending, sealed, twice) = (key("pending"), key("sealed"), key("twice"));
         assert_eq!(idx.admit(&[(pending, 0), (sealed, 0)]), vec![false, false]);
         assert_eq!(idx.claim(&[(sealed, 0)]), vec![false]);
         // 30 h on: new events with the same ids, and one id twice, 30 h apart.
         let request = [(pending, 30 * H), (sealed, 30 * H), (twice, 0), (twice, 30 * H)];
-        let (verdicts, flight) = idx.admit_durable(&request, short).expect("admitted");
+        let (verdicts, flight) = idx.admit_durable(&request, SHORT).expect("admitted");
         assert_eq!(verdicts, vec![false; 4]);
         idx.settle(flight, &request, false);
         // The append failed: the first copies are still duplicates, and
         // every event of the request is new again.
         assert_eq!(idx.admit(&[(pending, 0), (sealed, 0)]), vec![true, true]);
-        let (verdicts, flight) = idx.admit_durable(&request, short).expect("admitted");
+        let (verdicts, flight) = idx.admit_durable(&request, SHORT).expect("admitted");
         assert_eq!(verdicts, vec![false; 4], "a retry of the failed request is new");
         idx.settle(flight, &request, true);
     }
@@ -1219,9 +1219,8 @@ mod tests {
     #[test]
     fn an_undo_keeps_what_a_seal_did_meanwhile() {
         let (idx, k) = index_with_a_sealed_key();
-        let short = std::time::Duration::from_millis(20);
         let later = [(k, 30 * H)];
-        let (_, flight) = idx.admit_durable(&later, short).expect("admitted");
+        let (_, flight) = idx.admit_durable(&later, SHORT).expect("admitted");
         // The seal aborts (its claim undone), then the later request fails.
         idx.unclaim(&[(k, 0)]);
         idx.settle(flight, &later, false);

@@ -639,16 +639,16 @@ mod tests {
 
     #[test]
     fn a_request_dropped_mid_append_leaves_nothing_in_flight() {
+        use crate::dedupe::tests::SHORT;
         let dedupe = DedupeIndex::new(crate::dedupe::DedupeConfig::default());
-        let short = std::time::Duration::from_millis(20);
         let keys = [(crate::dedupe::idempotency_key("p", EventType::Click, "e"), 0i64)];
-        let (_, flight) = dedupe.admit_durable(&keys, short).expect("admitted");
+        let (_, flight) = dedupe.admit_durable(&keys, SHORT).expect("admitted");
         drop(Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() });
         // Not stored as far as anyone knows: the retry is admitted, at once.
-        let (verdicts, flight) = dedupe.admit_durable(&keys, short).expect("not left in flight");
+        let (verdicts, flight) = dedupe.admit_durable(&keys, SHORT).expect("not left in flight");
         assert_eq!(verdicts, vec![false]);
         Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() }.settle(true);
-        assert_eq!(dedupe.admit_durable(&keys, short).map(|(v, _)| v), Some(vec![true]));
+        assert_eq!(dedupe.admit_durable(&keys, SHORT).map(|(v, _)| v), Some(vec![true]));
     }
 
     #[test]
