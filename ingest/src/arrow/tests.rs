@@ -255,35 +255,39 @@ fn same_verdicts_as_ndjson() {
 }
 
 proptest::proptest! {
-    /// `all_plain` holds only for columns whose every value `str_value`
-    /// accepts unchanged, whether the field is required or not.
+    /// `all_plain` holds only for columns whose every cell `str_cell`
+    /// accepts unchanged for its row's event type, and wherever they do
+    /// (`country` and `device` always take the row-by-row checks).
     #[test]
     fn plain_columns_pass_the_per_value_checks(
-        values in proptest::collection::vec(
-            proptest::option::weighted(0.9, proptest::prop_oneof![
-                proptest::strategy::Just(String::new()),
-                "[a-z0-9-]{1,12}",
-                "[A-Z]{2}",
-                proptest::strategy::Just("x".repeat(validate::MAX_EVENT_ID_BYTES + 1)),
-            ]),
+        cells in proptest::collection::vec(
+            (
+                proptest::option::weighted(0.8, proptest::prop_oneof![
+                    proptest::strategy::Just(String::new()),
+                    "[a-z0-9-]{1,12}",
+                    "[A-Z]{2}",
+                    proptest::strategy::Just("x".repeat(validate::MAX_EVENT_ID_BYTES + 1)),
+                ]),
+                proptest::sample::select(EventType::ALL.to_vec()),
+            ),
             1..20,
         ),
         column in proptest::sample::select(vec![
-            ColumnId::EventId, ColumnId::PublisherId, ColumnId::AdGroupId, ColumnId::Country, ColumnId::Device,
+            ColumnId::EventId, ColumnId::PublisherId, ColumnId::AdGroupId, ColumnId::ImpressionId,
+            ColumnId::ClickId, ColumnId::UserKey, ColumnId::Country, ColumnId::Device,
         ]),
     ) {
-        let a: StringArray = values.iter().map(|v| v.as_deref()).collect();
-        let each_passes = values.iter().all(|v| {
-            v.as_deref().is_some_and(|s| {
-                [true, false].iter().all(|&required| matches!(validate::str_value(column, required, s), Ok(Some(t)) if t == s))
-            })
+        let a: StringArray = cells.iter().map(|(v, _)| v.as_deref()).collect();
+        let kinds: Vec<u8> = cells.iter().map(|(_, k)| *k as u8).collect();
+        let col = Col::Str(a.clone());
+        let each_passes = cells.iter().enumerate().all(|(row, (v, kind))| {
+            matches!(str_cell(&col, column, *kind, row), Ok(found) if found == v.as_deref())
         });
-        if all_plain(&a, column) {
-            proptest::prop_assert!(each_passes, "{column:?} {values:?}");
+        if all_plain(&a, column, &kinds) {
+            proptest::prop_assert!(each_passes, "{column:?} {cells:?}");
         }
-        // It is not too cautious either where it applies.
         if !matches!(column, ColumnId::Country | ColumnId::Device) {
-            proptest::prop_assert_eq!(all_plain(&a, column), each_passes);
+            proptest::prop_assert_eq!(all_plain(&a, column, &kinds), each_passes);
         }
     }
 }
