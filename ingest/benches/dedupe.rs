@@ -3,6 +3,7 @@
 //! index that grows as keys arrive and into one sized for them up front.
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use adstore_ingest::{DedupeConfig, DedupeIndex, idempotency_key};
 use adstore_storage::EventType;
@@ -28,6 +29,20 @@ fn requests() -> Vec<Vec<(u128, i64)>> {
 fn admit_all(index: &DedupeIndex, requests: &[Vec<(u128, i64)>]) {
     for keys in requests {
         black_box(index.admit(keys));
+    }
+}
+
+/// What the server does per request: admit with the keys kept in flight,
+/// then settle them as stored once the WAL has them.
+fn admit_durable_all(index: &DedupeIndex, requests: &[Vec<(u128, i64)>]) {
+    for keys in requests {
+        let Some((verdicts, flight)) = index.admit_durable(keys, Duration::from_secs(1)) else {
+            panic!("nothing else is in flight");
+        };
+        let admitted: Vec<(u128, i64)> =
+            keys.iter().zip(&verdicts).filter(|(_, dup)| !**dup).map(|(k, _)| *k).collect();
+        index.settle(flight, &admitted, true);
+        black_box(verdicts);
     }
 }
 
@@ -58,6 +73,14 @@ fn bench(c: &mut Criterion) {
                 index
             },
             |index| admit_all(&index, &requests),
+            BatchSize::PerIteration,
+        )
+    });
+    // As the server admits: keys in flight until settled.
+    g.bench_function("admit_durable_10m_presized", |b| {
+        b.iter_batched(
+            || DedupeIndex::new(DedupeConfig { expected_keys: KEYS, ..DedupeConfig::default() }),
+            |index| admit_durable_all(&index, &requests),
             BatchSize::PerIteration,
         )
     });
