@@ -284,8 +284,9 @@ fn str_cell(col: &Col, column: ColumnId, kind: EventType, row: usize) -> Result<
 /// type of its row (`kinds`, as codes): a value neither empty nor too long,
 /// with no format to check, or a null where the row's type does not
 /// require the field. Such a column (most of them) needs no look row by
-/// row: the per-cell checks were a twentieth of Arrow ingest, and the
-/// columns with nulls a tenth of the server's CPU in a later profile.
+/// row: the per-cell checks were a twentieth of Arrow ingest. Checking
+/// the columns with nulls as whole columns too took the row checks from
+/// 4.8-5.4% of the server's samples to 3.8-4.1%.
 fn all_plain(a: &StringArray, column: ColumnId, kinds: &[u8]) -> bool {
     if matches!(column, ColumnId::Country | ColumnId::Device) {
         return false;
