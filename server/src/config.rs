@@ -60,7 +60,7 @@ pub struct IngestConfig {
     /// An `adstore-expected-events` announcement never sizes the dedupe
     /// index past the table for this many keys (nor past an eighth of the
     /// memory). 0: announcements are ignored. Default 20_000_000 (about
-    /// 380 MB of table).
+    /// 430 MB of table).
     pub max_announced_events: usize,
     /// Events per second one publisher may send; a request beyond it gets
     /// 429 with `Retry-After`, and nothing of it is stored. Default 0
@@ -105,12 +105,12 @@ impl Config {
         }
         if self.ingest.dedupe_expected_keys > MAX_EXPECTED_KEYS {
             return Err(ServerError::Config(format!(
-                "ingest.dedupe_expected_keys must be at most {MAX_EXPECTED_KEYS} (about 19 bytes of memory each)"
+                "ingest.dedupe_expected_keys must be at most {MAX_EXPECTED_KEYS} (about 21 bytes of memory each)"
             )));
         }
         if self.ingest.max_announced_events > MAX_EXPECTED_KEYS {
             return Err(ServerError::Config(format!(
-                "ingest.max_announced_events must be at most {MAX_EXPECTED_KEYS} (about 19 bytes of memory each)"
+                "ingest.max_announced_events must be at most {MAX_EXPECTED_KEYS} (about 21 bytes of memory each)"
             )));
         }
         self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;

@@ -351,13 +351,13 @@ mod tests {
     fn an_expected_key_count_beyond_half_the_memory_is_refused() {
         let config = |expected_keys| DedupeConfig { expected_keys, ..DedupeConfig::default() };
         let gib = 1u64 << 30;
-        // 10M keys take about 190 MB.
+        // 10M keys take about 213 MB.
         assert!(check_dedupe_fits(&config(10_000_000), Some(gib)).is_ok());
         assert!(check_dedupe_fits(&config(0), Some(1)).is_ok(), "no table up front");
         assert!(check_dedupe_fits(&config(1_000_000_000), None).is_ok(), "unknown memory is not checked");
-        let err = check_dedupe_fits(&config(100_000_000), Some(2 * gib)).expect_err("1.9 GB of 2 GiB");
+        let err = check_dedupe_fits(&config(100_000_000), Some(2 * gib)).expect_err("2.1 GB of 2 GiB");
         let text = err.to_string();
-        assert!(text.contains("ingest.dedupe_expected_keys = 100000000 needs 1.9 GB"), "{text}");
+        assert!(text.contains("ingest.dedupe_expected_keys = 100000000 needs 2.1 GB"), "{text}");
         assert!(text.contains("2.1 GB"), "{text}");
         assert!(mem_total_bytes().is_some_and(|b| b > gib / 8), "MemTotal read from /proc/meminfo");
     }
