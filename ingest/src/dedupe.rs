@@ -1074,18 +1074,10 @@ pub(crate) mod tests {
         // it must not copy the table (sized ahead, a table targets a lower
         // load; growing to that at every announcement copied the whole
         // table for each 5% of keys).
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
         let idx = DedupeIndex::new(DedupeConfig::default());
-        for _ in 0..300 {
+        for from in (0..3_000_000).step_by(10_000) {
             let keys: Vec<(u128, i64)> =
-                (0..10_000).map(|_| ((u128::from(next()) << 64) | u128::from(next()), 0)).collect();
+                (from..from + 10_000).map(|i| (idempotency_key("p", EventType::Click, &i.to_string()), 0)).collect();
             idx.admit(&keys);
         }
         let resize = idx.reserve_announced(1_000, 1 << 40);
