@@ -156,6 +156,49 @@ fn retries_restarts_and_finalization(without_sidecars: bool) {
     oracle::assert_same(&expected, &stored_report(&store));
 }
 
+/// Requests that carry several batches (as a joined Arrow request does)
+/// count like the same events sent one batch at a time: an id repeated in
+/// two batches of one request is a duplicate, and a request retried after
+/// a restart is all duplicates.
+#[test]
+fn requests_of_several_batches_count_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sent = oracle::stream();
+    let batches: Vec<EventBatch> = sent.chunks(700).map(EventBatch::from_events).collect();
+    let (mut store, mut eo) = open(dir.path(), rules());
+    let (mut accepted, mut duplicates, mut copies) = (0usize, 0usize, 0usize);
+    for (i, request) in batches.chunks(3).enumerate() {
+        let mut request = request.to_vec();
+        if i % 4 == 1 {
+            // The request's first batch once more, as its last.
+            request.push(request[0].clone());
+        }
+        let s = eo.ingest_all(&store, &request).expect("ingest");
+        accepted += s.accepted;
+        duplicates += s.duplicates;
+        copies += request.iter().map(EventBatch::num_rows).sum::<usize>();
+        if i % 5 == 2 {
+            store.seal_all().expect("seal");
+        }
+        if i == 6 {
+            store.close().expect("close");
+            drop(store);
+            (store, eo) = open(dir.path(), rules());
+            let s = eo.ingest_all(&store, &request).expect("retry");
+            assert_eq!(s.accepted, 0, "a retried request must be all duplicates");
+            duplicates += s.duplicates;
+            copies += s.duplicates;
+        }
+    }
+    let unique = oracle::dedupe(&sent);
+    assert_eq!(accepted, unique.len(), "accepted events");
+    assert_eq!(duplicates, copies - unique.len(), "duplicates answered");
+    store.seal_all().expect("seal");
+    store.reseal_buckets(&all_buckets(&store), SealKind::Final).expect("finalize");
+    let expected = oracle::report(&oracle::outcomes(&sent, &oracle_rules(&rules())));
+    oracle::assert_same(&expected, &stored_report(&store));
+}
+
 #[test]
 fn reprocessing_moves_numbers_exactly_as_the_oracle_says_and_atomically() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -39,7 +39,7 @@ fn ndjson_and_arrow_batches_are_counted_back_exactly() {
     let (status, r) = server.post("/v1/events", NDJSON, None, &body);
     assert_eq!((status, accepted(&r), r["rejected"].as_u64()), (200, 12_000, Some(0)), "{r}");
 
-    let events = parse_ndjson(&ndjson(9_000, 2), &ParseOptions::default()).batch;
+    let events = parse_ndjson(&ndjson(9_000, 2), &ParseOptions::default()).batch();
     let (status, r) = server.post("/v1/events", ARROW, None, &arrow_ipc(&events, 2_500));
     assert_eq!((status, accepted(&r)), (200, 9_000), "{r}");
 
@@ -60,7 +60,7 @@ fn arrow_rows_keep_their_values() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let server = Server::start(&dir, None);
-    let sent = parse_ndjson(&ndjson(3_000, 3), &ParseOptions::default()).batch;
+    let sent = parse_ndjson(&ndjson(3_000, 3), &ParseOptions::default()).batch();
     let (status, r) = server.post("/v1/events", ARROW, Some("zstd"), &zstd(&arrow_ipc(&sent, 1_000)));
     assert_eq!((status, accepted(&r)), (200, 3_000), "{r}");
     assert!(server.stop().success());

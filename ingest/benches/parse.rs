@@ -84,7 +84,7 @@ fn bench_parse(c: &mut Criterion) {
     let opts = ParseOptions { now_ms: NOW, ..ParseOptions::default() };
     // Guard the numbers: every generated event must be accepted.
     let check = parse_ndjson(ndjson.as_bytes(), &opts);
-    assert_eq!((check.batch.num_rows(), check.rejected), (EVENTS, 0), "{:?}", check.errors.first());
+    assert_eq!((check.batch().num_rows(), check.rejected), (EVENTS, 0), "{:?}", check.errors.first());
 
     let mut group = c.benchmark_group("parse");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));

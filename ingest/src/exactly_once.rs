@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use adstore_storage::{
-    ColumnId, EventBatch, EventType, InvalidReason, Level, LiveSegment, Result as StorageResult, SealContext, SealKind,
-    SealStage, Sidecar, SidecarReader, Snapshot, StageOutput, StorageError, Store,
+    ColumnId, EventBatch, EventType, InvalidReason, Level, LiveSegment, Result as StorageResult, Rows, SealContext,
+    SealKind, SealStage, Sidecar, SidecarReader, Snapshot, StageOutput, StorageError, Store,
 };
 use arrow_array::{ArrayRef, BooleanArray, StringArray, UInt8Array};
 use parking_lot::RwLock;
@@ -303,27 +303,47 @@ impl ExactlyOnce {
     /// accepted; an event is never answered `duplicate` before the first
     /// copy is durable (see [`DedupeIndex::admit_durable`]).
     pub fn ingest(&self, store: &Store, batch: &EventBatch) -> StorageResult<IngestSummary> {
-        if batch.is_empty() {
+        self.ingest_all(store, std::slice::from_ref(batch))
+    }
+
+    /// [`ExactlyOnce::ingest`] for a request whose events come as several
+    /// batches: one dedupe pass over all their keys (an id repeated across
+    /// batches is a duplicate like one repeated within a batch), one WAL
+    /// record for the new events of all of them, one wait for its fsync.
+    pub fn ingest_all(&self, store: &Store, batches: &[EventBatch]) -> StorageResult<IngestSummary> {
+        let total: usize = batches.iter().map(EventBatch::num_rows).sum();
+        if total == 0 {
             return Ok(IngestSummary::default());
         }
-        let keys = batch_keys(batch);
+        let mut keys = Vec::with_capacity(total);
+        for batch in batches {
+            keys.extend(batch_keys(batch));
+        }
         let Some((dup, flight)) = self.dedupe.admit_durable(&keys, std::time::Duration::from_secs(30)) else {
             return Err(StorageError::Busy("an earlier request with the same event ids is still being stored".into()));
         };
-        let fresh: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
-        let admitted: Vec<(u128, i64)> = fresh.iter().map(|&i| keys[i as usize]).collect();
+        // Each batch's new rows, by index into the batch.
+        let mut fresh: Vec<Vec<u32>> = Vec::with_capacity(batches.len());
+        let mut admitted = Vec::with_capacity(total);
+        let mut first = 0;
+        for batch in batches {
+            let dup = &dup[first..first + batch.num_rows()];
+            let rows: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
+            admitted.extend(rows.iter().map(|&i| keys[first + i as usize]));
+            fresh.push(rows);
+            first += batch.num_rows();
+        }
         let landing = Landing { dedupe: &self.dedupe, flight: Some(flight), admitted };
-        let duplicates = batch.num_rows() - fresh.len();
-        let result = if fresh.is_empty() {
-            Ok(())
-        } else if fresh.len() == batch.num_rows() {
-            store.append(batch).map(|_| ())
-        } else {
-            store.append_rows(batch, Some(&fresh)).map(|_| ())
-        };
+        let accepted = landing.admitted.len();
+        let rows: Vec<Rows<'_>> = batches
+            .iter()
+            .zip(&fresh)
+            .map(|(batch, rows)| Rows { batch, keep: (rows.len() < batch.num_rows()).then_some(&rows[..]) })
+            .collect();
+        let result = if accepted == 0 { Ok(()) } else { store.append_all(&rows).map(|_| ()) };
         landing.settle(result.is_ok());
         result?;
-        Ok(IngestSummary { accepted: fresh.len(), duplicates })
+        Ok(IngestSummary { accepted, duplicates: total - accepted })
     }
 }
 

@@ -86,8 +86,11 @@ impl Default for ParseOptions {
 /// What became of a request body.
 #[derive(Debug, Clone)]
 pub struct ParseOutcome {
-    /// The valid events, in body order.
-    pub batch: EventBatch,
+    /// The valid events, in body order, in one or more batches: a large
+    /// body is checked in parallel chunks, and each chunk's valid events
+    /// stay a batch of their own rather than being copied into one (the
+    /// store appends them together, see `ExactlyOnce::ingest_all`).
+    pub batches: Vec<EventBatch>,
     /// Lines rejected for any reason, including late and future ones.
     pub rejected: usize,
     /// The first `max_errors` rejections, in body order.
@@ -101,7 +104,22 @@ pub struct ParseOutcome {
 impl ParseOutcome {
     /// Number of accepted events.
     pub fn accepted(&self) -> usize {
-        self.batch.num_rows()
+        self.batches.iter().map(EventBatch::num_rows).sum()
+    }
+
+    /// The valid events as one batch: a copy when there are several.
+    pub fn batch(&self) -> EventBatch {
+        match self.batches.as_slice() {
+            [] => EventBatch::empty(),
+            [one] => one.clone(),
+            // Invariant: every batch is an event batch, so all share the event schema.
+            many => EventBatch::concat(many).expect("batches share the event schema"),
+        }
+    }
+
+    /// The latest event time of the valid events.
+    pub fn max_ts(&self) -> Option<i64> {
+        self.batches.iter().filter_map(|b| b.ts().iter().max().copied()).max()
     }
 }
 
@@ -186,25 +204,17 @@ fn parse_items(body: &[u8], items: &[Item], opts: &ParseOptions, chunk_items: us
 
 /// Joins chunk results, in body order, into one outcome.
 pub(crate) fn merge(chunks: Vec<ChunkOut>, opts: &ParseOptions) -> ParseOutcome {
-    let mut out = ParseOutcome {
-        batch: EventBatch::empty(),
-        rejected: 0,
-        errors: Vec::new(),
-        rejected_late: 0,
-        rejected_future: 0,
-    };
-    let mut batches = Vec::with_capacity(chunks.len());
+    let mut out =
+        ParseOutcome { batches: Vec::new(), rejected: 0, errors: Vec::new(), rejected_late: 0, rejected_future: 0 };
     for chunk in chunks {
         out.rejected += chunk.rejected;
         out.rejected_late += chunk.rejected_late;
         out.rejected_future += chunk.rejected_future;
         let room = opts.max_errors.saturating_sub(out.errors.len());
         out.errors.extend(chunk.errors.into_iter().take(room));
-        batches.push(chunk.batch);
-    }
-    if !batches.is_empty() {
-        // Invariant: every batch comes from an EventBatchBuilder, so all share the event schema.
-        out.batch = EventBatch::concat(&batches).expect("chunk batches share the event schema");
+        if !chunk.batch.is_empty() {
+            out.batches.push(chunk.batch);
+        }
     }
     out
 }

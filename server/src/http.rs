@@ -300,10 +300,10 @@ async fn ingest(
         };
         worker
             .rate_limiter
-            .admit(&outcome.batch)
+            .admit(&outcome.batches)
             .map_err(|l| ServerError::RateLimited { publisher_id: l.publisher_id, retry_after_s: l.retry_after_s })?;
         let limit = worker.dedupe_announced_max_bytes;
-        if let Some(events) = announced.filter(|_| limit > 0 && outcome.batch.num_rows() > 0) {
+        if let Some(events) = announced.filter(|_| limit > 0 && outcome.accepted() > 0) {
             let resize = worker.exactly_once.dedupe().reserve_announced(events, limit);
             if resize.to_bytes > resize.from_bytes {
                 tracing::info!(
@@ -315,7 +315,7 @@ async fn ingest(
             }
         }
         // Dedupe, then the durable append: the answer comes after the fsync.
-        let summary = worker.exactly_once.ingest(&worker.store, &outcome.batch)?;
+        let summary = worker.exactly_once.ingest_all(&worker.store, &outcome.batches)?;
         Ok::<_, ServerError>((outcome, summary))
     })
     .await
@@ -323,8 +323,8 @@ async fn ingest(
 
     let accepted = summary.accepted;
     app.counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
-    if let Some(max) = outcome.batch.ts().iter().max() {
-        app.newest_ts_ms.fetch_max(*max, Ordering::Relaxed);
+    if let Some(max) = outcome.max_ts() {
+        app.newest_ts_ms.fetch_max(max, Ordering::Relaxed);
     }
     app.counters.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     app.counters.rejected.fetch_add(outcome.rejected as u64, Ordering::Relaxed);

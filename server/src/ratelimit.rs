@@ -34,15 +34,17 @@ impl RateLimiter {
         RateLimiter { rate: events_per_second as f64, buckets: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes tokens for every event of `batch`, all or nothing.
-    pub fn admit(&self, batch: &EventBatch) -> Result<(), Limited> {
-        if self.rate <= 0.0 || batch.is_empty() {
+    /// Takes tokens for every event of `batches` (one request), all or nothing.
+    pub fn admit(&self, batches: &[EventBatch]) -> Result<(), Limited> {
+        if self.rate <= 0.0 || batches.iter().all(EventBatch::is_empty) {
             return Ok(());
         }
-        let publishers = batch.str_column(ColumnId::PublisherId);
         let mut wanted: HashMap<&str, f64> = HashMap::new();
-        for i in 0..batch.num_rows() {
-            *wanted.entry(publishers.value(i)).or_default() += 1.0;
+        for batch in batches {
+            let publishers = batch.str_column(ColumnId::PublisherId);
+            for i in 0..batch.num_rows() {
+                *wanted.entry(publishers.value(i)).or_default() += 1.0;
+            }
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
@@ -78,13 +80,16 @@ mod tests {
     #[test]
     fn refuses_beyond_the_rate_and_names_the_publisher() {
         let rl = RateLimiter::new(100);
-        assert!(rl.admit(&batch("a", 80)).is_ok());
-        let err = rl.admit(&batch("a", 80)).expect_err("over the rate");
+        assert!(rl.admit(&[batch("a", 80)]).is_ok());
+        let err = rl.admit(&[batch("a", 80)]).expect_err("over the rate");
         assert_eq!(err.publisher_id, "a");
         assert!(err.retry_after_s >= 1);
         // Another publisher has its own bucket.
-        assert!(rl.admit(&batch("b", 100)).is_ok());
+        assert!(rl.admit(&[batch("b", 100)]).is_ok());
+        // The batches of one request count together.
+        let err = rl.admit(&[batch("c", 60), batch("c", 60)]).expect_err("120 events at once");
+        assert_eq!(err.publisher_id, "c");
         // Unlimited by default.
-        assert!(RateLimiter::new(0).admit(&batch("a", 1_000_000)).is_ok());
+        assert!(RateLimiter::new(0).admit(&[batch("a", 1_000_000)]).is_ok());
     }
 }

@@ -45,5 +45,5 @@ pub use segment::{
     BlockCache, ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, Selection,
     ValueRange, write_segment,
 };
-pub use store::{DamagedSegment, LiveSegment, SealReport, Snapshot, Store, StoreConfig, StoreStats};
+pub use store::{DamagedSegment, LiveSegment, Rows, SealReport, Snapshot, Store, StoreConfig, StoreStats};
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

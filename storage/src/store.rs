@@ -317,6 +317,25 @@ struct Inner {
 const ENCODE_BUFFERS_KEPT: usize = 8;
 const ENCODE_BUFFER_MAX_KEPT_BYTES: usize = 16 << 20;
 
+/// The rows of one batch that an append stores: all of them, or those at
+/// `keep` (ascending row indexes).
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    pub batch: &'a EventBatch,
+    pub keep: Option<&'a [u32]>,
+}
+
+impl Rows<'_> {
+    /// How many rows are selected.
+    pub fn len(&self) -> usize {
+        self.keep.map_or(self.batch.num_rows(), <[u32]>::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Handle to an open store. Clones share the same store.
 #[derive(Clone)]
 pub struct Store {
@@ -438,26 +457,46 @@ impl Store {
     /// Appends the rows of `batch` at `keep` (ascending), or all rows when
     /// `None`, as [`Store::append`] does. The rows are copied at most once.
     pub fn append_rows(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Lsn> {
+        self.append_all(&[Rows { batch, keep }])
+    }
+
+    /// Appends the selected rows of several batches, one WAL record each,
+    /// and returns once one fsync covers them all (the LSN of the last).
+    /// A request that arrives as several batches thus waits once, and its
+    /// batches are not joined first: each is grouped, encoded and written
+    /// while its rows are still in the CPU's cache (grouping and writing a
+    /// 64K-row request at once made copying into the page cache six times
+    /// as costly). The head room is checked once, before the first.
+    ///
+    /// A crash can keep some of the batches and not others. The request was
+    /// not acknowledged then; replay puts the kept events' keys back in the
+    /// dedupe index, so its retry stores the rest and counts them as
+    /// duplicates. Returns `Lsn(0)` when no row is selected.
+    pub fn append_all(&self, rows: &[Rows<'_>]) -> Result<Lsn> {
         if self.inner.stop.load(Ordering::Acquire) {
             return Err(StorageError::ShuttingDown);
         }
-        if keep.map_or(batch.num_rows(), <[u32]>::len) == 0 {
+        if rows.iter().all(Rows::is_empty) {
             return Ok(Lsn(0));
         }
         self.check_head_room()?;
-        let grouped = self.inner.partitioning.group(batch, keep)?;
-        let mut payload = self.inner.encode_buffers.take();
-        encode_batch_into(&grouped.rows, payload.vec_mut())?;
-        let rows = grouped.rows.num_rows() as u64;
-        let max_ts = grouped.rows.ts().iter().max().copied();
-        let lsn = self.inner.wal.append_with(&payload, |lsn| {
-            self.inner.visible.write().head.insert(lsn, grouped.parts, Instant::now());
-        })?;
-        self.inner.counters.appended_rows.fetch_add(rows, Ordering::Relaxed);
-        if let Some(max) = max_ts {
-            self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);
+        let mut last = Lsn(0);
+        for r in rows.iter().filter(|r| !r.is_empty()) {
+            let grouped = self.inner.partitioning.group(r.batch, r.keep)?;
+            let mut payload = self.inner.encode_buffers.take();
+            encode_batch_into(&grouped.rows, payload.vec_mut())?;
+            let appended = grouped.rows.num_rows() as u64;
+            let max_ts = grouped.rows.ts().iter().max().copied();
+            last = self.inner.wal.write_with(&payload, |lsn| {
+                self.inner.visible.write().head.insert(lsn, grouped.parts, Instant::now());
+            })?;
+            self.inner.counters.appended_rows.fetch_add(appended, Ordering::Relaxed);
+            if let Some(max) = max_ts {
+                self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);
+            }
         }
-        Ok(lsn)
+        self.inner.wal.wait_written(last)?;
+        Ok(last)
     }
 
     /// `Err(`[`StorageError::HeadFull`]`)` while the head holds

@@ -80,7 +80,7 @@ fn store_schema_round_trips() {
     let body = ipc(&[input_batch(&events[..60]), input_batch(&events[60..])]);
     let out = parse_arrow_ipc(body.as_slice(), &opts());
     assert_eq!(out.rejected, 0, "{:?}", out.errors);
-    assert_eq!(out.batch.events(), events);
+    assert_eq!(out.batch().events(), events);
 }
 
 #[test]
@@ -101,7 +101,7 @@ fn strings_timestamps_subsets_and_dictionaries() {
     ]);
     let out = parse_arrow_ipc(ipc(&[batch]), &opts());
     assert_eq!(out.rejected, 0, "{:?}", out.errors);
-    let got = out.batch.events();
+    let got = out.batch().events();
     assert_eq!(got.len(), 3);
     assert_eq!(got[1].kind, EventType::Click);
     assert_eq!(got[0].ts, ts, "microseconds are floored to milliseconds");
@@ -216,7 +216,7 @@ fn accepted_columns_point_into_the_body() {
     let range = body.as_ptr_range();
     let out = parse_arrow_ipc(body, &opts());
     assert_eq!(out.accepted(), 4);
-    let ids = out.batch.str_column(ColumnId::EventId).values().as_ptr();
+    let ids = out.batch().str_column(ColumnId::EventId).values().as_ptr();
     assert!(range.contains(&ids), "event_id was copied out of the body");
 }
 
@@ -251,7 +251,7 @@ fn same_verdicts_as_ndjson() {
     assert_eq!(from_json.rejected, 5);
     assert_eq!((from_json.rejected_late, from_json.rejected_future), (1, 1));
     assert_eq!((from_arrow.rejected_late, from_arrow.rejected_future), (1, 1));
-    assert_eq!(from_json.batch.events(), from_arrow.batch.events());
+    assert_eq!(from_json.batch().events(), from_arrow.batch().events());
 }
 
 proptest::proptest! {

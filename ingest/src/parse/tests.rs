@@ -14,7 +14,7 @@ fn opts() -> ParseOptions {
 }
 
 fn ids(out: &ParseOutcome) -> Vec<String> {
-    out.batch.events().into_iter().map(|e| e.event_id).collect()
+    out.batch().events().into_iter().map(|e| e.event_id).collect()
 }
 
 /// (line, field, reason) of every listed error.
@@ -107,8 +107,8 @@ fn every_field_round_trips() {
         let line = to_json(&e, rfc, false).to_string();
         let out = parse_ndjson(line.as_bytes(), &opts());
         assert_eq!(errs(&out), []);
-        assert_eq!(out.batch.events(), std::slice::from_ref(&e));
-        assert_eq!(out.batch.event(0).invalid_reason, InvalidReason::Valid);
+        assert_eq!(out.batch().events(), std::slice::from_ref(&e));
+        assert_eq!(out.batch().event(0).invalid_reason, InvalidReason::Valid);
     }
 }
 
@@ -138,7 +138,7 @@ fn only_required_fields() {
         Event { click_id: Some("clk".into()), ..mk("c", EventType::Click) },
         mk("v", EventType::Conversion),
     ];
-    assert_eq!(out.batch.events(), want);
+    assert_eq!(out.batch().events(), want);
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn explicit_nulls_are_absent_values() {
     assert_eq!(v["cost_micros"], Value::Null, "the line really carries nulls");
     let out = parse_ndjson(v.to_string().as_bytes(), &opts());
     assert_eq!(errs(&out), []);
-    assert_eq!(out.batch.events(), [e]);
+    assert_eq!(out.batch().events(), [e]);
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn empty_optional_strings_are_stored_as_null() {
     v["click_id"] = "".into();
     v["os"] = "".into();
     let out = parse_ndjson(v.to_string().as_bytes(), &opts());
-    assert_eq!(out.batch.events(), [base(EventType::Conversion, "e")]);
+    assert_eq!(out.batch().events(), [base(EventType::Conversion, "e")]);
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn unicode_and_escaped_strings() {
     );
     let out = parse_ndjson(body.as_bytes(), &opts());
     assert_eq!(errs(&out), []);
-    let e = out.batch.event(0);
+    let e = out.batch().event(0);
     assert_eq!(e.event_id, "a\"b\\u00e9");
     assert_eq!(e.publisher_id, "pé");
     assert_eq!(e.advertiser_id, "München");
@@ -196,7 +196,7 @@ fn rfc3339_and_epoch_ts_agree() {
     .join("\n");
     let out = parse_ndjson(body.as_bytes(), &opts());
     assert_eq!(errs(&out), []);
-    assert_eq!(out.batch.ts(), [1_795_338_000_123; 4]);
+    assert_eq!(out.batch().ts(), [1_795_338_000_123; 4]);
 }
 
 #[test]
@@ -332,7 +332,7 @@ fn typed_endpoint_implies_and_enforces_the_type() {
     let o = ParseOptions { expected_type: Some(EventType::Click), ..opts() };
     let out = parse_ndjson(body.as_bytes(), &o);
     assert_eq!(ids(&out), ["implied", "null", "same"]);
-    assert!(out.batch.events().iter().all(|e| e.kind == EventType::Click));
+    assert!(out.batch().events().iter().all(|e| e.kind == EventType::Click));
     assert_eq!(errs(&out), [(4, Some("type"), "type impression does not match the endpoint's type click")]);
 
     // Without a typed endpoint, a missing or null type is an error.
@@ -426,7 +426,7 @@ fn parallel_parse_matches_sequential() {
     let tiny = parse_items(body.as_bytes(), &items, &opts(), 3);
     assert_eq!(seq.accepted(), 20_000 - 207);
     for other in [&par, &tiny] {
-        assert_eq!(other.batch.events(), seq.batch.events());
+        assert_eq!(other.batch().events(), seq.batch().events());
         assert_eq!(other.errors, seq.errors);
         assert_eq!(other.rejected, seq.rejected);
     }
@@ -624,7 +624,7 @@ proptest! {
         let non_blank = lines.iter().filter(|l| !matches!(l, Line::Blank(_))).count();
 
         prop_assert_eq!(out.accepted() + out.rejected, non_blank);
-        prop_assert_eq!(out.batch.events(), valid);
+        prop_assert_eq!(out.batch().events(), valid);
         prop_assert_eq!(out.errors.iter().map(|e| e.line).collect::<Vec<_>>(), invalid_lines);
         let late = lines.iter().filter(|l| matches!(l, Line::Invalid(_, 10))).count();
         let future = lines.iter().filter(|l| matches!(l, Line::Invalid(_, 9))).count();
@@ -644,7 +644,7 @@ proptest! {
 
         let valid: Vec<Event> = lines.iter().filter_map(|l| match l { Line::Valid(e, _) => Some(e.clone()), _ => None }).collect();
         prop_assert_eq!(out.accepted() + out.rejected, elements.len());
-        prop_assert_eq!(out.batch.events(), valid);
+        prop_assert_eq!(out.batch().events(), valid);
         // Each element starts on its own line; the first on line 2.
         let mut line = 2;
         let mut want_lines = Vec::new();

@@ -219,7 +219,7 @@ mod tests {
         let opts = ParseOptions { max_future_skew_ms: i64::MAX, min_ts_ms: None, ..ParseOptions::default() };
         let parsed = parse_ndjson(&ndjson, &opts);
         assert_eq!(parsed.rejected, 0);
-        let want = input_columns(&parsed.batch).expect("project");
+        let want = input_columns(&parsed.batch()).expect("project");
         let reader = arrow_ipc::reader::StreamReader::try_new(&arrow[..], None).expect("an IPC stream");
         let mut row = 0;
         let mut batches = 0;

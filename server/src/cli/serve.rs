@@ -146,10 +146,10 @@ fn load_demo(store: &Store, exactly_once: &ExactlyOnce, events: u64) -> Result<(
             return Err(ServerError::Internal(format!("demo data rejected at line {}: {}", e.line, e.reason)));
         }
         // The sealer is not running yet: seal here when the head is full.
-        loaded += match exactly_once.ingest(store, &outcome.batch) {
+        loaded += match exactly_once.ingest_all(store, &outcome.batches) {
             Err(StorageError::HeadFull { .. }) => {
                 store.seal_all()?;
-                exactly_once.ingest(store, &outcome.batch)?.accepted
+                exactly_once.ingest_all(store, &outcome.batches)?.accepted
             }
             other => other?.accepted,
         };

@@ -77,6 +77,37 @@ fn appended_events_are_visible_sealed_and_survive_reopen() {
     assert_eq!(all_events(&store), sorted_debug(&events));
 }
 
+/// Several batches in one append: a WAL record for each batch with rows
+/// selected, the selected rows and no others visible, and all of them back
+/// after a reopen.
+#[test]
+fn an_append_of_several_batches_writes_a_record_each_and_waits_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events: Vec<Event> =
+        (0..90).map(|n| event(n, 1_000_000 + (n as i64) * 50_000, ["a1", "a2"][(n % 2) as usize])).collect();
+    let batches: Vec<EventBatch> = events.chunks(30).map(EventBatch::from_events).collect();
+    let every_third: Vec<u32> = (0..30).step_by(3).collect();
+    // WAL files large enough that no rotation fsyncs between the records.
+    let config = StoreConfig { wal_file_size_bytes: 1 << 20, ..small_config() };
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open store");
+    let rows = [
+        Rows { batch: &batches[0], keep: None },
+        Rows { batch: &batches[1], keep: Some(&[]) },
+        Rows { batch: &batches[2], keep: Some(&every_third) },
+    ];
+    let lsn = store.append_all(&rows).expect("append");
+    let stats = store.stats();
+    assert_eq!((stats.wal_appends, stats.appended_rows), (2, 40), "the batch with no rows selected writes nothing");
+    assert_eq!(stats.wal_fsyncs, 1, "one fsync covers both records");
+    assert_eq!(lsn, Lsn(2), "the LSN of the last record");
+    let mut want: Vec<Event> = events[..30].to_vec();
+    want.extend(every_third.iter().map(|&i| events[60 + i as usize].clone()));
+    assert_eq!(all_events(&store), sorted_debug(&want));
+    assert_eq!(store.append_all(&[Rows { batch: &batches[1], keep: Some(&[]) }]).expect("nothing"), Lsn(0));
+    store.close().expect("close");
+    assert_eq!(all_events(&open(dir.path())), sorted_debug(&want), "replayed from the WAL");
+}
+
 #[test]
 fn partial_seal_then_crash_replays_only_unsealed_partitions() {
     let dir = tempfile::tempdir().expect("tempdir");

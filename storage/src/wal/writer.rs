@@ -159,6 +159,15 @@ impl Wal {
     /// have run for a record that then fails, so the caller must treat its
     /// in-memory state as unconfirmed and recover by reopening.
     pub fn append_with(&self, payload: &[u8], on_assigned: impl FnOnce(Lsn)) -> Result<Lsn> {
+        let lsn = self.write_with(payload, on_assigned)?;
+        self.wait_written(lsn)?;
+        Ok(lsn)
+    }
+
+    /// [`Wal::append_with`] without the wait: the record is written, not
+    /// yet durable. Several records can be written this way and then waited
+    /// for once, with [`Wal::wait_written`] on the last LSN.
+    pub fn write_with(&self, payload: &[u8], on_assigned: impl FnOnce(Lsn)) -> Result<Lsn> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(StorageError::WalRecordTooLarge { size_bytes: payload.len(), max_bytes: MAX_PAYLOAD_BYTES });
         }
@@ -184,10 +193,14 @@ impl Wal {
             on_assigned(lsn);
             lsn
         };
-        if self.config.fsync {
-            self.wait_durable(lsn)?;
-        }
         Ok(lsn)
+    }
+
+    /// Returns once the records up to `lsn` are as durable as
+    /// [`Wal::append_with`] leaves them: covered by an fsync, or at once
+    /// with `fsync` disabled in the config.
+    pub fn wait_written(&self, lsn: Lsn) -> Result<()> {
+        if self.config.fsync { self.wait_durable(lsn) } else { Ok(()) }
     }
 
     /// Makes every record appended so far durable. Forces an fsync even when
