@@ -65,7 +65,14 @@ pub async fn read(
         return Err(too_large());
     }
     let mut out = pool.take();
-    out.vec_mut().reserve(declared.unwrap_or(0) as usize);
+    let declared = declared.unwrap_or(0) as usize;
+    if out.vec_mut().capacity() < declared {
+        // A fresh buffer, not `reserve`: growing the pooled one would copy
+        // its whole old capacity (the allocator does not know it is empty),
+        // 1% of Arrow ingest in a profile. An eighth more, so that bodies
+        // a little larger than this one reuse it.
+        *out.vec_mut() = Vec::with_capacity(declared.saturating_add(declared / 8).min(limit_bytes));
+    }
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ServerError::BadRequest(format!("failed to read the request body: {e}")))?;
