@@ -80,8 +80,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use codec::decode_encoded_batch;
 pub use codec::{decode_batch, encode_batch, encode_batch_into};
-pub use writer::Wal;
+pub use writer::{Wal, Written};
 
 /// Where and how the WAL writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -108,6 +108,44 @@ fn an_append_of_several_batches_writes_a_record_each_and_waits_once() {
     assert_eq!(all_events(&open(dir.path())), sorted_debug(&want), "replayed from the WAL");
 }
 
+/// Lines of /proc/self/maps that map a file under `dir`.
+fn mappings_under(dir: &Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let dir = dir.to_str().expect("utf-8 path");
+    maps.lines().filter(|l| l.contains(dir)).count()
+}
+
+/// The rows of a large WAL record stay in the head as a mapping of the WAL
+/// file, read back exactly, until they are sealed; small records keep their
+/// rows in memory.
+#[test]
+fn the_head_maps_large_records_from_the_wal_until_sealed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig { wal_file_size_bytes: 64 << 20, ..small_config() };
+    let store = Store::open(dir.path(), config.clone(), SealPipeline::new()).expect("open store");
+    let small: Vec<Event> = (0..10).map(|n| event(n, 1_000_000 + n as i64, "a1")).collect();
+    store.append(&EventBatch::from_events(&small)).expect("append");
+    let wal_dir = dir.path().join("wal");
+    assert_eq!(mappings_under(&wal_dir), 0, "a small record is not mapped");
+    let large: Vec<Event> = (10..5_010)
+        .map(|n| Event {
+            ua_hash: Some(format!("{n:0>64}")),
+            ..event(n, 1_000_000 + n as i64 * 700, ["a1", "a2"][n as usize % 2])
+        })
+        .collect();
+    store.append(&EventBatch::from_events(&large)).expect("append");
+    assert_eq!(mappings_under(&wal_dir), 1, "a large record is mapped");
+    let mut all = small.clone();
+    all.extend(large.iter().cloned());
+    assert_eq!(all_events(&store), sorted_debug(&all));
+    store.seal_all().expect("seal");
+    assert_eq!(mappings_under(&wal_dir), 0, "sealed rows leave the head, and their mapping");
+    assert_eq!(all_events(&store), sorted_debug(&all));
+    store.close().expect("close");
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("reopen");
+    assert_eq!(all_events(&store), sorted_debug(&all));
+}
+
 #[test]
 fn partial_seal_then_crash_replays_only_unsealed_partitions() {
     let dir = tempfile::tempdir().expect("tempdir");

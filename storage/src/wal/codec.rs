@@ -1,12 +1,13 @@
 //! WAL payload codec for event batches: one Arrow IPC stream per record,
 //! holding the schema message and exactly one record batch.
 
-use arrow_ipc::reader::StreamReader;
+use arrow_ipc::MetadataVersion;
+use arrow_ipc::reader::{FileDecoder, StreamReader};
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::ArrowError;
 
 use crate::error::{Result, StorageError};
-use crate::event::EventBatch;
+use crate::event::{EventBatch, event_schema};
 
 /// Room for the IPC schema and message headers on top of the batch's buffers.
 const IPC_OVERHEAD_BYTES: usize = 16 << 10;
@@ -47,6 +48,47 @@ pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
         return Err(ipc_error("the IPC stream holds more than one record batch"));
     }
     EventBatch::try_new(batch)
+}
+
+/// [`decode_batch`] without a copy and without checking the arrays: the
+/// batch's columns point into `bytes`. Checking the arrays of a 10M-event
+/// load took 4% of its time, and these are arrays the process checked
+/// before it encoded them.
+///
+/// # Safety
+/// `bytes` must be exactly what [`encode_batch_into`] wrote for a batch:
+/// Arrow's reader trusts the offsets and UTF-8 of arrays it does not check,
+/// and other bytes could make them read out of bounds.
+///
+/// # Errors
+/// As [`decode_batch`], for a stream that is not one batch of the event
+/// schema.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn decode_encoded_batch(bytes: arrow_buffer::Buffer) -> Result<EventBatch> {
+    // The stream `encode_batch_into` writes: the schema message, the batch
+    // message, the end marker. Each message is the continuation marker, the
+    // metadata length (i32 LE), the metadata, then its body.
+    let frame = |at: usize| -> Result<(usize, i64)> {
+        let meta = bytes.get(at + 4..at + 8).ok_or_else(|| ipc_error("a message is cut short"))?;
+        let meta_len = i32::from_le_bytes([meta[0], meta[1], meta[2], meta[3]]);
+        let meta_len = usize::try_from(meta_len).map_err(|_| ipc_error("a negative metadata length"))?;
+        let message = bytes.get(at + 8..at + 8 + meta_len).ok_or_else(|| ipc_error("a message is cut short"))?;
+        let body_len = arrow_ipc::root_as_message(message).map_err(|e| ipc_error(&e.to_string()))?.bodyLength();
+        Ok((8 + meta_len, body_len))
+    };
+    let (schema_len, schema_body) = frame(0)?;
+    let at = schema_len + usize::try_from(schema_body).map_err(|_| ipc_error("a negative body length"))?;
+    let (meta_len, body_len) = frame(at)?;
+    let block = arrow_ipc::Block::new(0, meta_len as i32, body_len);
+    // SAFETY: the caller passes bytes `encode_batch_into` wrote, so the IPC
+    // writer's encoding of arrays that were valid when written. (The stream
+    // decoder does not pass this flag on to record batches; the file
+    // decoder does.)
+    let decoder = unsafe { FileDecoder::new(event_schema(), MetadataVersion::V5).with_skip_validation(true) };
+    match decoder.read_record_batch(&block, &bytes.slice(at))? {
+        Some(batch) => EventBatch::try_new(batch),
+        None => Err(ipc_error("the IPC stream holds no record batch")),
+    }
 }
 
 fn ipc_error(reason: &str) -> StorageError {
@@ -104,6 +146,19 @@ mod tests {
             let cut = cut % events.len();
             let sliced = batch.slice(cut, events.len() - cut);
             let back = decode_batch(&encode_batch(&sliced).expect("encode")).expect("decode");
+            prop_assert_eq!(back.events(), events[cut..].to_vec());
+        }
+
+        /// The unchecked decoding of the store's own payloads reads back
+        /// every encoding the checked one does, slices included.
+        #[test]
+        fn encoded_batches_decode_in_place(events in prop::collection::vec(event(), 0..30), cut in 0usize..30) {
+            let batch = EventBatch::from_events(&events);
+            let cut = cut.min(events.len());
+            let bytes = encode_batch(&batch.slice(cut, events.len() - cut)).expect("encode");
+            // SAFETY: `bytes` are what `encode_batch` wrote.
+            #[allow(unsafe_code)]
+            let back = unsafe { decode_encoded_batch(bytes.into()) }.expect("decode");
             prop_assert_eq!(back.events(), events[cut..].to_vec());
         }
 

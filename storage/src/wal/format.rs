@@ -2,10 +2,16 @@
 //!
 //! ```text
 //! file   = header record*
-//! header = magic "ADSWAL\0\0" (8 bytes) | version: u32 LE          (12 bytes)
+//! header = magic "ADSWAL\0\0" (8 bytes) | version: u32 LE | 4 zero bytes   (16 bytes)
 //! record = len: u32 LE | crc32c: u32 LE | lsn: u64 LE | payload    (16 + len bytes)
 //!          crc32c covers lsn (8 bytes LE) followed by payload; len is the payload length
 //! ```
+//!
+//! The header is 16 bytes so that a payload whose length is a multiple of 8
+//! (an Arrow IPC stream, as the store writes) starts at a multiple of 8 in
+//! the file, and so in a page-aligned mapping of it: Arrow reads its
+//! columns in place only at such addresses. Version 1 had a 12-byte header
+//! (no zero bytes); replay still reads it.
 //!
 //! Nothing here touches the file system; the writer and replay use these
 //! helpers so the layout is defined in one place.
@@ -15,9 +21,11 @@ use crate::ids::Lsn;
 /// First bytes of every WAL file.
 pub(crate) const MAGIC: [u8; 8] = *b"ADSWAL\0\0";
 /// Format version written after the magic. Bump on any layout change.
-pub(crate) const VERSION: u32 = 1;
-/// Size of the file header: magic + version.
-pub(crate) const FILE_HEADER_LEN: u64 = 12;
+pub(crate) const VERSION: u32 = 2;
+/// Size of the file header: magic + version + 4 zero bytes.
+pub(crate) const FILE_HEADER_LEN: u64 = 16;
+/// Size of a version 1 file header: magic + version.
+pub(crate) const V1_FILE_HEADER_LEN: u64 = 12;
 /// Size of a record header: len + crc + lsn.
 pub(crate) const RECORD_HEADER_LEN: usize = 16;
 /// Largest payload a record can carry (its length is stored as u32).
@@ -29,7 +37,7 @@ pub(crate) const EXTENSION: &str = "wal";
 pub(crate) fn file_header() -> [u8; FILE_HEADER_LEN as usize] {
     let mut h = [0u8; FILE_HEADER_LEN as usize];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h
 }
 
@@ -118,7 +126,7 @@ mod tests {
         let h = RecordHeader::decode(out[..16].try_into().expect("16 bytes"));
         assert_eq!(h, RecordHeader { len: 2, crc, lsn: Lsn(7) });
         assert_eq!(h.frame_len(), 18);
-        assert_eq!(file_header(), *b"ADSWAL\0\0\x01\0\0\0");
+        assert_eq!(file_header(), *b"ADSWAL\0\0\x02\0\0\0\0\0\0\0");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{IoContext, Result, StorageError};
 use crate::ids::Lsn;
 use crate::wal::format::{
-    self, FILE_HEADER_LEN, MAGIC, RECORD_HEADER_LEN, RecordHeader, VERSION, file_header, record_crc,
+    self, FILE_HEADER_LEN, MAGIC, RECORD_HEADER_LEN, RecordHeader, V1_FILE_HEADER_LEN, VERSION, file_header, record_crc,
 };
 
 /// A WAL file that is complete and will not be written again.
@@ -128,16 +128,16 @@ fn scan_file(
     let file = OpenOptions::new().read(true).write(is_last).open(path).at(path)?;
     let file_len = file.metadata().at(path)?.len();
 
-    if !check_file_header(&file, path, file_len, is_last)? {
+    let Some(header_len) = check_file_header(&file, path, file_len, is_last)? else {
         // Torn while the file was being created: no record can be in it.
         tracing::warn!(path = %path.display(), file_len, "WAL file header is torn; rewriting it");
         rewrite_header(&file, path, fsync)?;
         return Ok(Scan { next_lsn: first_lsn, len_bytes: FILE_HEADER_LEN, records: 0 });
-    }
+    };
 
     let mut reader = BufReader::with_capacity(1 << 16, &file);
-    reader.seek(SeekFrom::Start(FILE_HEADER_LEN)).at(path)?;
-    let mut off = FILE_HEADER_LEN;
+    reader.seek(SeekFrom::Start(header_len)).at(path)?;
+    let mut off = header_len;
     let mut expected = first_lsn;
     let mut records = 0u64;
     let mut payload = Vec::new();
@@ -212,30 +212,34 @@ fn scan_file(
     Ok(Scan { next_lsn: expected, len_bytes: off, records })
 }
 
-/// Checks the file header. `Ok(false)` means the header is torn (the last
-/// file is shorter than a header, or header and rest are all zero) and must
-/// be rewritten.
-fn check_file_header(mut file: &File, path: &Path, file_len: u64, is_last: bool) -> Result<bool> {
-    if file_len < FILE_HEADER_LEN {
-        return if is_last { Ok(false) } else { Err(corrupt(path, 0, "file header truncated")) };
+/// Checks the file header and returns its length, which depends on the
+/// version. `Ok(None)` means the header is torn (the last file is shorter
+/// than a header, or header and rest are all zero) and must be rewritten.
+fn check_file_header(file: &File, path: &Path, file_len: u64, is_last: bool) -> Result<Option<u64>> {
+    let torn = || if is_last { Ok(None) } else { Err(corrupt(path, 0, "file header truncated")) };
+    if file_len < V1_FILE_HEADER_LEN {
+        return torn();
     }
-    let mut hdr = [0u8; FILE_HEADER_LEN as usize];
-    file.read_exact(&mut hdr).at(path)?;
+    let hdr = read_from(file, path, 0, file_len.min(FILE_HEADER_LEN))?;
     if hdr == file_header() {
-        return Ok(true);
+        return Ok(Some(FILE_HEADER_LEN));
     }
     if is_last && hdr.iter().all(|&b| b == 0) && read_from(file, path, 0, file_len)?.iter().all(|&b| b == 0) {
-        return Ok(false);
+        return Ok(None);
     }
-    if hdr[..8] == MAGIC {
-        let version = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
-        return Err(corrupt(
+    if hdr[..8] != MAGIC {
+        return Err(corrupt(path, 0, "bad magic: not a WAL file"));
+    }
+    match u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) {
+        1 => Ok(Some(V1_FILE_HEADER_LEN)),
+        VERSION if file_len < FILE_HEADER_LEN => torn(),
+        VERSION => Err(corrupt(path, 12, "the header's last 4 bytes are not zero")),
+        version => Err(corrupt(
             path,
             8,
-            &format!("unsupported WAL format version {version} (this build reads {VERSION})"),
-        ));
+            &format!("unsupported WAL format version {version} (this build reads 1 and {VERSION})"),
+        )),
     }
-    Err(corrupt(path, 0, "bad magic: not a WAL file"))
 }
 
 fn rewrite_header(mut file: &File, path: &Path, fsync: bool) -> Result<()> {

@@ -16,7 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -45,6 +45,81 @@ fn write_all_parts(mut file: &File, parts: &[&[u8]]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where [`Wal::write_with`] wrote a record's payload.
+pub struct Written {
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+}
+
+/// Most payload mappings alive at once, across all logs of the process:
+/// each is one memory map, and Linux allows 65,530 per process by default.
+const MAX_LIVE_MAPS: usize = 16_384;
+/// Payload mappings alive now.
+static LIVE_MAPS: AtomicUsize = AtomicUsize::new(0);
+
+/// A mapped payload; counted in [`LIVE_MAPS`] while it lives.
+struct MappedPayload(memmap2::Mmap);
+
+impl AsRef<[u8]> for MappedPayload {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for MappedPayload {
+    fn drop(&mut self) {
+        LIVE_MAPS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Written {
+    /// Bytes of the payload.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where the payload starts in its file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The payload as written, mapped read-only from the file: its bytes
+    /// stay in the page cache, where the write put them, rather than in a
+    /// second copy the process has to fault in page by page. The mapping
+    /// lives as long as the returned bytes and their slices. `None` while
+    /// [`MAX_LIVE_MAPS`] mappings are alive, or if the map fails.
+    #[allow(unsafe_code)]
+    pub fn map(&self) -> Option<bytes::Bytes> {
+        if LIVE_MAPS.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE_MAPS {
+            LIVE_MAPS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let page = rustix::param::page_size() as u64;
+        let start = self.offset - self.offset % page;
+        let lead = (self.offset - start) as usize;
+        // SAFETY: the WAL only appends: no byte of the mapped range, which
+        // this process wrote, is written again. Replay truncates a torn tail
+        // before the log takes appends, so before any mapping exists, and a
+        // file whose records are sealed is unlinked, not truncated, which
+        // leaves existing mappings intact. So the bytes behind the map do
+        // not change while it lives.
+        let mapped = unsafe { memmap2::MmapOptions::new().offset(start).len(lead + self.len).map(&*self.file) };
+        match mapped {
+            Ok(map) => Some(bytes::Bytes::from_owner(MappedPayload(map)).slice(lead..)),
+            Err(e) => {
+                LIVE_MAPS.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "WAL payload not mapped");
+                None
+            }
+        }
+    }
 }
 
 /// A segmented, checksummed write-ahead log with group commit. See the
@@ -110,7 +185,7 @@ impl Wal {
         let next_lsn = recovered.next_lsn;
         let active = match recovered.tail {
             Some(tail) => ActiveFile {
-                file: Arc::new(OpenOptions::new().append(true).open(&tail.path).at(&tail.path)?),
+                file: Arc::new(OpenOptions::new().read(true).append(true).open(&tail.path).at(&tail.path)?),
                 path: tail.path,
                 first_lsn: tail.first_lsn,
                 len_bytes: tail.len_bytes,
@@ -159,15 +234,16 @@ impl Wal {
     /// have run for a record that then fails, so the caller must treat its
     /// in-memory state as unconfirmed and recover by reopening.
     pub fn append_with(&self, payload: &[u8], on_assigned: impl FnOnce(Lsn)) -> Result<Lsn> {
-        let lsn = self.write_with(payload, on_assigned)?;
+        let lsn = self.write_with(payload, |lsn, _| on_assigned(lsn))?;
         self.wait_written(lsn)?;
         Ok(lsn)
     }
 
     /// [`Wal::append_with`] without the wait: the record is written, not
     /// yet durable. Several records can be written this way and then waited
-    /// for once, with [`Wal::wait_written`] on the last LSN.
-    pub fn write_with(&self, payload: &[u8], on_assigned: impl FnOnce(Lsn)) -> Result<Lsn> {
+    /// for once, with [`Wal::wait_written`] on the last LSN. `on_assigned`
+    /// also gets where the payload was written, to map it.
+    pub fn write_with(&self, payload: &[u8], on_assigned: impl FnOnce(Lsn, Written)) -> Result<Lsn> {
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(StorageError::WalRecordTooLarge { size_bytes: payload.len(), max_bytes: MAX_PAYLOAD_BYTES });
         }
@@ -185,12 +261,14 @@ impl Wal {
                 return Err(self.poison_with(&e));
             }
             failpoint::hit("wal_after_write");
-            active.len_bytes += frame_len;
+            let offset = active.len_bytes + RECORD_HEADER_LEN as u64;
+            let written = Written { file: Arc::clone(&active.file), offset, len: payload.len() };
             active.records += 1;
             self.next_lsn.store(lsn.next().0, Ordering::Release);
             self.appends.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(frame_len, Ordering::Relaxed);
-            on_assigned(lsn);
+            on_assigned(lsn, written);
+            active.len_bytes += frame_len;
             lsn
         };
         Ok(lsn)
@@ -297,8 +375,7 @@ impl Wal {
     /// Closes the active file (fsynced) and starts a new one at `first_lsn`.
     fn rotate(&self, st: &mut MutexGuard<'_, AppendState>, first_lsn: Lsn) -> Result<()> {
         if self.config.fsync {
-            // Closed for good: no page of it is written again.
-            self.sync_file(&st.active.file, &st.active.path, u64::MAX)?;
+            self.sync_file(&st.active.file, &st.active.path)?;
         }
         let new = create_file(&self.config.dir, first_lsn, self.config.fsync)?;
         let old = std::mem::replace(&mut st.active, new);
@@ -337,22 +414,25 @@ impl Wal {
     fn sync_active(&self) -> Result<Lsn> {
         // Records in closed files were fsynced at rotation, so syncing the
         // file active at this instant covers every LSN written so far.
-        let (file, path, covered, len_bytes) = {
+        let (file, path, covered) = {
             let st = self.append.lock();
             let covered = Lsn(self.next_lsn.load(Ordering::Acquire) - 1);
-            (Arc::clone(&st.active.file), st.active.path.clone(), covered, st.active.len_bytes)
+            (Arc::clone(&st.active.file), st.active.path.clone(), covered)
         };
-        // Appends go on writing into the file's last page.
-        self.sync_file(&file, &path, len_bytes.saturating_sub(KEEP_TAIL_BYTES))?;
+        self.sync_file(&file, &path)?;
         failpoint::hit("wal_after_fsync");
         Ok(covered)
     }
 
-    /// fsyncs one data file, then drops its cached pages below `drop_below`
-    /// bytes. A failure poisons the log before the `fsync` lock is released;
-    /// once poisoned, no fsync is attempted (its success would prove nothing
-    /// about pages an earlier failed fsync dropped).
-    fn sync_file(&self, file: &File, path: &Path, drop_below: u64) -> Result<()> {
+    /// fsyncs one data file. A failure poisons the log before the `fsync`
+    /// lock is released; once poisoned, no fsync is attempted (its success
+    /// would prove nothing about pages an earlier failed fsync dropped).
+    ///
+    /// The file's pages stay in the page cache: the head maps large records
+    /// from there (see [`Written::map`]), and the cache is freed with the
+    /// file once its records are sealed. (Dropping them after each fsync
+    /// made the head keep a second copy in process memory.)
+    fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
         let _serial = self.fsync.lock();
         self.check_poison()?;
         #[cfg(test)]
@@ -362,7 +442,6 @@ impl Wal {
         }
         file.sync_data().at(path).map_err(|e| self.poison_with(&e))?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        drop_cached_pages(file, drop_below);
         Ok(())
     }
 }
@@ -381,40 +460,13 @@ impl std::fmt::Debug for Wal {
 /// directory entry) when `fsync` is set.
 fn create_file(dir: &Path, first_lsn: Lsn, fsync: bool) -> Result<ActiveFile> {
     let path = dir.join(format::file_name(first_lsn));
-    let mut file = OpenOptions::new().append(true).create_new(true).open(&path).at(&path)?;
+    let mut file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).at(&path)?;
     file.write_all(&format::file_header()).at(&path)?;
     if fsync {
         file.sync_all().at(&path)?;
         fsync_dir(dir)?;
     }
     Ok(ActiveFile { file: Arc::new(file), path, first_lsn, len_bytes: format::FILE_HEADER_LEN, records: 0 })
-}
-
-/// How much of the active file's end stays cached after a group commit:
-/// the next append writes into its last page, which the kernel would first
-/// have to read back from disk if it had been dropped (ext4 reads a page it
-/// does not hold in full before a write into part of it). Those reads,
-/// under the append lock, were 0.28 s of a 10M-event Arrow load's off-CPU
-/// time (docs/ingest.md). A multiple of every common page size.
-pub(super) const KEEP_TAIL_BYTES: u64 = 64 << 10;
-
-/// Asks the kernel to drop the file's clean cached pages below
-/// `drop_below` bytes (all of them for `u64::MAX`). The WAL is read only by
-/// replay at startup, so its pages in the page cache only crowd out
-/// segment pages that queries read through mmap; and pages freed right away
-/// are reused by the next writes while still warm, where a growing cache
-/// keeps taking memory the hypervisor has to fault in first (see
-/// `benches/first-touch.c`). Advice only: a failure changes nothing stored.
-fn drop_cached_pages(file: &File, drop_below: u64) {
-    // `None` is "to the end of the file". A range ending mid-page keeps that page.
-    let len = match drop_below {
-        0 => return,
-        u64::MAX => None,
-        n => std::num::NonZeroU64::new(n),
-    };
-    if let Err(e) = rustix::fs::fadvise(file, 0, len, rustix::fs::Advice::DontNeed) {
-        tracing::debug!(error = %e, "WAL fadvise(DONTNEED) failed");
-    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
