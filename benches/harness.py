@@ -14,7 +14,7 @@ run.sh builds adstore (release) and the virtualenv, then calls `harness.py run`:
         │     du of the data dir
         │   adstore serve (another fresh data dir): adstore ingest --format arrow
         │   adstore gen --format arrow ──► events.arrows (cached); adstore serve (fresh):
-        │     adstore ingest events.arrows   (Arrow IPC input: batches sent as read, not decoded)
+        │     adstore ingest events.arrows   (Arrow IPC input: batches sent as read, not decoded, 8 per request)
         │
         ├─► worker process: DuckDB  load (de-duplicated) + the suite, SET threads=N
         ├─► worker process: chDB    load into MergeTree + the suite, max_threads=N
@@ -849,9 +849,9 @@ def write_report(out: Path, ctx: dict) -> Path:
                   "memory on a VM still varies from run to run (see docs/ingest.md).", "",
                   "ndjson: the NDJSON file as it is. arrow: the same file parsed by `adstore ingest` into Arrow "
                   "IPC before sending (the client's parsing is in the time). arrow-file: an Arrow IPC file of the "
-                  "same events (`adstore gen --format arrow`, record batches of 8,192 rows), each batch sent by "
-                  "`adstore ingest` as one request as read, without decoding, as a producer that holds Arrow already "
-                  "would send it.", ""]
+                  "same events (`adstore gen --format arrow`, record batches of 8,192 rows), sent by `adstore ingest` "
+                  "as read, without decoding, eight batches per request (its default `--batch-size` of 65,536 rows "
+                  "for an Arrow input), as a producer that holds Arrow already would send it.", ""]
     lines += ["## Load", "",
               "| engine | load (s) | events/s | settle (s) | rows | bytes on disk | peak RSS |",
               "|---|---:|---:|---:|---:|---:|---:|"]
