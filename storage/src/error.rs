@@ -52,6 +52,9 @@ pub enum StorageError {
     },
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// Another process (or another open `Store`) holds the data directory.
+    #[error("data directory {path} is in use by another adstore process (it holds the lock on {path}/LOCK)")]
+    DataDirInUse { path: PathBuf },
     #[error("internal error (a bug): {0}")]
     Internal(String),
 }

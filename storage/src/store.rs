@@ -23,6 +23,7 @@
 //!   is durable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -304,6 +305,10 @@ struct Inner {
     /// Whether the last head-room check found the head full (logged once
     /// per change, not once per refused request).
     head_full: AtomicBool,
+    /// The exclusive lock on `{data_dir}/LOCK`, held until `close`: one
+    /// process writes a data directory (the head maps WAL files, trusting
+    /// that no one else rewrites them).
+    lock: Mutex<Option<File>>,
     /// Threads for seals, compactions and verification. Apart from the
     /// global rayon pool that queries (and ingest parsing) use: a query's
     /// tasks queued there behind seal tasks of seconds each, and took
@@ -317,28 +322,43 @@ struct Inner {
 const ENCODE_BUFFERS_KEPT: usize = 8;
 const ENCODE_BUFFER_MAX_KEPT_BYTES: usize = 16 << 20;
 
+/// Takes the exclusive lock on `{data_dir}/LOCK` (created if absent), or
+/// fails with [`StorageError::DataDirInUse`] if another process, or another
+/// open `Store` of this one, holds it. The kernel releases it if the
+/// process dies.
+fn lock_data_dir(data_dir: &Path) -> Result<File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StorageError::DataDirInUse { path: data_dir.to_path_buf() }),
+        Err(e) => Err(StorageError::Io { path, source: e.into() }),
+    }
+}
+
 /// Smallest WAL payload whose rows the head keeps as a mapping of the WAL
-/// file rather than as the grouped rows in memory: a mapping costs a
-/// system call and a memory map of the process (see [`Written::map`]).
+/// file rather than as a copy in memory: a mapping costs a system call and
+/// a memory map of the process (see [`Written::map`]).
 const MIN_MAPPED_PAYLOAD_BYTES: usize = 256 << 10;
 
 /// The head's rows of one WAL record, by partition: slices of the payload
-/// as written, mapped from the WAL file. The page cache holds those bytes
-/// once written; keeping the grouped rows instead kept a second copy, in
-/// memory the kernel had to map and zero page by page (a fifth of the time
-/// of an Arrow load). Small records, and records that could not be mapped,
-/// keep the grouped rows.
+/// as written, decoded in place. A payload of [`MIN_MAPPED_PAYLOAD_BYTES`]
+/// or more is mapped from the WAL file: the page cache holds those bytes
+/// once written, and keeping the grouped rows instead kept a second copy,
+/// in memory the kernel had to map and zero page by page (a fifth of the
+/// time of an Arrow load). A smaller payload, or one that could not be
+/// mapped, is copied: the grouped rows may be slices of the request body,
+/// which the head would then keep whole.
 #[allow(unsafe_code)]
-fn head_parts(written: &Written, grouped: Grouped) -> Vec<(PartitionKey, EventBatch)> {
-    if written.len() < MIN_MAPPED_PAYLOAD_BYTES {
-        return grouped.parts;
-    }
-    let Some(bytes) = written.map() else { return grouped.parts };
-    // SAFETY: `bytes` are the payload as written by `append_all`, which
-    // `encode_batch_into` encoded from `grouped.rows`; the mapping does not
-    // change while it lives (see `Written::map`).
-    let mapped = match unsafe { decode_encoded_batch(bytes.into()) } {
+fn head_parts(written: &Written, payload: &[u8], grouped: Grouped) -> Vec<(PartitionKey, EventBatch)> {
+    let mapped = (written.len() >= MIN_MAPPED_PAYLOAD_BYTES).then(|| written.map()).flatten();
+    let bytes = mapped.unwrap_or_else(|| bytes::Bytes::copy_from_slice(payload));
+    // SAFETY: `bytes` are the payload `encode_batch_into` wrote for
+    // `grouped.rows`: a copy of it, or its mapping from the WAL file, whose
+    // bytes do not change while it lives (see `Written::map`).
+    let decoded = match unsafe { decode_encoded_batch(bytes.into()) } {
         Ok(batch) if batch.num_rows() == grouped.rows.num_rows() => batch,
+        // Not expected: the payload is the encoding of these rows.
         Ok(_) | Err(_) => return grouped.parts,
     };
     let mut at = 0;
@@ -347,7 +367,7 @@ fn head_parts(written: &Written, grouped: Grouped) -> Vec<(PartitionKey, EventBa
         .into_iter()
         .map(|(key, part)| {
             let rows = part.num_rows();
-            let slice = mapped.slice(at, rows);
+            let slice = decoded.slice(at, rows);
             at += rows;
             (key, slice)
         })
@@ -386,6 +406,7 @@ impl Store {
     pub fn open(data_dir: &Path, config: StoreConfig, pipeline: SealPipeline) -> Result<Store> {
         config.validate()?;
         std::fs::create_dir_all(data_dir).at(data_dir)?;
+        let lock = lock_data_dir(data_dir)?;
         let segments_dir = data_dir.join("segments");
         std::fs::create_dir_all(&segments_dir).at(&segments_dir)?;
         let manifest = Manifest::open(data_dir)?;
@@ -468,6 +489,7 @@ impl Store {
             block_cache,
             encode_buffers: BufferPool::new(ENCODE_BUFFERS_KEPT, ENCODE_BUFFER_MAX_KEPT_BYTES),
             head_full: AtomicBool::new(false),
+            lock: Mutex::new(Some(lock)),
             background,
         };
         let store = Store { inner: Arc::new(inner) };
@@ -508,7 +530,11 @@ impl Store {
     /// A crash can keep some of the batches and not others. The request was
     /// not acknowledged then; replay puts the kept events' keys back in the
     /// dedupe index, so its retry stores the rest and counts them as
-    /// duplicates. Returns `Lsn(0)` when no row is selected.
+    /// duplicates. A failure after the first record is written (which the
+    /// event schema rules out for grouping and encoding; a failed write
+    /// poisons the log anyway) poisons the log: the caller would otherwise
+    /// forget keys of rows already in the head, and the retry store them
+    /// twice. Returns `Lsn(0)` when no row is selected.
     pub fn append_all(&self, rows: &[Rows<'_>]) -> Result<Lsn> {
         if self.inner.stop.load(Ordering::Acquire) {
             return Err(StorageError::ShuttingDown);
@@ -519,22 +545,33 @@ impl Store {
         self.check_head_room()?;
         let mut last = Lsn(0);
         for r in rows.iter().filter(|r| !r.is_empty()) {
-            let grouped = self.inner.partitioning.group(r.batch, r.keep)?;
-            let mut payload = self.inner.encode_buffers.take();
-            encode_batch_into(&grouped.rows, payload.vec_mut())?;
-            let appended = grouped.rows.num_rows() as u64;
-            let max_ts = grouped.rows.ts().iter().max().copied();
-            last = self.inner.wal.write_with(&payload, |lsn, written| {
-                let parts = head_parts(&written, grouped);
-                self.inner.visible.write().head.insert(lsn, parts, Instant::now());
-            })?;
-            self.inner.counters.appended_rows.fetch_add(appended, Ordering::Relaxed);
-            if let Some(max) = max_ts {
-                self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);
+            match self.write_rows(*r) {
+                Ok(lsn) => last = lsn,
+                Err(e) if last != Lsn(0) => return Err(self.inner.wal.poison(&e)),
+                Err(e) => return Err(e),
             }
         }
         self.inner.wal.wait_written(last)?;
         Ok(last)
+    }
+
+    /// One record of [`Store::append_all`]: groups the rows, writes them to
+    /// the WAL (not waiting for its fsync) and puts them in the head.
+    fn write_rows(&self, r: Rows<'_>) -> Result<Lsn> {
+        let grouped = self.inner.partitioning.group(r.batch, r.keep)?;
+        let mut payload = self.inner.encode_buffers.take();
+        encode_batch_into(&grouped.rows, payload.vec_mut())?;
+        let appended = grouped.rows.num_rows() as u64;
+        let max_ts = grouped.rows.ts().iter().max().copied();
+        let lsn = self.inner.wal.write_with(&payload, |lsn, written| {
+            let parts = head_parts(&written, &payload, grouped);
+            self.inner.visible.write().head.insert(lsn, parts, Instant::now());
+        })?;
+        self.inner.counters.appended_rows.fetch_add(appended, Ordering::Relaxed);
+        if let Some(max) = max_ts {
+            self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);
+        }
+        Ok(lsn)
     }
 
     /// `Err(`[`StorageError::HeadFull`]`)` while the head holds
@@ -1042,7 +1079,11 @@ impl Store {
         {
             tracing::error!("sealer thread panicked");
         }
-        self.inner.wal.sync()
+        let synced = self.inner.wal.sync();
+        // Appends are refused from here on: another process may open the
+        // directory once its WAL is synced.
+        self.inner.lock.lock().take();
+        synced
     }
 }
 

@@ -14,9 +14,11 @@
 //! # Framing
 //!
 //! ```text
-//! file   = magic "ADSWAL\0\0" | version: u32 LE | record*
+//! file   = magic "ADSWAL\0\0" | version: u32 LE (2) | 4 zero bytes | record*
 //! record = len: u32 LE | crc32c: u32 LE | lsn: u64 LE | payload (len bytes)
 //! ```
+//!
+//! Version 1 files (no zero bytes after the version) are still read.
 //!
 //! The checksum covers the LSN and the payload. LSNs start at 1 and grow by
 //! one per record, across files. A file is closed when the next record
@@ -27,9 +29,10 @@
 //! # Group commit
 //!
 //! ```text
-//!  append_with ─► lock ─► assign LSN ─► write_all(frame) ─► on_assigned(lsn) ─► unlock
-//!                                                                              │
-//!   synced ≥ lsn? ── yes ─► return Ok(lsn) ◄──────────────────────────────────┘
+//!  append_with = write_with, then wait_written:
+//!  write_with ─► lock ─► assign LSN ─► write_all(frame) ─► on_assigned(lsn, written) ─► unlock
+//!                                                                                      │
+//!  wait_written(lsn): synced ≥ lsn? ── yes ─► return Ok ◄──────────────────────────────┘
 //!        │ no
 //!        ├─ a leader is syncing ─► wait on the condvar, check again
 //!        └─ become leader ─► note last written LSN ─► fdatasync active file
@@ -37,7 +40,10 @@
 //! ```
 //!
 //! Every thread that wrote before the leader noted the last LSN is covered by
-//! that one fsync, so concurrent appenders share fsyncs. If a write or fsync
+//! that one fsync, so concurrent appenders share fsyncs; a caller with
+//! several records writes them all and waits once, for the last.
+//! `on_assigned` gets where the payload was written ([`Written`]), to map
+//! it back from the file: the WAL keeps its pages in the page cache. If a write or fsync
 //! fails, the log is *poisoned*: that append and every later one return
 //! [`StorageError::WalPoisoned`](crate::StorageError::WalPoisoned). Nothing is
 //! acknowledged after a failed fsync, because the kernel may have dropped the

@@ -108,6 +108,20 @@ fn an_append_of_several_batches_writes_a_record_each_and_waits_once() {
     assert_eq!(all_events(&open(dir.path())), sorted_debug(&want), "replayed from the WAL");
 }
 
+/// One open store per data directory: a second open fails, naming the
+/// directory, until the first is closed.
+#[test]
+fn a_data_directory_is_opened_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(dir.path());
+    let err = Store::open(dir.path(), small_config(), SealPipeline::new()).err().expect("in use");
+    assert!(matches!(err, StorageError::DataDirInUse { .. }), "{err}");
+    assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+    first.close().expect("close");
+    let again = open(dir.path());
+    again.close().expect("close");
+}
+
 /// Lines of /proc/self/maps that map a file under `dir`.
 fn mappings_under(dir: &Path) -> usize {
     let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");

@@ -95,7 +95,7 @@ pub(crate) fn recover(dir: &Path, fsync: bool, visit: &mut dyn FnMut(Lsn, &[u8])
             });
         } else {
             if scan.records == 0 {
-                return Err(corrupt(path, FILE_HEADER_LEN, "a WAL file other than the last holds no records"));
+                return Err(corrupt(path, scan.len_bytes, "a WAL file other than the last holds no records"));
             }
             closed.push(ClosedFile { path: path.clone(), first_lsn: *first_lsn, last_lsn: Lsn(scan.next_lsn.0 - 1) });
         }

@@ -108,8 +108,11 @@ impl Written {
         // this process wrote, is written again. Replay truncates a torn tail
         // before the log takes appends, so before any mapping exists, and a
         // file whose records are sealed is unlinked, not truncated, which
-        // leaves existing mappings intact. So the bytes behind the map do
-        // not change while it lives.
+        // leaves existing mappings intact. No other process writes the file:
+        // the store holds the data directory's lock (`Store::open`). So the
+        // bytes behind the map do not change while it lives, given a disk
+        // that returns what was written: a page the kernel evicts after its
+        // fsync is read back from the file (a read error raises SIGBUS).
         let mapped = unsafe { memmap2::MmapOptions::new().offset(start).len(lead + self.len).map(&*self.file) };
         match mapped {
             Ok(map) => Some(bytes::Bytes::from_owner(MappedPayload(map)).slice(lead..)),
@@ -263,12 +266,14 @@ impl Wal {
             failpoint::hit("wal_after_write");
             let offset = active.len_bytes + RECORD_HEADER_LEN as u64;
             let written = Written { file: Arc::clone(&active.file), offset, len: payload.len() };
+            // The log's state is complete before `on_assigned` runs, so a
+            // panic in it cannot leave the next record's offset wrong.
+            active.len_bytes += frame_len;
             active.records += 1;
             self.next_lsn.store(lsn.next().0, Ordering::Release);
             self.appends.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(frame_len, Ordering::Relaxed);
             on_assigned(lsn, written);
-            active.len_bytes += frame_len;
             lsn
         };
         Ok(lsn)
@@ -361,6 +366,12 @@ impl Wal {
 
     /// Marks the log failed (the first failure wins) and returns the error
     /// the caller reports. Idempotent: an already-poisoned error passes through.
+    /// Poisons the log for a failure outside it that leaves it holding
+    /// records no caller may count on (see `Store::append_all`).
+    pub(crate) fn poison(&self, cause: &StorageError) -> StorageError {
+        self.poison_with(cause)
+    }
+
     fn poison_with(&self, cause: &StorageError) -> StorageError {
         if let StorageError::WalPoisoned(reason) = cause {
             return StorageError::WalPoisoned(reason.clone());
