@@ -308,8 +308,9 @@ impl ExactlyOnce {
 
     /// [`ExactlyOnce::ingest`] for a request whose events come as several
     /// batches: one dedupe pass over all their keys (an id repeated across
-    /// batches is a duplicate like one repeated within a batch), one WAL
-    /// record for the new events of all of them, one wait for its fsync.
+    /// batches is a duplicate like one repeated within a batch), then
+    /// [`Store::append_all`]: a WAL record per batch, one wait for the fsync
+    /// that covers them.
     pub fn ingest_all(&self, store: &Store, batches: &[EventBatch]) -> StorageResult<IngestSummary> {
         let total: usize = batches.iter().map(EventBatch::num_rows).sum();
         if total == 0 {

@@ -215,11 +215,11 @@ fn is_blank(line: &[u8]) -> bool {
 /// with nothing decoded or re-encoded (decoding, checking and re-encoding
 /// each batch was most of the client's time). Consecutive batches share a
 /// request while together they hold at most `rows` rows and `max_bytes`
-/// bytes ([`MAX_JOINED_REQUEST_BYTES`] in a load): fewer, larger requests cost fewer round
-/// trips and fsync waits. At the first message that cannot go out as it is
-/// (a batch larger than `rows`, a dictionary, bytes that are not a
-/// message), the rest of the stream goes to [`queue_arrow_rows`], which
-/// decodes it and reports any error.
+/// bytes ([`MAX_JOINED_REQUEST_BYTES`] in a load): fewer, larger requests
+/// cost fewer round trips and fsync waits. At the first message that cannot
+/// go out as it is (a batch larger than `rows`, a dictionary, bytes that are
+/// not a message), the rest of the stream goes to [`queue_arrow_rows`],
+/// which decodes it and reports any error.
 fn queue_arrow_input(
     mut input: impl Read,
     path: &str,
@@ -230,17 +230,18 @@ fn queue_arrow_input(
 ) -> Result<(), ServerError> {
     let (rows, max_bytes) = limits;
     let bad = |source| ServerError::Io { path: path.to_string(), source };
-    let schema = match read_ipc_message(&mut input).map_err(bad)? {
-        // A schema the decoder cannot read is left to it, to say why.
-        IpcRead::Message(m)
-            if m.kind == IpcKind::Schema && arrow_ipc::convert::try_schema_from_ipc_buffer(&m.bytes).is_ok() =>
-        {
-            m.bytes
+    let mut schema = Vec::new();
+    let whole = match read_ipc_frame(&mut input, &mut schema).map_err(bad)? {
+        IpcFrame::Message { kind: IpcKind::Schema, body_len } => {
+            read_up_to(&mut input, &mut schema, body_len).map_err(bad)?
         }
-        IpcRead::Message(IpcMessage { bytes, .. }) | IpcRead::Unsupported(bytes) | IpcRead::End(bytes) => {
-            return queue_arrow_rows(Cursor::new(bytes).chain(input), path, rows, 1, tx, stop);
-        }
+        IpcFrame::Message { .. } | IpcFrame::End | IpcFrame::Unsupported => false,
     };
+    // Anything else, or a schema the decoder cannot read, is left to the
+    // decoder, to say why.
+    if !whole || arrow_ipc::convert::try_schema_from_ipc_buffer(&schema).is_err() {
+        return queue_arrow_rows(Cursor::new(schema).chain(input), path, rows, 1, tx, stop);
+    }
     // The request being filled: the schema, then whole batch messages read
     // straight into it, so a batch's bytes are not copied again.
     let mut request = Request::new(&schema, pool);
@@ -348,21 +349,6 @@ enum IpcKind {
     Other,
 }
 
-/// One encapsulated IPC message, as its bytes on the wire.
-struct IpcMessage {
-    kind: IpcKind,
-    bytes: Vec<u8>,
-}
-
-enum IpcRead {
-    Message(IpcMessage),
-    /// The end-of-stream marker, or the end of the input (`bytes` holds
-    /// what was read of a message cut short, if anything).
-    End(Vec<u8>),
-    /// Bytes that do not frame a message this reader understands.
-    Unsupported(Vec<u8>),
-}
-
 /// What [`read_ipc_frame`] found.
 enum IpcFrame {
     /// A message's framing and metadata; its body, `body_len` bytes, comes
@@ -373,21 +359,6 @@ enum IpcFrame {
     End,
     /// Bytes that do not frame a message this reader understands.
     Unsupported,
-}
-
-/// Reads one whole message: its frame (see [`read_ipc_frame`]), then its body.
-fn read_ipc_message(input: &mut impl Read) -> std::io::Result<IpcRead> {
-    let mut bytes = Vec::new();
-    match read_ipc_frame(input, &mut bytes)? {
-        IpcFrame::Message { kind, body_len } => {
-            if !read_up_to(input, &mut bytes, body_len)? {
-                return Ok(IpcRead::End(bytes));
-            }
-            Ok(IpcRead::Message(IpcMessage { kind, bytes }))
-        }
-        IpcFrame::End => Ok(IpcRead::End(bytes)),
-        IpcFrame::Unsupported => Ok(IpcRead::Unsupported(bytes)),
-    }
 }
 
 /// Reads the frame of one message, appending what it reads to `bytes`:
