@@ -15,15 +15,18 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const KEYS: usize = 10_000_000;
+/// Keys per request: an NDJSON request's 10,000 lines.
 const REQUEST: usize = 10_000;
+/// Keys per request of Arrow input: `adstore ingest`'s 65,536 rows.
+const ARROW_REQUEST: usize = 65_536;
 /// 2026-11-22T10:00:00Z
 const START: i64 = 1_795_341_600_000;
 
-fn requests() -> Vec<Vec<(u128, i64)>> {
+fn keys_by_request(per_request: usize) -> Vec<Vec<(u128, i64)>> {
     let keys: Vec<(u128, i64)> = (0..KEYS)
         .map(|i| (idempotency_key("pub-07", EventType::Impression, &format!("i-42-{i}")), START + i as i64 * 17))
         .collect();
-    keys.chunks(REQUEST).map(<[_]>::to_vec).collect()
+    keys.chunks(per_request).map(<[_]>::to_vec).collect()
 }
 
 fn admit_all(index: &DedupeIndex, requests: &[Vec<(u128, i64)>]) {
@@ -47,7 +50,7 @@ fn admit_durable_all(index: &DedupeIndex, requests: &[Vec<(u128, i64)>]) {
 }
 
 fn bench(c: &mut Criterion) {
-    let requests = requests();
+    let requests = keys_by_request(REQUEST);
     let mut g = c.benchmark_group("dedupe");
     g.sample_size(10);
     g.throughput(Throughput::Elements(KEYS as u64));
@@ -81,6 +84,14 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || DedupeIndex::new(DedupeConfig { expected_keys: KEYS, ..DedupeConfig::default() }),
             |index| admit_durable_all(&index, &requests),
+            BatchSize::PerIteration,
+        )
+    });
+    let arrow_requests = keys_by_request(ARROW_REQUEST);
+    g.bench_function("admit_durable_10m_presized_arrow", |b| {
+        b.iter_batched(
+            || DedupeIndex::new(DedupeConfig { expected_keys: KEYS, ..DedupeConfig::default() }),
+            |index| admit_durable_all(&index, &arrow_requests),
             BatchSize::PerIteration,
         )
     });
