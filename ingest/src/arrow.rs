@@ -281,18 +281,33 @@ fn str_cell(col: &Col, column: ColumnId, kind: EventType, row: usize) -> Result<
 }
 
 /// Whether every cell of `a` passes [`str_cell`] as it is, for the event
-/// type of its row (`kinds`, as codes): a value neither empty nor too long,
-/// with no format to check, or a null where the row's type does not
-/// require the field. Such a column (most of them) needs no look row by
+/// type of its row (`kinds`, as codes): a value neither empty nor too long
+/// (nor, for `country` and `device`, outside their formats), or a null
+/// where the row's type does not require the field. Such a column (most of them) needs no look row by
 /// row: the per-cell checks were a twentieth of Arrow ingest. Checking
 /// the columns with nulls as whole columns too took the row checks from
 /// 4.8-5.4% of the server's samples to 3.8-4.1%.
 fn all_plain(a: &StringArray, column: ColumnId, kinds: &[u8]) -> bool {
-    if matches!(column, ColumnId::Country | ColumnId::Device) {
-        return false;
+    let values = a.values().as_slice();
+    let value = |w: &[i32]| values.get(w[0] as usize..w[1] as usize).unwrap_or_default();
+    match column {
+        // Their formats, checked value by value but without the row-by-row
+        // path (which was 3% of an Arrow load for these two columns).
+        ColumnId::Country => all_cells(a, column, kinds, |w| {
+            let v = value(w);
+            v.len() == 2 && v.iter().all(u8::is_ascii_uppercase)
+        }),
+        ColumnId::Device => all_cells(a, column, kinds, |w| validate::is_device(value(w))),
+        _ => {
+            let max = if column == ColumnId::EventId { validate::MAX_EVENT_ID_BYTES } else { validate::MAX_STR_BYTES };
+            all_cells(a, column, kinds, |w| (1..=max).contains(&((w[1] - w[0]) as usize)))
+        }
     }
-    let max = if column == ColumnId::EventId { validate::MAX_EVENT_ID_BYTES } else { validate::MAX_STR_BYTES };
-    let fits = |w: &[i32]| (1..=max).contains(&((w[1] - w[0]) as usize));
+}
+
+/// Whether every cell of `a` is one that `fits` (given the cell's two
+/// offsets) or a null where the row's type does not require `column`.
+fn all_cells(a: &StringArray, column: ColumnId, kinds: &[u8], fits: impl Fn(&[i32]) -> bool) -> bool {
     let Some(nulls) = a.nulls() else {
         return a.offsets().windows(2).all(fits);
     };
@@ -349,12 +364,23 @@ fn check_batch(batch: &RecordBatch, first_line: usize, opts: &ParseOptions) -> C
     let col = |c: ColumnId| &cols[c.index()];
     let mut fault = vec![FAULT_NONE; n];
 
+    // Columns of the types the store keeps, without nulls and with every
+    // value valid, are taken whole: looking at each cell was 2-3% of an
+    // Arrow load.
     let mut kinds = vec![0u8; n];
-    let type_fault = fault_column(ColumnId::Type.index());
-    for (row, k) in kinds.iter_mut().enumerate() {
-        match type_cell(col(ColumnId::Type), row, opts.expected_type) {
-            Ok(t) => *k = t as u8,
-            Err(_) => fault[row] = type_fault,
+    let type_ok = |code: u8| EventType::from_code(code).is_some_and(|t| opts.expected_type.is_none_or(|e| e == t));
+    match col(ColumnId::Type) {
+        Col::U8(a) if a.null_count() == 0 && a.values().iter().all(|&c| type_ok(c)) => {
+            kinds.copy_from_slice(a.values())
+        }
+        source => {
+            let type_fault = fault_column(ColumnId::Type.index());
+            for (row, k) in kinds.iter_mut().enumerate() {
+                match type_cell(source, row, opts.expected_type) {
+                    Ok(t) => *k = t as u8,
+                    Err(_) => fault[row] = type_fault,
+                }
+            }
         }
     }
     let kind_of = |row: usize| EventType::from_code(kinds[row]).unwrap_or_default();
@@ -367,6 +393,12 @@ fn check_batch(batch: &RecordBatch, first_line: usize, opts: &ParseOptions) -> C
         let array: ArrayRef = match column {
             ColumnId::Type => continue,
             ColumnId::Ts => {
+                if let Col::I64(a) = source
+                    && a.null_count() == 0
+                {
+                    ts.copy_from_slice(a.values());
+                    continue;
+                }
                 for (row, v) in ts.iter_mut().enumerate() {
                     if fault[row] == FAULT_NONE {
                         match ts_cell(source, row) {
@@ -378,6 +410,13 @@ fn check_batch(batch: &RecordBatch, first_line: usize, opts: &ParseOptions) -> C
                 continue;
             }
             ColumnId::CostMicros | ColumnId::ValueMicros => {
+                if let Col::I64(a) = source
+                    && a.null_count() == 0
+                    && a.values().iter().all(|v| *v >= 0)
+                {
+                    columns[column.index()] = Some(Arc::new(a.clone()));
+                    continue;
+                }
                 let mut values = vec![0i64; n];
                 for (row, v) in values.iter_mut().enumerate() {
                     if fault[row] == FAULT_NONE {

@@ -8,6 +8,7 @@ use arrow_array::{
 };
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{Field, Schema};
+use proptest::strategy::Strategy;
 
 use super::*;
 use crate::parse_ndjson;
@@ -255,9 +256,8 @@ fn same_verdicts_as_ndjson() {
 }
 
 proptest::proptest! {
-    /// `all_plain` holds only for columns whose every cell `str_cell`
-    /// accepts unchanged for its row's event type, and wherever they do
-    /// (`country` and `device` always take the row-by-row checks).
+    /// `all_plain` holds for exactly the columns whose every cell
+    /// `str_cell` accepts unchanged for its row's event type.
     #[test]
     fn plain_columns_pass_the_per_value_checks(
         cells in proptest::collection::vec(
@@ -266,6 +266,8 @@ proptest::proptest! {
                     proptest::strategy::Just(String::new()),
                     "[a-z0-9-]{1,12}",
                     "[A-Z]{2}",
+                    "[A-Za-z]{1,3}",
+                    proptest::sample::select(vec!["mobile", "ctv", "other", "Mobile", "phone"]).prop_map(String::from),
                     proptest::strategy::Just("x".repeat(validate::MAX_EVENT_ID_BYTES + 1)),
                 ]),
                 proptest::sample::select(EventType::ALL.to_vec()),
@@ -283,11 +285,69 @@ proptest::proptest! {
         let each_passes = cells.iter().enumerate().all(|(row, (v, kind))| {
             matches!(str_cell(&col, column, *kind, row), Ok(found) if found == v.as_deref())
         });
-        if all_plain(&a, column, &kinds) {
-            proptest::prop_assert!(each_passes, "{column:?} {cells:?}");
+        proptest::prop_assert_eq!(all_plain(&a, column, &kinds), each_passes, "{:?} {:?}", column, cells);
+    }
+
+    /// Whole `type`, `ts` and `cost_micros` columns give the verdicts of a
+    /// model of the rules, taken whole or cell by cell: a type code of an
+    /// event type (the endpoint's, on a typed endpoint), a time, and a
+    /// cost that is not negative (0 when null).
+    #[test]
+    fn integer_columns_are_checked_as_the_rules_say(
+        rows in proptest::collection::vec(
+            (
+                proptest::option::weighted(0.95, proptest::prop_oneof![8 => 0u8..3, 1 => 3u8..9]),
+                proptest::option::weighted(0.95, -2 * HOUR..0),
+                proptest::option::weighted(0.9, proptest::prop_oneof![8 => 0i64..10_000, 1 => -5i64..0]),
+            ),
+            1..40,
+        ),
+        typed in proptest::option::weighted(0.3, proptest::sample::select(EventType::ALL.to_vec())),
+    ) {
+        let kind_of = |code: Option<u8>| match (code, typed) {
+            (None, Some(t)) => Some(t),
+            (Some(c), _) => EventType::from_code(c).filter(|k| typed.is_none_or(|t| t == *k)),
+            (None, None) => None,
+        };
+        // Each row's other fields are those of its type (of an impression
+        // when it has none).
+        let events: Vec<Event> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| event(kind_of(r.0).unwrap_or(EventType::Impression), &format!("e{i}")))
+            .collect();
+        let base = input_batch(&events);
+        let mut cols = base.columns().to_vec();
+        cols[ColumnId::Type.index()] = Arc::new(rows.iter().map(|r| r.0).collect::<UInt8Array>());
+        cols[ColumnId::Ts.index()] = Arc::new(rows.iter().map(|r| r.1.map(|d| NOW + d)).collect::<Int64Array>());
+        cols[ColumnId::CostMicros.index()] = Arc::new(rows.iter().map(|r| r.2).collect::<Int64Array>());
+        let schema = Arc::new(Schema::new(
+            base.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        let batch = RecordBatch::try_new(schema, cols).expect("batch");
+        let o = ParseOptions { expected_type: typed, max_errors: 1000, ..opts() };
+        let out = parse_arrow_ipc(ipc(&[batch]), &o);
+
+        let mut expected_errors = Vec::new();
+        let mut expected_costs = Vec::new();
+        for (row, (code, ts, cost)) in rows.iter().enumerate() {
+            let fault = if kind_of(*code).is_none() {
+                Some("type")
+            } else if ts.is_none() {
+                Some("ts")
+            } else if cost.is_some_and(|c| c < 0) {
+                Some("cost_micros")
+            } else {
+                None
+            };
+            match fault {
+                Some(field) => expected_errors.push((row + 1, Some(field))),
+                None => expected_costs.push(cost.unwrap_or(0)),
+            }
         }
-        if !matches!(column, ColumnId::Country | ColumnId::Device) {
-            proptest::prop_assert_eq!(all_plain(&a, column, &kinds), each_passes);
-        }
+        let found: Vec<(usize, Option<&str>)> = out.errors.iter().map(|e| (e.line, e.field.as_deref())).collect();
+        proptest::prop_assert_eq!(found, expected_errors);
+        let costs: Vec<i64> = out.batch().events().iter().map(|e| e.cost_micros).collect();
+        proptest::prop_assert_eq!(costs, expected_costs);
     }
 }

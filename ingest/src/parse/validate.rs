@@ -88,9 +88,14 @@ pub(crate) fn str_value(column: ColumnId, required: bool, s: &str) -> Result<Opt
         C::Country if !(s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())) => {
             Err(IngestError::BadCountry { found: snippet(s) })
         }
-        C::Device if !DEVICES.contains(&s) => Err(IngestError::BadDevice { found: snippet(s) }),
+        C::Device if !is_device(s.as_bytes()) => Err(IngestError::BadDevice { found: snippet(s) }),
         _ => Ok(Some(s)),
     }
+}
+
+/// Whether `value` names a device class (DESIGN.md §1).
+pub(crate) fn is_device(value: &[u8]) -> bool {
+    DEVICES.iter().any(|d| d.as_bytes() == value)
 }
 
 /// A named event type against the type a typed endpoint implies.
