@@ -85,6 +85,7 @@ pub fn parse_arrow_ipc(body: impl Into<Buffer>, opts: &ParseOptions) -> ParseOut
     // and waiting for it cost two context switches per request.
     let chunks: Vec<ChunkOut> = match slices.as_slice() {
         [(line, batch)] => vec![check_batch(batch, *line, opts)],
+        _ if !opts.parallel => slices.iter().map(|(line, batch)| check_batch(batch, *line, opts)).collect(),
         _ => slices.par_iter().map(|(line, batch)| check_batch(batch, *line, opts)).collect(),
     };
     let mut out = merge(chunks, opts);

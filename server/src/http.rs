@@ -13,7 +13,7 @@
 //! only after the WAL fsync that covers the request's events.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use adstore_ingest::{IngestSummary, ParseOptions, ParseOutcome, parse_arrow_ipc, parse_json_array, parse_ndjson};
@@ -48,6 +48,28 @@ pub struct AppState {
     /// The largest dedupe table that an `adstore-expected-events`
     /// announcement may size ahead of the keys.
     pub dedupe_announced_max_bytes: u64,
+    /// Ingest requests being parsed now (see [`ParseOptions::parallel`]).
+    pub parsing: AtomicUsize,
+}
+
+/// One request's parse, counted in [`AppState::parsing`] while it lives.
+struct Parsing<'a> {
+    count: &'a AtomicUsize,
+    /// Whether no other request was being parsed when this one started.
+    alone: bool,
+}
+
+impl Parsing<'_> {
+    fn start(count: &AtomicUsize) -> Parsing<'_> {
+        let others = count.fetch_add(1, Ordering::AcqRel);
+        Parsing { count, alone: others == 0 }
+    }
+}
+
+impl Drop for Parsing<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Default)]
@@ -288,6 +310,8 @@ async fn ingest(
     let worker = app.clone();
     let (outcome, summary): (ParseOutcome, IngestSummary) = tokio::task::spawn_blocking(move || {
         let body = body::decode(body, encoding, limit_bytes, &worker.body_buffers)?;
+        let parsing = Parsing::start(&worker.parsing);
+        let opts = ParseOptions { parallel: parsing.alone, ..opts };
         let outcome = match format {
             BodyFormat::Ndjson => parse_ndjson(&body, &opts),
             BodyFormat::Json => match sniff_json(&body) {
@@ -298,6 +322,7 @@ async fn ingest(
             // them into the head; the buffer then goes back to the pool.
             BodyFormat::Arrow => parse_arrow_ipc(body.into_arrow(), &opts),
         };
+        drop(parsing);
         worker
             .rate_limiter
             .admit(&outcome.batches)

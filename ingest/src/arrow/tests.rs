@@ -222,6 +222,19 @@ fn accepted_columns_point_into_the_body() {
 }
 
 #[test]
+fn batches_are_checked_alike_on_the_pool_and_on_the_caller() {
+    let mut events: Vec<Event> = (0..40).map(|i| event(EventType::ALL[i % 3], &format!("e{i}"))).collect();
+    events[5].device = Some("phone".into());
+    events[33].cost_micros = -1;
+    let batches: Vec<RecordBatch> = events.chunks(7).map(input_batch).collect();
+    let on_pool = parse_arrow_ipc(ipc(&batches), &opts());
+    let on_caller = parse_arrow_ipc(ipc(&batches), &ParseOptions { parallel: false, ..opts() });
+    assert_eq!((on_pool.accepted(), on_pool.rejected), (38, 2));
+    assert_eq!(errs(&on_caller), errs(&on_pool));
+    assert_eq!(on_caller.batch().events(), on_pool.batch().events());
+}
+
+#[test]
 fn same_verdicts_as_ndjson() {
     // Late, future, negative cost, over-long value, bad device: the JSON and
     // Arrow readers must agree line by line.

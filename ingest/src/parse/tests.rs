@@ -424,8 +424,11 @@ fn parallel_parse_matches_sequential() {
     let seq = parse_items(body.as_bytes(), &items, &opts(), usize::MAX);
     let par = parse_ndjson(body.as_bytes(), &opts());
     let tiny = parse_items(body.as_bytes(), &items, &opts(), 3);
+    let on_caller = ParseOptions { parallel: false, ..opts() };
+    let tiny_on_caller = parse_items(body.as_bytes(), &items, &on_caller, 3);
     assert_eq!(seq.accepted(), 20_000 - 207);
-    for other in [&par, &tiny] {
+    assert!(tiny_on_caller.batches.len() > 1, "chunks stay apart");
+    for other in [&par, &tiny, &tiny_on_caller] {
         assert_eq!(other.batch().events(), seq.batch().events());
         assert_eq!(other.errors, seq.errors);
         assert_eq!(other.rejected, seq.rejected);

@@ -191,3 +191,19 @@ pub(crate) fn time_window(ts: i64, opts: &ParseOptions) -> Result<(), IngestErro
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_are_the_five_classes_exactly() {
+        for device in DEVICES {
+            assert!(is_device(device.as_bytes()), "{device}");
+            assert_eq!(str_value(ColumnId::Device, false, device).ok(), Some(Some(device)));
+        }
+        for other in ["", "Mobile", "mobil", "mobile ", "phone", "ctvs", "othe"] {
+            assert!(!is_device(other.as_bytes()), "{other}");
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicUsize};
 use std::time::Instant;
 
 use adstore_ingest::ExactlyOnce;
@@ -84,6 +84,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         counters: HttpCounters::default(),
         body_buffers: adstore_storage::BufferPool::new(BODY_BUFFERS_KEPT, BODY_BUFFER_MAX_KEPT_BYTES),
         dedupe_announced_max_bytes,
+        parsing: AtomicUsize::new(0),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
