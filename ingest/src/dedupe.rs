@@ -369,20 +369,23 @@ impl Hasher for KeyHasher {
 }
 
 /// The keys one request admitted as new: an open-addressing table of
-/// 32-bit fingerprints, at most half full. The keys are hashes already, so
+/// 64-bit fingerprints, at most half full. The keys are hashes already, so
 /// the fingerprint and the probe start are bits of the key itself. Only a
-/// key found in the index is looked up here (a retry, a duplicate), and
-/// two keys share a fingerprint with a chance of 2^-32: then that retry
-/// only waits for an unrelated request to settle.
+/// key found in the index is looked up here: by other requests (a retry, a
+/// duplicate), and by the request itself, to tell a key it added from one
+/// it found. Two keys share a fingerprint with a chance of 2^-63 per
+/// lookup; then a retry waits for an unrelated request to settle, or a
+/// request whose append fails forgets a key it found instead of giving it
+/// its old time back. (With 32-bit fingerprints, a review showed the
+/// second at a chance of 2^-31 per key, too high for counts.)
 ///
 /// The probe starts at the key's top bits, whose first six pick its shard
 /// of the index: an admit takes keys shard by shard, so its inserts walk
 /// the table in order, a sixty-fourth of it at a time, and mostly find it
-/// in cache. With 64-bit fingerprints placed by lower bits, each insert
-/// was a cache miss, 38% of the admit's samples in a profile of a
-/// 10M-event Arrow load.
+/// in cache. Placed by lower bits, each insert was a cache miss, 38% of the
+/// admit's samples in a profile of a 10M-event Arrow load.
 struct FlightKeys {
-    slots: Vec<u32>,
+    slots: Vec<u64>,
     /// 128 less log2 of the table's size: shifted right by this, a key
     /// gives its start slot.
     shift: u32,
@@ -406,10 +409,10 @@ impl FlightKeys {
         FlightKeys { slots, shift }
     }
 
-    /// Bits 96..128 (never 0, the empty slot), and a start from the top
+    /// Bits 64..128 (never 0, the empty slot), and a start from the top
     /// bits: not the bits 8..72 that place the key in its shard's table.
-    fn place(&self, key: u128) -> (u32, usize) {
-        (((key >> 96) as u32) | 1, (key >> self.shift) as usize)
+    fn place(&self, key: u128) -> (u64, usize) {
+        (((key >> 64) as u64) | 1, (key >> self.shift) as usize)
     }
 
     fn next(&self, i: usize) -> usize {
@@ -450,6 +453,9 @@ struct Flights {
 
 /// Spare tables kept: as many as requests usually in flight.
 const SPARE_FLIGHT_TABLES: usize = 8;
+/// Largest spare table kept, in slots (1 MiB, for requests of up to 65,536
+/// keys): a larger one, for a rare large request, is freed.
+const MAX_SPARE_FLIGHT_SLOTS: usize = 1 << 17;
 
 impl Flights {
     /// Whether a request still in flight may have admitted `key`.
@@ -471,12 +477,18 @@ impl Flights {
         while i < self.open.len() {
             if self.open[i].0.load(Ordering::Acquire) {
                 let (_, table) = self.open.swap_remove(i);
-                if self.spare.len() < SPARE_FLIGHT_TABLES {
-                    self.spare.push(table);
-                }
+                self.keep_spare(table);
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// Keeps a table no request uses any more for the next ones, if there
+    /// is room and it is not too large.
+    fn keep_spare(&mut self, table: FlightKeys) {
+        if self.spare.len() < SPARE_FLIGHT_TABLES && table.slots.capacity() <= MAX_SPARE_FLIGHT_SLOTS {
+            self.spare.push(table);
         }
     }
 
@@ -608,7 +620,7 @@ impl DedupeIndex {
                     return Some((verdicts, Flight { settled, rewritten }));
                 }
                 Err(key) => {
-                    flights.spare.push(own);
+                    flights.keep_spare(own);
                     flights.holder_of(key)
                 }
             };
@@ -1397,6 +1409,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_failed_request_keeps_a_key_it_found_whose_top_bits_match_one_it_added() {
+        // `a` and `b` share bits 96..128: their fingerprints differed only
+        // there when flight tables held 32-bit fingerprints, and the failed
+        // request then took `b`, found pending from an earlier request, for
+        // a key of its own and forgot it (found by a review).
+        let cfg = DedupeConfig { window_ms: 24 * H, allowed_lateness_ms: 24 * H, expected_keys: 0 };
+        let idx = DedupeIndex::new(cfg);
+        let top: u128 = 0x9E37_79B9 << 96;
+        let a = top | 0x1111_2222_3333_4444_5555_6600;
+        let b = top | 0x7777_8888_9999_AAAA_BBBB_CC00;
+        assert_eq!(idx.admit(&[(b, 0)]), vec![false]);
+        let request = [(a, 40 * H), (b, 40 * H)];
+        let (verdicts, flight) = idx.admit_durable(&request, SHORT).expect("admitted");
+        assert_eq!(verdicts, vec![false, false]);
+        idx.settle(flight, &request, false);
+        assert_eq!(idx.stats().keys, 1, "b stays in the index");
+        assert_eq!(idx.admit(&[(b, 0)]), vec![true], "b's first event is still a duplicate");
+    }
+
+    #[test]
     fn a_sweep_passes_over_shards_with_nothing_expired_and_still_drops_every_expired_key() {
         let cfg = DedupeConfig { window_ms: 24 * H, allowed_lateness_ms: 24 * H, expected_keys: 0 };
         let idx = DedupeIndex::new(cfg);
@@ -1539,7 +1571,7 @@ pub(crate) mod tests {
                 for &k in put {
                     table.insert(k);
                 }
-                let prints: HashSet<u32> = put.iter().map(|&k| table.place(k).0).collect();
+                let prints: HashSet<u64> = put.iter().map(|&k| table.place(k).0).collect();
                 for &k in put {
                     prop_assert!(table.may_hold(k));
                 }
