@@ -986,9 +986,11 @@ impl DedupeIndex {
             let live = |s: u128| !everything && self.age(tag(s)) <= keep_epochs;
             let mut survivors = 0;
             let mut oldest_age = None;
-            for &s in shard.slots.iter().filter(|&&s| s != 0 && live(s)) {
-                survivors += 1;
-                oldest_age = oldest_age.max(Some(self.age(tag(s))));
+            for age in shard.slots.iter().filter(|&&s| s != 0).map(|&s| self.age(tag(s))) {
+                if !everything && age <= keep_epochs {
+                    survivors += 1;
+                    oldest_age = oldest_age.max(Some(age));
+                }
             }
             shard.oldest_epoch = oldest_age.map_or(i64::MAX, |age| newest.saturating_sub(age));
             if survivors == before {
