@@ -489,8 +489,9 @@ impl SealStage for ExactlyOnce {
         }
         // Replayed head events are accepted but not sealed: pending keys.
         for (_, chunk) in &snapshot.head {
-            self.dedupe.admit(&batch_keys(&chunk.batch));
-            self.observe(&chunk.batch);
+            let batch = chunk.batch()?;
+            self.dedupe.admit(&batch_keys(&batch));
+            self.observe(&batch);
         }
         self.expire();
         tracing::info!(keys_loaded, anchors_loaded, keys_rescanned, anchors_rescanned, "exactly-once state recovered");

@@ -488,7 +488,7 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
     for (_, name, what) in segs {
         push(&name, what);
     }
-    let head_rows: usize = scan.head.iter().map(|h| h.chunk.batch.num_rows()).sum();
+    let head_rows: usize = scan.head.iter().map(|h| h.chunk.num_rows()).sum();
     push("head", format!("{} chunk(s), {} row(s) checked row by row", scan.head.len(), head_rows));
     let tasks = scan.segments.iter().map(|s| s.blocks.len()).sum::<usize>() + scan.head.len();
     push(

@@ -9,12 +9,15 @@
 //!                                        └──── taken by a seal ────┘  (still open)
 //! ```
 //!
-//! A chunk is an [`EventBatch`] (Arrow buffers behind `Arc`s), so a query
-//! snapshot is a cheap clone of the chunk lists and never blocks ingest for
-//! longer than that clone. A seal takes a prefix of a partition's chunks and,
-//! once its segment is in the catalog, drops exactly that prefix.
+//! A chunk is an [`EventBatch`] (Arrow buffers behind `Arc`s), or the rows
+//! of one that belong to its partition (a WAL record's rows stay in the
+//! order they came in: see [`Partitioning::index`]), so a query snapshot is
+//! a cheap clone of the chunk lists and never blocks ingest for longer than
+//! that clone. A seal takes a prefix of a partition's chunks and, once its
+//! segment is in the catalog, drops exactly that prefix.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::Result;
@@ -128,6 +131,72 @@ impl Partitioning {
     }
 }
 
+impl Partitioning {
+    /// The rows to `keep` (all when `None`; indices ascending), in their
+    /// order in `batch`, and each partition's rows among them, without
+    /// copying rows into partition order: the head reads each partition's
+    /// rows through their indices, and a seal gathers them. Gathering the
+    /// rows of every request by partition ([`Partitioning::group`]) was
+    /// 15-17% of the server's time in a 10M-event Arrow load. Rows are
+    /// copied only when some are dropped (an Arrow filter: runs of rows).
+    pub fn index(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Indexed> {
+        let rows = match keep {
+            Some(keep) if keep.len() < batch.num_rows() => batch.filter_rows(keep)?,
+            _ => batch.clone(),
+        };
+        let ts = rows.ts();
+        let adv = rows.str_column(ColumnId::AdvertiserId);
+        let mut parts = PartitionIndex::default();
+        let mut last_shard: Option<(&str, u32)> = None;
+        let mut last_part: Option<(PartitionKey, u32)> = None;
+        let mut part_of = Vec::with_capacity(rows.num_rows());
+        for (i, &t) in ts.iter().enumerate() {
+            let a = adv.value(i);
+            let shard = match last_shard {
+                Some((s, h)) if s == a => h,
+                _ => {
+                    let h = shard_of(a, self.shards);
+                    last_shard = Some((a, h));
+                    h
+                }
+            };
+            let key = PartitionKey { bucket_start_ms: self.bucket_start(t), shard };
+            let p = match last_part {
+                Some((k, p)) if k == key => p,
+                _ => {
+                    let p = parts.find_or_add(key);
+                    last_part = Some((key, p));
+                    p
+                }
+            };
+            part_of.push(p);
+        }
+        let keys = parts.keys;
+        if keys.len() == 1 {
+            return Ok(Indexed { parts: vec![(keys[0], None)], rows });
+        }
+        let mut picked: Vec<Vec<u32>> = keys.iter().map(|_| Vec::new()).collect();
+        for (i, &p) in part_of.iter().enumerate() {
+            picked[p as usize].push(i as u32);
+        }
+        let mut parts: Vec<(PartitionKey, Option<Arc<[u32]>>)> =
+            keys.into_iter().zip(picked).map(|(k, rows)| (k, Some(rows.into()))).collect();
+        parts.sort_by_key(|(k, _)| *k);
+        Ok(Indexed { rows, parts })
+    }
+}
+
+/// A batch's kept rows and each partition's rows among them, see
+/// [`Partitioning::index`].
+#[derive(Debug)]
+pub struct Indexed {
+    /// All kept rows, in their order in the batch.
+    pub rows: EventBatch,
+    /// Each partition's rows of `rows`, ascending (`None`: all of them), in
+    /// partition order.
+    pub parts: Vec<(PartitionKey, Option<Arc<[u32]>>)>,
+}
+
 /// The distinct partitions of a batch, in order of first appearance.
 /// Searched in a list while there are few (a batch usually spans a bucket
 /// or two), through a map beyond that.
@@ -173,14 +242,71 @@ pub struct Grouped {
     pub parts: Vec<(PartitionKey, EventBatch)>,
 }
 
-/// Rows of one WAL record for one partition.
+/// Rows of one WAL record for one partition: all the rows of `source`, or
+/// those at `rows`.
 #[derive(Debug, Clone)]
 pub struct HeadChunk {
     pub lsn: Lsn,
-    pub batch: EventBatch,
-    /// `batch.memory_bytes()`, counted into the head's bytes at insert and
-    /// out again, the same number, when sealed.
+    source: EventBatch,
+    /// Ascending row indices into `source`; `None`: every row.
+    rows: Option<Arc<[u32]>>,
+    /// The Arrow bytes of the chunk's rows (of `source` in proportion to
+    /// its rows it holds), counted into the head's bytes at insert and out
+    /// again, the same number, when sealed.
     pub bytes: u64,
+}
+
+impl HeadChunk {
+    /// A chunk of every row of `batch`.
+    pub fn whole(lsn: Lsn, batch: EventBatch) -> HeadChunk {
+        let bytes = batch.memory_bytes() as u64;
+        HeadChunk { lsn, source: batch, rows: None, bytes }
+    }
+
+    /// A chunk of the rows of `source` at `rows` (ascending), or of all of
+    /// them for `None`.
+    pub fn picked(lsn: Lsn, source: EventBatch, rows: Option<Arc<[u32]>>) -> HeadChunk {
+        let Some(rows) = rows else { return HeadChunk::whole(lsn, source) };
+        let share = rows.len() as f64 / source.num_rows().max(1) as f64;
+        let bytes = (source.memory_bytes() as f64 * share) as u64;
+        HeadChunk { lsn, source, rows: Some(rows), bytes }
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.rows.as_ref().map_or(self.source.num_rows(), |r| r.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.num_rows() == 0
+    }
+
+    /// The batch the chunk's rows are in (with other partitions' rows
+    /// when [`HeadChunk::rows`] is `Some`).
+    pub fn source(&self) -> &EventBatch {
+        &self.source
+    }
+
+    /// The chunk's rows of [`HeadChunk::source`], ascending; `None`: all.
+    pub fn rows(&self) -> Option<&[u32]> {
+        self.rows.as_deref()
+    }
+
+    /// The chunk's rows as a batch of their own: gathered (a copy) when
+    /// the source holds other rows too.
+    pub fn batch(&self) -> Result<EventBatch> {
+        match &self.rows {
+            None => Ok(self.source.clone()),
+            Some(rows) => self.source.take(rows),
+        }
+    }
+
+    /// The event times of the chunk's rows.
+    pub fn ts(&self) -> impl Iterator<Item = i64> + '_ {
+        let ts = self.source.ts();
+        let all = self.rows.is_none().then(|| ts.iter().copied());
+        let picked = self.rows.as_deref().map(|r| r.iter().map(|&i| ts[i as usize]));
+        all.into_iter().flatten().chain(picked.into_iter().flatten())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -210,7 +336,7 @@ pub struct SealCandidate {
 
 impl SealCandidate {
     pub fn rows(&self) -> usize {
-        self.chunks.iter().map(|c| c.batch.num_rows()).sum()
+        self.chunks.iter().map(HeadChunk::num_rows).sum()
     }
 
     pub fn max_lsn(&self) -> Lsn {
@@ -221,17 +347,22 @@ impl SealCandidate {
 impl Head {
     /// Adds the rows of record `lsn`. Callers insert in LSN order.
     pub fn insert(&mut self, lsn: Lsn, parts: Vec<(PartitionKey, EventBatch)>, now: Instant) {
-        for (key, batch) in parts {
-            if batch.is_empty() {
+        let chunks = parts.into_iter().map(|(key, batch)| (key, HeadChunk::whole(lsn, batch))).collect();
+        self.insert_chunks(chunks, now);
+    }
+
+    /// Adds chunks of one record. Callers insert in LSN order.
+    pub fn insert_chunks(&mut self, chunks: Vec<(PartitionKey, HeadChunk)>, now: Instant) {
+        for (key, chunk) in chunks {
+            if chunk.is_empty() {
                 continue;
             }
-            let bytes = batch.memory_bytes() as u64;
             let p = self.partitions.entry(key).or_default();
-            p.rows += batch.num_rows();
-            p.bytes += bytes;
-            self.bytes += bytes;
+            p.rows += chunk.num_rows();
+            p.bytes += chunk.bytes;
+            self.bytes += chunk.bytes;
             p.oldest_arrival.get_or_insert(now);
-            p.chunks.push(HeadChunk { lsn, batch, bytes });
+            p.chunks.push(chunk);
         }
     }
 
@@ -280,7 +411,7 @@ impl Head {
         let Some(p) = self.partitions.get_mut(&partition) else { return };
         let count = count.min(p.chunks.len());
         let (rows, bytes) =
-            p.chunks.drain(..count).fold((0, 0), |(rows, bytes), c| (rows + c.batch.num_rows(), bytes + c.bytes));
+            p.chunks.drain(..count).fold((0, 0), |(rows, bytes), c| (rows + c.num_rows(), bytes + c.bytes));
         debug_assert!(p.bytes >= bytes && self.bytes >= bytes, "head bytes out of step");
         p.rows -= rows;
         p.bytes -= bytes;
@@ -338,7 +469,50 @@ mod tests {
         Ok(())
     }
 
+    /// `index` against the model: the kept rows in batch order, and each
+    /// partition's rows among them, through chunks as the head keeps them.
+    fn check_index(p: &Partitioning, events: &[Event], keep: Option<Vec<u32>>) -> Result<(), TestCaseError> {
+        let batch = EventBatch::from_events(events);
+        let kept: Vec<usize> =
+            keep.as_ref().map_or((0..events.len()).collect(), |k| k.iter().map(|&i| i as usize).collect());
+        let indexed = p.index(&batch, keep.as_deref()).expect("index");
+        let want_rows: Vec<Event> = kept.iter().map(|&i| events[i].clone()).collect();
+        prop_assert_eq!(indexed.rows.events(), want_rows);
+        let keys: Vec<PartitionKey> = indexed.parts.iter().map(|(k, _)| *k).collect();
+        prop_assert!(keys.windows(2).all(|w| w[0] < w[1]), "partitions in order, each once");
+        let mut head = Head::default();
+        let chunks = indexed
+            .parts
+            .into_iter()
+            .map(|(k, rows)| (k, HeadChunk::picked(Lsn(1), indexed.rows.clone(), rows)))
+            .collect();
+        head.insert_chunks(chunks, Instant::now());
+        let mut got: BTreeMap<PartitionKey, Vec<Event>> = BTreeMap::new();
+        for (k, c) in head.snapshot() {
+            let batch = c.batch().expect("rows in range");
+            prop_assert_eq!(batch.num_rows(), c.num_rows());
+            prop_assert_eq!(c.ts().collect::<Vec<_>>(), batch.ts().to_vec());
+            got.entry(k).or_default().extend(batch.events());
+        }
+        prop_assert_eq!(got, naive(p, events, &kept));
+        prop_assert_eq!(head.rows(), kept.len());
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn indexing_matches_filter_then_split(
+            events in prop::collection::vec(any_event(), 0..60),
+            mask in prop::collection::vec(any::<bool>(), 60),
+            shards in 1u32..5,
+            width in prop_oneof![Just(1i64), Just(1_000), Just(3_600_000)],
+        ) {
+            let p = Partitioning { bucket_width_ms: width, shards };
+            check_index(&p, &events, None)?;
+            let keep: Vec<u32> = (0..events.len() as u32).filter(|&i| mask[i as usize]).collect();
+            check_index(&p, &events, Some(keep))?;
+        }
+
         #[test]
         fn grouping_matches_filter_then_split(
             events in prop::collection::vec(any_event(), 0..60),

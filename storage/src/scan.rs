@@ -669,7 +669,9 @@ impl HeadColumn<'_> {
 }
 
 fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBatch>> {
-    let batch = &chunk.batch;
+    // The chunk's rows of its source batch, which may hold other
+    // partitions' rows too: only the chunk's are looked at.
+    let batch = chunk.source();
     let ts = batch.ts();
     let filters: Vec<(&DimFilter, HeadColumn<'_>)> = req
         .filters
@@ -682,10 +684,14 @@ fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBa
             (f, col)
         })
         .collect();
-    let idx: Vec<u32> = (0..batch.num_rows())
-        .filter(|&i| req.time_range.contains(ts[i]) && filters.iter().all(|(f, c)| f.matches_str(c.value(i))))
-        .map(|i| i as u32)
-        .collect();
+    let keep = |&i: &u32| {
+        let i = i as usize;
+        req.time_range.contains(ts[i]) && filters.iter().all(|(f, c)| f.matches_str(c.value(i)))
+    };
+    let idx: Vec<u32> = match chunk.rows() {
+        Some(rows) => rows.iter().copied().filter(keep).collect(),
+        None => (0..batch.num_rows() as u32).filter(keep).collect(),
+    };
     if idx.is_empty() {
         return Ok(None);
     }

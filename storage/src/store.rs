@@ -38,7 +38,7 @@ use crate::buffers::BufferPool;
 use crate::error::{IoContext, Result, StorageError};
 use crate::event::EventBatch;
 use crate::failpoint;
-use crate::head::{Grouped, Head, HeadChunk, Partitioning, SealCandidate};
+use crate::head::{Head, HeadChunk, Indexed, Partitioning, SealCandidate};
 use crate::ids::{Lsn, SegmentId};
 use crate::manifest::{
     Catalog, CatalogEdit, Level, Manifest, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir,
@@ -173,7 +173,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn head_rows(&self) -> usize {
-        self.head.iter().map(|(_, c)| c.batch.num_rows()).sum()
+        self.head.iter().map(|(_, c)| c.num_rows()).sum()
     }
 
     pub fn segment_rows(&self) -> u64 {
@@ -188,7 +188,9 @@ impl Snapshot {
         for s in &self.segments {
             out.push(s.reader.read_batch()?);
         }
-        out.extend(self.head.iter().map(|(_, c)| c.batch.clone()));
+        for (_, c) in &self.head {
+            out.push(c.batch()?);
+        }
         Ok(out)
     }
 }
@@ -341,37 +343,27 @@ fn lock_data_dir(data_dir: &Path) -> Result<File> {
 /// a memory map of the process (see [`Written::map`]).
 const MIN_MAPPED_PAYLOAD_BYTES: usize = 256 << 10;
 
-/// The head's rows of one WAL record, by partition: slices of the payload
+/// The head's chunks of one WAL record, by partition: rows of the payload
 /// as written, decoded in place. A payload of [`MIN_MAPPED_PAYLOAD_BYTES`]
 /// or more is mapped from the WAL file: the page cache holds those bytes
-/// once written, and keeping the grouped rows instead kept a second copy,
-/// in memory the kernel had to map and zero page by page (a fifth of the
-/// time of an Arrow load). A smaller payload, or one that could not be
-/// mapped, is copied: the grouped rows may be slices of the request body,
-/// which the head would then keep whole.
+/// once written, and keeping the rows instead kept a second copy, in memory
+/// the kernel had to map and zero page by page (a fifth of the time of an
+/// Arrow load). A smaller payload, or one that could not be mapped, is
+/// copied: the rows may be slices of the request body, which the head would
+/// then keep whole.
 #[allow(unsafe_code)]
-fn head_parts(written: &Written, payload: &[u8], grouped: Grouped) -> Vec<(PartitionKey, EventBatch)> {
+fn head_chunks(lsn: Lsn, written: &Written, payload: &[u8], indexed: Indexed) -> Vec<(PartitionKey, HeadChunk)> {
     let mapped = (written.len() >= MIN_MAPPED_PAYLOAD_BYTES).then(|| written.map()).flatten();
     let bytes = mapped.unwrap_or_else(|| bytes::Bytes::copy_from_slice(payload));
     // SAFETY: `bytes` are the payload `encode_batch_into` wrote for
-    // `grouped.rows`: a copy of it, or its mapping from the WAL file, whose
+    // `indexed.rows`: a copy of it, or its mapping from the WAL file, whose
     // bytes do not change while it lives (see `Written::map`).
-    let decoded = match unsafe { decode_encoded_batch(bytes.into()) } {
-        Ok(batch) if batch.num_rows() == grouped.rows.num_rows() => batch,
+    let source = match unsafe { decode_encoded_batch(bytes.into()) } {
+        Ok(batch) if batch.num_rows() == indexed.rows.num_rows() => batch,
         // Not expected: the payload is the encoding of these rows.
-        Ok(_) | Err(_) => return grouped.parts,
+        Ok(_) | Err(_) => indexed.rows,
     };
-    let mut at = 0;
-    grouped
-        .parts
-        .into_iter()
-        .map(|(key, part)| {
-            let rows = part.num_rows();
-            let slice = decoded.slice(at, rows);
-            at += rows;
-            (key, slice)
-        })
-        .collect()
+    indexed.parts.into_iter().map(|(key, rows)| (key, HeadChunk::picked(lsn, source.clone(), rows))).collect()
 }
 
 /// The rows of one batch that an append stores: all of them, or those at
@@ -470,7 +462,7 @@ impl Store {
             .segments
             .values()
             .map(|m| m.max_ts)
-            .chain(head.snapshot().iter().filter_map(|(_, c)| c.batch.ts().iter().copied().max()))
+            .chain(head.snapshot().iter().filter_map(|(_, c)| c.ts().max()))
             .max()
             .unwrap_or(i64::MIN);
         let inner = Inner {
@@ -558,14 +550,14 @@ impl Store {
     /// One record of [`Store::append_all`]: groups the rows, writes them to
     /// the WAL (not waiting for its fsync) and puts them in the head.
     fn write_rows(&self, r: Rows<'_>) -> Result<Lsn> {
-        let grouped = self.inner.partitioning.group(r.batch, r.keep)?;
+        let indexed = self.inner.partitioning.index(r.batch, r.keep)?;
         let mut payload = self.inner.encode_buffers.take();
-        encode_batch_into(&grouped.rows, payload.vec_mut())?;
-        let appended = grouped.rows.num_rows() as u64;
-        let max_ts = grouped.rows.ts().iter().max().copied();
+        encode_batch_into(&indexed.rows, payload.vec_mut())?;
+        let appended = indexed.rows.num_rows() as u64;
+        let max_ts = indexed.rows.ts().iter().max().copied();
         let lsn = self.inner.wal.write_with(&payload, |lsn, written| {
-            let parts = head_parts(&written, &payload, grouped);
-            self.inner.visible.write().head.insert(lsn, parts, Instant::now());
+            let chunks = head_chunks(lsn, &written, &payload, indexed);
+            self.inner.visible.write().head.insert_chunks(chunks, Instant::now());
         })?;
         self.inner.counters.appended_rows.fetch_add(appended, Ordering::Relaxed);
         if let Some(max) = max_ts {
@@ -924,7 +916,7 @@ impl Store {
     /// a crash leaves orphan files that the next open removes).
     fn prepare(&self, job: SealJob, snapshot: &Snapshot) -> Result<PreparedSeal> {
         let inner = &self.inner;
-        let mut batches: Vec<EventBatch> = job.head.chunks.iter().map(|c| c.batch.clone()).collect();
+        let mut batches: Vec<EventBatch> = job.head.chunks.iter().map(HeadChunk::batch).collect::<Result<_>>()?;
         for old in &job.replaces {
             let reader =
                 snapshot.segments.iter().find(|s| s.meta.id == old.id).map(|s| s.reader.clone()).ok_or_else(|| {

@@ -67,7 +67,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         .segments
         .iter()
         .map(|s| s.meta.max_ts)
-        .chain(snapshot.head.iter().flat_map(|(_, c)| c.batch.ts().iter().copied()))
+        .chain(snapshot.head.iter().flat_map(|(_, c)| c.ts()))
         .max()
         .unwrap_or(i64::MIN);
     drop(snapshot);

@@ -728,7 +728,7 @@ fn a_failed_group_leaves_the_groups_before_it_committed_and_its_own_in_the_head(
     assert_eq!(committed.len(), keys.len() - 1);
     assert!(!committed.contains(&last));
     assert!(snap.head.iter().all(|(k, _)| *k == last), "only the failed partition stays in the head");
-    let head_bytes: u64 = snap.head.iter().map(|(_, c)| c.batch.memory_bytes() as u64).sum();
+    let head_bytes: u64 = snap.head.iter().map(|(_, c)| c.bytes).sum();
     assert_eq!(store.stats().head_bytes, head_bytes);
     assert_eq!(all_events(&store), sorted_debug(&events), "nothing lost or doubled");
 }
