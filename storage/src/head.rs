@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::event::{ColumnId, EventBatch, shard_of};
 use crate::ids::Lsn;
 use crate::manifest::PartitionKey;
@@ -141,8 +141,17 @@ impl Partitioning {
     /// copied only when some are dropped (an Arrow filter: runs of rows).
     pub fn index(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Indexed> {
         let rows = match keep {
-            Some(keep) if keep.len() < batch.num_rows() => batch.filter_rows(keep)?,
-            _ => batch.clone(),
+            None => batch.clone(),
+            Some(keep) => {
+                let n = batch.num_rows();
+                if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&last| last as usize >= n) {
+                    return Err(StorageError::Internal(format!(
+                        "rows to keep must be ascending row numbers under {n}, one each"
+                    )));
+                }
+                // Ascending, distinct and under `n`: all rows when there are `n`.
+                if keep.len() == n { batch.clone() } else { batch.filter_rows(keep)? }
+            }
         };
         let ts = rows.ts();
         let adv = rows.str_column(ColumnId::AdvertiserId);
@@ -531,6 +540,19 @@ mod tests {
             let keep: Vec<u32> = (0..events.len() as u32).filter(|&i| mask[i as usize]).collect();
             check(&p, &events, Some(keep))?;
         }
+    }
+
+    #[test]
+    fn rows_to_keep_are_ascending_row_numbers_of_the_batch() {
+        let p = Partitioning { bucket_width_ms: 1_000, shards: 2 };
+        let batch = EventBatch::from_events(&vec![Event::default(); 5]);
+        for bad in [&[0, 1, 2, 3, 9][..], &[0, 0, 1], &[2, 1], &[5]] {
+            let err = p.index(&batch, Some(bad)).expect_err("not rows of the batch, once each, in order");
+            assert!(err.to_string().contains("ascending row numbers under 5"), "{bad:?}: {err}");
+        }
+        assert_eq!(p.index(&batch, Some(&[0, 1, 2, 3, 4])).expect("all").rows.num_rows(), 5);
+        assert_eq!(p.index(&batch, Some(&[1, 3])).expect("two").rows.num_rows(), 2);
+        assert_eq!(p.index(&batch, Some(&[])).expect("none").rows.num_rows(), 0);
     }
 
     #[test]

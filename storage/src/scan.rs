@@ -652,6 +652,31 @@ fn head_column(batch: &EventBatch, c: ColumnId) -> ColumnData {
     }
 }
 
+/// Column `c`'s values at rows `idx` of a head chunk's source, read where
+/// they are: a copy of the whole column first would cost a record's size
+/// for each of its partitions' chunks.
+fn head_column_at(batch: &EventBatch, c: ColumnId, idx: &[u32]) -> ColumnData {
+    let at = |i: &u32| *i as usize;
+    match c.spec().kind {
+        ColumnKind::Str => {
+            let a = batch.str_column(c);
+            ColumnData::Str(idx.iter().map(at).map(|i| (!a.is_null(i)).then(|| a.value(i))).collect())
+        }
+        ColumnKind::I64 => {
+            let v = batch.i64_column(c).values();
+            ColumnData::I64(idx.iter().map(at).map(|i| v[i]).collect())
+        }
+        ColumnKind::U8 => {
+            let v = batch.u8_column(c).values();
+            ColumnData::U8(idx.iter().map(at).map(|i| v[i]).collect())
+        }
+        ColumnKind::Bool => {
+            let a = batch.bool_column(c);
+            ColumnData::Bool(idx.iter().map(at).map(|i| a.is_valid(i) && a.value(i)).collect())
+        }
+    }
+}
+
 /// A filtered column of a head chunk.
 enum HeadColumn<'a> {
     Str(&'a arrow_array::StringArray),
@@ -696,14 +721,8 @@ fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBa
         return Ok(None);
     }
     let all = idx.len() == batch.num_rows();
-    let columns = req
-        .columns
-        .iter()
-        .map(|&c| {
-            let data = head_column(batch, c);
-            if all { data } else { gather(&data, &idx) }
-        })
-        .collect();
+    let columns =
+        req.columns.iter().map(|&c| if all { head_column(batch, c) } else { head_column_at(batch, c, &idx) }).collect();
     let ts_bounds =
         idx.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &i| (lo.min(ts[i as usize]), hi.max(ts[i as usize])));
     Ok(Some(ScanBatch { source: ScanSource::Head { lsn: chunk.lsn }, rows: idx.len(), columns, ts_bounds }))
