@@ -38,105 +38,23 @@ impl Partitioning {
         ts.saturating_sub(ts.rem_euclid(self.bucket_width_ms))
     }
 
-    /// Splits a batch into one batch per partition, keeping row order.
+    /// Splits a batch into one batch per partition, keeping row order
+    /// (a gather per partition; the head and replay keep the rows where
+    /// they are instead, see [`Partitioning::index`]).
     pub fn split(&self, batch: &EventBatch) -> Result<Vec<(PartitionKey, EventBatch)>> {
-        Ok(self.group(batch, None)?.parts)
-    }
-
-    /// Groups the rows to `keep` (all when `None`; indices ascending) by
-    /// partition with at most one copy.
-    ///
-    /// The result holds the kept rows with each partition's rows next to
-    /// each other, in their order in `batch`, and each partition's slice of
-    /// those rows (zero-copy). Rows are copied once when some are dropped or
-    /// partitions interleave, and not at all otherwise. Filtering and then
-    /// splitting copied every row twice, each time into memory the kernel had
-    /// to zero, a quarter of Arrow ingest time in a profile.
-    pub fn group(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Grouped> {
-        let ts = batch.ts();
-        let adv = batch.str_column(ColumnId::AdvertiserId);
-        let n = keep.map_or(batch.num_rows(), <[u32]>::len);
-        let row = |j: usize| keep.map_or(j, |k| k[j] as usize);
-        // Each row's partition, as an index into the batch's distinct
-        // partitions (a map lookup per row was most of this function).
-        // Shard hashes and partitions repeat heavily; remember the last ones.
-        let mut parts = PartitionIndex::default();
-        let mut last_shard: Option<(&str, u32)> = None;
-        let mut last_part: Option<(PartitionKey, u32)> = None;
-        let mut runs = 0;
-        let mut part_of = Vec::with_capacity(n);
-        for j in 0..n {
-            let i = row(j);
-            let a = adv.value(i);
-            let shard = match last_shard {
-                Some((s, h)) if s == a => h,
-                _ => {
-                    let h = shard_of(a, self.shards);
-                    last_shard = Some((a, h));
-                    h
-                }
-            };
-            let key = PartitionKey { bucket_start_ms: self.bucket_start(ts[i]), shard };
-            let p = match last_part {
-                Some((k, p)) if k == key => p,
-                _ => {
-                    runs += 1;
-                    let p = parts.find_or_add(key);
-                    last_part = Some((key, p));
-                    p
-                }
-            };
-            part_of.push(p);
-        }
-        let keys = parts.keys;
-        if keep.is_none() && runs == keys.len() {
-            // Already grouped: slice in place.
-            let mut out = Vec::with_capacity(runs);
-            let mut j = 0;
-            while j < n {
-                let p = part_of[j];
-                let len = part_of[j..].iter().take_while(|x| **x == p).count();
-                out.push((keys[p as usize], if len == n { batch.clone() } else { batch.slice(j, len) }));
-                j += len;
-            }
-            return Ok(Grouped { rows: batch.clone(), parts: out });
-        }
-        // Partitions in key order; each one's span in the grouped rows.
-        let mut counts = vec![0usize; keys.len()];
-        for &p in &part_of {
-            counts[p as usize] += 1;
-        }
-        let mut sorted: Vec<usize> = (0..keys.len()).collect();
-        sorted.sort_by_key(|&p| keys[p]);
-        let mut spans = Vec::with_capacity(keys.len());
-        // From here on: where each partition's next row goes.
-        let mut slot = vec![0usize; keys.len()];
-        let mut next = 0;
-        for p in sorted {
-            spans.push((keys[p], next, counts[p]));
-            slot[p] = next;
-            next += counts[p];
-        }
-        let mut order = vec![0u32; n];
-        for (j, &p) in part_of.iter().enumerate() {
-            order[slot[p as usize]] = row(j) as u32;
-            slot[p as usize] += 1;
-        }
-        let rows = batch.take(&order)?;
-        let parts = spans
+        let indexed = self.index(batch, None)?;
+        indexed
+            .parts
             .into_iter()
-            .map(|(k, start, len)| (k, if len == n { rows.clone() } else { rows.slice(start, len) }))
-            .collect();
-        Ok(Grouped { rows, parts })
+            .map(|(key, rows)| Ok((key, HeadChunk::picked(Lsn(0), indexed.rows.clone(), rows).batch()?)))
+            .collect()
     }
-}
 
-impl Partitioning {
     /// The rows to `keep` (all when `None`; indices ascending), in their
     /// order in `batch`, and each partition's rows among them, without
     /// copying rows into partition order: the head reads each partition's
     /// rows through their indices, and a seal gathers them. Gathering the
-    /// rows of every request by partition ([`Partitioning::group`]) was
+    /// rows of every request into partition order (Arrow's `take`) was
     /// 15-17% of the server's time in a 10M-event Arrow load. Rows are
     /// copied only when some are dropped (an Arrow filter: runs of rows).
     pub fn index(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Indexed> {
@@ -239,16 +157,6 @@ impl PartitionIndex {
         }
         p
     }
-}
-
-/// A batch's kept rows grouped by partition, see [`Partitioning::group`].
-#[derive(Debug)]
-pub struct Grouped {
-    /// All kept rows, each partition's together.
-    pub rows: EventBatch,
-    /// Each partition's rows, as slices of `rows`, in the order they
-    /// appear there.
-    pub parts: Vec<(PartitionKey, EventBatch)>,
 }
 
 /// Rows of one WAL record for one partition: all the rows of `source`, or
@@ -354,14 +262,8 @@ impl SealCandidate {
 }
 
 impl Head {
-    /// Adds the rows of record `lsn`. Callers insert in LSN order.
-    pub fn insert(&mut self, lsn: Lsn, parts: Vec<(PartitionKey, EventBatch)>, now: Instant) {
-        let chunks = parts.into_iter().map(|(key, batch)| (key, HeadChunk::whole(lsn, batch))).collect();
-        self.insert_chunks(chunks, now);
-    }
-
-    /// Adds chunks of one record. Callers insert in LSN order.
-    pub fn insert_chunks(&mut self, chunks: Vec<(PartitionKey, HeadChunk)>, now: Instant) {
+    /// Adds the chunks of one WAL record. Callers insert in LSN order.
+    pub fn insert(&mut self, chunks: Vec<(PartitionKey, HeadChunk)>, now: Instant) {
         for (key, chunk) in chunks {
             if chunk.is_empty() {
                 continue;
@@ -463,21 +365,6 @@ mod tests {
         out
     }
 
-    fn check(p: &Partitioning, events: &[Event], keep: Option<Vec<u32>>) -> Result<(), TestCaseError> {
-        let batch = EventBatch::from_events(events);
-        let kept: Vec<usize> =
-            keep.as_ref().map_or((0..events.len()).collect(), |k| k.iter().map(|&i| i as usize).collect());
-        let grouped = p.group(&batch, keep.as_deref()).expect("group");
-        let want = naive(p, events, &kept);
-        let got: BTreeMap<PartitionKey, Vec<Event>> = grouped.parts.iter().map(|(k, b)| (*k, b.events())).collect();
-        prop_assert_eq!(grouped.parts.len(), got.len(), "one slice per partition");
-        prop_assert_eq!(&got, &want);
-        // `rows` holds exactly the parts, one after another.
-        let concatenated: Vec<Event> = grouped.parts.iter().flat_map(|(_, b)| b.events()).collect();
-        prop_assert_eq!(grouped.rows.events(), concatenated);
-        Ok(())
-    }
-
     /// `index` against the model: the kept rows in batch order, and each
     /// partition's rows among them, through chunks as the head keeps them.
     fn check_index(p: &Partitioning, events: &[Event], keep: Option<Vec<u32>>) -> Result<(), TestCaseError> {
@@ -495,7 +382,7 @@ mod tests {
             .into_iter()
             .map(|(k, rows)| (k, HeadChunk::picked(Lsn(1), indexed.rows.clone(), rows)))
             .collect();
-        head.insert_chunks(chunks, Instant::now());
+        head.insert(chunks, Instant::now());
         let mut got: BTreeMap<PartitionKey, Vec<Event>> = BTreeMap::new();
         for (k, c) in head.snapshot() {
             let batch = c.batch().expect("rows in range");
@@ -521,25 +408,6 @@ mod tests {
             let keep: Vec<u32> = (0..events.len() as u32).filter(|&i| mask[i as usize]).collect();
             check_index(&p, &events, Some(keep))?;
         }
-
-        #[test]
-        fn grouping_matches_filter_then_split(
-            events in prop::collection::vec(any_event(), 0..60),
-            mask in prop::collection::vec(any::<bool>(), 60),
-            shards in 1u32..5,
-            width in prop_oneof![Just(1i64), Just(1_000), Just(3_600_000)],
-            sorted in any::<bool>(),
-        ) {
-            let p = Partitioning { bucket_width_ms: width, shards };
-            let mut events = events;
-            if sorted {
-                // Already grouped input takes the zero-copy path.
-                events.sort_by_key(|e| (p.bucket_start(e.ts), shard_of(&e.advertiser_id, p.shards)));
-            }
-            check(&p, &events, None)?;
-            let keep: Vec<u32> = (0..events.len() as u32).filter(|&i| mask[i as usize]).collect();
-            check(&p, &events, Some(keep))?;
-        }
     }
 
     #[test]
@@ -561,8 +429,11 @@ mod tests {
         let rows = |n: usize| EventBatch::from_events(&vec![Event::default(); n]);
         let start = Instant::now();
         let mut head = Head::default();
-        head.insert(Lsn(1), vec![(key(0), rows(5)), (key(1), rows(1)), (key(2), rows(1))], start);
-        head.insert(Lsn(2), vec![(key(3), rows(1))], start + Duration::from_secs(20));
+        let chunks = |lsn, parts: Vec<(PartitionKey, EventBatch)>| -> Vec<(PartitionKey, HeadChunk)> {
+            parts.into_iter().map(|(k, b)| (k, HeadChunk::whole(lsn, b))).collect()
+        };
+        head.insert(chunks(Lsn(1), vec![(key(0), rows(5)), (key(1), rows(1)), (key(2), rows(1))]), start);
+        head.insert(chunks(Lsn(2), vec![(key(3), rows(1))]), start + Duration::from_secs(20));
         let now = start + Duration::from_secs(30);
         let due = |max_rows, force: &dyn Fn(&PartitionKey) -> bool| -> Vec<(u32, usize)> {
             let picked = head.due(now, max_rows, Duration::from_secs(25), force);
@@ -578,20 +449,19 @@ mod tests {
     }
 
     #[test]
-    fn grouped_input_is_sliced_not_copied() {
+    fn kept_rows_stay_where_they_are() {
         let p = Partitioning { bucket_width_ms: 1_000, shards: 1 };
         let events: Vec<Event> =
-            [100, 200, 1_100, 1_200, 2_500].iter().map(|&ts| Event { ts, ..Event::default() }).collect();
+            [1_100, 100, 1_200, 2_500, 200].iter().map(|&ts| Event { ts, ..Event::default() }).collect();
         let batch = EventBatch::from_events(&events);
-        let grouped = p.group(&batch, None).expect("group");
-        assert_eq!(grouped.parts.len(), 3);
-        let base = batch.ts().as_ptr();
-        let first = grouped.parts[0].1.ts().as_ptr();
-        assert_eq!(first, base, "the first partition is a slice of the input");
-        // Interleaved partitions are copied once, into `rows`.
-        let mixed = EventBatch::from_events(&[events[2].clone(), events[0].clone(), events[3].clone()]);
-        let grouped = p.group(&mixed, None).expect("group");
-        assert_eq!(grouped.rows.ts().to_vec(), vec![100, 1_100, 1_200]);
-        assert_eq!(grouped.parts[1].1.ts().as_ptr(), grouped.rows.ts()[1..].as_ptr());
+        let indexed = p.index(&batch, None).expect("index");
+        assert_eq!(indexed.rows.ts().as_ptr(), batch.ts().as_ptr(), "no row copied");
+        let parts: Vec<(i64, Option<Vec<u32>>)> =
+            indexed.parts.iter().map(|(k, rows)| (k.bucket_start_ms, rows.as_deref().map(<[u32]>::to_vec))).collect();
+        assert_eq!(parts, vec![(0, Some(vec![1, 4])), (1_000, Some(vec![0, 2])), (2_000, Some(vec![3]))]);
+        let split: Vec<Vec<i64>> = p.split(&batch).expect("split").iter().map(|(_, b)| b.ts().to_vec()).collect();
+        assert_eq!(split, vec![vec![100, 200], vec![1_100, 1_200], vec![2_500]]);
+        let one = p.index(&batch.slice(3, 1), None).expect("index");
+        assert!(one.parts[0].1.is_none(), "one partition: all rows, no list");
     }
 }

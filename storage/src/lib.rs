@@ -33,7 +33,7 @@ pub use event::{
     COLUMNS, ColumnId, ColumnKind, ColumnSpec, Event, EventBatch, EventBatchBuilder, EventType, InvalidReason,
     TimestampMs, event_schema, shard_of,
 };
-pub use head::{Grouped, HeadChunk, Partitioning};
+pub use head::{HeadChunk, Indexed, Partitioning};
 pub use ids::{Lsn, SegmentId};
 pub use manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier};
 pub use scan::{

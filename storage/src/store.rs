@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!  append(batch)
-//!    split into partitions ──► WAL append (group commit) ──► fsync ──► Ok(lsn)
+//!    index by partition ──► WAL append (group commit) ──► fsync ──► Ok(lsn)
 //!                                   │ under the append lock, in LSN order
 //!                                   ▼
-//!                             head.insert(lsn, parts)  (visible to snapshots at once)
+//!                             head.insert(chunks)  (visible to snapshots at once;
+//!                                                   a chunk: the record + its rows' indices)
 //!
 //!  sealer thread, every tick
 //!    head.due() ─► pipeline ─► write segment + fsync ─► catalog commit
@@ -452,9 +453,14 @@ impl Store {
         let wal_config =
             WalConfig { dir: data_dir.join("wal"), file_size_bytes: config.wal_file_size_bytes, fsync: config.fsync };
         let wal = Wal::open(wal_config, |lsn, payload| {
-            let batch = decode_batch(payload)?;
-            let parts = partitioning.split(&batch)?.into_iter().filter(|(p, _)| catalog.sealed_lsn(*p) < lsn).collect();
-            head.insert(lsn, parts, now);
+            let indexed = partitioning.index(&decode_batch(payload)?, None)?;
+            let chunks = indexed
+                .parts
+                .into_iter()
+                .filter(|(p, _)| catalog.sealed_lsn(*p) < lsn)
+                .map(|(p, rows)| (p, HeadChunk::picked(lsn, indexed.rows.clone(), rows)))
+                .collect();
+            head.insert(chunks, now);
             Ok(())
         })?;
         tracing::info!(segments = readers.len(), damaged = damaged.len(), head_rows = head.rows(), "store opened");
@@ -557,7 +563,7 @@ impl Store {
         let max_ts = indexed.rows.ts().iter().max().copied();
         let lsn = self.inner.wal.write_with(&payload, |lsn, written| {
             let chunks = head_chunks(lsn, &written, &payload, indexed);
-            self.inner.visible.write().head.insert_chunks(chunks, Instant::now());
+            self.inner.visible.write().head.insert(chunks, Instant::now());
         })?;
         self.inner.counters.appended_rows.fetch_add(appended, Ordering::Relaxed);
         if let Some(max) = max_ts {
