@@ -391,14 +391,19 @@ impl EventBatch {
         EventBatch { batch: Arc::new(self.batch.slice(offset, len)) }
     }
 
-    /// The rows at `keep` (ascending indices), in order: copied as runs of
-    /// consecutive rows, which is cheaper than a gather when most rows
-    /// stay.
+    /// The rows at `keep` (ascending row numbers, each once), in order:
+    /// copied as runs of consecutive rows, which is cheaper than a gather
+    /// when most rows stay; not copied when all stay.
     pub fn filter_rows(&self, keep: &[u32]) -> Result<EventBatch> {
         let n = self.num_rows();
-        if let Some(&row) = keep.iter().find(|&&i| i as usize >= n) {
-            let reason = format!("filter: row {row} is past the batch's {n} rows");
-            return Err(arrow_schema::ArrowError::InvalidArgumentError(reason).into());
+        if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&last| last as usize >= n) {
+            return Err(StorageError::Internal(format!(
+                "rows to keep must be ascending row numbers under {n}, one each"
+            )));
+        }
+        // Ascending, distinct and under `n`: all rows when there are `n`.
+        if keep.len() == n {
+            return Ok(self.clone());
         }
         let mut mask = arrow_buffer::BooleanBufferBuilder::new(n);
         mask.append_n(n, false);

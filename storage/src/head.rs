@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{Result, StorageError};
+use crate::error::Result;
 use crate::event::{ColumnId, EventBatch, shard_of};
 use crate::ids::Lsn;
 use crate::manifest::PartitionKey;
@@ -38,15 +38,17 @@ impl Partitioning {
         ts.saturating_sub(ts.rem_euclid(self.bucket_width_ms))
     }
 
-    /// Splits a batch into one batch per partition, keeping row order
-    /// (a gather per partition; the head and replay keep the rows where
-    /// they are instead, see [`Partitioning::index`]).
-    pub fn split(&self, batch: &EventBatch) -> Result<Vec<(PartitionKey, EventBatch)>> {
+    /// Splits a batch into one batch per partition, keeping row order (a
+    /// gather per partition; the store keeps rows where they are, see
+    /// [`Partitioning::index`]). For tests.
+    #[cfg(test)]
+    pub(crate) fn split(&self, batch: &EventBatch) -> Result<Vec<(PartitionKey, EventBatch)>> {
         let indexed = self.index(batch, None)?;
+        let rows = &indexed.rows;
         indexed
             .parts
-            .into_iter()
-            .map(|(key, rows)| Ok((key, HeadChunk::picked(Lsn(0), indexed.rows.clone(), rows).batch()?)))
+            .iter()
+            .map(|(key, picked)| Ok((*key, picked.as_deref().map_or_else(|| Ok(rows.clone()), |r| rows.take(r))?)))
             .collect()
     }
 
@@ -60,16 +62,7 @@ impl Partitioning {
     pub fn index(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Indexed> {
         let rows = match keep {
             None => batch.clone(),
-            Some(keep) => {
-                let n = batch.num_rows();
-                if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&last| last as usize >= n) {
-                    return Err(StorageError::Internal(format!(
-                        "rows to keep must be ascending row numbers under {n}, one each"
-                    )));
-                }
-                // Ascending, distinct and under `n`: all rows when there are `n`.
-                if keep.len() == n { batch.clone() } else { batch.filter_rows(keep)? }
-            }
+            Some(keep) => batch.filter_rows(keep)?,
         };
         let ts = rows.ts();
         let adv = rows.str_column(ColumnId::AdvertiserId);
@@ -220,9 +213,7 @@ impl HeadChunk {
     /// The event times of the chunk's rows.
     pub fn ts(&self) -> impl Iterator<Item = i64> + '_ {
         let ts = self.source.ts();
-        let all = self.rows.is_none().then(|| ts.iter().copied());
-        let picked = self.rows.as_deref().map(|r| r.iter().map(|&i| ts[i as usize]));
-        all.into_iter().flatten().chain(picked.into_iter().flatten())
+        (0..self.num_rows()).map(move |j| ts[self.rows.as_deref().map_or(j, |r| r[j] as usize)])
     }
 }
 
