@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::event::{ColumnId, EventBatch, shard_of};
 use crate::ids::Lsn;
 use crate::manifest::PartitionKey;
@@ -52,25 +52,49 @@ impl Partitioning {
             .collect()
     }
 
-    /// The rows to `keep` (all when `None`; indices ascending), in their
-    /// order in `batch`, and each partition's rows among them, without
-    /// copying rows into partition order: the head reads each partition's
-    /// rows through their indices, and a seal gathers them. Gathering the
-    /// rows of every request into partition order (Arrow's `take`) was
-    /// 15-17% of the server's time in a 10M-event Arrow load. Rows are
-    /// copied only when some are dropped (an Arrow filter: runs of rows).
+    /// The rows to `keep` (all when `None`; indices ascending) and each
+    /// partition's rows among them, without copying rows into partition
+    /// order: the head reads each partition's rows through their indices,
+    /// and a seal gathers them. Gathering the rows of every request into
+    /// partition order (Arrow's `take`) was 15-17% of the server's time in a
+    /// 10M-event Arrow load.
+    ///
+    /// When at most [`MAX_DROPPED_SHARE`] of the rows are dropped (a batch
+    /// with a few duplicates), the rows stay where they are too: `rows` is
+    /// `batch`, and the dropped rows are listed in `dropped` and in no
+    /// partition. Filtering them out (an Arrow filter, a copy of every kept
+    /// row) was 5-7% of the server's time in the same load, where every
+    /// batch holds a duplicate or two. When more are dropped, the kept rows
+    /// are copied, so that a retry storing a few rows does not keep its
+    /// whole batch alive.
     pub fn index(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Indexed> {
-        let rows = match keep {
-            None => batch.clone(),
-            Some(keep) => batch.filter_rows(keep)?,
-        };
+        let Some(keep) = keep else { return Ok(self.index_stored(batch.clone(), Vec::new())) };
+        let dropped = dropped_rows(keep, batch.num_rows())?;
+        if dropped.len() as f64 <= batch.num_rows() as f64 * MAX_DROPPED_SHARE {
+            Ok(self.index_stored(batch.clone(), dropped))
+        } else {
+            Ok(self.index_stored(batch.filter_rows(keep)?, Vec::new()))
+        }
+    }
+
+    /// [`Partitioning::index`] of the rows of `rows` not in `dropped`
+    /// (ascending row numbers of `rows`, each once): a WAL record as replay
+    /// reads it.
+    pub(crate) fn index_stored(&self, rows: EventBatch, dropped: Vec<u32>) -> Indexed {
         let ts = rows.ts();
         let adv = rows.str_column(ColumnId::AdvertiserId);
         let mut parts = PartitionIndex::default();
         let mut last_shard: Option<(&str, u32)> = None;
         let mut last_part: Option<(PartitionKey, u32)> = None;
         let mut part_of = Vec::with_capacity(rows.num_rows());
+        let mut next_dropped = dropped.iter().copied().peekable();
+        let mut max_ts = None;
         for (i, &t) in ts.iter().enumerate() {
+            if next_dropped.next_if_eq(&(i as u32)).is_some() {
+                part_of.push(DROPPED);
+                continue;
+            }
+            max_ts = max_ts.max(Some(t));
             let a = adv.value(i);
             let shard = match last_shard {
                 Some((s, h)) if s == a => h,
@@ -92,29 +116,61 @@ impl Partitioning {
             part_of.push(p);
         }
         let keys = parts.keys;
-        if keys.len() == 1 {
-            return Ok(Indexed { parts: vec![(keys[0], None)], rows });
+        if keys.len() == 1 && dropped.is_empty() {
+            return Indexed { parts: vec![(keys[0], None)], rows, dropped, max_ts };
         }
         let mut picked: Vec<Vec<u32>> = keys.iter().map(|_| Vec::new()).collect();
         for (i, &p) in part_of.iter().enumerate() {
-            picked[p as usize].push(i as u32);
+            if p != DROPPED {
+                picked[p as usize].push(i as u32);
+            }
         }
         let mut parts: Vec<(PartitionKey, Option<Arc<[u32]>>)> =
             keys.into_iter().zip(picked).map(|(k, rows)| (k, Some(rows.into()))).collect();
         parts.sort_by_key(|(k, _)| *k);
-        Ok(Indexed { rows, parts })
+        Indexed { rows, dropped, parts, max_ts }
     }
 }
 
-/// A batch's kept rows and each partition's rows among them, see
+/// The largest share of a batch's rows that [`Partitioning::index`] leaves
+/// in place when they are dropped: the WAL and the head then hold them
+/// too, unread.
+pub const MAX_DROPPED_SHARE: f64 = 1.0 / 8.0;
+
+/// `part_of` mark of a dropped row in [`Partitioning::index_stored`].
+const DROPPED: u32 = u32::MAX;
+
+/// The rows under `n` not in `keep`, which must be ascending row numbers
+/// under `n`, each once.
+fn dropped_rows(keep: &[u32], n: usize) -> Result<Vec<u32>> {
+    if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&last| last as usize >= n) {
+        return Err(StorageError::Internal(format!("rows to keep must be ascending row numbers under {n}, one each")));
+    }
+    let mut kept = keep.iter().copied().peekable();
+    Ok((0..n as u32).filter(|&i| kept.next_if_eq(&i).is_none()).collect())
+}
+
+/// A batch's stored rows and each partition's rows among them, see
 /// [`Partitioning::index`].
 #[derive(Debug)]
 pub struct Indexed {
-    /// All kept rows, in their order in the batch.
+    /// The batch holding the stored rows, in their order in the batch
+    /// given, and the dropped rows when there are any.
     pub rows: EventBatch,
+    /// Rows of `rows` not stored, ascending.
+    pub dropped: Vec<u32>,
     /// Each partition's rows of `rows`, ascending (`None`: all of them), in
     /// partition order.
     pub parts: Vec<(PartitionKey, Option<Arc<[u32]>>)>,
+    /// The latest event time of the stored rows.
+    pub max_ts: Option<i64>,
+}
+
+impl Indexed {
+    /// How many rows are stored: those of `rows` not dropped.
+    pub fn stored_rows(&self) -> usize {
+        self.rows.num_rows() - self.dropped.len()
+    }
 }
 
 /// The distinct partitions of a batch, in order of first appearance.
@@ -174,10 +230,12 @@ impl HeadChunk {
     }
 
     /// A chunk of the rows of `source` at `rows` (ascending), or of all of
-    /// them for `None`.
-    pub fn picked(lsn: Lsn, source: EventBatch, rows: Option<Arc<[u32]>>) -> HeadChunk {
+    /// them for `None`, where `source` holds `stored` rows of the head's
+    /// (it may hold dropped rows too, see [`Indexed::dropped`]): the
+    /// chunk's bytes are its share of those.
+    pub fn picked(lsn: Lsn, source: EventBatch, rows: Option<Arc<[u32]>>, stored: usize) -> HeadChunk {
         let Some(rows) = rows else { return HeadChunk::whole(lsn, source) };
-        let share = rows.len() as f64 / source.num_rows().max(1) as f64;
+        let share = rows.len() as f64 / stored.max(1) as f64;
         let bytes = (source.memory_bytes() as f64 * share) as u64;
         HeadChunk { lsn, source, rows: Some(rows), bytes }
     }
@@ -363,15 +421,32 @@ mod tests {
         let kept: Vec<usize> =
             keep.as_ref().map_or((0..events.len()).collect(), |k| k.iter().map(|&i| i as usize).collect());
         let indexed = p.index(&batch, keep.as_deref()).expect("index");
+        let dropped = events.len() - kept.len();
+        if dropped as f64 <= events.len() as f64 * MAX_DROPPED_SHARE {
+            prop_assert_eq!(indexed.rows.num_rows(), events.len(), "few dropped: no row copied");
+        } else {
+            prop_assert!(indexed.dropped.is_empty(), "many dropped: the kept rows copied");
+        }
+        let stored: Vec<Event> = indexed
+            .rows
+            .events()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !indexed.dropped.contains(&(*i as u32)))
+            .map(|(_, e)| e)
+            .collect();
         let want_rows: Vec<Event> = kept.iter().map(|&i| events[i].clone()).collect();
-        prop_assert_eq!(indexed.rows.events(), want_rows);
+        prop_assert_eq!(stored, want_rows);
+        prop_assert_eq!(indexed.stored_rows(), kept.len());
+        prop_assert_eq!(indexed.max_ts, kept.iter().map(|&i| events[i].ts).max());
         let keys: Vec<PartitionKey> = indexed.parts.iter().map(|(k, _)| *k).collect();
         prop_assert!(keys.windows(2).all(|w| w[0] < w[1]), "partitions in order, each once");
         let mut head = Head::default();
+        let stored = indexed.stored_rows();
         let chunks = indexed
             .parts
             .into_iter()
-            .map(|(k, rows)| (k, HeadChunk::picked(Lsn(1), indexed.rows.clone(), rows)))
+            .map(|(k, rows)| (k, HeadChunk::picked(Lsn(1), indexed.rows.clone(), rows, stored)))
             .collect();
         head.insert(chunks, Instant::now());
         let mut got: BTreeMap<PartitionKey, Vec<Event>> = BTreeMap::new();
@@ -383,6 +458,11 @@ mod tests {
         }
         prop_assert_eq!(got, naive(p, events, &kept));
         prop_assert_eq!(head.rows(), kept.len());
+        if !kept.is_empty() {
+            let whole = indexed.rows.memory_bytes() as f64;
+            let off = (head.bytes() as f64 - whole).abs();
+            prop_assert!(off <= keys.len() as f64, "the chunks' bytes add up to their batch's, dropped rows too");
+        }
         Ok(())
     }
 
@@ -391,13 +471,16 @@ mod tests {
         fn indexing_matches_filter_then_split(
             events in prop::collection::vec(any_event(), 0..60),
             mask in prop::collection::vec(any::<bool>(), 60),
+            few_dropped in prop::collection::vec(prop::bool::weighted(1.0 / 16.0), 60),
             shards in 1u32..5,
             width in prop_oneof![Just(1i64), Just(1_000), Just(3_600_000)],
         ) {
             let p = Partitioning { bucket_width_ms: width, shards };
             check_index(&p, &events, None)?;
-            let keep: Vec<u32> = (0..events.len() as u32).filter(|&i| mask[i as usize]).collect();
-            check_index(&p, &events, Some(keep))?;
+            for drop in [mask, few_dropped] {
+                let keep: Vec<u32> = (0..events.len() as u32).filter(|&i| !drop[i as usize]).collect();
+                check_index(&p, &events, Some(keep))?;
+            }
         }
     }
 

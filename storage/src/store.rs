@@ -46,7 +46,7 @@ use crate::manifest::{
 };
 use crate::seal::{PipelineOutput, SealContext, SealKind, SealPipeline, SidecarReader};
 use crate::segment::{BlockCache, SegmentReader, SegmentWriteOptions, write_segment};
-use crate::wal::{Wal, WalConfig, Written, decode_batch, decode_encoded_batch, encode_batch_into};
+use crate::wal::{Wal, WalConfig, Written, decode_encoded_record, decode_record, encode_batch_into};
 
 #[cfg(test)]
 mod tests;
@@ -357,14 +357,15 @@ fn head_chunks(lsn: Lsn, written: &Written, payload: &[u8], indexed: Indexed) ->
     let mapped = (written.len() >= MIN_MAPPED_PAYLOAD_BYTES).then(|| written.map()).flatten();
     let bytes = mapped.unwrap_or_else(|| bytes::Bytes::copy_from_slice(payload));
     // SAFETY: `bytes` are the payload `encode_batch_into` wrote for
-    // `indexed.rows`: a copy of it, or its mapping from the WAL file, whose
+    // `indexed`: a copy of it, or its mapping from the WAL file, whose
     // bytes do not change while it lives (see `Written::map`).
-    let source = match unsafe { decode_encoded_batch(bytes.into()) } {
-        Ok(batch) if batch.num_rows() == indexed.rows.num_rows() => batch,
+    let stored = indexed.stored_rows();
+    let source = match unsafe { decode_encoded_record(bytes.into()) } {
+        Ok(record) if record.batch.num_rows() == indexed.rows.num_rows() => record.batch,
         // Not expected: the payload is the encoding of these rows.
         Ok(_) | Err(_) => indexed.rows,
     };
-    indexed.parts.into_iter().map(|(key, rows)| (key, HeadChunk::picked(lsn, source.clone(), rows))).collect()
+    indexed.parts.into_iter().map(|(key, rows)| (key, HeadChunk::picked(lsn, source.clone(), rows, stored))).collect()
 }
 
 /// The rows of one batch that an append stores: all of them, or those at
@@ -453,12 +454,14 @@ impl Store {
         let wal_config =
             WalConfig { dir: data_dir.join("wal"), file_size_bytes: config.wal_file_size_bytes, fsync: config.fsync };
         let wal = Wal::open(wal_config, |lsn, payload| {
-            let indexed = partitioning.index(&decode_batch(payload)?, None)?;
+            let record = decode_record(payload)?;
+            let indexed = partitioning.index_stored(record.batch, record.dropped);
+            let stored = indexed.stored_rows();
             let chunks = indexed
                 .parts
                 .into_iter()
                 .filter(|(p, _)| catalog.sealed_lsn(*p) < lsn)
-                .map(|(p, rows)| (p, HeadChunk::picked(lsn, indexed.rows.clone(), rows)))
+                .map(|(p, rows)| (p, HeadChunk::picked(lsn, indexed.rows.clone(), rows, stored)))
                 .collect();
             head.insert(chunks, now);
             Ok(())
@@ -558,9 +561,9 @@ impl Store {
     fn write_rows(&self, r: Rows<'_>) -> Result<Lsn> {
         let indexed = self.inner.partitioning.index(r.batch, r.keep)?;
         let mut payload = self.inner.encode_buffers.take();
-        encode_batch_into(&indexed.rows, payload.vec_mut())?;
-        let appended = indexed.rows.num_rows() as u64;
-        let max_ts = indexed.rows.ts().iter().max().copied();
+        encode_batch_into(&indexed.rows, &indexed.dropped, payload.vec_mut())?;
+        let appended = indexed.stored_rows() as u64;
+        let max_ts = indexed.max_ts;
         let lsn = self.inner.wal.write_with(&payload, |lsn, written| {
             let chunks = head_chunks(lsn, &written, &payload, indexed);
             self.inner.visible.write().head.insert(chunks, Instant::now());

@@ -160,6 +160,39 @@ fn the_head_maps_large_records_from_the_wal_until_sealed() {
     assert_eq!(all_events(&store), sorted_debug(&all));
 }
 
+/// A large record with a few rows dropped is mapped from the WAL like any
+/// other, and its dropped rows are in no read, before or after a reopen;
+/// the head counts the whole record's bytes, as it keeps them all.
+#[test]
+fn a_large_record_with_rows_dropped_is_mapped_and_reads_without_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig { wal_file_size_bytes: 64 << 20, ..small_config() };
+    let store = Store::open(dir.path(), config.clone(), SealPipeline::new()).expect("open store");
+    let events: Vec<Event> = (0..5_000)
+        .map(|n| Event {
+            ua_hash: Some(format!("{n:0>64}")),
+            ..event(n, 1_000_000 + n as i64 * 700, ["a1", "a2"][n as usize % 2])
+        })
+        .collect();
+    let keep: Vec<u32> = (0..5_000).filter(|i| i % 10 != 3).collect();
+    let kept: Vec<Event> = keep.iter().map(|&i| events[i as usize].clone()).collect();
+    let batch = EventBatch::from_events(&events);
+    store.append_rows(&batch, Some(&keep)).expect("append");
+    assert_eq!(mappings_under(&dir.path().join("wal")), 1, "a large record is mapped");
+    assert_eq!(all_events(&store), sorted_debug(&kept));
+    let (head, whole) = (store.stats().head_bytes, batch.memory_bytes() as u64);
+    assert!(
+        head.abs_diff(whole) <= 8,
+        "the dropped rows' bytes are counted too: {head} in the head, {whole} in the batch"
+    );
+    store.close().expect("close");
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("reopen");
+    assert_eq!(all_events(&store), sorted_debug(&kept));
+    store.seal_all().expect("seal");
+    assert_eq!(store.snapshot().segment_rows(), kept.len() as u64);
+    assert_eq!(all_events(&store), sorted_debug(&kept));
+}
+
 #[test]
 fn partial_seal_then_crash_replays_only_unsealed_partitions() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -364,6 +397,54 @@ proptest! {
         drop(store);
         let store = open(dir.path());
         prop_assert_eq!(all_events(&store), sorted_debug(&all), "segments after reopen");
+    }
+
+    /// Rows an append drops, a few (left in place in the WAL record) or
+    /// many (filtered out), are in no read: not in the head, not after
+    /// replay, not in segments, not in scans, not in the latest event time.
+    #[test]
+    fn rows_dropped_at_append_never_come_back(
+        masks in prop::collection::vec(
+            (prop::sample::select(vec![0.03, 0.1, 0.5]), 1usize..100)
+                .prop_flat_map(|(p, n)| prop::collection::vec(prop::bool::weighted(p), n)),
+            1..4,
+        ),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let mut kept = Vec::new();
+        let mut k = 0u64;
+        for mask in &masks {
+            let events: Vec<Event> = mask
+                .iter()
+                .map(|_| {
+                    k += 1;
+                    event(k, (k as i64 * 7_919) % 7_200_000, ["a1", "a2", "a3"][(k % 3) as usize])
+                })
+                .collect();
+            let keep: Vec<u32> = (0..mask.len() as u32).filter(|&i| !mask[i as usize]).collect();
+            store.append_rows(&EventBatch::from_events(&events), Some(&keep)).expect("append");
+            kept.extend(keep.iter().map(|&i| events[i as usize].clone()));
+        }
+        let req = ScanRequest {
+            time_range: TimeRange { start_ms: 0, end_ms: 7_200_000 },
+            filters: vec![],
+            columns: vec![ColumnId::CostMicros],
+        };
+        prop_assert_eq!(store.stats().appended_rows, kept.len() as u64);
+        prop_assert_eq!(store.max_event_ts(), kept.iter().map(|e| e.ts).max().unwrap_or(i64::MIN));
+        for step in ["head", "after WAL replay", "segments", "segments after reopen"] {
+            prop_assert_eq!(all_events(&store), sorted_debug(&kept), "{}", step);
+            prop_assert_eq!(scanned_costs(&store, &req), naive_scan(&kept, &req), "{}", step);
+            if step == "after WAL replay" {
+                store.seal_all().expect("seal");
+                prop_assert_eq!(store.snapshot().segment_rows(), kept.len() as u64);
+            } else {
+                store.close().expect("close");
+                store = open(dir.path());
+                prop_assert_eq!(store.max_event_ts(), kept.iter().map(|e| e.ts).max().unwrap_or(i64::MIN));
+            }
+        }
     }
 
     /// The pruning scan returns exactly what a naive filter over all events returns,

@@ -1,5 +1,19 @@
 //! WAL payload codec for event batches: one Arrow IPC stream per record,
-//! holding the schema message and exactly one record batch.
+//! holding the schema message and exactly one record batch, after the
+//! rows of the batch that the record does not store, if there are any:
+//!
+//! ```text
+//! payload = ipc                                      every row is stored
+//!         | "ADSDROP\0" | n: u32 LE | 4 zero bytes | row: u32 LE × n | zero bytes to a multiple of 8 | ipc
+//! ```
+//!
+//! The dropped rows are ascending row numbers of the batch. They are there
+//! so that a request's rows can be written as they came, duplicates and
+//! all, instead of copied without them (see
+//! [`Partitioning::index`](crate::Partitioning::index)). The IPC stream
+//! starts at a multiple of 8 in the payload either way, so that it can be
+//! read in place. An IPC stream starts with `0xFFFFFFFF`, never with
+//! `ADSDROP`.
 
 use arrow_ipc::MetadataVersion;
 use arrow_ipc::reader::{FileDecoder, StreamReader};
@@ -12,34 +26,105 @@ use crate::event::{EventBatch, event_schema};
 /// Room for the IPC schema and message headers on top of the batch's buffers.
 const IPC_OVERHEAD_BYTES: usize = 16 << 10;
 
+/// First bytes of a payload with dropped rows.
+const DROPPED_MAGIC: [u8; 8] = *b"ADSDROP\0";
+
+/// A decoded payload: the rows of `batch` not in `dropped` are the
+/// record's events.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub batch: EventBatch,
+    /// Ascending row numbers of `batch`, each once.
+    pub dropped: Vec<u32>,
+}
+
 /// Encodes `batch` as an Arrow IPC stream (schema + one batch + end marker).
 pub fn encode_batch(batch: &EventBatch) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    encode_batch_into(batch, &mut out)?;
+    encode_batch_into(batch, &[], &mut out)?;
     Ok(out)
 }
 
-/// [`encode_batch`] into `out` (cleared first), so a caller can reuse one
-/// buffer for many records instead of megabytes of fresh memory each time.
-pub fn encode_batch_into(batch: &EventBatch, out: &mut Vec<u8>) -> Result<()> {
+/// Encodes the rows of `batch` not in `dropped` (ascending row numbers of
+/// it) into `out` (cleared first), so a caller can reuse one buffer for
+/// many records instead of megabytes of fresh memory each time.
+pub fn encode_batch_into(batch: &EventBatch, dropped: &[u32], out: &mut Vec<u8>) -> Result<()> {
     let rb = batch.record_batch();
     // Sized up front: growing by doubling copied the payload several times,
     // each time into memory fresh from the kernel.
     out.clear();
-    out.reserve(batch.memory_bytes() + IPC_OVERHEAD_BYTES);
+    out.reserve(dropped_prefix_len(dropped.len()) + batch.memory_bytes() + IPC_OVERHEAD_BYTES);
+    if !dropped.is_empty() {
+        let n = u32::try_from(dropped.len()).map_err(|_| ipc_error("too many dropped rows for one record"))?;
+        out.extend_from_slice(&DROPPED_MAGIC);
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend(dropped.iter().flat_map(|row| row.to_le_bytes()));
+        out.resize(dropped_prefix_len(dropped.len()), 0);
+    }
     let mut writer = StreamWriter::try_new(out, rb.schema_ref())?;
     writer.write(rb)?;
     writer.finish()?;
     Ok(())
 }
 
-/// Decodes a payload written by [`encode_batch`].
+/// Bytes before the IPC stream of a payload with `n` dropped rows.
+fn dropped_prefix_len(n: usize) -> usize {
+    if n == 0 { 0 } else { (16 + 4 * n).next_multiple_of(8) }
+}
+
+/// The dropped rows of a payload, and where its IPC stream starts.
+fn split_payload(bytes: &[u8]) -> Result<(Vec<u32>, usize)> {
+    if !bytes.starts_with(&DROPPED_MAGIC) {
+        return Ok((Vec::new(), 0));
+    }
+    let n = bytes.get(8..12).ok_or_else(|| ipc_error("the list of dropped rows is cut short"))?;
+    let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize;
+    let start = dropped_prefix_len(n);
+    if n == 0 {
+        return Err(ipc_error("the list of dropped rows is empty"));
+    }
+    let list = bytes.get(16..16 + 4 * n).filter(|_| bytes.len() >= start);
+    let list = list.ok_or_else(|| ipc_error("the list of dropped rows is cut short"))?;
+    let dropped: Vec<u32> = list.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if dropped.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ipc_error("the dropped rows are not ascending"));
+    }
+    Ok((dropped, start))
+}
+
+/// The record's rows and their batch, checking that the dropped rows are
+/// rows of it.
+fn record(batch: EventBatch, dropped: Vec<u32>) -> Result<Record> {
+    if dropped.last().is_some_and(|&last| last as usize >= batch.num_rows()) {
+        return Err(ipc_error("a dropped row is not a row of the batch"));
+    }
+    Ok(Record { batch, dropped })
+}
+
+/// Decodes a payload written by [`encode_batch_into`]: the stored rows.
+///
+/// # Errors
+/// As [`decode_record`].
+pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
+    let Record { batch, dropped } = decode_record(bytes)?;
+    if dropped.is_empty() {
+        return Ok(batch);
+    }
+    let mut dropped = dropped.into_iter().peekable();
+    let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| dropped.next_if_eq(&i).is_none()).collect();
+    batch.filter_rows(&keep)
+}
+
+/// Decodes a payload written by [`encode_batch_into`].
 ///
 /// # Errors
 /// [`StorageError::Arrow`] if the bytes are not an IPC stream with exactly
-/// one batch; [`StorageError::Schema`] if the batch is not an event batch.
-pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
-    let mut reader = StreamReader::try_new(bytes, None)?;
+/// one batch, after a well-formed list of dropped rows of it if any;
+/// [`StorageError::Schema`] if the batch is not an event batch.
+pub fn decode_record(bytes: &[u8]) -> Result<Record> {
+    let (dropped, start) = split_payload(bytes)?;
+    let mut reader = StreamReader::try_new(&bytes[start..], None)?;
     let batch = match reader.next() {
         Some(batch) => batch?,
         None => return Err(ipc_error("the IPC stream holds no record batch")),
@@ -47,10 +132,10 @@ pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
     if reader.next().is_some() {
         return Err(ipc_error("the IPC stream holds more than one record batch"));
     }
-    EventBatch::try_new(batch)
+    record(EventBatch::try_new(batch)?, dropped)
 }
 
-/// [`decode_batch`] without a copy and without checking the arrays: the
+/// [`decode_record`] without a copy and without checking the arrays: the
 /// batch's columns point into `bytes`. Checking the arrays of a 10M-event
 /// load took 4% of its time, and these are arrays the process checked
 /// before it encoded them.
@@ -61,10 +146,12 @@ pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
 /// and other bytes could make them read out of bounds.
 ///
 /// # Errors
-/// As [`decode_batch`], for a stream that is not one batch of the event
+/// As [`decode_record`], for a stream that is not one batch of the event
 /// schema.
 #[allow(unsafe_code)]
-pub(crate) unsafe fn decode_encoded_batch(bytes: arrow_buffer::Buffer) -> Result<EventBatch> {
+pub(crate) unsafe fn decode_encoded_record(bytes: arrow_buffer::Buffer) -> Result<Record> {
+    let (dropped, start) = split_payload(&bytes)?;
+    let bytes = bytes.slice(start);
     // The stream `encode_batch_into` writes: the schema message, the batch
     // message, the end marker. Each message is the continuation marker, the
     // metadata length (i32 LE), the metadata, then its body.
@@ -86,7 +173,7 @@ pub(crate) unsafe fn decode_encoded_batch(bytes: arrow_buffer::Buffer) -> Result
     // decoder does.)
     let decoder = unsafe { FileDecoder::new(event_schema(), MetadataVersion::V5).with_skip_validation(true) };
     match decoder.read_record_batch(&block, &bytes.slice(at))? {
-        Some(batch) => EventBatch::try_new(batch),
+        Some(batch) => record(EventBatch::try_new(batch)?, dropped),
         None => Err(ipc_error("the IPC stream holds no record batch")),
     }
 }
@@ -149,17 +236,33 @@ mod tests {
             prop_assert_eq!(back.events(), events[cut..].to_vec());
         }
 
-        /// The unchecked decoding of the store's own payloads reads back
-        /// every encoding the checked one does, slices included.
+        /// A record with dropped rows reads back as its batch and those
+        /// rows, and [`decode_batch`] gives the rest; the unchecked decoding
+        /// of the store's own payloads reads back every encoding the checked
+        /// one does, slices included.
         #[test]
-        fn encoded_batches_decode_in_place(events in prop::collection::vec(event(), 0..30), cut in 0usize..30) {
+        fn records_round_trip_with_their_dropped_rows(
+            events in prop::collection::vec(event(), 0..30),
+            cut in 0usize..30,
+            drop in prop::collection::vec(any::<bool>(), 30),
+        ) {
             let batch = EventBatch::from_events(&events);
             let cut = cut.min(events.len());
-            let bytes = encode_batch(&batch.slice(cut, events.len() - cut)).expect("encode");
-            // SAFETY: `bytes` are what `encode_batch` wrote.
+            let events = &events[cut..];
+            let dropped: Vec<u32> = (0..events.len() as u32).filter(|&i| drop[i as usize]).collect();
+            let mut bytes = Vec::new();
+            encode_batch_into(&batch.slice(cut, events.len()), &dropped, &mut bytes).expect("encode");
+            let stored: Vec<Event> =
+                events.iter().enumerate().filter(|(i, _)| !drop[*i]).map(|(_, e)| e.clone()).collect();
+            prop_assert_eq!(decode_batch(&bytes).expect("decode").events(), stored);
+            let checked = decode_record(&bytes).expect("decode");
+            prop_assert_eq!(checked.batch.events(), events.to_vec());
+            prop_assert_eq!(&checked.dropped, &dropped);
+            // SAFETY: `bytes` are what `encode_batch_into` wrote.
             #[allow(unsafe_code)]
-            let back = unsafe { decode_encoded_batch(bytes.into()) }.expect("decode");
-            prop_assert_eq!(back.events(), events[cut..].to_vec());
+            let in_place = unsafe { decode_encoded_record(bytes.into()) }.expect("decode");
+            prop_assert_eq!(in_place.batch.events(), events.to_vec());
+            prop_assert_eq!(in_place.dropped, dropped);
         }
 
         #[test]
@@ -176,6 +279,38 @@ mod tests {
             // does not need; cutting them off still decodes.
             prop_assume!(cut < bytes.len() - 8);
             prop_assert!(decode_batch(&bytes[..cut]).is_err());
+        }
+    }
+
+    /// A list of dropped rows that is cut short, empty, not ascending, or
+    /// names a row the batch does not have is an error.
+    #[test]
+    fn bad_lists_of_dropped_rows_are_errors() {
+        let batch = EventBatch::from_events(&vec![Event::default(); 4]);
+        let mut good = Vec::new();
+        encode_batch_into(&batch, &[1, 3], &mut good).expect("encode");
+        assert_eq!(decode_record(&good).expect("decode").dropped, vec![1, 3]);
+        let with_list = |n: u32, rows: &[u32]| {
+            let mut bytes = DROPPED_MAGIC.to_vec();
+            bytes.extend(n.to_le_bytes());
+            bytes.extend([0; 4]);
+            bytes.extend(rows.iter().flat_map(|r| r.to_le_bytes()));
+            bytes.resize((16 + 4 * rows.len()).next_multiple_of(8), 0);
+            bytes.extend(&good[dropped_prefix_len(2)..]);
+            bytes
+        };
+        assert_eq!(decode_record(&with_list(2, &[0, 2])).expect("decode").dropped, vec![0, 2]);
+        for (bytes, want) in [
+            (good[..12].to_vec(), "cut short"),
+            (good[..17].to_vec(), "cut short"),
+            (with_list(u32::MAX, &[0, 2]), "cut short"),
+            (with_list(0, &[]), "empty"),
+            (with_list(2, &[2, 2]), "not ascending"),
+            (with_list(2, &[3, 1]), "not ascending"),
+            (with_list(2, &[1, 4]), "not a row of the batch"),
+        ] {
+            let err = decode_record(&bytes).expect_err(want);
+            assert!(err.to_string().contains(want), "{want}: {err}");
         }
     }
 

@@ -11,7 +11,11 @@
 //! (an Arrow IPC stream, as the store writes) starts at a multiple of 8 in
 //! the file, and so in a page-aligned mapping of it: Arrow reads its
 //! columns in place only at such addresses. Version 1 had a 12-byte header
-//! (no zero bytes); replay still reads it.
+//! (no zero bytes). Version 3 has version 2's layout; its payloads may list
+//! rows they do not store (see the codec), which a build that reads only
+//! version 2 would take for events. Replay reads all three; appends go to
+//! a file of the current version only, so that an older build refuses a
+//! log it cannot read instead of misreading it.
 //!
 //! Nothing here touches the file system; the writer and replay use these
 //! helpers so the layout is defined in one place.
@@ -21,7 +25,7 @@ use crate::ids::Lsn;
 /// First bytes of every WAL file.
 pub(crate) const MAGIC: [u8; 8] = *b"ADSWAL\0\0";
 /// Format version written after the magic. Bump on any layout change.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 /// Size of the file header: magic + version + 4 zero bytes.
 pub(crate) const FILE_HEADER_LEN: u64 = 16;
 /// Size of a version 1 file header: magic + version.
@@ -126,7 +130,7 @@ mod tests {
         let h = RecordHeader::decode(out[..16].try_into().expect("16 bytes"));
         assert_eq!(h, RecordHeader { len: 2, crc, lsn: Lsn(7) });
         assert_eq!(h.frame_len(), 18);
-        assert_eq!(file_header(), *b"ADSWAL\0\0\x02\0\0\0\0\0\0\0");
+        assert_eq!(file_header(), *b"ADSWAL\0\0\x03\0\0\0\0\0\0\0");
     }
 
     #[test]

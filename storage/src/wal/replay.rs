@@ -39,6 +39,8 @@ pub(crate) struct TailFile {
     /// Length of the valid prefix (the file has been truncated to it).
     pub(crate) len_bytes: u64,
     pub(crate) records: u64,
+    /// The format version of its header.
+    pub(crate) version: u32,
 }
 
 /// What recovery found on disk.
@@ -92,6 +94,7 @@ pub(crate) fn recover(dir: &Path, fsync: bool, visit: &mut dyn FnMut(Lsn, &[u8])
                 first_lsn: *first_lsn,
                 len_bytes: scan.len_bytes,
                 records: scan.records,
+                version: scan.version,
             });
         } else {
             if scan.records == 0 {
@@ -108,6 +111,7 @@ struct Scan {
     next_lsn: Lsn,
     len_bytes: u64,
     records: u64,
+    version: u32,
 }
 
 /// How a record failed to check.
@@ -128,11 +132,11 @@ fn scan_file(
     let file = OpenOptions::new().read(true).write(is_last).open(path).at(path)?;
     let file_len = file.metadata().at(path)?.len();
 
-    let Some(header_len) = check_file_header(&file, path, file_len, is_last)? else {
+    let Some((header_len, version)) = check_file_header(&file, path, file_len, is_last)? else {
         // Torn while the file was being created: no record can be in it.
         tracing::warn!(path = %path.display(), file_len, "WAL file header is torn; rewriting it");
         rewrite_header(&file, path, fsync)?;
-        return Ok(Scan { next_lsn: first_lsn, len_bytes: FILE_HEADER_LEN, records: 0 });
+        return Ok(Scan { next_lsn: first_lsn, len_bytes: FILE_HEADER_LEN, records: 0, version: VERSION });
     };
 
     let mut reader = BufReader::with_capacity(1 << 16, &file);
@@ -207,22 +211,23 @@ fn scan_file(
         if fsync {
             file.sync_all().at(path)?;
         }
-        return Ok(Scan { next_lsn: expected, len_bytes: off, records });
+        return Ok(Scan { next_lsn: expected, len_bytes: off, records, version });
     }
-    Ok(Scan { next_lsn: expected, len_bytes: off, records })
+    Ok(Scan { next_lsn: expected, len_bytes: off, records, version })
 }
 
 /// Checks the file header and returns its length, which depends on the
-/// version. `Ok(None)` means the header is torn (the last file is shorter
-/// than a header, or header and rest are all zero) and must be rewritten.
-fn check_file_header(file: &File, path: &Path, file_len: u64, is_last: bool) -> Result<Option<u64>> {
+/// version, and the version. `Ok(None)` means the header is torn (the last
+/// file is shorter than a header, or header and rest are all zero) and must
+/// be rewritten.
+fn check_file_header(file: &File, path: &Path, file_len: u64, is_last: bool) -> Result<Option<(u64, u32)>> {
     let torn = || if is_last { Ok(None) } else { Err(corrupt(path, 0, "file header truncated")) };
     if file_len < V1_FILE_HEADER_LEN {
         return torn();
     }
     let hdr = read_from(file, path, 0, file_len.min(FILE_HEADER_LEN))?;
     if hdr == file_header() {
-        return Ok(Some(FILE_HEADER_LEN));
+        return Ok(Some((FILE_HEADER_LEN, VERSION)));
     }
     if is_last && hdr.iter().all(|&b| b == 0) && read_from(file, path, 0, file_len)?.iter().all(|&b| b == 0) {
         return Ok(None);
@@ -231,18 +236,19 @@ fn check_file_header(file: &File, path: &Path, file_len: u64, is_last: bool) -> 
         return Err(corrupt(path, 0, "bad magic: not a WAL file"));
     }
     match u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) {
-        1 => Ok(Some(V1_FILE_HEADER_LEN)),
-        VERSION if file_len < FILE_HEADER_LEN => torn(),
-        VERSION => Err(corrupt(path, 12, "the header's last 4 bytes are not zero")),
+        1 => Ok(Some((V1_FILE_HEADER_LEN, 1))),
+        2 | VERSION if file_len < FILE_HEADER_LEN => torn(),
+        2 if hdr[12..] == [0; 4] => Ok(Some((FILE_HEADER_LEN, 2))),
+        2 | VERSION => Err(corrupt(path, 12, "the header's last 4 bytes are not zero")),
         version => Err(corrupt(
             path,
             8,
-            &format!("unsupported WAL format version {version} (this build reads 1 and {VERSION})"),
+            &format!("unsupported WAL format version {version} (this build reads 1 to {VERSION})"),
         )),
     }
 }
 
-fn rewrite_header(mut file: &File, path: &Path, fsync: bool) -> Result<()> {
+pub(crate) fn rewrite_header(mut file: &File, path: &Path, fsync: bool) -> Result<()> {
     file.set_len(0).at(path)?;
     file.seek(SeekFrom::Start(0)).at(path)?;
     file.write_all(&file_header()).at(path)?;

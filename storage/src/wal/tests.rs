@@ -433,26 +433,54 @@ fn written_payloads_map_back_as_written() {
     }
 }
 
-/// A log written by a build before format version 2 (a 12-byte file
-/// header) replays, and appends continue after its records.
+/// A log whose last file is of an older format version (1: a 12-byte
+/// header; 2: the current layout, with payloads that never list dropped
+/// rows) replays; appends go to a new file of the current version, so that
+/// the older file stays readable by the builds that wrote it, and the log
+/// replays whole after a reopen.
 #[test]
-fn version_1_files_replay() {
+fn files_of_older_versions_replay_and_appends_go_to_a_new_file() {
+    for (version, header) in [(1, b"ADSWAL\0\0\x01\0\0\0".to_vec()), (2, b"ADSWAL\0\0\x02\0\0\0\0\0\0\0".to_vec())] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = config(tmp.path(), 1 << 20, true);
+        let mut bytes = header;
+        let old: Vec<Vec<u8>> = (0..3).map(|i| payload(i, 100 + i)).collect();
+        for (i, p) in old.iter().enumerate() {
+            super::format::encode_record(&mut bytes, Lsn(i as u64 + 1), p);
+        }
+        let old_file = cfg.dir.join(super::format::file_name(Lsn(1)));
+        fs::write(&old_file, &bytes).expect("write");
+        let (wal, seen) = open(&cfg).expect("open");
+        expect_records(&seen, &old, 1);
+        assert_eq!(wal.append(b"new").expect("append"), Lsn(4), "version {version}");
+        drop(wal);
+        assert_eq!(fs::read(&old_file).expect("read"), bytes, "version {version}: the old file is left as it was");
+        let new_file = cfg.dir.join(super::format::file_name(Lsn(4)));
+        let new = fs::read(&new_file).expect("a new file for the appends");
+        assert_eq!(new[..16], super::format::file_header(), "version {version}");
+        let (_, seen) = open(&cfg).expect("reopen");
+        let mut all = old.clone();
+        all.push(b"new".to_vec());
+        expect_records(&seen, &all, 1);
+    }
+}
+
+/// A last file of format version 2 with no record in it takes the current
+/// header, and the appends.
+#[test]
+fn an_empty_file_of_an_older_version_takes_the_current_header() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config(tmp.path(), 1 << 20, true);
-    let mut bytes = b"ADSWAL\0\0\x01\0\0\0".to_vec();
-    let old: Vec<Vec<u8>> = (0..3).map(|i| payload(i, 100 + i)).collect();
-    for (i, p) in old.iter().enumerate() {
-        super::format::encode_record(&mut bytes, Lsn(i as u64 + 1), p);
-    }
-    fs::write(cfg.dir.join(super::format::file_name(Lsn(1))), &bytes).expect("write");
+    let path = cfg.dir.join(super::format::file_name(Lsn(5)));
+    fs::write(&path, b"ADSWAL\0\0\x02\0\0\0\0\0\0\0").expect("write");
     let (wal, seen) = open(&cfg).expect("open");
-    expect_records(&seen, &old, 1);
-    assert_eq!(wal.append(b"new").expect("append"), Lsn(4));
+    assert!(seen.is_empty());
+    assert_eq!(wal.append(b"new").expect("append"), Lsn(5));
     drop(wal);
+    assert_eq!(files(tmp.path()), vec![path.clone()]);
+    assert_eq!(fs::read(&path).expect("read")[..16], super::format::file_header());
     let (_, seen) = open(&cfg).expect("reopen");
-    let mut all = old.clone();
-    all.push(b"new".to_vec());
-    expect_records(&seen, &all, 1);
+    expect_records(&seen, &[b"new".to_vec()], 5);
 }
 
 #[test]

@@ -186,20 +186,37 @@ impl Wal {
         fs::create_dir_all(&config.dir).at(&config.dir)?;
         let recovered = replay::recover(&config.dir, config.fsync, &mut visit)?;
         let next_lsn = recovered.next_lsn;
+        let mut closed = recovered.closed;
         let active = match recovered.tail {
-            Some(tail) => ActiveFile {
-                file: Arc::new(OpenOptions::new().read(true).append(true).open(&tail.path).at(&tail.path)?),
-                path: tail.path,
-                first_lsn: tail.first_lsn,
-                len_bytes: tail.len_bytes,
-                records: tail.records,
-            },
+            Some(tail) if tail.version == format::VERSION || tail.records == 0 => {
+                let file = OpenOptions::new().read(true).append(true).open(&tail.path).at(&tail.path)?;
+                let mut len_bytes = tail.len_bytes;
+                if tail.version != format::VERSION {
+                    // No record in it: its header can just be the current one.
+                    replay::rewrite_header(&file, &tail.path, config.fsync)?;
+                    len_bytes = format::FILE_HEADER_LEN;
+                }
+                ActiveFile {
+                    file: Arc::new(file),
+                    path: tail.path,
+                    first_lsn: tail.first_lsn,
+                    len_bytes,
+                    records: tail.records,
+                }
+            }
+            // An older version's records: the file is closed as it is, and
+            // appends go to a new file (see `format`).
+            Some(tail) => {
+                tracing::info!(path = %tail.path.display(), version = tail.version,
+                    "WAL file of an older format version closed; appends go to a new file");
+                closed.push(ClosedFile { path: tail.path, first_lsn: tail.first_lsn, last_lsn: Lsn(next_lsn.0 - 1) });
+                create_file(&config.dir, next_lsn, config.fsync)?
+            }
             None => create_file(&config.dir, next_lsn, config.fsync)?,
         };
-        tracing::info!(dir = %config.dir.display(), next_lsn = next_lsn.0, files = recovered.closed.len() + 1,
-            "WAL opened");
+        tracing::info!(dir = %config.dir.display(), next_lsn = next_lsn.0, files = closed.len() + 1, "WAL opened");
         Ok(Wal {
-            append: Mutex::new(AppendState { active, closed: recovered.closed }),
+            append: Mutex::new(AppendState { active, closed }),
             // Everything recovered is durable: replay fsynced what it repaired,
             // and the rest was read back from the files.
             sync: Mutex::new(SyncState { synced: Lsn(next_lsn.0 - 1), leader: false }),
