@@ -55,6 +55,9 @@ pub fn encode_batch_into(batch: &EventBatch, dropped: &[u32], out: &mut Vec<u8>)
     out.clear();
     out.reserve(dropped_prefix_len(dropped.len()) + batch.memory_bytes() + IPC_OVERHEAD_BYTES);
     if !dropped.is_empty() {
+        if dropped.windows(2).any(|w| w[0] >= w[1]) || dropped.last().is_some_and(|&l| l as usize >= batch.num_rows()) {
+            return Err(StorageError::Internal("dropped rows must be ascending row numbers of the batch".into()));
+        }
         let n = u32::try_from(dropped.len()).map_err(|_| ipc_error("too many dropped rows for one record"))?;
         out.extend_from_slice(&DROPPED_MAGIC);
         out.extend_from_slice(&n.to_le_bytes());
@@ -86,6 +89,9 @@ fn split_payload(bytes: &[u8]) -> Result<(Vec<u32>, usize)> {
     }
     let list = bytes.get(16..16 + 4 * n).filter(|_| bytes.len() >= start);
     let list = list.ok_or_else(|| ipc_error("the list of dropped rows is cut short"))?;
+    if bytes[12..16] != [0; 4] || bytes[16 + 4 * n..start].iter().any(|&b| b != 0) {
+        return Err(ipc_error("the list of dropped rows has non-zero reserved or padding bytes"));
+    }
     let dropped: Vec<u32> = list.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     if dropped.windows(2).any(|w| w[0] >= w[1]) {
         return Err(ipc_error("the dropped rows are not ascending"));
@@ -282,14 +288,22 @@ mod tests {
         }
     }
 
-    /// A list of dropped rows that is cut short, empty, not ascending, or
-    /// names a row the batch does not have is an error.
+    /// A list of dropped rows that is cut short, empty, not ascending,
+    /// names a row the batch does not have, or has non-zero reserved or
+    /// padding bytes is an error, written or read.
     #[test]
     fn bad_lists_of_dropped_rows_are_errors() {
         let batch = EventBatch::from_events(&vec![Event::default(); 4]);
         let mut good = Vec::new();
         encode_batch_into(&batch, &[1, 3], &mut good).expect("encode");
         assert_eq!(decode_record(&good).expect("decode").dropped, vec![1, 3]);
+        let mut one = Vec::new();
+        encode_batch_into(&batch, &[1], &mut one).expect("encode");
+        assert_eq!(decode_record(&one).expect("decode").dropped, vec![1], "four bytes of padding");
+        for bad in [&[1, 1][..], &[2, 1], &[4]] {
+            let err = encode_batch_into(&batch, bad, &mut Vec::new()).expect_err("not rows of the batch");
+            assert!(err.to_string().contains("ascending row numbers of the batch"), "{bad:?}: {err}");
+        }
         let with_list = |n: u32, rows: &[u32]| {
             let mut bytes = DROPPED_MAGIC.to_vec();
             bytes.extend(n.to_le_bytes());
@@ -300,6 +314,11 @@ mod tests {
             bytes
         };
         assert_eq!(decode_record(&with_list(2, &[0, 2])).expect("decode").dropped, vec![0, 2]);
+        let set = |bytes: &[u8], at: usize, value: u8| {
+            let mut bytes = bytes.to_vec();
+            bytes[at] = value;
+            bytes
+        };
         for (bytes, want) in [
             (good[..12].to_vec(), "cut short"),
             (good[..17].to_vec(), "cut short"),
@@ -308,6 +327,8 @@ mod tests {
             (with_list(2, &[2, 2]), "not ascending"),
             (with_list(2, &[3, 1]), "not ascending"),
             (with_list(2, &[1, 4]), "not a row of the batch"),
+            (set(&good, 12, 1), "non-zero reserved"),
+            (set(&one, 20, 1), "non-zero reserved or padding"),
         ] {
             let err = decode_record(&bytes).expect_err(want);
             assert!(err.to_string().contains(want), "{want}: {err}");

@@ -465,6 +465,30 @@ fn files_of_older_versions_replay_and_appends_go_to_a_new_file() {
     }
 }
 
+/// The last file is made durable at open, before anything builds on the
+/// records replay read from it: a process killed before its fsync may have
+/// left them in the page cache only, and an append acknowledged after them
+/// (or a retry of them answered "duplicate") must not outlive them. This
+/// holds for a file of an older version, which then stays closed, as for
+/// one of the current version. A failed sync fails the open.
+#[test]
+fn the_last_file_is_synced_at_open() {
+    for header in [b"ADSWAL\0\0\x02\0\0\0\0\0\0\0", &super::format::file_header()] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut bytes = header.to_vec();
+        super::format::encode_record(&mut bytes, Lsn(1), &payload(1, 64));
+        let last = tmp.path().join(super::format::file_name(Lsn(1)));
+        fs::write(&last, &bytes).expect("write");
+        super::writer::FAIL_SYNC_OF.with(|p| *p.borrow_mut() = Some(last.clone()));
+        let err = open(&config(tmp.path(), 1 << 20, true)).err().expect("the sync failed");
+        assert!(err.to_string().contains("injected sync failure"), "{err}");
+        assert_eq!(files(tmp.path()), vec![last.clone()], "no new file before the last one is durable");
+        let (wal, _) = open(&config(tmp.path(), 1 << 20, false)).expect("no sync without fsync");
+        drop(wal);
+        super::writer::FAIL_SYNC_OF.with(|p| *p.borrow_mut() = None);
+    }
+}
+
 /// A last file of format version 2 with no record in it takes the current
 /// header, and the appends.
 #[test]

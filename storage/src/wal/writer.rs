@@ -185,6 +185,14 @@ impl Wal {
         }
         fs::create_dir_all(&config.dir).at(&config.dir)?;
         let recovered = replay::recover(&config.dir, config.fsync, &mut visit)?;
+        // Replay read the last file's records, and the store builds on
+        // them (their keys are duplicates from now on), but a process
+        // killed before its fsync may have left some in the page cache
+        // only. Closed files are durable: `rotate` syncs a file before it
+        // closes it.
+        if let Some(tail) = recovered.tail.as_ref().filter(|t| config.fsync && t.records > 0) {
+            sync_file(&tail.path)?;
+        }
         let next_lsn = recovered.next_lsn;
         let mut closed = recovered.closed;
         let active = match recovered.tail {
@@ -217,8 +225,9 @@ impl Wal {
         tracing::info!(dir = %config.dir.display(), next_lsn = next_lsn.0, files = closed.len() + 1, "WAL opened");
         Ok(Wal {
             append: Mutex::new(AppendState { active, closed }),
-            // Everything recovered is durable: replay fsynced what it repaired,
-            // and the rest was read back from the files.
+            // Everything recovered is durable: replay fsynced what it
+            // repaired, closed files were synced when they were closed, and
+            // the last file just now.
             sync: Mutex::new(SyncState { synced: Lsn(next_lsn.0 - 1), leader: false }),
             synced_cv: Condvar::new(),
             truncate: Mutex::new(()),
@@ -495,6 +504,21 @@ fn create_file(dir: &Path, first_lsn: Lsn, fsync: bool) -> Result<ActiveFile> {
         fsync_dir(dir)?;
     }
     Ok(ActiveFile { file: Arc::new(file), path, first_lsn, len_bytes: format::FILE_HEADER_LEN, records: 0 })
+}
+
+/// Makes the file at `path` durable, data and metadata.
+fn sync_file(path: &Path) -> Result<()> {
+    #[cfg(test)]
+    if FAIL_SYNC_OF.with(|p| p.borrow().as_deref() == Some(path)) {
+        return Err(std::io::Error::other("injected sync failure")).at(path);
+    }
+    File::open(path).and_then(|f| f.sync_all()).at(path)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// A file whose [`sync_file`] fails on this thread, for tests.
+    pub(crate) static FAIL_SYNC_OF: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
