@@ -396,7 +396,7 @@ impl EventBatch {
     /// when most rows stay; not copied when all stay.
     pub fn filter_rows(&self, keep: &[u32]) -> Result<EventBatch> {
         let n = self.num_rows();
-        if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&last| last as usize >= n) {
+        if !are_rows_under(keep, n) {
             return Err(StorageError::Internal(format!(
                 "rows to keep must be ascending row numbers under {n}, one each"
             )));
@@ -629,6 +629,17 @@ pub fn shard_of(advertiser_id: &str, shards: u32) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(advertiser_id.as_bytes()) % u64::from(shards.max(1))) as u32
 }
 
+/// Whether `rows` are ascending row numbers under `n`, each once.
+pub(crate) fn are_rows_under(rows: &[u32], n: usize) -> bool {
+    rows.windows(2).all(|w| w[0] < w[1]) && rows.last().is_none_or(|&last| (last as usize) < n)
+}
+
+/// The row numbers under `n` that are not in `rows` (ascending, each once),
+/// ascending.
+pub(crate) fn other_rows(rows: &[u32], n: usize) -> Vec<u32> {
+    let mut rows = rows.iter().copied().peekable();
+    (0..n as u32).filter(|&i| rows.next_if_eq(&i).is_none()).collect()
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Result, StorageError};
-use crate::event::{ColumnId, EventBatch, shard_of};
+use crate::event::{ColumnId, EventBatch, are_rows_under, other_rows, shard_of};
 use crate::ids::Lsn;
 use crate::manifest::PartitionKey;
 
@@ -143,11 +143,10 @@ const DROPPED: u32 = u32::MAX;
 /// The rows under `n` not in `keep`, which must be ascending row numbers
 /// under `n`, each once.
 fn dropped_rows(keep: &[u32], n: usize) -> Result<Vec<u32>> {
-    if keep.windows(2).any(|w| w[0] >= w[1]) || keep.last().is_some_and(|&last| last as usize >= n) {
+    if !are_rows_under(keep, n) {
         return Err(StorageError::Internal(format!("rows to keep must be ascending row numbers under {n}, one each")));
     }
-    let mut kept = keep.iter().copied().peekable();
-    Ok((0..n as u32).filter(|&i| kept.next_if_eq(&i).is_none()).collect())
+    Ok(other_rows(keep, n))
 }
 
 /// A batch's stored rows and each partition's rows among them, see

@@ -46,4 +46,4 @@ pub use segment::{
     ValueRange, write_segment,
 };
 pub use store::{DamagedSegment, LiveSegment, Rows, SealReport, Snapshot, Store, StoreConfig, StoreStats};
-pub use wal::{Record, Wal, WalConfig, WalStats, decode_batch, decode_record, encode_batch};
+pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

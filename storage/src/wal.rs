@@ -71,7 +71,7 @@
 //! # Payloads
 //!
 //! Records are opaque bytes to the log. [`encode_batch_into`] /
-//! [`decode_record`] turn an [`EventBatch`](crate::EventBatch), and the rows
+//! `decode_record` turn an [`EventBatch`](crate::EventBatch), and the rows
 //! of it the record does not store, into one Arrow IPC stream (one schema
 //! message, one batch) after a list of those rows, and back.
 
@@ -87,8 +87,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use codec::decode_encoded_record;
-pub use codec::{Record, decode_batch, decode_record, encode_batch, encode_batch_into};
+pub use codec::{decode_batch, encode_batch, encode_batch_into};
+pub(crate) use codec::{decode_encoded_record, decode_record};
 pub use writer::{Wal, Written};
 
 /// Where and how the WAL writes.

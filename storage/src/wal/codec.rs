@@ -21,7 +21,7 @@ use arrow_ipc::writer::StreamWriter;
 use arrow_schema::ArrowError;
 
 use crate::error::{Result, StorageError};
-use crate::event::{EventBatch, event_schema};
+use crate::event::{EventBatch, are_rows_under, event_schema, other_rows};
 
 /// Room for the IPC schema and message headers on top of the batch's buffers.
 const IPC_OVERHEAD_BYTES: usize = 16 << 10;
@@ -55,7 +55,7 @@ pub fn encode_batch_into(batch: &EventBatch, dropped: &[u32], out: &mut Vec<u8>)
     out.clear();
     out.reserve(dropped_prefix_len(dropped.len()) + batch.memory_bytes() + IPC_OVERHEAD_BYTES);
     if !dropped.is_empty() {
-        if dropped.windows(2).any(|w| w[0] >= w[1]) || dropped.last().is_some_and(|&l| l as usize >= batch.num_rows()) {
+        if !are_rows_under(dropped, batch.num_rows()) {
             return Err(StorageError::Internal("dropped rows must be ascending row numbers of the batch".into()));
         }
         let n = u32::try_from(dropped.len()).map_err(|_| ipc_error("too many dropped rows for one record"))?;
@@ -117,9 +117,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
     if dropped.is_empty() {
         return Ok(batch);
     }
-    let mut dropped = dropped.into_iter().peekable();
-    let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| dropped.next_if_eq(&i).is_none()).collect();
-    batch.filter_rows(&keep)
+    batch.filter_rows(&other_rows(&dropped, batch.num_rows()))
 }
 
 /// Decodes a payload written by [`encode_batch_into`].
