@@ -640,6 +640,7 @@ pub(crate) fn other_rows(rows: &[u32], n: usize) -> Vec<u32> {
     let mut rows = rows.iter().copied().peekable();
     (0..n as u32).filter(|&i| rows.next_if_eq(&i).is_none()).collect()
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -378,7 +378,7 @@ impl Wal {
         self.append.lock().closed.drain(..deleted);
         result?;
         if deleted > 0 && self.config.fsync {
-            fsync_dir(&self.config.dir)?;
+            sync_file(&self.config.dir)?;
         }
         Ok(deleted)
     }
@@ -501,12 +501,12 @@ fn create_file(dir: &Path, first_lsn: Lsn, fsync: bool) -> Result<ActiveFile> {
     file.write_all(&format::file_header()).at(&path)?;
     if fsync {
         file.sync_all().at(&path)?;
-        fsync_dir(dir)?;
+        sync_file(dir)?;
     }
     Ok(ActiveFile { file: Arc::new(file), path, first_lsn, len_bytes: format::FILE_HEADER_LEN, records: 0 })
 }
 
-/// Makes the file at `path` durable, data and metadata.
+/// Makes the file or directory at `path` durable, data and metadata.
 fn sync_file(path: &Path) -> Result<()> {
     #[cfg(test)]
     if FAIL_SYNC_OF.with(|p| p.borrow().as_deref() == Some(path)) {
@@ -519,8 +519,4 @@ fn sync_file(path: &Path) -> Result<()> {
 thread_local! {
     /// A file whose [`sync_file`] fails on this thread, for tests.
     pub(crate) static FAIL_SYNC_OF: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
-}
-
-fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
