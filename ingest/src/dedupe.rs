@@ -12,8 +12,8 @@
 //! ```
 //!
 //! Memory: keys live in a sharded open-addressing table of bare `u128`
-//! slots (16 bytes). The low byte of a stored key is replaced by a tag
-//! (sealed bit + 7-bit time epoch used for expiry), leaving 120 bits of
+//! slots (16 bytes). The low 16 bits of a stored key are replaced by a tag
+//! (sealed bit + 15-bit time epoch used for expiry), leaving 112 bits of
 //! hash. Tables grow by 1.25× at a load of 0.85, so the table costs between
 //! 18.8 and 23.5 bytes per key: under the 24-byte budget at every size. A
 //! table sized ahead of its keys (expected keys, an announced load) is sized
@@ -43,11 +43,19 @@ const MAX_LOAD: f64 = 0.85;
 /// Past its keys the table grows as any other, at `MAX_LOAD`.
 const PRESIZED_LOAD: f64 = 0.75;
 const GROWTH: f64 = 1.25;
-const SEALED: u8 = 0x80;
-const EPOCHS: i64 = 128;
+/// A stored key's tag: the low 16 bits of its slot.
+type Tag = u16;
+const TAG_BITS: u32 = Tag::BITS;
+const TAG_MASK: u128 = (1 << TAG_BITS) - 1;
+const SEALED: Tag = 0x8000;
+/// Epoch tags are kept mod this (15 bits): 2.9 years of 48-minute epochs
+/// (the default window and lateness), so that a jump forward in event time
+/// of up to that much leaves every tag's age unambiguous, and the keys of
+/// the events just before the jump are still answered exactly.
+const EPOCHS: i64 = 1 << 15;
 /// Ingest sweeps expired keys when the newest epoch has moved this far
 /// since the last sweep. Live keys span at most 61 epochs (see
-/// [`DedupeConfig::epoch_ms`]), so tags stay under 61 + 16 < 128 epochs old.
+/// [`DedupeConfig::epoch_ms`]), so tags stay far younger than `EPOCHS`.
 const INGEST_SWEEP_EPOCHS: i64 = 16;
 
 /// The idempotency key of one event: a 128-bit hash of its publisher, type
@@ -107,8 +115,8 @@ impl Default for DedupeConfig {
 }
 
 impl DedupeConfig {
-    /// Width of one expiry epoch: the retention spans at most 60 epochs, so
-    /// 7-bit epoch tags never wrap while a key is alive.
+    /// Width of one expiry epoch: the retention spans at most 60 epochs, a
+    /// small part of the `EPOCHS` a tag tells apart.
     fn epoch_ms(&self) -> i64 {
         ((self.window_ms + self.allowed_lateness_ms) / 60).max(60_000)
     }
@@ -187,21 +195,21 @@ impl Default for Shard {
 }
 
 #[inline]
-fn stored(key: u128, tag: u8) -> u128 {
-    let body = key & !0xFF;
+fn stored(key: u128, tag: Tag) -> u128 {
+    let body = key & !TAG_MASK;
     // Never store 0 (the empty slot), whatever the hash.
-    let body = if body == 0 { 1 << 8 } else { body };
+    let body = if body == 0 { 1 << TAG_BITS } else { body };
     body | u128::from(tag)
 }
 
 #[inline]
 fn body(slot: u128) -> u128 {
-    slot & !0xFF
+    slot & !TAG_MASK
 }
 
 #[inline]
-fn tag(slot: u128) -> u8 {
-    (slot & 0xFF) as u8
+fn tag(slot: u128) -> Tag {
+    (slot & TAG_MASK) as Tag
 }
 
 impl Shard {
@@ -212,9 +220,9 @@ impl Shard {
 
     fn home(&self, key: u128) -> usize {
         // Multiply-shift range reduction (tables are not powers of two) over
-        // bits 8..72: not the top bits, which pick the shard and so are the
-        // same for every key of a shard, nor the low byte, which holds the tag.
-        ((((key >> 8) as u64) as u128 * self.slots.len() as u128) >> 64) as usize
+        // bits 16..80: not the top bits, which pick the shard and so are the
+        // same for every key of a shard, nor the low bits, which hold the tag.
+        ((((key >> TAG_BITS) as u64) as u128 * self.slots.len() as u128) >> 64) as usize
     }
 
     /// The slot index holding `key`, or the empty slot where it would go.
@@ -543,9 +551,9 @@ pub struct DedupeIndex {
     shards: Vec<Mutex<Shard>>,
     flights: Mutex<Flights>,
     settled: Condvar,
-    /// The newest epoch of any key recorded (absolute, not mod 128). Every
-    /// stored tag is at or behind it, so tag ages are unambiguous as long
-    /// as keys are swept before they are 128 epochs old.
+    /// The newest epoch of any key recorded (absolute, not mod `EPOCHS`).
+    /// Every stored tag is at or behind it, so tag ages are unambiguous as
+    /// long as keys are swept before they are `EPOCHS` epochs old.
     newest_epoch: AtomicI64,
     /// The newest epoch at the last sweep.
     swept_epoch: AtomicI64,
@@ -571,30 +579,53 @@ impl DedupeIndex {
         }
     }
 
-    /// Raises the newest epoch to cover `keys`, sweeping expired keys when
-    /// it moved. Called before keys are recorded, so no stored tag is ever
-    /// ahead of the newest epoch.
-    fn advance(&self, keys: &[(u128, i64)]) {
-        let Some(max_ts) = keys.iter().map(|(_, ts)| *ts).max() else { return };
+    /// Raises the newest epoch to cover `keys`. Called before keys are
+    /// recorded, so no stored tag is ever ahead of the newest epoch.
+    ///
+    /// Returns whether a sweep of expired keys is due, which the caller
+    /// runs with [`DedupeIndex::sweep_due`] once its pass over `keys` is
+    /// done: `keys` were checked for lateness against the event time before
+    /// them, so a sweep relative to their own newest time would drop the
+    /// keys of their re-sends (the last batch of a load that ends with a
+    /// jump in event time, conversions days after the rest, admitted the
+    /// re-sends it carried as new events).
+    ///
+    /// Only a jump so far that older tags would read as young sweeps first,
+    /// and everything: ages mod `EPOCHS` are unambiguous up to that.
+    /// Otherwise ingest sweeps only every `INGEST_SWEEP_EPOCHS`; the
+    /// sealer's `expire` drops expired keys at each seal. (A backfill
+    /// crosses an epoch every few requests: a sweep of the whole table each
+    /// time was 4% of ingest.)
+    #[must_use]
+    fn advance(&self, keys: &[(u128, i64)]) -> bool {
+        let Some(max_ts) = keys.iter().map(|(_, ts)| *ts).max() else { return false };
         let epoch = self.config.epoch_of(max_ts);
         let prev = self.newest_epoch.fetch_max(epoch, Ordering::AcqRel);
-        if epoch > prev && prev != i64::MIN {
-            // A jump past the whole retention expires every key; ages mod 128
-            // are only unambiguous for smaller steps. Otherwise ingest sweeps
-            // only every `INGEST_SWEEP_EPOCHS`, which keeps every live tag
-            // younger than 128 epochs; the sealer's `expire` drops expired
-            // keys at each seal. (A backfill crosses an epoch every few
-            // requests: a sweep of the whole table each time was 4% of ingest.)
-            let everything = epoch - prev > self.config.retention_epochs();
-            let swept = self.swept_epoch.load(Ordering::Acquire);
-            if everything || epoch.saturating_sub(swept) >= INGEST_SWEEP_EPOCHS {
-                self.sweep(everything);
-            }
+        if epoch <= prev || prev == i64::MIN {
+            return false;
+        }
+        if self.ambiguous_jump(prev, epoch) {
+            self.sweep(true);
+            return false;
+        }
+        epoch.saturating_sub(self.swept_epoch.load(Ordering::Acquire)) >= INGEST_SWEEP_EPOCHS
+    }
+
+    /// Whether a move of the newest epoch from `prev` to `epoch` could make
+    /// an unswept key's tag read younger than it is.
+    fn ambiguous_jump(&self, prev: i64, epoch: i64) -> bool {
+        prev != i64::MIN && epoch.saturating_sub(prev) >= EPOCHS - self.config.retention_epochs() - INGEST_SWEEP_EPOCHS
+    }
+
+    /// Runs the sweep [`DedupeIndex::advance`] found due.
+    fn sweep_due(&self, due: bool) {
+        if due {
+            self.sweep(false);
         }
     }
 
     /// Age in epochs of a stored tag relative to the newest epoch.
-    fn age(&self, slot_tag: u8) -> i64 {
+    fn age(&self, slot_tag: Tag) -> i64 {
         let now = self.newest_epoch.load(Ordering::Acquire).rem_euclid(EPOCHS);
         (now - i64::from(slot_tag & !SEALED)).rem_euclid(EPOCHS)
     }
@@ -661,7 +692,7 @@ impl DedupeIndex {
         const ADDED: u8 = 1;
         const REWRITTEN: u8 = 2;
         const DUPLICATE: u8 = 3;
-        self.advance(keys);
+        let sweep = self.advance(keys);
         let mut state = vec![OPEN; keys.len()];
         let mut blocked = None;
         // Few: only re-sends from outside the window.
@@ -693,10 +724,12 @@ impl DedupeIndex {
             own.insert(key);
         });
         let Some(blocked) = blocked else {
+            self.sweep_due(sweep);
             return Ok((state.into_iter().map(|s| s == DUPLICATE).collect(), rewritten));
         };
         let added: Vec<(u128, i64)> = keys.iter().zip(&state).filter(|(_, s)| **s == ADDED).map(|(k, _)| *k).collect();
         self.undo(&rewritten, &added);
+        self.sweep_due(sweep);
         Err(blocked)
     }
 
@@ -756,13 +789,13 @@ impl DedupeIndex {
         (key >> 122) as usize % SHARDS
     }
 
-    fn epoch_tag(&self, ts: i64) -> u8 {
-        (self.config.epoch_of(ts).rem_euclid(EPOCHS)) as u8
+    fn epoch_tag(&self, ts: i64) -> Tag {
+        (self.config.epoch_of(ts).rem_euclid(EPOCHS)) as Tag
     }
 
     /// Whether a stored tag's event time is within the window of `ts`
     /// (at epoch granularity).
-    fn within_window(&self, slot_tag: u8, ts: i64) -> bool {
+    fn within_window(&self, slot_tag: Tag, ts: i64) -> bool {
         let newest = self.newest_epoch.load(Ordering::Acquire);
         let age_new = newest.saturating_sub(self.config.epoch_of(ts));
         let age_old = self.age(slot_tag);
@@ -773,7 +806,7 @@ impl DedupeIndex {
     /// key was admitted before (or earlier in `keys`) with an event time in
     /// the window; otherwise recorded as pending. Returns the verdicts.
     pub fn admit(&self, keys: &[(u128, i64)]) -> Vec<bool> {
-        self.advance(keys);
+        let sweep = self.advance(keys);
         let mut verdicts = vec![false; keys.len()];
         self.by_shard(keys, |shard, i, (key, ts)| {
             let (slot, found) = shard.find(key);
@@ -788,6 +821,7 @@ impl DedupeIndex {
             shard.slots[slot] = stored(key, t);
             shard.noted(self.config.epoch_of(ts));
         });
+        self.sweep_due(sweep);
         verdicts
     }
 
@@ -858,7 +892,7 @@ impl DedupeIndex {
     /// whether it was already sealed (a duplicate that must not be stored
     /// twice) or repeats an earlier key of `keys`.
     pub fn claim(&self, keys: &[(u128, i64)]) -> Vec<bool> {
-        self.advance(keys);
+        let sweep = self.advance(keys);
         let mut verdicts = vec![false; keys.len()];
         let mut seen = KeySet::with_capacity_and_hasher(keys.len(), KeyHash);
         self.by_shard(keys, |shard, i, (key, ts)| {
@@ -879,6 +913,7 @@ impl DedupeIndex {
             shard.slots[slot] = stored(key, self.epoch_tag(ts) | SEALED);
             shard.noted(self.config.epoch_of(ts));
         });
+        self.sweep_due(sweep);
         verdicts
     }
 
@@ -945,7 +980,7 @@ impl DedupeIndex {
 
     /// Records keys known to be sealed (recovery from sidecars).
     pub fn insert_sealed(&self, keys: &[(u128, i64)]) {
-        self.advance(keys);
+        let sweep = self.advance(keys);
         self.by_shard(keys, |shard, _, (key, ts)| {
             let (i, found) = shard.find(key);
             if !found {
@@ -954,6 +989,7 @@ impl DedupeIndex {
             shard.slots[i] = stored(key, self.epoch_tag(ts) | SEALED);
             shard.noted(self.config.epoch_of(ts));
         });
+        self.sweep_due(sweep);
     }
 
     /// Drops keys whose event time is older than window + lateness behind
@@ -967,7 +1003,7 @@ impl DedupeIndex {
         if self.swept_epoch.load(Ordering::Acquire) >= newest {
             return 0;
         }
-        self.sweep(prev != i64::MIN && epoch - prev > self.config.retention_epochs())
+        self.sweep(self.ambiguous_jump(prev, epoch))
     }
 
     /// Rebuilds each shard without its expired keys, one shard at a time,
@@ -1081,6 +1117,30 @@ pub(crate) mod tests {
             42143490801585804183104089417562216373,
         ];
         assert_eq!(got, want);
+    }
+
+    /// A request is checked for lateness against the event time before it,
+    /// so its re-sends of events from just before a jump in event time
+    /// (a load that ends with conversions days after the rest) must still
+    /// be found: the regression file of issue 21 admitted five such
+    /// re-sends as new events. Then, with event time moved on, the old
+    /// keys expire.
+    #[test]
+    fn a_jump_in_event_time_keeps_the_keys_its_own_request_repeats() {
+        for jump_h in [70, 24 * 400] {
+            let idx = DedupeIndex::new(DedupeConfig::default());
+            let k = |id: &str, ts: i64| (idempotency_key("p", EventType::Impression, id), ts);
+            let t0 = 40 * H;
+            assert_eq!(idx.admit(&[k("a", t0), k("b", t0 + 1)]), vec![false, false]);
+            let later = t0 + jump_h * H;
+            let verdicts = idx.admit(&[k("a", t0), k("c", later), k("b", t0 + 1)]);
+            assert_eq!(verdicts, vec![true, false, true], "re-sends in the request that jumps ({jump_h} h)");
+            // Once the request is done, the keys older than the retention
+            // behind the new time expire; the next request is checked for
+            // lateness against that time.
+            assert_eq!(idx.stats().keys, 1, "a and b expired after time moved {jump_h} h on");
+            assert_eq!(idx.admit(&[k("c", later), k("d", later + 1)]), vec![true, false]);
+        }
     }
 
     #[test]
