@@ -268,6 +268,13 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
         if codes.is_empty() {
             return Ok(SegmentOutcome::Pruned(reader.id(), PruneReason::Dictionary(f.column), nblocks));
         }
+        // A non-dimension string column (an id) is dictionary-encoded when
+        // a segment holds few distinct values of it, but has no row index:
+        // its rows are tested one by one.
+        if !reader.has_index(f.column) {
+            row_filters.push(f.clone());
+            continue;
+        }
         let mut rows = RoaringBitmap::new();
         for &code in &codes {
             rows |= reader.index_rows(f.column, code)?;

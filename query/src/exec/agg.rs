@@ -1486,8 +1486,8 @@ mod tests {
                 let key = KeyCol { codes: codes.clone(), domain: Domain::IntRange { base: 0, ts: false }, card: 7, constant: false };
                 let g = group(&[key], n, 1000).expect("group");
                 prop_assert_eq!(g.gid.len(), n);
-                for i in 0..n {
-                    prop_assert_eq!(g.codes[g.gid[i] as usize], codes[i]);
+                for (gid, code) in g.gid.iter().zip(&codes) {
+                    prop_assert_eq!(g.codes[*gid as usize], *code);
                 }
                 let distinct: std::collections::HashSet<u32> = codes.iter().copied().collect();
                 prop_assert_eq!(g.ngroups, distinct.len());

@@ -480,7 +480,7 @@ fn the_last_file_is_synced_at_open() {
         let last = tmp.path().join(super::format::file_name(Lsn(1)));
         fs::write(&last, &bytes).expect("write");
         super::writer::FAIL_SYNC_OF.with(|p| *p.borrow_mut() = Some(last.clone()));
-        let err = open(&config(tmp.path(), 1 << 20, true)).err().expect("the sync failed");
+        let Err(err) = open(&config(tmp.path(), 1 << 20, true)) else { panic!("the sync failed") };
         assert!(err.to_string().contains("injected sync failure"), "{err}");
         assert_eq!(files(tmp.path()), vec![last.clone()], "no new file before the last one is durable");
         let (wal, _) = open(&config(tmp.path(), 1 << 20, false)).expect("no sync without fsync");
