@@ -24,7 +24,7 @@ use adstore_storage::{ColumnId, EventBatch, EventType};
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
@@ -557,6 +557,35 @@ pub struct DedupeIndex {
     newest_epoch: AtomicI64,
     /// The newest epoch at the last sweep.
     swept_epoch: AtomicI64,
+    /// Requests between their lateness check and their admit, each with
+    /// the newest event time it was checked against (`i64::MIN` until set).
+    holds: Mutex<Vec<(u64, i64)>>,
+    next_hold: AtomicU64,
+}
+
+/// A request's claim on the keys its lateness check relied on: while it
+/// lasts, no sweep drops a key that an event accepted by that check could
+/// repeat. Released when dropped. See [`DedupeIndex::hold`].
+pub struct Hold<'a> {
+    index: &'a DedupeIndex,
+    id: u64,
+}
+
+impl Hold<'_> {
+    /// Records the newest event time the request's lateness check uses.
+    /// Call it after taking the hold and before reading that time for
+    /// the check: until then the hold keeps every key.
+    pub fn checked_against(&self, newest_ts: i64) {
+        if let Some(h) = self.index.holds.lock().iter_mut().find(|(id, _)| *id == self.id) {
+            h.1 = newest_ts;
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.index.holds.lock().retain(|(id, _)| *id != self.id);
+    }
 }
 
 impl DedupeIndex {
@@ -576,7 +605,23 @@ impl DedupeIndex {
             settled: Condvar::new(),
             newest_epoch: AtomicI64::new(i64::MIN),
             swept_epoch: AtomicI64::new(i64::MIN),
+            holds: Mutex::new(Vec::new()),
+            next_hold: AtomicU64::new(0),
         }
+    }
+
+    /// Takes a hold for a request about to be checked for lateness and
+    /// then admitted: a sweep that runs meanwhile, started by another
+    /// request that moved event time on, keeps every key within the
+    /// retention of the time this request was checked against. Without
+    /// it, requests of one load in flight beside the one that jumped days
+    /// ahead found the keys of their re-sends swept, and stored the
+    /// re-sends (issue 21). Hold from before the check until the admit
+    /// has returned.
+    pub fn hold(&self) -> Hold<'_> {
+        let id = self.next_hold.fetch_add(1, Ordering::Relaxed);
+        self.holds.lock().push((id, i64::MIN));
+        Hold { index: self, id }
     }
 
     /// Raises the newest epoch to cover `keys`. Called before keys are
@@ -1011,7 +1056,13 @@ impl DedupeIndex {
     fn sweep(&self, everything: bool) -> u64 {
         let newest = self.newest_epoch.load(Ordering::Acquire);
         self.swept_epoch.fetch_max(newest, Ordering::AcqRel);
-        let keep_epochs = self.config.retention_epochs();
+        // Keys within the retention of the oldest time a request in flight
+        // was checked against stay too (all of them while one is unset).
+        let held = self.holds.lock().iter().map(|(_, ts)| *ts).min();
+        let behind = held.map_or(0, |ts| {
+            if ts == i64::MIN { i64::MAX } else { newest.saturating_sub(self.config.epoch_of(ts)).max(0) }
+        });
+        let keep_epochs = self.config.retention_epochs().saturating_add(behind);
         let mut dropped = 0u64;
         for shard in &self.shards {
             let mut shard = shard.lock();
@@ -1141,6 +1192,25 @@ pub(crate) mod tests {
             assert_eq!(idx.stats().keys, 1, "a and b expired after time moved {jump_h} h on");
             assert_eq!(idx.admit(&[k("c", later), k("d", later + 1)]), vec![true, false]);
         }
+    }
+
+    /// A request checked for lateness before another one jumped days ahead
+    /// still finds the keys of its re-sends, while it holds them.
+    #[test]
+    fn a_hold_keeps_the_keys_a_request_was_checked_against() {
+        let idx = DedupeIndex::new(DedupeConfig::default());
+        let k = |id: &str, ts: i64| (idempotency_key("p", EventType::Impression, id), ts);
+        let t0 = 40 * H;
+        assert_eq!(idx.admit(&[k("a", t0)]), vec![false]);
+        let hold = idx.hold();
+        hold.checked_against(t0);
+        // Another request jumps 70 h ahead; its sweep runs after its pass.
+        assert_eq!(idx.admit(&[k("far", t0 + 70 * H)]), vec![false]);
+        assert_eq!(idx.expire(t0 + 70 * H), 0, "held keys stay");
+        assert_eq!(idx.admit(&[k("a", t0)]), vec![true], "the held request's re-send is a duplicate");
+        drop(hold);
+        idx.expire(t0 + 71 * H);
+        assert_eq!(idx.stats().keys, 1, "released, the old key expires");
     }
 
     #[test]

@@ -23,8 +23,8 @@
 //! current rules.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use adstore_storage::{
     ColumnId, EventBatch, EventType, InvalidReason, Level, LiveSegment, Result as StorageResult, Rows, SealContext,
@@ -98,8 +98,9 @@ struct Touch {
     id: Arc<str>,
 }
 
-/// Sealed impressions and clicks within their windows.
-#[derive(Default)]
+/// Impressions and clicks within their windows: every one acknowledged
+/// (inserted at ingest, once its append is durable, and again at seal),
+/// and older ones while a bucket that is not final yet may need them.
 struct AttributionIndex {
     /// impression_id → (ts, ad hash)
     impressions: HashMap<u64, (i64, u64)>,
@@ -109,6 +110,24 @@ struct AttributionIndex {
     clicks: HashMap<u64, i64>,
     /// (user_key, advertiser_id) → clicks, for last-touch conversions.
     click_by_user: HashMap<(u64, u64), Vec<Touch>>,
+    /// Impressions older than this may have been dropped ([`AttributionIndex::expire`]);
+    /// `i64::MIN` while none was.
+    imp_floor: i64,
+    /// Clicks older than this may have been dropped.
+    click_floor: i64,
+}
+
+impl Default for AttributionIndex {
+    fn default() -> AttributionIndex {
+        AttributionIndex {
+            impressions: HashMap::new(),
+            imp_by_user: HashMap::new(),
+            clicks: HashMap::new(),
+            click_by_user: HashMap::new(),
+            imp_floor: i64::MIN,
+            click_floor: i64::MIN,
+        }
+    }
 }
 
 /// One impression or click, as indexed (and stored in `.attr` sidecars).
@@ -125,28 +144,76 @@ struct Anchor {
 
 impl AttributionIndex {
     fn insert(&mut self, a: &Anchor) {
-        let id: Arc<str> = Arc::from(a.id.as_str());
-        let scope = h(&a.scope);
-        let touch = Touch { ts: a.ts, id };
-        match a.kind {
+        self.insert_one(a.kind, a.ts, &a.id, &a.scope, a.user_key.as_deref());
+    }
+
+    /// Indexes one impression (scope: its ad) or click (scope: its advertiser).
+    fn insert_one(&mut self, kind: EventType, ts: i64, id: &str, scope: &str, user_key: Option<&str>) {
+        let scope = h(scope);
+        match kind {
             EventType::Impression => {
-                self.impressions.insert(h(&a.id), (a.ts, scope));
-                if let Some(u) = &a.user_key {
-                    push_touch(self.imp_by_user.entry((h(u), scope)).or_default(), touch);
+                self.impressions.insert(h(id), (ts, scope));
+                if let Some(u) = user_key {
+                    push_touch(self.imp_by_user.entry((h(u), scope)).or_default(), Touch { ts, id: Arc::from(id) });
                 }
             }
             EventType::Click => {
-                self.clicks.insert(h(&a.id), a.ts);
-                if let Some(u) = &a.user_key {
-                    push_touch(self.click_by_user.entry((h(u), scope)).or_default(), touch);
+                self.clicks.insert(h(id), ts);
+                if let Some(u) = user_key {
+                    push_touch(self.click_by_user.entry((h(u), scope)).or_default(), Touch { ts, id: Arc::from(id) });
                 }
             }
             EventType::Conversion => {}
         }
     }
 
+    /// Indexes the impressions and clicks among `rows` of `batch` (all
+    /// rows when `None`), read straight from its columns.
+    fn insert_rows(&mut self, batch: &EventBatch, rows: Option<&[u32]>) {
+        let kind = batch.u8_column(ColumnId::Type).values();
+        let ts = batch.ts();
+        let imp = batch.str_column(ColumnId::ImpressionId);
+        let click = batch.str_column(ColumnId::ClickId);
+        let ad = batch.str_column(ColumnId::AdId);
+        let adv = batch.str_column(ColumnId::AdvertiserId);
+        let user = batch.str_column(ColumnId::UserKey);
+        let mut one = |i: usize| {
+            let Some(k) = EventType::from_code(kind[i]) else { return };
+            let (id, scope) = match k {
+                EventType::Impression => (opt_str(imp, i), ad.value(i)),
+                EventType::Click => (opt_str(click, i), adv.value(i)),
+                EventType::Conversion => return,
+            };
+            if let Some(id) = id {
+                self.insert_one(k, ts[i], id, scope, opt_str(user, i));
+            }
+        };
+        match rows {
+            Some(rows) => rows.iter().for_each(|&i| one(i as usize)),
+            None => (0..batch.num_rows()).for_each(&mut one),
+        }
+    }
+
+    /// Moves every anchor of `other` into this index.
+    fn absorb(&mut self, other: AttributionIndex) {
+        self.impressions.extend(other.impressions);
+        self.clicks.extend(other.clicks);
+        for (mine, theirs) in
+            [(&mut self.imp_by_user, other.imp_by_user), (&mut self.click_by_user, other.click_by_user)]
+        {
+            for (key, touches) in theirs {
+                let v = mine.entry(key).or_default();
+                for t in touches {
+                    push_touch(v, t);
+                }
+            }
+        }
+    }
+
     /// Drops impressions before `imp_floor` and clicks before `click_floor`.
     fn expire(&mut self, imp_floor: i64, click_floor: i64) {
+        self.imp_floor = self.imp_floor.max(imp_floor);
+        self.click_floor = self.click_floor.max(click_floor);
         self.impressions.retain(|_, (ts, _)| *ts >= imp_floor);
         self.clicks.retain(|_, ts| *ts >= click_floor);
         for (map, floor) in [(&mut self.imp_by_user, imp_floor), (&mut self.click_by_user, click_floor)] {
@@ -220,6 +287,9 @@ pub struct ExactlyOnce {
     dedupe: Arc<DedupeIndex>,
     rules: RwLock<Arc<AttributionRules>>,
     index: RwLock<AttributionIndex>,
+    /// The store's sidecars, from [`SealStage::recover`]: a re-seal of a
+    /// bucket older than the index reads its anchors back from them.
+    sidecars: OnceLock<SidecarReader>,
     allowed_lateness_ms: i64,
     newest_ts: AtomicI64,
     /// `newest_ts` at the last expiry.
@@ -233,6 +303,7 @@ impl ExactlyOnce {
             dedupe,
             rules: RwLock::new(Arc::new(rules)),
             index: RwLock::new(AttributionIndex::default()),
+            sidecars: OnceLock::new(),
             allowed_lateness_ms,
             newest_ts: AtomicI64::new(i64::MIN),
             expired_at_ts: AtomicI64::new(i64::MIN),
@@ -266,8 +337,15 @@ impl ExactlyOnce {
         }
     }
 
-    /// Drops index entries and dedupe keys that no future event can need.
-    pub fn expire(&self) {
+    /// Drops index entries and dedupe keys that no future event can need:
+    /// anchors older than their window behind both the oldest event time
+    /// still accepted (newest less the allowed lateness) and `keep_from`,
+    /// the start of the oldest bucket that is not final yet (its final
+    /// seal attributes its first events to anchors a window before it).
+    /// Dropping anchors by event time alone lost the impressions of the
+    /// hour before a bucket by the time it closed, and final numbers left
+    /// those clicks unattributed (issue 21).
+    pub fn expire(&self, keep_from: Option<i64>) {
         let newest = self.newest_ts.load(Ordering::Acquire);
         // Expiry walks the whole index: do it when event time moved a minute.
         let last = self.expired_at_ts.load(Ordering::Acquire);
@@ -276,10 +354,68 @@ impl ExactlyOnce {
         }
         self.expired_at_ts.store(newest, Ordering::Release);
         let rules = self.rules();
-        let imp_floor = newest.saturating_sub(rules.click_window_ms + self.allowed_lateness_ms);
-        let click_floor = newest.saturating_sub(rules.conversion_window_ms + self.allowed_lateness_ms);
+        let oldest = keep_from.unwrap_or(i64::MAX).min(newest.saturating_sub(self.allowed_lateness_ms));
+        let imp_floor = oldest.saturating_sub(rules.click_window_ms);
+        let click_floor = oldest.saturating_sub(rules.conversion_window_ms);
         self.index.write().expire(imp_floor, click_floor);
         self.dedupe.expire(newest);
+    }
+
+    /// Makes sure the index holds every anchor that the events of a
+    /// re-sealed bucket starting at `bucket_start` may be attributed to:
+    /// what expiry dropped (a reprocess, or a backfill that re-opened an
+    /// old bucket) is read back from the `.attr` sidecars of the segments
+    /// of that time, and stays until the next expiry.
+    fn ensure_anchors(&self, snapshot: &Snapshot, bucket_start: i64) -> StorageResult<()> {
+        let rules = self.rules();
+        let need_imp = bucket_start.saturating_sub(rules.click_window_ms);
+        let need_click = bucket_start.saturating_sub(rules.conversion_window_ms);
+        let (imp_floor, click_floor) = {
+            let index = self.index.read();
+            (index.imp_floor, index.click_floor)
+        };
+        if need_imp >= imp_floor && need_click >= click_floor {
+            return Ok(());
+        }
+        let Some(sidecars) = self.sidecars.get() else {
+            return Err(StorageError::Internal("exactly-once stage used before recovery".into()));
+        };
+        let mut index = self.index.write();
+        // Another partition of the same pass may have loaded them meanwhile.
+        let (imp_floor, click_floor) = (index.imp_floor, index.click_floor);
+        if need_imp >= imp_floor && need_click >= click_floor {
+            return Ok(());
+        }
+        let wanted = |kind: EventType, ts: i64| match kind {
+            EventType::Impression => (need_imp..imp_floor).contains(&ts),
+            EventType::Click => (need_click..click_floor).contains(&ts),
+            EventType::Conversion => false,
+        };
+        let lo = need_imp.min(need_click);
+        let hi = imp_floor.max(click_floor);
+        let raw: Vec<&LiveSegment> = snapshot
+            .segments
+            .iter()
+            .filter(|s| s.meta.level == Level::Raw && s.meta.max_ts >= lo && s.meta.min_ts < hi)
+            .collect();
+        let mut loaded = 0usize;
+        load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
+            for a in anchors.iter().filter(|a| wanted(a.kind, a.ts)) {
+                index.insert(a);
+                loaded += 1;
+            }
+        })?;
+        for (_, chunk) in &snapshot.head {
+            let batch = chunk.batch()?;
+            for a in anchors_of(&batch).iter().filter(|a| wanted(a.kind, a.ts)) {
+                index.insert(a);
+                loaded += 1;
+            }
+        }
+        index.imp_floor = index.imp_floor.min(need_imp);
+        index.click_floor = index.click_floor.min(need_click);
+        tracing::info!(bucket_start, loaded, "attribution anchors read back for a re-seal of an old bucket");
+        Ok(())
     }
 
     fn observe(&self, batch: &EventBatch) {
@@ -336,15 +472,42 @@ impl ExactlyOnce {
         }
         let landing = Landing { dedupe: &self.dedupe, flight: Some(flight), admitted };
         let accepted = landing.admitted.len();
-        let rows: Vec<Rows<'_>> = batches
+        // Provisional classification, so that the head's rows show what
+        // is known now: attributed against everything acknowledged before
+        // (the index) and the request's own new anchors; the seal confirms.
+        let mut own = AttributionIndex::default();
+        for (batch, rows) in batches.iter().zip(&fresh) {
+            own.insert_rows(batch, Some(rows));
+        }
+        let classified = match self.classify(batches, &own) {
+            Ok(classified) => classified,
+            Err(e) => {
+                landing.settle(false);
+                return Err(e);
+            }
+        };
+        let rows: Vec<Rows<'_>> = classified
             .iter()
             .zip(&fresh)
             .map(|(batch, rows)| Rows { batch, keep: (rows.len() < batch.num_rows()).then_some(&rows[..]) })
             .collect();
         let result = if accepted == 0 { Ok(()) } else { store.append_all(&rows).map(|_| ()) };
+        if result.is_ok() {
+            // Durable: from now on every later event is attributed with them.
+            self.index.write().absorb(own);
+        }
         landing.settle(result.is_ok());
         result?;
         Ok(IngestSummary { accepted, duplicates: total - accepted })
+    }
+
+    /// Each batch with `attributed`, `attributed_to` and `invalid_reason`
+    /// filled from the index and `own` (click floods counted within the
+    /// request only, until the seal counts them over the partition).
+    fn classify(&self, batches: &[EventBatch], own: &AttributionIndex) -> StorageResult<Vec<EventBatch>> {
+        let rules = self.rules();
+        let index = self.index.read();
+        batches.iter().map(|b| attribute(b, &rules, &[&index, own])).collect()
     }
 }
 
@@ -467,6 +630,8 @@ impl SealStage for ExactlyOnce {
     }
 
     fn recover(&self, snapshot: &Snapshot, sidecars: &SidecarReader) -> StorageResult<()> {
+        // Recovery runs once per open; a second call keeps the first reader.
+        let _ = self.sidecars.set(sidecars.clone());
         let raw: Vec<_> = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).collect();
         let rows: u64 = raw.iter().map(|s| s.meta.rows).sum();
         self.dedupe.reserve(usize::try_from(rows).unwrap_or(usize::MAX));
@@ -487,13 +652,15 @@ impl SealStage for ExactlyOnce {
         for seg in &raw {
             self.newest_ts.fetch_max(seg.meta.max_ts, Ordering::AcqRel);
         }
-        // Replayed head events are accepted but not sealed: pending keys.
+        // Replayed head events are accepted but not sealed: pending keys,
+        // and anchors that later events are attributed to.
         for (_, chunk) in &snapshot.head {
             let batch = chunk.batch()?;
             self.dedupe.admit(&batch_keys(&batch));
+            self.index.write().insert_rows(&batch, None);
             self.observe(&batch);
         }
-        self.expire();
+        self.expire(oldest_open_bucket(snapshot));
         tracing::info!(keys_loaded, anchors_loaded, keys_rescanned, anchors_rescanned, "exactly-once state recovered");
         Ok(())
     }
@@ -525,15 +692,24 @@ impl SealStage for ExactlyOnce {
         }
         let events = events.take(&order)?;
         let kept_keys: Vec<(u128, i64)> = order.iter().map(|&i| keys[i as usize]).collect();
+        if ctx.kind != SealKind::Seal {
+            self.ensure_anchors(ctx.snapshot, ctx.partition.bucket_start_ms)?;
+        }
         let rules = self.rules();
         let anchors = anchors_of(&events);
         {
+            // Already there when they came through `ingest`; events appended
+            // otherwise (or a seal that overtook an ingest's insert) are
+            // indexed here.
             let mut index = self.index.write();
             for a in &anchors {
                 index.insert(a);
             }
         }
-        let events = self.attribute(&events, &rules)?;
+        let events = {
+            let index = self.index.read();
+            attribute(&events, &rules, &[&index])?
+        };
         let sidecars = vec![
             Sidecar { suffix: "keys", bytes: encode_keys(&kept_keys) },
             Sidecar { suffix: "attr", bytes: encode_anchors(&anchors) },
@@ -541,8 +717,8 @@ impl SealStage for ExactlyOnce {
         Ok(StageOutput { events, sidecars })
     }
 
-    fn committed(&self, _ctx: &SealContext<'_>, _events: &EventBatch) {
-        self.expire();
+    fn committed(&self, ctx: &SealContext<'_>, _events: &EventBatch) {
+        self.expire(oldest_open_bucket(ctx.snapshot));
     }
 
     fn aborted(&self, ctx: &SealContext<'_>, events: &EventBatch) {
@@ -553,106 +729,134 @@ impl SealStage for ExactlyOnce {
     }
 }
 
-impl ExactlyOnce {
-    /// Fills `attributed`, `attributed_to` and `invalid_reason` for events
-    /// already in processing order.
-    fn attribute(&self, events: &EventBatch, rules: &AttributionRules) -> StorageResult<EventBatch> {
-        let n = events.num_rows();
-        let kind = events.u8_column(ColumnId::Type).values();
-        let ts = events.ts();
-        let imp_id = events.str_column(ColumnId::ImpressionId);
-        let click_id = events.str_column(ColumnId::ClickId);
-        let ad = events.str_column(ColumnId::AdId);
-        let adv = events.str_column(ColumnId::AdvertiserId);
-        let user = events.str_column(ColumnId::UserKey);
-        let ip = events.str_column(ColumnId::IpHash);
-        let ua = events.str_column(ColumnId::UaHash);
-        let bots: HashSet<&str> = rules.bot_ua_hashes.iter().map(String::as_str).collect();
+/// The start of the oldest bucket that is not final: of a provisional raw
+/// segment, or of a head partition.
+fn oldest_open_bucket(snapshot: &Snapshot) -> Option<i64> {
+    let segments =
+        snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw && !s.meta.is_final).map(|s| &s.meta.partition);
+    segments.chain(snapshot.head.iter().map(|(p, _)| p)).map(|p| p.bucket_start_ms).min()
+}
 
-        let mut attributed = vec![false; n];
-        let mut attributed_to: Vec<Option<String>> = vec![None; n];
-        let mut reason = vec![InvalidReason::Valid; n];
-        // Clicks per (ad, user_key or ip_hash, minute), in processing order.
-        let mut flood: HashMap<(u64, u64, i64), u32> = HashMap::new();
-        let index = self.index.read();
-        for i in 0..n {
-            let Some(k) = EventType::from_code(kind[i]) else {
-                return Err(StorageError::Internal(format!("bad event type code {}", kind[i])));
-            };
-            let is_bot = opt_str(ua, i).is_some_and(|u| bots.contains(u));
-            match k {
-                EventType::Impression => {}
-                EventType::Click => {
-                    let ad_h = h(ad.value(i));
-                    let lo = ts[i].saturating_sub(rules.click_window_ms);
-                    let found: Option<(i64, String)> = match opt_str(imp_id, i) {
-                        Some(id) => index
-                            .impressions
-                            .get(&h(id))
-                            .filter(|(t, a)| *a == ad_h && *t <= ts[i] && *t >= lo)
-                            .map(|(t, _)| (*t, id.to_string())),
-                        None => opt_str(user, i)
-                            .and_then(|u| index.imp_by_user.get(&(h(u), ad_h)))
-                            .and_then(|v| last_touch(v, lo, ts[i]))
-                            .map(|t| (t.ts, t.id.to_string())),
-                    };
-                    let who = opt_str(user, i).or_else(|| opt_str(ip, i)).map(h);
-                    let flooded = match who {
-                        Some(w) if rules.click_flood_per_minute > 0 => {
-                            let c = flood.entry((ad_h, w, ts[i].div_euclid(60_000))).or_insert(0);
-                            *c += 1;
-                            *c > rules.click_flood_per_minute
-                        }
-                        _ => false,
-                    };
-                    let too_fast =
-                        found.as_ref().is_some_and(|(t, _)| rules.too_fast_ms > 0 && ts[i] - t < rules.too_fast_ms);
-                    reason[i] = if is_bot {
-                        InvalidReason::BotUa
-                    } else if flooded {
-                        InvalidReason::ClickFlood
-                    } else if too_fast {
-                        InvalidReason::TooFast
-                    } else if found.is_none() && rules.unattributed {
-                        InvalidReason::Unattributed
-                    } else {
-                        InvalidReason::Valid
-                    };
-                    if let Some((_, id)) = found {
-                        attributed[i] = true;
-                        attributed_to[i] = Some(id);
+/// The impression with id hash `id`, from the first index that has it.
+fn impression_in(indexes: &[&AttributionIndex], id: u64) -> Option<(i64, u64)> {
+    indexes.iter().find_map(|x| x.impressions.get(&id).copied())
+}
+
+/// The click with id hash `id`, from the first index that has it.
+fn click_in(indexes: &[&AttributionIndex], id: u64) -> Option<i64> {
+    indexes.iter().find_map(|x| x.clicks.get(&id).copied())
+}
+
+/// The latest touch with `lo <= ts <= hi` under `key` in any of the
+/// indexes (by ts, then id).
+fn last_touch_in(
+    indexes: &[&AttributionIndex],
+    by: impl Fn(&AttributionIndex) -> &HashMap<(u64, u64), Vec<Touch>>,
+    key: (u64, u64),
+    lo: i64,
+    hi: i64,
+) -> Option<Touch> {
+    indexes
+        .iter()
+        .filter_map(|x| by(x).get(&key).and_then(|v| last_touch(v, lo, hi)))
+        .max_by(|a, b| (a.ts, &*a.id).cmp(&(b.ts, &*b.id)))
+        .cloned()
+}
+
+/// Fills `attributed`, `attributed_to` and `invalid_reason` for events
+/// already in processing order, looking anchors up in `indexes`.
+fn attribute(
+    events: &EventBatch,
+    rules: &AttributionRules,
+    indexes: &[&AttributionIndex],
+) -> StorageResult<EventBatch> {
+    let n = events.num_rows();
+    let kind = events.u8_column(ColumnId::Type).values();
+    let ts = events.ts();
+    let imp_id = events.str_column(ColumnId::ImpressionId);
+    let click_id = events.str_column(ColumnId::ClickId);
+    let ad = events.str_column(ColumnId::AdId);
+    let adv = events.str_column(ColumnId::AdvertiserId);
+    let user = events.str_column(ColumnId::UserKey);
+    let ip = events.str_column(ColumnId::IpHash);
+    let ua = events.str_column(ColumnId::UaHash);
+    let bots: HashSet<&str> = rules.bot_ua_hashes.iter().map(String::as_str).collect();
+
+    let mut attributed = vec![false; n];
+    let mut attributed_to: Vec<Option<String>> = vec![None; n];
+    let mut reason = vec![InvalidReason::Valid; n];
+    // Clicks per (ad, user_key or ip_hash, minute), in processing order.
+    let mut flood: HashMap<(u64, u64, i64), u32> = HashMap::new();
+    for i in 0..n {
+        let Some(k) = EventType::from_code(kind[i]) else {
+            return Err(StorageError::Internal(format!("bad event type code {}", kind[i])));
+        };
+        let is_bot = opt_str(ua, i).is_some_and(|u| bots.contains(u));
+        match k {
+            EventType::Impression => {}
+            EventType::Click => {
+                let ad_h = h(ad.value(i));
+                let lo = ts[i].saturating_sub(rules.click_window_ms);
+                let found: Option<(i64, String)> = match opt_str(imp_id, i) {
+                    Some(id) => impression_in(indexes, h(id))
+                        .filter(|(t, a)| *a == ad_h && *t <= ts[i] && *t >= lo)
+                        .map(|(t, _)| (t, id.to_string())),
+                    None => opt_str(user, i)
+                        .and_then(|u| last_touch_in(indexes, |x| &x.imp_by_user, (h(u), ad_h), lo, ts[i]))
+                        .map(|t| (t.ts, t.id.to_string())),
+                };
+                let who = opt_str(user, i).or_else(|| opt_str(ip, i)).map(h);
+                let flooded = match who {
+                    Some(w) if rules.click_flood_per_minute > 0 => {
+                        let c = flood.entry((ad_h, w, ts[i].div_euclid(60_000))).or_insert(0);
+                        *c += 1;
+                        *c > rules.click_flood_per_minute
                     }
-                    continue;
+                    _ => false,
+                };
+                let too_fast =
+                    found.as_ref().is_some_and(|(t, _)| rules.too_fast_ms > 0 && ts[i] - t < rules.too_fast_ms);
+                reason[i] = if is_bot {
+                    InvalidReason::BotUa
+                } else if flooded {
+                    InvalidReason::ClickFlood
+                } else if too_fast {
+                    InvalidReason::TooFast
+                } else if found.is_none() && rules.unattributed {
+                    InvalidReason::Unattributed
+                } else {
+                    InvalidReason::Valid
+                };
+                if let Some((_, id)) = found {
+                    attributed[i] = true;
+                    attributed_to[i] = Some(id);
                 }
-                EventType::Conversion => {
-                    let lo = ts[i].saturating_sub(rules.conversion_window_ms);
-                    let found: Option<String> = match opt_str(click_id, i) {
-                        Some(id) => {
-                            index.clicks.get(&h(id)).filter(|t| **t <= ts[i] && **t >= lo).map(|_| id.to_string())
-                        }
-                        None => opt_str(user, i)
-                            .and_then(|u| index.click_by_user.get(&(h(u), h(adv.value(i)))))
-                            .and_then(|v| last_touch(v, lo, ts[i]))
-                            .map(|t| t.id.to_string()),
-                    };
-                    if let Some(id) = found {
-                        attributed[i] = true;
-                        attributed_to[i] = Some(id);
-                    }
-                }
+                continue;
             }
-            if is_bot {
-                reason[i] = InvalidReason::BotUa;
+            EventType::Conversion => {
+                let lo = ts[i].saturating_sub(rules.conversion_window_ms);
+                let found: Option<String> = match opt_str(click_id, i) {
+                    Some(id) => click_in(indexes, h(id)).filter(|t| *t <= ts[i] && *t >= lo).map(|_| id.to_string()),
+                    None => opt_str(user, i)
+                        .and_then(|u| last_touch_in(indexes, |x| &x.click_by_user, (h(u), h(adv.value(i))), lo, ts[i]))
+                        .map(|t| t.id.to_string()),
+                };
+                if let Some(id) = found {
+                    attributed[i] = true;
+                    attributed_to[i] = Some(id);
+                }
             }
         }
-        drop(index);
-        let out = events.with_column(ColumnId::Attributed, Arc::new(BooleanArray::from(attributed)) as ArrayRef)?;
-        let out = out.with_column(ColumnId::AttributedTo, Arc::new(StringArray::from(attributed_to)) as ArrayRef)?;
-        out.with_column(
-            ColumnId::InvalidReason,
-            Arc::new(UInt8Array::from(reason.iter().map(|r| *r as u8).collect::<Vec<u8>>())) as ArrayRef,
-        )
+        if is_bot {
+            reason[i] = InvalidReason::BotUa;
+        }
     }
+    let out = events.with_column(ColumnId::Attributed, Arc::new(BooleanArray::from(attributed)) as ArrayRef)?;
+    let out = out.with_column(ColumnId::AttributedTo, Arc::new(StringArray::from(attributed_to)) as ArrayRef)?;
+    out.with_column(
+        ColumnId::InvalidReason,
+        Arc::new(UInt8Array::from(reason.iter().map(|r| *r as u8).collect::<Vec<u8>>())) as ArrayRef,
+    )
 }
 
 #[cfg(test)]

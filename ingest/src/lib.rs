@@ -23,7 +23,8 @@ mod parse;
 
 pub use arrow::parse_arrow_ipc;
 pub use dedupe::{
-    DedupeConfig, DedupeIndex, DedupeStats, Flight, TableResize, batch_keys, decode_keys, encode_keys, idempotency_key,
+    DedupeConfig, DedupeIndex, DedupeStats, Flight, Hold, TableResize, batch_keys, decode_keys, encode_keys,
+    idempotency_key,
 };
 pub use error::IngestError;
 pub use exactly_once::{AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};

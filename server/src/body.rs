@@ -166,10 +166,10 @@ mod tests {
         let body = || Body::from(vec![b'x'; 2000]);
         let mut h = HeaderMap::new();
         assert_eq!(read(body(), &h, 2000, &pool).await.expect("fits").len(), 2000);
-        let err = read(body(), &h, 1999, &pool).await.err().expect("too large while streaming");
+        let Err(err) = read(body(), &h, 1999, &pool).await else { panic!("too large while streaming") };
         assert!(matches!(err, ServerError::PayloadTooLarge { limit_bytes: 1999, .. }), "{err}");
         h.insert(header::CONTENT_LENGTH, "5000".parse().expect("value"));
-        let err = read(Body::empty(), &h, 4999, &pool).await.err().expect("too large by its header");
+        let Err(err) = read(Body::empty(), &h, 4999, &pool).await else { panic!("too large by its header") };
         assert!(matches!(err, ServerError::PayloadTooLarge { limit_bytes: 4999, .. }), "{err}");
     }
 

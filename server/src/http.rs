@@ -293,22 +293,25 @@ async fn ingest(
     let format = body_format(&headers)?;
     let encoding = Encoding::from_headers(&headers)?;
     let announced = announced_events(&headers)?;
-    let now = now_ms();
-    let newest = app.newest_ts_ms.load(Ordering::Relaxed);
-    let opts = ParseOptions {
-        expected_type,
-        now_ms: now,
-        max_future_skew_ms: app.config.ingest.max_future_skew_ms,
-        min_ts_ms: if backfill || newest == i64::MIN {
-            None
-        } else {
-            Some(newest.saturating_sub(app.config.ingest.allowed_lateness_ms))
-        },
-        max_errors: app.config.ingest.max_errors,
-        ..ParseOptions::default()
-    };
     let worker = app.clone();
     let (outcome, summary): (ParseOutcome, IngestSummary) = tokio::task::spawn_blocking(move || {
+        // Held from before the lateness check until the admit: the keys
+        // that check relies on are not swept meanwhile.
+        let hold = worker.exactly_once.dedupe().hold();
+        let newest = worker.newest_ts_ms.load(Ordering::Acquire);
+        hold.checked_against(newest);
+        let opts = ParseOptions {
+            expected_type,
+            now_ms: now_ms(),
+            max_future_skew_ms: worker.config.ingest.max_future_skew_ms,
+            min_ts_ms: if backfill || newest == i64::MIN {
+                None
+            } else {
+                Some(newest.saturating_sub(worker.config.ingest.allowed_lateness_ms))
+            },
+            max_errors: worker.config.ingest.max_errors,
+            ..ParseOptions::default()
+        };
         let body = body::decode(body, encoding, limit_bytes, &worker.body_buffers)?;
         let parsing = Parsing::start(&worker.parsing);
         let opts = ParseOptions { parallel: parsing.alone, ..opts };
@@ -341,6 +344,12 @@ async fn ingest(
         }
         // Dedupe, then the durable append: the answer comes after the fsync.
         let summary = worker.exactly_once.ingest_all(&worker.store, &outcome.batches)?;
+        // The new time is published before the hold goes: a request that
+        // was checked against the old time still holds its own keys.
+        if let Some(max) = outcome.max_ts() {
+            worker.newest_ts_ms.fetch_max(max, Ordering::Release);
+        }
+        drop(hold);
         Ok::<_, ServerError>((outcome, summary))
     })
     .await
@@ -348,9 +357,6 @@ async fn ingest(
 
     let accepted = summary.accepted;
     app.counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
-    if let Some(max) = outcome.max_ts() {
-        app.newest_ts_ms.fetch_max(max, Ordering::Relaxed);
-    }
     app.counters.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     app.counters.rejected.fetch_add(outcome.rejected as u64, Ordering::Relaxed);
     let status = if accepted == 0 && summary.duplicates == 0 && outcome.rejected > 0 {

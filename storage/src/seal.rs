@@ -77,7 +77,9 @@ impl StageOutput {
     }
 }
 
-/// Reads the sidecar files of live segments at open.
+/// Reads the sidecar files of live segments (at open, and for stages that
+/// need older state again, e.g. a re-seal of an old bucket).
+#[derive(Debug, Clone)]
 pub struct SidecarReader {
     pub(crate) segments_dir: PathBuf,
 }

@@ -242,6 +242,7 @@ pub fn assert_same(expected: &Report, actual: &Report) {
 
 /// The generated day plus a click flood by one ordinary user, and clicks
 /// that arrive before their impressions (out of order across batches).
+#[allow(dead_code)] // not every test binary that includes the oracle uses it
 pub fn stream() -> Vec<Event> {
     let cfg = GenConfig { events: 40_000, span_ms: 6 * 3_600_000, ..GenConfig::default() };
     let mut events: Vec<Event> = Generator::new(cfg.clone()).collect();

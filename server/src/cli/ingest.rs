@@ -1128,16 +1128,16 @@ mod tests {
         let bytes = arrow_stream(&[numbers(0, 2), numbers(2, 2), numbers(4, 1)]);
         let (tx, rx) = mpsc::sync_channel(16);
         let pool = BufferPool::new(4, 1 << 20);
-        let err = queue_arrow_input(
+        let Err(err) = queue_arrow_input(
             &bytes[..bytes.len() - 20],
             "in.arrows",
             (5, usize::MAX),
             &pool,
             &tx,
             &AtomicBool::new(false),
-        )
-        .err()
-        .expect("truncated");
+        ) else {
+            panic!("truncated")
+        };
         assert!(matches!(err, ServerError::ArrowInput { .. }), "{err}");
         drop(tx);
         let sent: Vec<(usize, u64)> = rx.into_iter().map(|b| (b.first_line, b.events)).collect();
