@@ -142,13 +142,26 @@ struct Anchor {
     user_key: Option<String>,
 }
 
-impl AttributionIndex {
-    fn insert(&mut self, a: &Anchor) {
-        self.insert_one(a.kind, a.ts, &a.id, &a.scope, a.user_key.as_deref());
-    }
+/// An [`Anchor`] borrowed from a batch's columns.
+#[derive(Clone, Copy)]
+struct AnchorRef<'a> {
+    kind: EventType,
+    ts: i64,
+    id: &'a str,
+    scope: &'a str,
+    user_key: Option<&'a str>,
+}
 
+impl Anchor {
+    fn as_ref(&self) -> AnchorRef<'_> {
+        AnchorRef { kind: self.kind, ts: self.ts, id: &self.id, scope: &self.scope, user_key: self.user_key.as_deref() }
+    }
+}
+
+impl AttributionIndex {
     /// Indexes one impression (scope: its ad) or click (scope: its advertiser).
-    fn insert_one(&mut self, kind: EventType, ts: i64, id: &str, scope: &str, user_key: Option<&str>) {
+    fn insert(&mut self, a: AnchorRef<'_>) {
+        let AnchorRef { kind, ts, id, scope, user_key } = a;
         let scope = h(scope);
         match kind {
             EventType::Impression => {
@@ -168,30 +181,9 @@ impl AttributionIndex {
     }
 
     /// Indexes the impressions and clicks among `rows` of `batch` (all
-    /// rows when `None`), read straight from its columns.
+    /// rows when `None`).
     fn insert_rows(&mut self, batch: &EventBatch, rows: Option<&[u32]>) {
-        let kind = batch.u8_column(ColumnId::Type).values();
-        let ts = batch.ts();
-        let imp = batch.str_column(ColumnId::ImpressionId);
-        let click = batch.str_column(ColumnId::ClickId);
-        let ad = batch.str_column(ColumnId::AdId);
-        let adv = batch.str_column(ColumnId::AdvertiserId);
-        let user = batch.str_column(ColumnId::UserKey);
-        let mut one = |i: usize| {
-            let Some(k) = EventType::from_code(kind[i]) else { return };
-            let (id, scope) = match k {
-                EventType::Impression => (opt_str(imp, i), ad.value(i)),
-                EventType::Click => (opt_str(click, i), adv.value(i)),
-                EventType::Conversion => return,
-            };
-            if let Some(id) = id {
-                self.insert_one(k, ts[i], id, scope, opt_str(user, i));
-            }
-        };
-        match rows {
-            Some(rows) => rows.iter().for_each(|&i| one(i as usize)),
-            None => (0..batch.num_rows()).for_each(&mut one),
-        }
+        for_each_anchor(batch, rows, |a| self.insert(a));
     }
 
     /// Moves every anchor of `other` into this index.
@@ -399,18 +391,17 @@ impl ExactlyOnce {
             .filter(|s| s.meta.level == Level::Raw && s.meta.max_ts >= lo && s.meta.min_ts < hi)
             .collect();
         let mut loaded = 0usize;
-        load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
-            for a in anchors.iter().filter(|a| wanted(a.kind, a.ts)) {
+        let mut take = |a: AnchorRef<'_>| {
+            if wanted(a.kind, a.ts) {
                 index.insert(a);
                 loaded += 1;
             }
+        };
+        load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
+            anchors.iter().for_each(|a| take(a.as_ref()));
         })?;
         for (_, chunk) in &snapshot.head {
-            let batch = chunk.batch()?;
-            for a in anchors_of(&batch).iter().filter(|a| wanted(a.kind, a.ts)) {
-                index.insert(a);
-                loaded += 1;
-            }
+            for_each_anchor(&chunk.batch()?, None, &mut take);
         }
         index.imp_floor = index.imp_floor.min(need_imp);
         index.click_floor = index.click_floor.min(need_click);
@@ -542,7 +533,10 @@ fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
     if a.is_null(i) { None } else { Some(a.value(i)) }
 }
 
-fn anchors_of(batch: &EventBatch) -> Vec<Anchor> {
+/// Calls `f` with each impression (that has an `impression_id`) and click
+/// (that has a `click_id`) among `rows` of `batch` (all rows when `None`),
+/// read straight from its columns.
+fn for_each_anchor<'a>(batch: &'a EventBatch, rows: Option<&[u32]>, mut f: impl FnMut(AnchorRef<'a>)) {
     let kind = batch.u8_column(ColumnId::Type).values();
     let ts = batch.ts();
     let imp = batch.str_column(ColumnId::ImpressionId);
@@ -550,23 +544,35 @@ fn anchors_of(batch: &EventBatch) -> Vec<Anchor> {
     let ad = batch.str_column(ColumnId::AdId);
     let adv = batch.str_column(ColumnId::AdvertiserId);
     let user = batch.str_column(ColumnId::UserKey);
-    (0..batch.num_rows())
-        .filter_map(|i| {
-            let k = EventType::from_code(kind[i])?;
-            let (id, scope) = match k {
-                EventType::Impression => (opt_str(imp, i)?, ad.value(i)),
-                EventType::Click => (opt_str(click, i)?, adv.value(i)),
-                EventType::Conversion => return None,
-            };
-            Some(Anchor {
-                kind: k,
-                ts: ts[i],
-                id: id.to_string(),
-                scope: scope.to_string(),
-                user_key: opt_str(user, i).map(str::to_string),
-            })
+    let mut one = |i: usize| {
+        let Some(kind) = EventType::from_code(kind[i]) else { return };
+        let (id, scope) = match kind {
+            EventType::Impression => (opt_str(imp, i), ad.value(i)),
+            EventType::Click => (opt_str(click, i), adv.value(i)),
+            EventType::Conversion => return,
+        };
+        if let Some(id) = id {
+            f(AnchorRef { kind, ts: ts[i], id, scope, user_key: opt_str(user, i) });
+        }
+    };
+    match rows {
+        Some(rows) => rows.iter().for_each(|&i| one(i as usize)),
+        None => (0..batch.num_rows()).for_each(one),
+    }
+}
+
+fn anchors_of(batch: &EventBatch) -> Vec<Anchor> {
+    let mut out = Vec::new();
+    for_each_anchor(batch, None, |a| {
+        out.push(Anchor {
+            kind: a.kind,
+            ts: a.ts,
+            id: a.id.to_string(),
+            scope: a.scope.to_string(),
+            user_key: a.user_key.map(str::to_string),
         })
-        .collect()
+    });
+    out
 }
 
 /// `.attr` sidecar: `ADSATTR1`, then per anchor: kind u8, ts i64, and three
@@ -643,7 +649,7 @@ impl SealStage for ExactlyOnce {
             let mut index = self.index.write();
             load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
                 for a in anchors {
-                    index.insert(a);
+                    index.insert(a.as_ref());
                 }
             })
         };
@@ -703,7 +709,7 @@ impl SealStage for ExactlyOnce {
             // indexed here.
             let mut index = self.index.write();
             for a in &anchors {
-                index.insert(a);
+                index.insert(a.as_ref());
             }
         }
         let events = {
