@@ -83,6 +83,13 @@ pub struct StoreConfig {
     /// time is this far past its end. Default 86_400_000 (24 h); the server
     /// sets it from `ingest.allowed_lateness_ms`.
     pub allowed_lateness_ms: i64,
+    /// A bucket also closes once the wall clock is `allowed_lateness_ms`
+    /// past its end and no event has been appended for this long: when
+    /// traffic stops, the last buckets still become final. (While events
+    /// flow, event time closes buckets; closing on the clock then would
+    /// re-finalize every bucket of a historical load at each seal pass.)
+    /// Default 60_000; 0 turns closing on the wall clock off.
+    pub close_idle_ms: u64,
     /// Bytes of checked, decompressed segment blocks kept for queries (see
     /// `BlockCache`); 0 turns the cache off. Default 268_435_456 (256 MiB).
     pub block_cache_bytes: u64,
@@ -108,6 +115,7 @@ impl Default for StoreConfig {
             fsync: true,
             compact_min_segments: 8,
             allowed_lateness_ms: 86_400_000,
+            close_idle_ms: 60_000,
             block_cache_bytes: 256 << 20,
             max_head_bytes: None,
         }
@@ -301,6 +309,10 @@ struct Inner {
     sealer: Mutex<Option<JoinHandle<()>>>,
     /// Newest event time appended or recovered; buckets close relative to it.
     max_event_ts: AtomicI64,
+    /// When the store opened; `last_append_ms` counts from it.
+    opened: Instant,
+    /// Milliseconds from `opened` to the last append (0 before any).
+    last_append_ms: AtomicU64,
     /// Blocks queries read, shared by every segment reader.
     block_cache: Arc<BlockCache>,
     /// WAL payload buffers kept between appends.
@@ -487,6 +499,8 @@ impl Store {
             stop: AtomicBool::new(false),
             sealer: Mutex::new(None),
             max_event_ts: AtomicI64::new(max_event_ts),
+            opened: Instant::now(),
+            last_append_ms: AtomicU64::new(0),
             block_cache,
             encode_buffers: BufferPool::new(ENCODE_BUFFERS_KEPT, ENCODE_BUFFER_MAX_KEPT_BYTES),
             head_full: AtomicBool::new(false),
@@ -572,6 +586,8 @@ impl Store {
         if let Some(max) = max_ts {
             self.inner.max_event_ts.fetch_max(max, Ordering::AcqRel);
         }
+        let since_open = u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner.last_append_ms.fetch_max(since_open, Ordering::Relaxed);
         Ok(lsn)
     }
 
@@ -755,12 +771,24 @@ impl Store {
         buckets
     }
 
-    /// Whether no live event can land in the bucket any more: its end plus
-    /// the allowed lateness is behind the newest event time seen.
+    /// Whether the bucket has closed: its end plus the allowed lateness is
+    /// behind the newest event time seen, or behind the wall clock while
+    /// no event has been appended for `close_idle_ms`.
     pub fn bucket_closed(&self, bucket_start_ms: i64) -> bool {
+        let config = &self.inner.config;
         let newest = self.inner.max_event_ts.load(Ordering::Acquire);
-        let end = bucket_start_ms.saturating_add(self.inner.config.bucket_width_ms);
-        newest != i64::MIN && end.saturating_add(self.inner.config.allowed_lateness_ms) <= newest
+        let closes_at =
+            bucket_start_ms.saturating_add(config.bucket_width_ms).saturating_add(config.allowed_lateness_ms);
+        let by_event_time = newest != i64::MIN && closes_at <= newest;
+        by_event_time || (self.idle() && closes_at <= now_ms())
+    }
+
+    /// Whether wall-clock closing applies: it is on and no event has been
+    /// appended for `close_idle_ms`.
+    fn idle(&self) -> bool {
+        let idle_ms = self.inner.config.close_idle_ms;
+        let since_open = u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        idle_ms > 0 && since_open.saturating_sub(self.inner.last_append_ms.load(Ordering::Relaxed)) >= idle_ms
     }
 
     /// Newest event time accepted so far (`i64::MIN` if none).

@@ -587,6 +587,39 @@ fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
     assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
 }
 
+/// When traffic stops, buckets past their lateness on the wall clock
+/// close too: the last day of a quiet store becomes final. While events
+/// are appended, only event time closes buckets.
+#[test]
+fn buckets_close_on_the_wall_clock_once_appends_stop() {
+    let idle = Duration::from_millis(300);
+    for close_idle_ms in [0, idle.as_millis() as u64] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig { close_idle_ms, ..small_config() };
+        let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
+        // Events of 1970: far behind the wall clock, and nothing newer.
+        let events: Vec<Event> = (0..50).map(|n| event(n, (n as i64) * 60_000, "a1")).collect();
+        store.append(&EventBatch::from_events(&events)).expect("append");
+        store.seal_all().expect("seal");
+        assert!(!store.bucket_closed(0), "appends just happened: event time alone decides");
+        std::thread::sleep(idle + Duration::from_millis(50));
+        assert_eq!(store.bucket_closed(0), close_idle_ms > 0, "close_idle_ms {close_idle_ms}");
+        let report = store.finalize_closed().expect("finalize");
+        let catalog = store.catalog();
+        let finals = catalog.segments.values().filter(|m| m.is_final).count();
+        if close_idle_ms > 0 {
+            assert!(report.partitions > 0);
+            assert_eq!(finals, catalog.segments.len(), "every bucket final once quiet");
+        } else {
+            assert_eq!(finals, 0, "wall-clock closing is off");
+        }
+        // An append makes the store busy again: no closing by the clock.
+        store.append(&EventBatch::from_events(&[event(99, 10, "a1")])).expect("append");
+        assert!(!store.bucket_closed(0));
+        assert_eq!(all_events(&store).len(), 51);
+    }
+}
+
 #[test]
 fn partitioning_is_fixed_for_the_life_of_a_data_dir() {
     let dir = tempfile::tempdir().expect("tempdir");
