@@ -360,7 +360,7 @@ fn generated_requests(seed: u64) -> Vec<Vec<Event>> {
             kind: EventType::Conversion,
             ts: by_id.ts + 20 * HOUR,
             impression_id: None,
-            click_id: (n % 2 == 0).then(|| by_id.event_id.clone()),
+            click_id: n.is_multiple_of(2).then(|| by_id.event_id.clone()),
             value_micros: 5_000_000,
             cost_micros: 0,
             ..by_id.clone()
@@ -406,4 +406,33 @@ fn generated_streams_count_once_fresh_provisional_and_final() {
         let edge_hours = report.iter().filter(|((c, _), m)| c == "cmp-edge" && m.billable_clicks > 0).count();
         assert!(edge_hours > 60, "seed {seed}: {edge_hours} hours with billable edge clicks");
     }
+}
+
+/// Not a check: the oracle's totals for an NDJSON file, to set beside the
+/// numbers a store gives for the same load (`ADSTORE_ORACLE_FILE=events.ndjson
+/// cargo test --release --test counting -- --ignored --nocapture`).
+#[test]
+#[ignore = "a tool: needs ADSTORE_ORACLE_FILE"]
+fn oracle_totals_of_a_file() {
+    let Ok(path) = std::env::var("ADSTORE_ORACLE_FILE") else { return };
+    use std::io::BufRead;
+    let opts = ParseOptions { now_ms: i64::MAX / 2, ..ParseOptions::default() };
+    let mut sent: Vec<Event> = Vec::new();
+    let mut lines = std::io::BufReader::new(std::fs::File::open(&path).expect("open ADSTORE_ORACLE_FILE")).lines();
+    loop {
+        let chunk: Vec<String> = lines.by_ref().take(100_000).map(|l| l.expect("read a line")).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let outcome = parse_ndjson(chunk.join("\n").as_bytes(), &opts);
+        sent.extend(outcome.batches.iter().flat_map(|b| b.events()));
+    }
+    let outcomes = oracle::outcomes(&sent, &oracle::Rules::default());
+    let impressions = outcomes.iter().filter(|o| o.event.kind == EventType::Impression).count();
+    eprintln!(
+        "{path}: {} sent, {} distinct; impressions {impressions}; {}",
+        sent.len(),
+        outcomes.len(),
+        totals(&outcomes)
+    );
 }

@@ -99,14 +99,14 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
         }
     }
 
-    events
+    // Each event's verdict, then the events moved into their outcomes
+    // (not copied: a 10M-event oracle run holds one copy of the events).
+    let verdicts: Vec<(bool, &'static str)> = events
         .iter()
         .map(|e| {
             let bot = e.ua_hash.as_ref().is_some_and(|u| rules.bot_ua.contains(u));
             match e.kind {
-                EventType::Impression => {
-                    Outcome { event: e.clone(), attributed: false, reason: if bot { "bot_ua" } else { "" } }
-                }
+                EventType::Impression => (false, if bot { "bot_ua" } else { "" }),
                 EventType::Click => {
                     let in_window =
                         |i: &&&Event| i.ad_id == e.ad_id && i.ts <= e.ts && i.ts >= e.ts - rules.click_window_ms;
@@ -140,7 +140,7 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
                     } else {
                         ""
                     };
-                    Outcome { event: e.clone(), attributed: imp.is_some(), reason }
+                    (imp.is_some(), reason)
                 }
                 EventType::Conversion => {
                     let in_window = |c: &&&Event| c.ts <= e.ts && c.ts >= e.ts - rules.conversion_window_ms;
@@ -167,10 +167,15 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
                                 > 0
                         }
                     };
-                    Outcome { event: e.clone(), attributed: click, reason: if bot { "bot_ua" } else { "" } }
+                    (click, if bot { "bot_ua" } else { "" })
                 }
             }
         })
+        .collect();
+    events
+        .into_iter()
+        .zip(verdicts)
+        .map(|(event, (attributed, reason))| Outcome { event, attributed, reason })
         .collect()
 }
 
