@@ -35,6 +35,9 @@ use adstore_storage::{Event, EventBatch, EventType, SealPipeline, Store, StoreCo
 
 const LATENESS_MS: i64 = 86_400_000;
 const HOUR: i64 = 3_600_000;
+/// The default attribution windows (`AttributionRules::default()`).
+const CLICK_WINDOW_MS: i64 = HOUR;
+const CONVERSION_WINDOW_MS: i64 = 7 * 24 * HOUR;
 
 type Key = (String, EventType, String);
 
@@ -52,6 +55,10 @@ struct Arrivals {
     impressions: HashMap<String, usize>,
     /// The earliest acknowledgement of a click with this id.
     clicks: HashMap<String, usize>,
+    /// (ts, acknowledgement) of impressions by (user_key, ad_id), and of
+    /// clicks by (user_key, advertiser_id): last-touch anchors.
+    impressions_by_user: HashMap<(String, String), Vec<(i64, usize)>>,
+    clicks_by_user: HashMap<(String, String), Vec<(i64, usize)>>,
 }
 
 impl Arrivals {
@@ -64,28 +71,43 @@ impl Arrivals {
 
     fn acknowledged(&mut self, events: &[Event], tick: usize) {
         for e in events {
-            let (map, id) = match e.kind {
-                EventType::Impression => (&mut self.impressions, &e.impression_id),
-                EventType::Click => (&mut self.clicks, &e.click_id),
+            let (map, id, by_user, scope) = match e.kind {
+                EventType::Impression => {
+                    (&mut self.impressions, &e.impression_id, &mut self.impressions_by_user, &e.ad_id)
+                }
+                EventType::Click => (&mut self.clicks, &e.click_id, &mut self.clicks_by_user, &e.advertiser_id),
                 EventType::Conversion => continue,
             };
             if let Some(id) = id {
                 let t = map.entry(id.clone()).or_insert(tick);
                 *t = (*t).min(tick);
             }
+            if let Some(user) = &e.user_key {
+                by_user.entry((user.clone(), scope.clone())).or_default().push((e.ts, tick));
+            }
         }
     }
 
-    /// Whether the anchor `e` names by id was acknowledged before any
-    /// request carrying `e` started.
-    fn anchor_came_first(&self, e: &Event) -> bool {
+    /// Whether an anchor of `e` was acknowledged before any request
+    /// carrying `e` started: the impression or click it names by id, or,
+    /// without an id, one in its window with its user and ad (clicks) or
+    /// advertiser (conversions). Last-touch clicks only `sealed`: ingest
+    /// indexes impressions by id, and by user only at seal.
+    fn anchor_came_first(&self, e: &Event, sealed: bool) -> bool {
         let Some(&started) = self.started.get(&key(e)) else { return false };
-        let acked = match e.kind {
-            EventType::Click => e.impression_id.as_ref().and_then(|id| self.impressions.get(id)),
-            EventType::Conversion => e.click_id.as_ref().and_then(|id| self.clicks.get(id)),
-            EventType::Impression => None,
+        let in_window = |touches: Option<&Vec<(i64, usize)>>, window: i64| {
+            touches.is_some_and(|v| v.iter().any(|(ts, ack)| *ack < started && *ts <= e.ts && *ts >= e.ts - window))
         };
-        acked.is_some_and(|a| *a < started)
+        let by_user = |map: &HashMap<(String, String), Vec<(i64, usize)>>, scope: &str, window: i64| {
+            e.user_key.as_ref().is_some_and(|u| in_window(map.get(&(u.clone(), scope.to_string())), window))
+        };
+        match (e.kind, &e.impression_id, &e.click_id) {
+            (EventType::Click, Some(id), _) => self.impressions.get(id).is_some_and(|a| *a < started),
+            (EventType::Click, None, _) => sealed && by_user(&self.impressions_by_user, &e.ad_id, CLICK_WINDOW_MS),
+            (EventType::Conversion, _, Some(id)) => self.clicks.get(id).is_some_and(|a| *a < started),
+            (EventType::Conversion, _, None) => by_user(&self.clicks_by_user, &e.advertiser_id, CONVERSION_WINDOW_MS),
+            (EventType::Impression, ..) => false,
+        }
     }
 }
 
@@ -189,8 +211,12 @@ impl Run {
         self.sent.lock().expect("sent").clone()
     }
 
-    fn stored(&self) -> Vec<Event> {
-        self.store.snapshot().read_events().expect("read").iter().flat_map(|b| b.events()).collect()
+    /// Every stored event, and whether it is sealed (or in the head).
+    fn stored_where(&self) -> Vec<(Event, bool)> {
+        let snapshot = self.store.snapshot();
+        let sealed = snapshot.segments.iter().map(|s| (s.reader.read_batch().expect("read segment"), true));
+        let head = snapshot.head.iter().map(|(_, c)| (c.batch().expect("read head chunk"), false));
+        sealed.chain(head).flat_map(|(b, sealed)| b.events().into_iter().map(move |e| (e, sealed))).collect()
     }
 
     /// Fresh and provisional, after a round: every key once in what is
@@ -200,7 +226,7 @@ impl Run {
         let sent = self.sent();
         let distinct = oracle::dedupe(&sent).len();
         assert_eq!(self.accepted.load(Ordering::Acquire), distinct, "round {round}: accepted vs distinct keys");
-        let stored = self.stored();
+        let stored = self.stored_where();
         assert_eq!(stored.len(), distinct, "round {round}: stored rows vs distinct keys");
         self.check_provisional(&stored, &oracle::outcomes(&sent, &oracle::Rules::default()));
     }
@@ -208,7 +234,7 @@ impl Run {
     /// Provisional: counts per (campaign, hour) equal the oracle's, and
     /// every event whose anchor was acknowledged before it is attributed
     /// when the oracle attributes it.
-    fn check_provisional(&self, stored: &[Event], outcomes: &[oracle::Outcome]) {
+    fn check_provisional(&self, stored: &[(Event, bool)], outcomes: &[oracle::Outcome]) {
         let counts = |events: &mut dyn Iterator<Item = &Event>| {
             let mut out: HashMap<(String, i64, EventType), usize> = HashMap::new();
             for e in events {
@@ -216,13 +242,27 @@ impl Run {
             }
             out
         };
-        assert_eq!(counts(&mut stored.iter()), counts(&mut outcomes.iter().map(|o| &o.event)), "events per hour");
+        assert_eq!(
+            counts(&mut stored.iter().map(|(e, _)| e)),
+            counts(&mut outcomes.iter().map(|o| &o.event)),
+            "events per hour"
+        );
         let attributed: HashMap<Key, bool> = outcomes.iter().map(|o| (key(&o.event), o.attributed)).collect();
         let arrivals = self.arrivals.lock().expect("arrivals");
         let mut missed: Vec<String> = stored
             .iter()
-            .filter(|e| attributed.get(&key(e)) == Some(&true) && !e.attributed && arrivals.anchor_came_first(e))
-            .map(|e| format!("{}/{}/{}", e.publisher_id, e.kind.as_str(), e.event_id))
+            .filter(|(e, sealed)| {
+                attributed.get(&key(e)) == Some(&true) && !e.attributed && arrivals.anchor_came_first(e, *sealed)
+            })
+            .map(|(e, sealed)| {
+                format!(
+                    "{}/{}/{} ({})",
+                    e.publisher_id,
+                    e.kind.as_str(),
+                    e.event_id,
+                    if *sealed { "sealed" } else { "head" }
+                )
+            })
             .collect();
         let n = missed.len();
         missed.truncate(10);

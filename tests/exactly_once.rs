@@ -325,3 +325,46 @@ fn a_batch_refused_for_a_full_head_counts_once_when_sent_again() {
     assert_eq!(stored, unique);
     store.close().expect("close");
 }
+
+/// A last-touch click (no impression id) sealed while its impression, in
+/// the bucket before, is still in the head is attributed: ingest indexes
+/// impressions by id only, and the seal reads the head's earlier buckets
+/// for impressions by user, so it sees every impression acknowledged
+/// before the click, sealed or not.
+#[test]
+fn a_last_touch_click_sealed_before_its_impression_is_attributed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, eo) = open(dir.path(), rules());
+    let edge = 10 * 3_600_000;
+    let imp = Event {
+        event_id: "i1".into(),
+        kind: EventType::Impression,
+        ts: edge - 10_000,
+        publisher_id: "p".into(),
+        advertiser_id: "a".into(),
+        campaign_id: "c".into(),
+        ad_id: "x".into(),
+        impression_id: Some("i1".into()),
+        user_key: Some("u".into()),
+        ..Event::default()
+    };
+    let click = Event {
+        event_id: "c1".into(),
+        kind: EventType::Click,
+        ts: edge + 10_000,
+        impression_id: None,
+        click_id: Some("c1".into()),
+        ..imp.clone()
+    };
+    eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&imp))).expect("ingest");
+    eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&click))).expect("ingest");
+    // Seals the click's bucket alone (then re-seals it): the impression stays in the head.
+    store.reseal_buckets(&[edge], SealKind::Reprocess).expect("seal the click's bucket");
+    let snapshot = store.snapshot();
+    assert_eq!(snapshot.head_rows(), 1, "the impression is still in the head");
+    let sealed: Vec<Event> =
+        snapshot.segments.iter().flat_map(|s| s.reader.read_batch().expect("read").events()).collect();
+    assert_eq!(sealed.len(), 1);
+    assert!(sealed[0].attributed, "{:?}", sealed[0]);
+    assert_eq!(sealed[0].attributed_to.as_deref(), Some("i1"));
+}

@@ -727,6 +727,11 @@ impl SealStage for ExactlyOnce {
         }
         let rules = self.rules();
         let anchors = anchors_of(&events);
+        // The impressions by user still in the head, of the earlier buckets
+        // within a click window of this one (ingest indexes impressions by
+        // id only): a last-touch click sees every impression acknowledged
+        // before it, whichever partition holds it.
+        let earlier = head_before(ctx, rules.click_window_ms)?;
         {
             // Already there when they came through `ingest`; events appended
             // otherwise (or a seal that overtook an ingest's insert) are
@@ -734,6 +739,9 @@ impl SealStage for ExactlyOnce {
             let mut index = self.index.write();
             for a in &anchors {
                 index.insert(a.as_ref());
+            }
+            for batch in &earlier {
+                index.insert_rows(batch, None);
             }
         }
         let events = {
@@ -816,6 +824,19 @@ impl Wanted {
         };
         ids.contains(&h(a.id)) || a.user_key.is_some_and(|u| by_user.contains(&(h(u), h(a.scope))))
     }
+}
+
+/// The head's events of the partitions of `ctx`'s shard whose buckets
+/// start less than `window_ms` (plus a bucket) before `ctx`'s.
+fn head_before(ctx: &SealContext<'_>, window_ms: i64) -> StorageResult<Vec<EventBatch>> {
+    let this = ctx.partition;
+    let from = this.bucket_start_ms.saturating_sub(window_ms.saturating_add(ctx.bucket_width_ms));
+    ctx.snapshot
+        .head
+        .iter()
+        .filter(|(p, _)| p.shard == this.shard && p.bucket_start_ms < this.bucket_start_ms && p.bucket_start_ms >= from)
+        .map(|(_, chunk)| chunk.batch())
+        .collect()
 }
 
 /// The start of the oldest bucket that is not final: of a provisional raw
