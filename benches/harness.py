@@ -584,14 +584,21 @@ class AdstoreServer:
         return self.request("POST", "/v1/sql", body, {"content-type": "application/json"})
 
     def wait_sealed(self, timeout_s: float = 600) -> float:
-        """Seconds until the head is sealed; `self.final_s`: until closed buckets are also re-sealed as final."""
+        """Seconds until the head is sealed; `self.final_s`: until every segment is final.
+
+        The generated data is older than the allowed lateness behind the wall
+        clock, so once appends stop for `storage.close_idle_ms` (60 s) every
+        bucket closes and is re-sealed as final: the settled store the suite
+        is timed on. (Waiting only for the buckets closed by event time let
+        the rest be finalized while the suite ran.)"""
         t = time.perf_counter()
         sealed = None
         while True:
             seg = self.get_json("/v1/segments")
             if sealed is None and seg.get("head", {}).get("rows", 0) == 0:
                 sealed = time.perf_counter() - t
-            if sealed is not None and seg.get("finalize_pending_buckets", 0) == 0:
+            all_final = all(s.get("is_final", False) for s in seg.get("segments", []))
+            if sealed is not None and seg.get("finalize_pending_buckets", 0) == 0 and all_final:
                 self.final_s = time.perf_counter() - t
                 return sealed
             if time.perf_counter() - t > timeout_s:
