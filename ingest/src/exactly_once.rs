@@ -105,7 +105,7 @@ struct Touch {
 /// and older ones while a bucket that is not final yet may need them.
 struct AttributionIndex {
     /// impression_id → (ts, ad hash)
-    impressions: FxHashMap<u64, (i64, u64)>,
+    impressions: ById,
     /// (user_key, ad_id) → impressions, for last-touch clicks.
     imp_by_user: FxHashMap<(u64, u64), Vec<Touch>>,
     /// click_id → ts
@@ -122,13 +122,62 @@ struct AttributionIndex {
 impl Default for AttributionIndex {
     fn default() -> AttributionIndex {
         AttributionIndex {
-            impressions: FxHashMap::default(),
+            impressions: ById::default(),
             imp_by_user: FxHashMap::default(),
             clicks: FxHashMap::default(),
             click_by_user: FxHashMap::default(),
             imp_floor: i64::MIN,
             click_floor: i64::MIN,
         }
+    }
+}
+
+/// Impressions by id, in shards by the id hash's top bits: a request's
+/// impressions are inserted shard by shard, so that each shard's table is
+/// in cache while its share goes in (one table of every impression took a
+/// cache miss per insert, on the acknowledgement path).
+struct ById {
+    shards: Vec<FxHashMap<u64, (i64, u64)>>,
+}
+
+const BY_ID_SHARD_BITS: u32 = 6;
+
+impl Default for ById {
+    fn default() -> ById {
+        ById { shards: (0..1 << BY_ID_SHARD_BITS).map(|_| FxHashMap::default()).collect() }
+    }
+}
+
+impl ById {
+    fn shard_of(id: u64) -> usize {
+        (id >> (u64::BITS - BY_ID_SHARD_BITS)) as usize
+    }
+
+    fn get(&self, id: &u64) -> Option<&(i64, u64)> {
+        self.shards[ById::shard_of(*id)].get(id)
+    }
+
+    fn insert(&mut self, id: u64, value: (i64, u64)) {
+        self.shards[ById::shard_of(id)].insert(id, value);
+    }
+
+    /// Inserts in shard order.
+    fn insert_all(&mut self, mut entries: Vec<(u64, (i64, u64))>) {
+        entries.sort_unstable_by_key(|(id, _)| ById::shard_of(*id));
+        for (id, value) in entries {
+            self.insert(id, value);
+        }
+    }
+
+    /// Drops the impressions before `floor`.
+    fn retain_from(&mut self, floor: i64) {
+        for shard in &mut self.shards {
+            shard.retain(|_, (ts, _)| *ts >= floor);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(FxHashMap::len).sum()
     }
 }
 
@@ -194,17 +243,19 @@ impl AttributionIndex {
     /// id copied, made ingest three to four times slower (9 of 10 events
     /// are impressions).
     fn insert_acknowledged(&mut self, batch: &EventBatch, rows: &[u32]) {
+        let mut impressions = Vec::with_capacity(rows.len());
         for_each_anchor(batch, Some(rows), |a| match a.kind {
-            EventType::Impression => self.insert(AnchorRef { user_key: None, ..a }),
+            EventType::Impression => impressions.push((h(a.id), (a.ts, h(a.scope)))),
             _ => self.insert(a),
         });
+        self.impressions.insert_all(impressions);
     }
 
     /// Drops impressions before `imp_floor` and clicks before `click_floor`.
     fn expire(&mut self, imp_floor: i64, click_floor: i64) {
         self.imp_floor = self.imp_floor.max(imp_floor);
         self.click_floor = self.click_floor.max(click_floor);
-        self.impressions.retain(|_, (ts, _)| *ts >= imp_floor);
+        self.impressions.retain_from(imp_floor);
         self.clicks.retain(|_, ts| *ts >= click_floor);
         for (map, floor) in [(&mut self.imp_by_user, imp_floor), (&mut self.click_by_user, click_floor)] {
             map.retain(|_, v| {
