@@ -91,9 +91,8 @@ impl Arrivals {
     /// Whether an anchor of `e` was acknowledged before any request
     /// carrying `e` started: the impression or click it names by id, or,
     /// without an id, one in its window with its user and ad (clicks) or
-    /// advertiser (conversions). Last-touch clicks only `sealed`: ingest
-    /// indexes impressions by id, and by user only at seal.
-    fn anchor_came_first(&self, e: &Event, sealed: bool) -> bool {
+    /// advertiser (conversions).
+    fn anchor_came_first(&self, e: &Event) -> bool {
         let Some(&started) = self.started.get(&key(e)) else { return false };
         let in_window = |touches: Option<&Vec<(i64, usize)>>, window: i64| {
             touches.is_some_and(|v| v.iter().any(|(ts, ack)| *ack < started && *ts <= e.ts && *ts >= e.ts - window))
@@ -103,7 +102,7 @@ impl Arrivals {
         };
         match (e.kind, &e.impression_id, &e.click_id) {
             (EventType::Click, Some(id), _) => self.impressions.get(id).is_some_and(|a| *a < started),
-            (EventType::Click, None, _) => sealed && by_user(&self.impressions_by_user, &e.ad_id, CLICK_WINDOW_MS),
+            (EventType::Click, None, _) => by_user(&self.impressions_by_user, &e.ad_id, CLICK_WINDOW_MS),
             (EventType::Conversion, _, Some(id)) => self.clicks.get(id).is_some_and(|a| *a < started),
             (EventType::Conversion, _, None) => by_user(&self.clicks_by_user, &e.advertiser_id, CONVERSION_WINDOW_MS),
             (EventType::Impression, ..) => false,
@@ -251,9 +250,7 @@ impl Run {
         let arrivals = self.arrivals.lock().expect("arrivals");
         let mut missed: Vec<String> = stored
             .iter()
-            .filter(|(e, sealed)| {
-                attributed.get(&key(e)) == Some(&true) && !e.attributed && arrivals.anchor_came_first(e, *sealed)
-            })
+            .filter(|(e, _)| attributed.get(&key(e)) == Some(&true) && !e.attributed && arrivals.anchor_came_first(e))
             .map(|(e, sealed)| {
                 format!(
                     "{}/{}/{} ({})",

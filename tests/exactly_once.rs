@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use adstore_ingest::{AttributionRules, DedupeConfig, DedupeIndex, ExactlyOnce};
 use adstore_server::datagen::BOT_UA_HASH;
-use adstore_storage::{Event, EventBatch, EventType, SealKind, SealPipeline, Store, StoreConfig};
+use adstore_storage::{Event, EventBatch, EventType, InvalidReason, SealKind, SealPipeline, Store, StoreConfig};
 
 fn rules() -> AttributionRules {
     AttributionRules { bot_ua_hashes: vec![BOT_UA_HASH.to_string()], ..AttributionRules::default() }
@@ -367,4 +367,46 @@ fn a_last_touch_click_sealed_before_its_impression_is_attributed() {
     assert_eq!(sealed.len(), 1);
     assert!(sealed[0].attributed, "{:?}", sealed[0]);
     assert_eq!(sealed[0].attributed_to.as_deref(), Some("i1"));
+}
+
+/// Issue 21, fault 3: a last-touch click (no `impression_id`) is
+/// classified at ingest against every impression acknowledged before it,
+/// also one of an earlier request still in the head, in another bucket.
+#[test]
+fn a_last_touch_click_sees_an_earlier_requests_head_impression_at_ingest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, eo) = open(dir.path(), rules());
+    let edge = 10 * 3_600_000;
+    let imp = |id: &str, ts: i64| Event {
+        event_id: id.into(),
+        kind: EventType::Impression,
+        ts,
+        publisher_id: "p".into(),
+        advertiser_id: "a".into(),
+        campaign_id: "c".into(),
+        ad_id: "x".into(),
+        impression_id: Some(id.into()),
+        user_key: Some("u".into()),
+        ..Event::default()
+    };
+    let click = Event {
+        event_id: "c1".into(),
+        kind: EventType::Click,
+        ts: edge + 10_000,
+        impression_id: None,
+        click_id: Some("c1".into()),
+        ..imp("c1", 0)
+    };
+    // Two requests of impressions (the later one the last touch), then the click.
+    eo.ingest(&store, &EventBatch::from_events(&[imp("i1", edge - 20_000)])).expect("ingest");
+    eo.ingest(&store, &EventBatch::from_events(&[imp("i2", edge - 10_000)])).expect("ingest");
+    eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&click))).expect("ingest");
+    let snapshot = store.snapshot();
+    assert_eq!(snapshot.head_rows(), 3, "nothing is sealed yet");
+    let head: Vec<Event> =
+        snapshot.head.iter().flat_map(|(_, chunk)| chunk.batch().expect("head chunk").events()).collect();
+    let fresh = head.iter().find(|e| e.event_id == "c1").expect("the click is in the head");
+    assert!(fresh.attributed, "{fresh:?}");
+    assert_eq!(fresh.attributed_to.as_deref(), Some("i2"));
+    assert_eq!(fresh.invalid_reason, InvalidReason::Valid);
 }

@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -37,6 +37,10 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::dedupe::{DedupeIndex, Flight, batch_keys, decode_keys, encode_keys};
+
+mod index;
+
+use index::{AnchorRef, AttributionIndex, h, last_touch_in};
 
 /// Attribution and invalid-traffic rules: a named, versioned configuration.
 /// A change of rules bumps `version`; reprocessing re-applies them.
@@ -90,97 +94,6 @@ impl AttributionRules {
     }
 }
 
-fn h(s: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
-}
-
-#[derive(Clone)]
-struct Touch {
-    ts: i64,
-    id: Arc<str>,
-}
-
-/// Impressions and clicks within their windows: every one acknowledged
-/// (inserted at ingest, once its append is durable, and again at seal),
-/// and older ones while a bucket that is not final yet may need them.
-struct AttributionIndex {
-    /// impression_id → (ts, ad hash)
-    impressions: ById,
-    /// (user_key, ad_id) → impressions, for last-touch clicks.
-    imp_by_user: FxHashMap<(u64, u64), Vec<Touch>>,
-    /// click_id → ts
-    clicks: FxHashMap<u64, i64>,
-    /// (user_key, advertiser_id) → clicks, for last-touch conversions.
-    click_by_user: FxHashMap<(u64, u64), Vec<Touch>>,
-    /// Impressions older than this may have been dropped ([`AttributionIndex::expire`]);
-    /// `i64::MIN` while none was.
-    imp_floor: i64,
-    /// Clicks older than this may have been dropped.
-    click_floor: i64,
-}
-
-impl Default for AttributionIndex {
-    fn default() -> AttributionIndex {
-        AttributionIndex {
-            impressions: ById::default(),
-            imp_by_user: FxHashMap::default(),
-            clicks: FxHashMap::default(),
-            click_by_user: FxHashMap::default(),
-            imp_floor: i64::MIN,
-            click_floor: i64::MIN,
-        }
-    }
-}
-
-/// Impressions by id, in shards by the id hash's top bits: a request's
-/// impressions are inserted shard by shard, so that each shard's table is
-/// in cache while its share goes in (one table of every impression took a
-/// cache miss per insert, on the acknowledgement path).
-struct ById {
-    shards: Vec<FxHashMap<u64, (i64, u64)>>,
-}
-
-const BY_ID_SHARD_BITS: u32 = 6;
-
-impl Default for ById {
-    fn default() -> ById {
-        ById { shards: (0..1 << BY_ID_SHARD_BITS).map(|_| FxHashMap::default()).collect() }
-    }
-}
-
-impl ById {
-    fn shard_of(id: u64) -> usize {
-        (id >> (u64::BITS - BY_ID_SHARD_BITS)) as usize
-    }
-
-    fn get(&self, id: &u64) -> Option<&(i64, u64)> {
-        self.shards[ById::shard_of(*id)].get(id)
-    }
-
-    fn insert(&mut self, id: u64, value: (i64, u64)) {
-        self.shards[ById::shard_of(id)].insert(id, value);
-    }
-
-    /// Inserts in shard order.
-    fn insert_all(&mut self, mut entries: Vec<(u64, (i64, u64))>) {
-        entries.sort_unstable_by_key(|(id, _)| ById::shard_of(*id));
-        for (id, value) in entries {
-            self.insert(id, value);
-        }
-    }
-
-    /// Drops the impressions before `floor`.
-    fn retain_from(&mut self, floor: i64) {
-        for shard in &mut self.shards {
-            shard.retain(|_, (ts, _)| *ts >= floor);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.shards.iter().map(FxHashMap::len).sum()
-    }
-}
-
 /// One impression or click, as indexed (and stored in `.attr` sidecars).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Anchor {
@@ -193,80 +106,9 @@ struct Anchor {
     user_key: Option<String>,
 }
 
-/// An [`Anchor`] borrowed from a batch's columns.
-#[derive(Clone, Copy)]
-struct AnchorRef<'a> {
-    kind: EventType,
-    ts: i64,
-    id: &'a str,
-    scope: &'a str,
-    user_key: Option<&'a str>,
-}
-
 impl Anchor {
     fn as_ref(&self) -> AnchorRef<'_> {
         AnchorRef { kind: self.kind, ts: self.ts, id: &self.id, scope: &self.scope, user_key: self.user_key.as_deref() }
-    }
-}
-
-impl AttributionIndex {
-    /// Indexes one impression (scope: its ad) or click (scope: its advertiser).
-    fn insert(&mut self, a: AnchorRef<'_>) {
-        let AnchorRef { kind, ts, id, scope, user_key } = a;
-        let scope = h(scope);
-        match kind {
-            EventType::Impression => {
-                self.impressions.insert(h(id), (ts, scope));
-                if let Some(u) = user_key {
-                    push_touch(self.imp_by_user.entry((h(u), scope)).or_default(), ts, id);
-                }
-            }
-            EventType::Click => {
-                self.clicks.insert(h(id), ts);
-                if let Some(u) = user_key {
-                    push_touch(self.click_by_user.entry((h(u), scope)).or_default(), ts, id);
-                }
-            }
-            EventType::Conversion => {}
-        }
-    }
-
-    /// Indexes the impressions and clicks among `rows` of `batch` (all
-    /// rows when `None`).
-    fn insert_rows(&mut self, batch: &EventBatch, rows: Option<&[u32]>) {
-        for_each_anchor(batch, rows, |a| self.insert(a));
-    }
-
-    /// What ingest indexes of a request once it is durable: impressions by
-    /// id, and clicks whole. Impressions by user (last-touch clicks, a
-    /// minority) are indexed at seal: one touch per impression, with its
-    /// id copied, made ingest three to four times slower (9 of 10 events
-    /// are impressions).
-    fn insert_acknowledged(&mut self, batch: &EventBatch, rows: &[u32]) {
-        let mut impressions = Vec::with_capacity(rows.len());
-        for_each_anchor(batch, Some(rows), |a| match a.kind {
-            EventType::Impression => impressions.push((h(a.id), (a.ts, h(a.scope)))),
-            _ => self.insert(a),
-        });
-        self.impressions.insert_all(impressions);
-    }
-
-    /// Drops impressions before `imp_floor` and clicks before `click_floor`.
-    fn expire(&mut self, imp_floor: i64, click_floor: i64) {
-        self.imp_floor = self.imp_floor.max(imp_floor);
-        self.click_floor = self.click_floor.max(click_floor);
-        self.impressions.retain_from(imp_floor);
-        self.clicks.retain(|_, ts| *ts >= click_floor);
-        for (map, floor) in [(&mut self.imp_by_user, imp_floor), (&mut self.click_by_user, click_floor)] {
-            map.retain(|_, v| {
-                v.retain(|t| t.ts >= floor);
-                !v.is_empty()
-            });
-        }
-    }
-
-    fn entries(&self) -> usize {
-        self.impressions.len() + self.clicks.len()
     }
 }
 
@@ -295,23 +137,6 @@ fn load_sidecars<T>(
         load(&items);
     }
     Ok((loaded, rescanned))
-}
-
-/// Keeps touches sorted by (ts, id) without duplicates.
-/// (The id is copied only when the touch is new: a seal indexes again
-/// what ingest indexed.)
-fn push_touch(v: &mut Vec<Touch>, ts: i64, id: &str) {
-    let pos = v.partition_point(|x| (x.ts, &*x.id) < (ts, id));
-    if v.get(pos).is_some_and(|x| x.ts == ts && &*x.id == id) {
-        return;
-    }
-    v.insert(pos, Touch { ts, id: Arc::from(id) });
-}
-
-/// The latest touch with `lo <= ts <= hi`.
-fn last_touch(v: &[Touch], lo: i64, hi: i64) -> Option<&Touch> {
-    let end = v.partition_point(|x| x.ts <= hi);
-    v[..end].last().filter(|t| t.ts >= lo)
 }
 
 /// Counters for `/metrics` and tests.
@@ -442,17 +267,16 @@ impl ExactlyOnce {
             .filter(|s| s.meta.level == Level::Raw && s.meta.max_ts >= lo && s.meta.min_ts < hi)
             .collect();
         let mut loaded = 0usize;
-        let mut take = |a: AnchorRef<'_>| {
-            if wanted(a.kind, a.ts) {
-                index.insert(a);
-                loaded += 1;
-            }
+        let mut take = |anchors: Vec<AnchorRef<'_>>| {
+            let anchors: Vec<AnchorRef<'_>> = anchors.into_iter().filter(|a| wanted(a.kind, a.ts)).collect();
+            loaded += anchors.len();
+            index.insert_all(anchors);
         };
         load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
-            anchors.iter().for_each(|a| take(a.as_ref()));
+            take(anchors.iter().map(Anchor::as_ref).collect());
         })?;
         for (_, chunk) in &snapshot.head {
-            for_each_anchor(&chunk.batch()?, None, &mut take);
+            take(anchor_refs(&chunk.batch()?));
         }
         index.imp_floor = index.imp_floor.min(need_imp);
         index.click_floor = index.click_floor.min(need_click);
@@ -521,13 +345,15 @@ impl ExactlyOnce {
         let wanted = Wanted::by(batches);
         let mut own = AttributionIndex::default();
         if !wanted.is_empty() {
+            let mut anchors = Vec::new();
             for (batch, rows) in batches.iter().zip(&fresh) {
                 for_each_anchor(batch, Some(rows), |a| {
                     if wanted.wants(a) {
-                        own.insert(a);
+                        anchors.push(a);
                     }
                 });
             }
+            own.insert_all(anchors);
         }
         let classified = match self.classify(batches, &own) {
             Ok(classified) => classified,
@@ -544,10 +370,11 @@ impl ExactlyOnce {
         let result = if accepted == 0 { Ok(()) } else { store.append_all(&rows).map(|_| ()) };
         if result.is_ok() {
             // Durable: from now on every later event is attributed with them.
-            let mut index = self.index.write();
+            let mut anchors = Vec::with_capacity(accepted);
             for (batch, rows) in batches.iter().zip(&fresh) {
-                index.insert_acknowledged(batch, rows);
+                for_each_anchor(batch, Some(rows), |a| anchors.push(a));
             }
+            self.index.write().insert_all(anchors);
         }
         landing.settle(result.is_ok());
         result?;
@@ -634,6 +461,12 @@ fn for_each_anchor<'a>(batch: &'a EventBatch, rows: Option<&[u32]>, mut f: impl 
         Some(rows) => rows.iter().for_each(|&i| one(i as usize)),
         None => (0..batch.num_rows()).for_each(one),
     }
+}
+
+fn anchor_refs(batch: &EventBatch) -> Vec<AnchorRef<'_>> {
+    let mut out = Vec::new();
+    for_each_anchor(batch, None, |a| out.push(a));
+    out
 }
 
 fn anchors_of(batch: &EventBatch) -> Vec<Anchor> {
@@ -723,9 +556,7 @@ impl SealStage for ExactlyOnce {
         let load_anchors = || {
             let mut index = self.index.write();
             load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
-                for a in anchors {
-                    index.insert(a.as_ref());
-                }
+                index.insert_all(anchors.iter().map(Anchor::as_ref))
             })
         };
         let (keys, anchors) = rayon::join(load_keys, load_anchors);
@@ -738,7 +569,7 @@ impl SealStage for ExactlyOnce {
         for (_, chunk) in &snapshot.head {
             let batch = chunk.batch()?;
             self.dedupe.admit(&batch_keys(&batch));
-            self.index.write().insert_rows(&batch, None);
+            self.index.write().insert_all(anchor_refs(&batch));
             self.observe(&batch);
         }
         self.expire(oldest_open_bucket(snapshot));
@@ -778,21 +609,18 @@ impl SealStage for ExactlyOnce {
         }
         let rules = self.rules();
         let anchors = anchors_of(&events);
-        // The impressions by user still in the head, of the earlier buckets
-        // within a click window of this one (ingest indexes impressions by
-        // id only): a last-touch click sees every impression acknowledged
-        // before it, whichever partition holds it.
+        // The impressions still in the head, of the earlier buckets within
+        // a click window of this one: a click sees every impression
+        // acknowledged before it, even when this seal overtook the
+        // ingest's insert (made once its append returned).
         let earlier = head_before(ctx, rules.click_window_ms)?;
         {
             // Already there when they came through `ingest`; events appended
-            // otherwise (or a seal that overtook an ingest's insert) are
-            // indexed here.
+            // otherwise are indexed here.
             let mut index = self.index.write();
-            for a in &anchors {
-                index.insert(a.as_ref());
-            }
+            index.insert_all(anchors.iter().map(Anchor::as_ref));
             for batch in &earlier {
-                index.insert_rows(batch, None);
+                index.insert_all(anchor_refs(batch));
             }
         }
         let events = {
@@ -906,22 +734,6 @@ fn impression_in(indexes: &[&AttributionIndex], id: u64) -> Option<(i64, u64)> {
 /// The click with id hash `id`, from the first index that has it.
 fn click_in(indexes: &[&AttributionIndex], id: u64) -> Option<i64> {
     indexes.iter().find_map(|x| x.clicks.get(&id).copied())
-}
-
-/// The latest touch with `lo <= ts <= hi` under `key` in any of the
-/// indexes (by ts, then id).
-fn last_touch_in(
-    indexes: &[&AttributionIndex],
-    by: impl Fn(&AttributionIndex) -> &FxHashMap<(u64, u64), Vec<Touch>>,
-    key: (u64, u64),
-    lo: i64,
-    hi: i64,
-) -> Option<Touch> {
-    indexes
-        .iter()
-        .filter_map(|x| by(x).get(&key).and_then(|v| last_touch(v, lo, hi)))
-        .max_by(|a, b| (a.ts, &*a.id).cmp(&(b.ts, &*b.id)))
-        .cloned()
 }
 
 /// Fills `attributed`, `attributed_to` and `invalid_reason` for events
@@ -1048,34 +860,6 @@ mod tests {
         ];
         assert_eq!(decode_anchors(&encode_anchors(&a)), Some(a));
         assert_eq!(decode_anchors(b"ADSATTR1\x00"), None);
-    }
-
-    #[test]
-    fn last_touch_picks_latest_in_window() {
-        let mut v = Vec::new();
-        for (ts, id) in [(10, "a"), (30, "c"), (20, "b"), (30, "c")] {
-            push_touch(&mut v, ts, id);
-        }
-        assert_eq!(v.len(), 3);
-        assert_eq!(last_touch(&v, 0, 25).map(|t| &*t.id), Some("b"));
-        assert_eq!(last_touch(&v, 21, 25).map(|t| &*t.id), None);
-        assert_eq!(last_touch(&v, 0, 100).map(|t| &*t.id), Some("c"));
-    }
-
-    proptest::proptest! {
-        /// Appends in order, inserts out of order, drops repeats: the
-        /// touches stay exactly the sorted set of what was pushed.
-        #[test]
-        fn touches_stay_the_sorted_set_pushed(pushed in proptest::collection::vec((0i64..40, 0u8..4), 0..80)) {
-            let mut v = Vec::new();
-            for (ts, id) in &pushed {
-                push_touch(&mut v, *ts, &id.to_string());
-            }
-            let want: std::collections::BTreeSet<(i64, String)> =
-                pushed.iter().map(|(ts, id)| (*ts, id.to_string())).collect();
-            let got: Vec<(i64, String)> = v.iter().map(|t| (t.ts, t.id.to_string())).collect();
-            proptest::prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>());
-        }
     }
 
     #[test]
