@@ -427,3 +427,26 @@ fn an_announced_load_sizes_the_dedupe_index_once_and_a_bad_announcement_is_refus
     assert!((table as f64) < 200_000.0 * 16.0 / 0.85, "{table} bytes of table");
     assert!(server.stop().success());
 }
+
+/// Issue 25: one SQL request with an expression thousands of terms long
+/// ended the whole server (stack overflow). Now it answers, a longer one
+/// is a 400 naming the limit, and the server keeps taking events.
+#[test]
+fn a_query_thousands_of_terms_long_never_ends_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), None);
+    let (status, _) = server.post("/v1/events", "application/x-ndjson", None, &ndjson(100, 1));
+    assert_eq!(status, 200);
+    let terms = |n: usize| vec!["1"; n].join(" + ");
+    let sql = format!("SELECT count(*) AS n FROM events WHERE cost_micros + {} > 0", terms(1000));
+    let (status, r) = server.post("/v1/sql", "text/plain", None, sql.as_bytes());
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["rows"][0][0], 100, "{r}");
+    let sql = format!("SELECT count(*) FROM events WHERE cost_micros + {} > 0", terms(50_000));
+    let (status, r) = server.post("/v1/sql", "text/plain", None, sql.as_bytes());
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["error"]["code"], "query_too_complex", "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("max_operators")), "{r}");
+    let (status, _) = server.post("/v1/events", "application/x-ndjson", None, &ndjson(10, 2));
+    assert_eq!(status, 200, "the server is still up");
+}

@@ -97,8 +97,16 @@ fn syntax_error(e: ParserError, sql: &str) -> QueryError {
 }
 
 /// Parses and binds one statement.
-pub(crate) fn bind_sql(sql: &str, now_ms: i64) -> Result<LogicalPlan> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(e, sql))?;
+pub(crate) fn bind_sql(sql: &str, now_ms: i64, max_nesting: usize) -> Result<LogicalPlan> {
+    // One level of nesting takes the parser a few levels of recursion;
+    // `limits::check` has bounded the nesting already, so the parser's
+    // own limit (default 50) is set past what it lets through.
+    let dialect = PostgreSqlDialect {};
+    let statements = Parser::new(&dialect)
+        .with_recursion_limit(max_nesting.saturating_mul(8).saturating_add(64))
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| syntax_error(e, sql))?;
     let mut it = statements.into_iter();
     let Some(first) = it.next() else {
         return Err(QueryError::Syntax { message: "empty query".into(), position: None });

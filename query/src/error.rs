@@ -50,6 +50,8 @@ pub enum QueryError {
     InvalidLiteral { message: String, position: Option<Position> },
     #[error("invalid query{}: {message}", At(*position))]
     Invalid { message: String, position: Option<Position> },
+    #[error("query too complex{}: {message}", At(*position))]
+    TooComplex { message: String, position: Option<Position> },
     #[error("integer overflow in {what}")]
     Overflow { what: &'static str },
     #[error("query timed out after {timeout_ms} ms")]
@@ -80,6 +82,7 @@ impl QueryError {
             QueryError::Type { .. } => "type_mismatch",
             QueryError::InvalidLiteral { .. } => "invalid_literal",
             QueryError::Invalid { .. } => "invalid_query",
+            QueryError::TooComplex { .. } => "query_too_complex",
             QueryError::Overflow { .. } => "overflow",
             QueryError::Timeout { .. } => "timeout",
             QueryError::TooManyGroups { .. } => "too_many_groups",
@@ -107,7 +110,8 @@ impl QueryError {
             | QueryError::UnknownFunction { position, .. }
             | QueryError::Type { position, .. }
             | QueryError::InvalidLiteral { position, .. }
-            | QueryError::Invalid { position, .. } => *position,
+            | QueryError::Invalid { position, .. }
+            | QueryError::TooComplex { position, .. } => *position,
             _ => None,
         }
     }

@@ -506,6 +506,7 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
 }
 
 /// A readable rendering of a bound expression, for EXPLAIN.
+#[recursive::recursive]
 fn describe(e: &crate::expr::Expr, names: &[String]) -> String {
     use crate::expr::Expr as E;
     use crate::types::Scalar as S;

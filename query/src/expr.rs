@@ -122,6 +122,7 @@ pub(crate) enum Expr {
 }
 
 impl Expr {
+    #[recursive::recursive]
     pub(crate) fn ty(&self) -> DataType {
         match self {
             Expr::Slot(_, t) | Expr::Lit(_, t) | Expr::Bin(_, _, _, t) | Expr::Case(_, _, t) | Expr::Coalesce(_, t) => {
@@ -135,6 +136,7 @@ impl Expr {
     }
 
     /// Calls `f` on every slot this expression reads.
+    #[recursive::recursive]
     pub(crate) fn visit_slots(&self, f: &mut impl FnMut(usize)) {
         match self {
             Expr::Slot(i, _) => f(*i),
@@ -170,6 +172,7 @@ impl Expr {
     }
 
     /// Rewrites every slot index with `f`.
+    #[recursive::recursive]
     pub(crate) fn map_slots(&mut self, f: &impl Fn(usize) -> usize) {
         match self {
             Expr::Slot(i, _) => *i = f(*i),
@@ -414,6 +417,7 @@ pub(crate) fn gather(v: &Vector<'_>, idx: &[u32]) -> Vector<'static> {
 }
 
 /// Evaluates `e` over every row of `b`.
+#[recursive::recursive]
 pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
     let n = b.rows;
     Ok(match e {

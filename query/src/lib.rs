@@ -18,6 +18,7 @@ mod error;
 mod exec;
 mod expr;
 mod hll;
+mod limits;
 mod output;
 mod plan;
 mod planner;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use adstore_storage::Snapshot;
 
 pub use error::{Position, QueryError, Result};
+pub use limits::{MAX_NESTING, MAX_OPERATORS, QUERY_STACK_BYTES};
 pub use output::{Cell, QueryResult, QueryStats, sql_type_name};
 pub use source::Source;
 
@@ -44,6 +46,10 @@ pub struct QueryOptions {
     pub max_groups: usize,
     /// Approximate memory for aggregation state and buffered rows. Default 1 GiB.
     pub max_memory_bytes: usize,
+    /// The most operators one statement may hold. Default [`MAX_OPERATORS`].
+    pub max_operators: usize,
+    /// How deep parentheses and `CASE … END` may nest. Default [`MAX_NESTING`].
+    pub max_nesting: usize,
 }
 
 impl Default for QueryOptions {
@@ -53,6 +59,8 @@ impl Default for QueryOptions {
             timeout: Duration::from_secs(30),
             max_groups: 1_000_000,
             max_memory_bytes: 1 << 30,
+            max_operators: MAX_OPERATORS,
+            max_nesting: MAX_NESTING,
         }
     }
 }
@@ -65,9 +73,16 @@ impl Default for QueryOptions {
 /// construct with its position, unknown names, limits, timeout) from a
 /// failure of the store.
 pub fn execute(snapshot: &Snapshot, sql: &str, opts: &QueryOptions) -> Result<QueryResult> {
+    limits::check(sql, opts.max_operators, opts.max_nesting)?;
+    // On a stack of known size, whatever thread calls: the statement's
+    // depth is bounded by the limits just checked.
+    stacker::grow(QUERY_STACK_BYTES, || execute_checked(snapshot, sql, opts))
+}
+
+fn execute_checked(snapshot: &Snapshot, sql: &str, opts: &QueryOptions) -> Result<QueryResult> {
     let started = Instant::now();
     let deadline = started + opts.timeout;
-    let logical = bind::bind_sql(sql, opts.now_ms)?;
+    let logical = bind::bind_sql(sql, opts.now_ms, opts.max_nesting)?;
     let explain = logical.explain;
     let physical = planner::plan(logical);
     let source = physical.source.source.name().to_string();

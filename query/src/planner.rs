@@ -30,6 +30,7 @@ pub(crate) struct PhysicalPlan {
     pub source: SourceChoice,
 }
 
+#[recursive::recursive]
 fn conjuncts(e: Expr, out: &mut Vec<Expr>) {
     match e {
         Expr::Bin(BinOp::And, a, b, _) => {
