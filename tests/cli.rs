@@ -57,9 +57,9 @@ fn gen_file(dir: &std::path::Path, events: u64) -> (std::path::PathBuf, Vec<u8>,
 
 fn ingest_and_check(format: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (file, bytes, bad_line) = gen_file(tmp.path(), 30_000);
+    let (file, bytes, bad_line) = gen_file(tmp.path(), 70_000);
     let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-    assert_eq!(lines, 30_001);
+    assert_eq!(lines, 70_001);
 
     let dir = tmp.path().join("data");
     let server = Server::start(&dir, None);
@@ -87,6 +87,12 @@ fn ingest_and_check(format: &str) {
     assert_eq!(accepted, distinct, "{stdout}");
     assert_eq!(summary_value(&stdout, "duplicates"), lines - rejected - distinct, "{stdout}");
     assert!(stderr.contains(&format!("line {bad_line}: malformed JSON")), "the bad line is reported: {stderr}");
+    // Every row back through `adstore sql`: an export larger than an HTTP
+    // client's default body limit (10 MiB) streams to stdout whole.
+    let out = adstore(&["sql", "--url", &server.url, "--format", "csv", "SELECT * FROM events"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.len() > 10 << 20, "{} bytes", out.stdout.len());
+    assert_eq!(out.stdout.iter().filter(|&&b| b == b'\n').count() as u64, accepted + 1);
     assert!(server.stop().success());
     assert_eq!(stored_count(&dir) as u64, accepted);
 }

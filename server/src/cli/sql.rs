@@ -10,7 +10,7 @@
 //!
 //! Without `--format`: a table on a terminal, CSV when stdout is piped.
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -75,27 +75,58 @@ pub fn run(args: SqlArgs) -> Result<ExitCode, ServerError> {
         .send(request.to_string().as_bytes())
         .map_err(|e| client_error(e.to_string()))?;
     let status = response.status();
-    let body = response.body_mut().read_to_string().map_err(|e| client_error(format!("reading the response: {e}")))?;
     if !status.is_success() {
+        let body =
+            response.body_mut().read_to_string().map_err(|e| client_error(format!("reading the response: {e}")))?;
         eprintln!("{}", render_error(status.as_u16(), &body, &args.query));
         return Ok(ExitCode::FAILURE);
     }
-    let text = match format {
-        OutputFormat::Csv | OutputFormat::Json => body,
+    let mut out = std::io::stdout().lock();
+    let written = match format {
+        // Streamed: an export may be far larger than memory should hold.
+        OutputFormat::Csv | OutputFormat::Json => {
+            let mut reader = response.body_mut().as_reader();
+            let last = copy_noting_last(&mut reader, &mut out)
+                .map_err(|e| client_error(format!("reading the response: {e}")))?;
+            last.and_then(|last| if last == Some(b'\n') { Ok(()) } else { out.write_all(b"\n") })
+        }
         OutputFormat::Table => {
+            let body = response
+                .body_mut()
+                .with_config()
+                .read_to_string()
+                .map_err(|e| client_error(format!("reading the response: {e}")))?;
             let result: QueryResult = serde_json::from_str(&body)
                 .map_err(|e| client_error(format!("the server's result is not the expected JSON: {e}")))?;
-            render_table(&result)
+            let text = render_table(&result);
+            out.write_all(text.as_bytes())
+                .and_then(|()| if text.ends_with('\n') { Ok(()) } else { out.write_all(b"\n") })
         }
     };
-    let mut out = std::io::stdout().lock();
-    let written =
-        out.write_all(text.as_bytes()).and_then(|()| if text.ends_with('\n') { Ok(()) } else { out.write_all(b"\n") });
     match written {
         // `adstore sql … | head` closes the pipe early; that is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(source) => Err(ServerError::Io { path: "<stdout>".into(), source }),
         Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Copies `from` to `to`. A read error is the outer error; a write error
+/// (stdout closed) the inner one, with the last byte copied otherwise.
+fn copy_noting_last(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<std::io::Result<Option<u8>>> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut last = None;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(Ok(last)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = to.write_all(&buf[..n]) {
+            return Ok(Err(e));
+        }
+        last = buf[..n].last().copied();
     }
 }
 
