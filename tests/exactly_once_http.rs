@@ -256,4 +256,25 @@ fn rules_change_and_reprocess_job_over_http() {
         Some(serde_json::json!({"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"})),
     );
     assert_eq!(status, 400, "{body}");
+    // Issue 25: a range of 130 years (over a million hourly buckets) once
+    // stopped at 100,000 buckets and reported `done` with 0 events.
+    let (status, job) = json(
+        &agent,
+        "POST",
+        &format!("{}/v1/reprocess", server.url),
+        Some(serde_json::json!({"from": "1970-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})),
+    );
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().expect("job id");
+    let job = loop {
+        let (_, job) = json(&agent, "GET", &format!("{}/v1/reprocess/{id}", server.url), None);
+        if job["status"] != "running" {
+            break job;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(job["status"], "done", "{job}");
+    let distinct = oracle::dedupe(&sent).len() as u64;
+    assert_eq!(job["totals_after"]["events"].as_u64(), Some(distinct), "{job}");
+    assert_eq!(job["totals_before"]["events"], job["totals_after"]["events"], "{job}");
 }

@@ -417,6 +417,19 @@ fn an_announced_load_sizes_the_dedupe_index_once_and_a_bad_announcement_is_refus
     assert!(capped > sized && (capped as f64) < 500_000.0 * 21.4 * 1.1, "{capped} bytes of table");
     assert!(server.stop().success());
     assert_eq!(stored_count(&dir), 3_000);
+}
+
+/// Issue 25: a 1-event request announcing 2^64 - 1 events grew the
+/// dedupe index to its whole limit (430 MB at the defaults). An
+/// announcement now counts for at most 2,000 events per event sent.
+#[test]
+fn a_one_event_request_cannot_announce_a_large_table() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), None);
+    let (status, r) = post_announcing(&server, &ndjson(1, 31), "18446744073709551615");
+    assert_eq!((status, accepted(&r)), (200, 1), "{r}");
+    let bytes = dedupe_table_bytes(&server);
+    assert!(bytes < 1 << 20, "{bytes} bytes of table for one event (430 MB before)");
 
     // `max_announced_events = 0`: announcements are read, and ignored.
     let dir = tmp.path().join("ignored");

@@ -236,9 +236,10 @@ pub async fn start_reprocess(
     if from_ms >= to_ms {
         return Err(ServerError::BadRequest("from must be before to".into()));
     }
-    let width = app.store.config().bucket_width_ms;
-    let first = from_ms.div_euclid(width) * width;
-    let buckets: Vec<i64> = (0..).map(|i| first + i * width).take_while(|b| *b < to_ms).take(100_000).collect();
+    // The buckets that hold events: a range of any length, with nothing
+    // left out (enumerating every bucket of the range once stopped at
+    // 100,000 of them and reported `done`).
+    let buckets = app.store.buckets_with_data(from_ms, to_ms);
     let job = ReprocessJob {
         id: app.jobs.next_id(),
         from_ms,

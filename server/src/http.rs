@@ -251,6 +251,12 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ServerError> {
 /// step (see docs/ingest.md). Optional; `adstore ingest` sends it.
 pub const EXPECTED_EVENTS_HEADER: &str = "adstore-expected-events";
 
+/// An announcement counts for at most this many events per event the
+/// request carries: a load's first request of 10,000 events may size the
+/// index for 20M, while a 1-event request announcing 2^64 grows nothing
+/// that a 2,000-event load would not.
+pub const ANNOUNCED_PER_EVENT: usize = 2_000;
+
 fn announced_events(headers: &HeaderMap) -> Result<Option<usize>, ServerError> {
     let Some(value) = headers.get(EXPECTED_EVENTS_HEADER) else { return Ok(None) };
     let text = value.to_str().unwrap_or("");
@@ -331,6 +337,7 @@ async fn ingest(
             .admit(&outcome.batches)
             .map_err(|l| ServerError::RateLimited { publisher_id: l.publisher_id, retry_after_s: l.retry_after_s })?;
         let limit = worker.dedupe_announced_max_bytes;
+        let announced = announced.map(|n| n.min(outcome.accepted().saturating_mul(ANNOUNCED_PER_EVENT)));
         if let Some(events) = announced.filter(|_| limit > 0 && outcome.accepted() > 0) {
             let resize = worker.exactly_once.dedupe().reserve_announced(events, limit);
             if resize.to_bytes > resize.from_bytes {

@@ -728,12 +728,31 @@ impl Store {
     /// when rules changed. Each partition's old segments are replaced by one
     /// new segment in a single catalog commit, so a snapshot sees all old or
     /// all new. Output is final when the bucket has closed.
+    /// The start of every bucket in `[from_ms, to_ms)` that holds raw
+    /// events, sealed or in the head, sorted: what a re-seal of the range
+    /// has to visit (a range of centuries holds few).
+    pub fn buckets_with_data(&self, from_ms: i64, to_ms: i64) -> Vec<i64> {
+        let width = self.inner.config.bucket_width_ms;
+        let first = from_ms.div_euclid(width).saturating_mul(width);
+        let snapshot = self.snapshot();
+        let segments = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).map(|s| s.meta.partition);
+        let mut buckets: Vec<i64> = segments
+            .chain(snapshot.head.iter().map(|(p, _)| *p))
+            .map(|p| p.bucket_start_ms)
+            .filter(|b| *b >= first && *b < to_ms)
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        buckets
+    }
+
     pub fn reseal_buckets(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
         self.reseal_locked(buckets, kind)
     }
 
     fn reseal_locked(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
+        let buckets: std::collections::HashSet<i64> = buckets.iter().copied().collect();
         let inner = &self.inner;
         let mut report = self.seal_head(|p| buckets.contains(&p.bucket_start_ms))?;
         let catalog = inner.visible.read().catalog.clone();
