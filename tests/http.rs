@@ -463,3 +463,49 @@ fn a_query_thousands_of_terms_long_never_ends_the_server() {
     let (status, _) = server.post("/v1/events", "application/x-ndjson", None, &ndjson(10, 2));
     assert_eq!(status, 200, "the server is still up");
 }
+
+/// Issue 25: every error is a JSON error with a code, also those of
+/// axum's extractors and router (once plain text, or an empty body).
+#[test]
+fn every_error_is_a_json_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), None);
+    let send = |method: &str, path: &str, content_type: Option<&str>, body: &str| -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", server.url);
+        let mut r = match (method, content_type) {
+            ("GET", _) => agent().get(&url).call(),
+            ("DELETE", _) => agent().delete(&url).call(),
+            ("PUT", Some(ct)) => agent().put(&url).header("content-type", ct).send(body),
+            ("POST", Some(ct)) => agent().post(&url).header("content-type", ct).send(body),
+            other => panic!("no request {other:?}"),
+        }
+        .expect("request");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().expect("body");
+        let json: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"));
+        assert!(json["error"]["code"].is_string() && json["error"]["message"].is_string(), "{method} {path}: {json}");
+        (status, json)
+    };
+    let json = Some("application/json");
+    let (status, r) = send("POST", "/v1/reprocess", json, "{}");
+    assert_eq!(status, 422, "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("from")), "{r}");
+    let (status, r) = send("POST", "/v1/reprocess", Some("text/plain"), "{}");
+    assert_eq!((status, r["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{r}");
+    let (status, r) = send("POST", "/v1/reprocess", json, "{not json");
+    assert_eq!(status, 400, "{r}");
+    let (status, r) = send("GET", "/v1/reprocess/abc", None, "");
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("path")), "{r}");
+    let (status, r) = send("PUT", "/v1/attribution", json, r#"{"version": 2, "click_window": 5}"#);
+    assert_eq!(status, 422, "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("click_window")), "{r}");
+    let (status, r) = send("GET", "/v1/nothing-here", None, "");
+    assert_eq!((status, r["error"]["code"].as_str()), (404, Some("not_found")), "{r}");
+    let (status, r) = send("DELETE", "/v1/sql", None, "");
+    assert_eq!((status, r["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{r}");
+    let (status, r) = send("POST", "/v1/events?mode=a&mode=b", Some(NDJSON), "");
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("query string")), "{r}");
+}

@@ -27,6 +27,11 @@ pub enum ServerError {
     BadHeader { header: &'static str, value: String, expected: &'static str },
     #[error("not found: {0}")]
     NotFound(String),
+    /// A request the router or an extractor could not use (a body that is
+    /// not the JSON expected, a bad path parameter or query string, a
+    /// method a route does not take), with the status that says so.
+    #[error("{message}")]
+    Rejected { status: u16, message: String },
     #[error("publisher {publisher_id:?} is over its ingest rate; retry after {retry_after_s} s")]
     RateLimited { publisher_id: String, retry_after_s: u64 },
     #[error("storage: {0}")]
@@ -63,6 +68,17 @@ impl ServerError {
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServerError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServerError::Rejected { status, .. } => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+                let code = match status {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                    StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+                    StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+                    _ => "bad_request",
+                };
+                (status, code)
+            }
             ServerError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServerError::Storage(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ServerError::Storage(S::Damaged { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "damaged_data"),

@@ -19,12 +19,13 @@ use std::sync::Arc;
 use adstore_ingest::{AttributionRules, DedupeConfig, DedupeIndex, ExactlyOnce};
 use adstore_storage::{EventType, SealKind, SealPipeline, Store};
 use axum::Json;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::extract::{JsonBody, PathParams};
 use crate::http::{AppState, now_ms};
 
 const RULES_FILE: &str = "attribution.json";
@@ -117,7 +118,7 @@ pub async fn get_rules(State(app): State<Arc<AppState>>) -> Json<AttributionRule
 /// Replaces the rules. The new version must be higher than the current one.
 pub async fn put_rules(
     State(app): State<Arc<AppState>>,
-    Json(rules): Json<AttributionRules>,
+    JsonBody(rules): JsonBody<AttributionRules>,
 ) -> Result<Json<AttributionRules>, ServerError> {
     let current = app.exactly_once.rules();
     if rules.version <= current.version {
@@ -229,7 +230,7 @@ fn parse_time(field: &str, v: &serde_json::Value) -> Result<i64, ServerError> {
 /// Starts a reprocessing job over `[from, to)`; returns it at once (202 semantics, status `running`).
 pub async fn start_reprocess(
     State(app): State<Arc<AppState>>,
-    Json(req): Json<ReprocessRequest>,
+    JsonBody(req): JsonBody<ReprocessRequest>,
 ) -> Result<(axum::http::StatusCode, Json<ReprocessJob>), ServerError> {
     let from_ms = parse_time("from", &req.from)?;
     let to_ms = parse_time("to", &req.to)?;
@@ -292,7 +293,7 @@ fn run_job(app: &AppState, mut job: ReprocessJob, buckets: &[i64]) {
 
 pub async fn get_reprocess(
     State(app): State<Arc<AppState>>,
-    UrlPath(id): UrlPath<u64>,
+    PathParams(id): PathParams<u64>,
 ) -> Result<Json<ReprocessJob>, ServerError> {
     app.jobs.get(id).map(Json).ok_or_else(|| ServerError::NotFound(format!("no reprocess job {id}")))
 }

@@ -21,7 +21,7 @@ use adstore_storage::{EventType, Store};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::body::{self, Encoding};
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::extract::QueryParams;
 
 /// State shared by all handlers.
 pub struct AppState {
@@ -94,6 +95,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events/impressions:batch", ingest_route(Some(EventType::Impression)))
         .route("/v1/events/clicks:batch", ingest_route(Some(EventType::Click)))
         .route("/v1/events/conversions:batch", ingest_route(Some(EventType::Conversion)))
+        .fallback(crate::extract::no_route)
+        .method_not_allowed_fallback(crate::extract::no_method)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -218,9 +221,10 @@ struct IngestResponse {
 /// `:batch` endpoint implies (`None` for the mixed endpoint).
 fn ingest_route(kind: Option<EventType>) -> MethodRouter<Arc<AppState>> {
     post(
-        move |State(app): State<Arc<AppState>>, Query(p): Query<IngestParams>, headers: HeaderMap, body: Body| async move {
-            ingest(app, p, headers, body, kind).await
-        },
+        move |State(app): State<Arc<AppState>>,
+              QueryParams(p): QueryParams<IngestParams>,
+              headers: HeaderMap,
+              body: Body| async move { ingest(app, p, headers, body, kind).await },
     )
 }
 

@@ -10,6 +10,7 @@ mod config;
 pub mod datagen;
 mod error;
 mod exactly;
+mod extract;
 mod http;
 mod ratelimit;
 mod sql;

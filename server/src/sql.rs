@@ -14,13 +14,13 @@
 use std::sync::Arc;
 
 use adstore_query::{QueryOptions, QueryResult};
-use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::error::ServerError;
+use crate::extract::{BodyBytes, QueryParams};
 use crate::http::{AppState, now_ms};
 
 #[derive(Deserialize, Default)]
@@ -67,7 +67,7 @@ fn format_of(explicit: Option<&str>, headers: &HeaderMap) -> Result<Format, Serv
 
 pub(crate) async fn sql_get(
     State(app): State<Arc<AppState>>,
-    Query(p): Query<SqlParams>,
+    QueryParams(p): QueryParams<SqlParams>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     let sql = p.q.ok_or_else(|| ServerError::BadRequest("missing query parameter q".into()))?;
@@ -77,9 +77,9 @@ pub(crate) async fn sql_get(
 
 pub(crate) async fn sql_post(
     State(app): State<Arc<AppState>>,
-    Query(p): Query<SqlParams>,
+    QueryParams(p): QueryParams<SqlParams>,
     headers: HeaderMap,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, ServerError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain");
     let is_json = ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
