@@ -7,6 +7,7 @@
 //! [`IngestError::field`]) and is therefore not repeated in the message.
 
 use adstore_storage::EventType;
+use adstore_storage::time::format_timestamp;
 use thiserror::Error;
 
 /// Why one event line was rejected.
@@ -85,11 +86,18 @@ pub enum IngestError {
     MalformedArrow { message: String },
 
     /// `ts` is further ahead of the server clock than the allowed skew.
-    #[error("future: ts is {ahead_ms} ms in the future (max skew {max_skew_ms})")]
-    Future { ahead_ms: i64, max_skew_ms: i64 },
+    #[error(
+        "future: ts {} is {} s ahead of the server clock ({}), more than ingest.max_future_skew_ms ({max_skew_ms} ms)",
+        format_timestamp(*ts_ms), seconds(*ahead_ms), format_timestamp(ts_ms - ahead_ms)
+    )]
+    Future { ts_ms: i64, ahead_ms: i64, max_skew_ms: i64 },
 
     /// `ts` is older than the allowed lateness (and the request is not a backfill).
-    #[error("late: ts older than the allowed lateness (ts {ts_ms} < oldest accepted {min_ts_ms})")]
+    #[error(
+        "late: ts {} is before {}, the oldest time accepted (the newest event time less \
+         ingest.allowed_lateness_ms); load history with mode=backfill",
+        format_timestamp(*ts_ms), format_timestamp(*min_ts_ms)
+    )]
     Late { ts_ms: i64, min_ts_ms: i64 },
 }
 
@@ -114,6 +122,11 @@ impl IngestError {
             E::BadDevice { .. } => Some("device"),
         }
     }
+}
+
+/// Milliseconds as seconds for a message: `3600`, `0.25`.
+fn seconds(ms: i64) -> String {
+    if ms % 1000 == 0 { (ms / 1000).to_string() } else { format!("{:.3}", ms as f64 / 1000.0) }
 }
 
 /// At most 64 characters of a user value, for echoing it in a message.

@@ -25,6 +25,7 @@ mod segment;
 mod store;
 #[cfg(test)]
 mod testutil;
+pub mod time;
 mod wal;
 
 pub use buffers::{BufferPool, PooledBuf};

@@ -263,8 +263,18 @@ fn bad_lines_are_rejected_and_good_lines_land_in_order() {
         (11, Some("country"), r#"expected an ISO 3166 alpha-2 code (2 uppercase ASCII letters), found "DEU""#),
         (12, Some("device"), r#"expected one of mobile, desktop, tablet, ctv, other, found "phone""#),
         (13, Some("type"), r#"expected one of impression, click, conversion, found "view""#),
-        (14, Some("ts"), "future: ts is 3600000 ms in the future (max skew 300000)"),
-        (15, Some("ts"), "late: ts older than the allowed lateness (ts 1795168800000 < oldest accepted 1795255200000)"),
+        (
+            14,
+            Some("ts"),
+            "future: ts 2026-11-22T11:00:00Z is 3600 s ahead of the server clock (2026-11-22T10:00:00Z), \
+             more than ingest.max_future_skew_ms (300000 ms)",
+        ),
+        (
+            15,
+            Some("ts"),
+            "late: ts 2026-11-20T10:00:00Z is before 2026-11-21T10:00:00Z, the oldest time accepted \
+             (the newest event time less ingest.allowed_lateness_ms); load history with mode=backfill",
+        ),
         (
             17,
             Some("ts"),

@@ -182,7 +182,7 @@ fn timestamp(raw: &RawEvent<'_>) -> Result<i64, IngestError> {
 pub(crate) fn time_window(ts: i64, opts: &ParseOptions) -> Result<(), IngestError> {
     let ahead_ms = ts.saturating_sub(opts.now_ms);
     if ahead_ms > opts.max_future_skew_ms {
-        return Err(IngestError::Future { ahead_ms, max_skew_ms: opts.max_future_skew_ms });
+        return Err(IngestError::Future { ts_ms: ts, ahead_ms, max_skew_ms: opts.max_future_skew_ms });
     }
     if let Some(min_ts_ms) = opts.min_ts_ms
         && ts < min_ts_ms

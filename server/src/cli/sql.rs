@@ -130,6 +130,17 @@ fn copy_noting_last(from: &mut impl Read, to: &mut impl Write) -> std::io::Resul
     }
 }
 
+/// The character offset of 1-based `line` and `column` in `chars`; a
+/// column past the end of its line (the end of input) stays on that line.
+fn offset_of(chars: &[char], line: usize, column: usize) -> Option<usize> {
+    let mut start = 0;
+    for _ in 1..line {
+        start += chars[start..].iter().position(|&c| c == '\n')? + 1;
+    }
+    let len = chars[start..].iter().position(|&c| c == '\n').unwrap_or(chars.len() - start);
+    Some(start + column.saturating_sub(1).min(len))
+}
+
 /// An error response as a message for people: `error[code]: message`, and
 /// when the server gives a character `position`, the query with a caret.
 pub fn render_error(status: u16, body: &str, query: &str) -> String {
@@ -152,14 +163,21 @@ pub fn render_error(status: u16, body: &str, query: &str) -> String {
         Some(code) => format!("error[{code}]: {}", error.message),
         None => format!("error: {}", error.message),
     };
+    // The server gives `{"line", "column"}` (1-based, columns in
+    // characters); a bare number is a character offset.
+    let chars: Vec<char> = query.chars().collect();
     let offset = match &error.position {
         Some(Value::Number(n)) => n.as_u64().map(|n| n as usize),
-        Some(Value::Object(o)) => o.get("offset").and_then(Value::as_u64).map(|n| n as usize),
+        Some(Value::Object(o)) => {
+            match (o.get("line").and_then(Value::as_u64), o.get("column").and_then(Value::as_u64)) {
+                (Some(line), Some(column)) => offset_of(&chars, line as usize, column as usize),
+                _ => None,
+            }
+        }
         _ => None,
     };
     if let Some(offset) = offset {
         // Show the line of the query holding the position, and a caret under it.
-        let chars: Vec<char> = query.chars().collect();
         let offset = offset.min(chars.len());
         let line_start = chars[..offset].iter().rposition(|&c| c == '\n').map_or(0, |i| i + 1);
         let line_end = chars[offset..].iter().position(|&c| c == '\n').map_or(chars.len(), |i| offset + i);
@@ -269,14 +287,22 @@ mod tests {
 
     #[test]
     fn errors_point_at_the_position() {
-        let body = r#"{"error":{"code":"parse_error","message":"unknown column \"clickz\"","position":7}}"#;
+        // What the server sends: line and column, 1-based.
+        let body = r#"{"error":{"code":"unknown_column","message":"unknown column \"clickz\" at 1:8","position":{"line":1,"column":8}}}"#;
         let got = render_error(400, body, "SELECT clickz FROM events");
         assert_eq!(
             got,
-            "error[parse_error]: unknown column \"clickz\"\n  at line 1, column 8\n  SELECT clickz FROM events\n         ^"
+            "error[unknown_column]: unknown column \"clickz\" at 1:8\n  at line 1, column 8\n  SELECT clickz FROM events\n         ^"
         );
-        let multi = render_error(400, body, "SELECT\nclickz");
-        assert!(multi.ends_with("at line 2, column 1\n  clickz\n  ^"), "{multi}");
+        let body = r#"{"error":{"code":"syntax","message":"m","position":{"line":2,"column":7}}}"#;
+        let multi = render_error(400, body, "SELECT count(*)\nFROM events WHERE");
+        assert!(multi.ends_with("at line 2, column 7\n  FROM events WHERE\n        ^"), "{multi}");
+        // Past the end of the text (a syntax error at end of input): at its end.
+        let body = r#"{"error":{"code":"syntax","message":"m","position":{"line":1,"column":99}}}"#;
+        assert!(render_error(400, body, "SELECT").ends_with("column 7\n  SELECT\n        ^"));
+        // A character offset.
+        let body = r#"{"error":{"code":"x","message":"m","position":7}}"#;
+        assert!(render_error(400, body, "SELECT\nclickz").ends_with("at line 2, column 1\n  clickz\n  ^"));
         assert_eq!(render_error(502, "bad gateway", "q"), "error: HTTP 502: bad gateway");
     }
 }
