@@ -462,7 +462,8 @@ impl Store {
 
         let partitioning = config.partitioning();
         let mut head = Head::default();
-        let now = Instant::now();
+        let (now, wall_now_ms) = (Instant::now(), now_ms());
+        let max_age = Duration::from_millis(config.seal_max_age_ms);
         let wal_config =
             WalConfig { dir: data_dir.join("wal"), file_size_bytes: config.wal_file_size_bytes, fsync: config.fsync };
         let wal = Wal::open(wal_config, |lsn, payload| {
@@ -475,7 +476,13 @@ impl Store {
                 .filter(|(p, _)| catalog.sealed_lsn(*p) < lsn)
                 .map(|(p, rows)| (p, HeadChunk::picked(lsn, indexed.rows.clone(), rows, stored)))
                 .collect();
-            head.insert(chunks, now);
+            // Replayed events keep the age they had: a server restarted more
+            // often than every `seal_max_age_ms` still seals them. (Records
+            // written before arrival times were noted count as due.)
+            let age = record.arrived_ms.map_or(max_age, |ms| {
+                Duration::from_millis(u64::try_from(wall_now_ms.saturating_sub(ms)).unwrap_or(0)).min(max_age)
+            });
+            head.insert(chunks, now.checked_sub(age).unwrap_or(now));
             Ok(())
         })?;
         tracing::info!(segments = readers.len(), damaged = damaged.len(), head_rows = head.rows(), "store opened");
@@ -575,7 +582,7 @@ impl Store {
     fn write_rows(&self, r: Rows<'_>) -> Result<Lsn> {
         let indexed = self.inner.partitioning.index(r.batch, r.keep)?;
         let mut payload = self.inner.encode_buffers.take();
-        encode_batch_into(&indexed.rows, &indexed.dropped, payload.vec_mut())?;
+        encode_batch_into(&indexed.rows, &indexed.dropped, Some(now_ms()), payload.vec_mut())?;
         let appended = indexed.stored_rows() as u64;
         let max_ts = indexed.max_ts;
         let lsn = self.inner.wal.write_with(&payload, |lsn, written| {

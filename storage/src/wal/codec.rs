@@ -29,6 +29,11 @@ const IPC_OVERHEAD_BYTES: usize = 16 << 10;
 /// First bytes of a payload with dropped rows.
 const DROPPED_MAGIC: [u8; 8] = *b"ADSDROP\0";
 
+/// First bytes of a payload that notes when its events arrived: the
+/// magic, then epoch ms as i64 LE (16 bytes), before the rest.
+const ARRIVED_MAGIC: [u8; 8] = *b"ADSTIME\0";
+const ARRIVED_PREFIX_LEN: usize = 16;
+
 /// A decoded payload: the rows of `batch` not in `dropped` are the
 /// record's events.
 #[derive(Debug, Clone)]
@@ -36,24 +41,37 @@ pub struct Record {
     pub batch: EventBatch,
     /// Ascending row numbers of `batch`, each once.
     pub dropped: Vec<u32>,
+    /// When the events arrived (epoch ms, the server's clock); `None` in
+    /// records written before this was noted.
+    pub arrived_ms: Option<i64>,
 }
 
 /// Encodes `batch` as an Arrow IPC stream (schema + one batch + end marker).
 pub fn encode_batch(batch: &EventBatch) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    encode_batch_into(batch, &[], &mut out)?;
+    encode_batch_into(batch, &[], None, &mut out)?;
     Ok(out)
 }
 
 /// Encodes the rows of `batch` not in `dropped` (ascending row numbers of
-/// it) into `out` (cleared first), so a caller can reuse one buffer for
-/// many records instead of megabytes of fresh memory each time.
-pub fn encode_batch_into(batch: &EventBatch, dropped: &[u32], out: &mut Vec<u8>) -> Result<()> {
+/// it), and when they arrived, into `out` (cleared first), so a caller can
+/// reuse one buffer for many records instead of megabytes of fresh memory
+/// each time.
+pub fn encode_batch_into(
+    batch: &EventBatch,
+    dropped: &[u32],
+    arrived_ms: Option<i64>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let rb = batch.record_batch();
     // Sized up front: growing by doubling copied the payload several times,
     // each time into memory fresh from the kernel.
     out.clear();
-    out.reserve(dropped_prefix_len(dropped.len()) + batch.memory_bytes() + IPC_OVERHEAD_BYTES);
+    out.reserve(ARRIVED_PREFIX_LEN + dropped_prefix_len(dropped.len()) + batch.memory_bytes() + IPC_OVERHEAD_BYTES);
+    if let Some(ms) = arrived_ms {
+        out.extend_from_slice(&ARRIVED_MAGIC);
+        out.extend_from_slice(&ms.to_le_bytes());
+    }
     if !dropped.is_empty() {
         if !are_rows_under(dropped, batch.num_rows()) {
             return Err(StorageError::Internal("dropped rows must be ascending row numbers of the batch".into()));
@@ -63,7 +81,8 @@ pub fn encode_batch_into(batch: &EventBatch, dropped: &[u32], out: &mut Vec<u8>)
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         out.extend(dropped.iter().flat_map(|row| row.to_le_bytes()));
-        out.resize(dropped_prefix_len(dropped.len()), 0);
+        let start = if arrived_ms.is_some() { ARRIVED_PREFIX_LEN } else { 0 };
+        out.resize(start + dropped_prefix_len(dropped.len()), 0);
     }
     let mut writer = StreamWriter::try_new(out, rb.schema_ref())?;
     writer.write(rb)?;
@@ -76,8 +95,23 @@ fn dropped_prefix_len(n: usize) -> usize {
     if n == 0 { 0 } else { (16 + 4 * n).next_multiple_of(8) }
 }
 
-/// The dropped rows of a payload, and where its IPC stream starts.
-fn split_payload(bytes: &[u8]) -> Result<(Vec<u32>, usize)> {
+/// When a payload's events arrived, its dropped rows, and where its IPC
+/// stream starts.
+fn split_payload(bytes: &[u8]) -> Result<(Option<i64>, Vec<u32>, usize)> {
+    let (arrived_ms, at) = match bytes.strip_prefix(&ARRIVED_MAGIC) {
+        Some(rest) => {
+            let ms = rest.get(..8).ok_or_else(|| ipc_error("the arrival time is cut short"))?;
+            (Some(i64::from_le_bytes([ms[0], ms[1], ms[2], ms[3], ms[4], ms[5], ms[6], ms[7]])), ARRIVED_PREFIX_LEN)
+        }
+        None => (None, 0),
+    };
+    let (dropped, start) = split_dropped(&bytes[at..])?;
+    Ok((arrived_ms, dropped, at + start))
+}
+
+/// The dropped rows of a payload (after any arrival time), and where its
+/// IPC stream starts.
+fn split_dropped(bytes: &[u8]) -> Result<(Vec<u32>, usize)> {
     if !bytes.starts_with(&DROPPED_MAGIC) {
         return Ok((Vec::new(), 0));
     }
@@ -101,11 +135,11 @@ fn split_payload(bytes: &[u8]) -> Result<(Vec<u32>, usize)> {
 
 /// The record's rows and their batch, checking that the dropped rows are
 /// rows of it.
-fn record(batch: EventBatch, dropped: Vec<u32>) -> Result<Record> {
+fn record(batch: EventBatch, dropped: Vec<u32>, arrived_ms: Option<i64>) -> Result<Record> {
     if dropped.last().is_some_and(|&last| last as usize >= batch.num_rows()) {
         return Err(ipc_error("a dropped row is not a row of the batch"));
     }
-    Ok(Record { batch, dropped })
+    Ok(Record { batch, dropped, arrived_ms })
 }
 
 /// Decodes a payload written by [`encode_batch_into`]: the stored rows.
@@ -113,7 +147,7 @@ fn record(batch: EventBatch, dropped: Vec<u32>) -> Result<Record> {
 /// # Errors
 /// As [`decode_record`].
 pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
-    let Record { batch, dropped } = decode_record(bytes)?;
+    let Record { batch, dropped, .. } = decode_record(bytes)?;
     if dropped.is_empty() {
         return Ok(batch);
     }
@@ -127,7 +161,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
 /// one batch, after a well-formed list of dropped rows of it if any;
 /// [`StorageError::Schema`] if the batch is not an event batch.
 pub fn decode_record(bytes: &[u8]) -> Result<Record> {
-    let (dropped, start) = split_payload(bytes)?;
+    let (arrived_ms, dropped, start) = split_payload(bytes)?;
     let mut reader = StreamReader::try_new(&bytes[start..], None)?;
     let batch = match reader.next() {
         Some(batch) => batch?,
@@ -136,7 +170,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
     if reader.next().is_some() {
         return Err(ipc_error("the IPC stream holds more than one record batch"));
     }
-    record(EventBatch::try_new(batch)?, dropped)
+    record(EventBatch::try_new(batch)?, dropped, arrived_ms)
 }
 
 /// [`decode_record`] without a copy and without checking the arrays: the
@@ -154,7 +188,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
 /// schema.
 #[allow(unsafe_code)]
 pub(crate) unsafe fn decode_encoded_record(bytes: arrow_buffer::Buffer) -> Result<Record> {
-    let (dropped, start) = split_payload(&bytes)?;
+    let (arrived_ms, dropped, start) = split_payload(&bytes)?;
     let bytes = bytes.slice(start);
     // The stream `encode_batch_into` writes: the schema message, the batch
     // message, the end marker. Each message is the continuation marker, the
@@ -177,7 +211,7 @@ pub(crate) unsafe fn decode_encoded_record(bytes: arrow_buffer::Buffer) -> Resul
     // decoder does.)
     let decoder = unsafe { FileDecoder::new(event_schema(), MetadataVersion::V5).with_skip_validation(true) };
     match decoder.read_record_batch(&block, &bytes.slice(at))? {
-        Some(batch) => record(EventBatch::try_new(batch)?, dropped),
+        Some(batch) => record(EventBatch::try_new(batch)?, dropped, arrived_ms),
         None => Err(ipc_error("the IPC stream holds no record batch")),
     }
 }
@@ -249,24 +283,27 @@ mod tests {
             events in prop::collection::vec(event(), 0..30),
             cut in 0usize..30,
             drop in prop::collection::vec(any::<bool>(), 30),
+            arrived in prop::option::of(any::<i64>()),
         ) {
             let batch = EventBatch::from_events(&events);
             let cut = cut.min(events.len());
             let events = &events[cut..];
             let dropped: Vec<u32> = (0..events.len() as u32).filter(|&i| drop[i as usize]).collect();
             let mut bytes = Vec::new();
-            encode_batch_into(&batch.slice(cut, events.len()), &dropped, &mut bytes).expect("encode");
+            encode_batch_into(&batch.slice(cut, events.len()), &dropped, arrived, &mut bytes).expect("encode");
             let stored: Vec<Event> =
                 events.iter().enumerate().filter(|(i, _)| !drop[*i]).map(|(_, e)| e.clone()).collect();
             prop_assert_eq!(decode_batch(&bytes).expect("decode").events(), stored);
             let checked = decode_record(&bytes).expect("decode");
             prop_assert_eq!(checked.batch.events(), events.to_vec());
             prop_assert_eq!(&checked.dropped, &dropped);
+            prop_assert_eq!(checked.arrived_ms, arrived);
             // SAFETY: `bytes` are what `encode_batch_into` wrote.
             #[allow(unsafe_code)]
             let in_place = unsafe { decode_encoded_record(bytes.into()) }.expect("decode");
             prop_assert_eq!(in_place.batch.events(), events.to_vec());
             prop_assert_eq!(in_place.dropped, dropped);
+            prop_assert_eq!(in_place.arrived_ms, arrived);
         }
 
         #[test]
@@ -293,13 +330,13 @@ mod tests {
     fn bad_lists_of_dropped_rows_are_errors() {
         let batch = EventBatch::from_events(&vec![Event::default(); 4]);
         let mut good = Vec::new();
-        encode_batch_into(&batch, &[1, 3], &mut good).expect("encode");
+        encode_batch_into(&batch, &[1, 3], None, &mut good).expect("encode");
         assert_eq!(decode_record(&good).expect("decode").dropped, vec![1, 3]);
         let mut one = Vec::new();
-        encode_batch_into(&batch, &[1], &mut one).expect("encode");
+        encode_batch_into(&batch, &[1], None, &mut one).expect("encode");
         assert_eq!(decode_record(&one).expect("decode").dropped, vec![1], "four bytes of padding");
         for bad in [&[1, 1][..], &[2, 1], &[4]] {
-            let err = encode_batch_into(&batch, bad, &mut Vec::new()).expect_err("not rows of the batch");
+            let err = encode_batch_into(&batch, bad, None, &mut Vec::new()).expect_err("not rows of the batch");
             assert!(err.to_string().contains("ascending row numbers of the batch"), "{bad:?}: {err}");
         }
         let with_list = |n: u32, rows: &[u32]| {

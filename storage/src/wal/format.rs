@@ -13,7 +13,10 @@
 //! columns in place only at such addresses. Version 1 had a 12-byte header
 //! (no zero bytes). Version 3 has version 2's layout; its payloads may list
 //! rows they do not store (see the codec), which a build that reads only
-//! version 2 would take for events. Replay reads all three; appends go to
+//! version 2 would take for events. Version 4 has the same layout; its
+//! payloads may start with when their events arrived, which a build that
+//! reads only version 3 would take for a broken stream. Replay reads all
+//! four; appends go to
 //! a file of the current version only, so that an older build refuses a
 //! log it cannot read instead of misreading it.
 //!
@@ -25,7 +28,7 @@ use crate::ids::Lsn;
 /// First bytes of every WAL file.
 pub(crate) const MAGIC: [u8; 8] = *b"ADSWAL\0\0";
 /// Format version written after the magic. Bump on any layout change.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 /// Size of the file header: magic + version + 4 zero bytes.
 pub(crate) const FILE_HEADER_LEN: u64 = 16;
 /// Size of a version 1 file header: magic + version.
@@ -130,7 +133,7 @@ mod tests {
         let h = RecordHeader::decode(out[..16].try_into().expect("16 bytes"));
         assert_eq!(h, RecordHeader { len: 2, crc, lsn: Lsn(7) });
         assert_eq!(h.frame_len(), 18);
-        assert_eq!(file_header(), *b"ADSWAL\0\0\x03\0\0\0\0\0\0\0");
+        assert_eq!(file_header(), *b"ADSWAL\0\0\x04\0\0\0\0\0\0\0");
     }
 
     #[test]

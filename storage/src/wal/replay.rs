@@ -237,9 +237,9 @@ fn check_file_header(file: &File, path: &Path, file_len: u64, is_last: bool) -> 
     }
     match u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) {
         1 => Ok(Some((V1_FILE_HEADER_LEN, 1))),
-        2 | VERSION if file_len < FILE_HEADER_LEN => torn(),
-        2 if hdr[12..] == [0; 4] => Ok(Some((FILE_HEADER_LEN, 2))),
-        2 | VERSION => Err(corrupt(path, 12, "the header's last 4 bytes are not zero")),
+        2 | 3 | VERSION if file_len < FILE_HEADER_LEN => torn(),
+        version @ (2 | 3) if hdr[12..] == [0; 4] => Ok(Some((FILE_HEADER_LEN, version))),
+        2 | 3 | VERSION => Err(corrupt(path, 12, "the header's last 4 bytes are not zero")),
         version => Err(corrupt(
             path,
             8,

@@ -473,7 +473,7 @@ fn files_of_older_versions_replay_and_appends_go_to_a_new_file() {
 /// one of the current version. A failed sync fails the open.
 #[test]
 fn the_last_file_is_synced_at_open() {
-    for header in [b"ADSWAL\0\0\x02\0\0\0\0\0\0\0", &super::format::file_header()] {
+    for header in [b"ADSWAL\0\0\x02\0\0\0\0\0\0\0", b"ADSWAL\0\0\x03\0\0\0\0\0\0\0", &super::format::file_header()] {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut bytes = header.to_vec();
         super::format::encode_record(&mut bytes, Lsn(1), &payload(1, 64));
