@@ -509,3 +509,18 @@ fn every_error_is_a_json_error() {
     assert_eq!(status, 400, "{r}");
     assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("query string")), "{r}");
 }
+
+/// Issue 25: the query limits are settings (`[query]`).
+#[test]
+fn query_limits_come_from_the_configuration() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), Some("[query]\nmax_operators = 3\nmax_nesting = 2\n"));
+    let sql = |q: &str| server.post("/v1/sql", "text/plain", None, q.as_bytes());
+    let (status, r) = sql("SELECT count(*) FROM events WHERE cost_micros + 1 > 2");
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = sql("SELECT count(*) FROM events WHERE cost_micros + 1 + 1 + 1 > 2");
+    assert_eq!((status, r["error"]["code"].as_str()), (400, Some("query_too_complex")), "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("more than 3 operators")), "{r}");
+    let (status, r) = sql("SELECT count(*) FROM events WHERE (((cost_micros))) > 2");
+    assert_eq!((status, r["error"]["code"].as_str()), (400, Some("query_too_complex")), "{r}");
+}

@@ -17,6 +17,7 @@ pub struct Config {
     pub server: HttpConfig,
     pub ingest: IngestConfig,
     pub storage: StoreConfig,
+    pub query: QueryConfig,
     /// Attribution and invalid-traffic rules (DESIGN.md §3–§4). Rules set
     /// later through `PUT /v1/attribution` are persisted in the data
     /// directory and win over these.
@@ -82,6 +83,72 @@ impl Default for IngestConfig {
     }
 }
 
+/// What one SQL statement may take (docs/sql.md, "Limits").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// A statement running longer fails with `timeout` (408). Default 30_000.
+    pub timeout_ms: u64,
+    /// Most groups an aggregation may produce (`too_many_groups`). Default 1_000_000.
+    pub max_groups: usize,
+    /// Approximate memory for aggregation state and buffered rows
+    /// (`memory_limit`). Default 1 GiB.
+    pub max_memory_bytes: usize,
+    /// Most operators in one statement (`query_too_complex`). Default and
+    /// maximum 4_096: every statement runs on a stack sized for it.
+    pub max_operators: usize,
+    /// How deep parentheses and `CASE … END` may nest (`query_too_complex`).
+    /// Default and maximum 64.
+    pub max_nesting: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> QueryConfig {
+        let d = adstore_query::QueryOptions::default();
+        QueryConfig {
+            timeout_ms: u64::try_from(d.timeout.as_millis()).unwrap_or(u64::MAX),
+            max_groups: d.max_groups,
+            max_memory_bytes: d.max_memory_bytes,
+            max_operators: d.max_operators,
+            max_nesting: d.max_nesting,
+        }
+    }
+}
+
+impl QueryConfig {
+    /// The options of one statement run now.
+    pub fn options(&self, now_ms: i64) -> adstore_query::QueryOptions {
+        adstore_query::QueryOptions {
+            now_ms,
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            max_groups: self.max_groups,
+            max_memory_bytes: self.max_memory_bytes,
+            max_operators: self.max_operators,
+            max_nesting: self.max_nesting,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ServerError> {
+        let (ops, nesting) = (adstore_query::MAX_OPERATORS, adstore_query::MAX_NESTING);
+        if self.timeout_ms == 0 || self.max_groups == 0 || self.max_memory_bytes == 0 {
+            return Err(ServerError::Config(
+                "query.timeout_ms, query.max_groups and query.max_memory_bytes must be positive".into(),
+            ));
+        }
+        if !(1..=ops).contains(&self.max_operators) {
+            return Err(ServerError::Config(format!(
+                "query.max_operators must be between 1 and {ops} (the query stack is sized for {ops})"
+            )));
+        }
+        if !(1..=nesting).contains(&self.max_nesting) {
+            return Err(ServerError::Config(format!(
+                "query.max_nesting must be between 1 and {nesting} (the query stack is sized for {nesting})"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ServerError> {
         let text = std::fs::read_to_string(path)
@@ -114,6 +181,7 @@ impl Config {
             )));
         }
         self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;
+        self.query.validate()?;
         Ok(())
     }
 }
@@ -144,5 +212,18 @@ mod tests {
     fn unknown_keys_are_errors() {
         let err = toml::from_str::<Config>("[storage]\nshard = 3\n").expect_err("must fail");
         assert!(err.to_string().contains("shard"), "{err}");
+    }
+
+    #[test]
+    fn query_limits_are_read_and_bounded() {
+        let c: Config = toml::from_str("[query]\ntimeout_ms = 5000\nmax_operators = 100\n").expect("parse");
+        c.validate().expect("valid");
+        let opts = c.query.options(7);
+        assert_eq!((opts.timeout.as_millis(), opts.max_operators, opts.max_nesting), (5_000, 100, 64));
+        let c: Config = toml::from_str("[query]\nmax_operators = 5000\n").expect("parse");
+        let err = c.validate().expect_err("past the stack's size");
+        assert!(err.to_string().contains("query.max_operators must be between 1 and 4096"), "{err}");
+        let c: Config = toml::from_str("[query]\ntimeout_ms = 0\n").expect("parse");
+        assert!(c.validate().is_err());
     }
 }

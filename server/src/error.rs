@@ -86,6 +86,9 @@ impl ServerError {
             ServerError::Storage(S::HeadFull { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "head_full"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
             ServerError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            ServerError::Query(e @ adstore_query::QueryError::Timeout { .. }) => {
+                (StatusCode::REQUEST_TIMEOUT, e.code())
+            }
             ServerError::Query(e) if e.is_user_error() => (StatusCode::BAD_REQUEST, e.code()),
             ServerError::Query(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.code()),
             ServerError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
@@ -129,5 +132,21 @@ impl IntoResponse for ServerError {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_of_query_limits() {
+        let status = |e: adstore_query::QueryError| ServerError::Query(e).into_response().status();
+        assert_eq!(status(adstore_query::QueryError::Timeout { timeout_ms: 1 }), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(status(adstore_query::QueryError::TooManyGroups { max_groups: 1 }), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(adstore_query::QueryError::TooComplex { message: "m".into(), position: None }),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use adstore_query::{QueryOptions, QueryResult};
+use adstore_query::QueryResult;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -99,7 +99,7 @@ pub(crate) async fn sql_post(
 async fn run(app: Arc<AppState>, sql: String, format: Format) -> Result<Response, ServerError> {
     let result: QueryResult = tokio::task::spawn_blocking(move || {
         let snapshot = app.store.snapshot();
-        let opts = QueryOptions { now_ms: now_ms(), ..QueryOptions::default() };
+        let opts = app.config.query.options(now_ms());
         adstore_query::execute(&snapshot, &sql, &opts)
     })
     .await
