@@ -85,6 +85,7 @@ impl ServerError {
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServerError::Storage(S::HeadFull { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "head_full"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
+            ServerError::Storage(e) if e.is_disk_full() => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             ServerError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
             ServerError::Query(e @ adstore_query::QueryError::Timeout { .. }) => {
                 (StatusCode::REQUEST_TIMEOUT, e.code())
@@ -105,6 +106,8 @@ impl ServerError {
         match self {
             ServerError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             ServerError::Storage(S::HeadFull { retry_after_s, .. }) => Some(*retry_after_s),
+            ServerError::Storage(S::DiskLow { retry_after_s, .. }) => Some(*retry_after_s),
+            ServerError::Storage(e) if e.is_disk_full() => Some(10),
             _ => None,
         }
     }
@@ -115,7 +118,7 @@ impl IntoResponse for ServerError {
         let (status, code) = self.status_and_code();
         // A full head is backpressure, logged by the store when it starts
         // and ends, not once per refused request.
-        let head_full = matches!(self, ServerError::Storage(S::HeadFull { .. }));
+        let head_full = matches!(self, ServerError::Storage(S::HeadFull { .. } | S::DiskLow { .. }));
         if status.is_server_error() && !head_full {
             tracing::error!(error = %self, "request failed");
         }

@@ -103,9 +103,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn health(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let damaged = app.store.damaged();
-    let status = if damaged.is_empty() { "ok" } else { "degraded" };
+    let problems = app.store.health_problems();
+    let status = if problems.is_empty() { "ok" } else { "degraded" };
     Json(serde_json::json!({
         "status": status,
+        "problems": problems,
         "damaged_segments": damaged.iter().map(|d| serde_json::json!({
             "id": d.meta.id.to_string(), "error": d.error,
         })).collect::<Vec<_>>(),
@@ -124,6 +126,10 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
          # TYPE adstore_head_bytes gauge\nadstore_head_bytes {}\n\
          # TYPE adstore_head_limit_bytes gauge\nadstore_head_limit_bytes {}\n\
          # TYPE adstore_ingest_head_full_total counter\nadstore_ingest_head_full_total {}\n\
+         # TYPE adstore_disk_free_bytes gauge\nadstore_disk_free_bytes {}\n\
+         # TYPE adstore_disk_min_free_bytes gauge\nadstore_disk_min_free_bytes {}\n\
+         # TYPE adstore_ingest_disk_low_total counter\nadstore_ingest_disk_low_total {}\n\
+         # TYPE adstore_wal_poisoned gauge\nadstore_wal_poisoned {}\n\
          # TYPE adstore_segments gauge\nadstore_segments {}\n\
          # TYPE adstore_sealed_rows_total counter\nadstore_sealed_rows_total {}\n\
          # TYPE adstore_seal_errors_total counter\nadstore_seal_errors_total {}\n\
@@ -142,6 +148,10 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         s.head_bytes,
         s.head_limit_bytes,
         s.head_full_refusals,
+        s.disk_free_bytes,
+        s.disk_min_free_bytes,
+        s.disk_low_refusals,
+        u8::from(s.wal_poisoned),
         s.segments,
         s.sealed_rows,
         s.seal_errors,
@@ -294,6 +304,7 @@ async fn ingest(
     // Refused before the parse: the head has no room until seals catch up.
     // (After reading the body: a reply to a request whose body is not read
     // can reach the client as a reset connection instead of a 503.)
+    app.store.check_disk_space()?;
     app.store.check_head_room()?;
     let backfill = match params.mode.as_deref() {
         None | Some("live") => false,

@@ -50,6 +50,18 @@ pub enum StorageError {
         /// When to try again: the sealer's next pass (`seal_interval_ms`), in whole seconds, at least 1.
         retry_after_s: u64,
     },
+    /// The data directory's file system is below `storage.min_free_bytes`.
+    #[error(
+        "only {free_bytes} bytes free on the file system of {path}, under storage.min_free_bytes ({min_free_bytes}); \
+         appends resume once space is freed"
+    )]
+    DiskLow {
+        path: PathBuf,
+        free_bytes: u64,
+        min_free_bytes: u64,
+        /// When to try again, in seconds.
+        retry_after_s: u64,
+    },
     #[error("the store is shutting down")]
     ShuttingDown,
     /// Another process (or another open `Store`) holds the data directory.
@@ -57,6 +69,23 @@ pub enum StorageError {
     DataDirInUse { path: PathBuf },
     #[error("internal error (a bug): {0}")]
     Internal(String),
+}
+
+impl StorageError {
+    /// Whether the file system ran out of space (or quota), or is below
+    /// `min_free_bytes`: a state that passes once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::DiskLow { .. } => true,
+            StorageError::Io { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 /// Attaches a path to an `io::Error`.

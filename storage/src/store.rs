@@ -45,11 +45,13 @@ use crate::manifest::{
     Catalog, CatalogEdit, Level, Manifest, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir,
 };
 use crate::seal::{PipelineOutput, SealContext, SealKind, SealPipeline, SidecarReader};
-use crate::segment::{BlockCache, SegmentReader, SegmentWriteOptions, write_segment};
+use crate::segment::{BlockCache, SegmentReader, SegmentSummary, SegmentWriteOptions, write_segment};
 use crate::wal::{Wal, WalConfig, Written, decode_encoded_record, decode_record, encode_batch_into};
 
 #[cfg(test)]
 mod tests;
+
+mod space;
 
 /// Storage settings. Every field has a default; see `docs/configuration.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +101,11 @@ pub struct StoreConfig {
     /// young. `None` or `Some(0)`: no limit. Default `None`; the server sets
     /// a quarter of the memory.
     pub max_head_bytes: Option<u64>,
+    /// Appends are refused with [`StorageError::DiskLow`] while the data
+    /// directory's file system has less than this many bytes free, before
+    /// a write fails for want of space. 0 turns the check off. Default
+    /// 268_435_456 (256 MiB).
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +125,7 @@ impl Default for StoreConfig {
             close_idle_ms: 60_000,
             block_cache_bytes: 256 << 20,
             max_head_bytes: None,
+            min_free_bytes: 256 << 20,
         }
     }
 }
@@ -235,6 +243,14 @@ pub struct StoreStats {
     pub head_limit_bytes: u64,
     /// Appends refused because the head was full.
     pub head_full_refusals: u64,
+    /// Free bytes on the data directory's file system.
+    pub disk_free_bytes: u64,
+    /// `min_free_bytes`.
+    pub disk_min_free_bytes: u64,
+    /// Appends refused for want of space.
+    pub disk_low_refusals: u64,
+    /// Whether the WAL failed (a restart is needed to append again).
+    pub wal_poisoned: bool,
     pub segments: usize,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
@@ -320,6 +336,8 @@ struct Inner {
     /// Whether the last head-room check found the head full (logged once
     /// per change, not once per refused request).
     head_full: AtomicBool,
+    /// Free space, and the sealer's failures.
+    disk: space::DiskWatch,
     /// The exclusive lock on `{data_dir}/LOCK`, held until `close`: one
     /// process writes a data directory (the head maps WAL files, trusting
     /// that no one else rewrites them).
@@ -511,6 +529,7 @@ impl Store {
             block_cache,
             encode_buffers: BufferPool::new(ENCODE_BUFFERS_KEPT, ENCODE_BUFFER_MAX_KEPT_BYTES),
             head_full: AtomicBool::new(false),
+            disk: space::DiskWatch::new(data_dir),
             lock: Mutex::new(Some(lock)),
             background,
         };
@@ -564,6 +583,7 @@ impl Store {
         if rows.iter().all(Rows::is_empty) {
             return Ok(Lsn(0));
         }
+        self.check_disk_space()?;
         self.check_head_room()?;
         let mut last = Lsn(0);
         for r in rows.iter().filter(|r| !r.is_empty()) {
@@ -667,6 +687,10 @@ impl Store {
             head_bytes: v.head.bytes(),
             head_limit_bytes: self.head_limit().unwrap_or(0),
             head_full_refusals: c.head_full_refusals.load(Ordering::Relaxed),
+            disk_free_bytes: self.disk_free_bytes(),
+            disk_min_free_bytes: self.inner.config.min_free_bytes,
+            disk_low_refusals: self.disk_low_refusals(),
+            wal_poisoned: self.inner.wal.poisoned().is_some(),
             segments: v.readers.len(),
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
@@ -1013,14 +1037,20 @@ impl Store {
             zstd_level: inner.config.zstd_level,
             ..SegmentWriteOptions::default()
         };
-        let summary = write_segment(&path, &output.events, &opts)?;
-        for sidecar in &output.sidecars {
-            let path = inner.segments_dir.join(format!("{id}.{}", sidecar.suffix));
-            let mut f = std::fs::File::create(&path).at(&path)?;
-            std::io::Write::write_all(&mut f, &sidecar.bytes).at(&path)?;
-            f.sync_all().at(&path)?;
-        }
-        sync_dir(&inner.segments_dir)?;
+        let write = || -> Result<SegmentSummary> {
+            let summary = write_segment(&path, &output.events, &opts)?;
+            for sidecar in &output.sidecars {
+                let path = inner.segments_dir.join(format!("{id}.{}", sidecar.suffix));
+                let mut f = std::fs::File::create(&path).at(&path)?;
+                std::io::Write::write_all(&mut f, &sidecar.bytes).at(&path)?;
+                f.sync_all().at(&path)?;
+            }
+            sync_dir(&inner.segments_dir)?;
+            Ok(summary)
+        };
+        // A failed write (the disk full, say) leaves no partial files behind
+        // for the retries to pile up on.
+        let summary = write().inspect_err(|_| self.delete_segment_files(id))?;
         failpoint::hit("seal_after_segment_write");
         let reader = Arc::new(SegmentReader::open(id, &path)?.with_cache(inner.block_cache.clone()));
         let max_lsn = job.replaces.iter().map(|m| m.max_lsn).chain([job.head.max_lsn()]).max().unwrap_or_default();
@@ -1101,20 +1131,36 @@ impl Store {
             .name("adstore-sealer".into())
             .spawn(move || {
                 store.verify_segments();
+                // While passes fail (the disk full, say), the wait between
+                // them doubles up to `MAX_SEAL_BACKOFF`, rather than a
+                // retry a second that logs and writes as often.
+                let mut wait = interval;
                 while !store.inner.stop.load(Ordering::Acquire) {
+                    let mut failed = None;
                     if let Err(e) = store.seal_due() {
-                        store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "seal failed; events stay in the head and WAL");
+                        failed = Some(e);
                     }
                     if let Err(e) = store.compact_small() {
-                        store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "compaction failed; will retry");
+                        failed = Some(e);
                     }
                     if let Err(e) = store.finalize_closed() {
-                        store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "finalizing closed buckets failed; will retry");
+                        failed = Some(e);
                     }
-                    let deadline = Instant::now() + interval;
+                    match failed {
+                        Some(e) => {
+                            store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
+                            store.inner.disk.seal_failed(&e);
+                            wait = (wait * 2).min(space::MAX_SEAL_BACKOFF.max(interval));
+                        }
+                        None => {
+                            store.inner.disk.seal_succeeded();
+                            wait = interval;
+                        }
+                    }
+                    let deadline = Instant::now() + wait;
                     while Instant::now() < deadline && !store.inner.stop.load(Ordering::Acquire) {
                         std::thread::sleep(Duration::from_millis(10).min(interval));
                     }

@@ -282,11 +282,20 @@ impl Wal {
             let lsn = Lsn(self.next_lsn.load(Ordering::Acquire));
             let frame_len = (RECORD_HEADER_LEN + payload.len()) as u64;
             if st.active.records > 0 && st.active.len_bytes + frame_len > self.config.file_size_bytes {
-                self.rotate(&mut st, lsn).map_err(|e| self.poison_with(&e))?;
+                self.rotate(&mut st, lsn)?;
             }
             let active = &mut st.active;
             let header = format::record_header(lsn, payload);
             if let Err(e) = write_all_parts(&active.file, &[&header, payload]).at(&active.path) {
+                // Out of space: at most part of this record is in the file,
+                // after the last whole one. Cut it off and the log goes on
+                // (the record was never acknowledged, nor in the head); if
+                // it cannot be cut off, or the write failed otherwise, the
+                // log is poisoned.
+                if e.is_disk_full() && active.file.set_len(active.len_bytes).is_ok() {
+                    tracing::warn!(error = %e, "WAL append failed for want of space; the partial record was cut off");
+                    return Err(e);
+                }
                 return Err(self.poison_with(&e));
             }
             failpoint::hit("wal_after_write");
@@ -383,6 +392,11 @@ impl Wal {
         Ok(deleted)
     }
 
+    /// Why the log failed, if it did.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poison.get().cloned()
+    }
+
     fn check_poison(&self) -> Result<()> {
         match self.poison.get() {
             Some(reason) => Err(StorageError::WalPoisoned(reason.clone())),
@@ -410,11 +424,21 @@ impl Wal {
     }
 
     /// Closes the active file (fsynced) and starts a new one at `first_lsn`.
+    /// A failed sync poisons the log; a new file that cannot be created for
+    /// want of space is removed and the active file stays, so the next
+    /// append tries again.
     fn rotate(&self, st: &mut MutexGuard<'_, AppendState>, first_lsn: Lsn) -> Result<()> {
         if self.config.fsync {
-            self.sync_file(&st.active.file, &st.active.path)?;
+            self.sync_file(&st.active.file, &st.active.path).map_err(|e| self.poison_with(&e))?;
         }
-        let new = create_file(&self.config.dir, first_lsn, self.config.fsync)?;
+        let new = match create_file(&self.config.dir, first_lsn, self.config.fsync) {
+            Ok(new) => new,
+            Err(e) if e.is_disk_full() => {
+                let _ = fs::remove_file(self.config.dir.join(format::file_name(first_lsn)));
+                return Err(e);
+            }
+            Err(e) => return Err(self.poison_with(&e)),
+        };
         let old = std::mem::replace(&mut st.active, new);
         tracing::debug!(closed = %old.path.display(), next = %st.active.path.display(), "WAL rotated");
         st.closed.push(ClosedFile { path: old.path, first_lsn: old.first_lsn, last_lsn: Lsn(first_lsn.0 - 1) });
