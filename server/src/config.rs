@@ -160,7 +160,18 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ServerError> {
-        self.storage.validate().map_err(|e| ServerError::Config(e.to_string()))?;
+        self.storage.validate().map_err(|e| match e {
+            adstore_storage::StorageError::Config(message) => ServerError::Config(message),
+            other => ServerError::Config(other.to_string()),
+        })?;
+        // The store closes buckets by the ingest lateness; a different value
+        // under [storage] would be silently replaced by it.
+        let lateness = self.storage.allowed_lateness_ms;
+        if lateness != StoreConfig::default().allowed_lateness_ms && lateness != self.ingest.allowed_lateness_ms {
+            return Err(ServerError::Config(
+                "storage.allowed_lateness_ms is taken from ingest.allowed_lateness_ms; set that instead".into(),
+            ));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(ServerError::Config("server.max_body_bytes must be at least 1024".into()));
         }
@@ -206,6 +217,16 @@ mod tests {
         let c: Config = toml::from_str(&huge).expect("parse");
         let err = c.validate().expect_err("too many");
         assert!(err.to_string().contains("ingest.dedupe_expected_keys must be at most"), "{err}");
+    }
+
+    #[test]
+    fn messages_say_invalid_configuration_once_and_lateness_is_set_once() {
+        let c: Config = toml::from_str("[storage]\nshards = 0\n").expect("parse");
+        let err = c.validate().expect_err("no shards").to_string();
+        assert_eq!(err.matches("invalid configuration").count(), 1, "{err}");
+        let c: Config = toml::from_str("[storage]\nallowed_lateness_ms = 5\n").expect("parse");
+        let err = c.validate().expect_err("set where it is not read").to_string();
+        assert!(err.contains("ingest.allowed_lateness_ms"), "{err}");
     }
 
     #[test]

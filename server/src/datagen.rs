@@ -62,6 +62,11 @@ struct Campaign {
     ads: usize,
 }
 
+/// Clicks trail their impressions by up to 50 minutes and conversions their
+/// clicks by up to an hour: a stream's last events lie up to this much
+/// past its span. A stream meant to end by now starts this much earlier.
+pub const MAX_TRAIL_MS: i64 = 2 * 3_600_000;
+
 /// A recent impression or click, for later events to point at.
 #[derive(Clone, Copy)]
 struct Recent {

@@ -37,7 +37,9 @@ pub struct GenArgs {
     /// Random seed: the same seed and --start give the same file.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Event time of the first event: RFC 3339 or epoch ms. Default: --span before now, on the hour.
+    /// Event time of the first event: RFC 3339 or epoch ms. Default: --span
+    /// and two hours before now, on the hour (so the last clicks and
+    /// conversions, which trail the stream, are not in the future).
     #[arg(long)]
     start: Option<String>,
     /// Event times cover this span: 1d, 6h, 30m, 90s, 250ms or ms.
@@ -74,7 +76,7 @@ pub fn run(args: GenArgs) -> Result<ExitCode, ServerError> {
     }
     let start_ms = match &args.start {
         Some(s) => parse_instant_ms("start", s)?,
-        None => (now_ms() - span_ms).div_euclid(3_600_000) * 3_600_000,
+        None => (now_ms() - span_ms - crate::datagen::MAX_TRAIL_MS).div_euclid(3_600_000) * 3_600_000,
     };
     let cfg = GenConfig { seed: args.seed, events: args.events, start_ms, span_ms, ..GenConfig::default() };
     let (mut out, path): (Box<dyn Write>, String) = if args.out == "-" {

@@ -130,9 +130,10 @@ fn load_demo(store: &Store, exactly_once: &ExactlyOnce, events: u64) -> Result<(
     let started = Instant::now();
     let span_ms = 86_400_000;
     let now = now_ms();
-    // Clicks and conversions trail their impressions by up to two hours:
-    // end the stream that far back so nothing lands in the future.
-    let cfg = GenConfig { events, start_ms: now - span_ms - 2 * 3_600_000, span_ms, ..GenConfig::default() };
+    // End the stream that far back that its trailing clicks and
+    // conversions land before now, not in the future.
+    let start_ms = now - span_ms - crate::datagen::MAX_TRAIL_MS;
+    let cfg = GenConfig { events, start_ms, span_ms, ..GenConfig::default() };
     let opts = ParseOptions { now_ms: now, ..ParseOptions::default() };
     let mut generator = Generator::new(cfg);
     let mut body = Vec::with_capacity(CHUNK * 400);
