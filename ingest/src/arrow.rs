@@ -99,13 +99,79 @@ pub fn parse_arrow_ipc(body: impl Into<Buffer>, opts: &ParseOptions) -> ParseOut
 }
 
 /// Every complete batch of the stream, and the error that ended it early, if one did.
-fn read_stream(mut body: Buffer) -> (Vec<RecordBatch>, Option<String>) {
+fn read_stream(body: Buffer) -> (Vec<RecordBatch>, Option<String>) {
+    // Arrow's decoder panics on a message whose buffers lie outside its
+    // body (found by tests/fuzz.rs) instead of failing: such a message, and
+    // what follows it, is not handed to it.
+    let (sound, broken) = sound_prefix(&body);
+    let (batches, error) = decode_stream(body.slice_with_length(0, sound));
+    // The first fault in the stream is the one to report: a cut before a
+    // bad message also makes the decoder find the stream unfinished.
+    (batches, broken.or(error))
+}
+
+/// How many leading bytes of an IPC stream hold whole messages whose
+/// buffers all lie within their bodies, and what is wrong with the next
+/// message when one is. A cut message ends the prefix without an error:
+/// the decoder reports it.
+fn sound_prefix(body: &[u8]) -> (usize, Option<String>) {
+    let word = |at: usize| body.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut at = 0;
+    loop {
+        let start = at;
+        let Some(mut len) = word(at) else { return (body.len(), None) };
+        at += 4;
+        if len == u32::MAX {
+            let Some(l) = word(at) else { return (body.len(), None) };
+            len = l;
+            at += 4;
+        }
+        if len == 0 {
+            return (body.len(), None);
+        }
+        let Ok(meta_len) = usize::try_from(i32::from_le_bytes(len.to_le_bytes())) else {
+            return (start, Some(format!("message at byte {start}: a negative metadata length")));
+        };
+        let Some(meta) = body.get(at..at.saturating_add(meta_len)) else { return (body.len(), None) };
+        let message = match arrow_ipc::root_as_message(meta) {
+            Ok(m) => m,
+            Err(e) => return (start, Some(format!("message at byte {start}: {e}"))),
+        };
+        let Ok(body_len) = u64::try_from(message.bodyLength()) else {
+            return (start, Some(format!("message at byte {start}: a negative body length")));
+        };
+        let batch =
+            message.header_as_record_batch().or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        if let Some(batch) = batch {
+            let outside = batch.buffers().into_iter().flatten().any(|b| {
+                let (offset, length) = (u64::try_from(b.offset()), u64::try_from(b.length()));
+                // Within the body, at a multiple of 8 as the format asks.
+                !matches!((offset, length), (Ok(o), Ok(l))
+                    if o.is_multiple_of(8) && o.checked_add(l).is_some_and(|end| end <= body_len))
+            });
+            if outside {
+                return (
+                    start,
+                    Some(format!(
+                        "message at byte {start}: a buffer lies outside the message body or is not 8-byte aligned"
+                    )),
+                );
+            }
+        }
+        at = match usize::try_from(body_len).ok().and_then(|l| (at + meta_len).checked_add(l)) {
+            Some(end) if end <= body.len() => end,
+            _ => return (body.len(), None),
+        };
+    }
+}
+
+/// The batches of a stream, and why it ends early if it does.
+fn decode_stream(mut body: Buffer) -> (Vec<RecordBatch>, Option<String>) {
     let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
     while !body.is_empty() {
-        // Arrow's decoder panics on some malformed messages (a buffer offset
-        // past the body, found by tests/fuzz.rs) instead of failing: such a
-        // stream is broken like any other, from that message on.
+        // A panic of the decoder on another malformed message is caught:
+        // such a stream is broken like any other, from that message on.
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode(&mut body)));
         match step {
             Ok(Ok(Some(batch))) => batches.push(batch),
