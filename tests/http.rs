@@ -524,3 +524,55 @@ fn query_limits_come_from_the_configuration() {
     let (status, r) = sql("SELECT count(*) FROM events WHERE (((cost_micros))) > 2");
     assert_eq!((status, r["error"]["code"].as_str()), (400, Some("query_too_complex")), "{r}");
 }
+
+/// Issue 25: `/metrics` follows the Prometheus exposition conventions
+/// (`promtool check metrics`, run when installed: `.ci/run` installs it),
+/// every series has HELP and TYPE, and requests are timed and errors
+/// counted by route and code.
+#[test]
+fn metrics_follow_the_exposition_conventions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), None);
+    let (status, _) = server.post("/v1/events", NDJSON, None, &ndjson(10, 5));
+    assert_eq!(status, 200);
+    let (status, _) = server.post("/v1/sql", "text/plain", None, b"SELEC");
+    assert_eq!(status, 400);
+    let text = server.get_text("/metrics");
+    let names: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for name in &names {
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        let family = if text.contains(&format!("# TYPE {name} ")) { *name } else { family };
+        assert!(text.contains(&format!("# HELP {family} ")), "no HELP for {name}");
+        assert!(text.contains(&format!("# TYPE {family} ")), "no TYPE for {name}");
+    }
+    assert!(text.contains("adstore_http_errors_total{code=\"syntax\",route=\"/v1/sql\"} 1"), "{text}");
+    assert!(
+        text.contains("adstore_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/events\"} 1"),
+        "{text}"
+    );
+    assert!(server.metric("adstore_process_resident_memory_bytes") > 1 << 20);
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write as _;
+            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+            let out = child.wait_with_output().expect("promtool");
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => eprintln!("promtool check skipped: {e} (install the prometheus package; .ci/run does)"),
+    }
+}

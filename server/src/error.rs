@@ -129,6 +129,7 @@ impl IntoResponse for ServerError {
                 .map_or(serde_json::Value::Null, |p| serde_json::json!({ "line": p.line, "column": p.column }));
         }
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(crate::metrics::ErrorCode(code));
         if let Some(after_s) = self.retry_after_s()
             && let Ok(v) = axum::http::HeaderValue::from_str(&after_s.to_string())
         {

@@ -44,6 +44,8 @@ pub struct AppState {
     /// Newest event time accepted so far; the lateness bound hangs off it.
     pub newest_ts_ms: AtomicI64,
     pub counters: HttpCounters,
+    /// Request latency and errors, for `/metrics`.
+    pub metrics: crate::metrics::HttpMetrics,
     /// Buffers for ingest bodies, reused between requests.
     pub body_buffers: Arc<adstore_storage::BufferPool>,
     /// The largest dedupe table that an `adstore-expected-events`
@@ -85,7 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
     Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::metrics::metrics))
         .route("/v1/segments", get(segments))
         .route("/v1/attribution", get(crate::exactly::get_rules).put(crate::exactly::put_rules))
         .route("/v1/reprocess", post(crate::exactly::start_reprocess))
@@ -97,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events/conversions:batch", ingest_route(Some(EventType::Conversion)))
         .fallback(crate::extract::no_route)
         .method_not_allowed_fallback(crate::extract::no_method)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -112,59 +115,6 @@ async fn health(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "id": d.meta.id.to_string(), "error": d.error,
         })).collect::<Vec<_>>(),
     }))
-}
-
-async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let s = app.store.stats();
-    let eo = app.exactly_once.stats();
-    let c = &app.counters;
-    let text = format!(
-        "# TYPE adstore_ingest_requests_total counter\nadstore_ingest_requests_total {}\n\
-         # TYPE adstore_events_accepted_total counter\nadstore_events_accepted_total {}\n\
-         # TYPE adstore_events_rejected_total counter\nadstore_events_rejected_total {}\n\
-         # TYPE adstore_head_rows gauge\nadstore_head_rows {}\n\
-         # TYPE adstore_head_bytes gauge\nadstore_head_bytes {}\n\
-         # TYPE adstore_head_limit_bytes gauge\nadstore_head_limit_bytes {}\n\
-         # TYPE adstore_ingest_head_full_total counter\nadstore_ingest_head_full_total {}\n\
-         # TYPE adstore_disk_free_bytes gauge\nadstore_disk_free_bytes {}\n\
-         # TYPE adstore_disk_min_free_bytes gauge\nadstore_disk_min_free_bytes {}\n\
-         # TYPE adstore_ingest_disk_low_total counter\nadstore_ingest_disk_low_total {}\n\
-         # TYPE adstore_wal_poisoned gauge\nadstore_wal_poisoned {}\n\
-         # TYPE adstore_segments gauge\nadstore_segments {}\n\
-         # TYPE adstore_sealed_rows_total counter\nadstore_sealed_rows_total {}\n\
-         # TYPE adstore_seal_errors_total counter\nadstore_seal_errors_total {}\n\
-         # TYPE adstore_wal_fsyncs_total counter\nadstore_wal_fsyncs_total {}\n\
-         # TYPE adstore_wal_appends_total counter\nadstore_wal_appends_total {}\n\
-         # TYPE adstore_events_duplicate_total counter\nadstore_events_duplicate_total {}\n\
-         # TYPE adstore_seal_duplicates_dropped_total counter\nadstore_seal_duplicates_dropped_total {}\n\
-         # TYPE adstore_dedupe_keys gauge\nadstore_dedupe_keys {}\n\
-         # TYPE adstore_dedupe_table_bytes gauge\nadstore_dedupe_table_bytes {}\n\
-         # TYPE adstore_attribution_index_entries gauge\nadstore_attribution_index_entries {}\n\
-         # TYPE adstore_block_cache_bytes gauge\nadstore_block_cache_bytes {}\n",
-        c.ingest_requests.load(Ordering::Relaxed),
-        c.accepted.load(Ordering::Relaxed),
-        c.rejected.load(Ordering::Relaxed),
-        s.head_rows,
-        s.head_bytes,
-        s.head_limit_bytes,
-        s.head_full_refusals,
-        s.disk_free_bytes,
-        s.disk_min_free_bytes,
-        s.disk_low_refusals,
-        u8::from(s.wal_poisoned),
-        s.segments,
-        s.sealed_rows,
-        s.seal_errors,
-        s.wal_fsyncs,
-        s.wal_appends,
-        c.duplicates.load(Ordering::Relaxed),
-        eo.duplicates_at_seal,
-        eo.dedupe_keys,
-        eo.dedupe_table_bytes,
-        eo.index_entries,
-        s.block_cache_bytes,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,7 @@ mod error;
 mod exactly;
 mod extract;
 mod http;
+mod metrics;
 mod ratelimit;
 mod sql;
 

@@ -82,6 +82,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         rate_limiter,
         newest_ts_ms: AtomicI64::new(newest),
         counters: HttpCounters::default(),
+        metrics: crate::metrics::HttpMetrics::new()
+            .map_err(|e| ServerError::Internal(format!("cannot define the HTTP metrics: {e}")))?,
         body_buffers: adstore_storage::BufferPool::new(BODY_BUFFERS_KEPT, BODY_BUFFER_MAX_KEPT_BYTES),
         dedupe_announced_max_bytes,
         parsing: AtomicUsize::new(0),

@@ -1,0 +1,268 @@
+//! `/metrics` in the Prometheus text format: request latency per route and
+//! errors per route and code (the `prometheus` crate's histograms and
+//! counters, fed by the [`track`] middleware), and the store's state read
+//! at each scrape (one table, [`SERIES`], gives every series its type and
+//! help).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+use crate::http::AppState;
+
+/// The error code of a response, left by `ServerError::into_response` for
+/// [`track`] to count.
+#[derive(Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// Latency and errors of HTTP requests.
+pub struct HttpMetrics {
+    registry: Registry,
+    durations: HistogramVec,
+    errors: IntCounterVec,
+}
+
+impl HttpMetrics {
+    pub fn new() -> prometheus::Result<HttpMetrics> {
+        let registry = Registry::new();
+        // 0.5 ms to about 33 s: an ingest fsync to a slow dashboard query.
+        let buckets = prometheus::exponential_buckets(0.000_5, 2.0, 17)?;
+        let durations = HistogramVec::new(
+            HistogramOpts::new("adstore_http_request_duration_seconds", "Time to answer an HTTP request, by route.")
+                .buckets(buckets),
+            &["route", "method"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("adstore_http_errors_total", "HTTP requests answered with an error, by route and error code."),
+            &["route", "code"],
+        )?;
+        registry.register(Box::new(durations.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        Ok(HttpMetrics { registry, durations, errors })
+    }
+}
+
+/// Middleware: times every request and counts its error, by matched route.
+pub async fn track(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = &app.metrics;
+    m.durations.with_label_values(&[route.as_str(), method.as_str()]).observe(started.elapsed().as_secs_f64());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        m.errors.with_label_values(&[route.as_str(), code]).inc();
+    }
+    response
+}
+
+/// What a series is, for its `# TYPE` line.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A series read from the store's state at each scrape.
+struct Series {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    value: fn(&Scrape) -> f64,
+}
+
+/// Everything a scrape reads, once.
+struct Scrape {
+    store: adstore_storage::StoreStats,
+    eo: adstore_ingest::ExactlyOnceStats,
+    ingest_requests: u64,
+    accepted: u64,
+    rejected: u64,
+    duplicates: u64,
+    rss_bytes: u64,
+}
+
+const SERIES: &[Series] = &[
+    Series {
+        name: "adstore_ingest_requests_total",
+        kind: Kind::Counter,
+        help: "Ingest requests received.",
+        value: |s| s.ingest_requests as f64,
+    },
+    Series {
+        name: "adstore_events_accepted_total",
+        kind: Kind::Counter,
+        help: "Events accepted (stored).",
+        value: |s| s.accepted as f64,
+    },
+    Series {
+        name: "adstore_events_rejected_total",
+        kind: Kind::Counter,
+        help: "Events rejected (malformed, late, future).",
+        value: |s| s.rejected as f64,
+    },
+    Series {
+        name: "adstore_events_duplicate_total",
+        kind: Kind::Counter,
+        help: "Events acknowledged as duplicates at ingest, not stored.",
+        value: |s| s.duplicates as f64,
+    },
+    Series {
+        name: "adstore_head_rows",
+        kind: Kind::Gauge,
+        help: "Events acknowledged and not yet sealed.",
+        value: |s| s.store.head_rows as f64,
+    },
+    Series {
+        name: "adstore_head_bytes",
+        kind: Kind::Gauge,
+        help: "Arrow bytes of the unsealed events.",
+        value: |s| s.store.head_bytes as f64,
+    },
+    Series {
+        name: "adstore_head_limit_bytes",
+        kind: Kind::Gauge,
+        help: "storage.max_head_bytes (0: no limit).",
+        value: |s| s.store.head_limit_bytes as f64,
+    },
+    Series {
+        name: "adstore_ingest_head_full_total",
+        kind: Kind::Counter,
+        help: "Appends refused because the head was full.",
+        value: |s| s.store.head_full_refusals as f64,
+    },
+    Series {
+        name: "adstore_disk_free_bytes",
+        kind: Kind::Gauge,
+        help: "Free bytes on the data directory's file system.",
+        value: |s| s.store.disk_free_bytes as f64,
+    },
+    Series {
+        name: "adstore_disk_min_free_bytes",
+        kind: Kind::Gauge,
+        help: "storage.min_free_bytes: appends are refused below it.",
+        value: |s| s.store.disk_min_free_bytes as f64,
+    },
+    Series {
+        name: "adstore_ingest_disk_low_total",
+        kind: Kind::Counter,
+        help: "Appends refused for want of disk space.",
+        value: |s| s.store.disk_low_refusals as f64,
+    },
+    Series {
+        name: "adstore_wal_poisoned",
+        kind: Kind::Gauge,
+        help: "1 when the WAL failed and accepts no appends until a restart.",
+        value: |s| f64::from(u8::from(s.store.wal_poisoned)),
+    },
+    Series {
+        name: "adstore_segments",
+        kind: Kind::Gauge,
+        help: "Segments served.",
+        value: |s| s.store.segments as f64,
+    },
+    Series {
+        name: "adstore_sealed_rows_total",
+        kind: Kind::Counter,
+        help: "Rows written into segments by seals.",
+        value: |s| s.store.sealed_rows as f64,
+    },
+    Series {
+        name: "adstore_seal_errors_total",
+        kind: Kind::Counter,
+        help: "Sealer passes that failed.",
+        value: |s| s.store.seal_errors as f64,
+    },
+    Series {
+        name: "adstore_wal_fsyncs_total",
+        kind: Kind::Counter,
+        help: "WAL fsyncs (one covers every request waiting on it).",
+        value: |s| s.store.wal_fsyncs as f64,
+    },
+    Series {
+        name: "adstore_wal_appends_total",
+        kind: Kind::Counter,
+        help: "WAL records written.",
+        value: |s| s.store.wal_appends as f64,
+    },
+    Series {
+        name: "adstore_seal_duplicates_dropped_total",
+        kind: Kind::Counter,
+        help: "Duplicates dropped by the exact check at seal.",
+        value: |s| s.eo.duplicates_at_seal as f64,
+    },
+    Series {
+        name: "adstore_dedupe_keys",
+        kind: Kind::Gauge,
+        help: "Idempotency keys held in the dedupe window.",
+        value: |s| s.eo.dedupe_keys as f64,
+    },
+    Series {
+        name: "adstore_dedupe_table_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of the dedupe table.",
+        value: |s| s.eo.dedupe_table_bytes as f64,
+    },
+    Series {
+        name: "adstore_attribution_index_entries",
+        kind: Kind::Gauge,
+        help: "Impressions and clicks held for attribution.",
+        value: |s| s.eo.index_entries as f64,
+    },
+    Series {
+        name: "adstore_block_cache_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of segment blocks cached for queries.",
+        value: |s| s.store.block_cache_bytes as f64,
+    },
+    Series {
+        name: "adstore_process_resident_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Resident memory of the server process.",
+        value: |s| s.rss_bytes as f64,
+    },
+];
+
+/// The `/metrics` handler.
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let c = &app.counters;
+    let scrape = Scrape {
+        store: app.store.stats(),
+        eo: app.exactly_once.stats(),
+        ingest_requests: c.ingest_requests.load(Ordering::Relaxed),
+        accepted: c.accepted.load(Ordering::Relaxed),
+        rejected: c.rejected.load(Ordering::Relaxed),
+        duplicates: c.duplicates.load(Ordering::Relaxed),
+        rss_bytes: rss_bytes(),
+    };
+    let mut text = String::new();
+    for s in SERIES {
+        let kind = match s.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ =
+            write!(text, "# HELP {} {}\n# TYPE {} {kind}\n{} {}\n", s.name, s.help, s.name, s.name, (s.value)(&scrape));
+    }
+    let mut http = Vec::new();
+    if TextEncoder::new().encode(&app.metrics.registry.gather(), &mut http).is_ok() {
+        text.push_str(&String::from_utf8_lossy(&http));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Resident set size from `/proc/self/statm` (0 where there is none).
+fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
