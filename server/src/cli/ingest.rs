@@ -65,7 +65,7 @@ pub struct IngestArgs {
     /// whatever --format says.
     input: String,
     /// Base URL of the server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "ADSTORE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Events per request: lines of an NDJSON input (default 10000), rows
     /// of an Arrow input (default 65536).

@@ -34,7 +34,7 @@ pub struct SqlArgs {
     /// The query.
     query: String,
     /// Base URL of the server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "ADSTORE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Output format. Default: table on a terminal, csv when piped.
     #[arg(long, value_enum)]
