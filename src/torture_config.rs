@@ -4,7 +4,9 @@
 
 use adstore_storage::StoreConfig;
 
-/// Small thresholds so that a short run rotates WAL files and seals often.
+/// Small thresholds so that a short run rotates WAL files, seals often,
+/// compacts (3 segments of a partition) and finalizes (buckets close an
+/// hour after their end, in event time; the driver's events span 6 hours).
 pub fn torture_config() -> StoreConfig {
     StoreConfig {
         shards: 3,
@@ -13,6 +15,9 @@ pub fn torture_config() -> StoreConfig {
         seal_interval_ms: 5,
         block_rows: 128,
         wal_file_size_bytes: 16 * 1024,
+        compact_min_segments: 3,
+        allowed_lateness_ms: 3_600_000,
+        min_free_bytes: 0,
         ..StoreConfig::default()
     }
 }

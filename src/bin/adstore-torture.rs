@@ -2,7 +2,9 @@
 //!
 //! Appends batches of uniquely-identified events to a store and prints one
 //! line per acknowledged batch (`ack <first> <count>`), sealing every few
-//! batches with a sealer thread running concurrently. Tests run it with
+//! batches and reprocessing a bucket every few more, with a sealer thread
+//! running concurrently (which also compacts and finalizes closed
+//! buckets, see `torture_config`). Tests run it with
 //! `ADSTORE_FAILPOINT=<point>[:<n>]` to abort at a precise step, or kill it
 //! with SIGKILL at a random moment, then check that the reopened store holds
 //! every acknowledged event exactly once.
@@ -13,7 +15,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use adstore_storage::{Event, EventBatch, EventType, SealPipeline, Store};
+use adstore_storage::{Event, EventBatch, EventType, SealKind, SealPipeline, Store};
 
 #[path = "../torture_config.rs"]
 mod torture_config;
@@ -41,6 +43,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// 2026-11-01T00:00:00Z: the first of the six hourly buckets the events fall in.
+const BASE_MS: i64 = 1_793_491_200_000;
+
 fn run(dir: PathBuf, first: u64, batches: u64, size: u64) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(&dir, torture_config(), SealPipeline::new())?;
     store.start_sealer()?;
@@ -54,7 +59,7 @@ fn run(dir: PathBuf, first: u64, batches: u64, size: u64) -> Result<(), Box<dyn 
                     event_id: format!("e{n}"),
                     kind: EventType::ALL[(n % 3) as usize],
                     // Spread over 6 hourly buckets so seals touch many partitions.
-                    ts: 1_793_491_200_000 + ((n * 7_919) % 6) as i64 * 3_600_000 + n as i64,
+                    ts: BASE_MS + ((n * 7_919) % 6) as i64 * 3_600_000 + n as i64,
                     publisher_id: format!("p{}", n % 2),
                     advertiser_id: format!("a{}", n % 5),
                     campaign_id: format!("c{}", n % 7),
@@ -70,6 +75,9 @@ fn run(dir: PathBuf, first: u64, batches: u64, size: u64) -> Result<(), Box<dyn 
         id += size;
         if b % 4 == 3 {
             store.seal_all()?;
+        }
+        if b % 6 == 5 {
+            store.reseal_buckets(&[BASE_MS + (b as i64 % 6) * 3_600_000], SealKind::Reprocess)?;
         }
     }
     store.close()?;

@@ -10,7 +10,13 @@
 //! Points in this crate:
 //! - `wal_after_write`: a WAL record is written to the file but not fsynced;
 //! - `wal_after_fsync`: a group-commit fsync completed, before any waiter is
-//!   acknowledged.
+//!   acknowledged;
+//! - `seal_after_segment_write`, `seal_after_commit`: any seal wrote its
+//!   segment and sidecars / committed its catalog edit; and the same per
+//!   kind of seal, `{kind}_after_segment_write` and `{kind}_after_commit`
+//!   with `kind` one of `seal`, `final`, `reprocess`, `compact`;
+//! - `catalog_before_fsync`, `catalog_before_rename`, `catalog_after_rename`:
+//!   the steps of a catalog commit.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

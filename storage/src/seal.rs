@@ -44,6 +44,18 @@ pub enum SealKind {
     Compact,
 }
 
+impl SealKind {
+    /// Its name in logs and fail points: `seal`, `final`, `reprocess`, `compact`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SealKind::Seal => "seal",
+            SealKind::Final => "final",
+            SealKind::Reprocess => "reprocess",
+            SealKind::Compact => "compact",
+        }
+    }
+}
+
 /// What a stage knows about the seal it runs in.
 pub struct SealContext<'a> {
     pub partition: PartitionKey,

@@ -939,6 +939,9 @@ impl Store {
             }
         };
         failpoint::hit("seal_after_commit");
+        if let Some(p) = prepared.first() {
+            failpoint::hit(&format!("{}_after_commit", p.job.kind.name()));
+        }
         {
             let mut v = inner.visible.write();
             v.catalog = catalog;
@@ -1052,6 +1055,7 @@ impl Store {
         // for the retries to pile up on.
         let summary = write().inspect_err(|_| self.delete_segment_files(id))?;
         failpoint::hit("seal_after_segment_write");
+        failpoint::hit(&format!("{}_after_segment_write", job.kind.name()));
         let reader = Arc::new(SegmentReader::open(id, &path)?.with_cache(inner.block_cache.clone()));
         let max_lsn = job.replaces.iter().map(|m| m.max_lsn).chain([job.head.max_lsn()]).max().unwrap_or_default();
         let meta = SegmentMeta {
