@@ -110,6 +110,9 @@ fn read_stream(body: Buffer) -> (Vec<RecordBatch>, Option<String>) {
     (batches, broken.or(error))
 }
 
+/// The fewest bytes of its message a valid event row can take.
+const MIN_ROW_BYTES: u64 = 4;
+
 /// How many leading bytes of an IPC stream hold whole messages whose
 /// buffers all lie within their bodies, and what is wrong with the next
 /// message when one is. A cut message ends the prefix without an error:
@@ -143,6 +146,17 @@ fn sound_prefix(body: &[u8]) -> (usize, Option<String>) {
         let batch =
             message.header_as_record_batch().or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
         if let Some(batch) = batch {
+            // Columns without buffers (type Null) let a batch declare any
+            // number of rows in a few bytes, and checking them costs memory
+            // by the row. No valid event takes less than 4 bytes of its
+            // message (`ts` alone takes 8).
+            let rows = u64::try_from(batch.length()).unwrap_or(u64::MAX);
+            if rows > body_len / MIN_ROW_BYTES {
+                return (
+                    start,
+                    Some(format!("message at byte {start}: declares {rows} rows in a body of {body_len} bytes")),
+                );
+            }
             let outside = batch.buffers().into_iter().flatten().any(|b| {
                 let (offset, length) = (u64::try_from(b.offset()), u64::try_from(b.length()));
                 // Within the body, at a multiple of 8 as the format asks.

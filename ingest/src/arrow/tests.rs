@@ -364,3 +364,18 @@ proptest::proptest! {
         proptest::prop_assert_eq!(costs, expected_costs);
     }
 }
+
+/// Found by tests/fuzz.rs: a batch may declare any number of rows when its
+/// columns hold no buffers (type Null), and checking 10^9 rows took tens of
+/// gigabytes. A batch declaring more rows than its body has bytes for (4 a
+/// row: no valid event takes less, `ts` alone takes 8) is refused.
+#[test]
+fn a_batch_declaring_more_rows_than_its_bytes_is_refused() {
+    let huge = batch_of(vec![("event_id", Arc::new(arrow_array::NullArray::new(1_000_000_000)) as ArrayRef)]);
+    let body = ipc(&[huge]);
+    assert!(body.len() < 10_000, "a tiny body: {} bytes", body.len());
+    let out = parse_arrow_ipc(body, &opts());
+    assert_eq!(out.accepted(), 0);
+    let reason = out.errors.first().map(|e| e.reason.as_str()).unwrap_or_default();
+    assert!(reason.contains("declares 1000000000 rows"), "{reason}");
+}
