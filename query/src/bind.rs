@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use adstore_storage::measure::{Measure, Only, Value as MeasureValue};
 use adstore_storage::{COLUMNS, ColumnId, ColumnKind};
 use sqlparser::ast::{
     self, BinaryOperator, DateTimeField, DuplicateTreatment, Expr as SqlExpr, FunctionArg, FunctionArgExpr,
@@ -39,20 +40,10 @@ pub(crate) const METRIC_DIMENSIONS: [ColumnId; 10] = [
     ColumnId::Placement,
 ];
 
-/// Measures of `metrics`, read with `sum()` (and `users` with `approx_count_distinct`).
-pub(crate) const MEASURES: [&str; 11] = [
-    "impressions",
-    "clicks",
-    "conversions",
-    "invalid_impressions",
-    "invalid_clicks",
-    "billable_impressions",
-    "billable_clicks",
-    "attributed_conversions",
-    "spend_micros",
-    "conversion_value_micros",
-    "users",
-];
+/// Whether `name` is a measure of `metrics` (`adstore_storage::measure`).
+fn is_measure(name: &str) -> bool {
+    Measure::parse(name).is_some()
+}
 
 /// `type` codes as strings, in code order.
 pub(crate) static TYPE_NAMES: [&str; 3] = ["impression", "click", "conversion"];
@@ -627,9 +618,7 @@ impl Binder {
                 }
                 match ColumnId::from_name(&name) {
                     Some(c) => Ok(self.event_col(c)),
-                    None if MEASURES.contains(&name.as_str()) => {
-                        Err(unknown(format!(" in events ({name} is a measure of metrics)")))
-                    }
+                    None if is_measure(&name) => Err(unknown(format!(" in events ({name} is a measure of metrics)"))),
                     None => Err(unknown(" in events".into())),
                 }
             }
@@ -642,7 +631,7 @@ impl Binder {
                 if let Some(c) = METRIC_DIMENSIONS.iter().find(|c| c.name() == name) {
                     return Ok(self.event_col(*c));
                 }
-                if MEASURES.contains(&name.as_str()) {
+                if is_measure(&name) {
                     let how = if name == "users" { "approx_count_distinct(users)" } else { "sum(…)" };
                     return Err(invalid(format!("measure {name} of metrics can only be read as {how}"), span));
                 }
@@ -652,43 +641,29 @@ impl Binder {
     }
 
     /// The event-level expression whose sum is a measure of `metrics`.
+    /// A summed measure of `metrics` as an expression over `events`: its
+    /// value where an event counts for it, else 0 (`adstore_storage::measure`
+    /// defines which events count, and for what).
     fn measure(&mut self, name: &str) -> Option<Expr> {
-        let t = self.event_col(ColumnId::Type);
-        let r = self.event_col(ColumnId::InvalidReason);
-        let is = |e: &Expr, v: &str| {
-            Expr::Bin(BinOp::Eq, Box::new(e.clone()), Box::new(lit(Scalar::Str(v.into()))), DataType::Bool)
+        let def = Measure::parse(name)?.definition();
+        let value = match def.value {
+            MeasureValue::One => lit(Scalar::Int(1)),
+            MeasureValue::CostMicros => self.event_col(ColumnId::CostMicros),
+            MeasureValue::ValueMicros => self.event_col(ColumnId::ValueMicros),
+            MeasureValue::DistinctUsers => return None,
         };
-        let valid = is(&r, "");
-        let invalid =
-            Expr::Bin(BinOp::NotEq, Box::new(r.clone()), Box::new(lit(Scalar::Str("".into()))), DataType::Bool);
-        let attributed = self.event_col(ColumnId::Attributed);
-        let one = || lit(Scalar::Int(1));
-        let count_if = |c: Expr| Expr::Case(vec![(c, one())], Box::new(lit(Scalar::Int(0))), DataType::Int);
-        let sum_if = |c: Expr, v: Expr| Expr::Case(vec![(c, v)], Box::new(lit(Scalar::Int(0))), DataType::Int);
-        Some(match name {
-            "impressions" => count_if(is(&t, "impression")),
-            "clicks" => count_if(is(&t, "click")),
-            "conversions" => count_if(is(&t, "conversion")),
-            "invalid_impressions" => count_if(and(is(&t, "impression"), invalid)),
-            "invalid_clicks" => count_if(and(is(&t, "click"), invalid)),
-            "billable_impressions" => count_if(and(is(&t, "impression"), valid)),
-            "billable_clicks" => count_if(and(is(&t, "click"), valid)),
-            "attributed_conversions" => count_if(and(is(&t, "conversion"), attributed)),
-            "spend_micros" => {
-                let cost = self.event_col(ColumnId::CostMicros);
-                let billable = Expr::InList(
-                    Box::new(t.clone()),
-                    vec![Scalar::Str("impression".into()), Scalar::Str("click".into())],
-                    false,
-                );
-                sum_if(and(billable, valid), cost)
-            }
-            "conversion_value_micros" => {
-                let value = self.event_col(ColumnId::ValueMicros);
-                sum_if(and(is(&t, "conversion"), attributed), value)
-            }
-            _ => return None,
-        })
+        let t = self.event_col(ColumnId::Type);
+        let types = def.types.iter().map(|k| Scalar::Str(k.as_str().into())).collect();
+        let of_type = Expr::InList(Box::new(t), types, false);
+        let reason = self.event_col(ColumnId::InvalidReason);
+        let valid = |op| Expr::Bin(op, Box::new(reason.clone()), Box::new(lit(Scalar::Str("".into()))), DataType::Bool);
+        let cond = match def.only {
+            Only::All => of_type,
+            Only::Valid => and(of_type, valid(BinOp::Eq)),
+            Only::Invalid => and(of_type, valid(BinOp::NotEq)),
+            Only::Attributed => and(of_type, self.event_col(ColumnId::Attributed)),
+        };
+        Some(Expr::Case(vec![(cond, value)], Box::new(lit(Scalar::Int(0))), DataType::Int))
     }
 
     /// Binds an expression over scan columns (no aggregates).
@@ -1318,7 +1293,7 @@ impl Binder {
             return Err(invalid(format!("{name}() takes one argument"), span));
         };
         let measure_name = match x {
-            SqlExpr::Identifier(id) if metrics && MEASURES.contains(&ident_name(id).as_str()) => Some(ident_name(id)),
+            SqlExpr::Identifier(id) if metrics && is_measure(&ident_name(id)) => Some(ident_name(id)),
             _ => None,
         };
         let func = match (name, distinct) {

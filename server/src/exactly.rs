@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use adstore_ingest::{AttributionRules, DedupeConfig, DedupeIndex, ExactlyOnce};
-use adstore_storage::{EventType, SealKind, SealPipeline, Store};
+use adstore_storage::measure::Measure;
+use adstore_storage::{EventType, InvalidReason, SealKind, SealPipeline, Store};
 use axum::Json;
 use axum::extract::State;
 use parking_lot::Mutex;
@@ -307,25 +308,17 @@ pub fn totals(store: &Store, from: i64, to: i64) -> Result<Totals, ServerError> 
                 continue;
             }
             t.events += 1;
-            let valid = e.invalid_reason.as_str().is_empty();
-            if !valid {
+            if e.invalid_reason != InvalidReason::Valid {
                 *t.invalid.entry(e.invalid_reason.as_str().to_string()).or_default() += 1;
             }
-            match e.kind {
-                EventType::Impression => t.impressions += 1,
-                EventType::Click => {
-                    t.clicks += 1;
-                    t.billable_clicks += u64::from(valid);
-                    t.attributed_clicks += u64::from(e.attributed);
-                }
-                EventType::Conversion => {
-                    t.conversions += 1;
-                    t.attributed_conversions += u64::from(e.attributed);
-                }
-            }
-            if valid && e.kind != EventType::Conversion {
-                t.spend_micros += e.cost_micros;
-            }
+            let sum = |m: Measure| m.of(&e).unwrap_or(0);
+            t.impressions += sum(Measure::Impressions) as u64;
+            t.clicks += sum(Measure::Clicks) as u64;
+            t.conversions += sum(Measure::Conversions) as u64;
+            t.billable_clicks += sum(Measure::BillableClicks) as u64;
+            t.attributed_conversions += sum(Measure::AttributedConversions) as u64;
+            t.spend_micros += sum(Measure::SpendMicros);
+            t.attributed_clicks += u64::from(e.kind == EventType::Click && e.attributed);
         }
     }
     Ok(t)

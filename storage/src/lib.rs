@@ -19,6 +19,7 @@ pub mod failpoint;
 mod head;
 mod ids;
 mod manifest;
+pub mod measure;
 mod scan;
 mod seal;
 mod segment;
