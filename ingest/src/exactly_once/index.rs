@@ -90,7 +90,8 @@ impl<K: ShardKey, V> Sharded<K, V> {
 }
 
 /// Impressions and clicks within their windows: every one acknowledged
-/// (inserted at ingest, once its append is durable, and again at seal),
+/// (inserted at ingest, once its append is durable; at open, from the
+/// sidecars and the replayed head),
 /// and older ones while a bucket that is not final yet may need them.
 pub(super) struct AttributionIndex {
     /// impression_id → (ts, ad hash)
