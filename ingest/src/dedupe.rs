@@ -481,12 +481,25 @@ impl DedupeIndex {
     /// admit is undone (keys it added are forgotten, keys it found get their
     /// old time back), so a retry is admitted.
     pub fn settle(&self, flight: Flight, admitted: &[(u128, i64)], stored: bool) {
+        self.settle_stored(flight, admitted, if stored { admitted.len() } else { 0 });
+    }
+
+    /// [`DedupeIndex::settle`] for a request of which only the events of
+    /// the first `stored` keys of `admitted` are durable (an append that
+    /// failed part way): those stay admitted, the admit of the others is
+    /// undone.
+    pub fn settle_stored(&self, flight: Flight, admitted: &[(u128, i64)], stored: usize) {
+        let (kept, lost) = admitted.split_at(stored.min(admitted.len()));
         // Undone before the flag is set: a lookup that still finds a key
         // (under its shard's lock) still sees the request in flight.
-        if !stored {
+        if !lost.is_empty() {
+            let kept: HashSet<u128> = kept.iter().map(|(k, _)| *k).collect();
+            let is_lost = |k: &u128| !kept.contains(k);
             let found_before = |k: &u128| flight.rewritten.iter().any(|r| r.found_before && r.key == *k);
-            let added: Vec<(u128, i64)> = admitted.iter().filter(|(k, _)| !found_before(k)).copied().collect();
-            self.undo(&flight.rewritten, &added);
+            let added: Vec<(u128, i64)> =
+                lost.iter().filter(|(k, _)| is_lost(k) && !found_before(k)).copied().collect();
+            let rewritten: Vec<Rewrite> = flight.rewritten.iter().filter(|r| is_lost(&r.key)).copied().collect();
+            self.undo(&rewritten, &added);
         }
         flight.settled.store(true, Ordering::Release);
         self.settled.notify_all();

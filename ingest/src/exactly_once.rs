@@ -370,7 +370,7 @@ impl ExactlyOnce {
         let classified = match self.classify(batches, &own) {
             Ok(classified) => classified,
             Err(e) => {
-                landing.settle(false);
+                landing.settle(0);
                 return Err(e);
             }
         };
@@ -381,17 +381,21 @@ impl ExactlyOnce {
             .collect();
         // From the append (rows visible to seals) until the anchors are indexed.
         let indexing = self.indexing.read();
-        let result = if accepted == 0 { Ok(()) } else { store.append_all(&rows).map(|_| ()) };
-        if result.is_ok() {
-            // Durable: from now on every later event is attributed with them.
-            let mut anchors = Vec::with_capacity(accepted);
-            for (batch, rows) in batches.iter().zip(&fresh) {
-                for_each_anchor(batch, Some(rows), |a| anchors.push(a));
-            }
+        let (stored, result) = match store.append_all(&rows) {
+            Ok(_) => (batches.len(), Ok(())),
+            Err(e) => (e.stored, Err(e.error)),
+        };
+        // Durable: from now on every later event is attributed with them.
+        let mut anchors = Vec::new();
+        for (batch, rows) in batches.iter().zip(&fresh).take(stored) {
+            for_each_anchor(batch, Some(rows), |a| anchors.push(a));
+        }
+        if !anchors.is_empty() {
             self.index.write().insert_all(anchors);
         }
         drop(indexing);
-        landing.settle(result.is_ok());
+        let stored_keys = fresh.iter().take(stored).map(Vec::len).sum();
+        landing.settle(stored_keys);
         result?;
         Ok(IngestSummary { accepted, duplicates: total - accepted })
     }
@@ -430,9 +434,10 @@ struct Landing<'a> {
 }
 
 impl Landing<'_> {
-    fn settle(mut self, stored: bool) {
+    /// Settles the flight with the first `stored` admitted keys durable.
+    fn settle(mut self, stored: usize) {
         if let Some(flight) = self.flight.take() {
-            self.dedupe.settle(flight, &self.admitted, stored);
+            self.dedupe.settle_stored(flight, &self.admitted, stored);
         }
     }
 }
@@ -841,7 +846,7 @@ mod tests {
         // Not stored as far as anyone knows: the retry is admitted, at once.
         let (verdicts, flight) = dedupe.admit_durable(&keys, SHORT).expect("not left in flight");
         assert_eq!(verdicts, vec![false]);
-        Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() }.settle(true);
+        Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() }.settle(keys.len());
         assert_eq!(dedupe.admit_durable(&keys, SHORT).map(|(v, _)| v), Some(vec![true]));
     }
 

@@ -163,6 +163,12 @@ const SERIES: &[Series] = &[
         value: |s| f64::from(u8::from(s.store.wal_poisoned)),
     },
     Series {
+        name: "adstore_io_errors_total",
+        kind: Kind::Counter,
+        help: "I/O errors the storage layer met (reads, writes, fsyncs; a full disk included).",
+        value: |s| s.store.io_errors as f64,
+    },
+    Series {
         name: "adstore_segments",
         kind: Kind::Gauge,
         help: "Segments served.",

@@ -2,6 +2,7 @@
 //! file, offset or segment a person needs to find the problem.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ids::SegmentId;
 
@@ -95,6 +96,23 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| StorageError::Io { path: path.into(), source })
+        self.map_err(|source| io_error(path.into(), source))
     }
+}
+
+/// I/O errors the storage layer met since the process started (reads,
+/// writes, fsyncs, renames; a full disk included), for
+/// `adstore_io_errors_total`. Expected misses, such as a sidecar that was
+/// never written, are not errors and are not counted.
+static IO_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// An I/O failure at `path`, counted in [`io_errors_total`].
+pub(crate) fn io_error(path: PathBuf, source: std::io::Error) -> StorageError {
+    IO_ERRORS.fetch_add(1, Ordering::Relaxed);
+    StorageError::Io { path, source }
+}
+
+/// How many I/O errors the storage layer has met since the process started.
+pub fn io_errors_total() -> u64 {
+    IO_ERRORS.load(Ordering::Relaxed)
 }

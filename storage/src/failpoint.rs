@@ -1,8 +1,10 @@
-//! Failure injection for crash tests: abort the process at a named point.
+//! Failure injection for crash and fault tests: abort the process at a
+//! named point, or make one operation fail.
 //!
-//! Set `ADSTORE_FAILPOINT=<name>` to abort at the first [`hit`] of `name`,
-//! or `ADSTORE_FAILPOINT=<name>:<n>` to abort at its `n`th hit (counting from
-//! 1). The variable is read once, on the first `hit`; afterwards a `hit` that
+//! Set `ADSTORE_FAILPOINT=<name>` to act at the first hit of `name`, or
+//! `ADSTORE_FAILPOINT=<name>:<n>` at its `n`th hit (counting from 1): a
+//! [`hit`] aborts, a [`fails`] returns true (once) so that its caller fails
+//! as the real fault would. The variable is read once, on the first `hit`; afterwards a `hit` that
 //! is not armed costs one atomic load and a string compare at most. Crash
 //! tests run the binary as a child process with the variable set and then
 //! check what survives on disk.
@@ -17,6 +19,10 @@
 //!   with `kind` one of `seal`, `final`, `reprocess`, `compact`;
 //! - `catalog_before_fsync`, `catalog_before_rename`, `catalog_after_rename`:
 //!   the steps of a catalog commit.
+//!
+//! Points that fail instead of aborting:
+//! - `wal_write_enospc`: a WAL write stops half way for want of space;
+//! - `wal_fsync_eio`: a WAL fsync fails with an I/O error.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,14 +42,20 @@ static HITS: AtomicU64 = AtomicU64::new(0);
 /// Aborts the process if the failpoint `name` is armed and this is the hit
 /// it is armed for; otherwise does nothing.
 pub fn hit(name: &str) {
-    let Some(armed) = ARMED.get_or_init(|| parse(std::env::var(ENV_VAR).ok().as_deref())) else { return };
-    if armed.name != name {
-        return;
-    }
-    if HITS.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth {
-        eprintln!("adstore: failpoint {name} (hit {}) reached, aborting", armed.nth);
+    if fails(name) {
+        eprintln!("adstore: failpoint {name} reached, aborting");
         std::process::abort();
     }
+}
+
+/// Whether the failpoint `name` is armed and this is the hit it is armed
+/// for: true at that one hit, false before and after it.
+pub fn fails(name: &str) -> bool {
+    let Some(armed) = ARMED.get_or_init(|| parse(std::env::var(ENV_VAR).ok().as_deref())) else { return false };
+    if armed.name != name {
+        return false;
+    }
+    HITS.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth
 }
 
 /// Parses `name` or `name:n`. An unparsable count disarms rather than

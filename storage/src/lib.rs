@@ -30,7 +30,7 @@ pub mod time;
 mod wal;
 
 pub use buffers::{BufferPool, PooledBuf};
-pub use error::{Result, StorageError};
+pub use error::{Result, StorageError, io_errors_total};
 pub use event::{
     COLUMNS, ColumnId, ColumnKind, ColumnSpec, Event, EventBatch, EventBatchBuilder, EventType, InvalidReason,
     TimestampMs, event_schema, shard_of,
@@ -47,5 +47,7 @@ pub use segment::{
     BlockCache, ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, Selection,
     ValueRange, write_segment,
 };
-pub use store::{DamagedSegment, LiveSegment, Rows, SealReport, Snapshot, Store, StoreConfig, StoreStats};
+pub use store::{
+    DamagedSegment, LiveSegment, PartlyStored, Rows, SealReport, Snapshot, Store, StoreConfig, StoreStats,
+};
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

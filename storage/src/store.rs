@@ -251,6 +251,8 @@ pub struct StoreStats {
     pub disk_low_refusals: u64,
     /// Whether the WAL failed (a restart is needed to append again).
     pub wal_poisoned: bool,
+    /// I/O errors met since the process started (see [`crate::io_errors_total`]).
+    pub io_errors: u64,
     pub segments: usize,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
@@ -417,6 +419,20 @@ impl Rows<'_> {
     }
 }
 
+/// Why [`Store::append_all`] failed, and how many of its leading `rows`
+/// were stored before it did: those are durable, in the head, and counted.
+#[derive(Debug)]
+pub struct PartlyStored {
+    pub stored: usize,
+    pub error: StorageError,
+}
+
+impl From<PartlyStored> for StorageError {
+    fn from(e: PartlyStored) -> Self {
+        e.error
+    }
+}
+
 /// Handle to an open store. Clones share the same store.
 #[derive(Clone)]
 pub struct Store {
@@ -557,7 +573,7 @@ impl Store {
     /// Appends the rows of `batch` at `keep` (ascending), or all rows when
     /// `None`, as [`Store::append`] does. The rows are copied at most once.
     pub fn append_rows(&self, batch: &EventBatch, keep: Option<&[u32]>) -> Result<Lsn> {
-        self.append_all(&[Rows { batch, keep }])
+        self.append_all(&[Rows { batch, keep }]).map_err(|e| e.error)
     }
 
     /// Appends the selected rows of several batches, one WAL record each,
@@ -571,29 +587,39 @@ impl Store {
     /// A crash can keep some of the batches and not others. The request was
     /// not acknowledged then; replay puts the kept events' keys back in the
     /// dedupe index, so its retry stores the rest and counts them as
-    /// duplicates. A failure after the first record is written (which the
-    /// event schema rules out for grouping and encoding; a failed write
-    /// poisons the log anyway) poisons the log: the caller would otherwise
-    /// forget keys of rows already in the head, and the retry store them
-    /// twice. Returns `Lsn(0)` when no row is selected.
-    pub fn append_all(&self, rows: &[Rows<'_>]) -> Result<Lsn> {
-        if self.inner.stop.load(Ordering::Acquire) {
-            return Err(StorageError::ShuttingDown);
-        }
+    /// duplicates. A failure part way (a record that finds the disk full)
+    /// ends the same way without the crash: the records written before it
+    /// stay in the head and are made durable, and [`PartlyStored::stored`]
+    /// says how many of `rows` they hold, so the caller keeps their keys
+    /// and forgets only the rest's. Returns `Lsn(0)` when no row is selected.
+    pub fn append_all(&self, rows: &[Rows<'_>]) -> std::result::Result<Lsn, PartlyStored> {
+        let none = |error| PartlyStored { stored: 0, error };
         if rows.iter().all(Rows::is_empty) {
             return Ok(Lsn(0));
         }
-        self.check_disk_space()?;
-        self.check_head_room()?;
+        if self.inner.stop.load(Ordering::Acquire) {
+            return Err(none(StorageError::ShuttingDown));
+        }
+        self.check_disk_space().map_err(none)?;
+        self.check_head_room().map_err(none)?;
         let mut last = Lsn(0);
-        for r in rows.iter().filter(|r| !r.is_empty()) {
+        for (i, r) in rows.iter().enumerate() {
+            if r.is_empty() {
+                continue;
+            }
             match self.write_rows(*r) {
                 Ok(lsn) => last = lsn,
-                Err(e) if last != Lsn(0) => return Err(self.inner.wal.poison(&e)),
-                Err(e) => return Err(e),
+                Err(error) => {
+                    // The records before this one are in the head. Once
+                    // durable they stay counted; if the log cannot make
+                    // them so it is poisoned, and a restart replays
+                    // whatever did reach the disk.
+                    let stored = if last != Lsn(0) && self.inner.wal.wait_written(last).is_ok() { i } else { 0 };
+                    return Err(PartlyStored { stored, error });
+                }
             }
         }
-        self.inner.wal.wait_written(last)?;
+        self.inner.wal.wait_written(last).map_err(none)?;
         Ok(last)
     }
 
@@ -691,6 +717,7 @@ impl Store {
             disk_min_free_bytes: self.inner.config.min_free_bytes,
             disk_low_refusals: self.disk_low_refusals(),
             wal_poisoned: self.inner.wal.poisoned().is_some(),
+            io_errors: crate::error::io_errors_total(),
             segments: v.readers.len(),
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
@@ -1170,7 +1197,7 @@ impl Store {
                     }
                 }
             })
-            .map_err(|source| StorageError::Io { path: PathBuf::from("<sealer thread>"), source })?;
+            .map_err(|source| crate::error::io_error(PathBuf::from("<sealer thread>"), source))?;
         *slot = Some(handle);
         Ok(())
     }

@@ -30,7 +30,13 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, config_toml: Option<&str>, extra: &[&str]) -> Server {
+        Server::start_env(data_dir, config_toml, extra, &[])
+    }
+
+    /// [`Server::start_with`] with environment variables set, e.g. a failpoint.
+    pub fn start_env(data_dir: &Path, config_toml: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(ADSTORE);
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
         if let Some(toml) = config_toml {
             let path = data_dir.with_extension("toml");

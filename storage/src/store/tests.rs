@@ -108,6 +108,33 @@ fn an_append_of_several_batches_writes_a_record_each_and_waits_once() {
     assert_eq!(all_events(&open(dir.path())), sorted_debug(&want), "replayed from the WAL");
 }
 
+/// A record that finds the disk full after another of the same append was
+/// written: the one written stays stored (durable, in the head, and after a
+/// reopen), the error says so, and the log goes on without a restart.
+#[test]
+fn an_append_that_runs_out_of_space_part_way_keeps_what_it_wrote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events: Vec<Event> =
+        (0..90).map(|n| event(n, 1_000_000 + (n as i64) * 50_000, ["a1", "a2"][(n % 2) as usize])).collect();
+    let batches: Vec<EventBatch> = events.chunks(30).map(EventBatch::from_events).collect();
+    let rows: Vec<Rows<'_>> = batches.iter().map(|batch| Rows { batch, keep: None }).collect();
+    let config = StoreConfig { wal_file_size_bytes: 1 << 20, ..small_config() };
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open store");
+    let io_errors = crate::io_errors_total();
+    store.inner.wal.fail_nth_write.store(2, Ordering::SeqCst);
+    let err = store.append_all(&rows).expect_err("the second record finds the disk full");
+    assert_eq!(err.stored, 1, "{err:?}");
+    assert!(err.error.is_disk_full(), "{err:?}");
+    assert!(!store.stats().wal_poisoned, "running out of space does not poison the WAL");
+    assert!(crate::io_errors_total() > io_errors, "the failed write is counted");
+    assert_eq!(all_events(&store), sorted_debug(&events[..30]), "the first record is in the head");
+    // A retry of the rest is stored, in the same log.
+    store.append_all(&rows[1..]).expect("appends go on once space is back");
+    assert_eq!(all_events(&store), sorted_debug(&events));
+    store.close().expect("close");
+    assert_eq!(all_events(&open(dir.path())), sorted_debug(&events), "replayed: the cut record is gone");
+}
+
 /// One open store per data directory: a second open fails, naming the
 /// directory, until the first is closed.
 #[test]

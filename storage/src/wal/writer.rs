@@ -47,6 +47,14 @@ fn write_all_parts(mut file: &File, parts: &[&[u8]]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Failure injection (`ADSTORE_FAILPOINT=wal_write_enospc`): writes half
+/// of `parts`, then fails as a write to a full disk does.
+fn write_half_then_fail(file: &File, parts: &[&[u8]]) -> std::io::Result<()> {
+    let whole = parts.concat();
+    write_all_parts(file, &[&whole[..whole.len() / 2]])?;
+    Err(std::io::ErrorKind::StorageFull.into())
+}
+
 /// Where [`Wal::write_with`] wrote a record's payload.
 pub struct Written {
     file: Arc<File>,
@@ -146,6 +154,10 @@ pub struct Wal {
     /// Test hook: the next data-file fsync fails.
     #[cfg(test)]
     pub(crate) fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Tests: the write this many writes from now (1: the next) fails half
+    /// way for want of space; 0: none does.
+    #[cfg(test)]
+    pub(crate) fail_nth_write: AtomicU64,
 }
 
 struct AppendState {
@@ -239,6 +251,8 @@ impl Wal {
             bytes: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            fail_nth_write: AtomicU64::new(0),
             config,
         })
     }
@@ -286,7 +300,16 @@ impl Wal {
             }
             let active = &mut st.active;
             let header = format::record_header(lsn, payload);
-            if let Err(e) = write_all_parts(&active.file, &[&header, payload]).at(&active.path) {
+            let injected = failpoint::fails("wal_write_enospc");
+            #[cfg(test)]
+            let injected = injected
+                || self.fail_nth_write.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1);
+            let write = if injected {
+                write_half_then_fail(&active.file, &[&header, payload])
+            } else {
+                write_all_parts(&active.file, &[&header, payload])
+            };
+            if let Err(e) = write.at(&active.path) {
                 // Out of space: at most part of this record is in the file,
                 // after the last whole one. Cut it off and the log goes on
                 // (the record was never acknowledged, nor in the head); if
@@ -406,12 +429,6 @@ impl Wal {
 
     /// Marks the log failed (the first failure wins) and returns the error
     /// the caller reports. Idempotent: an already-poisoned error passes through.
-    /// Poisons the log for a failure outside it that leaves it holding
-    /// records no caller may count on (see `Store::append_all`).
-    pub(crate) fn poison(&self, cause: &StorageError) -> StorageError {
-        self.poison_with(cause)
-    }
-
     fn poison_with(&self, cause: &StorageError) -> StorageError {
         if let StorageError::WalPoisoned(reason) = cause {
             return StorageError::WalPoisoned(reason.clone());
@@ -496,10 +513,12 @@ impl Wal {
     fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
         let _serial = self.fsync.lock();
         self.check_poison()?;
+        let injected = failpoint::fails("wal_fsync_eio");
         #[cfg(test)]
-        if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+        let injected = injected || self.fail_next_sync.swap(false, Ordering::SeqCst);
+        if injected {
             let source = std::io::Error::other("injected fsync failure");
-            return Err(self.poison_with(&StorageError::Io { path: path.to_path_buf(), source }));
+            return Err(self.poison_with(&crate::error::io_error(path.to_path_buf(), source)));
         }
         file.sync_data().at(path).map_err(|e| self.poison_with(&e))?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
