@@ -60,6 +60,8 @@ pub enum QueryError {
     TooManyGroups { max_groups: usize },
     #[error("query needs more than {max_bytes} bytes of memory; narrow the time range, add a LIMIT or filters")]
     MemoryLimit { max_bytes: usize },
+    #[error("query result has more than {max_rows} rows; add a LIMIT, filters or a GROUP BY")]
+    ResultTooLarge { max_rows: usize },
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("arrow: {0}")]
@@ -87,6 +89,7 @@ impl QueryError {
             QueryError::Timeout { .. } => "timeout",
             QueryError::TooManyGroups { .. } => "too_many_groups",
             QueryError::MemoryLimit { .. } => "memory_limit",
+            QueryError::ResultTooLarge { .. } => "result_too_large",
             QueryError::Storage(_) => "storage",
             QueryError::Arrow(_) => "internal",
             QueryError::Internal(_) => "internal",

@@ -321,7 +321,12 @@ pub(crate) fn execute(
                     }
                     n = k;
                 }
-                collected.fetch_add(n, Ordering::Relaxed);
+                // Rows past a LIMIT are cut later; any others past the
+                // most a result may hold fail the query before they are kept.
+                let total = collected.fetch_add(n, Ordering::Relaxed) + n;
+                if total > opts.max_result_rows && keep.is_none_or(|k| k > opts.max_result_rows) {
+                    return Err(QueryError::ResultTooLarge { max_rows: opts.max_result_rows });
+                }
                 let size: usize = outs.iter().chain(&extras).map(|a| a.get_array_memory_size()).sum();
                 if bytes.fetch_add(size, Ordering::Relaxed) + size > opts.max_memory_bytes {
                     return Err(QueryError::MemoryLimit { max_bytes: opts.max_memory_bytes });

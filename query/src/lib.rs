@@ -46,6 +46,9 @@ pub struct QueryOptions {
     pub max_groups: usize,
     /// Approximate memory for aggregation state and buffered rows. Default 1 GiB.
     pub max_memory_bytes: usize,
+    /// The most rows a result may hold (before it is serialised whole for
+    /// the client). Default 1_000_000.
+    pub max_result_rows: usize,
     /// The most operators one statement may hold. Default [`MAX_OPERATORS`].
     pub max_operators: usize,
     /// How deep parentheses and `CASE … END` may nest. Default [`MAX_NESTING`].
@@ -59,6 +62,7 @@ impl Default for QueryOptions {
             timeout: Duration::from_secs(30),
             max_groups: 1_000_000,
             max_memory_bytes: 1 << 30,
+            max_result_rows: 1_000_000,
             max_operators: MAX_OPERATORS,
             max_nesting: MAX_NESTING,
         }
@@ -92,6 +96,10 @@ fn execute_checked(snapshot: &Snapshot, sql: &str, opts: &QueryOptions) -> Resul
     } else {
         exec::execute(snapshot, &physical, opts, deadline)?
     };
+    let rows: usize = batches.iter().map(arrow_array::RecordBatch::num_rows).sum();
+    if rows > opts.max_result_rows {
+        return Err(QueryError::ResultTooLarge { max_rows: opts.max_result_rows });
+    }
     Ok(QueryResult {
         schema,
         batches,

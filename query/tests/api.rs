@@ -50,6 +50,18 @@ fn limits_fail_cleanly() {
         .expect_err("timeout");
     assert_eq!(err.code(), "timeout");
 
+    let few = QueryOptions { max_result_rows: 10, ..opts() };
+    let err = execute(&snap, "SELECT event_id FROM events", &few).expect_err("too many rows");
+    assert!(matches!(err, QueryError::ResultTooLarge { max_rows: 10 }), "{err}");
+    assert_eq!(err.code(), "result_too_large");
+    assert!(err.is_user_error());
+    let err = execute(&snap, "SELECT event_id, count(*) FROM events GROUP BY 1", &few).expect_err("too many groups");
+    assert_eq!(err.code(), "result_too_large");
+    let limited = execute(&snap, "SELECT event_id FROM events ORDER BY ts LIMIT 10", &few).expect("a LIMIT within");
+    assert_eq!(limited.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+    let err = execute(&snap, "SELECT event_id FROM events LIMIT 11", &few).expect_err("a LIMIT past it");
+    assert_eq!(err.code(), "result_too_large");
+
     let err = execute(&snap, "SELECT event_id FROM events", &QueryOptions { max_memory_bytes: 1000, ..opts() })
         .expect_err("memory");
     assert_eq!(err.code(), "memory_limit");

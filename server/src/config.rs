@@ -94,6 +94,8 @@ pub struct QueryConfig {
     /// Approximate memory for aggregation state and buffered rows
     /// (`memory_limit`). Default 1 GiB.
     pub max_memory_bytes: usize,
+    /// Most rows a result may hold (`result_too_large`). Default 1_000_000.
+    pub max_result_rows: usize,
     /// Most operators in one statement (`query_too_complex`). Default and
     /// maximum 4_096: every statement runs on a stack sized for it.
     pub max_operators: usize,
@@ -109,6 +111,7 @@ impl Default for QueryConfig {
             timeout_ms: u64::try_from(d.timeout.as_millis()).unwrap_or(u64::MAX),
             max_groups: d.max_groups,
             max_memory_bytes: d.max_memory_bytes,
+            max_result_rows: d.max_result_rows,
             max_operators: d.max_operators,
             max_nesting: d.max_nesting,
         }
@@ -123,6 +126,7 @@ impl QueryConfig {
             timeout: std::time::Duration::from_millis(self.timeout_ms),
             max_groups: self.max_groups,
             max_memory_bytes: self.max_memory_bytes,
+            max_result_rows: self.max_result_rows,
             max_operators: self.max_operators,
             max_nesting: self.max_nesting,
         }
@@ -130,9 +134,10 @@ impl QueryConfig {
 
     fn validate(&self) -> Result<(), ServerError> {
         let (ops, nesting) = (adstore_query::MAX_OPERATORS, adstore_query::MAX_NESTING);
-        if self.timeout_ms == 0 || self.max_groups == 0 || self.max_memory_bytes == 0 {
+        if self.timeout_ms == 0 || self.max_groups == 0 || self.max_memory_bytes == 0 || self.max_result_rows == 0 {
             return Err(ServerError::Config(
-                "query.timeout_ms, query.max_groups and query.max_memory_bytes must be positive".into(),
+                "query.timeout_ms, query.max_groups, query.max_memory_bytes and query.max_result_rows must be positive"
+                    .into(),
             ));
         }
         if !(1..=ops).contains(&self.max_operators) {
