@@ -37,7 +37,7 @@ pub enum ServerError {
     #[error("storage: {0}")]
     Storage(#[from] adstore_storage::StorageError),
     #[error("{0}")]
-    Query(#[from] adstore_query::QueryError),
+    Query(adstore_query::QueryError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("internal error: {0}")]
@@ -55,6 +55,17 @@ pub enum ServerError {
     /// A request from the CLI to a server failed for good (CLI only).
     #[error("{url}: {message}")]
     Client { url: String, message: String },
+}
+
+/// A query that failed in the store is a store failure: answered as one
+/// (`damaged_data` 503, `busy` 503, …), not as a generic query error.
+impl From<adstore_query::QueryError> for ServerError {
+    fn from(e: adstore_query::QueryError) -> Self {
+        match e {
+            adstore_query::QueryError::Storage(e) => ServerError::Storage(e),
+            e => ServerError::Query(e),
+        }
+    }
 }
 
 impl ServerError {
