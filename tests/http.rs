@@ -555,6 +555,19 @@ fn metrics_follow_the_exposition_conventions() {
         "{text}"
     );
     assert!(server.metric("adstore_process_resident_memory_bytes") > 1 << 20);
+    // Each maintenance task is counted, once the sealer's first pass is done.
+    let runs = |text: &str, task: &str| -> u64 {
+        let line = format!("adstore_maintenance_runs_total{{task=\"{task}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&line)?.trim().parse().ok()).unwrap_or_else(|| panic!("no {line}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for task in ["seal", "compact", "finalize"] {
+        while runs(&server.get_text("/metrics"), task) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the sealer never ran {task}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(text.contains(&format!("adstore_maintenance_failures_total{{task=\"{task}\"}} 0")), "{text}");
+    }
     match std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -78,6 +78,35 @@ struct Series {
     value: fn(&Scrape) -> f64,
 }
 
+/// A series per background maintenance task, labelled `task`.
+struct TaskSeries {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    value: fn(&adstore_storage::TaskStats) -> f64,
+}
+
+const TASK_SERIES: &[TaskSeries] = &[
+    TaskSeries {
+        name: "adstore_maintenance_runs_total",
+        kind: Kind::Counter,
+        help: "Runs of each background maintenance task (seal, compact, finalize).",
+        value: |t| t.runs as f64,
+    },
+    TaskSeries {
+        name: "adstore_maintenance_failures_total",
+        kind: Kind::Counter,
+        help: "Failed runs of each background maintenance task; the next pass retries.",
+        value: |t| t.failures as f64,
+    },
+    TaskSeries {
+        name: "adstore_maintenance_seconds_total",
+        kind: Kind::Counter,
+        help: "Time spent in each background maintenance task.",
+        value: |t| t.busy_seconds,
+    },
+];
+
 /// Everything a scrape reads, once.
 struct Scrape {
     store: adstore_storage::StoreStats,
@@ -250,18 +279,29 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     };
     let mut text = String::new();
     for s in SERIES {
-        let kind = match s.kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-        };
-        let _ =
-            write!(text, "# HELP {} {}\n# TYPE {} {kind}\n{} {}\n", s.name, s.help, s.name, s.name, (s.value)(&scrape));
+        header(&mut text, s.name, s.kind, s.help);
+        let _ = writeln!(text, "{} {}", s.name, (s.value)(&scrape));
+    }
+    for s in TASK_SERIES {
+        header(&mut text, s.name, s.kind, s.help);
+        for t in &scrape.store.tasks {
+            let _ = writeln!(text, "{}{{task=\"{}\"}} {}", s.name, t.task, (s.value)(t));
+        }
     }
     let mut http = Vec::new();
     if TextEncoder::new().encode(&app.metrics.registry.gather(), &mut http).is_ok() {
         text.push_str(&String::from_utf8_lossy(&http));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The `# HELP` and `# TYPE` lines of a series.
+fn header(text: &mut String, name: &str, kind: Kind, help: &str) {
+    let kind = match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
 /// Resident set size from `/proc/self/statm` (0 where there is none).

@@ -48,6 +48,7 @@ pub use segment::{
     ValueRange, write_segment,
 };
 pub use store::{
-    DamagedSegment, LiveSegment, PartlyStored, Rows, SealReport, Snapshot, Store, StoreConfig, StoreStats,
+    DamagedSegment, LiveSegment, PartlyStored, Rows, SealReport, Snapshot, Store, StoreConfig, StoreStats, Task,
+    TaskStats,
 };
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

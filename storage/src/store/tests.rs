@@ -2,9 +2,13 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use super::jobs::SealJob;
 use super::*;
 use crate::event::{ColumnId, Event, EventType};
+use crate::ids::Lsn;
+use crate::manifest::SealWatermark;
 use crate::scan::{DimFilter, PruneReason, ScanRequest, TimeRange};
+use crate::seal::SealKind;
 use crate::segment::ColumnData;
 use crate::testutil::any_event;
 

@@ -1,0 +1,352 @@
+//! Seal jobs: a partition's head chunks and/or segments through the seal
+//! pipeline into one new segment, committed with every other job of the
+//! pass in one catalog edit.
+//!
+//! ```text
+//!  jobs ─► (background pool, in parallel) read events ─► pipeline ─► write segment + sidecars, fsync
+//!       ─► one catalog commit ─► swap catalog, drop sealed head chunks, readers (one write lock)
+//!       ─► delete replaced segment files ─► WAL truncate_before(min LSN still in head)
+//! ```
+//! A failure before the commit removes every file the pass wrote.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use super::{Snapshot, Store, now_ms};
+use crate::error::{IoContext, Result, StorageError};
+use crate::event::EventBatch;
+use crate::failpoint;
+use crate::head::{HeadChunk, SealCandidate};
+use crate::ids::SegmentId;
+use crate::manifest::{CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
+use crate::seal::{PipelineOutput, SealContext, SealKind};
+use crate::segment::{SegmentReader, SegmentSummary, SegmentWriteOptions, write_segment};
+
+/// One partition's worth of sealing: head chunks and/or segments to replace.
+pub(super) struct SealJob {
+    pub(super) partition: PartitionKey,
+    pub(super) kind: SealKind,
+    pub(super) is_final: bool,
+    pub(super) head: SealCandidate,
+    pub(super) replaces: Vec<SegmentMeta>,
+}
+
+impl SealJob {
+    pub(super) fn context<'a>(&'a self, snapshot: &'a Snapshot, bucket_width_ms: i64) -> SealContext<'a> {
+        SealContext {
+            partition: self.partition,
+            bucket_width_ms,
+            kind: self.kind,
+            snapshot,
+            is_final: self.is_final,
+            replaces: &self.replaces,
+        }
+    }
+}
+
+/// A job whose segment is written but not yet committed.
+pub(super) struct PreparedSeal {
+    pub(super) job: SealJob,
+    pub(super) segment: Option<(SegmentMeta, Arc<SegmentReader>)>,
+    pub(super) output: PipelineOutput,
+    pub(super) rows_in: usize,
+}
+
+/// What one sealer pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealReport {
+    pub partitions: usize,
+    pub rows_in: usize,
+    pub rows_out: usize,
+    /// Segments written.
+    pub segments: Vec<SegmentId>,
+    /// Segments replaced (re-seals).
+    pub replaced: Vec<SegmentId>,
+}
+
+impl SealReport {
+    /// Adds what another pass did.
+    pub(super) fn absorb(&mut self, other: SealReport) {
+        self.partitions += other.partitions;
+        self.rows_in += other.rows_in;
+        self.rows_out += other.rows_out;
+        self.segments.extend(other.segments);
+        self.replaced.extend(other.replaced);
+    }
+}
+
+impl Store {
+    /// Seals head partitions that are due or for which `force` holds.
+    /// Callers hold `seal_lock`.
+    pub(super) fn seal_head(&self, force: impl Fn(&PartitionKey) -> bool) -> Result<SealReport> {
+        let inner = &self.inner;
+        let max_age = Duration::from_millis(inner.config.seal_max_age_ms);
+        let now = Instant::now();
+        let candidates: Vec<SealCandidate> =
+            inner.visible.read().head.due(now, inner.config.seal_max_rows, max_age, force);
+        // One commit per group of at most `seal_max_rows` rows (and at least
+        // one partition). A pass over a large head, as under pressure, then
+        // holds the sealed copy of one group at a time instead of the whole
+        // head's, and drops each group's head chunks once committed (their
+        // memory goes once no other partition's slice of the same append
+        // still holds it).
+        let mut report = SealReport::default();
+        let mut group = Vec::new();
+        let mut group_rows = 0;
+        for c in candidates {
+            let rows = c.rows();
+            if !group.is_empty() && group_rows + rows > inner.config.seal_max_rows {
+                report.absorb(self.run_jobs(std::mem::take(&mut group))?);
+                group_rows = 0;
+            }
+            group_rows += rows;
+            group.push(SealJob {
+                partition: c.partition,
+                kind: SealKind::Seal,
+                is_final: false,
+                head: c,
+                replaces: vec![],
+            });
+        }
+        report.absorb(self.run_jobs(group)?);
+        Ok(report)
+    }
+
+    pub(super) fn reseal_locked(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
+        let buckets: std::collections::HashSet<i64> = buckets.iter().copied().collect();
+        let inner = &self.inner;
+        let mut report = self.seal_head(|p| buckets.contains(&p.bucket_start_ms))?;
+        let catalog = inner.visible.read().catalog.clone();
+        let mut by_partition: BTreeMap<PartitionKey, Vec<SegmentMeta>> = BTreeMap::new();
+        for m in catalog.segments_of(Level::Raw) {
+            if buckets.contains(&m.partition.bucket_start_ms) {
+                by_partition.entry(m.partition).or_default().push(m.clone());
+            }
+        }
+        let jobs: Vec<SealJob> = by_partition
+            .into_iter()
+            .map(|(partition, replaces)| SealJob {
+                partition,
+                kind,
+                is_final: self.bucket_closed(partition.bucket_start_ms),
+                head: SealCandidate { partition, chunks: vec![] },
+                replaces,
+            })
+            .collect();
+        report.absorb(self.run_jobs(jobs)?);
+        Ok(report)
+    }
+
+    /// Runs the pipeline for every job in parallel, writes their segments,
+    /// and commits them all in one catalog edit. Callers hold `seal_lock`.
+    pub(super) fn run_jobs(&self, jobs: Vec<SealJob>) -> Result<SealReport> {
+        let inner = &self.inner;
+        if jobs.is_empty() {
+            return Ok(SealReport::default());
+        }
+        let snapshot = self.snapshot();
+        let results: Vec<Result<PreparedSeal>> =
+            inner.background.install(|| jobs.into_par_iter().map(|j| self.prepare(j, &snapshot)).collect());
+        let mut prepared = Vec::with_capacity(results.len());
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(p) => prepared.push(p),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some(e) = failure {
+            self.abandon(&prepared, &snapshot);
+            return Err(e);
+        }
+
+        let mut edit = CatalogEdit::default();
+        let mut report = SealReport::default();
+        for p in &prepared {
+            if p.job.kind == SealKind::Seal {
+                edit.sealed.push(SealWatermark { partition: p.job.partition, lsn: p.job.head.max_lsn() });
+            }
+            if let Some((meta, _)) = &p.segment {
+                edit.add.push(meta.clone());
+                report.segments.push(meta.id);
+            }
+            edit.remove.extend(p.job.replaces.iter().map(|m| m.id));
+            report.replaced.extend(p.job.replaces.iter().map(|m| m.id));
+            report.partitions += 1;
+            report.rows_in += p.rows_in;
+            report.rows_out += p.output.events.num_rows();
+        }
+        let catalog = match inner.manifest.commit(&edit) {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon(&prepared, &snapshot);
+                return Err(e);
+            }
+        };
+        failpoint::hit("seal_after_commit");
+        if let Some(p) = prepared.first() {
+            failpoint::hit(&format!("{}_after_commit", p.job.kind.name()));
+        }
+        {
+            let mut v = inner.visible.write();
+            v.catalog = catalog;
+            let now = Instant::now();
+            for p in &prepared {
+                if let Some((meta, reader)) = &p.segment {
+                    v.readers.insert(meta.id, reader.clone());
+                }
+                for old in &p.job.replaces {
+                    v.readers.remove(&old.id);
+                }
+                if !p.job.head.chunks.is_empty() {
+                    v.head.remove_sealed(p.job.partition, p.job.head.chunks.len(), now);
+                }
+            }
+        }
+        for p in &prepared {
+            inner.pipeline.committed(&p.job.context(&snapshot, inner.config.bucket_width_ms), &p.output.per_stage);
+        }
+        // Replaced segments are out of the catalog: their files can go.
+        // Snapshots still holding a reader keep the mapping alive.
+        for p in &prepared {
+            for old in &p.job.replaces {
+                self.delete_segment_files(old.id);
+            }
+        }
+        inner.counters.seals.fetch_add(prepared.len() as u64, Ordering::Relaxed);
+        inner.counters.sealed_rows.fetch_add(report.rows_out as u64, Ordering::Relaxed);
+        if prepared.iter().any(|p| p.job.kind == SealKind::Seal) {
+            self.truncate_wal()?;
+        }
+        Ok(report)
+    }
+
+    pub(super) fn abandon(&self, prepared: &[PreparedSeal], snapshot: &Snapshot) {
+        for p in prepared {
+            self.inner
+                .pipeline
+                .aborted(&p.job.context(snapshot, self.inner.config.bucket_width_ms), &p.output.per_stage);
+            if let Some((meta, _)) = &p.segment {
+                self.delete_segment_files(meta.id);
+            }
+        }
+    }
+
+    /// Removes a segment file and its sidecars (best effort: a leftover is
+    /// an orphan that the next open removes).
+    pub(super) fn delete_segment_files(&self, id: SegmentId) {
+        let prefix = format!("{id}.");
+        let Ok(entries) = std::fs::read_dir(&self.inner.segments_dir) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix)
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not delete replaced segment file");
+            }
+        }
+    }
+
+    /// Runs the pipeline over one job's events and writes the segment and
+    /// its sidecars (durably, but not yet in the catalog: until the commit,
+    /// a crash leaves orphan files that the next open removes).
+    pub(super) fn prepare(&self, job: SealJob, snapshot: &Snapshot) -> Result<PreparedSeal> {
+        let inner = &self.inner;
+        let mut batches: Vec<EventBatch> = job.head.chunks.iter().map(HeadChunk::batch).collect::<Result<_>>()?;
+        for old in &job.replaces {
+            let reader =
+                snapshot.segments.iter().find(|s| s.meta.id == old.id).map(|s| s.reader.clone()).ok_or_else(|| {
+                    StorageError::Damaged { id: old.id, reason: "segment not readable for re-seal".into() }
+                })?;
+            batches.push(reader.read_batch()?);
+        }
+        let events = EventBatch::concat(&batches)?;
+        let rows_in = events.num_rows();
+        let ctx = job.context(snapshot, inner.config.bucket_width_ms);
+        let output = inner.pipeline.run(&ctx, events)?;
+        if output.events.is_empty() {
+            return Ok(PreparedSeal { job, segment: None, output, rows_in });
+        }
+        let written = self.write_job_segment(&job, &output);
+        match written {
+            Ok(segment) => Ok(PreparedSeal { job, segment: Some(segment), output, rows_in }),
+            Err(e) => {
+                inner.pipeline.aborted(&ctx, &output.per_stage);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn write_job_segment(
+        &self,
+        job: &SealJob,
+        output: &PipelineOutput,
+    ) -> Result<(SegmentMeta, Arc<SegmentReader>)> {
+        let inner = &self.inner;
+        let id = inner.manifest.allocate_segment_id()?;
+        let path = inner.segments_dir.join(id.file_name());
+        let opts = SegmentWriteOptions {
+            block_rows: inner.config.block_rows,
+            zstd_level: inner.config.zstd_level,
+            ..SegmentWriteOptions::default()
+        };
+        let write = || -> Result<SegmentSummary> {
+            let summary = write_segment(&path, &output.events, &opts)?;
+            for sidecar in &output.sidecars {
+                let path = inner.segments_dir.join(format!("{id}.{}", sidecar.suffix));
+                let mut f = std::fs::File::create(&path).at(&path)?;
+                std::io::Write::write_all(&mut f, &sidecar.bytes).at(&path)?;
+                f.sync_all().at(&path)?;
+            }
+            sync_dir(&inner.segments_dir)?;
+            Ok(summary)
+        };
+        // A failed write (the disk full, say) leaves no partial files behind
+        // for the retries to pile up on.
+        let summary = write().inspect_err(|_| self.delete_segment_files(id))?;
+        failpoint::hit("seal_after_segment_write");
+        failpoint::hit(&format!("{}_after_segment_write", job.kind.name()));
+        let reader = Arc::new(SegmentReader::open(id, &path)?.with_cache(inner.block_cache.clone()));
+        let max_lsn = job.replaces.iter().map(|m| m.max_lsn).chain([job.head.max_lsn()]).max().unwrap_or_default();
+        let meta = SegmentMeta {
+            id,
+            level: Level::Raw,
+            partition: job.partition,
+            bucket_width_ms: inner.config.bucket_width_ms,
+            min_ts: summary.min_ts,
+            max_ts: summary.max_ts,
+            rows: summary.rows,
+            size_bytes: summary.size_bytes,
+            tier: Tier::Local,
+            attribution_version: inner.pipeline.rules_version(),
+            is_final: job.is_final,
+            max_lsn,
+            created_ms: now_ms(),
+        };
+        Ok((meta, reader))
+    }
+
+    /// Deletes WAL files whose records are all in segments, and forgets
+    /// seal watermarks that no retained record can need.
+    pub(super) fn truncate_wal(&self) -> Result<()> {
+        let inner = &self.inner;
+        let keep_from = inner.visible.read().head.min_lsn().unwrap_or_else(|| inner.wal.next_lsn());
+        let deleted = inner.wal.truncate_before(keep_from)?;
+        // Without fsync a deleted file may come back after a crash; keep the
+        // watermarks then, so a resurrected record is still skipped.
+        if deleted > 0 && inner.config.fsync {
+            tracing::debug!(deleted, keep_from = %keep_from, "deleted sealed WAL files");
+            let oldest_retained = inner.wal.first_lsn();
+            let catalog = inner.manifest.current();
+            if catalog.sealed.iter().any(|w| w.lsn < oldest_retained) {
+                let edit = CatalogEdit { forget_sealed_below: Some(oldest_retained), ..CatalogEdit::default() };
+                let catalog = inner.manifest.commit(&edit)?;
+                inner.visible.write().catalog = catalog;
+            }
+        }
+        Ok(())
+    }
+}

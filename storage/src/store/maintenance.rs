@@ -1,0 +1,310 @@
+//! Background maintenance: the sealer thread and the tasks it runs at
+//! each pass (seal the head, compact small segments, finalize closed
+//! buckets), with what each decides is due.
+//!
+//! ```text
+//!  sealer thread: verify segments once, then every seal_interval_ms
+//!    for task in Task::ALL: task.run()   (each takes seal_lock; one runs at a time)
+//!    a failed pass: back off, doubling up to MAX_SEAL_BACKOFF
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use serde::Serialize;
+
+use super::jobs::SealJob;
+use super::{DamagedSegment, LiveSegment, SealReport, Store, now_ms, space};
+use crate::error::Result;
+use crate::head::SealCandidate;
+use crate::manifest::{Level, PartitionKey, SegmentMeta};
+use crate::seal::SealKind;
+
+/// One kind of background work, run at every pass of the sealer thread.
+/// Each decides for itself what is due; a failure of one does not stop
+/// the others, and the pass is retried after a back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Seal head partitions that are due ([`Store::seal_due`]).
+    Seal = 0,
+    /// Merge small provisional segments ([`Store::compact_small`]).
+    Compact = 1,
+    /// Re-seal closed buckets as final ([`Store::finalize_closed`]).
+    Finalize = 2,
+}
+
+impl Task {
+    /// The order of a pass: the head is sealed first, so that compaction
+    /// and finalization see its rows in segments.
+    pub const ALL: [Task; 3] = [Task::Seal, Task::Compact, Task::Finalize];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Seal => "seal",
+            Task::Compact => "compact",
+            Task::Finalize => "finalize",
+        }
+    }
+
+    fn run(self, store: &Store) -> Result<SealReport> {
+        match self {
+            Task::Seal => store.seal_due(),
+            Task::Compact => store.compact_small(),
+            Task::Finalize => store.finalize_closed(),
+        }
+    }
+}
+
+/// A task's runs since open, for `/metrics`.
+#[derive(Debug, Default)]
+pub(super) struct TaskCounters {
+    runs: AtomicU64,
+    failures: AtomicU64,
+    busy_us: AtomicU64,
+}
+
+/// What one task has done since the store opened.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskStats {
+    pub task: &'static str,
+    pub runs: u64,
+    pub failures: u64,
+    /// Time spent running it.
+    pub busy_seconds: f64,
+}
+
+impl Store {
+    /// Seals the partitions that are due (row threshold or age), or every
+    /// partition while the head holds half of `max_head_bytes` or more:
+    /// waiting for partitions to age would leave appends refused meanwhile.
+    pub fn seal_due(&self) -> Result<SealReport> {
+        let _one_sealer = self.inner.seal_lock.lock();
+        let head_bytes = self.inner.visible.read().head.bytes();
+        let pressed = self.head_limit().is_some_and(|limit| head_bytes >= limit / 2);
+        if pressed {
+            tracing::debug!(head_bytes, "head at half its limit or more: sealing every partition");
+        }
+        self.seal_head(|_| pressed)
+    }
+
+    /// Seals every head partition now (tests, shutdown, benchmarks).
+    pub fn seal_all(&self) -> Result<SealReport> {
+        let _one_sealer = self.inner.seal_lock.lock();
+        self.seal_head(|_| true)
+    }
+
+    /// The start of every bucket in `[from_ms, to_ms)` that holds raw
+    /// events, sealed or in the head, sorted: what a re-seal of the range
+    /// has to visit (a range of centuries holds few).
+    pub fn buckets_with_data(&self, from_ms: i64, to_ms: i64) -> Vec<i64> {
+        let width = self.inner.config.bucket_width_ms;
+        let first = from_ms.div_euclid(width).saturating_mul(width);
+        let snapshot = self.snapshot();
+        let segments = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).map(|s| s.meta.partition);
+        let mut buckets: Vec<i64> = segments
+            .chain(snapshot.head.iter().map(|(p, _)| *p))
+            .map(|p| p.bucket_start_ms)
+            .filter(|b| *b >= first && *b < to_ms)
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        buckets
+    }
+
+    /// Re-seals every partition of the given buckets from its raw segments
+    /// (after sealing whatever the head holds for them): with
+    /// [`SealKind::Final`] when buckets close, with [`SealKind::Reprocess`]
+    /// when rules changed. Each partition's old segments are replaced by one
+    /// new segment in a single catalog commit, so a snapshot sees all old or
+    /// all new. Output is final when the bucket has closed.
+    pub fn reseal_buckets(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
+        let _one_sealer = self.inner.seal_lock.lock();
+        self.reseal_locked(buckets, kind)
+    }
+
+    /// Closed buckets that still have provisional raw segments: the
+    /// sealer's next [`Store::finalize_closed`] re-seals them (ascending).
+    pub fn closed_provisional_buckets(&self) -> Vec<i64> {
+        let catalog = self.inner.visible.read().catalog.clone();
+        let mut buckets: Vec<i64> = catalog
+            .segments_of(Level::Raw)
+            .filter(|m| !m.is_final && self.bucket_closed(m.partition.bucket_start_ms))
+            .map(|m| m.partition.bucket_start_ms)
+            .collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        buckets
+    }
+
+    /// Whether the bucket has closed: its end plus the allowed lateness is
+    /// behind the newest event time seen, or behind the wall clock while
+    /// no event has been appended for `close_idle_ms`.
+    pub fn bucket_closed(&self, bucket_start_ms: i64) -> bool {
+        let config = &self.inner.config;
+        let newest = self.inner.max_event_ts.load(Ordering::Acquire);
+        let closes_at =
+            bucket_start_ms.saturating_add(config.bucket_width_ms).saturating_add(config.allowed_lateness_ms);
+        let by_event_time = newest != i64::MIN && closes_at <= newest;
+        by_event_time || (self.idle() && closes_at <= now_ms())
+    }
+
+    /// Whether wall-clock closing applies: it is on and no event has been
+    /// appended for `close_idle_ms`.
+    pub(super) fn idle(&self) -> bool {
+        let idle_ms = self.inner.config.close_idle_ms;
+        let since_open = u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        idle_ms > 0 && since_open.saturating_sub(self.inner.last_append_ms.load(Ordering::Relaxed)) >= idle_ms
+    }
+
+    /// Re-seals, as final, every closed bucket that still has provisional
+    /// raw segments (including buckets a backfill re-opened).
+    pub fn finalize_closed(&self) -> Result<SealReport> {
+        let _one_sealer = self.inner.seal_lock.lock();
+        let buckets = self.closed_provisional_buckets();
+        if buckets.is_empty() {
+            return Ok(SealReport::default());
+        }
+        tracing::info!(buckets = buckets.len(), "finalizing closed buckets");
+        self.reseal_locked(&buckets, SealKind::Final)
+    }
+
+    /// Merges the provisional raw segments of every partition that has at
+    /// least `compact_min_segments` of them (and whose bucket has not
+    /// closed: those are finalized instead) into one segment per partition.
+    pub fn compact_small(&self) -> Result<SealReport> {
+        let min = self.inner.config.compact_min_segments;
+        if min < 2 {
+            return Ok(SealReport::default());
+        }
+        let _one_sealer = self.inner.seal_lock.lock();
+        let catalog = self.inner.visible.read().catalog.clone();
+        let mut by_partition: BTreeMap<PartitionKey, Vec<SegmentMeta>> = BTreeMap::new();
+        for m in catalog.segments_of(Level::Raw) {
+            by_partition.entry(m.partition).or_default().push(m.clone());
+        }
+        let jobs: Vec<SealJob> = by_partition
+            .into_iter()
+            .filter(|(p, segs)| {
+                segs.len() >= min && segs.iter().any(|m| !m.is_final) && !self.bucket_closed(p.bucket_start_ms)
+            })
+            .map(|(partition, replaces)| SealJob {
+                partition,
+                kind: SealKind::Compact,
+                is_final: false,
+                head: SealCandidate { partition, chunks: vec![] },
+                replaces,
+            })
+            .collect();
+        if jobs.is_empty() {
+            return Ok(SealReport::default());
+        }
+        tracing::debug!(partitions = jobs.len(), "compacting small provisional segments");
+        self.run_jobs(jobs)
+    }
+
+    /// Checks every checksum of every local segment; a segment that fails is
+    /// reported as damaged (`damaged()`, `/health`) and no longer served.
+    /// Returns the number of damaged segments found. The sealer thread runs
+    /// this once at start, so a large store opens without waiting for it.
+    pub fn verify_segments(&self) -> usize {
+        let live: Vec<LiveSegment> = self.snapshot().segments;
+        let bad: Vec<DamagedSegment> = self.inner.background.install(|| {
+            live.par_iter()
+                .filter_map(|s| {
+                    s.reader.verify().err().map(|e| DamagedSegment { meta: s.meta.clone(), error: e.to_string() })
+                })
+                .collect()
+        });
+        if !bad.is_empty() {
+            let mut v = self.inner.visible.write();
+            for d in &bad {
+                tracing::error!(segment = %d.meta.id, error = %d.error, "damaged segment: no longer served");
+                v.readers.remove(&d.meta.id);
+                if !v.damaged.iter().any(|x| x.meta.id == d.meta.id) {
+                    v.damaged.push(d.clone());
+                }
+            }
+        }
+        bad.len()
+    }
+
+    /// Starts the background sealer thread (idempotent).
+    /// Runs one task now, counting its run, time and failure.
+    pub fn run_task(&self, task: Task) -> Result<SealReport> {
+        let started = Instant::now();
+        let result = task.run(self);
+        let counters = &self.inner.counters.tasks[task as usize];
+        counters.runs.fetch_add(1, Ordering::Relaxed);
+        let busy_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        counters.busy_us.fetch_add(busy_us, Ordering::Relaxed);
+        if let Err(e) = &result {
+            counters.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(task = task.name(), error = %e, "maintenance task failed; it runs again next pass");
+        }
+        result
+    }
+
+    /// What each maintenance task has done since open, in [`Task::ALL`] order.
+    pub fn task_stats(&self) -> Vec<TaskStats> {
+        Task::ALL
+            .iter()
+            .map(|&task| {
+                let c = &self.inner.counters.tasks[task as usize];
+                TaskStats {
+                    task: task.name(),
+                    runs: c.runs.load(Ordering::Relaxed),
+                    failures: c.failures.load(Ordering::Relaxed),
+                    busy_seconds: c.busy_us.load(Ordering::Relaxed) as f64 / 1e6,
+                }
+            })
+            .collect()
+    }
+
+    pub fn start_sealer(&self) -> Result<()> {
+        let mut slot = self.inner.sealer.lock();
+        if slot.is_some() {
+            return Ok(());
+        }
+        let store = self.clone();
+        let interval = Duration::from_millis(self.inner.config.seal_interval_ms.max(10));
+        let handle = std::thread::Builder::new()
+            .name("adstore-sealer".into())
+            .spawn(move || {
+                store.verify_segments();
+                // While passes fail (the disk full, say), the wait between
+                // them doubles up to `MAX_SEAL_BACKOFF`, rather than a
+                // retry a second that logs and writes as often.
+                let mut wait = interval;
+                while !store.inner.stop.load(Ordering::Acquire) {
+                    let mut failed = None;
+                    for task in Task::ALL {
+                        if let Err(e) = store.run_task(task) {
+                            failed = Some(e);
+                        }
+                    }
+                    match failed {
+                        Some(e) => {
+                            store.inner.counters.seal_errors.fetch_add(1, Ordering::Relaxed);
+                            store.inner.disk.seal_failed(&e);
+                            wait = (wait * 2).min(space::MAX_SEAL_BACKOFF.max(interval));
+                        }
+                        None => {
+                            store.inner.disk.seal_succeeded();
+                            wait = interval;
+                        }
+                    }
+                    let deadline = Instant::now() + wait;
+                    while Instant::now() < deadline && !store.inner.stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(10).min(interval));
+                    }
+                }
+            })
+            .map_err(|source| crate::error::io_error(PathBuf::from("<sealer thread>"), source))?;
+        *slot = Some(handle);
+        Ok(())
+    }
+}
