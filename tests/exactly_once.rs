@@ -55,45 +55,21 @@ fn stored_report(store: &Store) -> oracle::Report {
     oracle::report(&oracle::stored_outcomes(&store.snapshot().read_events().expect("read events")))
 }
 
-/// Deletes every segment's exactly-once sidecars (`.keys`, `.attr`): a
-/// data directory from before they existed, or one that lost them.
-fn lose_sidecars(dir: &std::path::Path) -> usize {
-    let mut lost = 0;
-    for entry in walk(dir) {
-        if entry.extension().is_some_and(|e| e == "keys" || e == "attr") {
-            std::fs::remove_file(&entry).expect("remove sidecar");
-            lost += 1;
-        }
-    }
-    lost
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read dir").map(|e| e.expect("dir entry").path()) {
-        if entry.is_dir() {
-            out.extend(walk(&entry));
-        } else {
-            out.push(entry);
-        }
-    }
-    out
-}
-
 #[test]
 fn counts_match_the_oracle_through_retries_restarts_and_finalization() {
     retries_restarts_and_finalization(false);
 }
 
-/// Recovery without sidecars rebuilds the same state from the segments:
-/// the retries are still duplicates, and clicks after the restart are
-/// still attributed to impressions sealed before it.
+/// The exactly-once state is stored once, in the segments: a restart that
+/// finds every retried event sealed rebuilds it from their id columns. The
+/// retries are still duplicates, and clicks after the restart are still
+/// attributed to impressions sealed before it.
 #[test]
-fn counts_match_the_oracle_when_a_restart_finds_no_sidecars() {
+fn counts_match_the_oracle_when_a_restart_finds_the_retried_events_sealed() {
     retries_restarts_and_finalization(true);
 }
 
-fn retries_restarts_and_finalization(without_sidecars: bool) {
+fn retries_restarts_and_finalization(sealed_before_restart: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sent = oracle::stream();
     let batches: Vec<&[Event]> = sent.chunks(1_000).collect();
@@ -109,16 +85,13 @@ fn retries_restarts_and_finalization(without_sidecars: bool) {
         }
         if i == batches.len() / 2 {
             // Restart, then the producer retries its last three batches.
-            if without_sidecars {
-                // The batches about to be retried are then only in segments
-                // whose sidecars are lost: their keys must be read back.
+            if sealed_before_restart {
+                // The batches about to be retried are then only in
+                // segments: their keys must be read back from them.
                 store.seal_all().expect("seal");
             }
             store.close().expect("close");
             drop(store);
-            if without_sidecars {
-                assert!(lose_sidecars(dir.path()) > 0, "segments were sealed, so sidecars existed");
-            }
             (store, eo) = open(dir.path(), rules());
             for retry in &batches[i - 2..=i] {
                 let s = eo.ingest(&store, &EventBatch::from_events(retry)).expect("retry");

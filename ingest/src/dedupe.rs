@@ -8,7 +8,7 @@
 //! ```text
 //!  ingest:  admit(keys)  ── new? record as pending : "duplicate"      (atomic per key)
 //!  seal:    claim(keys)  ── pending → sealed;  already sealed? drop    (the exact check)
-//!  restart: recover from `{segment}.keys` sidecars + replayed head     (no data rescan)
+//!  restart: recover from the segments inside the window + replayed head
 //! ```
 //!
 //! Memory: keys live in a sharded open-addressing table of bare `u128`
@@ -30,14 +30,12 @@ use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 mod flight;
-mod sidecar;
 mod table;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use flight::Flight;
 use flight::{FlightKeys, Flights, Rewrite};
-pub use sidecar::{decode_keys, encode_keys};
 use table::{EPOCHS, MAX_LOAD, PRESIZED_LOAD, SEALED, Shard, Tag, stored, tag};
 
 const SHARDS: usize = 64;
@@ -707,7 +705,7 @@ impl DedupeIndex {
         resize
     }
 
-    /// Records keys known to be sealed (recovery from sidecars).
+    /// Records keys known to be sealed (recovery from segments).
     pub fn insert_sealed(&self, keys: &[(u128, i64)]) {
         let sweep = self.advance(keys);
         self.by_shard(keys, |shard, _, (key, ts)| {

@@ -8,13 +8,14 @@
 //!                   ─► clicks → impression (by id, else last touch by user_key+ad)
 //!                   ─► conversions → click (by id, else last touch by user_key+advertiser)
 //!                   ─► invalid traffic: bot_ua > click_flood > too_fast > unattributed
-//!                   ─► events + sidecars {id}.keys, {id}.attr
+//!                   ─► events
 //! ```
 //!
 //! The attribution index holds the impressions and clicks sealed within
 //! their windows (plus the allowed lateness) so lookups across segments and
-//! buckets never rescan data; at open it is rebuilt from the `.attr`
-//! sidecars, and the dedupe index from the `.keys` sidecars.
+//! buckets never rescan data. At open it is rebuilt, with the dedupe
+//! index, from the id columns of the segments inside those windows: the
+//! state is stored once, in the segments, not again in sidecars.
 //!
 //! A first seal attributes with what is known then (provisional). When a
 //! bucket closes the store re-seals it ([`SealKind::Final`]); this stage
@@ -25,18 +26,19 @@
 use std::collections::{HashMap, HashSet};
 
 use rustc_hash::FxHashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use adstore_storage::{
     ColumnId, EventBatch, EventType, InvalidReason, Level, LiveSegment, Result as StorageResult, Rows, SealContext,
-    SealKind, SealStage, Sidecar, SidecarReader, Snapshot, StageOutput, StorageError, Store,
+    SealKind, SealStage, SidecarReader, Snapshot, StageOutput, StorageError, Store,
 };
 use arrow_array::{ArrayRef, BooleanArray, StringArray, UInt8Array};
 use parking_lot::RwLock;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::dedupe::{DedupeIndex, Flight, batch_keys, decode_keys, encode_keys};
+use crate::dedupe::{DedupeIndex, Flight, batch_keys};
 
 mod index;
 
@@ -94,50 +96,9 @@ impl AttributionRules {
     }
 }
 
-/// One impression or click, as indexed (and stored in `.attr` sidecars).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Anchor {
-    kind: EventType,
-    ts: i64,
-    /// impression_id or click_id.
-    id: String,
-    /// ad_id for impressions, advertiser_id for clicks.
-    scope: String,
-    user_key: Option<String>,
-}
-
-impl Anchor {
-    fn as_ref(&self) -> AnchorRef<'_> {
-        AnchorRef { kind: self.kind, ts: self.ts, id: &self.id, scope: &self.scope, user_key: self.user_key.as_deref() }
-    }
-}
-
-/// Hands `load` the `suffix` sidecar of every segment, decoded by `decode`;
-/// a segment without one (written before this stage existed, or the
-/// sidecar lost) is read and its items derived from its events instead.
-/// Returns the items loaded and the segments read.
-fn load_sidecars<T>(
-    segments: &[&LiveSegment],
-    sidecars: &SidecarReader,
-    suffix: &str,
-    decode: impl Fn(&[u8]) -> Option<Vec<T>>,
-    derive: impl Fn(&EventBatch) -> Vec<T>,
-    mut load: impl FnMut(&[T]),
-) -> StorageResult<(usize, usize)> {
-    let (mut loaded, mut rescanned) = (0, 0);
-    for seg in segments {
-        let items = match sidecars.read(seg.meta.id, suffix)?.and_then(|b| decode(&b)) {
-            Some(items) => items,
-            None => {
-                rescanned += 1;
-                derive(&seg.reader.read_batch()?)
-            }
-        };
-        loaded += items.len();
-        load(&items);
-    }
-    Ok((loaded, rescanned))
-}
+/// Segments read at once while recovering: enough to keep the cores busy,
+/// few enough that their decoded events stay a small part of memory.
+const RECOVER_SEGMENTS_AT_ONCE: usize = 8;
 
 /// How far event time moves between two expiries of the attribution index
 /// (a few percent of the 25 h it holds at the defaults).
@@ -165,7 +126,6 @@ pub struct ExactlyOnce {
     indexing: RwLock<()>,
     /// The store's sidecars, from [`SealStage::recover`]: a re-seal of a
     /// bucket older than the index reads its anchors back from them.
-    sidecars: OnceLock<SidecarReader>,
     allowed_lateness_ms: i64,
     newest_ts: AtomicI64,
     /// `newest_ts` at the last expiry.
@@ -180,7 +140,6 @@ impl ExactlyOnce {
             rules: RwLock::new(Arc::new(rules)),
             index: RwLock::new(AttributionIndex::default()),
             indexing: RwLock::new(()),
-            sidecars: OnceLock::new(),
             allowed_lateness_ms,
             newest_ts: AtomicI64::new(i64::MIN),
             expired_at_ts: AtomicI64::new(i64::MIN),
@@ -233,19 +192,25 @@ impl ExactlyOnce {
             return;
         }
         self.expired_at_ts.store(newest, Ordering::Release);
-        let rules = self.rules();
-        let oldest = keep_from.unwrap_or(i64::MAX).min(newest.saturating_sub(self.allowed_lateness_ms));
-        let imp_floor = oldest.saturating_sub(rules.click_window_ms);
-        let click_floor = oldest.saturating_sub(rules.conversion_window_ms);
+        let (imp_floor, click_floor) = self.anchor_floors(newest, keep_from);
         self.index.write().expire(imp_floor, click_floor);
         self.dedupe.expire(newest);
+    }
+
+    /// The oldest impression and the oldest click that an event still to
+    /// come, or a re-seal of a bucket from `keep_from` on, can be
+    /// attributed to (see [`ExactlyOnce::expire`]).
+    fn anchor_floors(&self, newest: i64, keep_from: Option<i64>) -> (i64, i64) {
+        let rules = self.rules();
+        let oldest = keep_from.unwrap_or(i64::MAX).min(newest.saturating_sub(self.allowed_lateness_ms));
+        (oldest.saturating_sub(rules.click_window_ms), oldest.saturating_sub(rules.conversion_window_ms))
     }
 
     /// Makes sure the index holds every anchor that the events of a
     /// re-sealed bucket starting at `bucket_start` may be attributed to:
     /// what expiry dropped (a reprocess, or a backfill that re-opened an
-    /// old bucket) is read back from the `.attr` sidecars of the segments
-    /// of that time, and stays until the next expiry.
+    /// old bucket) is read back from the segments of that time, and stays
+    /// until the next expiry.
     fn ensure_anchors(&self, snapshot: &Snapshot, bucket_start: i64) -> StorageResult<()> {
         let rules = self.rules();
         let need_imp = bucket_start.saturating_sub(rules.click_window_ms);
@@ -257,9 +222,6 @@ impl ExactlyOnce {
         if need_imp >= imp_floor && need_click >= click_floor {
             return Ok(());
         }
-        let Some(sidecars) = self.sidecars.get() else {
-            return Err(StorageError::Internal("exactly-once stage used before recovery".into()));
-        };
         let mut index = self.index.write();
         // Another partition of the same pass may have loaded them meanwhile.
         let (imp_floor, click_floor) = (index.imp_floor, index.click_floor);
@@ -284,9 +246,9 @@ impl ExactlyOnce {
             loaded += anchors.len();
             index.insert_all(anchors);
         };
-        load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
-            take(anchors.iter().map(Anchor::as_ref).collect());
-        })?;
+        for seg in &raw {
+            take(anchor_refs(&seg.reader.read_batch()?));
+        }
         for (_, chunk) in &snapshot.head {
             take(anchor_refs(&chunk.batch()?));
         }
@@ -489,71 +451,6 @@ fn anchor_refs(batch: &EventBatch) -> Vec<AnchorRef<'_>> {
     out
 }
 
-fn anchors_of(batch: &EventBatch) -> Vec<Anchor> {
-    let mut out = Vec::new();
-    for_each_anchor(batch, None, |a| {
-        out.push(Anchor {
-            kind: a.kind,
-            ts: a.ts,
-            id: a.id.to_string(),
-            scope: a.scope.to_string(),
-            user_key: a.user_key.map(str::to_string),
-        })
-    });
-    out
-}
-
-/// `.attr` sidecar: `ADSATTR1`, then per anchor: kind u8, ts i64, and three
-/// length-prefixed (u32) strings id, scope, user_key (length u32::MAX = null).
-fn encode_anchors(anchors: &[Anchor]) -> Vec<u8> {
-    let mut out = b"ADSATTR1".to_vec();
-    let s = |out: &mut Vec<u8>, v: Option<&str>| match v {
-        Some(v) => {
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            out.extend_from_slice(v.as_bytes());
-        }
-        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
-    };
-    for a in anchors {
-        out.push(a.kind as u8);
-        out.extend_from_slice(&a.ts.to_le_bytes());
-        s(&mut out, Some(&a.id));
-        s(&mut out, Some(&a.scope));
-        s(&mut out, a.user_key.as_deref());
-    }
-    out
-}
-
-fn decode_anchors(bytes: &[u8]) -> Option<Vec<Anchor>> {
-    let mut rest = bytes.strip_prefix(b"ADSATTR1")?;
-    let mut out = Vec::new();
-    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if rest.len() < n {
-            return None;
-        }
-        let (a, b) = rest.split_at(n);
-        *rest = b;
-        Some(a)
-    }
-    fn string(rest: &mut &[u8]) -> Option<Option<String>> {
-        let len = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?);
-        if len == u32::MAX {
-            return Some(None);
-        }
-        let s = std::str::from_utf8(take(rest, len as usize)?).ok()?;
-        Some(Some(s.to_string()))
-    }
-    while !rest.is_empty() {
-        let kind = EventType::from_code(take(&mut rest, 1)?[0])?;
-        let ts = i64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-        let id = string(&mut rest)??;
-        let scope = string(&mut rest)??;
-        let user_key = string(&mut rest)?;
-        out.push(Anchor { kind, ts, id, scope, user_key });
-    }
-    Some(out)
-}
-
 impl SealStage for ExactlyOnce {
     fn name(&self) -> &str {
         "exactly_once"
@@ -563,37 +460,61 @@ impl SealStage for ExactlyOnce {
         self.rules.read().version
     }
 
-    fn recover(&self, snapshot: &Snapshot, sidecars: &SidecarReader) -> StorageResult<()> {
-        // Recovery runs once per open; a second call keeps the first reader.
-        let _ = self.sidecars.set(sidecars.clone());
-        let raw: Vec<_> = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).collect();
-        let rows: u64 = raw.iter().map(|s| s.meta.rows).sum();
-        self.dedupe.reserve(usize::try_from(rows).unwrap_or(usize::MAX));
-        // Keys and anchors are independent: each half reads its own
-        // sidecars, on its own thread.
-        let load_keys =
-            || load_sidecars(&raw, sidecars, "keys", decode_keys, batch_keys, |keys| self.dedupe.insert_sealed(keys));
-        let load_anchors = || {
-            let mut index = self.index.write();
-            load_sidecars(&raw, sidecars, "attr", decode_anchors, anchors_of, |anchors| {
-                index.insert_all(anchors.iter().map(Anchor::as_ref))
-            })
-        };
-        let (keys, anchors) = rayon::join(load_keys, load_anchors);
-        let ((keys_loaded, keys_rescanned), (anchors_loaded, anchors_rescanned)) = (keys?, anchors?);
+    /// Rebuilds the dedupe and attribution state from the segments whose
+    /// events can still matter (keys within the dedupe window and allowed
+    /// lateness of the newest event, anchors within their windows before
+    /// the oldest bucket not yet final), read a few at a time in parallel,
+    /// then from the replayed head.
+    fn recover(&self, snapshot: &Snapshot, _sidecars: &SidecarReader) -> StorageResult<()> {
+        let head: Vec<EventBatch> = snapshot.head.iter().map(|(_, c)| c.batch()).collect::<StorageResult<_>>()?;
+        let raw: Vec<&LiveSegment> = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).collect();
+        let newest = raw
+            .iter()
+            .map(|s| s.meta.max_ts)
+            .chain(head.iter().filter_map(|b| b.ts().iter().max().copied()))
+            .max()
+            .unwrap_or(i64::MIN);
+        let dedupe = self.dedupe.config();
+        let key_floor = newest.saturating_sub(dedupe.window_ms.saturating_add(dedupe.allowed_lateness_ms));
+        let (imp_floor, click_floor) = self.anchor_floors(newest, oldest_open_bucket(snapshot));
+        let needed: Vec<&LiveSegment> =
+            raw.iter().copied().filter(|s| s.meta.max_ts >= key_floor.min(imp_floor).min(click_floor)).collect();
+        let key_rows: u64 = needed.iter().filter(|s| s.meta.max_ts >= key_floor).map(|s| s.meta.rows).sum();
+        self.dedupe.reserve(usize::try_from(key_rows).unwrap_or(usize::MAX));
+        let (mut keys_loaded, mut anchors_loaded) = (0usize, 0usize);
+        for group in needed.chunks(RECOVER_SEGMENTS_AT_ONCE) {
+            let batches: Vec<EventBatch> =
+                group.par_iter().map(|s| s.reader.read_batch()).collect::<StorageResult<_>>()?;
+            for (seg, batch) in group.iter().zip(&batches) {
+                if seg.meta.max_ts >= key_floor {
+                    let keys = batch_keys(batch);
+                    keys_loaded += keys.len();
+                    self.dedupe.insert_sealed(&keys);
+                }
+                let anchors: Vec<AnchorRef<'_>> = anchor_refs(batch)
+                    .into_iter()
+                    .filter(|a| a.ts >= if a.kind == EventType::Impression { imp_floor } else { click_floor })
+                    .collect();
+                anchors_loaded += anchors.len();
+                self.index.write().insert_all(anchors);
+            }
+        }
+        if newest != i64::MIN {
+            self.index.write().expire(imp_floor, click_floor);
+        }
         for seg in &raw {
             self.newest_ts.fetch_max(seg.meta.max_ts, Ordering::AcqRel);
         }
         // Replayed head events are accepted but not sealed: pending keys,
         // and anchors that later events are attributed to.
-        for (_, chunk) in &snapshot.head {
-            let batch = chunk.batch()?;
-            self.dedupe.admit(&batch_keys(&batch));
-            self.index.write().insert_all(anchor_refs(&batch));
-            self.observe(&batch);
+        for batch in &head {
+            self.dedupe.admit(&batch_keys(batch));
+            self.index.write().insert_all(anchor_refs(batch));
+            self.observe(batch);
         }
         self.expire(oldest_open_bucket(snapshot));
-        tracing::info!(keys_loaded, anchors_loaded, keys_rescanned, anchors_rescanned, "exactly-once state recovered");
+        let (segments_read, segments) = (needed.len(), raw.len());
+        tracing::info!(keys_loaded, anchors_loaded, segments_read, segments, "exactly-once state recovered");
         Ok(())
     }
 
@@ -623,12 +544,10 @@ impl SealStage for ExactlyOnce {
             });
         }
         let events = events.take(&order)?;
-        let kept_keys: Vec<(u128, i64)> = order.iter().map(|&i| keys[i as usize]).collect();
         if ctx.kind != SealKind::Seal {
             self.ensure_anchors(ctx.snapshot, ctx.partition.bucket_start_ms)?;
         }
         let rules = self.rules();
-        let anchors = anchors_of(&events);
         // Every event of this seal's snapshot came through `ingest_all` (or
         // replay, at recover), which indexes its anchors once its append
         // returns: wait for the requests between their append and that
@@ -640,11 +559,7 @@ impl SealStage for ExactlyOnce {
             let index = self.index.read();
             attribute(&events, &rules, &[&index])?
         };
-        let sidecars = vec![
-            Sidecar { suffix: "keys", bytes: encode_keys(&kept_keys) },
-            Sidecar { suffix: "attr", bytes: encode_anchors(&anchors) },
-        ];
-        Ok(StageOutput { events, sidecars })
+        Ok(StageOutput { events, sidecars: Vec::new() })
     }
 
     fn committed(&self, ctx: &SealContext<'_>, _events: &EventBatch) {
@@ -848,18 +763,6 @@ mod tests {
         assert_eq!(verdicts, vec![false]);
         Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() }.settle(keys.len());
         assert_eq!(dedupe.admit_durable(&keys, SHORT).map(|(v, _)| v), Some(vec![true]));
-    }
-
-    #[test]
-    fn anchors_round_trip() {
-        let a = vec![
-            Anchor { kind: EventType::Impression, ts: 5, id: "i1".into(), scope: "ad".into(), user_key: None },
-            Anchor {
-                kind: EventType::Click, ts: -5, id: "c1".into(), scope: "adv".into(), user_key: Some("ü".into())
-            },
-        ];
-        assert_eq!(decode_anchors(&encode_anchors(&a)), Some(a));
-        assert_eq!(decode_anchors(b"ADSATTR1\x00"), None);
     }
 
     #[test]

@@ -270,16 +270,6 @@ fn an_announcement_never_sizes_the_table_past_its_limit() {
 }
 
 #[test]
-fn sidecar_round_trip() {
-    let keys = vec![(1u128 << 100 | 7, -5i64), (u128::MAX, i64::MAX)];
-    assert_eq!(decode_keys(&encode_keys(&keys)), Some(keys));
-    assert_eq!(decode_keys(b"garbage"), None);
-    let mut bytes = encode_keys(&[(1, 1)]);
-    bytes.pop();
-    assert_eq!(decode_keys(&bytes), None);
-}
-
-#[test]
 fn a_retry_waits_for_the_first_request_to_settle() {
     let idx = std::sync::Arc::new(DedupeIndex::new(DedupeConfig::default()));
     let key = [(idempotency_key("p", EventType::Click, "e"), 0i64)];
