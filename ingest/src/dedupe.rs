@@ -118,6 +118,14 @@ impl DedupeConfig {
         (self.window_ms + self.allowed_lateness_ms).div_euclid(self.epoch_ms()) + 1
     }
 
+    /// The oldest event time whose key expiry still keeps once the newest
+    /// event time is `newest_ts`: the start of the oldest retained epoch
+    /// (expiry works in whole epochs, so this is up to two epochs before
+    /// `newest_ts - window - lateness`).
+    pub fn kept_from(&self, newest_ts: i64) -> i64 {
+        self.epoch_of(newest_ts).saturating_sub(self.retention_epochs()).saturating_mul(self.epoch_ms())
+    }
+
     fn window_epochs(&self) -> i64 {
         self.window_ms.div_euclid(self.epoch_ms()) + 1
     }
@@ -425,11 +433,12 @@ impl DedupeIndex {
                 return;
             }
             let before = shard.slots[slot];
-            let written = stored(key, self.epoch_tag(ts) | if found { tag(before) & SEALED } else { 0 });
+            // The new event is pending, whatever became of the old copy.
+            let written = stored(key, self.epoch_tag(ts));
             shard.slots[slot] = written;
             shard.noted(self.config.epoch_of(ts));
             if found {
-                rewritten.push(Rewrite { key, before, written, found_before: !own.may_hold(key) });
+                rewritten.push(Rewrite { entry: i, key, before, written, found_before: !own.may_hold(key) });
                 state[i] = REWRITTEN;
             } else {
                 shard.len += 1;
@@ -479,28 +488,42 @@ impl DedupeIndex {
     /// admit is undone (keys it added are forgotten, keys it found get their
     /// old time back), so a retry is admitted.
     pub fn settle(&self, flight: Flight, admitted: &[(u128, i64)], stored: bool) {
-        self.settle_stored(flight, admitted, if stored { admitted.len() } else { 0 });
+        if !stored {
+            let found_before = |k: &u128| flight.rewritten.iter().any(|r| r.found_before && r.key == *k);
+            let added: Vec<(u128, i64)> = admitted.iter().filter(|(k, _)| !found_before(k)).copied().collect();
+            self.undo(&flight.rewritten, &added);
+        }
+        Self::end_flight(&self.settled, flight);
     }
 
-    /// [`DedupeIndex::settle`] for a request of which only the events of
-    /// the first `stored` keys of `admitted` are durable (an append that
-    /// failed part way): those stay admitted, the admit of the others is
-    /// undone.
-    pub fn settle_stored(&self, flight: Flight, admitted: &[(u128, i64)], stored: usize) {
-        let (kept, lost) = admitted.split_at(stored.min(admitted.len()));
+    /// [`DedupeIndex::settle`] for a request whose entries before
+    /// `stored_before` (indexes into the keys it was admitted with) are
+    /// durable and the others are not (an append that failed part way).
+    /// `admitted` are its keys answered new, each with its entry. What the
+    /// lost entries did is undone, entry by entry: their rewrites get the
+    /// old time back, and a key they added is forgotten unless a stored
+    /// entry holds it too.
+    pub fn settle_stored(&self, flight: Flight, admitted: &[(usize, (u128, i64))], stored_before: usize) {
+        let lost = |entry: usize| entry >= stored_before;
         // Undone before the flag is set: a lookup that still finds a key
         // (under its shard's lock) still sees the request in flight.
-        if !lost.is_empty() {
-            let kept: HashSet<u128> = kept.iter().map(|(k, _)| *k).collect();
-            let is_lost = |k: &u128| !kept.contains(k);
+        if admitted.iter().any(|(e, _)| lost(*e)) {
+            let kept: HashSet<u128> = admitted.iter().filter(|(e, _)| !lost(*e)).map(|(_, (k, _))| *k).collect();
             let found_before = |k: &u128| flight.rewritten.iter().any(|r| r.found_before && r.key == *k);
-            let added: Vec<(u128, i64)> =
-                lost.iter().filter(|(k, _)| is_lost(k) && !found_before(k)).copied().collect();
-            let rewritten: Vec<Rewrite> = flight.rewritten.iter().filter(|r| is_lost(&r.key)).copied().collect();
+            let added: Vec<(u128, i64)> = admitted
+                .iter()
+                .filter(|(e, (k, _))| lost(*e) && !kept.contains(k) && !found_before(k))
+                .map(|(_, kt)| *kt)
+                .collect();
+            let rewritten: Vec<Rewrite> = flight.rewritten.iter().filter(|r| lost(r.entry)).copied().collect();
             self.undo(&rewritten, &added);
         }
+        Self::end_flight(&self.settled, flight);
+    }
+
+    fn end_flight(settled: &Condvar, flight: Flight) {
         flight.settled.store(true, Ordering::Release);
-        self.settled.notify_all();
+        settled.notify_all();
     }
 
     pub fn config(&self) -> DedupeConfig {
@@ -541,7 +564,8 @@ impl DedupeIndex {
                 verdicts[i] = true;
                 return;
             }
-            let t = self.epoch_tag(ts) | if found { tag(shard.slots[slot]) & SEALED } else { 0 };
+            // The new event is pending, whatever became of an old copy.
+            let t = self.epoch_tag(ts);
             if !found {
                 shard.len += 1;
             }

@@ -306,7 +306,7 @@ impl ExactlyOnce {
         for batch in batches {
             let dup = &dup[first..first + batch.num_rows()];
             let rows: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
-            admitted.extend(rows.iter().map(|&i| keys[first + i as usize]));
+            admitted.extend(rows.iter().map(|&i| (first + i as usize, keys[first + i as usize])));
             fresh.push(rows);
             first += batch.num_rows();
         }
@@ -356,8 +356,8 @@ impl ExactlyOnce {
             self.index.write().insert_all(anchors);
         }
         drop(indexing);
-        let stored_keys = fresh.iter().take(stored).map(Vec::len).sum();
-        landing.settle(stored_keys);
+        let stored_before = batches.iter().take(stored).map(EventBatch::num_rows).sum();
+        landing.settle(stored_before);
         result?;
         Ok(IngestSummary { accepted, duplicates: total - accepted })
     }
@@ -392,14 +392,15 @@ impl ExactlyOnce {
 struct Landing<'a> {
     dedupe: &'a DedupeIndex,
     flight: Option<Flight>,
-    admitted: Vec<(u128, i64)>,
+    /// Its keys answered new, each with its index among the request's keys.
+    admitted: Vec<(usize, (u128, i64))>,
 }
 
 impl Landing<'_> {
-    /// Settles the flight with the first `stored` admitted keys durable.
-    fn settle(mut self, stored: usize) {
+    /// Settles the flight with the request's keys before `stored_before` durable.
+    fn settle(mut self, stored_before: usize) {
         if let Some(flight) = self.flight.take() {
-            self.dedupe.settle_stored(flight, &self.admitted, stored);
+            self.dedupe.settle_stored(flight, &self.admitted, stored_before);
         }
     }
 }
@@ -407,7 +408,7 @@ impl Landing<'_> {
 impl Drop for Landing<'_> {
     fn drop(&mut self) {
         if let Some(flight) = self.flight.take() {
-            self.dedupe.settle(flight, &self.admitted, false);
+            self.dedupe.settle_stored(flight, &self.admitted, 0);
         }
     }
 }
@@ -474,8 +475,7 @@ impl SealStage for ExactlyOnce {
             .chain(head.iter().filter_map(|b| b.ts().iter().max().copied()))
             .max()
             .unwrap_or(i64::MIN);
-        let dedupe = self.dedupe.config();
-        let key_floor = newest.saturating_sub(dedupe.window_ms.saturating_add(dedupe.allowed_lateness_ms));
+        let key_floor = if newest == i64::MIN { i64::MIN } else { self.dedupe.config().kept_from(newest) };
         let (imp_floor, click_floor) = self.anchor_floors(newest, oldest_open_bucket(snapshot));
         let needed: Vec<&LiveSegment> =
             raw.iter().copied().filter(|s| s.meta.max_ts >= key_floor.min(imp_floor).min(click_floor)).collect();
@@ -757,11 +757,12 @@ mod tests {
         let dedupe = DedupeIndex::new(crate::dedupe::DedupeConfig::default());
         let keys = [(crate::dedupe::idempotency_key("p", EventType::Click, "e"), 0i64)];
         let (_, flight) = dedupe.admit_durable(&keys, SHORT).expect("admitted");
-        drop(Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() });
+        let admitted: Vec<(usize, (u128, i64))> = keys.iter().copied().enumerate().collect();
+        drop(Landing { dedupe: &dedupe, flight: Some(flight), admitted: admitted.clone() });
         // Not stored as far as anyone knows: the retry is admitted, at once.
         let (verdicts, flight) = dedupe.admit_durable(&keys, SHORT).expect("not left in flight");
         assert_eq!(verdicts, vec![false]);
-        Landing { dedupe: &dedupe, flight: Some(flight), admitted: keys.to_vec() }.settle(keys.len());
+        Landing { dedupe: &dedupe, flight: Some(flight), admitted }.settle(keys.len());
         assert_eq!(dedupe.admit_durable(&keys, SHORT).map(|(v, _)| v), Some(vec![true]));
     }
 

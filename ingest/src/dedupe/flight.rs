@@ -151,6 +151,8 @@ pub struct Flight {
 /// event's time. Undone by [`DedupeIndex::restore`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Rewrite {
+    /// The entry of the admitted keys that wrote it (its index).
+    pub(super) entry: usize,
     pub(super) key: u128,
     pub(super) before: u128,
     pub(super) written: u128,

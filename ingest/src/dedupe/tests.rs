@@ -595,3 +595,51 @@ proptest! {
         }
     }
 }
+
+/// An id reused more than the window after its first copy was sealed is a
+/// new event: admitted at ingest and kept by the seal's claim, not dropped
+/// as a duplicate of the sealed copy (which would lose an acknowledged event).
+#[test]
+fn a_key_reused_outside_the_window_of_a_sealed_copy_is_kept_by_the_seal() {
+    let (idx, k) = index_with_a_sealed_key();
+    assert_eq!(idx.admit(&[(k, 30 * H)]), vec![false], "outside the 24 h window: new");
+    assert_eq!(idx.claim(&[(k, 30 * H)]), vec![false], "the seal keeps it");
+    assert_eq!(idx.admit(&[(k, 30 * H + 1)]), vec![true], "and a re-send of it is a duplicate");
+}
+
+/// A request whose append stored only its first entries: a key both in a
+/// stored entry and in a lost one (re-used outside the window) keeps the
+/// stored entry's time, so a retry of the whole request repeats the stored
+/// entry and admits the lost one.
+#[test]
+fn a_part_stored_request_undoes_only_what_its_lost_entries_did() {
+    let idx = DedupeIndex::new(DedupeConfig::default());
+    let k = idempotency_key("p", EventType::Click, "k");
+    let other = idempotency_key("p", EventType::Click, "other");
+    let keys = [(k, 0), (other, 0), (k, 30 * H)];
+    let (verdicts, flight) = idx.admit_durable(&keys, SHORT).expect("admitted");
+    assert_eq!(verdicts, vec![false, false, false]);
+    let admitted: Vec<(usize, (u128, i64))> = keys.iter().copied().enumerate().collect();
+    // Entries 0 and 1 stored, entry 2 lost.
+    idx.settle_stored(flight, &admitted, 2);
+    let (verdicts, flight) = idx.admit_durable(&keys, SHORT).expect("retry admitted");
+    assert_eq!(verdicts, vec![true, true, false], "the stored entries repeat, the lost one is new");
+    idx.settle(flight, &[(k, 30 * H)], true);
+}
+
+/// `kept_from` is where expiry stops: a key at it survives a sweep at
+/// `newest`, a key one epoch before it does not.
+#[test]
+fn kept_from_matches_what_expiry_keeps() {
+    let config = DedupeConfig::default();
+    let newest = 48 * H + 30 * 60_000;
+    let floor = config.kept_from(newest);
+    assert!(floor <= newest - config.window_ms - config.allowed_lateness_ms);
+    let idx = DedupeIndex::new(config);
+    let at = |id: &str| idempotency_key("p", EventType::Click, id);
+    idx.admit(&[(at("kept"), floor), (at("gone"), floor - 48 * 60_000)]);
+    idx.admit(&[(at("newest"), newest)]);
+    idx.expire(newest);
+    assert_eq!(idx.admit(&[(at("kept"), floor)]), vec![true], "kept at the floor");
+    assert_eq!(idx.admit(&[(at("gone"), floor - 48 * 60_000)]), vec![false], "expired before it");
+}
