@@ -589,3 +589,28 @@ fn metrics_follow_the_exposition_conventions() {
         Err(e) => eprintln!("promtool check skipped: {e} (install the prometheus package; .ci/run does)"),
     }
 }
+
+/// An error echoes parts of the request (a SQL token, a header value); a
+/// huge one is cut, so the answer stays small (issue 25).
+#[test]
+fn errors_do_not_echo_huge_input() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), None);
+    let huge = "x".repeat(1 << 20);
+    for sql in [
+        format!("SELECT 1 FROM events WHERE {huge} = 1"),
+        format!("SELECT 1 FROM {huge}"),
+        format!("SELECT count(*) FROM events WHERE device = 'a' '{huge}'"),
+    ] {
+        let mut r = agent()
+            .post(&format!("{}/v1/sql", server.url))
+            .header("content-type", "text/plain")
+            .send(sql.as_bytes())
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 400);
+        let text = r.body_mut().read_to_string().expect("body");
+        assert!(text.len() < 2_000, "an answer of {} bytes", text.len());
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("more bytes cut")), "{v}");
+    }
+}

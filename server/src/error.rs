@@ -133,7 +133,7 @@ impl IntoResponse for ServerError {
         if status.is_server_error() && !head_full {
             tracing::error!(error = %self, "request failed");
         }
-        let mut body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut body = serde_json::json!({ "error": { "code": code, "message": cut(self.to_string()) } });
         if let ServerError::Query(q) = &self {
             body["error"]["position"] = q
                 .position()
@@ -150,9 +150,30 @@ impl IntoResponse for ServerError {
     }
 }
 
+/// Longest error message answered, in characters: a message echoes parts
+/// of the request (a SQL token, a header value), which may be megabytes.
+const MAX_MESSAGE_CHARS: usize = 600;
+
+/// `message` cut to [`MAX_MESSAGE_CHARS`], saying how much was left out.
+fn cut(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((at, _)) => format!("{}… ({} more bytes cut)", &message[..at], message.len() - at),
+        None => message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_cut() {
+        assert_eq!(cut("short".into()), "short");
+        let long = format!("unknown column {}", "é".repeat(1_000_000));
+        let out = cut(long.clone());
+        assert!(out.chars().count() < MAX_MESSAGE_CHARS + 40, "{}", out.len());
+        assert!(out.starts_with("unknown column éé") && out.ends_with("more bytes cut)"), "{out}");
+    }
 
     #[test]
     fn statuses_of_query_limits() {
