@@ -614,3 +614,38 @@ fn errors_do_not_echo_huge_input() {
         assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("more bytes cut")), "{v}");
     }
 }
+
+/// Spend that overflows 64 bits (one event with a cost of i64::MAX micros
+/// beside another) fails a reprocess job with a message, rather than a
+/// panic that left the job "running" until a restart.
+#[test]
+fn a_reprocess_whose_totals_overflow_fails_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), None);
+    let now = now_ms();
+    let line = |id: &str, cost: i64| {
+        format!(
+            "{{\"event_id\":\"{id}\",\"type\":\"impression\",\"ts\":{},\"publisher_id\":\"p\",\"advertiser_id\":\"a\",\
+             \"campaign_id\":\"c\",\"ad_id\":\"x\",\"impression_id\":\"{id}\",\"cost_micros\":{cost}}}\n",
+            now - 60_000
+        )
+    };
+    let body = line("i1", i64::MAX) + &line("i2", 5);
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, body.as_bytes());
+    assert_eq!(status, 200, "{r}");
+    let spec = serde_json::json!({"from": now - 3_600_000, "to": now + 3_600_000, "reason": "overflow"});
+    let (status, job) = server.post("/v1/reprocess", "application/json", None, spec.to_string().as_bytes());
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().expect("job id");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let job = loop {
+        let job = server.get(&format!("/v1/reprocess/{id}"));
+        if job["status"] != "running" {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job never ended: {job}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("overflows")), "{job}");
+}

@@ -266,7 +266,7 @@ pub async fn start_reprocess(
 }
 
 fn run_job(app: &AppState, mut job: ReprocessJob, buckets: &[i64]) {
-    let result = (|| -> Result<(), ServerError> {
+    let run = || -> Result<(), ServerError> {
         // Totals cover whole buckets: the unit that is re-sealed.
         let width = app.store.config().bucket_width_ms;
         let (lo, hi) =
@@ -277,7 +277,14 @@ fn run_job(app: &AppState, mut job: ReprocessJob, buckets: &[i64]) {
         job.segments_replaced = report.replaced.len();
         job.totals_after = Some(totals(&app.store, lo, hi)?);
         Ok(())
-    })();
+    };
+    // A bug that panics must still end the job as failed, not leave it
+    // "running" until a restart.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        let what =
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(ServerError::Internal(format!("reprocess panicked: {}", what.unwrap_or_default())))
+    });
     job.finished_ms = Some(now_ms());
     match result {
         Ok(()) => job.status = "done".into(),
@@ -317,7 +324,13 @@ pub fn totals(store: &Store, from: i64, to: i64) -> Result<Totals, ServerError> 
             t.conversions += sum(Measure::Conversions) as u64;
             t.billable_clicks += sum(Measure::BillableClicks) as u64;
             t.attributed_conversions += sum(Measure::AttributedConversions) as u64;
-            t.spend_micros += sum(Measure::SpendMicros);
+            t.spend_micros = t.spend_micros.checked_add(sum(Measure::SpendMicros)).ok_or_else(|| {
+                ServerError::BadRequest(format!(
+                    "the spend of {} .. {} overflows a 64-bit integer of micros (an event's cost_micros is out of any real range)",
+                    adstore_storage::time::format_timestamp(from),
+                    adstore_storage::time::format_timestamp(to)
+                ))
+            })?;
             t.attributed_clicks += u64::from(e.kind == EventType::Click && e.attributed);
         }
     }
