@@ -37,10 +37,19 @@ pub enum Encoding {
 impl Encoding {
     /// The `Content-Encoding` of a request; absent means identity.
     pub fn from_headers(headers: &HeaderMap) -> Result<Encoding, ServerError> {
-        let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        let mut values = headers.get_all(header::CONTENT_ENCODING).iter();
+        let Some(value) = values.next() else {
             return Ok(Encoding::Identity);
         };
-        let text = value.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        // One encoding is supported: a stack of them (two headers, or a
+        // list in one) is refused rather than half undone.
+        if values.next().is_some() {
+            return Err(ServerError::UnsupportedEncoding("more than one Content-Encoding header".into()));
+        }
+        let Ok(text) = value.to_str() else {
+            return Err(ServerError::UnsupportedEncoding("a Content-Encoding that is not ASCII".into()));
+        };
+        let text = text.trim().to_ascii_lowercase();
         match text.as_str() {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
@@ -180,6 +189,13 @@ mod tests {
         h.insert(header::CONTENT_ENCODING, "ZSTD".parse().expect("value"));
         assert_eq!(Encoding::from_headers(&h).expect("zstd"), Encoding::Zstd);
         h.insert(header::CONTENT_ENCODING, "br".parse().expect("value"));
+        assert!(matches!(Encoding::from_headers(&h), Err(ServerError::UnsupportedEncoding(_))));
+        // Not ASCII, or a stack of encodings: refused, not read as identity
+        // or half undone.
+        h.insert(header::CONTENT_ENCODING, axum::http::HeaderValue::from_bytes(b"gzip\xff").expect("value"));
+        assert!(matches!(Encoding::from_headers(&h), Err(ServerError::UnsupportedEncoding(_))));
+        h.insert(header::CONTENT_ENCODING, "gzip".parse().expect("value"));
+        h.append(header::CONTENT_ENCODING, "zstd".parse().expect("value"));
         assert!(matches!(Encoding::from_headers(&h), Err(ServerError::UnsupportedEncoding(_))));
     }
 }

@@ -196,7 +196,11 @@ enum BodyFormat {
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ServerError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/x-ndjson");
+    let ct = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => "application/x-ndjson",
+        Some(Ok(ct)) => ct,
+        Some(Err(_)) => return Err(ServerError::UnsupportedMediaType("a Content-Type that is not ASCII".into())),
+    };
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "text/plain" | "" => {
