@@ -19,6 +19,7 @@
 //! integer overflow is an error.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use adstore_storage::Dictionary;
@@ -492,9 +493,10 @@ pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
             };
             match x.ty() {
                 DataType::Str => {
-                    let strs: Vec<&str> =
+                    // A set, not a list: an IN list may hold 100,000 values.
+                    let strs: HashSet<&str> =
                         list.iter().filter_map(|s| if let Scalar::Str(s) = s { Some(&**s) } else { None }).collect();
-                    str_predicate(&v, n, |s| verdict(strs.contains(&s)))
+                    str_predicate(&v, n, |s| verdict(strs.contains(s)))
                 }
                 DataType::Float => {
                     let fl: Vec<f64> =
@@ -509,7 +511,7 @@ pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
                     bool_from(n, |i| if valid(&nv, i) { verdict(bl.contains(&x[i])) } else { None })
                 }
                 _ => {
-                    let il: Vec<i64> = list
+                    let il: HashSet<i64> = list
                         .iter()
                         .filter_map(|s| if let Scalar::Int(i) | Scalar::Ts(i) = s { Some(*i) } else { None })
                         .collect();
@@ -520,8 +522,9 @@ pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
         }
         Expr::Like(x, pat, negated) => {
             let v = eval(x, b)?;
-            let pat = pat.as_bytes();
-            str_predicate(&v, n, |s| Some(like(s.as_bytes(), pat) != *negated))
+            // Decoded once per block, not once per row: a pattern may be long.
+            let pat: Vec<char> = pat.chars().collect();
+            str_predicate(&v, n, |s| Some(like(s, &pat) != *negated))
         }
         Expr::Case(whens, els, ty) => {
             let mut choice = vec![u32::MAX; n];
@@ -903,10 +906,9 @@ fn pick<'a>(values: &[Vector<'_>], ty: DataType, choice: &[u32], n: usize) -> Re
 }
 
 /// SQL `LIKE`: `%` any run, `_` one character, `\` escapes the next one.
-pub(crate) fn like(s: &[u8], p: &[u8]) -> bool {
+pub(crate) fn like(s: &str, p: &[char]) -> bool {
     // Iterative matcher with backtracking to the last `%`, on chars.
-    let s: Vec<char> = String::from_utf8_lossy(s).chars().collect();
-    let p: Vec<char> = String::from_utf8_lossy(p).chars().collect();
+    let s: Vec<char> = s.chars().collect();
     let (mut si, mut pi) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
@@ -954,7 +956,7 @@ mod tests {
 
     #[test]
     fn like_patterns() {
-        let m = |s: &str, p: &str| like(s.as_bytes(), p.as_bytes());
+        let m = |s: &str, p: &str| like(s, &p.chars().collect::<Vec<char>>());
         assert!(m("campaign-1", "campaign%"));
         assert!(m("campaign-1", "%-_"));
         assert!(!m("campaign-1", "%-__"));
