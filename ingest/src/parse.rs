@@ -230,8 +230,15 @@ pub(crate) fn merge(chunks: Vec<ChunkOut>, opts: &ParseOptions) -> ParseOutcome 
     out
 }
 
+/// Fewer bytes than any valid event line takes: its seven required fields'
+/// names alone are longer.
+const MIN_EVENT_BYTES: usize = 64;
+
 fn parse_chunk(body: &[u8], items: &[Item], opts: &ParseOptions) -> ChunkOut {
-    let mut builder = EventBatchBuilder::with_capacity(items.len());
+    // Room for as many events as the chunk's bytes can hold, not one per
+    // line: a body of millions of tiny lines (`{}`) is all rejections.
+    let bytes = items.last().map_or(0, |l| l.end) - items.first().map_or(0, |f| f.start);
+    let mut builder = EventBatchBuilder::with_capacity(items.len().min(bytes / MIN_EVENT_BYTES + 1));
     let mut out =
         ChunkOut { batch: EventBatch::empty(), rejected: 0, rejected_late: 0, rejected_future: 0, errors: Vec::new() };
     // One UTF-8 check for the whole chunk lets serde skip it for every string
