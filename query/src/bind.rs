@@ -299,6 +299,12 @@ fn literal_u64(e: &SqlExpr, what: &str) -> Result<u64> {
     {
         return Ok(x);
     }
+    if let SqlExpr::Value(v) = e
+        && let Value::Number(n, _) = &v.value
+        && n.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid(format!("{what} is larger than {}", u64::MAX), e.span()));
+    }
     Err(unsupported(format!("{what} that is not a non-negative integer literal"), e.span()))
 }
 

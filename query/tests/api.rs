@@ -50,6 +50,9 @@ fn limits_fail_cleanly() {
         .expect_err("timeout");
     assert_eq!(err.code(), "timeout");
 
+    let err = execute(&snap, "SELECT event_id FROM events LIMIT 99999999999999999999", &opts()).expect_err("huge");
+    assert!(err.to_string().contains("larger than 18446744073709551615"), "{err}");
+
     let few = QueryOptions { max_result_rows: 10, ..opts() };
     let err = execute(&snap, "SELECT event_id FROM events", &few).expect_err("too many rows");
     assert!(matches!(err, QueryError::ResultTooLarge { max_rows: 10 }), "{err}");

@@ -20,7 +20,8 @@ pub enum ServerError {
     PayloadTooLarge { limit_bytes: usize, after: &'static str },
     #[error("cannot decompress the {encoding} request body: {source}")]
     Decompress { encoding: &'static str, source: std::io::Error },
-    #[error("request body is not valid: {0}")]
+    /// A request the server cannot use, the message saying which part and why.
+    #[error("bad request: {0}")]
     BadRequest(String),
     /// A request header whose value cannot be used.
     #[error("header {header}: {value:?} is not {expected}")]

@@ -85,11 +85,14 @@ pub(crate) async fn sql_post(
     let is_json = ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
     let (sql, format) = if is_json {
         let b: SqlBody = serde_json::from_slice(&body).map_err(|e| {
-            ServerError::BadRequest(format!("expected {{\"sql\": \"...\", \"format\": \"json\"}}: {e}"))
+            ServerError::BadRequest(format!(
+                "the request body: expected {{\"sql\": \"...\", \"format\": \"json\"}}: {e}"
+            ))
         })?;
         (b.sql, b.format.or(p.format))
     } else {
-        let sql = String::from_utf8(body.to_vec()).map_err(|_| ServerError::BadRequest("SQL must be UTF-8".into()))?;
+        let sql = String::from_utf8(body.to_vec())
+            .map_err(|_| ServerError::BadRequest("the SQL in the request body must be UTF-8".into()))?;
         (sql, p.format)
     };
     let format = format_of(format.as_deref(), &headers)?;
