@@ -2,13 +2,21 @@
 //!
 //! ```text
 //!  plan_scan (pruning) ──► tasks: every kept block + every head chunk
-//!     │  rayon, one task at a time per thread; deadline checked per task
+//!     │  rayon, in rounds of a few tasks per thread; deadline checked per task
 //!     ▼
 //!  scan_block ──► batch (codes, not strings) ──► residual filter ──► gather
 //!     ├─ aggregate: group by codes ─► partial states ──► AggMerger (lock, merge)
 //!     └─ rows: outputs ─► per-block top-N ─► Arrow chunk ──► chunk list
 //!  finish: HAVING ─► outputs ─► ORDER BY (top-N) ─► OFFSET/LIMIT ─► RecordBatch
 //! ```
+//!
+//! # Sharing the threads
+//! Queries share one rayon pool. A rayon thread takes work from its own
+//! query before it looks at another's, so one parallel loop over every task
+//! of a heavy query would hold all threads until it ends. Tasks run instead
+//! in rounds of [`TASKS_PER_THREAD_PER_ROUND`] per thread: every round
+//! re-enters the pool behind the work other queries have sent meanwhile, so
+//! a light query waits a round, not the whole heavy query.
 //!
 //! # Errors and cancellation
 //! Every task checks the query deadline before it starts; the first error
@@ -212,6 +220,16 @@ fn finish_rows(plan: &LogicalPlan, outs: Vec<ArrayRef>, extras: Vec<ArrayRef>, n
     Ok(outs.iter().map(|a| a.slice(start, stop.saturating_sub(start))).collect())
 }
 
+/// Tasks a round gives each pool thread (see "Sharing the threads").
+const TASKS_PER_THREAD_PER_ROUND: usize = 4;
+
+/// Runs `f` on every task in parallel, round after round; stops at the
+/// first error.
+fn for_each_in_rounds<T: Sync>(tasks: &[T], f: impl Fn(&T) -> Result<()> + Sync + Send) -> Result<()> {
+    let round = rayon::current_num_threads().max(1) * TASKS_PER_THREAD_PER_ROUND;
+    tasks.chunks(round).try_for_each(|r| r.par_iter().try_for_each(&f))
+}
+
 /// Runs a plan; returns the result schema, batches and counters.
 pub(crate) fn execute(
     snapshot: &Snapshot,
@@ -252,7 +270,7 @@ pub(crate) fn execute(
             let counted = counted_keys(plan);
             let counted_names: Vec<&'static [&'static str]> =
                 counted.iter().flatten().map(|&c| enum_names(c)).collect();
-            tasks.par_iter().try_for_each(|t| -> Result<()> {
+            for_each_in_rounds(&tasks, |t| -> Result<()> {
                 if let (Some(keys), Task::Block(s, b)) = (&counted, t) {
                     if Instant::now() > deadline {
                         return Err(timeout());
@@ -300,7 +318,7 @@ pub(crate) fn execute(
             let bytes = AtomicUsize::new(0);
             let chunks: Mutex<Vec<(Vec<ArrayRef>, Vec<ArrayRef>)>> = Mutex::new(Vec::new());
             let poisoned = || QueryError::Internal("row buffer poisoned by an earlier panic".into());
-            tasks.par_iter().try_for_each(|t| -> Result<()> {
+            for_each_in_rounds(&tasks, |t| -> Result<()> {
                 // Without ORDER BY any `keep` rows will do.
                 if logical.order.is_empty() && keep.is_some_and(|k| collected.load(Ordering::Relaxed) >= k) {
                     return Ok(());
