@@ -510,6 +510,31 @@ fn every_error_is_a_json_error() {
     assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("query string")), "{r}");
 }
 
+/// Issue 25: a request head too long for the HTTP layer gets the status
+/// hyper writes (414, 431, with no body: docs/ingest.md), and the server
+/// keeps answering.
+#[test]
+fn request_heads_too_long_for_the_http_layer_are_refused_and_the_server_stays_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"), None);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Raw: a client may stop writing once the server answers and closes.
+    let status = |path: &str, header: Option<&str>| {
+        let mut conn = TcpStream::connect(&addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let padding = header.map(|v| format!("x-padding: {v}\r\n")).unwrap_or_default();
+        let _ = conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{padding}\r\n").as_bytes());
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        answer.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+    };
+    let long_query = format!("/v1/sql?q={}", "x".repeat(70_000));
+    assert_eq!(status(&long_query, None), 414);
+    assert_eq!(status("/health", Some(&"y".repeat(500_000))), 431);
+    let (code, r) = server.post("/v1/sql", "text/plain", None, b"SELECT count(*) FROM events");
+    assert_eq!(code, 200, "{r}");
+}
+
 /// Issue 25: the query limits are settings (`[query]`).
 #[test]
 fn query_limits_come_from_the_configuration() {
