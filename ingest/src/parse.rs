@@ -1,12 +1,12 @@
 //! Request bodies (NDJSON or a JSON array) to an [`EventBatch`] of valid events.
 //!
 //! ```text
-//!  body ──split──► [Item{range, line}] ──par_chunks (rayon)──► per chunk:
+//!  body ──split (iterator)──► chunks of 16,384 Item{range, line} ──par_bridge (rayon)──► per chunk:
 //!                 fast::read_into, else serde (RawEvent, borrowed) ─► check ─► EventBatchBuilder
 //!                                                                  │ reject
 //!                                                                  ▼
 //!                                                     counts + first `max_errors` LineErrors
-//!  chunks, in order ──EventBatch::concat──► ParseOutcome
+//!  chunks, sorted back to body order ──EventBatch::concat──► ParseOutcome
 //! ```
 //!
 //! Invariants:
@@ -152,8 +152,7 @@ impl LineError {
 /// skipped; `\r\n` line endings are fine.
 pub fn parse_ndjson(body: &[u8], opts: &ParseOptions) -> ParseOutcome {
     let body = strip_bom(body);
-    let items = split::ndjson_items(body);
-    parse_items(body, &items, opts, auto_chunk_items(items.len()))
+    parse_items(body, split::NdjsonItems::new(body), opts, CHUNK_ITEMS)
 }
 
 /// Parses a body holding one JSON array of event objects. Each element is
@@ -162,9 +161,9 @@ pub fn parse_ndjson(body: &[u8], opts: &ParseOptions) -> ParseOutcome {
 /// after it) is one more rejection, after those of the elements read.
 pub fn parse_json_array(body: &[u8], opts: &ParseOptions) -> ParseOutcome {
     let body = strip_bom(body);
-    let (items, structure) = split::array_items(body);
-    let mut out = parse_items(body, &items, opts, auto_chunk_items(items.len()));
-    if let Some(e) = structure {
+    let mut items = split::ArrayItems::new(body);
+    let mut out = parse_items(body, &mut items, opts, CHUNK_ITEMS);
+    if let Some(e) = items.error {
         out.rejected += 1;
         if out.errors.len() < opts.max_errors {
             let error = IngestError::MalformedJson { message: e.message };
@@ -179,17 +178,13 @@ fn strip_bom(body: &[u8]) -> &[u8] {
     body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
-/// Fewer events than this are parsed on the calling thread. Bulk loaders
-/// keep several requests in flight, which already fills the cores; splitting
-/// a 10,000-event request as well cost a concatenation of the chunks and
-/// more builder growth (NDJSON ingest of 10M events: server CPU 16.4-18.6 s
-/// against 17.9-21.7 s with chunks of 4,096).
-const MIN_CHUNK_ITEMS: usize = 16384;
-
-/// Chunks big enough to amortize a task, small enough to balance the pool.
-fn auto_chunk_items(n: usize) -> usize {
-    MIN_CHUNK_ITEMS.max(n.div_ceil(rayon::current_num_threads() * 4))
-}
+/// Events per parse task; a body of at most this many is parsed on the
+/// calling thread. Bulk loaders keep several requests in flight, which
+/// already fills the cores; splitting a 10,000-event request as well cost
+/// a concatenation of the chunks and more builder growth (NDJSON ingest of
+/// 10M events: server CPU 16.4-18.6 s against 17.9-21.7 s with chunks of
+/// 4,096). Only the chunks being parsed have their items in memory.
+const CHUNK_ITEMS: usize = 16384;
 
 /// The result of one chunk, before merging.
 pub(crate) struct ChunkOut {
@@ -201,16 +196,43 @@ pub(crate) struct ChunkOut {
     pub(crate) errors: Vec<LineError>,
 }
 
-fn parse_items(body: &[u8], items: &[Item], opts: &ParseOptions, chunk_items: usize) -> ParseOutcome {
+/// Parses the items `split` yields, `chunk_items` at a time, in parallel
+/// unless `opts.parallel` is off; results keep body order.
+fn parse_items(
+    body: &[u8],
+    split: impl Iterator<Item = Item> + Send,
+    opts: &ParseOptions,
+    chunk_items: usize,
+) -> ParseOutcome {
     let chunk_items = chunk_items.max(1);
-    let chunks: Vec<ChunkOut> = if items.len() <= chunk_items {
-        vec![parse_chunk(body, items, opts)]
-    } else if !opts.parallel {
-        items.chunks(chunk_items).map(|chunk| parse_chunk(body, chunk, opts)).collect()
-    } else {
-        items.par_chunks(chunk_items).map(|chunk| parse_chunk(body, chunk, opts)).collect()
-    };
-    merge(chunks, opts)
+    let mut chunks = Chunks { items: split, size: chunk_items }.enumerate().peekable();
+    let Some((_, first)) = chunks.next() else { return merge(Vec::new(), opts) };
+    if chunks.peek().is_none() || !opts.parallel {
+        let rest = chunks.map(|(_, items)| parse_chunk(body, &items, opts));
+        return merge(std::iter::once(parse_chunk(body, &first, opts)).chain(rest).collect(), opts);
+    }
+    let mut parsed: Vec<(usize, ChunkOut)> = std::iter::once((0, first))
+        .chain(chunks)
+        .par_bridge()
+        .map(|(i, items)| (i, parse_chunk(body, &items, opts)))
+        .collect();
+    parsed.sort_unstable_by_key(|(i, _)| *i);
+    merge(parsed.into_iter().map(|(_, c)| c).collect(), opts)
+}
+
+/// Items taken `size` at a time.
+struct Chunks<I> {
+    items: I,
+    size: usize,
+}
+
+impl<I: Iterator<Item = Item>> Iterator for Chunks<I> {
+    type Item = Vec<Item>;
+
+    fn next(&mut self) -> Option<Vec<Item>> {
+        let chunk: Vec<Item> = self.items.by_ref().take(self.size).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    }
 }
 
 /// Joins chunk results, in body order, into one outcome.

@@ -321,7 +321,7 @@ fn invalid_utf8_costs_only_its_line() {
     body.extend_from_slice(b"{\"event_id\":\"\xff\xfe\"}\n");
     body.extend_from_slice(format!("{}\n{}", good("b"), good("c")).as_bytes());
     for chunk in [1, 2, usize::MAX] {
-        let out = parse_items(&body, &split::ndjson_items(&body), &opts(), chunk);
+        let out = parse_items(&body, split::NdjsonItems::new(&body), &opts(), chunk);
         assert_eq!(ids(&out), ["a", "b", "c"]);
         assert_eq!(out.rejected, 1);
         assert_eq!(out.errors[0].line, 2);
@@ -408,7 +408,7 @@ fn errors_are_capped_but_counts_stay_exact() {
     let body = lines.join("\n");
     let o = ParseOptions { max_errors: 100, ..opts() };
     for chunk in [1, 7, 1000, usize::MAX] {
-        let out = parse_items(body.as_bytes(), &split::ndjson_items(body.as_bytes()), &o, chunk);
+        let out = parse_items(body.as_bytes(), split::NdjsonItems::new(body.as_bytes()), &o, chunk);
         assert_eq!(out.accepted(), 3334);
         assert_eq!(out.rejected, 6666);
         assert_eq!(out.errors.len(), 100);
@@ -430,12 +430,12 @@ fn parallel_parse_matches_sequential() {
         lines.push(if i % 97 == 0 { "not json".to_string() } else { to_json(&e, i % 2 == 0, false).to_string() });
     }
     let body = lines.join("\n");
-    let items = split::ndjson_items(body.as_bytes());
-    let seq = parse_items(body.as_bytes(), &items, &opts(), usize::MAX);
+    let items = || split::NdjsonItems::new(body.as_bytes());
+    let seq = parse_items(body.as_bytes(), items(), &opts(), usize::MAX);
     let par = parse_ndjson(body.as_bytes(), &opts());
-    let tiny = parse_items(body.as_bytes(), &items, &opts(), 3);
+    let tiny = parse_items(body.as_bytes(), items(), &opts(), 3);
     let on_caller = ParseOptions { parallel: false, ..opts() };
-    let tiny_on_caller = parse_items(body.as_bytes(), &items, &on_caller, 3);
+    let tiny_on_caller = parse_items(body.as_bytes(), items(), &on_caller, 3);
     assert_eq!(seq.accepted(), 20_000 - 207);
     assert!(tiny_on_caller.batches.len() > 1, "chunks stay apart");
     for other in [&par, &tiny, &tiny_on_caller] {
@@ -629,7 +629,7 @@ proptest! {
             Line::Blank(s) => (*s).to_string(),
         }).collect();
         let body = texts.join(if crlf { "\r\n" } else { "\n" });
-        let out = parse_items(body.as_bytes(), &split::ndjson_items(body.as_bytes()), &mixed_opts(), chunk);
+        let out = parse_items(body.as_bytes(), split::NdjsonItems::new(body.as_bytes()), &mixed_opts(), chunk);
 
         let valid: Vec<Event> = lines.iter().filter_map(|l| match l { Line::Valid(e, _) => Some(e.clone()), _ => None }).collect();
         let invalid_lines: Vec<usize> = lines.iter().enumerate()
