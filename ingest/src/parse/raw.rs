@@ -85,6 +85,8 @@ pub(crate) enum Val<'a> {
     /// A negative integer.
     NegInt(i64),
     Float,
+    /// A whole number too large for 64 bits (serde reads it as a float).
+    Huge,
     Str(Cow<'a, str>),
     Array,
     Object,
@@ -99,6 +101,7 @@ impl Val<'_> {
             Val::UInt(_) => "an integer",
             Val::NegInt(_) => "a negative integer",
             Val::Float => "a number with a fraction or exponent",
+            Val::Huge => "a number beyond the 64-bit integer range",
             Val::Str(_) => "a string",
             Val::Array => "an array",
             Val::Object => "an object",
@@ -249,8 +252,10 @@ impl<'de> Visitor<'de> for ValVisitor {
         Ok(u64::try_from(v).map_or(Val::NegInt(v), Val::UInt))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Val<'de>, E> {
-        Ok(Val::Float)
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Val<'de>, E> {
+        // 2^63: every whole f64 at or past it overflows an i64.
+        const HUGE: f64 = 9_223_372_036_854_775_808.0;
+        Ok(if v.abs() >= HUGE || !v.is_finite() { Val::Huge } else { Val::Float })
     }
 
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Val<'de>, E> {

@@ -301,6 +301,35 @@ fn bad_lines_are_rejected_and_good_lines_land_in_order() {
     assert_eq!(got, want);
 }
 
+/// Issue 25: a whole number past 64 bits is named as such, not as a
+/// fraction (serde reads it as a float).
+#[test]
+fn numbers_past_64_bits_are_named() {
+    let with_raw = |field: &str, number: &str| {
+        let mut event = to_json(&base(EventType::Impression, "h"), false, false);
+        event.as_object_mut().expect("object").remove(field);
+        let text = event.to_string();
+        format!("{},\"{field}\":{number}}}", &text[..text.len() - 1])
+    };
+    let cases = [
+        ("ts", "18446744073709551616", "found a number beyond the 64-bit integer range"),
+        ("ts", "9223372036854775808", "found a number beyond the 64-bit integer range"),
+        ("ts", "-9223372036854775809", "found a number beyond the 64-bit integer range"),
+        ("ts", "1e30", "found a number beyond the 64-bit integer range"),
+        ("ts", "1.5", "found a number with a fraction or exponent"),
+        ("cost_micros", "99999999999999999999999", "found a number beyond the 64-bit integer range"),
+    ];
+    for (field, number, want) in cases {
+        let line = with_raw(field, number);
+        let out = parse_ndjson(line.as_bytes(), &opts());
+        let reason = out.errors.first().map(|e| (e.field.clone(), e.reason.clone()));
+        assert!(
+            reason.as_ref().is_some_and(|(f, r)| f.as_deref() == Some(field) && r.ends_with(want)),
+            "{field}: {number}: {reason:?}"
+        );
+    }
+}
+
 #[test]
 fn malformed_lines_do_not_stop_the_body() {
     let good = to_json(&base(EventType::Impression, "g"), false, false).to_string();

@@ -170,9 +170,7 @@ fn timestamp(raw: &RawEvent<'_>) -> Result<i64, IngestError> {
         None => Err(IngestError::MissingField { field }),
         Some(Val::Null) => Err(IngestError::NullField { field }),
         Some(Val::Str(s)) => rfc3339::parse_ms(s).map_err(|detail| IngestError::BadTimestamp { detail }),
-        Some(Val::UInt(v)) => {
-            i64::try_from(*v).map_err(|_| IngestError::ExpectedTimestamp { found: "an integer beyond i64" })
-        }
+        Some(Val::UInt(v)) => i64::try_from(*v).map_err(|_| IngestError::ExpectedTimestamp { found: Val::Huge.kind() }),
         Some(Val::NegInt(v)) => Ok(*v),
         Some(other) => Err(IngestError::ExpectedTimestamp { found: other.kind() }),
     }
