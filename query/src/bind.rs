@@ -142,6 +142,9 @@ fn event_column_type(c: ColumnId) -> DataType {
             ColumnKind::I64 => DataType::Int,
             ColumnKind::U8 => DataType::Int,
             ColumnKind::Bool => DataType::Bool,
+            // Invariant: no event column holds bytes (`COLUMNS`); were one
+            // to, it would read as text.
+            ColumnKind::Bytes => DataType::Str,
         },
     }
 }

@@ -79,8 +79,8 @@ fn scan_task(task: &Task<'_>, req: &adstore_storage::ScanRequest) -> Result<Opti
     })
 }
 
-fn column_vector(data: &ColumnData, col: ColumnId) -> Vector<'_> {
-    match data {
+fn column_vector(data: &ColumnData, col: ColumnId) -> Result<Vector<'_>> {
+    Ok(match data {
         ColumnData::I64(v) => Vector::Int(std::borrow::Cow::Borrowed(v), None),
         ColumnData::U8(v) => {
             Vector::Dict(v.iter().map(|&c| u32::from(c) + 1).collect(), DictRef::Static(enum_names(col)))
@@ -90,7 +90,13 @@ fn column_vector(data: &ColumnData, col: ColumnId) -> Vector<'_> {
             Vector::Dict(std::borrow::Cow::Borrowed(codes), DictRef::Segment(dict.clone()))
         }
         ColumnData::Str(a) => Vector::Plain(a.clone()),
-    }
+        ColumnData::Bytes(_) => {
+            return Err(QueryError::Internal(format!(
+                "column {} holds bytes, which expressions cannot read",
+                col.name()
+            )));
+        }
+    })
 }
 
 /// The names of an enum column's codes as the executor's vectors give
@@ -137,7 +143,7 @@ fn make_batch<'a>(sb: &'a ScanBatch, plan: &PhysicalPlan, is_final: bool) -> Res
                     .ok_or_else(|| QueryError::Internal(format!("column {} not scanned", id.name())))?;
                 let data =
                     sb.columns.get(i).ok_or_else(|| QueryError::Internal("scan batch misses a column".into()))?;
-                Ok(column_vector(data, *id))
+                column_vector(data, *id)
             }
         })
         .collect::<Result<Vec<_>>>()?;

@@ -9,23 +9,13 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use adstore_storage::{ColumnData, ColumnId, SegmentId, SegmentReader, SegmentWriteOptions, write_segment};
+use adstore_storage::{ColumnId, SegmentId, SegmentReader, SegmentWriteOptions, write_segment};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 #[path = "support/events.rs"]
 mod events;
 
 const EVENTS: usize = 200_000;
-
-fn rows_of(data: &ColumnData) -> usize {
-    match data {
-        ColumnData::I64(v) => v.len(),
-        ColumnData::U8(v) => v.len(),
-        ColumnData::Bool(v) => v.len(),
-        ColumnData::Dict { codes, .. } => codes.len(),
-        ColumnData::Str(a) => arrow_array::Array::len(a),
-    }
-}
 
 fn bench_segment(c: &mut Criterion) {
     let batch = events::batch(EVENTS);
@@ -45,7 +35,7 @@ fn bench_segment(c: &mut Criterion) {
     let blocks = reader.num_blocks();
     // Guard the numbers: the columns decode to every row.
     for col in [ColumnId::CampaignId, ColumnId::CostMicros, ColumnId::Ts] {
-        let rows: usize = (0..blocks).map(|k| rows_of(&reader.read_column(col, k).expect("read"))).sum();
+        let rows: usize = (0..blocks).map(|k| reader.read_column(col, k).expect("read").len()).sum();
         assert_eq!(rows, EVENTS, "{col:?}");
     }
     for (name, col) in [

@@ -12,11 +12,11 @@
 //! - `type` holds an [`EventType`] code and `invalid_reason` an
 //!   [`InvalidReason`] code.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, UInt8Builder};
 use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 
 use crate::error::{Result, StorageError};
 
@@ -111,6 +111,9 @@ pub enum ColumnKind {
     U8,
     /// Boolean, never null.
     Bool,
+    /// Opaque bytes (`Binary`), possibly nullable: sketches of derived
+    /// tables. No event column has this kind.
+    Bytes,
 }
 
 /// Every column of the event schema, in schema order.
@@ -223,24 +226,7 @@ impl ColumnId {
 /// The Arrow schema of [`EventBatch`]: `type` and `invalid_reason` are
 /// `UInt8` codes, `ts` is `Int64` epoch milliseconds.
 pub fn event_schema() -> SchemaRef {
-    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            let fields: Vec<Field> = COLUMNS
-                .iter()
-                .map(|c| {
-                    let dt = match c.kind {
-                        Str => DataType::Utf8,
-                        I64 => DataType::Int64,
-                        U8 => DataType::UInt8,
-                        Bool => DataType::Boolean,
-                    };
-                    Field::new(c.name, dt, c.nullable)
-                })
-                .collect();
-            Arc::new(Schema::new(fields))
-        })
-        .clone()
+    crate::segment::SegmentSchema::events().arrow()
 }
 
 /// One event in row form: what producers send, what tests and the

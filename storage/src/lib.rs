@@ -44,8 +44,8 @@ pub use scan::{
 };
 pub use seal::{SealContext, SealKind, SealPipeline, SealStage, Sidecar, SidecarReader, StageOutput};
 pub use segment::{
-    BlockCache, ColumnData, ColumnStats, Dictionary, SegmentReader, SegmentSummary, SegmentWriteOptions, Selection,
-    ValueRange, write_segment,
+    BlockCache, ColumnData, ColumnDef, ColumnStats, Dictionary, MAX_SORT_COLUMNS, SegmentColumn, SegmentReader,
+    SegmentSchema, SegmentSummary, SegmentWriteOptions, Selection, ValueRange, write_columns, write_segment,
 };
 pub use store::{
     DamagedSegment, LiveSegment, PartlyStored, Rows, SealReport, Snapshot, Store, StoreConfig, StoreStats, Task,

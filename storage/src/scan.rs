@@ -647,6 +647,11 @@ pub fn gather(data: &ColumnData, idx: &[u32]) -> ColumnData {
                 idx.iter().map(|&i| (!a.is_null(i as usize)).then(|| a.value(i as usize))).collect();
             ColumnData::Str(b)
         }
+        ColumnData::Bytes(a) => {
+            let b: arrow_array::BinaryArray =
+                idx.iter().map(|&i| (!a.is_null(i as usize)).then(|| a.value(i as usize))).collect();
+            ColumnData::Bytes(b)
+        }
     }
 }
 
@@ -656,6 +661,8 @@ fn head_column(batch: &EventBatch, c: ColumnId) -> ColumnData {
         ColumnKind::I64 => ColumnData::I64(batch.i64_column(c).values().to_vec()),
         ColumnKind::U8 => ColumnData::U8(batch.u8_column(c).values().to_vec()),
         ColumnKind::Bool => ColumnData::Bool(batch.bool_column(c).iter().map(|v| v.unwrap_or(false)).collect()),
+        // Invariant: no event column is Bytes (`COLUMNS`).
+        ColumnKind::Bytes => ColumnData::Bytes(arrow_array::BinaryArray::new_null(batch.num_rows())),
     }
 }
 
@@ -681,6 +688,8 @@ fn head_column_at(batch: &EventBatch, c: ColumnId, idx: &[u32]) -> ColumnData {
             let a = batch.bool_column(c);
             ColumnData::Bool(idx.iter().map(at).map(|i| a.is_valid(i) && a.value(i)).collect())
         }
+        // Invariant: no event column is Bytes (`COLUMNS`).
+        ColumnKind::Bytes => ColumnData::Bytes(arrow_array::BinaryArray::new_null(idx.len())),
     }
 }
 

@@ -1,9 +1,11 @@
 //! Immutable columnar segment files: [`write_segment`] turns an
-//! [`EventBatch`] into one file; [`SegmentReader`] maps it and decodes
-//! columns block by block.
+//! [`EventBatch`] into one file ([`write_columns`] any batch of a
+//! [`SegmentSchema`]); [`SegmentReader`] maps it and decodes columns block
+//! by block.
 //!
-//! A segment holds rows sorted by `(advertiser_id, campaign_id, ad_id, ts)`
-//! (ties keep their input order). Each column is cut into blocks of
+//! A segment holds rows sorted by its schema's sort columns and time (for
+//! events `(advertiser_id, campaign_id, ad_id, ts)`; ties keep their input
+//! order). Each column is cut into blocks of
 //! `block_rows` rows; every block is encoded on its own, zstd-compressed when
 //! that saves at least 1/3 of its bytes, and checksummed, so a scan touches only the
 //! blocks it needs and a flipped byte is reported with the file's name
@@ -30,7 +32,8 @@
 //! ```
 //!
 //! The byte-level layout, encodings and the versioning rule are in
-//! `docs/segment-format.md`; `tests/golden/segment-v1.seg` pins version 1.
+//! `docs/segment-format.md`; `tests/golden/segment-v1.seg` and
+//! `segment-v2.seg` pin versions 1 and 2.
 //!
 //! Invariants:
 //! - a segment file is never modified after `write_segment` returns (the
@@ -42,6 +45,7 @@
 mod cache;
 mod format;
 mod reader;
+mod schema;
 mod writer;
 
 #[cfg(test)]
@@ -52,7 +56,8 @@ use std::sync::Arc;
 
 pub use cache::BlockCache;
 pub use reader::SegmentReader;
-pub use writer::write_segment;
+pub use schema::{ColumnDef, MAX_SORT_COLUMNS, SegmentColumn, SegmentSchema};
+pub use writer::{write_columns, write_segment};
 
 /// How [`write_segment`] lays out a segment.
 #[derive(Debug, Clone)]
@@ -225,6 +230,8 @@ pub enum ColumnData {
     },
     /// A plain-encoded string column.
     Str(arrow_array::StringArray),
+    /// A bytes column.
+    Bytes(arrow_array::BinaryArray),
 }
 
 impl ColumnData {
@@ -235,6 +242,7 @@ impl ColumnData {
             ColumnData::Bool(v) => v.len(),
             ColumnData::Dict { codes, .. } => codes.len(),
             ColumnData::Str(a) => arrow_array::Array::len(a),
+            ColumnData::Bytes(a) => arrow_array::Array::len(a),
         }
     }
 

@@ -18,8 +18,11 @@ use super::{ColumnStats, Dictionary, ValueRange};
 pub(crate) const MAGIC: [u8; 8] = *b"ADSTSEG\0";
 /// The version this code writes. Readers accept every version listed in
 /// [`SUPPORTED_VERSIONS`].
-pub(crate) const FORMAT_VERSION: u32 = 1;
-pub(crate) const SUPPORTED_VERSIONS: [u32; 1] = [1];
+/// Version 1: events only. Version 2: any schema, and the `Bytes` kind.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const SUPPORTED_VERSIONS: [u32; 2] = [1, 2];
+/// The first version whose files may hold `Bytes` columns.
+pub(crate) const BYTES_SINCE: u32 = 2;
 /// magic (8) + version u32 + reserved u32 (zero).
 pub(crate) const HEADER_LEN: usize = 16;
 /// footer_len u64 + footer_crc u32 + version u32 + magic (8).
@@ -36,6 +39,7 @@ pub(crate) fn kind_code(kind: ColumnKind) -> u8 {
         ColumnKind::I64 => 1,
         ColumnKind::U8 => 2,
         ColumnKind::Bool => 3,
+        ColumnKind::Bytes => 4,
     }
 }
 
@@ -45,6 +49,7 @@ pub(crate) fn kind_from_code(code: u8) -> Option<ColumnKind> {
         1 => Some(ColumnKind::I64),
         2 => Some(ColumnKind::U8),
         3 => Some(ColumnKind::Bool),
+        4 => Some(ColumnKind::Bytes),
         _ => None,
     }
 }
@@ -56,7 +61,7 @@ pub(crate) enum Encoding {
     Int = 0,
     /// Strings as dictionary codes (0 = NULL) in integer blocks.
     Dict = 1,
-    /// Strings as validity bitmap + lengths (integer block) + bytes.
+    /// Strings (and Bytes) as validity bitmap + lengths (integer block) + bytes.
     PlainStr = 2,
 }
 

@@ -2,7 +2,8 @@
 //!
 //! `open` checks magic, version and the footer checksum, parses the footer
 //! and validates its structure against the file (every block and index
-//! range inside its section, the schema of this build), so later reads can
+//! range inside its section, the schema its caller expects: events unless
+//! it says otherwise), so later reads can
 //! index the map without further bounds surprises. Block bytes and index
 //! bitmaps are checked against their own CRC32C each time they are read:
 //! a flipped byte becomes a `SegmentCorrupt` error naming the file, never
@@ -16,22 +17,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::StringBuilder;
-use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array};
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::error::{IoContext, Result, StorageError};
-use crate::event::{COLUMNS, ColumnId, ColumnKind, EventBatch, event_schema};
+use crate::event::{ColumnKind, EventBatch};
 use crate::ids::SegmentId;
 
 use super::cache::{BlockCache, BlockKey, next_reader_id};
 use super::format::{
-    BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason, SUPPORTED_VERSIONS,
-    TRAILER_LEN, decode_ints_at, decode_ints_map, packed_len, select_ints,
+    BYTES_SINCE, BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason,
+    SUPPORTED_VERSIONS, TRAILER_LEN, decode_ints_at, decode_ints_map, packed_len, select_ints,
 };
-use super::{ColumnData, ColumnStats, Dictionary, Selection};
+use super::{ColumnData, ColumnStats, Dictionary, SegmentColumn, SegmentSchema, Selection};
 
 /// An open segment file. Cheap to share (`Send + Sync`); every read method
 /// takes `&self`.
@@ -41,6 +42,7 @@ pub struct SegmentReader {
     path: PathBuf,
     mmap: Mmap,
     pub(super) footer: Footer,
+    schema: Arc<SegmentSchema>,
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
     cache: Option<Arc<BlockCache>>,
@@ -115,8 +117,14 @@ impl SegmentReader {
     /// Maps the segment at `path` and validates its header, trailer and
     /// footer. Errors: `Io` if the file cannot be read,
     /// `UnsupportedFormat` for a version this build cannot read,
-    /// `SegmentCorrupt` for anything else wrong.
+    /// `SegmentCorrupt` for anything else wrong, a file of another schema
+    /// included.
     pub fn open(id: SegmentId, path: &Path) -> Result<SegmentReader> {
+        SegmentReader::open_as(id, path, SegmentSchema::events().clone())
+    }
+
+    /// Like [`SegmentReader::open`], for a segment of `schema`.
+    pub fn open_as(id: SegmentId, path: &Path, schema: Arc<SegmentSchema>) -> Result<SegmentReader> {
         let file = File::open(path).at(path)?;
         let len = file.metadata().at(path)?.len();
         if len < (HEADER_LEN + TRAILER_LEN) as u64 {
@@ -154,8 +162,9 @@ impl SegmentReader {
             return Err(corrupt(id, path, "footer checksum mismatch"));
         }
         let footer = Footer::decode(footer_bytes).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
-        validate(&footer, footer_start as u64).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
-        Ok(SegmentReader { id, path: path.to_owned(), mmap, footer, uid: next_reader_id(), cache: None })
+        validate(&footer, footer_start as u64, version, &schema)
+            .map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        Ok(SegmentReader { id, path: path.to_owned(), mmap, footer, schema, uid: next_reader_id(), cache: None })
     }
 
     /// This reader, keeping the blocks its query reads check and
@@ -167,6 +176,11 @@ impl SegmentReader {
 
     pub fn id(&self) -> SegmentId {
         self.id
+    }
+
+    /// The schema the file was checked against.
+    pub fn schema(&self) -> &Arc<SegmentSchema> {
+        &self.schema
     }
 
     pub fn path(&self) -> &Path {
@@ -204,22 +218,22 @@ impl SegmentReader {
     }
 
     /// Null count and value range of the whole column.
-    pub fn column_stats(&self, col: ColumnId) -> &ColumnStats {
+    pub fn column_stats(&self, col: impl SegmentColumn) -> &ColumnStats {
         &self.col(col).stats
     }
 
     /// Null count and value range of one block; `None` past the last block.
-    pub fn block_stats(&self, col: ColumnId, block: usize) -> Option<&ColumnStats> {
+    pub fn block_stats(&self, col: impl SegmentColumn, block: usize) -> Option<&ColumnStats> {
         self.col(col).blocks.get(block).map(|b| &b.stats)
     }
 
     /// The column's dictionary, if it is dictionary-encoded in this segment.
-    pub fn dictionary(&self, col: ColumnId) -> Option<&Dictionary> {
+    pub fn dictionary(&self, col: impl SegmentColumn) -> Option<&Dictionary> {
         self.col(col).dict.as_deref()
     }
 
     /// Whether [`SegmentReader::index_rows`] works for `col` (dictionary-encoded dimensions).
-    pub fn has_index(&self, col: ColumnId) -> bool {
+    pub fn has_index(&self, col: impl SegmentColumn) -> bool {
         self.col(col).index.is_some()
     }
 
@@ -227,12 +241,16 @@ impl SegmentReader {
     /// from the map on each call and checked against its CRC32C. A code
     /// past the dictionary gives an empty bitmap; a column without an index
     /// is a caller bug (`Internal`).
-    pub fn index_rows(&self, col: ColumnId, code: u32) -> Result<RoaringBitmap> {
+    pub fn index_rows(&self, col: impl SegmentColumn, code: u32) -> Result<RoaringBitmap> {
         let Some(entries) = &self.col(col).index else {
-            return Err(StorageError::Internal(format!("column {} of segment {} has no index", col.name(), self.id)));
+            return Err(StorageError::Internal(format!(
+                "column {} of segment {} has no index",
+                self.name(col),
+                self.id
+            )));
         };
         let Some(e) = entries.get(code as usize) else { return Ok(RoaringBitmap::new()) };
-        let what = || format!("index of column {} code {code}", col.name());
+        let what = || format!("index of column {} code {code}", self.name(col));
         let bytes = self.slice(e.offset, e.len).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
         if crc32c::crc32c(bytes) != e.crc {
             return Err(self.corrupt(format!("{}: checksum mismatch", what())));
@@ -247,14 +265,14 @@ impl SegmentReader {
     /// Decodes one block of one column, after checking its CRC32C. Errors:
     /// `SegmentCorrupt` naming the file, column and block; `Internal` for a
     /// block past the last.
-    pub fn read_column(&self, col: ColumnId, block: usize) -> Result<ColumnData> {
+    pub fn read_column(&self, col: impl SegmentColumn, block: usize) -> Result<ColumnData> {
         self.read_picked(col, block, Pick::Run(&(0..self.block_rows(block).len())), Via::Cache)
     }
 
     /// The values of `col` at offsets `idx` within `block`, in `idx` order:
     /// a gather that decodes bit-packed values in place instead of the
     /// whole block. The whole block's checksum is still verified.
-    pub fn read_column_at(&self, col: ColumnId, block: usize, idx: &[u32]) -> Result<ColumnData> {
+    pub fn read_column_at(&self, col: impl SegmentColumn, block: usize, idx: &[u32]) -> Result<ColumnData> {
         self.read_picked(col, block, Pick::At(idx), Via::Cache)
     }
 
@@ -264,16 +282,16 @@ impl SegmentReader {
     /// without decoding the column. `Internal` for a plain string column.
     pub fn select_rows(
         &self,
-        col: ColumnId,
+        col: impl SegmentColumn,
         block: usize,
         within: Selection,
         keep: impl Fn(i64) -> bool,
     ) -> Result<Selection> {
         let (meta, b) = self.block_meta(col, block)?;
         if meta.encoding == Encoding::PlainStr {
-            return Err(StorageError::Internal(format!("select_rows on plain string column {}", col.name())));
+            return Err(StorageError::Internal(format!("select_rows on plain string column {}", self.name(col))));
         }
-        let what = || format!("column {} block {block}", col.name());
+        let what = || format!("column {} block {block}", self.name(col));
         let raw = self.block_bytes(b, Via::Cache).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
         let n = b.rows as usize;
         let check = |used: usize| {
@@ -309,11 +327,11 @@ impl SegmentReader {
     /// scan that keeps a run of rows (sorted dimensions) decodes just that
     /// run. The whole block's checksum is still verified. `rows` past the
     /// block is `Internal`.
-    pub fn read_column_rows(&self, col: ColumnId, block: usize, rows: Range<usize>) -> Result<ColumnData> {
+    pub fn read_column_rows(&self, col: impl SegmentColumn, block: usize, rows: Range<usize>) -> Result<ColumnData> {
         self.read_picked(col, block, Pick::Run(&rows), Via::Cache)
     }
 
-    fn read_picked(&self, col: ColumnId, block: usize, pick: Pick<'_>, via: Via) -> Result<ColumnData> {
+    fn read_picked(&self, col: impl SegmentColumn, block: usize, pick: Pick<'_>, via: Via) -> Result<ColumnData> {
         let (meta, b) = self.block_meta(col, block)?;
         if let Pick::Run(rows) = pick
             && (rows.start > rows.end || rows.end > b.rows as usize)
@@ -321,31 +339,38 @@ impl SegmentReader {
             return Err(StorageError::Internal(format!(
                 "segment {}: rows {rows:?} of column {} block {block} out of range ({} rows)",
                 self.id,
-                col.name(),
+                self.name(col),
                 b.rows
             )));
         }
-        let what = || format!("column {} block {block}", col.name());
+        let what = || format!("column {} block {block}", self.name(col));
         let raw = self.block_bytes(b, via).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
         decode_block(meta, b, &raw, pick).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
-    /// The whole segment as one batch, rows in stored (sorted) order.
+    /// The whole events segment as one batch, rows in stored (sorted) order.
     pub fn read_batch(&self) -> Result<EventBatch> {
         if self.num_rows() == 0 {
             return Ok(EventBatch::empty());
         }
-        let columns = COLUMNS.par_iter().map(|spec| self.read_array(spec.id)).collect::<Result<Vec<_>>>()?;
-        let batch = RecordBatch::try_new(event_schema(), columns)
-            .map_err(|e| self.corrupt(format!("decoded columns do not form a batch: {e}")))?;
+        let batch = self.read_record_batch()?;
         EventBatch::try_new(batch).map_err(|e| self.corrupt(format!("decoded rows are not valid events: {e}")))
+    }
+
+    /// The whole segment as one batch of its schema, rows in stored order.
+    pub fn read_record_batch(&self) -> Result<RecordBatch> {
+        let n = self.schema.columns().len();
+        let columns = (0..n).into_par_iter().map(|i| self.read_array(i)).collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.schema.arrow(), columns)
+            .map_err(|e| self.corrupt(format!("decoded columns do not form a batch: {e}")))
     }
 
     /// Checks every checksum in the file and decodes every block and bitmap.
     pub fn verify(&self) -> Result<()> {
-        for spec in &COLUMNS {
-            for block in 0..self.col(spec.id).blocks.len() {
-                self.read_picked(spec.id, block, Pick::Run(&(0..self.block_rows(block).len())), Via::File)?;
+        let n = self.schema.columns().len();
+        for col in 0..n {
+            for block in 0..self.col(col).blocks.len() {
+                self.read_picked(col, block, Pick::Run(&(0..self.block_rows(block).len())), Via::File)?;
             }
         }
         let f = &self.footer;
@@ -354,10 +379,10 @@ impl SegmentReader {
         if crc32c::crc32c(section) != f.index_crc {
             return Err(self.corrupt("index section checksum mismatch"));
         }
-        for spec in &COLUMNS {
-            if let Some(entries) = &self.col(spec.id).index {
+        for col in 0..n {
+            if let Some(entries) = &self.col(col).index {
                 for code in 0..entries.len() {
-                    self.index_rows(spec.id, code as u32)?;
+                    self.index_rows(col, code as u32)?;
                 }
             }
         }
@@ -365,22 +390,27 @@ impl SegmentReader {
     }
 
     /// A column's metadata and that of one of its blocks; `Internal` past the last block.
-    fn block_meta(&self, col: ColumnId, block: usize) -> Result<(&ColumnMeta, &BlockMeta)> {
+    fn block_meta(&self, col: impl SegmentColumn, block: usize) -> Result<(&ColumnMeta, &BlockMeta)> {
         let meta = self.col(col);
         let b = meta.blocks.get(block).ok_or_else(|| {
             StorageError::Internal(format!(
                 "segment {}: block {block} of column {} out of range ({} blocks)",
                 self.id,
-                col.name(),
+                self.name(col),
                 meta.blocks.len()
             ))
         })?;
         Ok((meta, b))
     }
 
-    fn col(&self, col: ColumnId) -> &ColumnMeta {
-        // Invariant: `validate` checked that the footer has every column of the schema, in order.
-        &self.footer.columns[col.index()]
+    fn col(&self, col: impl SegmentColumn) -> &ColumnMeta {
+        // Invariant: `validate` checked that the footer has every column of
+        // the schema, in order; callers pass positions in that schema.
+        &self.footer.columns[col.position()]
+    }
+
+    fn name(&self, col: impl SegmentColumn) -> &str {
+        &self.col(col).name
     }
 
     fn corrupt(&self, reason: impl Into<String>) -> StorageError {
@@ -444,13 +474,13 @@ impl SegmentReader {
     }
 
     /// A whole column as one Arrow array.
-    fn read_array(&self, col: ColumnId) -> Result<ArrayRef> {
+    fn read_array(&self, col: impl SegmentColumn) -> Result<ArrayRef> {
         let meta = self.col(col);
         let parts = (0..meta.blocks.len())
             .map(|b| self.read_picked(col, b, Pick::Run(&(0..self.block_rows(b).len())), Via::File))
             .collect::<Result<Vec<_>>>()?;
         let rows = self.num_rows();
-        let mismatch = || StorageError::Internal(format!("column {} decoded to mixed block types", col.name()));
+        let mismatch = || StorageError::Internal(format!("column {} decoded to mixed block types", self.name(col)));
         let array: ArrayRef = match meta.kind {
             ColumnKind::I64 => {
                 let mut all = Vec::with_capacity(rows);
@@ -503,21 +533,33 @@ impl SegmentReader {
                 let refs: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
                 arrow_select::concat::concat(&refs)?
             }
+            ColumnKind::Bytes => {
+                let arrays = parts
+                    .into_iter()
+                    .map(|p| match p {
+                        ColumnData::Bytes(a) => Ok(a),
+                        _ => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<BinaryArray>>>()?;
+                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
+                arrow_select::concat::concat(&refs)?
+            }
         };
         Ok(array)
     }
 }
 
 /// Structural checks of a decoded footer against the file and the schema.
-fn validate(f: &Footer, footer_start: u64) -> Result<(), Reason> {
+fn validate(f: &Footer, footer_start: u64, version: u32, schema: &SegmentSchema) -> Result<(), Reason> {
     if f.rows > u64::from(u32::MAX) {
         return Err(format!("row count {} exceeds the limit", f.rows));
     }
     if f.block_rows == 0 {
         return Err("block_rows is 0".into());
     }
-    if f.columns.len() != COLUMNS.len() {
-        return Err(format!("{} columns, expected {}", f.columns.len(), COLUMNS.len()));
+    let defs = schema.columns();
+    if f.columns.len() != defs.len() {
+        return Err(format!("{} columns, expected {}", f.columns.len(), defs.len()));
     }
     let index_end = f.index_offset.checked_add(f.index_len);
     if f.index_offset < HEADER_LEN as u64 || index_end != Some(footer_start) {
@@ -526,12 +568,19 @@ fn validate(f: &Footer, footer_start: u64) -> Result<(), Reason> {
     let rows = f.rows as usize;
     let block_rows = f.block_rows as usize;
     let nblocks = rows.div_ceil(block_rows);
-    for (spec, c) in COLUMNS.iter().zip(&f.columns) {
-        if c.name != spec.name || c.kind != spec.kind {
+    for (spec, c) in defs.iter().zip(&f.columns) {
+        if c.name != spec.name {
             return Err(format!("column {:?} where the schema has {:?}", c.name, spec.name));
+        }
+        if c.kind != spec.kind {
+            return Err(format!("column {} is {:?} where the schema has {:?}", c.name, c.kind, spec.kind));
+        }
+        if c.kind == ColumnKind::Bytes && version < BYTES_SINCE {
+            return Err(format!("column {}: bytes in a version {version} file", c.name));
         }
         let encoding_ok = match spec.kind {
             ColumnKind::Str => matches!(c.encoding, Encoding::Dict | Encoding::PlainStr),
+            ColumnKind::Bytes => c.encoding == Encoding::PlainStr,
             _ => c.encoding == Encoding::Int,
         };
         if !encoding_ok {
@@ -631,24 +680,46 @@ fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], pick: Pick<'_>) ->
             Ok(ColumnData::Dict { codes, dict })
         }
         (ColumnKind::Str, _) => {
-            let all = decode_plain(raw, n)?;
-            Ok(ColumnData::Str(match pick {
-                Pick::Run(r) if r.len() == n => all,
-                Pick::Run(r) => all.slice(r.start, r.len()),
-                Pick::At(idx) => {
-                    if let Some(&i) = idx.iter().find(|&&i| i as usize >= n) {
-                        return Err(format!("row {i} outside a block of {n}"));
-                    }
-                    idx.iter().map(|&i| (!all.is_null(i as usize)).then(|| all.value(i as usize))).collect()
-                }
-            }))
+            let (offsets, data, nulls) = decode_plain(raw, n)?;
+            let all = StringArray::try_new(offsets, data, nulls).map_err(|e| e.to_string())?;
+            Ok(ColumnData::Str(picked(all, n, pick)?))
+        }
+        (ColumnKind::Bytes, _) => {
+            let (offsets, data, nulls) = decode_plain(raw, n)?;
+            let all = BinaryArray::try_new(offsets, data, nulls).map_err(|e| e.to_string())?;
+            Ok(ColumnData::Bytes(picked(all, n, pick)?))
         }
     }
 }
 
-/// Plain string block: `null_count u32 | validity bitmap (if null_count > 0)
-/// | lengths (integer block) | bytes`.
-fn decode_plain(raw: &[u8], n: usize) -> Result<StringArray, Reason> {
+/// The picked rows of a whole decoded `n`-row block of strings or bytes.
+fn picked<T: arrow_array::types::ByteArrayType>(
+    all: arrow_array::GenericByteArray<T>,
+    n: usize,
+    pick: Pick<'_>,
+) -> Result<arrow_array::GenericByteArray<T>, Reason> {
+    Ok(match pick {
+        Pick::Run(r) if r.len() == n => all,
+        Pick::Run(r) => all.slice(r.start, r.len()),
+        Pick::At(idx) => {
+            if let Some(&i) = idx.iter().find(|&&i| i as usize >= n) {
+                return Err(format!("row {i} outside a block of {n}"));
+            }
+            let take = arrow_array::UInt32Array::from(idx.to_vec());
+            let taken = arrow_select::take::take(&all, &take, None).map_err(|e| e.to_string())?;
+            taken
+                .as_any()
+                .downcast_ref::<arrow_array::GenericByteArray<T>>()
+                .cloned()
+                .ok_or_else(|| "gathered values changed type".to_string())?
+        }
+    })
+}
+
+/// Plain string or bytes block: `null_count u32 | validity bitmap (if
+/// null_count > 0) | lengths (integer block) | bytes`, as the offsets,
+/// values and validity of an Arrow array (checked by its `try_new`).
+fn decode_plain(raw: &[u8], n: usize) -> Result<(OffsetBuffer<i32>, Buffer, Option<NullBuffer>), Reason> {
     let mut d = Dec::new(raw);
     let null_count = d.u32()? as usize;
     if null_count > n {
@@ -682,6 +753,5 @@ fn decode_plain(raw: &[u8], n: usize) -> Result<StringArray, Reason> {
         return Err(format!("string lengths sum to {total}, block holds {} bytes", data.len()));
     }
     // Invariant: offsets start at 0 and never decrease (lengths are checked >= 0).
-    let offsets = OffsetBuffer::new(offsets.into());
-    StringArray::try_new(offsets, Buffer::from_slice_ref(data), nulls).map_err(|e| e.to_string())
+    Ok((OffsetBuffer::new(offsets.into()), Buffer::from_slice_ref(data), nulls))
 }

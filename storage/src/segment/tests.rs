@@ -92,6 +92,7 @@ fn naive_block_stats(data: &ColumnData) -> ColumnStats {
             };
             ColumnStats { null_count: a.null_count() as u64, range }
         }
+        ColumnData::Bytes(a) => ColumnStats { null_count: a.null_count() as u64, range: ValueRange::Empty },
     }
 }
 
@@ -358,22 +359,23 @@ fn truncated_file_fails_open() {
 fn unknown_version_is_unsupported() {
     let (_dir, path, mut bytes, _) = corrupt_fixture();
     let n = bytes.len();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    bytes[n - 12..n - 8].copy_from_slice(&2u32.to_le_bytes());
+    let next = super::format::FORMAT_VERSION + 1;
+    bytes[8..12].copy_from_slice(&next.to_le_bytes());
+    bytes[n - 12..n - 8].copy_from_slice(&next.to_le_bytes());
     std::fs::write(&path, &bytes).expect("write");
     match SegmentReader::open(ID, &path) {
-        Err(StorageError::UnsupportedFormat { version: 2, path: p }) => assert_eq!(p, path),
+        Err(StorageError::UnsupportedFormat { version, path: p }) if version == next => assert_eq!(p, path),
         other => panic!("expected UnsupportedFormat, got {other:?}"),
     }
 }
 
 // ---------------------------------------------------------------- golden file
 
-fn golden_path() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/segment-v1.seg"))
+fn golden_path(version: u32) -> PathBuf {
+    PathBuf::from(format!("{}/../tests/golden/segment-v{version}.seg", env!("CARGO_MANIFEST_DIR")))
 }
 
-/// The input of the golden file. Changing it requires regenerating the
+/// The input of the golden files. Changing it requires regenerating the
 /// file, which only `ADSTORE_REGENERATE_GOLDEN=1` does.
 fn golden_events() -> Vec<Event> {
     let mut events = small_events(10);
@@ -388,19 +390,46 @@ fn golden_options() -> SegmentWriteOptions {
     SegmentWriteOptions { block_rows: 4, zstd_level: 3, user_meta: b"golden-v1".to_vec() }
 }
 
+/// Version 2's golden file: a derived schema with a bytes column.
+fn golden_v2_rows() -> Vec<DerivedRow> {
+    let mut rows = derived_rows(9);
+    rows[2].4 = Some(Vec::new());
+    rows[7].2 = Some("日本".into());
+    rows
+}
+
+/// Writes the golden file of the version this build writes (older ones
+/// are never rewritten: they pin what old builds wrote).
 #[test]
 fn regenerate_golden_file() {
     if std::env::var("ADSTORE_REGENERATE_GOLDEN").as_deref() != Ok("1") {
         return;
     }
-    let path = golden_path();
+    let path = golden_path(super::format::FORMAT_VERSION);
     std::fs::create_dir_all(path.parent().expect("golden dir")).expect("mkdir");
-    write_segment(&path, &EventBatch::from_events(&golden_events()), &golden_options()).expect("write golden");
+    let schema = derived_schema();
+    let options = SegmentWriteOptions { user_meta: b"golden-v2".to_vec(), ..golden_options() };
+    write_columns(&path, &schema, &derived_batch(&schema, &golden_v2_rows()), &options).expect("write golden");
+}
+
+#[test]
+fn golden_file_v2_reads_back_exactly() {
+    let schema = derived_schema();
+    let r = SegmentReader::open_as(SegmentId(2), &golden_path(2), schema.clone()).expect("open golden segment-v2.seg");
+    r.verify().expect("golden verifies");
+    assert_eq!(r.user_meta(), b"golden-v2");
+    assert_eq!((r.num_rows(), r.num_blocks()), (9, 3));
+    let mut want = golden_v2_rows();
+    want.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    assert_eq!(r.read_record_batch().expect("read golden"), derived_batch(&schema, &want));
+    // Stored order, pinned literally: acme (rows 7, 4, 1 by time), then mid.
+    let ColumnData::I64(clicks) = r.read_column(3usize, 0).expect("block 0") else { panic!("i64 column") };
+    assert_eq!(clicks, [21, 12, 3, 6]);
 }
 
 #[test]
 fn golden_file_v1_reads_back_exactly() {
-    let path = golden_path();
+    let path = golden_path(1);
     let r = SegmentReader::open(SegmentId(1), &path).expect("open golden segment-v1.seg");
     r.verify().expect("golden verifies");
     assert_eq!(r.user_meta(), b"golden-v1");
@@ -479,4 +508,168 @@ fn verify_reads_the_file_not_the_cache() {
     assert!(err.to_string().contains("cost_micros block 1"), "{err}");
     let fresh = SegmentReader::open(ID, &path).expect("footer intact");
     assert!(fresh.read_column(ColumnId::CostMicros, 1).is_err(), "an uncached read sees the damage");
+}
+
+// ------------------------------------------------------------- any schema
+
+/// A derived table's shape: two dimensions (one sorting), time, a sum and
+/// a nullable bytes column (a sketch).
+fn derived_schema() -> std::sync::Arc<SegmentSchema> {
+    let col = |name, kind, nullable, dimension| ColumnDef { name, kind, nullable, dimension };
+    let columns = vec![
+        col("ts", ColumnKind::I64, false, false),
+        col("advertiser_id", ColumnKind::Str, false, true),
+        col("country", ColumnKind::Str, true, true),
+        col("clicks", ColumnKind::I64, false, false),
+        col("users", ColumnKind::Bytes, true, false),
+    ];
+    std::sync::Arc::new(SegmentSchema::new(columns, 0, vec![1]).expect("schema"))
+}
+
+/// Rows `(ts, advertiser, country, clicks, users)` as a batch of `derived_schema`.
+type DerivedRow = (i64, String, Option<String>, i64, Option<Vec<u8>>);
+
+fn derived_batch(schema: &SegmentSchema, rows: &[DerivedRow]) -> arrow_array::RecordBatch {
+    use arrow_array::{ArrayRef, BinaryArray, Int64Array, StringArray};
+    let columns: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+        std::sync::Arc::new(rows.iter().map(|r| Some(r.1.as_str())).collect::<StringArray>()),
+        std::sync::Arc::new(rows.iter().map(|r| r.2.as_deref()).collect::<StringArray>()),
+        std::sync::Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+        std::sync::Arc::new(rows.iter().map(|r| r.4.as_deref()).collect::<BinaryArray>()),
+    ];
+    arrow_array::RecordBatch::try_new(schema.arrow(), columns).expect("batch")
+}
+
+fn derived_rows(n: usize) -> Vec<DerivedRow> {
+    (0..n)
+        .map(|i| {
+            let sketch = (i % 4 != 0).then(|| (0..(i % 7) as u8).map(|b| b.wrapping_mul(37) ^ i as u8).collect());
+            (
+                1_700_000_000_000 + ((i * 7919) % 5000) as i64 * 60_000,
+                ["zeta", "acme", "mid"][i % 3].to_string(),
+                (i % 5 != 0).then(|| ["DE", "FR"][i % 2].to_string()),
+                i as i64 * 3,
+                sketch,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_segment_of_any_schema_reads_back_sorted_with_its_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = derived_schema();
+    let rows = derived_rows(300);
+    let path = dir.path().join(ID.file_name());
+    let summary = write_columns(&path, &schema, &derived_batch(&schema, &rows), &opts(64)).expect("write");
+    assert_eq!(summary.rows, 300);
+    assert_eq!(
+        (summary.min_ts, summary.max_ts),
+        (rows.iter().map(|r| r.0).min().expect("rows"), rows.iter().map(|r| r.0).max().expect("rows"))
+    );
+
+    let r = SegmentReader::open_as(ID, &path, schema.clone()).expect("open");
+    r.verify().expect("verify");
+    let mut want = rows.clone();
+    // Sorted by advertiser then time; ties keep input order (stable sort).
+    want.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    assert_eq!(r.read_record_batch().expect("read"), derived_batch(&schema, &want));
+    // Block reads by position, the dimension indexed, the bytes picked.
+    let block1 = r.block_rows(1);
+    let ColumnData::Bytes(users) = r.read_column(4usize, 1).expect("block") else { panic!("bytes column") };
+    assert_eq!(users.len(), block1.len());
+    for (k, row) in block1.clone().enumerate() {
+        assert_eq!(users.is_valid(k).then(|| users.value(k).to_vec()), want[row].4);
+    }
+    let ColumnData::Bytes(picked) = r.read_column_at(4usize, 1, &[5, 0, 5]).expect("picked") else {
+        panic!("bytes column")
+    };
+    let at = |k: usize| picked.is_valid(k).then(|| picked.value(k).to_vec());
+    assert_eq!(
+        (at(0), at(1), at(2)),
+        (want[block1.start + 5].4.clone(), want[block1.start].4.clone(), want[block1.start + 5].4.clone())
+    );
+    assert!(r.has_index(2usize));
+    let de = r.dictionary(2usize).and_then(|d| (1..=d.len() as u32).find(|&c| d.value(c) == Some("DE"))).expect("DE");
+    let de_rows: Vec<u32> = r.index_rows(2usize, de).expect("index").iter().collect();
+    let model: Vec<u32> =
+        want.iter().enumerate().filter(|(_, w)| w.2.as_deref() == Some("DE")).map(|(i, _)| i as u32).collect();
+    assert_eq!(de_rows, model);
+
+    // Opened as events, or as another derived schema, it is refused by name.
+    let err = SegmentReader::open(ID, &path).expect_err("not an events segment");
+    assert!(matches!(err, StorageError::SegmentCorrupt { .. }), "{err}");
+    let col = |name, kind| ColumnDef { name, kind, nullable: false, dimension: false };
+    let other = SegmentSchema::new(
+        vec![
+            col("ts", ColumnKind::I64),
+            col("advertiser_id", ColumnKind::Str),
+            col("country", ColumnKind::Str),
+            col("clicks", ColumnKind::I64),
+            col("users", ColumnKind::I64),
+        ],
+        0,
+        vec![],
+    )
+    .expect("schema");
+    let err = SegmentReader::open_as(ID, &path, std::sync::Arc::new(other)).expect_err("other schema");
+    assert!(err.to_string().contains("users"), "{err}");
+}
+
+#[test]
+fn every_flipped_byte_of_a_derived_segment_is_detected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = derived_schema();
+    let path = dir.path().join(ID.file_name());
+    write_columns(&path, &schema, &derived_batch(&schema, &derived_rows(40)), &opts(16)).expect("write");
+    let bytes = std::fs::read(&path).expect("read");
+    for i in (0..bytes.len()).step_by(3) {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x5a;
+        std::fs::write(&path, &bad).expect("write");
+        let outcome = SegmentReader::open_as(ID, &path, schema.clone()).and_then(|r| r.verify());
+        assert!(outcome.is_err(), "flipped byte {i} of {} went unnoticed", bytes.len());
+    }
+}
+
+#[test]
+fn bad_schemas_and_batches_are_refused_by_name() {
+    let col = |name, kind, nullable, dimension| ColumnDef { name, kind, nullable, dimension };
+    let refused = |columns: Vec<ColumnDef>, ts: usize, sort: Vec<usize>| match SegmentSchema::new(columns, ts, sort) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted"),
+    };
+    let ts = || col("ts", ColumnKind::I64, false, false);
+    let dim = |name| col(name, ColumnKind::Str, false, true);
+    assert!(refused(vec![], 0, vec![]).contains("0 columns"));
+    assert!(refused(vec![ts(), ts()], 0, vec![]).contains("ts appears twice"));
+    assert!(refused(vec![ts(), dim("a")], 1, vec![]).contains("time column 1"));
+    assert!(refused(vec![ts(), col("n", ColumnKind::I64, true, false)], 0, vec![]).contains("n is nullable"));
+    assert!(refused(vec![ts(), col("b", ColumnKind::Bytes, true, true)], 0, vec![]).contains("dimension b"));
+    assert!(refused(vec![ts(), dim("a")], 0, vec![0]).contains("sort column 0"));
+    assert!(
+        refused(vec![ts(), dim("a"), dim("b"), dim("c"), dim("d")], 0, vec![1, 2, 3, 4]).contains("4 sort columns")
+    );
+
+    // A batch whose columns are not the schema's is refused, nothing written.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(ID.file_name());
+    let events = EventBatch::from_events(&small_events(3));
+    let err = write_columns(&path, &derived_schema(), events.record_batch(), &opts(16)).expect_err("mismatch");
+    assert!(err.to_string().contains("advertiser_id"), "{err}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn bytes_in_a_version_1_file_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(ID.file_name());
+    let mut bytes = std::fs::read(golden_path(2)).expect("golden v2");
+    let n = bytes.len();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    bytes[n - 12..n - 8].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&path, &bytes).expect("write");
+    let err = SegmentReader::open_as(ID, &path, derived_schema()).expect_err("v1 with bytes");
+    assert!(err.to_string().contains("users: bytes in a version 1 file"), "{err}");
 }

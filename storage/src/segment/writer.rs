@@ -1,8 +1,9 @@
 //! Writes one segment file.
 //!
 //! ```text
-//!  EventBatch ─► per string column: dictionary (sorted) or plain   (parallel)
-//!             ─► permutation sorted by (advertiser, campaign, ad, ts, input row)
+//!  batch of a SegmentSchema (EventBatch: the events schema)
+//!             ─► per string column: dictionary (sorted) or plain   (parallel)
+//!             ─► permutation sorted by (sort columns' codes, ts, input row)
 //!             ─► per column: gather block rows, encode, compress?, crc (parallel)
 //!             ─► header | blocks | index bitmaps | footer | trailer ─► fsync
 //! ```
@@ -16,18 +17,18 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use arrow_array::{Array, BooleanArray, StringArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array};
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::error::{IoContext, Result, StorageError};
-use crate::event::{COLUMNS, ColumnId, ColumnKind, ColumnSpec, EventBatch};
+use crate::event::{ColumnKind, EventBatch};
 
 use super::format::{
     BlockMeta, ColumnMeta, Encoding, FLAG_ZSTD, FORMAT_VERSION, Footer, HEADER_LEN, IndexEntry, MAGIC, encode_ints,
     pack,
 };
-use super::{ColumnStats, Dictionary, SegmentSummary, SegmentWriteOptions, ValueRange};
+use super::{ColumnDef, ColumnStats, Dictionary, SegmentSchema, SegmentSummary, SegmentWriteOptions, ValueRange};
 
 /// Largest `user_meta` accepted.
 const MAX_USER_META: usize = 16 << 20;
@@ -39,6 +40,18 @@ const MAX_USER_META: usize = 16 << 20;
 /// The caller chooses the file name and fsyncs the directory. On error a
 /// partial file may remain at `path`; it fails [`super::SegmentReader::open`].
 pub fn write_segment(path: &Path, batch: &EventBatch, opts: &SegmentWriteOptions) -> Result<SegmentSummary> {
+    write_columns(path, SegmentSchema::events(), batch.record_batch(), opts)
+}
+
+/// Writes `batch`, whose Arrow schema must be `schema.arrow()`, to a new
+/// segment file at `path`, as [`write_segment`] does for events: rows
+/// sorted by the schema's sort columns and time, ties in input order.
+pub fn write_columns(
+    path: &Path,
+    schema: &SegmentSchema,
+    batch: &RecordBatch,
+    opts: &SegmentWriteOptions,
+) -> Result<SegmentSummary> {
     let rows = batch.num_rows();
     if opts.block_rows == 0 || u32::try_from(opts.block_rows).is_err() {
         return Err(StorageError::Config(format!("segment block_rows must be in 1..=2^32-1, got {}", opts.block_rows)));
@@ -55,17 +68,34 @@ pub fn write_segment(path: &Path, batch: &EventBatch, opts: &SegmentWriteOptions
     if u32::try_from(rows).is_err() {
         return Err(StorageError::SegmentTooLarge { path: path.to_owned(), rows: rows as u64 });
     }
+    if batch.schema().fields() != schema.arrow().fields() {
+        return Err(StorageError::Schema(format!(
+            "a batch to write as a segment has columns {:?}, its schema {:?}",
+            batch.schema().fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+            schema.columns().iter().map(|c| c.name).collect::<Vec<_>>()
+        )));
+    }
 
-    let sources = COLUMNS.par_iter().map(|spec| Source::prepare(batch, spec)).collect::<Result<Vec<_>>>()?;
-    let perm = sort_permutation(&sources, batch.ts())?;
-    let encoded = COLUMNS
+    let defs = schema.columns();
+    let sources = defs
         .par_iter()
+        .zip(batch.columns())
+        .map(|(def, array)| Source::prepare(array, def))
+        .collect::<Result<Vec<_>>>()?;
+    let ts = match &sources[schema.ts()] {
+        Source::I64(v) => *v,
+        _ => return Err(StorageError::Internal("the time column is not I64".into())),
+    };
+    let perm = sort_permutation(&sources, schema, ts)?;
+    let encoded = defs
+        .par_iter()
+        .enumerate()
         .zip(&sources)
-        .map(|(spec, src)| encode_column(spec, src, &perm, opts))
+        .map(|((i, def), src)| encode_column(def, i == schema.ts(), src, &perm, opts))
         .collect::<Result<Vec<_>>>()?;
     drop(sources);
 
-    let (min_ts, max_ts) = batch.ts().iter().fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    let (min_ts, max_ts) = ts.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
     let file = File::create(path).at(path)?;
     let mut w = CountingWriter { inner: BufWriter::with_capacity(1 << 20, file), pos: 0 };
 
@@ -147,19 +177,32 @@ enum Source<'a> {
     Bool(&'a BooleanArray),
     Dict { dict: Dictionary, codes: Vec<u32> },
     Plain(&'a StringArray),
+    Bytes(&'a BinaryArray),
+}
+
+/// `array` as the Arrow type `T`, or a `Schema` error naming the column.
+fn downcast<'a, T: 'static>(array: &'a ArrayRef, def: &ColumnDef) -> Result<&'a T> {
+    array
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| StorageError::Schema(format!("column {} is not of kind {:?}", def.name, def.kind)))
 }
 
 impl<'a> Source<'a> {
-    fn prepare(batch: &'a EventBatch, spec: &ColumnSpec) -> Result<Source<'a>> {
-        Ok(match spec.kind {
-            ColumnKind::I64 => Source::I64(batch.i64_column(spec.id).values()),
-            ColumnKind::U8 => Source::U8(batch.u8_column(spec.id).values()),
-            ColumnKind::Bool => Source::Bool(batch.bool_column(spec.id)),
+    fn prepare(array: &'a ArrayRef, def: &ColumnDef) -> Result<Source<'a>> {
+        if !def.nullable && array.null_count() > 0 {
+            return Err(StorageError::Schema(format!("column {} must not contain nulls", def.name)));
+        }
+        Ok(match def.kind {
+            ColumnKind::I64 => Source::I64(downcast::<Int64Array>(array, def)?.values()),
+            ColumnKind::U8 => Source::U8(downcast::<UInt8Array>(array, def)?.values()),
+            ColumnKind::Bool => Source::Bool(downcast::<BooleanArray>(array, def)?),
+            ColumnKind::Bytes => Source::Bytes(downcast::<BinaryArray>(array, def)?),
             ColumnKind::Str => {
-                let array = batch.str_column(spec.id);
+                let array = downcast::<StringArray>(array, def)?;
                 // Dimensions are always dictionary-encoded (the index needs
                 // codes); other strings only while few values are distinct.
-                let limit = if spec.dimension { None } else { Some(array.len() / 2) };
+                let limit = if def.dimension { None } else { Some(array.len() / 2) };
                 match dictionary_encode(array, limit)? {
                     Some((dict, codes)) => Source::Dict { dict, codes },
                     None => Source::Plain(array),
@@ -168,10 +211,10 @@ impl<'a> Source<'a> {
         })
     }
 
-    fn codes(&self, col: ColumnId) -> Result<&[u32]> {
+    fn codes(&self, name: &str) -> Result<&[u32]> {
         match self {
             Source::Dict { codes, .. } => Ok(codes),
-            _ => Err(StorageError::Internal(format!("sort key column {} is not dictionary-encoded", col.name()))),
+            _ => Err(StorageError::Internal(format!("sort key column {name} is not dictionary-encoded"))),
         }
     }
 }
@@ -243,15 +286,14 @@ fn dictionary_encode(array: &StringArray, limit: Option<usize>) -> Result<Option
 }
 
 /// Input row indices in stored order. Dictionary codes compare like their
-/// strings, so the key is three codes and `ts`; the input row breaks ties,
-/// which makes the unstable sort stable.
-fn sort_permutation(sources: &[Source<'_>], ts: &[i64]) -> Result<Vec<u32>> {
-    let adv = sources[ColumnId::AdvertiserId.index()].codes(ColumnId::AdvertiserId)?;
-    let camp = sources[ColumnId::CampaignId.index()].codes(ColumnId::CampaignId)?;
-    let ad = sources[ColumnId::AdId.index()].codes(ColumnId::AdId)?;
+/// strings, so the key is the sort columns' codes (32 bits each) and `ts`;
+/// the input row breaks ties, which makes the unstable sort stable.
+fn sort_permutation(sources: &[Source<'_>], schema: &SegmentSchema, ts: &[i64]) -> Result<Vec<u32>> {
+    let sort =
+        schema.sort().iter().map(|&i| sources[i].codes(schema.columns()[i].name)).collect::<Result<Vec<&[u32]>>>()?;
     let mut keys: Vec<(u128, i64, u32)> = (0..ts.len())
         .map(|i| {
-            let k = (u128::from(adv[i]) << 64) | (u128::from(camp[i]) << 32) | u128::from(ad[i]);
+            let k = sort.iter().fold(0u128, |k, codes| (k << 32) | u128::from(codes[i]));
             (k, ts[i], i as u32)
         })
         .collect();
@@ -268,7 +310,8 @@ struct EncodedColumn {
 }
 
 fn encode_column(
-    spec: &ColumnSpec,
+    def: &ColumnDef,
+    is_ts: bool,
     src: &Source<'_>,
     perm: &[u32],
     opts: &SegmentWriteOptions,
@@ -287,7 +330,7 @@ fn encode_column(
         let block_stats = match src {
             Source::I64(v) => {
                 ints.extend(idx.iter().map(|&i| v[i as usize]));
-                encode_ints(&ints, spec.id == ColumnId::Ts, &mut payload);
+                encode_ints(&ints, is_ts, &mut payload);
                 int_stats(&ints)
             }
             Source::U8(v) => {
@@ -306,6 +349,7 @@ fn encode_column(
                 code_stats(&ints)
             }
             Source::Plain(a) => encode_plain(a, idx, &mut payload, &mut ints),
+            Source::Bytes(a) => encode_bytes(a, idx, &mut payload, &mut ints),
         };
         let compressed =
             compressor.compress(&payload).map_err(|e| StorageError::Internal(format!("zstd compression: {e}")))?;
@@ -333,26 +377,20 @@ fn encode_column(
 
     let (encoding, dict, bitmaps) = match src {
         Source::Dict { dict, codes } => {
-            let bitmaps = if spec.dimension { Some(build_index(dict, codes, perm)?) } else { None };
+            let bitmaps = if def.dimension { Some(build_index(dict, codes, perm)?) } else { None };
             (Encoding::Dict, Some(std::sync::Arc::new(dict.clone())), bitmaps)
         }
-        Source::Plain(_) => (Encoding::PlainStr, None, None),
+        Source::Plain(_) | Source::Bytes(_) => (Encoding::PlainStr, None, None),
         _ => (Encoding::Int, None, None),
     };
-    let meta = ColumnMeta { name: spec.name.to_owned(), kind: spec.kind, encoding, stats, dict, blocks, index: None };
+    let meta = ColumnMeta { name: def.name.to_owned(), kind: def.kind, encoding, stats, dict, blocks, index: None };
     Ok(EncodedColumn { meta, data, bitmaps })
 }
 
 /// Plain string block: `null_count u32 | validity bitmap (only if
 /// null_count > 0) | lengths (integer block) | bytes`.
 fn encode_plain(a: &StringArray, idx: &[u32], out: &mut Vec<u8>, lengths: &mut Vec<i64>) -> ColumnStats {
-    let nulls = idx.iter().filter(|&&i| a.is_null(i as usize)).count();
-    out.extend_from_slice(&(nulls as u32).to_le_bytes());
-    if nulls > 0 {
-        pack(idx.iter().map(|&i| u64::from(a.is_valid(i as usize))), 1, out);
-    }
-    lengths.extend(idx.iter().map(|&i| if a.is_null(i as usize) { 0 } else { a.value(i as usize).len() as i64 }));
-    encode_ints(lengths, false, out);
+    let nulls = encode_lengths(a, idx, out, lengths);
     let mut range: Option<(&str, &str)> = None;
     for &i in idx {
         if a.is_valid(i as usize) {
@@ -368,7 +406,40 @@ fn encode_plain(a: &StringArray, idx: &[u32], out: &mut Vec<u8>, lengths: &mut V
         None => ValueRange::Empty,
         Some((lo, hi)) => ValueRange::Str { min: lo.to_owned(), max: hi.to_owned() },
     };
-    ColumnStats { null_count: nulls as u64, range }
+    ColumnStats { null_count: nulls, range }
+}
+
+/// A bytes block: laid out like a plain string block; no value range.
+fn encode_bytes(a: &BinaryArray, idx: &[u32], out: &mut Vec<u8>, lengths: &mut Vec<i64>) -> ColumnStats {
+    let nulls = encode_lengths(a, idx, out, lengths);
+    for &i in idx {
+        if a.is_valid(i as usize) {
+            out.extend_from_slice(a.value(i as usize));
+        }
+    }
+    ColumnStats { null_count: nulls, range: ValueRange::Empty }
+}
+
+/// The head of a plain block: null count, validity bitmap if any nulls,
+/// value lengths. Returns the null count.
+fn encode_lengths<O: arrow_array::OffsetSizeTrait, T: arrow_array::types::ByteArrayType<Offset = O>>(
+    a: &arrow_array::GenericByteArray<T>,
+    idx: &[u32],
+    out: &mut Vec<u8>,
+    lengths: &mut Vec<i64>,
+) -> u64 {
+    let nulls = idx.iter().filter(|&&i| a.is_null(i as usize)).count();
+    out.extend_from_slice(&(nulls as u32).to_le_bytes());
+    if nulls > 0 {
+        pack(idx.iter().map(|&i| u64::from(a.is_valid(i as usize))), 1, out);
+    }
+    let offsets = a.value_offsets();
+    lengths.extend(idx.iter().map(|&i| {
+        let i = i as usize;
+        if a.is_null(i) { 0 } else { (offsets[i + 1] - offsets[i]).as_usize() as i64 }
+    }));
+    encode_ints(lengths, false, out);
+    nulls as u64
 }
 
 fn int_stats(values: &[i64]) -> ColumnStats {
