@@ -86,10 +86,10 @@ fn segment_files_and_listed(server: &Server, data: &Path) -> (Vec<String>, Vec<S
         .collect();
     files.sort();
     let listing = server.get("/v1/segments");
-    let mut listed: Vec<String> = listing["segments"]
-        .as_array()
-        .expect("segments")
+    // Raw segments and their minute rollup segments.
+    let mut listed: Vec<String> = ["segments", "rollups"]
         .iter()
+        .flat_map(|list| listing[*list].as_array().expect("segment list").clone())
         .map(|s| s["id"].as_str().expect("id").to_string())
         .collect();
     listed.sort();

@@ -27,18 +27,7 @@ use crate::time::{MINUTE_MS, TimeUnit, parse_interval, parse_timestamp};
 use crate::types::{DataType, Scalar};
 
 /// Dimensions of `metrics` (DESIGN.md §6), besides `ts`.
-pub(crate) const METRIC_DIMENSIONS: [ColumnId; 10] = [
-    ColumnId::PublisherId,
-    ColumnId::AdvertiserId,
-    ColumnId::CampaignId,
-    ColumnId::AdGroupId,
-    ColumnId::AdId,
-    ColumnId::Device,
-    ColumnId::Os,
-    ColumnId::Country,
-    ColumnId::Region,
-    ColumnId::Placement,
-];
+pub(crate) use adstore_storage::measure::DIMENSIONS as METRIC_DIMENSIONS;
 
 /// Whether `name` is a measure of `metrics` (`adstore_storage::measure`).
 fn is_measure(name: &str) -> bool {
@@ -1296,7 +1285,7 @@ impl Binder {
                     span,
                 ));
             }
-            return Ok(AggSpec { func: AggFunc::CountStar, arg: None, filter });
+            return Ok(AggSpec { func: AggFunc::CountStar, arg: None, filter, measure: None });
         }
         let [FunctionArgExpr::Expr(x)] = args else {
             return Err(invalid(format!("{name}() takes one argument"), span));
@@ -1346,7 +1335,8 @@ impl Binder {
             }
             _ => {}
         }
-        Ok(AggSpec { func, arg: Some(arg), filter })
+        let measure = measure_name.as_deref().and_then(Measure::parse);
+        Ok(AggSpec { func, arg: Some(arg), filter, measure })
     }
 }
 

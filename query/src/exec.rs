@@ -24,6 +24,7 @@
 //! tasks and is returned. Nothing panics on data or query input.
 
 mod agg;
+mod rollup;
 mod sort;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -55,16 +56,21 @@ pub(crate) struct ExecStats {
     pub blocks_scanned: usize,
     pub blocks_pruned: usize,
     pub provisional: bool,
+    /// What was read (see `rollup::Cover::describe`).
+    pub source: String,
 }
 
 enum Task<'p> {
     Block(&'p SegmentScan, &'p BlockScan),
     Head(&'p HeadScan),
+    /// A block of a minute rollup segment read instead of a raw segment.
+    Rollup(&'p adstore_storage::LiveSegment, usize),
 }
 
 fn scan_task(task: &Task<'_>, req: &adstore_storage::ScanRequest) -> Result<Option<(ScanBatch, bool)>> {
     Ok(match task {
         Task::Block(s, b) => scan_block(s, b, req)?.map(|sb| (sb, s.segment.meta.is_final)),
+        Task::Rollup(..) => return Err(QueryError::Internal("a rollup block scanned as events".into())),
         Task::Head(h) => {
             let one = ScanPlan {
                 segments: Vec::new(),
@@ -244,8 +250,14 @@ pub(crate) fn execute(
     deadline: Instant,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, ExecStats)> {
     let scan = snapshot.plan_scan(&plan.request)?;
-    let mut tasks: Vec<Task<'_>> =
-        scan.segments.iter().flat_map(|s| s.blocks.iter().map(move |b| Task::Block(s, b))).collect();
+    let cover = rollup::cover(snapshot, plan, &scan);
+    let mut tasks: Vec<Task<'_>> = Vec::new();
+    for s in &scan.segments {
+        match cover.of(s.segment.meta.id) {
+            Some(r) => tasks.extend(rollup::blocks(r, plan).into_iter().map(|b| Task::Rollup(r, b))),
+            None => tasks.extend(s.blocks.iter().map(|b| Task::Block(s, b))),
+        }
+    }
     tasks.extend(scan.head.iter().map(Task::Head));
     let rows_scanned = AtomicU64::new(0);
     let head_rows = AtomicBool::new(false);
@@ -287,6 +299,15 @@ pub(crate) fn execute(
                         let partial = agg::counted_partial(counts, &counted_names, aggregate.aggs.len());
                         return merger.lock().map_err(|_| poisoned())?.merge(partial);
                     }
+                }
+                if let Task::Rollup(segment, block) = t {
+                    if Instant::now() > deadline {
+                        return Err(timeout());
+                    }
+                    let got = rollup::partial(segment, *block, plan, opts.max_groups, |b| filtered(b, plan))?;
+                    let Some((rows, partial)) = got else { return Ok(()) };
+                    rows_scanned.fetch_add(rows as u64, Ordering::Relaxed);
+                    return merger.lock().map_err(|_| poisoned())?.merge(partial);
                 }
                 let Some((sb, is_final)) = next_batch(t)? else { return Ok(()) };
                 let Some(batch) = filtered(make_batch(&sb, plan, is_final)?, plan)? else { return Ok(()) };
@@ -398,6 +419,7 @@ pub(crate) fn execute(
         blocks_scanned: scan.blocks_total - scan.blocks_pruned,
         blocks_pruned: scan.blocks_pruned,
         provisional: scan.segments.iter().any(|s| !s.segment.meta.is_final) || head_rows.load(Ordering::Relaxed),
+        source: if logical.table == crate::plan::Table::Metrics { cover.describe(&scan) } else { String::new() },
     };
     Ok((schema, vec![batch], stats))
 }
@@ -406,10 +428,14 @@ pub(crate) fn execute(
 pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let l = &plan.logical;
     let scan = snapshot.plan_scan(&plan.request)?;
+    let cover = rollup::cover(snapshot, plan, &scan);
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut push = |k: &str, v: String| rows.push((k.to_string(), v));
     push("table", l.table.name().to_string());
     push("source", format!("{} ({})", plan.source.source.name(), plan.source.reason));
+    if l.table == crate::plan::Table::Metrics {
+        push("reads", cover.describe(&scan));
+    }
     let r = plan.request.time_range;
     let bound = |ms: i64| match ms {
         i64::MIN => "-inf".to_string(),
@@ -490,6 +516,18 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
         .iter()
         .map(|s| {
             let (k, name) = label(&s.segment.meta);
+            if let Some(r) = cover.of(s.segment.meta.id) {
+                let what = format!(
+                    "read through minute rollup {} segment {}: {} of {} blocks, {} rows, {}",
+                    r.meta.rollup.as_ref().map_or("?", |x| x.name.as_str()),
+                    r.meta.id,
+                    rollup::blocks(r, plan).len(),
+                    r.reader.num_blocks(),
+                    r.meta.rows,
+                    if r.meta.is_final { "final" } else { "provisional" },
+                );
+                return (k, name, what);
+            }
             let what = format!(
                 "kept: {} of {} blocks, {}{}",
                 s.blocks.len(),
@@ -519,7 +557,9 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
     }
     let head_rows: usize = scan.head.iter().map(|h| h.chunk.num_rows()).sum();
     push("head", format!("{} chunk(s), {} row(s) checked row by row", scan.head.len(), head_rows));
-    let tasks = scan.segments.iter().map(|s| s.blocks.len()).sum::<usize>() + scan.head.len();
+    let blocks =
+        |s: &SegmentScan| cover.of(s.segment.meta.id).map_or(s.blocks.len(), |r| rollup::blocks(r, plan).len());
+    let tasks = scan.segments.iter().map(blocks).sum::<usize>() + scan.head.len();
     push(
         "parallelism",
         format!("{} task(s) (blocks + head chunks) on {} rayon thread(s)", tasks, rayon::current_num_threads()),

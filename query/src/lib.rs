@@ -17,7 +17,6 @@ mod bind;
 mod error;
 mod exec;
 mod expr;
-mod hll;
 mod limits;
 mod output;
 mod plan;
@@ -110,7 +109,7 @@ fn execute_checked(snapshot: &Snapshot, sql: &str, opts: &QueryOptions) -> Resul
             segments_pruned: stats.segments_pruned,
             blocks_scanned: stats.blocks_scanned,
             blocks_pruned: stats.blocks_pruned,
-            source,
+            source: if stats.source.is_empty() { source } else { stats.source },
             provisional: stats.provisional,
         },
     })

@@ -9,6 +9,7 @@
 //! expressions after it read post slots: group keys first, then aggregates.
 
 use adstore_storage::ColumnId;
+use adstore_storage::measure::Measure;
 
 use crate::expr::Expr;
 use crate::types::DataType;
@@ -57,6 +58,10 @@ pub(crate) struct AggSpec {
     pub func: AggFunc,
     pub arg: Option<Expr>,
     pub filter: Option<Expr>,
+    /// On `metrics`: the measure this aggregate reads (`sum(m)`, or
+    /// `approx_count_distinct(users)`). `arg` is its expression over
+    /// events; a rollup reads the measure's column instead.
+    pub measure: Option<Measure>,
 }
 
 impl AggSpec {

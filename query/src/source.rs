@@ -1,8 +1,8 @@
 //! Where a query's rows come from. `events` is always answered by scanning
-//! raw events; `metrics` is answered by the cheapest source that covers the
-//! query. Only the raw-events source exists today; minute / hour / day
-//! rollups plug in here as further [`Source`] variants, each declaring
-//! which queries it can answer exactly ([`candidates`]).
+//! raw events; `metrics` by minute rollups where one covers the query's
+//! dimensions, and raw events elsewhere (the head, segments sealed before a
+//! rollup existed): the executor decides segment by segment
+//! (`exec/rollup.rs`), and EXPLAIN and the stats say what it read.
 
 use crate::plan::{LogicalPlan, Table};
 
@@ -11,12 +11,16 @@ use crate::plan::{LogicalPlan, Table};
 pub enum Source {
     /// Scan raw events in segments and the head.
     EventsScan,
+    /// Minute rollup segments where they cover the query, raw events
+    /// elsewhere.
+    Rollups,
 }
 
 impl Source {
     pub fn name(self) -> &'static str {
         match self {
             Source::EventsScan => "events",
+            Source::Rollups => "rollups",
         }
     }
 }
@@ -33,8 +37,8 @@ fn candidates(plan: &LogicalPlan) -> Vec<SourceChoice> {
     match plan.table {
         Table::Events => vec![SourceChoice { source: Source::EventsScan, reason: "table events" }],
         Table::Metrics => vec![SourceChoice {
-            source: Source::EventsScan,
-            reason: "no rollup covers this query (rollups are not built yet): aggregating raw events",
+            source: Source::Rollups,
+            reason: "minute rollups covering the query's dimensions; raw events for the head and segments without one",
         }],
     }
 }

@@ -170,7 +170,7 @@ pub(crate) fn date_trunc(unit: TimeUnit, ms: i64) -> i64 {
         TimeUnit::Week => {
             // 1970-01-01 was a Thursday; Monday 1969-12-29 is day -3.
             let days = ms.div_euclid(DAY_MS);
-            (days - (days + 3).rem_euclid(7)) * DAY_MS
+            (days - (days + 3).rem_euclid(7)).saturating_mul(DAY_MS)
         }
         TimeUnit::Month | TimeUnit::Quarter | TimeUnit::Year => {
             let (y, m, _) = civil_from_days(ms.div_euclid(DAY_MS));
@@ -179,18 +179,18 @@ pub(crate) fn date_trunc(unit: TimeUnit, ms: i64) -> i64 {
                 TimeUnit::Quarter => (m - 1) / 3 * 3 + 1,
                 _ => 1,
             };
-            days_from_civil(y, m, 1) * DAY_MS
+            days_from_civil(y, m, 1).saturating_mul(DAY_MS)
         }
         fixed => {
             let w = fixed.fixed_ms().unwrap_or(1);
-            ms.div_euclid(w) * w
+            adstore_storage::time::floor_to(ms, w)
         }
     }
 }
 
 /// `time_bucket(width, ts)`: buckets of a fixed width aligned to the epoch.
 pub(crate) fn time_bucket(width_ms: i64, ms: i64) -> i64 {
-    ms.div_euclid(width_ms) * width_ms
+    adstore_storage::time::floor_to(ms, width_ms)
 }
 
 /// Parses an interval string such as `5 minutes`, `1 hour 30 minutes`,

@@ -11,6 +11,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use adstore_query::{Cell, QueryOptions, execute};
+use adstore_storage::rollup::RollupDef;
 use adstore_storage::{Event, EventBatch, EventType, InvalidReason, SealPipeline, Store, StoreConfig};
 use proptest::prelude::*;
 
@@ -796,11 +797,35 @@ fn count_query() -> impl Strategy<Value = Query> {
         })
 }
 
+/// Rollup configurations: none, the default set, or up to three random
+/// dimension sets (so some queries are covered and some are not).
+fn any_rollups() -> impl Strategy<Value = Vec<RollupDef>> {
+    const DIMS: [&str; 10] = [
+        "publisher_id",
+        "advertiser_id",
+        "campaign_id",
+        "ad_group_id",
+        "ad_id",
+        "device",
+        "os",
+        "country",
+        "region",
+        "placement",
+    ];
+    let random = prop::collection::vec(prop::sample::subsequence(DIMS.to_vec(), 0..=5), 0..=3).prop_map(|sets| {
+        sets.iter()
+            .enumerate()
+            .map(|(i, dims)| RollupDef::new(&format!("r{i}"), dims).expect("rollup"))
+            .collect::<Vec<_>>()
+    });
+    prop_oneof![Just(Vec::new()), Just(RollupDef::defaults()), random]
+}
+
 // ---------------------------------------------------------------- the test
 
-fn load(events: &[Event], sealed: usize) -> (tempfile::TempDir, Store) {
+fn load(events: &[Event], sealed: usize, rollups: Vec<RollupDef>) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig { shards: 2, block_rows: 128, fsync: false, ..StoreConfig::default() };
+    let config = StoreConfig { shards: 2, block_rows: 128, fsync: false, rollups, ..StoreConfig::default() };
     let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
     let (a, b) = events.split_at(sealed.min(events.len()));
     if !a.is_empty() {
@@ -834,8 +859,9 @@ proptest! {
         events in prop::collection::vec(any_event(), 0..300),
         sealed_frac in 0.0f64..=1.0,
         queries in prop::collection::vec(any_query(), 10),
+        rollups in any_rollups(),
     ) {
-        check_queries(events, sealed_frac, &queries)?;
+        check_queries(events, sealed_frac, &queries, rollups)?;
     }
 
     #[test]
@@ -844,18 +870,23 @@ proptest! {
         sealed_frac in 0.5f64..=1.0,
         queries in prop::collection::vec(count_query(), 10),
     ) {
-        check_queries(events, sealed_frac, &queries)?;
+        check_queries(events, sealed_frac, &queries, RollupDef::defaults())?;
     }
 }
 
 /// Loads `events` (the first `sealed_frac` of them sealed into segments,
 /// the rest in the head) and checks every query against the naive answer.
-fn check_queries(mut events: Vec<Event>, sealed_frac: f64, queries: &[Query]) -> Result<(), TestCaseError> {
+fn check_queries(
+    mut events: Vec<Event>,
+    sealed_frac: f64,
+    queries: &[Query],
+    rollups: Vec<RollupDef>,
+) -> Result<(), TestCaseError> {
     for (i, e) in events.iter_mut().enumerate() {
         e.event_id = format!("e{i:04}");
     }
     let sealed = (events.len() as f64 * sealed_frac) as usize;
-    let (_dir, store) = load(&events, sealed);
+    let (_dir, store) = load(&events, sealed, rollups);
     for q in queries {
         match q {
             Query::Agg(a) => {

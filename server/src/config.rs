@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use adstore_storage::StoreConfig;
+use adstore_storage::rollup::RollupDef;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
@@ -22,6 +23,35 @@ pub struct Config {
     /// later through `PUT /v1/attribution` are persisted in the data
     /// directory and win over these.
     pub attribution: adstore_ingest::AttributionRules,
+    /// `[[rollups]]`: the dimension sets `metrics` is pre-aggregated by.
+    /// Absent: the default set (`RollupDef::defaults`); `rollups = []`:
+    /// none.
+    pub rollups: Option<Vec<RollupConfig>>,
+}
+
+/// One `[[rollups]]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    pub name: String,
+    pub dimensions: Vec<String>,
+}
+
+impl Config {
+    /// The rollups this configuration asks for, checked.
+    pub fn rollup_defs(&self) -> Result<Vec<RollupDef>, ServerError> {
+        let Some(list) = &self.rollups else { return Ok(RollupDef::defaults()) };
+        let mut defs: Vec<RollupDef> = Vec::with_capacity(list.len());
+        for r in list {
+            let dims: Vec<&str> = r.dimensions.iter().map(String::as_str).collect();
+            let def = RollupDef::new(&r.name, &dims).map_err(|e| ServerError::Config(format!("rollups: {e}")))?;
+            if defs.iter().any(|d| d.name() == def.name()) {
+                return Err(ServerError::Config(format!("rollups: the name {} is used twice", def.name())));
+            }
+            defs.push(def);
+        }
+        Ok(defs)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +228,7 @@ impl Config {
         }
         self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;
         self.query.validate()?;
+        self.rollup_defs()?;
         Ok(())
     }
 }
@@ -232,6 +263,26 @@ mod tests {
         let c: Config = toml::from_str("[storage]\nallowed_lateness_ms = 5\n").expect("parse");
         let err = c.validate().expect_err("set where it is not read").to_string();
         assert!(err.contains("ingest.allowed_lateness_ms"), "{err}");
+    }
+
+    #[test]
+    fn rollups_are_read_checked_and_default_to_the_dashboard_set() {
+        let c: Config = toml::from_str("").expect("parse");
+        assert_eq!(c.rollup_defs().expect("defaults"), RollupDef::defaults());
+        let c: Config = toml::from_str("rollups = []\n").expect("parse");
+        assert!(c.rollup_defs().expect("none").is_empty());
+        let text = "[[rollups]]\nname = \"by_ad\"\ndimensions = [\"advertiser_id\", \"ad_id\"]\n";
+        let c: Config = toml::from_str(text).expect("parse");
+        let defs = c.rollup_defs().expect("one");
+        assert_eq!((defs.len(), defs[0].name(), defs[0].dims().len()), (1, "by_ad", 2));
+        let twice = format!("{text}{text}");
+        let err = toml::from_str::<Config>(&twice).expect("parse").validate().expect_err("twice");
+        assert!(err.to_string().contains("by_ad is used twice"), "{err}");
+        let bad = "[[rollups]]\nname = \"r\"\ndimensions = [\"user_key\"]\n";
+        let err = toml::from_str::<Config>(bad).expect("parse").validate().expect_err("not a dimension");
+        assert!(err.to_string().contains("\"user_key\" is not a dimension of metrics"), "{err}");
+        let unknown = "[[rollups]]\nname = \"r\"\ndims = []\n";
+        assert!(toml::from_str::<Config>(unknown).is_err());
     }
 
     #[test]

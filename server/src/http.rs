@@ -129,11 +129,16 @@ struct SegmentRow {
     size_bytes: u64,
     tier: adstore_storage::Tier,
     is_final: bool,
+    /// For a rollup segment: its rollup and the raw segment it summarizes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
 }
 
 async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let catalog = app.store.catalog();
-    let rows: Vec<SegmentRow> = catalog
+    let (rows, rollups): (Vec<SegmentRow>, Vec<SegmentRow>) = catalog
         .segments
         .values()
         .map(|m| SegmentRow {
@@ -147,12 +152,15 @@ async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
             size_bytes: m.size_bytes,
             tier: m.tier,
             is_final: m.is_final,
+            rollup: m.rollup.as_ref().map(|r| r.name.clone()),
+            source: m.source.map(|s| s.to_string()),
         })
-        .collect();
+        .partition(|r| r.level == adstore_storage::Level::Raw.as_str());
     let stats = app.store.stats();
     Json(serde_json::json!({
         "catalog_version": catalog.version,
         "segments": rows,
+        "rollups": rollups,
         "head": {
             "rows": stats.head_rows,
             "partitions": stats.head_partitions,

@@ -200,8 +200,20 @@ const SERIES: &[Series] = &[
     Series {
         name: "adstore_segments",
         kind: Kind::Gauge,
-        help: "Segments served.",
+        help: "Raw events segments served.",
         value: |s| s.store.segments as f64,
+    },
+    Series {
+        name: "adstore_rollup_segments",
+        kind: Kind::Gauge,
+        help: "Rollup segments served (minute rows of each configured rollup).",
+        value: |s| s.store.rollup_segments as f64,
+    },
+    Series {
+        name: "adstore_rollup_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of the rollup segments served.",
+        value: |s| s.store.rollup_bytes as f64,
     },
     Series {
         name: "adstore_sealed_rows_total",

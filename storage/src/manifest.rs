@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{IoContext, Result, StorageError};
 use crate::failpoint;
 use crate::ids::{Lsn, SegmentId};
+use crate::rollup::RollupRef;
 
 const CATALOG_FILE: &str = "catalog.json";
 const CATALOG_TMP: &str = "catalog.json.tmp";
@@ -94,6 +95,14 @@ pub struct SegmentMeta {
     pub max_lsn: Lsn,
     /// Wall-clock time the segment was written, epoch ms.
     pub created_ms: i64,
+    /// For a rollup segment: which rollup, with the dimensions it was
+    /// written with (its schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollup: Option<RollupRef>,
+    /// For a minute rollup segment: the raw segment it summarizes. It is
+    /// replaced and removed together with that segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SegmentId>,
 }
 
 /// The durable state of the store, one version of it.
@@ -150,6 +159,13 @@ impl Catalog {
                 Some(x) => x.lsn = x.lsn.max(w.lsn),
                 None => next.sealed.push(*w),
             }
+        }
+        if let Some(orphan) = next.segments.values().find(|m| m.source.is_some_and(|s| !next.segments.contains_key(&s)))
+        {
+            return Err(StorageError::Internal(format!(
+                "catalog edit leaves segment {} without its source segment",
+                orphan.id
+            )));
         }
         if let Some(p) = edit.set_partitioning {
             next.partitioning = Some(p);
@@ -323,7 +339,34 @@ mod tests {
             is_final: false,
             max_lsn: Lsn(7),
             created_ms: 0,
+            rollup: None,
+            source: None,
         }
+    }
+
+    #[test]
+    fn a_derived_segment_goes_with_its_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = Manifest::open(dir.path()).expect("open");
+        let (raw, minute) = (m.allocate_segment_id().expect("id"), m.allocate_segment_id().expect("id"));
+        let derived = SegmentMeta {
+            level: Level::Minute,
+            rollup: Some(RollupRef { name: "r".into(), dimensions: vec!["ad_id".into()] }),
+            source: Some(raw),
+            ..meta(minute.0)
+        };
+        m.commit(&CatalogEdit { add: vec![meta(raw.0), derived.clone()], ..CatalogEdit::default() }).expect("commit");
+        // Removing the raw segment alone would orphan its minutes: refused.
+        let err = m.commit(&CatalogEdit { remove: vec![raw], ..CatalogEdit::default() }).expect_err("orphan");
+        assert!(err.to_string().contains(&format!("segment {minute} without its source")), "{err}");
+        m.commit(&CatalogEdit { remove: vec![raw, minute], ..CatalogEdit::default() }).expect("both");
+        // The fields survive a reopen; a catalog without them still reads.
+        let (raw, minute) = (m.allocate_segment_id().expect("id"), m.allocate_segment_id().expect("id"));
+        let derived = SegmentMeta { id: minute, source: Some(raw), ..derived };
+        m.commit(&CatalogEdit { add: vec![meta(raw.0), derived.clone()], ..CatalogEdit::default() }).expect("commit");
+        drop(m);
+        let m = Manifest::open(dir.path()).expect("reopen");
+        assert_eq!(m.current().segments.get(&minute), Some(&derived));
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! The measures of `metrics` (DESIGN.md §6), defined once: which events
-//! each counts or sums, and what. The query binder turns a definition into
+//! The measures and dimensions of `metrics` (DESIGN.md §6), defined once:
+//! which events each measure counts or sums, and what. The query binder turns a definition into
 //! an expression over `events`; reprocessing totals (and rollups) compute
 //! them from events. (The test oracle keeps its own definitions on
 //! purpose: it must share no code with what it checks.)
 
-use crate::event::{Event, EventType, InvalidReason};
+use crate::event::{ColumnId, Event, EventType, InvalidReason};
 
 /// A measure of `metrics`: read with `sum()`, except `users`, a distinct
 /// count read with `approx_count_distinct()`.
@@ -113,23 +113,55 @@ impl Measure {
     /// What one event adds to this measure; `None` for `users`, which is
     /// not a sum.
     pub fn of(self, e: &Event) -> Option<i64> {
+        self.of_parts(e.kind, e.invalid_reason, e.attributed, e.cost_micros, e.value_micros)
+    }
+
+    /// [`Measure::of`] from an event's fields, as columnar code reads them.
+    pub fn of_parts(
+        self,
+        kind: EventType,
+        invalid: InvalidReason,
+        attributed: bool,
+        cost_micros: i64,
+        value_micros: i64,
+    ) -> Option<i64> {
         let d = self.definition();
-        let taken = d.types.contains(&e.kind)
+        let taken = d.types.contains(&kind)
             && match d.only {
                 Only::All => true,
-                Only::Valid => e.invalid_reason == InvalidReason::Valid,
-                Only::Invalid => e.invalid_reason != InvalidReason::Valid,
-                Only::Attributed => e.attributed,
+                Only::Valid => invalid == InvalidReason::Valid,
+                Only::Invalid => invalid != InvalidReason::Valid,
+                Only::Attributed => attributed,
             };
         match d.value {
             Value::DistinctUsers => None,
             _ if !taken => Some(0),
             Value::One => Some(1),
-            Value::CostMicros => Some(e.cost_micros),
-            Value::ValueMicros => Some(e.value_micros),
+            Value::CostMicros => Some(cost_micros),
+            Value::ValueMicros => Some(value_micros),
         }
     }
+
+    /// The measures that are sums (every one but `users`).
+    pub fn sums() -> impl Iterator<Item = Measure> {
+        Measure::ALL.into_iter().filter(|m| m.definition().value != Value::DistinctUsers)
+    }
 }
+
+/// Dimensions of `metrics` (DESIGN.md §6), besides `ts`: the columns a
+/// rollup may keep.
+pub const DIMENSIONS: [ColumnId; 10] = [
+    ColumnId::PublisherId,
+    ColumnId::AdvertiserId,
+    ColumnId::CampaignId,
+    ColumnId::AdGroupId,
+    ColumnId::AdId,
+    ColumnId::Device,
+    ColumnId::Os,
+    ColumnId::Country,
+    ColumnId::Region,
+    ColumnId::Placement,
+];
 
 #[cfg(test)]
 mod tests {

@@ -69,7 +69,8 @@ impl DimFilter {
         DimFilter { column, values: vec![value.into()], negated: false }
     }
 
-    fn matches_str(&self, v: Option<&str>) -> bool {
+    /// Whether a value (NULL: `None`) passes the filter.
+    pub fn matches_str(&self, v: Option<&str>) -> bool {
         match v {
             None => false,
             Some(v) => self.values.iter().any(|x| x == v) != self.negated,
@@ -211,7 +212,7 @@ impl Snapshot {
                     plan.blocks_total += blocks;
                     plan.blocks_pruned += blocks - scan.blocks.len();
                     plan.candidate_rows += scan.blocks.iter().map(|b| b.candidate_rows as u64).sum::<u64>();
-                    plan.segments.push(scan);
+                    plan.segments.push(*scan);
                 }
             }
         }
@@ -237,7 +238,7 @@ impl Snapshot {
 
 enum SegmentOutcome {
     Pruned(SegmentId, PruneReason, usize),
-    Scan(SegmentScan, usize),
+    Scan(Box<SegmentScan>, usize),
 }
 
 fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> {
@@ -320,7 +321,7 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
         blocks.push(BlockScan { block: b, rows, selection, candidate_rows, check_time, check_codes });
     }
     Ok(SegmentOutcome::Scan(
-        SegmentScan { segment: seg.clone(), blocks, code_filters: code_ranges, row_filters },
+        Box::new(SegmentScan { segment: seg.clone(), blocks, code_filters: code_ranges, row_filters }),
         nblocks,
     ))
 }

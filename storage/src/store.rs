@@ -39,7 +39,8 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::event::EventBatch;
 use crate::head::{Head, HeadChunk, Partitioning};
 use crate::ids::SegmentId;
-use crate::manifest::{Catalog, CatalogEdit, Manifest, PartitionKey, SegmentMeta, Tier};
+use crate::manifest::{Catalog, CatalogEdit, Level, Manifest, PartitionKey, SegmentMeta, Tier};
+use crate::rollup::RollupDef;
 use crate::seal::{SealPipeline, SidecarReader};
 use crate::segment::{BlockCache, SegmentReader};
 use crate::wal::{Wal, WalConfig, decode_record};
@@ -109,6 +110,10 @@ pub struct StoreConfig {
     /// a write fails for want of space. 0 turns the check off. Default
     /// 268_435_456 (256 MiB).
     pub min_free_bytes: u64,
+    /// The rollups every seal writes minute rows for (the server sets them
+    /// from `[[rollups]]`). Default [`RollupDef::defaults`].
+    #[serde(skip)]
+    pub rollups: Vec<RollupDef>,
 }
 
 impl Default for StoreConfig {
@@ -129,6 +134,7 @@ impl Default for StoreConfig {
             block_cache_bytes: 256 << 20,
             max_head_bytes: None,
             min_free_bytes: 256 << 20,
+            rollups: RollupDef::defaults(),
         }
     }
 }
@@ -179,12 +185,31 @@ pub struct LiveSegment {
     pub reader: Arc<SegmentReader>,
 }
 
+/// Opens a segment of the catalog with the schema its entry names: events
+/// for raw segments, the recorded rollup's for the others.
+pub(crate) fn open_segment(meta: &SegmentMeta, path: &std::path::Path) -> Result<SegmentReader> {
+    match (&meta.level, &meta.rollup) {
+        (Level::Raw, _) => SegmentReader::open(meta.id, path),
+        (_, Some(r)) => {
+            let def = RollupDef::from_ref(r).map_err(|reason| StorageError::Damaged { id: meta.id, reason })?;
+            SegmentReader::open_as(meta.id, path, def.schema())
+        }
+        (level, None) => Err(StorageError::Damaged {
+            id: meta.id,
+            reason: format!("a {} segment whose catalog entry names no rollup", level.as_str()),
+        }),
+    }
+}
+
 /// A consistent view of the store: the catalog, its open segments and the
 /// head chunks, all as of one instant. Cheap to take (clones of `Arc`s).
 #[derive(Clone)]
 pub struct Snapshot {
     pub catalog: Arc<Catalog>,
+    /// Raw events segments.
     pub segments: Vec<LiveSegment>,
+    /// Rollup segments (minute, hour, day).
+    pub rollups: Vec<LiveSegment>,
     pub head: Vec<(PartitionKey, HeadChunk)>,
     pub damaged: Vec<DamagedSegment>,
     /// Width of the time buckets the head is partitioned by.
@@ -259,7 +284,11 @@ pub struct StoreStats {
     pub io_errors: u64,
     /// Each maintenance task's runs, failures and time.
     pub tasks: Vec<TaskStats>,
+    /// Raw events segments served.
     pub segments: usize,
+    /// Rollup segments served, and their bytes.
+    pub rollup_segments: usize,
+    pub rollup_bytes: u64,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
     /// Bytes held by the block cache.
@@ -374,7 +403,7 @@ impl Store {
         let mut damaged = Vec::new();
         for meta in catalog.segments.values().filter(|m| m.tier == Tier::Local) {
             let path = segments_dir.join(meta.id.file_name());
-            match SegmentReader::open(meta.id, &path) {
+            match open_segment(meta, &path) {
                 Ok(r) => {
                     readers.insert(meta.id, Arc::new(r.with_cache(block_cache.clone())));
                 }
@@ -412,8 +441,7 @@ impl Store {
         })?;
         tracing::info!(segments = readers.len(), damaged = damaged.len(), head_rows = head.rows(), "store opened");
         let max_event_ts = catalog
-            .segments
-            .values()
+            .segments_of(Level::Raw)
             .map(|m| m.max_ts)
             .chain(head.snapshot().iter().filter_map(|(_, c)| c.ts().max()))
             .max()
@@ -457,15 +485,16 @@ impl Store {
     /// A consistent view of catalog, segments and head.
     pub fn snapshot(&self) -> Snapshot {
         let v = self.inner.visible.read();
-        let segments = v
+        let (segments, rollups) = v
             .catalog
             .segments
             .values()
             .filter_map(|m| v.readers.get(&m.id).map(|r| LiveSegment { meta: m.clone(), reader: r.clone() }))
-            .collect();
+            .partition(|s| s.meta.level == Level::Raw);
         Snapshot {
             catalog: v.catalog.clone(),
             segments,
+            rollups,
             head: v.head.snapshot(),
             damaged: v.damaged.clone(),
             bucket_width_ms: self.inner.config.bucket_width_ms,
@@ -484,6 +513,8 @@ impl Store {
         let v = self.inner.visible.read();
         let c = &self.inner.counters;
         let wal = self.inner.wal.stats();
+        let served = |level: Level| v.catalog.segments_of(level).filter(|m| v.readers.contains_key(&m.id));
+        let served_rollups = || [Level::Minute, Level::Hour, Level::Day].into_iter().flat_map(served);
         StoreStats {
             appended_rows: c.appended_rows.load(Ordering::Relaxed),
             sealed_rows: c.sealed_rows.load(Ordering::Relaxed),
@@ -500,7 +531,9 @@ impl Store {
             wal_poisoned: self.inner.wal.poisoned().is_some(),
             io_errors: crate::error::io_errors_total(),
             tasks: self.task_stats(),
-            segments: v.readers.len(),
+            segments: served(Level::Raw).count(),
+            rollup_segments: served_rollups().count(),
+            rollup_bytes: served_rollups().map(|m| m.size_bytes).sum(),
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
             block_cache_bytes: self.inner.block_cache.used_bytes(),

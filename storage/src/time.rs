@@ -2,9 +2,15 @@
 //! results, EXPLAIN and error messages alike (proleptic Gregorian, UTC).
 
 const SECOND_MS: i64 = 1_000;
-const MINUTE_MS: i64 = 60 * SECOND_MS;
+pub const MINUTE_MS: i64 = 60 * SECOND_MS;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// The start of the `width_ms`-wide bucket (aligned to the epoch) that
+/// holds `ms`; `i64::MIN` for the part of the first bucket below it.
+pub fn floor_to(ms: i64, width_ms: i64) -> i64 {
+    ms.div_euclid(width_ms).saturating_mul(width_ms)
+}
 
 /// The civil date `(year, month, day)` of a day number.
 pub fn civil_from_days(z: i64) -> (i64, i64, i64) {

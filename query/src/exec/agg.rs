@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use crate::error::{QueryError, Result};
 use crate::expr::{Batch, DictRef, Expr, Validity, Vector, bools, eval, floats, ints, true_rows, valid};
-use crate::hll::{Hll, hash_bytes};
 use crate::plan::{AggFunc, AggSpec};
 use crate::types::{DataType, Scalar};
+use adstore_storage::hll::{Hll, hash_bytes};
 
 /// FxHash: a fast, non-cryptographic hasher for integer keys.
 #[derive(Default, Clone, Copy)]
@@ -119,6 +119,8 @@ pub(crate) enum State {
     },
     /// Per block: `(group, hash)` pairs, repeats included.
     ApproxPartial(Vec<(u32, u64)>),
+    /// Per block of a rollup: `(group, stored sketch)` pairs.
+    ApproxSketches(Vec<(u32, Hll)>),
     ApproxGlobal(Vec<Hll>),
 }
 

@@ -3,8 +3,10 @@
 //! pass in one catalog edit.
 //!
 //! ```text
-//!  jobs ─► (background pool, in parallel) read events ─► pipeline ─► write segment + sidecars, fsync
-//!       ─► one catalog commit ─► swap catalog, drop sealed head chunks, readers (one write lock)
+//!  jobs ─► (background pool, in parallel) read events ─► pipeline ─► write segment + sidecars
+//!          + its minute rollup segments, fsync
+//!       ─► one catalog commit (adds them; removes replaced segments and their rollup segments)
+//!       ─► swap catalog, drop sealed head chunks, readers (one write lock)
 //!       ─► delete replaced segment files ─► WAL truncate_before(min LSN still in head)
 //! ```
 //! A failure before the commit removes every file the pass wrote.
@@ -23,8 +25,9 @@ use crate::failpoint;
 use crate::head::{HeadChunk, SealCandidate};
 use crate::ids::SegmentId;
 use crate::manifest::{CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
+use crate::rollup::{RollupDef, minute_rows};
 use crate::seal::{PipelineOutput, SealContext, SealKind};
-use crate::segment::{SegmentReader, SegmentSummary, SegmentWriteOptions, write_segment};
+use crate::segment::{SegmentReader, SegmentSummary, SegmentWriteOptions, write_columns, write_segment};
 
 /// One partition's worth of sealing: head chunks and/or segments to replace.
 pub(super) struct SealJob {
@@ -52,6 +55,8 @@ impl SealJob {
 pub(super) struct PreparedSeal {
     pub(super) job: SealJob,
     pub(super) segment: Option<(SegmentMeta, Arc<SegmentReader>)>,
+    /// The minute rollup segments of `segment`.
+    pub(super) rollups: Vec<(SegmentMeta, Arc<SegmentReader>)>,
     pub(super) output: PipelineOutput,
     pub(super) rows_in: usize,
 }
@@ -77,6 +82,17 @@ impl SealReport {
         self.segments.extend(other.segments);
         self.replaced.extend(other.replaced);
     }
+}
+
+/// The segments derived from `replaced` (their minute rollups), which go
+/// with them.
+fn derived_of<'a>(snapshot: &'a Snapshot, replaced: &'a [SegmentMeta]) -> impl Iterator<Item = SegmentId> + 'a {
+    snapshot
+        .catalog
+        .segments
+        .values()
+        .filter(|m| m.source.is_some_and(|s| replaced.iter().any(|r| r.id == s)))
+        .map(|m| m.id)
 }
 
 impl Store {
@@ -174,7 +190,9 @@ impl Store {
                 edit.add.push(meta.clone());
                 report.segments.push(meta.id);
             }
+            edit.add.extend(p.rollups.iter().map(|(m, _)| m.clone()));
             edit.remove.extend(p.job.replaces.iter().map(|m| m.id));
+            edit.remove.extend(derived_of(&snapshot, &p.job.replaces));
             report.replaced.extend(p.job.replaces.iter().map(|m| m.id));
             report.partitions += 1;
             report.rows_in += p.rows_in;
@@ -196,11 +214,11 @@ impl Store {
             v.catalog = catalog;
             let now = Instant::now();
             for p in &prepared {
-                if let Some((meta, reader)) = &p.segment {
+                for (meta, reader) in p.segment.iter().chain(&p.rollups) {
                     v.readers.insert(meta.id, reader.clone());
                 }
-                for old in &p.job.replaces {
-                    v.readers.remove(&old.id);
+                for old in p.job.replaces.iter().map(|m| m.id).chain(derived_of(&snapshot, &p.job.replaces)) {
+                    v.readers.remove(&old);
                 }
                 if !p.job.head.chunks.is_empty() {
                     v.head.remove_sealed(p.job.partition, p.job.head.chunks.len(), now);
@@ -213,8 +231,8 @@ impl Store {
         // Replaced segments are out of the catalog: their files can go.
         // Snapshots still holding a reader keep the mapping alive.
         for p in &prepared {
-            for old in &p.job.replaces {
-                self.delete_segment_files(old.id);
+            for old in p.job.replaces.iter().map(|m| m.id).chain(derived_of(&snapshot, &p.job.replaces)) {
+                self.delete_segment_files(old);
             }
         }
         inner.counters.seals.fetch_add(prepared.len() as u64, Ordering::Relaxed);
@@ -230,7 +248,7 @@ impl Store {
             self.inner
                 .pipeline
                 .aborted(&p.job.context(snapshot, self.inner.config.bucket_width_ms), &p.output.per_stage);
-            if let Some((meta, _)) = &p.segment {
+            for (meta, _) in p.segment.iter().chain(&p.rollups) {
                 self.delete_segment_files(meta.id);
             }
         }
@@ -268,16 +286,80 @@ impl Store {
         let ctx = job.context(snapshot, inner.config.bucket_width_ms);
         let output = inner.pipeline.run(&ctx, events)?;
         if output.events.is_empty() {
-            return Ok(PreparedSeal { job, segment: None, output, rows_in });
+            return Ok(PreparedSeal { job, segment: None, rollups: Vec::new(), output, rows_in });
         }
-        let written = self.write_job_segment(&job, &output);
+        let written = self.write_job_segment(&job, &output).and_then(|(meta, reader)| {
+            let rollups =
+                self.write_rollups(&meta, &output.events).inspect_err(|_| self.delete_segment_files(meta.id))?;
+            Ok(((meta, reader), rollups))
+        });
         match written {
-            Ok(segment) => Ok(PreparedSeal { job, segment: Some(segment), output, rows_in }),
+            Ok((segment, rollups)) => Ok(PreparedSeal { job, segment: Some(segment), rollups, output, rows_in }),
             Err(e) => {
                 inner.pipeline.aborted(&ctx, &output.per_stage);
                 Err(e)
             }
         }
+    }
+
+    /// Writes the minute segment of every configured rollup over `events`,
+    /// the rows of the raw segment `raw` (durably, not yet in the catalog).
+    /// A rollup whose sums overflow gets none: queries read `raw` instead.
+    fn write_rollups(&self, raw: &SegmentMeta, events: &EventBatch) -> Result<Vec<(SegmentMeta, Arc<SegmentReader>)>> {
+        let inner = &self.inner;
+        let mut written: Vec<(SegmentMeta, Arc<SegmentReader>)> = Vec::new();
+        let result = inner.config.rollups.iter().try_for_each(|def| {
+            if let Some(rollup) = self.write_rollup(raw, def, events)? {
+                written.push(rollup);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            for (meta, _) in &written {
+                self.delete_segment_files(meta.id);
+            }
+            return Err(e);
+        }
+        if !written.is_empty() {
+            sync_dir(&inner.segments_dir)?;
+        }
+        Ok(written)
+    }
+
+    fn write_rollup(
+        &self,
+        raw: &SegmentMeta,
+        def: &RollupDef,
+        events: &EventBatch,
+    ) -> Result<Option<(SegmentMeta, Arc<SegmentReader>)>> {
+        let inner = &self.inner;
+        let Some(rows) = minute_rows(def, events)? else {
+            tracing::warn!(segment = %raw.id, rollup = def.name(), "a rollup sum overflows i64: no minute rollup for this segment, its queries read events");
+            return Ok(None);
+        };
+        let id = inner.manifest.allocate_segment_id()?;
+        let path = inner.segments_dir.join(id.file_name());
+        let opts = SegmentWriteOptions {
+            block_rows: inner.config.block_rows,
+            zstd_level: inner.config.zstd_level,
+            ..SegmentWriteOptions::default()
+        };
+        let schema = def.schema();
+        let summary = write_columns(&path, &schema, &rows, &opts).inspect_err(|_| self.delete_segment_files(id))?;
+        let reader = SegmentReader::open_as(id, &path, schema)?.with_cache(inner.block_cache.clone());
+        let meta = SegmentMeta {
+            id,
+            level: Level::Minute,
+            min_ts: summary.min_ts,
+            max_ts: summary.max_ts,
+            rows: summary.rows,
+            size_bytes: summary.size_bytes,
+            created_ms: now_ms(),
+            rollup: Some(def.to_ref()),
+            source: Some(raw.id),
+            ..raw.clone()
+        };
+        Ok(Some((meta, Arc::new(reader))))
     }
 
     pub(super) fn write_job_segment(
@@ -325,6 +407,8 @@ impl Store {
             is_final: job.is_final,
             max_lsn,
             created_ms: now_ms(),
+            rollup: None,
+            source: None,
         };
         Ok((meta, reader))
     }

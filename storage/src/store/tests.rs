@@ -568,7 +568,7 @@ fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
         store.seal_all().expect("seal");
         events.extend(chunk);
     }
-    let raw_before = store.catalog().segments.len();
+    let raw_before = store.catalog().segments_of(Level::Raw).count();
     assert!(raw_before >= 3);
     assert!(!store.bucket_closed(0), "bucket 0 is open: no newer events yet");
     assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
@@ -602,9 +602,11 @@ fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
     assert_eq!(report.replaced.len(), raw_before);
     let catalog = store.catalog();
     let bucket0: Vec<&SegmentMeta> = catalog.segments.values().filter(|m| m.partition.bucket_start_ms == 0).collect();
+    assert!(bucket0.iter().any(|m| m.level == Level::Minute), "minute rollups re-sealed with their raw segments");
     assert!(bucket0.iter().all(|m| m.is_final), "closed bucket re-sealed as final");
     let partitions: std::collections::BTreeSet<_> = bucket0.iter().map(|m| m.partition).collect();
-    assert_eq!(bucket0.len(), partitions.len(), "one final segment per partition");
+    let rollups = StoreConfig::default().rollups.len();
+    assert_eq!(bucket0.len(), partitions.len() * (1 + rollups), "one final segment per partition, and its minutes");
     events.push(late);
     assert_eq!(all_events(&store), sorted_debug(&events));
     // Old files are gone; the store reopens to the same state.
@@ -677,11 +679,12 @@ fn small_provisional_segments_are_compacted_without_changing_events() {
         store.seal_all().expect("seal");
         events.extend(chunk);
     }
-    assert_eq!(store.catalog().segments.len(), 6);
+    assert_eq!(store.catalog().segments_of(Level::Raw).count(), 6);
     let report = store.compact_small().expect("compact");
     assert_eq!(report.replaced.len(), 6);
     let catalog = store.catalog();
-    assert_eq!(catalog.segments.len(), 1);
+    assert_eq!(catalog.segments_of(Level::Raw).count(), 1);
+    assert_eq!(catalog.segments.len(), 1 + StoreConfig::default().rollups.len(), "one minute segment per rollup");
     assert!(catalog.segments.values().all(|m| !m.is_final), "compaction keeps data provisional");
     assert_eq!(all_events(&store), sorted_debug(&events));
     // Below the threshold: nothing to do.
@@ -869,7 +872,7 @@ fn a_failed_group_leaves_the_groups_before_it_committed_and_its_own_in_the_head(
     let err = store.seal_all().expect_err("the last group fails");
     assert!(err.to_string().contains("injected seal failure"), "{err}");
     let snap = store.snapshot();
-    let committed: Vec<PartitionKey> = snap.catalog.segments.values().map(|m| m.partition).collect();
+    let committed: Vec<PartitionKey> = snap.catalog.segments_of(Level::Raw).map(|m| m.partition).collect();
     assert_eq!(committed.len(), keys.len() - 1);
     assert!(!committed.contains(&last));
     assert!(snap.head.iter().all(|(k, _)| *k == last), "only the failed partition stays in the head");

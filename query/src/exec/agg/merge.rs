@@ -470,6 +470,12 @@ fn merge_state(global: &mut State, part: State, map: &[u32], ng: usize) -> Resul
                 h[map[g as usize] as usize].insert_hash(hash);
             }
         }
+        (State::ApproxGlobal(h), State::ApproxSketches(sketches)) => {
+            grow(h, ng, Hll::default());
+            for (g, sketch) in sketches {
+                h[map[g as usize] as usize].merge(&sketch);
+            }
+        }
         _ => return Err(mismatch()),
     }
     Ok(())
@@ -531,7 +537,7 @@ fn finish_state(s: State, ng: usize) -> Result<Vector<'static>> {
             grow(&mut h, ng, Hll::default());
             Vector::Int(Cow::Owned(h.iter().map(Hll::estimate).collect()), None)
         }
-        State::DistinctPartial { .. } | State::ApproxPartial(_) => {
+        State::DistinctPartial { .. } | State::ApproxPartial(_) | State::ApproxSketches(_) => {
             return Err(QueryError::Internal("partial state left unmerged".into()));
         }
     })

@@ -1,0 +1,303 @@
+//! `metrics` from minute rollup segments.
+//!
+//! ```text
+//!  plan_scan (raw segments kept by time and filters) ─► per kept raw segment:
+//!     a minute segment of a rollup covering the query's dimensions? ─► its blocks (Task::Rollup)
+//!     none (rollup added later, sums that overflowed, damaged)      ─► the raw blocks, as before
+//!  head ─► events, as before
+//!  rollup block: ts + dimension codes ─► time range, pushed filters ─► residual ─► group keys
+//!     sum(measure) ─► sum of the measure's column; approx_count_distinct(users) ─► sketches merged
+//! ```
+//!
+//! A rollup row holds the measures of one minute and dimension combination
+//! of the raw segment it derives from, so summing rows over any filter and
+//! grouping on its dimensions and minute gives what the raw events would:
+//! a `metrics` query reads only dimensions, `ts` (the minute) and measures
+//! (the binder refuses anything else), and its time filters are whole
+//! minutes (the planner translates them). Raw segments a filter prunes have
+//! no rows the query wants, so neither do their minute segments.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use adstore_storage::hll::Hll;
+use adstore_storage::measure::{DIMENSIONS, Measure};
+use adstore_storage::{ColumnData, ColumnId, LiveSegment, ScanPlan, SegmentId, Snapshot, ValueRange};
+
+use super::agg::{self, Grouping, State};
+use crate::error::{QueryError, Result};
+use crate::expr::{Batch, DictRef, Expr, Vector, eval, true_rows};
+use crate::plan::{AggFunc, AggSpec, ScanCol, Table};
+use crate::planner::PhysicalPlan;
+use crate::types::{DataType, Scalar};
+
+/// Which raw segments are read through a minute rollup segment instead.
+pub(crate) struct Cover<'s> {
+    by_raw: HashMap<SegmentId, &'s LiveSegment>,
+}
+
+impl<'s> Cover<'s> {
+    /// The rollup segment read instead of raw segment `id`, if any.
+    pub(crate) fn of(&self, id: SegmentId) -> Option<&'s LiveSegment> {
+        self.by_raw.get(&id).copied()
+    }
+
+    /// What the query read, for its stats and EXPLAIN: e.g. `minute rollup
+    /// campaign (12 segments), events (1 segment, head)`.
+    pub(crate) fn describe(&self, scan: &ScanPlan) -> String {
+        let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for s in self.by_raw.values() {
+            if let Some(r) = &s.meta.rollup {
+                *counts.entry(r.name.as_str()).or_default() += 1;
+            }
+        }
+        let plural = |n: usize| if n == 1 { "segment" } else { "segments" };
+        let mut parts: Vec<String> =
+            counts.into_iter().map(|(name, n)| format!("minute rollup {name} ({n} {})", plural(n))).collect();
+        let raw = scan.segments.len() - self.by_raw.len();
+        let mut events = Vec::new();
+        if raw > 0 {
+            events.push(format!("{raw} {}", plural(raw)));
+        }
+        if !scan.head.is_empty() {
+            events.push("head".to_string());
+        }
+        if !events.is_empty() || parts.is_empty() {
+            parts.push(if events.is_empty() {
+                "events".to_string()
+            } else {
+                format!("events ({})", events.join(", "))
+            });
+        }
+        parts.join(", ")
+    }
+}
+
+/// The `metrics` dimensions a plan reads or filters on.
+fn needed_dims(plan: &PhysicalPlan) -> Vec<ColumnId> {
+    let read = plan.logical.scan_cols.iter().filter_map(|c| match c {
+        ScanCol::Event(c) if DIMENSIONS.contains(c) => Some(*c),
+        _ => None,
+    });
+    let mut dims: Vec<ColumnId> = read.chain(plan.request.filters.iter().map(|f| f.column)).collect();
+    dims.sort();
+    dims.dedup();
+    dims
+}
+
+/// For every raw segment `scan` keeps, the smallest minute segment derived
+/// from it whose rollup has every dimension the plan needs. Empty unless
+/// the plan aggregates `metrics`.
+pub(crate) fn cover<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan, scan: &ScanPlan) -> Cover<'s> {
+    let mut by_raw = HashMap::new();
+    if plan.logical.table != Table::Metrics || plan.logical.aggregate.is_none() {
+        return Cover { by_raw };
+    }
+    let needed: Vec<&str> = needed_dims(plan).iter().map(|c| c.name()).collect();
+    let mut children: HashMap<SegmentId, &'s LiveSegment> = HashMap::new();
+    for s in &snapshot.rollups {
+        let (Some(source), Some(r)) = (s.meta.source, &s.meta.rollup) else { continue };
+        if !needed.iter().all(|d| r.dimensions.iter().any(|x| x == d)) {
+            continue;
+        }
+        let better = children.get(&source).is_none_or(|c| s.meta.rows < c.meta.rows);
+        if better {
+            children.insert(source, s);
+        }
+    }
+    for s in &scan.segments {
+        let id = s.segment.meta.id;
+        if let Some(child) = children.get(&id) {
+            by_raw.insert(id, *child);
+        }
+    }
+    Cover { by_raw }
+}
+
+/// The blocks of `segment` that may hold rows the plan wants: by each
+/// block's time range, and by the codes of the pushed `IN` filters its
+/// dimension stats allow (rows are sorted by the first dimensions, so a
+/// filter on one of them keeps few blocks).
+pub(crate) fn blocks(segment: &LiveSegment, plan: &PhysicalPlan) -> Vec<usize> {
+    let r = &segment.reader;
+    let range = plan.request.time_range;
+    // Per pushed (non-negated) filter: its column and the codes it accepts.
+    let mut wanted: Vec<(usize, Vec<u32>)> = Vec::new();
+    for f in plan.request.filters.iter().filter(|f| !f.negated) {
+        let Some(col) = r.schema().position(f.column.name()) else { return Vec::new() };
+        let Some(dict) = r.dictionary(col) else { continue };
+        let codes: Vec<u32> = f.values.iter().filter_map(|v| dict.code_of(v)).collect();
+        if codes.is_empty() {
+            return Vec::new();
+        }
+        wanted.push((col, codes));
+    }
+    (0..r.num_blocks())
+        .filter(|&b| match r.block_stats(0usize, b).map(|s| &s.range) {
+            Some(ValueRange::Int { min, max }) => range.overlaps(*min, *max),
+            _ => true,
+        })
+        .filter(|&b| {
+            wanted.iter().all(|(col, codes)| match r.block_stats(*col, b).map(|s| &s.range) {
+                Some(ValueRange::Codes { min, max }) => codes.iter().any(|c| (*min..=*max).contains(c)),
+                Some(ValueRange::Empty) => false,
+                _ => true,
+            })
+        })
+        .collect()
+}
+
+/// A rollup column's position, by name.
+fn position(segment: &LiveSegment, name: &str) -> Result<usize> {
+    segment
+        .reader
+        .schema()
+        .position(name)
+        .ok_or_else(|| QueryError::Internal(format!("rollup segment {} has no column {name}", segment.meta.id)))
+}
+
+fn read(segment: &LiveSegment, col: usize, block: usize, rows: &[u32]) -> Result<ColumnData> {
+    Ok(segment.reader.read_column_at(col, block, rows)?)
+}
+
+/// One rollup block's rows as a batch over the plan's scan slots (the
+/// slots of event columns no rollup has stay NULL: only measure
+/// aggregates read them, and those read the measure columns), after the
+/// time range and the pushed filters. Slot `scan_cols.len()` holds each
+/// row's offset in the block, so the measure columns can be read for the
+/// rows the residual filter keeps. `None` when no row is left.
+fn batch<'a>(segment: &LiveSegment, block: usize, plan: &PhysicalPlan) -> Result<Option<Batch<'a>>> {
+    let all: Vec<u32> = (0..segment.reader.block_rows(block).len() as u32).collect();
+    let ColumnData::I64(ts) = read(segment, 0, block, &all)? else {
+        return Err(QueryError::Internal("a rollup's ts column is not I64".into()));
+    };
+    let range = plan.request.time_range;
+    let mut rows: Vec<u32> = all.into_iter().filter(|&i| range.contains(ts[i as usize])).collect();
+    for f in &plan.request.filters {
+        if rows.is_empty() {
+            break;
+        }
+        let ColumnData::Dict { codes, dict } = read(segment, position(segment, f.column.name())?, block, &rows)? else {
+            return Err(QueryError::Internal(format!(
+                "rollup dimension {} is not dictionary-encoded",
+                f.column.name()
+            )));
+        };
+        let verdict: Vec<bool> = (0..=dict.len() as u32).map(|c| f.matches_str(dict.value(c))).collect();
+        rows = rows.into_iter().zip(codes).filter(|(_, c)| verdict[*c as usize]).map(|(r, _)| r).collect();
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut cols = Vec::with_capacity(plan.logical.scan_cols.len() + 1);
+    let mut bounds = (i64::MAX, i64::MIN);
+    for c in &plan.logical.scan_cols {
+        cols.push(match c {
+            ScanCol::Final => Vector::Const(Scalar::Bool(segment.meta.is_final)),
+            ScanCol::Event(ColumnId::Ts) => {
+                let v: Vec<i64> = rows.iter().map(|&r| ts[r as usize]).collect();
+                bounds = v.iter().fold(bounds, |(lo, hi), &t| (lo.min(t), hi.max(t)));
+                Vector::Int(Cow::Owned(v), None)
+            }
+            ScanCol::Event(d) if DIMENSIONS.contains(d) => {
+                match read(segment, position(segment, d.name())?, block, &rows)? {
+                    ColumnData::Dict { codes, dict } => Vector::Dict(Cow::Owned(codes), DictRef::Segment(dict)),
+                    _ => {
+                        return Err(QueryError::Internal(format!(
+                            "rollup dimension {} is not dictionary-encoded",
+                            d.name()
+                        )));
+                    }
+                }
+            }
+            ScanCol::Event(_) => Vector::Const(Scalar::Null),
+        });
+    }
+    cols.push(Vector::Int(Cow::Owned(rows.iter().map(|&r| i64::from(r)).collect()), None));
+    let ts_slot = plan.logical.scan_cols.iter().position(|c| matches!(c, ScanCol::Event(ColumnId::Ts)));
+    let n = rows.len();
+    Ok(Some(Batch { rows: n, cols, ts_bounds: ts_slot.map(|i| (i, bounds.0, bounds.1)) }))
+}
+
+/// The partial aggregate of one rollup block: group keys and one state per
+/// aggregate, as `exec` merges them. `None` when no row is left.
+pub(crate) fn partial(
+    segment: &LiveSegment,
+    block: usize,
+    plan: &PhysicalPlan,
+    max_groups: usize,
+    filtered: impl Fn(Batch<'static>) -> Result<Option<Batch<'static>>>,
+) -> Result<Option<(usize, agg::Partial)>> {
+    let Some(aggregate) = &plan.logical.aggregate else {
+        return Err(QueryError::Internal("a rollup read without an aggregate".into()));
+    };
+    let Some(b) = batch(segment, block, plan)? else { return Ok(None) };
+    let Some(b) = filtered(b)? else { return Ok(None) };
+    let n = b.rows;
+    let offsets: Vec<u32> = match b.cols.last() {
+        Some(Vector::Int(v, _)) => v.iter().map(|&x| x as u32).collect(),
+        _ => return Err(QueryError::Internal("rollup row offsets lost".into())),
+    };
+    let keys = aggregate.keys.iter().map(|k| agg::key_col(&eval(k, &b)?, k.ty(), n)).collect::<Result<Vec<_>>>()?;
+    let grouping = agg::group(&keys, n, max_groups)?;
+    let states = aggregate
+        .aggs
+        .iter()
+        .map(|spec| state(segment, block, spec, &b, &offsets, &grouping))
+        .collect::<Result<Vec<_>>>()?;
+    let partial = agg::Partial { domains: keys.into_iter().map(|k| k.domain).collect(), grouping, states };
+    Ok(Some((n, partial)))
+}
+
+/// One aggregate over a rollup block: a measure from its column, anything
+/// else (over dimensions and `ts`) as over events.
+fn state(
+    segment: &LiveSegment,
+    block: usize,
+    spec: &AggSpec,
+    b: &Batch<'_>,
+    offsets: &[u32],
+    g: &Grouping,
+) -> Result<State> {
+    let Some(m) = spec.measure else { return agg::update(spec, b, g) };
+    let rows: Vec<u32> = match &spec.filter {
+        Some(f) => true_rows(&eval(f, b)?, b.rows)?,
+        None => (0..b.rows as u32).collect(),
+    };
+    let stored: Vec<u32> = rows.iter().map(|&i| offsets[i as usize]).collect();
+    let column = read(segment, position(segment, m.name())?, block, &stored)?;
+    if m == Measure::Users {
+        let ColumnData::Bytes(sketches) = column else {
+            return Err(QueryError::Internal("a rollup's users column does not hold sketches".into()));
+        };
+        let mut pairs = Vec::with_capacity(rows.len());
+        for (k, &i) in rows.iter().enumerate() {
+            if arrow_array::Array::is_valid(&sketches, k) {
+                let sketch = Hll::from_bytes(sketches.value(k)).map_err(|reason| {
+                    QueryError::Storage(adstore_storage::StorageError::Damaged { id: segment.meta.id, reason })
+                })?;
+                pairs.push((g.gid[i as usize], sketch));
+            }
+        }
+        return Ok(State::ApproxSketches(pairs));
+    }
+    let ColumnData::I64(values) = column else {
+        return Err(QueryError::Internal(format!("a rollup's {} column is not I64", m.name())));
+    };
+    // sum(column) under the aggregate's FILTER: the state `sum` over
+    // events gives, from a batch holding the column in the rows' places.
+    let mut full = vec![0i64; b.rows];
+    let mut kept = vec![false; b.rows];
+    for (k, &i) in rows.iter().enumerate() {
+        full[i as usize] = values[k];
+        kept[i as usize] = true;
+    }
+    let one = Batch {
+        rows: b.rows,
+        cols: vec![Vector::Int(Cow::Owned(full), None), Vector::Bool(Cow::Owned(kept), None)],
+        ts_bounds: None,
+    };
+    let filter = spec.filter.as_ref().map(|_| Expr::Slot(1, DataType::Bool));
+    let sum = AggSpec { func: AggFunc::Sum, arg: Some(Expr::Slot(0, DataType::Int)), filter, measure: None };
+    agg::update(&sum, &one, g)
+}

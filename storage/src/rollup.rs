@@ -1,0 +1,30 @@
+//! Rollups: the measures of `metrics` pre-aggregated by a set of its
+//! dimensions, per minute, stored as segments of their own schema.
+//!
+//! ```text
+//!  seal: events of a partition ─► stages ─► raw segment
+//!                                        └► per rollup: minute rows ─► minute segment ┐ one catalog
+//!                                                                                     ┘ commit
+//!  a re-seal (final, reprocess, compact) replaces the raw segment and its
+//!  minute segments together; removing a raw segment removes its minutes.
+//! ```
+//!
+//! A rollup row is `(ts = minute start, the rollup's dimensions, one column
+//! per summed measure, users)`, `users` being the HyperLogLog sketch of the
+//! group's `user_key`s ([`crate::hll`]), NULL when none. Every minute
+//! segment names its raw segment (`SegmentMeta::source`) and its rollup's
+//! name and dimensions (`SegmentMeta::rollup`), so it opens with the
+//! schema it was written with whatever the configuration says now.
+//!
+//! A group whose sum does not fit an i64 (costs near `i64::MAX` sent on
+//! purpose) cannot be stored: that raw segment then has no minute segment
+//! for the rollup, and a query reads its events instead. Exact either way.
+
+mod build;
+mod def;
+
+#[cfg(test)]
+mod tests;
+
+pub use build::minute_rows;
+pub use def::{RollupDef, RollupRef};

@@ -1,0 +1,146 @@
+//! Events to minute rollup rows.
+//!
+//! ```text
+//!  events ─► per dimension: codes (0 = NULL) ─► key per row (minute, codes), packed in a u128
+//!         ─► group per key: measure sums (i128, must end in i64), users sketch ─► rows, in first-seen order
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
+
+use super::def::RollupDef;
+use crate::error::{Result, StorageError};
+use crate::event::{ColumnId, EventBatch, EventType, InvalidReason};
+use crate::hll::{Hll, hash_bytes};
+use crate::measure::Measure;
+use crate::time::{MINUTE_MS, floor_to};
+
+/// One dimension's values as codes: 0 for NULL, else 1 + index in `values`.
+struct Codes<'a> {
+    codes: Vec<u32>,
+    values: Vec<&'a str>,
+}
+
+fn encode(array: &StringArray) -> Codes<'_> {
+    use arrow_array::Array;
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let mut values = Vec::new();
+    let codes = (0..array.len())
+        .map(|i| {
+            if array.is_null(i) {
+                return 0;
+            }
+            let v = array.value(i);
+            *ids.entry(v).or_insert_with(|| {
+                values.push(v);
+                values.len() as u32
+            })
+        })
+        .collect();
+    Codes { codes, values }
+}
+
+/// Bits that hold every value up to `max`.
+fn bits(max: u64) -> u32 {
+    64 - max.leading_zeros()
+}
+
+/// The minute rows of `def` over `events`, as a batch of `def.schema()`;
+/// `None` when a group's sum does not fit an i64 (see the module docs of
+/// `rollup`).
+pub fn minute_rows(def: &RollupDef, events: &EventBatch) -> Result<Option<RecordBatch>> {
+    let n = events.num_rows();
+    // Minute numbers (not starts, which saturate at the low end of i64).
+    let minutes: Vec<i64> = events.ts().iter().map(|&t| t.div_euclid(MINUTE_MS)).collect();
+    let dims: Vec<Codes<'_>> = def.dims().iter().map(|&d| encode(events.str_column(d))).collect();
+
+    // Group ids per row, keyed on (minute - first minute, codes) packed
+    // into 128 bits, or on a vector when they do not fit.
+    let first = minutes.iter().copied().min().unwrap_or(0);
+    let last = minutes.iter().copied().max().unwrap_or(0);
+    let widths: Vec<u32> =
+        std::iter::once(bits(last.abs_diff(first))).chain(dims.iter().map(|d| bits(d.values.len() as u64))).collect();
+    let key_of = |row: usize, out: &mut Vec<u64>| {
+        out.clear();
+        out.push(minutes[row].abs_diff(first));
+        out.extend(dims.iter().map(|d| u64::from(d.codes[row])));
+    };
+    let mut rep: Vec<usize> = Vec::new(); // a row of each group
+    let mut gid: Vec<u32> = Vec::with_capacity(n);
+    let mut parts = Vec::with_capacity(widths.len());
+    if widths.iter().sum::<u32>() <= 128 {
+        let mut groups: HashMap<u128, u32> = HashMap::new();
+        for row in 0..n {
+            key_of(row, &mut parts);
+            let key = parts.iter().zip(&widths).fold(0u128, |k, (&p, &w)| (k << w) | u128::from(p));
+            let next = rep.len() as u32;
+            let g = *groups.entry(key).or_insert_with(|| {
+                rep.push(row);
+                next
+            });
+            gid.push(g);
+        }
+    } else {
+        let mut groups: HashMap<Vec<u64>, u32> = HashMap::new();
+        for row in 0..n {
+            key_of(row, &mut parts);
+            let next = rep.len() as u32;
+            let g = *groups.entry(parts.clone()).or_insert_with(|| {
+                rep.push(row);
+                next
+            });
+            gid.push(g);
+        }
+    }
+    let ng = rep.len();
+
+    let kinds = events.u8_column(ColumnId::Type).values();
+    let invalid = events.u8_column(ColumnId::InvalidReason).values();
+    let attributed = events.bool_column(ColumnId::Attributed);
+    let cost = events.i64_column(ColumnId::CostMicros).values();
+    let value = events.i64_column(ColumnId::ValueMicros).values();
+    let sums: Vec<Measure> = Measure::sums().collect();
+    // In i128: a sum may pass outside i64 on its way and end inside.
+    let mut totals = vec![0i128; ng * sums.len()];
+    for row in 0..n {
+        // Invariant: EventBatch checks its enum codes at construction.
+        let kind = EventType::from_code(kinds[row])
+            .ok_or_else(|| StorageError::Internal(format!("event type code {}", kinds[row])))?;
+        let reason = InvalidReason::from_code(invalid[row])
+            .ok_or_else(|| StorageError::Internal(format!("invalid reason code {}", invalid[row])))?;
+        let base = gid[row] as usize * sums.len();
+        for (j, m) in sums.iter().enumerate() {
+            let add = m.of_parts(kind, reason, attributed.value(row), cost[row], value[row]).unwrap_or(0);
+            totals[base + j] += i128::from(add);
+        }
+    }
+    let Ok(totals) = totals.into_iter().map(i64::try_from).collect::<Result<Vec<i64>, _>>() else {
+        return Ok(None);
+    };
+    let user_key = events.str_column(ColumnId::UserKey);
+    let mut users: Vec<Hll> = vec![Hll::default(); ng];
+    for row in 0..n {
+        use arrow_array::Array;
+        if user_key.is_valid(row) {
+            users[gid[row] as usize].insert_hash(hash_bytes(user_key.value(row).as_bytes()));
+        }
+    }
+
+    let schema = def.schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.columns().len());
+    let starts = rep.iter().map(|&r| floor_to(events.ts()[r], MINUTE_MS));
+    columns.push(Arc::new(Int64Array::from_iter_values(starts)));
+    for d in &dims {
+        let strings: StringArray =
+            rep.iter().map(|&r| d.codes[r].checked_sub(1).map(|c| d.values[c as usize])).collect();
+        columns.push(Arc::new(strings));
+    }
+    for j in 0..sums.len() {
+        columns.push(Arc::new(Int64Array::from_iter_values((0..ng).map(|g| totals[g * sums.len() + j]))));
+    }
+    let sketches: BinaryArray = users.iter().map(|h| (!h.is_empty()).then(|| h.to_bytes())).collect();
+    columns.push(Arc::new(sketches));
+    Ok(Some(RecordBatch::try_new(schema.arrow(), columns)?))
+}

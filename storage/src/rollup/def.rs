@@ -1,0 +1,123 @@
+//! What a rollup is: a name and the `metrics` dimensions it keeps.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{ColumnId, ColumnKind};
+use crate::measure::{DIMENSIONS, Measure};
+use crate::segment::{ColumnDef, MAX_SORT_COLUMNS, SegmentSchema};
+
+/// The time column of every rollup: the start of the row's bucket.
+pub const TS_COLUMN: &str = "ts";
+/// The sketch column of every rollup.
+pub const USERS_COLUMN: &str = "users";
+/// Longest rollup name.
+const MAX_NAME: usize = 64;
+
+/// A configured rollup: `[[rollups]]` with a `name` and `dimensions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupDef {
+    name: String,
+    dims: Vec<ColumnId>,
+}
+
+/// How a catalog entry names the rollup a segment belongs to: enough to
+/// open it with the schema it was written with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RollupRef {
+    pub name: String,
+    pub dimensions: Vec<String>,
+}
+
+impl RollupDef {
+    /// A rollup `name` keeping `dimensions` (names of `metrics`
+    /// dimensions, in the order rows are sorted by).
+    ///
+    /// # Errors
+    /// A message naming the fault: a name that is empty, too long or not
+    /// `[a-z0-9_]`; a dimension that is not one of `metrics`, or repeated.
+    pub fn new(name: &str, dimensions: &[&str]) -> Result<RollupDef, String> {
+        if name.is_empty()
+            || name.len() > MAX_NAME
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(format!(
+                "rollup name {name:?} must be 1 to {MAX_NAME} characters of lowercase letters, digits and _"
+            ));
+        }
+        let mut dims = Vec::with_capacity(dimensions.len());
+        for d in dimensions {
+            let Some(id) = ColumnId::from_name(d).filter(|id| DIMENSIONS.contains(id)) else {
+                let all: Vec<&str> = DIMENSIONS.iter().map(|c| c.name()).collect();
+                return Err(format!("rollup {name}: {d:?} is not a dimension of metrics ({})", all.join(", ")));
+            };
+            if dims.contains(&id) {
+                return Err(format!("rollup {name}: dimension {d} appears twice"));
+            }
+            dims.push(id);
+        }
+        Ok(RollupDef { name: name.to_string(), dims })
+    }
+
+    /// The set a dashboard needs when nothing is configured: the
+    /// advertiser side, the supply side, and a narrow campaign view.
+    pub fn defaults() -> Vec<RollupDef> {
+        let def = |name: &str, dims: &[&str]| {
+            // Invariant: the names below are dimensions of metrics.
+            RollupDef::new(name, dims).expect("default rollups are valid")
+        };
+        vec![
+            def("advertiser", &["advertiser_id", "campaign_id", "ad_group_id", "ad_id", "device", "country"]),
+            def("supply", &["publisher_id", "placement", "country", "device"]),
+            def("campaign", &["advertiser_id", "campaign_id"]),
+        ]
+    }
+
+    /// A rollup as a catalog entry recorded it.
+    pub fn from_ref(r: &RollupRef) -> Result<RollupDef, String> {
+        let dims: Vec<&str> = r.dimensions.iter().map(String::as_str).collect();
+        RollupDef::new(&r.name, &dims)
+    }
+
+    pub fn to_ref(&self) -> RollupRef {
+        RollupRef { name: self.name.clone(), dimensions: self.dims.iter().map(|d| d.name().to_string()).collect() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dims(&self) -> &[ColumnId] {
+        &self.dims
+    }
+
+    /// Whether every column of `needed` is one of this rollup's dimensions.
+    pub fn covers(&self, needed: &[ColumnId]) -> bool {
+        needed.iter().all(|c| self.dims.contains(c))
+    }
+
+    /// The segment schema of this rollup's rows: `ts`, the dimensions,
+    /// the summed measures in [`Measure::ALL`] order, `users`. Sorted by the
+    /// first three dimensions, then time.
+    pub fn schema(&self) -> Arc<SegmentSchema> {
+        let mut columns = vec![ColumnDef { name: TS_COLUMN, kind: ColumnKind::I64, nullable: false, dimension: false }];
+        columns.extend(self.dims.iter().map(|d| ColumnDef {
+            name: d.name(),
+            kind: ColumnKind::Str,
+            nullable: d.spec().nullable,
+            dimension: true,
+        }));
+        columns.extend(Measure::sums().map(|m| ColumnDef {
+            name: m.name(),
+            kind: ColumnKind::I64,
+            nullable: false,
+            dimension: false,
+        }));
+        columns.push(ColumnDef { name: USERS_COLUMN, kind: ColumnKind::Bytes, nullable: true, dimension: false });
+        let sort = (1..=self.dims.len().min(MAX_SORT_COLUMNS)).collect();
+        // Invariant: the columns above meet every rule of a schema (distinct
+        // names, a non-null I64 time column, string dimensions).
+        Arc::new(SegmentSchema::new(columns, 0, sort).expect("a rollup schema is valid"))
+    }
+}

@@ -1,0 +1,297 @@
+//! Minute rows against an oracle that shares no code with the builder:
+//! row by row into ordered maps, with the measure definitions of
+//! DESIGN.md §6 written out again here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow_array::{Array, BinaryArray, Int64Array, StringArray};
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::{Event, EventBatch, EventType, InvalidReason};
+use crate::hll::{Hll, hash_bytes};
+use crate::testutil::any_event;
+
+type Key = (i64, Vec<Option<String>>);
+/// A group's summed measures and its users sketch, as stored.
+type Stored = ([i128; 10], Option<Vec<u8>>);
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Sums {
+    /// impressions, clicks, conversions, invalid impressions, invalid
+    /// clicks, billable impressions, billable clicks, attributed
+    /// conversions, spend, conversion value (the order of Measure::ALL).
+    values: [i128; 10],
+    users: BTreeSet<String>,
+}
+
+fn dim(e: &Event, name: &str) -> Option<String> {
+    match name {
+        "publisher_id" => Some(e.publisher_id.clone()),
+        "advertiser_id" => Some(e.advertiser_id.clone()),
+        "campaign_id" => Some(e.campaign_id.clone()),
+        "ad_group_id" => e.ad_group_id.clone(),
+        "ad_id" => Some(e.ad_id.clone()),
+        "device" => e.device.clone(),
+        "os" => e.os.clone(),
+        "country" => e.country.clone(),
+        "region" => e.region.clone(),
+        "placement" => e.placement.clone(),
+        other => panic!("not a dimension: {other}"),
+    }
+}
+
+fn oracle(dims: &[&str], events: &[Event]) -> BTreeMap<Key, Sums> {
+    let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
+    for e in events {
+        let minute = (e.ts as i128).div_euclid(60_000) * 60_000;
+        let minute = i64::try_from(minute).unwrap_or(i64::MIN);
+        let s = out.entry((minute, dims.iter().map(|d| dim(e, d)).collect())).or_default();
+        let valid = e.invalid_reason == InvalidReason::Valid;
+        let (imp, click, conv) =
+            (e.kind == EventType::Impression, e.kind == EventType::Click, e.kind == EventType::Conversion);
+        let add = [
+            imp as i128,
+            click as i128,
+            conv as i128,
+            (imp && !valid) as i128,
+            (click && !valid) as i128,
+            (imp && valid) as i128,
+            (click && valid) as i128,
+            (conv && e.attributed) as i128,
+            if (imp || click) && valid { i128::from(e.cost_micros) } else { 0 },
+            if conv && e.attributed { i128::from(e.value_micros) } else { 0 },
+        ];
+        for (v, a) in s.values.iter_mut().zip(add) {
+            *v += a;
+        }
+        if let Some(u) = &e.user_key {
+            s.users.insert(u.clone());
+        }
+    }
+    out
+}
+
+fn built(def: &RollupDef, events: &[Event]) -> Option<BTreeMap<Key, Stored>> {
+    let batch = minute_rows(def, &EventBatch::from_events(events)).expect("build")?;
+    let col = |name: &str| batch.column(def.schema().position(name).expect("column")).clone();
+    let ts = col("ts");
+    let ts = ts.as_any().downcast_ref::<Int64Array>().expect("ts");
+    let users = col("users");
+    let users = users.as_any().downcast_ref::<BinaryArray>().expect("users");
+    let dims: Vec<_> = def.dims().iter().map(|d| col(d.name())).collect();
+    let sums: Vec<_> = crate::measure::Measure::sums().map(|m| col(m.name())).collect();
+    let mut out = BTreeMap::new();
+    for r in 0..batch.num_rows() {
+        let key = dims
+            .iter()
+            .map(|a| {
+                let a = a.as_any().downcast_ref::<StringArray>().expect("dim");
+                a.is_valid(r).then(|| a.value(r).to_string())
+            })
+            .collect();
+        let mut values = [0i128; 10];
+        for (v, a) in values.iter_mut().zip(&sums) {
+            *v = i128::from(a.as_any().downcast_ref::<Int64Array>().expect("sum").value(r));
+        }
+        let sketch = users.is_valid(r).then(|| users.value(r).to_vec());
+        assert!(out.insert((ts.value(r), key), (values, sketch)).is_none(), "one row per group");
+    }
+    Some(out)
+}
+
+fn check(dims: &[&str], events: &[Event]) {
+    let def = RollupDef::new("t", dims).expect("def");
+    let want = oracle(dims, events);
+    let fits = want.values().all(|s| s.values.iter().all(|&v| i64::try_from(v).is_ok()));
+    let Some(got) = built(&def, events) else {
+        assert!(!fits, "no rows although every sum fits an i64");
+        return;
+    };
+    assert!(fits, "rows although a sum overflows an i64");
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (key, (values, sketch)) in &got {
+        let w = &want[key];
+        assert_eq!(values, &w.values, "{key:?}");
+        let mut users = Hll::default();
+        for u in &w.users {
+            users.insert_hash(hash_bytes(u.as_bytes()));
+        }
+        assert_eq!(sketch.clone(), (!w.users.is_empty()).then(|| users.to_bytes()), "{key:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn minute_rows_match_the_oracle(events in prop::collection::vec(any_event(), 0..200)) {
+        check(&["advertiser_id", "campaign_id", "ad_group_id", "ad_id", "device", "country"], &events);
+        check(&["publisher_id", "placement", "country", "device"], &events);
+        check(&[], &events);
+    }
+
+    #[test]
+    fn minute_rows_of_ordinary_costs_match_the_oracle(
+        mut events in prop::collection::vec(any_event(), 1..300),
+        spread in 1i64..10_000_000,
+    ) {
+        // Costs and times as traffic has them, so that sums fit and rows
+        // group: minutes crossed, groups repeated.
+        for (i, e) in events.iter_mut().enumerate() {
+            e.cost_micros = (i as i64 * 7_919) % 100_000;
+            e.value_micros = (i as i64 * 104_729) % 1_000_000;
+            e.ts = 1_795_341_600_000 + (i as i64 * 7_717) % spread;
+        }
+        check(&["advertiser_id", "campaign_id"], &events);
+        check(&["region", "os", "ad_id"], &events);
+    }
+}
+
+#[test]
+fn definitions_are_checked_by_name() {
+    assert!(RollupDef::new("Bad-Name", &["ad_id"]).expect_err("refused").contains("lowercase"));
+    assert!(RollupDef::new("r", &["ts"]).expect_err("refused").contains("\"ts\" is not a dimension"));
+    assert!(RollupDef::new("r", &["user_key"]).expect_err("refused").contains("not a dimension"));
+    assert!(RollupDef::new("r", &["ad_id", "ad_id"]).expect_err("refused").contains("ad_id appears twice"));
+    let defaults = RollupDef::defaults();
+    assert_eq!(defaults.iter().map(RollupDef::name).collect::<Vec<_>>(), ["advertiser", "supply", "campaign"]);
+    for d in &defaults {
+        assert_eq!(RollupDef::from_ref(&d.to_ref()).as_ref(), Ok(d));
+    }
+}
+
+// ------------------------------------------------------------ in the store
+
+/// Every minute segment of rollup `name` in `snapshot`, summed per group:
+/// what a query over the rollup would add up.
+fn stored_rollup(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTreeMap<Key, ([i128; 10], Vec<u8>)> {
+    let mut out: BTreeMap<Key, ([i128; 10], Hll)> = BTreeMap::new();
+    for s in snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == def.name())) {
+        let batch = s.reader.read_record_batch().expect("read rollup");
+        let col = |name: &str| batch.column(def.schema().position(name).expect("column")).clone();
+        let ts = col("ts");
+        let ts = ts.as_any().downcast_ref::<Int64Array>().expect("ts");
+        let users = col("users");
+        let users = users.as_any().downcast_ref::<BinaryArray>().expect("users");
+        let dims: Vec<_> = def.dims().iter().map(|d| col(d.name())).collect();
+        let sums: Vec<_> = crate::measure::Measure::sums().map(|m| col(m.name())).collect();
+        for r in 0..batch.num_rows() {
+            let key = dims
+                .iter()
+                .map(|a| {
+                    let a = a.as_any().downcast_ref::<StringArray>().expect("dim");
+                    a.is_valid(r).then(|| a.value(r).to_string())
+                })
+                .collect();
+            let entry = out.entry((ts.value(r), key)).or_default();
+            for (v, a) in entry.0.iter_mut().zip(&sums) {
+                *v += i128::from(a.as_any().downcast_ref::<Int64Array>().expect("sum").value(r));
+            }
+            if users.is_valid(r) {
+                entry.1.merge(&Hll::from_bytes(users.value(r)).expect("sketch"));
+            }
+        }
+    }
+    out.into_iter().map(|(k, (v, h))| (k, (v, h.to_bytes()))).collect()
+}
+
+/// The oracle over the sealed raw events of `snapshot`.
+fn oracle_of_sealed(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTreeMap<Key, ([i128; 10], Vec<u8>)> {
+    let mut events = Vec::new();
+    for s in &snapshot.segments {
+        events.extend(s.reader.read_batch().expect("raw").events());
+    }
+    let dims: Vec<&str> = def.dims().iter().map(|d| d.name()).collect();
+    oracle(&dims, &events)
+        .into_iter()
+        .map(|(k, s)| {
+            let mut users = Hll::default();
+            for u in &s.users {
+                users.insert_hash(hash_bytes(u.as_bytes()));
+            }
+            (k, (s.values, users.to_bytes()))
+        })
+        .collect()
+}
+
+fn check_store(store: &crate::store::Store, when: &str) {
+    let snapshot = store.snapshot();
+    for def in RollupDef::defaults() {
+        let children = snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == def.name()));
+        let mut sources: Vec<_> = children.map(|s| s.meta.source.expect("a minute segment names its source")).collect();
+        sources.sort();
+        let mut raw: Vec<_> = snapshot.segments.iter().map(|s| s.meta.id).collect();
+        raw.sort();
+        assert_eq!(sources, raw, "{when}: rollup {} has one minute segment per raw segment", def.name());
+        assert_eq!(stored_rollup(&snapshot, &def), oracle_of_sealed(&snapshot, &def), "{when}: rollup {}", def.name());
+    }
+}
+
+/// Seals interleaved with appends that cross minute and bucket edges,
+/// repeat groups across batches, arrive late, then compaction,
+/// finalization and a reopen: the minute segments always add up to the
+/// sealed events, and go with them.
+#[test]
+fn minute_segments_follow_their_events_through_every_reseal() {
+    use crate::store::{Store, StoreConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || StoreConfig { fsync: false, compact_min_segments: 3, close_idle_ms: 0, ..StoreConfig::default() };
+    let open = || Store::open(dir.path(), config(), crate::seal::SealPipeline::new()).expect("open");
+    let store = open();
+    let base = 1_795_341_600_000i64; // 2026-11-22T10:00:00Z
+    let event = |i: i64, ts: i64| Event {
+        event_id: format!("e{i}"),
+        kind: EventType::ALL[(i % 3) as usize],
+        ts,
+        publisher_id: format!("p{}", i % 2),
+        advertiser_id: format!("a{}", i % 3),
+        campaign_id: format!("c{}", i % 5),
+        ad_group_id: (i % 4 != 0).then(|| format!("g{}", i % 2)),
+        ad_id: format!("x{}", i % 7),
+        user_key: (i % 6 != 0).then(|| format!("u{}", i % 11)),
+        device: (i % 5 != 0).then(|| ["mobile", "desktop"][(i % 2) as usize].to_string()),
+        country: Some(["DE", "FR", "US"][(i % 3) as usize].to_string()),
+        placement: (i % 3 != 0).then(|| "feed".to_string()),
+        cost_micros: i * 1_000,
+        value_micros: i * 7,
+        attributed: i % 2 == 0,
+        invalid_reason: InvalidReason::ALL[(i % 5) as usize],
+        ..Event::default()
+    };
+    let mut i = 0i64;
+    for round in 0..5i64 {
+        // Across three hours, on and around minute edges.
+        let batch: Vec<Event> = (0..120)
+            .map(|k| {
+                i += 1;
+                event(i, base + round * 59_999 + k * 89_997 % (3 * 3_600_000))
+            })
+            .collect();
+        store.append(&EventBatch::from_events(&batch)).expect("append");
+        store.seal_all().expect("seal");
+        check_store(&store, &format!("after seal {round}"));
+    }
+    // Late events into the first bucket.
+    let late: Vec<Event> = (0..40).map(|k| event(10_000 + k, base + k * 61_000)).collect();
+    store.append(&EventBatch::from_events(&late)).expect("append");
+    store.seal_all().expect("seal");
+    check_store(&store, "after late events");
+    store.compact_small().expect("compact");
+    check_store(&store, "after compaction");
+    // Events two days later close the first buckets: they are re-sealed final.
+    let later: Vec<Event> = (0..10).map(|k| event(20_000 + k, base + 2 * 86_400_000 + k)).collect();
+    store.append(&EventBatch::from_events(&later)).expect("append");
+    store.seal_all().expect("seal");
+    let report = store.finalize_closed().expect("finalize");
+    assert!(!report.replaced.is_empty(), "buckets were finalized");
+    check_store(&store, "after finalization");
+    assert!(store.snapshot().rollups.iter().any(|s| s.meta.is_final), "final minutes");
+    store.close().expect("close");
+    drop(store);
+    let store = open();
+    check_store(&store, "after reopen");
+    // Only catalog files remain in the directory: replaced minutes are gone.
+    let files = std::fs::read_dir(dir.path().join("segments")).expect("dir").count();
+    assert_eq!(files, store.catalog().segments.len());
+}
