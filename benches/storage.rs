@@ -101,9 +101,14 @@ fn main() {
     let zstd_level = env_u64("ADSTORE_BENCH_ZSTD", StoreConfig::default().zstd_level as u64) as i32;
     let config = StoreConfig { seal_max_rows: usize::MAX, fsync: false, zstd_level, ..StoreConfig::default() };
     let store = Store::open(dir.path(), config.clone(), SealPipeline::new()).expect("open");
+    // The same events into a store with no rollups: what they cost a seal.
+    let bare_dir = tempfile::tempdir().expect("tempdir");
+    let bare_config = StoreConfig { rollups: Vec::new(), ..config.clone() };
+    let bare = Store::open(bare_dir.path(), bare_config, SealPipeline::new()).expect("open");
     eprintln!("appending…");
     for b in &batches {
         store.append(b).expect("append");
+        bare.append(b).expect("append");
     }
     // The same events through the exactly-once path: ingest-time dedupe,
     // then seal with dedupe, attribution and invalid-traffic rules on.
@@ -132,6 +137,14 @@ fn main() {
     eo_store.close().expect("close");
     drop(eo_store);
     drop(eo_dir);
+    eprintln!("sealing without rollups…");
+    let t = Instant::now();
+    let c = cpu_time();
+    bare.seal_all().expect("seal");
+    let bare_seal_time = t.elapsed();
+    let bare_seal_cpu = cpu_time() - c;
+    bare.close().expect("close");
+    drop((bare, bare_dir));
     eprintln!("sealing…");
     let t = Instant::now();
     let c = cpu_time();
@@ -141,6 +154,8 @@ fn main() {
     assert_eq!(report.rows_out as u64, events);
     let snapshot = store.snapshot();
     let bytes: u64 = snapshot.segments.iter().map(|s| s.meta.size_bytes).sum();
+    let rollup_bytes: u64 = snapshot.rollups.iter().map(|s| s.meta.size_bytes).sum();
+    let rollup_rows: u64 = snapshot.rollups.iter().map(|s| s.meta.rows).sum();
     let total_rows = snapshot.segment_rows();
 
     // Filtered sum on the hot advertiser (selective, contiguous rows) and on
@@ -210,9 +225,15 @@ fn main() {
          | seal time | {seal_ms:.0} ms |\n\
          | seal throughput (wall) | {seal_rate:.2} M events/s |\n\
          | seal CPU time | {seal_cpu_ms:.0} ms ({seal_cpu_rate:.2} M events/s with 2 cores fully ours) |\n\
-         | bytes on disk | {bytes} |\n\
+         | bytes on disk (events segments) | {bytes} |\n\
          | bytes per event | {bpe:.1} |\n\
          | zstd level | {zstd_level} |\n\n\
+         ## Rollups at seal (the default set: advertiser, supply, campaign)\n\n\
+         | metric | value |\n|---|---|\n\
+         | seal time without / with rollups | {bare_seal_ms:.0} ms / {seal_ms:.0} ms ({seal_over:+.1}%) |\n\
+         | seal CPU time without / with rollups | {bare_seal_cpu_ms:.0} ms / {seal_cpu_ms:.0} ms ({cpu_over:+.1}%) |\n\
+         | minute rollup rows (all three) | {rollup_rows} ({rollup_row_share:.1}% of the events) |\n\
+         | minute rollup bytes | {rollup_bytes} ({rollup_share:.1}% of the events segments' bytes) |\n\n\
          ## Seal with exactly-once (dedupe, attribution, invalid traffic)\n\n\
          | metric | value |\n|---|---|\n\
          | events sent / accepted (exact re-sends answered as duplicates) | {events} / {eo_accepted} |\n\
@@ -228,6 +249,12 @@ fn main() {
          Hypervisor steal during the run: {steal:.0}% of all CPU time (from /proc/stat). The \"2 cores fully \
          ours\" columns divide the work by the CPU time the process actually got, times two cores.\n",
         parts = report.partitions,
+        bare_seal_ms = bare_seal_time.as_secs_f64() * 1e3,
+        bare_seal_cpu_ms = bare_seal_cpu.as_secs_f64() * 1e3,
+        seal_over = (seal_time.as_secs_f64() / bare_seal_time.as_secs_f64().max(1e-9) - 1.0) * 100.0,
+        cpu_over = (seal_cpu.as_secs_f64() / bare_seal_cpu.as_secs_f64().max(1e-9) - 1.0) * 100.0,
+        rollup_row_share = rollup_rows as f64 * 100.0 / events as f64,
+        rollup_share = rollup_bytes as f64 * 100.0 / bytes.max(1) as f64,
         seal_cpu_ms = seal_cpu.as_secs_f64() * 1e3,
         seal_cpu_rate = 2.0 * events as f64 / seal_cpu.as_secs_f64().max(1e-9) / 1e6,
         eo_seal_cpu_ms = eo_seal_cpu.as_secs_f64() * 1e3,

@@ -535,6 +535,40 @@ fn request_heads_too_long_for_the_http_layer_are_refused_and_the_server_stays_up
     assert_eq!(code, 200, "{r}");
 }
 
+/// Issue 23: configured rollups are built at seal, listed with their
+/// coverage, counted in /metrics, and `metrics` reads through them.
+#[test]
+fn configured_rollups_are_built_listed_and_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 50\n\
+                  [[rollups]]\nname = \"by_device\"\ndimensions = [\"device\"]\n";
+    let server = Server::start(&tmp.path().join("data"), Some(config));
+    let (status, r) = server.post("/v1/events", NDJSON, None, &ndjson(5_000, 3));
+    assert_eq!((status, accepted(&r)), (200, 5_000), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let r = server.get("/v1/rollups");
+        if server.get("/v1/segments")["head"]["rows"].as_u64() == Some(0) && r["rollups"][0]["complete"] == true {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "not sealed: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let by_device = &status["rollups"][0];
+    assert_eq!(by_device["name"], "by_device", "{status}");
+    assert_eq!(by_device["segments"], by_device["raw_segments"], "{status}");
+    let listing = server.get("/v1/segments");
+    let rollups = listing["rollups"].as_array().expect("rollups");
+    assert!(!rollups.is_empty() && rollups.iter().all(|s| s["rollup"] == "by_device" && s["level"] == "minute"));
+    assert!(server.metric("adstore_rollup_segments") > 0);
+    assert_eq!(server.metric("adstore_rollup_backfill_pending"), 0);
+    let sql = "SELECT device, sum(impressions) FROM metrics GROUP BY device";
+    let (code, r) = server.post("/v1/sql", "text/plain", None, sql.as_bytes());
+    assert_eq!(code, 200, "{r}");
+    assert!(r["stats"]["source"].as_str().is_some_and(|s| s.contains("minute rollup by_device")), "{r}");
+    assert!(server.stop().success());
+}
+
 /// Issue 25: the query limits are settings (`[query]`).
 #[test]
 fn query_limits_come_from_the_configuration() {

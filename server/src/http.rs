@@ -4,6 +4,7 @@
 //!  POST /v1/events[/{type}s:batch] ─► decompress + parse (blocking pool) ─► Store::append (fsync) ─► 200 {accepted,…}
 //!        bodies: NDJSON, JSON array, Arrow IPC stream; Content-Encoding gzip | zstd
 //!  GET  /v1/segments               ─► catalog listing
+//!  GET  /v1/rollups                ─► configured rollups, how far each is built
 //!  GET  /health                    ─► liveness + damaged segments
 //!  GET  /metrics                   ─► Prometheus text
 //! ```
@@ -89,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::metrics))
         .route("/v1/segments", get(segments))
+        .route("/v1/rollups", get(rollups))
         .route("/v1/attribution", get(crate::exactly::get_rules).put(crate::exactly::put_rules))
         .route("/v1/reprocess", post(crate::exactly::start_reprocess))
         .route("/v1/reprocess/{id}", get(crate::exactly::get_reprocess))
@@ -170,6 +172,11 @@ async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
         // Closed buckets the sealer has yet to re-seal as final.
         "finalize_pending_buckets": app.store.closed_provisional_buckets().len(),
     }))
+}
+
+/// Each configured rollup and how many raw segments it covers.
+async fn rollups(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "rollups": app.store.rollup_status() }))
 }
 
 #[derive(Deserialize, Default)]

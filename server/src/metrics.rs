@@ -216,6 +216,12 @@ const SERIES: &[Series] = &[
         value: |s| s.store.rollup_bytes as f64,
     },
     Series {
+        name: "adstore_rollup_backfill_pending",
+        kind: Kind::Gauge,
+        help: "Raw segments still to get a configured rollup's minute segment (once per rollup); the rollup task builds them.",
+        value: |s| s.store.rollup_backfill_pending as f64,
+    },
+    Series {
         name: "adstore_sealed_rows_total",
         kind: Kind::Counter,
         help: "Rows written into segments by seals.",

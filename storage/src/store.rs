@@ -51,11 +51,13 @@ mod tests;
 mod append;
 mod jobs;
 mod maintenance;
+mod rollups;
 mod space;
 
 pub use append::{PartlyStored, Rows};
 pub use jobs::SealReport;
 pub use maintenance::{Task, TaskStats};
+pub use rollups::RollupStatus;
 
 /// Storage settings. Every field has a default; see `docs/configuration.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,6 +291,9 @@ pub struct StoreStats {
     /// Rollup segments served, and their bytes.
     pub rollup_segments: usize,
     pub rollup_bytes: u64,
+    /// Raw segments still lacking a configured rollup's minute segment
+    /// (counted once per rollup).
+    pub rollup_backfill_pending: usize,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
     /// Bytes held by the block cache.
@@ -332,6 +337,9 @@ struct Inner {
     /// seconds instead of tens of milliseconds while a load was being
     /// sealed. In two pools, the OS shares the cores between them instead.
     background: rayon::ThreadPool,
+    /// (raw segment, rollup) pairs whose sums overflow: the rollup task
+    /// does not retry them (see `store/rollups.rs`).
+    rollup_skipped: Mutex<std::collections::HashSet<(SegmentId, String)>>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -467,6 +475,7 @@ impl Store {
             disk: space::DiskWatch::new(data_dir),
             lock: Mutex::new(Some(lock)),
             background,
+            rollup_skipped: Mutex::new(std::collections::HashSet::new()),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -510,6 +519,8 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
+        let pending =
+            self.rollup_status().iter().map(|r| r.raw_segments - (r.segments + r.without).min(r.raw_segments)).sum();
         let v = self.inner.visible.read();
         let c = &self.inner.counters;
         let wal = self.inner.wal.stats();
@@ -534,6 +545,7 @@ impl Store {
             segments: served(Level::Raw).count(),
             rollup_segments: served_rollups().count(),
             rollup_bytes: served_rollups().map(|m| m.size_bytes).sum(),
+            rollup_backfill_pending: pending,
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
             block_cache_bytes: self.inner.block_cache.used_bytes(),

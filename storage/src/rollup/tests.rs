@@ -216,15 +216,19 @@ fn oracle_of_sealed(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTree
 }
 
 fn check_store(store: &crate::store::Store, when: &str) {
+    check_store_with(store, &RollupDef::defaults(), when);
+}
+
+fn check_store_with(store: &crate::store::Store, defs: &[RollupDef], when: &str) {
     let snapshot = store.snapshot();
-    for def in RollupDef::defaults() {
+    for def in defs {
         let children = snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == def.name()));
         let mut sources: Vec<_> = children.map(|s| s.meta.source.expect("a minute segment names its source")).collect();
         sources.sort();
         let mut raw: Vec<_> = snapshot.segments.iter().map(|s| s.meta.id).collect();
         raw.sort();
         assert_eq!(sources, raw, "{when}: rollup {} has one minute segment per raw segment", def.name());
-        assert_eq!(stored_rollup(&snapshot, &def), oracle_of_sealed(&snapshot, &def), "{when}: rollup {}", def.name());
+        assert_eq!(stored_rollup(&snapshot, def), oracle_of_sealed(&snapshot, def), "{when}: rollup {}", def.name());
     }
 }
 
@@ -292,6 +296,73 @@ fn minute_segments_follow_their_events_through_every_reseal() {
     let store = open();
     check_store(&store, "after reopen");
     // Only catalog files remain in the directory: replaced minutes are gone.
+    let files = std::fs::read_dir(dir.path().join("segments")).expect("dir").count();
+    assert_eq!(files, store.catalog().segments.len());
+}
+
+/// A rollup added to the configuration is built for the segments sealed
+/// before it, a pass at a time; one removed (or whose dimensions changed)
+/// is dropped; the status says how far it is.
+#[test]
+fn the_rollup_task_backfills_added_rollups_and_drops_removed_ones() {
+    use crate::store::{Store, StoreConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = vec![RollupDef::new("by_ad", &["advertiser_id", "ad_id"]).expect("def")];
+    let open = |rollups: Vec<RollupDef>| {
+        let config = StoreConfig { fsync: false, rollups, ..StoreConfig::default() };
+        Store::open(dir.path(), config, crate::seal::SealPipeline::new()).expect("open")
+    };
+    let store = open(first.clone());
+    let base = 1_795_341_600_000i64;
+    // More raw segments than one backfill pass takes.
+    for round in 0..12i64 {
+        let batch: Vec<Event> = (0..50)
+            .map(|k| Event {
+                event_id: format!("e{round}-{k}"),
+                kind: EventType::ALL[(k % 3) as usize],
+                ts: base + round * 1_000 + k * 61_000,
+                publisher_id: format!("p{}", k % 2),
+                advertiser_id: format!("a{}", k % 3),
+                campaign_id: format!("c{}", k % 4),
+                ad_id: format!("x{}", k % 5),
+                user_key: Some(format!("u{}", k % 7)),
+                device: (k % 2 == 0).then(|| "mobile".into()),
+                cost_micros: k,
+                ..Event::default()
+            })
+            .collect();
+        store.append(&EventBatch::from_events(&batch)).expect("append");
+        store.seal_all().expect("seal");
+    }
+    check_store_with(&store, &first, "before the change");
+    store.close().expect("close");
+    drop(store);
+
+    // by_ad changes its dimensions, by_device is new.
+    let second = vec![
+        RollupDef::new("by_ad", &["advertiser_id", "ad_id", "publisher_id"]).expect("def"),
+        RollupDef::new("by_device", &["device"]).expect("def"),
+    ];
+    let store = open(second.clone());
+    let status = store.rollup_status();
+    assert!(status.iter().all(|s| s.segments == 0 && s.raw_segments > 8 && !s.complete), "{status:?}");
+    let mut passes = 0;
+    while store.rollup_status().iter().any(|s| !s.complete) {
+        let report = store.roll_up().expect("roll up");
+        passes += 1;
+        assert!(report.partitions <= 8, "a pass reads at most 8 raw segments");
+        assert!(passes < 10, "the backfill does not finish");
+    }
+    assert!(passes >= 2, "the raw segments take more than one pass");
+    check_store_with(&store, &second, "after the backfill");
+    let stale = store
+        .snapshot()
+        .rollups
+        .iter()
+        .filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.dimensions.len() == 2))
+        .count();
+    assert_eq!(stale, 0, "the old by_ad segments are gone");
+    assert_eq!(store.roll_up().expect("idle").segments.len(), 0, "nothing left to do");
     let files = std::fs::read_dir(dir.path().join("segments")).expect("dir").count();
     assert_eq!(files, store.catalog().segments.len());
 }

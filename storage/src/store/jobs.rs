@@ -326,7 +326,7 @@ impl Store {
         Ok(written)
     }
 
-    fn write_rollup(
+    pub(super) fn write_rollup(
         &self,
         raw: &SegmentMeta,
         def: &RollupDef,

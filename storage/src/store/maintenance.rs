@@ -1,6 +1,7 @@
 //! Background maintenance: the sealer thread and the tasks it runs at
 //! each pass (seal the head, compact small segments, finalize closed
-//! buckets), with what each decides is due.
+//! buckets, keep rollups in step with the configuration), with what each
+//! decides is due.
 //!
 //! ```text
 //!  sealer thread: verify segments once, then every seal_interval_ms
@@ -35,18 +36,22 @@ pub enum Task {
     Compact = 1,
     /// Re-seal closed buckets as final ([`Store::finalize_closed`]).
     Finalize = 2,
+    /// Build missing minute rollup segments, drop those of rollups no
+    /// longer configured ([`Store::roll_up`]).
+    Rollup = 3,
 }
 
 impl Task {
     /// The order of a pass: the head is sealed first, so that compaction
     /// and finalization see its rows in segments.
-    pub const ALL: [Task; 3] = [Task::Seal, Task::Compact, Task::Finalize];
+    pub const ALL: [Task; 4] = [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup];
 
     pub fn name(self) -> &'static str {
         match self {
             Task::Seal => "seal",
             Task::Compact => "compact",
             Task::Finalize => "finalize",
+            Task::Rollup => "rollup",
         }
     }
 
@@ -55,6 +60,7 @@ impl Task {
             Task::Seal => store.seal_due(),
             Task::Compact => store.compact_small(),
             Task::Finalize => store.finalize_closed(),
+            Task::Rollup => store.roll_up(),
         }
     }
 }
