@@ -518,7 +518,8 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
             let (k, name) = label(&s.segment.meta);
             if let Some(r) = cover.of(s.segment.meta.id) {
                 let what = format!(
-                    "read through minute rollup {} segment {}: {} of {} blocks, {} rows, {}",
+                    "read through {} rollup {} segment {}: {} of {} blocks, {} rows, {}",
+                    r.meta.rollup.as_ref().map_or("?", |x| x.granularity.name()),
                     r.meta.rollup.as_ref().map_or("?", |x| x.name.as_str()),
                     r.meta.id,
                     rollup::blocks(r, plan).len(),

@@ -166,6 +166,25 @@ impl Expr {
         }
     }
 
+    /// The expressions this one is made of.
+    pub(crate) fn children(&self) -> Vec<&Expr> {
+        match self {
+            Expr::Slot(..) | Expr::Lit(..) => Vec::new(),
+            Expr::Not(e)
+            | Expr::Neg(e)
+            | Expr::ToFloat(e)
+            | Expr::IsNull(e, _)
+            | Expr::InList(e, _, _)
+            | Expr::Like(e, _, _)
+            | Expr::TimeBucket(_, e)
+            | Expr::DateTrunc(_, e)
+            | Expr::Epoch(e) => vec![e],
+            Expr::Bin(_, a, b, _) | Expr::NullIf(a, b) => vec![a, b],
+            Expr::Case(whens, e, _) => whens.iter().flat_map(|(c, v)| [c, v]).chain([e.as_ref()]).collect(),
+            Expr::Coalesce(es, _) => es.iter().collect(),
+        }
+    }
+
     pub(crate) fn has_slots(&self) -> bool {
         let mut any = false;
         self.visit_slots(&mut |_| any = true);

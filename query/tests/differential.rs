@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use adstore_query::{Cell, QueryOptions, execute};
-use adstore_storage::rollup::RollupDef;
+use adstore_storage::rollup::{Granularity, RollupDef};
 use adstore_storage::{Event, EventBatch, EventType, InvalidReason, SealPipeline, Store, StoreConfig};
 use proptest::prelude::*;
 
@@ -798,7 +798,7 @@ fn count_query() -> impl Strategy<Value = Query> {
 }
 
 /// Rollup configurations: none, the default set, or up to three random
-/// dimension sets (so some queries are covered and some are not).
+/// dimension sets, per minute or per hour (so some queries are covered and some are not).
 fn any_rollups() -> impl Strategy<Value = Vec<RollupDef>> {
     const DIMS: [&str; 10] = [
         "publisher_id",
@@ -812,10 +812,14 @@ fn any_rollups() -> impl Strategy<Value = Vec<RollupDef>> {
         "region",
         "placement",
     ];
-    let random = prop::collection::vec(prop::sample::subsequence(DIMS.to_vec(), 0..=5), 0..=3).prop_map(|sets| {
+    let one = (prop::sample::subsequence(DIMS.to_vec(), 0..=5), any::<bool>());
+    let random = prop::collection::vec(one, 0..=3).prop_map(|sets| {
         sets.iter()
             .enumerate()
-            .map(|(i, dims)| RollupDef::new(&format!("r{i}"), dims).expect("rollup"))
+            .map(|(i, (dims, hourly))| {
+                let g = if *hourly { Granularity::Hour } else { Granularity::Minute };
+                RollupDef::new(&format!("r{i}"), dims).expect("rollup").with_granularity(g)
+            })
             .collect::<Vec<_>>()
     });
     prop_oneof![Just(Vec::new()), Just(RollupDef::defaults()), random]
@@ -862,6 +866,23 @@ proptest! {
         rollups in any_rollups(),
     ) {
         check_queries(events, sealed_frac, &queries, rollups)?;
+    }
+
+    /// One hourly rollup with every dimension covers every `metrics`
+    /// query's dimensions: only its time filters and groupings decide
+    /// whether hourly rows may answer it.
+    #[test]
+    fn hourly_rollups_answer_only_whole_hours(
+        events in prop::collection::vec(any_event(), 0..300),
+        sealed_frac in 0.5f64..=1.0,
+        queries in prop::collection::vec(any_query(), 10),
+    ) {
+        let all = [
+            "publisher_id", "advertiser_id", "campaign_id", "ad_group_id", "ad_id",
+            "device", "os", "country", "region", "placement",
+        ];
+        let hourly = RollupDef::new("all", &all).expect("rollup").with_granularity(Granularity::Hour);
+        check_queries(events, sealed_frac, &queries, vec![hourly])?;
     }
 
     #[test]

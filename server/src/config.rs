@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use adstore_storage::StoreConfig;
-use adstore_storage::rollup::RollupDef;
+use adstore_storage::rollup::{Granularity, RollupDef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
@@ -35,6 +35,8 @@ pub struct Config {
 pub struct RollupConfig {
     pub name: String,
     pub dimensions: Vec<String>,
+    /// `minute` (default) or `hour`.
+    pub granularity: Option<String>,
 }
 
 impl Config {
@@ -45,6 +47,13 @@ impl Config {
         for r in list {
             let dims: Vec<&str> = r.dimensions.iter().map(String::as_str).collect();
             let def = RollupDef::new(&r.name, &dims).map_err(|e| ServerError::Config(format!("rollups: {e}")))?;
+            let granularity = match r.granularity.as_deref() {
+                None => Granularity::Minute,
+                Some(g) => Granularity::parse(g).ok_or_else(|| {
+                    ServerError::Config(format!("rollups: {}: granularity {g:?} is not \"minute\" or \"hour\"", r.name))
+                })?,
+            };
+            let def = def.with_granularity(granularity);
             if defs.iter().any(|d| d.name() == def.name()) {
                 return Err(ServerError::Config(format!("rollups: the name {} is used twice", def.name())));
             }
@@ -281,6 +290,12 @@ mod tests {
         let bad = "[[rollups]]\nname = \"r\"\ndimensions = [\"user_key\"]\n";
         let err = toml::from_str::<Config>(bad).expect("parse").validate().expect_err("not a dimension");
         assert!(err.to_string().contains("\"user_key\" is not a dimension of metrics"), "{err}");
+        let hourly = "[[rollups]]\nname = \"r\"\ndimensions = [\"ad_id\"]\ngranularity = \"hour\"\n";
+        let defs = toml::from_str::<Config>(hourly).expect("parse").rollup_defs().expect("hourly");
+        assert_eq!(defs[0].granularity(), Granularity::Hour);
+        let bad = "[[rollups]]\nname = \"r\"\ndimensions = []\ngranularity = \"week\"\n";
+        let err = toml::from_str::<Config>(bad).expect("parse").validate().expect_err("week");
+        assert!(err.to_string().contains("granularity \"week\""), "{err}");
         let unknown = "[[rollups]]\nname = \"r\"\ndims = []\n";
         assert!(toml::from_str::<Config>(unknown).is_err());
     }

@@ -351,7 +351,11 @@ mod tests {
         let (raw, minute) = (m.allocate_segment_id().expect("id"), m.allocate_segment_id().expect("id"));
         let derived = SegmentMeta {
             level: Level::Minute,
-            rollup: Some(RollupRef { name: "r".into(), dimensions: vec!["ad_id".into()] }),
+            rollup: Some(RollupRef {
+                name: "r".into(),
+                dimensions: vec!["ad_id".into()],
+                granularity: Default::default(),
+            }),
             source: Some(raw),
             ..meta(minute.0)
         };

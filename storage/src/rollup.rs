@@ -1,15 +1,16 @@
 //! Rollups: the measures of `metrics` pre-aggregated by a set of its
-//! dimensions, per minute, stored as segments of their own schema.
+//! dimensions, per minute or per hour (the rollup's granularity), stored
+//! as segments of their own schema.
 //!
 //! ```text
 //!  seal: events of a partition ─► stages ─► raw segment
-//!                                        └► per rollup: minute rows ─► minute segment ┐ one catalog
-//!                                                                                     ┘ commit
+//!                                        └► per rollup: rows per minute (hour) ─► rollup segment ┐ one catalog
+//!                                                                                               ┘ commit
 //!  a re-seal (final, reprocess, compact) replaces the raw segment and its
-//!  minute segments together; removing a raw segment removes its minutes.
+//!  rollup segments together; removing a raw segment removes its rollups.
 //! ```
 //!
-//! A rollup row is `(ts = minute start, the rollup's dimensions, one column
+//! A rollup row is `(ts = minute (hour) start, the rollup's dimensions, one column
 //! per summed measure, users)`, `users` being the HyperLogLog sketch of the
 //! group's `user_key`s ([`crate::hll`]), NULL when none. Every minute
 //! segment names its raw segment (`SegmentMeta::source`) and its rollup's
@@ -26,5 +27,5 @@ mod def;
 #[cfg(test)]
 mod tests;
 
-pub use build::minute_rows;
-pub use def::{RollupDef, RollupRef};
+pub use build::rollup_rows;
+pub use def::{Granularity, RollupDef, RollupRef};

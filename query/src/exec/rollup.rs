@@ -1,4 +1,4 @@
-//! `metrics` from minute rollup segments.
+//! `metrics` from rollup segments (minute or hour rows).
 //!
 //! ```text
 //!  plan_scan (raw segments kept by time and filters) ─► per kept raw segment:
@@ -22,6 +22,7 @@ use std::collections::HashMap;
 
 use adstore_storage::hll::Hll;
 use adstore_storage::measure::{DIMENSIONS, Measure};
+use adstore_storage::rollup::Granularity;
 use adstore_storage::{ColumnData, ColumnId, LiveSegment, ScanPlan, SegmentId, Snapshot, ValueRange};
 
 use super::agg::{self, Grouping, State};
@@ -29,6 +30,7 @@ use crate::error::{QueryError, Result};
 use crate::expr::{Batch, DictRef, Expr, Vector, eval, true_rows};
 use crate::plan::{AggFunc, AggSpec, ScanCol, Table};
 use crate::planner::PhysicalPlan;
+use crate::time::TimeUnit;
 use crate::types::{DataType, Scalar};
 
 /// Which raw segments are read through a minute rollup segment instead.
@@ -42,18 +44,20 @@ impl<'s> Cover<'s> {
         self.by_raw.get(&id).copied()
     }
 
-    /// What the query read, for its stats and EXPLAIN: e.g. `minute rollup
-    /// campaign (12 segments), events (1 segment, head)`.
+    /// What the query read, for its stats and EXPLAIN: e.g. `hour rollup
+    /// advertiser (12 segments), events (1 segment, head)`.
     pub(crate) fn describe(&self, scan: &ScanPlan) -> String {
-        let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        let mut counts: std::collections::BTreeMap<(&str, &str), usize> = std::collections::BTreeMap::new();
         for s in self.by_raw.values() {
             if let Some(r) = &s.meta.rollup {
-                *counts.entry(r.name.as_str()).or_default() += 1;
+                *counts.entry((r.granularity.name(), r.name.as_str())).or_default() += 1;
             }
         }
         let plural = |n: usize| if n == 1 { "segment" } else { "segments" };
-        let mut parts: Vec<String> =
-            counts.into_iter().map(|(name, n)| format!("minute rollup {name} ({n} {})", plural(n))).collect();
+        let mut parts: Vec<String> = counts
+            .into_iter()
+            .map(|((granularity, name), n)| format!("{granularity} rollup {name} ({n} {})", plural(n)))
+            .collect();
         let raw = scan.segments.len() - self.by_raw.len();
         let mut events = Vec::new();
         if raw > 0 {
@@ -85,19 +89,63 @@ fn needed_dims(plan: &PhysicalPlan) -> Vec<ColumnId> {
     dims
 }
 
-/// For every raw segment `scan` keeps, the smallest minute segment derived
-/// from it whose rollup has every dimension the plan needs. Empty unless
-/// the plan aggregates `metrics`.
+/// Whether `e` reads the time slot `ts` only through truncations to whole
+/// `width_ms` buckets (`date_trunc('hour', ts)`, `time_bucket(INTERVAL
+/// '2 hours', ts)`, … of `ts` itself): what rows bucketed that coarsely
+/// can answer.
+#[recursive::recursive]
+fn coarse_ts_only(e: &Expr, ts: usize, width_ms: i64) -> bool {
+    let is_ts = |x: &Expr| match x {
+        Expr::Slot(i, _) => *i == ts,
+        Expr::DateTrunc(TimeUnit::Minute, inner) => matches!(inner.as_ref(), Expr::Slot(i, _) if *i == ts),
+        _ => false,
+    };
+    match e {
+        Expr::Slot(i, _) => *i != ts,
+        Expr::DateTrunc(u, x) if is_ts(x) => u.fixed_ms().is_none_or(|w| w % width_ms == 0),
+        Expr::TimeBucket(w, x) if is_ts(x) => w % width_ms == 0,
+        other => other.children().into_iter().all(|c| coarse_ts_only(c, ts, width_ms)),
+    }
+}
+
+/// Whether rows bucketed by `width_ms` answer the plan exactly: its time
+/// range starts and ends on bucket edges, and every filter, group key and
+/// aggregate reads `ts` only through coarser truncations.
+fn answers_at(plan: &PhysicalPlan, width_ms: i64) -> bool {
+    let range = plan.request.time_range;
+    let edge = |t: i64| t == i64::MIN || t == i64::MAX || t.rem_euclid(width_ms) == 0;
+    if !edge(range.start_ms) || !edge(range.end_ms) {
+        return false;
+    }
+    let Some(a) = &plan.logical.aggregate else { return false };
+    let Some(ts) = plan.logical.scan_cols.iter().position(|c| matches!(c, ScanCol::Event(ColumnId::Ts))) else {
+        return true;
+    };
+    let ok = |e: &Expr| coarse_ts_only(e, ts, width_ms);
+    plan.residual.as_ref().is_none_or(ok)
+        && a.keys.iter().all(ok)
+        && a.aggs
+            .iter()
+            .all(|s| s.filter.as_ref().is_none_or(ok) && (s.measure.is_some() || s.arg.as_ref().is_none_or(ok)))
+}
+
+/// For every raw segment `scan` keeps, the smallest rollup segment derived
+/// from it whose rollup has every dimension the plan needs and whose
+/// granularity answers it. Empty unless the plan aggregates `metrics`.
 pub(crate) fn cover<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan, scan: &ScanPlan) -> Cover<'s> {
     let mut by_raw = HashMap::new();
     if plan.logical.table != Table::Metrics || plan.logical.aggregate.is_none() {
         return Cover { by_raw };
     }
     let needed: Vec<&str> = needed_dims(plan).iter().map(|c| c.name()).collect();
+    let hourly = answers_at(plan, Granularity::Hour.width_ms());
     let mut children: HashMap<SegmentId, &'s LiveSegment> = HashMap::new();
     for s in &snapshot.rollups {
         let (Some(source), Some(r)) = (s.meta.source, &s.meta.rollup) else { continue };
         if !needed.iter().all(|d| r.dimensions.iter().any(|x| x == d)) {
+            continue;
+        }
+        if r.granularity == Granularity::Hour && !hourly {
             continue;
         }
         let better = children.get(&source).is_none_or(|c| s.meta.rows < c.meta.rows);

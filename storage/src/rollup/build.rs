@@ -1,7 +1,7 @@
-//! Events to minute rollup rows.
+//! Events to rollup rows, per minute or hour (the rollup's granularity).
 //!
 //! ```text
-//!  events ─► per dimension: codes (0 = NULL) ─► key per row (minute, codes), packed in a u128
+//!  events ─► per dimension: codes (0 = NULL) ─► key per row (bucket, codes), packed in a u128
 //!         ─► group per key: measure sums (i128, must end in i64), users sketch ─► rows, in first-seen order
 //! ```
 
@@ -15,7 +15,7 @@ use crate::error::{Result, StorageError};
 use crate::event::{ColumnId, EventBatch, EventType, InvalidReason};
 use crate::hll::{Hll, hash_bytes};
 use crate::measure::Measure;
-use crate::time::{MINUTE_MS, floor_to};
+use crate::time::floor_to;
 
 /// One dimension's values as codes: 0 for NULL, else 1 + index in `values`.
 struct Codes<'a> {
@@ -47,13 +47,14 @@ fn bits(max: u64) -> u32 {
     64 - max.leading_zeros()
 }
 
-/// The minute rows of `def` over `events`, as a batch of `def.schema()`;
-/// `None` when a group's sum does not fit an i64 (see the module docs of
-/// `rollup`).
-pub fn minute_rows(def: &RollupDef, events: &EventBatch) -> Result<Option<RecordBatch>> {
+/// The rows of `def` over `events` (one per bucket of its granularity and
+/// dimension combination), as a batch of `def.schema()`; `None` when a
+/// group's sum does not fit an i64 (see the module docs of `rollup`).
+pub fn rollup_rows(def: &RollupDef, events: &EventBatch) -> Result<Option<RecordBatch>> {
     let n = events.num_rows();
-    // Minute numbers (not starts, which saturate at the low end of i64).
-    let minutes: Vec<i64> = events.ts().iter().map(|&t| t.div_euclid(MINUTE_MS)).collect();
+    let width = def.granularity().width_ms();
+    // Bucket numbers (not starts, which saturate at the low end of i64).
+    let minutes: Vec<i64> = events.ts().iter().map(|&t| t.div_euclid(width)).collect();
     let dims: Vec<Codes<'_>> = def.dims().iter().map(|&d| encode(events.str_column(d))).collect();
 
     // Group ids per row, keyed on (minute - first minute, codes) packed
@@ -130,7 +131,7 @@ pub fn minute_rows(def: &RollupDef, events: &EventBatch) -> Result<Option<Record
 
     let schema = def.schema();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.columns().len());
-    let starts = rep.iter().map(|&r| floor_to(events.ts()[r], MINUTE_MS));
+    let starts = rep.iter().map(|&r| floor_to(events.ts()[r], width));
     columns.push(Arc::new(Int64Array::from_iter_values(starts)));
     for d in &dims {
         let strings: StringArray =

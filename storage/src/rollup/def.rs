@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{ColumnId, ColumnKind};
+use crate::manifest::Level;
 use crate::measure::{DIMENSIONS, Measure};
 use crate::segment::{ColumnDef, MAX_SORT_COLUMNS, SegmentSchema};
 
@@ -15,11 +16,50 @@ pub const USERS_COLUMN: &str = "users";
 /// Longest rollup name.
 const MAX_NAME: usize = 64;
 
-/// A configured rollup: `[[rollups]]` with a `name` and `dimensions`.
+/// The time bucket of a rollup's rows, written at seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// A row per minute: answers any `metrics` query.
+    #[default]
+    Minute,
+    /// A row per hour: answers queries whose time filters and time
+    /// groupings are whole hours (far fewer rows where traffic per
+    /// dimension combination is thin).
+    Hour,
+}
+
+impl Granularity {
+    pub fn width_ms(self) -> i64 {
+        match self {
+            Granularity::Minute => 60_000,
+            Granularity::Hour => 3_600_000,
+        }
+    }
+
+    pub fn level(self) -> Level {
+        match self {
+            Granularity::Minute => Level::Minute,
+            Granularity::Hour => Level::Hour,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.level().as_str()
+    }
+
+    pub fn parse(name: &str) -> Option<Granularity> {
+        [Granularity::Minute, Granularity::Hour].into_iter().find(|g| g.name() == name)
+    }
+}
+
+/// A configured rollup: `[[rollups]]` with a `name`, `dimensions` and a
+/// `granularity`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollupDef {
     name: String,
     dims: Vec<ColumnId>,
+    granularity: Granularity,
 }
 
 /// How a catalog entry names the rollup a segment belongs to: enough to
@@ -28,6 +68,9 @@ pub struct RollupDef {
 pub struct RollupRef {
     pub name: String,
     pub dimensions: Vec<String>,
+    /// Absent in entries written before rollups had one: minute.
+    #[serde(default)]
+    pub granularity: Granularity,
 }
 
 impl RollupDef {
@@ -57,31 +100,50 @@ impl RollupDef {
             }
             dims.push(id);
         }
-        Ok(RollupDef { name: name.to_string(), dims })
+        Ok(RollupDef { name: name.to_string(), dims, granularity: Granularity::Minute })
     }
 
-    /// The set a dashboard needs when nothing is configured: the
-    /// advertiser side, the supply side, and a narrow campaign view.
+    /// This rollup with rows of `granularity`.
+    pub fn with_granularity(self, granularity: Granularity) -> RollupDef {
+        RollupDef { granularity, ..self }
+    }
+
+    /// The set a dashboard needs when nothing is configured: a narrow
+    /// campaign view per minute, the advertiser side and the supply side per
+    /// hour (per minute, their many combinations hold about one event each
+    /// at modest rates, so the rows would outnumber the events).
     pub fn defaults() -> Vec<RollupDef> {
-        let def = |name: &str, dims: &[&str]| {
+        let def = |name: &str, dims: &[&str], g: Granularity| {
             // Invariant: the names below are dimensions of metrics.
-            RollupDef::new(name, dims).expect("default rollups are valid")
+            RollupDef::new(name, dims).expect("default rollups are valid").with_granularity(g)
         };
         vec![
-            def("advertiser", &["advertiser_id", "campaign_id", "ad_group_id", "ad_id", "device", "country"]),
-            def("supply", &["publisher_id", "placement", "country", "device"]),
-            def("campaign", &["advertiser_id", "campaign_id"]),
+            def("campaign", &["advertiser_id", "campaign_id"], Granularity::Minute),
+            def(
+                "advertiser",
+                &["advertiser_id", "campaign_id", "ad_group_id", "ad_id", "device", "country"],
+                Granularity::Hour,
+            ),
+            def("supply", &["publisher_id", "placement", "country", "device"], Granularity::Hour),
         ]
     }
 
     /// A rollup as a catalog entry recorded it.
     pub fn from_ref(r: &RollupRef) -> Result<RollupDef, String> {
         let dims: Vec<&str> = r.dimensions.iter().map(String::as_str).collect();
-        RollupDef::new(&r.name, &dims)
+        Ok(RollupDef::new(&r.name, &dims)?.with_granularity(r.granularity))
     }
 
     pub fn to_ref(&self) -> RollupRef {
-        RollupRef { name: self.name.clone(), dimensions: self.dims.iter().map(|d| d.name().to_string()).collect() }
+        RollupRef {
+            name: self.name.clone(),
+            dimensions: self.dims.iter().map(|d| d.name().to_string()).collect(),
+            granularity: self.granularity,
+        }
+    }
+
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
     }
 
     pub fn name(&self) -> &str {

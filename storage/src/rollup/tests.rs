@@ -41,10 +41,10 @@ fn dim(e: &Event, name: &str) -> Option<String> {
     }
 }
 
-fn oracle(dims: &[&str], events: &[Event]) -> BTreeMap<Key, Sums> {
+fn oracle(dims: &[&str], width_ms: i64, events: &[Event]) -> BTreeMap<Key, Sums> {
     let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
     for e in events {
-        let minute = (e.ts as i128).div_euclid(60_000) * 60_000;
+        let minute = (e.ts as i128).div_euclid(i128::from(width_ms)) * i128::from(width_ms);
         let minute = i64::try_from(minute).unwrap_or(i64::MIN);
         let s = out.entry((minute, dims.iter().map(|d| dim(e, d)).collect())).or_default();
         let valid = e.invalid_reason == InvalidReason::Valid;
@@ -73,7 +73,7 @@ fn oracle(dims: &[&str], events: &[Event]) -> BTreeMap<Key, Sums> {
 }
 
 fn built(def: &RollupDef, events: &[Event]) -> Option<BTreeMap<Key, Stored>> {
-    let batch = minute_rows(def, &EventBatch::from_events(events)).expect("build")?;
+    let batch = rollup_rows(def, &EventBatch::from_events(events)).expect("build")?;
     let col = |name: &str| batch.column(def.schema().position(name).expect("column")).clone();
     let ts = col("ts");
     let ts = ts.as_any().downcast_ref::<Int64Array>().expect("ts");
@@ -101,8 +101,13 @@ fn built(def: &RollupDef, events: &[Event]) -> Option<BTreeMap<Key, Stored>> {
 }
 
 fn check(dims: &[&str], events: &[Event]) {
-    let def = RollupDef::new("t", dims).expect("def");
-    let want = oracle(dims, events);
+    check_at(dims, Granularity::Minute, events);
+    check_at(dims, Granularity::Hour, events);
+}
+
+fn check_at(dims: &[&str], granularity: Granularity, events: &[Event]) {
+    let def = RollupDef::new("t", dims).expect("def").with_granularity(granularity);
+    let want = oracle(dims, granularity.width_ms(), events);
     let fits = want.values().all(|s| s.values.iter().all(|&v| i64::try_from(v).is_ok()));
     let Some(got) = built(&def, events) else {
         assert!(!fits, "no rows although every sum fits an i64");
@@ -125,14 +130,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn minute_rows_match_the_oracle(events in prop::collection::vec(any_event(), 0..200)) {
+    fn rollup_rows_match_the_oracle(events in prop::collection::vec(any_event(), 0..200)) {
         check(&["advertiser_id", "campaign_id", "ad_group_id", "ad_id", "device", "country"], &events);
         check(&["publisher_id", "placement", "country", "device"], &events);
         check(&[], &events);
     }
 
     #[test]
-    fn minute_rows_of_ordinary_costs_match_the_oracle(
+    fn rollup_rows_of_ordinary_costs_match_the_oracle(
         mut events in prop::collection::vec(any_event(), 1..300),
         spread in 1i64..10_000_000,
     ) {
@@ -155,7 +160,7 @@ fn definitions_are_checked_by_name() {
     assert!(RollupDef::new("r", &["user_key"]).expect_err("refused").contains("not a dimension"));
     assert!(RollupDef::new("r", &["ad_id", "ad_id"]).expect_err("refused").contains("ad_id appears twice"));
     let defaults = RollupDef::defaults();
-    assert_eq!(defaults.iter().map(RollupDef::name).collect::<Vec<_>>(), ["advertiser", "supply", "campaign"]);
+    assert_eq!(defaults.iter().map(RollupDef::name).collect::<Vec<_>>(), ["campaign", "advertiser", "supply"]);
     for d in &defaults {
         assert_eq!(RollupDef::from_ref(&d.to_ref()).as_ref(), Ok(d));
     }
@@ -163,7 +168,7 @@ fn definitions_are_checked_by_name() {
 
 // ------------------------------------------------------------ in the store
 
-/// Every minute segment of rollup `name` in `snapshot`, summed per group:
+/// Every segment of rollup `name` in `snapshot`, summed per group:
 /// what a query over the rollup would add up.
 fn stored_rollup(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTreeMap<Key, ([i128; 10], Vec<u8>)> {
     let mut out: BTreeMap<Key, ([i128; 10], Hll)> = BTreeMap::new();
@@ -203,7 +208,7 @@ fn oracle_of_sealed(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTree
         events.extend(s.reader.read_batch().expect("raw").events());
     }
     let dims: Vec<&str> = def.dims().iter().map(|d| d.name()).collect();
-    oracle(&dims, &events)
+    oracle(&dims, def.granularity().width_ms(), &events)
         .into_iter()
         .map(|(k, s)| {
             let mut users = Hll::default();
@@ -223,11 +228,11 @@ fn check_store_with(store: &crate::store::Store, defs: &[RollupDef], when: &str)
     let snapshot = store.snapshot();
     for def in defs {
         let children = snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == def.name()));
-        let mut sources: Vec<_> = children.map(|s| s.meta.source.expect("a minute segment names its source")).collect();
+        let mut sources: Vec<_> = children.map(|s| s.meta.source.expect("a rollup segment names its source")).collect();
         sources.sort();
         let mut raw: Vec<_> = snapshot.segments.iter().map(|s| s.meta.id).collect();
         raw.sort();
-        assert_eq!(sources, raw, "{when}: rollup {} has one minute segment per raw segment", def.name());
+        assert_eq!(sources, raw, "{when}: rollup {} has one segment per raw segment", def.name());
         assert_eq!(stored_rollup(&snapshot, def), oracle_of_sealed(&snapshot, def), "{when}: rollup {}", def.name());
     }
 }
@@ -290,7 +295,7 @@ fn minute_segments_follow_their_events_through_every_reseal() {
     let report = store.finalize_closed().expect("finalize");
     assert!(!report.replaced.is_empty(), "buckets were finalized");
     check_store(&store, "after finalization");
-    assert!(store.snapshot().rollups.iter().any(|s| s.meta.is_final), "final minutes");
+    assert!(store.snapshot().rollups.iter().any(|s| s.meta.is_final), "final rollup rows");
     store.close().expect("close");
     drop(store);
     let store = open();

@@ -25,7 +25,7 @@ use crate::failpoint;
 use crate::head::{HeadChunk, SealCandidate};
 use crate::ids::SegmentId;
 use crate::manifest::{CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
-use crate::rollup::{RollupDef, minute_rows};
+use crate::rollup::{RollupDef, rollup_rows};
 use crate::seal::{PipelineOutput, SealContext, SealKind};
 use crate::segment::{SegmentReader, SegmentSummary, SegmentWriteOptions, write_columns, write_segment};
 
@@ -302,7 +302,7 @@ impl Store {
         }
     }
 
-    /// Writes the minute segment of every configured rollup over `events`,
+    /// Writes the rollup segment of every configured rollup over `events`,
     /// the rows of the raw segment `raw` (durably, not yet in the catalog).
     /// A rollup whose sums overflow gets none: queries read `raw` instead.
     fn write_rollups(&self, raw: &SegmentMeta, events: &EventBatch) -> Result<Vec<(SegmentMeta, Arc<SegmentReader>)>> {
@@ -333,7 +333,7 @@ impl Store {
         events: &EventBatch,
     ) -> Result<Option<(SegmentMeta, Arc<SegmentReader>)>> {
         let inner = &self.inner;
-        let Some(rows) = minute_rows(def, events)? else {
+        let Some(rows) = rollup_rows(def, events)? else {
             tracing::warn!(segment = %raw.id, rollup = def.name(), "a rollup sum overflows i64: no minute rollup for this segment, its queries read events");
             return Ok(None);
         };
@@ -349,7 +349,7 @@ impl Store {
         let reader = SegmentReader::open_as(id, &path, schema)?.with_cache(inner.block_cache.clone());
         let meta = SegmentMeta {
             id,
-            level: Level::Minute,
+            level: def.granularity().level(),
             min_ts: summary.min_ts,
             max_ts: summary.max_ts,
             rows: summary.rows,

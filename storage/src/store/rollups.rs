@@ -1,14 +1,14 @@
-//! The rollup task: keeps every raw segment's minute segments in step with
+//! The rollup task: keeps every raw segment's rollup segments in step with
 //! the configured rollups.
 //!
 //! ```text
 //!  every pass: rollup segments of rollups no longer configured (by name and dimensions) ─► removed
-//!              raw segments lacking a configured rollup's minute segment (a rollup added to the
-//!              configuration, data sealed before it) ─► read back, minute rows written, committed
+//!              raw segments lacking a configured rollup's segment (a rollup added to the
+//!              configuration, data sealed before it) ─► read back, rollup rows written, committed
 //!              (at most BACKFILL_SEGMENTS_PER_PASS raw segments a pass, so seals keep their pace)
 //! ```
 //!
-//! Queries use whatever minute segments exist, segment by segment, and read
+//! Queries use whatever rollup segments exist, segment by segment, and read
 //! the events of the rest, so a backfill in progress changes how fast a
 //! query is, never its numbers.
 
@@ -31,29 +31,30 @@ const BACKFILL_SEGMENTS_PER_PASS: usize = 8;
 pub struct RollupStatus {
     pub name: String,
     pub dimensions: Vec<String>,
-    /// Raw segments with this rollup's minute segment, of all raw segments.
+    pub granularity: &'static str,
+    /// Raw segments with this rollup's segment, of all raw segments.
     pub segments: usize,
     pub raw_segments: usize,
     /// Raw segments whose sums overflow an i64 for this rollup: they keep
-    /// no minute segment, queries read their events.
+    /// no rollup segment, queries read their events.
     pub without: usize,
     pub rows: u64,
     pub bytes: u64,
-    /// Every raw segment has its minute segment (or cannot have one).
+    /// Every raw segment has its rollup segment (or cannot have one).
     pub complete: bool,
 }
 
-/// Whether `m` is a minute segment of `def`, as configured now.
+/// Whether `m` is a segment of `def`, as configured now.
 fn is_of(m: &SegmentMeta, def: &RollupDef) -> bool {
-    m.level == Level::Minute && m.rollup.as_ref().is_some_and(|r| *r == def.to_ref())
+    m.level != Level::Raw && m.rollup.as_ref().is_some_and(|r| *r == def.to_ref())
 }
 
-/// The (raw segment, rollup) pairs that lack a minute segment.
+/// The (raw segment, rollup) pairs that lack a rollup segment.
 fn missing<'a>(catalog: &'a Catalog, defs: &'a [RollupDef]) -> Vec<(&'a SegmentMeta, &'a RollupDef)> {
     let have: HashSet<(SegmentId, &RollupRef)> = catalog
         .segments
         .values()
-        .filter(|m| m.level == Level::Minute)
+        .filter(|m| m.level != Level::Raw)
         .filter_map(|m| Some((m.source?, m.rollup.as_ref()?)))
         .collect();
     let refs: Vec<RollupRef> = defs.iter().map(RollupDef::to_ref).collect();
@@ -68,7 +69,7 @@ fn missing<'a>(catalog: &'a Catalog, defs: &'a [RollupDef]) -> Vec<(&'a SegmentM
 impl Store {
     /// One pass of the rollup task (see the module docs). Callers need no
     /// lock; it takes `seal_lock`, so no seal replaces a raw segment while
-    /// its minutes are built.
+    /// its rollup rows are built.
     pub fn roll_up(&self) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
         let inner = &self.inner;
@@ -78,7 +79,7 @@ impl Store {
             .catalog
             .segments
             .values()
-            .filter(|m| m.level == Level::Minute && !defs.iter().any(|d| is_of(m, d)))
+            .filter(|m| m.source.is_some() && !defs.iter().any(|d| is_of(m, d)))
             .map(|m| m.id)
             .collect();
         // Forget skips of segments that are gone (ids are never reused).
@@ -179,6 +180,7 @@ impl Store {
                 RollupStatus {
                     name: d.name().to_string(),
                     dimensions: d.dims().iter().map(|c| c.name().to_string()).collect(),
+                    granularity: d.granularity().name(),
                     segments: mine.len(),
                     raw_segments,
                     without,
