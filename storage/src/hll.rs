@@ -7,8 +7,10 @@
 //! sketches equals the one computed from the events they summarize.
 //!
 //! Stored form ([`Hll::to_bytes`]): a tag byte, then for the sparse form
-//! its entries `(index << 6) | rank` as little-endian u32, one per index
-//! (the highest rank), ascending; for the dense form the 2^14 registers.
+//! its entries `(index << 6) | rank`, one per index (the highest rank),
+//! ascending, each as the LEB128 varint of its difference from the one
+//! before (about two bytes an entry); for the dense form the 2^14
+//! registers.
 
 const P: u32 = 14;
 const M: usize = 1 << P;
@@ -122,10 +124,17 @@ impl Hll {
             }
         };
         if set.len() <= SPARSE_MAX / 2 {
-            let mut out = Vec::with_capacity(1 + 4 * set.len());
+            let mut out = Vec::with_capacity(1 + 2 * set.len());
             out.push(TAG_SPARSE);
+            let mut previous = 0u32;
             for x in set {
-                out.extend_from_slice(&x.to_le_bytes());
+                let mut delta = x - previous;
+                previous = x;
+                while delta >= 0x80 {
+                    out.push((delta as u8) | 0x80);
+                    delta >>= 7;
+                }
+                out.push(delta as u8);
             }
             return out;
         }
@@ -142,20 +151,33 @@ impl Hll {
         let max_rank = (64 - P + 1) as u8;
         match bytes.split_first() {
             Some((&TAG_SPARSE, rest)) => {
-                if rest.len() % 4 != 0 || rest.len() / 4 > SPARSE_MAX {
-                    return Err(format!("sparse sketch of {} bytes", rest.len()));
-                }
-                let mut entries = Vec::with_capacity(rest.len() / 4);
-                for chunk in rest.chunks_exact(4) {
-                    let x = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                    let (index, rank) = (x >> 6, (x & 63) as u8);
+                let mut entries: Vec<u32> = Vec::new();
+                let (mut value, mut delta, mut shift) = (0u32, 0u32, 0u32);
+                for &b in rest {
+                    if shift > 28 {
+                        return Err("sparse sketch varint too long".into());
+                    }
+                    delta |= u32::from(b & 0x7f) << shift;
+                    shift += 7;
+                    if b & 0x80 != 0 {
+                        continue;
+                    }
+                    value = value.checked_add(delta).ok_or("sparse sketch entry out of range")?;
+                    let (index, rank) = (value >> 6, (value & 63) as u8);
                     if index as usize >= M || rank == 0 || rank > max_rank {
-                        return Err(format!("sparse sketch entry {x:#x} out of range"));
+                        return Err(format!("sparse sketch entry {value:#x} out of range"));
                     }
                     if entries.last().is_some_and(|&p: &u32| p >> 6 >= index) {
                         return Err("sparse sketch entries are not ascending".into());
                     }
-                    entries.push(x);
+                    if entries.len() == SPARSE_MAX {
+                        return Err("sparse sketch has too many entries".into());
+                    }
+                    entries.push(value);
+                    (delta, shift) = (0, 0);
+                }
+                if shift != 0 {
+                    return Err("sparse sketch ends inside a varint".into());
                 }
                 Ok(Hll::Sparse(entries))
             }
@@ -269,9 +291,10 @@ mod tests {
         assert!(Hll::from_bytes(&good).is_ok());
         assert!(Hll::from_bytes(&[]).is_err());
         assert!(Hll::from_bytes(&[9]).is_err());
-        assert!(Hll::from_bytes(&good[..3]).is_err());
-        assert!(Hll::from_bytes(&[TAG_SPARSE, 0, 0, 0, 0]).is_err(), "rank 0");
-        let twice = [&good[..], &good[1..]].concat();
+        assert!(Hll::from_bytes(&[TAG_SPARSE, 0x80]).is_err(), "cut varint");
+        assert!(Hll::from_bytes(&[TAG_SPARSE, 0]).is_err(), "rank 0");
+        assert!(Hll::from_bytes(&[TAG_SPARSE, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err(), "long varint");
+        let twice = [&good[..], &[0u8][..]].concat();
         assert!(Hll::from_bytes(&twice).is_err(), "repeated index");
         assert!(Hll::from_bytes(&[TAG_DENSE, 1, 2]).is_err());
     }

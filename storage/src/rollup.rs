@@ -27,5 +27,5 @@ mod def;
 #[cfg(test)]
 mod tests;
 
-pub use build::rollup_rows;
+pub use build::{RollupInput, rollup_rows};
 pub use def::{Granularity, RollupDef, RollupRef};

@@ -25,7 +25,7 @@ use crate::failpoint;
 use crate::head::{HeadChunk, SealCandidate};
 use crate::ids::SegmentId;
 use crate::manifest::{CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
-use crate::rollup::{RollupDef, rollup_rows};
+use crate::rollup::{RollupDef, RollupInput};
 use crate::seal::{PipelineOutput, SealContext, SealKind};
 use crate::segment::{SegmentReader, SegmentSummary, SegmentWriteOptions, write_columns, write_segment};
 
@@ -308,8 +308,9 @@ impl Store {
     fn write_rollups(&self, raw: &SegmentMeta, events: &EventBatch) -> Result<Vec<(SegmentMeta, Arc<SegmentReader>)>> {
         let inner = &self.inner;
         let mut written: Vec<(SegmentMeta, Arc<SegmentReader>)> = Vec::new();
+        let input = RollupInput::new(events, &inner.config.rollups)?;
         let result = inner.config.rollups.iter().try_for_each(|def| {
-            if let Some(rollup) = self.write_rollup(raw, def, events)? {
+            if let Some(rollup) = self.write_rollup(raw, def, &input)? {
                 written.push(rollup);
             }
             Ok(())
@@ -330,10 +331,10 @@ impl Store {
         &self,
         raw: &SegmentMeta,
         def: &RollupDef,
-        events: &EventBatch,
+        input: &RollupInput<'_>,
     ) -> Result<Option<(SegmentMeta, Arc<SegmentReader>)>> {
         let inner = &self.inner;
-        let Some(rows) = rollup_rows(def, events)? else {
+        let Some(rows) = input.rows(def)? else {
             tracing::warn!(segment = %raw.id, rollup = def.name(), "a rollup sum overflows i64: no minute rollup for this segment, its queries read events");
             return Ok(None);
         };

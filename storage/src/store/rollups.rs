@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::ids::SegmentId;
 use crate::manifest::sync_dir;
 use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta};
-use crate::rollup::{RollupDef, RollupRef};
+use crate::rollup::{RollupDef, RollupInput, RollupRef};
 
 /// Raw segments a pass of the rollup task reads back at most.
 const BACKFILL_SEGMENTS_PER_PASS: usize = 8;
@@ -102,8 +102,11 @@ impl Store {
             for &raw_id in &raws {
                 let Some(raw) = snapshot.segments.iter().find(|s| s.meta.id == raw_id) else { continue };
                 let events = raw.reader.read_batch()?;
-                for (_, def) in todo.iter().filter(|(r, _)| r.id == raw_id) {
-                    match self.write_rollup(&raw.meta, def, &events)? {
+                let defs: Vec<RollupDef> =
+                    todo.iter().filter(|(r, _)| r.id == raw_id).map(|(_, d)| (*d).clone()).collect();
+                let input = RollupInput::new(&events, &defs)?;
+                for def in &defs {
+                    match self.write_rollup(&raw.meta, def, &input)? {
                         Some(segment) => written.push(segment),
                         None => {
                             inner.rollup_skipped.lock().insert((raw_id, def.name().to_string()));
