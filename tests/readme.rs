@@ -52,6 +52,10 @@ fn the_readme_tour_runs_as_written_against_a_demo_server() {
         if script.contains("adstore ingest") {
             assert!(stdout.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["rejected", "0"]), "{stdout}");
         }
+        if script.contains("EXPLAIN SELECT campaign_id, sum(clicks) FROM metrics") {
+            // What is read, rollups or events, is named.
+            assert!(stdout.lines().any(|l| l.starts_with("reads,")), "{stdout}");
+        }
         if script.contains("/v1/reprocess -H") {
             assert!(stdout.contains("\"status\":\"running\""), "the reprocess job starts: {stdout}");
         }
