@@ -71,8 +71,14 @@ fn stored_ids(dir: &Path) -> HashMap<u64, usize> {
             *counts.entry(id).or_insert(0) += 1;
         }
     }
-    // Every segment file on disk is named by the catalog.
+    // Every segment file on disk is named by the catalog, and every raw
+    // segment has its rollup segments: they commit together.
     let catalog = store.catalog();
+    let rollups = torture_config().rollups.len();
+    for raw in catalog.segments_of(adstore_storage::Level::Raw) {
+        let derived = catalog.segments.values().filter(|m| m.source == Some(raw.id)).count();
+        assert_eq!(derived, rollups, "raw segment {} has {derived} rollup segments", raw.id);
+    }
     for entry in std::fs::read_dir(dir.join("segments")).expect("segments dir") {
         let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
         let id = u64::from_str_radix(name.trim_end_matches(".seg"), 16).expect("segment file name");
@@ -102,6 +108,8 @@ fn abort_at_each_failpoint_then_recover_and_continue() {
         "wal_after_fsync:9",
         "seal_after_segment_write:3",
         "seal_after_commit:2",
+        // Between the rollup segments' write and the commit.
+        "rollup_after_write:3",
         // Each kind of re-seal, killed between its write and its commit,
         // and after its commit.
         "compact_after_segment_write:1",

@@ -324,6 +324,7 @@ impl Store {
         if !written.is_empty() {
             sync_dir(&inner.segments_dir)?;
         }
+        failpoint::hit("rollup_after_write");
         Ok(written)
     }
 
