@@ -232,8 +232,8 @@ fn main() {
          | metric | value |\n|---|---|\n\
          | seal time without / with rollups | {bare_seal_ms:.0} ms / {seal_ms:.0} ms ({seal_over:+.1}%) |\n\
          | seal CPU time without / with rollups | {bare_seal_cpu_ms:.0} ms / {seal_cpu_ms:.0} ms ({cpu_over:+.1}%) |\n\
-         | minute rollup rows (all three) | {rollup_rows} ({rollup_row_share:.1}% of the events) |\n\
-         | minute rollup bytes | {rollup_bytes} ({rollup_share:.1}% of the events segments' bytes) |\n\n\
+         | rollup rows (all three) | {rollup_rows} ({rollup_row_share:.1}% of the events) |\n\
+         | rollup bytes | {rollup_bytes} ({rollup_share:.1}% of the events segments' bytes) |\n\n\
          ## Seal with exactly-once (dedupe, attribution, invalid traffic)\n\n\
          | metric | value |\n|---|---|\n\
          | events sent / accepted (exact re-sends answered as duplicates) | {events} / {eo_accepted} |\n\

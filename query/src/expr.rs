@@ -141,28 +141,7 @@ impl Expr {
     pub(crate) fn visit_slots(&self, f: &mut impl FnMut(usize)) {
         match self {
             Expr::Slot(i, _) => f(*i),
-            Expr::Lit(..) => {}
-            Expr::Not(e)
-            | Expr::Neg(e)
-            | Expr::ToFloat(e)
-            | Expr::IsNull(e, _)
-            | Expr::InList(e, _, _)
-            | Expr::Like(e, _, _)
-            | Expr::TimeBucket(_, e)
-            | Expr::DateTrunc(_, e)
-            | Expr::Epoch(e) => e.visit_slots(f),
-            Expr::Bin(_, a, b, _) | Expr::NullIf(a, b) => {
-                a.visit_slots(f);
-                b.visit_slots(f);
-            }
-            Expr::Case(whens, e, _) => {
-                for (c, v) in whens {
-                    c.visit_slots(f);
-                    v.visit_slots(f);
-                }
-                e.visit_slots(f);
-            }
-            Expr::Coalesce(es, _) => es.iter().for_each(|e| e.visit_slots(f)),
+            other => other.children().into_iter().for_each(|c| c.visit_slots(f)),
         }
     }
 

@@ -12,14 +12,14 @@
 //!
 //! A rollup row is `(ts = minute (hour) start, the rollup's dimensions, one column
 //! per summed measure, users)`, `users` being the HyperLogLog sketch of the
-//! group's `user_key`s ([`crate::hll`]), NULL when none. Every minute
+//! group's `user_key`s ([`crate::hll`]), NULL when none. Every rollup
 //! segment names its raw segment (`SegmentMeta::source`) and its rollup's
 //! name and dimensions (`SegmentMeta::rollup`), so it opens with the
 //! schema it was written with whatever the configuration says now.
 //!
 //! A group whose sum does not fit an i64 (costs near `i64::MAX` sent on
-//! purpose) cannot be stored: that raw segment then has no minute segment
-//! for the rollup, and a query reads its events instead. Exact either way.
+//! purpose) cannot be stored: that raw segment then has no segment for the
+//! rollup, and a query reads its events instead. Exact either way.
 
 mod build;
 mod def;
@@ -27,5 +27,5 @@ mod def;
 #[cfg(test)]
 mod tests;
 
-pub use build::{RollupInput, rollup_rows};
+pub use build::RollupInput;
 pub use def::{Granularity, RollupDef, RollupRef};

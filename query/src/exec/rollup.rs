@@ -215,12 +215,11 @@ fn read(segment: &LiveSegment, col: usize, block: usize, rows: &[u32]) -> Result
 /// row's offset in the block, so the measure columns can be read for the
 /// rows the residual filter keeps. `None` when no row is left.
 fn batch<'a>(segment: &LiveSegment, block: usize, plan: &PhysicalPlan) -> Result<Option<Batch<'a>>> {
-    let all: Vec<u32> = (0..segment.reader.block_rows(block).len() as u32).collect();
-    let ColumnData::I64(ts) = read(segment, 0, block, &all)? else {
+    let ColumnData::I64(ts) = segment.reader.read_column(0usize, block)? else {
         return Err(QueryError::Internal("a rollup's ts column is not I64".into()));
     };
     let range = plan.request.time_range;
-    let mut rows: Vec<u32> = all.into_iter().filter(|&i| range.contains(ts[i as usize])).collect();
+    let mut rows: Vec<u32> = (0..ts.len() as u32).filter(|&i| range.contains(ts[i as usize])).collect();
     for f in &plan.request.filters {
         if rows.is_empty() {
             break;

@@ -191,8 +191,3 @@ impl<'a> RollupInput<'a> {
         Ok(Some(RecordBatch::try_new(schema.arrow(), columns)?))
     }
 }
-
-/// The rows of `def` over `events` alone (see [`RollupInput::rows`]).
-pub fn rollup_rows(def: &RollupDef, events: &EventBatch) -> Result<Option<RecordBatch>> {
-    RollupInput::new(events, std::slice::from_ref(def))?.rows(def)
-}

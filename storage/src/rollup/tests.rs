@@ -72,8 +72,8 @@ fn oracle(dims: &[&str], width_ms: i64, events: &[Event]) -> BTreeMap<Key, Sums>
     out
 }
 
-fn built(def: &RollupDef, events: &[Event]) -> Option<BTreeMap<Key, Stored>> {
-    let batch = rollup_rows(def, &EventBatch::from_events(events)).expect("build")?;
+/// The rows of a batch of `def.schema()`, in batch order.
+fn rows_of(def: &RollupDef, batch: &arrow_array::RecordBatch) -> Vec<(Key, Stored)> {
     let col = |name: &str| batch.column(def.schema().position(name).expect("column")).clone();
     let ts = col("ts");
     let ts = ts.as_any().downcast_ref::<Int64Array>().expect("ts");
@@ -81,21 +81,30 @@ fn built(def: &RollupDef, events: &[Event]) -> Option<BTreeMap<Key, Stored>> {
     let users = users.as_any().downcast_ref::<BinaryArray>().expect("users");
     let dims: Vec<_> = def.dims().iter().map(|d| col(d.name())).collect();
     let sums: Vec<_> = crate::measure::Measure::sums().map(|m| col(m.name())).collect();
+    (0..batch.num_rows())
+        .map(|r| {
+            let key = dims
+                .iter()
+                .map(|a| {
+                    let a = a.as_any().downcast_ref::<StringArray>().expect("dim");
+                    a.is_valid(r).then(|| a.value(r).to_string())
+                })
+                .collect();
+            let mut values = [0i128; 10];
+            for (v, a) in values.iter_mut().zip(&sums) {
+                *v = i128::from(a.as_any().downcast_ref::<Int64Array>().expect("sum").value(r));
+            }
+            ((ts.value(r), key), (values, users.is_valid(r).then(|| users.value(r).to_vec())))
+        })
+        .collect()
+}
+
+fn built(def: &RollupDef, events: &[Event]) -> Option<BTreeMap<Key, Stored>> {
+    let events = EventBatch::from_events(events);
+    let batch = RollupInput::new(&events, std::slice::from_ref(def)).expect("input").rows(def).expect("build")?;
     let mut out = BTreeMap::new();
-    for r in 0..batch.num_rows() {
-        let key = dims
-            .iter()
-            .map(|a| {
-                let a = a.as_any().downcast_ref::<StringArray>().expect("dim");
-                a.is_valid(r).then(|| a.value(r).to_string())
-            })
-            .collect();
-        let mut values = [0i128; 10];
-        for (v, a) in values.iter_mut().zip(&sums) {
-            *v = i128::from(a.as_any().downcast_ref::<Int64Array>().expect("sum").value(r));
-        }
-        let sketch = users.is_valid(r).then(|| users.value(r).to_vec());
-        assert!(out.insert((ts.value(r), key), (values, sketch)).is_none(), "one row per group");
+    for (key, stored) in rows_of(def, &batch) {
+        assert!(out.insert(key, stored).is_none(), "one row per group");
     }
     Some(out)
 }
@@ -174,27 +183,13 @@ fn stored_rollup(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTreeMap
     let mut out: BTreeMap<Key, ([i128; 10], Hll)> = BTreeMap::new();
     for s in snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == def.name())) {
         let batch = s.reader.read_record_batch().expect("read rollup");
-        let col = |name: &str| batch.column(def.schema().position(name).expect("column")).clone();
-        let ts = col("ts");
-        let ts = ts.as_any().downcast_ref::<Int64Array>().expect("ts");
-        let users = col("users");
-        let users = users.as_any().downcast_ref::<BinaryArray>().expect("users");
-        let dims: Vec<_> = def.dims().iter().map(|d| col(d.name())).collect();
-        let sums: Vec<_> = crate::measure::Measure::sums().map(|m| col(m.name())).collect();
-        for r in 0..batch.num_rows() {
-            let key = dims
-                .iter()
-                .map(|a| {
-                    let a = a.as_any().downcast_ref::<StringArray>().expect("dim");
-                    a.is_valid(r).then(|| a.value(r).to_string())
-                })
-                .collect();
-            let entry = out.entry((ts.value(r), key)).or_default();
-            for (v, a) in entry.0.iter_mut().zip(&sums) {
-                *v += i128::from(a.as_any().downcast_ref::<Int64Array>().expect("sum").value(r));
+        for (key, (values, sketch)) in rows_of(def, &batch) {
+            let entry = out.entry(key).or_default();
+            for (v, x) in entry.0.iter_mut().zip(values) {
+                *v += x;
             }
-            if users.is_valid(r) {
-                entry.1.merge(&Hll::from_bytes(users.value(r)).expect("sketch"));
+            if let Some(sketch) = sketch {
+                entry.1.merge(&Hll::from_bytes(&sketch).expect("sketch"));
             }
         }
     }

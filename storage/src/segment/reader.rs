@@ -522,26 +522,17 @@ impl SegmentReader {
                 }
                 Arc::new(b.finish())
             }
-            ColumnKind::Str => {
+            // Plain strings and bytes: every block is an Arrow array already.
+            ColumnKind::Str | ColumnKind::Bytes => {
                 let arrays = parts
                     .into_iter()
                     .map(|p| match p {
-                        ColumnData::Str(a) => Ok(a),
+                        ColumnData::Str(a) => Ok(Arc::new(a) as ArrayRef),
+                        ColumnData::Bytes(a) => Ok(Arc::new(a) as ArrayRef),
                         _ => Err(mismatch()),
                     })
-                    .collect::<Result<Vec<StringArray>>>()?;
-                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
-                arrow_select::concat::concat(&refs)?
-            }
-            ColumnKind::Bytes => {
-                let arrays = parts
-                    .into_iter()
-                    .map(|p| match p {
-                        ColumnData::Bytes(a) => Ok(a),
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<BinaryArray>>>()?;
-                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
                 arrow_select::concat::concat(&refs)?
             }
         };

@@ -84,6 +84,14 @@ impl SealReport {
     }
 }
 
+impl Store {
+    /// How this store lays out the segments it writes.
+    fn segment_options(&self) -> SegmentWriteOptions {
+        let c = &self.inner.config;
+        SegmentWriteOptions { block_rows: c.block_rows, zstd_level: c.zstd_level, ..SegmentWriteOptions::default() }
+    }
+}
+
 /// The segments derived from `replaced` (their minute rollups), which go
 /// with them.
 fn derived_of<'a>(snapshot: &'a Snapshot, replaced: &'a [SegmentMeta]) -> impl Iterator<Item = SegmentId> + 'a {
@@ -336,16 +344,12 @@ impl Store {
     ) -> Result<Option<(SegmentMeta, Arc<SegmentReader>)>> {
         let inner = &self.inner;
         let Some(rows) = input.rows(def)? else {
-            tracing::warn!(segment = %raw.id, rollup = def.name(), "a rollup sum overflows i64: no minute rollup for this segment, its queries read events");
+            tracing::warn!(segment = %raw.id, rollup = def.name(), "a rollup sum overflows i64: no rollup segment for this segment, its queries read events");
             return Ok(None);
         };
         let id = inner.manifest.allocate_segment_id()?;
         let path = inner.segments_dir.join(id.file_name());
-        let opts = SegmentWriteOptions {
-            block_rows: inner.config.block_rows,
-            zstd_level: inner.config.zstd_level,
-            ..SegmentWriteOptions::default()
-        };
+        let opts = self.segment_options();
         let schema = def.schema();
         let summary = write_columns(&path, &schema, &rows, &opts).inspect_err(|_| self.delete_segment_files(id))?;
         let reader = SegmentReader::open_as(id, &path, schema)?.with_cache(inner.block_cache.clone());
@@ -372,11 +376,7 @@ impl Store {
         let inner = &self.inner;
         let id = inner.manifest.allocate_segment_id()?;
         let path = inner.segments_dir.join(id.file_name());
-        let opts = SegmentWriteOptions {
-            block_rows: inner.config.block_rows,
-            zstd_level: inner.config.zstd_level,
-            ..SegmentWriteOptions::default()
-        };
+        let opts = self.segment_options();
         let write = || -> Result<SegmentSummary> {
             let summary = write_segment(&path, &output.events, &opts)?;
             for sidecar in &output.sidecars {
