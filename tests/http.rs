@@ -556,7 +556,7 @@ fn configured_rollups_are_built_listed_and_read() {
     };
     let by_device = &status["rollups"][0];
     assert_eq!(by_device["name"], "by_device", "{status}");
-    assert_eq!(by_device["segments"], by_device["raw_segments"], "{status}");
+    assert_eq!(by_device["covered"], by_device["raw_segments"], "{status}");
     let listing = server.get("/v1/segments");
     let rollups = listing["rollups"].as_array().expect("rollups");
     assert!(!rollups.is_empty() && rollups.iter().all(|s| s["rollup"] == "by_device" && s["level"] == "minute"));

@@ -252,11 +252,11 @@ pub(crate) fn execute(
     let scan = snapshot.plan_scan(&plan.request)?;
     let cover = rollup::cover(snapshot, plan, &scan);
     let mut tasks: Vec<Task<'_>> = Vec::new();
-    for s in &scan.segments {
-        match cover.of(s.segment.meta.id) {
-            Some(r) => tasks.extend(rollup::blocks(r, plan).into_iter().map(|b| Task::Rollup(r, b))),
-            None => tasks.extend(s.blocks.iter().map(|b| Task::Block(s, b))),
-        }
+    for s in scan.segments.iter().filter(|s| cover.of(s.segment.meta.id).is_none()) {
+        tasks.extend(s.blocks.iter().map(|b| Task::Block(s, b)));
+    }
+    for r in cover.reads() {
+        tasks.extend(rollup::blocks(r, plan).into_iter().map(|b| Task::Rollup(r, b)));
     }
     tasks.extend(scan.head.iter().map(Task::Head));
     let rows_scanned = AtomicU64::new(0);
@@ -558,9 +558,10 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
     }
     let head_rows: usize = scan.head.iter().map(|h| h.chunk.num_rows()).sum();
     push("head", format!("{} chunk(s), {} row(s) checked row by row", scan.head.len(), head_rows));
-    let blocks =
-        |s: &SegmentScan| cover.of(s.segment.meta.id).map_or(s.blocks.len(), |r| rollup::blocks(r, plan).len());
-    let tasks = scan.segments.iter().map(blocks).sum::<usize>() + scan.head.len();
+    let raw_blocks: usize =
+        scan.segments.iter().filter(|s| cover.of(s.segment.meta.id).is_none()).map(|s| s.blocks.len()).sum();
+    let rollup_blocks: usize = cover.reads().iter().map(|r| rollup::blocks(r, plan).len()).sum();
+    let tasks = raw_blocks + rollup_blocks + scan.head.len();
     push(
         "parallelism",
         format!("{} task(s) (blocks + head chunks) on {} rayon thread(s)", tasks, rayon::current_num_threads()),

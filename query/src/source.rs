@@ -38,7 +38,7 @@ fn candidates(plan: &LogicalPlan) -> Vec<SourceChoice> {
         Table::Events => vec![SourceChoice { source: Source::EventsScan, reason: "table events" }],
         Table::Metrics => vec![SourceChoice {
             source: Source::Rollups,
-            reason: "minute rollups covering the query's dimensions; raw events for the head and segments without one",
+            reason: "rollups (day, hour or minute rows) covering the query's dimensions; raw events for the head and segments without one",
         }],
     }
 }

@@ -280,6 +280,7 @@ enum Key {
     Hour,
     Bucket15,
     Minute,
+    Day,
     // events only
     Type,
     CoalesceDevice,
@@ -326,9 +327,8 @@ enum Query {
 }
 
 fn ts_literal(ms: i64, form: TsForm) -> String {
-    let s = (ms - BASE) / 1000;
-    let (h, m, sec) = (10 + s.div_euclid(3600), s.rem_euclid(3600) / 60, s.rem_euclid(60));
-    let text = format!("2026-11-22T{h:02}:{m:02}:{sec:02}Z");
+    // Whole seconds: RFC 3339 without a fraction.
+    let text = adstore_storage::time::format_timestamp(ms);
     match form {
         TsForm::Typed => format!("TIMESTAMP '{text}'"),
         TsForm::Plain => format!("'{text}'"),
@@ -420,6 +420,7 @@ impl Key {
         match self {
             Key::Dim(d) => d.name().into(),
             Key::Hour => format!("date_trunc('hour', {ts})"),
+            Key::Day => format!("date_trunc('day', {ts})"),
             Key::Bucket15 => format!("time_bucket(INTERVAL '15 minutes', {ts})"),
             Key::Minute if metrics && !events_equiv => "ts".into(),
             Key::Minute => format!("date_trunc('minute', {ts})"),
@@ -433,6 +434,7 @@ impl Key {
         match self {
             Key::Dim(d) => d.get(e).map_or(V::Null, |s| V::Str(s.into())),
             Key::Hour => floor(3_600_000),
+            Key::Day => floor(DAY),
             Key::Bucket15 => floor(900_000),
             Key::Minute => floor(MINUTE),
             Key::Type => V::Str(e.kind.as_str().into()),
@@ -658,16 +660,47 @@ fn dim_value(d: Dim) -> impl Strategy<Value = String> {
     prop_oneof![4 => prop::sample::select(d.pool()).prop_map(str::to_owned), 1 => Just("nope".to_string())]
 }
 
-fn ts_point() -> impl Strategy<Value = i64> {
-    // Seconds from 09:00 to 15:00, on minute boundaries half the time.
-    prop_oneof![(-60i64..300).prop_map(|m| BASE + m * MINUTE), (-3600i64..SPAN_S + 3600).prop_map(|s| BASE + s * 1000)]
+/// The time the data and the queries span.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Span {
+    /// 10:00 to 14:00 of one day.
+    Hours,
+    /// Three days from 10:00 on the first (events at `BASE + DAYS_STRETCH`
+    /// times their offset), queries grouped and filtered by whole days too.
+    Days,
+}
+
+const DAY: i64 = 86_400_000;
+const DAYS_STRETCH: i64 = 18;
+
+impl Span {
+    fn point(self) -> BoxedStrategy<i64> {
+        match self {
+            // Seconds from 09:00 to 15:00, on minute boundaries half the time.
+            Span::Hours => prop_oneof![
+                (-60i64..300).prop_map(|m| BASE + m * MINUTE),
+                (-3600i64..SPAN_S + 3600).prop_map(|s| BASE + s * 1000)
+            ]
+            .boxed(),
+            // Midnights, hours and seconds from the day before to the day after.
+            Span::Days => {
+                let day0 = BASE.div_euclid(DAY) * DAY;
+                prop_oneof![
+                    2 => (-1i64..5).prop_map(move |d| day0 + d * DAY),
+                    2 => (-24i64..120).prop_map(move |h| day0 + h * 3_600_000),
+                    1 => (-86_400i64..5 * 86_400).prop_map(move |s| day0 + s * 1000),
+                ]
+                .boxed()
+            }
+        }
+    }
 }
 
 fn ts_form() -> impl Strategy<Value = TsForm> {
     prop_oneof![Just(TsForm::Typed), Just(TsForm::Plain), Just(TsForm::Epoch)]
 }
 
-fn leaf_pred(events_only: bool) -> BoxedStrategy<Pred> {
+fn leaf_pred(events_only: bool, span: Span) -> BoxedStrategy<Pred> {
     let common = prop_oneof![
         any_dim().prop_flat_map(|d| dim_value(d).prop_map(move |v| Pred::Eq(d, v))),
         any_dim().prop_flat_map(|d| dim_value(d).prop_map(move |v| Pred::Ne(d, v))),
@@ -683,9 +716,9 @@ fn leaf_pred(events_only: bool) -> BoxedStrategy<Pred> {
             };
             Pred::Like(d, p)
         }),
-        (prop::sample::select(&[">=", ">", "<", "<=", "=", "<>"][..]), ts_point(), ts_form())
+        (prop::sample::select(&[">=", ">", "<", "<=", "=", "<>"][..]), span.point(), ts_form())
             .prop_map(|(op, t, f)| Pred::Ts(op, t, f)),
-        (ts_point(), ts_point(), ts_form()).prop_map(|(a, b, f)| Pred::Between(a.min(b), a.max(b), f)),
+        (span.point(), span.point(), ts_form()).prop_map(|(a, b, f)| Pred::Between(a.min(b), a.max(b), f)),
     ];
     if !events_only {
         return common.boxed();
@@ -700,8 +733,8 @@ fn leaf_pred(events_only: bool) -> BoxedStrategy<Pred> {
     .boxed()
 }
 
-fn any_pred(events_only: bool) -> BoxedStrategy<Pred> {
-    leaf_pred(events_only)
+fn any_pred(events_only: bool, span: Span) -> BoxedStrategy<Pred> {
+    leaf_pred(events_only, span)
         .prop_recursive(2, 6, 2, |inner| {
             prop_oneof![
                 2 => (inner.clone(), inner.clone()).prop_map(|(a, b)| Pred::And(Box::new(a), Box::new(b))),
@@ -712,12 +745,13 @@ fn any_pred(events_only: bool) -> BoxedStrategy<Pred> {
         .boxed()
 }
 
-fn any_key(events: bool) -> BoxedStrategy<Key> {
+fn any_key(events: bool, span: Span) -> BoxedStrategy<Key> {
     let common = prop_oneof![
         4 => any_dim().prop_map(Key::Dim),
         1 => Just(Key::Hour),
         1 => Just(Key::Bucket15),
         1 => Just(Key::Minute),
+        if span == Span::Days { 3 } else { 0 } => Just(Key::Day),
     ];
     if events {
         prop_oneof![4 => common, 1 => Just(Key::Type), 1 => Just(Key::CoalesceDevice)].boxed()
@@ -752,13 +786,13 @@ fn any_agg(events: bool) -> BoxedStrategy<Agg> {
     }
 }
 
-fn any_query() -> impl Strategy<Value = Query> {
-    let agg = any::<bool>().prop_flat_map(|metrics| {
+fn any_query(span: Span) -> impl Strategy<Value = Query> {
+    let agg = any::<bool>().prop_flat_map(move |metrics| {
         let events = !metrics;
         (
-            prop::collection::vec(any_key(events), 0..3),
+            prop::collection::vec(any_key(events, span), 0..3),
             prop::collection::vec(any_agg(events), 1..4),
-            prop::option::weighted(0.7, any_pred(events)),
+            prop::option::weighted(0.7, any_pred(events, span)),
             prop::option::weighted(0.2, (any_agg(events), 0i64..3)),
             prop::option::weighted(0.3, (0u64..5, 0u64..3)),
         )
@@ -771,7 +805,7 @@ fn any_query() -> impl Strategy<Value = Query> {
                 Query::Agg(AggQuery { metrics, keys, aggs, filter, having, limit })
             })
     });
-    let rows = (prop::option::weighted(0.8, any_pred(true)), 0u64..20)
+    let rows = (prop::option::weighted(0.8, any_pred(true, span)), 0u64..20)
         .prop_map(|(filter, limit)| Query::Rows(RowQuery { filter, limit }));
     prop_oneof![5 => agg, 1 => rows]
 }
@@ -785,7 +819,7 @@ fn count_query() -> impl Strategy<Value = Query> {
     (
         prop::collection::vec(key, 0..3),
         1..3usize,
-        prop::collection::vec(leaf_pred(true), 0..3),
+        prop::collection::vec(leaf_pred(true, Span::Hours), 0..3),
         prop::option::weighted(0.2, 0i64..3),
         prop::option::weighted(0.3, (0u64..5, 0u64..3)),
     )
@@ -862,7 +896,7 @@ proptest! {
     fn engine_agrees_with_naive_evaluator(
         events in prop::collection::vec(any_event(), 0..300),
         sealed_frac in 0.0f64..=1.0,
-        queries in prop::collection::vec(any_query(), 10),
+        queries in prop::collection::vec(any_query(Span::Hours), 10),
         rollups in any_rollups(),
     ) {
         check_queries(events, sealed_frac, &queries, rollups)?;
@@ -875,7 +909,7 @@ proptest! {
     fn hourly_rollups_answer_only_whole_hours(
         events in prop::collection::vec(any_event(), 0..300),
         sealed_frac in 0.5f64..=1.0,
-        queries in prop::collection::vec(any_query(), 10),
+        queries in prop::collection::vec(any_query(Span::Hours), 10),
     ) {
         let all = [
             "publisher_id", "advertiser_id", "campaign_id", "ad_group_id", "ad_id",
@@ -883,6 +917,24 @@ proptest! {
         ];
         let hourly = RollupDef::new("all", &all).expect("rollup").with_granularity(Granularity::Hour);
         check_queries(events, sealed_frac, &queries, vec![hourly])?;
+    }
+
+    /// Three days of events: the first two become final and are merged
+    /// into hour and day rows; queries filter and group by whole days,
+    /// hours and anything else; a reprocess of one bucket may leave a day
+    /// half rebuilt when the queries run.
+    #[test]
+    fn final_days_agree_with_naive_evaluator(
+        mut events in prop::collection::vec(any_event(), 1..300),
+        head_frac in 0.0f64..0.3,
+        queries in prop::collection::vec(any_query(Span::Days), 10),
+        rollups in any_rollups(),
+        reprocess in prop::option::weighted(0.4, (0i64..72, any::<bool>())),
+    ) {
+        for e in &mut events {
+            e.ts = BASE + (e.ts - BASE) * DAYS_STRETCH;
+        }
+        check_final_days(events, head_frac, &queries, rollups, reprocess)?;
     }
 
     #[test]
@@ -893,6 +945,82 @@ proptest! {
     ) {
         check_queries(events, sealed_frac, &queries, RollupDef::defaults())?;
     }
+}
+
+/// Seals all but the last `head_frac` of `events`, finalizes the closed
+/// buckets and lets the rollup task merge the final days; then maybe
+/// re-seals the bucket `hour` hours after the first (and lets the rollup
+/// task finish or not); then checks every query against the naive answer.
+fn check_final_days(
+    mut events: Vec<Event>,
+    head_frac: f64,
+    queries: &[Query],
+    rollups: Vec<RollupDef>,
+    reprocess: Option<(i64, bool)>,
+) -> Result<(), TestCaseError> {
+    for (i, e) in events.iter_mut().enumerate() {
+        e.event_id = format!("e{i:04}");
+    }
+    let sealed = events.len() - (events.len() as f64 * head_frac) as usize;
+    let (_dir, store) = load(&events[..sealed], sealed, rollups.clone());
+    let settle = |store: &Store| {
+        for _ in 0..50 {
+            if store.rollup_status().iter().all(|s| s.complete) {
+                return;
+            }
+            store.roll_up().expect("roll up");
+        }
+        panic!("the rollup task does not finish");
+    };
+    store.finalize_closed().expect("finalize");
+    settle(&store);
+    let merged = store.catalog().segments.values().filter(|m| !m.covers.is_empty()).count();
+    prop_assert!(rollups.is_empty() || store.rollup_status().iter().all(|s| s.days_merged == s.final_days));
+    if merged > 0 {
+        // Whole days of the final days are read from day rows.
+        let day0 = BASE.div_euclid(DAY) * DAY;
+        let sql = format!(
+            "EXPLAIN SELECT date_trunc('day', ts), sum(impressions) FROM metrics WHERE ts < {} GROUP BY 1",
+            day0 + 2 * DAY
+        );
+        let plan = run(&store, &sql).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
+        let reads = plan.iter().find(|r| matches!(&r[0], V::Str(k) if k == "reads")).map(|r| format!("{:?}", r[1]));
+        let derived: Vec<String> = store
+            .catalog()
+            .segments
+            .values()
+            .filter_map(|m| {
+                let r = m.rollup.as_ref()?;
+                Some(format!(
+                    "{} {} {:?} rows {} from {:?}",
+                    r.name,
+                    m.level.as_str(),
+                    r.dimensions,
+                    m.rows,
+                    m.derived_from().collect::<Vec<_>>()
+                ))
+            })
+            .collect();
+        prop_assert!(reads.as_ref().is_some_and(|r| r.contains("day rollup")), "{sql}: {reads:?}\n{derived:#?}");
+    }
+    if let Some((hour, settled)) = reprocess {
+        let bucket = BASE.div_euclid(3_600_000) * 3_600_000 + hour * 3_600_000;
+        store.reseal_buckets(&[bucket], adstore_storage::SealKind::Reprocess).expect("reprocess");
+        if settled {
+            settle(&store);
+        }
+    }
+    if sealed < events.len() {
+        store.append(&EventBatch::from_events(&events[sealed..])).expect("append");
+    }
+    for q in queries {
+        let Query::Agg(a) = q else { continue };
+        let want = naive_agg(a, &events);
+        let sql = agg_sql(a, a.metrics);
+        let got = run(&store, &sql).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
+        check(&got, &want, &format!("{sql}\n({merged} merged segments)"))?;
+    }
+    Ok(())
 }
 
 /// Loads `events` (the first `sealed_frac` of them sealed into segments,

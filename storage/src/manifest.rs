@@ -99,10 +99,22 @@ pub struct SegmentMeta {
     /// written with (its schema).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollup: Option<RollupRef>,
-    /// For a minute rollup segment: the raw segment it summarizes. It is
-    /// replaced and removed together with that segment.
+    /// For a rollup segment written at seal: the raw segment it summarizes.
+    /// It is replaced and removed together with that segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SegmentId>,
+    /// For a rollup segment merged when a day became final: the raw
+    /// segments of that day whose numbers it holds. Replacing any of them
+    /// removes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub covers: Vec<SegmentId>,
+}
+
+impl SegmentMeta {
+    /// The raw segments whose numbers this (derived) segment holds.
+    pub fn derived_from(&self) -> impl Iterator<Item = SegmentId> + '_ {
+        self.source.into_iter().chain(self.covers.iter().copied())
+    }
 }
 
 /// The durable state of the store, one version of it.
@@ -160,7 +172,7 @@ impl Catalog {
                 None => next.sealed.push(*w),
             }
         }
-        if let Some(orphan) = next.segments.values().find(|m| m.source.is_some_and(|s| !next.segments.contains_key(&s)))
+        if let Some(orphan) = next.segments.values().find(|m| m.derived_from().any(|s| !next.segments.contains_key(&s)))
         {
             return Err(StorageError::Internal(format!(
                 "catalog edit leaves segment {} without its source segment",
@@ -341,7 +353,23 @@ mod tests {
             created_ms: 0,
             rollup: None,
             source: None,
+            covers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_merged_segment_goes_with_every_segment_it_covers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = Manifest::open(dir.path()).expect("open");
+        let ids: Vec<SegmentId> = (0..3).map(|_| m.allocate_segment_id().expect("id")).collect();
+        let merged = SegmentMeta { level: Level::Day, covers: vec![ids[0], ids[1]], ..meta(ids[2].0) };
+        m.commit(&CatalogEdit { add: vec![meta(ids[0].0), meta(ids[1].0), merged], ..CatalogEdit::default() })
+            .expect("commit");
+        let err = m.commit(&CatalogEdit { remove: vec![ids[1]], ..CatalogEdit::default() }).expect_err("orphan");
+        assert!(err.to_string().contains(&format!("segment {} without its source", ids[2])), "{err}");
+        m.commit(&CatalogEdit { remove: vec![ids[1], ids[2]], ..CatalogEdit::default() }).expect("both");
+        let reopened = Manifest::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.current().segments.keys().copied().collect::<Vec<_>>(), vec![ids[0]]);
     }
 
     #[test]

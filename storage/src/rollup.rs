@@ -23,9 +23,11 @@
 
 mod build;
 mod def;
+mod merge;
 
 #[cfg(test)]
 mod tests;
 
 pub use build::RollupInput;
 pub use def::{Granularity, RollupDef, RollupRef};
+pub use merge::merge;

@@ -340,6 +340,9 @@ struct Inner {
     /// (raw segment, rollup) pairs whose sums overflow: the rollup task
     /// does not retry them (see `store/rollups.rs`).
     rollup_skipped: Mutex<std::collections::HashSet<(SegmentId, String)>>,
+    /// (Day, rollup) pairs whose merged sums overflow an i64: those days
+    /// keep their seal-time rows (see `store/rollups/days.rs`).
+    merge_skipped: Mutex<std::collections::HashSet<(i64, String)>>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -476,6 +479,7 @@ impl Store {
             lock: Mutex::new(Some(lock)),
             background,
             rollup_skipped: Mutex::new(std::collections::HashSet::new()),
+            merge_skipped: Mutex::new(std::collections::HashSet::new()),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -519,8 +523,7 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let pending =
-            self.rollup_status().iter().map(|r| r.raw_segments - (r.segments + r.without).min(r.raw_segments)).sum();
+        let pending = self.rollup_status().iter().map(|r| r.pending).sum();
         let v = self.inner.visible.read();
         let c = &self.inner.counters;
         let wal = self.inner.wal.stats();

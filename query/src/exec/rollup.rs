@@ -1,16 +1,18 @@
-//! `metrics` from rollup segments (minute or hour rows).
+//! `metrics` from rollup segments (minute, hour or day rows).
 //!
 //! ```text
 //!  plan_scan (raw segments kept by time and filters) ─► per kept raw segment:
-//!     a minute segment of a rollup covering the query's dimensions? ─► its blocks (Task::Rollup)
-//!     none (rollup added later, sums that overflowed, damaged)      ─► the raw blocks, as before
+//!     a day or hour segment merged from its final day, of a rollup covering the query's
+//!       dimensions, at a granularity the query's time filters and groupings allow? ─► its blocks, once
+//!     else a segment written from it at seal (minute or hour rows)                 ─► its blocks (Task::Rollup)
+//!     none (rollup added later, sums that overflowed, damaged)                     ─► the raw blocks, as before
 //!  head ─► events, as before
 //!  rollup block: ts + dimension codes ─► time range, pushed filters ─► residual ─► group keys
 //!     sum(measure) ─► sum of the measure's column; approx_count_distinct(users) ─► sketches merged
 //! ```
 //!
-//! A rollup row holds the measures of one minute and dimension combination
-//! of the raw segment it derives from, so summing rows over any filter and
+//! A rollup row holds the measures of one bucket and dimension combination
+//! of the raw segments it derives from, so summing rows over any filter and
 //! grouping on its dimensions and minute gives what the raw events would:
 //! a `metrics` query reads only dimensions, `ts` (the minute) and measures
 //! (the binder refuses anything else), and its time filters are whole
@@ -18,7 +20,7 @@
 //! no rows the query wants, so neither do their minute segments.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use adstore_storage::hll::Hll;
 use adstore_storage::measure::{DIMENSIONS, Measure};
@@ -33,7 +35,9 @@ use crate::planner::PhysicalPlan;
 use crate::time::TimeUnit;
 use crate::types::{DataType, Scalar};
 
-/// Which raw segments are read through a minute rollup segment instead.
+/// Which raw segments are read through a rollup segment instead: one
+/// written at seal from that raw segment, or one merged from the final day
+/// it belongs to (which stands for every raw segment of that day).
 pub(crate) struct Cover<'s> {
     by_raw: HashMap<SegmentId, &'s LiveSegment>,
 }
@@ -44,19 +48,29 @@ impl<'s> Cover<'s> {
         self.by_raw.get(&id).copied()
     }
 
-    /// What the query read, for its stats and EXPLAIN: e.g. `hour rollup
-    /// advertiser (12 segments), events (1 segment, head)`.
+    /// The rollup segments to read, each once.
+    pub(crate) fn reads(&self) -> Vec<&'s LiveSegment> {
+        let mut reads: Vec<&'s LiveSegment> = self.by_raw.values().copied().collect();
+        reads.sort_by_key(|s| s.meta.id);
+        reads.dedup_by_key(|s| s.meta.id);
+        reads
+    }
+
+    /// What the query read, for its stats and EXPLAIN: e.g. `day rollup
+    /// campaign (2 segments), hour rollup advertiser (12 segments), events
+    /// (1 segment, head)`.
     pub(crate) fn describe(&self, scan: &ScanPlan) -> String {
-        let mut counts: std::collections::BTreeMap<(&str, &str), usize> = std::collections::BTreeMap::new();
-        for s in self.by_raw.values() {
+        let mut counts: std::collections::BTreeMap<(Granularity, &str), usize> = std::collections::BTreeMap::new();
+        for s in self.reads() {
             if let Some(r) = &s.meta.rollup {
-                *counts.entry((r.granularity.name(), r.name.as_str())).or_default() += 1;
+                *counts.entry((r.granularity, r.name.as_str())).or_default() += 1;
             }
         }
         let plural = |n: usize| if n == 1 { "segment" } else { "segments" };
         let mut parts: Vec<String> = counts
             .into_iter()
-            .map(|((granularity, name), n)| format!("{granularity} rollup {name} ({n} {})", plural(n)))
+            .rev()
+            .map(|((granularity, name), n)| format!("{} rollup {name} ({n} {})", granularity.name(), plural(n)))
             .collect();
         let raw = scan.segments.len() - self.by_raw.len();
         let mut events = Vec::new();
@@ -129,9 +143,15 @@ fn answers_at(plan: &PhysicalPlan, width_ms: i64) -> bool {
             .all(|s| s.filter.as_ref().is_none_or(ok) && (s.measure.is_some() || s.arg.as_ref().is_none_or(ok)))
 }
 
-/// For every raw segment `scan` keeps, the smallest rollup segment derived
-/// from it whose rollup has every dimension the plan needs and whose
-/// granularity answers it. Empty unless the plan aggregates `metrics`.
+/// For every raw segment `scan` keeps, the rollup segment read instead:
+/// the smallest segment merged from its final day that answers the plan,
+/// else the smallest one written from it at seal; none when no rollup has
+/// every dimension the plan needs at a granularity that answers it. Empty
+/// unless the plan aggregates `metrics`.
+///
+/// A merged segment is read for all the raw segments it covers or for
+/// none, so no event is counted twice; it may cover raw segments the scan
+/// pruned, whose rows the same time range and filters drop from its rows.
 pub(crate) fn cover<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan, scan: &ScanPlan) -> Cover<'s> {
     let mut by_raw = HashMap::new();
     if plan.logical.table != Table::Metrics || plan.logical.aggregate.is_none() {
@@ -139,24 +159,39 @@ pub(crate) fn cover<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan, scan: &Scan
     }
     let needed: Vec<&str> = needed_dims(plan).iter().map(|c| c.name()).collect();
     let hourly = answers_at(plan, Granularity::Hour.width_ms());
+    let daily = answers_at(plan, Granularity::Day.width_ms());
+    let answers = |s: &LiveSegment| {
+        s.meta.rollup.as_ref().is_some_and(|r| {
+            needed.iter().all(|d| r.dimensions.iter().any(|x| x == d))
+                && match r.granularity {
+                    Granularity::Minute => true,
+                    Granularity::Hour => hourly,
+                    Granularity::Day => daily,
+                }
+        })
+    };
+    let kept: HashSet<SegmentId> = scan.segments.iter().map(|s| s.segment.meta.id).collect();
+    let mut merged: Vec<&'s LiveSegment> =
+        snapshot.rollups.iter().filter(|s| !s.meta.covers.is_empty() && answers(s)).collect();
+    // Fewest rows first; on a tie the coarser rows.
+    merged.sort_by_key(|s| (s.meta.rows, std::cmp::Reverse(s.meta.level), s.meta.id));
+    for m in merged {
+        let covers = &m.meta.covers;
+        if covers.iter().any(|r| by_raw.contains_key(r)) || !covers.iter().any(|r| kept.contains(r)) {
+            continue;
+        }
+        by_raw.extend(covers.iter().filter(|r| kept.contains(r)).map(|r| (*r, m)));
+    }
     let mut children: HashMap<SegmentId, &'s LiveSegment> = HashMap::new();
-    for s in &snapshot.rollups {
-        let (Some(source), Some(r)) = (s.meta.source, &s.meta.rollup) else { continue };
-        if !needed.iter().all(|d| r.dimensions.iter().any(|x| x == d)) {
-            continue;
-        }
-        if r.granularity == Granularity::Hour && !hourly {
-            continue;
-        }
-        let better = children.get(&source).is_none_or(|c| s.meta.rows < c.meta.rows);
-        if better {
+    for s in snapshot.rollups.iter().filter(|s| answers(s)) {
+        let Some(source) = s.meta.source else { continue };
+        if children.get(&source).is_none_or(|c| s.meta.rows < c.meta.rows) {
             children.insert(source, s);
         }
     }
-    for s in &scan.segments {
-        let id = s.segment.meta.id;
-        if let Some(child) = children.get(&id) {
-            by_raw.insert(id, *child);
+    for id in &kept {
+        if let (false, Some(child)) = (by_raw.contains_key(id), children.get(id)) {
+            by_raw.insert(*id, *child);
         }
     }
     Cover { by_raw }

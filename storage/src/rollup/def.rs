@@ -17,7 +17,7 @@ pub const USERS_COLUMN: &str = "users";
 const MAX_NAME: usize = 64;
 
 /// The time bucket of a rollup's rows, written at seal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     /// A row per minute: answers any `metrics` query.
@@ -27,6 +27,9 @@ pub enum Granularity {
     /// groupings are whole hours (far fewer rows where traffic per
     /// dimension combination is thin).
     Hour,
+    /// A row per day (UTC): merged from a rollup's rows once the day is
+    /// final; answers whole-day filters and groupings.
+    Day,
 }
 
 impl Granularity {
@@ -34,6 +37,7 @@ impl Granularity {
         match self {
             Granularity::Minute => 60_000,
             Granularity::Hour => 3_600_000,
+            Granularity::Day => 86_400_000,
         }
     }
 
@@ -41,6 +45,7 @@ impl Granularity {
         match self {
             Granularity::Minute => Level::Minute,
             Granularity::Hour => Level::Hour,
+            Granularity::Day => Level::Day,
         }
     }
 
@@ -48,8 +53,13 @@ impl Granularity {
         self.level().as_str()
     }
 
+    /// The granularities a seal writes rows at (`[[rollups]] granularity`);
+    /// day rows are only merged from them.
+    pub const AT_SEAL: [Granularity; 2] = [Granularity::Minute, Granularity::Hour];
+
+    /// A granularity a seal writes rows at, by name.
     pub fn parse(name: &str) -> Option<Granularity> {
-        [Granularity::Minute, Granularity::Hour].into_iter().find(|g| g.name() == name)
+        Granularity::AT_SEAL.into_iter().find(|g| g.name() == name)
     }
 }
 
@@ -68,9 +78,20 @@ pub struct RollupDef {
 pub struct RollupRef {
     pub name: String,
     pub dimensions: Vec<String>,
-    /// Absent in entries written before rollups had one: minute.
+    /// The granularity of the segment's rows: the rollup's own for a
+    /// segment written at seal, hour or day for one merged when a day
+    /// became final. Absent in entries written before rollups had one:
+    /// minute.
     #[serde(default)]
     pub granularity: Granularity,
+}
+
+impl RollupRef {
+    /// Whether this segment belongs to `def` as configured now (same name
+    /// and dimensions, whatever the granularity of its rows).
+    pub fn is_of(&self, def: &RollupDef) -> bool {
+        self.name == def.name && self.dimensions.iter().map(String::as_str).eq(def.dims.iter().map(|d| d.name()))
+    }
 }
 
 impl RollupDef {

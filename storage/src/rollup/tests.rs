@@ -11,6 +11,7 @@ use super::*;
 use crate::event::{Event, EventBatch, EventType, InvalidReason};
 use crate::hll::{Hll, hash_bytes};
 use crate::testutil::any_event;
+use crate::time::floor_to;
 
 type Key = (i64, Vec<Option<String>>);
 /// A group's summed measures and its users sketch, as stored.
@@ -160,6 +161,63 @@ proptest! {
         check(&["advertiser_id", "campaign_id"], &events);
         check(&["region", "os", "ad_id"], &events);
     }
+
+    #[test]
+    fn merged_hour_and_day_rows_match_the_oracle(
+        mut events in prop::collection::vec(any_event(), 1..300),
+        spread in 1i64..(3 * 86_400_000),
+        cuts in prop::collection::vec(0usize..300, 0..5),
+    ) {
+        // Seal-time rows of several partitions (any split of the events),
+        // merged into hours and days across day edges.
+        for (i, e) in events.iter_mut().enumerate() {
+            e.cost_micros = (i as i64 * 7_919) % 100_000;
+            e.value_micros = (i as i64 * 104_729) % 1_000_000;
+            e.ts = 1_795_341_600_000 + (i as i64 * 7_717_717) % spread;
+        }
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % events.len()).chain([0, events.len()]).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        for dims in [&["advertiser_id", "campaign_id"][..], &["device", "country", "ad_id"][..]] {
+            for seal in [Granularity::Minute, Granularity::Hour] {
+                let def = RollupDef::new("t", dims).expect("def").with_granularity(seal);
+                let parts: Vec<arrow_array::RecordBatch> = cuts
+                    .windows(2)
+                    .map(|w| {
+                        let batch = EventBatch::from_events(&events[w[0]..w[1]]);
+                        RollupInput::new(&batch, std::slice::from_ref(&def)).expect("input").rows(&def).expect("rows").expect("fits")
+                    })
+                    .collect();
+                let hour = def.clone().with_granularity(Granularity::Hour);
+                let hours = merge(&hour, &parts).expect("merge").expect("fits");
+                check_rows(&hour, &hours, &events);
+                let day = def.clone().with_granularity(Granularity::Day);
+                let days = merge(&day, std::slice::from_ref(&hours)).expect("merge").expect("fits");
+                check_rows(&day, &days, &events);
+            }
+        }
+    }
+}
+
+/// `batch` (rows of `def`) against the oracle over `events`: one row per
+/// group, every sum and sketch.
+fn check_rows(def: &RollupDef, batch: &arrow_array::RecordBatch, events: &[Event]) {
+    let dims: Vec<&str> = def.dims().iter().map(|d| d.name()).collect();
+    let want = oracle(&dims, def.granularity().width_ms(), events);
+    let mut got = BTreeMap::new();
+    for (key, stored) in rows_of(def, batch) {
+        assert!(got.insert(key, stored).is_none(), "one row per group");
+    }
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (key, (values, sketch)) in &got {
+        let w = &want[key];
+        assert_eq!(values, &w.values, "{key:?}");
+        let mut users = Hll::default();
+        for u in &w.users {
+            users.insert_hash(hash_bytes(u.as_bytes()));
+        }
+        assert_eq!(sketch.clone(), (!w.users.is_empty()).then(|| users.to_bytes()), "{key:?}");
+    }
 }
 
 #[test]
@@ -177,11 +235,14 @@ fn definitions_are_checked_by_name() {
 
 // ------------------------------------------------------------ in the store
 
-/// Every segment of rollup `name` in `snapshot`, summed per group:
-/// what a query over the rollup would add up.
-fn stored_rollup(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTreeMap<Key, ([i128; 10], Vec<u8>)> {
+/// `segments` (rows of `def`) summed per group: what a query over them
+/// would add up.
+fn summed<'a>(
+    def: &RollupDef,
+    segments: impl Iterator<Item = &'a crate::store::LiveSegment>,
+) -> BTreeMap<Key, ([i128; 10], Vec<u8>)> {
     let mut out: BTreeMap<Key, ([i128; 10], Hll)> = BTreeMap::new();
-    for s in snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == def.name())) {
+    for s in segments {
         let batch = s.reader.read_record_batch().expect("read rollup");
         for (key, (values, sketch)) in rows_of(def, &batch) {
             let entry = out.entry(key).or_default();
@@ -196,14 +257,20 @@ fn stored_rollup(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTreeMap
     out.into_iter().map(|(k, (v, h))| (k, (v, h.to_bytes()))).collect()
 }
 
-/// The oracle over the sealed raw events of `snapshot`.
-fn oracle_of_sealed(snapshot: &crate::store::Snapshot, def: &RollupDef) -> BTreeMap<Key, ([i128; 10], Vec<u8>)> {
+/// The oracle over the events of the raw segments `raws` of `snapshot`
+/// (all of them when `None`), at `granularity`.
+fn oracle_of_sealed(
+    snapshot: &crate::store::Snapshot,
+    def: &RollupDef,
+    granularity: Granularity,
+    raws: Option<&[crate::ids::SegmentId]>,
+) -> BTreeMap<Key, ([i128; 10], Vec<u8>)> {
     let mut events = Vec::new();
-    for s in &snapshot.segments {
+    for s in snapshot.segments.iter().filter(|s| raws.is_none_or(|r| r.contains(&s.meta.id))) {
         events.extend(s.reader.read_batch().expect("raw").events());
     }
     let dims: Vec<&str> = def.dims().iter().map(|d| d.name()).collect();
-    oracle(&dims, def.granularity().width_ms(), &events)
+    oracle(&dims, granularity.width_ms(), &events)
         .into_iter()
         .map(|(k, s)| {
             let mut users = Hll::default();
@@ -219,17 +286,70 @@ fn check_store(store: &crate::store::Store, when: &str) {
     check_store_with(store, &RollupDef::defaults(), when);
 }
 
+/// Every rollup's segments against the oracle over the sealed events:
+/// - the rows at the rollup's own granularity (seal-time segments, and for
+///   an hourly rollup the hour segments merged from final days, which take
+///   their place) hold every raw segment's events exactly once;
+/// - every merged segment holds exactly the events of the raw segments it
+///   covers, at its granularity, and no two merged segments of a rollup and
+///   granularity cover the same raw segment.
 fn check_store_with(store: &crate::store::Store, defs: &[RollupDef], when: &str) {
     let snapshot = store.snapshot();
+    let mut raw: Vec<_> = snapshot.segments.iter().map(|s| s.meta.id).collect();
+    raw.sort();
     for def in defs {
-        let children = snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == def.name()));
-        let mut sources: Vec<_> = children.map(|s| s.meta.source.expect("a rollup segment names its source")).collect();
-        sources.sort();
-        let mut raw: Vec<_> = snapshot.segments.iter().map(|s| s.meta.id).collect();
-        raw.sort();
-        assert_eq!(sources, raw, "{when}: rollup {} has one segment per raw segment", def.name());
-        assert_eq!(stored_rollup(&snapshot, def), oracle_of_sealed(&snapshot, def), "{when}: rollup {}", def.name());
+        let name = def.name();
+        let mine: Vec<_> =
+            snapshot.rollups.iter().filter(|s| s.meta.rollup.as_ref().is_some_and(|r| r.name == name)).collect();
+        let own: Vec<_> = mine
+            .iter()
+            .copied()
+            .filter(|s| {
+                s.meta.source.is_some() || s.meta.rollup.as_ref().is_some_and(|r| r.granularity == def.granularity())
+            })
+            .collect();
+        let mut covered: Vec<_> = own.iter().flat_map(|s| s.meta.derived_from()).collect();
+        covered.sort();
+        assert_eq!(covered, raw, "{when}: rollup {name} holds every raw segment once at its granularity");
+        assert_eq!(
+            summed(def, own.iter().copied()),
+            oracle_of_sealed(&snapshot, def, def.granularity(), None),
+            "{when}: rollup {name}"
+        );
+        for g in [Granularity::Hour, Granularity::Day] {
+            let merged: Vec<_> = mine
+                .iter()
+                .copied()
+                .filter(|s| !s.meta.covers.is_empty() && s.meta.rollup.as_ref().is_some_and(|r| r.granularity == g))
+                .collect();
+            let mut all: Vec<_> = merged.iter().flat_map(|s| s.meta.covers.iter().copied()).collect();
+            let n = all.len();
+            all.sort();
+            all.dedup();
+            assert_eq!(all.len(), n, "{when}: {name} {g:?} segments overlap");
+            let at = def.clone().with_granularity(g);
+            for m in merged {
+                assert!(m.meta.is_final, "{when}: merged segments are final");
+                assert_eq!(
+                    summed(&at, std::iter::once(m)),
+                    oracle_of_sealed(&snapshot, def, g, Some(&m.meta.covers)),
+                    "{when}: {name} {g:?} segment {}",
+                    m.meta.id
+                );
+            }
+        }
     }
+}
+
+/// Runs the rollup task until nothing is pending.
+fn settle(store: &crate::store::Store) {
+    for _ in 0..20 {
+        if store.rollup_status().iter().all(|s| s.complete) {
+            return;
+        }
+        store.roll_up().expect("roll up");
+    }
+    panic!("the rollup task does not finish: {:?}", store.rollup_status());
 }
 
 /// Seals interleaved with appends that cross minute and bucket edges,
@@ -291,6 +411,20 @@ fn minute_segments_follow_their_events_through_every_reseal() {
     assert!(!report.replaced.is_empty(), "buckets were finalized");
     check_store(&store, "after finalization");
     assert!(store.snapshot().rollups.iter().any(|s| s.meta.is_final), "final rollup rows");
+    // The first day is final: merged into hour and day rows.
+    settle(&store);
+    let merged = |level| store.catalog().segments.values().filter(|m| m.level == level && !m.covers.is_empty()).count();
+    assert_eq!(merged(crate::manifest::Level::Day), 3, "a day segment per rollup");
+    assert_eq!(merged(crate::manifest::Level::Hour), 3, "an hour segment per rollup");
+    check_store(&store, "after the day merge");
+    // A reprocess of one bucket of that day takes the merged rows with it;
+    // the rollup task rebuilds what the day lacks and merges it again.
+    store.reseal_buckets(&[floor_to(base, 3_600_000)], crate::seal::SealKind::Reprocess).expect("reprocess");
+    assert_eq!(merged(crate::manifest::Level::Day), 0, "the merged rows went with the day's segment");
+    assert!(store.rollup_status().iter().any(|s| !s.complete), "the hourly rollups lack the day");
+    settle(&store);
+    assert_eq!(merged(crate::manifest::Level::Day), 3, "merged again");
+    check_store(&store, "after the merge that follows a reprocess");
     store.close().expect("close");
     drop(store);
     let store = open();

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use arrow_array::RecordBatch;
 use rayon::prelude::*;
 
 use super::{Snapshot, Store, now_ms};
@@ -27,7 +28,7 @@ use crate::ids::SegmentId;
 use crate::manifest::{CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
 use crate::rollup::{RollupDef, RollupInput};
 use crate::seal::{PipelineOutput, SealContext, SealKind};
-use crate::segment::{SegmentReader, SegmentSummary, SegmentWriteOptions, write_columns, write_segment};
+use crate::segment::{SegmentReader, SegmentSchema, SegmentSummary, SegmentWriteOptions, write_columns, write_segment};
 
 /// One partition's worth of sealing: head chunks and/or segments to replace.
 pub(super) struct SealJob {
@@ -92,14 +93,14 @@ impl Store {
     }
 }
 
-/// The segments derived from `replaced` (their minute rollups), which go
-/// with them.
+/// The segments derived from `replaced` (their rollup segments, and those
+/// merged from a day they belong to), which go with them.
 fn derived_of<'a>(snapshot: &'a Snapshot, replaced: &'a [SegmentMeta]) -> impl Iterator<Item = SegmentId> + 'a {
     snapshot
         .catalog
         .segments
         .values()
-        .filter(|m| m.source.is_some_and(|s| replaced.iter().any(|r| r.id == s)))
+        .filter(|m| m.derived_from().any(|s| replaced.iter().any(|r| r.id == s)))
         .map(|m| m.id)
 }
 
@@ -199,13 +200,20 @@ impl Store {
                 report.segments.push(meta.id);
             }
             edit.add.extend(p.rollups.iter().map(|(m, _)| m.clone()));
-            edit.remove.extend(p.job.replaces.iter().map(|m| m.id));
-            edit.remove.extend(derived_of(&snapshot, &p.job.replaces));
             report.replaced.extend(p.job.replaces.iter().map(|m| m.id));
             report.partitions += 1;
             report.rows_in += p.rows_in;
             report.rows_out += p.output.events.num_rows();
         }
+        // What goes: the replaced segments and what derives from them (a
+        // segment merged from a day goes with the first of its raw
+        // segments replaced, so it is listed once).
+        let replaced: Vec<SegmentMeta> = prepared.iter().flat_map(|p| p.job.replaces.iter().cloned()).collect();
+        let mut removed: Vec<SegmentId> =
+            replaced.iter().map(|m| m.id).chain(derived_of(&snapshot, &replaced)).collect();
+        removed.sort_unstable();
+        removed.dedup();
+        edit.remove = removed.clone();
         let catalog = match inner.manifest.commit(&edit) {
             Ok(c) => c,
             Err(e) => {
@@ -221,12 +229,12 @@ impl Store {
             let mut v = inner.visible.write();
             v.catalog = catalog;
             let now = Instant::now();
+            for old in &removed {
+                v.readers.remove(old);
+            }
             for p in &prepared {
                 for (meta, reader) in p.segment.iter().chain(&p.rollups) {
                     v.readers.insert(meta.id, reader.clone());
-                }
-                for old in p.job.replaces.iter().map(|m| m.id).chain(derived_of(&snapshot, &p.job.replaces)) {
-                    v.readers.remove(&old);
                 }
                 if !p.job.head.chunks.is_empty() {
                     v.head.remove_sealed(p.job.partition, p.job.head.chunks.len(), now);
@@ -238,10 +246,8 @@ impl Store {
         }
         // Replaced segments are out of the catalog: their files can go.
         // Snapshots still holding a reader keep the mapping alive.
-        for p in &prepared {
-            for old in p.job.replaces.iter().map(|m| m.id).chain(derived_of(&snapshot, &p.job.replaces)) {
-                self.delete_segment_files(old);
-            }
+        for old in removed {
+            self.delete_segment_files(old);
         }
         inner.counters.seals.fetch_add(prepared.len() as u64, Ordering::Relaxed);
         inner.counters.sealed_rows.fetch_add(report.rows_out as u64, Ordering::Relaxed);
@@ -342,18 +348,12 @@ impl Store {
         def: &RollupDef,
         input: &RollupInput<'_>,
     ) -> Result<Option<(SegmentMeta, Arc<SegmentReader>)>> {
-        let inner = &self.inner;
         let Some(rows) = input.rows(def)? else {
             tracing::warn!(segment = %raw.id, rollup = def.name(), "a rollup sum overflows i64: no rollup segment for this segment, its queries read events");
             return Ok(None);
         };
-        let id = inner.manifest.allocate_segment_id()?;
-        let path = inner.segments_dir.join(id.file_name());
-        let opts = self.segment_options();
         let schema = def.schema();
-        let summary = write_columns(&path, &schema, &rows, &opts).inspect_err(|_| self.delete_segment_files(id))?;
-        let reader = SegmentReader::open_as(id, &path, schema)?.with_cache(inner.block_cache.clone());
-        let meta = SegmentMeta {
+        let segment = self.write_derived(&schema, &rows, |id, summary| SegmentMeta {
             id,
             level: def.granularity().level(),
             min_ts: summary.min_ts,
@@ -364,8 +364,27 @@ impl Store {
             rollup: Some(def.to_ref()),
             source: Some(raw.id),
             ..raw.clone()
-        };
-        Ok(Some((meta, Arc::new(reader))))
+        })?;
+        Ok(Some(segment))
+    }
+
+    /// Writes `rows` of a derived table as a segment of `schema` (not yet
+    /// synced into the directory, nor committed), described by `meta`.
+    pub(super) fn write_derived(
+        &self,
+        schema: &Arc<SegmentSchema>,
+        rows: &RecordBatch,
+        meta: impl FnOnce(SegmentId, &SegmentSummary) -> SegmentMeta,
+    ) -> Result<(SegmentMeta, Arc<SegmentReader>)> {
+        let inner = &self.inner;
+        let id = inner.manifest.allocate_segment_id()?;
+        let path = inner.segments_dir.join(id.file_name());
+        let opts = self.segment_options();
+        let summary = write_columns(&path, schema, rows, &opts).inspect_err(|_| self.delete_segment_files(id))?;
+        let reader = SegmentReader::open_as(id, &path, schema.clone())
+            .inspect_err(|_| self.delete_segment_files(id))?
+            .with_cache(inner.block_cache.clone());
+        Ok((meta(id, &summary), Arc::new(reader)))
     }
 
     pub(super) fn write_job_segment(
@@ -411,6 +430,7 @@ impl Store {
             created_ms: now_ms(),
             rollup: None,
             source: None,
+            covers: Vec::new(),
         };
         Ok((meta, reader))
     }
