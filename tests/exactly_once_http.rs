@@ -278,3 +278,162 @@ fn rules_change_and_reprocess_job_over_http() {
     assert_eq!(job["totals_after"]["events"].as_u64(), Some(distinct), "{job}");
     assert_eq!(job["totals_before"]["events"], job["totals_after"]["events"], "{job}");
 }
+
+/// The oracle's billing numbers of 2026-11-01 per (advertiser, campaign),
+/// named as the snapshot names them.
+fn billing_oracle(
+    sent: &[Event],
+    rules: &oracle::Rules,
+) -> std::collections::BTreeMap<(String, String), serde_json::Value> {
+    let mut out: std::collections::BTreeMap<(String, String), [i64; 10]> = std::collections::BTreeMap::new();
+    for o in oracle::outcomes(sent, rules) {
+        let e = &o.event;
+        let m = out.entry((e.advertiser_id.clone(), e.campaign_id.clone())).or_default();
+        let valid = o.reason.is_empty();
+        match e.kind {
+            adstore_storage::EventType::Impression => {
+                m[0] += 1;
+                m[3] += i64::from(!valid);
+                m[5] += i64::from(valid);
+                m[8] += if valid { e.cost_micros } else { 0 };
+            }
+            adstore_storage::EventType::Click => {
+                m[1] += 1;
+                m[4] += i64::from(!valid);
+                m[6] += i64::from(valid);
+                m[8] += if valid { e.cost_micros } else { 0 };
+            }
+            adstore_storage::EventType::Conversion => {
+                m[2] += 1;
+                m[7] += i64::from(o.attributed);
+                m[9] += if o.attributed { e.value_micros } else { 0 };
+            }
+        }
+    }
+    let names = [
+        "impressions",
+        "clicks",
+        "conversions",
+        "invalid_impressions",
+        "invalid_clicks",
+        "billable_impressions",
+        "billable_clicks",
+        "attributed_conversions",
+        "spend_micros",
+        "conversion_value_micros",
+    ];
+    out.into_iter()
+        .map(|(k, m)| (k, names.iter().zip(m).map(|(n, v)| (n.to_string(), serde_json::Value::from(v))).collect()))
+        .collect()
+}
+
+/// The snapshot's rows without `users` (an estimate), by (advertiser, campaign).
+fn billing_rows(body: &serde_json::Value) -> std::collections::BTreeMap<(String, String), serde_json::Value> {
+    body["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let obj = r.as_object_mut().expect("row");
+            obj.remove("users");
+            let a = obj.remove("advertiser_id").and_then(|v| v.as_str().map(str::to_string)).expect("advertiser");
+            let c = obj.remove("campaign_id").and_then(|v| v.as_str().map(str::to_string)).expect("campaign");
+            ((a, c), r)
+        })
+        .collect()
+}
+
+/// A final day gets a billing snapshot of the oracle's numbers; a rules
+/// change and a reprocess write version 2 with its lineage, version 1
+/// stays readable; JSON, CSV and the advertiser filter; bad requests.
+#[test]
+fn billing_snapshots_over_http_follow_finalization_and_reprocessing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("adstore.toml");
+    // Idle for half a second: every bucket closes by the wall clock.
+    std::fs::write(&config, "[storage]\nseal_max_age_ms = 50\nseal_interval_ms = 20\nclose_idle_ms = 500\n")
+        .expect("config");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let server = start(&data, &config);
+    let sent = oracle::stream();
+    for batch in sent.chunks(2_000) {
+        assert!(post(&agent, &server.url, batch).is_some());
+    }
+    let url = |q: &str| format!("{}/v1/billing/daily?{q}", server.url);
+    let wait_for = |version: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = json(&agent, "GET", &url("day=2026-11-01"), None);
+            if status == 200 && body["version"].as_u64() == Some(version) {
+                return body;
+            }
+            assert!(std::time::Instant::now() < deadline, "no snapshot version {version}: {status} {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let v1 = wait_for(1);
+    assert_eq!(v1["cause"], "final", "{v1}");
+    assert_eq!(v1["rules_version"], 1);
+    let first = billing_oracle(&sent, &oracle::Rules::default());
+    assert_eq!(billing_rows(&v1), first, "version 1 is the oracle's final numbers");
+
+    // The advertiser filter and CSV.
+    let (a, _) = first.keys().next().expect("a row").clone();
+    let (status, one) = json(&agent, "GET", &url(&format!("day=2026-11-01&advertiser_id={a}")), None);
+    assert_eq!(status, 200);
+    assert!(
+        one["rows"].as_array().is_some_and(|r| !r.is_empty() && r.iter().all(|x| x["advertiser_id"] == a.as_str()))
+    );
+    let mut resp = agent.get(url("day=2026-11-01&format=csv")).call().expect("csv");
+    assert_eq!(resp.status().as_u16(), 200);
+    let csv = resp.body_mut().read_to_string().expect("csv body");
+    let mut lines = csv.lines();
+    assert!(lines.next().is_some_and(|h| h.starts_with("day,advertiser_id,campaign_id,version,impressions,")), "{csv}");
+    assert_eq!(lines.count(), first.len());
+
+    // Bad requests and days without a snapshot.
+    for (q, status) in [
+        ("day=2026-11-31", 400),
+        ("day=yesterday", 400),
+        ("", 400),
+        ("day=2026-10-01", 404),
+        ("day=2026-11-01&version=9", 404),
+        ("day=2026-11-01&format=xml", 400),
+    ] {
+        let (got, body) = json(&agent, "GET", &url(q), None);
+        assert_eq!(got, status, "{q}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{q}: {body}");
+    }
+
+    // A shorter click window, reprocessed: version 2 names the job.
+    let (_, mut rules) = json(&agent, "GET", &format!("{}/v1/attribution", server.url), None);
+    rules["click_window_ms"] = 300_000.into();
+    rules["version"] = 2.into();
+    let (status, body) = json(&agent, "PUT", &format!("{}/v1/attribution", server.url), Some(rules));
+    assert_eq!(status, 200, "{body}");
+    let (status, job) = json(
+        &agent,
+        "POST",
+        &format!("{}/v1/reprocess", server.url),
+        Some(serde_json::json!({"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z", "reason": "window"})),
+    );
+    assert_eq!(status, 202, "{job}");
+    let v2 = wait_for(2);
+    assert_eq!(v2["cause"], "reprocess", "{v2}");
+    assert_eq!(v2["reprocess_job"], job["id"], "{v2}");
+    assert_eq!(v2["rules_version"], 2, "{v2}");
+    let rules2 = oracle::Rules { click_window_ms: 300_000, ..oracle::Rules::default() };
+    assert_eq!(billing_rows(&v2), billing_oracle(&sent, &rules2), "version 2 is the new rules' numbers");
+    assert_ne!(billing_rows(&v2), first, "the window changed the numbers");
+    let (status, old) = json(&agent, "GET", &url("day=2026-11-01&version=1"), None);
+    assert_eq!(status, 200);
+    assert_eq!(billing_rows(&old), first, "version 1 keeps its numbers");
+    assert_eq!(old["latest_version"], 2);
+    assert_eq!(old["versions"].as_array().map(Vec::len), Some(2));
+}

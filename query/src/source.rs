@@ -1,5 +1,5 @@
 //! Where a query's rows come from. `events` is always answered by scanning
-//! raw events; `metrics` by minute rollups where one covers the query's
+//! raw events; `metrics` by rollups (day, hour or minute rows) where one covers the query's
 //! dimensions, and raw events elsewhere (the head, segments sealed before a
 //! rollup existed): the executor decides segment by segment
 //! (`exec/rollup.rs`), and EXPLAIN and the stats say what it read.
@@ -11,7 +11,7 @@ use crate::plan::{LogicalPlan, Table};
 pub enum Source {
     /// Scan raw events in segments and the head.
     EventsScan,
-    /// Minute rollup segments where they cover the query, raw events
+    /// Rollup segments where they cover the query, raw events
     /// elsewhere.
     Rollups,
 }
@@ -38,7 +38,7 @@ fn candidates(plan: &LogicalPlan) -> Vec<SourceChoice> {
         Table::Events => vec![SourceChoice { source: Source::EventsScan, reason: "table events" }],
         Table::Metrics => vec![SourceChoice {
             source: Source::Rollups,
-            reason: "rollups (day, hour or minute rows) covering the query's dimensions; raw events for the head and segments without one",
+            reason: "rollups covering the query's dimensions, by day, hour or minute; raw events for the head and segments without one",
         }],
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  GET/PUT /v1/attribution      rules (validated, persisted to {data}/attribution.json)
-//!  POST    /v1/reprocess        {"from","to","reason"} ─► job (background) ─► Store::reseal_buckets
+//!  POST    /v1/reprocess        {"from","to","reason"} ─► job (background) ─► Store::reprocess
 //!  GET     /v1/reprocess/{id}   job: range, rules version, status, totals before/after
 //! ```
 //!
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use adstore_ingest::{AttributionRules, DedupeConfig, DedupeIndex, ExactlyOnce};
 use adstore_storage::measure::Measure;
-use adstore_storage::{EventType, InvalidReason, SealKind, SealPipeline, Store};
+use adstore_storage::{EventType, InvalidReason, SealPipeline, Store};
 use axum::Json;
 use axum::extract::State;
 use parking_lot::Mutex;
@@ -274,7 +274,7 @@ fn run_job(app: &AppState, mut job: ReprocessJob, buckets: &[i64]) {
             (buckets.first().copied().unwrap_or(job.from_ms), buckets.last().map_or(job.to_ms, |b| b + width));
         job.totals_before = Some(totals(&app.store, lo, hi)?);
         app.jobs.save(&job)?;
-        let report = app.store.reseal_buckets(buckets, SealKind::Reprocess)?;
+        let report = app.store.reprocess(buckets, job.id)?;
         job.segments_replaced = report.replaced.len();
         job.totals_after = Some(totals(&app.store, lo, hi)?);
         Ok(())

@@ -4,6 +4,7 @@
 //! `adstore-ingest` and `adstore-query`, and nothing depends on it but the
 //! `adstore` binary.
 
+mod billing;
 mod body;
 pub mod cli;
 mod config;

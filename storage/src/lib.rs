@@ -12,6 +12,7 @@
 //! This crate depends on no other adstore crate; `ingest`, `query` and
 //! `server` depend on it, never the other way.
 
+pub mod billing;
 mod buffers;
 mod error;
 mod event;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::billing::BillingSnapshot;
 use crate::error::{IoContext, Result, StorageError};
 use crate::failpoint;
 use crate::ids::{Lsn, SegmentId};
@@ -108,6 +109,10 @@ pub struct SegmentMeta {
     /// removes it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub covers: Vec<SegmentId>,
+    /// For a raw segment written by a reprocess job: its id (the lineage
+    /// of the billing snapshot that follows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprocess_job: Option<u64>,
 }
 
 impl SegmentMeta {
@@ -133,6 +138,10 @@ pub struct Catalog {
     /// on it.
     #[serde(default)]
     pub partitioning: Option<(u32, i64)>,
+    /// Billing snapshots, every version of every final day, by (day,
+    /// version).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub billing: Vec<BillingSnapshot>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +191,13 @@ impl Catalog {
         if let Some(p) = edit.set_partitioning {
             next.partitioning = Some(p);
         }
+        for b in &edit.billing {
+            match next.billing.iter_mut().find(|x| (x.day_ms, x.version) == (b.day_ms, b.version)) {
+                Some(x) => *x = b.clone(),
+                None => next.billing.push(b.clone()),
+            }
+        }
+        next.billing.sort_by_key(|b| (b.day_ms, b.version));
         if let Some(floor) = edit.forget_sealed_below {
             next.sealed.retain(|w| w.lsn >= floor);
         }
@@ -200,6 +216,8 @@ pub struct CatalogEdit {
     pub forget_sealed_below: Option<Lsn>,
     /// Record the data directory's partitioning (first open only).
     pub set_partitioning: Option<(u32, i64)>,
+    /// Billing snapshots to add, or to update (same day and version).
+    pub billing: Vec<BillingSnapshot>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -354,6 +372,7 @@ mod tests {
             rollup: None,
             source: None,
             covers: Vec::new(),
+            reprocess_job: None,
         }
     }
 

@@ -26,7 +26,7 @@ mod def;
 mod merge;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use build::RollupInput;
 pub use def::{Granularity, RollupDef, RollupRef};

@@ -49,6 +49,7 @@ use crate::wal::{Wal, WalConfig, decode_record};
 mod tests;
 
 mod append;
+mod billing;
 mod jobs;
 mod maintenance;
 mod rollups;
@@ -303,6 +304,8 @@ pub struct StoreStats {
 struct Inner {
     config: StoreConfig,
     segments_dir: PathBuf,
+    /// `{data_dir}`, where `billing/` and the catalog live.
+    data_dir: PathBuf,
     partitioning: Partitioning,
     wal: Wal,
     manifest: Manifest,
@@ -343,6 +346,9 @@ struct Inner {
     /// (Day, rollup) pairs whose merged sums overflow an i64: those days
     /// keep their seal-time rows (see `store/rollups/days.rs`).
     merge_skipped: Mutex<std::collections::HashSet<(i64, String)>>,
+    /// (Day, raw segments) whose billing sums overflow an i64: no
+    /// snapshot until the day's segments change.
+    billing_skipped: Mutex<std::collections::HashSet<(i64, Vec<SegmentId>)>>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -383,6 +389,11 @@ impl Store {
         let manifest = Manifest::open(data_dir)?;
         for orphan in manifest.remove_orphans(&segments_dir)? {
             tracing::info!(path = %orphan.display(), "removed segment file not in the catalog");
+        }
+        let billing_dir = data_dir.join(crate::billing::BILLING_DIR);
+        std::fs::create_dir_all(&billing_dir).at(&billing_dir)?;
+        for orphan in billing::remove_orphans(data_dir, &manifest.current())? {
+            tracing::info!(path = %orphan.display(), "removed billing snapshot file not in the catalog");
         }
         let mut catalog = manifest.current();
         let wanted = (config.shards, config.bucket_width_ms);
@@ -460,6 +471,7 @@ impl Store {
         let inner = Inner {
             config,
             segments_dir,
+            data_dir: data_dir.to_path_buf(),
             partitioning,
             wal,
             manifest,
@@ -480,6 +492,7 @@ impl Store {
             background,
             rollup_skipped: Mutex::new(std::collections::HashSet::new()),
             merge_skipped: Mutex::new(std::collections::HashSet::new()),
+            billing_skipped: Mutex::new(std::collections::HashSet::new()),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };

@@ -13,17 +13,17 @@ use crate::hll::{Hll, hash_bytes};
 use crate::testutil::any_event;
 use crate::time::floor_to;
 
-type Key = (i64, Vec<Option<String>>);
+pub(crate) type Key = (i64, Vec<Option<String>>);
 /// A group's summed measures and its users sketch, as stored.
 type Stored = ([i128; 10], Option<Vec<u8>>);
 
 #[derive(Debug, Default, Clone, PartialEq)]
-struct Sums {
+pub(crate) struct Sums {
     /// impressions, clicks, conversions, invalid impressions, invalid
     /// clicks, billable impressions, billable clicks, attributed
     /// conversions, spend, conversion value (the order of Measure::ALL).
-    values: [i128; 10],
-    users: BTreeSet<String>,
+    pub(crate) values: [i128; 10],
+    pub(crate) users: BTreeSet<String>,
 }
 
 fn dim(e: &Event, name: &str) -> Option<String> {
@@ -42,7 +42,7 @@ fn dim(e: &Event, name: &str) -> Option<String> {
     }
 }
 
-fn oracle(dims: &[&str], width_ms: i64, events: &[Event]) -> BTreeMap<Key, Sums> {
+pub(crate) fn oracle(dims: &[&str], width_ms: i64, events: &[Event]) -> BTreeMap<Key, Sums> {
     let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
     for e in events {
         let minute = (e.ts as i128).div_euclid(i128::from(width_ms)) * i128::from(width_ms);

@@ -37,6 +37,8 @@ pub(super) struct SealJob {
     pub(super) is_final: bool,
     pub(super) head: SealCandidate,
     pub(super) replaces: Vec<SegmentMeta>,
+    /// The reprocess job this re-seal is part of, recorded on its segment.
+    pub(super) reprocess_job: Option<u64>,
 }
 
 impl SealJob {
@@ -87,7 +89,7 @@ impl SealReport {
 
 impl Store {
     /// How this store lays out the segments it writes.
-    fn segment_options(&self) -> SegmentWriteOptions {
+    pub(super) fn segment_options(&self) -> SegmentWriteOptions {
         let c = &self.inner.config;
         SegmentWriteOptions { block_rows: c.block_rows, zstd_level: c.zstd_level, ..SegmentWriteOptions::default() }
     }
@@ -135,13 +137,14 @@ impl Store {
                 is_final: false,
                 head: c,
                 replaces: vec![],
+                reprocess_job: None,
             });
         }
         report.absorb(self.run_jobs(group)?);
         Ok(report)
     }
 
-    pub(super) fn reseal_locked(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
+    pub(super) fn reseal_locked(&self, buckets: &[i64], kind: SealKind, job: Option<u64>) -> Result<SealReport> {
         let buckets: std::collections::HashSet<i64> = buckets.iter().copied().collect();
         let inner = &self.inner;
         let mut report = self.seal_head(|p| buckets.contains(&p.bucket_start_ms))?;
@@ -160,6 +163,7 @@ impl Store {
                 is_final: self.bucket_closed(partition.bucket_start_ms),
                 head: SealCandidate { partition, chunks: vec![] },
                 replaces,
+                reprocess_job: job,
             })
             .collect();
         report.absorb(self.run_jobs(jobs)?);
@@ -431,6 +435,7 @@ impl Store {
             rollup: None,
             source: None,
             covers: Vec::new(),
+            reprocess_job: job.reprocess_job,
         };
         Ok((meta, reader))
     }

@@ -36,15 +36,18 @@ pub enum Task {
     Compact = 1,
     /// Re-seal closed buckets as final ([`Store::finalize_closed`]).
     Finalize = 2,
-    /// Build missing minute rollup segments, drop those of rollups no
-    /// longer configured ([`Store::roll_up`]).
+    /// Build missing rollup segments, drop those of rollups no longer
+    /// configured, merge final days ([`Store::roll_up`]).
     Rollup = 3,
+    /// Snapshot the billing numbers of final days
+    /// ([`Store::snapshot_billing`]).
+    Billing = 4,
 }
 
 impl Task {
     /// The order of a pass: the head is sealed first, so that compaction
     /// and finalization see its rows in segments.
-    pub const ALL: [Task; 4] = [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup];
+    pub const ALL: [Task; 5] = [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup, Task::Billing];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,6 +55,7 @@ impl Task {
             Task::Compact => "compact",
             Task::Finalize => "finalize",
             Task::Rollup => "rollup",
+            Task::Billing => "billing",
         }
     }
 
@@ -61,6 +65,7 @@ impl Task {
             Task::Compact => store.compact_small(),
             Task::Finalize => store.finalize_closed(),
             Task::Rollup => store.roll_up(),
+            Task::Billing => store.snapshot_billing(),
         }
     }
 }
@@ -129,7 +134,14 @@ impl Store {
     /// all new. Output is final when the bucket has closed.
     pub fn reseal_buckets(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
-        self.reseal_locked(buckets, kind)
+        self.reseal_locked(buckets, kind, None)
+    }
+
+    /// [`Store::reseal_buckets`] for reprocess job `job`: its segments
+    /// record the job, so the billing snapshots that follow name it.
+    pub fn reprocess(&self, buckets: &[i64], job: u64) -> Result<SealReport> {
+        let _one_sealer = self.inner.seal_lock.lock();
+        self.reseal_locked(buckets, SealKind::Reprocess, Some(job))
     }
 
     /// Closed buckets that still have provisional raw segments: the
@@ -175,7 +187,7 @@ impl Store {
             return Ok(SealReport::default());
         }
         tracing::info!(buckets = buckets.len(), "finalizing closed buckets");
-        self.reseal_locked(&buckets, SealKind::Final)
+        self.reseal_locked(&buckets, SealKind::Final, None)
     }
 
     /// Merges the provisional raw segments of every partition that has at
@@ -203,6 +215,7 @@ impl Store {
                 is_final: false,
                 head: SealCandidate { partition, chunks: vec![] },
                 replaces,
+                reprocess_job: None,
             })
             .collect();
         if jobs.is_empty() {

@@ -241,6 +241,7 @@ fn partial_seal_then_crash_replays_only_unsealed_partitions() {
         is_final: false,
         head: candidates[0].clone(),
         replaces: vec![],
+        reprocess_job: None,
     };
     let prepared = store.prepare(job, &snapshot).expect("prepare");
     let (meta, _) = prepared.segment.expect("segment");

@@ -52,7 +52,7 @@ fn day_of(ms: i64) -> i64 {
 impl Store {
     /// Days whose raw segments are all final and whose last bucket has
     /// closed, with those raw segments.
-    pub(super) fn final_days<'a>(
+    pub(in crate::store) fn final_days<'a>(
         &self,
         raws: impl Iterator<Item = &'a SegmentMeta>,
     ) -> Vec<(i64, Vec<&'a SegmentMeta>)> {
@@ -167,6 +167,7 @@ impl Store {
                         rollup: Some(def.to_ref()),
                         source: None,
                         covers: t.raws.iter().map(|m| m.id).collect(),
+                        reprocess_job: None,
                     })?;
                     written.push(segment);
                 }
