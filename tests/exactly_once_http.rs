@@ -436,4 +436,36 @@ fn billing_snapshots_over_http_follow_finalization_and_reprocessing() {
     assert_eq!(billing_rows(&old), first, "version 1 keeps its numbers");
     assert_eq!(old["latest_version"], 2);
     assert_eq!(old["versions"].as_array().map(Vec::len), Some(2));
+
+    // Reconciliation: the rollups and the snapshot agree with the events,
+    // through the endpoint and the CLI.
+    let settled = std::time::Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let (status, report) =
+            json(&agent, "GET", &format!("{}/v1/reconcile?from=2026-11-01&to=2026-11-02", server.url), None);
+        assert_eq!(status, 200, "{report}");
+        let pending = report["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["what"].as_str().is_some_and(|w| w.contains("pending"))));
+        if !pending || std::time::Instant::now() > settled {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(report["differing"], 0, "{report}");
+    assert!(report["checks"].as_array().is_some_and(|c| c.len() > 3), "{report}");
+    let out = Command::new(ADSTORE)
+        .args(["reconcile", "--from", "2026-11-01", "--to", "2026-11-02T00:00:00Z", "--url", &server.url])
+        .output()
+        .expect("adstore reconcile");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("reconcile 2026-11-01T00:00:00Z .. 2026-11-02T00:00:00Z: "), "{text}");
+    assert!(text.ends_with("OK: every group matches its raw events\n"), "{text}");
+    let (status, body) =
+        json(&agent, "GET", &format!("{}/v1/reconcile?from=2026-11-02&to=2026-11-01", server.url), None);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = json(&agent, "GET", &format!("{}/v1/reconcile?from=soon&to=2026-11-01", server.url), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("from")), "{body}");
 }

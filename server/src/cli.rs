@@ -13,6 +13,7 @@
 
 mod gen_cmd;
 mod ingest;
+mod reconcile;
 mod serve;
 mod sql;
 
@@ -40,6 +41,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Run a SQL query on a server and print the result.
     Sql(sql::SqlArgs),
+    /// Compare a server's rollups and billing snapshots with its raw events.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Gen(args) => gen_cmd::run(args),
         Command::Ingest(args) => ingest::run(args),
         Command::Sql(args) => sql::run(args),
+        Command::Reconcile(args) => reconcile::run(args),
     };
     match result {
         Ok(code) => code,

@@ -15,6 +15,7 @@ mod extract;
 mod http;
 mod metrics;
 mod ratelimit;
+mod reconcile;
 mod sql;
 
 pub use config::{Config, HttpConfig, IngestConfig};

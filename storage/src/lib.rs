@@ -51,7 +51,7 @@ pub use segment::{
     SegmentSchema, SegmentSummary, SegmentWriteOptions, Selection, ValueRange, write_columns, write_segment,
 };
 pub use store::{
-    DamagedSegment, LiveSegment, PartlyStored, RollupStatus, Rows, SealReport, Snapshot, Store, StoreConfig,
-    StoreStats, Task, TaskStats,
+    Check, DamagedSegment, Difference, LiveSegment, PartlyStored, ReconcileReport, RollupStatus, Rows, SealReport,
+    Snapshot, Store, StoreConfig, StoreStats, Task, TaskStats,
 };
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

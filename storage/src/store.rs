@@ -52,12 +52,14 @@ mod append;
 mod billing;
 mod jobs;
 mod maintenance;
+mod reconcile;
 mod rollups;
 mod space;
 
 pub use append::{PartlyStored, Rows};
 pub use jobs::SealReport;
 pub use maintenance::{Task, TaskStats};
+pub use reconcile::{Check, Difference, ReconcileReport};
 pub use rollups::RollupStatus;
 
 /// Storage settings. Every field has a default; see `docs/configuration.md`.

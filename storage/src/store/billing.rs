@@ -162,7 +162,7 @@ impl Store {
         Ok(Some((entry.clone(), snapshots::rows_of(&batch)?)))
     }
 
-    fn read_billing(&self, entry: &BillingSnapshot) -> Result<arrow_array::RecordBatch> {
+    pub(super) fn read_billing(&self, entry: &BillingSnapshot) -> Result<arrow_array::RecordBatch> {
         let path = entry.path(&self.inner.data_dir);
         // Snapshot files are not segments of the catalog: no id, no cache.
         let reader = SegmentReader::open_as(SegmentId(u64::MAX), &path, snapshots::definition().schema())?;
