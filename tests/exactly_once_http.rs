@@ -436,6 +436,15 @@ fn billing_snapshots_over_http_follow_finalization_and_reprocessing() {
     assert_eq!(billing_rows(&old), first, "version 1 keeps its numbers");
     assert_eq!(old["latest_version"], 2);
     assert_eq!(old["versions"].as_array().map(Vec::len), Some(2));
+    let metrics = agent
+        .get(format!("{}/metrics", server.url))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    assert!(metrics.lines().any(|l| l == "adstore_billing_snapshots 2"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("adstore_billing_days_pending ")), "{metrics}");
 
     // Reconciliation: the rollups and the snapshot agree with the events,
     // through the endpoint and the CLI.

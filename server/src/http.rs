@@ -138,6 +138,10 @@ struct SegmentRow {
     rollup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
+    /// For a rollup segment merged from a final day: the raw segments it
+    /// stands for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    covers: Vec<String>,
 }
 
 async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -158,6 +162,7 @@ async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
             is_final: m.is_final,
             rollup: m.rollup.as_ref().map(|r| r.name.clone()),
             source: m.source.map(|s| s.to_string()),
+            covers: m.covers.iter().map(|s| s.to_string()).collect(),
         })
         .partition(|r| r.level == adstore_storage::Level::Raw.as_str());
     let stats = app.store.stats();
@@ -176,7 +181,7 @@ async fn segments(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// Each configured rollup and how many raw segments it covers.
+/// Each configured rollup: how many raw segments and final days it covers.
 async fn rollups(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "rollups": app.store.rollup_status() }))
 }

@@ -206,7 +206,7 @@ const SERIES: &[Series] = &[
     Series {
         name: "adstore_rollup_segments",
         kind: Kind::Gauge,
-        help: "Rollup segments served (minute rows of each configured rollup).",
+        help: "Rollup segments served (seal-time rows of each configured rollup, and hour and day rows merged from final days).",
         value: |s| s.store.rollup_segments as f64,
     },
     Series {
@@ -218,8 +218,20 @@ const SERIES: &[Series] = &[
     Series {
         name: "adstore_rollup_backfill_pending",
         kind: Kind::Gauge,
-        help: "Raw segments still to get a configured rollup's minute segment (once per rollup); the rollup task builds them.",
+        help: "Raw segments still to get a configured rollup's rows, plus final days still to merge (once per rollup); the rollup task builds them.",
         value: |s| s.store.rollup_backfill_pending as f64,
+    },
+    Series {
+        name: "adstore_billing_snapshots",
+        kind: Kind::Gauge,
+        help: "Billing snapshot versions kept (every version of every final day).",
+        value: |s| s.store.billing_snapshots as f64,
+    },
+    Series {
+        name: "adstore_billing_days_pending",
+        kind: Kind::Gauge,
+        help: "Final days whose billing snapshot is missing or was computed from segments since replaced; the billing task writes or checks them.",
+        value: |s| s.store.billing_days_pending as f64,
     },
     Series {
         name: "adstore_sealed_rows_total",

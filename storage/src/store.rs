@@ -297,6 +297,10 @@ pub struct StoreStats {
     /// Raw segments still lacking a configured rollup's minute segment
     /// (counted once per rollup).
     pub rollup_backfill_pending: usize,
+    /// Billing snapshot versions in the catalog.
+    pub billing_snapshots: usize,
+    /// Final days without an up-to-date billing snapshot.
+    pub billing_days_pending: usize,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
     /// Bytes held by the block cache.
@@ -539,6 +543,7 @@ impl Store {
 
     pub fn stats(&self) -> StoreStats {
         let pending = self.rollup_status().iter().map(|r| r.pending).sum();
+        let billing_days_pending = self.billing_days_pending();
         let v = self.inner.visible.read();
         let c = &self.inner.counters;
         let wal = self.inner.wal.stats();
@@ -564,6 +569,8 @@ impl Store {
             rollup_segments: served_rollups().count(),
             rollup_bytes: served_rollups().map(|m| m.size_bytes).sum(),
             rollup_backfill_pending: pending,
+            billing_snapshots: v.catalog.billing.len(),
+            billing_days_pending,
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
             block_cache_bytes: self.inner.block_cache.used_bytes(),

@@ -48,10 +48,7 @@ impl Store {
             .into_iter()
             .filter(|(day, raws)| {
                 let basis: Vec<SegmentId> = raws.iter().map(|m| m.id).collect();
-                !skipped.contains(&(*day, basis.clone()))
-                    && latest(catalog, *day).is_none_or(|b| {
-                        b.basis.iter().copied().collect::<BTreeSet<_>>() != basis.iter().copied().collect()
-                    })
+                !skipped.contains(&(*day, basis.clone())) && !up_to_date(catalog, *day, &basis)
             })
             .take(DAYS_PER_PASS)
             .collect();
@@ -140,6 +137,20 @@ impl Store {
         Ok(report)
     }
 
+    /// Final days whose latest snapshot is missing or was computed from
+    /// raw segments since replaced (skipped overflowing days aside).
+    pub fn billing_days_pending(&self) -> usize {
+        let catalog = self.catalog();
+        let skipped = self.inner.billing_skipped.lock().clone();
+        self.final_days(catalog.segments_of(Level::Raw))
+            .into_iter()
+            .filter(|(day, raws)| {
+                let ids: Vec<SegmentId> = raws.iter().map(|m| m.id).collect();
+                !skipped.contains(&(*day, ids.clone())) && !up_to_date(&catalog, *day, &ids)
+            })
+            .count()
+    }
+
     /// Every snapshot version of `day_ms`, oldest first.
     pub fn billing_versions(&self, day_ms: i64) -> Vec<BillingSnapshot> {
         self.catalog().billing.iter().filter(|b| b.day_ms == day_ms).cloned().collect()
@@ -168,6 +179,12 @@ impl Store {
         let reader = SegmentReader::open_as(SegmentId(u64::MAX), &path, snapshots::definition().schema())?;
         reader.read_record_batch()
     }
+}
+
+/// Whether `day`'s latest snapshot was checked against exactly `raws`.
+fn up_to_date(catalog: &Catalog, day: i64, raws: &[SegmentId]) -> bool {
+    latest(catalog, day)
+        .is_some_and(|b| b.basis.iter().copied().collect::<BTreeSet<_>>() == raws.iter().copied().collect())
 }
 
 /// The latest snapshot of `day`.
