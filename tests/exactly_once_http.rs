@@ -444,7 +444,7 @@ fn billing_snapshots_over_http_follow_finalization_and_reprocessing() {
         .read_to_string()
         .expect("text");
     assert!(metrics.lines().any(|l| l == "adstore_billing_snapshots 2"), "{metrics}");
-    assert!(metrics.lines().any(|l| l.starts_with("adstore_billing_days_pending ")), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("adstore_billing_snapshots_pending ")), "{metrics}");
 
     // Reconciliation: the rollups and the snapshot agree with the events,
     // through the endpoint and the CLI.

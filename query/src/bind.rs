@@ -23,7 +23,7 @@ use sqlparser::tokenizer::Span;
 
 use crate::error::{Position, QueryError, Result};
 use crate::expr::{BinOp, Expr};
-use crate::plan::{AggFunc, AggSpec, Aggregate, LogicalPlan, Output, ScanCol, SortKey, SortTarget, Table};
+use crate::plan::{AggFunc, AggSpec, Aggregate, BillingCol, LogicalPlan, Output, ScanCol, SortKey, SortTarget, Table};
 use crate::time::{MINUTE_MS, TimeUnit, parse_interval, parse_timestamp};
 use crate::types::{DataType, Scalar};
 
@@ -454,6 +454,10 @@ impl Binder {
                             span,
                         ));
                     }
+                    if self.table == Table::BillingDaily {
+                        items.extend(BillingCol::all().into_iter().map(|c| (c.name().to_string(), None, span)));
+                        continue;
+                    }
                     for c in &COLUMNS {
                         items.push((c.name.to_string(), None, span));
                     }
@@ -501,9 +505,13 @@ impl Binder {
             for (name, e, _) in &items {
                 let expr = match e {
                     Some(e) => self.bind_scan(e)?,
-                    None => match ColumnId::from_name(name) {
-                        Some(c) => self.event_col(c),
-                        None => Expr::Slot(self.slot(ScanCol::Final), DataType::Bool),
+                    None => match (self.table, ColumnId::from_name(name)) {
+                        (Table::BillingDaily, _) => match BillingCol::all().into_iter().find(|c| c.name() == name) {
+                            Some(c) => self.billing_col(c),
+                            None => return Err(QueryError::Internal(format!("billing_daily has no column {name}"))),
+                        },
+                        (_, Some(c)) => self.event_col(c),
+                        (_, None) => Expr::Slot(self.slot(ScanCol::Final), DataType::Bool),
                     },
                 };
                 outputs.push(Output { name: name.clone(), expr });
@@ -535,8 +543,16 @@ impl Binder {
             }
         };
 
+        // `billing_daily` shows the latest version of each day unless WHERE
+        // asks about versions.
+        let version_slot = self.scan_cols.iter().position(|c| *c == ScanCol::Billing(BillingCol::Version));
+        let mut all_versions = false;
+        if let (Some(f), Some(v)) = (&filter, version_slot) {
+            f.visit_slots(&mut |i| all_versions |= i == v);
+        }
         Ok(LogicalPlan {
             table: self.table,
+            all_versions,
             explain,
             scan_cols: self.scan_cols,
             filter,
@@ -552,7 +568,7 @@ impl Binder {
     fn bind_from(&mut self, select: &ast::Select, sspan: Span) -> Result<()> {
         let [from] = select.from.as_slice() else {
             return Err(if select.from.is_empty() {
-                unsupported("SELECT without FROM; query events or metrics", sspan)
+                unsupported("SELECT without FROM; query events, metrics or billing_daily", sspan)
             } else {
                 unsupported("more than one table in FROM (joins)", select.from[1].span())
             });
@@ -595,6 +611,7 @@ impl Binder {
         match last.as_str() {
             "events" if schema_ok => Ok(Table::Events),
             "metrics" if schema_ok => Ok(Table::Metrics),
+            "billing_daily" if schema_ok => Ok(Table::BillingDaily),
             _ => Err(QueryError::UnknownTable { name: name.to_string(), position: pos(name.span()) }),
         }
     }
@@ -638,7 +655,18 @@ impl Binder {
                 }
                 Err(unknown(" in metrics (dimensions: ts, publisher_id, advertiser_id, campaign_id, ad_group_id, ad_id, device, os, country, region, placement)".into()))
             }
+            Table::BillingDaily => match BillingCol::all().into_iter().find(|c| c.name() == name) {
+                Some(c) => Ok(self.billing_col(c)),
+                None => {
+                    let all: Vec<&str> = BillingCol::all().iter().map(|c| c.name()).collect();
+                    Err(unknown(format!(" in billing_daily ({})", all.join(", "))))
+                }
+            },
         }
+    }
+
+    fn billing_col(&mut self, c: BillingCol) -> Expr {
+        Expr::Slot(self.slot(ScanCol::Billing(c)), c.ty())
     }
 
     /// The event-level expression whose sum is a measure of `metrics`.

@@ -24,6 +24,7 @@
 //! tasks and is returned. Nothing panics on data or query input.
 
 mod agg;
+mod billing;
 mod rollup;
 mod sort;
 
@@ -63,14 +64,18 @@ pub(crate) struct ExecStats {
 enum Task<'p> {
     Block(&'p SegmentScan, &'p BlockScan),
     Head(&'p HeadScan),
-    /// A block of a minute rollup segment read instead of a raw segment.
+    /// A block of a rollup segment read instead of a raw segment.
     Rollup(&'p adstore_storage::LiveSegment, usize),
+    /// A billing snapshot (`billing_daily`).
+    Billing(&'p adstore_storage::billing::BillingSnapshot),
 }
 
 fn scan_task(task: &Task<'_>, req: &adstore_storage::ScanRequest) -> Result<Option<(ScanBatch, bool)>> {
     Ok(match task {
         Task::Block(s, b) => scan_block(s, b, req)?.map(|sb| (sb, s.segment.meta.is_final)),
-        Task::Rollup(..) => return Err(QueryError::Internal("a rollup block scanned as events".into())),
+        Task::Rollup(..) | Task::Billing(_) => {
+            return Err(QueryError::Internal("a rollup block or billing snapshot scanned as events".into()));
+        }
         Task::Head(h) => {
             let one = ScanPlan {
                 segments: Vec::new(),
@@ -125,7 +130,7 @@ fn counted_keys(plan: &PhysicalPlan) -> Option<Vec<ColumnId>> {
         .map(|k| match k {
             Expr::Slot(i, _) => match plan.logical.scan_cols.get(*i)? {
                 ScanCol::Event(id) => Some(*id),
-                ScanCol::Final => None,
+                ScanCol::Final | ScanCol::Billing(_) => None,
             },
             _ => None,
         })
@@ -140,6 +145,7 @@ fn make_batch<'a>(sb: &'a ScanBatch, plan: &PhysicalPlan, is_final: bool) -> Res
         .iter()
         .map(|c| match c {
             ScanCol::Final => Ok(Vector::Const(crate::types::Scalar::Bool(is_final))),
+            ScanCol::Billing(_) => Err(QueryError::Internal("a billing_daily column read from events".into())),
             ScanCol::Event(id) => {
                 let i = plan
                     .request
@@ -242,6 +248,21 @@ fn for_each_in_rounds<T: Sync>(tasks: &[T], f: impl Fn(&T) -> Result<()> + Sync 
     tasks.chunks(round).try_for_each(|r| r.par_iter().try_for_each(&f))
 }
 
+/// The segments and head chunks a plan scans: none for `billing_daily`.
+fn plan_scan(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<ScanPlan> {
+    if plan.logical.table == crate::plan::Table::BillingDaily {
+        return Ok(ScanPlan {
+            segments: Vec::new(),
+            pruned: Vec::new(),
+            blocks_total: 0,
+            blocks_pruned: 0,
+            head: Vec::new(),
+            candidate_rows: 0,
+        });
+    }
+    Ok(snapshot.plan_scan(&plan.request)?)
+}
+
 /// Runs a plan; returns the result schema, batches and counters.
 pub(crate) fn execute(
     snapshot: &Snapshot,
@@ -249,9 +270,10 @@ pub(crate) fn execute(
     opts: &QueryOptions,
     deadline: Instant,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, ExecStats)> {
-    let scan = snapshot.plan_scan(&plan.request)?;
+    let scan = plan_scan(snapshot, plan)?;
     let cover = rollup::cover(snapshot, plan, &scan);
-    let mut tasks: Vec<Task<'_>> = Vec::new();
+    let billed = billing::entries(snapshot, plan);
+    let mut tasks: Vec<Task<'_>> = billed.iter().map(|b| Task::Billing(b)).collect();
     for s in scan.segments.iter().filter(|s| cover.of(s.segment.meta.id).is_none()) {
         tasks.extend(s.blocks.iter().map(|b| Task::Block(s, b)));
     }
@@ -277,6 +299,15 @@ pub(crate) fn execute(
             }
         }
         Ok(got)
+    };
+
+    let billing_batch = |entry: &adstore_storage::billing::BillingSnapshot| -> Result<Batch<'static>> {
+        if Instant::now() > deadline {
+            return Err(timeout());
+        }
+        let b = billing::batch(snapshot, entry, plan)?;
+        rows_scanned.fetch_add(b.rows as u64, Ordering::Relaxed);
+        Ok(b)
     };
 
     let columns: Vec<ArrayRef> = match &logical.aggregate {
@@ -309,8 +340,16 @@ pub(crate) fn execute(
                     rows_scanned.fetch_add(rows as u64, Ordering::Relaxed);
                     return merger.lock().map_err(|_| poisoned())?.merge(partial);
                 }
-                let Some((sb, is_final)) = next_batch(t)? else { return Ok(()) };
-                let Some(batch) = filtered(make_batch(&sb, plan, is_final)?, plan)? else { return Ok(()) };
+                let scanned;
+                let batch = match t {
+                    Task::Billing(entry) => billing_batch(entry)?,
+                    _ => {
+                        let Some((sb, is_final)) = next_batch(t)? else { return Ok(()) };
+                        scanned = sb;
+                        make_batch(&scanned, plan, is_final)?
+                    }
+                };
+                let Some(batch) = filtered(batch, plan)? else { return Ok(()) };
                 let n = batch.rows;
                 let keys = aggregate
                     .keys
@@ -350,8 +389,16 @@ pub(crate) fn execute(
                 if logical.order.is_empty() && keep.is_some_and(|k| collected.load(Ordering::Relaxed) >= k) {
                     return Ok(());
                 }
-                let Some((sb, is_final)) = next_batch(t)? else { return Ok(()) };
-                let Some(batch) = filtered(make_batch(&sb, plan, is_final)?, plan)? else { return Ok(()) };
+                let scanned;
+                let batch = match t {
+                    Task::Billing(entry) => billing_batch(entry)?,
+                    _ => {
+                        let Some((sb, is_final)) = next_batch(t)? else { return Ok(()) };
+                        scanned = sb;
+                        make_batch(&scanned, plan, is_final)?
+                    }
+                };
+                let Some(batch) = filtered(batch, plan)? else { return Ok(()) };
                 let (mut outs, mut extras) = project(logical, &batch)?;
                 let mut n = batch.rows;
                 if let Some(k) = keep
@@ -419,7 +466,11 @@ pub(crate) fn execute(
         blocks_scanned: scan.blocks_total - scan.blocks_pruned,
         blocks_pruned: scan.blocks_pruned,
         provisional: scan.segments.iter().any(|s| !s.segment.meta.is_final) || head_rows.load(Ordering::Relaxed),
-        source: if logical.table == crate::plan::Table::Metrics { cover.describe(&scan) } else { String::new() },
+        source: match logical.table {
+            crate::plan::Table::Metrics => cover.describe(&scan),
+            crate::plan::Table::BillingDaily => billing::describe(&billed),
+            crate::plan::Table::Events => String::new(),
+        },
     };
     Ok((schema, vec![batch], stats))
 }
@@ -427,14 +478,16 @@ pub(crate) fn execute(
 /// `EXPLAIN`: the plan as (property, value) rows.
 pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let l = &plan.logical;
-    let scan = snapshot.plan_scan(&plan.request)?;
+    let scan = plan_scan(snapshot, plan)?;
     let cover = rollup::cover(snapshot, plan, &scan);
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut push = |k: &str, v: String| rows.push((k.to_string(), v));
     push("table", l.table.name().to_string());
     push("source", format!("{} ({})", plan.source.source.name(), plan.source.reason));
-    if l.table == crate::plan::Table::Metrics {
-        push("reads", cover.describe(&scan));
+    match l.table {
+        crate::plan::Table::Metrics => push("reads", cover.describe(&scan)),
+        crate::plan::Table::BillingDaily => push("reads", billing::describe(&billing::entries(snapshot, plan))),
+        crate::plan::Table::Events => {}
     }
     let r = plan.request.time_range;
     let bound = |ms: i64| match ms {
@@ -459,6 +512,7 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
         .map(|c| match c {
             ScanCol::Event(c) => c.name().to_string(),
             ScanCol::Final => "final".into(),
+            ScanCol::Billing(c) => c.name().into(),
         })
         .collect();
     push("residual_filter", plan.residual.as_ref().map_or("none".into(), |e| describe(e, &names)));

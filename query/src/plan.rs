@@ -21,6 +21,9 @@ pub enum Table {
     Events,
     /// Pre-aggregated measures by dimension and minute bucket.
     Metrics,
+    /// Billing snapshots of final days: one row per (day, advertiser,
+    /// campaign, version).
+    BillingDaily,
 }
 
 impl Table {
@@ -28,6 +31,51 @@ impl Table {
         match self {
             Table::Events => "events",
             Table::Metrics => "metrics",
+            Table::BillingDaily => "billing_daily",
+        }
+    }
+}
+
+/// A column of `billing_daily`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BillingCol {
+    /// Start of the day (UTC).
+    Day,
+    AdvertiserId,
+    CampaignId,
+    /// The snapshot version (1, 2, …).
+    Version,
+    /// A summed measure of `metrics`.
+    Sum(Measure),
+    /// Estimated distinct users.
+    Users,
+}
+
+impl BillingCol {
+    /// Every column, in table order.
+    pub(crate) fn all() -> Vec<BillingCol> {
+        let mut cols = vec![BillingCol::Day, BillingCol::AdvertiserId, BillingCol::CampaignId, BillingCol::Version];
+        cols.extend(Measure::sums().map(BillingCol::Sum));
+        cols.push(BillingCol::Users);
+        cols
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BillingCol::Day => "day",
+            BillingCol::AdvertiserId => "advertiser_id",
+            BillingCol::CampaignId => "campaign_id",
+            BillingCol::Version => "version",
+            BillingCol::Sum(m) => m.name(),
+            BillingCol::Users => "users",
+        }
+    }
+
+    pub(crate) fn ty(self) -> DataType {
+        match self {
+            BillingCol::Day => DataType::Timestamp,
+            BillingCol::AdvertiserId | BillingCol::CampaignId => DataType::Str,
+            BillingCol::Version | BillingCol::Sum(_) | BillingCol::Users => DataType::Int,
         }
     }
 }
@@ -38,6 +86,8 @@ pub(crate) enum ScanCol {
     Event(ColumnId),
     /// Whether the row's bucket is final: per segment, false in the head.
     Final,
+    /// A column of `billing_daily`.
+    Billing(BillingCol),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +155,9 @@ pub(crate) struct Output {
 #[derive(Debug, Clone)]
 pub(crate) struct LogicalPlan {
     pub table: Table,
+    /// On `billing_daily`: every snapshot version (WHERE names `version`),
+    /// not only the latest of each day.
+    pub all_versions: bool,
     pub explain: bool,
     pub scan_cols: Vec<ScanCol>,
     pub filter: Option<Expr>,

@@ -140,7 +140,7 @@ pub(crate) fn plan(mut logical: LogicalPlan) -> PhysicalPlan {
         .iter()
         .filter_map(|c| match c {
             ScanCol::Event(c) => Some(*c),
-            ScanCol::Final => None,
+            ScanCol::Final | ScanCol::Billing(_) => None,
         })
         .collect();
     let residual = logical.filter.clone();

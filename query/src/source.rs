@@ -14,6 +14,8 @@ pub enum Source {
     /// Rollup segments where they cover the query, raw events
     /// elsewhere.
     Rollups,
+    /// Billing snapshot files.
+    Billing,
 }
 
 impl Source {
@@ -21,6 +23,7 @@ impl Source {
         match self {
             Source::EventsScan => "events",
             Source::Rollups => "rollups",
+            Source::Billing => "billing snapshots",
         }
     }
 }
@@ -36,6 +39,10 @@ pub(crate) struct SourceChoice {
 fn candidates(plan: &LogicalPlan) -> Vec<SourceChoice> {
     match plan.table {
         Table::Events => vec![SourceChoice { source: Source::EventsScan, reason: "table events" }],
+        Table::BillingDaily => vec![SourceChoice {
+            source: Source::Billing,
+            reason: "the snapshot of each final day (every version when WHERE names version)",
+        }],
         Table::Metrics => vec![SourceChoice {
             source: Source::Rollups,
             reason: "rollups covering the query's dimensions, by day, hour or minute; raw events for the head and segments without one",

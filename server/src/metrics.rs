@@ -228,10 +228,10 @@ const SERIES: &[Series] = &[
         value: |s| s.store.billing_snapshots as f64,
     },
     Series {
-        name: "adstore_billing_days_pending",
+        name: "adstore_billing_snapshots_pending",
         kind: Kind::Gauge,
         help: "Final days whose billing snapshot is missing or was computed from segments since replaced; the billing task writes or checks them.",
-        value: |s| s.store.billing_days_pending as f64,
+        value: |s| s.store.billing_snapshots_pending as f64,
     },
     Series {
         name: "adstore_sealed_rows_total",

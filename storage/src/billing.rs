@@ -92,6 +92,14 @@ pub fn definition() -> RollupDef {
         .with_granularity(Granularity::Day)
 }
 
+/// The rows of snapshot `entry`, from its file under `data_dir`.
+pub(crate) fn read(data_dir: &Path, entry: &BillingSnapshot) -> Result<RecordBatch> {
+    // Snapshot files are not segments of the catalog: no id, no cache.
+    let reader =
+        crate::segment::SegmentReader::open_as(SegmentId(u64::MAX), &entry.path(data_dir), definition().schema())?;
+    reader.read_record_batch()
+}
+
 /// One row of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BillingRow {

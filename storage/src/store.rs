@@ -219,9 +219,16 @@ pub struct Snapshot {
     pub damaged: Vec<DamagedSegment>,
     /// Width of the time buckets the head is partitioned by.
     pub bucket_width_ms: i64,
+    /// The data directory, where billing snapshot files are.
+    data_dir: Arc<Path>,
 }
 
 impl Snapshot {
+    /// The rows of a billing snapshot of this snapshot's catalog.
+    pub fn billing_batch(&self, entry: &crate::billing::BillingSnapshot) -> Result<arrow_array::RecordBatch> {
+        crate::billing::read(&self.data_dir, entry)
+    }
+
     pub fn head_rows(&self) -> usize {
         self.head.iter().map(|(_, c)| c.num_rows()).sum()
     }
@@ -300,7 +307,7 @@ pub struct StoreStats {
     /// Billing snapshot versions in the catalog.
     pub billing_snapshots: usize,
     /// Final days without an up-to-date billing snapshot.
-    pub billing_days_pending: usize,
+    pub billing_snapshots_pending: usize,
     pub wal_appends: u64,
     pub wal_fsyncs: u64,
     /// Bytes held by the block cache.
@@ -311,7 +318,7 @@ struct Inner {
     config: StoreConfig,
     segments_dir: PathBuf,
     /// `{data_dir}`, where `billing/` and the catalog live.
-    data_dir: PathBuf,
+    data_dir: Arc<Path>,
     partitioning: Partitioning,
     wal: Wal,
     manifest: Manifest,
@@ -477,7 +484,7 @@ impl Store {
         let inner = Inner {
             config,
             segments_dir,
-            data_dir: data_dir.to_path_buf(),
+            data_dir: Arc::from(data_dir),
             partitioning,
             wal,
             manifest,
@@ -530,6 +537,7 @@ impl Store {
             head: v.head.snapshot(),
             damaged: v.damaged.clone(),
             bucket_width_ms: self.inner.config.bucket_width_ms,
+            data_dir: self.inner.data_dir.clone(),
         }
     }
 
@@ -543,7 +551,7 @@ impl Store {
 
     pub fn stats(&self) -> StoreStats {
         let pending = self.rollup_status().iter().map(|r| r.pending).sum();
-        let billing_days_pending = self.billing_days_pending();
+        let billing_snapshots_pending = self.billing_snapshots_pending();
         let v = self.inner.visible.read();
         let c = &self.inner.counters;
         let wal = self.inner.wal.stats();
@@ -570,7 +578,7 @@ impl Store {
             rollup_bytes: served_rollups().map(|m| m.size_bytes).sum(),
             rollup_backfill_pending: pending,
             billing_snapshots: v.catalog.billing.len(),
-            billing_days_pending,
+            billing_snapshots_pending,
             wal_appends: wal.appends,
             wal_fsyncs: wal.fsyncs,
             block_cache_bytes: self.inner.block_cache.used_bytes(),

@@ -292,7 +292,7 @@ fn batch<'a>(segment: &LiveSegment, block: usize, plan: &PhysicalPlan) -> Result
                     }
                 }
             }
-            ScanCol::Event(_) => Vector::Const(Scalar::Null),
+            ScanCol::Event(_) | ScanCol::Billing(_) => Vector::Const(Scalar::Null),
         });
     }
     cols.push(Vector::Int(Cow::Owned(rows.iter().map(|&r| i64::from(r)).collect()), None));

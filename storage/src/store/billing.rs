@@ -10,7 +10,7 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::ids::SegmentId;
 use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta, sync_dir};
 use crate::rollup::{RollupInput, merge};
-use crate::segment::{SegmentReader, write_columns};
+use crate::segment::write_columns;
 
 /// Days a pass snapshots at most, so seals keep their pace.
 const DAYS_PER_PASS: usize = 2;
@@ -139,7 +139,7 @@ impl Store {
 
     /// Final days whose latest snapshot is missing or was computed from
     /// raw segments since replaced (skipped overflowing days aside).
-    pub fn billing_days_pending(&self) -> usize {
+    pub fn billing_snapshots_pending(&self) -> usize {
         let catalog = self.catalog();
         let skipped = self.inner.billing_skipped.lock().clone();
         self.final_days(catalog.segments_of(Level::Raw))
@@ -174,10 +174,7 @@ impl Store {
     }
 
     pub(super) fn read_billing(&self, entry: &BillingSnapshot) -> Result<arrow_array::RecordBatch> {
-        let path = entry.path(&self.inner.data_dir);
-        // Snapshot files are not segments of the catalog: no id, no cache.
-        let reader = SegmentReader::open_as(SegmentId(u64::MAX), &path, snapshots::definition().schema())?;
-        reader.read_record_batch()
+        snapshots::read(&self.inner.data_dir, entry)
     }
 }
 
