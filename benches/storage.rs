@@ -213,6 +213,47 @@ fn main() {
         ));
     }
 
+    // The day becomes final: reopened with wall-clock closing at once, the
+    // store finalizes it, merges each rollup's rows of the day into hour and
+    // day rows, and writes its billing snapshot.
+    drop(snapshot);
+    store.close().expect("close");
+    drop(store);
+    let final_config = StoreConfig { close_idle_ms: 1, ..config.clone() };
+    let store = Store::open(dir.path(), final_config, SealPipeline::new()).expect("reopen");
+    std::thread::sleep(Duration::from_millis(20));
+    eprintln!("finalizing…");
+    let c = cpu_time();
+    let finalized = store.finalize_closed().expect("finalize");
+    let finalize_cpu = cpu_time() - c;
+    assert!(finalized.rows_out as u64 == events, "the whole day is finalized");
+    eprintln!("merging the final day…");
+    let c = cpu_time();
+    let mut passes = 0;
+    while store.rollup_status().iter().any(|r| !r.complete) {
+        store.roll_up().expect("roll up");
+        passes += 1;
+        assert!(passes < 100, "the rollup task does not finish");
+    }
+    let merge_cpu = cpu_time() - c;
+    let c = cpu_time();
+    store.snapshot_billing().expect("billing");
+    let billing_cpu = cpu_time() - c;
+    let settled = store.snapshot();
+    let settled_bytes: u64 = settled.segments.iter().map(|s| s.meta.size_bytes).sum();
+    let by_kind = |merged: bool| -> (u64, u64) {
+        settled
+            .rollups
+            .iter()
+            .filter(|s| s.meta.covers.is_empty() != merged)
+            .fold((0, 0), |(r, b), s| (r + s.meta.rows, b + s.meta.size_bytes))
+    };
+    let (seal_rows_after, seal_bytes_after) = by_kind(false);
+    let (merged_rows, merged_bytes) = by_kind(true);
+    let settled_rollup_bytes = seal_bytes_after + merged_bytes;
+    let billing_bytes: u64 = settled.catalog.billing.iter().map(|b| b.size_bytes).sum();
+    drop(settled);
+
     let report = format!(
         "# Storage benchmark\n\n\
          Command: `ADSTORE_BENCH_EVENTS={events} cargo bench --bench storage` (release), \
@@ -234,6 +275,15 @@ fn main() {
          | seal CPU time without / with rollups | {bare_seal_cpu_ms:.0} ms / {seal_cpu_ms:.0} ms ({cpu_over:+.1}%) |\n\
          | rollup rows (all three) | {rollup_rows} ({rollup_row_share:.1}% of the events) |\n\
          | rollup bytes | {rollup_bytes} ({rollup_share:.1}% of the events segments' bytes) |\n\n\
+         ## The day final (finalized, rollups merged into hour and day rows, billing snapshot)\n\n\
+         | metric | value |\n|---|---|\n\
+         | finalize CPU time (re-seal of every partition) | {finalize_cpu_ms:.0} ms |\n\
+         | merge CPU time (hour and day rows of the three rollups, {passes} passes) | {merge_cpu_ms:.0} ms |\n\
+         | billing snapshot CPU time (from the day's raw events) | {billing_cpu_ms:.0} ms |\n\
+         | seal-time rollup rows / bytes kept (minute rows of campaign) | {seal_rows_after} / {seal_bytes_after} |\n\
+         | merged rows / bytes (hour and day rows of the three) | {merged_rows} / {merged_bytes} |\n\
+         | rollup bytes in all | {settled_rollup_bytes} ({settled_share:.1}% of the events segments' {settled_bytes} bytes) |\n\
+         | billing snapshot bytes | {billing_bytes} |\n\n\
          ## Seal with exactly-once (dedupe, attribution, invalid traffic)\n\n\
          | metric | value |\n|---|---|\n\
          | events sent / accepted (exact re-sends answered as duplicates) | {events} / {eo_accepted} |\n\
@@ -249,6 +299,10 @@ fn main() {
          Hypervisor steal during the run: {steal:.0}% of all CPU time (from /proc/stat). The \"2 cores fully \
          ours\" columns divide the work by the CPU time the process actually got, times two cores.\n",
         parts = report.partitions,
+        finalize_cpu_ms = finalize_cpu.as_secs_f64() * 1e3,
+        merge_cpu_ms = merge_cpu.as_secs_f64() * 1e3,
+        billing_cpu_ms = billing_cpu.as_secs_f64() * 1e3,
+        settled_share = settled_rollup_bytes as f64 * 100.0 / settled_bytes.max(1) as f64,
         bare_seal_ms = bare_seal_time.as_secs_f64() * 1e3,
         bare_seal_cpu_ms = bare_seal_cpu.as_secs_f64() * 1e3,
         seal_over = (seal_time.as_secs_f64() / bare_seal_time.as_secs_f64().max(1e-9) - 1.0) * 100.0,
