@@ -536,7 +536,7 @@ class RssSampler(threading.Thread):
 
 
 class AdstoreServer:
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path, threads: int):
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, threads: int, config: Path | None = None):
         shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True)
         self.data_dir = data_dir
@@ -544,8 +544,10 @@ class AdstoreServer:
         env.setdefault("RUST_LOG", "warn")
         self.log = open(log_path, "w")
         # fsync is on by default (storage.fsync = true); no config file overrides it.
-        self.proc = subprocess.Popen([str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        cmd = [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (http://\S+)", line or "")
         if not m:
@@ -1013,17 +1015,18 @@ def render_main(args) -> int:
 GEN_STAMP = "adstore gen output v2 (Arrow record batches of 8192 rows)"
 
 
-def generate(binary: Path, out: Path, events: int, fmt: str = "ndjson") -> Path:
-    """The generated events as `fmt` (ndjson, or arrow: an Arrow IPC stream of the same events)."""
+def generate(binary: Path, out: Path, events: int, fmt: str = "ndjson", span_days: int = GEN_SPAN_DAYS) -> Path:
+    """The generated events as `fmt` (ndjson, or arrow: an Arrow IPC stream of the same events),
+    `span_days` days from GEN_START."""
     suffix = "ndjson" if fmt == "ndjson" else "arrows"
-    data = out / f"events-{events}-s{GEN_SEED}-{GEN_SPAN_DAYS}d.{suffix}"
+    data = out / f"events-{events}-s{GEN_SEED}-{span_days}d.{suffix}"
     stamp = data.with_suffix(f".{suffix}.done")
     if data.exists() and stamp.exists() and stamp.read_text().strip() == GEN_STAMP:
         log(f"reusing {data}")
         return data
     log(f"generating {events:,} events into {data}")
     subprocess.run([str(binary), "gen", "--events", str(events), "--seed", str(GEN_SEED), "--start", GEN_START,
-                    "--span", f"{GEN_SPAN_DAYS}d", "--format", fmt, "--out", str(data)], check=True)
+                    "--span", f"{span_days}d", "--format", fmt, "--out", str(data)], check=True)
     stamp.write_text(GEN_STAMP + "\n")
     return data
 

@@ -4,13 +4,21 @@
 #
 #   benches/run.sh [--events N] [--quick] [--engines adstore,duckdb,chdb] [--threads 2]
 #                  [--runs 5] [--publish]
+#   benches/run.sh --suite longrange [--events N] [--span 30d] [--engines adstore,chdb] ...
 #
+#   --suite      default (the dashboard suite, benches/queries.toml, two days of events), or
+#                longrange (issue 23: benches/longrange.toml on 30 days of events, adstore
+#                `metrics` vs `events` vs chDB's hourly rollup; see benches/longrange.py;
+#                report in benches/out/longrange/)
 #   --events N   events to generate (default 10000000)
 #   --quick      1000000 events (for development)
-#   --engines    comma-separated subset of adstore,duckdb,chdb (default all three)
+#   --span Nd    days the generated events span (longrange only; default 30d)
+#   --engines    comma-separated subset of adstore,duckdb,chdb (default all three;
+#                longrange: adstore,chdb)
 #   --threads    threads each engine may use (default 2)
 #   --runs       timed runs per query after one warm-up (default 5)
 #   --publish    copy the report to docs/bench/latest.md and the chart to docs/bench/latest.png
+#                (default suite only)
 #
 # Output in benches/out/ (gitignored): the generated NDJSON (reused when the
 # size matches), engine data directories, logs, report.md, ratios.png,
@@ -24,13 +32,19 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cmdline="benches/run.sh $*"
 
+suite=default
 events=10000000
-engines=adstore,duckdb,chdb
+span=
+engines=
 threads=2
 runs=5
 publish=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --suite) suite="$2"; shift 2 ;;
+    --suite=*) suite="${1#*=}"; shift ;;
+    --span) span="$2"; shift 2 ;;
+    --span=*) span="${1#*=}"; shift ;;
     --events) events="$2"; shift 2 ;;
     --events=*) events="${1#*=}"; shift ;;
     --quick) events=1000000; shift ;;
@@ -41,10 +55,20 @@ while [[ $# -gt 0 ]]; do
     --runs) runs="$2"; shift 2 ;;
     --runs=*) runs="${1#*=}"; shift ;;
     --publish) publish=(--publish); shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$suite" in
+  default)
+    engines="${engines:-adstore,duckdb,chdb}"
+    [[ -z "$span" ]] || { echo "run.sh: --span is for --suite longrange (the default suite spans 2d)" >&2; exit 2; } ;;
+  longrange)
+    engines="${engines:-adstore,chdb}"
+    span="${span:-30d}"
+    [[ ${#publish[@]} -eq 0 ]] || { echo "run.sh: --publish is for the default suite" >&2; exit 2; } ;;
+  *) echo "run.sh: unknown suite $suite (default or longrange)" >&2; exit 2 ;;
+esac
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 t0=$(date +%s)
@@ -73,8 +97,14 @@ fi
 
 # 3. Everything else: generate, load, time, compare, report.
 set +e
-"$venv/bin/python" "$here/harness.py" run --bin "$bin" --events "$events" --engines "$engines" \
-  --threads "$threads" --runs "$runs" --out "$here/out" --command-line "$cmdline" "${publish[@]}"
+if [[ "$suite" == longrange ]]; then
+  "$venv/bin/python" "$here/longrange.py" run --bin "$bin" --events "$events" --span "$span" \
+    --engines "$engines" --threads "$threads" --runs "$runs" --out "$here/out/longrange" \
+    --gen-dir "$here/out" --command-line "$cmdline"
+else
+  "$venv/bin/python" "$here/harness.py" run --bin "$bin" --events "$events" --engines "$engines" \
+    --threads "$threads" --runs "$runs" --out "$here/out" --command-line "$cmdline" "${publish[@]}"
+fi
 status=$?
 set -e
 log "finished in $(( $(date +%s) - t0 )) s (exit $status)"
