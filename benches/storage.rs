@@ -182,7 +182,7 @@ fn main() {
         let (expected, matched) = sum_cost(&snapshot, &req);
         // Independent check against a full decode.
         let mut naive = 0i64;
-        for s in &snapshot.segments {
+        for s in snapshot.segments.iter() {
             let b: EventBatch = s.reader.read_batch().expect("decode");
             let col = b.str_column(filter.column);
             let cost = b.i64_column(ColumnId::CostMicros);

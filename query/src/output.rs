@@ -99,6 +99,50 @@ fn cell(a: &ArrayRef, i: usize) -> Cell {
     }
 }
 
+/// One value as JSON: numbers, booleans, strings (escaped), timestamps as
+/// RFC 3339 strings, NaN and infinities as `null`.
+fn json_cell(a: &ArrayRef, i: usize, out: &mut String) {
+    let string = |s: &str, out: &mut String| {
+        // Invariant: serializing a str into JSON cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "null".into()));
+    };
+    if a.is_null(i) {
+        out.push_str("null");
+        return;
+    }
+    let any = a.as_any();
+    match a.data_type() {
+        ArrowType::Int64 => match any.downcast_ref::<PrimitiveArray<Int64Type>>() {
+            Some(x) => {
+                let _ = write!(out, "{}", x.value(i));
+            }
+            None => out.push_str("null"),
+        },
+        ArrowType::Float64 => match any.downcast_ref::<PrimitiveArray<Float64Type>>().map(|x| x.value(i)) {
+            Some(f) => match serde_json::Number::from_f64(f) {
+                Some(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                None => out.push_str("null"),
+            },
+            None => out.push_str("null"),
+        },
+        ArrowType::Timestamp(..) => match any.downcast_ref::<PrimitiveArray<TimestampMillisecondType>>() {
+            Some(x) => string(&format_timestamp(x.value(i)), out),
+            None => out.push_str("null"),
+        },
+        ArrowType::Utf8 => match any.downcast_ref::<StringArray>() {
+            Some(x) => string(x.value(i), out),
+            None => out.push_str("null"),
+        },
+        ArrowType::Boolean => match any.downcast_ref::<BooleanArray>() {
+            Some(x) => out.push_str(if x.value(i) { "true" } else { "false" }),
+            None => out.push_str("null"),
+        },
+        _ => out.push_str("null"),
+    }
+}
+
 fn csv_field(s: &str, out: &mut String) {
     if s.contains([',', '"', '\n', '\r']) {
         out.push('"');
@@ -131,45 +175,43 @@ impl QueryResult {
     }
 
     /// The JSON document: columns, rows (arrays of values) and stats.
-    pub fn to_json_value(&self) -> Value {
-        let columns: Vec<Value> = self.columns().into_iter().map(|(n, t)| json!({"name": n, "type": t})).collect();
-        let rows: Vec<Value> = self
-            .rows()
-            .into_iter()
-            .map(|r| {
-                Value::Array(
-                    r.into_iter()
-                        .map(|c| match c {
-                            Cell::Null => Value::Null,
-                            Cell::Bool(b) => Value::Bool(b),
-                            Cell::Int(i) => json!(i),
-                            Cell::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
-                            Cell::Str(s) => Value::String(s),
-                            Cell::Timestamp(t) => Value::String(format_timestamp(t)),
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
-        let s = &self.stats;
-        json!({
-            "columns": columns,
-            "rows": rows,
-            "stats": {
-                "elapsed_ms": s.elapsed_ms,
-                "rows_scanned": s.rows_scanned,
-                "segments_scanned": s.segments_scanned,
-                "segments_pruned": s.segments_pruned,
-                "blocks_scanned": s.blocks_scanned,
-                "blocks_pruned": s.blocks_pruned,
-                "source": s.source,
-                "provisional": s.provisional,
-            }
-        })
-    }
-
+    /// Rows are written straight from the Arrow columns (a result of many
+    /// rows would otherwise build a JSON tree first).
     pub fn to_json(&self) -> String {
-        self.to_json_value().to_string()
+        let columns: Vec<Value> = self.columns().into_iter().map(|(n, t)| json!({"name": n, "type": t})).collect();
+        let s = &self.stats;
+        let stats = json!({
+            "elapsed_ms": s.elapsed_ms,
+            "rows_scanned": s.rows_scanned,
+            "segments_scanned": s.segments_scanned,
+            "segments_pruned": s.segments_pruned,
+            "blocks_scanned": s.blocks_scanned,
+            "blocks_pruned": s.blocks_pruned,
+            "source": s.source,
+            "provisional": s.provisional,
+        });
+        let mut out = String::with_capacity(64 + self.num_rows() * 16 * self.schema.fields().len());
+        out.push_str("{\"columns\":");
+        out.push_str(&Value::Array(columns).to_string());
+        out.push_str(",\"rows\":[");
+        let mut first = true;
+        for b in &self.batches {
+            for i in 0..b.num_rows() {
+                out.push_str(if first { "[" } else { ",[" });
+                first = false;
+                for (j, a) in b.columns().iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    json_cell(a, i, &mut out);
+                }
+                out.push(']');
+            }
+        }
+        out.push_str("],\"stats\":");
+        out.push_str(&stats.to_string());
+        out.push('}');
+        out
     }
 
     /// CSV (RFC 4180) with a header row.

@@ -109,6 +109,25 @@ fn output_formats() {
     assert_eq!(json["columns"][1], serde_json::json!({"name": "m", "type": "timestamp"}));
     assert_eq!(json["rows"][0], serde_json::json!(["c, \"quoted\"", "2026-11-22T10:00:00Z", 48, 29.5]));
     assert_eq!(json["stats"]["source"], "events");
+    // Values of every type, written as JSON the way serde_json writes them.
+    let r = execute(
+        &s.snapshot(),
+        "SELECT 2.0 * 1.0 AS two, 0.1 AS tenth, 1e300 * 10.0 AS big, 0.0 / 0.0 AS nan, true AS t,          NULL AS n, 'a\"b\\c\n' AS s, -9223372036854775807 - 1 AS min FROM events LIMIT 1",
+        &opts(),
+    )
+    .expect("query");
+    let text = r.to_json();
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let want = serde_json::json!([2.0, 0.1, 1e301, null, true, null, "a\"b\\c\n", i64::MIN]);
+    assert_eq!(json["rows"][0], want, "{text}");
+    assert!(text.contains(&want.to_string()), "the same text as serde_json writes: {text}");
+    let r = execute(
+        &s.snapshot(),
+        "SELECT campaign_id, date_trunc('minute', ts) AS m, count(device) AS n, avg(cost_micros) AS a \
+         FROM events GROUP BY 1, 2 ORDER BY m LIMIT 2",
+        &opts(),
+    )
+    .expect("query");
     let csv = r.to_csv();
     assert_eq!(
         csv,

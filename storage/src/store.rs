@@ -206,15 +206,23 @@ pub(crate) fn open_segment(meta: &SegmentMeta, path: &std::path::Path) -> Result
     }
 }
 
+/// Segment lists built for one catalog version (see `Store::live_segments`).
+struct LiveCache {
+    catalog: Arc<Catalog>,
+    readers: usize,
+    segments: Arc<Vec<LiveSegment>>,
+    rollups: Arc<Vec<LiveSegment>>,
+}
+
 /// A consistent view of the store: the catalog, its open segments and the
 /// head chunks, all as of one instant. Cheap to take (clones of `Arc`s).
 #[derive(Clone)]
 pub struct Snapshot {
     pub catalog: Arc<Catalog>,
     /// Raw events segments.
-    pub segments: Vec<LiveSegment>,
+    pub segments: Arc<Vec<LiveSegment>>,
     /// Rollup segments (minute, hour, day).
-    pub rollups: Vec<LiveSegment>,
+    pub rollups: Arc<Vec<LiveSegment>>,
     pub head: Vec<(PartitionKey, HeadChunk)>,
     pub damaged: Vec<DamagedSegment>,
     /// Width of the time buckets the head is partitioned by.
@@ -242,7 +250,7 @@ impl Snapshot {
     /// not for queries (they scan, see [`crate::ScanRequest`]).
     pub fn read_events(&self) -> Result<Vec<EventBatch>> {
         let mut out = Vec::with_capacity(self.segments.len() + self.head.len());
-        for s in &self.segments {
+        for s in self.segments.iter() {
             out.push(s.reader.read_batch()?);
         }
         for (_, c) in &self.head {
@@ -362,6 +370,10 @@ struct Inner {
     /// (Day, raw segments) whose billing sums overflow an i64: no
     /// snapshot until the day's segments change.
     billing_skipped: Mutex<std::collections::HashSet<(i64, Vec<SegmentId>)>>,
+    /// The last snapshot's segment lists, reused while the catalog and
+    /// readers stay the same (a query on a store of many segments would
+    /// otherwise copy every segment's metadata).
+    live: Mutex<Option<LiveCache>>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -506,6 +518,7 @@ impl Store {
             rollup_skipped: Mutex::new(std::collections::HashSet::new()),
             merge_skipped: Mutex::new(std::collections::HashSet::new()),
             billing_skipped: Mutex::new(std::collections::HashSet::new()),
+            live: Mutex::new(None),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -524,12 +537,7 @@ impl Store {
     /// A consistent view of catalog, segments and head.
     pub fn snapshot(&self) -> Snapshot {
         let v = self.inner.visible.read();
-        let (segments, rollups) = v
-            .catalog
-            .segments
-            .values()
-            .filter_map(|m| v.readers.get(&m.id).map(|r| LiveSegment { meta: m.clone(), reader: r.clone() }))
-            .partition(|s| s.meta.level == Level::Raw);
+        let (segments, rollups) = self.live_segments(&v);
         Snapshot {
             catalog: v.catalog.clone(),
             segments,
@@ -539,6 +547,33 @@ impl Store {
             bucket_width_ms: self.inner.config.bucket_width_ms,
             data_dir: self.inner.data_dir.clone(),
         }
+    }
+
+    /// The open raw and rollup segments of `v`, built once per catalog
+    /// version: every change of the readers comes with a new catalog, or
+    /// (a damaged segment taken out) changes their number.
+    fn live_segments(&self, v: &Visible) -> (Arc<Vec<LiveSegment>>, Arc<Vec<LiveSegment>>) {
+        let mut cache = self.inner.live.lock();
+        if let Some(c) = cache.as_ref()
+            && Arc::ptr_eq(&c.catalog, &v.catalog)
+            && c.readers == v.readers.len()
+        {
+            return (c.segments.clone(), c.rollups.clone());
+        }
+        let (segments, rollups): (Vec<LiveSegment>, Vec<LiveSegment>) = v
+            .catalog
+            .segments
+            .values()
+            .filter_map(|m| v.readers.get(&m.id).map(|r| LiveSegment { meta: m.clone(), reader: r.clone() }))
+            .partition(|s| s.meta.level == Level::Raw);
+        let (segments, rollups) = (Arc::new(segments), Arc::new(rollups));
+        *cache = Some(LiveCache {
+            catalog: v.catalog.clone(),
+            readers: v.readers.len(),
+            segments: segments.clone(),
+            rollups: rollups.clone(),
+        });
+        (segments, rollups)
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {

@@ -230,7 +230,7 @@ impl Store {
     /// Returns the number of damaged segments found. The sealer thread runs
     /// this once at start, so a large store opens without waiting for it.
     pub fn verify_segments(&self) -> usize {
-        let live: Vec<LiveSegment> = self.snapshot().segments;
+        let live: Vec<LiveSegment> = self.snapshot().segments.to_vec();
         let bad: Vec<DamagedSegment> = self.inner.background.install(|| {
             live.par_iter()
                 .filter_map(|s| {

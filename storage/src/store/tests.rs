@@ -524,7 +524,7 @@ fn scan_prunes_by_time_and_dictionary() {
     store.seal_all().expect("seal");
     let snap = store.snapshot();
     let mut per_bucket: BTreeMap<i64, usize> = BTreeMap::new();
-    for s in &snap.segments {
+    for s in snap.segments.iter() {
         *per_bucket.entry(s.meta.partition.bucket_start_ms).or_default() += 1;
     }
     assert_eq!(per_bucket.len(), 4);

@@ -17,7 +17,7 @@
 //! (`derived_of`); the rollup task then rebuilds what the day lacks, and
 //! the day is merged again once it is final again.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::super::{Snapshot, Store, now_ms};
@@ -75,15 +75,30 @@ impl Store {
     fn days_to_merge<'a>(&self, snapshot: &'a Snapshot, defs: &'a [RollupDef]) -> Vec<DayMerge<'a>> {
         let catalog = &snapshot.catalog;
         let skipped = self.inner.merge_skipped.lock().clone();
+        // Each rollup's segments by the day of the raw segments they derive
+        // from: one pass over the catalog, not one per day.
+        let raw_day: HashMap<SegmentId, i64> =
+            catalog.segments_of(Level::Raw).map(|m| (m.id, day_of(m.partition.bucket_start_ms))).collect();
+        let mut by_day: HashMap<(i64, usize), Vec<&SegmentMeta>> = HashMap::new();
+        for m in catalog.segments.values().filter(|m| m.level != Level::Raw) {
+            let Some(day) = m.derived_from().next().and_then(|r| raw_day.get(&r)) else { continue };
+            for (i, _) in defs.iter().enumerate().filter(|(_, d)| is_of(m, d)) {
+                by_day.entry((*day, i)).or_default().push(m);
+            }
+        }
         let mut todo = Vec::new();
         for (day, raws) in self.final_days(catalog.segments_of(Level::Raw)) {
             let ids: BTreeSet<SegmentId> = raws.iter().map(|m| m.id).collect();
-            for def in defs.iter().filter(|d| !skipped.contains(&(day, d.name().to_string()))) {
-                let mine: Vec<&SegmentMeta> = catalog
-                    .segments
-                    .values()
-                    .filter(|m| is_of(m, def) && m.derived_from().all(|r| ids.contains(&r)))
+            for (i, def) in defs.iter().enumerate().filter(|(_, d)| !skipped.contains(&(day, d.name().to_string()))) {
+                let mine: Vec<&SegmentMeta> = by_day
+                    .get(&(day, i))
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter()
+                    .copied()
+                    .filter(|m| m.derived_from().all(|r| ids.contains(&r)))
                     .collect();
+                let by_source: HashMap<SegmentId, &SegmentMeta> =
+                    mine.iter().filter_map(|m| Some((m.source?, *m))).collect();
                 let merged: Vec<&SegmentMeta> = mine.iter().copied().filter(|m| !m.covers.is_empty()).collect();
                 let covered: BTreeSet<SegmentId> = merged.iter().flat_map(|m| m.covers.iter().copied()).collect();
                 if covered == ids {
@@ -97,7 +112,7 @@ impl Store {
                 let mut sources: Vec<SegmentId> = earlier.iter().map(|m| m.id).collect();
                 let mut complete = true;
                 for raw in ids.iter().filter(|r| !in_earlier.contains(r)) {
-                    match mine.iter().find(|m| m.source == Some(*raw)) {
+                    match by_source.get(raw) {
                         Some(m) => sources.push(m.id),
                         None => complete = false,
                     }
