@@ -248,19 +248,21 @@ fn for_each_in_rounds<T: Sync>(tasks: &[T], f: impl Fn(&T) -> Result<()> + Sync 
     tasks.chunks(round).try_for_each(|r| r.par_iter().try_for_each(&f))
 }
 
-/// The segments and head chunks a plan scans: none for `billing_daily`.
-fn plan_scan(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<ScanPlan> {
+/// The segments and head chunks a plan scans (none for `billing_daily`),
+/// and the rollup segments read instead of raw ones (see `rollup::plan`).
+fn plan_scan<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan) -> Result<(ScanPlan, rollup::Cover<'s>)> {
     if plan.logical.table == crate::plan::Table::BillingDaily {
-        return Ok(ScanPlan {
+        let none = ScanPlan {
             segments: Vec::new(),
             pruned: Vec::new(),
             blocks_total: 0,
             blocks_pruned: 0,
             head: Vec::new(),
             candidate_rows: 0,
-        });
+        };
+        return Ok((none, rollup::Cover::none()));
     }
-    Ok(snapshot.plan_scan(&plan.request)?)
+    rollup::plan(snapshot, plan)
 }
 
 /// Runs a plan; returns the result schema, batches and counters.
@@ -270,8 +272,7 @@ pub(crate) fn execute(
     opts: &QueryOptions,
     deadline: Instant,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, ExecStats)> {
-    let scan = plan_scan(snapshot, plan)?;
-    let cover = rollup::cover(snapshot, plan, &scan);
+    let (scan, cover) = plan_scan(snapshot, plan)?;
     let billed = billing::entries(snapshot, plan);
     let mut tasks: Vec<Task<'_>> = billed.iter().map(|b| Task::Billing(b)).collect();
     for s in scan.segments.iter().filter(|s| cover.of(s.segment.meta.id).is_none()) {
@@ -478,8 +479,7 @@ pub(crate) fn execute(
 /// `EXPLAIN`: the plan as (property, value) rows.
 pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let l = &plan.logical;
-    let scan = plan_scan(snapshot, plan)?;
-    let cover = rollup::cover(snapshot, plan, &scan);
+    let (scan, cover) = plan_scan(snapshot, plan)?;
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut push = |k: &str, v: String| rows.push((k.to_string(), v));
     push("table", l.table.name().to_string());
@@ -606,6 +606,24 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
             Some((k, name, format!("pruned: {why}")))
         }))
         .collect();
+    // Rollup segments merged from final days stand for their days' events
+    // segments, which are not planned.
+    for m in cover.merged() {
+        let r = m.meta.rollup.as_ref();
+        segs.push((
+            (m.meta.partition.bucket_start_ms, 0),
+            format!("segment {} (day {})", m.meta.id, &format_timestamp(m.meta.partition.bucket_start_ms)[..10]),
+            format!(
+                "{} rollup {} merged from the final day, read instead of its {} events segment(s): {} of {} blocks, {} rows",
+                r.map_or("?", |x| x.granularity.name()),
+                r.map_or("?", |x| x.name.as_str()),
+                m.meta.covers.len(),
+                rollup::blocks(m, plan).len(),
+                m.reader.num_blocks(),
+                m.meta.rows,
+            ),
+        ));
+    }
     segs.sort();
     for (_, name, what) in segs {
         push(&name, what);

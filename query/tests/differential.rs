@@ -1002,6 +1002,10 @@ fn check_final_days(
             })
             .collect();
         prop_assert!(reads.as_ref().is_some_and(|r| r.contains("day rollup")), "{sql}: {reads:?}\n{derived:#?}");
+        // Each merged segment read is listed in place of its day's events segments.
+        let listed =
+            plan.iter().any(|r| matches!(&r[1], V::Str(v) if v.contains("merged from the final day, read instead of")));
+        prop_assert!(listed, "{sql}: {plan:?}");
     }
     if let Some((hour, settled)) = reprocess {
         let bucket = BASE.div_euclid(3_600_000) * 3_600_000 + hour * 3_600_000;

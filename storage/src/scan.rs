@@ -187,12 +187,24 @@ pub struct ScanBatch {
 impl Snapshot {
     /// Decides which segments, blocks and rows a scan must read.
     pub fn plan_scan(&self, req: &ScanRequest) -> Result<ScanPlan> {
+        self.plan_scan_except(req, |_| false)
+    }
+
+    /// [`Snapshot::plan_scan`] without the segments of `skip` (read some
+    /// other way: a query on `metrics` reads rollup rows that hold them).
+    pub fn plan_scan_except(&self, req: &ScanRequest, skip: impl Fn(SegmentId) -> bool + Sync) -> Result<ScanPlan> {
         req.validate()?;
         // Never answer from a partial store: a damaged segment in range is an error.
         if let Some(d) = self.damaged.iter().find(|d| req.time_range.overlaps(d.meta.min_ts, d.meta.max_ts)) {
             return Err(StorageError::Damaged { id: d.meta.id, reason: d.error.clone() });
         }
-        let per_segment: Vec<Result<SegmentOutcome>> = self.segments.par_iter().map(|s| plan_segment(s, req)).collect();
+        let per_segment: Vec<Result<SegmentOutcome>> = self
+            .segments
+            .par_iter()
+            .with_min_len(64)
+            .filter(|s| !skip(s.meta.id))
+            .map(|s| plan_segment(s, req))
+            .collect();
         let mut plan = ScanPlan {
             segments: Vec::new(),
             pruned: Vec::new(),

@@ -186,7 +186,7 @@ pub struct DamagedSegment {
 /// A live segment: its catalog entry and its open reader.
 #[derive(Clone)]
 pub struct LiveSegment {
-    pub meta: SegmentMeta,
+    pub meta: Arc<SegmentMeta>,
     pub reader: Arc<SegmentReader>,
 }
 
@@ -564,7 +564,7 @@ impl Store {
             .catalog
             .segments
             .values()
-            .filter_map(|m| v.readers.get(&m.id).map(|r| LiveSegment { meta: m.clone(), reader: r.clone() }))
+            .filter_map(|m| v.readers.get(&m.id).map(|r| LiveSegment { meta: Arc::new(m.clone()), reader: r.clone() }))
             .partition(|s| s.meta.level == Level::Raw);
         let (segments, rollups) = (Arc::new(segments), Arc::new(rollups));
         *cache = Some(LiveCache {

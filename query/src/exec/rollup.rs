@@ -19,8 +19,8 @@
 //! minutes (the planner translates them). Raw segments a filter prunes have
 //! no rows the query wants, so neither do their minute segments.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 
 use adstore_storage::hll::Hll;
 use adstore_storage::measure::{DIMENSIONS, Measure};
@@ -43,9 +43,20 @@ pub(crate) struct Cover<'s> {
 }
 
 impl<'s> Cover<'s> {
+    /// No raw segment is read through a rollup.
+    pub(crate) fn none() -> Cover<'s> {
+        Cover { by_raw: HashMap::default() }
+    }
+
     /// The rollup segment read instead of raw segment `id`, if any.
     pub(crate) fn of(&self, id: SegmentId) -> Option<&'s LiveSegment> {
         self.by_raw.get(&id).copied()
+    }
+
+    /// Rollup segments merged from final days that are read, each once:
+    /// the raw segments they stand for are not in the scan plan.
+    pub(crate) fn merged(&self) -> Vec<&'s LiveSegment> {
+        self.reads().into_iter().filter(|s| !s.meta.covers.is_empty()).collect()
     }
 
     /// The rollup segments to read, each once.
@@ -72,7 +83,7 @@ impl<'s> Cover<'s> {
             .rev()
             .map(|((granularity, name), n)| format!("{} rollup {name} ({n} {})", granularity.name(), plural(n)))
             .collect();
-        let raw = scan.segments.len() - self.by_raw.len();
+        let raw = scan.segments.iter().filter(|s| self.of(s.segment.meta.id).is_none()).count();
         let mut events = Vec::new();
         if raw > 0 {
             events.push(format!("{raw} {}", plural(raw)));
@@ -143,19 +154,25 @@ fn answers_at(plan: &PhysicalPlan, width_ms: i64) -> bool {
             .all(|s| s.filter.as_ref().is_none_or(ok) && (s.measure.is_some() || s.arg.as_ref().is_none_or(ok)))
 }
 
-/// For every raw segment `scan` keeps, the rollup segment read instead:
-/// the smallest segment merged from its final day that answers the plan,
-/// else the smallest one written from it at seal; none when no rollup has
-/// every dimension the plan needs at a granularity that answers it. Empty
-/// unless the plan aggregates `metrics`.
+/// The raw segments a plan scans and, for `metrics`, the rollup segment
+/// read instead of each raw segment:
+/// 1. merged from a final day: the smallest such segment (coarser rows on a
+///    tie) whose rollup has every dimension the plan needs and whose
+///    granularity answers it, of a day whose events segments meet the time
+///    range; it stands for every events segment of its day, which are then
+///    not planned at all;
+/// 2. else, for each raw segment the scan keeps, the smallest segment
+///    written from it at seal that answers the plan;
+/// 3. else none: its events are read.
 ///
 /// A merged segment is read for all the raw segments it covers or for
-/// none, so no event is counted twice; it may cover raw segments the scan
-/// pruned, whose rows the same time range and filters drop from its rows.
-pub(crate) fn cover<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan, scan: &ScanPlan) -> Cover<'s> {
-    let mut by_raw = HashMap::new();
+/// none, so no event is counted twice; the raw segments it stands for that
+/// a filter would have pruned hold no rows the plan wants, and the same
+/// time range and filters drop their rows from its rows.
+pub(crate) fn plan<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan) -> Result<(ScanPlan, Cover<'s>)> {
+    let mut by_raw = HashMap::default();
     if plan.logical.table != Table::Metrics || plan.logical.aggregate.is_none() {
-        return Cover { by_raw };
+        return Ok((snapshot.plan_scan(&plan.request)?, Cover { by_raw }));
     }
     let needed: Vec<&str> = needed_dims(plan).iter().map(|c| c.name()).collect();
     let hourly = answers_at(plan, Granularity::Hour.width_ms());
@@ -170,31 +187,38 @@ pub(crate) fn cover<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan, scan: &Scan
                 }
         })
     };
-    let kept: HashSet<SegmentId> = scan.segments.iter().map(|s| s.segment.meta.id).collect();
+    let range = plan.request.time_range;
+    let in_range =
+        |id: &SegmentId| snapshot.catalog.segments.get(id).is_some_and(|m| range.overlaps(m.min_ts, m.max_ts));
     let mut merged: Vec<&'s LiveSegment> =
         snapshot.rollups.iter().filter(|s| !s.meta.covers.is_empty() && answers(s)).collect();
     // Fewest rows first; on a tie the coarser rows.
     merged.sort_by_key(|s| (s.meta.rows, std::cmp::Reverse(s.meta.level), s.meta.id));
     for m in merged {
         let covers = &m.meta.covers;
-        if covers.iter().any(|r| by_raw.contains_key(r)) || !covers.iter().any(|r| kept.contains(r)) {
+        if covers.iter().any(|r| by_raw.contains_key(r)) || !covers.iter().any(in_range) {
             continue;
         }
-        by_raw.extend(covers.iter().filter(|r| kept.contains(r)).map(|r| (*r, m)));
+        by_raw.extend(covers.iter().map(|r| (*r, m)));
     }
-    let mut children: HashMap<SegmentId, &'s LiveSegment> = HashMap::new();
-    for s in snapshot.rollups.iter().filter(|s| answers(s)) {
-        let Some(source) = s.meta.source else { continue };
+    let scan = snapshot.plan_scan_except(&plan.request, |id| by_raw.contains_key(&id))?;
+    let mut children: HashMap<SegmentId, &'s LiveSegment> = HashMap::default();
+    for s in snapshot.rollups.iter() {
+        let Some(source) = s.meta.source.filter(|r| !by_raw.contains_key(r)) else { continue };
+        if !answers(s) {
+            continue;
+        }
         if children.get(&source).is_none_or(|c| s.meta.rows < c.meta.rows) {
             children.insert(source, s);
         }
     }
-    for id in &kept {
-        if let (false, Some(child)) = (by_raw.contains_key(id), children.get(id)) {
-            by_raw.insert(*id, *child);
+    for s in &scan.segments {
+        let id = s.segment.meta.id;
+        if let Some(child) = children.get(&id) {
+            by_raw.insert(id, *child);
         }
     }
-    Cover { by_raw }
+    Ok((scan, Cover { by_raw }))
 }
 
 /// The blocks of `segment` that may hold rows the plan wants: by each

@@ -234,7 +234,7 @@ impl Store {
         let bad: Vec<DamagedSegment> = self.inner.background.install(|| {
             live.par_iter()
                 .filter_map(|s| {
-                    s.reader.verify().err().map(|e| DamagedSegment { meta: s.meta.clone(), error: e.to_string() })
+                    s.reader.verify().err().map(|e| DamagedSegment { meta: (*s.meta).clone(), error: e.to_string() })
                 })
                 .collect()
         });

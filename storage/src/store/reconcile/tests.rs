@@ -79,7 +79,7 @@ fn reconcile_agrees_with_a_built_store_and_names_a_wrong_segment() {
             id,
             rows: summary.rows,
             size_bytes: summary.size_bytes,
-            ..victim.meta.clone()
+            ..(*victim.meta).clone()
         })
         .expect("write");
     let wrong_id = wrong.0.id;
