@@ -592,7 +592,11 @@ class AdstoreServer:
         clock, so once appends stop for `storage.close_idle_ms` (60 s) every
         bucket closes and is re-sealed as final: the settled store the suite
         is timed on. (Waiting only for the buckets closed by event time let
-        the rest be finalized while the suite ran.)"""
+        the rest be finalized while the suite ran.) Final days are then merged
+        into hour and day rollup rows and snapshotted for billing: the store
+        is settled once `/v1/rollups` has nothing pending and no billing
+        snapshot is pending either, so that work does not run under the
+        suite."""
         t = time.perf_counter()
         sealed = None
         while True:
@@ -600,13 +604,26 @@ class AdstoreServer:
             if sealed is None and seg.get("head", {}).get("rows", 0) == 0:
                 sealed = time.perf_counter() - t
             all_final = all(s.get("is_final", False) for s in seg.get("segments", []))
-            if sealed is not None and seg.get("finalize_pending_buckets", 0) == 0 and all_final:
+            if sealed is not None and seg.get("finalize_pending_buckets", 0) == 0 and all_final \
+                    and self.rolled_up():
                 self.final_s = time.perf_counter() - t
                 return sealed
             if time.perf_counter() - t > timeout_s:
                 raise BenchError(f"adstore: head still holds {seg['head']['rows']} rows, "
                                  f"{seg.get('finalize_pending_buckets')} bucket(s) to finalize after {timeout_s} s")
             time.sleep(0.5)
+
+    def rolled_up(self) -> bool:
+        """Whether the rollup and billing tasks have caught up."""
+        rollups = self.get_json("/v1/rollups").get("rollups", [])
+        if not all(r.get("complete", True) for r in rollups):
+            return False
+        status, body = self.request("GET", "/metrics", None, {})
+        text = body.decode() if isinstance(body, bytes) else str(body)
+        for line in text.splitlines():
+            if line.startswith("adstore_billing_snapshots_pending "):
+                return float(line.split()[1]) == 0
+        return True
 
     def stop(self):
         if self.conn is not None:
@@ -885,7 +902,7 @@ def write_report(out: Path, ctx: dict) -> Path:
                      f"| {ld['rows']:,} | {fmt_bytes(ld['bytes_on_disk'])} | {fmt_bytes(ld['peak_rss_bytes'])} |")
     lines += ["",
               ("adstore: load = `adstore ingest --format ndjson` (acknowledged after fsync, deduplicated at ingest; the median of the runs above), "
-               "settle = waiting until the head is sealed into segments (the queries start once closed buckets are also re-sealed as final: \"final after\" above). " if "adstore" in ctx["loads"] else "") +
+               "settle = waiting until the head is sealed into segments (the queries start once closed buckets are also re-sealed as final, and final days merged into rollup rows and snapshotted for billing: \"final after\" above). " if "adstore" in ctx["loads"] else "") +
               "DuckDB: load = `CREATE TABLE AS` from "
               "`read_json` with `DISTINCT ON (publisher_id, type, event_id)` ordered by (advertiser_id, campaign_id, ts), "
               "settle = `CHECKPOINT`. chDB: load = `INSERT ... SELECT FROM file(JSONEachRow) LIMIT 1 BY "

@@ -291,7 +291,8 @@ class OtherCpu:
 
 def settle_state(server: AdstoreServer):
     """(settled, what was seen): head empty, nothing to finalize, every
-    segment final, every rollup of GET /v1/rollups complete."""
+    segment final, every rollup of GET /v1/rollups complete, no billing
+    snapshot pending."""
     seg = server.get_json("/v1/segments")
     roll = server.get_json("/v1/rollups").get("rollups", [])
     raw, rollup_segs = seg.get("segments", []), seg.get("rollups", [])
@@ -305,7 +306,7 @@ def settle_state(server: AdstoreServer):
                                                       "rows", "bytes", "complete")} for r in roll},
     }
     settled = (state["head_rows"] == 0 and state["finalize_pending_buckets"] == 0 and state["raw_not_final"] == 0
-               and all(r.get("complete") is True for r in roll))
+               and all(r.get("complete") is True for r in roll) and server.rolled_up())
     return settled, state
 
 
