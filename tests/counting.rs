@@ -131,7 +131,8 @@ impl Run {
     fn new() -> Run {
         let dir = tempfile::tempdir().expect("tempdir");
         let eo = Arc::new(ExactlyOnce::new(
-            Arc::new(DedupeIndex::new(DedupeConfig::default())),
+            // Sealed keys go to runs on disk every few hundred keys.
+            Arc::new(DedupeIndex::with_spill(DedupeConfig::default(), &dir.path().join("dedupe"), 300)),
             AttributionRules::default(),
             LATENESS_MS,
         ));
@@ -294,10 +295,12 @@ impl Run {
         oracle::assert_same(&expected, &report(&self.store));
         assert_same_metrics(&expected, &self.store);
         let Run { _dir: dir, store, eo, .. } = self;
+        assert!(eo.stats().dedupe_spilled.written > 0, "sealed keys went to runs on disk");
         store.close().expect("close");
         drop((store, eo));
         let eo = Arc::new(ExactlyOnce::new(
-            Arc::new(DedupeIndex::new(DedupeConfig::default())),
+            // Sealed keys go to runs on disk every few hundred keys.
+            Arc::new(DedupeIndex::with_spill(DedupeConfig::default(), &dir.path().join("dedupe"), 300)),
             AttributionRules::default(),
             LATENESS_MS,
         ));

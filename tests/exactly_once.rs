@@ -25,8 +25,17 @@ fn oracle_rules(r: &AttributionRules) -> oracle::Rules {
     }
 }
 
+/// Sealed keys go to runs on disk every few dozen keys, as the server's do
+/// every million: every test here also checks the runs' answers.
+const SPILL_KEYS: usize = 40;
+
+fn exactly_once(dir: &std::path::Path, rules: AttributionRules) -> Arc<ExactlyOnce> {
+    let dedupe = DedupeIndex::with_spill(DedupeConfig::default(), &dir.join("dedupe"), SPILL_KEYS);
+    Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, 86_400_000))
+}
+
 fn open(dir: &std::path::Path, rules: AttributionRules) -> (Store, Arc<ExactlyOnce>) {
-    let eo = Arc::new(ExactlyOnce::new(Arc::new(DedupeIndex::new(DedupeConfig::default())), rules, 86_400_000));
+    let eo = exactly_once(dir, rules);
     let config = StoreConfig { shards: 3, block_rows: 1024, ..StoreConfig::default() };
     let store = Store::open(dir, config, SealPipeline::new().with_stage(eo.clone())).expect("open store");
     (store, eo)
@@ -93,6 +102,9 @@ fn retries_restarts_and_finalization(sealed_before_restart: bool) {
             store.close().expect("close");
             drop(store);
             (store, eo) = open(dir.path(), rules());
+            if sealed_before_restart {
+                assert!(eo.stats().dedupe_spilled.keys > 0, "recovery wrote the sealed keys to runs");
+            }
             for retry in &batches[i - 2..=i] {
                 let s = eo.ingest(&store, &EventBatch::from_events(retry)).expect("retry");
                 assert_eq!(s.accepted, 0, "a retried batch must be all duplicates");
@@ -106,6 +118,7 @@ fn retries_restarts_and_finalization(sealed_before_restart: bool) {
     assert_eq!(duplicates, sent.len() + resent.len() - unique.len(), "duplicates answered");
 
     store.seal_all().expect("seal");
+    assert!(eo.stats().dedupe_spilled.runs > 0, "sealed keys went to runs on disk");
     // Provisional data already holds every event exactly once.
     let stored: usize = store.snapshot().read_events().expect("read").iter().map(|b| b.num_rows()).sum();
     assert_eq!(stored, unique.len(), "provisional segments hold each event once");
@@ -246,7 +259,7 @@ fn reprocessing_moves_numbers_exactly_as_the_oracle_says_and_atomically() {
 #[test]
 fn a_concurrent_sealer_never_lets_a_duplicate_through() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let eo = Arc::new(ExactlyOnce::new(Arc::new(DedupeIndex::new(DedupeConfig::default())), rules(), 86_400_000));
+    let eo = exactly_once(dir.path(), rules());
     let config = StoreConfig { seal_max_age_ms: 20, seal_interval_ms: 10, ..StoreConfig::default() };
     let store = Store::open(dir.path(), config, SealPipeline::new().with_stage(eo.clone())).expect("open");
     store.start_sealer().expect("sealer");
@@ -271,7 +284,7 @@ fn a_concurrent_sealer_never_lets_a_duplicate_through() {
 #[test]
 fn a_batch_refused_for_a_full_head_counts_once_when_sent_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let eo = Arc::new(ExactlyOnce::new(Arc::new(DedupeIndex::new(DedupeConfig::default())), rules(), 86_400_000));
+    let eo = exactly_once(dir.path(), rules());
     // Room for about one batch of 1,000 events.
     let config = StoreConfig { max_head_bytes: Some(100_000), ..StoreConfig::default() };
     let store = Store::open(dir.path(), config, SealPipeline::new().with_stage(eo.clone())).expect("open");

@@ -30,12 +30,16 @@ use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 mod flight;
+mod runs;
+mod spill;
 mod table;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use flight::Flight;
 use flight::{FlightKeys, Flights, Rewrite};
+use runs::Run;
+pub use spill::SpilledStats;
 use table::{EPOCHS, MAX_LOAD, PRESIZED_LOAD, SEALED, Shard, Tag, stored, tag};
 
 const SHARDS: usize = 64;
@@ -238,6 +242,9 @@ pub struct DedupeIndex {
     /// the newest event time it was checked against (`i64::MIN` until set).
     holds: Mutex<Vec<(u64, i64)>>,
     next_hold: AtomicU64,
+    /// Where sealed keys go once the table has enough of them (`None`:
+    /// every key stays in the table). See `spill.rs`.
+    spill: Option<spill::Spill>,
 }
 
 /// A request's claim on the keys its lateness check relied on: while it
@@ -284,6 +291,7 @@ impl DedupeIndex {
             swept_epoch: AtomicI64::new(i64::MIN),
             holds: Mutex::new(Vec::new()),
             next_hold: AtomicU64::new(0),
+            spill: None,
         }
     }
 
@@ -419,7 +427,7 @@ impl DedupeIndex {
         let mut blocked = None;
         // Few: only re-sends from outside the window.
         let mut rewritten: Vec<Rewrite> = Vec::new();
-        self.by_shard(keys, |shard, i, (key, ts)| {
+        self.by_shard(keys, |shard, runs, i, (key, ts)| {
             if blocked.is_some() {
                 return;
             }
@@ -428,7 +436,7 @@ impl DedupeIndex {
                 blocked = Some(key);
                 return;
             }
-            if found && self.within_window(tag(shard.slots[slot]), ts) {
+            if self.seen_within(shard, runs, slot, found, key, ts) {
                 state[i] = DUPLICATE;
                 return;
             }
@@ -558,9 +566,9 @@ impl DedupeIndex {
     pub fn admit(&self, keys: &[(u128, i64)]) -> Vec<bool> {
         let sweep = self.advance(keys);
         let mut verdicts = vec![false; keys.len()];
-        self.by_shard(keys, |shard, i, (key, ts)| {
+        self.by_shard(keys, |shard, runs, i, (key, ts)| {
             let (slot, found) = shard.find(key);
-            if found && self.within_window(tag(shard.slots[slot]), ts) {
+            if self.seen_within(shard, runs, slot, found, key, ts) {
                 verdicts[i] = true;
                 return;
             }
@@ -583,13 +591,27 @@ impl DedupeIndex {
     /// the caches: with one lock per key, each lookup's cache miss waited
     /// for the previous one (a lock is a full fence); under one lock the
     /// misses of consecutive keys overlap.
-    fn by_shard(&self, keys: &[(u128, i64)], f: impl FnMut(&mut Shard, usize, (u128, i64))) {
+    fn by_shard(&self, keys: &[(u128, i64)], f: impl FnMut(&mut Shard, &[Arc<Run>], usize, (u128, i64))) {
         self.in_shards(keys, true, f);
     }
 
+    /// Whether `key`, looked up in `shard` (`slot`, `found`), was recorded
+    /// with an event time in the window of `ts`: in the table if it is
+    /// there, else in the newest run that holds it.
+    fn seen_within(&self, shard: &Shard, runs: &[Arc<Run>], slot: usize, found: bool, key: u128, ts: i64) -> bool {
+        let recorded = if found { Some(tag(shard.slots[slot])) } else { self.spilled(runs, key, ts) };
+        recorded.is_some_and(|t| self.within_window(t, ts))
+    }
+
     /// [`DedupeIndex::by_shard`], making room for the keys only if `room`
-    /// (not for keys being removed).
-    fn in_shards(&self, keys: &[(u128, i64)], room: bool, mut f: impl FnMut(&mut Shard, usize, (u128, i64))) {
+    /// (not for keys being removed). `f` also gets the runs, read once
+    /// the shard is locked (see `spill.rs`).
+    fn in_shards(
+        &self,
+        keys: &[(u128, i64)],
+        room: bool,
+        mut f: impl FnMut(&mut Shard, &[Arc<Run>], usize, (u128, i64)),
+    ) {
         // A counting sort by shard, stable: keys of a shard stay in input order.
         let mut start = [0usize; SHARDS + 1];
         for (k, _) in keys {
@@ -611,12 +633,13 @@ impl DedupeIndex {
                 continue;
             }
             let mut shard = shard.lock();
+            let runs = self.runs_now();
             if room {
                 shard.reserve(run.len());
             }
             shard.touch(run.iter().map(|&i| keys[i as usize].0));
             for &i in run {
-                f(&mut shard, i as usize, keys[i as usize]);
+                f(&mut shard, &runs, i as usize, keys[i as usize]);
             }
         }
     }
@@ -628,7 +651,7 @@ impl DedupeIndex {
     /// forgets what it had added so far, and a lock and a lone cache miss
     /// per key made that 1.3% of the server's time in an Arrow load.
     pub fn forget(&self, keys: &[(u128, i64)]) {
-        self.in_shards(keys, false, |shard, _, (key, _)| {
+        self.in_shards(keys, false, |shard, _, _, (key, _)| {
             if shard.slots.is_empty() {
                 return;
             }
@@ -641,12 +664,15 @@ impl DedupeIndex {
 
     /// The exact check at seal: marks each key sealed and returns, for each,
     /// whether it was already sealed (a duplicate that must not be stored
-    /// twice) or repeats an earlier key of `keys`.
+    /// twice) or repeats an earlier key of `keys`. Every claim is closed by
+    /// [`DedupeIndex::claim_done`] once its seal commits or aborts (after
+    /// [`DedupeIndex::unclaim`]).
     pub fn claim(&self, keys: &[(u128, i64)]) -> Vec<bool> {
+        self.claim_begin();
         let sweep = self.advance(keys);
         let mut verdicts = vec![false; keys.len()];
         let mut seen = KeySet::with_capacity_and_hasher(keys.len(), KeyHash);
-        self.by_shard(keys, |shard, i, (key, ts)| {
+        self.by_shard(keys, |shard, runs, i, (key, ts)| {
             // Equal keys share a shard and keep their order: the first
             // occurrence is claimed, the others repeat it.
             if !seen.insert(key) {
@@ -654,7 +680,9 @@ impl DedupeIndex {
                 return;
             }
             let (slot, found) = shard.find(key);
-            if found && tag(shard.slots[slot]) & SEALED != 0 && self.within_window(tag(shard.slots[slot]), ts) {
+            // Runs hold sealed keys only.
+            let recorded = if found { Some(tag(shard.slots[slot])) } else { self.spilled(runs, key, ts) };
+            if recorded.is_some_and(|t| t & SEALED != 0 && self.within_window(t, ts)) {
                 verdicts[i] = true;
                 return;
             }
@@ -688,7 +716,7 @@ impl DedupeIndex {
     /// spread evenly over shards), so that loading them does not grow each
     /// table step by step: recovery knows its key count up front.
     pub fn reserve(&self, keys: usize) {
-        let room = shard_share(keys);
+        let room = shard_share(self.in_memory_at_most(keys));
         for shard in &self.shards {
             shard.lock().reserve(room);
         }
@@ -706,6 +734,7 @@ impl DedupeIndex {
         // Room for what every shard will hold at the end, not for its share
         // of `keys` on top of what it holds: a load announces the rest
         // with every request, and the slack of each share would add up.
+        let keys = self.in_memory_at_most(keys);
         let held: usize = self.shards.iter().map(|s| s.lock().len).sum();
         let max_slots = usize::try_from(max_bytes / (SHARDS * SLOT_BYTES) as u64).unwrap_or(usize::MAX);
         let target = shard_share(held.saturating_add(keys));
@@ -729,10 +758,16 @@ impl DedupeIndex {
         resize
     }
 
+    /// Of `keys` keys about to arrive, how many the table will hold at once:
+    /// with runs, about a spill's worth stay in memory.
+    fn in_memory_at_most(&self, keys: usize) -> usize {
+        self.spill.as_ref().map_or(keys, |s| keys.min(s.keys))
+    }
+
     /// Records keys known to be sealed (recovery from segments).
     pub fn insert_sealed(&self, keys: &[(u128, i64)]) {
         let sweep = self.advance(keys);
-        self.by_shard(keys, |shard, _, (key, ts)| {
+        self.by_shard(keys, |shard, _, _, (key, ts)| {
             let (i, found) = shard.find(key);
             if !found {
                 shard.len += 1;
@@ -757,18 +792,25 @@ impl DedupeIndex {
         self.sweep(self.ambiguous_jump(prev, epoch))
     }
 
+    /// How many epochs behind the newest a key is kept: the retention, and
+    /// the retention of the oldest time a request in flight was checked
+    /// against (everything while one is unset).
+    fn keep_epochs(&self) -> i64 {
+        let newest = self.newest_epoch.load(Ordering::Acquire);
+        let held = self.holds.lock().iter().map(|(_, ts)| *ts).min();
+        let behind = held.map_or(0, |ts| {
+            if ts == i64::MIN { i64::MAX } else { newest.saturating_sub(self.config.epoch_of(ts)).max(0) }
+        });
+        self.config.retention_epochs().saturating_add(behind)
+    }
+
     /// Rebuilds each shard without its expired keys, one shard at a time,
     /// so the extra memory is at most one shard's.
     fn sweep(&self, everything: bool) -> u64 {
         let newest = self.newest_epoch.load(Ordering::Acquire);
         self.swept_epoch.fetch_max(newest, Ordering::AcqRel);
-        // Keys within the retention of the oldest time a request in flight
-        // was checked against stay too (all of them while one is unset).
-        let held = self.holds.lock().iter().map(|(_, ts)| *ts).min();
-        let behind = held.map_or(0, |ts| {
-            if ts == i64::MIN { i64::MAX } else { newest.saturating_sub(self.config.epoch_of(ts)).max(0) }
-        });
-        let keep_epochs = self.config.retention_epochs().saturating_add(behind);
+        let keep_epochs = self.keep_epochs();
+        self.expire_runs(everything, keep_epochs);
         let mut dropped = 0u64;
         for shard in &self.shards {
             let mut shard = shard.lock();

@@ -38,7 +38,7 @@ use parking_lot::RwLock;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::dedupe::{DedupeIndex, Flight, batch_keys};
+use crate::dedupe::{DedupeIndex, Flight, SpilledStats, batch_keys};
 
 mod index;
 
@@ -111,6 +111,8 @@ pub struct ExactlyOnceStats {
     pub index_entries: u64,
     pub dedupe_keys: u64,
     pub dedupe_table_bytes: u64,
+    /// Sealed keys written to disk, and what they cost (see `DedupeIndex::with_spill`).
+    pub dedupe_spilled: SpilledStats,
 }
 
 /// The seal stage. Shared (`Arc`) between the store's pipeline and the
@@ -170,6 +172,7 @@ impl ExactlyOnce {
             index_entries: self.index.read().entries() as u64,
             dedupe_keys: d.keys,
             dedupe_table_bytes: d.table_bytes,
+            dedupe_spilled: self.dedupe.spilled_stats(),
         }
     }
 
@@ -467,6 +470,8 @@ impl SealStage for ExactlyOnce {
     /// the oldest bucket not yet final), read a few at a time in parallel,
     /// then from the replayed head.
     fn recover(&self, snapshot: &Snapshot, _sidecars: &SidecarReader) -> StorageResult<()> {
+        // The store holds the data directory's lock by now.
+        self.dedupe.clear_stale_runs().map_err(|source| StorageError::Io { path: "dedupe".into(), source })?;
         let head: Vec<EventBatch> = snapshot.head.iter().map(|(_, c)| c.batch()).collect::<StorageResult<_>>()?;
         let raw: Vec<&LiveSegment> = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).collect();
         let newest = raw
@@ -490,6 +495,7 @@ impl SealStage for ExactlyOnce {
                     let keys = batch_keys(batch);
                     keys_loaded += keys.len();
                     self.dedupe.insert_sealed(&keys);
+                    self.dedupe.spill_if_due().map_err(|source| StorageError::Io { path: "dedupe".into(), source })?;
                 }
                 let anchors: Vec<AnchorRef<'_>> = anchor_refs(batch)
                     .into_iter()
@@ -521,10 +527,55 @@ impl SealStage for ExactlyOnce {
     fn apply(&self, ctx: &SealContext<'_>, events: EventBatch) -> StorageResult<StageOutput> {
         self.observe(&events);
         let keys = batch_keys(&events);
+        let claimed = ctx.kind == SealKind::Seal;
+        match self.apply_claimed(ctx, events, &keys) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                // No `aborted` follows a stage's own failure: give the keys
+                // back here, or the events still in the head would be taken
+                // for duplicates of themselves at the next seal.
+                if claimed {
+                    self.dedupe.unclaim(&keys);
+                    self.dedupe.claim_done();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn committed(&self, ctx: &SealContext<'_>, _events: &EventBatch) {
+        if ctx.kind == SealKind::Seal {
+            self.dedupe.claim_done();
+        }
+        if let Err(e) = self.dedupe.spill_if_due() {
+            // The keys stay in memory, and a later seal tries again.
+            tracing::warn!(error = %e, "dedupe keys could not be written to disk");
+        }
+        self.expire(oldest_open_bucket(ctx.snapshot));
+    }
+
+    fn aborted(&self, ctx: &SealContext<'_>, events: &EventBatch) {
+        if ctx.kind == SealKind::Seal {
+            // The claimed keys go back to pending: the events are still in the head.
+            self.dedupe.unclaim(&batch_keys(events));
+            self.dedupe.claim_done();
+        }
+    }
+}
+
+impl ExactlyOnce {
+    /// [`SealStage::apply`] after the keys are read: the exact check (a
+    /// claim on a first seal), then attribution.
+    fn apply_claimed(
+        &self,
+        ctx: &SealContext<'_>,
+        events: EventBatch,
+        keys: &[(u128, i64)],
+    ) -> StorageResult<StageOutput> {
         // Exact dedupe. A first seal claims keys against everything sealed;
         // a re-seal only drops repeats within the events it rewrites.
         let dup: Vec<bool> = match ctx.kind {
-            SealKind::Seal => self.dedupe.claim(&keys),
+            SealKind::Seal => self.dedupe.claim(keys),
             SealKind::Final | SealKind::Reprocess | SealKind::Compact => {
                 let mut seen = HashSet::with_capacity(keys.len());
                 keys.iter().map(|(k, _)| !seen.insert(*k)).collect()
@@ -560,17 +611,6 @@ impl SealStage for ExactlyOnce {
             attribute(&events, &rules, &[&index])?
         };
         Ok(StageOutput { events, sidecars: Vec::new() })
-    }
-
-    fn committed(&self, ctx: &SealContext<'_>, _events: &EventBatch) {
-        self.expire(oldest_open_bucket(ctx.snapshot));
-    }
-
-    fn aborted(&self, ctx: &SealContext<'_>, events: &EventBatch) {
-        if ctx.kind == SealKind::Seal {
-            // The claimed keys go back to pending: the events are still in the head.
-            self.dedupe.unclaim(&batch_keys(events));
-        }
     }
 }
 

@@ -22,7 +22,9 @@ mod exactly_once;
 mod parse;
 
 pub use arrow::parse_arrow_ipc;
-pub use dedupe::{DedupeConfig, DedupeIndex, DedupeStats, Flight, Hold, TableResize, batch_keys, idempotency_key};
+pub use dedupe::{
+    DedupeConfig, DedupeIndex, DedupeStats, Flight, Hold, SpilledStats, TableResize, batch_keys, idempotency_key,
+};
 pub use error::IngestError;
 pub use exactly_once::{AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};
 pub use parse::rfc3339::parse_ms as parse_rfc3339_ms;

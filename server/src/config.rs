@@ -97,6 +97,12 @@ pub struct IngestConfig {
     /// sized for at startup and never shrinks below. Default 0: start empty
     /// and grow as keys arrive.
     pub dedupe_expected_keys: usize,
+    /// The dedupe index writes its sealed keys to sorted runs on disk
+    /// (`dedupe/` in the data directory) each time its table has gained
+    /// this many, so memory holds the head's keys and about this many
+    /// more, plus about 2.4 bytes of filter and fences per key on disk.
+    /// 0 keeps every key in memory. Default 1_000_000.
+    pub dedupe_spill_keys: usize,
     /// An `adstore-expected-events` announcement never sizes the dedupe
     /// index past the table for this many keys (nor past an eighth of the
     /// memory). 0: announcements are ignored. Default 20_000_000 (about
@@ -116,6 +122,7 @@ impl Default for IngestConfig {
             max_errors: 100,
             dedupe_window_ms: 86_400_000,
             dedupe_expected_keys: 0,
+            dedupe_spill_keys: 1_000_000,
             max_announced_events: 20_000_000,
             max_events_per_second_per_publisher: 0,
         }

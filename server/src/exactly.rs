@@ -30,6 +30,8 @@ use crate::extract::{JsonBody, PathParams};
 use crate::http::{AppState, now_ms};
 
 const RULES_FILE: &str = "attribution.json";
+/// Where the dedupe index's runs of sealed keys go.
+const DEDUPE_DIR: &str = "dedupe";
 
 /// Opens the store in `data_dir` with the exactly-once seal stage, using the
 /// persisted attribution rules if any (they win over the config file's,
@@ -50,7 +52,10 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
         expected_keys: config.ingest.dedupe_expected_keys,
     };
     check_dedupe_fits(&dedupe_config, mem_total_bytes())?;
-    let dedupe = DedupeIndex::new(dedupe_config);
+    let dedupe = match config.ingest.dedupe_spill_keys {
+        0 => DedupeIndex::new(dedupe_config),
+        keys => DedupeIndex::with_spill(dedupe_config, &data_dir.join(DEDUPE_DIR), keys),
+    };
     let eo = Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, lateness));
     let mut storage = config.storage.clone();
     storage.allowed_lateness_ms = lateness;

@@ -266,7 +266,7 @@ const SERIES: &[Series] = &[
     Series {
         name: "adstore_dedupe_keys",
         kind: Kind::Gauge,
-        help: "Idempotency keys held in the dedupe window.",
+        help: "Idempotency keys in the dedupe table in memory: pending ones, and sealed ones not yet written to disk.",
         value: |s| s.eo.dedupe_keys as f64,
     },
     Series {
@@ -274,6 +274,36 @@ const SERIES: &[Series] = &[
         kind: Kind::Gauge,
         help: "Bytes of the dedupe table.",
         value: |s| s.eo.dedupe_table_bytes as f64,
+    },
+    Series {
+        name: "adstore_dedupe_spilled_keys",
+        kind: Kind::Gauge,
+        help: "Sealed idempotency keys in runs on disk (a key spilled twice counts twice until a merge).",
+        value: |s| s.eo.dedupe_spilled.keys as f64,
+    },
+    Series {
+        name: "adstore_dedupe_spilled_keys_total",
+        kind: Kind::Counter,
+        help: "Sealed idempotency keys written to runs on disk.",
+        value: |s| s.eo.dedupe_spilled.written as f64,
+    },
+    Series {
+        name: "adstore_dedupe_runs",
+        kind: Kind::Gauge,
+        help: "Runs of sealed keys on disk.",
+        value: |s| s.eo.dedupe_spilled.runs as f64,
+    },
+    Series {
+        name: "adstore_dedupe_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Memory of the dedupe index: the table, and the filters and fences of the runs on disk.",
+        value: |s| (s.eo.dedupe_table_bytes + s.eo.dedupe_spilled.memory_bytes) as f64,
+    },
+    Series {
+        name: "adstore_dedupe_disk_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of the runs of sealed keys on disk.",
+        value: |s| s.eo.dedupe_spilled.disk_bytes as f64,
     },
     Series {
         name: "adstore_attribution_index_entries",

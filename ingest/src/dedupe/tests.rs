@@ -643,3 +643,118 @@ fn kept_from_matches_what_expiry_keeps() {
     assert_eq!(idx.admit(&[(at("kept"), floor)]), vec![true], "kept at the floor");
     assert_eq!(idx.admit(&[(at("gone"), floor - 48 * 60_000)]), vec![false], "expired before it");
 }
+
+/// What a test does to two indexes at once.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Events (id, event time in 10-minute steps from the newest so far).
+    Admit(Vec<(u16, i64)>),
+    /// A seal of the oldest `take` pending events, committed or aborted.
+    Seal {
+        take: usize,
+        commit: bool,
+    },
+    Expire,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop::collection::vec((0u16..400, -144i64..6), 1..30).prop_map(Op::Admit),
+        2 => (1usize..60, prop::bool::weighted(0.8)).prop_map(|(take, commit)| Op::Seal { take, commit }),
+        1 => Just(Op::Expire),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// An index that writes its sealed keys to runs on disk every few keys
+    /// gives every answer an index holding every key in memory gives:
+    /// admits and claims over days of event time with late events, seals
+    /// that abort, expiry, and runs merged on the way.
+    #[test]
+    fn a_spilling_index_answers_like_one_in_memory(ops in prop::collection::vec(op(), 1..120), spill_keys in 1usize..40) {
+        let dir = tempfile::tempdir().expect("dir");
+        let memory = DedupeIndex::new(DedupeConfig::default());
+        let spilling = DedupeIndex::with_spill(DedupeConfig::default(), dir.path(), spill_keys);
+        const STEP: i64 = 600_000;
+        let mut now = 1_000i64;
+        let mut pending: Vec<(u128, i64)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Admit(events) => {
+                    let keys: Vec<(u128, i64)> = events
+                        .iter()
+                        .map(|&(id, d)| {
+                            now = now.max(now + d);
+                            let ts = (now + d.min(0)) * STEP;
+                            (idempotency_key("p", EventType::Click, &id.to_string()), ts)
+                        })
+                        .collect();
+                    let want = memory.admit(&keys);
+                    prop_assert_eq!(&spilling.admit(&keys), &want, "admit {:?}", keys);
+                    pending.extend(keys.iter().zip(&want).filter(|(_, d)| !**d).map(|(k, _)| *k));
+                }
+                Op::Seal { take, commit } => {
+                    let sealed: Vec<(u128, i64)> = pending.drain(..take.min(pending.len())).collect();
+                    let want = memory.claim(&sealed);
+                    prop_assert_eq!(&spilling.claim(&sealed), &want, "claim");
+                    if commit {
+                        for idx in [&memory, &spilling] {
+                            idx.claim_done();
+                            idx.spill_if_due().expect("spill");
+                        }
+                    } else {
+                        let claimed: Vec<(u128, i64)> =
+                            sealed.iter().zip(&want).filter(|(_, d)| !**d).map(|(k, _)| *k).collect();
+                        for idx in [&memory, &spilling] {
+                            idx.unclaim(&claimed);
+                            idx.claim_done();
+                        }
+                        pending.splice(0..0, claimed);
+                    }
+                }
+                Op::Expire => {
+                    memory.expire(now * STEP);
+                    spilling.expire(now * STEP);
+                }
+            }
+        }
+        // Every key held in memory by one is in the other's memory or runs.
+        let s = spilling.stats();
+        prop_assert!(s.keys <= memory.stats().keys);
+    }
+}
+
+/// Once sealed keys are written to runs, memory holds a few bytes per
+/// key, and the runs still find every duplicate.
+#[test]
+fn spilled_keys_cost_little_memory_and_are_still_found() {
+    let dir = tempfile::tempdir().expect("dir");
+    let idx = DedupeIndex::with_spill(DedupeConfig::default(), dir.path(), 100_000);
+    let keys: Vec<(u128, i64)> = (0..1_000_000u32)
+        .map(|i| (idempotency_key("p", EventType::Impression, &i.to_string()), 40 * H + i64::from(i)))
+        .collect();
+    for chunk in keys.chunks(50_000) {
+        assert!(idx.admit(chunk).iter().all(|d| !d));
+        assert!(idx.claim(chunk).iter().all(|d| !d));
+        idx.claim_done();
+        idx.spill_if_due().expect("spill");
+    }
+    let (table, runs) = (idx.stats(), idx.spilled_stats());
+    assert!(runs.keys >= 900_000, "{runs:?}");
+    assert!(runs.runs <= 6, "runs merge: {runs:?}");
+    let per_key = (table.table_bytes + runs.memory_bytes) as f64 / 1_000_000.0;
+    assert!(per_key <= 4.0, "{per_key} bytes of memory per key: {table:?} {runs:?}");
+    assert!(idx.admit(&keys).iter().all(|d| *d), "every re-send is a duplicate");
+    assert!(idx.claim(&keys).iter().all(|d| *d), "and the seal's check drops it");
+    idx.claim_done();
+    // A seal that aborts leaves nothing on disk: its keys stay pending.
+    let late = [(idempotency_key("p", EventType::Impression, "new"), 41 * H)];
+    assert_eq!(idx.admit(&late), vec![false]);
+    assert_eq!(idx.claim(&late), vec![false]);
+    idx.unclaim(&late);
+    idx.claim_done();
+    assert_eq!(idx.claim(&late), vec![false], "still pending, claimed again");
+    idx.claim_done();
+}
