@@ -5,14 +5,25 @@
 #   benches/run.sh [--events N] [--quick] [--engines adstore,duckdb,chdb] [--threads 2]
 #                  [--runs 5] [--publish]
 #   benches/run.sh --suite longrange [--events N] [--span 30d] [--engines adstore,chdb] ...
+#   benches/run.sh --suite sustained [--events N] [--span 3d] [--label L]
+#                  [--config-extra SECTION.KEY=VALUE]... [--busy-file FILE]
 #
 #   --suite      default (the dashboard suite, benches/queries.toml, two days of events), or
 #                longrange (issue 23: benches/longrange.toml on 30 days of events, adstore
 #                `metrics` vs `events` vs chDB's hourly rollup; see benches/longrange.py;
-#                report in benches/out/longrange/)
-#   --events N   events to generate (default 10000000)
+#                report in benches/out/longrange/), or
+#                sustained (days of events pushed at full speed into one server with a 1 GiB head:
+#                rates, settle time, RSS and dedupe gauges per event day, disk per event; see
+#                benches/sustained.py; report in benches/out/sustained/LABEL/)
+#   --events N   events to generate (default 10000000; sustained: 60000000)
 #   --quick      1000000 events (for development)
-#   --span Nd    days the generated events span (longrange only; default 30d)
+#   --span Nd    days the generated events span (longrange: default 30d; sustained: 3d)
+#   --label L    sustained: the run's name, its directory under benches/out/sustained/
+#   --config-extra SECTION.KEY=VALUE
+#                sustained: a setting added to the server's config (repeatable), e.g.
+#                ingest.dedupe_spill_keys=0
+#   --busy-file F
+#                sustained: a file that exists while the timed run is on (not while building)
 #   --engines    comma-separated subset of adstore,duckdb,chdb (default all three;
 #                longrange: adstore,chdb)
 #   --threads    threads each engine may use (default 2)
@@ -33,12 +44,13 @@ repo="$(cd "$here/.." && pwd)"
 cmdline="benches/run.sh $*"
 
 suite=default
-events=10000000
+events=
 span=
 engines=
 threads=2
 runs=5
 publish=()
+sustained=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --suite) suite="$2"; shift 2 ;;
@@ -55,19 +67,30 @@ while [[ $# -gt 0 ]]; do
     --runs) runs="$2"; shift 2 ;;
     --runs=*) runs="${1#*=}"; shift ;;
     --publish) publish=(--publish); shift ;;
+    --label|--config-extra|--busy-file) sustained+=("$1" "$2"); shift 2 ;;
+    --label=*|--config-extra=*|--busy-file=*) sustained+=("$1"); shift ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ ${#sustained[@]} -eq 0 || "$suite" == sustained ]] \
+  || { echo "run.sh: --label, --config-extra and --busy-file are for --suite sustained" >&2; exit 2; }
 case "$suite" in
   default)
+    events="${events:-10000000}"
     engines="${engines:-adstore,duckdb,chdb}"
     [[ -z "$span" ]] || { echo "run.sh: --span is for --suite longrange (the default suite spans 2d)" >&2; exit 2; } ;;
   longrange)
+    events="${events:-10000000}"
     engines="${engines:-adstore,chdb}"
     span="${span:-30d}"
     [[ ${#publish[@]} -eq 0 ]] || { echo "run.sh: --publish is for the default suite" >&2; exit 2; } ;;
-  *) echo "run.sh: unknown suite $suite (default or longrange)" >&2; exit 2 ;;
+  sustained)
+    events="${events:-60000000}"
+    span="${span:-3d}"
+    [[ -z "$engines" && ${#publish[@]} -eq 0 ]] \
+      || { echo "run.sh: --engines and --publish are not for --suite sustained (adstore alone)" >&2; exit 2; } ;;
+  *) echo "run.sh: unknown suite $suite (default, longrange or sustained)" >&2; exit 2 ;;
 esac
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
@@ -80,6 +103,17 @@ target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 bin="$target_dir/release/adstore"
 [[ -x "$bin" ]] || { echo "run.sh: no binary at $bin" >&2; exit 2; }
+
+# The sustained suite needs only the standard library: no virtualenv.
+if [[ "$suite" == sustained ]]; then
+  set +e
+  python3 "$here/sustained.py" run --bin "$bin" --events "$events" --span "$span" \
+    --command-line "$cmdline" "${sustained[@]}"
+  status=$?
+  set -e
+  log "finished in $(( $(date +%s) - t0 )) s (exit $status)"
+  exit $status
+fi
 
 # 2. The virtualenv, (re)installed when requirements.txt changes.
 venv="$here/.venv"
