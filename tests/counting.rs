@@ -127,15 +127,18 @@ struct Run {
     arrivals: Mutex<Arrivals>,
 }
 
+/// The seal stage, its state on disk early: sealed keys go to runs every
+/// few hundred keys, impressions and clicks to parts every few hundred.
+fn exactly_once(dir: &std::path::Path) -> Arc<ExactlyOnce> {
+    let dedupe = DedupeIndex::with_spill(DedupeConfig::default(), &dir.join("dedupe"), 300);
+    let eo = ExactlyOnce::new(Arc::new(dedupe), AttributionRules::default(), LATENESS_MS);
+    Arc::new(eo.with_attribution_spill(&dir.join("attribution"), 200))
+}
+
 impl Run {
     fn new() -> Run {
         let dir = tempfile::tempdir().expect("tempdir");
-        let eo = Arc::new(ExactlyOnce::new(
-            // Sealed keys go to runs on disk every few hundred keys.
-            Arc::new(DedupeIndex::with_spill(DedupeConfig::default(), &dir.path().join("dedupe"), 300)),
-            AttributionRules::default(),
-            LATENESS_MS,
-        ));
+        let eo = exactly_once(dir.path());
         let config = StoreConfig {
             fsync: false,
             allowed_lateness_ms: LATENESS_MS,
@@ -296,14 +299,10 @@ impl Run {
         assert_same_metrics(&expected, &self.store);
         let Run { _dir: dir, store, eo, .. } = self;
         assert!(eo.stats().dedupe_spilled.written > 0, "sealed keys went to runs on disk");
+        assert!(eo.stats().attribution_parts.written > 0, "anchors went to parts on disk");
         store.close().expect("close");
         drop((store, eo));
-        let eo = Arc::new(ExactlyOnce::new(
-            // Sealed keys go to runs on disk every few hundred keys.
-            Arc::new(DedupeIndex::with_spill(DedupeConfig::default(), &dir.path().join("dedupe"), 300)),
-            AttributionRules::default(),
-            LATENESS_MS,
-        ));
+        let eo = exactly_once(dir.path());
         let store =
             Store::open(dir.path(), StoreConfig::default(), SealPipeline::new().with_stage(eo)).expect("reopen");
         oracle::assert_same(&expected, &report(&store));

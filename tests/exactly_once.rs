@@ -28,10 +28,13 @@ fn oracle_rules(r: &AttributionRules) -> oracle::Rules {
 /// Sealed keys go to runs on disk every few dozen keys, as the server's do
 /// every million: every test here also checks the runs' answers.
 const SPILL_KEYS: usize = 40;
+/// Impressions and clicks go to parts on disk every few dozen, likewise.
+const SPILL_ANCHORS: usize = 30;
 
 fn exactly_once(dir: &std::path::Path, rules: AttributionRules) -> Arc<ExactlyOnce> {
     let dedupe = DedupeIndex::with_spill(DedupeConfig::default(), &dir.join("dedupe"), SPILL_KEYS);
-    Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, 86_400_000))
+    let eo = ExactlyOnce::new(Arc::new(dedupe), rules, 86_400_000);
+    Arc::new(eo.with_attribution_spill(&dir.join("attribution"), SPILL_ANCHORS))
 }
 
 fn open(dir: &std::path::Path, rules: AttributionRules) -> (Store, Arc<ExactlyOnce>) {
@@ -119,6 +122,7 @@ fn retries_restarts_and_finalization(sealed_before_restart: bool) {
 
     store.seal_all().expect("seal");
     assert!(eo.stats().dedupe_spilled.runs > 0, "sealed keys went to runs on disk");
+    assert!(eo.stats().attribution_parts.written > 0, "anchors went to parts on disk");
     // Provisional data already holds every event exactly once.
     let stored: usize = store.snapshot().read_events().expect("read").iter().map(|b| b.num_rows()).sum();
     assert_eq!(stored, unique.len(), "provisional segments hold each event once");

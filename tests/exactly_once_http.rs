@@ -74,7 +74,7 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
         &config,
         format!(
             "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\nshards = 3\n\n\
-             [ingest]\ndedupe_spill_keys = {SPILL_KEYS}\n\n\
+             [ingest]\ndedupe_spill_keys = {SPILL_KEYS}\nattribution_spill_entries = {SPILL_ANCHORS}\n\n\
              [attribution]\nbot_ua_hashes = [\"{BOT_UA_HASH}\"]\n"
         ),
     )
@@ -157,16 +157,17 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     );
     assert!(duplicates >= sent.len() - unique.len());
 
-    // Sealed keys went to runs on disk, and a retry of the whole stream
-    // finds every key (in the table or a run): nothing is stored again.
-    let runs_dir = data.join("dedupe");
+    // Sealed keys went to runs and anchors to parts on disk, and a retry of
+    // the whole stream finds every key (in the table or a run): nothing is
+    // stored again.
     wait_for_runs(&agent, &server.url);
     let resend: usize = batches.iter().map(|b| post(&agent, &server.url, b).expect("resend").accepted).sum();
     assert_eq!(resend, 0, "a resent stream stores nothing");
     // A second server on the same data directory is refused by the lock
-    // and leaves the running server's runs alone.
-    let runs_before = run_files(&runs_dir);
-    assert!(!runs_before.is_empty(), "runs in {}", runs_dir.display());
+    // and leaves the running server's runs and parts alone.
+    let runs_before = [files(&data.join("dedupe"), "keys"), files(&data.join("attribution"), "attr")].concat();
+    assert!(runs_before.iter().any(|p| p.extension().is_some_and(|e| e == "attr")), "attribution parts");
+    assert!(runs_before.iter().any(|p| p.extension().is_some_and(|e| e == "keys")), "dedupe runs");
     let second = Command::new(ADSTORE)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
@@ -177,7 +178,7 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
         .status()
         .expect("second serve");
     assert!(!second.success(), "a second server on a locked data directory must not start");
-    assert!(runs_before.iter().all(|p| p.exists()), "the refused server deleted runs of the running one");
+    assert!(runs_before.iter().all(|p| p.exists()), "the refused server deleted runs or parts of the running one");
     let resend: usize = batches.iter().map(|b| post(&agent, &server.url, b).expect("resend").accepted).sum();
     assert_eq!(resend, 0, "a resent stream stores nothing after the refused start");
 
@@ -204,8 +205,11 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
 /// Sealed keys the server writes to a run each time its table gains this
 /// many: small, so that runs are written, merged and read back many times.
 const SPILL_KEYS: usize = 400;
+/// Impressions and clicks go to parts on disk every this many, likewise.
+const SPILL_ANCHORS: usize = 300;
 
-/// Waits until `/metrics` shows spilled keys in at least one run.
+/// Waits until `/metrics` shows spilled keys in at least one run and
+/// anchors in at least one attribution part.
 fn wait_for_runs(agent: &ureq::Agent, url: &str) {
     let gauge = |text: &str, name: &str| {
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
@@ -217,18 +221,21 @@ fn wait_for_runs(agent: &ureq::Agent, url: &str) {
             .ok()
             .and_then(|mut r| r.body_mut().read_to_string().ok())
             .unwrap_or_default();
-        if gauge(&text, "adstore_dedupe_runs") > 0.0 && gauge(&text, "adstore_dedupe_spilled_keys") > 0.0 {
+        let runs = gauge(&text, "adstore_dedupe_runs") > 0.0 && gauge(&text, "adstore_dedupe_spilled_keys") > 0.0;
+        if runs && gauge(&text, "adstore_attribution_parts") > 0.0 {
             assert!(gauge(&text, "adstore_dedupe_disk_bytes") > 0.0, "runs take disk:\n{text}");
+            assert!(gauge(&text, "adstore_attribution_disk_bytes") > 0.0, "parts take disk:\n{text}");
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("no dedupe runs after 10 s");
+    panic!("no dedupe runs or attribution parts after 10 s");
 }
 
-fn run_files(dir: &Path) -> Vec<std::path::PathBuf> {
+/// The files of `dir` with extension `ext`.
+fn files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "keys")).collect()
+    entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == ext)).collect()
 }
 
 fn json(agent: &ureq::Agent, method: &str, url: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {

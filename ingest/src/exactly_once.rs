@@ -41,8 +41,11 @@ use serde::{Deserialize, Serialize};
 use crate::dedupe::{DedupeIndex, Flight, SpilledStats, batch_keys};
 
 mod index;
+mod parts;
 
-use index::{AnchorRef, AttributionIndex, h, last_touch_in};
+use index::{AnchorRef, AttributionIndex, Touches, h, last_touch_in};
+pub use parts::AttributionPartStats;
+use parts::AttributionSpill;
 
 /// Attribution and invalid-traffic rules: a named, versioned configuration.
 /// A change of rules bumps `version`; reprocessing re-applies them.
@@ -113,6 +116,10 @@ pub struct ExactlyOnceStats {
     pub dedupe_table_bytes: u64,
     /// Sealed keys written to disk, and what they cost (see `DedupeIndex::with_spill`).
     pub dedupe_spilled: SpilledStats,
+    /// Anchors moved to parts on disk (see [`ExactlyOnce::with_attribution_spill`]).
+    pub attribution_parts: AttributionPartStats,
+    /// Bytes of memory the anchors held in memory take.
+    pub attribution_memory_bytes: u64,
 }
 
 /// The seal stage. Shared (`Arc`) between the store's pipeline and the
@@ -122,6 +129,8 @@ pub struct ExactlyOnce {
     dedupe: Arc<DedupeIndex>,
     rules: RwLock<Arc<AttributionRules>>,
     index: RwLock<AttributionIndex>,
+    /// Where anchors go once memory holds enough of them; `None` keeps all in memory.
+    spill: Option<AttributionSpill>,
     /// Held (shared) by a request from its append until its anchors are
     /// indexed; a seal takes it (exclusive) for a moment before it
     /// attributes, so that every event in its snapshot has been indexed.
@@ -141,12 +150,27 @@ impl ExactlyOnce {
             dedupe,
             rules: RwLock::new(Arc::new(rules)),
             index: RwLock::new(AttributionIndex::default()),
+            spill: None,
             indexing: RwLock::new(()),
             allowed_lateness_ms,
             newest_ts: AtomicI64::new(i64::MIN),
             expired_at_ts: AtomicI64::new(i64::MIN),
             duplicates_at_seal: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps at most about `entries` impressions and clicks indexed in
+    /// memory: past that, a committed seal moves them to parts on disk in
+    /// `dir` (sorted by id and by user, mapped, see `parts.rs`). Nothing is
+    /// read or written there until recovery empties it or the first spill.
+    pub fn with_attribution_spill(mut self, dir: &std::path::Path, entries: usize) -> ExactlyOnce {
+        self.spill = Some(AttributionSpill::new(dir, entries));
+        self
+    }
+
+    /// Moves anchors to disk if due; an error leaves them in memory.
+    fn spill_anchors(&self) -> std::io::Result<()> {
+        self.spill.as_ref().map_or(Ok(()), |s| s.spill_if_due(&self.index))
     }
 
     pub fn dedupe(&self) -> &Arc<DedupeIndex> {
@@ -167,12 +191,15 @@ impl ExactlyOnce {
 
     pub fn stats(&self) -> ExactlyOnceStats {
         let d = self.dedupe.stats();
+        let index = self.index.read();
         ExactlyOnceStats {
             duplicates_at_seal: self.duplicates_at_seal.load(Ordering::Relaxed),
-            index_entries: self.index.read().entries() as u64,
+            index_entries: index.entries() as u64,
             dedupe_keys: d.keys,
             dedupe_table_bytes: d.table_bytes,
             dedupe_spilled: self.dedupe.spilled_stats(),
+            attribution_parts: self.spill.as_ref().map(|s| s.stats(&index)).unwrap_or_default(),
+            attribution_memory_bytes: index.live.memory_bytes() as u64,
         }
     }
 
@@ -472,6 +499,9 @@ impl SealStage for ExactlyOnce {
     fn recover(&self, snapshot: &Snapshot, _sidecars: &SidecarReader) -> StorageResult<()> {
         // The store holds the data directory's lock by now.
         self.dedupe.clear_stale_runs().map_err(|source| StorageError::Io { path: "dedupe".into(), source })?;
+        if let Some(spill) = &self.spill {
+            spill.clear_stale().map_err(|source| StorageError::Io { path: "attribution".into(), source })?;
+        }
         let head: Vec<EventBatch> = snapshot.head.iter().map(|(_, c)| c.batch()).collect::<StorageResult<_>>()?;
         let raw: Vec<&LiveSegment> = snapshot.segments.iter().filter(|s| s.meta.level == Level::Raw).collect();
         let newest = raw
@@ -504,6 +534,7 @@ impl SealStage for ExactlyOnce {
                 anchors_loaded += anchors.len();
                 self.index.write().insert_all(anchors);
             }
+            self.spill_anchors().map_err(|source| StorageError::Io { path: "attribution".into(), source })?;
         }
         if newest != i64::MIN {
             self.index.write().expire(imp_floor, click_floor);
@@ -550,6 +581,10 @@ impl SealStage for ExactlyOnce {
         if let Err(e) = self.dedupe.spill_if_due() {
             // The keys stay in memory, and a later seal tries again.
             tracing::warn!(error = %e, "dedupe keys could not be written to disk");
+        }
+        if let Err(e) = self.spill_anchors() {
+            // The anchors stay in memory (a frozen part) until they expire.
+            tracing::warn!(error = %e, "attribution anchors could not be written to disk");
         }
         self.expire(oldest_open_bucket(ctx.snapshot));
     }
@@ -683,12 +718,12 @@ fn oldest_open_bucket(snapshot: &Snapshot) -> Option<i64> {
 
 /// The impression with id hash `id`, from the first index that has it.
 fn impression_in(indexes: &[&AttributionIndex], id: u64) -> Option<(i64, u64)> {
-    indexes.iter().find_map(|x| x.impressions.get(&id).copied())
+    indexes.iter().find_map(|x| x.impression(id))
 }
 
 /// The click with id hash `id`, from the first index that has it.
 fn click_in(indexes: &[&AttributionIndex], id: u64) -> Option<i64> {
-    indexes.iter().find_map(|x| x.clicks.get(&id).copied())
+    indexes.iter().find_map(|x| x.click(id))
 }
 
 /// Fills `attributed`, `attributed_to` and `invalid_reason` for events
@@ -730,7 +765,7 @@ fn attribute(
                         .filter(|(t, a)| *a == ad_h && *t <= ts[i] && *t >= lo)
                         .map(|(t, _)| (t, id.to_string())),
                     None => opt_str(user, i)
-                        .and_then(|u| last_touch_in(indexes, |x| &x.imp_by_user, (h(u), ad_h), lo, ts[i]))
+                        .and_then(|u| last_touch_in(indexes, Touches::Impressions, (h(u), ad_h), lo, ts[i]))
                         .map(|t| (t.ts, t.id.to_string())),
                 };
                 let who = opt_str(user, i).or_else(|| opt_str(ip, i)).map(h);
@@ -766,7 +801,7 @@ fn attribute(
                 let found: Option<String> = match opt_str(click_id, i) {
                     Some(id) => click_in(indexes, h(id)).filter(|t| *t <= ts[i] && *t >= lo).map(|_| id.to_string()),
                     None => opt_str(user, i)
-                        .and_then(|u| last_touch_in(indexes, |x| &x.click_by_user, (h(u), h(adv.value(i))), lo, ts[i]))
+                        .and_then(|u| last_touch_in(indexes, Touches::Clicks, (h(u), h(adv.value(i))), lo, ts[i]))
                         .map(|t| t.id.to_string()),
                 };
                 if let Some(id) = found {

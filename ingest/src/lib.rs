@@ -26,6 +26,6 @@ pub use dedupe::{
     DedupeConfig, DedupeIndex, DedupeStats, Flight, Hold, SpilledStats, TableResize, batch_keys, idempotency_key,
 };
 pub use error::IngestError;
-pub use exactly_once::{AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};
+pub use exactly_once::{AttributionPartStats, AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};
 pub use parse::rfc3339::parse_ms as parse_rfc3339_ms;
 pub use parse::{LineError, ParseOptions, ParseOutcome, parse_json_array, parse_ndjson};

@@ -103,6 +103,13 @@ pub struct IngestConfig {
     /// more, plus about 2.4 bytes of filter and fences per key on disk.
     /// 0 keeps every key in memory. Default 1_000_000.
     pub dedupe_spill_keys: usize,
+    /// The attribution index moves its impressions and clicks to parts on
+    /// disk (`attribution/` in the data directory, sorted by id and by
+    /// user, read through mmap) each time memory holds this many, so
+    /// memory holds about this many plus about 2.4 bytes of filter and
+    /// fences per anchor on disk. 0 keeps every anchor in memory.
+    /// Default 1_000_000.
+    pub attribution_spill_entries: usize,
     /// An `adstore-expected-events` announcement never sizes the dedupe
     /// index past the table for this many keys (nor past an eighth of the
     /// memory). 0: announcements are ignored. Default 20_000_000 (about
@@ -123,6 +130,7 @@ impl Default for IngestConfig {
             dedupe_window_ms: 86_400_000,
             dedupe_expected_keys: 0,
             dedupe_spill_keys: 1_000_000,
+            attribution_spill_entries: 1_000_000,
             max_announced_events: 20_000_000,
             max_events_per_second_per_publisher: 0,
         }

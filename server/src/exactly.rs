@@ -32,6 +32,8 @@ use crate::http::{AppState, now_ms};
 const RULES_FILE: &str = "attribution.json";
 /// Where the dedupe index's runs of sealed keys go.
 const DEDUPE_DIR: &str = "dedupe";
+/// Where the attribution index's parts go.
+const ATTRIBUTION_DIR: &str = "attribution";
 
 /// Opens the store in `data_dir` with the exactly-once seal stage, using the
 /// persisted attribution rules if any (they win over the config file's,
@@ -56,7 +58,11 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
         0 => DedupeIndex::new(dedupe_config),
         keys => DedupeIndex::with_spill(dedupe_config, &data_dir.join(DEDUPE_DIR), keys),
     };
-    let eo = Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules, lateness));
+    let eo = ExactlyOnce::new(Arc::new(dedupe), rules, lateness);
+    let eo = Arc::new(match config.ingest.attribution_spill_entries {
+        0 => eo,
+        entries => eo.with_attribution_spill(&data_dir.join(ATTRIBUTION_DIR), entries),
+    });
     let mut storage = config.storage.clone();
     storage.allowed_lateness_ms = lateness;
     storage.rollups = config.rollup_defs()?;

@@ -308,8 +308,32 @@ const SERIES: &[Series] = &[
     Series {
         name: "adstore_attribution_index_entries",
         kind: Kind::Gauge,
-        help: "Impressions and clicks held for attribution.",
+        help: "Impressions and clicks held for attribution, in memory and on disk (one in two parts until they merge counts twice).",
         value: |s| s.eo.index_entries as f64,
+    },
+    Series {
+        name: "adstore_attribution_parts",
+        kind: Kind::Gauge,
+        help: "Parts of the attribution index on disk (or being written).",
+        value: |s| s.eo.attribution_parts.parts as f64,
+    },
+    Series {
+        name: "adstore_attribution_spilled_entries_total",
+        kind: Kind::Counter,
+        help: "Impressions and clicks moved from memory to parts on disk.",
+        value: |s| s.eo.attribution_parts.written as f64,
+    },
+    Series {
+        name: "adstore_attribution_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Memory of the attribution index: its maps and runs, and the filters and fences of its parts on disk.",
+        value: |s| (s.eo.attribution_memory_bytes + s.eo.attribution_parts.memory_bytes) as f64,
+    },
+    Series {
+        name: "adstore_attribution_disk_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of the attribution index's parts on disk.",
+        value: |s| s.eo.attribution_parts.disk_bytes as f64,
     },
     Series {
         name: "adstore_block_cache_bytes",

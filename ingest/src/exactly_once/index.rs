@@ -1,5 +1,6 @@
 //! The attribution index: impressions and clicks within their windows, by
-//! id and by (user_key, scope) for last touch, held in memory.
+//! id and by (user_key, scope) for last touch: the newest in memory, the
+//! rest in parts on disk (`parts.rs`).
 //!
 //! By id, anchors are in hash maps sharded by the top bits of the id's
 //! hash; a request's anchors go in shard by shard
@@ -11,8 +12,12 @@
 //! in a hash map of every impression took a cache miss and an allocation
 //! per impression on the acknowledgement path; a run takes neither.
 
+use std::sync::Arc;
+
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
+
+use super::parts::Part;
 
 use adstore_storage::EventType;
 
@@ -87,13 +92,39 @@ impl<K: ShardKey, V> Sharded<K, V> {
     pub fn len(&self) -> usize {
         self.shards.iter().map(FxHashMap::len).sum()
     }
+
+    /// Bytes of memory the tables hold (a slot per capacity plus its control byte).
+    fn memory_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.capacity() * (std::mem::size_of::<(K, V)>() + 1)).sum()
+    }
+
+    /// Every entry, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
 }
 
 /// Impressions and clicks within their windows: every one acknowledged
 /// (inserted at ingest, once its append is durable; at open, from the
-/// sidecars and the replayed head),
+/// segments and the replayed head),
 /// and older ones while a bucket that is not final yet may need them.
+/// The newest are in memory ([`Live`]); older ones in parts taken out of
+/// memory ([`Part`], see `parts.rs`), looked up newest first.
+#[derive(Default)]
 pub(super) struct AttributionIndex {
+    pub live: Live,
+    /// Impression parts, then click parts ([`Touches`] as index), oldest first.
+    pub parts: [Vec<Arc<Part>>; 2],
+    /// Impressions older than this may have been dropped ([`AttributionIndex::expire`]);
+    /// `i64::MIN` while none was.
+    pub imp_floor: i64,
+    /// Clicks older than this may have been dropped.
+    pub click_floor: i64,
+}
+
+/// The anchors indexed in memory.
+#[derive(Default)]
+pub(super) struct Live {
     /// impression_id → (ts, ad hash)
     pub impressions: Sharded<u64, (i64, u64)>,
     /// (user_key, ad_id) → impressions, for last-touch clicks.
@@ -102,23 +133,49 @@ pub(super) struct AttributionIndex {
     pub clicks: Sharded<u64, i64>,
     /// (user_key, advertiser_id) → clicks, for last-touch conversions.
     pub click_by_user: TouchRuns,
-    /// Impressions older than this may have been dropped ([`AttributionIndex::expire`]);
-    /// `i64::MIN` while none was.
-    pub imp_floor: i64,
-    /// Clicks older than this may have been dropped.
-    pub click_floor: i64,
 }
 
-impl Default for AttributionIndex {
-    fn default() -> AttributionIndex {
-        AttributionIndex {
-            impressions: Sharded::default(),
-            imp_by_user: TouchRuns::default(),
-            clicks: Sharded::default(),
-            click_by_user: TouchRuns::default(),
-            imp_floor: i64::MIN,
-            click_floor: i64::MIN,
+/// Which anchors a last-touch lookup looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Touches {
+    /// Impressions by (user_key, ad_id), for clicks.
+    Impressions,
+    /// Clicks by (user_key, advertiser_id), for conversions.
+    Clicks,
+}
+
+impl Touches {
+    pub const BOTH: [Touches; 2] = [Touches::Impressions, Touches::Clicks];
+}
+
+impl Live {
+    pub fn entries(&self) -> usize {
+        self.impressions.len() + self.clicks.len()
+    }
+
+    /// The newest anchor of kind `which` (`i64::MIN` if none).
+    pub fn max_ts(&self, which: Touches) -> i64 {
+        match which {
+            Touches::Impressions => self.impressions.iter().map(|(_, (ts, _))| *ts).max(),
+            Touches::Clicks => self.clicks.iter().map(|(_, ts)| *ts).max(),
         }
+        .unwrap_or(i64::MIN)
+    }
+
+    pub fn touches(&self, which: Touches) -> &TouchRuns {
+        match which {
+            Touches::Impressions => &self.imp_by_user,
+            Touches::Clicks => &self.click_by_user,
+        }
+    }
+
+    /// Bytes of memory the maps and runs hold (ids longer than a
+    /// `CompactString` keeps inline, 24 bytes, are not counted).
+    pub fn memory_bytes(&self) -> usize {
+        self.impressions.memory_bytes()
+            + self.clicks.memory_bytes()
+            + self.imp_by_user.memory_bytes()
+            + self.click_by_user.memory_bytes()
     }
 }
 
@@ -136,13 +193,7 @@ impl ById {
     }
 }
 
-impl AttributionIndex {
-    /// Indexes one impression (scope: its ad) or click (scope: its advertiser).
-    #[cfg(test)]
-    fn insert(&mut self, a: AnchorRef<'_>) {
-        self.insert_all([a]);
-    }
-
+impl Live {
     /// Indexes many anchors: by id shard by shard, by user as one run each.
     pub fn insert_all<'a>(&mut self, anchors: impl IntoIterator<Item = AnchorRef<'a>>) {
         let mut by_id = Vec::new();
@@ -175,26 +226,82 @@ impl AttributionIndex {
     }
 
     /// Drops impressions before `imp_floor` and clicks before `click_floor`.
-    pub fn expire(&mut self, imp_floor: i64, click_floor: i64) {
-        self.imp_floor = self.imp_floor.max(imp_floor);
-        self.click_floor = self.click_floor.max(click_floor);
+    fn expire(&mut self, imp_floor: i64, click_floor: i64) {
         self.impressions.retain(|_, (ts, _)| *ts >= imp_floor);
         self.clicks.retain(|_, ts| *ts >= click_floor);
         self.imp_by_user.expire(imp_floor);
         self.click_by_user.expire(click_floor);
     }
+}
 
-    pub fn entries(&self) -> usize {
-        self.impressions.len() + self.clicks.len()
+impl AttributionIndex {
+    /// Indexes one impression (scope: its ad) or click (scope: its advertiser).
+    #[cfg(test)]
+    pub fn insert(&mut self, a: AnchorRef<'_>) {
+        self.live.insert_all([a]);
     }
+
+    /// Indexes many anchors in memory (see [`Live::insert_all`]).
+    pub fn insert_all<'a>(&mut self, anchors: impl IntoIterator<Item = AnchorRef<'a>>) {
+        self.live.insert_all(anchors);
+    }
+
+    /// Drops impressions before `imp_floor` and clicks before `click_floor`:
+    /// in memory one by one, on disk whole parts whose newest is older
+    /// (merges drop the rest, see `parts.rs`).
+    pub fn expire(&mut self, imp_floor: i64, click_floor: i64) {
+        self.imp_floor = self.imp_floor.max(imp_floor);
+        self.click_floor = self.click_floor.max(click_floor);
+        self.live.expire(imp_floor, click_floor);
+        for (which, floor) in [(Touches::Impressions, imp_floor), (Touches::Clicks, click_floor)] {
+            self.parts[which as usize].retain(|p| p.max_ts(which) >= floor);
+        }
+    }
+
+    /// Impressions and clicks indexed, in memory and in parts (an anchor
+    /// in two parts until they merge counts twice).
+    pub fn entries(&self) -> usize {
+        self.live.entries() + self.parts_entries()
+    }
+
+    pub fn parts_entries(&self) -> usize {
+        Touches::BOTH.iter().flat_map(|&w| self.parts[w as usize].iter().map(move |p| p.entries(w))).sum()
+    }
+
+    /// The impression with id hash `id`: (ts, ad hash), from memory, else
+    /// the newest part that has it.
+    pub fn impression(&self, id: u64) -> Option<(i64, u64)> {
+        self.live.impressions.get(&id).copied().or_else(|| {
+            self.parts[Touches::Impressions as usize].iter().rev().find_map(|p| p.anchor(Touches::Impressions, id))
+        })
+    }
+
+    /// The time of the click with id hash `id`.
+    pub fn click(&self, id: u64) -> Option<i64> {
+        self.live.clicks.get(&id).copied().or_else(|| {
+            self.parts[Touches::Clicks as usize].iter().rev().find_map(|p| p.anchor(Touches::Clicks, id).map(|a| a.0))
+        })
+    }
+
+    /// The latest touch under `key` with `lo <= ts <= hi` (by ts, then id),
+    /// in memory and in every part.
+    pub fn last_touch(&self, which: Touches, key: (u64, u64), lo: i64, hi: i64) -> Option<Touch> {
+        let parts = self.parts[which as usize].iter().filter_map(|p| p.last_touch(which, key, lo, hi));
+        self.live.touches(which).last_touch(key, lo, hi).into_iter().chain(parts).max_by(latest)
+    }
+}
+
+/// Orders touches by time, then id.
+fn latest(a: &Touch, b: &Touch) -> std::cmp::Ordering {
+    (a.ts, a.id.as_str()).cmp(&(b.ts, b.id.as_str()))
 }
 
 /// One touch under its (user_key, scope) key, as runs hold it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct RunEntry {
-    key: (u64, u64),
-    ts: i64,
-    id: CompactString,
+    pub key: (u64, u64),
+    pub ts: i64,
+    pub id: CompactString,
 }
 
 /// Touches by (user_key, scope): sorted runs, each sorted by (key, ts, id)
@@ -250,6 +357,18 @@ impl TouchRuns {
     fn len(&self) -> usize {
         self.runs.iter().map(Vec::len).sum()
     }
+
+    /// Every touch, sorted by (key, ts, id), once.
+    pub fn sorted(&self) -> Vec<&RunEntry> {
+        let mut all: Vec<&RunEntry> = self.runs.iter().flatten().collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.runs.iter().map(|r| r.capacity() * std::mem::size_of::<RunEntry>()).sum()
+    }
 }
 
 /// The sorted union of two sorted runs, without repeats.
@@ -279,15 +398,12 @@ fn merge(a: Vec<RunEntry>, b: Vec<RunEntry>) -> Vec<RunEntry> {
 /// indexes (by ts, then id).
 pub(super) fn last_touch_in(
     indexes: &[&AttributionIndex],
-    by: impl Fn(&AttributionIndex) -> &TouchRuns,
+    which: Touches,
     key: (u64, u64),
     lo: i64,
     hi: i64,
 ) -> Option<Touch> {
-    indexes
-        .iter()
-        .filter_map(|x| by(x).last_touch(key, lo, hi))
-        .max_by(|a, b| (a.ts, a.id.as_str()).cmp(&(b.ts, b.id.as_str())))
+    indexes.iter().filter_map(|x| x.last_touch(which, key, lo, hi)).max_by(latest)
 }
 
 #[cfg(test)]
@@ -369,13 +485,12 @@ mod tests {
         all.insert_all(anchors.iter().copied());
         assert_eq!(one.entries(), all.entries());
         for a in &anchors {
-            assert_eq!(one.impressions.get(&h(a.id)), all.impressions.get(&h(a.id)));
-            assert_eq!(one.clicks.get(&h(a.id)), all.clicks.get(&h(a.id)));
+            assert_eq!(one.impression(h(a.id)), all.impression(h(a.id)));
+            assert_eq!(one.click(h(a.id)), all.click(h(a.id)));
             if let Some(u) = a.user_key {
                 let key = (h(u), h(a.scope));
-                let by_user: [fn(&AttributionIndex) -> &TouchRuns; 2] = [|x| &x.imp_by_user, |x| &x.click_by_user];
-                for by in by_user {
-                    let got = |x: &AttributionIndex| by(x).last_touch(key, 0, 1000).map(|t| (t.ts, t.id));
+                for which in Touches::BOTH {
+                    let got = |x: &AttributionIndex| x.last_touch(which, key, 0, 1000).map(|t| (t.ts, t.id));
                     assert_eq!(got(&one), got(&all));
                 }
             }
