@@ -541,7 +541,7 @@ class AdstoreServer:
         data_dir.mkdir(parents=True)
         self.data_dir = data_dir
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKIO_WORKER_THREADS=str(threads))
-        env.setdefault("RUST_LOG", "warn")
+        env.setdefault("ADSTORE_LOG", "warn")
         self.log = open(log_path, "w")
         # fsync is on by default (storage.fsync = true); no config file overrides it.
         cmd = [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"]

@@ -672,6 +672,7 @@ impl DedupeIndex {
         let sweep = self.advance(keys);
         let mut verdicts = vec![false; keys.len()];
         let mut seen = KeySet::with_capacity_and_hasher(keys.len(), KeyHash);
+        let mut sealed = 0usize;
         self.by_shard(keys, |shard, runs, i, (key, ts)| {
             // Equal keys share a shard and keep their order: the first
             // occurrence is claimed, the others repeat it.
@@ -691,9 +692,18 @@ impl DedupeIndex {
             }
             shard.slots[slot] = stored(key, self.epoch_tag(ts) | SEALED);
             shard.noted(self.config.epoch_of(ts));
+            sealed += 1;
         });
+        self.sealed_more(sealed);
         self.sweep_due(sweep);
         verdicts
+    }
+
+    /// Counts keys sealed into the table towards the next spill.
+    fn sealed_more(&self, keys: usize) {
+        if let Some(spill) = &self.spill {
+            spill.sealed_since.fetch_add(keys, Ordering::AcqRel);
+        }
     }
 
     /// Undoes [`DedupeIndex::claim`] for a seal that did not commit: the
@@ -775,6 +785,7 @@ impl DedupeIndex {
             shard.slots[i] = stored(key, self.epoch_tag(ts) | SEALED);
             shard.noted(self.config.epoch_of(ts));
         });
+        self.sealed_more(keys.len());
         self.sweep_due(sweep);
     }
 

@@ -98,9 +98,9 @@ pub struct IngestConfig {
     /// and grow as keys arrive.
     pub dedupe_expected_keys: usize,
     /// The dedupe index writes its sealed keys to sorted runs on disk
-    /// (`dedupe/` in the data directory) each time its table has gained
-    /// this many, so memory holds the head's keys and about this many
-    /// more, plus about 2.4 bytes of filter and fences per key on disk.
+    /// (`dedupe/` in the data directory) each time this many have been
+    /// sealed since the last time, so memory holds the head's keys and
+    /// about this many more, plus about 2.4 bytes of filter and fences per key on disk.
     /// 0 keeps every key in memory. Default 1_000_000.
     pub dedupe_spill_keys: usize,
     /// The attribution index moves its impressions and clicks to parts on

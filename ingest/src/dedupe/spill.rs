@@ -3,7 +3,7 @@
 //! whole window.
 //!
 //! ```text
-//!  seal commits ──► spill_if_due: the table grew by `spill_keys` since the last spill?
+//!  seal commits ──► spill_if_due: `spill_keys` keys sealed since the last spill?
 //!                     1. gate closed (no seal between claim and commit): copy the sealed slots
 //!                     2. gate open; write them as a run; the run joins the list
 //!                     3. each copied slot still unchanged in the table is removed
@@ -32,8 +32,9 @@ pub(super) struct Spill {
     pub runs: RwLock<Runs>,
     /// Keys the table may gain between two spills.
     pub keys: usize,
-    /// Table keys right after the last spill.
-    after_last: AtomicUsize,
+    /// Keys sealed into the table (claimed, or loaded sealed at recovery)
+    /// since the last spill copied the sealed ones out.
+    pub sealed_since: AtomicUsize,
     gate: Mutex<Gate>,
     opened: Condvar,
     /// One spill or merge at a time.
@@ -55,7 +56,7 @@ impl Spill {
         Spill {
             runs: RwLock::new(Runs::new(dir)),
             keys: keys.max(1),
-            after_last: AtomicUsize::new(0),
+            sealed_since: AtomicUsize::new(0),
             gate: Mutex::new(Gate::default()),
             opened: Condvar::new(),
             work: Mutex::new(()),
@@ -139,8 +140,10 @@ impl DedupeIndex {
     /// claim and commit (else a later call does it). Then merges runs.
     pub fn spill_if_due(&self) -> std::io::Result<()> {
         let Some(spill) = &self.spill else { return Ok(()) };
-        let held = self.stats().keys as usize;
-        if held < spill.after_last.load(Ordering::Acquire).saturating_add(spill.keys) {
+        // Sealed keys, not all keys: keys pending in a full head are
+        // sealed in place later, and a trigger on the table's growth left
+        // millions of them in memory once a load ended.
+        if spill.sealed_since.load(Ordering::Acquire) < spill.keys {
             return Ok(());
         }
         let Some(_work) = spill.work.try_lock() else { return Ok(()) };
@@ -151,16 +154,16 @@ impl DedupeIndex {
             }
             gate.copying = true;
         }
+        // No claim can seal a key while the gate is closed.
         let copied = self.copy_sealed();
+        spill.sealed_since.store(0, Ordering::Release);
         spill.gate.lock().copying = false;
         spill.opened.notify_all();
         let newest = self.newest_epoch.load(Ordering::Acquire);
-        let result = self.write_run(spill, copied.clone(), newest).and_then(|()| {
+        self.write_run(spill, copied.clone(), newest).and_then(|()| {
             self.remove_copied(&copied);
             self.merge_runs(spill)
-        });
-        spill.after_last.store(self.stats().keys as usize, Ordering::Release);
-        result
+        })
     }
 
     /// Every sealed slot of the table, sorted.

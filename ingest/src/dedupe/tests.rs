@@ -758,3 +758,25 @@ fn spilled_keys_cost_little_memory_and_are_still_found() {
     assert_eq!(idx.claim(&late), vec![false], "still pending, claimed again");
     idx.claim_done();
 }
+
+/// A load acknowledged ahead of its seals (a full head of pending keys,
+/// sealed later in place) still leaves memory: spills count sealed keys,
+/// not the table's growth, which stops once the load ends.
+#[test]
+fn keys_sealed_after_the_load_ends_still_go_to_runs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let idx = DedupeIndex::with_spill(DedupeConfig::default(), dir.path(), 1_000);
+    let keys: Vec<(u128, i64)> = (0..20_000u32)
+        .map(|i| (idempotency_key("p", EventType::Click, &i.to_string()), 40 * H + i64::from(i)))
+        .collect();
+    assert!(idx.admit(&keys).iter().all(|d| !d), "the whole load is acknowledged first");
+    for chunk in keys.chunks(500) {
+        assert!(idx.claim(chunk).iter().all(|d| !d));
+        idx.claim_done();
+        idx.spill_if_due().expect("spill");
+    }
+    let (table, runs) = (idx.stats(), idx.spilled_stats());
+    assert!(table.keys <= 1_000, "at most a spill's worth of sealed keys stays in memory: {table:?} {runs:?}");
+    assert!(runs.keys >= 19_000, "{runs:?}");
+    assert!(idx.admit(&keys).iter().all(|d| *d), "every re-send is a duplicate");
+}
