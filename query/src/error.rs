@@ -90,6 +90,7 @@ impl QueryError {
             QueryError::TooManyGroups { .. } => "too_many_groups",
             QueryError::MemoryLimit { .. } => "memory_limit",
             QueryError::ResultTooLarge { .. } => "result_too_large",
+            QueryError::Storage(StorageError::Expired(_)) => "retention_expired",
             QueryError::Storage(_) => "storage",
             QueryError::Arrow(_) => "internal",
             QueryError::Internal(_) => "internal",
@@ -100,7 +101,9 @@ impl QueryError {
     /// server answers these with 400 (timeouts and limits included, since
     /// a narrower query succeeds).
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, QueryError::Storage(_) | QueryError::Arrow(_) | QueryError::Internal(_))
+        // A range retention deleted is the query's to narrow.
+        matches!(self, QueryError::Storage(StorageError::Expired(_)))
+            || !matches!(self, QueryError::Storage(_) | QueryError::Arrow(_) | QueryError::Internal(_))
     }
 
     /// Where in the SQL text the problem is, when known.

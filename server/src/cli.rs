@@ -14,6 +14,7 @@
 mod gen_cmd;
 mod ingest;
 mod reconcile;
+mod retention;
 mod serve;
 mod sql;
 
@@ -43,6 +44,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Compare a server's rollups and billing snapshots with its raw events.
     Reconcile(reconcile::ReconcileArgs),
+    /// Show or change a server's retention policy.
+    Retention(retention::RetentionArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Ingest(args) => ingest::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Reconcile(args) => reconcile::run(args),
+        Command::Retention(args) => retention::run(args),
     };
     match result {
         Ok(code) => code,

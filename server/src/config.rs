@@ -27,6 +27,10 @@ pub struct Config {
     /// Absent: the default set (`RollupDef::defaults`); `rollups = []`:
     /// none.
     pub rollups: Option<Vec<RollupConfig>>,
+    /// `[retention.raw]`, `[retention.minute]`, …: how long each level is
+    /// kept. A policy set later through `PUT /v1/retention` is persisted in
+    /// the data directory and wins over this one. Default: everything forever.
+    pub retention: adstore_storage::retention::RetentionPolicy,
 }
 
 /// One `[[rollups]]` table.
@@ -253,6 +257,7 @@ impl Config {
         self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;
         self.query.validate()?;
         self.rollup_defs()?;
+        self.retention.validate(self.ingest.allowed_lateness_ms).map_err(ServerError::Config)?;
         Ok(())
     }
 }

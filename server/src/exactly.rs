@@ -66,6 +66,7 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     let mut storage = config.storage.clone();
     storage.allowed_lateness_ms = lateness;
     storage.rollups = config.rollup_defs()?;
+    storage.retention = config.retention;
     storage.max_head_bytes.get_or_insert_with(|| default_head_limit(mem_total_bytes()));
     let store = Store::open(data_dir, storage, SealPipeline::new().with_stage(eo.clone()))?;
     Ok((store, eo))

@@ -94,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/billing/daily", get(crate::billing::billing_daily))
         .route("/v1/reconcile", get(crate::reconcile::reconcile))
         .route("/v1/attribution", get(crate::exactly::get_rules).put(crate::exactly::put_rules))
+        .route("/v1/retention", get(crate::retention::get_retention).put(crate::retention::put_retention))
         .route("/v1/reprocess", post(crate::exactly::start_reprocess))
         .route("/v1/reprocess/{id}", get(crate::exactly::get_reprocess))
         .route("/v1/events", ingest_route(None))

@@ -16,6 +16,7 @@ mod http;
 mod metrics;
 mod ratelimit;
 mod reconcile;
+mod retention;
 mod sql;
 
 pub use config::{Config, HttpConfig, IngestConfig};

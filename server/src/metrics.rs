@@ -349,6 +349,18 @@ const SERIES: &[Series] = &[
     },
 ];
 
+/// Series by level and tier: (name, help, value from segments and bytes).
+type LevelSeries = (&'static str, &'static str, fn(u64, u64) -> u64);
+
+const LEVEL_SERIES: [LevelSeries; 2] = [
+    (
+        "adstore_level_segments",
+        "Segments in the catalog by level (raw, minute, hour, day) and tier (local; expired: raw events retention deleted, kept as an entry while rollups derive from them).",
+        |segments, _| segments,
+    ),
+    ("adstore_level_bytes", "Bytes of the segments by level and tier (0 for expired).", |_, bytes| bytes),
+];
+
 /// The `/metrics` handler.
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let c = &app.counters;
@@ -370,6 +382,14 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         header(&mut text, s.name, s.kind, s.help);
         for t in &scrape.store.tasks {
             let _ = writeln!(text, "{}{{task=\"{}\"}} {}", s.name, t.task, (s.value)(t));
+        }
+    }
+    let by_level = crate::retention::by_level_and_tier(&app.store.catalog());
+    for (name, help, pick) in LEVEL_SERIES {
+        header(&mut text, name, Kind::Gauge, help);
+        for &(level, tier, segments, bytes) in &by_level {
+            let v = pick(segments, bytes);
+            let _ = writeln!(text, "{name}{{level=\"{}\",tier=\"{}\"}} {v}", level.as_str(), tier.as_str());
         }
     }
     let mut http = Vec::new();

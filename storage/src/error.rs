@@ -30,6 +30,10 @@ pub enum StorageError {
     UnsupportedFormat { path: PathBuf, version: u32 },
     #[error("data in this range is unavailable: segment {id} is damaged ({reason})")]
     Damaged { id: SegmentId, reason: String },
+    /// A query needs data that retention deleted (the message names the
+    /// range and what still holds it).
+    #[error("{0}")]
+    Expired(String),
     #[error("catalog {path} is corrupt: {reason}")]
     ManifestCorrupt { path: PathBuf, reason: String },
     #[error("event batch schema mismatch: {0}")]

@@ -18,7 +18,9 @@
 //!   kind of seal, `{kind}_after_segment_write` and `{kind}_after_commit`
 //!   with `kind` one of `seal`, `final`, `reprocess`, `compact`;
 //! - `catalog_before_fsync`, `catalog_before_rename`, `catalog_after_rename`:
-//!   the steps of a catalog commit.
+//!   the steps of a catalog commit;
+//! - `retention_after_commit`: the retention task committed its catalog
+//!   edit, before it deletes the files of what it expired.
 //!
 //! Points that fail instead of aborting:
 //! - `wal_write_enospc`: a WAL write stops half way for want of space;

@@ -66,6 +66,22 @@ pub enum Tier {
     Local,
     /// In the object store, read through the local cache.
     Remote,
+    /// A raw segment deleted by retention (`retention.raw.ttl`) while
+    /// rollup segments derived from it remain: its entry stays, so those
+    /// are still planned by it and a query that needs its events is
+    /// refused, never answered without them. Dropped once nothing derives
+    /// from it (and [`Catalog::deleted_before`] moves past it).
+    Expired,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Local => "local",
+            Tier::Remote => "remote",
+            Tier::Expired => "expired",
+        }
+    }
 }
 
 /// A head partition: one time bucket of one shard.
@@ -142,6 +158,10 @@ pub struct Catalog {
     /// version).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub billing: Vec<BillingSnapshot>,
+    /// Retention deleted every level of the data of time buckets that
+    /// ended at or before this (epoch ms): queries over it are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_before: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +221,9 @@ impl Catalog {
         if let Some(floor) = edit.forget_sealed_below {
             next.sealed.retain(|w| w.lsn >= floor);
         }
+        if let Some(t) = edit.deleted_before {
+            next.deleted_before = Some(next.deleted_before.map_or(t, |d| d.max(t)));
+        }
         next.sealed.sort_by_key(|w| w.partition);
         Ok(next)
     }
@@ -218,6 +241,8 @@ pub struct CatalogEdit {
     pub set_partitioning: Option<(u32, i64)>,
     /// Billing snapshots to add, or to update (same day and version).
     pub billing: Vec<BillingSnapshot>,
+    /// Raise [`Catalog::deleted_before`] to this.
+    pub deleted_before: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -315,11 +340,14 @@ impl Manifest {
             let entry = entry.at(segments_dir)?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            // `{id}.seg` and its sidecars `{id}.{suffix}` live and die together.
+            // `{id}.seg` and its sidecars `{id}.{suffix}` live and die
+            // together; an entry retention expired keeps no file (a crash
+            // between its commit and the deletion leaves one behind).
             let live = name
                 .split_once('.')
                 .and_then(|(hex, _)| u64::from_str_radix(hex, 16).ok())
-                .is_some_and(|id| catalog.segments.contains_key(&SegmentId(id)));
+                .and_then(|id| catalog.segments.get(&SegmentId(id)))
+                .is_some_and(|m| m.tier != Tier::Expired);
             if !live && entry.file_type().at(&path)?.is_file() {
                 fs::remove_file(&path).at(&path)?;
                 removed.push(path);

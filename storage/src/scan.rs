@@ -24,7 +24,7 @@ use crate::error::{Result, StorageError};
 use crate::event::{ColumnId, ColumnKind, EventBatch};
 use crate::head::HeadChunk;
 use crate::ids::{Lsn, SegmentId};
-use crate::manifest::PartitionKey;
+use crate::manifest::{Level, PartitionKey, Tier};
 use crate::segment::{ColumnData, Selection, ValueRange};
 use crate::store::{LiveSegment, Snapshot};
 
@@ -190,6 +190,48 @@ impl Snapshot {
         self.plan_scan_except(req, |_| false)
     }
 
+    /// Refuses a scan whose range needs events that retention deleted
+    /// (raw segments in range that `skip` does not read some other way),
+    /// naming the range and the rollup levels that still hold it.
+    fn check_retained(&self, range: TimeRange, skip: &impl Fn(SegmentId) -> bool) -> Result<()> {
+        let stamp = crate::time::format_timestamp;
+        if let Some(d) = self.catalog.deleted_before
+            && range.start_ms < d
+        {
+            return Err(StorageError::Expired(format!(
+                "data before {} was deleted by retention at every level; query from {} on",
+                stamp(d),
+                stamp(d)
+            )));
+        }
+        let gone = self.catalog.segments.values().filter(|m| {
+            m.level == Level::Raw && m.tier == Tier::Expired && range.overlaps(m.min_ts, m.max_ts) && !skip(m.id)
+        });
+        let (from, to) = gone.fold((i64::MAX, i64::MIN), |(lo, hi), m| {
+            (lo.min(m.partition.bucket_start_ms), hi.max(m.partition.bucket_start_ms + m.bucket_width_ms))
+        });
+        if from > to {
+            return Ok(());
+        }
+        let held: Vec<&str> = [Level::Minute, Level::Hour, Level::Day]
+            .into_iter()
+            .filter(|&l| self.catalog.segments_of(l).any(|m| m.max_ts >= from && m.min_ts < to))
+            .map(Level::as_str)
+            .collect();
+        let still = match held.last() {
+            None => "no rollup holds that range either".to_string(),
+            Some(coarsest) => format!(
+                "metrics still has it at {} granularity (coarsest: {coarsest}): query metrics with whole {coarsest}s there",
+                held.join(", ")
+            ),
+        };
+        Err(StorageError::Expired(format!(
+            "events from {} to {} were deleted by retention (retention.raw.ttl); {still}",
+            stamp(from),
+            stamp(to)
+        )))
+    }
+
     /// [`Snapshot::plan_scan`] without the segments of `skip` (read some
     /// other way: a query on `metrics` reads rollup rows that hold them).
     pub fn plan_scan_except(&self, req: &ScanRequest, skip: impl Fn(SegmentId) -> bool + Sync) -> Result<ScanPlan> {
@@ -198,6 +240,7 @@ impl Snapshot {
         if let Some(d) = self.damaged.iter().find(|d| req.time_range.overlaps(d.meta.min_ts, d.meta.max_ts)) {
             return Err(StorageError::Damaged { id: d.meta.id, reason: d.error.clone() });
         }
+        self.check_retained(req.time_range, &skip)?;
         let per_segment: Vec<Result<SegmentOutcome>> = self
             .segments
             .par_iter()

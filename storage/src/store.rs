@@ -53,6 +53,7 @@ mod billing;
 mod jobs;
 mod maintenance;
 mod reconcile;
+mod retention;
 mod rollups;
 mod space;
 
@@ -119,6 +120,11 @@ pub struct StoreConfig {
     /// from `[[rollups]]`). Default [`RollupDef::defaults`].
     #[serde(skip)]
     pub rollups: Vec<RollupDef>,
+    /// How long each level is kept (the server sets it from
+    /// `[retention.*]`); a policy set at run time
+    /// ([`Store::set_retention`]) wins. Default: everything forever.
+    #[serde(skip)]
+    pub retention: crate::retention::RetentionPolicy,
 }
 
 impl Default for StoreConfig {
@@ -140,6 +146,7 @@ impl Default for StoreConfig {
             max_head_bytes: None,
             min_free_bytes: 256 << 20,
             rollups: RollupDef::defaults(),
+            retention: crate::retention::RetentionPolicy::default(),
         }
     }
 }
@@ -374,6 +381,8 @@ struct Inner {
     /// readers stay the same (a query on a store of many segments would
     /// otherwise copy every segment's metadata).
     live: Mutex<Option<LiveCache>>,
+    /// The retention policy in force (see `store/retention.rs`).
+    retention: RwLock<crate::retention::RetentionPolicy>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -420,6 +429,8 @@ impl Store {
         for orphan in billing::remove_orphans(data_dir, &manifest.current())? {
             tracing::info!(path = %orphan.display(), "removed billing snapshot file not in the catalog");
         }
+        let retention = retention::load(data_dir)?.unwrap_or(config.retention);
+        retention.validate(config.allowed_lateness_ms).map_err(StorageError::Config)?;
         let mut catalog = manifest.current();
         let wanted = (config.shards, config.bucket_width_ms);
         match catalog.partitioning {
@@ -519,6 +530,7 @@ impl Store {
             merge_skipped: Mutex::new(std::collections::HashSet::new()),
             billing_skipped: Mutex::new(std::collections::HashSet::new()),
             live: Mutex::new(None),
+            retention: RwLock::new(retention),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };

@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use adstore_storage::hll::Hll;
 use adstore_storage::measure::{DIMENSIONS, Measure};
 use adstore_storage::rollup::Granularity;
-use adstore_storage::{ColumnData, ColumnId, LiveSegment, ScanPlan, SegmentId, Snapshot, ValueRange};
+use adstore_storage::{ColumnData, ColumnId, Level, LiveSegment, ScanPlan, SegmentId, Snapshot, Tier, ValueRange};
 
 use super::agg::{self, Grouping, State};
 use crate::error::{QueryError, Result};
@@ -201,7 +201,6 @@ pub(crate) fn plan<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan) -> Result<(S
         }
         by_raw.extend(covers.iter().map(|r| (*r, m)));
     }
-    let scan = snapshot.plan_scan_except(&plan.request, |id| by_raw.contains_key(&id))?;
     let mut children: HashMap<SegmentId, &'s LiveSegment> = HashMap::default();
     for s in snapshot.rollups.iter() {
         let Some(source) = s.meta.source.filter(|r| !by_raw.contains_key(r)) else { continue };
@@ -212,6 +211,21 @@ pub(crate) fn plan<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan) -> Result<(S
             children.insert(source, s);
         }
     }
+    // Raw segments retention deleted are read through their rows written
+    // at seal when no merged day stands for them; the scan refuses the rest.
+    let expired: Vec<SegmentId> = snapshot
+        .catalog
+        .segments
+        .values()
+        .filter(|m| m.tier == Tier::Expired && m.level == Level::Raw && range.overlaps(m.min_ts, m.max_ts))
+        .map(|m| m.id)
+        .collect();
+    for id in expired {
+        if let Some(child) = children.get(&id).filter(|_| !by_raw.contains_key(&id)) {
+            by_raw.insert(id, *child);
+        }
+    }
+    let scan = snapshot.plan_scan_except(&plan.request, |id| by_raw.contains_key(&id))?;
     for s in &scan.segments {
         let id = s.segment.meta.id;
         if let Some(child) = children.get(&id) {

@@ -8,7 +8,7 @@ use super::{SealReport, Store, now_ms};
 use crate::billing::{self as snapshots, BillingRow, BillingSnapshot, Cause};
 use crate::error::{IoContext, Result, StorageError};
 use crate::ids::SegmentId;
-use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta, sync_dir};
+use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta, Tier, sync_dir};
 use crate::rollup::{RollupInput, merge};
 use crate::segment::write_columns;
 
@@ -48,7 +48,9 @@ impl Store {
             .into_iter()
             .filter(|(day, raws)| {
                 let basis: Vec<SegmentId> = raws.iter().map(|m| m.id).collect();
-                !skipped.contains(&(*day, basis.clone())) && !up_to_date(catalog, *day, &basis)
+                // Retention deletes raw events only once their day is snapshotted.
+                let local = raws.iter().all(|m| m.tier == Tier::Local);
+                local && !skipped.contains(&(*day, basis.clone())) && !up_to_date(catalog, *day, &basis)
             })
             .take(DAYS_PER_PASS)
             .collect();
@@ -146,7 +148,8 @@ impl Store {
             .into_iter()
             .filter(|(day, raws)| {
                 let ids: Vec<SegmentId> = raws.iter().map(|m| m.id).collect();
-                !skipped.contains(&(*day, ids.clone())) && !up_to_date(&catalog, *day, &ids)
+                let local = raws.iter().all(|m| m.tier == Tier::Local);
+                local && !skipped.contains(&(*day, ids.clone())) && !up_to_date(&catalog, *day, &ids)
             })
             .count()
     }
@@ -179,7 +182,7 @@ impl Store {
 }
 
 /// Whether `day`'s latest snapshot was checked against exactly `raws`.
-fn up_to_date(catalog: &Catalog, day: i64, raws: &[SegmentId]) -> bool {
+pub(super) fn up_to_date(catalog: &Catalog, day: i64, raws: &[SegmentId]) -> bool {
     latest(catalog, day)
         .is_some_and(|b| b.basis.iter().copied().collect::<BTreeSet<_>>() == raws.iter().copied().collect())
 }

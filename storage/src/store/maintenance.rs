@@ -42,12 +42,16 @@ pub enum Task {
     /// Snapshot the billing numbers of final days
     /// ([`Store::snapshot_billing`]).
     Billing = 4,
+    /// Delete what the retention policy says is past its ttl
+    /// ([`Store::apply_retention`]).
+    Retention = 5,
 }
 
 impl Task {
     /// The order of a pass: the head is sealed first, so that compaction
     /// and finalization see its rows in segments.
-    pub const ALL: [Task; 5] = [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup, Task::Billing];
+    pub const ALL: [Task; 6] =
+        [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup, Task::Billing, Task::Retention];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +60,7 @@ impl Task {
             Task::Finalize => "finalize",
             Task::Rollup => "rollup",
             Task::Billing => "billing",
+            Task::Retention => "retention",
         }
     }
 
@@ -66,6 +71,7 @@ impl Task {
             Task::Finalize => store.finalize_closed(),
             Task::Rollup => store.roll_up(),
             Task::Billing => store.snapshot_billing(),
+            Task::Retention => store.apply_retention(),
         }
     }
 }

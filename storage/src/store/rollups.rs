@@ -23,8 +23,8 @@ use crate::ids::SegmentId;
 use std::sync::Arc;
 
 use crate::manifest::sync_dir;
-use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta};
-use crate::rollup::{RollupDef, RollupInput};
+use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta, Tier};
+use crate::rollup::{Granularity, RollupDef, RollupInput};
 use crate::segment::SegmentReader;
 
 mod days;
@@ -87,6 +87,12 @@ fn missing<'a>(catalog: &'a Catalog, defs: &'a [RollupDef]) -> Vec<(&'a SegmentM
 }
 
 impl Store {
+    /// Whether raw segment `raw` is owed rows of `def`: it is local, and
+    /// rows of its level are not past their ttl (retention deleted them).
+    fn wants_rows(&self, raw: &SegmentMeta, def: &RollupDef) -> bool {
+        raw.tier == Tier::Local && !self.past_ttl(def.granularity().level(), super::retention::bucket_end(raw))
+    }
+
     /// One pass of the rollup task (see the module docs): backfill, then
     /// the merge of final days. Callers need no lock; it takes
     /// `seal_lock`, so no seal replaces a raw segment while its rollup rows
@@ -116,7 +122,7 @@ impl Store {
         let skipped = inner.rollup_skipped.lock().clone();
         let mut todo: Vec<(&SegmentMeta, &RollupDef)> = missing(&snapshot.catalog, defs)
             .into_iter()
-            .filter(|(raw, d)| !skipped.contains(&(raw.id, d.name().to_string())))
+            .filter(|(raw, d)| !skipped.contains(&(raw.id, d.name().to_string())) && self.wants_rows(raw, d))
             .collect();
         let mut raws: Vec<SegmentId> = todo.iter().map(|(raw, _)| raw.id).collect();
         raws.dedup();
@@ -207,10 +213,16 @@ impl Store {
         let catalog = self.catalog();
         let skipped = self.inner.rollup_skipped.lock().clone();
         let days_skipped = self.inner.merge_skipped.lock().clone();
-        let raw_segments = catalog.segments_of(Level::Raw).count();
+        // Retention: raw segments deleted, and rows of levels past their
+        // ttl, are not owed.
+        let local = || catalog.segments_of(Level::Raw).filter(|m| m.tier == Tier::Local);
         let final_days: Vec<(i64, Vec<SegmentId>)> = self
-            .final_days(catalog.segments_of(Level::Raw))
+            .final_days(local())
             .into_iter()
+            .filter(|(day, _)| {
+                let end = day.saturating_add(Granularity::Day.width_ms());
+                !self.past_ttl(Level::Hour, end) && !self.past_ttl(Level::Day, end)
+            })
             .map(|(day, raws)| (day, raws.iter().map(|m| m.id).collect()))
             .collect();
         self.inner
@@ -219,7 +231,10 @@ impl Store {
             .iter()
             .map(|d| {
                 let mine: Vec<&SegmentMeta> = catalog.segments.values().filter(|m| is_of(m, d)).collect();
-                let covered: HashSet<SegmentId> = mine.iter().flat_map(|m| m.derived_from()).collect();
+                let owed: HashSet<SegmentId> = local().filter(|raw| self.wants_rows(raw, d)).map(|m| m.id).collect();
+                let raw_segments = owed.len();
+                let covered: HashSet<SegmentId> =
+                    mine.iter().flat_map(|m| m.derived_from()).filter(|r| owed.contains(r)).collect();
                 let merged: HashSet<SegmentId> = mine.iter().flat_map(|m| m.covers.iter().copied()).collect();
                 let without = skipped.iter().filter(|(_, name)| name == d.name()).count();
                 let days_merged = final_days

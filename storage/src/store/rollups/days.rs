@@ -88,6 +88,13 @@ impl Store {
         }
         let mut todo = Vec::new();
         for (day, raws) in self.final_days(catalog.segments_of(Level::Raw)) {
+            // What retention deleted is not built again.
+            let day_end = day.saturating_add(Granularity::Day.width_ms());
+            if raws.iter().any(|m| m.tier != Tier::Local)
+                || [Level::Minute, Level::Hour, Level::Day].into_iter().any(|l| self.past_ttl(l, day_end))
+            {
+                continue;
+            }
             let ids: BTreeSet<SegmentId> = raws.iter().map(|m| m.id).collect();
             for (i, def) in defs.iter().enumerate().filter(|(_, d)| !skipped.contains(&(day, d.name().to_string()))) {
                 let mine: Vec<&SegmentMeta> = by_day
