@@ -13,38 +13,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const DAY_MS: i64 = 86_400_000;
-
-/// Three days of events starting at `day0`, and two hours more (so the
-/// third day's last bucket closes too): an impression every 90 s and a
-/// click on every fourth.
-fn events(day0: i64) -> (Vec<u8>, BTreeMap<i64, (u64, u64)>) {
-    let mut body = String::new();
-    let mut per_day: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
-    let mut ts = day0;
-    let mut i = 0u64;
-    while ts < day0 + 3 * DAY_MS + 2 * HOUR_MS {
-        let kind = if i % 4 == 3 { "click" } else { "impression" };
-        let click_id = if kind == "click" { format!(",\"click_id\":\"k{i}\"") } else { String::new() };
-        body.push_str(&format!(
-            "{{\"event_id\":\"e{i}\",\"type\":\"{kind}\",\"ts\":{ts},\"publisher_id\":\"p1\",\"advertiser_id\":\"a{}\",\
-             \"campaign_id\":\"c1\",\"ad_id\":\"x1\",\"impression_id\":\"imp{}\"{click_id},\"cost_micros\":10}}\n",
-            i % 3,
-            i - i % 4
-        ));
-        let day = ts.div_euclid(DAY_MS) * DAY_MS;
-        let d = per_day.entry(day).or_default();
-        if kind == "impression" {
-            d.0 += 1;
-        } else {
-            d.1 += 1;
-        }
-        ts += 90_000;
-        i += 1;
-    }
-    (body.into_bytes(), per_day)
-}
-
 fn sql(server: &Server, query: &str) -> (u16, serde_json::Value) {
     let body = serde_json::json!({ "sql": query, "format": "json" }).to_string();
     post(&format!("{}/v1/sql", server.url), "application/json", None, body.as_bytes())
@@ -122,7 +90,7 @@ fn raw_events_past_their_ttl_are_deleted_and_metrics_keep_their_numbers() {
     let config = CONFIG;
     let server = Server::start(&dir, Some(config));
     let day0 = (now_ms() / DAY_MS - 10) * DAY_MS;
-    let (body, per_day) = events(day0);
+    let (body, per_day) = three_days(day0);
     let (status, r) = server.post("/v1/events", "application/x-ndjson", None, &body);
     assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
 
@@ -213,7 +181,7 @@ fn a_crash_after_the_retention_commit_loses_nothing() {
     let dir = tmp.path().join("data");
     let mut server = Server::start_env(&dir, Some(CONFIG), &[], &[("ADSTORE_FAILPOINT", "retention_after_commit")]);
     let day0 = (now_ms() / DAY_MS - 10) * DAY_MS;
-    let (body, per_day) = events(day0);
+    let (body, per_day) = three_days(day0);
     let (status, r) = server.post("/v1/events", "application/x-ndjson", None, &body);
     assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
     let status = server.wait();

@@ -31,6 +31,29 @@ pub struct Config {
     /// kept. A policy set later through `PUT /v1/retention` is persisted in
     /// the data directory and wins over this one. Default: everything forever.
     pub retention: adstore_storage::retention::RetentionPolicy,
+    /// `[tiering]`: where segments past their `hot` age go.
+    pub tiering: TieringConfig,
+}
+
+/// `[tiering]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TieringConfig {
+    /// `s3://bucket/prefix` (credentials, region and endpoint from the
+    /// `AWS_*` environment variables, `AWS_ENDPOINT_URL` and
+    /// `AWS_ALLOW_HTTP` included), or a local directory. Default:
+    /// `{data_dir}/objects`.
+    pub object_store: Option<String>,
+    /// How long one object store call (retries included) may take before
+    /// it fails: a query that needs cold data then gets 503
+    /// `object_store_unavailable`. Default 30_000.
+    pub timeout_ms: u64,
+}
+
+impl Default for TieringConfig {
+    fn default() -> TieringConfig {
+        TieringConfig { object_store: None, timeout_ms: 30_000 }
+    }
 }
 
 /// One `[[rollups]]` table.

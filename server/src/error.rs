@@ -98,6 +98,9 @@ impl ServerError {
             ServerError::Storage(S::HeadFull { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "head_full"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
             ServerError::Storage(S::Expired(_)) => (StatusCode::BAD_REQUEST, "retention_expired"),
+            ServerError::Storage(S::ObjectStore { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "object_store_unavailable")
+            }
             ServerError::Storage(e) if e.is_disk_full() => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             ServerError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
             ServerError::Query(e @ adstore_query::QueryError::Timeout { .. }) => {

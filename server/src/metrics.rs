@@ -355,7 +355,7 @@ type LevelSeries = (&'static str, &'static str, fn(u64, u64) -> u64);
 const LEVEL_SERIES: [LevelSeries; 2] = [
     (
         "adstore_level_segments",
-        "Segments in the catalog by level (raw, minute, hour, day) and tier (local; expired: raw events retention deleted, kept as an entry while rollups derive from them).",
+        "Segments in the catalog by level (raw, minute, hour, day) and tier (local; remote: in the object store; expired: raw events retention deleted, kept as an entry while rollups derive from them).",
         |segments, _| segments,
     ),
     ("adstore_level_bytes", "Bytes of the segments by level and tier (0 for expired).", |_, bytes| bytes),
@@ -384,6 +384,16 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             let _ = writeln!(text, "{}{{task=\"{}\"}} {}", s.name, t.task, (s.value)(t));
         }
     }
+    let tiering = app.store.tiering_status();
+    header(&mut text, "adstore_tiering_due_segments", Kind::Gauge, "Segments past their hot age still on local disk.");
+    let _ = writeln!(text, "adstore_tiering_due_segments {}", tiering.due);
+    header(
+        &mut text,
+        "adstore_tiering_lag_seconds",
+        Kind::Gauge,
+        "How long the oldest segment due for the object store has waited.",
+    );
+    let _ = writeln!(text, "adstore_tiering_lag_seconds {}", tiering.lag_ms as f64 / 1000.0);
     let by_level = crate::retention::by_level_and_tier(&app.store.catalog());
     for (name, help, pick) in LEVEL_SERIES {
         header(&mut text, name, Kind::Gauge, help);

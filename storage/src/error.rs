@@ -30,6 +30,9 @@ pub enum StorageError {
     UnsupportedFormat { path: PathBuf, version: u32 },
     #[error("data in this range is unavailable: segment {id} is damaged ({reason})")]
     Damaged { id: SegmentId, reason: String },
+    /// A call to the object store failed (unreachable, refused, timed out).
+    #[error("object store: {what} failed: {reason}")]
+    ObjectStore { what: String, reason: String },
     /// A query needs data that retention deleted (the message names the
     /// range and what still holds it).
     #[error("{0}")]

@@ -30,6 +30,7 @@ mod segment;
 mod store;
 #[cfg(test)]
 mod testutil;
+pub mod tier;
 pub mod time;
 mod wal;
 
@@ -53,6 +54,6 @@ pub use segment::{
 };
 pub use store::{
     Check, DamagedSegment, Difference, LiveSegment, PartlyStored, ReconcileReport, RollupStatus, Rows, SealReport,
-    Snapshot, Store, StoreConfig, StoreStats, Task, TaskStats,
+    Snapshot, Store, StoreConfig, StoreStats, Task, TaskStats, TieringStatus,
 };
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

@@ -341,13 +341,14 @@ impl Manifest {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             // `{id}.seg` and its sidecars `{id}.{suffix}` live and die
-            // together; an entry retention expired keeps no file (a crash
-            // between its commit and the deletion leaves one behind).
+            // together; an entry retention expired, or moved to the object
+            // store, keeps no local file (a crash between its commit and
+            // the deletion leaves one behind).
             let live = name
                 .split_once('.')
                 .and_then(|(hex, _)| u64::from_str_radix(hex, 16).ok())
                 .and_then(|id| catalog.segments.get(&SegmentId(id)))
-                .is_some_and(|m| m.tier != Tier::Expired);
+                .is_some_and(|m| m.tier == Tier::Local);
             if !live && entry.file_type().at(&path)?.is_file() {
                 fs::remove_file(&path).at(&path)?;
                 removed.push(path);

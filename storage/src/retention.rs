@@ -111,24 +111,17 @@ impl RetentionPolicy {
         self.level(level).ttl.is_some_and(|ttl| now_ms >= end_ms.saturating_add(ttl.ms()))
     }
 
-    /// Refuses what cannot be honoured, naming the field:
-    /// - `hot`: moving data to object storage is not built yet;
-    /// - a `ttl` of `raw` or `minute` shorter than a day plus the allowed
-    ///   lateness: hour and day rows are merged from a day's minute rows,
-    ///   and raw events are re-sealed as final, only once the day's last
-    ///   bucket closed, so deleting them sooner would delete numbers no
-    ///   coarser level holds yet.
+    /// Refuses what cannot be honoured, naming the field: a `ttl` of `raw` or `minute` shorter than a day plus the allowed
+    /// lateness: hour and day rows are merged from a day's minute rows, and
+    /// raw events are re-sealed as final, only once the day's last bucket
+    /// closed, so deleting them sooner would delete numbers no coarser
+    /// level holds yet. (`hot` needs no such bound: segments move only
+    /// once settled, and are still read where they are.)
     pub fn validate(&self, allowed_lateness_ms: i64) -> Result<(), String> {
         let needed = Granularity::Day.width_ms().saturating_add(allowed_lateness_ms.max(0));
         for level in [Level::Raw, Level::Minute, Level::Hour, Level::Day] {
             let p = self.level(level);
             let name = level.as_str();
-            if let Some(hot) = p.hot {
-                return Err(format!(
-                    "retention.{name}.hot = \"{hot}\": moving data to object storage is not available yet; \
-                     set hot to null (data stays on local disk until its ttl)"
-                ));
-            }
             if let Some(ttl) = p.ttl
                 && matches!(level, Level::Raw | Level::Minute)
                 && ttl.ms() < needed
@@ -180,8 +173,8 @@ mod tests {
         assert!(e.starts_with("retention.minute.ttl"), "{e}");
         let hour: RetentionPolicy = serde_json::from_str(r#"{"hour": {"ttl": "36h"}}"#).expect("parse");
         assert_eq!(hour.validate(86_400_000), Ok(()));
-        let hot: RetentionPolicy = serde_json::from_str(r#"{"raw": {"hot": "7d"}}"#).expect("parse");
-        assert!(hot.validate(0).expect_err("hot").starts_with("retention.raw.hot"));
+        let hot: RetentionPolicy = serde_json::from_str(r#"{"raw": {"hot": "1h"}}"#).expect("parse");
+        assert_eq!(hot.validate(86_400_000), Ok(()));
         let now = 100 * 86_400_000;
         assert!(p.expired(Level::Raw, now - 30 * 86_400_000, now));
         assert!(!p.expired(Level::Raw, now - 29 * 86_400_000, now));

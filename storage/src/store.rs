@@ -42,7 +42,7 @@ use crate::ids::SegmentId;
 use crate::manifest::{Catalog, CatalogEdit, Level, Manifest, PartitionKey, SegmentMeta, Tier};
 use crate::rollup::RollupDef;
 use crate::seal::{SealPipeline, SidecarReader};
-use crate::segment::{BlockCache, SegmentReader};
+use crate::segment::{BlockCache, SegmentReader, SegmentSchema};
 use crate::wal::{Wal, WalConfig, decode_record};
 
 #[cfg(test)]
@@ -56,12 +56,14 @@ mod reconcile;
 mod retention;
 mod rollups;
 mod space;
+mod tiering;
 
 pub use append::{PartlyStored, Rows};
 pub use jobs::SealReport;
 pub use maintenance::{Task, TaskStats};
 pub use reconcile::{Check, Difference, ReconcileReport};
 pub use rollups::RollupStatus;
+pub use tiering::TieringStatus;
 
 /// Storage settings. Every field has a default; see `docs/configuration.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +127,15 @@ pub struct StoreConfig {
     /// ([`Store::set_retention`]) wins. Default: everything forever.
     #[serde(skip)]
     pub retention: crate::retention::RetentionPolicy,
+    /// Where segments past their `hot` age go (the server sets it from
+    /// `[tiering] object_store`): `s3://bucket/prefix`, or a directory.
+    /// Default `None`: `{data_dir}/objects`.
+    #[serde(skip)]
+    pub object_store: Option<String>,
+    /// How long one object store call may take before it fails (the
+    /// server sets it from `[tiering] timeout_ms`). Default 30_000.
+    #[serde(skip)]
+    pub object_store_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -147,6 +158,8 @@ impl Default for StoreConfig {
             min_free_bytes: 256 << 20,
             rollups: RollupDef::defaults(),
             retention: crate::retention::RetentionPolicy::default(),
+            object_store: None,
+            object_store_timeout_ms: 30_000,
         }
     }
 }
@@ -211,6 +224,24 @@ pub(crate) fn open_segment(meta: &SegmentMeta, path: &std::path::Path) -> Result
             reason: format!("a {} segment whose catalog entry names no rollup", level.as_str()),
         }),
     }
+}
+
+/// Opens a segment of the catalog that is in the object store, with the
+/// schema its entry names (see [`open_segment`]).
+pub(crate) fn open_segment_remote(meta: &SegmentMeta, tier: Arc<crate::tier::ObjectTier>) -> Result<SegmentReader> {
+    let schema = match (&meta.level, &meta.rollup) {
+        (Level::Raw, _) => SegmentSchema::events().clone(),
+        (_, Some(r)) => {
+            RollupDef::from_ref(r).map_err(|reason| StorageError::Damaged { id: meta.id, reason })?.schema()
+        }
+        (level, None) => {
+            return Err(StorageError::Damaged {
+                id: meta.id,
+                reason: format!("a {} segment whose catalog entry names no rollup", level.as_str()),
+            });
+        }
+    };
+    SegmentReader::open_remote(meta.id, tier, schema)
 }
 
 /// Segment lists built for one catalog version (see `Store::live_segments`).
@@ -383,6 +414,8 @@ struct Inner {
     live: Mutex<Option<LiveCache>>,
     /// The retention policy in force (see `store/retention.rs`).
     retention: RwLock<crate::retention::RetentionPolicy>,
+    /// The object store of cold segments, opened on first use (`store/tiering.rs`).
+    object_tier: Mutex<Option<Arc<crate::tier::ObjectTier>>>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -459,9 +492,24 @@ impl Store {
         let block_cache = Arc::new(BlockCache::new(config.block_cache_bytes));
         let mut readers = HashMap::new();
         let mut damaged = Vec::new();
-        for meta in catalog.segments.values().filter(|m| m.tier == Tier::Local) {
+        // Cold segments: their footers are read from the object store now
+        // (an unreachable store leaves them damaged until the next open).
+        let remote: Vec<&SegmentMeta> = catalog.segments.values().filter(|m| m.tier == Tier::Remote).collect();
+        let object_tier = if remote.is_empty() {
+            None
+        } else {
+            let url =
+                config.object_store.clone().unwrap_or_else(|| data_dir.join("objects").to_string_lossy().into_owned());
+            let timeout = Duration::from_millis(config.object_store_timeout_ms.max(1));
+            Some(Arc::new(crate::tier::ObjectTier::open(&url, timeout)?))
+        };
+        for meta in catalog.segments.values().filter(|m| m.tier != Tier::Expired) {
             let path = segments_dir.join(meta.id.file_name());
-            match open_segment(meta, &path) {
+            let opened = match &object_tier {
+                Some(tier) if meta.tier == Tier::Remote => open_segment_remote(meta, tier.clone()),
+                _ => open_segment(meta, &path),
+            };
+            match opened {
                 Ok(r) => {
                     readers.insert(meta.id, Arc::new(r.with_cache(block_cache.clone())));
                 }
@@ -531,6 +579,7 @@ impl Store {
             billing_skipped: Mutex::new(std::collections::HashSet::new()),
             live: Mutex::new(None),
             retention: RwLock::new(retention),
+            object_tier: Mutex::new(object_tier),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };

@@ -14,6 +14,7 @@ use adstore_storage::{EventBatch, SealPipeline, Store, StoreConfig};
 
 pub const ADSTORE: &str = env!("CARGO_BIN_EXE_adstore");
 pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 86_400_000;
 
 /// A running `adstore serve`; killed (SIGKILL) if still running when dropped.
 pub struct Server {
@@ -225,4 +226,89 @@ pub fn arrow_ipc(batch: &EventBatch, rows: usize) -> Vec<u8> {
     w.finish().expect("finish");
     drop(w);
     out
+}
+
+/// NDJSON of three days of events starting at `day0`, with impressions
+/// and clicks per day (counted here, the oracle), and two hours more (so the
+/// third day's last bucket closes too): an impression every 90 s and a
+/// click on every fourth.
+pub fn three_days(day0: i64) -> (Vec<u8>, std::collections::BTreeMap<i64, (u64, u64)>) {
+    let mut body = String::new();
+    let mut per_day: std::collections::BTreeMap<i64, (u64, u64)> = std::collections::BTreeMap::new();
+    let mut ts = day0;
+    let mut i = 0u64;
+    while ts < day0 + 3 * DAY_MS + 2 * HOUR_MS {
+        let kind = if i % 4 == 3 { "click" } else { "impression" };
+        let click_id = if kind == "click" { format!(",\"click_id\":\"k{i}\"") } else { String::new() };
+        body.push_str(&format!(
+            "{{\"event_id\":\"e{i}\",\"type\":\"{kind}\",\"ts\":{ts},\"publisher_id\":\"p1\",\"advertiser_id\":\"a{}\",\
+             \"campaign_id\":\"c1\",\"ad_id\":\"x1\",\"impression_id\":\"imp{}\"{click_id},\"cost_micros\":10}}\n",
+            i % 3,
+            i - i % 4
+        ));
+        let day = ts.div_euclid(DAY_MS) * DAY_MS;
+        let d = per_day.entry(day).or_default();
+        if kind == "impression" {
+            d.0 += 1;
+        } else {
+            d.1 += 1;
+        }
+        ts += 90_000;
+        i += 1;
+    }
+    (body.into_bytes(), per_day)
+}
+
+/// A moto S3 server (`python3 -m moto.server`, installed by `.ci/run`) on a
+/// free 127.0.0.1 port with one bucket; killed on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start(bucket: &str) -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (pip install 'moto[server]'; .ci/run installs it)");
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = agent().put(&format!("{}/{bucket}", moto.endpoint)).send_empty()
+                && r.status().is_success()
+            {
+                return moto;
+            }
+            assert!(Instant::now() < deadline, "moto did not start on {}", moto.endpoint);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The environment a server needs to reach it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// SIGSTOP or SIGCONT: a network partition and its end.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

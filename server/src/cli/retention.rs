@@ -1,4 +1,4 @@
-//! `adstore retention show` and `adstore retention set --raw-ttl 30d …`:
+//! `adstore retention show` and `adstore retention set --raw-hot 7d --raw-ttl 90d …`:
 //! the retention policy of a running server (`GET` / `PUT /v1/retention`).
 //!
 //! ```text
@@ -37,6 +37,7 @@ enum Action {
 
 #[derive(clap::Args)]
 struct SetArgs {
+    /// Raw events deleted this long after their bucket ends.
     #[arg(long)]
     raw_ttl: Option<String>,
     #[arg(long)]
@@ -45,6 +46,15 @@ struct SetArgs {
     hour_ttl: Option<String>,
     #[arg(long)]
     day_ttl: Option<String>,
+    /// Raw events moved to the object store this long after their bucket ends.
+    #[arg(long)]
+    raw_hot: Option<String>,
+    #[arg(long)]
+    minute_hot: Option<String>,
+    #[arg(long)]
+    hour_hot: Option<String>,
+    #[arg(long)]
+    day_hot: Option<String>,
 }
 
 pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
@@ -74,14 +84,18 @@ pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
         Action::Show { json: false } => print!("{}", render(&policy)),
         Action::Set(set) => {
             let fields = [
-                ("raw-ttl", set.raw_ttl, &mut policy.raw),
-                ("minute-ttl", set.minute_ttl, &mut policy.minute),
-                ("hour-ttl", set.hour_ttl, &mut policy.hour),
-                ("day-ttl", set.day_ttl, &mut policy.day),
+                ("raw-ttl", set.raw_ttl, &mut policy.raw.ttl),
+                ("minute-ttl", set.minute_ttl, &mut policy.minute.ttl),
+                ("hour-ttl", set.hour_ttl, &mut policy.hour.ttl),
+                ("day-ttl", set.day_ttl, &mut policy.day.ttl),
+                ("raw-hot", set.raw_hot, &mut policy.raw.hot),
+                ("minute-hot", set.minute_hot, &mut policy.minute.hot),
+                ("hour-hot", set.hour_hot, &mut policy.hour.hot),
+                ("day-hot", set.day_hot, &mut policy.day.hot),
             ];
-            for (arg, value, level) in fields {
+            for (arg, value, field) in fields {
                 if let Some(v) = value {
-                    level.ttl = parse_ttl(arg, &v)?;
+                    *field = parse_ttl(arg, &v)?;
                 }
             }
             let json = serde_json::to_string(&policy).map_err(|e| ServerError::Internal(e.to_string()))?;
@@ -99,7 +113,7 @@ pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A ttl argument: a duration, or `never` (also `null`, `none`).
+/// A ttl or hot argument: a duration, or `never` (also `null`, `none`).
 fn parse_ttl(arg: &'static str, value: &str) -> Result<Option<Age>, ServerError> {
     if ["never", "null", "none"].contains(&value.trim().to_ascii_lowercase().as_str()) {
         return Ok(None);

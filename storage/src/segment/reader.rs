@@ -11,6 +11,8 @@
 //! `select_rows`) keep the checked, decompressed bytes of the blocks they
 //! read there; `verify` and whole-segment reads always read the file.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use roaring::RoaringBitmap;
 use crate::error::{IoContext, Result, StorageError};
 use crate::event::{ColumnKind, EventBatch};
 use crate::ids::SegmentId;
+use crate::tier::ObjectTier;
 
 use super::cache::{BlockCache, BlockKey, next_reader_id};
 use super::format::{
@@ -40,12 +43,63 @@ use super::{ColumnData, ColumnStats, Dictionary, SegmentColumn, SegmentSchema, S
 pub struct SegmentReader {
     id: SegmentId,
     path: PathBuf,
-    mmap: Mmap,
+    source: Source,
     pub(super) footer: Footer,
     schema: Arc<SegmentSchema>,
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
     cache: Option<Arc<BlockCache>>,
+}
+
+/// Where a segment's bytes are read from.
+#[derive(Debug)]
+enum Source {
+    /// A local file, memory-mapped.
+    Mapped(Mmap),
+    /// A file in the object store, read by ranges (the footer once, at open).
+    Remote { tier: Arc<ObjectTier>, len: u64 },
+}
+
+/// Why bytes of a segment could not be read.
+enum ReadError {
+    /// Outside the file, or not what they should be (a checksum): the file is corrupt.
+    Range(Reason),
+    /// The object store failed.
+    Store(StorageError),
+}
+
+impl From<Reason> for ReadError {
+    fn from(r: Reason) -> ReadError {
+        ReadError::Range(r)
+    }
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Mapped(m) => m.len() as u64,
+            Source::Remote { len, .. } => *len,
+        }
+    }
+
+    /// Bytes `offset..offset + len`: borrowed from the map, or fetched.
+    fn read(&self, id: SegmentId, offset: u64, len: u64) -> Result<Cow<'_, [u8]>, ReadError> {
+        let outside = || ReadError::Range(format!("range {offset}+{len} outside the file"));
+        let end = offset.checked_add(len).filter(|&end| end <= self.len()).ok_or_else(outside)?;
+        match self {
+            Source::Mapped(m) => {
+                let range = usize::try_from(offset).ok().zip(usize::try_from(end).ok()).ok_or_else(outside)?;
+                m.get(range.0..range.1).map(Cow::Borrowed).ok_or_else(outside)
+            }
+            Source::Remote { tier, .. } => {
+                let bytes = tier.read(id, offset..end).map_err(ReadError::Store)?;
+                if bytes.len() as u64 != len {
+                    return Err(ReadError::Range(format!("read {} bytes of {len} at {offset}", bytes.len())));
+                }
+                Ok(Cow::Owned(bytes))
+            }
+        }
+    }
 }
 
 /// A block's encoded bytes: in the mapped file, decompressed for this
@@ -126,14 +180,32 @@ impl SegmentReader {
     /// Like [`SegmentReader::open`], for a segment of `schema`.
     pub fn open_as(id: SegmentId, path: &Path, schema: Arc<SegmentSchema>) -> Result<SegmentReader> {
         let file = File::open(path).at(path)?;
-        let len = file.metadata().at(path)?.len();
-        if len < (HEADER_LEN + TRAILER_LEN) as u64 {
-            return Err(corrupt(id, path, format!("file is {len} bytes, shorter than header and trailer")));
-        }
         let mmap = map_file(&file).at(path)?;
-        let buf: &[u8] = &mmap;
-        let n = buf.len();
-        let trailer = &buf[n - TRAILER_LEN..];
+        SegmentReader::open_source(id, path.to_owned(), Source::Mapped(mmap), schema)
+    }
+
+    /// Segment `id` of `schema` in the object store: its header, trailer
+    /// and footer are read (three range requests) and checked as for a
+    /// local file; blocks are read when a query needs them.
+    pub fn open_remote(id: SegmentId, tier: Arc<ObjectTier>, schema: Arc<SegmentSchema>) -> Result<SegmentReader> {
+        let len = tier.size(id)?;
+        let path = PathBuf::from(format!("{}/{}", tier.url().trim_end_matches('/'), tier.key(id)));
+        SegmentReader::open_source(id, path, Source::Remote { tier, len }, schema)
+    }
+
+    fn open_source(id: SegmentId, path: PathBuf, source: Source, schema: Arc<SegmentSchema>) -> Result<SegmentReader> {
+        let path = path.as_path();
+        let n = source.len();
+        if n < (HEADER_LEN + TRAILER_LEN) as u64 {
+            return Err(corrupt(id, path, format!("file is {n} bytes, shorter than header and trailer")));
+        }
+        let read = |offset: u64, len: u64| -> Result<Cow<'_, [u8]>> {
+            source.read(id, offset, len).map_err(|e| match e {
+                ReadError::Store(e) => e,
+                ReadError::Range(r) => corrupt(id, path, r),
+            })
+        };
+        let trailer = read(n - TRAILER_LEN as u64, TRAILER_LEN as u64)?;
         if trailer[16..24] != MAGIC {
             return Err(corrupt(id, path, "bad magic at end of file (truncated or not a segment)"));
         }
@@ -141,30 +213,31 @@ impl SegmentReader {
         if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(StorageError::UnsupportedFormat { path: path.to_owned(), version });
         }
-        if buf[..8] != MAGIC {
+        let header = read(0, 16)?;
+        if header[..8] != MAGIC {
             return Err(corrupt(id, path, "bad magic at start of file"));
         }
-        if le_u32(&buf[8..12]) != version {
+        if le_u32(&header[8..12]) != version {
             return Err(corrupt(id, path, "header and trailer disagree on the format version"));
         }
-        if le_u32(&buf[12..16]) != 0 {
+        if le_u32(&header[12..16]) != 0 {
             return Err(corrupt(id, path, "reserved header bytes are not zero"));
         }
-        let footer_len = le_u64(trailer);
+        let footer_len = le_u64(&trailer);
         let footer_crc = le_u32(&trailer[8..12]);
-        let footer_end = n - TRAILER_LEN;
-        let footer_start = match usize::try_from(footer_len) {
-            Ok(l) if l <= footer_end - HEADER_LEN => footer_end - l,
+        let footer_end = n - TRAILER_LEN as u64;
+        let footer_start = match footer_len {
+            l if l <= footer_end - HEADER_LEN as u64 => footer_end - l,
             _ => return Err(corrupt(id, path, format!("footer length {footer_len} exceeds the file"))),
         };
-        let footer_bytes = &buf[footer_start..footer_end];
-        if crc32c::crc32c(footer_bytes) != footer_crc {
+        let footer_bytes = read(footer_start, footer_len)?;
+        if crc32c::crc32c(&footer_bytes) != footer_crc {
             return Err(corrupt(id, path, "footer checksum mismatch"));
         }
-        let footer = Footer::decode(footer_bytes).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
-        validate(&footer, footer_start as u64, version, &schema)
-            .map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
-        Ok(SegmentReader { id, path: path.to_owned(), mmap, footer, schema, uid: next_reader_id(), cache: None })
+        let footer = Footer::decode(&footer_bytes).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        validate(&footer, footer_start, version, &schema).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        drop((trailer, header, footer_bytes));
+        Ok(SegmentReader { id, path: path.to_owned(), source, footer, schema, uid: next_reader_id(), cache: None })
     }
 
     /// This reader, keeping the blocks its query reads check and
@@ -188,7 +261,12 @@ impl SegmentReader {
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.mmap.len() as u64
+        self.source.len()
+    }
+
+    /// Whether its bytes are in the object store.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.source, Source::Remote { .. })
     }
 
     /// The `user_meta` the writer was given.
@@ -251,11 +329,12 @@ impl SegmentReader {
         };
         let Some(e) = entries.get(code as usize) else { return Ok(RoaringBitmap::new()) };
         let what = || format!("index of column {} code {code}", self.name(col));
-        let bytes = self.slice(e.offset, e.len).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
-        if crc32c::crc32c(bytes) != e.crc {
+        let bytes = self.slice(e.offset, e.len).map_err(|r| self.failed(what(), r))?;
+        if crc32c::crc32c(&bytes) != e.crc {
             return Err(self.corrupt(format!("{}: checksum mismatch", what())));
         }
-        let map = RoaringBitmap::deserialize_from(bytes).map_err(|err| self.corrupt(format!("{}: {err}", what())))?;
+        let map =
+            RoaringBitmap::deserialize_from(&bytes[..]).map_err(|err| self.corrupt(format!("{}: {err}", what())))?;
         if map.max().is_some_and(|m| u64::from(m) >= self.footer.rows) {
             return Err(self.corrupt(format!("{}: row id past the end of the segment", what())));
         }
@@ -292,7 +371,7 @@ impl SegmentReader {
             return Err(StorageError::Internal(format!("select_rows on plain string column {}", self.name(col))));
         }
         let what = || format!("column {} block {block}", self.name(col));
-        let raw = self.block_bytes(b, Via::Cache).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        let raw = self.block_bytes(b, Via::Cache).map_err(|r| self.failed(what(), r))?;
         let n = b.rows as usize;
         let check = |used: usize| {
             if used == raw.len() {
@@ -344,7 +423,7 @@ impl SegmentReader {
             )));
         }
         let what = || format!("column {} block {block}", self.name(col));
-        let raw = self.block_bytes(b, via).map_err(|r| self.corrupt(format!("{}: {r}", what())))?;
+        let raw = self.block_bytes(b, via).map_err(|r| self.failed(what(), r))?;
         decode_block(meta, b, &raw, pick).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
@@ -374,9 +453,8 @@ impl SegmentReader {
             }
         }
         let f = &self.footer;
-        let section =
-            self.slice(f.index_offset, f.index_len).map_err(|r| self.corrupt(format!("index section: {r}")))?;
-        if crc32c::crc32c(section) != f.index_crc {
+        let section = self.slice(f.index_offset, f.index_len).map_err(|r| self.failed("index section", r))?;
+        if crc32c::crc32c(&section) != f.index_crc {
             return Err(self.corrupt("index section checksum mismatch"));
         }
         for col in 0..n {
@@ -417,15 +495,22 @@ impl SegmentReader {
         corrupt(self.id, &self.path, reason)
     }
 
-    fn slice(&self, offset: u64, len: u64) -> Result<&[u8], Reason> {
-        let range =
-            usize::try_from(offset).ok().zip(usize::try_from(len).ok()).and_then(|(o, l)| Some(o..o.checked_add(l)?));
-        range.and_then(|r| self.mmap.get(r)).ok_or_else(|| format!("range {offset}+{len} outside the file"))
+    /// A failed read of `what`: the object store's failure as it is, a
+    /// range or checksum problem as corruption of this file.
+    fn failed(&self, what: impl fmt::Display, e: ReadError) -> StorageError {
+        match e {
+            ReadError::Store(e) => e,
+            ReadError::Range(r) => self.corrupt(format!("{what}: {r}")),
+        }
+    }
+
+    fn slice(&self, offset: u64, len: u64) -> Result<Cow<'_, [u8]>, ReadError> {
+        self.source.read(self.id, offset, len)
     }
 
     /// A block's encoded bytes: checksum verified, decompressed if needed;
     /// from the block cache when `via` allows and it holds them.
-    fn block_bytes(&self, b: &BlockMeta, via: Via) -> Result<BlockBytes<'_>, Reason> {
+    fn block_bytes(&self, b: &BlockMeta, via: Via) -> Result<BlockBytes<'_>, ReadError> {
         let cache = self.cache.as_ref().filter(|_| via == Via::Cache);
         let Some(cache) = cache else { return self.file_block_bytes(b) };
         let key = BlockKey { reader: self.uid, offset: b.offset };
@@ -442,14 +527,18 @@ impl SegmentReader {
 
     /// A block's encoded bytes read from the file: checksum verified,
     /// decompressed if needed.
-    fn file_block_bytes(&self, b: &BlockMeta) -> Result<BlockBytes<'_>, Reason> {
+    fn file_block_bytes(&self, b: &BlockMeta) -> Result<BlockBytes<'_>, ReadError> {
         let stored = self.slice(b.offset, b.stored_len)?;
-        if crc32c::crc32c(stored) != b.crc {
-            return Err("checksum mismatch".into());
+        if crc32c::crc32c(&stored) != b.crc {
+            return Err(ReadError::Range("checksum mismatch".into()));
         }
         if b.flags & FLAG_ZSTD == 0 {
-            return Ok(BlockBytes::Mapped(stored));
+            return Ok(match stored {
+                Cow::Borrowed(bytes) => BlockBytes::Mapped(bytes),
+                Cow::Owned(bytes) => BlockBytes::Owned(bytes),
+            });
         }
+        let stored: &[u8] = &stored;
         let cap = usize::try_from(b.raw_len).map_err(|_| "block too large".to_string())?;
         // One decompression context per thread: creating one per block costs
         // more than decompressing a small block.
@@ -468,7 +557,7 @@ impl SegmentReader {
             }
         })?;
         if raw.len() as u64 != b.raw_len {
-            return Err(format!("decompressed to {} bytes, expected {}", raw.len(), b.raw_len));
+            return Err(format!("decompressed to {} bytes, expected {}", raw.len(), b.raw_len).into());
         }
         Ok(BlockBytes::Owned(raw))
     }

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  rollup segment (minute, hour, day) past its level's ttl ─► removed, file deleted
-//!  raw segment past retention.raw.ttl, final, its day's billing snapshot taken, and
-//!      held by a merged day of every configured rollup ─► entry kept as Tier::Expired (its rollups are planned
+//!  raw segment (local or in the object store) past retention.raw.ttl, final, its day's
+//!      billing snapshot taken, and held by a merged day of every configured rollup ─► entry kept as Tier::Expired (its rollups are planned
 //!      by it; queries needing its events are refused), file and sidecars deleted
 //!  expired raw entry nothing derives from any more ─► dropped; Catalog::deleted_before moves up
 //! ```
@@ -15,7 +15,6 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::rollups::is_of;
 use super::{SealReport, Store, now_ms};
 use crate::error::{IoContext, Result, StorageError};
 use crate::ids::SegmentId;
@@ -86,26 +85,8 @@ impl Store {
         }
         let _one_sealer = self.inner.seal_lock.lock();
         let catalog = self.catalog();
-        let defs = &self.inner.config.rollups;
-        // Per configured rollup, the raw segments a merged day of it holds.
-        let merged: Vec<HashSet<SegmentId>> = defs
-            .iter()
-            .map(|d| {
-                let of_d = catalog.segments.values().filter(|m| !m.covers.is_empty() && is_of(m, d));
-                of_d.flat_map(|m| m.covers.iter().copied()).collect()
-            })
-            .collect();
-        // Raw segments of final days whose billing snapshot is up to date:
-        // the snapshot is taken from raw events, so they wait for it.
-        let billed: HashSet<SegmentId> = self
-            .final_days(catalog.segments_of(Level::Raw))
-            .into_iter()
-            .filter(|(day, raws)| {
-                let ids: Vec<SegmentId> = raws.iter().map(|m| m.id).collect();
-                super::billing::up_to_date(&catalog, *day, &ids)
-            })
-            .flat_map(|(_, raws)| raws.into_iter().map(|m| m.id))
-            .collect();
+        // Final, billed, and held by a merged day of every rollup.
+        let settled = self.settled_raws(&catalog);
         let mut expire: Vec<SegmentMeta> = Vec::new();
         let mut remove: Vec<SegmentId> = Vec::new();
         for m in catalog.segments.values() {
@@ -113,8 +94,8 @@ impl Store {
                 continue;
             }
             match (m.level, m.tier) {
-                (Level::Raw, Tier::Local) => {
-                    if m.is_final && billed.contains(&m.id) && merged.iter().all(|held| held.contains(&m.id)) {
+                (Level::Raw, Tier::Local | Tier::Remote) => {
+                    if settled.contains(&m.id) {
                         expire.push(SegmentMeta { tier: Tier::Expired, ..m.clone() });
                     }
                 }
@@ -165,6 +146,25 @@ impl Store {
         }
         for id in &files {
             self.delete_segment_files(*id);
+        }
+        // Objects of cold segments: best effort (the tiering task deletes
+        // any object whose segment is not remote in the catalog).
+        let cold: Vec<SegmentId> = files
+            .iter()
+            .filter(|id| catalog.segments.get(id).is_some_and(|m| m.tier == Tier::Remote))
+            .copied()
+            .collect();
+        if !cold.is_empty() {
+            match self.object_tier() {
+                Ok(tier) => {
+                    for id in cold {
+                        if let Err(e) = tier.delete(id) {
+                            tracing::warn!(segment = %id, error = %e, "expired object not deleted yet");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "expired objects not deleted yet"),
+            }
         }
         tracing::info!(
             raw_expired = expire.len(),

@@ -1,0 +1,165 @@
+//! Tiering end to end against a real S3-compatible server (moto): three
+//! days of events ten days old, settled (final, billed, merged), moved to
+//! the bucket by the tiering task once past their `hot` age; queries over
+//! them read the bucket (by ranges) and give the numbers counted here from
+//! the events sent, after a restart too; a partition (SIGSTOP) fails a
+//! query on cold data with 503 `object_store_unavailable` within the
+//! timeout while hot data is still answered; a crash right after the
+//! tiering commit loses nothing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BUCKET: &str = "adstore-test";
+
+fn config() -> String {
+    format!(
+        "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\n\n\
+         [ingest]\nallowed_lateness_ms = 3600000\n\n\
+         [tiering]\nobject_store = \"s3://{BUCKET}/cold\"\ntimeout_ms = 3000\n\n\
+         [retention.raw]\nhot = \"3d\"\n[retention.minute]\nhot = \"3d\"\n\
+         [retention.hour]\nhot = \"3d\"\n[retention.day]\nhot = \"3d\"\n"
+    )
+}
+
+fn start(dir: &std::path::Path, moto: &Moto, failpoint: Option<&str>) -> Server {
+    let env = moto.env();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    if let Some(f) = failpoint {
+        env.push(("ADSTORE_FAILPOINT", f));
+    }
+    Server::start_env(dir, Some(&config()), &[], &env)
+}
+
+fn sql(server: &Server, query: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({ "sql": query, "format": "json" }).to_string();
+    post(&format!("{}/v1/sql", server.url), "application/json", None, body.as_bytes())
+}
+
+/// Waits until every raw segment of the three days is in the bucket.
+fn wait_for_remote(server: &Server, day0: i64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listing = server.get("/v1/segments");
+        let raws = listing["segments"].as_array().expect("segments");
+        let of_days = raws.iter().filter(|s| s["bucket_start_ms"].as_i64().is_some_and(|b| b < day0 + 3 * DAY_MS));
+        let (remote, local) =
+            of_days.fold((0, 0), |(r, l), s| if s["tier"] == "remote" { (r + 1, l) } else { (r, l + 1) });
+        if remote > 0 && local == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "raw segments did not move: {listing}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Impressions and clicks per day, and events, over the three days.
+fn check_numbers(server: &Server, day0: i64, per_day: &BTreeMap<i64, (u64, u64)>) {
+    let end = day0 + 3 * DAY_MS;
+    let (status, r) = sql(
+        server,
+        &format!(
+            "SELECT date_trunc('day', ts), sum(impressions), sum(clicks) FROM metrics \
+             WHERE ts >= {day0} AND ts < {end} GROUP BY 1 ORDER BY 1"
+        ),
+    );
+    assert_eq!(status, 200, "{r}");
+    let rows = r["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "{r}");
+    for (row, (_, (imps, clicks))) in rows.iter().zip(per_day) {
+        assert_eq!((row[1].as_u64(), row[2].as_u64()), (Some(*imps), Some(*clicks)), "{r}");
+    }
+    // Raw events read from the bucket.
+    let (status, r) = sql(
+        server,
+        &format!("SELECT type, count(*) FROM events WHERE ts >= {day0} AND ts < {end} GROUP BY 1 ORDER BY 1"),
+    );
+    assert_eq!(status, 200, "{r}");
+    let (imps, clicks) = per_day.range(..end).fold((0, 0), |(i, c), (_, d)| (i + d.0, c + d.1));
+    assert_eq!(r["rows"], serde_json::json!([["click", clicks], ["impression", imps]]), "{r}");
+}
+
+fn local_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("segments")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn settled_segments_move_to_s3_and_are_still_queried() {
+    let moto = Moto::start(BUCKET);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = start(&dir, &moto, None);
+    let day0 = (now_ms() / DAY_MS - 10) * DAY_MS;
+    let (body, per_day) = three_days(day0);
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, &body);
+    assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
+    wait_for_remote(&server, day0);
+    check_numbers(&server, day0, &per_day);
+    let metrics = server.get_text("/metrics");
+    let remote_raw = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("adstore_level_segments{level=\"raw\",tier=\"remote\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(remote_raw.is_some_and(|n| n > 0), "{metrics}");
+    assert!(metrics.contains("adstore_tiering_lag_seconds"), "{metrics}");
+    let listing = server.get("/v1/segments");
+    let local = listing["segments"].as_array().expect("segments").iter().filter(|s| s["tier"] == "local").count()
+        + listing["rollups"].as_array().expect("rollups").iter().filter(|s| s["tier"] == "local").count();
+    assert!(local_files(&dir) <= 3 * local, "only local segments keep files: {} files", local_files(&dir));
+
+    // A partition: cold data fails fast and clearly, hot data is answered.
+    moto.signal("-STOP");
+    let started = Instant::now();
+    let (status, r) =
+        sql(&server, &format!("SELECT sum(cost_micros), max(impression_id) FROM events WHERE ts < {}", day0 + DAY_MS));
+    // (Columns no query read before: not in the block cache.)
+    assert_eq!((status, r["error"]["code"].as_str()), (503, Some("object_store_unavailable")), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(20), "answered within the timeout: {:?}", started.elapsed());
+    let (status, r) = sql(&server, &format!("SELECT count(*) FROM events WHERE ts >= {}", day0 + 3 * DAY_MS));
+    assert_eq!((status, r["rows"][0][0].as_u64()), (200, Some(80)), "{r}");
+    moto.signal("-CONT");
+    check_numbers(&server, day0, &per_day);
+
+    // Restarted, the server opens the cold segments from the bucket.
+    assert!(server.stop().success());
+    let server = start(&dir, &moto, None);
+    check_numbers(&server, day0, &per_day);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_crash_after_the_tiering_commit_loses_nothing() {
+    let moto = Moto::start(BUCKET);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let mut server = start(&dir, &moto, Some("tiering_after_commit"));
+    let day0 = (now_ms() / DAY_MS - 10) * DAY_MS;
+    let (body, per_day) = three_days(day0);
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, &body);
+    assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
+    let status = server.wait();
+    assert!(!status.success(), "the failpoint aborts the server: {status}");
+    let server = start(&dir, &moto, None);
+    wait_for_remote(&server, day0);
+    check_numbers(&server, day0, &per_day);
+    let catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("catalog.json")).expect("catalog")).expect("json");
+    let remote: Vec<String> = catalog["catalog"]["segments"]
+        .as_object()
+        .expect("segments")
+        .values()
+        .filter(|m| m["tier"] == "remote")
+        .filter_map(|m| m["id"].as_u64().map(|id| format!("{id:016x}.")))
+        .collect();
+    let left: Vec<String> = std::fs::read_dir(dir.join("segments"))
+        .expect("segments")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .filter(|f| remote.iter().any(|p| f.starts_with(p)))
+        .collect();
+    assert!(left.is_empty(), "local files of segments in the bucket: {left:?}");
+    assert!(server.stop().success());
+}
