@@ -75,7 +75,8 @@ MAX_HEAD_BYTES = 1 << 30
 GAUGES = (
     "adstore_dedupe_keys", "adstore_dedupe_table_bytes", "adstore_dedupe_memory_bytes",
     "adstore_dedupe_disk_bytes", "adstore_dedupe_runs", "adstore_dedupe_spilled_keys",
-    "adstore_attribution_index_entries", "adstore_head_bytes", "adstore_head_rows",
+    "adstore_attribution_index_entries", "adstore_attribution_parts", "adstore_attribution_memory_bytes",
+    "adstore_attribution_disk_bytes", "adstore_head_bytes", "adstore_head_rows",
     "adstore_block_cache_bytes", "adstore_process_resident_memory_bytes", "adstore_segments",
     "adstore_rollup_segments", "adstore_rollup_bytes", "adstore_billing_snapshots",
 )
@@ -83,6 +84,7 @@ COUNTERS = (
     "adstore_ingest_head_full_total", "adstore_events_accepted_total", "adstore_events_duplicate_total",
     "adstore_events_rejected_total", "adstore_seal_duplicates_dropped_total", "adstore_seal_errors_total",
     "adstore_io_errors_total", "adstore_maintenance_failures_total", "adstore_dedupe_spilled_keys_total",
+    "adstore_attribution_spilled_entries_total",
 )
 
 TS_RE = re.compile(rb'"ts":\s*(\d+)')
@@ -182,9 +184,11 @@ def phase_summary(samples, key: str):
 def classify_disk(data_dir: Path, raw_ids, rollup_ids) -> dict:
     """Bytes on disk under `data_dir` (allocated, as du counts them) by category:
     raw and rollup segments (by the catalog's ids), segment files the catalog does not
-    list, billing snapshots, WAL, dedupe runs, and the rest (catalog, lock, other state)."""
+    list, billing snapshots, WAL, dedupe runs, attribution parts, and the rest (catalog, lock,
+    other state)."""
     raw_ids, rollup_ids = set(raw_ids), set(rollup_ids)
-    cats = {k: 0 for k in ("raw", "rollup", "unlisted_segments", "billing", "wal", "dedupe", "state")}
+    cats = {k: 0 for k in ("raw", "rollup", "unlisted_segments", "billing", "wal", "dedupe",
+                                  "attribution", "state")}
     files = {k: 0 for k in cats}
     state_paths: dict = {}
     for root, _dirs, names in os.walk(data_dir):
@@ -198,7 +202,7 @@ def classify_disk(data_dir: Path, raw_ids, rollup_ids) -> dict:
             if top == "segments":
                 stem = name[:-4] if name.endswith(".seg") else None
                 cat = "raw" if stem in raw_ids else "rollup" if stem in rollup_ids else "unlisted_segments"
-            elif top in ("billing", "wal", "dedupe"):
+            elif top in ("billing", "wal", "dedupe", "attribution"):
                 cat = top
             else:
                 cat = "state"
@@ -842,7 +846,8 @@ def render(runs: list) -> str:
         head,
     ]
     names = {"raw": "raw segments", "rollup": "rollup segments", "billing": "billing snapshots", "wal": "WAL",
-             "dedupe": "dedupe runs", "state": "other state (catalog, lock, ...)",
+             "dedupe": "dedupe runs", "attribution": "attribution parts",
+             "state": "other state (catalog, lock, ...)",
              "unlisted_segments": "segment files not in the catalog"}
     for k, name in names.items():
         lines.append(row(name, lambda r, k=k: f"{r['summary']['disk_per_event'][k]:.2f} B "
@@ -929,11 +934,13 @@ def self_test() -> int:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         for rel in ("segments/00000000000000aa.seg", "segments/00000000000000bb.seg", "segments/x.tmp",
-                    "wal/1.wal", "dedupe/run-1.keys", "billing/2026-11-01.v1.seg", "catalog.json", "LOCK"):
+                    "wal/1.wal", "dedupe/run-1.keys", "attribution/part-00000001.attr",
+                    "billing/2026-11-01.v1.seg", "catalog.json", "LOCK"):
             (d / rel).parent.mkdir(parents=True, exist_ok=True)
             (d / rel).write_bytes(b"x" * 10000)
         disk = classify_disk(d, ["00000000000000aa"], ["00000000000000bb"])
-        check(all(disk["files"][k] == 1 for k in ("raw", "rollup", "unlisted_segments", "wal", "dedupe", "billing")),
+        check(all(disk["files"][k] == 1 for k in ("raw", "rollup", "unlisted_segments", "wal", "dedupe",
+                                                  "attribution", "billing")),
               f"one file per category: {disk['files']}")
         check(disk["files"]["state"] == 2 and set(disk["state_paths"]) == {"catalog.json", "LOCK"},
               f"state: {disk['state_paths']}")
