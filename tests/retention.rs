@@ -13,11 +13,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn sql(server: &Server, query: &str) -> (u16, serde_json::Value) {
-    let body = serde_json::json!({ "sql": query, "format": "json" }).to_string();
-    post(&format!("{}/v1/sql", server.url), "application/json", None, body.as_bytes())
-}
-
 fn put_retention(server: &Server, json: &str) -> (u16, serde_json::Value) {
     let mut r = agent()
         .put(&format!("{}/v1/retention", server.url))
@@ -186,16 +181,8 @@ fn a_crash_after_the_retention_commit_loses_nothing() {
     assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
     let status = server.wait();
     assert!(!status.success(), "the failpoint aborts the server: {status}");
-    let catalog: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("catalog.json")).expect("catalog")).expect("json");
-    let expired: Vec<String> = catalog["catalog"]["segments"]
-        .as_object()
-        .expect("segments")
-        .values()
-        .filter(|m| m["tier"] == "expired")
-        .filter_map(|m| m["id"].as_u64().map(|id| format!("{id:016x}.")))
-        .collect();
-    assert!(!expired.is_empty(), "the commit expired raw segments: {catalog}");
+    let expired = segments_in_tier(&dir, "expired");
+    assert!(!expired.is_empty(), "the commit expired raw segments");
     let files = |dir: &std::path::Path| -> Vec<String> {
         std::fs::read_dir(dir.join("segments"))
             .expect("segments")

@@ -35,11 +35,6 @@ fn start(dir: &std::path::Path, moto: &Moto, failpoint: Option<&str>) -> Server 
     Server::start_env(dir, Some(&config()), &[], &env)
 }
 
-fn sql(server: &Server, query: &str) -> (u16, serde_json::Value) {
-    let body = serde_json::json!({ "sql": query, "format": "json" }).to_string();
-    post(&format!("{}/v1/sql", server.url), "application/json", None, body.as_bytes())
-}
-
 /// Waits until every raw segment of the three days is in the bucket.
 fn wait_for_remote(server: &Server, day0: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -146,15 +141,7 @@ fn a_crash_after_the_tiering_commit_loses_nothing() {
     let server = start(&dir, &moto, None);
     wait_for_remote(&server, day0);
     check_numbers(&server, day0, &per_day);
-    let catalog: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("catalog.json")).expect("catalog")).expect("json");
-    let remote: Vec<String> = catalog["catalog"]["segments"]
-        .as_object()
-        .expect("segments")
-        .values()
-        .filter(|m| m["tier"] == "remote")
-        .filter_map(|m| m["id"].as_u64().map(|id| format!("{id:016x}.")))
-        .collect();
+    let remote = segments_in_tier(&dir, "remote");
     let left: Vec<String> = std::fs::read_dir(dir.join("segments"))
         .expect("segments")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))

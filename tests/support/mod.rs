@@ -312,3 +312,23 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// `POST /v1/sql` of `query` as JSON.
+pub fn sql(server: &Server, query: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({ "sql": query, "format": "json" }).to_string();
+    post(&format!("{}/v1/sql", server.url), "application/json", None, body.as_bytes())
+}
+
+/// The file-name prefixes (`{id:016x}.`) of the segments whose tier in
+/// the data directory's catalog is `tier`.
+pub fn segments_in_tier(dir: &Path, tier: &str) -> Vec<String> {
+    let catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("catalog.json")).expect("catalog")).expect("json");
+    catalog["catalog"]["segments"]
+        .as_object()
+        .expect("segments")
+        .values()
+        .filter(|m| m["tier"] == tier)
+        .filter_map(|m| m["id"].as_u64().map(|id| format!("{id:016x}.")))
+        .collect()
+}
