@@ -79,8 +79,45 @@ fn syntax_error(e: ParserError, sql: &str) -> QueryError {
     QueryError::Syntax { message: text, position: Some(Position { line, column }) }
 }
 
+/// The values of `$n` placeholders.
+#[derive(Clone, Copy)]
+pub(crate) enum Params<'a> {
+    /// For execution: a placeholder with no value is an error.
+    Strict(&'a [crate::Param]),
+    /// For Describe: a placeholder with no value binds as NULL.
+    Lenient(&'a [crate::Param]),
+}
+
+impl Params<'_> {
+    /// The literal for placeholder `$n` (`name` as written).
+    fn get(&self, name: &str, span: Span) -> Result<Scalar> {
+        let (Params::Strict(values) | Params::Lenient(values)) = *self;
+        let index = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|&n| n >= 1);
+        let Some(index) = index else {
+            return Err(unsupported(format!("placeholder {name}; use $1, $2, …"), span));
+        };
+        Ok(match (values.get(index - 1), self) {
+            (Some(value), _) => match value {
+                crate::Param::Null => Scalar::Null,
+                crate::Param::Bool(b) => Scalar::Bool(*b),
+                crate::Param::Int(i) => Scalar::Int(*i),
+                crate::Param::Float(f) => Scalar::Float(*f),
+                crate::Param::Text(t) => Scalar::Str(Arc::from(t.as_str())),
+                crate::Param::Timestamp(ms) => Scalar::Ts(*ms),
+            },
+            (None, Params::Lenient(_)) => Scalar::Null,
+            (None, Params::Strict(_)) => {
+                return Err(invalid(
+                    format!("{name} has no value: the statement was given {} parameter(s)", values.len()),
+                    span,
+                ));
+            }
+        })
+    }
+}
+
 /// Parses and binds one statement.
-pub(crate) fn bind_sql(sql: &str, now_ms: i64, max_nesting: usize) -> Result<LogicalPlan> {
+pub(crate) fn bind_sql(sql: &str, now_ms: i64, max_nesting: usize, params: Params<'_>) -> Result<LogicalPlan> {
     // One level of nesting takes the parser a few levels of recursion;
     // `limits::check` has bounded the nesting already, so the parser's
     // own limit (default 50) is set past what it lets through.
@@ -116,7 +153,7 @@ pub(crate) fn bind_sql(sql: &str, now_ms: i64, max_nesting: usize) -> Result<Log
             ));
         }
     };
-    Binder::new(now_ms).bind_query(&query, explain)
+    Binder::new(now_ms, params).bind_query(&query, explain)
 }
 
 fn statement_kind(s: &Statement) -> String {
@@ -141,8 +178,9 @@ fn event_column_type(c: ColumnId) -> DataType {
     }
 }
 
-struct Binder {
+struct Binder<'p> {
     now_ms: i64,
+    params: Params<'p>,
     table: Table,
     alias: Option<String>,
     scan_cols: Vec<ScanCol>,
@@ -287,7 +325,17 @@ fn interval_ms(e: &SqlExpr) -> Result<Option<i64>> {
     parse_interval(&full).map(Some).map_err(|message| QueryError::InvalidLiteral { message, position: pos(span) })
 }
 
-fn literal_u64(e: &SqlExpr, what: &str) -> Result<u64> {
+fn literal_u64(e: &SqlExpr, what: &str, params: Params<'_>) -> Result<u64> {
+    if let SqlExpr::Value(v) = e
+        && let Value::Placeholder(name) = &v.value
+    {
+        return match params.get(name, e.span())? {
+            Scalar::Int(n) if n >= 0 => Ok(n as u64),
+            // Before Bind (Describe), the value is unknown: any will do.
+            Scalar::Null => Ok(0),
+            _ => Err(invalid(format!("{what} {name} must be a non-negative integer"), e.span())),
+        };
+    }
     if let SqlExpr::Value(v) = e
         && let Value::Number(n, _) = &v.value
         && let Ok(x) = n.parse::<u64>()
@@ -303,10 +351,11 @@ fn literal_u64(e: &SqlExpr, what: &str) -> Result<u64> {
     Err(unsupported(format!("{what} that is not a non-negative integer literal"), e.span()))
 }
 
-impl Binder {
-    fn new(now_ms: i64) -> Binder {
+impl<'p> Binder<'p> {
+    fn new(now_ms: i64, params: Params<'p>) -> Binder<'p> {
         Binder {
             now_ms,
+            params,
             table: Table::Events,
             alias: None,
             scan_cols: Vec::new(),
@@ -529,17 +578,17 @@ impl Binder {
                 }
                 let limit = match limit {
                     Some(SqlExpr::Value(v)) if matches!(v.value, Value::Null) => None,
-                    Some(l) => Some(literal_u64(l, "LIMIT")?),
+                    Some(l) => Some(literal_u64(l, "LIMIT", self.params)?),
                     None => None,
                 };
                 let offset = match offset {
-                    Some(o) => literal_u64(&o.value, "OFFSET")?,
+                    Some(o) => literal_u64(&o.value, "OFFSET", self.params)?,
                     None => 0,
                 };
                 (limit, offset)
             }
             Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
-                (Some(literal_u64(limit, "LIMIT")?), literal_u64(offset, "OFFSET")?)
+                (Some(literal_u64(limit, "LIMIT", self.params)?), literal_u64(offset, "OFFSET", self.params)?)
             }
         };
 
@@ -761,7 +810,7 @@ impl Binder {
         let nulls_first = o.options.nulls_first.unwrap_or(desc);
         let target = match &o.expr {
             SqlExpr::Value(v) if matches!(v.value, Value::Number(..)) => {
-                let n = literal_u64(&o.expr, "ORDER BY position")? as usize;
+                let n = literal_u64(&o.expr, "ORDER BY position", self.params)? as usize;
                 if n == 0 || n > outputs.len() {
                     return Err(invalid(format!("ORDER BY position {n} is not in the select list"), span));
                 }
@@ -849,6 +898,7 @@ impl Binder {
                 Value::SingleQuotedString(s) => lit(Scalar::Str(Arc::from(s.as_str()))),
                 Value::Boolean(x) => lit(Scalar::Bool(*x)),
                 Value::Null => lit(Scalar::Null),
+                Value::Placeholder(name) => lit(self.params.get(name, span)?),
                 _ => return Err(unsupported(format!("literal {v}"), span)),
             },
             SqlExpr::TypedString(ts) => {

@@ -56,6 +56,10 @@ pub enum QueryError {
     Overflow { what: &'static str },
     #[error("query timed out after {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
+    /// The client asked to stop the query (a PostgreSQL cancel request, or
+    /// the connection closed).
+    #[error("query cancelled at the client's request")]
+    Cancelled,
     #[error("query produces more than {max_groups} groups; narrow the time range or the GROUP BY")]
     TooManyGroups { max_groups: usize },
     #[error("query needs more than {max_bytes} bytes of memory; narrow the time range, add a LIMIT or filters")]
@@ -87,6 +91,7 @@ impl QueryError {
             QueryError::TooComplex { .. } => "query_too_complex",
             QueryError::Overflow { .. } => "overflow",
             QueryError::Timeout { .. } => "timeout",
+            QueryError::Cancelled => "cancelled",
             QueryError::TooManyGroups { .. } => "too_many_groups",
             QueryError::MemoryLimit { .. } => "memory_limit",
             QueryError::ResultTooLarge { .. } => "result_too_large",

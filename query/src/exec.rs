@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  plan_scan (pruning) ──► tasks: every kept block + every head chunk
-//!     │  rayon, in rounds of a few tasks per thread; deadline checked per task
+//!     │  rayon, in rounds of a few tasks per thread; deadline and cancel flag checked per task
 //!     ▼
 //!  scan_block ──► batch (codes, not strings) ──► residual filter ──► gather
 //!     ├─ aggregate: group by codes ─► partial states ──► AggMerger (lock, merge)
@@ -19,8 +19,9 @@
 //! a light query waits a round, not the whole heavy query.
 //!
 //! # Errors and cancellation
-//! Every task checks the query deadline before it starts; the first error
-//! (timeout, group or memory limit, a damaged block) stops the remaining
+//! Every task checks the query deadline and its cancel flag
+//! ([`QueryOptions::cancel`]) before it starts; the first error (timeout,
+//! cancel, group or memory limit, a damaged block) stops the remaining
 //! tasks and is returned. Nothing panics on data or query input.
 
 mod agg;
@@ -265,6 +266,24 @@ fn plan_scan<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan) -> Result<(ScanPla
     rollup::plan(snapshot, plan)
 }
 
+/// When a running query must stop: its deadline, or a cancel request.
+struct Stop<'a> {
+    deadline: Instant,
+    opts: &'a QueryOptions,
+}
+
+impl Stop<'_> {
+    fn check(&self) -> Result<()> {
+        if self.opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(QueryError::Cancelled);
+        }
+        if Instant::now() > self.deadline {
+            return Err(QueryError::Timeout { timeout_ms: self.opts.timeout.as_millis() as u64 });
+        }
+        Ok(())
+    }
+}
+
 /// Runs a plan; returns the result schema, batches and counters.
 pub(crate) fn execute(
     snapshot: &Snapshot,
@@ -284,14 +303,12 @@ pub(crate) fn execute(
     tasks.extend(scan.head.iter().map(Task::Head));
     let rows_scanned = AtomicU64::new(0);
     let head_rows = AtomicBool::new(false);
-    let timeout = || QueryError::Timeout { timeout_ms: opts.timeout.as_millis() as u64 };
+    let stop = Stop { deadline, opts };
     let logical = &plan.logical;
     let schema = schema_of(logical);
 
     let next_batch = |t: &Task<'_>| -> Result<Option<(ScanBatch, bool)>> {
-        if Instant::now() > deadline {
-            return Err(timeout());
-        }
+        stop.check()?;
         let got = scan_task(t, &plan.request)?;
         if let Some((sb, _)) = &got {
             rows_scanned.fetch_add(sb.rows as u64, Ordering::Relaxed);
@@ -303,9 +320,7 @@ pub(crate) fn execute(
     };
 
     let billing_batch = |entry: &adstore_storage::billing::BillingSnapshot| -> Result<Batch<'static>> {
-        if Instant::now() > deadline {
-            return Err(timeout());
-        }
+        stop.check()?;
         let b = billing::batch(snapshot, entry, plan)?;
         rows_scanned.fetch_add(b.rows as u64, Ordering::Relaxed);
         Ok(b)
@@ -322,9 +337,7 @@ pub(crate) fn execute(
                 counted.iter().flatten().map(|&c| enum_names(c)).collect();
             for_each_in_rounds(&tasks, |t| -> Result<()> {
                 if let (Some(keys), Task::Block(s, b)) = (&counted, t) {
-                    if Instant::now() > deadline {
-                        return Err(timeout());
-                    }
+                    stop.check()?;
                     if let Some(counts) = count_block(s, b, &plan.request, keys)? {
                         let rows: u64 = counts.counts.iter().map(|&c| u64::from(c)).sum();
                         rows_scanned.fetch_add(rows, Ordering::Relaxed);
@@ -333,9 +346,7 @@ pub(crate) fn execute(
                     }
                 }
                 if let Task::Rollup(segment, block) = t {
-                    if Instant::now() > deadline {
-                        return Err(timeout());
-                    }
+                    stop.check()?;
                     let got = rollup::partial(segment, *block, plan, opts.max_groups, |b| filtered(b, plan))?;
                     let Some((rows, partial)) = got else { return Ok(()) };
                     rows_scanned.fetch_add(rows as u64, Ordering::Relaxed);
@@ -363,9 +374,7 @@ pub(crate) fn execute(
                 let partial = agg::Partial { domains: keys.into_iter().map(|k| k.domain).collect(), grouping, states };
                 merger.lock().map_err(|_| poisoned())?.merge(partial)
             })?;
-            if Instant::now() > deadline {
-                return Err(timeout());
-            }
+            stop.check()?;
             let (ng, cols) = merger.into_inner().map_err(|_| poisoned())?.finish()?;
             let post = Batch::new(ng, cols);
             let post = match &aggregate.having {
@@ -427,9 +436,7 @@ pub(crate) fn execute(
                 chunks.lock().map_err(|_| poisoned())?.push((outs, extras));
                 Ok(())
             })?;
-            if Instant::now() > deadline {
-                return Err(timeout());
-            }
+            stop.check()?;
             let chunks = chunks.into_inner().map_err(|_| poisoned())?;
             let concat = |which: usize, width: usize, types: &[DataType]| -> Result<Vec<ArrayRef>> {
                 (0..width)
@@ -638,14 +645,19 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
         "parallelism",
         format!("{} task(s) (blocks + head chunks) on {} rayon thread(s)", tasks, rayon::current_num_threads()),
     );
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("property", arrow_schema::DataType::Utf8, false),
-        Field::new("value", arrow_schema::DataType::Utf8, false),
-    ]));
+    let schema = explain_schema();
     let k: StringArray = rows.iter().map(|r| Some(r.0.as_str())).collect();
     let v: StringArray = rows.iter().map(|r| Some(r.1.as_str())).collect();
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)])?;
     Ok((schema, vec![batch]))
+}
+
+/// The columns of an EXPLAIN answer.
+pub(crate) fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("property", arrow_schema::DataType::Utf8, false),
+        Field::new("value", arrow_schema::DataType::Utf8, false),
+    ]))
 }
 
 /// A readable rendering of a bound expression, for EXPLAIN.

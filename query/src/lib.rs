@@ -25,6 +25,8 @@ mod source;
 mod time;
 mod types;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adstore_storage::Snapshot;
@@ -52,6 +54,9 @@ pub struct QueryOptions {
     pub max_operators: usize,
     /// How deep parentheses and `CASE … END` may nest. Default [`MAX_NESTING`].
     pub max_nesting: usize,
+    /// Set to true (by another thread) to stop the query: it fails with
+    /// [`QueryError::Cancelled`] before its next block. Default: none.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for QueryOptions {
@@ -64,6 +69,7 @@ impl Default for QueryOptions {
             max_result_rows: 1_000_000,
             max_operators: MAX_OPERATORS,
             max_nesting: MAX_NESTING,
+            cancel: None,
         }
     }
 }
@@ -76,16 +82,55 @@ impl Default for QueryOptions {
 /// construct with its position, unknown names, limits, timeout) from a
 /// failure of the store.
 pub fn execute(snapshot: &Snapshot, sql: &str, opts: &QueryOptions) -> Result<QueryResult> {
+    execute_with(snapshot, sql, &[], opts)
+}
+
+/// [`execute`] of a statement with parameters: `$1` is `params[0]`, and so
+/// on. A parameter is a value, never SQL text: it binds like a literal of
+/// its type (a [`Param::Text`] compared with `ts` is read as a timestamp,
+/// as a string literal is).
+///
+/// # Errors
+/// As [`execute`]; also a `$n` with no parameter n.
+pub fn execute_with(snapshot: &Snapshot, sql: &str, params: &[Param], opts: &QueryOptions) -> Result<QueryResult> {
     limits::check(sql, opts.max_operators, opts.max_nesting)?;
     // On a stack of known size, whatever thread calls: the statement's
     // depth is bounded by the limits just checked.
-    stacker::grow(QUERY_STACK_BYTES, || execute_checked(snapshot, sql, opts))
+    stacker::grow(QUERY_STACK_BYTES, || execute_checked(snapshot, sql, params, opts))
 }
 
-fn execute_checked(snapshot: &Snapshot, sql: &str, opts: &QueryOptions) -> Result<QueryResult> {
+/// The result schema `execute_with` would return, without running the
+/// statement (the PostgreSQL protocol's Describe). Parameters not given
+/// (`params` shorter than the statement needs) bind as NULL: a column that
+/// is only a parameter is then typed `Null`.
+///
+/// # Errors
+/// As [`execute`], for everything found before execution.
+pub fn describe(sql: &str, params: &[Param], opts: &QueryOptions) -> Result<arrow_schema::SchemaRef> {
+    limits::check(sql, opts.max_operators, opts.max_nesting)?;
+    stacker::grow(QUERY_STACK_BYTES, || {
+        let logical = bind::bind_sql(sql, opts.now_ms, opts.max_nesting, bind::Params::Lenient(params))?;
+        Ok(if logical.explain { exec::explain_schema() } else { exec::schema_of(&logical) })
+    })
+}
+
+/// A value for a `$n` placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// Text; read as a timestamp where one is expected, like a string literal.
+    Text(String),
+    /// Epoch milliseconds, UTC.
+    Timestamp(i64),
+}
+
+fn execute_checked(snapshot: &Snapshot, sql: &str, params: &[Param], opts: &QueryOptions) -> Result<QueryResult> {
     let started = Instant::now();
     let deadline = started + opts.timeout;
-    let logical = bind::bind_sql(sql, opts.now_ms, opts.max_nesting)?;
+    let logical = bind::bind_sql(sql, opts.now_ms, opts.max_nesting, bind::Params::Strict(params))?;
     let explain = logical.explain;
     let physical = planner::plan(logical);
     let source = physical.source.source.name().to_string();

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Binder {
+impl Binder<'_> {
     fn args<'f>(&self, f: &'f ast::Function, span: Span) -> Result<(Vec<&'f FunctionArgExpr>, bool)> {
         match &f.args {
             FunctionArguments::None => Ok((Vec::new(), false)),
