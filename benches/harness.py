@@ -544,7 +544,7 @@ class AdstoreServer:
         env.setdefault("ADSTORE_LOG", "warn")
         self.log = open(log_path, "w")
         # fsync is on by default (storage.fsync = true); no config file overrides it.
-        cmd = [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"]
+        cmd = [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--pg-listen", "off"]
         if config is not None:
             cmd += ["--config", str(config)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)

@@ -43,7 +43,7 @@ def main():
     a = ap.parse_args()
     data = tempfile.mkdtemp(prefix="adstore-latency-")
     env = dict(os.environ, RAYON_NUM_THREADS="2", TOKIO_WORKER_THREADS="2", ADSTORE_LOG="warn")
-    server = subprocess.Popen([a.bin, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{a.port}"],
+    server = subprocess.Popen([a.bin, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{a.port}", "--pg-listen", "off"],
                               env=env, stdout=subprocess.DEVNULL)
     try:
         for _ in range(100):

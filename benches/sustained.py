@@ -229,7 +229,7 @@ class Server:
         self.stdout_path = log_path.with_suffix(".stdout")
         self._stdout = open(self.stdout_path, "w")
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
+        self.proc = subprocess.Popen([str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--pg-listen", "off",
                                       "--config", str(config)], stdout=self._stdout, stderr=self._log, env=env)
         deadline = time.monotonic() + 120
         while True:

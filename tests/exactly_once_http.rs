@@ -27,7 +27,7 @@ impl Drop for Server {
 
 fn start(dir: &Path, config: &Path) -> Server {
     let mut child = Command::new(ADSTORE)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--pg-listen", "off", "--data-dir"])
         .arg(dir)
         .arg("--config")
         .arg(config)
@@ -169,7 +169,7 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     assert!(runs_before.iter().any(|p| p.extension().is_some_and(|e| e == "attr")), "attribution parts");
     assert!(runs_before.iter().any(|p| p.extension().is_some_and(|e| e == "keys")), "dedupe runs");
     let second = Command::new(ADSTORE)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--pg-listen", "off", "--data-dir"])
         .arg(&data)
         .arg("--config")
         .arg(&config)

@@ -315,7 +315,7 @@ fn damaged_segments_and_wal_records_are_reported_by_name_never_served() {
     bytes[original.len() / 4] ^= 0x5a;
     std::fs::write(&wal, &bytes).expect("damage");
     let out = Command::new(env!("CARGO_BIN_EXE_adstore"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--pg-listen", "off", "--data-dir"])
         .arg(&data)
         .output()
         .expect("run adstore serve");

@@ -30,9 +30,12 @@ fn the_readme_tour_runs_as_written_against_a_demo_server() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = Server::start_with(&tmp.path().join("data"), None, &["--demo", "--demo-events", "50000"]);
     let port = server.url.rsplit(':').next().expect("port").to_string();
+    let pg_host_port = server.pg_url.trim_start_matches("postgresql://").trim_end_matches("/adstore").to_string();
     for (i, block) in blocks.iter().enumerate().skip(1) {
-        let script =
-            block.replace("localhost:8080", &format!("127.0.0.1:{port}")).replace("--events 5000000", "--events 50000");
+        let script = block
+            .replace("localhost:8080", &format!("127.0.0.1:{port}"))
+            .replace("localhost:5433", &pg_host_port)
+            .replace("--events 5000000", "--events 50000");
         let out = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &format!("adstore() {{ {ADSTORE:?} \"$@\"; }}\n{script}")])
             .current_dir(tmp.path())
@@ -55,6 +58,9 @@ fn the_readme_tour_runs_as_written_against_a_demo_server() {
         if script.contains("EXPLAIN SELECT campaign_id, sum(clicks) FROM metrics") {
             // What is read, rollups or events, is named.
             assert!(stdout.lines().any(|l| l.starts_with("reads,")), "{stdout}");
+        }
+        if script.contains("psql postgresql://") {
+            assert!(stdout.contains("(3 rows)"), "psql answers: {stdout}");
         }
         if script.contains("/v1/reprocess -H") {
             assert!(stdout.contains("\"status\":\"running\""), "the reprocess job starts: {stdout}");

@@ -96,11 +96,18 @@ pub struct HttpConfig {
     /// Largest accepted request body, in bytes (after decompression for
     /// compressed bodies). Default 64 MiB. Larger requests get 413.
     pub max_body_bytes: usize,
+    /// Where the PostgreSQL wire protocol listens (`host:port`), or `off`.
+    /// Default `127.0.0.1:5433` (5432 is usually a real PostgreSQL).
+    /// `adstore serve --pg-listen` wins over this.
+    pub pg_listen: String,
+    /// The most PostgreSQL connections open at once; one more is refused
+    /// with SQLSTATE 53300. Default 256.
+    pub pg_max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
-        HttpConfig { max_body_bytes: 64 << 20 }
+        HttpConfig { max_body_bytes: 64 << 20, pg_listen: "127.0.0.1:5433".into(), pg_max_connections: 256 }
     }
 }
 
@@ -210,6 +217,7 @@ impl QueryConfig {
             max_result_rows: self.max_result_rows,
             max_operators: self.max_operators,
             max_nesting: self.max_nesting,
+            cancel: None,
         }
     }
 
@@ -260,6 +268,12 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return Err(ServerError::Config("server.max_body_bytes must be at least 1024".into()));
+        }
+        if self.server.pg_max_connections == 0 {
+            return Err(ServerError::Config(
+                "server.pg_max_connections must be positive (turn the protocol off with server.pg_listen = \"off\")"
+                    .into(),
+            ));
         }
         if self.ingest.max_future_skew_ms < 0 || self.ingest.allowed_lateness_ms < 0 {
             return Err(ServerError::Config("ingest windows must not be negative".into()));

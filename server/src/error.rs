@@ -70,6 +70,11 @@ impl From<adstore_query::QueryError> for ServerError {
 }
 
 impl ServerError {
+    /// The message an API answers with, cut to a readable length.
+    pub(crate) fn message(&self) -> String {
+        cut(self.to_string())
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ServerError::Config(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
@@ -138,7 +143,7 @@ impl IntoResponse for ServerError {
         if status.is_server_error() && !head_full {
             tracing::error!(error = %self, "request failed");
         }
-        let mut body = serde_json::json!({ "error": { "code": code, "message": cut(self.to_string()) } });
+        let mut body = serde_json::json!({ "error": { "code": code, "message": self.message() } });
         if let ServerError::Query(q) = &self {
             body["error"]["position"] = q
                 .position()

@@ -14,6 +14,7 @@ mod exactly;
 mod extract;
 mod http;
 mod metrics;
+mod pgwire;
 mod ratelimit;
 mod reconcile;
 mod retention;

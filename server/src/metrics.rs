@@ -1,6 +1,7 @@
 //! `/metrics` in the Prometheus text format: request latency per route and
 //! errors per route and code (the `prometheus` crate's histograms and
-//! counters, fed by the [`track`] middleware), and the store's state read
+//! counters, fed by the [`track`] middleware), the PostgreSQL protocol's
+//! connections, statements and errors (fed by `pgwire/`), and the store's state read
 //! at each scrape (one table, [`SERIES`], gives every series its type and
 //! help).
 
@@ -13,7 +14,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::http::AppState;
 
@@ -27,6 +28,12 @@ pub struct HttpMetrics {
     registry: Registry,
     durations: HistogramVec,
     errors: IntCounterVec,
+    /// PostgreSQL connections open now (bounded by `server.pg_max_connections`).
+    pub(crate) pg_connections: IntGauge,
+    /// PostgreSQL statements run, by kind (query, catalog, session, empty).
+    pub(crate) pg_statements: IntCounterVec,
+    /// PostgreSQL errors sent, by SQLSTATE.
+    pub(crate) pg_errors: IntCounterVec,
 }
 
 impl HttpMetrics {
@@ -43,9 +50,27 @@ impl HttpMetrics {
             Opts::new("adstore_http_errors_total", "HTTP requests answered with an error, by route and error code."),
             &["route", "code"],
         )?;
+        let pg_connections = IntGauge::new(
+            "adstore_pg_connections",
+            "PostgreSQL protocol connections open (at most server.pg_max_connections).",
+        )?;
+        let pg_statements = IntCounterVec::new(
+            Opts::new(
+                "adstore_pg_statements_total",
+                "Statements received over the PostgreSQL protocol, by kind (query, catalog, session, empty).",
+            ),
+            &["kind"],
+        )?;
+        let pg_errors = IntCounterVec::new(
+            Opts::new("adstore_pg_errors_total", "Errors sent over the PostgreSQL protocol, by SQLSTATE."),
+            &["sqlstate"],
+        )?;
         registry.register(Box::new(durations.clone()))?;
         registry.register(Box::new(errors.clone()))?;
-        Ok(HttpMetrics { registry, durations, errors })
+        registry.register(Box::new(pg_connections.clone()))?;
+        registry.register(Box::new(pg_statements.clone()))?;
+        registry.register(Box::new(pg_errors.clone()))?;
+        Ok(HttpMetrics { registry, durations, errors, pg_connections, pg_statements, pg_errors })
     }
 }
 

@@ -40,6 +40,24 @@ pub fn format_timestamp(ms: i64) -> String {
     }
 }
 
+/// PostgreSQL's text form of a `timestamptz` in UTC, as its clients parse
+/// it: `2026-11-22 10:00:00+00`, with the fraction's trailing zeros
+/// dropped (`10:00:00.25+00`).
+pub fn format_timestamp_pg(ms: i64) -> String {
+    let days = ms.div_euclid(DAY_MS);
+    let rem = ms.rem_euclid(DAY_MS);
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s, f) = (rem / HOUR_MS, rem % HOUR_MS / MINUTE_MS, rem % MINUTE_MS / SECOND_MS, rem % SECOND_MS);
+    let mut out = format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+    if f != 0 {
+        let fraction = format!("{f:03}");
+        out.push('.');
+        out.push_str(fraction.trim_end_matches('0'));
+    }
+    out.push_str("+00");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +68,13 @@ mod tests {
         assert_eq!(format_timestamp(1_795_341_600_007), "2026-11-22T10:00:00.007Z");
         assert_eq!(format_timestamp(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
+    }
+
+    #[test]
+    fn formats_like_postgresql() {
+        assert_eq!(format_timestamp_pg(1_795_341_600_000), "2026-11-22 10:00:00+00");
+        assert_eq!(format_timestamp_pg(1_795_341_600_250), "2026-11-22 10:00:00.25+00");
+        assert_eq!(format_timestamp_pg(1_795_341_600_007), "2026-11-22 10:00:00.007+00");
+        assert_eq!(format_timestamp_pg(-1), "1969-12-31 23:59:59.999+00");
     }
 }

@@ -20,12 +20,14 @@ pub const DAY_MS: i64 = 86_400_000;
 pub struct Server {
     child: Option<Child>,
     pub url: String,
+    /// `postgresql://127.0.0.1:PORT/adstore`: the PostgreSQL protocol.
+    pub pg_url: String,
     pub data_dir: PathBuf,
 }
 
 impl Server {
-    /// Starts `adstore serve --listen 127.0.0.1:0 --data-dir DIR [--config FILE]`
-    /// and waits for its "listening on" line.
+    /// Starts `adstore serve --listen 127.0.0.1:0 --pg-listen 127.0.0.1:0
+    /// --data-dir DIR [--config FILE]` and waits for its "listening on" lines.
     pub fn start(data_dir: &Path, config_toml: Option<&str>) -> Server {
         Server::start_with(data_dir, config_toml, &[])
     }
@@ -38,7 +40,7 @@ impl Server {
     pub fn start_env(data_dir: &Path, config_toml: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(ADSTORE);
         cmd.envs(env.iter().copied());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
         if let Some(toml) = config_toml {
             let path = data_dir.with_extension("toml");
             std::fs::write(&path, toml).expect("write config");
@@ -56,14 +58,15 @@ impl Server {
                 }
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(120)) {
+        let mut address = || match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!("adstore serve did not report its address");
+                panic!("adstore serve did not report its addresses");
             }
         };
-        Server { child: Some(child), url, data_dir: data_dir.to_path_buf() }
+        let (url, pg_url) = (address(), address());
+        Server { child: Some(child), url, pg_url, data_dir: data_dir.to_path_buf() }
     }
 
     pub fn pid(&self) -> u32 {

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::datagen::{GenConfig, Generator};
 use crate::error::ServerError;
 use crate::http::{AppState, HttpCounters, now_ms, router};
+use crate::pgwire::{PG_LISTEN_OFF, PgListener};
 
 /// Ingest body buffers kept between requests: enough for a few requests in
 /// flight, raw and decompressed, each up to 16 MiB (about 40,000 NDJSON
@@ -36,6 +37,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the "listening on" line says which).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
+    /// Where the PostgreSQL wire protocol listens, or `off` (default:
+    /// `[server] pg_listen`, 127.0.0.1:5433).
+    #[arg(long)]
+    pg_listen: Option<String>,
     /// TOML configuration file (see docs/configuration.md).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -48,10 +53,13 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if let Some(pg_listen) = &args.pg_listen {
+        config.server.pg_listen.clone_from(pg_listen);
+    }
     let was_empty = dir_is_empty(&args.data_dir)?;
     let (store, exactly_once) = crate::exactly::open_store(&args.data_dir, &config)?;
     if args.demo {
@@ -94,18 +102,32 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         .map_err(|e| ServerError::Internal(format!("cannot start the async runtime: {e}")))?;
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
+        let pg = match state.config.server.pg_listen.as_str() {
+            PG_LISTEN_OFF => None,
+            addr => Some(PgListener::bind(addr).await?),
+        };
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|source| ServerError::Bind { addr: args.listen.clone(), source })?;
         let local: SocketAddr =
             listener.local_addr().map_err(|source| ServerError::Bind { addr: args.listen.clone(), source })?;
         tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "adstore listening");
-        // Tests and scripts read this line to find an ephemeral port.
+        // Tests and scripts read these lines to find ephemeral ports.
         println!("listening on http://{local}");
-        axum::serve(listener, router(state))
+        let (stop_pg, pg_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(pg) = pg {
+            tracing::info!(addr = %pg.addr, "PostgreSQL protocol listening");
+            println!("listening on postgresql://{}/{}", pg.addr, crate::pgwire::DATABASE);
+            tokio::spawn(pg.serve(state.clone(), async {
+                let _ = pg_stopped.await;
+            }));
+        }
+        let served = axum::serve(listener, router(state))
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(|e| ServerError::Internal(format!("server error: {e}")))
+            .map_err(|e| ServerError::Internal(format!("server error: {e}")));
+        let _ = stop_pg.send(());
+        served
     });
     tracing::info!("shutting down: in-flight requests finished, syncing the WAL");
     // Close even if serving failed, so the WAL is synced either way.

@@ -1,0 +1,267 @@
+//! The PostgreSQL wire protocol with real clients: psql (Debian's
+//! `postgresql-client`, simple query protocol, text results) and Python's
+//! psycopg 3 (`tests/pg/psycopg_client.py`: extended protocol, parameters,
+//! prepared statements, binary results, cancel). Answers are checked
+//! against `/v1/sql` over the same data: the same rows, typed as
+//! PostgreSQL types.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// `psql` with the given arguments against the server; (exit ok, stdout, stderr).
+fn psql(server: &Server, args: &[&str]) -> (bool, String, String) {
+    psql_url(&server.pg_url, args)
+}
+
+fn psql_url(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-v", "ON_ERROR_STOP=0", "--no-psqlrc"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql (Debian package postgresql-client; .ci/run installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// psql reading `input` as a script; its stdout.
+fn psql_stdin(server: &Server, input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .arg(&server.pg_url)
+        .args(["-X", "-A", "-F", "|", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run psql");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write to psql");
+    let out = child.wait_with_output().expect("psql output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "psql {input}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Unaligned, tuples-only psql output of one query: rows of `|`-separated fields.
+fn psql_rows(server: &Server, query: &str) -> Vec<Vec<String>> {
+    let (ok, out, err) = psql(server, &["-A", "-t", "-F", "|", "-c", query]);
+    assert!(ok && err.is_empty(), "psql {query}: {err}");
+    out.lines().map(|l| l.split('|').map(str::to_string).collect()).collect()
+}
+
+/// PostgreSQL's text form of an RFC 3339 UTC timestamp of the HTTP API:
+/// `2026-11-01T06:00:00.120Z` is `2026-11-01 06:00:00.12+00`.
+fn pg_timestamp(rfc3339: &str) -> String {
+    let mut text = rfc3339.replace('T', " ").trim_end_matches('Z').to_string();
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    text + "+00"
+}
+
+#[test]
+fn psql_reads_what_the_http_api_answers_with_postgresql_types() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Server::start_with(&tmp.path().join("data"), None, &["--demo", "--demo-events", "20000"]);
+
+    // The same rows as /v1/sql, group for group.
+    let query = "SELECT campaign_id, count(*) AS n, sum(cost_micros) AS cost, min(ts) AS first \
+                 FROM events GROUP BY campaign_id ORDER BY campaign_id";
+    let (status, http) = sql(&server, query);
+    assert_eq!(status, 200, "{http}");
+    let http_rows = http["rows"].as_array().expect("rows");
+    let pg_rows = psql_rows(&server, query);
+    assert!(http_rows.len() > 3, "{http}");
+    assert_eq!(pg_rows.len(), http_rows.len());
+    for (pg, http) in pg_rows.iter().zip(http_rows) {
+        assert_eq!(pg[0], http[0].as_str().expect("campaign"));
+        assert_eq!(pg[1], http[1].to_string());
+        assert_eq!(pg[2], http[2].to_string());
+        // PostgreSQL's text form of timestamptz: a space, a numeric offset.
+        assert_eq!(pg[3], pg_timestamp(http[3].as_str().expect("ts")), "{pg:?}");
+    }
+
+    // Column types as PostgreSQL names them (psql's \\gdesc describes the
+    // statement without running it).
+    let out = psql_stdin(
+        &server,
+        "SELECT count(*) AS n, avg(cost_micros) AS a, max(ts) AS t, campaign_id, count(*) > 0 AS b, NULL AS z \
+         FROM events GROUP BY campaign_id LIMIT 1 \\gdesc\n",
+    );
+    for (column, ty) in [
+        ("n", "bigint"),
+        ("a", "double precision"),
+        ("t", "timestamp with time zone"),
+        ("campaign_id", "text"),
+        ("b", "boolean"),
+        ("z", "text"),
+    ] {
+        assert!(out.lines().any(|l| l.split('|').map(str::trim).eq([column, ty])), "{column} {ty} in {out}");
+    }
+}
+
+#[test]
+fn psql_errors_keep_the_connection_and_name_the_position() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Server::start_with(&tmp.path().join("data"), None, &["--demo", "--demo-events", "2000"]);
+
+    // Several commands on one connection: an error in the middle, the
+    // next command still answers.
+    let (_, out, err) = psql(
+        &server,
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SELECT nope FROM events",
+            "-c",
+            "SELECT count(*) > 0 FROM events",
+            "-c",
+            "-- ping",
+            "-c",
+            ";",
+        ],
+    );
+    assert!(err.contains("ERROR:  unknown column \"nope\" at 1:8"), "{err}");
+    // psql draws the position it got as a caret under the statement.
+    assert!(err.contains("LINE 1: SELECT nope FROM events\n               ^"), "{err}");
+    assert_eq!(out.trim(), "t", "{out}");
+
+    // Session statements are accepted; SHOW answers.
+    let (ok, out, err) = psql(
+        &server,
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SET extra_float_digits = 3",
+            "-c",
+            "BEGIN",
+            "-c",
+            "SHOW server_version_num",
+            "-c",
+            "COMMIT",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("160006"), "{out}");
+    let (ok, _, err) = psql(&server, &["-c", "SHOW nothing_like_this"]);
+    assert!(!ok && err.contains("unrecognized configuration parameter \"nothing_like_this\""), "{err}");
+
+    // Only the database "adstore" exists.
+    let wrong = server.pg_url.replace("/adstore", "/postgres");
+    let (ok, _, err) = psql_url(&wrong, &["-c", "SELECT 1"]);
+    assert!(!ok && err.contains("database \"postgres\" does not exist"), "{err}");
+}
+
+#[test]
+fn psycopg_uses_parameters_prepared_statements_binary_results_and_cancel() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Small blocks and many of them, so that a heavy query runs long
+    // enough to be cancelled.
+    let config = "[storage]\nblock_rows = 128\n\n[query]\ntimeout_ms = 120000\n";
+    let server = Server::start_with(&tmp.path().join("data"), Some(config), &["--demo", "--demo-events", "30000"]);
+    let (status, http) = sql(
+        &server,
+        "SELECT campaign_id, count(*) AS n FROM events WHERE type = 'click' GROUP BY campaign_id ORDER BY n DESC, campaign_id LIMIT 3",
+    );
+    assert_eq!(status, 200, "{http}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/psycopg_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&server.pg_url)
+        .arg(http["rows"].to_string())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "psycopg client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+#[test]
+fn connections_are_bounded_counted_and_released() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Server::start(&tmp.path().join("data"), Some("[server]\npg_max_connections = 2\n"));
+    // Two psql sessions that stay connected while their stdin is open.
+    let hold = || {
+        let mut child = Command::new("psql")
+            .arg(&server.pg_url)
+            .args(["-X", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("psql");
+        let stdin = child.stdin.take().expect("stdin");
+        (child, stdin)
+    };
+    let wait_for = |open: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while server.metric("adstore_pg_connections") != open {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} connections open, not {open}",
+                server.metric("adstore_pg_connections")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let (mut first, first_stdin) = hold();
+    let (mut second, second_stdin) = hold();
+    wait_for(2);
+    let (ok, _, err) = psql(&server, &["-c", "SELECT count(*) FROM events"]);
+    assert!(!ok && err.contains("too many connections: all 2 are in use (server.pg_max_connections)"), "{err}");
+    drop(first_stdin);
+    first.wait().expect("first psql");
+    wait_for(1);
+    let (ok, out, err) = psql(&server, &["-A", "-t", "-c", "SELECT count(*) FROM events"]);
+    assert!(ok && out.trim() == "0", "{out} {err}");
+    drop(second_stdin);
+    second.wait().expect("second psql");
+    wait_for(0);
+    let metrics = server.get_text("/metrics");
+    assert!(metrics.contains("adstore_pg_errors_total{sqlstate=\"53300\"} 1"), "{metrics}");
+    assert!(metrics.contains("adstore_pg_statements_total{kind=\"query\"}"), "{metrics}");
+}
+
+/// Grafana's PostgreSQL data source, as it sends its SQL (pgx's simple
+/// query protocol, as psql -c does): each `tests/pg/grafana/*.sql` verbatim
+/// (the config editor's version and TimescaleDB probes, the health check's
+/// `-- ping`, the query builder's table, schema and column listings) and
+/// psql's answer in the `.out` beside it. Regenerate after an intended
+/// change with `ADSTORE_REGENERATE_GOLDEN=1 cargo test --test pgwire`.
+#[test]
+fn grafana_catalog_queries_answer_as_recorded() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Server::start(&tmp.path().join("data"), None);
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/grafana"));
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("tests/pg/grafana")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 9, "{files:?}");
+    let regenerate = std::env::var_os("ADSTORE_REGENERATE_GOLDEN").is_some();
+    for file in files {
+        let sql = std::fs::read_to_string(&file).expect("read sql");
+        let (ok, out, err) = psql(&server, &["-A", "-c", &sql]);
+        let answer = format!("{out}{err}");
+        assert!(ok, "{}: {answer}", file.display());
+        let golden = file.with_extension("out");
+        if regenerate {
+            std::fs::write(&golden, &answer).expect("write golden");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        assert_eq!(answer, expected, "{} (regenerate with ADSTORE_REGENERATE_GOLDEN=1)", file.display());
+    }
+}
