@@ -265,3 +265,50 @@ fn grafana_catalog_queries_answer_as_recorded() {
         assert_eq!(answer, expected, "{} (regenerate with ADSTORE_REGENERATE_GOLDEN=1)", file.display());
     }
 }
+
+/// A Grafana time-series panel as it arrives after macro expansion
+/// (`$__timeGroupAlias(ts,'5m')`, `$__timeFilter(ts)`,
+/// `$__unixEpochFilter(ts)`), over psql's simple protocol: a `time`
+/// column in epoch seconds (`float8`), rows in time order, the same counts
+/// as `time_bucket` over HTTP.
+#[test]
+fn grafana_panel_queries_answer_like_time_bucket() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Server::start_with(&tmp.path().join("data"), None, &["--demo", "--demo-events", "20000"]);
+    let (_, bounds) = sql(&server, "SELECT extract(epoch FROM min(ts)), extract(epoch FROM max(ts)) FROM events");
+    let seconds = |v: &serde_json::Value| v.as_f64().expect("epoch seconds") as i64;
+    let (lo, hi) = (seconds(&bounds["rows"][0][0]) + 3_600, seconds(&bounds["rows"][0][1]) - 3_600);
+    // As Grafana's $__timeFilter writes them: RFC 3339, fraction trimmed.
+    let rfc3339 = |s: i64| adstore_storage::time::format_timestamp(s * 1000).replace('Z', ".5Z");
+    let (from, to) = (rfc3339(lo), rfc3339(hi));
+    let (status, http) = sql(
+        &server,
+        &format!(
+            "SELECT extract(epoch FROM time_bucket(INTERVAL '5 minutes', ts)) AS t, count(*) AS n FROM events \
+             WHERE ts BETWEEN '{from}' AND '{to}' GROUP BY 1 ORDER BY 1"
+        ),
+    );
+    assert_eq!(status, 200, "{http}");
+    let expected: Vec<(i64, String)> =
+        http["rows"].as_array().expect("rows").iter().map(|r| (seconds(&r[0]), r[1].to_string())).collect();
+    assert!(expected.len() > 100, "{http}");
+
+    let panel = format!(
+        "SELECT floor(extract(epoch from ts)/300)*300 AS \"time\", count(*) AS n FROM events \
+         WHERE ts BETWEEN '{from}' AND '{to}' GROUP BY 1 ORDER BY 1"
+    );
+    let rows = psql_rows(&server, &panel);
+    let got: Vec<(i64, String)> =
+        rows.iter().map(|r| (r[0].parse::<f64>().expect("epoch seconds") as i64, r[1].clone())).collect();
+    assert_eq!(got, expected);
+    // The column is float8 named "time", as Grafana's time column.
+    let out = psql_stdin(&server, &format!("{panel} \\gdesc\n"));
+    assert!(out.lines().any(|l| l == "time|double precision"), "{out}");
+
+    // $__unixEpochFilter(ts): epoch seconds.
+    let by_seconds = psql_rows(&server, &format!("SELECT count(*) FROM events WHERE ts >= {lo} AND ts <= {hi}"));
+    let (from, to) = (rfc3339(lo).replace(".5Z", "Z"), rfc3339(hi).replace(".5Z", "Z"));
+    let (status, exact) = sql(&server, &format!("SELECT count(*) FROM events WHERE ts >= '{from}' AND ts <= '{to}'"));
+    assert_eq!(status, 200, "{exact}");
+    assert_eq!(by_seconds[0][0], exact["rows"][0][0].to_string());
+}

@@ -22,9 +22,9 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::Span;
 
 use crate::error::{Position, QueryError, Result};
-use crate::expr::{BinOp, Expr};
+use crate::expr::{BinOp, Expr, MathFn, TextFn};
 use crate::plan::{AggFunc, AggSpec, Aggregate, BillingCol, LogicalPlan, Output, ScanCol, SortKey, SortTarget, Table};
-use crate::time::{MINUTE_MS, TimeUnit, parse_interval, parse_timestamp};
+use crate::time::{MINUTE_MS, TimeUnit, epoch_integer_ms, parse_interval, parse_timestamp};
 use crate::types::{DataType, Scalar};
 
 mod function;
@@ -181,6 +181,8 @@ fn event_column_type(c: ColumnId) -> DataType {
 struct Binder<'p> {
     now_ms: i64,
     params: Params<'p>,
+    /// Binding a SELECT without FROM: there are no columns.
+    no_from: bool,
     table: Table,
     alias: Option<String>,
     scan_cols: Vec<ScanCol>,
@@ -273,11 +275,22 @@ fn unify(a: Expr, b: Expr, span: Span, what: &str) -> Result<(Expr, Expr, DataTy
         (t, Null) => (a, retype_null(b, t), t),
         (Int, Float) => (Expr::ToFloat(Box::new(a)), b, Float),
         (Float, Int) => (a, Expr::ToFloat(Box::new(b)), Float),
-        (Timestamp, Int) | (Int, Timestamp) => (a, b, Timestamp),
+        (Timestamp, Int) => (a, epoch_integer(b), Timestamp),
+        (Int, Timestamp) => (epoch_integer(a), b, Timestamp),
         (Timestamp, Str) => (a, str_to_ts(b, span)?, Timestamp),
         (Str, Timestamp) => (str_to_ts(a, span)?, b, Timestamp),
         _ => return Err(type_error(format!("cannot {what} {ta} and {tb}"), span)),
     })
+}
+
+/// An integer literal compared with a timestamp: an epoch time whose size
+/// tells its unit ([`epoch_integer_ms`]). Other integer expressions are
+/// milliseconds.
+fn epoch_integer(e: Expr) -> Expr {
+    match e {
+        Expr::Lit(Scalar::Int(n), _) => lit(Scalar::Ts(epoch_integer_ms(n))),
+        other => other,
+    }
 }
 
 fn str_to_ts(e: Expr, span: Span) -> Result<Expr> {
@@ -356,6 +369,7 @@ impl<'p> Binder<'p> {
         Binder {
             now_ms,
             params,
+            no_from: false,
             table: Table::Events,
             alias: None,
             scan_cols: Vec::new(),
@@ -401,6 +415,9 @@ impl<'p> Binder<'p> {
             _ => return Err(unsupported("this statement form", q.body.span())),
         };
         let sspan = select.select_token.0.span;
+        if select.from.is_empty() && select.distinct.is_none() {
+            return self.bind_without_from(select, q, explain);
+        }
         if let Some(d) = &select.distinct {
             let _ = d;
             return Err(unsupported("SELECT DISTINCT (use GROUP BY)", sspan));
@@ -570,7 +587,34 @@ impl<'p> Binder<'p> {
             }
         }
 
-        let (limit, offset) = match &q.limit_clause {
+        let (limit, offset) = self.limit_offset(q)?;
+
+        // `billing_daily` shows the latest version of each day unless WHERE
+        // asks about versions.
+        let version_slot = self.scan_cols.iter().position(|c| *c == ScanCol::Billing(BillingCol::Version));
+        let mut all_versions = false;
+        if let (Some(f), Some(v)) = (&filter, version_slot) {
+            f.visit_slots(&mut |i| all_versions |= i == v);
+        }
+        Ok(LogicalPlan {
+            table: self.table,
+            all_versions,
+            explain,
+            no_from: false,
+            scan_cols: self.scan_cols,
+            filter,
+            aggregate,
+            outputs,
+            sort_exprs,
+            order,
+            limit,
+            offset,
+        })
+    }
+
+    /// `LIMIT` and `OFFSET`, literals or parameters.
+    fn limit_offset(&self, q: &ast::Query) -> Result<(Option<u64>, u64)> {
+        Ok(match &q.limit_clause {
             None => (None, 0),
             Some(LimitClause::LimitOffset { limit, offset, limit_by }) => {
                 if let Some(b) = limit_by.first() {
@@ -590,25 +634,51 @@ impl<'p> Binder<'p> {
             Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
                 (Some(literal_u64(limit, "LIMIT", self.params)?), literal_u64(offset, "OFFSET", self.params)?)
             }
-        };
+        })
+    }
 
-        // `billing_daily` shows the latest version of each day unless WHERE
-        // asks about versions.
-        let version_slot = self.scan_cols.iter().position(|c| *c == ScanCol::Billing(BillingCol::Version));
-        let mut all_versions = false;
-        if let (Some(f), Some(v)) = (&filter, version_slot) {
-            f.visit_slots(&mut |i| all_versions |= i == v);
+    /// `SELECT 1`, `SELECT now()`: a statement without FROM is one row of
+    /// constants (no columns to read, no aggregates, WHERE or GROUP BY).
+    fn bind_without_from(mut self, select: &ast::Select, q: &ast::Query, explain: bool) -> Result<LogicalPlan> {
+        let sspan = select.select_token.0.span;
+        if let Some(w) = &select.selection {
+            return Err(unsupported("WHERE without FROM", w.span()));
         }
+        if select.having.is_some() || !matches!(&select.group_by, GroupByExpr::Expressions(g, _) if g.is_empty()) {
+            return Err(unsupported("GROUP BY or HAVING without FROM", sspan));
+        }
+        if q.order_by.is_some() {
+            return Err(unsupported("ORDER BY without FROM", sspan));
+        }
+        self.no_from = true;
+        let mut outputs = Vec::with_capacity(select.projection.len());
+        for item in &select.projection {
+            let (name, e) = match item {
+                SelectItem::UnnamedExpr(e) => (output_name(e), e),
+                SelectItem::ExprWithAlias { expr, alias } => (ident_name(alias), expr),
+                other => return Err(unsupported("* without FROM", other.span())),
+            };
+            if contains_aggregate(e) {
+                return Err(unsupported("aggregates without FROM", e.span()));
+            }
+            let expr = self.bind_scan(e)?;
+            if expr.has_slots() {
+                return Err(QueryError::Internal(format!("{e} reads a column without FROM")));
+            }
+            outputs.push(Output { name, expr });
+        }
+        let (limit, offset) = self.limit_offset(q)?;
         Ok(LogicalPlan {
-            table: self.table,
-            all_versions,
+            table: Table::Events,
+            all_versions: false,
             explain,
-            scan_cols: self.scan_cols,
-            filter,
-            aggregate,
+            no_from: true,
+            scan_cols: Vec::new(),
+            filter: None,
+            aggregate: None,
             outputs,
-            sort_exprs,
-            order,
+            sort_exprs: Vec::new(),
+            order: Vec::new(),
             limit,
             offset,
         })
@@ -678,6 +748,11 @@ impl<'p> Binder<'p> {
         let name = ident_name(id);
         let span = id.span;
         let unknown = |hint: String| QueryError::UnknownColumn { name: name.clone(), position: pos(span), hint };
+        if self.no_from {
+            return Err(unknown(
+                ": a SELECT without FROM has no columns; query events, metrics or billing_daily".into(),
+            ));
+        }
         match self.table {
             Table::Events => {
                 if name == "final" {
@@ -849,18 +924,26 @@ impl<'p> Binder<'p> {
                 return Ok(o.expr.clone());
             }
             if !contains_aggregate(e) {
-                let bound = self.bind(e, false, &[])?;
-                if let Some(i) = self.keys.iter().position(|k| *k == bound) {
-                    return Ok(Expr::Slot(i, bound.ty()));
-                }
-                if !bound.has_slots() {
-                    return Ok(bound);
-                }
-                if let SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) = e {
-                    return Err(invalid(
-                        format!("column {e} must appear in GROUP BY or be used in an aggregate function"),
-                        span,
-                    ));
+                match self.bind(e, false, &[]) {
+                    Ok(bound) => {
+                        if let Some(i) = self.keys.iter().position(|k| *k == bound) {
+                            return Ok(Expr::Slot(i, bound.ty()));
+                        }
+                        if !bound.has_slots() {
+                            return Ok(bound);
+                        }
+                        if let SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_) = e {
+                            return Err(invalid(
+                                format!("column {e} must appear in GROUP BY or be used in an aggregate function"),
+                                span,
+                            ));
+                        }
+                    }
+                    // Not an expression over input columns: it may name
+                    // outputs (`HAVING n > 10` for `count(*) AS n`), which
+                    // binding its parts below resolves, or fails as before.
+                    Err(err) if outputs.is_empty() => return Err(err),
+                    Err(_) => {}
                 }
             }
         }
@@ -882,6 +965,12 @@ impl<'p> Binder<'p> {
                 self.column(c)?
             }
             SqlExpr::Nested(x) => b(self, x)?,
+            SqlExpr::Floor { expr, field: ast::CeilFloorKind::DateTimeField(DateTimeField::NoDateTime) } => {
+                self.bind_math(MathFn::Floor, expr, post, outputs)?
+            }
+            SqlExpr::Ceil { expr, field: ast::CeilFloorKind::DateTimeField(DateTimeField::NoDateTime) } => {
+                self.bind_math(MathFn::Ceil, expr, post, outputs)?
+            }
             SqlExpr::Value(v) => match &v.value {
                 Value::Number(n, _) => match n.parse::<i64>() {
                     Ok(i) => lit(Scalar::Int(i)),
@@ -1169,7 +1258,7 @@ impl<'p> Binder<'p> {
                 Expr::Bin(bop, Box::new(l), Box::new(r), ty)
             }
         };
-        self.fold(e)
+        self.fold(epoch_bucket(e))
     }
 
     /// Evaluates expressions without column references at bind time.
@@ -1182,6 +1271,36 @@ impl<'p> Binder<'p> {
         let ty = e.ty();
         Ok(Expr::Lit(v.scalar(0, ty), ty))
     }
+}
+
+/// `floor(extract(epoch FROM t) / n) * n` (Grafana's `$__timeGroup`) is
+/// the start of `t`'s `n`-second bucket, in epoch seconds: rewritten as
+/// `extract(epoch FROM time_bucket(n s, t))`, which is exact (no float
+/// division at bucket edges), constant over a block inside one bucket,
+/// and lets the rollups answer.
+fn epoch_bucket(e: Expr) -> Expr {
+    fn constant(e: &Expr) -> Option<f64> {
+        match e {
+            Expr::Lit(Scalar::Int(n), _) => Some(*n as f64),
+            Expr::Lit(Scalar::Float(x), _) => Some(*x),
+            Expr::ToFloat(x) => constant(x),
+            _ => None,
+        }
+    }
+    if let Expr::Bin(BinOp::Mul, floor, n2, _) = &e
+        && let Expr::Math(MathFn::Floor, quotient) = floor.as_ref()
+        && let Expr::Bin(BinOp::Div, epoch, n1, _) = quotient.as_ref()
+        && let Expr::Epoch(t) = epoch.as_ref()
+        && let (Some(a), Some(b)) = (constant(n1), constant(n2))
+        && a == b
+        && a > 0.0
+    {
+        let width_ms = a * 1000.0;
+        if width_ms.fract() == 0.0 && width_ms < 9.0e15 {
+            return Expr::Epoch(Box::new(Expr::TimeBucket(width_ms as i64, t.clone())));
+        }
+    }
+    e
 }
 
 /// The common type of CASE branches / coalesce arguments.

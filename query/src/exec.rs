@@ -652,6 +652,35 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
     Ok((schema, vec![batch]))
 }
 
+/// The answer to a SELECT without FROM: its constant outputs as one row
+/// (none past OFFSET or at LIMIT 0); EXPLAIN of it says nothing is read.
+pub(crate) fn constant_row(l: &LogicalPlan) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    if l.explain {
+        let schema = explain_schema();
+        let k = StringArray::from(vec!["reads"]);
+        let v = StringArray::from(vec!["nothing: SELECT without FROM is one row of constants"]);
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)])?;
+        return Ok((schema, vec![batch]));
+    }
+    let schema = schema_of(l);
+    let rows = usize::from(l.offset == 0 && l.limit != Some(0));
+    let one = Batch::new(1, Vec::new());
+    let columns = l
+        .outputs
+        .iter()
+        .map(|o| {
+            let array = sort::to_arrow(&eval(&o.expr, &one)?, o.expr.ty(), 1)?;
+            Ok(array.slice(0, rows))
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let batch = RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?;
+    Ok((schema, vec![batch]))
+}
+
 /// The columns of an EXPLAIN answer.
 pub(crate) fn explain_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -701,5 +730,9 @@ fn describe(e: &crate::expr::Expr, names: &[String]) -> String {
         E::TimeBucket(w, x) => format!("time_bucket({w} ms, {})", d(x)),
         E::DateTrunc(u, x) => format!("date_trunc('{}', {})", u.name(), d(x)),
         E::Epoch(x) => format!("extract(epoch FROM {})", d(x)),
+        E::Math(crate::expr::MathFn::Round(digits), x) => format!("round({}, {digits})", d(x)),
+        E::Math(f, x) => format!("{}({})", f.name(), d(x)),
+        E::Text(f, x) => format!("{}({})", f.name(), d(x)),
+        E::FromEpoch(x) => format!("to_timestamp({})", d(x)),
     }
 }

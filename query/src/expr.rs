@@ -120,6 +120,78 @@ pub(crate) enum Expr {
     DateTrunc(TimeUnit, Box<Expr>),
     /// `extract(epoch FROM ts)`: seconds as a float.
     Epoch(Box<Expr>),
+    /// `floor`, `ceil`, `round`, `abs` of a number, of its type.
+    Math(MathFn, Box<Expr>),
+    /// `lower`, `upper` of a string.
+    Text(TextFn, Box<Expr>),
+    /// `to_timestamp(seconds)`: epoch seconds (a number) as a timestamp.
+    FromEpoch(Box<Expr>),
+}
+
+/// A numeric function of one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MathFn {
+    Floor,
+    Ceil,
+    /// To this many decimal digits (negative: tens, hundreds …), half away from zero.
+    Round(i32),
+    Abs,
+}
+
+impl MathFn {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            MathFn::Floor => "floor",
+            MathFn::Ceil => "ceil",
+            MathFn::Round(_) => "round",
+            MathFn::Abs => "abs",
+        }
+    }
+
+    fn float(self, x: f64) -> f64 {
+        match self {
+            MathFn::Floor => x.floor(),
+            MathFn::Ceil => x.ceil(),
+            MathFn::Round(0) => x.round(),
+            MathFn::Round(d) => {
+                let scale = 10f64.powi(d);
+                (x * scale).round() / scale
+            }
+            MathFn::Abs => x.abs(),
+        }
+    }
+
+    fn int(self, x: i64) -> Result<i64> {
+        Ok(match self {
+            MathFn::Floor | MathFn::Ceil => x,
+            MathFn::Round(d) if d >= 0 => x,
+            MathFn::Round(d) => {
+                // Half away from zero at 10^-d.
+                let unit = 10i64.checked_pow(d.unsigned_abs()).ok_or(QueryError::Overflow { what: "round" })?;
+                let half = unit / 2;
+                let rounded = if x >= 0 { x.checked_add(half) } else { x.checked_sub(half) };
+                let rounded = rounded.ok_or(QueryError::Overflow { what: "round" })?;
+                rounded / unit * unit
+            }
+            MathFn::Abs => x.checked_abs().ok_or(QueryError::Overflow { what: "abs" })?,
+        })
+    }
+}
+
+/// A string function of one string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TextFn {
+    Lower,
+    Upper,
+}
+
+impl TextFn {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TextFn::Lower => "lower",
+            TextFn::Upper => "upper",
+        }
+    }
 }
 
 impl Expr {
@@ -130,9 +202,10 @@ impl Expr {
                 *t
             }
             Expr::Not(_) | Expr::IsNull(..) | Expr::InList(..) | Expr::Like(..) => DataType::Bool,
-            Expr::Neg(e) | Expr::NullIf(e, _) => e.ty(),
+            Expr::Neg(e) | Expr::NullIf(e, _) | Expr::Math(_, e) => e.ty(),
             Expr::ToFloat(_) | Expr::Epoch(_) => DataType::Float,
-            Expr::TimeBucket(..) | Expr::DateTrunc(..) => DataType::Timestamp,
+            Expr::TimeBucket(..) | Expr::DateTrunc(..) | Expr::FromEpoch(_) => DataType::Timestamp,
+            Expr::Text(..) => DataType::Str,
         }
     }
 
@@ -157,7 +230,10 @@ impl Expr {
             | Expr::Like(e, _, _)
             | Expr::TimeBucket(_, e)
             | Expr::DateTrunc(_, e)
-            | Expr::Epoch(e) => vec![e],
+            | Expr::Epoch(e)
+            | Expr::Math(_, e)
+            | Expr::Text(_, e)
+            | Expr::FromEpoch(e) => vec![e],
             Expr::Bin(_, a, b, _) | Expr::NullIf(a, b) => vec![a, b],
             Expr::Case(whens, e, _) => whens.iter().flat_map(|(c, v)| [c, v]).chain([e.as_ref()]).collect(),
             Expr::Coalesce(es, _) => es.iter().collect(),
@@ -184,7 +260,10 @@ impl Expr {
             | Expr::Like(e, _, _)
             | Expr::TimeBucket(_, e)
             | Expr::DateTrunc(_, e)
-            | Expr::Epoch(e) => e.map_slots(f),
+            | Expr::Epoch(e)
+            | Expr::Math(_, e)
+            | Expr::Text(_, e)
+            | Expr::FromEpoch(e) => e.map_slots(f),
             Expr::Bin(_, a, b, _) | Expr::NullIf(a, b) => {
                 a.map_slots(f);
                 b.map_slots(f);
@@ -564,8 +643,60 @@ pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
         Expr::DateTrunc(u, x) => truncate(b, x, n, |t| date_trunc(*u, t))?,
         Expr::Epoch(x) => {
             let v = eval(x, b)?;
+            if let Vector::Const(s) = &v {
+                // One time bucket over the whole batch stays one value.
+                return Ok(Vector::Const(match s {
+                    Scalar::Ts(t) | Scalar::Int(t) => Scalar::Float(*t as f64 / 1000.0),
+                    _ => Scalar::Null,
+                }));
+            }
             let (x, nv) = ints(&v, n)?;
             Vector::Float(Cow::Owned(x.iter().map(|&t| t as f64 / 1000.0).collect()), nv.into_owned())
+        }
+        Expr::Math(f, x) => {
+            let v = eval(x, b)?;
+            match x.ty() {
+                DataType::Float => {
+                    let (x, nv) = floats(&v, n)?;
+                    Vector::Float(Cow::Owned(x.iter().map(|&a| f.float(a)).collect()), nv.into_owned())
+                }
+                _ => {
+                    let (x, nv) = ints(&v, n)?;
+                    let mut out = Vec::with_capacity(n);
+                    for (i, &a) in x.iter().enumerate() {
+                        out.push(if valid(&nv, i) { f.int(a)? } else { 0 });
+                    }
+                    Vector::Int(Cow::Owned(out), nv.into_owned())
+                }
+            }
+        }
+        Expr::Text(f, x) => {
+            let v = eval(x, b)?;
+            let out: StringArray = (0..n)
+                .map(|i| {
+                    v.str_at(i).map(|s| match f {
+                        TextFn::Lower => s.to_lowercase(),
+                        TextFn::Upper => s.to_uppercase(),
+                    })
+                })
+                .collect();
+            Vector::Plain(out)
+        }
+        Expr::FromEpoch(x) => {
+            let v = eval(x, b)?;
+            let (secs, nv) = floats(&v, n)?;
+            let mut out = Vec::with_capacity(n);
+            for (i, &s) in secs.iter().enumerate() {
+                let ms = s * 1000.0;
+                out.push(if !valid(&nv, i) {
+                    0
+                } else if ms.is_finite() && ms.abs() < 9.0e18 {
+                    ms.round() as i64
+                } else {
+                    return Err(QueryError::Overflow { what: "to_timestamp" });
+                });
+            }
+            Vector::Int(Cow::Owned(out), nv.into_owned())
         }
     })
 }

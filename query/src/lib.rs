@@ -134,7 +134,10 @@ fn execute_checked(snapshot: &Snapshot, sql: &str, params: &[Param], opts: &Quer
     let explain = logical.explain;
     let physical = planner::plan(logical);
     let source = physical.source.source.name().to_string();
-    let (schema, batches, stats) = if explain {
+    let (schema, batches, stats) = if physical.logical.no_from {
+        let (schema, batches) = exec::constant_row(&physical.logical)?;
+        (schema, batches, exec::ExecStats::default())
+    } else if explain {
         let (schema, batches) = exec::explain(snapshot, &physical)?;
         (schema, batches, exec::ExecStats::default())
     } else {

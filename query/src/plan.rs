@@ -159,6 +159,8 @@ pub(crate) struct LogicalPlan {
     /// not only the latest of each day.
     pub all_versions: bool,
     pub explain: bool,
+    /// `SELECT` without `FROM`: one row of constant outputs, nothing read.
+    pub no_from: bool,
     pub scan_cols: Vec<ScanCol>,
     pub filter: Option<Expr>,
     pub aggregate: Option<Aggregate>,

@@ -120,6 +120,14 @@ pub(crate) enum TimeUnit {
 impl TimeUnit {
     pub(crate) fn parse(s: &str) -> Option<TimeUnit> {
         let s = s.trim().to_ascii_lowercase();
+        // Compact forms, as in Grafana's `5m` and `300.000s` (PostgreSQL reads
+        // `m` as minutes too; months are `mon`).
+        match s.as_str() {
+            "ms" => return Some(TimeUnit::Millisecond),
+            "s" => return Some(TimeUnit::Second),
+            "m" => return Some(TimeUnit::Minute),
+            _ => {}
+        }
         let s = s.strip_suffix('s').unwrap_or(&s);
         Some(match s {
             "millisecond" | "ms" | "msec" => TimeUnit::Millisecond,
@@ -228,9 +236,50 @@ pub(crate) fn parse_interval(text: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// An integer compared with a timestamp, as epoch milliseconds. Its size
+/// tells its unit, as Grafana's does: below 10^11 it is seconds (what
+/// `$__unixEpochFilter` and `extract(epoch …)` give; 10^11 s is the year
+/// 5138), below 10^14 milliseconds (as ingest takes `ts`; 10^11 ms is
+/// 1973), below 10^17 microseconds, else nanoseconds.
+pub(crate) fn epoch_integer_ms(n: i64) -> i64 {
+    let magnitude = n.unsigned_abs();
+    if magnitude < 100_000_000_000 {
+        n.saturating_mul(1_000)
+    } else if magnitude < 100_000_000_000_000 {
+        n
+    } else if magnitude < 100_000_000_000_000_000 {
+        n.div_euclid(1_000)
+    } else {
+        n.div_euclid(1_000_000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_integers_by_size() {
+        let t = 1_793_512_800_000; // 2026-11-01T06:00:00Z
+        assert_eq!(epoch_integer_ms(1_793_512_800), t);
+        assert_eq!(epoch_integer_ms(t), t);
+        assert_eq!(epoch_integer_ms(t * 1_000 + 123), t);
+        assert_eq!(epoch_integer_ms(t * 1_000_000 + 123_000_000), t + 123);
+        assert_eq!(epoch_integer_ms(-312_915_600), -312_915_600_000, "1960, in seconds");
+        assert_eq!(epoch_integer_ms(0), 0);
+    }
+
+    #[test]
+    fn compact_intervals() {
+        assert_eq!(parse_interval("5m"), Ok(300_000));
+        assert_eq!(parse_interval("300.000s"), Ok(300_000));
+        assert_eq!(parse_interval("0.020s"), Ok(20));
+        assert_eq!(parse_interval("20ms"), Ok(20));
+        assert_eq!(parse_interval("12d"), Ok(12 * DAY_MS));
+        assert_eq!(parse_interval("1.5h"), Ok(5_400_000));
+        assert_eq!(parse_interval("5 minutes"), Ok(300_000));
+        assert!(parse_interval("1mon").is_err(), "months have no fixed length");
+    }
 
     #[test]
     fn timestamps_round_trip() {

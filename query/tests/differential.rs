@@ -253,6 +253,11 @@ enum TsForm {
     Typed,
     Plain,
     Epoch,
+    /// Epoch seconds, as Grafana's `$__unixEpochFilter` writes them.
+    EpochSeconds,
+    /// RFC 3339 with a nanosecond fraction of zeros, as `$__timeFilter`
+    /// may write it (Go's RFC3339Nano prints 0–9 digits).
+    Nano,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +284,9 @@ enum Key {
     Dim(Dim),
     Hour,
     Bucket15,
+    /// Grafana's `$__timeGroup(ts, '5m')`: `floor(extract(epoch from ts)/300)*300`,
+    /// epoch seconds (a double) of the bucket.
+    GrafanaGroup(i64),
     Minute,
     Day,
     // events only
@@ -333,7 +341,20 @@ fn ts_literal(ms: i64, form: TsForm) -> String {
         TsForm::Typed => format!("TIMESTAMP '{text}'"),
         TsForm::Plain => format!("'{text}'"),
         TsForm::Epoch => ms.to_string(),
+        TsForm::EpochSeconds => ms.div_euclid(1000).to_string(),
+        TsForm::Nano => format!("'{}.000000000Z'", text.trim_end_matches('Z')),
     }
+}
+
+/// A number of seconds as Go's `%v` of a float64 prints it (Grafana's
+/// macros): `300`, `3600`, but `1.0368e+06` from a million on.
+fn go_float(secs: i64) -> String {
+    if secs < 1_000_000 {
+        return secs.to_string();
+    }
+    let text = format!("{:e}", secs as f64);
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    format!("{mantissa}e+{:02}", exponent.parse::<i32>().unwrap_or(0))
 }
 
 fn quote(s: &str) -> String {
@@ -422,6 +443,10 @@ impl Key {
             Key::Hour => format!("date_trunc('hour', {ts})"),
             Key::Day => format!("date_trunc('day', {ts})"),
             Key::Bucket15 => format!("time_bucket(INTERVAL '15 minutes', {ts})"),
+            Key::GrafanaGroup(secs) => {
+                let n = go_float(secs);
+                format!("floor(extract(epoch from {ts})/{n})*{n}")
+            }
             Key::Minute if metrics && !events_equiv => "ts".into(),
             Key::Minute => format!("date_trunc('minute', {ts})"),
             Key::Type => "type".into(),
@@ -436,6 +461,7 @@ impl Key {
             Key::Hour => floor(3_600_000),
             Key::Day => floor(DAY),
             Key::Bucket15 => floor(900_000),
+            Key::GrafanaGroup(secs) => V::Float((e.ts.div_euclid(secs * 1000) * secs) as f64),
             Key::Minute => floor(MINUTE),
             Key::Type => V::Str(e.kind.as_str().into()),
             Key::CoalesceDevice => V::Str(e.device.clone().unwrap_or_else(|| "none".into())),
@@ -697,7 +723,13 @@ impl Span {
 }
 
 fn ts_form() -> impl Strategy<Value = TsForm> {
-    prop_oneof![Just(TsForm::Typed), Just(TsForm::Plain), Just(TsForm::Epoch)]
+    prop_oneof![
+        Just(TsForm::Typed),
+        Just(TsForm::Plain),
+        Just(TsForm::Epoch),
+        Just(TsForm::EpochSeconds),
+        Just(TsForm::Nano)
+    ]
 }
 
 fn leaf_pred(events_only: bool, span: Span) -> BoxedStrategy<Pred> {
@@ -750,6 +782,7 @@ fn any_key(events: bool, span: Span) -> BoxedStrategy<Key> {
         4 => any_dim().prop_map(Key::Dim),
         1 => Just(Key::Hour),
         1 => Just(Key::Bucket15),
+        1 => prop::sample::select(&[60i64, 300, 3_600, 1_036_800][..]).prop_map(Key::GrafanaGroup),
         1 => Just(Key::Minute),
         if span == Span::Days { 3 } else { 0 } => Just(Key::Day),
     ];

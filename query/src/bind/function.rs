@@ -136,8 +136,102 @@ impl Binder<'_> {
                 }
                 self.fold(Expr::DateTrunc(unit, Box::new(retype_null(ts, DataType::Timestamp))))
             }
+            "floor" | "ceil" | "ceiling" | "abs" | "round" => {
+                let digits = match (name, args.len()) {
+                    ("round", 2) => {
+                        let d = expr_arg(1)?;
+                        match self.bind(d, post, outputs)? {
+                            Expr::Lit(Scalar::Int(n), _) if n.unsigned_abs() <= 18 => n as i32,
+                            _ => {
+                                return Err(invalid(
+                                    "round(x, digits): digits must be an integer from -18 to 18",
+                                    d.span(),
+                                ));
+                            }
+                        }
+                    }
+                    _ => {
+                        arity(1)?;
+                        0
+                    }
+                };
+                let f = match name {
+                    "floor" => MathFn::Floor,
+                    "ceil" | "ceiling" => MathFn::Ceil,
+                    "abs" => MathFn::Abs,
+                    _ => MathFn::Round(digits),
+                };
+                self.bind_math(f, expr_arg(0)?, post, outputs)
+            }
+            "lower" | "upper" => {
+                arity(1)?;
+                let x = expr_arg(0)?;
+                let e = self.bind(x, post, outputs)?;
+                if !matches!(e.ty(), DataType::Str | DataType::Null) {
+                    return Err(type_error(format!("{name}() needs a string, found {}", e.ty()), x.span()));
+                }
+                let f = if name == "lower" { TextFn::Lower } else { TextFn::Upper };
+                self.fold(Expr::Text(f, Box::new(retype_null(e, DataType::Str))))
+            }
+            "to_timestamp" => {
+                arity(1)?;
+                let x = expr_arg(0)?;
+                let e = self.bind(x, post, outputs)?;
+                if !(e.ty().is_numeric() || e.ty() == DataType::Null) {
+                    return Err(type_error(
+                        format!(
+                            "to_timestamp() takes epoch seconds (a number), found {}; write a timestamp as '2026-11-22T10:00:00Z'",
+                            e.ty()
+                        ),
+                        x.span(),
+                    ));
+                }
+                self.fold(Expr::FromEpoch(Box::new(retype_null(e, DataType::Float))))
+            }
+            "date_bin" => {
+                arity(3)?;
+                let w = expr_arg(0)?;
+                let Some(width) = interval_ms(w)? else {
+                    return Err(invalid("date_bin() needs an INTERVAL stride, e.g. INTERVAL '5 minutes'", w.span()));
+                };
+                if width <= 0 {
+                    return Err(invalid("date_bin() stride must be positive", w.span()));
+                }
+                let x = expr_arg(1)?;
+                let ts = self.bind(x, post, outputs)?;
+                if !matches!(ts.ty(), DataType::Timestamp | DataType::Null) {
+                    return Err(type_error(format!("date_bin() needs a timestamp, found {}", ts.ty()), x.span()));
+                }
+                let o = expr_arg(2)?;
+                let origin = match self.bind(o, post, outputs)? {
+                    Expr::Lit(Scalar::Ts(ms), _) => ms,
+                    Expr::Lit(Scalar::Str(text), _) => {
+                        parse_timestamp(&text).ok_or_else(|| QueryError::InvalidLiteral {
+                            message: format!("{text:?} is not a timestamp; use '2000-01-01T00:00:00Z'"),
+                            position: pos(o.span()),
+                        })?
+                    }
+                    _ => return Err(invalid("date_bin() needs a constant origin timestamp", o.span())),
+                };
+                if origin.rem_euclid(width) != 0 {
+                    return Err(unsupported(
+                        "date_bin() with an origin that is not a whole number of strides from 1970-01-01 (use '2000-01-01')",
+                        o.span(),
+                    ));
+                }
+                self.fold(Expr::TimeBucket(width, Box::new(retype_null(ts, DataType::Timestamp))))
+            }
             _ => Err(QueryError::UnknownFunction { name: name.to_string(), position: pos(span) }),
         }
+    }
+
+    /// `floor(x)`, `ceil(x)`, `round(x[, d])`, `abs(x)` of a number.
+    pub(super) fn bind_math(&mut self, f: MathFn, x: &SqlExpr, post: bool, outputs: &[Output]) -> Result<Expr> {
+        let e = self.bind(x, post, outputs)?;
+        if !(e.ty().is_numeric() || e.ty() == DataType::Null) {
+            return Err(type_error(format!("{}() needs a number, found {}", f.name(), e.ty()), x.span()));
+        }
+        self.fold(Expr::Math(f, Box::new(retype_null(e, DataType::Float))))
     }
 
     pub(super) fn bind_aggregate(&mut self, f: &ast::Function, span: Span) -> Result<Expr> {
