@@ -312,3 +312,84 @@ fn grafana_panel_queries_answer_like_time_bucket() {
     assert_eq!(status, 200, "{exact}");
     assert_eq!(by_seconds[0][0], exact["rows"][0][0].to_string());
 }
+
+/// Expands Grafana's PostgreSQL macros as its backend does
+/// (`pkg/tsdb/grafana-postgresql-datasource/macros.go`), after the browser
+/// has replaced `$__interval` with `interval`: `$__timeGroupAlias(c, 5m)`
+/// → `floor(extract(epoch from c)/300)*300 AS "time"`, `$__timeFilter(c)`
+/// → `c BETWEEN '<from>' AND '<to>'` (RFC 3339, UTC).
+fn grafana_expand(sql: &str, from: &str, to: &str, interval: &str) -> String {
+    let sql = sql.replace("$__interval", interval);
+    let mut out = String::new();
+    let mut rest = sql.as_str();
+    while let Some(at) = rest.find("$__") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let name_len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let (name, tail) = after.split_at(name_len);
+        let close = tail.find(')').expect("macro arguments");
+        let args: Vec<&str> = tail[1..close].split(',').map(str::trim).collect();
+        rest = &tail[close + 1..];
+        let seconds = |text: &str| {
+            let text = text.trim_matches('\'');
+            let split = text.find(|c: char| c.is_ascii_alphabetic()).expect("unit");
+            let n: i64 = text[..split].parse().expect("interval number");
+            n * match &text[split..] {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3_600,
+                "d" => 86_400,
+                other => panic!("interval unit {other}"),
+            }
+        };
+        out.push_str(&match name {
+            "__timeGroupAlias" => {
+                let s = seconds(args[1]);
+                format!("floor(extract(epoch from {})/{s})*{s} AS \"time\"", args[0])
+            }
+            "__timeGroup" => {
+                let s = seconds(args[1]);
+                format!("floor(extract(epoch from {})/{s})*{s}", args[0])
+            }
+            "__timeFilter" => format!("{} BETWEEN '{from}' AND '{to}'", args[0]),
+            other => panic!("macro {other} is not expanded by this test"),
+        });
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every panel of the ready dashboard (`docs/grafana/dashboards/adstore.json`)
+/// answers, its macros expanded as Grafana expands them, over psql's
+/// simple protocol: time series with a `time` column in ascending order.
+#[test]
+fn the_grafana_dashboard_panels_answer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Server::start_with(&tmp.path().join("data"), None, &["--demo", "--demo-events", "20000"]);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/dashboards/adstore.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("dashboard JSON");
+    let to_ms = now_ms();
+    let from = adstore_storage::time::format_timestamp(to_ms - DAY_MS);
+    let to = adstore_storage::time::format_timestamp(to_ms);
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 6);
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let raw = target["rawSql"].as_str().expect("rawSql");
+            let sql = grafana_expand(raw, &from, &to, "5m");
+            let (ok, out, err) = psql(&server, &["-A", "-F", "|", "-c", &sql]);
+            assert!(ok && err.is_empty(), "panel {}: {sql}\n{err}", panel["title"]);
+            let mut lines = out.lines();
+            let header = lines.next().unwrap_or_default();
+            let rows: Vec<&str> = lines.filter(|l| !l.starts_with('(')).collect();
+            assert!(!rows.is_empty(), "panel {} has no rows: {sql}\n{out}", panel["title"]);
+            if target["format"] == "time_series" {
+                assert!(header.starts_with("time|"), "panel {}: {header}", panel["title"]);
+                let times: Vec<f64> =
+                    rows.iter().map(|r| r.split('|').next().unwrap_or_default().parse().expect("time")).collect();
+                assert!(times.windows(2).all(|w| w[0] < w[1]), "panel {}: not in time order", panel["title"]);
+            }
+        }
+    }
+}

@@ -87,6 +87,7 @@ pub struct HttpCounters {
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
     Router::new()
+        .merge(crate::console::routes())
         .route("/health", get(health))
         .route("/metrics", get(crate::metrics::metrics))
         .route("/v1/segments", get(segments))

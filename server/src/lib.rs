@@ -8,6 +8,7 @@ mod billing;
 mod body;
 pub mod cli;
 mod config;
+mod console;
 pub mod datagen;
 mod error;
 mod exactly;
