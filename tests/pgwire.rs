@@ -88,6 +88,9 @@ fn psql_reads_what_the_http_api_answers_with_postgresql_types() {
         assert_eq!(pg[3], pg_timestamp(http[3].as_str().expect("ts")), "{pg:?}");
     }
 
+    // `version` is a column of billing_daily, not the catalog's version().
+    assert_eq!(psql_rows(&server, "SELECT count(*) FROM billing_daily WHERE version > 0"), vec![vec!["0".to_string()]]);
+
     // Column types as PostgreSQL names them (psql's \\gdesc describes the
     // statement without running it).
     let out = psql_stdin(

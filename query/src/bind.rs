@@ -24,10 +24,17 @@ use sqlparser::tokenizer::Span;
 use crate::error::{Position, QueryError, Result};
 use crate::expr::{BinOp, Expr, MathFn, TextFn};
 use crate::plan::{AggFunc, AggSpec, Aggregate, BillingCol, LogicalPlan, Output, ScanCol, SortKey, SortTarget, Table};
-use crate::time::{MINUTE_MS, TimeUnit, epoch_integer_ms, parse_interval, parse_timestamp};
+use crate::time::{MINUTE_MS, TimeUnit, parse_interval, parse_timestamp};
 use crate::types::{DataType, Scalar};
 
+mod coerce;
 mod function;
+mod params;
+
+use coerce::{coerce, retype_null, unify, unify_type};
+use function::epoch_bucket;
+pub(crate) use params::Params;
+use params::literal_u64;
 
 /// Dimensions of `metrics` (DESIGN.md §6), besides `ts`.
 pub(crate) use adstore_storage::measure::DIMENSIONS as METRIC_DIMENSIONS;
@@ -77,43 +84,6 @@ fn syntax_error(e: ParserError, sql: &str) -> QueryError {
     let line = sql.trim_end().lines().count().max(1) as u64;
     let column = sql.trim_end().lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
     QueryError::Syntax { message: text, position: Some(Position { line, column }) }
-}
-
-/// The values of `$n` placeholders.
-#[derive(Clone, Copy)]
-pub(crate) enum Params<'a> {
-    /// For execution: a placeholder with no value is an error.
-    Strict(&'a [crate::Param]),
-    /// For Describe: a placeholder with no value binds as NULL.
-    Lenient(&'a [crate::Param]),
-}
-
-impl Params<'_> {
-    /// The literal for placeholder `$n` (`name` as written).
-    fn get(&self, name: &str, span: Span) -> Result<Scalar> {
-        let (Params::Strict(values) | Params::Lenient(values)) = *self;
-        let index = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|&n| n >= 1);
-        let Some(index) = index else {
-            return Err(unsupported(format!("placeholder {name}; use $1, $2, …"), span));
-        };
-        Ok(match (values.get(index - 1), self) {
-            (Some(value), _) => match value {
-                crate::Param::Null => Scalar::Null,
-                crate::Param::Bool(b) => Scalar::Bool(*b),
-                crate::Param::Int(i) => Scalar::Int(*i),
-                crate::Param::Float(f) => Scalar::Float(*f),
-                crate::Param::Text(t) => Scalar::Str(Arc::from(t.as_str())),
-                crate::Param::Timestamp(ms) => Scalar::Ts(*ms),
-            },
-            (None, Params::Lenient(_)) => Scalar::Null,
-            (None, Params::Strict(_)) => {
-                return Err(invalid(
-                    format!("{name} has no value: the statement was given {} parameter(s)", values.len()),
-                    span,
-                ));
-            }
-        })
-    }
 }
 
 /// Parses and binds one statement.
@@ -255,57 +225,6 @@ fn and(a: Expr, b: Expr) -> Expr {
     Expr::Bin(BinOp::And, Box::new(a), Box::new(b), DataType::Bool)
 }
 
-/// Gives an untyped NULL the type `t`.
-fn retype_null(e: Expr, t: DataType) -> Expr {
-    match e {
-        Expr::Lit(Scalar::Null, DataType::Null) => Expr::Lit(Scalar::Null, t),
-        other => other,
-    }
-}
-
-/// Makes two operands comparable (or combinable): NULL takes the other
-/// type, integers widen to floats, string literals next to timestamps are
-/// parsed as timestamps. Returns the common operand type.
-fn unify(a: Expr, b: Expr, span: Span, what: &str) -> Result<(Expr, Expr, DataType)> {
-    let (ta, tb) = (a.ty(), b.ty());
-    use DataType::*;
-    Ok(match (ta, tb) {
-        _ if ta == tb => (a, b, ta),
-        (Null, t) => (retype_null(a, t), b, t),
-        (t, Null) => (a, retype_null(b, t), t),
-        (Int, Float) => (Expr::ToFloat(Box::new(a)), b, Float),
-        (Float, Int) => (a, Expr::ToFloat(Box::new(b)), Float),
-        (Timestamp, Int) => (a, epoch_integer(b), Timestamp),
-        (Int, Timestamp) => (epoch_integer(a), b, Timestamp),
-        (Timestamp, Str) => (a, str_to_ts(b, span)?, Timestamp),
-        (Str, Timestamp) => (str_to_ts(a, span)?, b, Timestamp),
-        _ => return Err(type_error(format!("cannot {what} {ta} and {tb}"), span)),
-    })
-}
-
-/// An integer literal compared with a timestamp: an epoch time whose size
-/// tells its unit ([`epoch_integer_ms`]). Other integer expressions are
-/// milliseconds.
-fn epoch_integer(e: Expr) -> Expr {
-    match e {
-        Expr::Lit(Scalar::Int(n), _) => lit(Scalar::Ts(epoch_integer_ms(n))),
-        other => other,
-    }
-}
-
-fn str_to_ts(e: Expr, span: Span) -> Result<Expr> {
-    match e {
-        Expr::Lit(Scalar::Str(s), _) => match parse_timestamp(&s) {
-            Some(ms) => Ok(lit(Scalar::Ts(ms))),
-            None => Err(QueryError::InvalidLiteral {
-                message: format!("{s:?} is not a timestamp; use '2026-11-22T10:00:00Z'"),
-                position: pos(span),
-            }),
-        },
-        _ => Err(type_error("cannot compare a timestamp with a string expression", span)),
-    }
-}
-
 /// The literal value of an interval expression (`INTERVAL '5 minutes'`,
 /// `INTERVAL '5' MINUTE`, or a string literal), in ms.
 fn interval_ms(e: &SqlExpr) -> Result<Option<i64>> {
@@ -336,32 +255,6 @@ fn interval_ms(e: &SqlExpr) -> Result<Option<i64>> {
         None => text,
     };
     parse_interval(&full).map(Some).map_err(|message| QueryError::InvalidLiteral { message, position: pos(span) })
-}
-
-fn literal_u64(e: &SqlExpr, what: &str, params: Params<'_>) -> Result<u64> {
-    if let SqlExpr::Value(v) = e
-        && let Value::Placeholder(name) = &v.value
-    {
-        return match params.get(name, e.span())? {
-            Scalar::Int(n) if n >= 0 => Ok(n as u64),
-            // Before Bind (Describe), the value is unknown: any will do.
-            Scalar::Null => Ok(0),
-            _ => Err(invalid(format!("{what} {name} must be a non-negative integer"), e.span())),
-        };
-    }
-    if let SqlExpr::Value(v) = e
-        && let Value::Number(n, _) = &v.value
-        && let Ok(x) = n.parse::<u64>()
-    {
-        return Ok(x);
-    }
-    if let SqlExpr::Value(v) = e
-        && let Value::Number(n, _) = &v.value
-        && n.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(invalid(format!("{what} is larger than {}", u64::MAX), e.span()));
-    }
-    Err(unsupported(format!("{what} that is not a non-negative integer literal"), e.span()))
 }
 
 impl<'p> Binder<'p> {
@@ -1270,55 +1163,6 @@ impl<'p> Binder<'p> {
         let v = crate::expr::eval(&e, &batch)?;
         let ty = e.ty();
         Ok(Expr::Lit(v.scalar(0, ty), ty))
-    }
-}
-
-/// `floor(extract(epoch FROM t) / n) * n` (Grafana's `$__timeGroup`) is
-/// the start of `t`'s `n`-second bucket, in epoch seconds: rewritten as
-/// `extract(epoch FROM time_bucket(n s, t))`, which is exact (no float
-/// division at bucket edges), constant over a block inside one bucket,
-/// and lets the rollups answer.
-fn epoch_bucket(e: Expr) -> Expr {
-    fn constant(e: &Expr) -> Option<f64> {
-        match e {
-            Expr::Lit(Scalar::Int(n), _) => Some(*n as f64),
-            Expr::Lit(Scalar::Float(x), _) => Some(*x),
-            Expr::ToFloat(x) => constant(x),
-            _ => None,
-        }
-    }
-    if let Expr::Bin(BinOp::Mul, floor, n2, _) = &e
-        && let Expr::Math(MathFn::Floor, quotient) = floor.as_ref()
-        && let Expr::Bin(BinOp::Div, epoch, n1, _) = quotient.as_ref()
-        && let Expr::Epoch(t) = epoch.as_ref()
-        && let (Some(a), Some(b)) = (constant(n1), constant(n2))
-        && a == b
-        && a > 0.0
-    {
-        let width_ms = a * 1000.0;
-        if width_ms.fract() == 0.0 && width_ms < 9.0e15 {
-            return Expr::Epoch(Box::new(Expr::TimeBucket(width_ms as i64, t.clone())));
-        }
-    }
-    e
-}
-
-/// The common type of CASE branches / coalesce arguments.
-fn unify_type(a: DataType, b: DataType, span: Span) -> Result<DataType> {
-    use DataType::*;
-    Ok(match (a, b) {
-        _ if a == b => a,
-        (Null, t) | (t, Null) => t,
-        (Int, Float) | (Float, Int) => Float,
-        _ => return Err(type_error(format!("cannot mix {a} and {b} in one result"), span)),
-    })
-}
-
-fn coerce(e: Expr, ty: DataType) -> Expr {
-    match (e.ty(), ty) {
-        (DataType::Null, t) => retype_null(e, t),
-        (DataType::Int, DataType::Float) => Expr::ToFloat(Box::new(e)),
-        _ => e,
     }
 }
 

@@ -30,6 +30,10 @@ use crate::error::{QueryError, Result};
 use crate::time::{TimeUnit, date_trunc, time_bucket};
 use crate::types::{DataType, Scalar};
 
+mod functions;
+
+pub(crate) use functions::{MathFn, TextFn};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BinOp {
     Add,
@@ -126,72 +130,6 @@ pub(crate) enum Expr {
     Text(TextFn, Box<Expr>),
     /// `to_timestamp(seconds)`: epoch seconds (a number) as a timestamp.
     FromEpoch(Box<Expr>),
-}
-
-/// A numeric function of one number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MathFn {
-    Floor,
-    Ceil,
-    /// To this many decimal digits (negative: tens, hundreds …), half away from zero.
-    Round(i32),
-    Abs,
-}
-
-impl MathFn {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            MathFn::Floor => "floor",
-            MathFn::Ceil => "ceil",
-            MathFn::Round(_) => "round",
-            MathFn::Abs => "abs",
-        }
-    }
-
-    fn float(self, x: f64) -> f64 {
-        match self {
-            MathFn::Floor => x.floor(),
-            MathFn::Ceil => x.ceil(),
-            MathFn::Round(0) => x.round(),
-            MathFn::Round(d) => {
-                let scale = 10f64.powi(d);
-                (x * scale).round() / scale
-            }
-            MathFn::Abs => x.abs(),
-        }
-    }
-
-    fn int(self, x: i64) -> Result<i64> {
-        Ok(match self {
-            MathFn::Floor | MathFn::Ceil => x,
-            MathFn::Round(d) if d >= 0 => x,
-            MathFn::Round(d) => {
-                // Half away from zero at 10^-d.
-                let unit = 10i64.checked_pow(d.unsigned_abs()).ok_or(QueryError::Overflow { what: "round" })?;
-                let half = unit / 2;
-                let rounded = if x >= 0 { x.checked_add(half) } else { x.checked_sub(half) };
-                let rounded = rounded.ok_or(QueryError::Overflow { what: "round" })?;
-                rounded / unit * unit
-            }
-            MathFn::Abs => x.checked_abs().ok_or(QueryError::Overflow { what: "abs" })?,
-        })
-    }
-}
-
-/// A string function of one string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TextFn {
-    Lower,
-    Upper,
-}
-
-impl TextFn {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            TextFn::Lower => "lower",
-            TextFn::Upper => "upper",
-        }
-    }
 }
 
 impl Expr {
@@ -672,14 +610,7 @@ pub(crate) fn eval<'a>(e: &Expr, b: &'a Batch<'_>) -> Result<Vector<'a>> {
         }
         Expr::Text(f, x) => {
             let v = eval(x, b)?;
-            let out: StringArray = (0..n)
-                .map(|i| {
-                    v.str_at(i).map(|s| match f {
-                        TextFn::Lower => s.to_lowercase(),
-                        TextFn::Upper => s.to_uppercase(),
-                    })
-                })
-                .collect();
+            let out: StringArray = (0..n).map(|i| v.str_at(i).map(|s| f.apply(s))).collect();
             Vector::Plain(out)
         }
         Expr::FromEpoch(x) => {

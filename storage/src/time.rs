@@ -29,10 +29,7 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
 /// RFC 3339 in UTC: `2026-11-22T10:00:00Z`, with `.sss` when the
 /// milliseconds are not zero.
 pub fn format_timestamp(ms: i64) -> String {
-    let days = ms.div_euclid(DAY_MS);
-    let rem = ms.rem_euclid(DAY_MS);
-    let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, f) = (rem / HOUR_MS, rem % HOUR_MS / MINUTE_MS, rem % MINUTE_MS / SECOND_MS, rem % SECOND_MS);
+    let (y, m, d, h, mi, s, f) = civil_parts(ms);
     if f == 0 {
         format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
     } else {
@@ -40,14 +37,19 @@ pub fn format_timestamp(ms: i64) -> String {
     }
 }
 
+/// (year, month, day, hour, minute, second, millisecond) of epoch ms, UTC.
+fn civil_parts(ms: i64) -> (i64, i64, i64, i64, i64, i64, i64) {
+    let days = ms.div_euclid(DAY_MS);
+    let rem = ms.rem_euclid(DAY_MS);
+    let (y, m, d) = civil_from_days(days);
+    (y, m, d, rem / HOUR_MS, rem % HOUR_MS / MINUTE_MS, rem % MINUTE_MS / SECOND_MS, rem % SECOND_MS)
+}
+
 /// PostgreSQL's text form of a `timestamptz` in UTC, as its clients parse
 /// it: `2026-11-22 10:00:00+00`, with the fraction's trailing zeros
 /// dropped (`10:00:00.25+00`).
 pub fn format_timestamp_pg(ms: i64) -> String {
-    let days = ms.div_euclid(DAY_MS);
-    let rem = ms.rem_euclid(DAY_MS);
-    let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, f) = (rem / HOUR_MS, rem % HOUR_MS / MINUTE_MS, rem % MINUTE_MS / SECOND_MS, rem % SECOND_MS);
+    let (y, m, d, h, mi, s, f) = civil_parts(ms);
     let mut out = format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}");
     if f != 0 {
         let fraction = format!("{f:03}");

@@ -336,3 +336,33 @@ impl Binder<'_> {
         Ok(AggSpec { func, arg: Some(arg), filter, measure })
     }
 }
+
+/// `floor(extract(epoch FROM t) / n) * n` (Grafana's `$__timeGroup`) is
+/// the start of `t`'s `n`-second bucket, in epoch seconds: rewritten as
+/// `extract(epoch FROM time_bucket(n s, t))`, which is exact (no float
+/// division at bucket edges), constant over a block inside one bucket,
+/// and lets the rollups answer.
+pub(super) fn epoch_bucket(e: Expr) -> Expr {
+    fn constant(e: &Expr) -> Option<f64> {
+        match e {
+            Expr::Lit(Scalar::Int(n), _) => Some(*n as f64),
+            Expr::Lit(Scalar::Float(x), _) => Some(*x),
+            Expr::ToFloat(x) => constant(x),
+            _ => None,
+        }
+    }
+    if let Expr::Bin(BinOp::Mul, floor, n2, _) = &e
+        && let Expr::Math(MathFn::Floor, quotient) = floor.as_ref()
+        && let Expr::Bin(BinOp::Div, epoch, n1, _) = quotient.as_ref()
+        && let Expr::Epoch(t) = epoch.as_ref()
+        && let (Some(a), Some(b)) = (constant(n1), constant(n2))
+        && a == b
+        && a > 0.0
+    {
+        let width_ms = a * 1000.0;
+        if width_ms.fract() == 0.0 && width_ms < 9.0e15 {
+            return Expr::Epoch(Box::new(Expr::TimeBucket(width_ms as i64, t.clone())));
+        }
+    }
+    e
+}

@@ -34,16 +34,17 @@ pub(super) enum Kind {
 const SESSION_WORDS: &[&str] =
     &["set", "reset", "begin", "start", "commit", "end", "rollback", "abort", "show", "discard", "deallocate"];
 
-/// Functions and schemas only the catalog answers.
-const CATALOG_WORDS: &[&str] = &[
-    "information_schema",
-    "pg_catalog",
+/// Schemas, and functions written without parentheses, only the catalog
+/// answers.
+const CATALOG_NAMES: &[&str] = &["information_schema", "pg_catalog", "current_user", "session_user"];
+
+/// Functions only the catalog answers: they count when called, so that a
+/// column named `version` (in `billing_daily`) stays a column.
+const CATALOG_FUNCTIONS: &[&str] = &[
     "current_setting",
     "current_database",
     "current_schema",
     "current_schemas",
-    "current_user",
-    "session_user",
     "version",
     "has_table_privilege",
     "has_schema_privilege",
@@ -73,13 +74,18 @@ impl Statement {
         let mut catalog = false;
         let mut placeholders = 0;
         let mut meaningful = false;
-        for token in &tokens {
+        let significant: Vec<&Token> =
+            tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon)).collect();
+        for (i, token) in significant.iter().enumerate() {
             match token {
-                Token::Whitespace(_) | Token::SemiColon => {}
                 Token::Word(w) => {
                     meaningful = true;
                     let word = w.value.to_ascii_lowercase();
-                    catalog |= CATALOG_WORDS.contains(&word.as_str()) || word.starts_with("pg_");
+                    let called = matches!(significant.get(i + 1), Some(Token::LParen));
+                    catalog |= w.quote_style.is_none()
+                        && (CATALOG_NAMES.contains(&word.as_str())
+                            || word.starts_with("pg_")
+                            || (called && CATALOG_FUNCTIONS.contains(&word.as_str())));
                     first.get_or_insert(word);
                 }
                 Token::Placeholder(p) => {
@@ -127,6 +133,8 @@ mod tests {
         assert_eq!(kind("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"), Kind::Catalog);
         assert_eq!(kind("select table_name from information_schema.tables"), Kind::Catalog);
         assert_eq!(kind("SELECT count(*) FROM events"), Kind::Query);
+        assert_eq!(kind("SELECT day, version FROM billing_daily"), Kind::Query, "a column named version");
+        assert_eq!(kind("SELECT version()"), Kind::Catalog);
         assert_eq!(kind("SELECT 'pg_x' FROM events"), Kind::Query, "words inside strings do not count");
         assert_eq!(kind("SELECT 'unterminated"), Kind::Query);
         assert_eq!(Statement::new("SELECT $1, $3 FROM events").placeholders, 3);

@@ -80,6 +80,8 @@ pub(super) fn fields(schema: &Schema, format: &Format) -> Arc<Vec<FieldInfo>> {
 /// The rows of a result, encoded one at a time as the client reads them.
 pub(super) fn rows(result: QueryResult, fields: Arc<Vec<FieldInfo>>) -> impl Iterator<Item = PgWireResult<DataRow>> {
     let mut encoder = DataRowEncoder::new(fields.clone());
+    // Text forms are PostgreSQL's defaults (UTC, ISO dates): one set for all cells.
+    let options = FormatOptions::default();
     result.batches.into_iter().flat_map(move |batch: RecordBatch| {
         let columns: Vec<ArrayRef> = batch.columns().to_vec();
         let fields = fields.clone();
@@ -88,7 +90,7 @@ pub(super) fn rows(result: QueryResult, fields: Arc<Vec<FieldInfo>>) -> impl Ite
             let encoded = columns
                 .iter()
                 .zip(fields.iter())
-                .try_for_each(|(column, field)| encode(&mut encoder, column, row, field))
+                .try_for_each(|(column, field)| encode(&mut encoder, column, row, field, &options))
                 .map(|()| encoder.take_row());
             rows.push(encoded);
         }
@@ -96,41 +98,46 @@ pub(super) fn rows(result: QueryResult, fields: Arc<Vec<FieldInfo>>) -> impl Ite
     })
 }
 
-fn encode(encoder: &mut DataRowEncoder, column: &ArrayRef, row: usize, field: &FieldInfo) -> PgWireResult<()> {
+fn encode(
+    encoder: &mut DataRowEncoder,
+    column: &ArrayRef,
+    row: usize,
+    field: &FieldInfo,
+    options: &FormatOptions,
+) -> PgWireResult<()> {
     let format = field.format();
-    let options = FormatOptions::default();
     let ty = field.datatype();
     if column.is_null(row) || column.data_type() == &ArrowType::Null {
-        return encoder.encode_field_with_type_and_format(&None::<i64>, ty, format, &options);
+        return encoder.encode_field_with_type_and_format(&None::<i64>, ty, format, options);
     }
     match column.data_type() {
         ArrowType::Int64 => encoder.encode_field_with_type_and_format(
             &column.as_primitive::<Int64Type>().value(row),
             ty,
             format,
-            &options,
+            options,
         ),
         ArrowType::Float64 => encoder.encode_field_with_type_and_format(
             &column.as_primitive::<Float64Type>().value(row),
             ty,
             format,
-            &options,
+            options,
         ),
         ArrowType::Boolean => {
-            encoder.encode_field_with_type_and_format(&column.as_boolean().value(row), ty, format, &options)
+            encoder.encode_field_with_type_and_format(&column.as_boolean().value(row), ty, format, options)
         }
         ArrowType::Utf8 => {
-            encoder.encode_field_with_type_and_format(&column.as_string::<i32>().value(row), ty, format, &options)
+            encoder.encode_field_with_type_and_format(&column.as_string::<i32>().value(row), ty, format, options)
         }
         ArrowType::Timestamp(..) => {
             let ms = column.as_primitive::<TimestampMillisecondType>().value(row);
             match format {
                 FieldFormat::Text => {
-                    encoder.encode_field_with_type_and_format(&format_timestamp_pg(ms), ty, format, &options)
+                    encoder.encode_field_with_type_and_format(&format_timestamp_pg(ms), ty, format, options)
                 }
                 FieldFormat::Binary => {
                     let micros = ms.saturating_sub(PG_EPOCH_MS).saturating_mul(1_000);
-                    encoder.encode_field_with_type_and_format(&micros, ty, format, &options)
+                    encoder.encode_field_with_type_and_format(&micros, ty, format, options)
                 }
             }
         }
