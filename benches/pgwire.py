@@ -93,6 +93,14 @@ class Server:
         c.close()
         return body
 
+    def metric(self, name):
+        """The sum of the series `name` (any labels) in /metrics."""
+        total = 0.0
+        for line in self.get("/metrics").decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def rss_bytes(self):
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -151,6 +159,8 @@ def latency(server, queries, rounds):
 
 
 def concurrency(server, queries, connections, seconds):
+    waited = [server.metric("adstore_query_queue_wait_seconds_sum"),
+              server.metric("adstore_query_queue_wait_seconds_count")]
     stop = time.time() + seconds
     lock = threading.Lock()
     times, errors = [], []
@@ -182,9 +192,13 @@ def concurrency(server, queries, connections, seconds):
         peak.append(server.rss_bytes())
         time.sleep(0.5)
     times.sort()
+    wait_s = server.metric("adstore_query_queue_wait_seconds_sum") - waited[0]
+    admitted = server.metric("adstore_query_queue_wait_seconds_count") - waited[1]
     pct = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000 if times else float("nan")
     return {"queries": len(times), "errors": len(errors), "first_errors": errors[:3],
             "qps": len(times) / seconds, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "mean_queue_wait_ms": wait_s / admitted * 1000 if admitted else float("nan"),
+            "rejected": int(server.metric("adstore_query_rejected_total")),
             "peak_rss_mib": max(peak) / 2**20, "rss_after_mib": server.rss_bytes() / 2**20}
 
 
@@ -235,7 +249,9 @@ def main():
             lines.append("")
         lines += [f"## {a.connections} connections for {a.seconds:g} s", "",
                   f"{conc['queries']} queries ({conc['qps']:.1f}/s), {conc['errors']} errors, "
-                  f"p50 {conc['p50_ms']:.1f} ms, p99 {conc['p99_ms']:.1f} ms; server resident memory peak "
+                  f"p50 {conc['p50_ms']:.1f} ms, p99 {conc['p99_ms']:.1f} ms (of which a turn to run waited "
+                  f"{conc['mean_queue_wait_ms']:.1f} ms on average; {conc['rejected']} refused as overloaded); "
+                  "server resident memory peak "
                   f"{conc['peak_rss_mib']:.0f} MiB, {conc['rss_after_mib']:.0f} MiB after.", ""]
         Path(a.write).write_text("\n".join(lines))
 

@@ -96,3 +96,24 @@ fn the_console_runs_a_query_shows_rows_and_a_chart_and_errors() {
         std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console.png"), &png).expect("write docs/console.png");
     }
 }
+
+/// With access control on, the console says it needs a token (its field
+/// in the header) instead of showing an empty page.
+#[test]
+fn the_console_asks_for_a_token_when_the_server_needs_one() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let out = Command::new(ADSTORE)
+        .args(["token", "create", "--role", "admin", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("adstore token create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(&dir, None);
+    let page = dom(&format!("{}/?q={}", server.url, encode("SELECT 1 AS one")), &["--dump-dom"]);
+    assert!(page.contains("id=\"token\""), "the token field");
+    let error = &page[page.find("<pre id=\"error\"").expect("error box")..];
+    let error = &error[..error.find("</pre>").expect("end")];
+    assert!(!error.contains("hidden") && error.contains("Paste an access token"), "{error}");
+    assert!(page.contains("needs an admin token"), "the state panel says why it is empty");
+}

@@ -62,6 +62,10 @@ fn the_readme_tour_runs_as_written_against_a_demo_server() {
         if script.contains("psql postgresql://") {
             assert!(stdout.contains("(3 rows)"), "psql answers: {stdout}");
         }
+        if script.contains("token create --role query --advertiser adv-001") {
+            // The scoped token's answer holds adv-001's rows and no other advertiser's.
+            assert!(stdout.contains("[\"adv-001\",") && !stdout.contains("adv-002"), "{stdout}");
+        }
         if script.contains("/v1/reprocess -H") {
             assert!(stdout.contains("\"status\":\"running\""), "the reprocess job starts: {stdout}");
         }

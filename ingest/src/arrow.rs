@@ -413,12 +413,15 @@ fn all_cells(a: &StringArray, column: ColumnId, kinds: &[u8], fits: impl Fn(&[i3
 }
 
 /// `fault[row]` values: 0 is a valid row; otherwise the first check it
-/// failed: `1 + i` for the column `INPUT_COLUMNS[i]`, then the time window.
+/// failed: `1 + i` for the column `INPUT_COLUMNS[i]`, then the time window,
+/// then the publisher scope.
 const FAULT_NONE: u8 = 0;
 const fn fault_column(i: usize) -> u8 {
     1 + i as u8
 }
 const FAULT_WINDOW: u8 = fault_column(INPUT_FIELDS);
+/// A valid row of a publisher the sender may not send for.
+const FAULT_PUBLISHER: u8 = fault_column(INPUT_FIELDS + 1);
 
 /// The columns of a batch by input field, or the schema-level fault that rejects every row.
 fn resolve_columns(batch: &RecordBatch) -> Result<Vec<Col>, IngestError> {
@@ -558,6 +561,18 @@ fn check_batch(batch: &RecordBatch, first_line: usize, opts: &ParseOptions) -> C
         }
     }
 
+    let publisher_ids = columns[ColumnId::PublisherId.index()]
+        .as_ref()
+        .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+        .filter(|_| opts.publishers.is_some());
+    if let Some(ids) = publisher_ids {
+        for (row, f) in fault.iter_mut().enumerate() {
+            if *f == FAULT_NONE && validate::publisher_allowed(ids.value(row), opts).is_err() {
+                *f = FAULT_PUBLISHER;
+            }
+        }
+    }
+
     // Errors in row order; each is found again by the check that failed the
     // row, so the detailed error is built only for the rows listed.
     for (row, &f) in fault.iter().enumerate().filter(|(_, f)| **f != FAULT_NONE) {
@@ -567,6 +582,7 @@ fn check_batch(batch: &RecordBatch, first_line: usize, opts: &ParseOptions) -> C
         }
         let error = match f {
             FAULT_WINDOW => validate::time_window(ts[row], opts).err(),
+            FAULT_PUBLISHER => publisher_ids.and_then(|ids| validate::publisher_allowed(ids.value(row), opts).err()),
             _ => {
                 let column = INPUT_COLUMNS[usize::from(f - fault_column(0))];
                 let source = col(column);

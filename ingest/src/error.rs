@@ -99,6 +99,11 @@ pub enum IngestError {
         format_timestamp(*ts_ms), format_timestamp(*min_ts_ms)
     )]
     Late { ts_ms: i64, min_ts_ms: i64 },
+
+    /// `publisher_id` is not one of the publishers the sender's token may
+    /// send for (`ParseOptions::publishers`).
+    #[error("publisher_not_allowed: the token may not send events of publisher {publisher_id:?}")]
+    PublisherNotAllowed { publisher_id: String },
 }
 
 impl IngestError {
@@ -120,6 +125,7 @@ impl IngestError {
             E::BadType { .. } | E::TypeMismatch { .. } => Some("type"),
             E::BadCountry { .. } => Some("country"),
             E::BadDevice { .. } => Some("device"),
+            E::PublisherNotAllowed { .. } => Some("publisher_id"),
         }
     }
 }

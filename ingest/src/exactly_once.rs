@@ -744,6 +744,10 @@ fn attribute(
     let ip = events.str_column(ColumnId::IpHash);
     let ua = events.str_column(ColumnId::UaHash);
     let bots: HashSet<&str> = rules.bot_ua_hashes.iter().map(String::as_str).collect();
+    // Decided at ingest, from the publisher's signing secret: no rule
+    // re-derives it, so it stays through seals and reprocessing.
+    let received = events.u8_column(ColumnId::InvalidReason).values();
+    let bad_signature = |i: usize| received.get(i) == Some(&(InvalidReason::BadSignature as u8));
 
     let mut attributed = vec![false; n];
     let mut attributed_to: Vec<Option<String>> = vec![None; n];
@@ -779,7 +783,9 @@ fn attribute(
                 };
                 let too_fast =
                     found.as_ref().is_some_and(|(t, _)| rules.too_fast_ms > 0 && ts[i] - t < rules.too_fast_ms);
-                reason[i] = if is_bot {
+                reason[i] = if bad_signature(i) {
+                    InvalidReason::BadSignature
+                } else if is_bot {
                     InvalidReason::BotUa
                 } else if flooded {
                     InvalidReason::ClickFlood

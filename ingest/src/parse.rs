@@ -73,6 +73,10 @@ pub struct ParseOptions {
     /// the chunks of Arrow requests on the calling thread took 4-9% off
     /// the server's CPU in a 10M-event load with four requests in flight).
     pub parallel: bool,
+    /// The publishers the sender may send events for (an `ingest` token's
+    /// scope): a line of another publisher is rejected with
+    /// [`IngestError::PublisherNotAllowed`]. Default: `None`, any publisher.
+    pub publishers: Option<Vec<String>>,
 }
 
 impl Default for ParseOptions {
@@ -88,6 +92,7 @@ impl Default for ParseOptions {
             min_ts_ms: None,
             max_errors: 100,
             parallel: true,
+            publishers: None,
         }
     }
 }

@@ -45,9 +45,9 @@ fn is_measure(name: &str) -> bool {
 }
 
 /// `type` codes as strings, in code order.
-pub(crate) static TYPE_NAMES: [&str; 3] = ["impression", "click", "conversion"];
+pub(crate) static TYPE_NAMES: [&str; 3] = adstore_storage::EventType::NAMES;
 /// `invalid_reason` codes as strings, in code order ('' = valid).
-pub(crate) static INVALID_NAMES: [&str; 5] = ["", "unattributed", "too_fast", "click_flood", "bot_ua"];
+pub(crate) static INVALID_NAMES: [&str; 6] = adstore_storage::InvalidReason::NAMES;
 
 pub(crate) fn pos(span: Span) -> Option<Position> {
     (span.start.line > 0).then_some(Position { line: span.start.line, column: span.start.column })

@@ -491,7 +491,9 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
     let mut push = |k: &str, v: String| rows.push((k.to_string(), v));
     push("table", l.table.name().to_string());
     push("source", format!("{} ({})", plan.source.source.name(), plan.source.reason));
+    let scoped = plan.scope.is_some();
     match l.table {
+        _ if scoped => {}
         crate::plan::Table::Metrics => push("reads", cover.describe(&scan)),
         crate::plan::Table::BillingDaily => push("reads", billing::describe(&billing::entries(snapshot, plan))),
         crate::plan::Table::Events => {}
@@ -550,6 +552,12 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
         }
     };
     push("order", order);
+    if scoped {
+        // Segment, block, row and snapshot counts describe every
+        // advertiser's data.
+        push("storage", "not shown to a token scoped to advertisers".into());
+        return explain_batch(rows);
+    }
     push(
         "segments",
         format!(
@@ -645,6 +653,11 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
         "parallelism",
         format!("{} task(s) (blocks + head chunks) on {} rayon thread(s)", tasks, rayon::current_num_threads()),
     );
+    explain_batch(rows)
+}
+
+/// EXPLAIN's (property, value) rows as its answer.
+fn explain_batch(rows: Vec<(String, String)>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = explain_schema();
     let k: StringArray = rows.iter().map(|r| Some(r.0.as_str())).collect();
     let v: StringArray = rows.iter().map(|r| Some(r.1.as_str())).collect();

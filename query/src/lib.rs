@@ -57,6 +57,13 @@ pub struct QueryOptions {
     /// Set to true (by another thread) to stop the query: it fails with
     /// [`QueryError::Cancelled`] before its next block. Default: none.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The advertisers whose rows the statement may see (a `query` token's
+    /// scope); `None`, the default, sees every row. The restriction is a
+    /// filter storage applies before anything of the statement reads a
+    /// row, so no predicate, aggregate, error or EXPLAIN of the statement
+    /// can depend on another advertiser's rows; scan counts in the stats
+    /// and EXPLAIN's storage rows, which describe all data, are left out.
+    pub advertisers: Option<Vec<String>>,
 }
 
 impl Default for QueryOptions {
@@ -70,6 +77,7 @@ impl Default for QueryOptions {
             max_operators: MAX_OPERATORS,
             max_nesting: MAX_NESTING,
             cancel: None,
+            advertisers: None,
         }
     }
 }
@@ -132,7 +140,7 @@ fn execute_checked(snapshot: &Snapshot, sql: &str, params: &[Param], opts: &Quer
     let deadline = started + opts.timeout;
     let logical = bind::bind_sql(sql, opts.now_ms, opts.max_nesting, bind::Params::Strict(params))?;
     let explain = logical.explain;
-    let physical = planner::plan(logical);
+    let physical = planner::plan(logical, opts.advertisers.as_deref());
     let source = physical.source.source.name().to_string();
     let (schema, batches, stats) = if physical.logical.no_from {
         let (schema, batches) = exec::constant_row(&physical.logical)?;
@@ -147,16 +155,19 @@ fn execute_checked(snapshot: &Snapshot, sql: &str, params: &[Param], opts: &Quer
     if rows > opts.max_result_rows {
         return Err(QueryError::ResultTooLarge { max_rows: opts.max_result_rows });
     }
+    // Scan counts measure every advertiser's rows in the blocks read: a
+    // scoped statement does not see them.
+    let counts = if opts.advertisers.is_some() { exec::ExecStats::default() } else { stats.clone() };
     Ok(QueryResult {
         schema,
         batches,
         stats: QueryStats {
             elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-            rows_scanned: stats.rows_scanned,
-            segments_scanned: stats.segments_scanned,
-            segments_pruned: stats.segments_pruned,
-            blocks_scanned: stats.blocks_scanned,
-            blocks_pruned: stats.blocks_pruned,
+            rows_scanned: counts.rows_scanned,
+            segments_scanned: counts.segments_scanned,
+            segments_pruned: counts.segments_pruned,
+            blocks_scanned: counts.blocks_scanned,
+            blocks_pruned: counts.blocks_pruned,
             source: if stats.source.is_empty() { source } else { stats.source },
             provisional: stats.provisional,
         },

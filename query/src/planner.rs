@@ -24,6 +24,9 @@ use crate::types::{DataType, Scalar};
 
 pub(crate) struct PhysicalPlan {
     pub logical: LogicalPlan,
+    /// The advertisers whose rows the statement may see
+    /// ([`crate::QueryOptions::advertisers`]); `None` for all.
+    pub scope: Option<Vec<String>>,
     pub request: ScanRequest,
     /// The part of WHERE the executor evaluates (over `logical.scan_cols`).
     pub residual: Option<Expr>,
@@ -49,10 +52,18 @@ fn ceil_to(x: i64, w: i64) -> i64 {
     if f == x { x } else { f.saturating_add(w) }
 }
 
-pub(crate) fn plan(mut logical: LogicalPlan) -> PhysicalPlan {
+pub(crate) fn plan(mut logical: LogicalPlan, scope: Option<&[String]>) -> PhysicalPlan {
     let source = choose(&logical);
     let mut range = TimeRange::ALL;
-    let mut filters = Vec::new();
+    // A scope is the first filter storage applies, whatever the statement
+    // says: rows of other advertisers never reach an expression. (Billing
+    // rows are filtered the same way as they are read, `exec/billing.rs`.)
+    let mut filters: Vec<DimFilter> = match (scope, logical.table) {
+        (Some(advertisers), Table::Events | Table::Metrics) => {
+            vec![DimFilter { column: ColumnId::AdvertiserId, values: advertisers.to_vec(), negated: false }]
+        }
+        _ => Vec::new(),
+    };
     let mut residual = Vec::new();
     if let Some(f) = logical.filter.take() {
         let mut cs = Vec::new();
@@ -144,7 +155,13 @@ pub(crate) fn plan(mut logical: LogicalPlan) -> PhysicalPlan {
         })
         .collect();
     let residual = logical.filter.clone();
-    PhysicalPlan { request: ScanRequest { time_range: range, filters, columns }, residual, source, logical }
+    PhysicalPlan {
+        request: ScanRequest { time_range: range, filters, columns },
+        residual,
+        source,
+        logical,
+        scope: scope.map(<[String]>::to_vec),
+    }
 }
 
 fn slot_col(e: &Expr, plan: &LogicalPlan) -> Option<ColumnId> {

@@ -142,6 +142,22 @@ fn billing_daily_answers_from_the_snapshots() {
     assert_eq!(star[0].len(), 4 + 10 + 1, "day, advertiser, campaign, version, 10 measures, users");
     assert!(int(&star[0][14]) > 0, "users is an estimate of distinct users");
 
+    // Scoped to advertiser a1: only its rows, whatever the statement says.
+    let scoped = QueryOptions { now_ms: BASE, advertisers: Some(vec!["a1".into()]), ..QueryOptions::default() };
+    let rows = |sql: &str, opts: &QueryOptions| execute(&store.snapshot(), sql, opts).expect(sql).rows();
+    let a1: Table = latest.iter().filter(|(k, _)| k.1 == "a1").map(|(k, v)| (k.clone(), *v)).collect();
+    let got: Table = rows(&format!("{ROWS} WHERE advertiser_id = 'a0' OR true"), &scoped)
+        .iter()
+        .map(|r| {
+            let Cell::Timestamp(day) = r[0] else { panic!("day is a timestamp: {r:?}") };
+            ((day, text(&r[1]), text(&r[2])), (int(&r[3]), int(&r[4]), int(&r[5]), int(&r[6])))
+        })
+        .collect();
+    assert!(!a1.is_empty());
+    assert_eq!(got, a1, "only a1's billing rows");
+    let distinct = rows("SELECT count(DISTINCT advertiser_id) FROM billing_daily WHERE version > 0", &scoped);
+    assert_eq!(int(&distinct[0][0]), 1);
+
     // Errors and EXPLAIN.
     let opts = QueryOptions { now_ms: BASE, ..QueryOptions::default() };
     let err = execute(&store.snapshot(), "SELECT ts FROM billing_daily", &opts).expect_err("no ts");

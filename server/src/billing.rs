@@ -1,14 +1,17 @@
 //! `GET /v1/billing/daily?day=YYYY-MM-DD[&advertiser_id=][&version=][&format=json|csv]`:
 //! a final day's billing snapshot (the latest version unless one is named),
-//! per advertiser and campaign, with every version's lineage.
+//! per advertiser and campaign, with every version's lineage. A `query`
+//! token gets only its advertisers' rows.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::extract::QueryParams;
 use crate::http::AppState;
@@ -33,15 +36,20 @@ fn parse_day(day: &str) -> Result<i64, ServerError> {
     adstore_ingest::parse_rfc3339_ms(&format!("{day}T00:00:00Z")).map_err(|_| bad())
 }
 
-fn lineage(b: &BillingSnapshot) -> serde_json::Value {
-    serde_json::json!({
+/// A snapshot version's lineage; its row count only for a caller who sees
+/// every advertiser (the count includes the others' rows).
+fn lineage(b: &BillingSnapshot, principal: &Principal) -> serde_json::Value {
+    let mut out = serde_json::json!({
         "version": b.version,
         "created": format_timestamp(b.created_ms),
         "cause": b.cause,
         "reprocess_job": b.reprocess_job,
         "rules_version": b.rules_version,
-        "rows": b.rows,
-    })
+    });
+    if principal.row_scope().is_none() {
+        out["rows"] = b.rows.into();
+    }
+    out
 }
 
 fn csv_field(s: &str) -> String {
@@ -50,6 +58,7 @@ fn csv_field(s: &str) -> String {
 
 pub(crate) async fn billing_daily(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     QueryParams(p): QueryParams<BillingParams>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
@@ -81,8 +90,11 @@ pub(crate) async fn billing_daily(
             (None, Some(_)) => format!("no billing snapshot for {}", day_name(day)),
         }));
     };
-    let rows: Vec<BillingRow> =
-        rows.into_iter().filter(|r| p.advertiser_id.as_ref().is_none_or(|a| *a == r.advertiser_id)).collect();
+    let rows: Vec<BillingRow> = rows
+        .into_iter()
+        .filter(|r| principal.sees(&r.advertiser_id))
+        .filter(|r| p.advertiser_id.as_ref().is_none_or(|a| *a == r.advertiser_id))
+        .collect();
     if csv {
         let mut out = String::from("day,advertiser_id,campaign_id,version");
         if let Some(first) = rows.first() {
@@ -120,11 +132,11 @@ pub(crate) async fn billing_daily(
             serde_json::Value::Object(row)
         })
         .collect();
-    let mut body = lineage(&entry);
+    let mut body = lineage(&entry, &principal);
     if let Some(obj) = body.as_object_mut() {
         obj.insert("day".into(), day_name(day).into());
         obj.insert("latest_version".into(), versions.last().map_or(entry.version, |v| v.version).into());
-        obj.insert("versions".into(), versions.iter().map(lineage).collect());
+        obj.insert("versions".into(), versions.iter().map(|v| lineage(v, &principal)).collect());
         obj.insert("rows".into(), json_rows.into());
     }
     Ok(axum::Json(body).into_response())

@@ -5,7 +5,10 @@
 //!  adstore gen     ─► cli/gen.rs     synthetic events as NDJSON (datagen)
 //!  adstore ingest  ─► cli/ingest.rs  a file to a server: parallel batches, retries, progress
 //!  adstore sql     ─► cli/sql.rs     a query to a server: table, CSV or JSON
+//!  adstore token   ─► cli/token.rs   access tokens, on a server or in a stopped server's data directory
 //! ```
+//!
+//! Commands that call a server take `--url` and `--token` (`cli/remote.rs`).
 //!
 //! Every subcommand returns `Result<(), ServerError>`; `main` prints the
 //! error and exits 1. Logs go to stderr (filter with `ADSTORE_LOG`), data to
@@ -14,9 +17,11 @@
 mod gen_cmd;
 mod ingest;
 mod reconcile;
+mod remote;
 mod retention;
 mod serve;
 mod sql;
+mod token;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -46,6 +51,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Show or change a server's retention policy.
     Retention(retention::RetentionArgs),
+    /// Create, list or revoke access tokens (docs/security.md).
+    Token(token::TokenArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -58,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Sql(args) => sql::run(args),
         Command::Reconcile(args) => reconcile::run(args),
         Command::Retention(args) => retention::run(args),
+        Command::Token(args) => token::run(args),
     };
     match result {
         Ok(code) => code,

@@ -190,6 +190,15 @@ pub struct QueryConfig {
     /// How deep parentheses and `CASE … END` may nest (`query_too_complex`).
     /// Default and maximum 64.
     pub max_nesting: usize,
+    /// Most statements running at once, over HTTP and PostgreSQL together;
+    /// the rest wait in arrival order. Default twice the cores, at least 4.
+    pub max_running: usize,
+    /// Most statements waiting for a turn; one more is refused
+    /// (`overloaded`). Default 1_024.
+    pub max_queued: usize,
+    /// Longest wait for a turn before a statement is refused (`overloaded`);
+    /// `timeout_ms` starts when the statement runs. Default 30_000.
+    pub queue_timeout_ms: u64,
 }
 
 impl Default for QueryConfig {
@@ -202,6 +211,9 @@ impl Default for QueryConfig {
             max_result_rows: d.max_result_rows,
             max_operators: d.max_operators,
             max_nesting: d.max_nesting,
+            max_running: std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4)),
+            max_queued: 1_024,
+            queue_timeout_ms: 30_000,
         }
     }
 }
@@ -218,11 +230,31 @@ impl QueryConfig {
             max_operators: self.max_operators,
             max_nesting: self.max_nesting,
             cancel: None,
+            advertisers: None,
         }
+    }
+
+    /// The gate that admits statements to run (`admission.rs`).
+    pub(crate) fn admission(&self) -> crate::admission::Admission {
+        crate::admission::Admission::new(
+            self.max_running,
+            self.max_queued,
+            std::time::Duration::from_millis(self.queue_timeout_ms),
+        )
     }
 
     fn validate(&self) -> Result<(), ServerError> {
         let (ops, nesting) = (adstore_query::MAX_OPERATORS, adstore_query::MAX_NESTING);
+        if self.max_running == 0 || self.queue_timeout_ms == 0 {
+            return Err(ServerError::Config("query.max_running and query.queue_timeout_ms must be positive".into()));
+        }
+        // tokio's semaphore holds at most this many permits.
+        if self.max_running > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ServerError::Config(format!(
+                "query.max_running must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            )));
+        }
         if self.timeout_ms == 0 || self.max_groups == 0 || self.max_memory_bytes == 0 || self.max_result_rows == 0 {
             return Err(ServerError::Config(
                 "query.timeout_ms, query.max_groups, query.max_memory_bytes and query.max_result_rows must be positive"

@@ -28,6 +28,12 @@ pub enum ServerError {
     BadHeader { header: &'static str, value: String, expected: &'static str },
     #[error("not found: {0}")]
     NotFound(String),
+    /// No token, or one that is not valid (`auth.rs`).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A valid token whose role or scope does not allow the call.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// A request the router or an extractor could not use (a body that is
     /// not the JSON expected, a bad path parameter or query string, a
     /// method a route does not take), with the status that says so.
@@ -35,6 +41,9 @@ pub enum ServerError {
     Rejected { status: u16, message: String },
     #[error("publisher {publisher_id:?} is over its ingest rate; retry after {retry_after_s} s")]
     RateLimited { publisher_id: String, retry_after_s: u64 },
+    /// Admission control refused a statement (`admission.rs`).
+    #[error("{0}")]
+    Overloaded(crate::admission::Refusal),
     #[error("storage: {0}")]
     Storage(#[from] adstore_storage::StorageError),
     #[error("{0}")]
@@ -85,6 +94,8 @@ impl ServerError {
             ServerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ServerError::BadHeader { .. } => (StatusCode::BAD_REQUEST, "bad_header"),
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServerError::Rejected { status, .. } => {
                 let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
                 let code = match status {
@@ -97,6 +108,7 @@ impl ServerError {
                 (status, code)
             }
             ServerError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ServerError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ServerError::Storage(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ServerError::Storage(S::Damaged { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "damaged_data"),
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -126,6 +138,7 @@ impl ServerError {
     fn retry_after_s(&self) -> Option<u64> {
         match self {
             ServerError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            ServerError::Overloaded(_) => Some(1),
             ServerError::Storage(S::HeadFull { retry_after_s, .. }) => Some(*retry_after_s),
             ServerError::Storage(S::DiskLow { retry_after_s, .. }) => Some(*retry_after_s),
             ServerError::Storage(e) if e.is_disk_full() => Some(10),
@@ -137,10 +150,12 @@ impl ServerError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        // A full head is backpressure, logged by the store when it starts
-        // and ends, not once per refused request.
-        let head_full = matches!(self, ServerError::Storage(S::HeadFull { .. } | S::DiskLow { .. }));
-        if status.is_server_error() && !head_full {
+        // A full head and a full query queue are backpressure, logged by the
+        // store when they start and end or counted in /metrics, not once per
+        // refused request.
+        let backpressure =
+            matches!(self, ServerError::Storage(S::HeadFull { .. } | S::DiskLow { .. }) | ServerError::Overloaded(_));
+        if status.is_server_error() && !backpressure {
             tracing::error!(error = %self, "request failed");
         }
         let mut body = serde_json::json!({ "error": { "code": code, "message": self.message() } });
@@ -151,6 +166,11 @@ impl IntoResponse for ServerError {
         }
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(crate::metrics::ErrorCode(code));
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
         if let Some(after_s) = self.retry_after_s()
             && let Ok(v) = axum::http::HeaderValue::from_str(&after_s.to_string())
         {

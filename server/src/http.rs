@@ -54,6 +54,10 @@ pub struct AppState {
     pub dedupe_announced_max_bytes: u64,
     /// Ingest requests being parsed now (see [`ParseOptions::parallel`]).
     pub parsing: AtomicUsize,
+    /// Which SQL statements run now and which wait.
+    pub admission: crate::admission::Admission,
+    /// Tokens, and whether calls need one.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// One request's parse, counted in [`AppState::parsing`] while it lives.
@@ -84,25 +88,44 @@ pub struct HttpCounters {
     pub duplicates: AtomicU64,
 }
 
+/// Every route, grouped by who may call it (`auth.rs`).
 pub fn router(state: Arc<AppState>) -> Router {
+    use crate::auth::Need;
     let limit = state.config.server.max_body_bytes;
-    Router::new()
-        .merge(crate::console::routes())
-        .route("/health", get(health))
+    let gate = |need: Need| axum::middleware::from_fn_with_state((state.clone(), need), crate::auth::require);
+    let public = Router::new().merge(crate::console::routes()).route("/health", get(health));
+    let admin = Router::new()
         .route("/metrics", get(crate::metrics::metrics))
         .route("/v1/segments", get(segments))
         .route("/v1/rollups", get(rollups))
-        .route("/v1/billing/daily", get(crate::billing::billing_daily))
         .route("/v1/reconcile", get(crate::reconcile::reconcile))
         .route("/v1/attribution", get(crate::exactly::get_rules).put(crate::exactly::put_rules))
         .route("/v1/retention", get(crate::retention::get_retention).put(crate::retention::put_retention))
         .route("/v1/reprocess", post(crate::exactly::start_reprocess))
         .route("/v1/reprocess/{id}", get(crate::exactly::get_reprocess))
+        .route("/v1/tokens", get(crate::auth::api::list).post(crate::auth::api::create))
+        .route("/v1/tokens/{id}", axum::routing::delete(crate::auth::api::revoke))
+        .route(
+            "/v1/publishers/{id}/signing-key",
+            axum::routing::put(crate::auth::api::put_signing_key).delete(crate::auth::api::delete_signing_key),
+        )
+        .route("/v1/signing-keys", get(crate::auth::api::list_signing_keys))
+        .route_layer(gate(Need::Admin));
+    let ingest = Router::new()
         .route("/v1/events", ingest_route(None))
-        .route("/v1/sql", get(crate::sql::sql_get).post(crate::sql::sql_post))
         .route("/v1/events/impressions:batch", ingest_route(Some(EventType::Impression)))
         .route("/v1/events/clicks:batch", ingest_route(Some(EventType::Click)))
         .route("/v1/events/conversions:batch", ingest_route(Some(EventType::Conversion)))
+        .route("/v1/events/validate-signature", post(crate::auth::api::validate_signature))
+        .route_layer(gate(Need::Ingest));
+    let query = Router::new()
+        .route("/v1/sql", get(crate::sql::sql_get).post(crate::sql::sql_post))
+        .route("/v1/billing/daily", get(crate::billing::billing_daily))
+        .route_layer(gate(Need::Query));
+    public
+        .merge(admin)
+        .merge(ingest)
+        .merge(query)
         .fallback(crate::extract::no_route)
         .method_not_allowed_fallback(crate::extract::no_method)
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
@@ -206,9 +229,10 @@ struct IngestResponse {
 fn ingest_route(kind: Option<EventType>) -> MethodRouter<Arc<AppState>> {
     post(
         move |State(app): State<Arc<AppState>>,
+              axum::Extension(principal): axum::Extension<crate::auth::Principal>,
               QueryParams(p): QueryParams<IngestParams>,
               headers: HeaderMap,
-              body: Body| async move { ingest(app, p, headers, body, kind).await },
+              body: Body| async move { ingest(app, principal, p, headers, body, kind).await },
     )
 }
 
@@ -271,6 +295,7 @@ fn sniff_json(body: &[u8]) -> BodyFormat {
 
 async fn ingest(
     app: Arc<AppState>,
+    principal: crate::auth::Principal,
     params: IngestParams,
     headers: HeaderMap,
     body: Body,
@@ -309,6 +334,7 @@ async fn ingest(
                 Some(newest.saturating_sub(worker.config.ingest.allowed_lateness_ms))
             },
             max_errors: worker.config.ingest.max_errors,
+            publishers: principal.publisher_scope(),
             ..ParseOptions::default()
         };
         let body = body::decode(body, encoding, limit_bytes, &worker.body_buffers)?;
@@ -325,9 +351,12 @@ async fn ingest(
             BodyFormat::Arrow => parse_arrow_ipc(body.into_arrow(), &opts),
         };
         drop(parsing);
+        // Clicks on impression ids their publisher did not sign are kept,
+        // marked invalid (`auth/signing.rs`).
+        let outcome = ParseOutcome { batches: worker.auth.signing.mark(outcome.batches)?, ..outcome };
         worker
             .rate_limiter
-            .admit(&outcome.batches)
+            .admit(principal.token_id.as_deref().unwrap_or(""), &outcome.batches)
             .map_err(|l| ServerError::RateLimited { publisher_id: l.publisher_id, retry_after_s: l.retry_after_s })?;
         let limit = worker.dedupe_announced_max_bytes;
         let announced = announced.map(|n| n.min(outcome.accepted().saturating_mul(ANNOUNCED_PER_EVENT)));

@@ -4,6 +4,8 @@
 //! `adstore-ingest` and `adstore-query`, and nothing depends on it but the
 //! `adstore` binary.
 
+mod admission;
+mod auth;
 mod billing;
 mod body;
 pub mod cli;

@@ -14,7 +14,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::http::AppState;
 
@@ -34,6 +36,16 @@ pub struct HttpMetrics {
     pub(crate) pg_statements: IntCounterVec,
     /// PostgreSQL errors sent, by SQLSTATE.
     pub(crate) pg_errors: IntCounterVec,
+    /// SQL statements running now (at most `query.max_running`; `admission.rs`).
+    pub(crate) query_running: IntGauge,
+    /// SQL statements waiting for a turn to run.
+    pub(crate) query_queued: IntGauge,
+    /// How long admitted statements waited for their turn.
+    pub(crate) query_queue_wait: Histogram,
+    /// Statements refused by admission control, by reason.
+    pub(crate) query_rejected: IntCounterVec,
+    /// Calls refused by access control, by reason (missing, invalid, forbidden).
+    pub(crate) auth_failures: IntCounterVec,
 }
 
 impl HttpMetrics {
@@ -65,12 +77,58 @@ impl HttpMetrics {
             Opts::new("adstore_pg_errors_total", "Errors sent over the PostgreSQL protocol, by SQLSTATE."),
             &["sqlstate"],
         )?;
+        let query_running = IntGauge::new(
+            "adstore_query_running",
+            "SQL statements running now, over HTTP and PostgreSQL (at most query.max_running).",
+        )?;
+        let query_queued = IntGauge::new(
+            "adstore_query_queued",
+            "SQL statements waiting for a turn to run (at most query.max_queued).",
+        )?;
+        let query_queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "adstore_query_queue_wait_seconds",
+                "Time admitted SQL statements waited for a turn to run (not counted in query.timeout_ms).",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_5, 2.0, 17)?),
+        )?;
+        let query_rejected = IntCounterVec::new(
+            Opts::new(
+                "adstore_query_rejected_total",
+                "SQL statements refused as overloaded, by reason (queue_full, queue_timeout).",
+            ),
+            &["reason"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "adstore_auth_failures_total",
+                "Calls refused by access control, by reason: missing (no token), invalid (unknown, malformed or revoked token), forbidden (the role does not allow the call).",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(durations.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(pg_connections.clone()))?;
         registry.register(Box::new(pg_statements.clone()))?;
         registry.register(Box::new(pg_errors.clone()))?;
-        Ok(HttpMetrics { registry, durations, errors, pg_connections, pg_statements, pg_errors })
+        registry.register(Box::new(query_running.clone()))?;
+        registry.register(Box::new(query_queued.clone()))?;
+        registry.register(Box::new(query_queue_wait.clone()))?;
+        registry.register(Box::new(query_rejected.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        Ok(HttpMetrics {
+            registry,
+            durations,
+            errors,
+            pg_connections,
+            pg_statements,
+            pg_errors,
+            query_running,
+            query_queued,
+            query_queue_wait,
+            query_rejected,
+            auth_failures,
+        })
     }
 }
 

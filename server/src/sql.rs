@@ -3,22 +3,26 @@
 //! ```text
 //!  POST /v1/sql   body: SQL as text/plain, or JSON {"sql": "...", "format": "json|csv|arrow"}
 //!  GET  /v1/sql?q=<sql>&format=json|csv|arrow
-//!       ──► blocking pool: store.snapshot() ─► adstore_query::execute ─► JSON | CSV | Arrow IPC stream
+//!       ──► admission (a turn to run) ──► blocking pool: store.snapshot() ─► adstore_query::execute ─► JSON | CSV | Arrow IPC stream
 //! ```
 //!
 //! The format comes from the JSON body, else `?format=`, else the `Accept`
 //! header (`text/csv`, `application/vnd.apache.arrow.stream`), else JSON.
 //! Query errors become `400 {"error":{"code","message","position"}}` for
-//! mistakes in the query and 500 for failures of the store (`error.rs`).
+//! mistakes in the query and 500 for failures of the store (`error.rs`);
+//! a `query` token's statements see only its advertisers' rows (`auth.rs`);
+//! 503 `overloaded` when no turn to run came in time (`admission.rs`).
 
 use std::sync::Arc;
 
 use adstore_query::QueryResult;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::extract::{BodyBytes, QueryParams};
 use crate::http::{AppState, now_ms};
@@ -67,16 +71,18 @@ fn format_of(explicit: Option<&str>, headers: &HeaderMap) -> Result<Format, Serv
 
 pub(crate) async fn sql_get(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     QueryParams(p): QueryParams<SqlParams>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     let sql = p.q.ok_or_else(|| ServerError::BadRequest("missing query parameter q".into()))?;
     let format = format_of(p.format.as_deref(), &headers)?;
-    run(app, sql, format).await
+    run(app, &principal, sql, format).await
 }
 
 pub(crate) async fn sql_post(
     State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
     QueryParams(p): QueryParams<SqlParams>,
     headers: HeaderMap,
     BodyBytes(body): BodyBytes,
@@ -96,13 +102,17 @@ pub(crate) async fn sql_post(
         (sql, p.format)
     };
     let format = format_of(format.as_deref(), &headers)?;
-    run(app, sql, format).await
+    run(app, &principal, sql, format).await
 }
 
-async fn run(app: Arc<AppState>, sql: String, format: Format) -> Result<Response, ServerError> {
+async fn run(app: Arc<AppState>, principal: &Principal, sql: String, format: Format) -> Result<Response, ServerError> {
+    let advertisers = principal.row_scope();
+    let turn = app.admission.admit(&app.metrics).await?;
     let result: QueryResult = tokio::task::spawn_blocking(move || {
+        // Held until the statement ends, even if the client goes away.
+        let _turn = turn;
         let snapshot = app.store.snapshot();
-        let opts = app.config.query.options(now_ms());
+        let opts = adstore_query::QueryOptions { advertisers, ..app.config.query.options(now_ms()) };
         adstore_query::execute(&snapshot, &sql, &opts)
     })
     .await

@@ -37,12 +37,11 @@ pub enum EventType {
 impl EventType {
     pub const ALL: [EventType; 3] = [EventType::Impression, EventType::Click, EventType::Conversion];
 
+    /// The names SQL and ingest use, indexed by code.
+    pub const NAMES: [&'static str; 3] = ["impression", "click", "conversion"];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Impression => "impression",
-            EventType::Click => "click",
-            EventType::Conversion => "conversion",
-        }
+        EventType::NAMES[self as usize]
     }
 
     pub fn from_code(code: u8) -> Option<EventType> {
@@ -74,25 +73,26 @@ pub enum InvalidReason {
     TooFast = 2,
     ClickFlood = 3,
     BotUa = 4,
+    /// A click whose signed impression id does not verify with its
+    /// publisher's secret (decided at ingest, kept by attribution).
+    BadSignature = 5,
 }
 
 impl InvalidReason {
-    pub const ALL: [InvalidReason; 5] = [
+    pub const ALL: [InvalidReason; 6] = [
         InvalidReason::Valid,
         InvalidReason::Unattributed,
         InvalidReason::TooFast,
         InvalidReason::ClickFlood,
         InvalidReason::BotUa,
+        InvalidReason::BadSignature,
     ];
 
+    /// The names SQL compares `invalid_reason` as, indexed by code ('' = valid).
+    pub const NAMES: [&'static str; 6] = ["", "unattributed", "too_fast", "click_flood", "bot_ua", "bad_signature"];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            InvalidReason::Valid => "",
-            InvalidReason::Unattributed => "unattributed",
-            InvalidReason::TooFast => "too_fast",
-            InvalidReason::ClickFlood => "click_flood",
-            InvalidReason::BotUa => "bot_ua",
-        }
+        InvalidReason::NAMES[self as usize]
     }
 
     pub fn from_code(code: u8) -> Option<InvalidReason> {
@@ -213,11 +213,9 @@ impl ColumnId {
     /// For a `U8` enum column (`type`, `invalid_reason`), the name of each
     /// code, indexed by code: what SQL compares it as.
     pub fn enum_names(self) -> Option<&'static [&'static str]> {
-        const TYPES: [&str; 3] = ["impression", "click", "conversion"];
-        const REASONS: [&str; 5] = ["", "unattributed", "too_fast", "click_flood", "bot_ua"];
         match self {
-            ColumnId::Type => Some(&TYPES),
-            ColumnId::InvalidReason => Some(&REASONS),
+            ColumnId::Type => Some(&EventType::NAMES),
+            ColumnId::InvalidReason => Some(&InvalidReason::NAMES),
             _ => None,
         }
     }

@@ -54,6 +54,6 @@ pub use segment::{
 };
 pub use store::{
     Check, DamagedSegment, Difference, LiveSegment, PartlyStored, ReconcileReport, RollupStatus, Rows, SealReport,
-    Snapshot, Store, StoreConfig, StoreStats, Task, TaskStats, TieringStatus,
+    Snapshot, Store, StoreConfig, StoreStats, Task, TaskStats, TieringStatus, lock_data_dir,
 };
 pub use wal::{Wal, WalConfig, WalStats, decode_batch, encode_batch};

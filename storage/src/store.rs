@@ -426,8 +426,10 @@ const ENCODE_BUFFER_MAX_KEPT_BYTES: usize = 16 << 20;
 /// Takes the exclusive lock on `{data_dir}/LOCK` (created if absent), or
 /// fails with [`StorageError::DataDirInUse`] if another process, or another
 /// open `Store` of this one, holds it. The kernel releases it if the
-/// process dies.
-fn lock_data_dir(data_dir: &Path) -> Result<File> {
+/// process dies, or when the file is dropped. Tools that change files of a
+/// stopped server's data directory (`adstore token create --data-dir`)
+/// hold it too.
+pub fn lock_data_dir(data_dir: &Path) -> Result<File> {
     let path = data_dir.join("LOCK");
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {

@@ -699,3 +699,24 @@ proptest! {
         prop_assert_eq!(out.errors.iter().map(|e| e.line).collect::<Vec<_>>(), want_lines);
     }
 }
+
+#[test]
+fn lines_of_publishers_outside_the_scope_are_rejected_one_by_one() {
+    let lines: Vec<String> = ["pub-1", "pub-2", "pub-1", "pub-3"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let e = Event { publisher_id: (*p).into(), ..base(EventType::Impression, &format!("e{i}")) };
+            to_json(&e, true, false).to_string()
+        })
+        .collect();
+    let body = lines.join("\n");
+    let scoped = ParseOptions { publishers: Some(vec!["pub-1".into()]), ..opts() };
+    let out = parse_ndjson(body.as_bytes(), &scoped);
+    assert_eq!(ids(&out), ["e0", "e2"]);
+    assert_eq!(out.rejected, 2);
+    let reason = |p: &str| format!("publisher_not_allowed: the token may not send events of publisher \"{p}\"");
+    let (r2, r4) = (reason("pub-2"), reason("pub-3"));
+    assert_eq!(errs(&out), [(2, Some("publisher_id"), r2.as_str()), (4, Some("publisher_id"), r4.as_str())]);
+    assert_eq!(ids(&parse_ndjson(body.as_bytes(), &opts())).len(), 4, "no scope: every publisher");
+}

@@ -56,7 +56,18 @@ pub(crate) fn check<'r>(raw: &'r RawEvent<'_>, opts: &ParseOptions) -> Result<Ch
         }
     }
     time_window(out.ts, opts)?;
+    publisher_allowed(out.strs[C::PublisherId.index()].unwrap_or(""), opts)?;
     Ok(out)
+}
+
+/// Whether the sender may send events of `publisher_id` (`ParseOptions::publishers`).
+pub(crate) fn publisher_allowed(publisher_id: &str, opts: &ParseOptions) -> Result<(), IngestError> {
+    match &opts.publishers {
+        Some(allowed) if !allowed.iter().any(|p| p == publisher_id) => {
+            Err(IngestError::PublisherNotAllowed { publisher_id: snippet(publisher_id) })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether a string field must be present (and non-empty) in an event of `kind`.

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use adstore_storage::Snapshot;
 use adstore_storage::billing::BillingSnapshot;
 use adstore_storage::hll::Hll;
-use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 
 use crate::error::{QueryError, Result};
 use crate::expr::{Batch, Vector};
@@ -43,6 +43,10 @@ fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b T> {
 /// The rows of snapshot `entry` over the plan's scan slots.
 pub(crate) fn batch(snapshot: &Snapshot, entry: &BillingSnapshot, plan: &PhysicalPlan) -> Result<Batch<'static>> {
     let rows = snapshot.billing_batch(entry)?;
+    let rows = match &plan.scope {
+        Some(advertisers) => in_scope(&rows, advertisers)?,
+        None => rows,
+    };
     let n = rows.num_rows();
     let ints = |name: &str| -> Result<Vector<'static>> {
         Ok(Vector::Int(Cow::Owned(column::<Int64Array>(&rows, name)?.values().to_vec()), None))
@@ -78,6 +82,15 @@ pub(crate) fn batch(snapshot: &Snapshot, entry: &BillingSnapshot, plan: &Physica
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Batch { rows: n, cols, ts_bounds: None })
+}
+
+/// The rows of a snapshot whose advertiser is one of `advertisers`: the
+/// statement's expressions never see the others.
+fn in_scope(rows: &RecordBatch, advertisers: &[String]) -> Result<RecordBatch> {
+    let ids = column::<StringArray>(rows, "advertiser_id")?;
+    let keep: BooleanArray =
+        ids.iter().map(|id| Some(id.is_some_and(|id| advertisers.iter().any(|a| a == id)))).collect();
+    arrow_select::filter::filter_record_batch(rows, &keep).map_err(QueryError::Arrow)
 }
 
 /// What a `billing_daily` query read: e.g. `billing snapshots (3 days, 4 versions)`.

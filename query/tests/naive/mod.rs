@@ -1,7 +1,7 @@
 //! The oracle of the differential tests: random events and queries of the
 //! SQL subset, and a deliberately naive row-at-a-time evaluator of them,
-//! sharing no code with the engine. Used by `differential.rs` and
-//! `retention.rs` (each its own test binary).
+//! sharing no code with the engine. Used by `differential.rs`,
+//! `retention.rs` and `scope.rs` (each its own test binary).
 
 #![allow(dead_code)]
 

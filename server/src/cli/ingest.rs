@@ -64,9 +64,8 @@ pub struct IngestArgs {
     /// writes) to load, or - for stdin. An Arrow input is sent as Arrow IPC
     /// whatever --format says.
     input: String,
-    /// Base URL of the server.
-    #[arg(long, env = "ADSTORE_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    #[command(flatten)]
+    remote: super::remote::Remote,
     /// Events per request: lines of an NDJSON input (default 10000), rows
     /// of an Arrow input (default 65536).
     #[arg(long)]
@@ -187,8 +186,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
         .fill_buf()
         .map(|start| start.starts_with(&ARROW_STREAM_START))
         .map_err(|source| ServerError::Io { path: args.input.clone(), source })?;
-    let endpoint =
-        format!("{}/v1/events{}", args.url.trim_end_matches('/'), if args.backfill { "?mode=backfill" } else { "" });
+    let endpoint = args.remote.endpoint(if args.backfill { "/v1/events?mode=backfill" } else { "/v1/events" });
     let progress = progress_bar(total_bytes);
     let totals = Arc::new(Totals::default());
     let started = Instant::now();
@@ -208,6 +206,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode, ServerError> {
         let worker = Worker {
             agent: agent.clone(),
             endpoint: endpoint.clone(),
+            authorization: args.remote.authorization(),
             format: if arrow_input { Sent::ArrowRows } else { Sent::from(args.format) },
             max_attempts: args.max_attempts,
             max_wait: Duration::from_secs(args.max_wait),

@@ -19,24 +19,24 @@ pub struct ReconcileArgs {
     /// End of the range (exclusive), in the same forms.
     #[arg(long)]
     to: String,
-    /// Base URL of the server.
-    #[arg(long, env = "ADSTORE_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    #[command(flatten)]
+    remote: super::remote::Remote,
     /// Print the server's JSON report instead of the summary.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: ReconcileArgs) -> Result<ExitCode, ServerError> {
-    let url = format!("{}/v1/reconcile", args.url.trim_end_matches('/'));
+    let url = args.remote.endpoint("/v1/reconcile");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(3600)))
         .build()
         .into();
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
-    let mut response = agent
-        .get(&url)
+    let mut response = args
+        .remote
+        .authorize(agent.get(&url))
         .query("from", &args.from)
         .query("to", &args.to)
         .call()

@@ -18,9 +18,8 @@ use crate::error::ServerError;
 pub struct RetentionArgs {
     #[command(subcommand)]
     action: Action,
-    /// Base URL of the server.
-    #[arg(long, env = "ADSTORE_URL", default_value = "http://127.0.0.1:8080", global = true)]
-    url: String,
+    #[command(flatten)]
+    remote: super::remote::Remote,
 }
 
 #[derive(clap::Subcommand)]
@@ -58,7 +57,7 @@ struct SetArgs {
 }
 
 pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
-    let url = format!("{}/v1/retention", args.url.trim_end_matches('/'));
+    let url = args.remote.endpoint("/v1/retention");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -72,7 +71,7 @@ pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
             response.body_mut().read_to_string().map_err(|e| client_error(format!("reading the response: {e}")))?;
         Ok((status, body))
     };
-    let (status, body) = call(agent.get(&url).call())?;
+    let (status, body) = call(args.remote.authorize(agent.get(&url)).call())?;
     if status != 200 {
         eprintln!("{}", super::sql::render_error(status, &body, ""));
         return Ok(ExitCode::FAILURE);
@@ -99,8 +98,9 @@ pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
                 }
             }
             let json = serde_json::to_string(&policy).map_err(|e| ServerError::Internal(e.to_string()))?;
-            let (status, body) =
-                call(agent.put(&url).header("content-type", "application/json").send(json.as_bytes()))?;
+            let (status, body) = call(
+                args.remote.authorize(agent.put(&url)).header("content-type", "application/json").send(json.as_bytes()),
+            )?;
             if status != 200 {
                 eprintln!("{}", super::sql::render_error(status, &body, ""));
                 return Ok(ExitCode::FAILURE);

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Number of events --demo loads.
     #[arg(long, default_value_t = 500_000, requires = "demo")]
     demo_events: u64,
+    /// Check no tokens, even if some exist, and allow listening beyond
+    /// loopback without any (for a network you trust; see docs/security.md).
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
@@ -59,6 +63,24 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
     };
     if let Some(pg_listen) = &args.pg_listen {
         config.server.pg_listen.clone_from(pg_listen);
+    }
+    let auth = crate::auth::Auth::new(
+        crate::auth::tokens::TokenStore::open(&args.data_dir)?,
+        crate::auth::signing::SigningKeys::open(&args.data_dir)?,
+        args.insecure_no_auth,
+    );
+    let mut listens = vec![("--listen", args.listen.as_str())];
+    if config.server.pg_listen != PG_LISTEN_OFF {
+        listens.push(("pg_listen", config.server.pg_listen.as_str()));
+    }
+    crate::auth::check_listen(&auth, &listens)?;
+    if args.insecure_no_auth {
+        tracing::warn!("--insecure-no-auth: no call is checked; anyone who can reach the ports can do everything");
+    } else if !auth.enforced() {
+        tracing::warn!(
+            "no access token exists: the server listens on loopback only and anyone on this machine can do \
+             everything; create tokens with `adstore token create` (docs/security.md)"
+        );
     }
     let was_empty = dir_is_empty(&args.data_dir)?;
     let (store, exactly_once) = crate::exactly::open_store(&args.data_dir, &config)?;
@@ -81,6 +103,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
     drop(snapshot);
     let rate_limiter = crate::ratelimit::RateLimiter::new(config.ingest.max_events_per_second_per_publisher);
     let dedupe_announced_max_bytes = crate::exactly::announced_table_limit(&config);
+    let admission = config.query.admission();
     let state = Arc::new(AppState {
         store: store.clone(),
         config,
@@ -95,6 +118,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         body_buffers: adstore_storage::BufferPool::new(BODY_BUFFERS_KEPT, BODY_BUFFER_MAX_KEPT_BYTES),
         dedupe_announced_max_bytes,
         parsing: AtomicUsize::new(0),
+        admission,
+        auth: Arc::new(auth),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -33,9 +33,8 @@ pub enum OutputFormat {
 pub struct SqlArgs {
     /// The query.
     query: String,
-    /// Base URL of the server.
-    #[arg(long, env = "ADSTORE_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    #[command(flatten)]
+    remote: super::remote::Remote,
     /// Output format. Default: table on a terminal, csv when piped.
     #[arg(long, value_enum)]
     format: Option<OutputFormat>,
@@ -60,7 +59,7 @@ pub struct ResultColumn {
 pub fn run(args: SqlArgs) -> Result<ExitCode, ServerError> {
     let format =
         args.format.unwrap_or(if std::io::stdout().is_terminal() { OutputFormat::Table } else { OutputFormat::Csv });
-    let url = format!("{}/v1/sql", args.url.trim_end_matches('/'));
+    let url = args.remote.endpoint("/v1/sql");
     let wire = if format == OutputFormat::Csv { "csv" } else { "json" };
     let request = serde_json::json!({ "sql": args.query, "format": wire });
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -69,8 +68,9 @@ pub fn run(args: SqlArgs) -> Result<ExitCode, ServerError> {
         .build()
         .into();
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
-    let mut response = agent
-        .post(&url)
+    let mut response = args
+        .remote
+        .authorize(agent.post(&url))
         .header("content-type", "application/json")
         .send(request.to_string().as_bytes())
         .map_err(|e| client_error(e.to_string()))?;

@@ -9,6 +9,23 @@ const COLORS = ["#3a5bd9", "#e0663a", "#2a9d6f", "#a23ad9", "#d9a23a", "#3ab5d9"
 let lastResult = null;
 let chart = null;
 
+// A server with access control wants a token (docs/security.md): the one
+// typed into the header, kept for this browser tab only.
+const TOKEN_KEY = "adstore-token";
+$("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
+$("token").addEventListener("change", () => {
+  sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  runSql($("sql").value);
+  refreshState();
+});
+
+function call(url, options = {}) {
+  const token = $("token").value.trim();
+  const headers = Object.assign({}, options.headers || {});
+  if (token) headers.authorization = `Bearer ${token}`;
+  return fetch(url, Object.assign({}, options, { headers }));
+}
+
 async function runSql(sql) {
   const started = performance.now();
   $("status").textContent = "running…";
@@ -16,7 +33,7 @@ async function runSql(sql) {
   $("csv").disabled = true;
   let body;
   try {
-    const response = await fetch("/v1/sql", {
+    const response = await call("/v1/sql", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ sql, format: "json" }),
@@ -24,6 +41,10 @@ async function runSql(sql) {
     body = await response.json();
   } catch (e) {
     showError(`the server did not answer: ${e}`);
+    return;
+  }
+  if (body.error && body.error.code === "unauthorized") {
+    showError(`${body.error.message}\n\nPaste an access token into the token field above.`);
     return;
   }
   if (body.error) {
@@ -129,7 +150,12 @@ let previous = null;
 async function refreshState() {
   let samples;
   try {
-    samples = parseMetrics(await (await fetch("/metrics")).text());
+    const response = await call("/metrics");
+    if (response.status === 401 || response.status === 403) {
+      $("rate").textContent = "needs an admin token";
+      return;
+    }
+    samples = parseMetrics(await response.text());
   } catch (e) {
     $("rate").textContent = "server unreachable";
     return;
@@ -158,7 +184,7 @@ async function refreshState() {
   $("errors").textContent = errors.reduce((n, r) => n + r[2], 0);
 
   try {
-    const r = await (await fetch("/v1/sql", { method: "POST", body: "SELECT max(ts) AS newest FROM events" })).json();
+    const r = await (await call("/v1/sql", { method: "POST", body: "SELECT max(ts) AS newest FROM events" })).json();
     const newest = r.rows && r.rows[0] && r.rows[0][0];
     $("freshness").textContent = newest ? `${Math.max(0, Math.round((Date.now() - Date.parse(newest)) / 1000))} s ago` : "none yet";
   } catch (e) { /* shown on the next refresh */ }

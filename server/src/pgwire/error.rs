@@ -15,6 +15,12 @@ pub(super) fn user_error(code: &str, message: String) -> PgWireError {
 
 /// A failed statement: the same message as `/v1/sql` answers, the
 /// SQLSTATE of its cause, and where in `sql` the problem is.
+/// A statement admission control refused: `insufficient_resources`, as
+/// PostgreSQL answers when it is out of a resource; retrying later is safe.
+pub(super) fn overloaded(refusal: crate::admission::Refusal) -> PgWireError {
+    user_error("53000", refusal.to_string())
+}
+
 pub(super) fn query_error(e: QueryError, sql: &str) -> PgWireError {
     let position = e.position().and_then(|p| char_index(sql, p));
     let code = sqlstate(&e);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use adstore_query::Param;
 use async_trait::async_trait;
-use futures::Sink;
+use futures::{Sink, SinkExt};
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -22,15 +22,17 @@ use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, ErrorHandler, METADATA_DATABASE,
-    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    PgWireConnectionState, PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::error::{query_error, user_error};
+use super::error::{overloaded, query_error, user_error};
 use super::statement::{Kind, Statement};
 use super::{DATABASE, catalog, values};
+use crate::auth::{Principal, Role};
 use crate::http::{AppState, now_ms};
 
 /// The handlers `pgwire` calls, shared by every connection.
@@ -55,7 +57,13 @@ impl Handlers {
     }
 
     /// Runs `statement` with `params`, its columns in `format`.
-    async fn run(&self, statement: &Statement, params: Vec<Param>, format: &Format) -> PgWireResult<Response> {
+    async fn run(
+        &self,
+        principal: &Principal,
+        statement: &Statement,
+        params: Vec<Param>,
+        format: &Format,
+    ) -> PgWireResult<Response> {
         self.app.metrics.pg_statements.with_label_values(&[statement.kind.as_str()]).inc();
         match statement.kind {
             Kind::Empty => Ok(Response::EmptyQuery),
@@ -72,11 +80,18 @@ impl Handlers {
                 // the guard then tells the blocking query to stop.
                 let _stop_on_drop = CancelOnDrop(cancel.clone());
                 let app = self.app.clone();
+                let turn = app.admission.admit(&app.metrics).await.map_err(overloaded)?;
                 let sql = statement.sql.clone();
+                let advertisers = principal.row_scope();
                 let result = tokio::task::spawn_blocking(move || {
+                    // Held until the statement ends, even after a cancel.
+                    let _turn = turn;
                     let snapshot = app.store.snapshot();
-                    let mut opts = app.config.query.options(now_ms());
-                    opts.cancel = Some(cancel);
+                    let opts = adstore_query::QueryOptions {
+                        cancel: Some(cancel),
+                        advertisers,
+                        ..app.config.query.options(now_ms())
+                    };
                     adstore_query::execute_with(&snapshot, &sql, &params, &opts)
                 })
                 .await
@@ -144,23 +159,77 @@ impl StartupHandler for Handlers {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let PgWireFrontendMessage::Startup(ref startup) = message else { return Ok(()) };
-        protocol_negotiation(client, startup).await?;
-        save_startup_parameters_to_metadata(client, startup);
-        let database = client.metadata().get(METADATA_DATABASE).cloned().unwrap_or_default();
-        if database != DATABASE {
-            return Err(fatal("3D000", format!("database {database:?} does not exist; the database is {DATABASE:?}")));
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let database = client.metadata().get(METADATA_DATABASE).cloned().unwrap_or_default();
+                if database != DATABASE {
+                    return Err(fatal(
+                        "3D000",
+                        format!("database {database:?} does not exist; the database is {DATABASE:?}"),
+                    ));
+                }
+                let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                    return Err(fatal(
+                        "53300",
+                        format!(
+                            "too many connections: all {} are in use (server.pg_max_connections)",
+                            self.app.config.server.pg_max_connections
+                        ),
+                    ));
+                };
+                client
+                    .session_extensions()
+                    .insert(Arc::new(ConnectionPermit::new(permit, &self.app.metrics.pg_connections)));
+                if !self.app.auth.enforced() {
+                    return self.admit(client, Principal::open()).await;
+                }
+                // The password is the token (docs/security.md).
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
+                Ok(())
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                if !matches!(client.state(), PgWireConnectionState::AuthenticationInProgress) {
+                    return Err(fatal("08P01", "a password message outside authentication".into()));
+                }
+                let token = message.into_password()?.password;
+                let principal = match self.app.auth.authenticate(Some(token)).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.app.metrics.auth_failures.with_label_values(&["invalid"]).inc();
+                        let reason = match e {
+                            crate::error::ServerError::Unauthorized(reason) => reason,
+                            other => other.message(),
+                        };
+                        return Err(fatal("28P01", format!("password authentication failed: {reason}")));
+                    }
+                };
+                if principal.role == Role::Ingest {
+                    self.app.metrics.auth_failures.with_label_values(&["forbidden"]).inc();
+                    return Err(fatal(
+                        "28000",
+                        "an ingest token cannot query: connect with a query or admin token".into(),
+                    ));
+                }
+                self.admit(client, principal).await
+            }
+            _ => Ok(()),
         }
-        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-            return Err(fatal(
-                "53300",
-                format!(
-                    "too many connections: all {} are in use (server.pg_max_connections)",
-                    self.app.config.server.pg_max_connections
-                ),
-            ));
-        };
-        client.session_extensions().insert(Arc::new(ConnectionPermit::new(permit, &self.app.metrics.pg_connections)));
+    }
+}
+
+impl Handlers {
+    /// Ends the startup of an authenticated connection: its principal, its
+    /// cancel key, and ready for queries.
+    async fn admit<C>(&self, client: &mut C, principal: Principal) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.session_extensions().insert(principal);
         let (pid, secret_key) = self.pids.generate(client);
         client.set_pid_and_secret_key(pid, secret_key.clone());
         let (handle, guard) = self.manager.register(pid, secret_key);
@@ -168,6 +237,15 @@ impl StartupHandler for Handlers {
         client.session_extensions().insert(Arc::new(guard));
         finish_authentication(client, &Parameters).await
     }
+}
+
+/// The principal a connection authenticated as (none before startup ends:
+/// then nothing is allowed).
+fn principal_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<Principal>> {
+    client
+        .session_extensions()
+        .get::<Principal>()
+        .ok_or_else(|| fatal("28000", "the connection is not authenticated".into()))
 }
 
 fn fatal(code: &str, message: String) -> PgWireError {
@@ -185,7 +263,7 @@ impl ServerParameterProvider for Parameters {
 
 #[async_trait]
 impl SimpleQueryHandler for Handlers {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -202,7 +280,8 @@ impl SimpleQueryHandler for Handlers {
                 ),
             ));
         }
-        Ok(vec![self.run(&statement, Vec::new(), &Format::UnifiedText).await?])
+        let principal = principal_of(client)?;
+        Ok(vec![self.run(&principal, &statement, Vec::new(), &Format::UnifiedText).await?])
     }
 }
 
@@ -241,7 +320,7 @@ impl ExtendedQueryHandler for Handlers {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Statement>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Statement>, _max_rows: usize) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Statement>,
@@ -249,7 +328,8 @@ impl ExtendedQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let params = values::params(portal)?;
-        self.run(&portal.statement.statement, params, &portal.result_column_format).await
+        let principal = principal_of(client)?;
+        self.run(&principal, &portal.statement.statement, params, &portal.result_column_format).await
     }
 
     async fn do_describe_statement<C>(

@@ -45,6 +45,8 @@ impl std::ops::Deref for Wire {
 pub(super) struct Worker {
     pub(super) agent: ureq::Agent,
     pub(super) endpoint: String,
+    /// The `Authorization` header, when a token is given.
+    pub(super) authorization: Option<String>,
     pub(super) format: Sent,
     pub(super) max_attempts: u32,
     pub(super) max_wait: Duration,
@@ -217,6 +219,9 @@ impl Worker {
 
     fn post(&self, body: &[u8], content_type: &str, events_to_come: Option<u64>) -> Attempt {
         let mut request = self.agent.post(&self.endpoint).header("content-type", content_type);
+        if let Some(value) = &self.authorization {
+            request = request.header("authorization", value);
+        }
         if let Some(n) = events_to_come {
             request = request.header(EXPECTED_EVENTS_HEADER, n.to_string());
         }
