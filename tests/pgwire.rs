@@ -514,3 +514,48 @@ fn many_clients_at_once_all_get_their_answers() {
     assert!(!metrics.contains("adstore_query_rejected_total{"), "{metrics}");
     assert!(metrics.contains("adstore_query_queue_wait_seconds_count"), "{metrics}");
 }
+
+/// A third driver family: Go's database/sql with lib/pq (Grafana's backend
+/// is Go; Debian's `golang-go` and `golang-github-lib-pq-dev`, which
+/// `.ci/run` installs), through a server with access control, the token as
+/// the password: typed rows, a parameter, an error's SQLSTATE and
+/// position (`tests/pg/libpq_client.go`).
+#[test]
+fn go_lib_pq_reads_the_same_rows_with_a_token_as_password() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = Server::start_with(&tmp.path().join("data"), None, &["--demo", "--demo-events", "20000"]);
+    // The first token, created through the open server, switches checking on.
+    let out = Command::new(ADSTORE)
+        .args(["token", "create", "--role", "query", "--all-advertisers", "--url", &server.url])
+        .output()
+        .expect("adstore token create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (_, out, _) = psql(&server, &["-c", "SELECT 1"]);
+    assert!(out.is_empty(), "psql without the token is refused");
+    let query = "SELECT campaign_id, count(*) AS n, sum(cost_micros) AS cost, min(ts) AS first \
+                 FROM events GROUP BY campaign_id ORDER BY campaign_id";
+    let body = serde_json::json!({ "sql": query, "format": "json" }).to_string();
+    let (status, http) = post_with_headers(
+        &format!("{}/v1/sql", server.url),
+        &[("content-type", "application/json"), ("authorization", &format!("Bearer {token}"))],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{http}");
+    let url = server.pg_url.replace("postgresql://", &format!("postgresql://grafana:{token}@")) + "?sslmode=disable";
+    let out = Command::new("go")
+        .args(["run", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg/libpq_client.go")])
+        .arg(&url)
+        .arg(http["rows"].to_string())
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-build"))
+        .output()
+        .expect("run go (Debian packages golang-go and golang-github-lib-pq-dev; .ci/run installs them)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "lib/pq client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -48,6 +48,11 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Body<'_>) -> (u16, S
     (status, text)
 }
 
+/// POSTs (or PUTs) `json` with a token; (status, body).
+fn send_json(method: &str, url: &str, token: &str, json: &serde_json::Value) -> (u16, String) {
+    call(method, url, Some(token), Some(("application/json", json.to_string().as_bytes())))
+}
+
 fn with_token<B>(request: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
     match token {
         Some(t) => request.header("authorization", format!("Bearer {t}")),
@@ -86,6 +91,7 @@ fn every_route_answers_by_role() {
     let routes: &[Route] = &[
         ("GET", "/health", None, "*"),
         ("GET", "/", None, "*"),
+        ("GET", "/c?publisher_id=p", None, "*"),
         ("GET", "/metrics", None, "A"),
         ("GET", "/v1/segments", None, "A"),
         ("GET", "/v1/rollups", None, "A"),
@@ -411,13 +417,9 @@ fn clicks_on_unsigned_impression_ids_are_not_billable() {
     let server = Server::start(&dir, Some(config));
     let secret = "s3cret-key-for-pub-01-0123456789ab";
     let signed = "imp-42.ac44de7c5d5709cd235e8ff31f80d1e54a1120ff4bdf262306f326ed06a9d696";
-    let body = serde_json::json!({ "secret": secret }).to_string();
-    let (status, text) = call(
-        "PUT",
-        &format!("{}/v1/publishers/pub-01/signing-key", server.url),
-        Some(admin.as_str()),
-        Some(("application/json", body.as_bytes())),
-    );
+    let url = |path: &str| format!("{}{path}", server.url);
+    let (status, text) =
+        send_json("PUT", &url("/v1/publishers/pub-01/signing-key"), &admin, &serde_json::json!({ "secret": secret }));
     assert_eq!(status, 200, "{text}");
     let (_, text) = call("GET", &format!("{}/v1/signing-keys", server.url), Some(admin.as_str()), None);
     assert_eq!(text, "{\"publishers\":[\"pub-01\"]}");
@@ -428,13 +430,8 @@ fn clicks_on_unsigned_impression_ids_are_not_billable() {
     assert_eq!(mode & 0o077, 0, "readable by its owner only");
 
     let validate = |id: &str| {
-        let body = serde_json::json!({ "publisher_id": "pub-01", "impression_id": id }).to_string();
-        let (status, text) = call(
-            "POST",
-            &format!("{}/v1/events/validate-signature", server.url),
-            Some(ingest.as_str()),
-            Some(("application/json", body.as_bytes())),
-        );
+        let json = serde_json::json!({ "publisher_id": "pub-01", "impression_id": id });
+        let (status, text) = send_json("POST", &url("/v1/events/validate-signature"), &ingest, &json);
         assert_eq!(status, 200, "{text}");
         serde_json::from_str::<serde_json::Value>(&text).expect("json")["verdict"]
             .as_str()
@@ -469,19 +466,12 @@ fn clicks_on_unsigned_impression_ids_are_not_billable() {
     );
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"accepted\":4"), "{text}");
-    let reasons = || {
-        let body = serde_json::json!({
-            "sql": "SELECT event_id, invalid_reason FROM events WHERE type = 'click' ORDER BY event_id", "format": "json"
-        })
-        .to_string();
-        let (_, text) = call(
-            "POST",
-            &format!("{}/v1/sql", server.url),
-            Some(admin.as_str()),
-            Some(("application/json", body.as_bytes())),
-        );
+    let rows_of = |sql: &str| {
+        let (_, text) =
+            send_json("POST", &url("/v1/sql"), &admin, &serde_json::json!({ "sql": sql, "format": "json" }));
         serde_json::from_str::<serde_json::Value>(&text).expect("json")["rows"].clone()
     };
+    let reasons = || rows_of("SELECT event_id, invalid_reason FROM events WHERE type = 'click' ORDER BY event_id");
     let want = serde_json::json!([["c1", ""], ["c2", "bad_signature"], ["c3", "bad_signature"]]);
     assert_eq!(reasons(), want, "fresh, from the head");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -495,13 +485,6 @@ fn clicks_on_unsigned_impression_ids_are_not_billable() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(reasons(), want, "sealed");
-    let body = serde_json::json!({ "sql": "SELECT sum(billable_clicks) AS b, sum(invalid_clicks) AS i FROM metrics", "format": "json" })
-        .to_string();
-    let (_, text) = call(
-        "POST",
-        &format!("{}/v1/sql", server.url),
-        Some(admin.as_str()),
-        Some(("application/json", body.as_bytes())),
-    );
-    assert!(text.contains("\"rows\":[[1,2]]"), "{text}");
+    let sums = rows_of("SELECT sum(billable_clicks) AS b, sum(invalid_clicks) AS i FROM metrics");
+    assert_eq!(sums, serde_json::json!([[1, 2]]), "one billable click, two invalid");
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub retention: adstore_storage::retention::RetentionPolicy,
     /// `[tiering]`: where segments past their `hot` age go.
     pub tiering: TieringConfig,
+    /// `[click]`: where the click redirect may send users (`click.rs`).
+    pub click: crate::click::ClickConfig,
 }
 
 /// `[tiering]`.
@@ -325,6 +327,7 @@ impl Config {
         }
         self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;
         self.query.validate()?;
+        self.click.validate()?;
         self.rollup_defs()?;
         self.retention.validate(self.ingest.allowed_lateness_ms).map_err(ServerError::Config)?;
         Ok(())

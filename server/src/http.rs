@@ -58,6 +58,8 @@ pub struct AppState {
     pub admission: crate::admission::Admission,
     /// Tokens, and whether calls need one.
     pub auth: Arc<crate::auth::Auth>,
+    /// The click writer's queue (`click.rs`), set once the state exists.
+    pub clicks: std::sync::OnceLock<std::sync::mpsc::Sender<crate::click::Pending>>,
 }
 
 /// One request's parse, counted in [`AppState::parsing`] while it lives.
@@ -93,7 +95,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     use crate::auth::Need;
     let limit = state.config.server.max_body_bytes;
     let gate = |need: Need| axum::middleware::from_fn_with_state((state.clone(), need), crate::auth::require);
-    let public = Router::new().merge(crate::console::routes()).route("/health", get(health));
+    let public = Router::new()
+        .merge(crate::console::routes())
+        .route("/health", get(health))
+        .route("/c", get(crate::click::click));
     let admin = Router::new()
         .route("/metrics", get(crate::metrics::metrics))
         .route("/v1/segments", get(segments))

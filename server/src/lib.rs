@@ -9,6 +9,7 @@ mod auth;
 mod billing;
 mod body;
 pub mod cli;
+mod click;
 mod config;
 mod console;
 pub mod datagen;

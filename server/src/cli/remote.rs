@@ -23,6 +23,22 @@ impl Remote {
         self.token.as_ref().map(|t| format!("Bearer {}", t.trim()))
     }
 
+    /// A request's (status, body), or a `Client` error naming `url`.
+    ///
+    /// # Errors
+    /// The request could not be sent or its answer not read.
+    pub fn answer(
+        url: &str,
+        request: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, String), crate::error::ServerError> {
+        let client_error = |message: String| crate::error::ServerError::Client { url: url.to_string(), message };
+        let mut response = request.map_err(|e| client_error(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body =
+            response.body_mut().read_to_string().map_err(|e| client_error(format!("reading the response: {e}")))?;
+        Ok((status, body))
+    }
+
     /// `request` with the token, if one is given.
     pub fn authorize<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         match self.authorization() {

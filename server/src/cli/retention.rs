@@ -64,13 +64,7 @@ pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
         .build()
         .into();
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
-    let call = |request: Result<ureq::http::Response<ureq::Body>, ureq::Error>| -> Result<(u16, String), ServerError> {
-        let mut response = request.map_err(|e| client_error(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body =
-            response.body_mut().read_to_string().map_err(|e| client_error(format!("reading the response: {e}")))?;
-        Ok((status, body))
-    };
+    let call = |request| super::remote::Remote::answer(&url, request);
     let (status, body) = call(args.remote.authorize(agent.get(&url)).call())?;
     if status != 200 {
         eprintln!("{}", super::sql::render_error(status, &body, ""));

@@ -120,7 +120,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         parsing: AtomicUsize::new(0),
         admission,
         auth: Arc::new(auth),
+        clicks: std::sync::OnceLock::new(),
     });
+    let _ = state.clicks.set(crate::click::start_writer(Arc::downgrade(&state))?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,7 +149,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
                 let _ = pg_stopped.await;
             }));
         }
-        let served = axum::serve(listener, router(state))
+        // The peer address is the click redirect's `ip_hash`.
+        let served = axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| ServerError::Internal(format!("server error: {e}")));

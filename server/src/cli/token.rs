@@ -131,13 +131,7 @@ fn online(remote: &super::remote::Remote, action: Action) -> Result<ExitCode, Se
         .into();
     let url = remote.endpoint("/v1/tokens");
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
-    let call = |request: Result<ureq::http::Response<ureq::Body>, ureq::Error>| -> Result<(u16, String), ServerError> {
-        let mut response = request.map_err(|e| client_error(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body =
-            response.body_mut().read_to_string().map_err(|e| client_error(format!("reading the response: {e}")))?;
-        Ok((status, body))
-    };
+    let call = |request| super::remote::Remote::answer(&url, request);
     let (status, body) = match &action {
         Action::Create(create) => {
             let new = create.new_token();
