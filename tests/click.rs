@@ -105,6 +105,56 @@ fn a_click_is_recorded_once_and_sent_only_to_the_advertisers_pages() {
         assert!(r[1].as_str().is_some_and(|c| c.starts_with("clk-")), "a click id: {body}");
         assert_eq!((&r[2], &r[3]), (&serde_json::json!(true), &serde_json::json!(true)), "{body}");
     }
+
+    // Clicks on two campaigns' ads in one second are two clicks.
+    for campaign in ["cmp-001", "cmp-002"] {
+        let params = [
+            ("publisher_id", "pub-01"),
+            ("advertiser_id", "adv-001"),
+            ("campaign_id", campaign),
+            ("ad_id", "ad-same"),
+            ("dest", "https://shop.example.com/"),
+        ];
+        assert_eq!(go(&params).0, 302);
+    }
+    let (_, body) = sql(&server, "SELECT count(DISTINCT click_id) AS n FROM events WHERE ad_id = 'ad-same'");
+    assert_eq!(body["rows"], serde_json::json!([[2]]), "{body}");
+
+    // A HEAD (a link checker, a preloader) is answered and records nothing.
+    let query: Vec<String> =
+        with(&[("impression_id", "imp-head")]).iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+    let r = agent.head(&format!("{}/c?{}", server.url, query.join("&"))).call().expect("HEAD /c");
+    assert_eq!(r.status().as_u16(), 302);
+    let (_, body) = sql(&server, "SELECT count(*) AS n FROM events WHERE impression_id = 'imp-head'");
+    assert_eq!(body["rows"], serde_json::json!([[0]]), "{body}");
+}
+
+/// Destinations that could never match, or match too much, and landing
+/// pages no destination allows, stop `serve` with the field named.
+#[test]
+fn bad_destinations_are_refused_at_start() {
+    for (toml, want) in [
+        ("[click.destinations]\n\"adv-1\" = [\"bücher.example\"]\n", "xn-- form"),
+        ("[click.destinations]\n\"adv-1\" = [\"*.co\"]\n", "too broad"),
+        ("[click.destinations]\n\"adv-1\" = [\"https://shop.example.com/\"]\n", "is not a host name"),
+        (
+            "[click.destinations]\n\"adv-1\" = [\"shop.example.com\"]\n[click.landing_pages]\n\"c\" = \"https://evil.net/\"\n",
+            "not in any advertiser's",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let config = tmp.path().join("adstore.toml");
+        std::fs::write(&config, toml).expect("config");
+        let out = std::process::Command::new(ADSTORE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--pg-listen", "off", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .output()
+            .expect("serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("click.") && err.contains(want), "{toml}: {err}");
+    }
 }
 
 #[test]

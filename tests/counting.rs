@@ -45,20 +45,25 @@ fn key(e: &Event) -> Key {
     (e.publisher_id.clone(), e.kind, e.event_id.clone())
 }
 
+/// (ts, acknowledgement) of last-touch anchors by (user_key, publisher, scope).
+type Touches = HashMap<(String, String, String), Vec<(i64, usize)>>;
+
 /// When things happened, on one counter shared by every request: each
 /// request takes a tick when it starts and one once it is acknowledged.
 #[derive(Default)]
 struct Arrivals {
     /// The earliest start of a request that carried the event.
     started: HashMap<Key, usize>,
-    /// The earliest acknowledgement of an impression with this id.
-    impressions: HashMap<String, usize>,
-    /// The earliest acknowledgement of a click with this id.
-    clicks: HashMap<String, usize>,
-    /// (ts, acknowledgement) of impressions by (user_key, ad_id), and of
-    /// clicks by (user_key, advertiser_id): last-touch anchors.
-    impressions_by_user: HashMap<(String, String), Vec<(i64, usize)>>,
-    clicks_by_user: HashMap<(String, String), Vec<(i64, usize)>>,
+    /// The earliest acknowledgement of an impression with this
+    /// (publisher, id): attribution never crosses publishers.
+    impressions: HashMap<(String, String), usize>,
+    /// The earliest acknowledgement of a click with this (publisher, id).
+    clicks: HashMap<(String, String), usize>,
+    /// (ts, acknowledgement) of impressions by (user_key, publisher,
+    /// ad_id), and of clicks by (user_key, publisher, advertiser_id):
+    /// last-touch anchors.
+    impressions_by_user: Touches,
+    clicks_by_user: Touches,
 }
 
 impl Arrivals {
@@ -79,11 +84,11 @@ impl Arrivals {
                 EventType::Conversion => continue,
             };
             if let Some(id) = id {
-                let t = map.entry(id.clone()).or_insert(tick);
+                let t = map.entry((e.publisher_id.clone(), id.clone())).or_insert(tick);
                 *t = (*t).min(tick);
             }
             if let Some(user) = &e.user_key {
-                by_user.entry((user.clone(), scope.clone())).or_default().push((e.ts, tick));
+                by_user.entry((user.clone(), e.publisher_id.clone(), scope.clone())).or_default().push((e.ts, tick));
             }
         }
     }
@@ -97,13 +102,18 @@ impl Arrivals {
         let in_window = |touches: Option<&Vec<(i64, usize)>>, window: i64| {
             touches.is_some_and(|v| v.iter().any(|(ts, ack)| *ack < started && *ts <= e.ts && *ts >= e.ts - window))
         };
-        let by_user = |map: &HashMap<(String, String), Vec<(i64, usize)>>, scope: &str, window: i64| {
-            e.user_key.as_ref().is_some_and(|u| in_window(map.get(&(u.clone(), scope.to_string())), window))
+        let by_user = |map: &Touches, scope: &str, window: i64| {
+            e.user_key
+                .as_ref()
+                .is_some_and(|u| in_window(map.get(&(u.clone(), e.publisher_id.clone(), scope.to_string())), window))
+        };
+        let by_id = |map: &HashMap<(String, String), usize>, id: &String| {
+            map.get(&(e.publisher_id.clone(), id.clone())).is_some_and(|a| *a < started)
         };
         match (e.kind, &e.impression_id, &e.click_id) {
-            (EventType::Click, Some(id), _) => self.impressions.get(id).is_some_and(|a| *a < started),
+            (EventType::Click, Some(id), _) => by_id(&self.impressions, id),
             (EventType::Click, None, _) => by_user(&self.impressions_by_user, &e.ad_id, CLICK_WINDOW_MS),
-            (EventType::Conversion, _, Some(id)) => self.clicks.get(id).is_some_and(|a| *a < started),
+            (EventType::Conversion, _, Some(id)) => by_id(&self.clicks, id),
             (EventType::Conversion, _, None) => by_user(&self.clicks_by_user, &e.advertiser_id, CONVERSION_WINDOW_MS),
             (EventType::Impression, ..) => false,
         }

@@ -458,6 +458,13 @@ fn billing_snapshots_over_http_follow_finalization_and_reprocessing() {
     let mut lines = csv.lines();
     assert!(lines.next().is_some_and(|h| h.starts_with("day,advertiser_id,campaign_id,version,impressions,")), "{csv}");
     assert_eq!(lines.count(), first.len());
+    let mut resp = agent.get(url("day=2026-11-01&format=csv&advertiser_id=nobody")).call().expect("csv");
+    let empty = resp.body_mut().read_to_string().expect("csv body");
+    assert_eq!(empty.lines().count(), 1, "{empty}");
+    assert!(
+        empty.starts_with("day,advertiser_id,campaign_id,version,impressions,"),
+        "every column without rows: {empty}"
+    );
 
     // Bad requests and days without a snapshot.
     for (q, status) in [

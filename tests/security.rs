@@ -474,17 +474,124 @@ fn clicks_on_unsigned_impression_ids_are_not_billable() {
     let reasons = || rows_of("SELECT event_id, invalid_reason FROM events WHERE type = 'click' ORDER BY event_id");
     let want = serde_json::json!([["c1", ""], ["c2", "bad_signature"], ["c3", "bad_signature"]]);
     assert_eq!(reasons(), want, "fresh, from the head");
+    wait_until_sealed(&server.url, &admin);
+    assert_eq!(reasons(), want, "sealed");
+    let sums = rows_of("SELECT sum(billable_clicks) AS b, sum(invalid_clicks) AS i FROM metrics");
+    assert_eq!(sums, serde_json::json!([[1, 2]]), "one billable click, two invalid");
+}
+
+/// One publisher's token cannot touch another publisher's numbers: a click
+/// on another publisher's impression id (or its last touch) is not
+/// attributed, clicks through one publisher do not make another's a
+/// flood, and a backfill (which re-opens final days) needs an admin.
+/// Checked fresh from the head and again once sealed.
+#[test]
+fn one_publisher_cannot_borrow_or_disturb_anothers_attribution() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let admin = offline_token(&dir, &["--role", "admin"]);
+    let pub1 = offline_token(&dir, &["--role", "ingest", "--publisher", "pub-01"]);
+    let pub2 = offline_token(&dir, &["--role", "ingest", "--publisher", "pub-02"]);
+    let config = "[storage]\nseal_max_age_ms = 200\nseal_interval_ms = 50\nclose_idle_ms = 0\n";
+    let server = Server::start(&dir, Some(config));
+    let url = |path: &str| format!("{}{path}", server.url);
+    // A whole minute, 30 s into it, an hour back: every click below shares it.
+    let ts = (now_ms() - HOUR_MS).div_euclid(60_000) * 60_000 + 30_000;
+    let event = |kind: &str, id: &str, publisher: &str, user: &str, imp: Option<&str>, t: i64| {
+        serde_json::json!({
+            "event_id": id, "type": kind, "ts": t, "publisher_id": publisher, "advertiser_id": "adv-001",
+            "campaign_id": "cmp", "ad_id": "ad", "impression_id": imp, "user_key": user, "cost_micros": 1000,
+            "click_id": if kind == "click" { Some(format!("k-{id}")) } else { None },
+        })
+        .to_string()
+    };
+    let send = |token: &str, lines: &[String], mode: &str| {
+        let body = lines.join("\n");
+        call("POST", &url(&format!("/v1/events{mode}")), Some(token), Some(("application/x-ndjson", body.as_bytes())))
+    };
+    // pub-02's impressions, for users u1 and u2.
+    let lines = [
+        event("impression", "i1", "pub-02", "u1", Some("imp-1"), ts - 20_000),
+        event("impression", "i2", "pub-02", "u2", Some("imp-2"), ts - 20_000),
+    ];
+    assert_eq!(send(&pub2, &lines, "").0, 200);
+    // pub-01 clicks on them: by id, by last touch, and six times on u2 to
+    // flood the minute.
+    let mut lines = vec![
+        event("click", "a-by-id", "pub-01", "u1", Some("imp-1"), ts),
+        event("click", "a-last-touch", "pub-01", "u1", None, ts + 1_000),
+    ];
+    lines.extend((0..6).map(|k| event("click", &format!("a-flood-{k}"), "pub-01", "u2", None, ts + 2_000 + k)));
+    let (status, text) = send(&pub1, &lines, "");
+    assert_eq!(status, 200, "{text}");
+    // pub-02's own clicks on its impressions, in the same minute.
+    let lines = [
+        event("click", "b-by-id", "pub-02", "u1", Some("imp-1"), ts + 3_000),
+        event("click", "b-u2", "pub-02", "u2", Some("imp-2"), ts + 4_000),
+    ];
+    assert_eq!(send(&pub2, &lines, "").0, 200);
+
+    let rows_of = |sql: &str| {
+        let (_, text) =
+            send_json("POST", &url("/v1/sql"), &admin, &serde_json::json!({ "sql": sql, "format": "json" }));
+        serde_json::from_str::<serde_json::Value>(&text).expect("json")["rows"].clone()
+    };
+    let verdicts = || {
+        rows_of(
+            "SELECT event_id, attributed, attributed_to, invalid_reason FROM events \
+             WHERE type = 'click' AND event_id NOT LIKE 'a-flood-%' ORDER BY event_id",
+        )
+    };
+    let want = serde_json::json!([
+        ["a-by-id", false, null, "unattributed"],
+        ["a-last-touch", false, null, "unattributed"],
+        ["b-by-id", true, "imp-1", ""],
+        ["b-u2", true, "imp-2", ""],
+    ]);
+    assert_eq!(verdicts(), want, "fresh, from the head");
+    let floods = || rows_of("SELECT count(*) FROM events WHERE invalid_reason = 'click_flood'");
+    assert_eq!(floods(), serde_json::json!([[1]]), "pub-01's sixth click only");
+    wait_until_sealed(&server.url, &admin);
+    assert_eq!(verdicts(), want, "sealed");
+    assert_eq!(floods(), serde_json::json!([[1]]), "sealed");
+
+    // A backfill re-opens final days: an admin's call only.
+    let old = [event("impression", "old", "pub-01", "u9", Some("imp-old"), now_ms() - 3 * 24 * HOUR_MS)];
+    let (status, text) = send(&pub1, &old, "?mode=backfill");
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("needs an admin token"), "{text}");
+    let (status, text) = send(&admin, &old, "?mode=backfill");
+    assert_eq!(status, 200, "{text}");
+}
+
+/// `--insecure-no-auth` checks no token, so it makes none: a token created
+/// then would be checked by nothing until a restart.
+#[test]
+fn an_insecure_server_refuses_to_create_tokens() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let (url, _, _server) =
+        spawn(&dir, &["--listen", "127.0.0.1:0", "--pg-listen", "off", "--insecure-no-auth"], &tmp.path().join("log"));
+    let (status, text) =
+        send_json("POST", &format!("{url}/v1/tokens"), "", &serde_json::json!({ "role": "admin", "name": "x" }));
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("--insecure-no-auth"), "{text}");
+    assert!(!dir.join("tokens.json").exists(), "no token stored");
+    let (ok, _, err) = token_cli(&["list", "--data-dir", tmp.path().join("typo").to_str().expect("path")], &[]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    assert!(!tmp.path().join("typo").exists(), "a mistyped directory is not created");
+}
+
+/// Waits (up to a minute) until the head of the server at `url` is empty.
+fn wait_until_sealed(url: &str, admin: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let (_, text) = call("GET", &format!("{}/v1/segments", server.url), Some(admin.as_str()), None);
+        let (_, text) = call("GET", &format!("{url}/v1/segments"), Some(admin), None);
         let listing: serde_json::Value = serde_json::from_str(&text).expect("json");
         if listing["head"]["rows"].as_u64() == Some(0) {
-            break;
+            return;
         }
         assert!(std::time::Instant::now() < deadline, "not sealed: {listing}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(reasons(), want, "sealed");
-    let sums = rows_of("SELECT sum(billable_clicks) AS b, sum(invalid_clicks) AS i FROM metrics");
-    assert_eq!(sums, serde_json::json!([[1, 2]]), "one billable click, two invalid");
 }

@@ -43,7 +43,7 @@ use crate::dedupe::{DedupeIndex, Flight, SpilledStats, batch_keys};
 mod index;
 mod parts;
 
-use index::{AnchorRef, AttributionIndex, Touches, h, last_touch_in};
+use index::{AnchorRef, AttributionIndex, Touches, h, last_touch_in, scoped};
 pub use parts::AttributionPartStats;
 use parts::AttributionSpill;
 
@@ -459,6 +459,7 @@ fn for_each_anchor<'a>(batch: &'a EventBatch, rows: Option<&[u32]>, mut f: impl 
     let ad = batch.str_column(ColumnId::AdId);
     let adv = batch.str_column(ColumnId::AdvertiserId);
     let user = batch.str_column(ColumnId::UserKey);
+    let publisher = batch.str_column(ColumnId::PublisherId);
     let mut one = |i: usize| {
         let Some(kind) = EventType::from_code(kind[i]) else { return };
         let (id, scope) = match kind {
@@ -467,7 +468,8 @@ fn for_each_anchor<'a>(batch: &'a EventBatch, rows: Option<&[u32]>, mut f: impl 
             EventType::Conversion => return,
         };
         if let Some(id) = id {
-            f(AnchorRef { kind, ts: ts[i], id, scope, user_key: opt_str(user, i) });
+            let (p, user_key) = (publisher.value(i), opt_str(user, i));
+            f(AnchorRef { kind, ts: ts[i], id, key: scoped(p, id), scope: scoped(p, scope), user_key });
         }
     };
     match rows {
@@ -671,6 +673,7 @@ impl Wanted {
             let ad = batch.str_column(ColumnId::AdId);
             let adv = batch.str_column(ColumnId::AdvertiserId);
             let user = batch.str_column(ColumnId::UserKey);
+            let publisher = batch.str_column(ColumnId::PublisherId);
             for (i, &k) in kind.iter().enumerate() {
                 let (ids, by_user, id, scope) = match EventType::from_code(k) {
                     Some(EventType::Click) => (&mut w.impressions, &mut w.impressions_by_user, imp, ad),
@@ -679,10 +682,10 @@ impl Wanted {
                 };
                 match (opt_str(id, i), opt_str(user, i)) {
                     (Some(id), _) => {
-                        ids.insert(h(id));
+                        ids.insert(scoped(publisher.value(i), id));
                     }
                     (None, Some(u)) => {
-                        by_user.insert((h(u), h(scope.value(i))));
+                        by_user.insert((h(u), scoped(publisher.value(i), scope.value(i))));
                     }
                     (None, None) => {}
                 }
@@ -704,7 +707,7 @@ impl Wanted {
             EventType::Click => (&self.clicks, &self.clicks_by_user),
             EventType::Conversion => return false,
         };
-        ids.contains(&h(a.id)) || a.user_key.is_some_and(|u| by_user.contains(&(h(u), h(a.scope))))
+        ids.contains(&a.key) || a.user_key.is_some_and(|u| by_user.contains(&(h(u), a.scope)))
     }
 }
 
@@ -722,7 +725,7 @@ fn impression_in(indexes: &[&AttributionIndex], id: u64) -> Option<(i64, u64)> {
 }
 
 /// The click with id hash `id`, from the first index that has it.
-fn click_in(indexes: &[&AttributionIndex], id: u64) -> Option<i64> {
+fn click_in(indexes: &[&AttributionIndex], id: u64) -> Option<(i64, u64)> {
     indexes.iter().find_map(|x| x.click(id))
 }
 
@@ -743,6 +746,7 @@ fn attribute(
     let user = events.str_column(ColumnId::UserKey);
     let ip = events.str_column(ColumnId::IpHash);
     let ua = events.str_column(ColumnId::UaHash);
+    let publisher = events.str_column(ColumnId::PublisherId);
     let bots: HashSet<&str> = rules.bot_ua_hashes.iter().map(String::as_str).collect();
     // Decided at ingest, from the publisher's signing secret: no rule
     // re-derives it, so it stays through seals and reprocessing.
@@ -752,7 +756,8 @@ fn attribute(
     let mut attributed = vec![false; n];
     let mut attributed_to: Vec<Option<String>> = vec![None; n];
     let mut reason = vec![InvalidReason::Valid; n];
-    // Clicks per (ad, user_key or ip_hash, minute), in processing order.
+    // Clicks per (publisher and ad, user_key or ip_hash, minute), in
+    // processing order.
     let mut flood: HashMap<(u64, u64, i64), u32> = HashMap::new();
     for i in 0..n {
         let Some(k) = EventType::from_code(kind[i]) else {
@@ -762,10 +767,10 @@ fn attribute(
         match k {
             EventType::Impression => {}
             EventType::Click => {
-                let ad_h = h(ad.value(i));
+                let ad_h = scoped(publisher.value(i), ad.value(i));
                 let lo = ts[i].saturating_sub(rules.click_window_ms);
                 let found: Option<(i64, String)> = match opt_str(imp_id, i) {
-                    Some(id) => impression_in(indexes, h(id))
+                    Some(id) => impression_in(indexes, scoped(publisher.value(i), id))
                         .filter(|(t, a)| *a == ad_h && *t <= ts[i] && *t >= lo)
                         .map(|(t, _)| (t, id.to_string())),
                     None => opt_str(user, i)
@@ -804,10 +809,13 @@ fn attribute(
             }
             EventType::Conversion => {
                 let lo = ts[i].saturating_sub(rules.conversion_window_ms);
+                let adv_h = scoped(publisher.value(i), adv.value(i));
                 let found: Option<String> = match opt_str(click_id, i) {
-                    Some(id) => click_in(indexes, h(id)).filter(|t| *t <= ts[i] && *t >= lo).map(|_| id.to_string()),
+                    Some(id) => click_in(indexes, scoped(publisher.value(i), id))
+                        .filter(|(t, a)| *a == adv_h && *t <= ts[i] && *t >= lo)
+                        .map(|_| id.to_string()),
                     None => opt_str(user, i)
-                        .and_then(|u| last_touch_in(indexes, Touches::Clicks, (h(u), h(adv.value(i))), lo, ts[i]))
+                        .and_then(|u| last_touch_in(indexes, Touches::Clicks, (h(u), adv_h), lo, ts[i]))
                         .map(|t| t.id.to_string()),
                 };
                 if let Some(id) = found {

@@ -68,7 +68,7 @@ enum Task<'p> {
     /// A block of a rollup segment read instead of a raw segment.
     Rollup(&'p adstore_storage::LiveSegment, usize),
     /// A billing snapshot (`billing_daily`).
-    Billing(&'p adstore_storage::billing::BillingSnapshot),
+    Billing(&'p billing::Billed),
 }
 
 fn scan_task(task: &Task<'_>, req: &adstore_storage::ScanRequest) -> Result<Option<(ScanBatch, bool)>> {
@@ -292,8 +292,8 @@ pub(crate) fn execute(
     deadline: Instant,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, ExecStats)> {
     let (scan, cover) = plan_scan(snapshot, plan)?;
-    let billed = billing::entries(snapshot, plan);
-    let mut tasks: Vec<Task<'_>> = billed.iter().map(|b| Task::Billing(b)).collect();
+    let billed = billing::entries(snapshot, plan)?;
+    let mut tasks: Vec<Task<'_>> = billed.iter().map(Task::Billing).collect();
     for s in scan.segments.iter().filter(|s| cover.of(s.segment.meta.id).is_none()) {
         tasks.extend(s.blocks.iter().map(|b| Task::Block(s, b)));
     }
@@ -319,7 +319,7 @@ pub(crate) fn execute(
         Ok(got)
     };
 
-    let billing_batch = |entry: &adstore_storage::billing::BillingSnapshot| -> Result<Batch<'static>> {
+    let billing_batch = |entry: &billing::Billed| -> Result<Batch<'static>> {
         stop.check()?;
         let b = billing::batch(snapshot, entry, plan)?;
         rows_scanned.fetch_add(b.rows as u64, Ordering::Relaxed);
@@ -495,7 +495,7 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
     match l.table {
         _ if scoped => {}
         crate::plan::Table::Metrics => push("reads", cover.describe(&scan)),
-        crate::plan::Table::BillingDaily => push("reads", billing::describe(&billing::entries(snapshot, plan))),
+        crate::plan::Table::BillingDaily => push("reads", billing::describe(&billing::entries(snapshot, plan)?)),
         crate::plan::Table::Events => {}
     }
     let r = plan.request.time_range;

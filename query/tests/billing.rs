@@ -169,3 +169,89 @@ fn billing_daily_answers_from_the_snapshots() {
     let reads = explain.iter().find(|r| text(&r[0]) == "reads").map(|r| text(&r[1]));
     assert_eq!(reads.as_deref(), Some("billing snapshots (2 days, 3 versions)"));
 }
+
+/// A snapshot version covers the whole day: a scoped caller sees only the
+/// versions that changed its own rows, numbered in its own order, and no
+/// day where only others had events; counted here from the events.
+#[test]
+fn a_scoped_caller_sees_only_the_versions_that_changed_its_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig { fsync: false, close_idle_ms: 0, ..StoreConfig::default() };
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
+    let day0 = BASE.div_euclid(DAY) * DAY;
+    let of = |advertiser: &str, from: i64, n: i64, start: i64, step: i64| -> Vec<Event> {
+        (0..n).map(|i| Event { advertiser_id: advertiser.into(), ..event(from + i, start + i * step) }).collect()
+    };
+    // Day 0: a0 and a1. Day 1: a0 only. Day 3's events close days 0 and 1.
+    let mut events = of("a0", 0, 60, day0 + 3_600_000, 600_000);
+    events.extend(of("a1", 100, 40, day0 + 3_600_000, 900_000));
+    events.extend(of("a0", 200, 50, day0 + DAY + 3_600_000, 600_000));
+    events.extend(of("a0", 300, 5, day0 + 3 * DAY, 60_000));
+    let settle = |store: &Store, batch: &[Event]| {
+        store.append(&EventBatch::from_events(batch)).expect("append");
+        store.seal_all().expect("seal");
+        store.finalize_closed().expect("finalize");
+        store.snapshot_billing().expect("billing");
+    };
+    settle(&store, &events);
+    // Late events of a0 only: day 0 gets version 2, a1's rows unchanged.
+    let late_a0 = of("a0", 400, 10, day0 + 20 * 3_600_000, 1_000);
+    settle(&store, &late_a0);
+    events.extend(late_a0);
+
+    let scoped = |advertiser: &str| QueryOptions {
+        now_ms: BASE,
+        advertisers: Some(vec![advertiser.into()]),
+        ..QueryOptions::default()
+    };
+    let answer = |sql: &str, opts: &QueryOptions| execute(&store.snapshot(), sql, opts).expect(sql);
+    let versions = |advertiser: &str| -> BTreeMap<i64, Vec<i64>> {
+        let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        let sql = "SELECT day, version FROM billing_daily WHERE version >= 1 GROUP BY 1, 2 ORDER BY 1, 2";
+        for r in answer(sql, &scoped(advertiser)).rows() {
+            let Cell::Timestamp(day) = r[0] else { panic!("day: {r:?}") };
+            out.entry(day).or_default().push(int(&r[1]));
+        }
+        out
+    };
+    assert_eq!(versions("a1"), BTreeMap::from([(day0, vec![1])]), "a1: day 0 once, not day 1");
+    assert_eq!(versions("a0"), BTreeMap::from([(day0, vec![1, 2]), (day0 + DAY, vec![1])]));
+
+    // a1's rows once, with its numbers; the stats count only what it sees.
+    let final_days = |adv: &str, events: &[Event]| -> BTreeMap<(i64, String, String), (i64, i64, i64)> {
+        let mine: Vec<Event> =
+            events.iter().filter(|e| e.advertiser_id == adv && e.ts < day0 + 2 * DAY).cloned().collect();
+        expected(&mine)
+    };
+    let all = answer(&format!("{ROWS} WHERE version >= 1"), &scoped("a1"));
+    let got: BTreeMap<_, _> = all
+        .rows()
+        .iter()
+        .map(|r| {
+            let Cell::Timestamp(day) = r[0] else { panic!("day: {r:?}") };
+            ((day, text(&r[1]), text(&r[2])), (int(&r[4]), int(&r[5]), int(&r[6])))
+        })
+        .collect();
+    assert_eq!(all.rows().len(), got.len(), "no row repeated across versions");
+    assert_eq!(got, final_days("a1", &events));
+    assert_eq!(all.stats.source, "billing snapshots (1 day, 1 version)");
+
+    // Late events of a1 now: its second version is the day's third.
+    let late_a1 = of("a1", 500, 6, day0 + 21 * 3_600_000, 1_000);
+    settle(&store, &late_a1);
+    events.extend(late_a1);
+    assert_eq!(versions("a1"), BTreeMap::from([(day0, vec![1, 2])]));
+    assert_eq!(versions("a0"), BTreeMap::from([(day0, vec![1, 2]), (day0 + DAY, vec![1])]), "a0 unchanged");
+    let latest = answer(&format!("{ROWS} WHERE day < {}", day0 + DAY), &scoped("a1"));
+    let got: BTreeMap<_, _> = latest
+        .rows()
+        .iter()
+        .map(|r| {
+            assert_eq!(int(&r[3]), 2, "a1's latest version is its second");
+            ((BASE.div_euclid(DAY) * DAY, text(&r[1]), text(&r[2])), (int(&r[4]), int(&r[5]), int(&r[6])))
+        })
+        .collect();
+    assert_eq!(got, final_days("a1", &events));
+    let unscoped = run(&store, "SELECT max(version) FROM billing_daily WHERE version >= 1");
+    assert_eq!(int(&unscoped[0][0]), 3, "the day itself has three versions");
+}

@@ -143,6 +143,11 @@ impl Auth {
         Auth { tokens, signing, insecure }
     }
 
+    /// `--insecure-no-auth`: tokens exist or not, none is checked.
+    pub fn insecure(&self) -> bool {
+        self.insecure
+    }
+
     /// Whether calls need a token: once one was created, unless disabled.
     pub fn enforced(&self) -> bool {
         !self.insecure && self.tokens.any()
@@ -175,7 +180,8 @@ impl Auth {
 
 /// The bearer token of a request, if it sends one.
 fn bearer(request: &Request) -> Option<String> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    // Not UTF-8: still a token sent (and refused as malformed), not none.
+    let value = String::from_utf8_lossy(request.headers().get(header::AUTHORIZATION)?.as_bytes()).into_owned();
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
@@ -195,7 +201,7 @@ pub async fn require(State((app, need)): State<(Arc<AppState>, Need)>, mut reque
     if !need.allows(principal.role) {
         app.metrics.auth_failures.with_label_values(&["forbidden"]).inc();
         return ServerError::Forbidden(format!(
-            "this call needs {}; the token is a {} token",
+            "this call needs {}; the token's role is {}",
             need.describe(),
             principal.role.name()
         ))

@@ -1,7 +1,8 @@
 //! `GET /v1/billing/daily?day=YYYY-MM-DD[&advertiser_id=][&version=][&format=json|csv]`:
 //! a final day's billing snapshot (the latest version unless one is named),
 //! per advertiser and campaign, with every version's lineage. A `query`
-//! token gets only its advertisers' rows.
+//! token gets only its advertisers' rows, and only the versions that
+//! changed them, numbered as it sees them.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::error::ServerError;
 use crate::extract::QueryParams;
 use crate::http::AppState;
 use adstore_storage::billing::{BillingRow, BillingSnapshot, day_name};
+use adstore_storage::measure::Measure;
 use adstore_storage::time::format_timestamp;
 
 #[derive(Deserialize)]
@@ -36,20 +38,17 @@ fn parse_day(day: &str) -> Result<i64, ServerError> {
     adstore_ingest::parse_rfc3339_ms(&format!("{day}T00:00:00Z")).map_err(|_| bad())
 }
 
-/// A snapshot version's lineage; its row count only for a caller who sees
-/// every advertiser (the count includes the others' rows).
-fn lineage(b: &BillingSnapshot, principal: &Principal) -> serde_json::Value {
-    let mut out = serde_json::json!({
+/// A snapshot version's lineage (for a scoped caller, as it sees it: see
+/// [`adstore_storage::billing::as_seen_by`]).
+fn lineage(b: &BillingSnapshot) -> serde_json::Value {
+    serde_json::json!({
         "version": b.version,
         "created": format_timestamp(b.created_ms),
         "cause": b.cause,
         "reprocess_job": b.reprocess_job,
         "rules_version": b.rules_version,
-    });
-    if principal.row_scope().is_none() {
-        out["rows"] = b.rows.into();
-    }
-    out
+        "rows": b.rows,
+    })
 }
 
 fn csv_field(s: &str) -> String {
@@ -73,13 +72,33 @@ pub(crate) async fn billing_daily(
     };
     let store = app.store.clone();
     let version = p.version;
-    let (versions, found) = tokio::task::spawn_blocking(move || {
-        Ok::<_, ServerError>((store.billing_versions(day), store.billing_rows(day, version)?))
+    let scope = principal.row_scope();
+    let scoped = scope.is_some();
+    let (versions, found) = tokio::task::spawn_blocking(move || -> Result<_, ServerError> {
+        let Some(advertisers) = scope else {
+            return Ok((store.billing_versions(day), store.billing_rows(day, version)?));
+        };
+        let seen = store.billing_seen_by(day, &advertisers)?;
+        let versions: Vec<BillingSnapshot> = seen.iter().map(|(e, _)| e.clone()).collect();
+        let found = match version {
+            Some(v) => seen.into_iter().find(|(e, _)| e.version == v),
+            None => seen.into_iter().last(),
+        };
+        let found = match found {
+            Some((entry, batch)) => Some((entry, adstore_storage::billing::rows_of(&batch)?)),
+            None => None,
+        };
+        Ok((versions, found))
     })
     .await
     .map_err(|e| ServerError::Internal(format!("billing read: {e}")))??;
     let Some((entry, rows)) = found else {
         return Err(ServerError::NotFound(match (version, versions.last()) {
+            // Not told apart for a scoped caller: whether others had events.
+            (_, None) if scoped => format!(
+                "no billing snapshot for {} holds rows of your advertisers: the day is not final yet, or they had no events",
+                day_name(day)
+            ),
             (_, None) => format!(
                 "no billing snapshot for {}: the day is not final yet, or holds no events (snapshots hold final numbers only)",
                 day_name(day)
@@ -96,12 +115,11 @@ pub(crate) async fn billing_daily(
         .filter(|r| p.advertiser_id.as_ref().is_none_or(|a| *a == r.advertiser_id))
         .collect();
     if csv {
+        // The header names every column even when no row follows.
         let mut out = String::from("day,advertiser_id,campaign_id,version");
-        if let Some(first) = rows.first() {
-            for (name, _) in &first.measures {
-                out.push(',');
-                out.push_str(name);
-            }
+        for m in Measure::sums() {
+            out.push(',');
+            out.push_str(m.name());
         }
         out.push_str(",users\n");
         for r in &rows {
@@ -132,11 +150,11 @@ pub(crate) async fn billing_daily(
             serde_json::Value::Object(row)
         })
         .collect();
-    let mut body = lineage(&entry, &principal);
+    let mut body = lineage(&entry);
     if let Some(obj) = body.as_object_mut() {
         obj.insert("day".into(), day_name(day).into());
         obj.insert("latest_version".into(), versions.last().map_or(entry.version, |v| v.version).into());
-        obj.insert("versions".into(), versions.iter().map(|v| lineage(v, &principal)).collect());
+        obj.insert("versions".into(), versions.iter().map(lineage).collect());
         obj.insert("rows".into(), json_rows.into());
     }
     Ok(axum::Json(body).into_response())

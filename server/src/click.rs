@@ -7,10 +7,11 @@
 //!    ─► destination: dest, else [click.landing_pages] of the campaign; an http(s) URL whose host
 //!       is one of the advertiser's [click.destinations] (no open redirect), else 400
 //!    ─► a click event: ts now, event_id and click_id from (publisher, impression, user or IP,
-//!       user agent, ad, second) so a double click inside one second is one click
+//!       user agent, advertiser, campaign, ad, second) so a double click inside one second
+//!       is one click
 //!    ─► the click writer: one thread takes every click waiting (up to 4,096) as one batch
 //!       ─► signing check (auth/signing.rs) ─► dedupe + attribution + WAL fsync (the ingest path)
-//!    ─► 302 Location: destination
+//!    ─► 302 Location: destination (a HEAD request is answered the same, and records nothing)
 //! ```
 //!
 //! Clicks come one per request, thousands a second: written one by one,
@@ -28,7 +29,7 @@ use std::sync::atomic::Ordering;
 
 use adstore_storage::{Event, EventBatch, EventType};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -80,11 +81,21 @@ impl ClickConfig {
         }
     }
 
-    /// Checks every landing page is an http(s) URL.
+    /// Checks every destination pattern is a plain ASCII host name (IDN
+    /// hosts in their `xn--` form) and every `*.` pattern names a domain
+    /// of at least two labels, and every landing page is an http(s) URL
+    /// whose host some advertiser's destinations allow.
     ///
     /// # Errors
-    /// `Config` naming the campaign.
+    /// `Config` naming the advertiser or campaign.
     pub fn validate(&self) -> Result<(), ServerError> {
+        for (advertiser, hosts) in &self.destinations {
+            for pattern in hosts {
+                check_pattern(pattern).map_err(|why| {
+                    ServerError::Config(format!("click.destinations.{advertiser}: {pattern:?} {why}"))
+                })?;
+            }
+        }
         for (campaign, url) in &self.landing_pages {
             let ok = url.parse::<Uri>().is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")));
             if !ok {
@@ -92,9 +103,35 @@ impl ClickConfig {
                     "click.landing_pages.{campaign}: {url:?} is not an http or https URL"
                 )));
             }
+            if !self.destinations.keys().any(|advertiser| self.allowed(advertiser, url).is_ok()) {
+                return Err(ServerError::Config(format!(
+                    "click.landing_pages.{campaign}: the host of {url:?} is not in any advertiser's \
+                     [click.destinations]"
+                )));
+            }
         }
         Ok(())
     }
+}
+
+/// Why a `[click.destinations]` entry can never match safely, if it cannot.
+fn check_pattern(pattern: &str) -> Result<(), &'static str> {
+    let (wildcard, host) = match pattern.strip_prefix("*.") {
+        Some(domain) => (true, domain),
+        None => (false, pattern),
+    };
+    if !host.is_ascii() {
+        return Err("is not ASCII: write an internationalized host in its xn-- form");
+    }
+    let label_ok =
+        |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err("is not a host name (letters, digits, '-' and dots; no scheme, port or path)");
+    }
+    if wildcard && host.split('.').count() < 2 {
+        return Err("is too broad: a wildcard needs a domain of two labels or more (*.example.com)");
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -141,6 +178,7 @@ fn digest(parts: &[&str]) -> String {
 pub(crate) async fn click(
     State(app): State<Arc<AppState>>,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    method: Method,
     headers: HeaderMap,
     QueryParams(p): QueryParams<ClickParams>,
 ) -> Result<Response, ServerError> {
@@ -161,6 +199,13 @@ pub(crate) async fn click(
     app.config.click.allowed(&advertiser_id, &dest).map_err(ServerError::BadRequest)?;
     let location = header::HeaderValue::from_str(&dest)
         .map_err(|_| ServerError::BadRequest(format!("dest: {dest:?} cannot be a Location header")))?;
+    let no_store = header::HeaderValue::from_static("no-store");
+    // A link checker or preloader asks with HEAD: no one clicked.
+    if method == Method::HEAD {
+        return Ok(
+            (StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, no_store)]).into_response()
+        );
+    }
 
     let ts = now_ms();
     let ip_hash = peer.map(|axum::Extension(ConnectInfo(addr))| digest(&[&addr.ip().to_string()]));
@@ -174,6 +219,8 @@ pub(crate) async fn click(
             impression_id.as_deref().unwrap_or(""),
             who,
             ua_hash.as_deref().unwrap_or(""),
+            &advertiser_id,
+            &campaign_id,
             &ad_id,
             &second,
         ])
@@ -205,7 +252,6 @@ pub(crate) async fn click(
         .send(Pending { event, done })
         .map_err(|_| ServerError::Internal("the click writer has stopped".into()))?;
     written.await.map_err(|_| ServerError::Internal("the click writer has stopped".into()))??;
-    let no_store = header::HeaderValue::from_static("no-store");
     Ok((StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, no_store)]).into_response())
 }
 

@@ -76,6 +76,9 @@ struct Recent {
     user: u64,
     ts: i64,
     campaign: usize,
+    /// Clicks and conversions come through the publisher of their anchor
+    /// (attribution never crosses publishers).
+    publisher: u32,
 }
 
 /// Another event an event refers to, by sequence number.
@@ -253,7 +256,7 @@ impl Generator {
         e.impression = Ref::Impression(n);
         e.cost_micros = self.rng.i64(500..5_000);
         let slot = self.rng.usize(0..self.recent_impressions.len());
-        self.recent_impressions[slot] = Some(Recent { n, ad, user, ts, campaign });
+        self.recent_impressions[slot] = Some(Recent { n, ad, user, ts, campaign, publisher: e.publisher });
         e
     }
 
@@ -269,6 +272,7 @@ impl Generator {
         };
         let ts = imp.ts + delay;
         let mut e = self.base(EventType::Click, n, imp.campaign, imp.ad, imp.user, ts);
+        e.publisher = imp.publisher;
         e.click = Ref::Click(n);
         e.cost_micros = self.rng.i64(100_000..1_000_000);
         e.impression = match self.rng.u32(0..100) {
@@ -286,6 +290,7 @@ impl Generator {
         let Some(click) = self.recent_clicks[slot] else { return self.impression(n, ts) };
         let ts = click.ts + self.rng.i64(1_000..3_600_000);
         let mut e = self.base(EventType::Conversion, n, click.campaign, click.ad, click.user, ts);
+        e.publisher = click.publisher;
         if self.rng.u32(0..100) < 70 {
             e.click = Ref::Click(click.n);
         }

@@ -319,6 +319,13 @@ async fn ingest(
         Some("backfill") => true,
         Some(other) => return Err(ServerError::BadRequest(format!("unknown mode {other:?}; use live or backfill"))),
     };
+    // A backfill re-opens closed days and so changes billed numbers (new
+    // billing_daily versions): an admin's call, not a publisher's.
+    if backfill && principal.role != crate::auth::Role::Admin {
+        return Err(ServerError::Forbidden(
+            "mode=backfill re-opens closed days and changes billing snapshots: it needs an admin token".into(),
+        ));
+    }
     let format = body_format(&headers)?;
     let encoding = Encoding::from_headers(&headers)?;
     let announced = announced_events(&headers)?;

@@ -163,3 +163,49 @@ pub(crate) fn numbers(batch: &RecordBatch) -> Result<Numbers> {
         })
         .collect())
 }
+
+/// The rows of `batch` whose advertiser is one of `advertisers`.
+pub fn rows_for(batch: &RecordBatch, advertisers: &[String]) -> Result<RecordBatch> {
+    let ids = column::<StringArray>(batch, "advertiser_id")?;
+    let keep: arrow_array::BooleanArray =
+        ids.iter().map(|id| Some(id.is_some_and(|id| advertisers.iter().any(|a| a == id)))).collect();
+    arrow_select::filter::filter_record_batch(batch, &keep).map_err(|e| StorageError::Internal(e.to_string()))
+}
+
+/// One day's snapshot versions (`day`, in version order) as a caller who
+/// sees only `advertisers` sees them, with their rows read by `read`:
+/// the others' rows removed; a version that changed none of the caller's
+/// rows left out (it would repeat the one before); the rest numbered 1, 2,
+/// … in order, with their own row counts and no basis; no version at all
+/// until one holds a row of theirs. Nothing in the answer depends on other
+/// advertisers' events.
+pub fn as_seen_by(
+    day: &[BillingSnapshot],
+    read: impl Fn(&BillingSnapshot) -> Result<RecordBatch>,
+    advertisers: &[String],
+) -> Result<Vec<(BillingSnapshot, RecordBatch)>> {
+    let mut out: Vec<(BillingSnapshot, RecordBatch)> = Vec::new();
+    let mut last: Option<Numbers> = None;
+    for entry in day {
+        let rows = rows_for(&read(entry)?, advertisers)?;
+        let seen = numbers(&rows)?;
+        let unchanged = match &last {
+            Some(last) => *last == seen,
+            None => seen.is_empty(),
+        };
+        if unchanged {
+            continue;
+        }
+        let version = u32::try_from(out.len() + 1).unwrap_or(u32::MAX);
+        let entry = BillingSnapshot {
+            version,
+            rows: rows.num_rows() as u64,
+            size_bytes: 0,
+            basis: Vec::new(),
+            ..entry.clone()
+        };
+        last = Some(seen);
+        out.push((entry, rows));
+    }
+    Ok(out)
+}

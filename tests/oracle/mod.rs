@@ -87,15 +87,17 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
     }
     let none: Vec<&Event> = Vec::new();
 
-    // Click flood: position of each click within its (ad, user-or-ip, minute) group.
-    let mut flood_rank: HashMap<String, usize> = HashMap::new();
-    let mut groups: HashMap<(String, String, i64), usize> = HashMap::new();
+    // Click flood: position of each click within its (publisher, ad,
+    // user-or-ip, minute) group, keyed by (publisher, event_id).
+    let mut flood_rank: HashMap<(String, String), usize> = HashMap::new();
+    let mut groups: HashMap<(String, String, String, i64), usize> = HashMap::new();
     for c in &clicks {
         let who = c.user_key.clone().or_else(|| c.ip_hash.clone());
         if let Some(who) = who {
-            let n = groups.entry((c.ad_id.clone(), who, c.ts.div_euclid(60_000))).or_insert(0);
+            let group = (c.publisher_id.clone(), c.ad_id.clone(), who, c.ts.div_euclid(60_000));
+            let n = groups.entry(group).or_insert(0);
             *n += 1;
-            flood_rank.insert(c.event_id.clone(), *n);
+            flood_rank.insert((c.publisher_id.clone(), c.event_id.clone()), *n);
         }
     }
 
@@ -108,8 +110,13 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
             match e.kind {
                 EventType::Impression => (false, if bot { "bot_ua" } else { "" }),
                 EventType::Click => {
-                    let in_window =
-                        |i: &&&Event| i.ad_id == e.ad_id && i.ts <= e.ts && i.ts >= e.ts - rules.click_window_ms;
+                    // Attribution never crosses publishers.
+                    let in_window = |i: &&&Event| {
+                        i.publisher_id == e.publisher_id
+                            && i.ad_id == e.ad_id
+                            && i.ts <= e.ts
+                            && i.ts >= e.ts - rules.click_window_ms
+                    };
                     let imp: Option<&Event> = match &e.impression_id {
                         Some(id) => imp_by_id
                             .get(id.as_str())
@@ -127,7 +134,9 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
                             .max_by(|a, b| (a.ts, &a.impression_id).cmp(&(b.ts, &b.impression_id)))
                             .copied(),
                     };
-                    let flooded = flood_rank.get(&e.event_id).is_some_and(|r| *r > rules.flood_per_minute);
+                    let flooded = flood_rank
+                        .get(&(e.publisher_id.clone(), e.event_id.clone()))
+                        .is_some_and(|r| *r > rules.flood_per_minute);
                     let too_fast = imp.is_some_and(|i| e.ts - i.ts < rules.too_fast_ms);
                     let reason = if bot {
                         "bot_ua"
@@ -143,7 +152,12 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
                     (imp.is_some(), reason)
                 }
                 EventType::Conversion => {
-                    let in_window = |c: &&&Event| c.ts <= e.ts && c.ts >= e.ts - rules.conversion_window_ms;
+                    let in_window = |c: &&&Event| {
+                        c.publisher_id == e.publisher_id
+                            && c.advertiser_id == e.advertiser_id
+                            && c.ts <= e.ts
+                            && c.ts >= e.ts - rules.conversion_window_ms
+                    };
                     let click = match &e.click_id {
                         Some(id) => {
                             click_by_id
@@ -161,7 +175,6 @@ pub fn outcomes(sent: &[Event], rules: &Rules) -> Vec<Outcome> {
                                 .unwrap_or(&none)
                                 .iter()
                                 .filter(|c| e.user_key.is_some() && c.user_key == e.user_key)
-                                .filter(|c| c.advertiser_id == e.advertiser_id)
                                 .filter(in_window)
                                 .count()
                                 > 0

@@ -25,6 +25,20 @@ pub(super) fn h(s: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(s.as_bytes())
 }
 
+/// `s` hashed within its publisher. Anchors are found by their id within
+/// the publisher (ids are unique per publisher, DESIGN §1) and must share
+/// the publisher and the ad (impressions) or advertiser (clicks) with the
+/// event attributed to them: attribution never crosses publishers, so one
+/// publisher's events can neither borrow nor disturb another's anchors.
+pub(super) fn scoped(publisher: &str, s: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(publisher.as_bytes());
+    // 0xff never occurs in UTF-8: ("ab", "c") and ("a", "bc") differ.
+    hasher.update(&[0xff]);
+    hasher.update(s.as_bytes());
+    hasher.digest()
+}
+
 /// An anchor as a last-touch lookup finds it.
 #[derive(Debug, Clone)]
 pub(super) struct Touch {
@@ -39,8 +53,10 @@ pub(super) struct AnchorRef<'a> {
     pub ts: i64,
     /// impression_id or click_id.
     pub id: &'a str,
-    /// ad_id for impressions, advertiser_id for clicks.
-    pub scope: &'a str,
+    /// [`scoped`] hash of its id: what it is looked up by.
+    pub key: u64,
+    /// [`scoped`] hash of its ad_id (impressions) or advertiser_id (clicks).
+    pub scope: u64,
     pub user_key: Option<&'a str>,
 }
 
@@ -125,12 +141,12 @@ pub(super) struct AttributionIndex {
 /// The anchors indexed in memory.
 #[derive(Default)]
 pub(super) struct Live {
-    /// impression_id → (ts, ad hash)
+    /// impression_id → (ts, scope hash: publisher and ad)
     pub impressions: Sharded<u64, (i64, u64)>,
     /// (user_key, ad_id) → impressions, for last-touch clicks.
     pub imp_by_user: TouchRuns,
-    /// click_id → ts
-    pub clicks: Sharded<u64, i64>,
+    /// click_id → (ts, scope hash: publisher and advertiser)
+    pub clicks: Sharded<u64, (i64, u64)>,
     /// (user_key, advertiser_id) → clicks, for last-touch conversions.
     pub click_by_user: TouchRuns,
 }
@@ -157,7 +173,7 @@ impl Live {
     pub fn max_ts(&self, which: Touches) -> i64 {
         match which {
             Touches::Impressions => self.impressions.iter().map(|(_, (ts, _))| *ts).max(),
-            Touches::Clicks => self.clicks.iter().map(|(_, ts)| *ts).max(),
+            Touches::Clicks => self.clicks.iter().map(|(_, (ts, _))| *ts).max(),
         }
         .unwrap_or(i64::MIN)
     }
@@ -182,7 +198,7 @@ impl Live {
 /// An anchor's entries by id, hashed, ready to go in shard by shard.
 enum ById {
     Impression(u64, (i64, u64)),
-    Click(u64, i64),
+    Click(u64, (i64, u64)),
 }
 
 impl ById {
@@ -198,11 +214,10 @@ impl Live {
     pub fn insert_all<'a>(&mut self, anchors: impl IntoIterator<Item = AnchorRef<'a>>) {
         let mut by_id = Vec::new();
         let (mut imp_touches, mut click_touches) = (Vec::new(), Vec::new());
-        for AnchorRef { kind, ts, id, scope, user_key } in anchors {
-            let scope = h(scope);
+        for AnchorRef { kind, ts, id, key, scope, user_key } in anchors {
             let (entry, touches) = match kind {
-                EventType::Impression => (ById::Impression(h(id), (ts, scope)), &mut imp_touches),
-                EventType::Click => (ById::Click(h(id), ts), &mut click_touches),
+                EventType::Impression => (ById::Impression(key, (ts, scope)), &mut imp_touches),
+                EventType::Click => (ById::Click(key, (ts, scope)), &mut click_touches),
                 EventType::Conversion => continue,
             };
             by_id.push(entry);
@@ -228,14 +243,14 @@ impl Live {
     /// Drops impressions before `imp_floor` and clicks before `click_floor`.
     fn expire(&mut self, imp_floor: i64, click_floor: i64) {
         self.impressions.retain(|_, (ts, _)| *ts >= imp_floor);
-        self.clicks.retain(|_, ts| *ts >= click_floor);
+        self.clicks.retain(|_, (ts, _)| *ts >= click_floor);
         self.imp_by_user.expire(imp_floor);
         self.click_by_user.expire(click_floor);
     }
 }
 
 impl AttributionIndex {
-    /// Indexes one impression (scope: its ad) or click (scope: its advertiser).
+    /// Indexes one impression or click.
     #[cfg(test)]
     pub fn insert(&mut self, a: AnchorRef<'_>) {
         self.live.insert_all([a]);
@@ -268,19 +283,21 @@ impl AttributionIndex {
         Touches::BOTH.iter().flat_map(|&w| self.parts[w as usize].iter().map(move |p| p.entries(w))).sum()
     }
 
-    /// The impression with id hash `id`: (ts, ad hash), from memory, else
-    /// the newest part that has it.
+    /// The impression with id hash `id`: (ts, scope hash), from memory,
+    /// else the newest part that has it.
     pub fn impression(&self, id: u64) -> Option<(i64, u64)> {
         self.live.impressions.get(&id).copied().or_else(|| {
             self.parts[Touches::Impressions as usize].iter().rev().find_map(|p| p.anchor(Touches::Impressions, id))
         })
     }
 
-    /// The time of the click with id hash `id`.
-    pub fn click(&self, id: u64) -> Option<i64> {
-        self.live.clicks.get(&id).copied().or_else(|| {
-            self.parts[Touches::Clicks as usize].iter().rev().find_map(|p| p.anchor(Touches::Clicks, id).map(|a| a.0))
-        })
+    /// The click with id hash `id`: (ts, scope hash).
+    pub fn click(&self, id: u64) -> Option<(i64, u64)> {
+        self.live
+            .clicks
+            .get(&id)
+            .copied()
+            .or_else(|| self.parts[Touches::Clicks as usize].iter().rev().find_map(|p| p.anchor(Touches::Clicks, id)))
     }
 
     /// The latest touch under `key` with `lo <= ts <= hi` (by ts, then id),
@@ -476,7 +493,8 @@ mod tests {
                 kind: if i % 3 == 0 { EventType::Click } else { EventType::Impression },
                 ts: (i as i64 * 7919) % 1000,
                 id,
-                scope: if i % 2 == 0 { "ad-1" } else { "ad-2" },
+                key: h(id),
+                scope: h(if i % 2 == 0 { "ad-1" } else { "ad-2" }),
                 user_key: (i % 5 != 0).then_some(users[i % 3]),
             })
             .collect();
@@ -488,7 +506,7 @@ mod tests {
             assert_eq!(one.impression(h(a.id)), all.impression(h(a.id)));
             assert_eq!(one.click(h(a.id)), all.click(h(a.id)));
             if let Some(u) = a.user_key {
-                let key = (h(u), h(a.scope));
+                let key = (h(u), a.scope);
                 for which in Touches::BOTH {
                     let got = |x: &AttributionIndex| x.last_touch(which, key, 0, 1000).map(|t| (t.ts, t.id));
                     assert_eq!(got(&one), got(&all));

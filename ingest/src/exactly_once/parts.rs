@@ -62,7 +62,7 @@ impl Part {
         match self {
             Part::Frozen { live, .. } => match which {
                 Touches::Impressions => live.impressions.get(&id).copied(),
-                Touches::Clicks => live.clicks.get(&id).map(|ts| (*ts, 0)),
+                Touches::Clicks => live.clicks.get(&id).copied(),
             },
             Part::Mapped(m) => m.get(id),
         }
@@ -342,7 +342,7 @@ impl PartWriter {
 fn write_frozen(live: &Live, which: Touches, path: PathBuf) -> std::io::Result<Mapped> {
     let mut anchors: Vec<(u64, i64, u64)> = match which {
         Touches::Impressions => live.impressions.iter().map(|(id, (ts, scope))| (*id, *ts, *scope)).collect(),
-        Touches::Clicks => live.clicks.iter().map(|(id, ts)| (*id, *ts, 0)).collect(),
+        Touches::Clicks => live.clicks.iter().map(|(id, (ts, scope))| (*id, *ts, *scope)).collect(),
     };
     anchors.sort_unstable_by_key(|a| a.0);
     let mut w = PartWriter::create(path, which)?;
@@ -558,7 +558,8 @@ mod tests {
                 kind: if *click { EventType::Click } else { EventType::Impression },
                 ts: *ts,
                 id,
-                scope: SCOPES[*scope as usize],
+                key: h(id),
+                scope: h(SCOPES[*scope as usize]),
                 user_key: user.map(|u| USERS[u as usize]),
             })
             .collect()
@@ -581,7 +582,7 @@ mod tests {
         let x = index.read();
         assert!(x.live.entries() < 3_000 && spill.stats(&x).parts >= 2, "most anchors are in parts");
         for (id, (click, ts, ..)) in &batch {
-            let found = if *click { x.click(h(id)) } else { x.impression(h(id)).map(|a| a.0) };
+            let found = if *click { x.click(h(id)).map(|a| a.0) } else { x.impression(h(id)).map(|a| a.0) };
             assert_eq!(found, Some(*ts), "{id}");
         }
         assert_eq!(x.impression(h("imp-none")), None);
@@ -633,8 +634,8 @@ mod tests {
                 let keep = |ts: i64, floor: i64| ts >= floor;
                 let want = in_memory.impression(h(id)).filter(|a| keep(a.0, imp_floor));
                 proptest::prop_assert_eq!(on_disk.impression(h(id)).filter(|a| keep(a.0, imp_floor)), want);
-                let want = in_memory.click(h(id)).filter(|t| keep(*t, click_floor));
-                proptest::prop_assert_eq!(on_disk.click(h(id)).filter(|t| keep(*t, click_floor)), want);
+                let want = in_memory.click(h(id)).filter(|a| keep(a.0, click_floor));
+                proptest::prop_assert_eq!(on_disk.click(h(id)).filter(|a| keep(a.0, click_floor)), want);
             }
             for (which, floor) in [(Touches::Impressions, imp_floor), (Touches::Clicks, click_floor)] {
                 for user in ["u0", "u1", "u2", "u3"] {

@@ -5,9 +5,9 @@
 use std::borrow::Cow;
 
 use adstore_storage::Snapshot;
-use adstore_storage::billing::BillingSnapshot;
+use adstore_storage::billing::{self, BillingSnapshot};
 use adstore_storage::hll::Hll;
-use arrow_array::{Array, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, StringArray};
 
 use crate::error::{QueryError, Result};
 use crate::expr::{Batch, Vector};
@@ -15,22 +15,38 @@ use crate::plan::{BillingCol, ScanCol, Table};
 use crate::planner::PhysicalPlan;
 use crate::types::Scalar;
 
+/// A snapshot version a plan reads: the catalog's entry, or for a scoped
+/// plan the version as its caller sees it with its rows already read.
+pub(crate) struct Billed {
+    pub entry: BillingSnapshot,
+    rows: Option<RecordBatch>,
+}
+
 /// The snapshot versions a plan reads: none unless it queries
-/// `billing_daily`.
-pub(crate) fn entries<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan) -> Vec<&'s BillingSnapshot> {
+/// `billing_daily`; the latest of each day, or every version when WHERE
+/// names `version`. A scoped plan sees each day through
+/// [`billing::as_seen_by`]: only the versions that changed its rows.
+pub(crate) fn entries(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<Vec<Billed>> {
     if plan.logical.table != Table::BillingDaily {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let all = &snapshot.catalog.billing;
-    if plan.logical.all_versions {
-        return all.iter().collect();
+    // The catalog keeps them sorted by (day, version).
+    let days = snapshot.catalog.billing.chunk_by(|a, b| a.day_ms == b.day_ms);
+    let mut out = Vec::new();
+    for day in days {
+        let versions: Vec<Billed> = match &plan.scope {
+            None => day.iter().map(|e| Billed { entry: e.clone(), rows: None }).collect(),
+            Some(advertisers) => billing::as_seen_by(day, |e| snapshot.billing_batch(e), advertisers)?
+                .into_iter()
+                .map(|(entry, rows)| Billed { entry, rows: Some(rows) })
+                .collect(),
+        };
+        match plan.logical.all_versions {
+            true => out.extend(versions),
+            false => out.extend(versions.into_iter().last()),
+        }
     }
-    // The catalog keeps them sorted by (day, version): the last of each day.
-    all.iter()
-        .enumerate()
-        .filter(|(i, b)| all.get(i + 1).is_none_or(|next| next.day_ms != b.day_ms))
-        .map(|(_, b)| b)
-        .collect()
+    Ok(out)
 }
 
 fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b T> {
@@ -40,12 +56,13 @@ fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b T> {
         .ok_or_else(|| QueryError::Internal(format!("a billing snapshot has no {name} column")))
 }
 
-/// The rows of snapshot `entry` over the plan's scan slots.
-pub(crate) fn batch(snapshot: &Snapshot, entry: &BillingSnapshot, plan: &PhysicalPlan) -> Result<Batch<'static>> {
-    let rows = snapshot.billing_batch(entry)?;
-    let rows = match &plan.scope {
-        Some(advertisers) => in_scope(&rows, advertisers)?,
-        None => rows,
+/// The rows of snapshot version `billed` over the plan's scan slots.
+pub(crate) fn batch(snapshot: &Snapshot, billed: &Billed, plan: &PhysicalPlan) -> Result<Batch<'static>> {
+    let entry = &billed.entry;
+    let rows = match (&billed.rows, &plan.scope) {
+        (Some(rows), _) => rows.clone(),
+        (None, None) => snapshot.billing_batch(entry)?,
+        (None, Some(_)) => return Err(QueryError::Internal("a scoped billing read without its rows".into())),
     };
     let n = rows.num_rows();
     let ints = |name: &str| -> Result<Vector<'static>> {
@@ -84,18 +101,9 @@ pub(crate) fn batch(snapshot: &Snapshot, entry: &BillingSnapshot, plan: &Physica
     Ok(Batch { rows: n, cols, ts_bounds: None })
 }
 
-/// The rows of a snapshot whose advertiser is one of `advertisers`: the
-/// statement's expressions never see the others.
-fn in_scope(rows: &RecordBatch, advertisers: &[String]) -> Result<RecordBatch> {
-    let ids = column::<StringArray>(rows, "advertiser_id")?;
-    let keep: BooleanArray =
-        ids.iter().map(|id| Some(id.is_some_and(|id| advertisers.iter().any(|a| a == id)))).collect();
-    arrow_select::filter::filter_record_batch(rows, &keep).map_err(QueryError::Arrow)
-}
-
 /// What a `billing_daily` query read: e.g. `billing snapshots (3 days, 4 versions)`.
-pub(crate) fn describe(entries: &[&BillingSnapshot]) -> String {
-    let mut days: Vec<i64> = entries.iter().map(|b| b.day_ms).collect();
+pub(crate) fn describe(entries: &[Billed]) -> String {
+    let mut days: Vec<i64> = entries.iter().map(|b| b.entry.day_ms).collect();
     days.dedup();
     let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     format!(

@@ -8,7 +8,7 @@
 //!  PUT    /v1/publishers/{id}/signing-key  {"secret"} ─► clicks of that publisher must carry signed ids
 //!  DELETE /v1/publishers/{id}/signing-key             ─► no longer checked
 //!  GET    /v1/signing-keys                            ─► {"publishers": [...]}
-//!  POST   /v1/events/validate-signature  {"publisher_id", "impression_id"} (ingest or admin) ─► {"verdict", "valid"}
+//!  POST   /v1/events/validate-signature  {"publisher_id", "impression_id"} (ingest or admin) ─► {"verdict", "valid", "billable"}
 //! ```
 
 use std::sync::Arc;
@@ -26,6 +26,15 @@ pub async fn create(
     State(app): State<Arc<AppState>>,
     BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ServerError> {
+    // Every caller is admin here: a token made now would be checked by
+    // nothing until a restart, then lock everyone else out.
+    if app.auth.insecure() {
+        return Err(ServerError::Forbidden(
+            "this server runs with --insecure-no-auth and checks no token: restart it without that flag, \
+             or create tokens with the server stopped (adstore token create --data-dir DIR)"
+                .into(),
+        ));
+    }
     let mut json = serde_json::Deserializer::from_slice(&body);
     let new: NewToken = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
@@ -122,6 +131,9 @@ pub async fn validate_signature(
         "publisher_id": body.publisher_id,
         "impression_id": body.impression_id,
         "verdict": verdict,
-        "valid": matches!(verdict, super::signing::Verdict::Valid | super::signing::Verdict::NotChecked),
+        // `valid`: the signature verified. `billable`: a click on this id
+        // would not be marked bad_signature (also when nothing is checked).
+        "valid": verdict == super::signing::Verdict::Valid,
+        "billable": matches!(verdict, super::signing::Verdict::Valid | super::signing::Verdict::NotChecked),
     })))
 }

@@ -43,7 +43,7 @@ pub enum Verdict {
     /// The publisher has no secret: ids are not checked.
     NotChecked,
     Valid,
-    /// No `.signature` suffix, or not 64 hex digits.
+    /// No `.signature` suffix, or not 64 lowercase hex digits.
     Malformed,
     /// A signature that does not match.
     Mismatch,
@@ -181,7 +181,9 @@ pub fn sign(secret: &str, id: &str) -> String {
 /// compared in constant time.
 pub fn verify(secret: &str, signed: &str) -> Verdict {
     let Some((id, hex)) = signed.rsplit_once('.') else { return Verdict::Malformed };
-    if hex.len() != 64 {
+    // Lowercase only: the signed id is matched to its impression as a
+    // string, so an uppercase copy would verify and yet never attribute.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return Verdict::Malformed;
     }
     let tag: Option<Vec<u8>> =
@@ -217,7 +219,7 @@ mod tests {
             assert_eq!(sign(secret, id), signed);
             assert_eq!(verify(secret, signed), Verdict::Valid);
             let upper = format!("{id}.{}", signed[id.len() + 1..].to_uppercase());
-            assert_eq!(verify(secret, &upper), Verdict::Valid, "hex digits in either case");
+            assert_eq!(verify(secret, &upper), Verdict::Malformed, "lowercase hex digits only");
             assert_eq!(verify("some other secret of enough bytes!!", signed), Verdict::Mismatch);
             assert_eq!(verify(secret, id), Verdict::Malformed);
             assert_eq!(verify(secret, &format!("{id}.zz{}", &signed[signed.len() - 62..])), Verdict::Malformed);

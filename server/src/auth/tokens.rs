@@ -33,6 +33,12 @@ const PREFIX: &str = "adst_";
 /// request of each token is hashed again (bounded memory, one argon2 each).
 const MAX_VERIFIED: usize = 4_096;
 
+/// Most publishers or advertisers one token is scoped to.
+const MAX_SCOPE_IDS: usize = 1_000;
+
+/// Most tokens a data directory keeps (revoked ones stay listed).
+const MAX_TOKENS: usize = 10_000;
+
 /// One token as stored: everything but the secret, which is only hashed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -99,9 +105,12 @@ impl NewToken {
     /// The scope as stored, or why it cannot be one.
     fn scope(&self) -> Result<(Vec<String>, Option<Vec<String>>), String> {
         let clean = |ids: &[String], what: &str| -> Result<Vec<String>, String> {
+            if ids.len() > MAX_SCOPE_IDS {
+                return Err(format!("{what}: {} ids, over the limit of {MAX_SCOPE_IDS}", ids.len()));
+            }
             let mut out: Vec<String> = ids.iter().map(|s| s.trim().to_string()).collect();
-            if let Some(bad) = out.iter().find(|s| s.is_empty() || s.len() > 1024) {
-                return Err(format!("{what}: {bad:?} is not an id (1 to 1024 bytes)"));
+            if let Some(bad) = out.iter().find(|s| s.is_empty() || s.len() > 1024 || s.chars().any(char::is_control)) {
+                return Err(format!("{what}: {bad:?} is not an id (1 to 1024 bytes, no control characters)"));
             }
             out.sort();
             out.dedup();
@@ -154,7 +163,15 @@ pub struct TokenStore {
     records: RwLock<Vec<TokenRecord>>,
     /// SHA-256 of a verified token ─► its id.
     verified: Mutex<HashMap<[u8; 32], String>>,
+    /// Token id ─► (start of its window, wrong secrets in it): a known id
+    /// guessed at costs at most [`MAX_MISSES`] argon2 hashes a window.
+    misses: Mutex<HashMap<String, (std::time::Instant, u32)>>,
 }
+
+/// Wrong secrets hashed per token id per [`MISS_WINDOW`]; beyond that a
+/// secret not already verified is refused without hashing.
+const MAX_MISSES: u32 = 20;
+const MISS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a presented token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +194,12 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
             Err(source) => return Err(ServerError::Io { path: path.display().to_string(), source }),
         };
-        Ok(TokenStore { path, records: RwLock::new(file.tokens), verified: Mutex::new(HashMap::new()) })
+        Ok(TokenStore {
+            path,
+            records: RwLock::new(file.tokens),
+            verified: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Whether any token was ever created here (revoked ones count): the
@@ -204,9 +226,9 @@ impl TokenStore {
     pub fn create(&self, new: &NewToken, now_ms: i64) -> Result<(String, TokenRecord), ServerError> {
         let (publishers, advertisers) = new.scope().map_err(ServerError::BadRequest)?;
         if let Some(name) = &new.name
-            && name.len() > 200
+            && (name.len() > 200 || name.chars().any(char::is_control))
         {
-            return Err(ServerError::BadRequest("name: at most 200 bytes".into()));
+            return Err(ServerError::BadRequest("name: at most 200 bytes, no control characters".into()));
         }
         let id = hex(&random::<8>()?);
         let secret = hex(&random::<32>()?);
@@ -222,6 +244,11 @@ impl TokenStore {
             revoked_ms: None,
         };
         let mut records = self.records.write();
+        if records.len() >= MAX_TOKENS {
+            return Err(ServerError::BadRequest(format!(
+                "this data directory holds {MAX_TOKENS} tokens, revoked ones included: the most it keeps"
+            )));
+        }
         let mut next = records.clone();
         next.push(record.clone());
         self.write(&next)?;
@@ -267,7 +294,20 @@ impl TokenStore {
         if self.verified.lock().get(&digest).is_some_and(|v| *v == record.id) {
             return Ok(record.principal());
         }
+        let throttled = |misses: &mut HashMap<String, (std::time::Instant, u32)>| {
+            misses.get(&record.id).is_some_and(|(since, n)| *n >= MAX_MISSES && since.elapsed() < MISS_WINDOW)
+        };
+        if throttled(&mut self.misses.lock()) {
+            return Err(Rejected::Unknown);
+        }
         if !secret_matches(secret, &record.hash) {
+            let mut misses = self.misses.lock();
+            // Ids are only those of stored tokens: bounded by MAX_TOKENS.
+            let entry = misses.entry(record.id.clone()).or_insert((std::time::Instant::now(), 0));
+            if entry.0.elapsed() >= MISS_WINDOW {
+                *entry = (std::time::Instant::now(), 0);
+            }
+            entry.1 += 1;
             return Err(Rejected::Unknown);
         }
         let mut verified = self.verified.lock();
@@ -378,5 +418,33 @@ mod tests {
         let all = NewToken { all_advertisers: true, ..query(&[]) };
         assert_eq!(store.create(&all, 0).expect("all").1.advertisers, None);
         assert!(!store.has_admin());
+        assert!(refused(query(&["adv\u{1b}[2J"])).contains("control characters"));
+        let named = NewToken { name: Some("ops\nroot".into()), ..query(&["a1"]) };
+        assert!(refused(named).contains("control characters"));
+        let many: Vec<String> = (0..=MAX_SCOPE_IDS).map(|i| format!("adv-{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(refused(query(&many)).contains("over the limit"));
+    }
+
+    /// Guessing at a known id costs at most MAX_MISSES argon2 hashes a
+    /// window; a token verified before keeps working meanwhile.
+    #[test]
+    fn wrong_secrets_for_one_id_are_throttled() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = TokenStore::open(dir.path()).expect("open");
+        let (token, _) = store.create(&query(&["a1"]), 0).expect("create");
+        let (other, _) = store.create(&query(&["a2"]), 0).expect("create");
+        assert!(store.verify(&token).is_ok());
+        let wrong = |k: u32| format!("{}{:064x}", &token[..22], k);
+        for k in 0..MAX_MISSES {
+            assert_eq!(store.verify(&wrong(k)).err(), Some(Rejected::Unknown));
+        }
+        let started = std::time::Instant::now();
+        for k in 0..50 {
+            assert_eq!(store.verify(&wrong(1000 + k)).err(), Some(Rejected::Unknown));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_millis(200), "refused without hashing");
+        assert!(store.verify(&token).is_ok(), "verified before: still accepted");
+        assert!(store.verify(&other).is_ok(), "another id is not throttled");
     }
 }

@@ -75,7 +75,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
     }
     crate::auth::check_listen(&auth, &listens)?;
     if args.insecure_no_auth {
-        tracing::warn!("--insecure-no-auth: no call is checked; anyone who can reach the ports can do everything");
+        tracing::warn!(
+            "--insecure-no-auth: no call is checked, existing tokens included (a query token sees every \
+             advertiser); anyone who can reach the ports can do everything"
+        );
     } else if !auth.enforced() {
         tracing::warn!(
             "no access token exists: the server listens on loopback only and anyone on this machine can do \

@@ -92,7 +92,19 @@ pub fn run(args: TokenArgs) -> Result<ExitCode, ServerError> {
 
 /// On a stopped server's data directory, holding its lock.
 fn offline(dir: &std::path::Path, action: Action) -> Result<ExitCode, ServerError> {
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::Io { path: dir.display().to_string(), source })?;
+    // A first admin token may come before the first `serve` (so that the
+    // server never runs open); anything else on a missing directory is a
+    // mistyped path.
+    if !dir.exists() {
+        if !matches!(action, Action::Create(_)) {
+            return Err(ServerError::InvalidArgument {
+                arg: "data-dir",
+                message: format!("{} does not exist: no data directory there", dir.display()),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::Io { path: dir.display().to_string(), source })?;
+        eprintln!("adstore: created the data directory {} (it did not exist)", dir.display());
+    }
     let _lock = adstore_storage::lock_data_dir(dir).map_err(|e| match e {
         adstore_storage::StorageError::DataDirInUse { .. } => ServerError::InvalidArgument {
             arg: "data-dir",

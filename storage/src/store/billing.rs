@@ -176,6 +176,16 @@ impl Store {
         Ok(Some((entry.clone(), snapshots::rows_of(&batch)?)))
     }
 
+    /// `day_ms`'s snapshot versions as a caller who sees only
+    /// `advertisers` sees them (see [`crate::billing::as_seen_by`]).
+    pub fn billing_seen_by(
+        &self,
+        day_ms: i64,
+        advertisers: &[String],
+    ) -> Result<Vec<(BillingSnapshot, arrow_array::RecordBatch)>> {
+        crate::billing::as_seen_by(&self.billing_versions(day_ms), |e| self.read_billing(e), advertisers)
+    }
+
     pub(super) fn read_billing(&self, entry: &BillingSnapshot) -> Result<arrow_array::RecordBatch> {
         snapshots::read(&self.inner.data_dir, entry)
     }
