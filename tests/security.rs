@@ -336,6 +336,7 @@ fn scoped_tokens_send_and_see_only_their_own() {
     for token in [&admin, &ingest, &query] {
         assert!(!log.contains(&token[22..]), "a token's secret is in the log");
     }
+    assert!(log.contains(&format!("token={}", &admin[5..21])), "the log names the acting token's id");
     let stored = std::fs::read_to_string(dir.join("tokens.json")).expect("tokens.json");
     for token in [&admin, &ingest, &query] {
         assert!(!stored.contains(&token[22..]), "a token's secret is stored");

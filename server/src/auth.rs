@@ -207,8 +207,14 @@ pub async fn require(State((app, need)): State<(Arc<AppState>, Need)>, mut reque
         ))
         .into_response();
     }
+    // Whatever the call logs names the token that made it (its public id,
+    // never the secret).
+    let span = match &principal.token_id {
+        Some(id) => tracing::info_span!("call", token = %id, role = principal.role.name()),
+        None => tracing::Span::none(),
+    };
     request.extensions_mut().insert(principal);
-    next.run(request).await
+    tracing::Instrument::instrument(next.run(request), span).await
 }
 
 /// Replaces `path` with `bytes`, readable by its owner only: a temporary
