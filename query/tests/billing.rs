@@ -65,16 +65,24 @@ fn text(c: &Cell) -> String {
 /// (version, impressions, billable clicks, spend) by (day, advertiser, campaign).
 type Table = BTreeMap<(i64, String, String), (i64, i64, i64, i64)>;
 
-/// The table's rows of `sql` (day, advertiser, campaign, version, impressions,
-/// billable_clicks, spend_micros) keyed like `expected`.
-fn table(store: &Store, sql: &str) -> Table {
-    run(store, sql)
-        .iter()
+/// Rows of a [`ROWS`] statement (day, advertiser, campaign, version,
+/// impressions, billable_clicks, spend_micros) keyed like `expected`.
+fn keyed(rows: &[Vec<Cell>]) -> Table {
+    rows.iter()
         .map(|r| {
             let Cell::Timestamp(day) = r[0] else { panic!("day is a timestamp: {r:?}") };
             ((day, text(&r[1]), text(&r[2])), (int(&r[3]), int(&r[4]), int(&r[5]), int(&r[6])))
         })
         .collect()
+}
+
+fn table(store: &Store, sql: &str) -> Table {
+    keyed(&run(store, sql))
+}
+
+/// A table's numbers without their versions, as `expected` adds them up.
+fn numbers(table: &Table) -> BTreeMap<(i64, String, String), (i64, i64, i64)> {
+    table.iter().map(|(k, v)| (k.clone(), (v.1, v.2, v.3))).collect()
 }
 
 const ROWS: &str =
@@ -146,13 +154,7 @@ fn billing_daily_answers_from_the_snapshots() {
     let scoped = QueryOptions { now_ms: BASE, advertisers: Some(vec!["a1".into()]), ..QueryOptions::default() };
     let rows = |sql: &str, opts: &QueryOptions| execute(&store.snapshot(), sql, opts).expect(sql).rows();
     let a1: Table = latest.iter().filter(|(k, _)| k.1 == "a1").map(|(k, v)| (k.clone(), *v)).collect();
-    let got: Table = rows(&format!("{ROWS} WHERE advertiser_id = 'a0' OR true"), &scoped)
-        .iter()
-        .map(|r| {
-            let Cell::Timestamp(day) = r[0] else { panic!("day is a timestamp: {r:?}") };
-            ((day, text(&r[1]), text(&r[2])), (int(&r[3]), int(&r[4]), int(&r[5]), int(&r[6])))
-        })
-        .collect();
+    let got = keyed(&rows(&format!("{ROWS} WHERE advertiser_id = 'a0' OR true"), &scoped));
     assert!(!a1.is_empty());
     assert_eq!(got, a1, "only a1's billing rows");
     let distinct = rows("SELECT count(DISTINCT advertiser_id) FROM billing_daily WHERE version > 0", &scoped);
@@ -224,16 +226,9 @@ fn a_scoped_caller_sees_only_the_versions_that_changed_its_rows() {
         expected(&mine)
     };
     let all = answer(&format!("{ROWS} WHERE version >= 1"), &scoped("a1"));
-    let got: BTreeMap<_, _> = all
-        .rows()
-        .iter()
-        .map(|r| {
-            let Cell::Timestamp(day) = r[0] else { panic!("day: {r:?}") };
-            ((day, text(&r[1]), text(&r[2])), (int(&r[4]), int(&r[5]), int(&r[6])))
-        })
-        .collect();
+    let got = keyed(&all.rows());
     assert_eq!(all.rows().len(), got.len(), "no row repeated across versions");
-    assert_eq!(got, final_days("a1", &events));
+    assert_eq!(numbers(&got), final_days("a1", &events));
     assert_eq!(all.stats.source, "billing snapshots (1 day, 1 version)");
 
     // Late events of a1 now: its second version is the day's third.
@@ -242,16 +237,9 @@ fn a_scoped_caller_sees_only_the_versions_that_changed_its_rows() {
     events.extend(late_a1);
     assert_eq!(versions("a1"), BTreeMap::from([(day0, vec![1, 2])]));
     assert_eq!(versions("a0"), BTreeMap::from([(day0, vec![1, 2]), (day0 + DAY, vec![1])]), "a0 unchanged");
-    let latest = answer(&format!("{ROWS} WHERE day < {}", day0 + DAY), &scoped("a1"));
-    let got: BTreeMap<_, _> = latest
-        .rows()
-        .iter()
-        .map(|r| {
-            assert_eq!(int(&r[3]), 2, "a1's latest version is its second");
-            ((BASE.div_euclid(DAY) * DAY, text(&r[1]), text(&r[2])), (int(&r[4]), int(&r[5]), int(&r[6])))
-        })
-        .collect();
-    assert_eq!(got, final_days("a1", &events));
+    let got = keyed(&answer(&format!("{ROWS} WHERE day < {}", day0 + DAY), &scoped("a1")).rows());
+    assert!(got.values().all(|v| v.0 == 2), "a1's latest version is its second: {got:?}");
+    assert_eq!(numbers(&got), final_days("a1", &events));
     let unscoped = run(&store, "SELECT max(version) FROM billing_daily WHERE version >= 1");
     assert_eq!(int(&unscoped[0][0]), 3, "the day itself has three versions");
 }

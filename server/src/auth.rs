@@ -122,11 +122,6 @@ impl Principal {
             Role::Query => Some(Vec::new()),
         }
     }
-
-    /// Whether this caller may see advertiser `id`'s rows.
-    pub fn sees(&self, advertiser_id: &str) -> bool {
-        self.row_scope().is_none_or(|ids| ids.iter().any(|a| a == advertiser_id))
-    }
 }
 
 /// The server's access control: its tokens, and whether it checks them.

@@ -294,10 +294,12 @@ impl TokenStore {
         if self.verified.lock().get(&digest).is_some_and(|v| *v == record.id) {
             return Ok(record.principal());
         }
-        let throttled = |misses: &mut HashMap<String, (std::time::Instant, u32)>| {
-            misses.get(&record.id).is_some_and(|(since, n)| *n >= MAX_MISSES && since.elapsed() < MISS_WINDOW)
-        };
-        if throttled(&mut self.misses.lock()) {
+        let throttled = self
+            .misses
+            .lock()
+            .get(&record.id)
+            .is_some_and(|(since, n)| *n >= MAX_MISSES && since.elapsed() < MISS_WINDOW);
+        if throttled {
             return Err(Rejected::Unknown);
         }
         if !secret_matches(secret, &record.hash) {
