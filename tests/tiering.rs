@@ -5,7 +5,9 @@
 //! the events sent, after a restart too; a partition (SIGSTOP) fails a
 //! query on cold data with 503 `object_store_unavailable` within the
 //! timeout while hot data is still answered; a crash right after the
-//! tiering commit loses nothing.
+//! tiering commit loses nothing; with the local cache of cold chunks, a
+//! restarted server answers what queries read before even while the bucket
+//! is unreachable.
 
 mod support;
 
@@ -16,23 +18,28 @@ use support::*;
 
 const BUCKET: &str = "adstore-test";
 
-fn config() -> String {
+/// The configuration of these tests, with `cache_bytes` of cold chunks.
+fn config(cache_bytes: u64) -> String {
     format!(
         "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\n\n\
          [ingest]\nallowed_lateness_ms = 3600000\n\n\
-         [tiering]\nobject_store = \"s3://{BUCKET}/cold\"\ntimeout_ms = 3000\n\n\
+         [tiering]\nobject_store = \"s3://{BUCKET}/cold\"\ntimeout_ms = 3000\ncache_bytes = {cache_bytes}\n\n\
          [retention.raw]\nhot = \"3d\"\n[retention.minute]\nhot = \"3d\"\n\
          [retention.hour]\nhot = \"3d\"\n[retention.day]\nhot = \"3d\"\n"
     )
 }
 
 fn start(dir: &std::path::Path, moto: &Moto, failpoint: Option<&str>) -> Server {
+    start_cached(dir, moto, failpoint, 0)
+}
+
+fn start_cached(dir: &std::path::Path, moto: &Moto, failpoint: Option<&str>, cache_bytes: u64) -> Server {
     let env = moto.env();
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if let Some(f) = failpoint {
         env.push(("ADSTORE_FAILPOINT", f));
     }
-    Server::start_env(dir, Some(&config()), &[], &env)
+    Server::start_env(dir, Some(&config(cache_bytes)), &[], &env)
 }
 
 /// Waits until every raw segment of the three days is in the bucket.
@@ -76,6 +83,13 @@ fn check_numbers(server: &Server, day0: i64, per_day: &BTreeMap<i64, (u64, u64)>
     assert_eq!(status, 200, "{r}");
     let (imps, clicks) = per_day.range(..end).fold((0, 0), |(i, c), (_, d)| (i + d.0, c + d.1));
     assert_eq!(r["rows"], serde_json::json!([["click", clicks], ["impression", imps]]), "{r}");
+}
+
+/// The value of the `/metrics` series `name` (without labels).
+fn metric(server: &Server, name: &str) -> f64 {
+    let text = server.get_text("/metrics");
+    let prefix = format!("{name} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or_else(|| panic!("{name}: {text}"))
 }
 
 fn local_files(dir: &std::path::Path) -> usize {
@@ -148,5 +162,42 @@ fn a_crash_after_the_tiering_commit_loses_nothing() {
         .filter(|f| remote.iter().any(|p| f.starts_with(p)))
         .collect();
     assert!(left.is_empty(), "local files of segments in the bucket: {left:?}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn cold_chunks_cached_on_local_disk_answer_while_the_bucket_is_unreachable() {
+    let moto = Moto::start(BUCKET);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let server = start_cached(&dir, &moto, None, 64 << 20);
+    let day0 = (now_ms() / DAY_MS - 10) * DAY_MS;
+    let (body, per_day) = three_days(day0);
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, &body);
+    assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
+    wait_for_remote(&server, day0);
+    check_numbers(&server, day0, &per_day);
+    let (requests, misses) = (
+        metric(&server, "adstore_object_store_read_requests_total"),
+        metric(&server, "adstore_object_cache_misses_total"),
+    );
+    assert!(requests > 0.0 && misses > 0.0, "the first reads went to the bucket");
+    let cached = metric(&server, "adstore_object_cache_bytes");
+    assert!(cached > 0.0 && cached <= (64 << 20) as f64, "{cached}");
+    // Asked again: the block cache or the chunk cache answers, no request.
+    check_numbers(&server, day0, &per_day);
+    assert_eq!(metric(&server, "adstore_object_store_read_requests_total"), requests);
+    assert!(server.stop().success());
+    let chunks = std::fs::read_dir(dir.join("cache")).expect("cache dir").count();
+    assert!(chunks > 0, "chunks kept on disk");
+
+    // The bucket unreachable: a restarted server opens the cold segments
+    // and answers the same queries from its disk cache alone.
+    moto.signal("-STOP");
+    let server = start_cached(&dir, &moto, None, 64 << 20);
+    check_numbers(&server, day0, &per_day);
+    assert_eq!(metric(&server, "adstore_object_store_read_requests_total"), 0.0);
+    assert!(metric(&server, "adstore_object_cache_hits_total") > 0.0);
+    moto.signal("-CONT");
     assert!(server.stop().success());
 }

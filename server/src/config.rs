@@ -50,11 +50,15 @@ pub struct TieringConfig {
     /// it fails: a query that needs cold data then gets 503
     /// `object_store_unavailable`. Default 30_000.
     pub timeout_ms: u64,
+    /// Bytes of cold segments kept on local disk (`{data_dir}/cache`), in
+    /// chunks of 1 MiB read by queries; 0 turns the cache off. Default
+    /// 1_073_741_824 (1 GiB).
+    pub cache_bytes: u64,
 }
 
 impl Default for TieringConfig {
     fn default() -> TieringConfig {
-        TieringConfig { object_store: None, timeout_ms: 30_000 }
+        TieringConfig { object_store: None, timeout_ms: 30_000, cache_bytes: 1 << 30 }
     }
 }
 

@@ -193,6 +193,8 @@ const TASK_SERIES: &[TaskSeries] = &[
 /// Everything a scrape reads, once.
 struct Scrape {
     store: adstore_storage::StoreStats,
+    /// Zero until the object store is first used.
+    object: adstore_storage::tier::ObjectStoreStats,
     eo: adstore_ingest::ExactlyOnceStats,
     ingest_requests: u64,
     accepted: u64,
@@ -425,6 +427,48 @@ const SERIES: &[Series] = &[
         value: |s| s.store.block_cache_bytes as f64,
     },
     Series {
+        name: "adstore_object_store_read_requests_total",
+        kind: Kind::Counter,
+        help: "Range reads of cold segments sent to the object store.",
+        value: |s| s.object.read_requests as f64,
+    },
+    Series {
+        name: "adstore_object_store_read_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes fetched from the object store by range reads.",
+        value: |s| s.object.read_bytes as f64,
+    },
+    Series {
+        name: "adstore_object_store_uploaded_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes of segments uploaded to the object store by the tiering task.",
+        value: |s| s.object.uploaded_bytes as f64,
+    },
+    Series {
+        name: "adstore_object_cache_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of cold segment chunks kept on local disk ([tiering] cache_bytes).",
+        value: |s| s.object.cache.bytes as f64,
+    },
+    Series {
+        name: "adstore_object_cache_capacity_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes the local cache of cold segment chunks may hold (0: no cache).",
+        value: |s| s.object.cache.capacity_bytes as f64,
+    },
+    Series {
+        name: "adstore_object_cache_hits_total",
+        kind: Kind::Counter,
+        help: "Chunks of cold segments read from the local cache.",
+        value: |s| s.object.cache.hits as f64,
+    },
+    Series {
+        name: "adstore_object_cache_misses_total",
+        kind: Kind::Counter,
+        help: "Chunks of cold segments not in the local cache, fetched from the object store.",
+        value: |s| s.object.cache.misses as f64,
+    },
+    Series {
         name: "adstore_process_resident_memory_bytes",
         kind: Kind::Gauge,
         help: "Resident memory of the server process.",
@@ -449,6 +493,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let c = &app.counters;
     let scrape = Scrape {
         store: app.store.stats(),
+        object: app.store.object_store_stats().unwrap_or_default(),
         eo: app.exactly_once.stats(),
         ingest_requests: c.ingest_requests.load(Ordering::Relaxed),
         accepted: c.accepted.load(Ordering::Relaxed),

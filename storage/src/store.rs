@@ -136,6 +136,11 @@ pub struct StoreConfig {
     /// server sets it from `[tiering] timeout_ms`). Default 30_000.
     #[serde(skip)]
     pub object_store_timeout_ms: u64,
+    /// Bytes of cold segments kept on local disk, in `{data_dir}/cache`
+    /// (the server sets it from `[tiering] cache_bytes`); 0 turns the
+    /// cache off. Default 1_073_741_824 (1 GiB).
+    #[serde(skip)]
+    pub object_cache_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -160,6 +165,7 @@ impl Default for StoreConfig {
             retention: crate::retention::RetentionPolicy::default(),
             object_store: None,
             object_store_timeout_ms: 30_000,
+            object_cache_bytes: 1 << 30,
         }
     }
 }
@@ -241,7 +247,7 @@ pub(crate) fn open_segment_remote(meta: &SegmentMeta, tier: Arc<crate::tier::Obj
             });
         }
     };
-    SegmentReader::open_remote(meta.id, tier, schema)
+    SegmentReader::open_remote(meta.id, tier, schema, meta.size_bytes)
 }
 
 /// Segment lists built for one catalog version (see `Store::live_segments`).
@@ -497,14 +503,8 @@ impl Store {
         // Cold segments: their footers are read from the object store now
         // (an unreachable store leaves them damaged until the next open).
         let remote: Vec<&SegmentMeta> = catalog.segments.values().filter(|m| m.tier == Tier::Remote).collect();
-        let object_tier = if remote.is_empty() {
-            None
-        } else {
-            let url =
-                config.object_store.clone().unwrap_or_else(|| data_dir.join("objects").to_string_lossy().into_owned());
-            let timeout = Duration::from_millis(config.object_store_timeout_ms.max(1));
-            Some(Arc::new(crate::tier::ObjectTier::open(&url, timeout)?))
-        };
+        let object_tier =
+            if remote.is_empty() { None } else { Some(Arc::new(tiering::open_object_tier(&config, data_dir)?)) };
         for meta in catalog.segments.values().filter(|m| m.tier != Tier::Expired) {
             let path = segments_dir.join(meta.id.file_name());
             let opened = match &object_tier {

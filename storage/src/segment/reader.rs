@@ -91,8 +91,8 @@ impl Source {
                 let range = usize::try_from(offset).ok().zip(usize::try_from(end).ok()).ok_or_else(outside)?;
                 m.get(range.0..range.1).map(Cow::Borrowed).ok_or_else(outside)
             }
-            Source::Remote { tier, .. } => {
-                let bytes = tier.read(id, offset..end).map_err(ReadError::Store)?;
+            Source::Remote { tier, len: file_len } => {
+                let bytes = tier.read(id, offset..end, *file_len).map_err(ReadError::Store)?;
                 if bytes.len() as u64 != len {
                     return Err(ReadError::Range(format!("read {} bytes of {len} at {offset}", bytes.len())));
                 }
@@ -184,11 +184,16 @@ impl SegmentReader {
         SegmentReader::open_source(id, path.to_owned(), Source::Mapped(mmap), schema)
     }
 
-    /// Segment `id` of `schema` in the object store: its header, trailer
-    /// and footer are read (three range requests) and checked as for a
-    /// local file; blocks are read when a query needs them.
-    pub fn open_remote(id: SegmentId, tier: Arc<ObjectTier>, schema: Arc<SegmentSchema>) -> Result<SegmentReader> {
-        let len = tier.size(id)?;
+    /// Segment `id` of `schema` in the object store, a file of `len`
+    /// bytes: its header, trailer and footer are read (through the tier's
+    /// cache) and checked as for a local file; blocks are read when a query
+    /// needs them.
+    pub fn open_remote(
+        id: SegmentId,
+        tier: Arc<ObjectTier>,
+        schema: Arc<SegmentSchema>,
+        len: u64,
+    ) -> Result<SegmentReader> {
         let path = PathBuf::from(format!("{}/{}", tier.url().trim_end_matches('/'), tier.key(id)));
         SegmentReader::open_source(id, path, Source::Remote { tier, len }, schema)
     }

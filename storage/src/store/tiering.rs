@@ -28,6 +28,21 @@ use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta, Tier};
 use crate::segment::SegmentReader;
 use crate::tier::ObjectTier;
 
+/// The object store of `config` (`{data_dir}/objects` unless it names
+/// one), with its cache of cold chunks in `{data_dir}/cache`.
+pub(super) fn open_object_tier(config: &super::StoreConfig, data_dir: &std::path::Path) -> Result<ObjectTier> {
+    let url = match &config.object_store {
+        Some(url) => url.clone(),
+        None => data_dir.join("objects").to_string_lossy().into_owned(),
+    };
+    let timeout = std::time::Duration::from_millis(config.object_store_timeout_ms.max(1));
+    let tier = ObjectTier::open(&url, timeout)?;
+    Ok(match config.object_cache_bytes {
+        0 => tier,
+        bytes => tier.with_cache(crate::tier::ChunkCache::open(&data_dir.join("cache"), bytes)?),
+    })
+}
+
 /// Segments a pass of the tiering task moves at most.
 const SEGMENTS_PER_PASS: usize = 16;
 
@@ -47,14 +62,14 @@ impl Store {
         if let Some(t) = slot.as_ref() {
             return Ok(t.clone());
         }
-        let url = match &self.inner.config.object_store {
-            Some(url) => url.clone(),
-            None => self.inner.data_dir.join("objects").to_string_lossy().into_owned(),
-        };
-        let timeout = std::time::Duration::from_millis(self.inner.config.object_store_timeout_ms.max(1));
-        let tier = Arc::new(ObjectTier::open(&url, timeout)?);
+        let tier = Arc::new(open_object_tier(&self.inner.config, &self.inner.data_dir)?);
         *slot = Some(tier.clone());
         Ok(tier)
+    }
+
+    /// What the object store was asked for; `None` before it is first used.
+    pub fn object_store_stats(&self) -> Option<crate::tier::ObjectStoreStats> {
+        self.inner.object_tier.lock().as_ref().map(|t| t.stats())
     }
 
     /// Raw segments nothing will rewrite in bulk any more: final, their

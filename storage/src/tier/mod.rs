@@ -10,20 +10,49 @@
 //!                         = "/path" or "file:///path" (default {data_dir}/objects) ─► LocalFileSystem ─┤
 //!                                                                                                       ▼
 //!  tiering task: put segments/{id}.seg, head (size) ─► catalog commit (tier remote) ─► local file deleted
-//!  queries: get_range of the footer once at open, then of each block read (BlockCache in front)
+//!  queries: get_range of the footer once at open, then of each block read, widened to chunks
+//!           kept on local disk (`cache.rs`; the memory BlockCache in front of both)
 //! ```
+//!
+//! A file larger than `MULTIPART_ABOVE` is uploaded in parts of
+//! `PART_BYTES`, read from the file one part at a time (memory stays
+//! bounded); a failed upload is aborted, so no part is left behind.
 
 use std::fmt;
+use std::io::Read;
 use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::error::{Result, StorageError};
+use crate::error::{IoContext, Result, StorageError};
 use crate::ids::SegmentId;
+
+mod cache;
+
+pub use cache::{CHUNK_BYTES, ChunkCache, ChunkCacheStats};
+
+/// Files larger than this are uploaded in parts.
+const MULTIPART_ABOVE: u64 = 16 << 20;
+/// Bytes of one part of a multipart upload (S3 wants at least 5 MiB).
+const PART_BYTES: usize = 8 << 20;
+
+/// What the object store was asked for, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectStoreStats {
+    /// Range reads sent to the store.
+    pub read_requests: u64,
+    /// Bytes those reads fetched.
+    pub read_bytes: u64,
+    /// Bytes of segments uploaded.
+    pub uploaded_bytes: u64,
+    /// The local cache of cold chunks.
+    pub cache: ChunkCacheStats,
+}
 
 /// A connection to the object store, shared by the tiering task and the
 /// readers of cold segments.
@@ -36,6 +65,11 @@ pub struct ObjectTier {
     runtime: tokio::runtime::Runtime,
     /// How long one call may take, retries included, before it fails.
     timeout: Duration,
+    /// Chunks of cold segments on local disk (`None`: every read is a request).
+    cache: Option<ChunkCache>,
+    read_requests: AtomicU64,
+    read_bytes: AtomicU64,
+    uploaded_bytes: AtomicU64,
 }
 
 impl fmt::Debug for ObjectTier {
@@ -86,7 +120,32 @@ impl ObjectTier {
             .enable_all()
             .build()
             .map_err(|e| StorageError::Internal(format!("cannot start the object store runtime: {e}")))?;
-        Ok(ObjectTier { store, prefix, url: url.to_string(), runtime, timeout })
+        Ok(ObjectTier {
+            store,
+            prefix,
+            url: url.to_string(),
+            runtime,
+            timeout,
+            cache: None,
+            read_requests: 0.into(),
+            read_bytes: 0.into(),
+            uploaded_bytes: 0.into(),
+        })
+    }
+
+    /// This connection, reading cold segments through `cache`.
+    pub fn with_cache(mut self, cache: ChunkCache) -> ObjectTier {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn stats(&self) -> ObjectStoreStats {
+        ObjectStoreStats {
+            read_requests: self.read_requests.load(Ordering::Relaxed),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            uploaded_bytes: self.uploaded_bytes.load(Ordering::Relaxed),
+            cache: self.cache.as_ref().map(ChunkCache::stats).unwrap_or_default(),
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -105,30 +164,47 @@ impl ObjectTier {
         what: String,
         call: impl Future<Output = object_store::Result<T>> + Send + 'static,
     ) -> Result<T> {
+        self.block_for(what, call, self.timeout)
+    }
+
+    /// Like `block`, waiting at most `timeout`.
+    fn block_for<T: Send + 'static>(
+        &self,
+        what: String,
+        call: impl Future<Output = object_store::Result<T>> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.runtime.spawn(async move {
             let _ = tx.send(call.await);
         });
         let failed = |reason: String| StorageError::ObjectStore { what: what.clone(), reason };
-        match rx.recv_timeout(self.timeout) {
+        match rx.recv_timeout(timeout) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(failed(e.to_string())),
-            Err(_) => Err(failed(format!("no answer within {} ms", self.timeout.as_millis()))),
+            Err(_) => Err(failed(format!("no answer within {} ms", timeout.as_millis()))),
         }
     }
 
-    /// Uploads the local file `path` as segment `id`, then checks that the
-    /// store holds it whole (its size).
+    /// Uploads the local file `path` as segment `id` (in parts above
+    /// `MULTIPART_ABOVE`), then checks that the store holds it whole (its
+    /// size).
     pub fn upload(&self, id: SegmentId, path: &FsPath) -> Result<u64> {
-        let bytes = std::fs::read(path).map_err(|source| StorageError::Io { path: path.to_path_buf(), source })?;
-        let len = bytes.len() as u64;
+        let len = std::fs::metadata(path).at(path)?.len();
         let (store, key) = (self.store.clone(), self.key(id));
         let what = format!("upload of {} to {}", id.file_name(), self.url);
-        self.block(what.clone(), async move { store.put(&key, PutPayload::from(bytes)).await })?;
+        if len > MULTIPART_ABOVE {
+            let file = std::fs::File::open(path).at(path)?;
+            self.block_for(what.clone(), upload_parts(store, key, file), self.timeout.saturating_mul(parts(len)))?;
+        } else {
+            let bytes = std::fs::read(path).at(path)?;
+            self.block(what.clone(), async move { store.put(&key, PutPayload::from(bytes)).await })?;
+        }
         let stored = self.size(id)?;
         if stored != len {
             return Err(StorageError::ObjectStore { what, reason: format!("stored {stored} bytes of {len}") });
         }
+        self.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(len)
     }
 
@@ -140,11 +216,22 @@ impl ObjectTier {
         Ok(meta.size)
     }
 
-    /// Bytes `range` of segment `id`.
-    pub fn read(&self, id: SegmentId, range: Range<u64>) -> Result<Vec<u8>> {
+    /// Bytes `range` of segment `id`, a file of `len` bytes: from the
+    /// local cache, or fetched (and cached).
+    pub fn read(&self, id: SegmentId, range: Range<u64>, len: u64) -> Result<Vec<u8>> {
+        match &self.cache {
+            Some(cache) => cache.read(id, len, range, |r| self.fetch(id, r)),
+            None => self.fetch(id, range),
+        }
+    }
+
+    /// Bytes `range` of segment `id`, from the store.
+    fn fetch(&self, id: SegmentId, range: Range<u64>) -> Result<Vec<u8>> {
         let (store, key) = (self.store.clone(), self.key(id));
         let what = format!("read of {} bytes {}..{} from {}", id.file_name(), range.start, range.end, self.url);
+        self.read_requests.fetch_add(1, Ordering::Relaxed);
         let bytes = self.block(what, async move { store.get_range(&key, range).await })?;
+        self.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes.to_vec())
     }
 
@@ -161,13 +248,83 @@ impl ObjectTier {
             .collect())
     }
 
-    /// Deletes segment `id` from the store (absent already is fine).
+    /// Deletes segment `id` from the store and the cache (absent already
+    /// is fine).
     pub fn delete(&self, id: SegmentId) -> Result<()> {
+        if let Some(cache) = &self.cache {
+            cache.forget(id);
+        }
         let (store, key) = (self.store.clone(), self.key(id));
         let what = format!("delete of {} from {}", id.file_name(), self.url);
         match self.block(what, async move { store.delete(&key).await }) {
             Err(StorageError::ObjectStore { reason, .. }) if reason.contains("not found") => Ok(()),
             other => other,
         }
+    }
+}
+
+/// The parts of a multipart upload of `len` bytes.
+fn parts(len: u64) -> u32 {
+    u32::try_from(len.div_ceil(PART_BYTES as u64)).unwrap_or(u32::MAX).max(1)
+}
+
+/// Uploads `file` as `key` in parts of `PART_BYTES`, aborting the upload
+/// if any step fails.
+async fn upload_parts(store: Arc<dyn ObjectStore>, key: Path, mut file: std::fs::File) -> object_store::Result<()> {
+    let mut upload = store.put_multipart(&key).await?;
+    let sent: object_store::Result<()> = async {
+        loop {
+            let mut part = Vec::with_capacity(PART_BYTES);
+            (&mut file)
+                .take(PART_BYTES as u64)
+                .read_to_end(&mut part)
+                .map_err(|e| object_store::Error::Generic { store: "local file", source: Box::new(e) })?;
+            if part.is_empty() {
+                return Ok(());
+            }
+            upload.put_part(PutPayload::from(part)).await?;
+        }
+    }
+    .await;
+    match sent {
+        Ok(()) => upload.complete().await.map(|_| ()),
+        Err(e) => {
+            let _ = upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_file_goes_up_in_parts_and_reads_back_through_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let len = MULTIPART_ABOVE as usize + PART_BYTES + 12_345;
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8 ^ (i >> 16) as u8).collect();
+        let file = dir.path().join("big.seg");
+        std::fs::write(&file, &data).expect("write");
+        let store = dir.path().join("objects");
+        let tier = ObjectTier::open(store.to_str().expect("utf-8"), Duration::from_secs(30))
+            .expect("open")
+            .with_cache(ChunkCache::open(&dir.path().join("cache"), 64 << 20).expect("cache"));
+        let id = SegmentId(42);
+        assert_eq!(tier.upload(id, &file).expect("upload"), len as u64);
+        assert_eq!(tier.list().expect("list"), vec![id]);
+        let len = len as u64;
+        for range in [0..10, len - 100..len, PART_BYTES as u64 - 5..PART_BYTES as u64 + 5, 0..len] {
+            let got = tier.read(id, range.clone(), len).expect("read");
+            assert_eq!(got, &data[range.start as usize..range.end as usize]);
+        }
+        let stats = tier.stats();
+        assert_eq!(stats.uploaded_bytes, len);
+        // The last read fetched only the chunks the first three had not.
+        assert_eq!(stats.read_bytes, len, "{stats:?}");
+        assert!(stats.cache.hits >= 3, "{stats:?}");
+        tier.delete(id).expect("delete");
+        assert!(tier.list().expect("list").is_empty());
+        assert_eq!(tier.stats().cache.bytes, 0);
     }
 }
