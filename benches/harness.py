@@ -536,13 +536,16 @@ class RssSampler(threading.Thread):
 
 
 class AdstoreServer:
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path, threads: int, config: Path | None = None):
-        shutil.rmtree(data_dir, ignore_errors=True)
-        data_dir.mkdir(parents=True)
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, threads: int, config: Path | None = None,
+                 fresh: bool = True):
+        """`adstore serve` on a free port: on an emptied `data_dir`, or (`fresh=False`) on what it holds."""
+        if fresh:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKIO_WORKER_THREADS=str(threads))
         env.setdefault("ADSTORE_LOG", "warn")
-        self.log = open(log_path, "w")
+        self.log = open(log_path, "a" if not fresh else "w")
         # fsync is on by default (storage.fsync = true); no config file overrides it.
         cmd = [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--pg-listen", "off"]
         if config is not None:

@@ -5,6 +5,7 @@
 #   benches/run.sh [--events N] [--quick] [--engines adstore,duckdb,chdb] [--threads 2]
 #                  [--runs 5] [--publish]
 #   benches/run.sh --suite longrange [--events N] [--span 30d] [--engines adstore,chdb] ...
+#   benches/run.sh --suite tiering [--events N] [--runs 5] [--threads 2]
 #   benches/run.sh --suite sustained [--events N] [--span 3d] [--label L]
 #                  [--config-extra SECTION.KEY=VALUE]... [--busy-file FILE]
 #
@@ -12,6 +13,9 @@
 #                longrange (issue 23: benches/longrange.toml on 30 days of events, adstore
 #                `metrics` vs `events` vs chDB's hourly rollup; see benches/longrange.py;
 #                report in benches/out/longrange/), or
+#                tiering (issue 24: the suite over raw segments moved to moto's S3 server, cold and
+#                cached, against all local; tiering MB/s; its cost to a concurrent ingest; see
+#                benches/tiering.py; report in benches/out/tiering/), or
 #                sustained (days of events pushed at full speed into one server with a 1 GiB head:
 #                rates, settle time, RSS and dedupe gauges per event day, disk per event; see
 #                benches/sustained.py; report in benches/out/sustained/LABEL/)
@@ -85,12 +89,16 @@ case "$suite" in
     engines="${engines:-adstore,chdb}"
     span="${span:-30d}"
     [[ ${#publish[@]} -eq 0 ]] || { echo "run.sh: --publish is for the default suite" >&2; exit 2; } ;;
+  tiering)
+    events="${events:-10000000}"
+    [[ -z "$engines" && -z "$span" && ${#publish[@]} -eq 0 ]] \
+      || { echo "run.sh: --engines, --span and --publish are not for --suite tiering (adstore alone)" >&2; exit 2; } ;;
   sustained)
     events="${events:-60000000}"
     span="${span:-3d}"
     [[ -z "$engines" && ${#publish[@]} -eq 0 ]] \
       || { echo "run.sh: --engines and --publish are not for --suite sustained (adstore alone)" >&2; exit 2; } ;;
-  *) echo "run.sh: unknown suite $suite (default, longrange or sustained)" >&2; exit 2 ;;
+  *) echo "run.sh: unknown suite $suite (default, longrange, tiering or sustained)" >&2; exit 2 ;;
 esac
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
@@ -131,7 +139,10 @@ fi
 
 # 3. Everything else: generate, load, time, compare, report.
 set +e
-if [[ "$suite" == longrange ]]; then
+if [[ "$suite" == tiering ]]; then
+  "$venv/bin/python" "$here/tiering.py" run --bin "$bin" --events "$events" --threads "$threads" \
+    --runs "$runs" --out "$here/out/tiering" --gen-dir "$here/out" --command-line "$cmdline"
+elif [[ "$suite" == longrange ]]; then
   "$venv/bin/python" "$here/longrange.py" run --bin "$bin" --events "$events" --span "$span" \
     --engines "$engines" --threads "$threads" --runs "$runs" --out "$here/out/longrange" \
     --gen-dir "$here/out" --command-line "$cmdline"

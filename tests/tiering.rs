@@ -18,12 +18,14 @@ use support::*;
 
 const BUCKET: &str = "adstore-test";
 
-/// The configuration of these tests, with `cache_bytes` of cold chunks.
+/// The configuration of these tests, with `cache_bytes` of cold chunks
+/// (and the Parquet mirror when there is a cache).
 fn config(cache_bytes: u64) -> String {
+    let mirror = cache_bytes > 0;
     format!(
-        "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\n\n\
+        "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\nclose_idle_ms = 500\n\n\
          [ingest]\nallowed_lateness_ms = 3600000\n\n\
-         [tiering]\nobject_store = \"s3://{BUCKET}/cold\"\ntimeout_ms = 3000\ncache_bytes = {cache_bytes}\n\n\
+         [tiering]\nobject_store = \"s3://{BUCKET}/cold\"\ntimeout_ms = 3000\ncache_bytes = {cache_bytes}\nparquet_mirror = {mirror}\n\n\
          [retention.raw]\nhot = \"3d\"\n[retention.minute]\nhot = \"3d\"\n\
          [retention.hour]\nhot = \"3d\"\n[retention.day]\nhot = \"3d\"\n"
     )
@@ -176,6 +178,17 @@ fn cold_chunks_cached_on_local_disk_answer_while_the_bucket_is_unreachable() {
     let (status, r) = server.post("/v1/events", "application/x-ndjson", None, &body);
     assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
     wait_for_remote(&server, day0);
+    // Everything moved (no more footers read by the tiering task).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listing = server.get("/v1/segments");
+        let all = |k: &str| listing[k].as_array().expect("list").iter().all(|s| s["tier"] != "local");
+        if all("segments") && all("rollups") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not everything moved: {listing}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     check_numbers(&server, day0, &per_day);
     let (requests, misses) = (
         metric(&server, "adstore_object_store_read_requests_total"),
@@ -187,6 +200,18 @@ fn cold_chunks_cached_on_local_disk_answer_while_the_bucket_is_unreachable() {
     // Asked again: the block cache or the chunk cache answers, no request.
     check_numbers(&server, day0, &per_day);
     assert_eq!(metric(&server, "adstore_object_store_read_requests_total"), requests);
+    // The Parquet mirror of the settled days is in the bucket too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listing = loop {
+        let url = format!("{}/{BUCKET}?list-type=2&prefix=cold/parquet/events/", moto.endpoint);
+        let listing = agent().get(&url).call().expect("list").body_mut().read_to_string().expect("body");
+        if (0..3).all(|d| listing.contains(&format!("day={}", date(day0 + d * DAY_MS)))) {
+            break listing;
+        }
+        assert!(Instant::now() < deadline, "the mirror of three days is not in the bucket: {listing}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(listing.contains(".parquet"), "{listing}");
     assert!(server.stop().success());
     let chunks = std::fs::read_dir(dir.join("cache")).expect("cache dir").count();
     assert!(chunks > 0, "chunks kept on disk");

@@ -54,11 +54,15 @@ pub struct TieringConfig {
     /// chunks of 1 MiB read by queries; 0 turns the cache off. Default
     /// 1_073_741_824 (1 GiB).
     pub cache_bytes: u64,
+    /// Also write each settled day's raw events and rollup rows to the
+    /// object store as Hive-partitioned Parquet (`parquet/events/day=…/`),
+    /// for other engines. Default false.
+    pub parquet_mirror: bool,
 }
 
 impl Default for TieringConfig {
     fn default() -> TieringConfig {
-        TieringConfig { object_store: None, timeout_ms: 30_000, cache_bytes: 1 << 30 }
+        TieringConfig { object_store: None, timeout_ms: 30_000, cache_bytes: 1 << 30, parquet_mirror: false }
     }
 }
 

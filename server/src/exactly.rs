@@ -70,6 +70,7 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     storage.object_store = config.tiering.object_store.clone();
     storage.object_store_timeout_ms = config.tiering.timeout_ms;
     storage.object_cache_bytes = config.tiering.cache_bytes;
+    storage.parquet_mirror = config.tiering.parquet_mirror;
     storage.max_head_bytes.get_or_insert_with(|| default_head_limit(mem_total_bytes()));
     let store = Store::open(data_dir, storage, SealPipeline::new().with_stage(eo.clone()))?;
     Ok((store, eo))

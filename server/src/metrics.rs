@@ -441,7 +441,7 @@ const SERIES: &[Series] = &[
     Series {
         name: "adstore_object_store_uploaded_bytes_total",
         kind: Kind::Counter,
-        help: "Bytes of segments uploaded to the object store by the tiering task.",
+        help: "Bytes uploaded to the object store: segments moved by the tiering task, and the Parquet mirror.",
         value: |s| s.object.uploaded_bytes as f64,
     },
     Series {

@@ -22,6 +22,7 @@ pub mod hll;
 mod ids;
 mod manifest;
 pub mod measure;
+pub mod mirror;
 pub mod retention;
 pub mod rollup;
 mod scan;

@@ -162,6 +162,10 @@ pub struct Catalog {
     /// ended at or before this (epoch ms): queries over it are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_before: Option<i64>,
+    /// The Parquet mirror (`crate::mirror`): for each day written, the
+    /// keys of its parts in the object store.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirrored: BTreeMap<i64, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +228,9 @@ impl Catalog {
         if let Some(t) = edit.deleted_before {
             next.deleted_before = Some(next.deleted_before.map_or(t, |d| d.max(t)));
         }
+        for (day, keys) in &edit.mirrored {
+            next.mirrored.insert(*day, keys.clone());
+        }
         next.sealed.sort_by_key(|w| w.partition);
         Ok(next)
     }
@@ -243,6 +250,8 @@ pub struct CatalogEdit {
     pub billing: Vec<BillingSnapshot>,
     /// Raise [`Catalog::deleted_before`] to this.
     pub deleted_before: Option<i64>,
+    /// Days of the Parquet mirror written, with the keys of their parts.
+    pub mirrored: Vec<(i64, Vec<String>)>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -52,6 +52,7 @@ mod append;
 mod billing;
 mod jobs;
 mod maintenance;
+mod mirror;
 mod reconcile;
 mod retention;
 mod rollups;
@@ -141,6 +142,11 @@ pub struct StoreConfig {
     /// cache off. Default 1_073_741_824 (1 GiB).
     #[serde(skip)]
     pub object_cache_bytes: u64,
+    /// Write each settled day's raw events and rollup rows to the object
+    /// store as Parquet (the server sets it from `[tiering]
+    /// parquet_mirror`). Default false.
+    #[serde(skip)]
+    pub parquet_mirror: bool,
 }
 
 impl Default for StoreConfig {
@@ -166,6 +172,7 @@ impl Default for StoreConfig {
             object_store: None,
             object_store_timeout_ms: 30_000,
             object_cache_bytes: 1 << 30,
+            parquet_mirror: false,
         }
     }
 }
@@ -414,6 +421,9 @@ struct Inner {
     /// (Day, raw segments) whose billing sums overflow an i64: no
     /// snapshot until the day's segments change.
     billing_skipped: Mutex<std::collections::HashSet<(i64, Vec<SegmentId>)>>,
+    /// Parts of the Parquet mirror uploaded for a day not yet committed
+    /// (`store/mirror.rs`).
+    mirror_uploaded: Mutex<std::collections::HashSet<String>>,
     /// The last snapshot's segment lists, reused while the catalog and
     /// readers stay the same (a query on a store of many segments would
     /// otherwise copy every segment's metadata).
@@ -579,6 +589,7 @@ impl Store {
             rollup_skipped: Mutex::new(std::collections::HashSet::new()),
             merge_skipped: Mutex::new(std::collections::HashSet::new()),
             billing_skipped: Mutex::new(std::collections::HashSet::new()),
+            mirror_uploaded: Mutex::new(std::collections::HashSet::new()),
             live: Mutex::new(None),
             retention: RwLock::new(retention),
             object_tier: Mutex::new(object_tier),

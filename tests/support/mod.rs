@@ -262,6 +262,20 @@ pub fn three_days(day0: i64) -> (Vec<u8>, std::collections::BTreeMap<i64, (u64, 
     (body.into_bytes(), per_day)
 }
 
+/// `YYYY-MM-DD` of the UTC day starting at `ms` (days from civil, H. Hinnant).
+pub fn date(ms: i64) -> String {
+    let z = ms.div_euclid(DAY_MS) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// A moto S3 server (`python3 -m moto.server`, installed by `.ci/run`) on a
 /// free 127.0.0.1 port with one bucket; killed on drop.
 pub struct Moto {

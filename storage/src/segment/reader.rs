@@ -443,9 +443,18 @@ impl SegmentReader {
 
     /// The whole segment as one batch of its schema, rows in stored order.
     pub fn read_record_batch(&self) -> Result<RecordBatch> {
+        self.read_blocks(0..self.num_blocks())
+    }
+
+    /// The rows of blocks `blocks` as one batch of the segment's schema
+    /// (a range past the last block reads up to it).
+    pub fn read_blocks(&self, blocks: Range<usize>) -> Result<RecordBatch> {
+        let blocks = blocks.start.min(self.num_blocks())..blocks.end.min(self.num_blocks());
         let n = self.schema.columns().len();
-        let columns = (0..n).into_par_iter().map(|i| self.read_array(i)).collect::<Result<Vec<_>>>()?;
-        RecordBatch::try_new(self.schema.arrow(), columns)
+        let columns = (0..n).into_par_iter().map(|i| self.read_array(i, blocks.clone())).collect::<Result<Vec<_>>>()?;
+        let rows = blocks.clone().map(|b| self.block_rows(b).len()).sum();
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(self.schema.arrow(), columns, &options)
             .map_err(|e| self.corrupt(format!("decoded columns do not form a batch: {e}")))
     }
 
@@ -567,13 +576,14 @@ impl SegmentReader {
         Ok(BlockBytes::Owned(raw))
     }
 
-    /// A whole column as one Arrow array.
-    fn read_array(&self, col: impl SegmentColumn) -> Result<ArrayRef> {
+    /// A column's rows in blocks `blocks` as one Arrow array.
+    fn read_array(&self, col: impl SegmentColumn, blocks: Range<usize>) -> Result<ArrayRef> {
         let meta = self.col(col);
-        let parts = (0..meta.blocks.len())
+        let parts = blocks
+            .clone()
             .map(|b| self.read_picked(col, b, Pick::Run(&(0..self.block_rows(b).len())), Via::File))
             .collect::<Result<Vec<_>>>()?;
-        let rows = self.num_rows();
+        let rows = blocks.map(|b| self.block_rows(b).len()).sum();
         let mismatch = || StorageError::Internal(format!("column {} decoded to mixed block types", self.name(col)));
         let array: ArrayRef = match meta.kind {
             ColumnKind::I64 => {
@@ -627,7 +637,11 @@ impl SegmentReader {
                     })
                     .collect::<Result<Vec<ArrayRef>>>()?;
                 let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
-                arrow_select::concat::concat(&refs)?
+                match refs.is_empty() {
+                    true if meta.kind == ColumnKind::Str => Arc::new(StringArray::from(Vec::<&str>::new())),
+                    true => Arc::new(BinaryArray::from(Vec::<&[u8]>::new())),
+                    false => arrow_select::concat::concat(&refs)?,
+                }
             }
         };
         Ok(array)

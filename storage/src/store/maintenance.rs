@@ -48,13 +48,23 @@ pub enum Task {
     /// Move segments past their `hot` age to the object store
     /// ([`Store::apply_tiering`]).
     Tiering = 6,
+    /// Write settled days to the Parquet mirror ([`Store::mirror_parquet`]).
+    Mirror = 7,
 }
 
 impl Task {
     /// The order of a pass: the head is sealed first, so that compaction
     /// and finalization see its rows in segments.
-    pub const ALL: [Task; 7] =
-        [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup, Task::Billing, Task::Retention, Task::Tiering];
+    pub const ALL: [Task; 8] = [
+        Task::Seal,
+        Task::Compact,
+        Task::Finalize,
+        Task::Rollup,
+        Task::Billing,
+        Task::Mirror,
+        Task::Retention,
+        Task::Tiering,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -65,6 +75,7 @@ impl Task {
             Task::Billing => "billing",
             Task::Retention => "retention",
             Task::Tiering => "tiering",
+            Task::Mirror => "mirror",
         }
     }
 
@@ -77,6 +88,7 @@ impl Task {
             Task::Billing => store.snapshot_billing(),
             Task::Retention => store.apply_retention(),
             Task::Tiering => store.apply_tiering(),
+            Task::Mirror => store.mirror_parquet(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  segment past retention.{level}.hot, settled (raw: final, billed, merged by every rollup;
-//!  rollup rows: of settled raw segments)
+//!  rollup rows: of settled raw segments), in the Parquet mirror if there is one
 //!    1. upload segments/{id}.seg                       crash: catalog still says local; uploaded again
 //!    2. open it from the store (size, trailer, header,  (the object is overwritten)
 //!       footer checksum): the verification
@@ -41,6 +41,12 @@ pub(super) fn open_object_tier(config: &super::StoreConfig, data_dir: &std::path
         0 => tier,
         bytes => tier.with_cache(crate::tier::ChunkCache::open(&data_dir.join("cache"), bytes)?),
     })
+}
+
+/// Whether `m`'s part of the Parquet mirror is written (or it has none).
+fn mirrored(catalog: &Catalog, m: &SegmentMeta) -> bool {
+    let day = catalog.mirrored.get(&crate::mirror::day_of(m));
+    crate::mirror::part_key(m).is_none_or(|key| day.is_some_and(|keys| keys.contains(&key)))
 }
 
 /// Segments a pass of the tiering task moves at most.
@@ -109,6 +115,9 @@ impl Store {
                 Level::Raw => settled.contains(&m.id),
                 _ => m.derived_from().all(|r| settled.contains(&r)),
             })
+            // With the Parquet mirror, a segment moves once its part is
+            // written (read from local disk, not back from the store).
+            .filter(|m| !self.inner.config.parquet_mirror || mirrored(catalog, m))
             .cloned()
             .collect();
         due.sort_by_key(|m| (bucket_end(m), m.id));

@@ -48,7 +48,7 @@ pub struct ObjectStoreStats {
     pub read_requests: u64,
     /// Bytes those reads fetched.
     pub read_bytes: u64,
-    /// Bytes of segments uploaded.
+    /// Bytes uploaded: segments, and the Parquet mirror.
     pub uploaded_bytes: u64,
     /// The local cache of cold chunks.
     pub cache: ChunkCacheStats,
@@ -190,30 +190,50 @@ impl ObjectTier {
     /// `MULTIPART_ABOVE`), then checks that the store holds it whole (its
     /// size).
     pub fn upload(&self, id: SegmentId, path: &FsPath) -> Result<u64> {
+        self.put_file(self.key(id), path)
+    }
+
+    /// Uploads the local file `path` as `relative` (a key under the
+    /// store's prefix, like `parquet/events/day=2026-11-02/part-1.parquet`),
+    /// then checks its size.
+    pub fn put(&self, relative: &str, path: &FsPath) -> Result<u64> {
+        self.put_file(self.relative(relative), path)
+    }
+
+    /// Deletes `relative` (absent already is fine).
+    pub fn remove(&self, relative: &str) -> Result<()> {
+        let (store, key) = (self.store.clone(), self.relative(relative));
+        let what = format!("delete of {relative} from {}", self.url);
+        match self.block(what, async move { store.delete(&key).await }) {
+            Err(StorageError::ObjectStore { reason, .. }) if reason.contains("not found") => Ok(()),
+            other => other,
+        }
+    }
+
+    fn relative(&self, relative: &str) -> Path {
+        relative.split('/').fold(self.prefix.clone(), |key, part| key.join(part))
+    }
+
+    fn put_file(&self, key: Path, path: &FsPath) -> Result<u64> {
         let len = std::fs::metadata(path).at(path)?.len();
-        let (store, key) = (self.store.clone(), self.key(id));
-        let what = format!("upload of {} to {}", id.file_name(), self.url);
+        let what = format!("upload of {key} to {}", self.url);
+        let store = self.store.clone();
         if len > MULTIPART_ABOVE {
             let file = std::fs::File::open(path).at(path)?;
-            self.block_for(what.clone(), upload_parts(store, key, file), self.timeout.saturating_mul(parts(len)))?;
+            let upload = upload_parts(store.clone(), key.clone(), file);
+            self.block_for(what.clone(), upload, self.timeout.saturating_mul(parts(len)))?;
         } else {
             let bytes = std::fs::read(path).at(path)?;
+            let key = key.clone();
             self.block(what.clone(), async move { store.put(&key, PutPayload::from(bytes)).await })?;
         }
-        let stored = self.size(id)?;
-        if stored != len {
-            return Err(StorageError::ObjectStore { what, reason: format!("stored {stored} bytes of {len}") });
+        let store = self.store.clone();
+        let meta = self.block(format!("size of {key} in {}", self.url), async move { store.head(&key).await })?;
+        if meta.size != len {
+            return Err(StorageError::ObjectStore { what, reason: format!("stored {} bytes of {len}", meta.size) });
         }
         self.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(len)
-    }
-
-    /// The size of segment `id` in the store.
-    pub fn size(&self, id: SegmentId) -> Result<u64> {
-        let (store, key) = (self.store.clone(), self.key(id));
-        let meta =
-            self.block(format!("size of {} in {}", id.file_name(), self.url), async move { store.head(&key).await })?;
-        Ok(meta.size)
     }
 
     /// Bytes `range` of segment `id`, a file of `len` bytes: from the
