@@ -112,6 +112,18 @@ target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
 bin="$target_dir/release/adstore"
 [[ -x "$bin" ]] || { echo "run.sh: no binary at $bin" >&2; exit 2; }
 
+# The tiering suite needs the standard library and moto's server (the system
+# python3's, which scripts/test installs): no virtualenv.
+if [[ "$suite" == tiering ]]; then
+  set +e
+  python3 "$here/tiering.py" run --bin "$bin" --events "$events" --threads "$threads" \
+    --runs "$runs" --out "$here/out/tiering" --gen-dir "$here/out" --command-line "$cmdline"
+  status=$?
+  set -e
+  log "finished in $(( $(date +%s) - t0 )) s (exit $status)"
+  exit $status
+fi
+
 # The sustained suite needs only the standard library: no virtualenv.
 if [[ "$suite" == sustained ]]; then
   set +e
@@ -139,10 +151,7 @@ fi
 
 # 3. Everything else: generate, load, time, compare, report.
 set +e
-if [[ "$suite" == tiering ]]; then
-  "$venv/bin/python" "$here/tiering.py" run --bin "$bin" --events "$events" --threads "$threads" \
-    --runs "$runs" --out "$here/out/tiering" --gen-dir "$here/out" --command-line "$cmdline"
-elif [[ "$suite" == longrange ]]; then
+if [[ "$suite" == longrange ]]; then
   "$venv/bin/python" "$here/longrange.py" run --bin "$bin" --events "$events" --span "$span" \
     --engines "$engines" --threads "$threads" --runs "$runs" --out "$here/out/longrange" \
     --gen-dir "$here/out" --command-line "$cmdline"

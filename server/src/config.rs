@@ -51,7 +51,7 @@ pub struct TieringConfig {
     /// `object_store_unavailable`. Default 30_000.
     pub timeout_ms: u64,
     /// Bytes of cold segments kept on local disk (`{data_dir}/cache`), in
-    /// chunks of 1 MiB read by queries; 0 turns the cache off. Default
+    /// chunks of 256 KiB read by queries; 0 turns the cache off. Default
     /// 1_073_741_824 (1 GiB).
     pub cache_bytes: u64,
     /// Also write each settled day's raw events and rollup rows to the

@@ -241,6 +241,12 @@ impl Snapshot {
             return Err(StorageError::Damaged { id: d.meta.id, reason: d.error.clone() });
         }
         self.check_retained(req.time_range, &skip)?;
+        if !req.filters.is_empty() {
+            // Cold segments in range: their index bitmaps, in parallel.
+            let cold = self.segments.iter().filter(|s| !skip(s.meta.id) && s.reader.remote().is_some());
+            let in_range = cold.filter(|s| req.time_range.overlaps(s.meta.min_ts, s.meta.max_ts));
+            prefetch(in_range.map(|s| (s, vec![s.reader.index_section()])));
+        }
         let per_segment: Vec<Result<SegmentOutcome>> = self
             .segments
             .par_iter()
@@ -280,6 +286,17 @@ impl Snapshot {
             })
             .map(|(p, c)| HeadScan { partition: *p, chunk: c.clone() })
             .collect();
+        // Cold segments: the blocks the scan reads, in parallel.
+        let mut columns: Vec<ColumnId> =
+            req.columns.iter().chain(req.filters.iter().map(|f| &f.column)).copied().collect();
+        columns.push(ColumnId::Ts);
+        columns.sort_unstable_by_key(|c| c.index());
+        columns.dedup();
+        let cold = plan.segments.iter().filter(|s| s.segment.reader.remote().is_some());
+        prefetch(cold.map(|s| {
+            let blocks = || s.blocks.iter().map(|b| b.block);
+            (&s.segment, columns.iter().flat_map(|&c| s.segment.reader.block_ranges(c, blocks())).collect())
+        }));
         Ok(plan)
     }
 
@@ -288,6 +305,22 @@ impl Snapshot {
     pub fn scan(&self, req: &ScanRequest) -> Result<Vec<ScanBatch>> {
         let plan = self.plan_scan(req)?;
         plan.execute(req)
+    }
+}
+
+/// Fetches `wants` (cold segments and byte ranges of each) into the
+/// object store's cache in parallel, before the reads that need them.
+fn prefetch<'a>(wants: impl Iterator<Item = (&'a LiveSegment, Vec<Range<u64>>)>) {
+    let mut tier = None;
+    let mut all = Vec::new();
+    for (seg, ranges) in wants {
+        if let Some((t, len)) = seg.reader.remote() {
+            tier.get_or_insert_with(|| t.clone());
+            all.push((seg.meta.id, len, ranges));
+        }
+    }
+    if let Some(tier) = tier {
+        tier.prefetch(&all);
     }
 }
 

@@ -218,15 +218,20 @@ impl SegmentReader {
         if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(StorageError::UnsupportedFormat { path: path.to_owned(), version });
         }
-        let header = read(0, 16)?;
-        if header[..8] != MAGIC {
-            return Err(corrupt(id, path, "bad magic at start of file"));
-        }
-        if le_u32(&header[8..12]) != version {
-            return Err(corrupt(id, path, "header and trailer disagree on the format version"));
-        }
-        if le_u32(&header[12..16]) != 0 {
-            return Err(corrupt(id, path, "reserved header bytes are not zero"));
+        // A cold segment's header was checked on local disk before the
+        // upload, whose size was verified: reading it again would cost its
+        // first chunk (blocks no query may need).
+        if let Source::Mapped(_) = &source {
+            let header = read(0, 16)?;
+            if header[..8] != MAGIC {
+                return Err(corrupt(id, path, "bad magic at start of file"));
+            }
+            if le_u32(&header[8..12]) != version {
+                return Err(corrupt(id, path, "header and trailer disagree on the format version"));
+            }
+            if le_u32(&header[12..16]) != 0 {
+                return Err(corrupt(id, path, "reserved header bytes are not zero"));
+            }
         }
         let footer_len = le_u64(&trailer);
         let footer_crc = le_u32(&trailer[8..12]);
@@ -241,7 +246,7 @@ impl SegmentReader {
         }
         let footer = Footer::decode(&footer_bytes).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
         validate(&footer, footer_start, version, &schema).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
-        drop((trailer, header, footer_bytes));
+        drop((trailer, footer_bytes));
         Ok(SegmentReader { id, path: path.to_owned(), source, footer, schema, uid: next_reader_id(), cache: None })
     }
 
@@ -334,10 +339,7 @@ impl SegmentReader {
         };
         let Some(e) = entries.get(code as usize) else { return Ok(RoaringBitmap::new()) };
         let what = || format!("index of column {} code {code}", self.name(col));
-        let bytes = self.slice(e.offset, e.len).map_err(|r| self.failed(what(), r))?;
-        if crc32c::crc32c(&bytes) != e.crc {
-            return Err(self.corrupt(format!("{}: checksum mismatch", what())));
-        }
+        let bytes = self.index_bytes(e.offset, e.len, e.crc).map_err(|r| self.failed(what(), r))?;
         let map =
             RoaringBitmap::deserialize_from(&bytes[..]).map_err(|err| self.corrupt(format!("{}: {err}", what())))?;
         if map.max().is_some_and(|m| u64::from(m) >= self.footer.rows) {
@@ -520,6 +522,51 @@ impl SegmentReader {
 
     fn slice(&self, offset: u64, len: u64) -> Result<Cow<'_, [u8]>, ReadError> {
         self.source.read(self.id, offset, len)
+    }
+
+    /// An index bitmap's bytes, checksum verified: from the map, or for a
+    /// cold segment from the block cache (kept there once read).
+    fn index_bytes(&self, offset: u64, len: u64, crc: u32) -> Result<BlockBytes<'_>, ReadError> {
+        let check = |bytes: &[u8]| match crc32c::crc32c(bytes) == crc {
+            true => Ok(()),
+            false => Err(ReadError::Range("checksum mismatch".into())),
+        };
+        let cache = self.cache.as_ref().filter(|_| self.is_remote());
+        let key = BlockKey { reader: self.uid, offset };
+        if let Some(hit) = cache.and_then(|c| c.get(&key)) {
+            return Ok(BlockBytes::Cached(hit));
+        }
+        let bytes = self.slice(offset, len)?;
+        check(&bytes)?;
+        Ok(match (bytes, cache) {
+            (Cow::Borrowed(b), _) => BlockBytes::Mapped(b),
+            (Cow::Owned(b), None) => BlockBytes::Owned(b),
+            (Cow::Owned(b), Some(cache)) => {
+                let shared: Arc<[u8]> = b.into();
+                cache.insert(key, shared.clone());
+                BlockBytes::Cached(shared)
+            }
+        })
+    }
+
+    /// For a cold segment: its object store and file length.
+    pub(crate) fn remote(&self) -> Option<(&Arc<ObjectTier>, u64)> {
+        match &self.source {
+            Source::Remote { tier, len } => Some((tier, *len)),
+            Source::Mapped(_) => None,
+        }
+    }
+
+    /// The bytes of column `col`'s blocks `blocks` in the file (for a
+    /// prefetch).
+    pub(crate) fn block_ranges(&self, col: impl SegmentColumn, blocks: impl Iterator<Item = usize>) -> Vec<Range<u64>> {
+        let meta = self.col(col);
+        blocks.filter_map(|b| meta.blocks.get(b)).map(|b| b.offset..b.offset + b.stored_len).collect()
+    }
+
+    /// The bytes of the index section (every bitmap) in the file.
+    pub(crate) fn index_section(&self) -> Range<u64> {
+        self.footer.index_offset..self.footer.index_offset + self.footer.index_len
     }
 
     /// A block's encoded bytes: checksum verified, decompressed if needed;

@@ -1,6 +1,7 @@
 //! A bounded cache on local disk of the bytes read from cold segments.
 //!
 //! Reads of a cold segment are widened to aligned chunks of `CHUNK_BYTES`
+//! (256 KiB)
 //! (one range request per run of missing chunks); each chunk is kept as a
 //! file `{dir}/{segment}-{index}.chunk` ending in the CRC32C of its bytes,
 //! up to `capacity` bytes, evicting the least useful (S3-FIFO, from
@@ -32,7 +33,7 @@ use crate::error::{IoContext, Result};
 use crate::ids::SegmentId;
 
 /// Bytes of one chunk (the last chunk of a file is shorter).
-pub const CHUNK_BYTES: u64 = 1 << 20;
+pub const CHUNK_BYTES: u64 = 256 << 10;
 /// The checksum after a chunk's bytes in its file.
 const CRC_LEN: u64 = 4;
 
@@ -175,10 +176,9 @@ impl ChunkCache {
             let to = ((first + i as u64) * CHUNK_BYTES).min(len);
             let bytes = fetch(from..to)?;
             for (n, piece) in bytes.chunks(CHUNK_BYTES as usize).take(i - run_start).enumerate() {
-                let key = ChunkKey { segment: id, index: first + (run_start + n) as u64 };
-                self.put(key, piece);
                 chunks[run_start + n] = Some(piece.to_vec());
             }
+            self.store(id, from, &bytes);
         }
         for (n, chunk) in chunks.iter().enumerate() {
             let chunk_start = (first + n as u64) * CHUNK_BYTES;
@@ -188,6 +188,37 @@ impl ChunkCache {
             out.extend_from_slice(chunk.get(from..to).unwrap_or_default());
         }
         Ok(out)
+    }
+
+    /// The byte ranges to fetch so that every chunk `ranges` touch (of
+    /// segment `id`, a file of `len` bytes) is cached: runs of adjacent
+    /// missing chunks.
+    pub fn missing(&self, id: SegmentId, len: u64, ranges: &[std::ops::Range<u64>]) -> Vec<std::ops::Range<u64>> {
+        let mut wanted: Vec<u64> = ranges
+            .iter()
+            .filter(|r| r.start < r.end)
+            .flat_map(|r| r.start / CHUNK_BYTES..=(r.end.min(len).max(1) - 1) / CHUNK_BYTES)
+            .filter(|&index| !self.chunks.contains_key(&ChunkKey { segment: id, index }))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+        for index in wanted {
+            let (from, to) = (index * CHUNK_BYTES, ((index + 1) * CHUNK_BYTES).min(len));
+            match runs.last_mut() {
+                Some(run) if run.end == from => run.end = to,
+                _ => runs.push(from..to),
+            }
+        }
+        runs
+    }
+
+    /// Keeps `bytes`, fetched from offset `start` (a chunk boundary), as
+    /// the chunks they hold.
+    pub fn store(&self, id: SegmentId, start: u64, bytes: &[u8]) {
+        for (n, piece) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
+            self.put(ChunkKey { segment: id, index: start / CHUNK_BYTES + n as u64 }, piece);
+        }
     }
 
     /// A cached chunk's bytes, if its file is there and whole.
@@ -293,6 +324,21 @@ mod tests {
         assert_eq!(got, data);
         assert!(calls.is_empty(), "{calls:?}");
         assert_eq!(cache.stats().bytes, len + 4 * CRC_LEN);
+    }
+
+    #[test]
+    fn missing_names_runs_of_uncached_chunks_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ChunkCache::open(dir.path(), 64 * CHUNK_BYTES).expect("open");
+        let id = SegmentId(3);
+        let len = CHUNK_BYTES * 6 + 10;
+        cache.store(id, 2 * CHUNK_BYTES, &file(CHUNK_BYTES as usize));
+        let c = CHUNK_BYTES;
+        let ranges = [0..10, c + 5..c + 9, 2 * c..2 * c + 1, 4 * c - 1..5 * c + 1, 6 * c..len, 5..6];
+        assert_eq!(cache.missing(id, len, &ranges), vec![0..2 * c, 3 * c..len]);
+        assert!(cache.missing(id, len, &[]).is_empty());
+        let cached = 2 * c..3 * c;
+        assert!(cache.missing(id, len, std::slice::from_ref(&cached)).is_empty());
     }
 
     #[test]

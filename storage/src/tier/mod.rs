@@ -36,6 +36,9 @@ mod cache;
 
 pub use cache::{CHUNK_BYTES, ChunkCache, ChunkCacheStats};
 
+/// Range requests a prefetch keeps in flight at once.
+const PREFETCH_CONCURRENCY: usize = 16;
+
 /// Files larger than this are uploaded in parts.
 const MULTIPART_ABOVE: u64 = 16 << 20;
 /// Bytes of one part of a multipart upload (S3 wants at least 5 MiB).
@@ -245,6 +248,48 @@ impl ObjectTier {
         }
     }
 
+    /// Fetches, in parallel (`PREFETCH_CONCURRENCY` requests in flight),
+    /// every chunk of `wants` (segment, file length, byte ranges) the cache
+    /// does not hold, so that the reads that follow find them there. A
+    /// failure is only logged: the read that needs the bytes fetches them
+    /// again and reports it.
+    pub fn prefetch(&self, wants: &[(SegmentId, u64, Vec<Range<u64>>)]) {
+        use futures::StreamExt;
+        let Some(cache) = &self.cache else { return };
+        let runs: Vec<(SegmentId, Range<u64>)> = wants
+            .iter()
+            .flat_map(|(id, len, ranges)| cache.missing(*id, *len, ranges).into_iter().map(move |r| (*id, r)))
+            .collect();
+        if runs.is_empty() {
+            return;
+        }
+        let requests = runs.len();
+        let fetches: Vec<_> = runs
+            .into_iter()
+            .map(|(id, range)| {
+                let (store, key) = (self.store.clone(), self.key(id));
+                async move { (id, range.start, store.get_range(&key, range).await) }
+            })
+            .collect();
+        let all = async move {
+            Ok(futures::stream::iter(fetches).buffer_unordered(PREFETCH_CONCURRENCY).collect::<Vec<_>>().await)
+        };
+        let fetched = match self.block(format!("prefetch of {requests} ranges from {}", self.url), all) {
+            Ok(fetched) => fetched,
+            Err(e) => return tracing::debug!(error = %e, "prefetch failed; reads fetch what they need"),
+        };
+        for (id, start, bytes) in fetched {
+            self.read_requests.fetch_add(1, Ordering::Relaxed);
+            match bytes {
+                Ok(bytes) => {
+                    self.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    cache.store(id, start, &bytes);
+                }
+                Err(e) => tracing::debug!(segment = %id, error = %e, "prefetch of a range failed"),
+            }
+        }
+    }
+
     /// Bytes `range` of segment `id`, from the store.
     fn fetch(&self, id: SegmentId, range: Range<u64>) -> Result<Vec<u8>> {
         let (store, key) = (self.store.clone(), self.key(id));
@@ -343,6 +388,19 @@ mod tests {
         // The last read fetched only the chunks the first three had not.
         assert_eq!(stats.read_bytes, len, "{stats:?}");
         assert!(stats.cache.hits >= 3, "{stats:?}");
+        // A prefetch of another copy fetches every run at once; reads
+        // after it cost no request.
+        let other = SegmentId(43);
+        assert_eq!(tier.upload(other, &file).expect("upload"), len);
+        let wants = [(other, len, vec![0..10, len - 100..len, 3 * CHUNK_BYTES..5 * CHUNK_BYTES + 1])];
+        tier.prefetch(&wants);
+        let requests = tier.stats().read_requests;
+        for range in &wants[0].2 {
+            let got = tier.read(other, range.clone(), len).expect("read");
+            assert_eq!(got, &data[range.start as usize..range.end as usize]);
+        }
+        assert_eq!(tier.stats().read_requests, requests, "{:?}", tier.stats());
+        tier.delete(other).expect("delete");
         tier.delete(id).expect("delete");
         assert!(tier.list().expect("list").is_empty());
         assert_eq!(tier.stats().cache.bytes, 0);
