@@ -245,6 +245,7 @@ pub(crate) async fn click(
 
     app.store.check_disk_space()?;
     app.store.check_head_room()?;
+    app.memory.check(&app.store, &app.exactly_once)?;
     let (done, written) = tokio::sync::oneshot::channel();
     app.clicks
         .get()

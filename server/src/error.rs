@@ -44,6 +44,11 @@ pub enum ServerError {
     /// Admission control refused a statement (`admission.rs`).
     #[error("{0}")]
     Overloaded(crate::admission::Refusal),
+    #[error(
+        "memory full: the head, block cache, dedupe and attribution state hold {used} bytes of storage.memory_limit \
+         {limit} ({part} the most, {part_bytes} bytes); retry when seals, spills and expiry free memory"
+    )]
+    MemoryFull { used: u64, limit: u64, part: &'static str, part_bytes: u64 },
     #[error("storage: {0}")]
     Storage(#[from] adstore_storage::StorageError),
     #[error("{0}")]
@@ -109,6 +114,7 @@ impl ServerError {
             }
             ServerError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServerError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ServerError::MemoryFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "memory_full"),
             ServerError::Storage(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ServerError::Storage(S::Damaged { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "damaged_data"),
             ServerError::Storage(S::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -138,7 +144,7 @@ impl ServerError {
     fn retry_after_s(&self) -> Option<u64> {
         match self {
             ServerError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
-            ServerError::Overloaded(_) => Some(1),
+            ServerError::Overloaded(_) | ServerError::MemoryFull { .. } => Some(1),
             ServerError::Storage(S::HeadFull { retry_after_s, .. }) => Some(*retry_after_s),
             ServerError::Storage(S::DiskLow { retry_after_s, .. }) => Some(*retry_after_s),
             ServerError::Storage(e) if e.is_disk_full() => Some(10),
@@ -153,8 +159,12 @@ impl IntoResponse for ServerError {
         // A full head and a full query queue are backpressure, logged by the
         // store when they start and end or counted in /metrics, not once per
         // refused request.
-        let backpressure =
-            matches!(self, ServerError::Storage(S::HeadFull { .. } | S::DiskLow { .. }) | ServerError::Overloaded(_));
+        let backpressure = matches!(
+            self,
+            ServerError::Storage(S::HeadFull { .. } | S::DiskLow { .. })
+                | ServerError::Overloaded(_)
+                | ServerError::MemoryFull { .. }
+        );
         if status.is_server_error() && !backpressure {
             tracing::error!(error = %self, "request failed");
         }

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::error::ServerError;
 use crate::extract::{JsonBody, PathParams};
 use crate::http::{AppState, now_ms};
+use crate::memory::mem_total_bytes;
 
 const RULES_FILE: &str = "attribution.json";
 /// Where the dedupe index's runs of sealed keys go.
@@ -53,8 +54,12 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
         allowed_lateness_ms: lateness,
         expected_keys: config.ingest.dedupe_expected_keys,
     };
-    check_dedupe_fits(&dedupe_config, mem_total_bytes())?;
-    let dedupe = match config.ingest.dedupe_spill_keys {
+    let mem_total = mem_total_bytes();
+    check_dedupe_fits(&dedupe_config, mem_total)?;
+    let mut storage = config.storage.clone();
+    let mut ingest = config.ingest.clone();
+    crate::memory::apply_budget(&mut storage, &mut ingest, mem_total)?;
+    let dedupe = match ingest.dedupe_spill_keys {
         0 => DedupeIndex::new(dedupe_config),
         keys => DedupeIndex::with_spill(dedupe_config, &data_dir.join(DEDUPE_DIR), keys),
     };
@@ -63,7 +68,6 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
         0 => eo,
         entries => eo.with_attribution_spill(&data_dir.join(ATTRIBUTION_DIR), entries),
     });
-    let mut storage = config.storage.clone();
     storage.allowed_lateness_ms = lateness;
     storage.rollups = config.rollup_defs()?;
     storage.retention = config.retention;
@@ -71,7 +75,6 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     storage.object_store_timeout_ms = config.tiering.timeout_ms;
     storage.object_cache_bytes = config.tiering.cache_bytes;
     storage.parquet_mirror = config.tiering.parquet_mirror;
-    storage.max_head_bytes.get_or_insert_with(|| default_head_limit(mem_total_bytes()));
     let store = Store::open(data_dir, storage, SealPipeline::new().with_stage(eo.clone()))?;
     Ok((store, eo))
 }
@@ -101,32 +104,6 @@ pub fn announced_table_limit(config: &Config) -> u64 {
     // Where the memory is not known, 1 GiB of table (about 50M keys).
     let memory = mem_total_bytes().map_or(1 << 30, |total| total / 8);
     events.expected_table_bytes().min(memory)
-}
-
-/// `storage.max_head_bytes` when the configuration leaves it out: a quarter
-/// of the memory, or 4 GiB where the memory is not known. Sealing needs
-/// about as much again as the partitions it takes, and the dedupe index,
-/// queries and the page cache of segments need the rest.
-fn default_head_limit(mem_total: Option<u64>) -> u64 {
-    mem_total.map_or(4 << 30, |total| total / 4)
-}
-
-/// The memory the process may use, in bytes: `MemTotal` from
-/// `/proc/meminfo`, or the cgroup's limit (`memory.max`, cgroup v2) when
-/// that is lower, as in a container; `None` where neither is known.
-fn mem_total_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok();
-    let total = info.as_deref().and_then(|info| {
-        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    });
-    // "max" (no limit) does not parse, and leaves MemTotal.
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|v| v.trim().parse::<u64>().ok());
-    match (total, cgroup) {
-        (Some(t), Some(c)) => Some(t.min(c)),
-        (t, c) => t.or(c),
-    }
 }
 
 pub async fn get_rules(State(app): State<Arc<AppState>>) -> Json<AttributionRules> {
@@ -399,6 +376,5 @@ mod tests {
         assert_eq!(limit_of("", "default"), memory / 4);
         assert_eq!(limit_of("[storage]\nmax_head_bytes = 1000000\n", "set"), 1_000_000);
         assert_eq!(limit_of("[storage]\nmax_head_bytes = 0\n", "off"), 0, "0: no limit");
-        assert_eq!(default_head_limit(None), 4 << 30);
     }
 }

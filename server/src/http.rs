@@ -58,6 +58,8 @@ pub struct AppState {
     pub admission: crate::admission::Admission,
     /// Tokens, and whether calls need one.
     pub auth: Arc<crate::auth::Auth>,
+    /// Refuses ingest while memory is at `storage.memory_limit` (`memory.rs`).
+    pub memory: crate::memory::MemoryGuard,
     /// The click writer's queue (`click.rs`), set once the state exists.
     pub clicks: std::sync::OnceLock<std::sync::mpsc::Sender<crate::click::Pending>>,
 }
@@ -314,6 +316,7 @@ async fn ingest(
     // can reach the client as a reset connection instead of a 503.)
     app.store.check_disk_space()?;
     app.store.check_head_room()?;
+    app.memory.check(&app.store, &app.exactly_once)?;
     let backfill = match params.mode.as_deref() {
         None | Some("live") => false,
         Some("backfill") => true,

@@ -17,6 +17,7 @@ mod error;
 mod exactly;
 mod extract;
 mod http;
+mod memory;
 mod metrics;
 mod pgwire;
 mod ratelimit;

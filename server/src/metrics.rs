@@ -512,6 +512,24 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             let _ = writeln!(text, "{}{{task=\"{}\"}} {}", s.name, t.task, (s.value)(t));
         }
     }
+    header(&mut text, "adstore_memory_limit_bytes", Kind::Gauge, "storage.memory_limit: what the parts below share.");
+    let _ = writeln!(text, "adstore_memory_limit_bytes {}", app.memory.limit());
+    header(
+        &mut text,
+        "adstore_memory_used_bytes",
+        Kind::Gauge,
+        "Memory of each part of the budget: head, block_cache, dedupe (table, filters and fences of runs), attribution (index, filters and fences of parts).",
+    );
+    for (part, bytes) in crate::memory::MemoryUse::measure(&app.store, &app.exactly_once).parts() {
+        let _ = writeln!(text, "adstore_memory_used_bytes{{part=\"{part}\"}} {bytes}");
+    }
+    header(
+        &mut text,
+        "adstore_ingest_memory_full_total",
+        Kind::Counter,
+        "Ingest requests refused (503 memory_full) while the budget's parts held storage.memory_limit.",
+    );
+    let _ = writeln!(text, "adstore_ingest_memory_full_total {}", app.memory.refusals());
     let tiering = app.store.tiering_status();
     header(&mut text, "adstore_tiering_due_segments", Kind::Gauge, "Segments past their hot age still on local disk.");
     let _ = writeln!(text, "adstore_tiering_due_segments {}", tiering.due);

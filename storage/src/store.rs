@@ -112,8 +112,13 @@ pub struct StoreConfig {
     /// holds this many bytes of unsealed events ([`Head::bytes`]), and from
     /// half of it on the sealer seals every partition at each pass, however
     /// young. `None` or `Some(0)`: no limit. Default `None`; the server sets
-    /// a quarter of the memory.
+    /// half of `memory_limit`.
     pub max_head_bytes: Option<u64>,
+    /// The memory the head, the block cache, the dedupe keys and the
+    /// attribution anchors share (the server's budget, `server/src/memory.rs`;
+    /// the store itself keeps to `max_head_bytes` and `block_cache_bytes`).
+    /// Default `None`: half of the machine's memory.
+    pub memory_limit: Option<u64>,
     /// Appends are refused with [`StorageError::DiskLow`] while the data
     /// directory's file system has less than this many bytes free, before
     /// a write fails for want of space. 0 turns the check off. Default
@@ -166,6 +171,7 @@ impl Default for StoreConfig {
             close_idle_ms: 60_000,
             block_cache_bytes: 256 << 20,
             max_head_bytes: None,
+            memory_limit: None,
             min_free_bytes: 256 << 20,
             rollups: RollupDef::defaults(),
             retention: crate::retention::RetentionPolicy::default(),
@@ -692,6 +698,16 @@ impl Store {
             wal_fsyncs: wal.fsyncs,
             block_cache_bytes: self.inner.block_cache.used_bytes(),
         }
+    }
+
+    /// Bytes of unsealed events in the head.
+    pub fn head_bytes(&self) -> u64 {
+        self.inner.visible.read().head.bytes()
+    }
+
+    /// Bytes held by the block cache.
+    pub fn block_cache_bytes(&self) -> u64 {
+        self.inner.block_cache.used_bytes()
     }
 
     /// Newest event time accepted so far (`i64::MIN` if none).

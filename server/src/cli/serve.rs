@@ -107,6 +107,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
     let rate_limiter = crate::ratelimit::RateLimiter::new(config.ingest.max_events_per_second_per_publisher);
     let dedupe_announced_max_bytes = crate::exactly::announced_table_limit(&config);
     let admission = config.query.admission();
+    let memory =
+        crate::memory::MemoryGuard::new(crate::memory::limit(&config.storage, crate::memory::mem_total_bytes()));
     let state = Arc::new(AppState {
         store: store.clone(),
         config,
@@ -123,6 +125,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         parsing: AtomicUsize::new(0),
         admission,
         auth: Arc::new(auth),
+        memory,
         clicks: std::sync::OnceLock::new(),
     });
     let _ = state.clicks.set(crate::click::start_writer(Arc::downgrade(&state))?);
