@@ -140,6 +140,9 @@ fn settled_days_are_mirrored_as_parquet_that_duckdb_reads_back() {
     // A reprocess of the first day re-seals it: its parts are written
     // again under the new segments' ids, the old ones removed.
     let first = before.keys().next().expect("a day").clone();
+    // A part an interrupted attempt left behind: deleted with the old ones.
+    let stray_dir = objects.join(format!("parquet/events/day={}", date(first.parse().expect("day ms"))));
+    std::fs::write(stray_dir.join("part-00000000000fffff.parquet"), b"left by a crash").expect("stray part");
     let body = serde_json::json!({ "from": day0, "to": day0 + DAY_MS, "reason": "test" }).to_string();
     let (status, job) = server.post("/v1/reprocess", "application/json", None, body.as_bytes());
     assert_eq!(status, 202, "{job}");

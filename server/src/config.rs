@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 
+/// Smallest `tiering.cache_bytes` other than 0.
+const MIN_CACHE_BYTES: u64 = 16 << 20;
 /// Largest `ingest.dedupe_expected_keys`: about 75 GB of table.
 const MAX_EXPECTED_KEYS: usize = 4_000_000_000;
 
@@ -331,6 +333,11 @@ impl Config {
         if self.ingest.max_announced_events > MAX_EXPECTED_KEYS {
             return Err(ServerError::Config(format!(
                 "ingest.max_announced_events must be at most {MAX_EXPECTED_KEYS} (about 21 bytes of memory each)"
+            )));
+        }
+        if self.tiering.cache_bytes != 0 && self.tiering.cache_bytes < MIN_CACHE_BYTES {
+            return Err(ServerError::Config(format!(
+                "tiering.cache_bytes must be 0 (no cache) or at least {MIN_CACHE_BYTES} (16 MiB): a chunk is 256 KiB"
             )));
         }
         self.attribution.validate().map_err(|e| ServerError::Config(format!("attribution: {e}")))?;

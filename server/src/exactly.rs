@@ -97,12 +97,12 @@ fn check_dedupe_fits(config: &DedupeConfig, mem_total: Option<u64>) -> Result<()
 
 /// The largest dedupe table a client's announcement of a bulk load may
 /// size ahead of its keys: the table for `ingest.max_announced_events`,
-/// and at most an eighth of the machine's memory. Keys that do arrive
+/// and at most an eighth of `storage.memory_limit`. Keys that do arrive
 /// still grow the table past it.
 pub fn announced_table_limit(config: &Config) -> u64 {
     let events = DedupeConfig { expected_keys: config.ingest.max_announced_events, ..DedupeConfig::default() };
-    // Where the memory is not known, 1 GiB of table (about 50M keys).
-    let memory = mem_total_bytes().map_or(1 << 30, |total| total / 8);
+    // An eighth of the memory budget (storage.memory_limit).
+    let memory = crate::memory::limit(&config.storage, mem_total_bytes()) / 8;
     events.expected_table_bytes().min(memory)
 }
 

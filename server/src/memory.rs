@@ -6,8 +6,8 @@
 //!  memory_limit ─► settings left out: max_head_bytes = limit / 2
 //!                                     block_cache_bytes ≤ limit / 8
 //!                                     dedupe_spill_keys ≤ (limit / 16) / bytes per key
-//!  each ingest request: head + block cache + dedupe + attribution ≥ limit
-//!                       ─► 503 memory_full, Retry-After (seals, spills and expiry free memory)
+//!  each ingest request: head + block cache + dedupe + attribution ≥ limit, the head not empty
+//!                       ─► 503 memory_full, Retry-After (seals free the head)
 //!  /metrics: adstore_memory_limit_bytes, adstore_memory_used_bytes{part}
 //! ```
 //!
@@ -86,6 +86,17 @@ pub fn apply_budget(
             storage.block_cache_bytes
         )));
     }
+    // A presized dedupe table never shrinks: with the block cache it must
+    // leave room for the head, or ingest would be refused for good.
+    let table =
+        DedupeConfig { expected_keys: ingest.dedupe_expected_keys, ..DedupeConfig::default() }.expected_table_bytes();
+    if table.saturating_add(storage.block_cache_bytes) >= limit {
+        return Err(ServerError::Config(format!(
+            "ingest.dedupe_expected_keys ({}) presizes a {table}-byte dedupe table that, with storage.block_cache_bytes \
+             ({}), leaves no room for the head within storage.memory_limit ({limit})",
+            ingest.dedupe_expected_keys, storage.block_cache_bytes
+        )));
+    }
     Ok(limit)
 }
 
@@ -126,7 +137,8 @@ impl MemoryUse {
     }
 }
 
-/// Refuses ingest while the parts together hold the limit or more.
+/// Refuses ingest while the parts together hold the limit or more and the
+/// head is not empty.
 #[derive(Debug)]
 pub struct MemoryGuard {
     limit: u64,
@@ -163,7 +175,10 @@ impl MemoryGuard {
                 }
             }
         };
-        let over = used.total() >= self.limit;
+        // Refusing helps only while the head holds something a seal frees:
+        // with an empty head the rest (filters, fences, the cache) shrinks
+        // only as new events move the windows on.
+        let over = used.total() >= self.limit && used.head > 0;
         if over != self.over.swap(over, Ordering::AcqRel) {
             match over {
                 true => {
@@ -221,5 +236,9 @@ mod tests {
             .expect_err("head alone fills it")
             .to_string();
         assert!(err.contains("storage.max_head_bytes (134217728) and storage.block_cache_bytes"), "{err}");
+        let err = budget("[storage]\nmemory_limit = 134217728\n\n[ingest]\ndedupe_expected_keys = 10000000\n", None)
+            .expect_err("the table alone fills it")
+            .to_string();
+        assert!(err.contains("ingest.dedupe_expected_keys (10000000) presizes a"), "{err}");
     }
 }

@@ -33,6 +33,8 @@ use crate::time::floor_to;
 
 /// Where the mirror lives under the object store's prefix.
 pub const MIRROR_DIR: &str = "parquet";
+/// The directory of the raw events' parts, under `MIRROR_DIR`.
+pub const EVENTS_PREFIX: &str = "parquet/events/";
 
 /// The day (epoch ms of its midnight, UTC) a segment's rows belong to.
 pub fn day_of(meta: &SegmentMeta) -> i64 {
@@ -43,11 +45,11 @@ pub fn day_of(meta: &SegmentMeta) -> i64 {
 /// rollup segment whose entry names no rollup (never written).
 pub fn part_key(meta: &SegmentMeta) -> Option<String> {
     let table = match (meta.level, &meta.rollup) {
-        (Level::Raw, _) => "events".to_string(),
-        (level, Some(r)) => format!("rollups/{}/{}", r.name, level.as_str()),
+        (Level::Raw, _) => EVENTS_PREFIX.to_string(),
+        (level, Some(r)) => format!("{MIRROR_DIR}/rollups/{}/{}/", r.name, level.as_str()),
         (_, None) => return None,
     };
-    Some(format!("{MIRROR_DIR}/{table}/day={}/part-{:016x}.parquet", day_name(day_of(meta)), meta.id.0))
+    Some(format!("{table}day={}/part-{:016x}.parquet", day_name(day_of(meta)), meta.id.0))
 }
 
 /// Writes the rows of `reader` (a segment of `level`) to `path` as Parquet,

@@ -393,6 +393,8 @@ struct Inner {
     counters: Counters,
     stop: AtomicBool,
     sealer: Mutex<Option<JoinHandle<()>>>,
+    /// The thread of the object store's tasks (`Task::OBJECT_STORE`).
+    tiering_thread: Mutex<Option<JoinHandle<()>>>,
     /// Newest event time appended or recovered; buckets close relative to it.
     max_event_ts: AtomicI64,
     /// When the store opened; `last_append_ms` counts from it.
@@ -430,6 +432,8 @@ struct Inner {
     /// Parts of the Parquet mirror uploaded for a day not yet committed
     /// (`store/mirror.rs`).
     mirror_uploaded: Mutex<std::collections::HashSet<String>>,
+    /// Days whose mirror failed last time: tried after the others.
+    mirror_failed: Mutex<std::collections::HashSet<i64>>,
     /// The last snapshot's segment lists, reused while the catalog and
     /// readers stay the same (a query on a store of many segments would
     /// otherwise copy every segment's metadata).
@@ -583,6 +587,7 @@ impl Store {
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             sealer: Mutex::new(None),
+            tiering_thread: Mutex::new(None),
             max_event_ts: AtomicI64::new(max_event_ts),
             opened: Instant::now(),
             last_append_ms: AtomicU64::new(0),
@@ -596,6 +601,7 @@ impl Store {
             merge_skipped: Mutex::new(std::collections::HashSet::new()),
             billing_skipped: Mutex::new(std::collections::HashSet::new()),
             mirror_uploaded: Mutex::new(std::collections::HashSet::new()),
+            mirror_failed: Mutex::new(std::collections::HashSet::new()),
             live: Mutex::new(None),
             retention: RwLock::new(retention),
             object_tier: Mutex::new(object_tier),
@@ -723,6 +729,11 @@ impl Store {
             && handle.join().is_err()
         {
             tracing::error!("sealer thread panicked");
+        }
+        if let Some(handle) = self.inner.tiering_thread.lock().take()
+            && handle.join().is_err()
+        {
+            tracing::error!("tiering thread panicked");
         }
         let synced = self.inner.wal.sync();
         // Appends are refused from here on: another process may open the

@@ -5,8 +5,12 @@
 //!
 //! ```text
 //!  sealer thread: verify segments once, then every seal_interval_ms
-//!    for task in Task::ALL: task.run()   (each takes seal_lock; one runs at a time)
+//!    for task in Task::SEALER: task.run()   (each takes seal_lock; one runs at a time)
 //!    a failed pass: back off, doubling up to MAX_SEAL_BACKOFF
+//!  tiering thread: every seal_interval_ms
+//!    for task in Task::OBJECT_STORE: task.run()   (seal_lock only to commit)
+//!    a failed pass: this thread backs off, the sealer does not: an object
+//!    store that is down or slow never holds up seals, ingest or queries on hot data
 //! ```
 
 use std::collections::BTreeMap;
@@ -65,6 +69,13 @@ impl Task {
         Task::Retention,
         Task::Tiering,
     ];
+
+    /// The tasks of the sealer thread, in the order of a pass.
+    pub const SEALER: [Task; 6] =
+        [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup, Task::Billing, Task::Retention];
+
+    /// The tasks that talk to the object store, on a thread of their own.
+    pub const OBJECT_STORE: [Task; 2] = [Task::Mirror, Task::Tiering];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -326,7 +337,7 @@ impl Store {
                 let mut wait = interval;
                 while !store.inner.stop.load(Ordering::Acquire) {
                     let mut failed = None;
-                    for task in Task::ALL {
+                    for task in Task::SEALER {
                         if let Err(e) = store.run_task(task) {
                             failed = Some(e);
                         }
@@ -350,6 +361,25 @@ impl Store {
             })
             .map_err(|source| crate::error::io_error(PathBuf::from("<sealer thread>"), source))?;
         *slot = Some(handle);
+        let store = self.clone();
+        let tiering = std::thread::Builder::new()
+            .name("adstore-tiering".into())
+            .spawn(move || {
+                let mut wait = interval;
+                while !store.inner.stop.load(Ordering::Acquire) {
+                    let mut failed = false;
+                    for task in Task::OBJECT_STORE {
+                        failed |= store.run_task(task).is_err();
+                    }
+                    wait = if failed { (wait * 2).min(space::MAX_SEAL_BACKOFF.max(interval)) } else { interval };
+                    let deadline = Instant::now() + wait;
+                    while Instant::now() < deadline && !store.inner.stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(10).min(interval));
+                    }
+                }
+            })
+            .map_err(|source| crate::error::io_error(PathBuf::from("<tiering thread>"), source))?;
+        *self.inner.tiering_thread.lock() = Some(tiering);
         Ok(())
     }
 }

@@ -7,20 +7,27 @@
 //!  and its parts' keys ≠ catalog.mirrored[day]
 //!    1. each part not yet uploaded: segment ─► {data_dir}/mirror-part.parquet.tmp ─► put, size checked
 //!       (at most PARTS_PER_PASS a pass, so seals keep their pace; uploaded keys remembered in memory)
-//!    2. all uploaded: parts of the day's previous set no longer in it deleted
+//!    2. all uploaded, the raw segments changed: whatever else the day's directories hold deleted
 //!    3. catalog commit: mirrored[day] = keys           crash before: the day is written again
 //! ```
 //!
-//! A reprocess that re-seals a settled day changes its segments, so its
-//! keys: the day is written again and the old parts deleted. The mirror
-//! is an archive: retention never deletes it.
+//! A reprocess that re-seals a settled day changes its raw segments, so
+//! their keys: the day is written again, and at its commit every object of
+//! the day's directories that the new set does not name is deleted (parts
+//! of the old version, and of an earlier attempt a crash or a re-seal cut
+//! short). While a day is rewritten, readers may see old and new parts
+//! side by side. Rollup segments that only go (their level's ttl) change
+//! nothing: the mirror is an archive, retention never deletes it; a rollup
+//! that only comes (a new rollup's backfill) adds its parts. A day that
+//! fails is tried again after the other due days, so it holds up no other.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::{SealReport, Store};
-use crate::error::Result;
-use crate::manifest::{CatalogEdit, Level, SegmentMeta, Tier};
-use crate::mirror::{day_of, part_key, write_part};
+use crate::billing::day_name;
+use crate::error::{Result, StorageError};
+use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta, Tier};
+use crate::mirror::{EVENTS_PREFIX, MIRROR_DIR, day_of, part_key, write_part};
 
 /// Parts a pass writes at most.
 const PARTS_PER_PASS: usize = 4;
@@ -35,8 +42,27 @@ impl Store {
         }
         let snapshot = self.snapshot();
         let catalog = &snapshot.catalog;
+        let due = self.mirror_due(catalog);
+        let failed = self.inner.mirror_failed.lock().clone();
+        let Some(day) = due.iter().find(|d| !failed.contains(&d.day)).or_else(|| due.first()) else {
+            return Ok(SealReport::default());
+        };
+        match self.mirror_day(&snapshot, day) {
+            Ok(report) => {
+                self.inner.mirror_failed.lock().remove(&day.day);
+                Ok(report)
+            }
+            Err(e) => {
+                self.inner.mirror_failed.lock().insert(day.day);
+                Err(e)
+            }
+        }
+    }
+
+    /// The settled days whose mirror is missing or out of date, oldest first.
+    fn mirror_due<'a>(&self, catalog: &'a Catalog) -> Vec<DueDay<'a>> {
         let settled = self.settled_raws(catalog);
-        let mut due: Vec<(i64, Vec<(String, &SegmentMeta)>)> = Vec::new();
+        let mut due = Vec::new();
         for (day, raws) in self.final_days(catalog.segments_of(Level::Raw)) {
             if raws.iter().any(|m| !settled.contains(&m.id) || m.tier == Tier::Expired) {
                 continue;
@@ -51,23 +77,41 @@ impl Store {
             });
             let parts: BTreeMap<String, &SegmentMeta> =
                 raws.into_iter().chain(derived).filter_map(|m| Some((part_key(m)?, m))).collect();
-            let keys: Vec<&String> = parts.keys().collect();
-            if catalog.mirrored.get(&day).is_none_or(|k| k.iter().collect::<Vec<_>>() != keys) {
-                due.push((day, parts.into_iter().collect()));
+            let recorded: BTreeSet<&String> = catalog.mirrored.get(&day).into_iter().flatten().collect();
+            let events = |keys: &mut dyn Iterator<Item = &String>| -> BTreeSet<String> {
+                keys.filter(|k| k.starts_with(EVENTS_PREFIX)).cloned().collect()
+            };
+            let rewrite = !catalog.mirrored.contains_key(&day)
+                || events(&mut parts.keys()) != events(&mut recorded.iter().copied());
+            let added = parts.keys().any(|k| !recorded.contains(k));
+            if rewrite || added {
+                // Unchanged raw segments: keep the parts of rollup segments since gone.
+                let keep: Vec<String> = match rewrite {
+                    true => Vec::new(),
+                    false => recorded.iter().filter(|k| !parts.contains_key(**k)).map(|k| (*k).clone()).collect(),
+                };
+                due.push(DueDay { day, parts: parts.into_iter().collect(), keep, rewrite });
             }
         }
-        let Some((day, parts)) = due.into_iter().next() else {
-            return Ok(SealReport::default());
-        };
+        due
+    }
+
+    /// Writes (some of) the parts of `day`; once all are up, deletes what
+    /// else its directories hold (on a rewrite) and commits its keys.
+    fn mirror_day(&self, snapshot: &super::Snapshot, day: &DueDay<'_>) -> Result<SealReport> {
         let tier = self.object_tier()?;
         let mut uploaded = self.inner.mirror_uploaded.lock();
         let mut report = SealReport::default();
         let missing: Vec<&(String, &SegmentMeta)> =
-            parts.iter().filter(|(key, _)| !uploaded.contains(key)).take(PARTS_PER_PASS).collect();
+            day.parts.iter().filter(|(key, _)| !uploaded.contains(key)).take(PARTS_PER_PASS).collect();
         for (key, meta) in missing {
-            let Some(live) = snapshot.segments.iter().chain(snapshot.rollups.iter()).find(|s| s.meta.id == meta.id)
-            else {
-                return Ok(report); // not open (damaged): the day waits
+            let live = snapshot.segments.iter().chain(snapshot.rollups.iter()).find(|s| s.meta.id == meta.id);
+            let Some(live) = live else {
+                return Err(StorageError::Internal(format!(
+                    "segment {} of day {} is not open: the day's mirror waits",
+                    meta.id,
+                    day_name(day.day)
+                )));
             };
             let tmp = self.inner.data_dir.join(PART_TMP);
             let written = write_part(&live.reader, meta.level, &tmp).and_then(|rows| Ok((rows, tier.put(key, &tmp)?)));
@@ -77,27 +121,140 @@ impl Store {
             tracing::debug!(key, rows, bytes, "part of the Parquet mirror written");
             uploaded.insert(key.clone());
         }
-        if parts.iter().any(|(key, _)| !uploaded.contains(key)) {
+        if day.parts.iter().any(|(key, _)| !uploaded.contains(key)) {
             return Ok(report);
         }
-        let keys: Vec<String> = parts.iter().map(|(key, _)| key.clone()).collect();
-        let stale = catalog.mirrored.get(&day).into_iter().flatten().filter(|k| !keys.contains(k));
-        for key in stale {
-            tier.remove(key)?;
+        let mut keys: Vec<String> =
+            day.parts.iter().map(|(key, _)| key.clone()).chain(day.keep.iter().cloned()).collect();
+        keys.sort();
+        if day.rewrite {
+            // Every directory of the day: the new parts', the old ones', and
+            // those of the tables configured now.
+            let name = day_name(day.day);
+            let dir_of = |key: &String| key.rsplit_once('/').map(|(dir, _)| dir.to_string());
+            let mut dirs: BTreeSet<String> = keys.iter().filter_map(dir_of).collect();
+            let snapshot_keys = snapshot.catalog.mirrored.get(&day.day).into_iter().flatten();
+            dirs.extend(snapshot_keys.filter_map(dir_of));
+            dirs.insert(format!("{EVENTS_PREFIX}day={name}"));
+            for def in &self.inner.config.rollups {
+                for level in [Level::Minute, Level::Hour, Level::Day] {
+                    dirs.insert(format!("{MIRROR_DIR}/rollups/{}/{}/day={name}", def.name(), level.as_str()));
+                }
+            }
+            for dir in dirs {
+                for stale in tier.list_dir(&dir)?.into_iter().filter(|k| !keys.contains(k)) {
+                    tier.remove(&stale)?;
+                }
+            }
         }
         let _one_sealer = self.inner.seal_lock.lock();
         let now = self.catalog();
-        if parts.iter().any(|(_, m)| !now.segments.contains_key(&m.id)) {
-            return Ok(report); // a segment was replaced meanwhile: written again next pass
+        if day.parts.iter().any(|(_, m)| !now.segments.contains_key(&m.id)) {
+            // A segment was replaced meanwhile: the day is due again, its
+            // parts are written anew and the stale ones deleted then.
+            uploaded.retain(|k| !day.parts.iter().any(|(key, _)| key == k));
+            return Ok(report);
         }
-        let edit = CatalogEdit { mirrored: vec![(day, keys.clone())], ..CatalogEdit::default() };
+        let edit = CatalogEdit { mirrored: vec![(day.day, keys.clone())], ..CatalogEdit::default() };
         let next = self.inner.manifest.commit(&edit)?;
         self.inner.visible.write().catalog = next;
-        for key in &keys {
-            uploaded.remove(key);
-        }
+        uploaded.retain(|k| !keys.contains(k));
         report.partitions += 1;
-        tracing::info!(day = %crate::billing::day_name(day), parts = keys.len(), store = tier.url(), "day written to the Parquet mirror");
+        tracing::info!(day = %day_name(day.day), parts = keys.len(), store = tier.url(), "day written to the Parquet mirror");
         Ok(report)
+    }
+}
+
+/// A day the mirror task has to write.
+struct DueDay<'a> {
+    day: i64,
+    /// Its parts now, by key.
+    parts: Vec<(String, &'a SegmentMeta)>,
+    /// Keys recorded before whose segments have gone (retention), kept.
+    keep: Vec<String>,
+    /// Whether its raw segments changed: stale parts are deleted at commit.
+    rewrite: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::event::{Event, EventBatch, EventType};
+    use crate::manifest::Level;
+    use crate::retention::RetentionPolicy;
+    use crate::seal::SealPipeline;
+    use crate::store::{Store, StoreConfig};
+
+    const BASE: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
+    const DAY: i64 = 86_400_000;
+
+    fn event(i: i64, ts: i64) -> Event {
+        Event {
+            event_id: format!("e{i}"),
+            kind: EventType::Impression,
+            ts,
+            publisher_id: "p".into(),
+            advertiser_id: format!("a{}", i % 2),
+            campaign_id: "c".into(),
+            ad_id: "x".into(),
+            ..Event::default()
+        }
+    }
+
+    /// Every file under `dir`, relative to it.
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                match e.path().is_dir() {
+                    true => stack.push(e.path()),
+                    false => out.push(e.path().strip_prefix(dir).expect("under").to_string_lossy().into_owned()),
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_day_is_mirrored_once_and_rollup_rows_that_retention_removes_leave_it_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig { fsync: false, close_idle_ms: 0, parquet_mirror: true, ..StoreConfig::default() };
+        let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
+        let day0 = BASE.div_euclid(DAY) * DAY;
+        let mut events: Vec<Event> = (0..400).map(|i| event(i, BASE + i * 300_000)).collect();
+        events.extend((0..5).map(|i| event(1_000 + i, day0 + 3 * DAY + i)));
+        store.append(&EventBatch::from_events(&events)).expect("append");
+        store.seal_all().expect("seal");
+        for _ in 0..60 {
+            store.finalize_closed().expect("finalize");
+            store.roll_up().expect("roll up");
+            store.snapshot_billing().expect("billing");
+            store.mirror_parquet().expect("mirror");
+        }
+        let catalog = store.catalog();
+        assert!(store.mirror_due(&catalog).is_empty(), "every settled day mirrored");
+        assert_eq!(catalog.mirrored.len(), 2, "the two settled days");
+        let keys = catalog.mirrored.get(&day0).cloned().expect("the first day mirrored");
+        assert!(keys.iter().any(|k| k.starts_with("parquet/events/day=2026-11-22/")), "{keys:?}");
+        assert!(keys.iter().any(|k| k.starts_with("parquet/rollups/campaign/minute/day=2026-11-22/")), "{keys:?}");
+        let objects = dir.path().join("objects");
+        let mirrored: Vec<String> = catalog.mirrored.values().flatten().cloned().collect();
+        let mut mirrored = mirrored;
+        mirrored.sort();
+        assert_eq!(files(&objects), mirrored, "exactly the parts the catalog names");
+
+        // Minute rows past their ttl go; the mirror keeps them.
+        let policy: RetentionPolicy = serde_json::from_str(r#"{"minute": {"ttl": "3d"}}"#).expect("policy");
+        store.set_retention(policy).expect("set");
+        store.apply_retention_at(day0 + 30 * DAY).expect("retention");
+        let catalog = store.catalog();
+        assert!(
+            !catalog.segments.values().any(|m| m.level == Level::Minute && m.partition.bucket_start_ms < day0 + DAY)
+        );
+        assert!(store.mirror_due(&catalog).iter().all(|d| d.day != day0), "nothing to write again");
+        store.mirror_parquet().expect("mirror");
+        assert_eq!(store.catalog().mirrored.get(&day0), Some(&keys));
+        assert_eq!(files(&objects), mirrored, "no part deleted");
     }
 }

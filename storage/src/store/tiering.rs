@@ -7,8 +7,9 @@
 //!    1. upload segments/{id}.seg                       crash: catalog still says local; uploaded again
 //!    2. open it from the store (size, trailer, header,  (the object is overwritten)
 //!       footer checksum): the verification
-//!    3. catalog commit: tier remote; queries switch     crash: the local file is an orphan,
-//!       to the remote reader                            removed at the next open
+//!    3. seal lock, catalog commit of the segments       crash: the local file is an orphan,
+//!       still local in it: tier remote; queries switch  removed at the next open
+//!       to the remote reader (steps 1-2 run without the lock)
 //!    4. local file and sidecars deleted
 //!  every pass: objects whose segment is no longer remote in the catalog (replaced by a
 //!  re-seal, expired, an upload whose commit never came) are deleted
@@ -152,7 +153,8 @@ impl Store {
         if !any_hot && !any_remote {
             return Ok(SealReport::default());
         }
-        let _one_sealer = self.inner.seal_lock.lock();
+        // Uploads run without the seal lock (seals go on meanwhile); the
+        // commit takes it and keeps only segments still local in the catalog.
         let tier = self.object_tier()?;
         let catalog = self.catalog();
         let mut moved: Vec<(SegmentMeta, Arc<SegmentReader>)> = Vec::new();
@@ -172,22 +174,29 @@ impl Store {
                 }
             }
         }
-        let ids: Vec<SegmentId> = moved.iter().map(|(m, _)| m.id).collect();
-        if !moved.is_empty() {
-            let edit = CatalogEdit {
-                add: moved.iter().map(|(m, _)| m.clone()).collect(),
-                remove: ids.clone(),
-                ..CatalogEdit::default()
-            };
-            let next = self.inner.manifest.commit(&edit)?;
-            crate::failpoint::hit("tiering_after_commit");
-            {
+        let ids: Vec<SegmentId> = {
+            let _one_sealer = self.inner.seal_lock.lock();
+            let now = self.catalog();
+            // Replaced or expired during the upload: its object is garbage now.
+            moved.retain(|(m, _)| now.segments.get(&m.id).is_some_and(|c| c.tier == Tier::Local));
+            let ids: Vec<SegmentId> = moved.iter().map(|(m, _)| m.id).collect();
+            if !moved.is_empty() {
+                let edit = CatalogEdit {
+                    add: moved.iter().map(|(m, _)| m.clone()).collect(),
+                    remove: ids.clone(),
+                    ..CatalogEdit::default()
+                };
+                let next = self.inner.manifest.commit(&edit)?;
+                crate::failpoint::hit("tiering_after_commit");
                 let mut v = self.inner.visible.write();
                 v.catalog = next;
                 for (m, r) in &moved {
                     v.readers.insert(m.id, r.clone());
                 }
             }
+            ids
+        };
+        if !moved.is_empty() {
             for id in &ids {
                 self.delete_segment_files(*id);
             }

@@ -151,10 +151,10 @@ impl ChunkCache {
         range: std::ops::Range<u64>,
         mut fetch: impl FnMut(std::ops::Range<u64>) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity((range.end - range.start) as usize);
         if range.start >= range.end {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
         let (first, last) = (range.start / CHUNK_BYTES, (range.end - 1) / CHUNK_BYTES);
         let mut chunks: Vec<Option<Vec<u8>>> =
             (first..=last).map(|index| self.get(ChunkKey { segment: id, index })).collect();
@@ -242,11 +242,16 @@ impl ChunkCache {
     /// Keeps `bytes` as chunk `key` (a failure to write only costs a later
     /// request, so it is logged, not returned).
     fn put(&self, key: ChunkKey, bytes: &[u8]) {
-        if (bytes.len() as u64 + CRC_LEN) * 8 > self.capacity {
+        // Replacing a cached entry would run the eviction hook, which
+        // deletes the file just renamed into place.
+        if (bytes.len() as u64 + CRC_LEN) * 8 > self.capacity || self.chunks.contains_key(&key) {
             return;
         }
         let path = chunk_path(&self.dir, key);
-        let tmp = path.with_extension("tmp");
+        // Two readers may fetch the same chunk at once: each writes a file
+        // of its own, and the last rename wins (both hold the same bytes).
+        static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!("{}.tmp", NEXT_TMP.fetch_add(1, Ordering::Relaxed)));
         let written = std::fs::File::create(&tmp).and_then(|mut f| {
             f.write_all(bytes)?;
             f.write_all(&crc32c::crc32c(bytes).to_le_bytes())

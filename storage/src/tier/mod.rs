@@ -38,6 +38,8 @@ pub use cache::{CHUNK_BYTES, ChunkCache, ChunkCacheStats};
 
 /// Range requests a prefetch keeps in flight at once.
 const PREFETCH_CONCURRENCY: usize = 16;
+/// Bytes one prefetch request asks for at most.
+const PREFETCH_RUN_BYTES: u64 = 8 * CHUNK_BYTES;
 
 /// Files larger than this are uploaded in parts.
 const MULTIPART_ABOVE: u64 = 16 << 20;
@@ -69,7 +71,7 @@ pub struct ObjectTier {
     /// How long one call may take, retries included, before it fails.
     timeout: Duration,
     /// Chunks of cold segments on local disk (`None`: every read is a request).
-    cache: Option<ChunkCache>,
+    cache: Option<Arc<ChunkCache>>,
     read_requests: AtomicU64,
     read_bytes: AtomicU64,
     uploaded_bytes: AtomicU64,
@@ -138,7 +140,7 @@ impl ObjectTier {
 
     /// This connection, reading cold segments through `cache`.
     pub fn with_cache(mut self, cache: ChunkCache) -> ObjectTier {
-        self.cache = Some(cache);
+        self.cache = Some(Arc::new(cache));
         self
     }
 
@@ -147,7 +149,7 @@ impl ObjectTier {
             read_requests: self.read_requests.load(Ordering::Relaxed),
             read_bytes: self.read_bytes.load(Ordering::Relaxed),
             uploaded_bytes: self.uploaded_bytes.load(Ordering::Relaxed),
-            cache: self.cache.as_ref().map(ChunkCache::stats).unwrap_or_default(),
+            cache: self.cache.as_ref().map(|c| c.stats()).unwrap_or_default(),
         }
     }
 
@@ -248,18 +250,33 @@ impl ObjectTier {
         }
     }
 
-    /// Fetches, in parallel (`PREFETCH_CONCURRENCY` requests in flight),
-    /// every chunk of `wants` (segment, file length, byte ranges) the cache
-    /// does not hold, so that the reads that follow find them there. A
-    /// failure is only logged: the read that needs the bytes fetches them
-    /// again and reports it.
+    /// Fetches, in parallel (`PREFETCH_CONCURRENCY` requests in flight,
+    /// each at most `PREFETCH_RUN_BYTES`), the chunks of `wants` (segment,
+    /// file length, byte ranges) the cache does not hold, up to a quarter
+    /// of the cache, so that the reads that follow find them there. Each
+    /// answer goes to the cache as it arrives: memory holds at most the
+    /// requests in flight. A failure is only logged: the read that needs
+    /// the bytes fetches them again and reports it.
     pub fn prefetch(&self, wants: &[(SegmentId, u64, Vec<Range<u64>>)]) {
         use futures::StreamExt;
         let Some(cache) = &self.cache else { return };
-        let runs: Vec<(SegmentId, Range<u64>)> = wants
-            .iter()
-            .flat_map(|(id, len, ranges)| cache.missing(*id, *len, ranges).into_iter().map(move |r| (*id, r)))
-            .collect();
+        let budget = cache.stats().capacity_bytes / 4;
+        let mut runs: Vec<(SegmentId, Range<u64>)> = Vec::new();
+        let mut planned = 0u64;
+        'wants: for (id, len, ranges) in wants {
+            for run in cache.missing(*id, *len, ranges) {
+                let mut start = run.start;
+                while start < run.end {
+                    let end = (start + PREFETCH_RUN_BYTES).min(run.end);
+                    if planned + (end - start) > budget {
+                        break 'wants;
+                    }
+                    planned += end - start;
+                    runs.push((*id, start..end));
+                    start = end;
+                }
+            }
+        }
         if runs.is_empty() {
             return;
         }
@@ -267,8 +284,12 @@ impl ObjectTier {
         let fetches: Vec<_> = runs
             .into_iter()
             .map(|(id, range)| {
-                let (store, key) = (self.store.clone(), self.key(id));
-                async move { (id, range.start, store.get_range(&key, range).await) }
+                let (store, key, cache) = (self.store.clone(), self.key(id), cache.clone());
+                async move {
+                    let bytes = store.get_range(&key, range.clone()).await?;
+                    cache.store(id, range.start, &bytes);
+                    Ok::<u64, object_store::Error>(bytes.len() as u64)
+                }
             })
             .collect();
         let all = async move {
@@ -278,14 +299,11 @@ impl ObjectTier {
             Ok(fetched) => fetched,
             Err(e) => return tracing::debug!(error = %e, "prefetch failed; reads fetch what they need"),
         };
-        for (id, start, bytes) in fetched {
+        for answer in fetched {
             self.read_requests.fetch_add(1, Ordering::Relaxed);
-            match bytes {
-                Ok(bytes) => {
-                    self.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    cache.store(id, start, &bytes);
-                }
-                Err(e) => tracing::debug!(segment = %id, error = %e, "prefetch of a range failed"),
+            match answer {
+                Ok(bytes) => drop(self.read_bytes.fetch_add(bytes, Ordering::Relaxed)),
+                Err(e) => tracing::debug!(error = %e, "prefetch of a range failed"),
             }
         }
     }
@@ -310,6 +328,21 @@ impl ObjectTier {
             .iter()
             .filter_map(|o| o.location.filename()?.strip_suffix(".seg").map(str::to_owned))
             .filter_map(|hex| u64::from_str_radix(&hex, 16).ok().map(SegmentId))
+            .collect())
+    }
+
+    /// The keys (relative, like `put`'s) of the objects directly under the
+    /// relative directory `dir`.
+    pub fn list_dir(&self, dir: &str) -> Result<Vec<String>> {
+        let (store, path) = (self.store.clone(), self.relative(dir));
+        let what = format!("listing of {dir} in {}", self.url);
+        let listed = self.block(what, async move { store.list_with_delimiter(Some(&path)).await })?;
+        let prefix = self.prefix.as_ref();
+        Ok(listed
+            .objects
+            .iter()
+            .map(|o| o.location.as_ref())
+            .map(|key| key.strip_prefix(prefix).map_or(key, |k| k.trim_start_matches('/')).to_string())
             .collect())
     }
 
