@@ -11,12 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// The value of the `/metrics` line starting with `prefix`.
-fn metric(server: &Server, prefix: &str) -> f64 {
-    let text = server.get_text("/metrics");
-    text.lines().find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok()).unwrap_or_else(|| panic!("{prefix}: {text}"))
-}
-
 #[test]
 fn ingest_is_refused_at_the_memory_limit_and_accepted_again_once_seals_free_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -24,7 +18,7 @@ fn ingest_is_refused_at_the_memory_limit_and_accepted_again_once_seals_free_it()
     let presized = "[ingest]\ndedupe_expected_keys = 4000000\n";
     // How much the presized table takes on this build.
     let server = Server::start(&dir, Some(presized));
-    let table = metric(&server, "adstore_memory_used_bytes{part=\"dedupe\"}") as u64;
+    let table = server.metric("adstore_memory_used_bytes{part=\"dedupe\"}");
     assert!(server.stop().success());
     let limit = table + (12 << 20);
     assert!(limit >= 64 << 20, "table {table}");
@@ -34,7 +28,7 @@ fn ingest_is_refused_at_the_memory_limit_and_accepted_again_once_seals_free_it()
         limit - (2 << 20)
     );
     let server = Server::start(&dir, Some(&config));
-    assert_eq!(metric(&server, "adstore_memory_limit_bytes") as u64, limit);
+    assert_eq!(server.metric("adstore_memory_limit_bytes"), limit);
 
     let mut stored = 0u64;
     let mut refused = None;
@@ -60,8 +54,8 @@ fn ingest_is_refused_at_the_memory_limit_and_accepted_again_once_seals_free_it()
         stored += r["accepted"].as_u64().expect("accepted");
     }
     let body = refused.expect("ingest reached the memory limit");
-    assert!(metric(&server, "adstore_ingest_memory_full_total") >= 1.0);
-    assert!(metric(&server, "adstore_memory_used_bytes{part=\"head\"}") > 0.0);
+    assert!(server.metric("adstore_ingest_memory_full_total") >= 1);
+    assert!(server.metric("adstore_memory_used_bytes{part=\"head\"}") > 0);
 
     // A seal (by age) frees the head: the same request is then accepted.
     let deadline = Instant::now() + Duration::from_secs(60);

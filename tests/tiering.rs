@@ -87,13 +87,6 @@ fn check_numbers(server: &Server, day0: i64, per_day: &BTreeMap<i64, (u64, u64)>
     assert_eq!(r["rows"], serde_json::json!([["click", clicks], ["impression", imps]]), "{r}");
 }
 
-/// The value of the `/metrics` series `name` (without labels).
-fn metric(server: &Server, name: &str) -> f64 {
-    let text = server.get_text("/metrics");
-    let prefix = format!("{name} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or_else(|| panic!("{name}: {text}"))
-}
-
 fn local_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir.join("segments")).map(|d| d.count()).unwrap_or(0)
 }
@@ -213,16 +206,14 @@ fn cold_chunks_cached_on_local_disk_answer_while_the_bucket_is_unreachable() {
         std::thread::sleep(Duration::from_millis(100));
     }
     check_numbers(&server, day0, &per_day);
-    let (requests, misses) = (
-        metric(&server, "adstore_object_store_read_requests_total"),
-        metric(&server, "adstore_object_cache_misses_total"),
-    );
-    assert!(requests > 0.0 && misses > 0.0, "the first reads went to the bucket");
-    let cached = metric(&server, "adstore_object_cache_bytes");
-    assert!(cached > 0.0 && cached <= (64 << 20) as f64, "{cached}");
+    let (requests, misses) =
+        (server.metric("adstore_object_store_read_requests_total"), server.metric("adstore_object_cache_misses_total"));
+    assert!(requests > 0 && misses > 0, "the first reads went to the bucket");
+    let cached = server.metric("adstore_object_cache_bytes");
+    assert!(cached > 0 && cached <= 64 << 20, "{cached}");
     // Asked again: the block cache or the chunk cache answers, no request.
     check_numbers(&server, day0, &per_day);
-    assert_eq!(metric(&server, "adstore_object_store_read_requests_total"), requests);
+    assert_eq!(server.metric("adstore_object_store_read_requests_total"), requests);
     // The Parquet mirror of the settled days is in the bucket too.
     let deadline = Instant::now() + Duration::from_secs(60);
     let listing = loop {
@@ -244,8 +235,8 @@ fn cold_chunks_cached_on_local_disk_answer_while_the_bucket_is_unreachable() {
     moto.signal("-STOP");
     let server = start_cached(&dir, &moto, None, 64 << 20);
     check_numbers(&server, day0, &per_day);
-    assert_eq!(metric(&server, "adstore_object_store_read_requests_total"), 0.0);
-    assert!(metric(&server, "adstore_object_cache_hits_total") > 0.0);
+    assert_eq!(server.metric("adstore_object_store_read_requests_total"), 0);
+    assert!(server.metric("adstore_object_cache_hits_total") > 0);
     moto.signal("-CONT");
     assert!(server.stop().success());
 }

@@ -120,7 +120,8 @@ impl Server {
         r.body_mut().read_to_string().expect("body")
     }
 
-    /// The value of the unlabelled metric `name` in `/metrics`.
+    /// The value of the metric `name` in `/metrics` (with its labels if
+    /// it has any, e.g. `adstore_memory_used_bytes{part="head"}`).
     pub fn metric(&self, name: &str) -> u64 {
         let metrics = self.get_text("/metrics");
         metrics
