@@ -596,6 +596,8 @@ fn metrics_follow_the_exposition_conventions() {
     assert_eq!(status, 200);
     let (status, _) = server.post("/v1/sql", "text/plain", None, b"SELEC");
     assert_eq!(status, 400);
+    // The cold-data cache as configured, though no segment is cold yet.
+    assert_eq!(server.metric("adstore_object_cache_capacity_bytes"), 1 << 30);
     let text = server.get_text("/metrics");
     let names: Vec<&str> = text
         .lines()

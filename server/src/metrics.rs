@@ -193,7 +193,7 @@ const TASK_SERIES: &[TaskSeries] = &[
 /// Everything a scrape reads, once.
 struct Scrape {
     store: adstore_storage::StoreStats,
-    /// Zero until the object store is first used.
+    /// Zero (but the cache's capacity) until the object store is first used.
     object: adstore_storage::tier::ObjectStoreStats,
     eo: adstore_ingest::ExactlyOnceStats,
     ingest_requests: u64,
@@ -493,7 +493,14 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let c = &app.counters;
     let scrape = Scrape {
         store: app.store.stats(),
-        object: app.store.object_store_stats().unwrap_or_default(),
+        object: app.store.object_store_stats().unwrap_or_else(|| {
+            // Not used yet: nothing fetched, the cache as configured.
+            let cache = adstore_storage::tier::ChunkCacheStats {
+                capacity_bytes: app.store.config().object_cache_bytes,
+                ..Default::default()
+            };
+            adstore_storage::tier::ObjectStoreStats { cache, ..Default::default() }
+        }),
         eo: app.exactly_once.stats(),
         ingest_requests: c.ingest_requests.load(Ordering::Relaxed),
         accepted: c.accepted.load(Ordering::Relaxed),
