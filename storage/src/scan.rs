@@ -287,16 +287,18 @@ impl Snapshot {
             .map(|(p, c)| HeadScan { partition: *p, chunk: c.clone() })
             .collect();
         // Cold segments: the blocks the scan reads, in parallel.
-        let mut columns: Vec<ColumnId> =
-            req.columns.iter().chain(req.filters.iter().map(|f| &f.column)).copied().collect();
-        columns.push(ColumnId::Ts);
-        columns.sort_unstable_by_key(|c| c.index());
-        columns.dedup();
-        let cold = plan.segments.iter().filter(|s| s.segment.reader.remote().is_some());
-        prefetch(cold.map(|s| {
-            let blocks = || s.blocks.iter().map(|b| b.block);
-            (&s.segment, columns.iter().flat_map(|&c| s.segment.reader.block_ranges(c, blocks())).collect())
-        }));
+        let cold: Vec<&SegmentScan> = plan.segments.iter().filter(|s| s.segment.reader.remote().is_some()).collect();
+        if !cold.is_empty() {
+            let mut columns: Vec<ColumnId> =
+                req.columns.iter().chain(req.filters.iter().map(|f| &f.column)).copied().collect();
+            columns.push(ColumnId::Ts);
+            columns.sort_unstable_by_key(|c| c.index());
+            columns.dedup();
+            prefetch(cold.into_iter().map(|s| {
+                let blocks = || s.blocks.iter().map(|b| b.block);
+                (&s.segment, columns.iter().flat_map(|&c| s.segment.reader.block_ranges(c, blocks())).collect())
+            }));
+        }
         Ok(plan)
     }
 

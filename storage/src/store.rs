@@ -393,7 +393,7 @@ struct Inner {
     counters: Counters,
     stop: AtomicBool,
     sealer: Mutex<Option<JoinHandle<()>>>,
-    /// The thread of the object store's tasks (`Task::OBJECT_STORE`).
+    /// The thread of the object store's tasks (`Task::uses_object_store`).
     tiering_thread: Mutex<Option<JoinHandle<()>>>,
     /// Newest event time appended or recovered; buckets close relative to it.
     max_event_ts: AtomicI64,

@@ -527,17 +527,15 @@ impl SegmentReader {
     /// An index bitmap's bytes, checksum verified: from the map, or for a
     /// cold segment from the block cache (kept there once read).
     fn index_bytes(&self, offset: u64, len: u64, crc: u32) -> Result<BlockBytes<'_>, ReadError> {
-        let check = |bytes: &[u8]| match crc32c::crc32c(bytes) == crc {
-            true => Ok(()),
-            false => Err(ReadError::Range("checksum mismatch".into())),
-        };
         let cache = self.cache.as_ref().filter(|_| self.is_remote());
         let key = BlockKey { reader: self.uid, offset };
         if let Some(hit) = cache.and_then(|c| c.get(&key)) {
             return Ok(BlockBytes::Cached(hit));
         }
         let bytes = self.slice(offset, len)?;
-        check(&bytes)?;
+        if crc32c::crc32c(&bytes) != crc {
+            return Err(ReadError::Range("checksum mismatch".into()));
+        }
         Ok(match (bytes, cache) {
             (Cow::Borrowed(b), _) => BlockBytes::Mapped(b),
             (Cow::Owned(b), None) => BlockBytes::Owned(b),

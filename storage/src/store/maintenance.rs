@@ -5,10 +5,10 @@
 //!
 //! ```text
 //!  sealer thread: verify segments once, then every seal_interval_ms
-//!    for task in Task::SEALER: task.run()   (each takes seal_lock; one runs at a time)
+//!    for each task of Task::ALL not using the object store: task.run()   (each takes seal_lock)
 //!    a failed pass: back off, doubling up to MAX_SEAL_BACKOFF
 //!  tiering thread: every seal_interval_ms
-//!    for task in Task::OBJECT_STORE: task.run()   (seal_lock only to commit)
+//!    for each task using it (mirror, tiering): task.run()   (seal_lock only to commit)
 //!    a failed pass: this thread backs off, the sealer does not: an object
 //!    store that is down or slow never holds up seals, ingest or queries on hot data
 //! ```
@@ -70,12 +70,11 @@ impl Task {
         Task::Tiering,
     ];
 
-    /// The tasks of the sealer thread, in the order of a pass.
-    pub const SEALER: [Task; 6] =
-        [Task::Seal, Task::Compact, Task::Finalize, Task::Rollup, Task::Billing, Task::Retention];
-
-    /// The tasks that talk to the object store, on a thread of their own.
-    pub const OBJECT_STORE: [Task; 2] = [Task::Mirror, Task::Tiering];
+    /// Whether the task talks to the object store, and so runs on the
+    /// tiering thread rather than the sealer's.
+    pub fn uses_object_store(self) -> bool {
+        matches!(self, Task::Mirror | Task::Tiering)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -288,7 +287,6 @@ impl Store {
         bad.len()
     }
 
-    /// Starts the background sealer thread (idempotent).
     /// Runs one task now, counting its run, time and failure.
     pub fn run_task(&self, task: Task) -> Result<SealReport> {
         let started = Instant::now();
@@ -320,6 +318,17 @@ impl Store {
             .collect()
     }
 
+    /// Sleeps `wait`, waking every `interval` (at most 10 ms) to see
+    /// whether the store is closing.
+    fn pause(&self, wait: Duration, interval: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && !self.inner.stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(10).min(interval));
+        }
+    }
+
+    /// Starts the background threads, the sealer and the tiering thread
+    /// (idempotent).
     pub fn start_sealer(&self) -> Result<()> {
         let mut slot = self.inner.sealer.lock();
         if slot.is_some() {
@@ -337,7 +346,7 @@ impl Store {
                 let mut wait = interval;
                 while !store.inner.stop.load(Ordering::Acquire) {
                     let mut failed = None;
-                    for task in Task::SEALER {
+                    for task in Task::ALL.into_iter().filter(|t| !t.uses_object_store()) {
                         if let Err(e) = store.run_task(task) {
                             failed = Some(e);
                         }
@@ -353,10 +362,7 @@ impl Store {
                             wait = interval;
                         }
                     }
-                    let deadline = Instant::now() + wait;
-                    while Instant::now() < deadline && !store.inner.stop.load(Ordering::Acquire) {
-                        std::thread::sleep(Duration::from_millis(10).min(interval));
-                    }
+                    store.pause(wait, interval);
                 }
             })
             .map_err(|source| crate::error::io_error(PathBuf::from("<sealer thread>"), source))?;
@@ -368,14 +374,11 @@ impl Store {
                 let mut wait = interval;
                 while !store.inner.stop.load(Ordering::Acquire) {
                     let mut failed = false;
-                    for task in Task::OBJECT_STORE {
+                    for task in Task::ALL.into_iter().filter(|t| t.uses_object_store()) {
                         failed |= store.run_task(task).is_err();
                     }
                     wait = if failed { (wait * 2).min(space::MAX_SEAL_BACKOFF.max(interval)) } else { interval };
-                    let deadline = Instant::now() + wait;
-                    while Instant::now() < deadline && !store.inner.stop.load(Ordering::Acquire) {
-                        std::thread::sleep(Duration::from_millis(10).min(interval));
-                    }
+                    store.pause(wait, interval);
                 }
             })
             .map_err(|source| crate::error::io_error(PathBuf::from("<tiering thread>"), source))?;

@@ -78,11 +78,8 @@ impl Store {
             let parts: BTreeMap<String, &SegmentMeta> =
                 raws.into_iter().chain(derived).filter_map(|m| Some((part_key(m)?, m))).collect();
             let recorded: BTreeSet<&String> = catalog.mirrored.get(&day).into_iter().flatten().collect();
-            let events = |keys: &mut dyn Iterator<Item = &String>| -> BTreeSet<String> {
-                keys.filter(|k| k.starts_with(EVENTS_PREFIX)).cloned().collect()
-            };
-            let rewrite = !catalog.mirrored.contains_key(&day)
-                || events(&mut parts.keys()) != events(&mut recorded.iter().copied());
+            let rewrite =
+                !catalog.mirrored.contains_key(&day) || events(parts.keys()) != events(recorded.iter().copied());
             let added = parts.keys().any(|k| !recorded.contains(k));
             if rewrite || added {
                 // Unchanged raw segments: keep the parts of rollup segments since gone.
@@ -163,6 +160,11 @@ impl Store {
         tracing::info!(day = %day_name(day.day), parts = keys.len(), store = tier.url(), "day written to the Parquet mirror");
         Ok(report)
     }
+}
+
+/// The keys of raw events' parts among `keys`.
+fn events<'a>(keys: impl Iterator<Item = &'a String>) -> BTreeSet<&'a String> {
+    keys.filter(|k| k.starts_with(EVENTS_PREFIX)).collect()
 }
 
 /// A day the mirror task has to write.

@@ -207,8 +207,12 @@ impl ObjectTier {
 
     /// Deletes `relative` (absent already is fine).
     pub fn remove(&self, relative: &str) -> Result<()> {
-        let (store, key) = (self.store.clone(), self.relative(relative));
-        let what = format!("delete of {relative} from {}", self.url);
+        self.delete_key(self.relative(relative))
+    }
+
+    /// Deletes `key` (absent already is fine).
+    fn delete_key(&self, key: Path) -> Result<()> {
+        let (store, what) = (self.store.clone(), format!("delete of {key} from {}", self.url));
         match self.block(what, async move { store.delete(&key).await }) {
             Err(StorageError::ObjectStore { reason, .. }) if reason.contains("not found") => Ok(()),
             other => other,
@@ -320,14 +324,11 @@ impl ObjectTier {
 
     /// The segments the store holds (by their `segments/{id}.seg` keys).
     pub fn list(&self) -> Result<Vec<SegmentId>> {
-        let (store, dir) = (self.store.clone(), self.prefix.clone().join("segments"));
-        let listed =
-            self.block(format!("listing of {}", self.url), async move { store.list_with_delimiter(Some(&dir)).await })?;
-        Ok(listed
-            .objects
+        Ok(self
+            .list_dir("segments")?
             .iter()
-            .filter_map(|o| o.location.filename()?.strip_suffix(".seg").map(str::to_owned))
-            .filter_map(|hex| u64::from_str_radix(&hex, 16).ok().map(SegmentId))
+            .filter_map(|key| key.strip_prefix("segments/")?.strip_suffix(".seg"))
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok().map(SegmentId))
             .collect())
     }
 
@@ -352,12 +353,7 @@ impl ObjectTier {
         if let Some(cache) = &self.cache {
             cache.forget(id);
         }
-        let (store, key) = (self.store.clone(), self.key(id));
-        let what = format!("delete of {} from {}", id.file_name(), self.url);
-        match self.block(what, async move { store.delete(&key).await }) {
-            Err(StorageError::ObjectStore { reason, .. }) if reason.contains("not found") => Ok(()),
-            other => other,
-        }
+        self.delete_key(self.key(id))
     }
 }
 
