@@ -273,6 +273,32 @@ def time_placeholders(start: str, span_days: int) -> dict:
     }
 
 
+def id_placeholders(ndjson: Path | None) -> dict:
+    """Ids from the generated data for the id-lookup queries: a click, two
+    impressions and a user, from the events after the first half million
+    lines (or the first half of a smaller file). `?` for each without data."""
+    found = {"click_id": "?", "impression_id": "?", "impression_id2": "?", "user_key": "?"}
+    if ndjson is None:
+        return found
+    skip = min(500_000, sum(1 for _ in open(ndjson, "rb")) // 2)
+    with open(ndjson, "rb") as f:
+        for n, line in enumerate(f):
+            if n < skip:
+                continue
+            e = json.loads(line)
+            if found["click_id"] == "?" and e.get("click_id") and e.get("type") == "click":
+                found["click_id"] = e["click_id"]
+            if e.get("type") == "impression":
+                if found["impression_id"] == "?":
+                    found["impression_id"] = e["impression_id"]
+                    found["user_key"] = e.get("user_key") or "?"
+                elif found["impression_id2"] == "?" and n > skip + 100_000:
+                    found["impression_id2"] = e["impression_id"]
+            if "?" not in found.values():
+                break
+    return found
+
+
 def load_suite(path: Path, engines, placeholders: dict):
     """The queries of `path`, each with its rendered SQL per engine."""
     with open(path, "rb") as f:
@@ -1022,7 +1048,7 @@ def render_main(args) -> int:
         raise BenchError("that run failed (result mismatch or an engine error); it cannot be published")
     if "suite" not in ctx:
         ctx["suite"] = load_suite(Path(args.queries), ctx["engines"],
-                                  time_placeholders(GEN_START, GEN_SPAN_DAYS))
+                                  {**time_placeholders(GEN_START, GEN_SPAN_DAYS), **id_placeholders(None)})
     report, chart = render(out, ctx, args.publish)
     if args.publish:
         publish_report(report, chart)
@@ -1064,12 +1090,11 @@ def run_main(args) -> int:
     server_bin = Path(args.server_bin).resolve() if args.server_bin else binary
     started = time.perf_counter()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    placeholders = time_placeholders(GEN_START, GEN_SPAN_DAYS)
+    data = generate(binary, out, args.events)
+    placeholders = {**time_placeholders(GEN_START, GEN_SPAN_DAYS), **id_placeholders(data)}
     suite = load_suite(Path(args.queries), engines, placeholders)
     suite_file = out / "suite.json"
     suite_file.write_text(json.dumps(suite, indent=1))
-
-    data = generate(binary, out, args.events)
     ctx = {"engines": engines, "suite": suite, "events": args.events, "threads": args.threads, "runs": args.runs,
            "data_bytes": data.stat().st_size, "results": {}, "loads": {}, "ingest": [], "versions": {},
            "mismatches": [], "notes": [], "machine": machine_description(),
@@ -1227,7 +1252,7 @@ def self_test() -> int:
     # The suite file renders for every engine, with every placeholder known.
     ph = time_placeholders(GEN_START, GEN_SPAN_DAYS)
     check(ph["day3"] == "2026-11-03 00:00:00" and ph["last_hour"] == "2026-11-02 23:00:00", "placeholders")
-    suite = load_suite(HERE / "queries.toml", ENGINES, ph)
+    suite = load_suite(HERE / "queries.toml", ENGINES, {**ph, **id_placeholders(None)})
     check(len(suite) >= 9, "the suite has the eight dashboard queries and the sanity check")
     check(all("{" not in s for q in suite for s in q["sql"].values()), "every placeholder is filled")
     check(any("uniq(" in q["sql"]["chdb"] for q in suite), "the chDB variant of approx_count_distinct")

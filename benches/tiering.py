@@ -194,8 +194,9 @@ def run_main(args) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     binary = Path(args.bin).resolve()
-    suite = load_suite(HERE / "queries.toml", ["adstore"], time_placeholders(GEN_START, GEN_SPAN_DAYS))
     data = harness.generate(binary, Path(args.gen_dir).resolve(), args.events)
+    placeholders = {**time_placeholders(GEN_START, GEN_SPAN_DAYS), **harness.id_placeholders(data)}
+    suite = load_suite(HERE / "queries.toml", ["adstore"], placeholders)
     extras = []
     for seed, start in ((43, "2026-11-10T00:00:00Z"), (44, "2026-11-12T00:00:00Z")):
         path = out / f"extra-{EXTRA_EVENTS}-s{seed}.ndjson"

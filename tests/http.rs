@@ -710,3 +710,49 @@ fn a_reprocess_whose_totals_overflow_fails_with_a_message() {
     assert_eq!(job["status"], "failed", "{job}");
     assert!(job["error"].as_str().is_some_and(|e| e.contains("overflows")), "{job}");
 }
+
+/// Equality and `IN` on the id columns read the segments' id index and
+/// find every stored row holding the id, counted here from the events sent:
+/// ids that repeat across rows and columns, and ids nobody sent.
+#[test]
+fn id_filters_read_the_id_index_and_find_every_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), Some("[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\n"));
+    let body = ndjson(20_000, 29);
+    let sent: Vec<serde_json::Value> = body
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).expect("generated json"))
+        .collect();
+    let (status, r) = server.post("/v1/events", NDJSON, None, &body);
+    assert_eq!((status, accepted(&r)), (200, 20_000), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.metric("adstore_head_rows") > 0 {
+        assert!(std::time::Instant::now() < deadline, "the head was not sealed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let count = |query: &str| -> u64 {
+        let (status, r) = sql(&server, query);
+        assert_eq!(status, 200, "{query}: {r}");
+        r["rows"][0][0].as_u64().unwrap_or_else(|| panic!("{query}: {r}"))
+    };
+    for column in ["event_id", "impression_id", "click_id", "user_key", "ip_hash"] {
+        let holding: Vec<String> = sent.iter().filter_map(|e| e[column].as_str().map(str::to_owned)).collect();
+        assert!(holding.len() > 100, "{column}: too few events hold one");
+        let mut values: Vec<String> =
+            [0, 77, holding.len() / 2, holding.len() - 1].map(|i| holding[i].clone()).to_vec();
+        values.push("never-sent".into());
+        for v in &values {
+            let want = sent.iter().filter(|e| e[column].as_str() == Some(v.as_str())).count() as u64;
+            assert_eq!(count(&format!("SELECT count(*) FROM events WHERE {column} = '{v}'")), want, "{column} = {v}");
+        }
+        let (a, b) = (&values[0], &values[values.len() - 2]);
+        let want = sent.iter().filter(|e| e[column].as_str().is_some_and(|x| x == a || x == b)).count() as u64;
+        assert_eq!(count(&format!("SELECT count(*) FROM events WHERE {column} IN ('{a}', '{b}')")), want);
+    }
+    let id = sent[777]["event_id"].as_str().expect("event_id");
+    let (_, explain) = sql(&server, &format!("EXPLAIN SELECT * FROM events WHERE event_id = '{id}'"));
+    let explain = explain.to_string();
+    assert!(explain.contains("id index on event_id"), "{explain}");
+    assert!(explain.contains("no matching event_id in the id index"), "{explain}");
+}

@@ -598,11 +598,21 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
                 );
                 return (k, name, what);
             }
+            let ids = s.id_lookups.iter().map(|c| c.name()).collect::<Vec<_>>();
             let what = format!(
-                "kept: {} of {} blocks, {}{}",
+                "kept: {} of {} blocks, {}{}{}",
                 s.blocks.len(),
                 s.segment.reader.num_blocks(),
                 if s.segment.meta.is_final { "final" } else { "provisional" },
+                if ids.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", id index on {}: {} candidate rows",
+                        ids.join(", "),
+                        s.blocks.iter().map(|b| b.candidate_rows).sum::<usize>()
+                    )
+                },
                 if s.row_filters.is_empty() {
                     String::new()
                 } else {
@@ -617,6 +627,7 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
             let why = match why {
                 adstore_storage::PruneReason::TimeRange => "time range".to_string(),
                 adstore_storage::PruneReason::Dictionary(c) => format!("no matching {} in dictionary", c.name()),
+                adstore_storage::PruneReason::IdIndex(c) => format!("no matching {} in the id index", c.name()),
             };
             Some((k, name, format!("pruned: {why}")))
         }))

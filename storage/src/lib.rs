@@ -19,6 +19,7 @@ mod event;
 pub mod failpoint;
 mod head;
 pub mod hll;
+mod idindex;
 mod ids;
 mod manifest;
 pub mod measure;
@@ -42,6 +43,7 @@ pub use event::{
     TimestampMs, event_schema, shard_of,
 };
 pub use head::{HeadChunk, Indexed, Partitioning};
+pub use idindex::{GRANULE_ROWS, ID_COLUMNS};
 pub use ids::{Lsn, SegmentId};
 pub use manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier};
 pub use scan::{

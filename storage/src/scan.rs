@@ -107,6 +107,8 @@ pub enum PruneReason {
     TimeRange,
     /// An `IN` filter on this column names no value the segment holds.
     Dictionary(ColumnId),
+    /// The id index holds none of an `IN` filter's values on this column.
+    IdIndex(ColumnId),
 }
 
 /// The rows to read from one block.
@@ -138,6 +140,10 @@ pub struct SegmentScan {
     pub code_filters: Vec<(ColumnId, Vec<u32>)>,
     /// Filters that could not be answered by indexes and are checked per row.
     pub row_filters: Vec<DimFilter>,
+    /// Id columns whose filters the id index narrowed to a few granules
+    /// (those filters are in `row_filters` too: the index narrows, the
+    /// rows decide).
+    pub id_lookups: Vec<ColumnId>,
 }
 
 #[derive(Clone)]
@@ -340,45 +346,55 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
     }
     let whole_time = req.time_range.covers(min_ts, max_ts);
 
-    // Index lookups for IN filters on dictionary columns.
+    // Index lookups for IN filters: dictionaries and their bitmaps for
+    // dimensions, the id index for ids.
     let mut selection: Option<RoaringBitmap> = None;
     let mut code_ranges: Vec<(ColumnId, Vec<u32>)> = Vec::new();
     let mut row_filters = Vec::new();
+    let mut id_lookups = Vec::new();
+    let mut narrowed_by = PruneReason::Dictionary(ColumnId::AdvertiserId);
     for f in &req.filters {
-        let Some(dict) = reader.dictionary(f.column) else {
-            row_filters.push(f.clone());
-            continue;
-        };
-        if f.negated {
-            row_filters.push(f.clone());
-            continue;
+        if !f.negated
+            && let Some(dict) = reader.dictionary(f.column)
+        {
+            let mut codes: Vec<u32> = f.values.iter().filter_map(|v| dict.code_of(v)).collect();
+            codes.sort_unstable();
+            codes.dedup();
+            if codes.is_empty() {
+                return Ok(SegmentOutcome::Pruned(reader.id(), PruneReason::Dictionary(f.column), nblocks));
+            }
+            // A non-dimension string column (an id) is dictionary-encoded
+            // when a segment holds few distinct values of it, but has no
+            // bitmap index: it is checked row by row, below.
+            if reader.has_index(f.column) {
+                let mut rows = RoaringBitmap::new();
+                for &code in &codes {
+                    rows |= reader.index_rows(f.column, code)?;
+                }
+                selection = Some(match selection {
+                    None => rows,
+                    Some(prev) => prev & rows,
+                });
+                code_ranges.push((f.column, codes));
+                narrowed_by = PruneReason::Dictionary(f.column);
+                continue;
+            }
         }
-        let mut codes: Vec<u32> = f.values.iter().filter_map(|v| dict.code_of(v)).collect();
-        codes.sort_unstable();
-        codes.dedup();
-        if codes.is_empty() {
-            return Ok(SegmentOutcome::Pruned(reader.id(), PruneReason::Dictionary(f.column), nblocks));
+        // Checked row by row; the id index first narrows the rows to read.
+        if !f.negated
+            && let Some(rows) = reader.id_rows(f.column, &f.values)?
+        {
+            selection = Some(match selection {
+                None => rows,
+                Some(prev) => prev & rows,
+            });
+            id_lookups.push(f.column);
+            narrowed_by = PruneReason::IdIndex(f.column);
         }
-        // A non-dimension string column (an id) is dictionary-encoded when
-        // a segment holds few distinct values of it, but has no row index:
-        // its rows are tested one by one.
-        if !reader.has_index(f.column) {
-            row_filters.push(f.clone());
-            continue;
-        }
-        let mut rows = RoaringBitmap::new();
-        for &code in &codes {
-            rows |= reader.index_rows(f.column, code)?;
-        }
-        selection = Some(match selection {
-            None => rows,
-            Some(prev) => prev & rows,
-        });
-        code_ranges.push((f.column, codes));
+        row_filters.push(f.clone());
     }
     if selection.as_ref().is_some_and(|s| s.is_empty()) {
-        let column = code_ranges.last().map(|(c, _)| *c).unwrap_or(ColumnId::AdvertiserId);
-        return Ok(SegmentOutcome::Pruned(reader.id(), PruneReason::Dictionary(column), nblocks));
+        return Ok(SegmentOutcome::Pruned(reader.id(), narrowed_by, nblocks));
     }
 
     let mut blocks = Vec::new();
@@ -411,7 +427,7 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
         blocks.push(BlockScan { block: b, rows, selection, candidate_rows, check_time, check_codes });
     }
     Ok(SegmentOutcome::Scan(
-        Box::new(SegmentScan { segment: seg.clone(), blocks, code_filters: code_ranges, row_filters }),
+        Box::new(SegmentScan { segment: seg.clone(), blocks, code_filters: code_ranges, row_filters, id_lookups }),
         nblocks,
     ))
 }

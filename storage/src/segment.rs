@@ -70,11 +70,14 @@ pub struct SegmentWriteOptions {
     /// Opaque caller metadata stored in the footer (at most 16 MiB).
     /// Default empty.
     pub user_meta: Vec<u8>,
+    /// Build the id index (`storage/src/idindex.rs`) of a schema that has
+    /// the id columns (events). Default true.
+    pub id_index: bool,
 }
 
 impl Default for SegmentWriteOptions {
     fn default() -> Self {
-        SegmentWriteOptions { block_rows: 65536, zstd_level: 1, user_meta: Vec::new() }
+        SegmentWriteOptions { block_rows: 65536, zstd_level: 1, user_meta: Vec::new(), id_index: true }
     }
 }
 

@@ -7,6 +7,7 @@
 //! bad input; they return a short reason that the reader wraps into
 //! `StorageError::SegmentCorrupt` together with the segment's path.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::event::ColumnKind;
@@ -22,10 +23,13 @@ pub(crate) const MAGIC: [u8; 8] = *b"ADSTSEG\0";
 /// The version this code writes. Readers accept every version listed in
 /// [`SUPPORTED_VERSIONS`].
 /// Version 1: events only. Version 2: any schema, and the `Bytes` kind.
-pub(crate) const FORMAT_VERSION: u32 = 2;
-pub(crate) const SUPPORTED_VERSIONS: [u32; 2] = [1, 2];
+/// Version 3: an optional id section (the id index, `storage/src/idindex.rs`).
+pub(crate) const FORMAT_VERSION: u32 = 3;
+pub(crate) const SUPPORTED_VERSIONS: [u32; 3] = [1, 2, 3];
 /// The first version whose files may hold `Bytes` columns.
 pub(crate) const BYTES_SINCE: u32 = 2;
+/// The first version whose footer says whether there is an id section.
+pub(crate) const IDS_SINCE: u32 = 3;
 /// magic (8) + version u32 + reserved u32 (zero).
 pub(crate) const HEADER_LEN: usize = 16;
 /// footer_len u64 + footer_crc u32 + version u32 + magic (8).
@@ -215,6 +219,19 @@ pub(crate) struct ColumnMeta {
     pub(crate) index: Option<Vec<IndexEntry>>,
 }
 
+/// The id section: the files of a tantivy index, back to back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdSection {
+    /// Absolute file offset of the section.
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    /// CRC of the whole section.
+    pub(crate) crc: u32,
+    pub(crate) granule_rows: u32,
+    /// Each file's name and byte range within the section.
+    pub(crate) files: Vec<(String, Range<u64>)>,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Footer {
     pub(crate) rows: u64,
@@ -226,6 +243,8 @@ pub(crate) struct Footer {
     pub(crate) index_len: u64,
     pub(crate) index_crc: u32,
     pub(crate) columns: Vec<ColumnMeta>,
+    /// Version 3 on; `None` in older files.
+    pub(crate) ids: Option<IdSection>,
 }
 
 fn put_stats(e: &mut Enc, s: &ColumnStats) {
@@ -310,12 +329,29 @@ impl Footer {
                 }
             }
         }
+        match &self.ids {
+            None => e.u8(0),
+            Some(ids) => {
+                e.u8(1);
+                e.u64(ids.offset);
+                e.u64(ids.len);
+                e.u32(ids.crc);
+                e.u32(ids.granule_rows);
+                // Invariant: an index holds a few dozen files.
+                e.u32(u32::try_from(ids.files.len()).expect("id index file count fits u32"));
+                for (name, range) in &ids.files {
+                    e.bytes(name.as_bytes());
+                    e.u64(range.start);
+                    e.u64(range.end - range.start);
+                }
+            }
+        }
         e.buf
     }
 
-    /// Parses a version-1 footer. Structural checks against the file (block
-    /// ranges, schema) are the reader's job.
-    pub(crate) fn decode(buf: &[u8]) -> Result<Footer, Reason> {
+    /// Parses a footer of format `version`. Structural checks against the
+    /// file (block ranges, schema) are the reader's job.
+    pub(crate) fn decode(buf: &[u8], version: u32) -> Result<Footer, Reason> {
         let mut d = Dec::new(buf);
         let rows = d.u64()?;
         let block_rows = d.u32()?;
@@ -374,9 +410,30 @@ impl Footer {
             };
             columns.push(ColumnMeta { name, kind, encoding, stats, dict, blocks, index });
         }
+        let ids = if version < IDS_SINCE {
+            None
+        } else {
+            match d.u8()? {
+                0 => None,
+                1 => {
+                    let (offset, len, crc, granule_rows) = (d.u64()?, d.u64()?, d.u32()?, d.u32()?);
+                    let n = d.u32()?;
+                    let n = d.count(u64::from(n), 20)?;
+                    let mut files = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let name = d.str()?.to_owned();
+                        let (start, flen) = (d.u64()?, d.u64()?);
+                        let end = start.checked_add(flen).ok_or_else(|| format!("id file {name}: length overflows"))?;
+                        files.push((name, start..end));
+                    }
+                    Some(IdSection { offset, len, crc, granule_rows, files })
+                }
+                t => return Err(format!("bad id section flag {t}")),
+            }
+        };
         if d.remaining() != 0 {
             return Err(format!("{} unexpected bytes after the footer's last column", d.remaining()));
         }
-        Ok(Footer { rows, block_rows, min_ts, max_ts, user_meta, index_offset, index_len, index_crc, columns })
+        Ok(Footer { rows, block_rows, min_ts, max_ts, user_meta, index_offset, index_len, index_crc, columns, ids })
     }
 }

@@ -26,13 +26,14 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::error::{IoContext, Result, StorageError};
-use crate::event::{ColumnKind, EventBatch};
+use crate::event::{ColumnId, ColumnKind, EventBatch};
+use crate::idindex::{self, IdIndex, SectionBytes};
 use crate::ids::SegmentId;
 use crate::tier::ObjectTier;
 
 use super::cache::{BlockCache, BlockKey, next_reader_id};
 use super::format::{
-    BYTES_SINCE, BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason,
+    BYTES_SINCE, BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, IdSection, MAGIC, Reason,
     SUPPORTED_VERSIONS, TRAILER_LEN, decode_ints_at, decode_ints_map, packed_len, select_ints,
 };
 use super::{ColumnData, ColumnStats, Dictionary, SegmentColumn, SegmentSchema, Selection};
@@ -43,8 +44,10 @@ use super::{ColumnData, ColumnStats, Dictionary, SegmentColumn, SegmentSchema, S
 pub struct SegmentReader {
     id: SegmentId,
     path: PathBuf,
-    source: Source,
+    source: Arc<Source>,
     pub(super) footer: Footer,
+    /// The id index, opened at its first lookup (a failed open is tried again).
+    ids: parking_lot::Mutex<Option<Arc<IdIndex>>>,
     schema: Arc<SegmentSchema>,
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
@@ -98,6 +101,28 @@ impl Source {
                 }
                 Ok(Cow::Owned(bytes))
             }
+        }
+    }
+}
+
+/// A segment's id section, for the id index to read.
+#[derive(Debug)]
+struct IdSectionBytes {
+    id: SegmentId,
+    source: Arc<Source>,
+    offset: u64,
+    len: u64,
+}
+
+impl SectionBytes for IdSectionBytes {
+    fn read(&self, range: Range<u64>) -> std::io::Result<Vec<u8>> {
+        if range.start > range.end || range.end > self.len {
+            return Err(std::io::Error::other(format!("range {range:?} outside the id section of {} bytes", self.len)));
+        }
+        match self.source.read(self.id, self.offset + range.start, range.end - range.start) {
+            Ok(bytes) => Ok(bytes.into_owned()),
+            Err(ReadError::Range(r)) => Err(std::io::Error::other(r)),
+            Err(ReadError::Store(e)) => Err(std::io::Error::other(e.to_string())),
         }
     }
 }
@@ -181,7 +206,7 @@ impl SegmentReader {
     pub fn open_as(id: SegmentId, path: &Path, schema: Arc<SegmentSchema>) -> Result<SegmentReader> {
         let file = File::open(path).at(path)?;
         let mmap = map_file(&file).at(path)?;
-        SegmentReader::open_source(id, path.to_owned(), Source::Mapped(mmap), schema)
+        SegmentReader::open_source(id, path.to_owned(), Arc::new(Source::Mapped(mmap)), schema)
     }
 
     /// Segment `id` of `schema` in the object store, a file of `len`
@@ -195,10 +220,15 @@ impl SegmentReader {
         len: u64,
     ) -> Result<SegmentReader> {
         let path = PathBuf::from(format!("{}/{}", tier.url().trim_end_matches('/'), tier.key(id)));
-        SegmentReader::open_source(id, path, Source::Remote { tier, len }, schema)
+        SegmentReader::open_source(id, path, Arc::new(Source::Remote { tier, len }), schema)
     }
 
-    fn open_source(id: SegmentId, path: PathBuf, source: Source, schema: Arc<SegmentSchema>) -> Result<SegmentReader> {
+    fn open_source(
+        id: SegmentId,
+        path: PathBuf,
+        source: Arc<Source>,
+        schema: Arc<SegmentSchema>,
+    ) -> Result<SegmentReader> {
         let path = path.as_path();
         let n = source.len();
         if n < (HEADER_LEN + TRAILER_LEN) as u64 {
@@ -221,7 +251,7 @@ impl SegmentReader {
         // A cold segment's header was checked on local disk before the
         // upload, whose size was verified: reading it again would cost its
         // first chunk (blocks no query may need).
-        if let Source::Mapped(_) = &source {
+        if let Source::Mapped(_) = &*source {
             let header = read(0, 16)?;
             if header[..8] != MAGIC {
                 return Err(corrupt(id, path, "bad magic at start of file"));
@@ -244,10 +274,19 @@ impl SegmentReader {
         if crc32c::crc32c(&footer_bytes) != footer_crc {
             return Err(corrupt(id, path, "footer checksum mismatch"));
         }
-        let footer = Footer::decode(&footer_bytes).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        let footer = Footer::decode(&footer_bytes, version).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
         validate(&footer, footer_start, version, &schema).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
         drop((trailer, footer_bytes));
-        Ok(SegmentReader { id, path: path.to_owned(), source, footer, schema, uid: next_reader_id(), cache: None })
+        Ok(SegmentReader {
+            id,
+            path: path.to_owned(),
+            source,
+            footer,
+            ids: parking_lot::Mutex::new(None),
+            schema,
+            uid: next_reader_id(),
+            cache: None,
+        })
     }
 
     /// This reader, keeping the blocks its query reads check and
@@ -276,7 +315,7 @@ impl SegmentReader {
 
     /// Whether its bytes are in the object store.
     pub fn is_remote(&self) -> bool {
-        matches!(self.source, Source::Remote { .. })
+        matches!(*self.source, Source::Remote { .. })
     }
 
     /// The `user_meta` the writer was given.
@@ -480,7 +519,70 @@ impl SegmentReader {
                 }
             }
         }
+        if let Some(ids) = &self.footer.ids {
+            self.check_id_section(ids)?;
+        }
         Ok(())
+    }
+
+    fn check_id_section(&self, ids: &IdSection) -> Result<()> {
+        let section = self.slice(ids.offset, ids.len).map_err(|r| self.failed("id section", r))?;
+        if crc32c::crc32c(&section) != ids.crc {
+            return Err(self.corrupt("id section checksum mismatch"));
+        }
+        Ok(())
+    }
+
+    /// Whether the segment has an id index (`storage/src/idindex.rs`).
+    pub fn has_id_index(&self) -> bool {
+        self.footer.ids.is_some()
+    }
+
+    /// Stored row ids that may hold one of `values` in `col`, from the id
+    /// index: a superset of the matching rows (the caller checks each),
+    /// never missing one. `None` when the index cannot answer: no index,
+    /// a column it does not cover, or a value it holds no term for.
+    ///
+    /// # Errors
+    /// `SegmentCorrupt` when the index is damaged (a local segment's id
+    /// section is checked against its CRC32C when first opened);
+    /// `ObjectStore` when a cold segment's index cannot be read.
+    pub fn id_rows(&self, col: ColumnId, values: &[String]) -> Result<Option<RoaringBitmap>> {
+        if !idindex::covers(col) {
+            return Ok(None);
+        }
+        let Some(index) = self.id_index()? else { return Ok(None) };
+        let granules = index.granules(values).map_err(|r| self.id_index_failed(r))?;
+        Ok(granules.map(|g| index.rows_of(&g, self.footer.rows as u32)))
+    }
+
+    fn id_index(&self) -> Result<Option<Arc<IdIndex>>> {
+        let Some(ids) = &self.footer.ids else { return Ok(None) };
+        let mut slot = self.ids.lock();
+        if let Some(index) = &*slot {
+            return Ok(Some(index.clone()));
+        }
+        // A cold segment's chunks are checked as they arrive (and its file
+        // was verified before upload); a local one is checked here, once.
+        if !self.is_remote() {
+            self.check_id_section(ids)?;
+        }
+        let bytes =
+            Arc::new(IdSectionBytes { id: self.id, source: self.source.clone(), offset: ids.offset, len: ids.len });
+        let index = IdIndex::open(&ids.files, ids.granule_rows, bytes).map_err(|r| self.id_index_failed(r))?;
+        let index = Arc::new(index);
+        *slot = Some(index.clone());
+        Ok(Some(index))
+    }
+
+    fn id_index_failed(&self, reason: String) -> StorageError {
+        match &*self.source {
+            Source::Remote { tier, .. } => StorageError::ObjectStore {
+                what: format!("reading the id index of segment {} in {}", self.id, tier.url()),
+                reason,
+            },
+            Source::Mapped(_) => self.corrupt(format!("id index: {reason}")),
+        }
     }
 
     /// A column's metadata and that of one of its blocks; `Internal` past the last block.
@@ -549,7 +651,7 @@ impl SegmentReader {
 
     /// For a cold segment: its object store and file length.
     pub(crate) fn remote(&self) -> Option<(&Arc<ObjectTier>, u64)> {
-        match &self.source {
+        match &*self.source {
             Source::Remote { tier, len } => Some((tier, *len)),
             Source::Mapped(_) => None,
         }
@@ -708,6 +810,18 @@ fn validate(f: &Footer, footer_start: u64, version: u32, schema: &SegmentSchema)
     let index_end = f.index_offset.checked_add(f.index_len);
     if f.index_offset < HEADER_LEN as u64 || index_end != Some(footer_start) {
         return Err("index section does not end where the footer starts".into());
+    }
+    if let Some(ids) = &f.ids {
+        let end = ids.offset.checked_add(ids.len);
+        if ids.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > f.index_offset) {
+            return Err("id section outside the file's data".into());
+        }
+        if ids.granule_rows == 0 {
+            return Err("id section with granules of 0 rows".into());
+        }
+        if let Some((name, _)) = ids.files.iter().find(|(_, r)| r.start > r.end || r.end > ids.len) {
+            return Err(format!("id file {name} outside the id section"));
+        }
     }
     let rows = f.rows as usize;
     let block_rows = f.block_rows as usize;

@@ -30,7 +30,7 @@ fn write(dir: &Path, events: &[Event], opts: &SegmentWriteOptions) -> (PathBuf, 
 }
 
 fn opts(block_rows: usize) -> SegmentWriteOptions {
-    SegmentWriteOptions { block_rows, zstd_level: 3, user_meta: b"meta".to_vec() }
+    SegmentWriteOptions { block_rows, zstd_level: 3, user_meta: b"meta".to_vec(), id_index: true }
 }
 
 fn small_events(n: usize) -> Vec<Event> {
@@ -183,7 +183,7 @@ proptest! {
         zstd_level in prop_oneof![Just(1), Just(3)],
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = SegmentWriteOptions { block_rows, zstd_level, user_meta: vec![1, 2, 3] };
+        let opts = SegmentWriteOptions { block_rows, zstd_level, user_meta: vec![1, 2, 3], id_index: true };
         let (path, summary) = write(dir.path(), &events, &opts);
         let r = SegmentReader::open(ID, &path).expect("open");
         prop_assert_eq!(summary.rows as usize, events.len());
@@ -387,7 +387,7 @@ fn golden_events() -> Vec<Event> {
 }
 
 fn golden_options() -> SegmentWriteOptions {
-    SegmentWriteOptions { block_rows: 4, zstd_level: 3, user_meta: b"golden-v1".to_vec() }
+    SegmentWriteOptions { block_rows: 4, zstd_level: 3, user_meta: b"golden-v1".to_vec(), id_index: true }
 }
 
 /// Version 2's golden file: a derived schema with a bytes column.
@@ -399,7 +399,8 @@ fn golden_v2_rows() -> Vec<DerivedRow> {
 }
 
 /// Writes the golden file of the version this build writes (older ones
-/// are never rewritten: they pin what old builds wrote).
+/// are never rewritten: they pin what old builds wrote). Version 3's is an
+/// events segment with its id index.
 #[test]
 fn regenerate_golden_file() {
     if std::env::var("ADSTORE_REGENERATE_GOLDEN").as_deref() != Ok("1") {
@@ -407,9 +408,21 @@ fn regenerate_golden_file() {
     }
     let path = golden_path(super::format::FORMAT_VERSION);
     std::fs::create_dir_all(path.parent().expect("golden dir")).expect("mkdir");
-    let schema = derived_schema();
-    let options = SegmentWriteOptions { user_meta: b"golden-v2".to_vec(), ..golden_options() };
-    write_columns(&path, &schema, &derived_batch(&schema, &golden_v2_rows()), &options).expect("write golden");
+    let options = SegmentWriteOptions { user_meta: b"golden-v3".to_vec(), ..golden_options() };
+    write_segment(&path, &EventBatch::from_events(&golden_events()), &options).expect("write golden");
+}
+
+#[test]
+fn golden_file_v3_reads_back_exactly_with_its_id_index() {
+    let r = SegmentReader::open(SegmentId(3), &golden_path(3)).expect("open golden segment-v3.seg");
+    r.verify().expect("golden verifies");
+    assert_eq!(r.user_meta(), b"golden-v3");
+    assert_eq!(r.read_batch().expect("read golden").events(), model_sort(&golden_events()));
+    // Ten rows: one granule, found by any id it holds, and by no other.
+    let found = r.id_rows(ColumnId::ImpressionId, &["imp-3".into()]).expect("lookup").expect("an id index");
+    assert_eq!(found.len(), 10);
+    let none = r.id_rows(ColumnId::EventId, &["ev-0010".into()]).expect("lookup").expect("an id index");
+    assert!(none.is_empty());
 }
 
 #[test]
@@ -672,4 +685,121 @@ fn bytes_in_a_version_1_file_are_refused() {
     std::fs::write(&path, &bytes).expect("write");
     let err = SegmentReader::open_as(ID, &path, derived_schema()).expect_err("v1 with bytes");
     assert!(err.to_string().contains("users: bytes in a version 1 file"), "{err}");
+}
+
+// ---------------------------------------------------------------- id index
+
+/// Events whose ids repeat across rows, granules and columns: impressions
+/// share `impression_id`s, users and ip hashes come from small pools, and
+/// one value (`shared`) is an `event_id` in one row and a `user_key` in another.
+fn id_events(n: usize) -> Vec<Event> {
+    let mut events = small_events(n);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.event_id = format!("ev-{i}");
+        e.impression_id = Some(format!("imp-{}", i % 997));
+        e.click_id = (i % 3 == 0).then(|| format!("clk-{}", i / 3));
+        e.user_key = (i % 5 != 0).then(|| format!("u-{}", (i * 7) % 1300));
+        e.ip_hash = Some(format!("ip-{}", i % 4001));
+    }
+    events[17].event_id = "shared".into();
+    events[n - 3].user_key = Some("shared".into());
+    events
+}
+
+fn id_of(e: &Event, col: ColumnId) -> Option<&str> {
+    match col {
+        ColumnId::EventId => Some(&e.event_id),
+        ColumnId::ImpressionId => e.impression_id.as_deref(),
+        ColumnId::ClickId => e.click_id.as_deref(),
+        ColumnId::UserKey => e.user_key.as_deref(),
+        ColumnId::IpHash => e.ip_hash.as_deref(),
+        _ => None,
+    }
+}
+
+/// Checks `id_rows` of `r` against the stored rows `model`: every row
+/// holding a value is a candidate, and candidates come in whole granules
+/// that hold it somewhere.
+fn check_id_rows(r: &SegmentReader, model: &[Event]) {
+    let values = ["ev-0", "ev-12345", "imp-5", "clk-100", "u-42", "ip-4000", "shared", "nowhere", "imp-"];
+    for col in crate::idindex::ID_COLUMNS {
+        for v in values {
+            let got = r.id_rows(col, &[v.to_string()]).expect("lookup").expect("the segment has an id index");
+            let want: Vec<u32> =
+                model.iter().enumerate().filter(|(_, e)| id_of(e, col) == Some(v)).map(|(i, _)| i as u32).collect();
+            assert!(want.iter().all(|row| got.contains(*row)), "{col:?} = {v}: a matching row is not a candidate");
+            let granule = crate::idindex::GRANULE_ROWS as usize;
+            let granules: std::collections::BTreeSet<usize> = got.iter().map(|row| row as usize / granule).collect();
+            for g in granules {
+                let rows = &model[g * granule..((g + 1) * granule).min(model.len())];
+                let holds = rows.iter().any(|e| crate::idindex::ID_COLUMNS.iter().any(|&c| id_of(e, c) == Some(v)));
+                assert!(holds, "{col:?} = {v}: granule {g} holds no {v} in any id column");
+            }
+        }
+    }
+    let pair = ["clk-7".to_string(), "clk-3000".to_string()];
+    let got = r.id_rows(ColumnId::ClickId, &pair).expect("lookup").expect("index");
+    for (i, e) in model.iter().enumerate() {
+        if e.click_id.as_deref().is_some_and(|c| pair.iter().any(|p| p == c)) {
+            assert!(got.contains(i as u32), "IN misses row {i}");
+        }
+    }
+    assert_eq!(r.id_rows(ColumnId::Country, &["DE".into()]).expect("lookup"), None, "not an id column");
+}
+
+#[test]
+fn id_index_candidates_hold_every_row_with_the_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = id_events(20_000);
+    let (path, _) = write(dir.path(), &events, &opts(3000));
+    let r = SegmentReader::open(ID, &path).expect("open");
+    assert!(r.has_id_index());
+    r.verify().expect("verify");
+    check_id_rows(&r, &model_sort(&events));
+
+    let off = SegmentWriteOptions { id_index: false, ..opts(3000) };
+    let (path, _) = write(dir.path(), &events, &off);
+    let r = SegmentReader::open(ID, &path).expect("open");
+    assert!(!r.has_id_index());
+    assert_eq!(r.id_rows(ColumnId::EventId, &["ev-0".into()]).expect("lookup"), None);
+}
+
+#[test]
+fn a_flipped_byte_in_the_id_section_fails_the_lookup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = id_events(5000);
+    let (path, _) = write(dir.path(), &events, &opts(1000));
+    let ids = SegmentReader::open(ID, &path).expect("open").footer.ids.clone().expect("id section");
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[(ids.offset + ids.len / 2) as usize] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let r = SegmentReader::open(ID, &path).expect("the footer is intact");
+    let err = r.id_rows(ColumnId::EventId, &["ev-1".into()]).expect_err("the section's checksum fails");
+    assert!(matches!(err, StorageError::SegmentCorrupt { .. }), "{err}");
+    assert!(err.to_string().contains("id section checksum mismatch"), "{err}");
+    r.verify().expect_err("verify checks the id section");
+}
+
+#[test]
+fn a_cold_segment_answers_lookups_from_a_few_ranges_not_the_file() {
+    use crate::tier::{ChunkCache, ObjectTier};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = id_events(150_000);
+    let (path, summary) = write(dir.path(), &events, &SegmentWriteOptions::default());
+    let tier =
+        ObjectTier::open(dir.path().join("objects").to_str().expect("utf-8"), std::time::Duration::from_secs(30))
+            .expect("open store")
+            .with_cache(ChunkCache::open(&dir.path().join("cache"), 64 << 20).expect("cache"));
+    let tier = std::sync::Arc::new(tier);
+    tier.upload(ID, &path).expect("upload");
+    let r = SegmentReader::open_remote(ID, tier.clone(), SegmentSchema::events().clone(), summary.size_bytes)
+        .expect("open remote");
+    let before = tier.stats().read_bytes;
+    check_id_rows(&r, &model_sort(&events));
+    let read = tier.stats().read_bytes - before;
+    assert!(
+        read * 2 < summary.size_bytes,
+        "lookups read {read} bytes of a {} byte segment (whole chunks of its id section)",
+        summary.size_bytes
+    );
 }

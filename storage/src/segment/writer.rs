@@ -23,10 +23,11 @@ use roaring::RoaringBitmap;
 
 use crate::error::{IoContext, Result, StorageError};
 use crate::event::{ColumnKind, EventBatch};
+use crate::idindex::{self, ID_COLUMNS};
 
 use super::format::{
-    BlockMeta, ColumnMeta, Encoding, FLAG_ZSTD, FORMAT_VERSION, Footer, HEADER_LEN, IndexEntry, MAGIC, encode_ints,
-    pack,
+    BlockMeta, ColumnMeta, Encoding, FLAG_ZSTD, FORMAT_VERSION, Footer, HEADER_LEN, IdSection, IndexEntry, MAGIC,
+    encode_ints, pack,
 };
 use super::{ColumnDef, ColumnStats, Dictionary, SegmentSchema, SegmentSummary, SegmentWriteOptions, ValueRange};
 
@@ -87,12 +88,18 @@ pub fn write_columns(
         _ => return Err(StorageError::Internal("the time column is not I64".into())),
     };
     let perm = sort_permutation(&sources, schema, ts)?;
-    let encoded = defs
-        .par_iter()
-        .enumerate()
-        .zip(&sources)
-        .map(|((i, def), src)| encode_column(def, i == schema.ts(), src, &perm, opts))
-        .collect::<Result<Vec<_>>>()?;
+    let id_columns = if opts.id_index { id_columns(schema, batch)? } else { None };
+    let (encoded, ids) = rayon::join(
+        || {
+            defs.par_iter()
+                .enumerate()
+                .zip(&sources)
+                .map(|((i, def), src)| encode_column(def, i == schema.ts(), src, &perm, opts))
+                .collect::<Result<Vec<_>>>()
+        },
+        || id_columns.map(|cols| idindex::build(&cols, &perm, idindex::GRANULE_ROWS)).transpose(),
+    );
+    let (encoded, ids) = (encoded?, ids?);
     drop(sources);
 
     let (min_ts, max_ts) = ts.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
@@ -116,6 +123,22 @@ pub fn write_columns(
         columns.push(col.meta);
         bitmaps.push(col.bitmaps);
     }
+
+    let ids = match ids {
+        None => None,
+        Some(index) => {
+            let offset = w.pos;
+            let mut crc = 0u32;
+            let mut files = Vec::with_capacity(index.files.len());
+            for (name, bytes) in &index.files {
+                let start = w.pos - offset;
+                w.write(bytes).at(path)?;
+                crc = crc32c::crc32c_append(crc, bytes);
+                files.push((name.clone(), start..w.pos - offset));
+            }
+            Some(IdSection { offset, len: w.pos - offset, crc, granule_rows: index.granule_rows, files })
+        }
+    };
 
     let index_offset = w.pos;
     let mut index_crc = 0u32;
@@ -141,6 +164,7 @@ pub fn write_columns(
         index_len,
         index_crc,
         columns,
+        ids,
     }
     .encode();
     w.write(&footer).at(path)?;
@@ -155,6 +179,21 @@ pub fn write_columns(
     let file = w.inner.into_inner().map_err(|e| e.into_error()).at(path)?;
     file.sync_all().at(path)?;
     Ok(SegmentSummary { rows: rows as u64, size_bytes, min_ts, max_ts })
+}
+
+/// The id columns of `batch`, when its schema has all of them as strings
+/// (events do; derived tables do not, and get no id index).
+fn id_columns<'a>(schema: &SegmentSchema, batch: &'a RecordBatch) -> Result<Option<Vec<&'a StringArray>>> {
+    let mut out = Vec::with_capacity(ID_COLUMNS.len());
+    for c in ID_COLUMNS {
+        let Some(i) = schema.position(c.name()) else { return Ok(None) };
+        let def = &schema.columns()[i];
+        if def.kind != ColumnKind::Str {
+            return Ok(None);
+        }
+        out.push(downcast::<StringArray>(batch.column(i), def)?);
+    }
+    Ok(Some(out))
 }
 
 struct CountingWriter {

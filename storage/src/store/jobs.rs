@@ -91,7 +91,12 @@ impl Store {
     /// How this store lays out the segments it writes.
     pub(super) fn segment_options(&self) -> SegmentWriteOptions {
         let c = &self.inner.config;
-        SegmentWriteOptions { block_rows: c.block_rows, zstd_level: c.zstd_level, ..SegmentWriteOptions::default() }
+        SegmentWriteOptions {
+            block_rows: c.block_rows,
+            zstd_level: c.zstd_level,
+            id_index: c.id_index,
+            ..SegmentWriteOptions::default()
+        }
     }
 }
 
