@@ -711,25 +711,46 @@ fn a_reprocess_whose_totals_overflow_fails_with_a_message() {
     assert!(job["error"].as_str().is_some_and(|e| e.contains("overflows")), "{job}");
 }
 
-/// Equality and `IN` on the id columns read the segments' id index and
-/// find every stored row holding the id, counted here from the events sent:
-/// ids that repeat across rows and columns, and ids nobody sent.
+/// Equality and `IN` on the id columns read the final segments' id index
+/// and find every stored row holding the id, counted here from the events
+/// sent: ids that repeat across rows and columns, ids nobody sent, and ids
+/// also in a bucket still open (provisional, without an index).
 #[test]
 fn id_filters_read_the_id_index_and_find_every_row() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), Some("[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\n"));
-    let body = ndjson(20_000, 29);
+    let config = "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\nclose_idle_ms = 300\n\n\
+                  [ingest]\nallowed_lateness_ms = 60000\n";
+    let server = Server::start(dir.path(), Some(config));
+    let mut body = ndjson(20_000, 29);
+    let first: serde_json::Value =
+        serde_json::from_slice(body.split(|&b| b == b'\n').next().expect("a line")).expect("generated json");
+    // Three events of the first event's user, now: their bucket stays open.
+    for i in 0..3 {
+        let fresh = serde_json::json!({
+            "event_id": format!("fresh-{i}"), "type": "impression", "ts": now_ms(), "publisher_id": "pub-fresh",
+            "advertiser_id": "adv-fresh", "campaign_id": "cmp-fresh", "ad_id": "ad-fresh",
+            "impression_id": format!("fresh-{i}"), "user_key": first["user_key"], "ip_hash": first["ip_hash"],
+        });
+        body.extend_from_slice(format!("{fresh}\n").as_bytes());
+    }
     let sent: Vec<serde_json::Value> = body
         .split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())
         .map(|line| serde_json::from_slice(line).expect("generated json"))
         .collect();
     let (status, r) = server.post("/v1/events", NDJSON, None, &body);
-    assert_eq!((status, accepted(&r)), (200, 20_000), "{r}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while server.metric("adstore_head_rows") > 0 {
-        assert!(std::time::Instant::now() < deadline, "the head was not sealed");
-        std::thread::sleep(Duration::from_millis(50));
+    assert_eq!((status, accepted(&r)), (200, 20_003), "{r}");
+    // Sealed, and every closed bucket re-sealed as final.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let listing = server.get("/v1/segments");
+        let raws = listing["segments"].as_array().expect("segments");
+        let provisional = raws.iter().filter(|s| s["is_final"] == false).count();
+        if listing["head"]["rows"] == 0 && provisional <= 4 && raws.len() > provisional {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not settled: {listing}");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let count = |query: &str| -> u64 {
         let (status, r) = sql(&server, query);
@@ -750,6 +771,10 @@ fn id_filters_read_the_id_index_and_find_every_row() {
         let want = sent.iter().filter(|e| e[column].as_str().is_some_and(|x| x == a || x == b)).count() as u64;
         assert_eq!(count(&format!("SELECT count(*) FROM events WHERE {column} IN ('{a}', '{b}')")), want);
     }
+    let user = first["user_key"].as_str().expect("user_key");
+    assert!(
+        count(&format!("SELECT count(*) FROM events WHERE user_key = '{user}' AND publisher_id = 'pub-fresh'")) == 3
+    );
     let id = sent[777]["event_id"].as_str().expect("event_id");
     let (_, explain) = sql(&server, &format!("EXPLAIN SELECT * FROM events WHERE event_id = '{id}'"));
     let explain = explain.to_string();

@@ -103,6 +103,13 @@ fn settled_segments_move_to_s3_and_are_still_queried() {
     assert_eq!((status, r["rejected"].as_u64()), (200, Some(0)), "{r}");
     wait_for_remote(&server, day0);
     check_numbers(&server, day0, &per_day);
+    // Id lookups read the cold segments' id index (from the bucket, by
+    // ranges): click k1003 is the 1004th event, day0 + 1003 × 90 s.
+    let (_, r) = sql(&server, "SELECT event_id, ts FROM events WHERE click_id IN ('k1003', 'k1')");
+    assert_eq!(r["rows"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(r["rows"][0][0], "e1003", "{r}");
+    let (_, explain) = sql(&server, "EXPLAIN SELECT event_id FROM events WHERE click_id = 'k1003'");
+    assert!(explain.to_string().contains("id index on click_id"), "{explain}");
     let metrics = server.get_text("/metrics");
     let remote_raw = metrics
         .lines()

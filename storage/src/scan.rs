@@ -419,7 +419,7 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
         }
         let (selection, candidate_rows, check_codes) = match &selection {
             None => (Selection::All, rows.len(), false),
-            Some(bits) => match block_selection(bits, &rows) {
+            Some(bits) => match block_selection(bits, &rows, id_lookups.is_empty()) {
                 None => continue,
                 Some(found) => found,
             },
@@ -435,8 +435,10 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
 /// How to find the rows of `block` (stored row ids) that are in `bits`:
 /// `(selection, matching rows, check codes per row)`, or `None` if none
 /// are. A run of rows becomes a range; many scattered rows are cheaper to
-/// find by comparing the block's codes than by walking the bitmap.
-fn block_selection(bits: &RoaringBitmap, block: &Range<usize>) -> Option<(Selection, usize, bool)> {
+/// find by comparing the block's codes than by walking the bitmap, when
+/// `by_codes` (the bits are the code filters' rows alone: rows the id
+/// index kept have no codes to compare, and are listed).
+fn block_selection(bits: &RoaringBitmap, block: &Range<usize>, by_codes: bool) -> Option<(Selection, usize, bool)> {
     let (start, end) = (block.start as u32, block.end as u32);
     let count = bits.range_cardinality(start..end) as usize;
     if count == 0 {
@@ -453,7 +455,7 @@ fn block_selection(bits: &RoaringBitmap, block: &Range<usize>) -> Option<(Select
         return Some((Selection::Range(first - start..last - start + 1), count, false));
     }
     // Walking a bitmap costs several times a code comparison per row.
-    if count * 8 >= block.len() {
+    if by_codes && count * 8 >= block.len() {
         return Some((Selection::All, count, true));
     }
     Some((Selection::Rows(bits.range(start..end).map(|r| r - start).collect()), count, false))
@@ -862,22 +864,31 @@ mod tests {
     #[test]
     fn block_selection_picks_the_cheapest_way_to_the_rows() {
         let block = 1000..2000;
-        assert_eq!(block_selection(&bits(0..1000), &block), None, "no rows of this block");
-        assert_eq!(block_selection(&bits(500..2500), &block), Some((Selection::All, 1000, false)));
+        assert_eq!(block_selection(&bits(0..1000), &block, true), None, "no rows of this block");
+        assert_eq!(block_selection(&bits(500..2500), &block, true), Some((Selection::All, 1000, false)));
         assert_eq!(
-            block_selection(&bits(1200..1300), &block),
+            block_selection(&bits(1200..1300), &block, true),
             Some((Selection::Range(200..300), 100, false)),
             "a run of rows is a range"
         );
         assert_eq!(
-            block_selection(&bits((1000..2000).step_by(2)), &block),
+            block_selection(&bits((1000..2000).step_by(2)), &block, true),
             Some((Selection::All, 500, true)),
             "many scattered rows are found by their codes"
         );
         assert_eq!(
-            block_selection(&bits([999, 1003, 1500, 1999, 2000]), &block),
+            block_selection(&bits([999, 1003, 1500, 1999, 2000]), &block, true),
             Some((Selection::Rows(vec![3, 500, 999]), 3, false)),
             "a few scattered rows are listed"
+        );
+        assert_eq!(
+            block_selection(&bits((1000..2000).step_by(2)), &block, false).map(|(s, n, codes)| (
+                matches!(s, Selection::Rows(r) if r.len() == 500),
+                n,
+                codes
+            )),
+            Some((true, 500, false)),
+            "rows the id index kept have no codes to compare: they are listed"
         );
     }
 

@@ -86,9 +86,9 @@ pub struct StoreConfig {
     /// as well as 3 (31.2 vs 31.4 bytes per event) and seals 20% faster.
     pub zstd_level: i32,
     /// Write an id index (tantivy, `event_id`, `impression_id`, `click_id`,
-    /// `user_key`, `ip_hash`) into every raw segment, so equality and `IN`
-    /// filters on those columns read a few granules instead of every row.
-    /// Default true.
+    /// `user_key`, `ip_hash`) into every final raw segment, so equality and
+    /// `IN` filters on those columns read a few granules instead of every
+    /// row. Default true.
     pub id_index: bool,
     /// WAL file size before rotation. Default 64 MiB.
     pub wal_file_size_bytes: u64,

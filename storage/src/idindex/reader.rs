@@ -144,17 +144,19 @@ struct SectionFile {
 
 impl HasLen for SectionFile {
     fn len(&self) -> usize {
-        (self.range.end - self.range.start) as usize
+        // The segment reader checked the range against the section (and a
+        // section is far below 2^64 bytes, or 2^32 on 32-bit targets).
+        usize::try_from(self.range.end.saturating_sub(self.range.start)).unwrap_or(usize::MAX)
     }
 }
 
 impl FileHandle for SectionFile {
     fn read_bytes(&self, range: Range<usize>) -> io::Result<OwnedBytes> {
-        let (start, end) = (self.range.start + range.start as u64, self.range.start + range.end as u64);
-        if range.start > range.end || end > self.range.end {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("range {range:?} outside the file")));
+        let at = |offset: usize| self.range.start.checked_add(offset as u64).filter(|&x| x <= self.range.end);
+        match (at(range.start), at(range.end)) {
+            (Some(start), Some(end)) if start <= end => Ok(OwnedBytes::new(self.bytes.read(start..end)?)),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("range {range:?} outside the file"))),
         }
-        Ok(OwnedBytes::new(self.bytes.read(start..end)?))
     }
 }
 

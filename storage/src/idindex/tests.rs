@@ -26,11 +26,11 @@ impl SectionBytes for Section {
 
 /// Builds the index of `rows` (each row: five optional ids) stored in
 /// `perm` order, and opens it from one packed section.
-fn index_of(rows: &[[Option<String>; 5]], perm: &[u32], granule_rows: u32) -> IdIndex {
+fn index_of(rows: &[[Option<String>; 5]], perm: &[u32], granule_rows: u32, commit_every: usize) -> IdIndex {
     let columns: Vec<StringArray> =
         (0..5).map(|c| rows.iter().map(|r| r[c].as_deref()).collect::<StringArray>()).collect();
     let refs: Vec<&StringArray> = columns.iter().collect();
-    let built = build(&refs, perm, granule_rows).expect("build");
+    let built = build(&refs, perm, granule_rows, commit_every).expect("build");
     let mut section = Vec::new();
     let mut files = Vec::new();
     for (name, bytes) in built.files {
@@ -71,8 +71,10 @@ proptest! {
             (Just(rows), Just((0..n).collect::<Vec<u32>>()).prop_shuffle())
         }),
         granule_rows in 1u32..40,
+        commit_every in prop_oneof![Just(usize::MAX), 1usize..5],
     ) {
-        let index = index_of(&rows, &perm, granule_rows);
+        // Several tantivy segments when commit_every is small.
+        let index = index_of(&rows, &perm, granule_rows, commit_every);
         let mut values: Vec<String> = (0u32..42).map(|i| format!("id-{i}")).collect();
         values.extend(["a:b\0c\n日本", "12:x", "x", "id-"].map(String::from));
         for v in &values {
@@ -91,7 +93,7 @@ proptest! {
 #[test]
 fn values_without_a_term_leave_the_answer_to_the_rows() {
     let rows = vec![[Some("a".to_string()), None, None, Some(String::new()), None]];
-    let index = index_of(&rows, &[0], 4);
+    let index = index_of(&rows, &[0], 4, usize::MAX);
     assert_eq!(index.granules(&[String::new()]).expect("lookup"), None, "empty values are not indexed");
     let long = "x".repeat(tantivy::tokenizer::MAX_TOKEN_LEN + 1);
     assert_eq!(index.granules(&["a".into(), long]).expect("lookup"), None, "nor values longer than a term");
@@ -103,7 +105,7 @@ fn values_without_a_term_leave_the_answer_to_the_rows() {
 fn granules_become_row_ranges_cut_at_the_last_row() {
     let rows: Vec<[Option<String>; 5]> = (0..10).map(|i| [Some(format!("e{i}")), None, None, None, None]).collect();
     let perm: Vec<u32> = (0..10).collect();
-    let index = index_of(&rows, &perm, 4);
+    let index = index_of(&rows, &perm, 4, 1);
     let granules = index.granules(&["e1".into(), "e9".into()]).expect("lookup").expect("indexable");
     let rows = index.rows_of(&granules, 10);
     assert_eq!(rows.iter().collect::<Vec<_>>(), [0, 1, 2, 3, 8, 9]);
@@ -115,7 +117,7 @@ fn a_damaged_section_is_an_error_not_a_panic() {
     let columns: Vec<StringArray> =
         (0..5).map(|c| rows.iter().map(|r: &[Option<String>; 5]| r[c].as_deref()).collect()).collect();
     let refs: Vec<&StringArray> = columns.iter().collect();
-    let built = build(&refs, &[0], 4).expect("build");
+    let built = build(&refs, &[0], 4, usize::MAX).expect("build");
     let mut section = Vec::new();
     let mut files = Vec::new();
     for (name, bytes) in built.files {

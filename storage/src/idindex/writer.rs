@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use arrow_array::{Array, StringArray};
 use rustc_hash::FxHashSet;
-use tantivy::directory::RamDirectory;
+use tantivy::directory::{OwnedBytes, RamDirectory};
 use tantivy::indexer::NoMergePolicy;
 use tantivy::schema::{FAST, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 use tantivy::store::Compressor;
@@ -20,10 +20,10 @@ use crate::error::{Result, StorageError};
 const WRITER_BUDGET_BYTES: usize = 64 << 20;
 
 /// The files of one id index, sorted by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IdIndexFiles {
     pub granule_rows: u32,
-    pub files: Vec<(String, Vec<u8>)>,
+    /// Shared with the in-memory directory they were written to, not copied.
+    pub files: Vec<(String, OwnedBytes)>,
 }
 
 /// Whether a value can be a term: tantivy skips empty tokens' worth of
@@ -51,7 +51,15 @@ fn failed(e: impl std::fmt::Display) -> StorageError {
 
 /// Indexes `columns` (the id columns, each as long as the batch) over the
 /// rows in stored order `perm` (stored row `r` is input row `perm[r]`).
-pub(crate) fn build(columns: &[&StringArray], perm: &[u32], granule_rows: u32) -> Result<IdIndexFiles> {
+/// `commit_every` granules the writer commits what it has as one tantivy
+/// segment (the segment writer passes `usize::MAX`: tantivy then cuts
+/// segments only at its memory budget; tests pass less, to get several).
+pub(crate) fn build(
+    columns: &[&StringArray],
+    perm: &[u32],
+    granule_rows: u32,
+    commit_every: usize,
+) -> Result<IdIndexFiles> {
     if granule_rows == 0 {
         return Err(StorageError::Internal("id index granule of 0 rows".into()));
     }
@@ -82,6 +90,9 @@ pub(crate) fn build(columns: &[&StringArray], perm: &[u32], granule_rows: u32) -
         doc.add_text(ids, text);
         doc.add_u64(granule, g as u64);
         writer.add_document(doc).map_err(failed)?;
+        if (g + 1) % commit_every.max(1) == 0 {
+            writer.commit().map_err(failed)?;
+        }
     }
     writer.commit().map_err(failed)?;
     writer.wait_merging_threads().map_err(failed)?;
@@ -97,7 +108,7 @@ pub(crate) fn build(columns: &[&StringArray], perm: &[u32], granule_rows: u32) -
         }
         let bytes = dir.open_read(&name).map_err(failed)?.read_bytes().map_err(failed)?;
         let name = name.to_str().ok_or_else(|| failed(format!("file name {}", name.display())))?.to_owned();
-        files.push((name, bytes.as_slice().to_vec()));
+        files.push((name, bytes));
     }
     Ok(IdIndexFiles { granule_rows, files })
 }

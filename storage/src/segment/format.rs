@@ -219,15 +219,21 @@ pub(crate) struct ColumnMeta {
     pub(crate) index: Option<Vec<IndexEntry>>,
 }
 
+/// Bytes per checksummed page of the id section: tantivy reads a few
+/// kilobytes at a time (a term block, a postings list), and each read is
+/// checked against the CRCs of the pages it touches.
+pub(crate) const ID_PAGE_BYTES: u32 = 16 << 10;
+
 /// The id section: the files of a tantivy index, back to back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IdSection {
     /// Absolute file offset of the section.
     pub(crate) offset: u64,
     pub(crate) len: u64,
-    /// CRC of the whole section.
-    pub(crate) crc: u32,
     pub(crate) granule_rows: u32,
+    pub(crate) page_bytes: u32,
+    /// CRC of each page of `page_bytes` (the last one may be shorter).
+    pub(crate) page_crcs: Vec<u32>,
     /// Each file's name and byte range within the section.
     pub(crate) files: Vec<(String, Range<u64>)>,
 }
@@ -335,8 +341,13 @@ impl Footer {
                 e.u8(1);
                 e.u64(ids.offset);
                 e.u64(ids.len);
-                e.u32(ids.crc);
                 e.u32(ids.granule_rows);
+                e.u32(ids.page_bytes);
+                // Invariant: the section of a segment (< 2^32 rows) has far fewer pages.
+                e.u32(u32::try_from(ids.page_crcs.len()).expect("id page count fits u32"));
+                for crc in &ids.page_crcs {
+                    e.u32(*crc);
+                }
                 // Invariant: an index holds a few dozen files.
                 e.u32(u32::try_from(ids.files.len()).expect("id index file count fits u32"));
                 for (name, range) in &ids.files {
@@ -416,7 +427,13 @@ impl Footer {
             match d.u8()? {
                 0 => None,
                 1 => {
-                    let (offset, len, crc, granule_rows) = (d.u64()?, d.u64()?, d.u32()?, d.u32()?);
+                    let (offset, len, granule_rows, page_bytes) = (d.u64()?, d.u64()?, d.u32()?, d.u32()?);
+                    let n = d.u32()?;
+                    let n = d.count(u64::from(n), 4)?;
+                    let mut page_crcs = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        page_crcs.push(d.u32()?);
+                    }
                     let n = d.u32()?;
                     let n = d.count(u64::from(n), 20)?;
                     let mut files = Vec::with_capacity(n);
@@ -426,7 +443,7 @@ impl Footer {
                         let end = start.checked_add(flen).ok_or_else(|| format!("id file {name}: length overflows"))?;
                         files.push((name, start..end));
                     }
-                    Some(IdSection { offset, len, crc, granule_rows, files })
+                    Some(IdSection { offset, len, granule_rows, page_bytes, page_crcs, files })
                 }
                 t => return Err(format!("bad id section flag {t}")),
             }

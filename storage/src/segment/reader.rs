@@ -17,6 +17,7 @@ use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array};
@@ -48,6 +49,8 @@ pub struct SegmentReader {
     pub(super) footer: Footer,
     /// The id index, opened at its first lookup (a failed open is tried again).
     ids: parking_lot::Mutex<Option<Arc<IdIndex>>>,
+    /// Failed object store reads of the id index (tells an outage from damage).
+    id_store_failures: Arc<AtomicU64>,
     schema: Arc<SegmentSchema>,
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
@@ -105,25 +108,54 @@ impl Source {
     }
 }
 
-/// A segment's id section, for the id index to read.
+/// A segment's id section, for the id index to read: every read is
+/// widened to whole pages and checked against their CRCs, so a flipped
+/// byte, on local disk or in the object store, is an error, never a term
+/// or posting silently lost.
 #[derive(Debug)]
 struct IdSectionBytes {
     id: SegmentId,
     source: Arc<Source>,
     offset: u64,
     len: u64,
+    page_bytes: u64,
+    page_crcs: Arc<[u32]>,
+    /// Reads the object store failed (an outage, not a damaged file).
+    store_failures: Arc<AtomicU64>,
+}
+
+impl IdSectionBytes {
+    fn corrupt(reason: String) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, reason)
+    }
 }
 
 impl SectionBytes for IdSectionBytes {
     fn read(&self, range: Range<u64>) -> std::io::Result<Vec<u8>> {
         if range.start > range.end || range.end > self.len {
-            return Err(std::io::Error::other(format!("range {range:?} outside the id section of {} bytes", self.len)));
+            return Err(Self::corrupt(format!("range {range:?} outside the id section of {} bytes", self.len)));
         }
-        match self.source.read(self.id, self.offset + range.start, range.end - range.start) {
-            Ok(bytes) => Ok(bytes.into_owned()),
-            Err(ReadError::Range(r)) => Err(std::io::Error::other(r)),
-            Err(ReadError::Store(e)) => Err(std::io::Error::other(e.to_string())),
+        if range.is_empty() {
+            return Ok(Vec::new());
         }
+        let first = range.start / self.page_bytes;
+        let start = first * self.page_bytes;
+        let end = (range.end.div_ceil(self.page_bytes) * self.page_bytes).min(self.len);
+        let pages = match self.source.read(self.id, self.offset + start, end - start) {
+            Ok(bytes) => bytes,
+            Err(ReadError::Range(r)) => return Err(Self::corrupt(r)),
+            Err(ReadError::Store(e)) => {
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(std::io::Error::other(e.to_string()));
+            }
+        };
+        for (i, page) in pages.chunks(self.page_bytes as usize).enumerate() {
+            let n = first as usize + i;
+            if self.page_crcs.get(n) != Some(&crc32c::crc32c(page)) {
+                return Err(Self::corrupt(format!("id section page {n}: checksum mismatch")));
+            }
+        }
+        Ok(pages[(range.start - start) as usize..(range.end - start) as usize].to_vec())
     }
 }
 
@@ -283,6 +315,7 @@ impl SegmentReader {
             source,
             footer,
             ids: parking_lot::Mutex::new(None),
+            id_store_failures: Arc::new(AtomicU64::new(0)),
             schema,
             uid: next_reader_id(),
             cache: None,
@@ -520,15 +553,12 @@ impl SegmentReader {
             }
         }
         if let Some(ids) = &self.footer.ids {
-            self.check_id_section(ids)?;
-        }
-        Ok(())
-    }
-
-    fn check_id_section(&self, ids: &IdSection) -> Result<()> {
-        let section = self.slice(ids.offset, ids.len).map_err(|r| self.failed("id section", r))?;
-        if crc32c::crc32c(&section) != ids.crc {
-            return Err(self.corrupt("id section checksum mismatch"));
+            let section = self.slice(ids.offset, ids.len).map_err(|r| self.failed("id section", r))?;
+            for (n, page) in section.chunks(ids.page_bytes as usize).enumerate() {
+                if ids.page_crcs.get(n) != Some(&crc32c::crc32c(page)) {
+                    return Err(self.corrupt(format!("id section page {n}: checksum mismatch")));
+                }
+            }
         }
         Ok(())
     }
@@ -544,45 +574,50 @@ impl SegmentReader {
     /// a column it does not cover, or a value it holds no term for.
     ///
     /// # Errors
-    /// `SegmentCorrupt` when the index is damaged (a local segment's id
-    /// section is checked against its CRC32C when first opened);
-    /// `ObjectStore` when a cold segment's index cannot be read.
+    /// `SegmentCorrupt` when the index is damaged (every read of it is
+    /// checked against its pages' CRC32C); `ObjectStore` when a cold
+    /// segment's index cannot be read.
     pub fn id_rows(&self, col: ColumnId, values: &[String]) -> Result<Option<RoaringBitmap>> {
         if !idindex::covers(col) {
             return Ok(None);
         }
-        let Some(index) = self.id_index()? else { return Ok(None) };
-        let granules = index.granules(values).map_err(|r| self.id_index_failed(r))?;
-        Ok(granules.map(|g| index.rows_of(&g, self.footer.rows as u32)))
-    }
-
-    fn id_index(&self) -> Result<Option<Arc<IdIndex>>> {
         let Some(ids) = &self.footer.ids else { return Ok(None) };
-        let mut slot = self.ids.lock();
-        if let Some(index) = &*slot {
-            return Ok(Some(index.clone()));
-        }
-        // A cold segment's chunks are checked as they arrive (and its file
-        // was verified before upload); a local one is checked here, once.
-        if !self.is_remote() {
-            self.check_id_section(ids)?;
-        }
-        let bytes =
-            Arc::new(IdSectionBytes { id: self.id, source: self.source.clone(), offset: ids.offset, len: ids.len });
-        let index = IdIndex::open(&ids.files, ids.granule_rows, bytes).map_err(|r| self.id_index_failed(r))?;
-        let index = Arc::new(index);
-        *slot = Some(index.clone());
-        Ok(Some(index))
+        let failures_before = self.id_store_failures.load(Ordering::Relaxed);
+        let looked_up = self.id_index(ids).and_then(|index| {
+            let granules = index.granules(values)?;
+            Ok(granules.map(|g| index.rows_of(&g, self.footer.rows as u32)))
+        });
+        looked_up.map_err(|reason| {
+            if self.id_store_failures.load(Ordering::Relaxed) != failures_before {
+                let url = self.remote().map_or("the object store", |(tier, _)| tier.url());
+                StorageError::ObjectStore {
+                    what: format!("reading the id index of segment {} in {url}", self.id),
+                    reason,
+                }
+            } else {
+                self.corrupt(format!("id index: {reason}"))
+            }
+        })
     }
 
-    fn id_index_failed(&self, reason: String) -> StorageError {
-        match &*self.source {
-            Source::Remote { tier, .. } => StorageError::ObjectStore {
-                what: format!("reading the id index of segment {} in {}", self.id, tier.url()),
-                reason,
-            },
-            Source::Mapped(_) => self.corrupt(format!("id index: {reason}")),
+    /// The id index, opened at its first use. Not under the lock: opening
+    /// a cold segment's index takes requests that concurrent lookups should
+    /// not queue behind (two first lookups may both open it; one is kept).
+    fn id_index(&self, ids: &IdSection) -> Result<Arc<IdIndex>, String> {
+        if let Some(index) = &*self.ids.lock() {
+            return Ok(index.clone());
         }
+        let bytes = Arc::new(IdSectionBytes {
+            id: self.id,
+            source: self.source.clone(),
+            offset: ids.offset,
+            len: ids.len,
+            page_bytes: u64::from(ids.page_bytes),
+            page_crcs: ids.page_crcs.clone().into(),
+            store_failures: self.id_store_failures.clone(),
+        });
+        let index = Arc::new(IdIndex::open(&ids.files, ids.granule_rows, bytes)?);
+        Ok(self.ids.lock().get_or_insert(index).clone())
     }
 
     /// A column's metadata and that of one of its blocks; `Internal` past the last block.
@@ -816,11 +851,22 @@ fn validate(f: &Footer, footer_start: u64, version: u32, schema: &SegmentSchema)
         if ids.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > f.index_offset) {
             return Err("id section outside the file's data".into());
         }
-        if ids.granule_rows == 0 {
-            return Err("id section with granules of 0 rows".into());
+        if ids.granule_rows == 0 || ids.page_bytes == 0 {
+            return Err("id section with granules or pages of 0 rows or bytes".into());
         }
-        if let Some((name, _)) = ids.files.iter().find(|(_, r)| r.start > r.end || r.end > ids.len) {
-            return Err(format!("id file {name} outside the id section"));
+        if ids.page_crcs.len() as u64 != ids.len.div_ceil(u64::from(ids.page_bytes)) {
+            return Err(format!("id section of {} bytes with {} page checksums", ids.len, ids.page_crcs.len()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (name, r) in &ids.files {
+            if r.start > r.end || r.end > ids.len || !names.insert(name) {
+                return Err(format!("id file {name} outside the id section, or named twice"));
+            }
+        }
+        let in_data =
+            f.columns.iter().flat_map(|c| &c.blocks).any(|b| b.offset.saturating_add(b.stored_len) > ids.offset);
+        if in_data {
+            return Err("a block reaches into the id section".into());
         }
     }
     let rows = f.rows as usize;

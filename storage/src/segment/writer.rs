@@ -26,8 +26,8 @@ use crate::event::{ColumnKind, EventBatch};
 use crate::idindex::{self, ID_COLUMNS};
 
 use super::format::{
-    BlockMeta, ColumnMeta, Encoding, FLAG_ZSTD, FORMAT_VERSION, Footer, HEADER_LEN, IdSection, IndexEntry, MAGIC,
-    encode_ints, pack,
+    BlockMeta, ColumnMeta, Encoding, FLAG_ZSTD, FORMAT_VERSION, Footer, HEADER_LEN, ID_PAGE_BYTES, IdSection,
+    IndexEntry, MAGIC, encode_ints, pack,
 };
 use super::{ColumnDef, ColumnStats, Dictionary, SegmentSchema, SegmentSummary, SegmentWriteOptions, ValueRange};
 
@@ -97,7 +97,7 @@ pub fn write_columns(
                 .map(|((i, def), src)| encode_column(def, i == schema.ts(), src, &perm, opts))
                 .collect::<Result<Vec<_>>>()
         },
-        || id_columns.map(|cols| idindex::build(&cols, &perm, idindex::GRANULE_ROWS)).transpose(),
+        || id_columns.map(|cols| idindex::build(&cols, &perm, idindex::GRANULE_ROWS, usize::MAX)).transpose(),
     );
     let (encoded, ids) = (encoded?, ids?);
     drop(sources);
@@ -128,15 +128,17 @@ pub fn write_columns(
         None => None,
         Some(index) => {
             let offset = w.pos;
-            let mut crc = 0u32;
             let mut files = Vec::with_capacity(index.files.len());
+            let mut pages = IdPages::default();
             for (name, bytes) in &index.files {
                 let start = w.pos - offset;
                 w.write(bytes).at(path)?;
-                crc = crc32c::crc32c_append(crc, bytes);
+                pages.add(bytes);
                 files.push((name.clone(), start..w.pos - offset));
             }
-            Some(IdSection { offset, len: w.pos - offset, crc, granule_rows: index.granule_rows, files })
+            let page_crcs = pages.finish();
+            let (granule_rows, page_bytes) = (index.granule_rows, ID_PAGE_BYTES);
+            Some(IdSection { offset, len: w.pos - offset, granule_rows, page_bytes, page_crcs, files })
         }
     };
 
@@ -194,6 +196,37 @@ fn id_columns<'a>(schema: &SegmentSchema, batch: &'a RecordBatch) -> Result<Opti
         out.push(downcast::<StringArray>(batch.column(i), def)?);
     }
     Ok(Some(out))
+}
+
+/// The CRCs of the id section's pages, as its bytes go by.
+#[derive(Default)]
+struct IdPages {
+    crcs: Vec<u32>,
+    crc: u32,
+    filled: usize,
+}
+
+impl IdPages {
+    fn add(&mut self, mut bytes: &[u8]) {
+        let page = ID_PAGE_BYTES as usize;
+        while !bytes.is_empty() {
+            let take = (page - self.filled).min(bytes.len());
+            self.crc = crc32c::crc32c_append(self.crc, &bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled == page {
+                self.crcs.push(std::mem::take(&mut self.crc));
+                self.filled = 0;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<u32> {
+        if self.filled > 0 {
+            self.crcs.push(self.crc);
+        }
+        self.crcs
+    }
 }
 
 struct CountingWriter {

@@ -404,7 +404,12 @@ impl Store {
         let inner = &self.inner;
         let id = inner.manifest.allocate_segment_id()?;
         let path = inner.segments_dir.join(id.file_name());
+        // Only final segments get an id index: a provisional one is merged
+        // and re-sealed as final when its bucket closes, and building the
+        // index at every one of those writes would cost each seal as much
+        // again (the newest day, still provisional, is scanned instead).
         let opts = self.segment_options();
+        let opts = SegmentWriteOptions { id_index: opts.id_index && job.is_final, ..opts };
         let write = || -> Result<SegmentSummary> {
             let summary = write_segment(&path, &output.events, &opts)?;
             for sidecar in &output.sidecars {
