@@ -19,7 +19,7 @@ use crate::error::{Result, StorageError};
 /// of the index's (tantivy) segments: a seal's working memory, not kept.
 const WRITER_BUDGET_BYTES: usize = 64 << 20;
 
-/// The files of one id index, sorted by name.
+/// The files of one id index, smallest first.
 pub(crate) struct IdIndexFiles {
     pub granule_rows: u32,
     /// Shared with the in-memory directory they were written to, not copied.
@@ -110,5 +110,9 @@ pub(crate) fn build(
         let name = name.to_str().ok_or_else(|| failed(format!("file name {}", name.display())))?.to_owned();
         files.push((name, bytes));
     }
+    // Small files first: what opening the index reads (metadata, footers of
+    // the fast fields and the doc store) then sits in the section's first
+    // bytes, one range of a cold segment, ahead of the terms and postings.
+    files.sort_by(|(a, x), (b, y)| (x.len(), a).cmp(&(y.len(), b)));
     Ok(IdIndexFiles { granule_rows, files })
 }
