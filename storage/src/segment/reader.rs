@@ -122,6 +122,9 @@ struct IdSectionBytes {
     page_crcs: Arc<[u32]>,
     /// Reads the object store failed (an outage, not a damaged file).
     store_failures: Arc<AtomicU64>,
+    /// A cold segment's block cache and reader id: checked pages are kept
+    /// there, as lookups read the same few pages of an index again.
+    cache: Option<(Arc<BlockCache>, u64)>,
 }
 
 impl IdSectionBytes {
@@ -141,6 +144,18 @@ impl SectionBytes for IdSectionBytes {
         let first = range.start / self.page_bytes;
         let start = first * self.page_bytes;
         let end = (range.end.div_ceil(self.page_bytes) * self.page_bytes).min(self.len);
+        let key = |n: u64| BlockKey {
+            reader: self.cache.as_ref().map_or(0, |c| c.1),
+            offset: self.offset + n * self.page_bytes,
+        };
+        if let Some((cache, _)) = &self.cache {
+            let kept: Option<Vec<Arc<[u8]>>> =
+                (first..end.div_ceil(self.page_bytes)).map(|n| cache.get(&key(n))).collect();
+            if let Some(kept) = kept {
+                let pages = kept.concat();
+                return Ok(pages[(range.start - start) as usize..(range.end - start) as usize].to_vec());
+            }
+        }
         let pages = match self.source.read(self.id, self.offset + start, end - start) {
             Ok(bytes) => bytes,
             Err(ReadError::Range(r)) => return Err(Self::corrupt(r)),
@@ -153,6 +168,11 @@ impl SectionBytes for IdSectionBytes {
             let n = first as usize + i;
             if self.page_crcs.get(n) != Some(&crc32c::crc32c(page)) {
                 return Err(Self::corrupt(format!("id section page {n}: checksum mismatch")));
+            }
+        }
+        if let Some((cache, _)) = &self.cache {
+            for (i, page) in pages.chunks(self.page_bytes as usize).enumerate() {
+                cache.insert(key(first + i as u64), page.into());
             }
         }
         Ok(pages[(range.start - start) as usize..(range.end - start) as usize].to_vec())
@@ -615,6 +635,7 @@ impl SegmentReader {
             page_bytes: u64::from(ids.page_bytes),
             page_crcs: ids.page_crcs.clone().into(),
             store_failures: self.id_store_failures.clone(),
+            cache: self.cache.clone().filter(|_| self.is_remote()).map(|c| (c, self.uid)),
         });
         let index = Arc::new(IdIndex::open(&ids.files, ids.granule_rows, bytes)?);
         Ok(self.ids.lock().get_or_insert(index).clone())

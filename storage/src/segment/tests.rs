@@ -815,7 +815,8 @@ fn a_cold_segment_answers_lookups_from_a_few_ranges_not_the_file() {
     let tier = std::sync::Arc::new(tier);
     tier.upload(ID, &path).expect("upload");
     let r = SegmentReader::open_remote(ID, tier.clone(), SegmentSchema::events().clone(), summary.size_bytes)
-        .expect("open remote");
+        .expect("open remote")
+        .with_cache(std::sync::Arc::new(BlockCache::new(64 << 20)));
     let before = tier.stats().read_bytes;
     check_id_rows(&r, &model_sort(&events));
     let read = tier.stats().read_bytes - before;
@@ -824,4 +825,9 @@ fn a_cold_segment_answers_lookups_from_a_few_ranges_not_the_file() {
         "lookups read {read} bytes of a {} byte segment (whole chunks of its id section)",
         summary.size_bytes
     );
+    // Asked again: the pages read are in the block cache, not even the
+    // chunk cache is read.
+    let (hits, misses) = (tier.stats().cache.hits, tier.stats().cache.misses);
+    check_id_rows(&r, &model_sort(&events));
+    assert_eq!((tier.stats().cache.hits, tier.stats().cache.misses), (hits, misses));
 }
