@@ -17,7 +17,6 @@ use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array};
@@ -49,8 +48,6 @@ pub struct SegmentReader {
     pub(super) footer: Footer,
     /// The id index, opened at its first lookup (a failed open is tried again).
     ids: parking_lot::Mutex<Option<Arc<IdIndex>>>,
-    /// Failed object store reads of the id index (tells an outage from damage).
-    id_store_failures: Arc<AtomicU64>,
     schema: Arc<SegmentSchema>,
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
@@ -120,8 +117,6 @@ struct IdSectionBytes {
     len: u64,
     page_bytes: u64,
     page_crcs: Arc<[u32]>,
-    /// Reads the object store failed (an outage, not a damaged file).
-    store_failures: Arc<AtomicU64>,
     /// A cold segment's block cache and reader id: checked pages are kept
     /// there, as lookups read the same few pages of an index again.
     cache: Option<(Arc<BlockCache>, u64)>,
@@ -144,23 +139,19 @@ impl SectionBytes for IdSectionBytes {
         let first = range.start / self.page_bytes;
         let start = first * self.page_bytes;
         let end = (range.end.div_ceil(self.page_bytes) * self.page_bytes).min(self.len);
-        let key = |n: u64| BlockKey {
-            reader: self.cache.as_ref().map_or(0, |c| c.1),
-            offset: self.offset + n * self.page_bytes,
-        };
-        if let Some((cache, _)) = &self.cache {
+        let wanted = |pages: &[u8]| pages[(range.start - start) as usize..(range.end - start) as usize].to_vec();
+        if let Some((cache, uid)) = &self.cache {
             let kept: Option<Vec<Arc<[u8]>>> =
-                (first..end.div_ceil(self.page_bytes)).map(|n| cache.get(&key(n))).collect();
-            if let Some(kept) = kept {
-                let pages = kept.concat();
-                return Ok(pages[(range.start - start) as usize..(range.end - start) as usize].to_vec());
+                (first..end.div_ceil(self.page_bytes)).map(|n| cache.get(&self.page_key(*uid, n))).collect();
+            if let Some(pages) = kept.map(|kept| kept.concat()).filter(|p| p.len() as u64 == end - start) {
+                return Ok(wanted(&pages));
             }
         }
         let pages = match self.source.read(self.id, self.offset + start, end - start) {
             Ok(bytes) => bytes,
             Err(ReadError::Range(r)) => return Err(Self::corrupt(r)),
             Err(ReadError::Store(e)) => {
-                self.store_failures.fetch_add(1, Ordering::Relaxed);
+                ID_STORE_FAILURES.with(|n| n.set(n.get() + 1));
                 return Err(std::io::Error::other(e.to_string()));
             }
         };
@@ -170,13 +161,33 @@ impl SectionBytes for IdSectionBytes {
                 return Err(Self::corrupt(format!("id section page {n}: checksum mismatch")));
             }
         }
-        if let Some((cache, _)) = &self.cache {
+        if let Some((cache, uid)) = &self.cache {
             for (i, page) in pages.chunks(self.page_bytes as usize).enumerate() {
-                cache.insert(key(first + i as u64), page.into());
+                cache.insert(self.page_key(*uid, first + i as u64), page.into());
             }
         }
-        Ok(pages[(range.start - start) as usize..(range.end - start) as usize].to_vec())
+        Ok(wanted(&pages))
     }
+}
+
+impl IdSectionBytes {
+    fn page_key(&self, reader: u64, n: u64) -> BlockKey {
+        id_page_key(reader, self.offset, self.page_bytes, n)
+    }
+}
+
+/// The block cache key of page `n` of the id section at file offset
+/// `section`: the page's file offset with the top bit set (file offsets are
+/// below 2^63), apart from the keys of blocks and bitmaps (plain offsets).
+fn id_page_key(reader: u64, section: u64, page_bytes: u64, n: u64) -> BlockKey {
+    BlockKey { reader, offset: (1 << 63) | (section + n * page_bytes) }
+}
+
+thread_local! {
+    /// Object store reads of an id index that failed on this thread: a
+    /// lookup runs on its caller's thread, so a change across one lookup
+    /// tells an outage (`ObjectStore`) from damage (`SegmentCorrupt`).
+    static ID_STORE_FAILURES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A block's encoded bytes: in the mapped file, decompressed for this
@@ -213,6 +224,18 @@ impl Drop for SegmentReader {
         if let Some(cache) = &self.cache {
             for b in self.footer.columns.iter().flat_map(|c| &c.blocks) {
                 cache.remove(&BlockKey { reader: self.uid, offset: b.offset });
+            }
+            // A cold segment's bitmaps and id pages are cached too.
+            if self.is_remote() {
+                let bitmaps = self.footer.columns.iter().flat_map(|c| c.index.iter().flatten());
+                for e in bitmaps {
+                    cache.remove(&BlockKey { reader: self.uid, offset: e.offset });
+                }
+                if let Some(ids) = &self.footer.ids {
+                    for n in 0..ids.page_crcs.len() as u64 {
+                        cache.remove(&id_page_key(self.uid, ids.offset, u64::from(ids.page_bytes), n));
+                    }
+                }
             }
         }
     }
@@ -335,7 +358,6 @@ impl SegmentReader {
             source,
             footer,
             ids: parking_lot::Mutex::new(None),
-            id_store_failures: Arc::new(AtomicU64::new(0)),
             schema,
             uid: next_reader_id(),
             cache: None,
@@ -602,13 +624,13 @@ impl SegmentReader {
             return Ok(None);
         }
         let Some(ids) = &self.footer.ids else { return Ok(None) };
-        let failures_before = self.id_store_failures.load(Ordering::Relaxed);
+        let failures_before = ID_STORE_FAILURES.with(std::cell::Cell::get);
         let looked_up = self.id_index(ids).and_then(|index| {
             let granules = index.granules(values)?;
             Ok(granules.map(|g| index.rows_of(&g, self.footer.rows as u32)))
         });
         looked_up.map_err(|reason| {
-            if self.id_store_failures.load(Ordering::Relaxed) != failures_before {
+            if ID_STORE_FAILURES.with(std::cell::Cell::get) != failures_before {
                 let url = self.remote().map_or("the object store", |(tier, _)| tier.url());
                 StorageError::ObjectStore {
                     what: format!("reading the id index of segment {} in {url}", self.id),
@@ -634,7 +656,6 @@ impl SegmentReader {
             len: ids.len,
             page_bytes: u64::from(ids.page_bytes),
             page_crcs: ids.page_crcs.clone().into(),
-            store_failures: self.id_store_failures.clone(),
             cache: self.cache.clone().filter(|_| self.is_remote()).map(|c| (c, self.uid)),
         });
         let index = Arc::new(IdIndex::open(&ids.files, ids.granule_rows, bytes)?);

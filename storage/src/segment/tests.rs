@@ -764,42 +764,70 @@ fn id_index_candidates_hold_every_row_with_the_value() {
     assert_eq!(r.id_rows(ColumnId::EventId, &["ev-0".into()]).expect("lookup"), None);
 }
 
+/// Every distinct value of every id column of `model`, with its column.
+fn all_ids(model: &[Event]) -> Vec<(ColumnId, String)> {
+    let mut out: Vec<(ColumnId, String)> = crate::idindex::ID_COLUMNS
+        .iter()
+        .flat_map(|&c| model.iter().filter_map(move |e| id_of(e, c).map(|v| (c, v.to_string()))))
+        .collect();
+    out.sort_by(|a, b| (a.0.index(), &a.1).cmp(&(b.0.index(), &b.1)));
+    out.dedup();
+    out
+}
+
+/// Flips one byte in the middle of the id section's largest file (its
+/// term dictionary or postings), returning the file's bytes.
+fn flip_in_id_section(path: &Path) -> Vec<u8> {
+    let ids = SegmentReader::open(ID, path).expect("open").footer.ids.clone().expect("id section");
+    let (_, largest) = ids.files.iter().max_by_key(|(_, r)| r.end - r.start).expect("files");
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes[(ids.offset + (largest.start + largest.end) / 2) as usize] ^= 0x01;
+    bytes
+}
+
+/// Looks `values` up in `r` (stored rows `model`): a lookup fails with
+/// `want_err`'s kind or finds every row holding its value; returns (ok, failed).
+fn lookups_never_lose_a_row(
+    r: &SegmentReader,
+    model: &[Event],
+    values: &[(ColumnId, String)],
+    want_err: fn(&StorageError) -> bool,
+) -> (u32, u32) {
+    let (mut ok, mut failed) = (0, 0);
+    for (col, v) in values {
+        let (col, v) = (*col, v.as_str());
+        match r.id_rows(col, &[v.to_string()]) {
+            Err(e) => {
+                assert!(want_err(&e), "{col:?} = {v}: {e}");
+                failed += 1;
+            }
+            Ok(rows) => {
+                let rows = rows.expect("an index");
+                let lost = model.iter().enumerate().any(|(i, e)| id_of(e, col) == Some(v) && !rows.contains(i as u32));
+                assert!(!lost, "{col:?} = {v}: a row was lost to the damage");
+                ok += 1;
+            }
+        }
+    }
+    (ok, failed)
+}
+
 #[test]
-fn a_flipped_byte_in_the_id_section_fails_the_lookup_that_reads_it() {
+fn a_flipped_byte_in_the_id_section_fails_the_lookups_that_read_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let events = id_events(5000);
     let model = model_sort(&events);
     let (path, _) = write(dir.path(), &events, &opts(1000));
-    let ids = SegmentReader::open(ID, &path).expect("open").footer.ids.clone().expect("id section");
-    let clean = std::fs::read(&path).expect("read");
-    // One flipped byte: a lookup that reads its page fails, any other
-    // still finds every row; verify() finds it.
-    let mut bytes = clean.clone();
-    bytes[(ids.offset + ids.len / 2) as usize] ^= 0x01;
-    std::fs::write(&path, &bytes).expect("write");
+    std::fs::write(&path, flip_in_id_section(&path)).expect("write");
     let r = SegmentReader::open(ID, &path).expect("the footer is intact");
-    for v in ["ev-1", "ev-4999", "imp-5", "u-42", "ip-7", "clk-3"] {
-        match r.id_rows(ColumnId::EventId, &[v.to_string()]) {
-            Err(e) => assert!(matches!(e, StorageError::SegmentCorrupt { .. }), "{e}"),
-            Ok(rows) => {
-                let rows = rows.expect("an index");
-                let missed = model.iter().enumerate().any(|(i, e)| e.event_id == v && !rows.contains(i as u32));
-                assert!(!missed, "{v}: a row was lost to the damage");
-            }
-        }
-    }
-    r.verify().expect_err("verify checks every page of the id section");
-    // A byte flipped in every page: every lookup reads a damaged page.
-    let mut bytes = clean;
-    for page in 0..ids.page_crcs.len() as u64 {
-        let at = ids.offset + page * u64::from(ids.page_bytes);
-        bytes[at as usize] ^= 0x01;
-    }
-    std::fs::write(&path, &bytes).expect("write");
-    let r = SegmentReader::open(ID, &path).expect("the footer is intact");
-    let err = r.id_rows(ColumnId::EventId, &["ev-1".into()]).expect_err("a damaged page is read");
-    assert!(matches!(err, StorageError::SegmentCorrupt { .. }), "{err}");
-    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    let corrupt = |e: &StorageError| {
+        matches!(e, StorageError::SegmentCorrupt { .. }) && e.to_string().contains("checksum mismatch")
+    };
+    let (ok, failed) = lookups_never_lose_a_row(&r, &model, &all_ids(&model), corrupt);
+    assert!(failed > 0, "the lookups that read the damaged page fail");
+    assert!(ok > failed, "the others, on pages intact, still answer (pages are checked one by one)");
+    let err = r.verify().expect_err("verify checks every page of the id section");
+    assert!(err.to_string().contains("id section page"), "{err}");
 }
 
 #[test]
@@ -830,4 +858,29 @@ fn a_cold_segment_answers_lookups_from_a_few_ranges_not_the_file() {
     let (hits, misses) = (tier.stats().cache.hits, tier.stats().cache.misses);
     check_id_rows(&r, &model_sort(&events));
     assert_eq!((tier.stats().cache.hits, tier.stats().cache.misses), (hits, misses));
+    drop(r);
+
+    // Damaged in the bucket: the pages a lookup reads are checked as they
+    // arrive. Gone from the bucket: an outage, not damage.
+    let uncached = std::sync::Arc::new(
+        ObjectTier::open(dir.path().join("objects").to_str().expect("utf-8"), std::time::Duration::from_secs(30))
+            .expect("open store"),
+    );
+    let damaged = dir.path().join("damaged.seg");
+    std::fs::write(&damaged, flip_in_id_section(&path)).expect("write");
+    let other = SegmentId(ID.0 + 1);
+    uncached.upload(other, &damaged).expect("upload");
+    let r = SegmentReader::open_remote(other, uncached.clone(), SegmentSchema::events().clone(), summary.size_bytes)
+        .expect("open remote");
+    let corrupt = |e: &StorageError| matches!(e, StorageError::SegmentCorrupt { .. });
+    let model = model_sort(&events);
+    let values: Vec<(ColumnId, String)> = all_ids(&model).into_iter().step_by(50).collect();
+    let (ok, failed) = lookups_never_lose_a_row(&r, &model, &values, corrupt);
+    assert!(ok > 0 && failed > 0, "{ok} lookups answered, {failed} failed");
+    uncached.delete(other).expect("delete");
+    let r = SegmentReader::open_remote(ID, uncached.clone(), SegmentSchema::events().clone(), summary.size_bytes)
+        .expect("open remote");
+    uncached.delete(ID).expect("delete");
+    let err = r.id_rows(ColumnId::EventId, &["ev-1".into()]).expect_err("the object is gone");
+    assert!(matches!(err, StorageError::ObjectStore { .. }), "{err}");
 }
