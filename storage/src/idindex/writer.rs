@@ -26,15 +26,15 @@ pub(crate) struct IdIndexFiles {
     pub files: Vec<(String, OwnedBytes)>,
 }
 
-/// Whether a value can be a term: tantivy skips empty tokens' worth of
-/// nothing and drops tokens above its length limit, so such values are
-/// neither indexed nor looked up (a filter on one is checked row by row).
+/// Whether a value is a term: an empty one is not indexed, and tantivy
+/// drops tokens above its length limit, so neither is looked up either (a
+/// filter on one is checked on every row).
 pub(super) fn indexable(value: &str) -> bool {
     !value.is_empty() && value.len() <= tantivy::tokenizer::MAX_TOKEN_LEN
 }
 
 /// The tantivy schema of every id index: the values, and each document's granule.
-pub(super) fn schema() -> Schema {
+fn schema() -> Schema {
     let mut b = Schema::builder();
     let indexing = TextFieldIndexing::default()
         .set_tokenizer(TOKENIZER)
