@@ -37,6 +37,19 @@ pub struct Config {
     pub tiering: TieringConfig,
     /// `[click]`: where the click redirect may send users (`click.rs`).
     pub click: crate::click::ClickConfig,
+    /// The settings the memory budget would fill in that the file gave
+    /// (set by [`Config::parse`]).
+    #[serde(skip)]
+    pub given: Given,
+}
+
+/// Which settings that the memory budget fills in when left out
+/// (`memory.rs`) a configuration file gave: a value equal to the default
+/// is the user's choice too, and is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Given {
+    pub block_cache_bytes: bool,
+    pub dedupe_spill_keys: bool,
 }
 
 /// `[tiering]`.
@@ -291,9 +304,24 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ServerError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+        let config = Config::parse(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
         config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration from TOML text, noting which budgeted settings it
+    /// gives. Not validated.
+    ///
+    /// # Errors
+    /// The TOML parser's message: a syntax error, an unknown key, a wrong type.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        let mut config: Config = toml::from_str(text)?;
+        let table: toml::Table = toml::from_str(text)?;
+        let gives = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).is_some();
+        config.given = Given {
+            block_cache_bytes: gives("storage", "block_cache_bytes"),
+            dedupe_spill_keys: gives("ingest", "dedupe_spill_keys"),
+        };
         Ok(config)
     }
 

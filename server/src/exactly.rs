@@ -58,7 +58,7 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     check_dedupe_fits(&dedupe_config, mem_total)?;
     let mut storage = config.storage.clone();
     let mut ingest = config.ingest.clone();
-    crate::memory::apply_budget(&mut storage, &mut ingest, mem_total)?;
+    crate::memory::apply_budget(&mut storage, &mut ingest, config.given, mem_total)?;
     let dedupe = match ingest.dedupe_spill_keys {
         0 => DedupeIndex::new(dedupe_config),
         keys => DedupeIndex::with_spill(dedupe_config, &data_dir.join(DEDUPE_DIR), keys),

@@ -25,7 +25,7 @@ use adstore_ingest::{DedupeConfig, ExactlyOnce};
 use adstore_storage::{Store, StoreConfig};
 use parking_lot::Mutex;
 
-use crate::config::IngestConfig;
+use crate::config::{Given, IngestConfig};
 use crate::error::ServerError;
 
 /// The smallest `memory_limit` accepted.
@@ -57,11 +57,13 @@ pub fn limit(storage: &StoreConfig, mem_total: Option<u64>) -> u64 {
     storage.memory_limit.unwrap_or_else(|| mem_total.map_or(8 << 30, |total| total / 2))
 }
 
-/// Fills in the settings `config` leaves out from its memory limit, and
-/// refuses a limit that is too small or that the settings given exceed.
+/// Fills in the settings the configuration leaves out (`given` says which
+/// it gave) from its memory limit, and refuses a limit that is too small
+/// or that the settings given exceed.
 pub fn apply_budget(
     storage: &mut StoreConfig,
     ingest: &mut IngestConfig,
+    given: Given,
     mem_total: Option<u64>,
 ) -> Result<u64, ServerError> {
     let limit = limit(storage, mem_total);
@@ -71,10 +73,10 @@ pub fn apply_budget(
         )));
     }
     let head = *storage.max_head_bytes.get_or_insert(limit / 2);
-    if storage.block_cache_bytes == StoreConfig::default().block_cache_bytes {
+    if !given.block_cache_bytes {
         storage.block_cache_bytes = storage.block_cache_bytes.min(limit / 8);
     }
-    if ingest.dedupe_spill_keys == IngestConfig::default().dedupe_spill_keys {
+    if !given.dedupe_spill_keys {
         let per_key = DedupeConfig { expected_keys: 1 << 20, ..DedupeConfig::default() }.expected_table_bytes() >> 20;
         let fits = (limit / 16) / per_key.max(1);
         ingest.dedupe_spill_keys = ingest.dedupe_spill_keys.min(usize::try_from(fits).unwrap_or(usize::MAX).max(1));
@@ -202,9 +204,9 @@ mod tests {
     use crate::config::Config;
 
     fn budget(toml: &str, mem_total: Option<u64>) -> Result<(u64, StoreConfig, IngestConfig), ServerError> {
-        let config: Config = toml::from_str(toml).expect("config");
+        let config = Config::parse(toml).expect("config");
         let (mut storage, mut ingest) = (config.storage, config.ingest);
-        let limit = apply_budget(&mut storage, &mut ingest, mem_total)?;
+        let limit = apply_budget(&mut storage, &mut ingest, config.given, mem_total)?;
         Ok((limit, storage, ingest))
     }
 
@@ -226,6 +228,17 @@ mod tests {
         .expect("explicit");
         assert_eq!((storage.max_head_bytes, storage.block_cache_bytes), (Some(100_000_000), 5000));
         assert_eq!(budget("", None).expect("unknown memory").0, 8 * gib);
+
+        // A setting given equal to its default is kept, not budgeted down.
+        let defaults = (StoreConfig::default().block_cache_bytes, IngestConfig::default().dedupe_spill_keys);
+        let text = format!(
+            "[storage]\nmemory_limit = 1073741824\nblock_cache_bytes = {}\n\n[ingest]\ndedupe_spill_keys = {}\n",
+            defaults.0, defaults.1
+        );
+        let (_, storage, ingest) = budget(&text, None).expect("explicit defaults");
+        assert_eq!((storage.block_cache_bytes, ingest.dedupe_spill_keys), defaults);
+        let (_, storage, ingest) = budget("[storage]\nmemory_limit = 1073741824\n", None).expect("left out");
+        assert!(storage.block_cache_bytes < defaults.0 || ingest.dedupe_spill_keys < defaults.1);
     }
 
     #[test]
