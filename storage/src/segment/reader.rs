@@ -884,15 +884,17 @@ fn validate(f: &Footer, footer_start: u64, version: u32, schema: &SegmentSchema)
     if f.columns.len() != defs.len() {
         return Err(format!("{} columns, expected {}", f.columns.len(), defs.len()));
     }
-    let index_end = f.index_offset.checked_add(f.index_len);
-    if f.index_offset < HEADER_LEN as u64 || index_end != Some(footer_start) {
-        return Err("index section does not end where the footer starts".into());
+    // The index section, then the id section (version 3, optional), end
+    // where the footer starts.
+    let index_end = f.index_offset.saturating_add(f.index_len);
+    let sections_end = match &f.ids {
+        None => Some(index_end),
+        Some(ids) => Some(ids.offset).filter(|&o| o == index_end).and_then(|o| o.checked_add(ids.len)),
+    };
+    if f.index_offset < HEADER_LEN as u64 || sections_end != Some(footer_start) {
+        return Err("index and id sections do not end where the footer starts".into());
     }
     if let Some(ids) = &f.ids {
-        let end = ids.offset.checked_add(ids.len);
-        if ids.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > f.index_offset) {
-            return Err("id section outside the file's data".into());
-        }
         if ids.granule_rows == 0 || ids.page_bytes == 0 {
             return Err("id section with granules or pages of 0 rows or bytes".into());
         }
@@ -955,7 +957,7 @@ fn validate(f: &Footer, footer_start: u64, version: u32, schema: &SegmentSchema)
             }
             for e in entries {
                 let end = e.offset.checked_add(e.len);
-                if e.offset < f.index_offset || end.is_none_or(|x| x > footer_start) {
+                if e.offset < f.index_offset || end.is_none_or(|x| x > index_end) {
                     return Err(format!("column {}: index entry outside the index section", c.name));
                 }
             }

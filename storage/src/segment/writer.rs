@@ -5,7 +5,8 @@
 //!             ─► per string column: dictionary (sorted) or plain   (parallel)
 //!             ─► permutation sorted by (sort columns' codes, ts, input row)
 //!             ─► per column: gather block rows, encode, compress?, crc (parallel)
-//!             ─► header | blocks | index bitmaps | footer | trailer ─► fsync
+//!             ─► id index of the id columns (final events segments; parallel to the columns)
+//!             ─► header | blocks | index bitmaps | id section | footer | trailer ─► fsync
 //! ```
 //!
 //! The writer holds the encoded segment in memory before writing it; the
@@ -124,6 +125,22 @@ pub fn write_columns(
         bitmaps.push(col.bitmaps);
     }
 
+    let index_offset = w.pos;
+    let mut index_crc = 0u32;
+    for (meta, maps) in columns.iter_mut().zip(&bitmaps) {
+        let Some(maps) = maps else { continue };
+        let mut entries = Vec::with_capacity(maps.len());
+        for bytes in maps {
+            entries.push(IndexEntry { offset: w.pos, len: bytes.len() as u64, crc: crc32c::crc32c(bytes) });
+            index_crc = crc32c::crc32c_append(index_crc, bytes);
+            w.write(bytes).at(path)?;
+        }
+        meta.index = Some(entries);
+    }
+    let index_len = w.pos - index_offset;
+
+    // The id section after the bitmaps: a cold scan reads blocks and
+    // bitmaps, which then stay adjacent (fewer, longer ranges).
     let ids = match ids {
         None => None,
         Some(index) => {
@@ -141,20 +158,6 @@ pub fn write_columns(
             Some(IdSection { offset, len: w.pos - offset, granule_rows, page_bytes, page_crcs, files })
         }
     };
-
-    let index_offset = w.pos;
-    let mut index_crc = 0u32;
-    for (meta, maps) in columns.iter_mut().zip(&bitmaps) {
-        let Some(maps) = maps else { continue };
-        let mut entries = Vec::with_capacity(maps.len());
-        for bytes in maps {
-            entries.push(IndexEntry { offset: w.pos, len: bytes.len() as u64, crc: crc32c::crc32c(bytes) });
-            index_crc = crc32c::crc32c_append(index_crc, bytes);
-            w.write(bytes).at(path)?;
-        }
-        meta.index = Some(entries);
-    }
-    let index_len = w.pos - index_offset;
 
     let footer = Footer {
         rows: rows as u64,
