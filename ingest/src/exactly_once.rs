@@ -643,11 +643,17 @@ impl ExactlyOnce {
         // seal. (Indexing the partition and the head's earlier buckets
         // again here took a sixth of the seal threads' time.)
         drop(self.indexing.write());
-        let events = {
+        let decided = {
             let index = self.index.read();
             attribute(&events, &rules, &[&index])?
         };
-        Ok(StageOutput { events, sidecars: Vec::new() })
+        // An erased event lost what its decisions were made from: a re-seal
+        // keeps them, so counts do not change.
+        let decided = match ctx.kind {
+            SealKind::Seal => decided,
+            _ => ctx.snapshot.erased.keep_decisions(&events, decided)?,
+        };
+        Ok(StageOutput { events: decided, sidecars: Vec::new() })
     }
 }
 

@@ -28,4 +28,5 @@ pub use dedupe::{
 pub use error::IngestError;
 pub use exactly_once::{AttributionPartStats, AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};
 pub use parse::rfc3339::parse_ms as parse_rfc3339_ms;
+pub use parse::validate::MAX_STR_BYTES;
 pub use parse::{LineError, ParseOptions, ParseOutcome, parse_json_array, parse_ndjson};

@@ -110,6 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/retention", get(crate::retention::get_retention).put(crate::retention::put_retention))
         .route("/v1/reprocess", post(crate::exactly::start_reprocess))
         .route("/v1/reprocess/{id}", get(crate::exactly::get_reprocess))
+        .route("/v1/erasure", get(crate::erasure::list).post(crate::erasure::erase))
         .route("/v1/tokens", get(crate::auth::api::list).post(crate::auth::api::create))
         .route("/v1/tokens/{id}", axum::routing::delete(crate::auth::api::revoke))
         .route(

@@ -13,6 +13,7 @@ mod click;
 mod config;
 mod console;
 pub mod datagen;
+mod erasure;
 mod error;
 mod exactly;
 mod extract;

@@ -201,6 +201,7 @@ struct Scrape {
     rejected: u64,
     duplicates: u64,
     rss_bytes: u64,
+    erased_events: u64,
 }
 
 const SERIES: &[Series] = &[
@@ -445,6 +446,12 @@ const SERIES: &[Series] = &[
         value: |s| s.object.uploaded_bytes as f64,
     },
     Series {
+        name: "adstore_erased_events",
+        kind: Kind::Gauge,
+        help: "Events whose identity an erasure removed, kept in memory (16 bytes each) so re-seals keep their decisions.",
+        value: |s| s.erased_events as f64,
+    },
+    Series {
         name: "adstore_object_cache_bytes",
         kind: Kind::Gauge,
         help: "Bytes of cold segment chunks kept on local disk ([tiering] cache_bytes).",
@@ -502,6 +509,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             adstore_storage::tier::ObjectStoreStats { cache, ..Default::default() }
         }),
         eo: app.exactly_once.stats(),
+        erased_events: app.store.erased_events() as u64,
         ingest_requests: c.ingest_requests.load(Ordering::Relaxed),
         accepted: c.accepted.load(Ordering::Relaxed),
         rejected: c.rejected.load(Ordering::Relaxed),

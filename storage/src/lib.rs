@@ -14,6 +14,7 @@
 
 pub mod billing;
 mod buffers;
+pub mod erasure;
 mod error;
 mod event;
 pub mod failpoint;
@@ -40,7 +41,7 @@ pub use buffers::{BufferPool, PooledBuf};
 pub use error::{Result, StorageError, io_errors_total};
 pub use event::{
     COLUMNS, ColumnId, ColumnKind, ColumnSpec, Event, EventBatch, EventBatchBuilder, EventType, InvalidReason,
-    TimestampMs, event_schema, shard_of,
+    TimestampMs, batch_keys, event_schema, idempotency_key, shard_of,
 };
 pub use head::{HeadChunk, Indexed, Partitioning};
 pub use idindex::{GRANULE_ROWS, ID_COLUMNS};

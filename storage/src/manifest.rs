@@ -129,6 +129,16 @@ pub struct SegmentMeta {
     /// of the billing snapshot that follows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reprocess_job: Option<u64>,
+    /// For a raw segment rewritten by an erasure: its rows whose identity
+    /// (`user_key`, `ip_hash`, `ua_hash`) was removed. The rollup rows and
+    /// billing snapshot written from it before kept their `users`
+    /// sketches, which reconciliation then does not compare.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub erased_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SegmentMeta {
@@ -205,6 +215,19 @@ impl Catalog {
                 None => next.sealed.push(*w),
             }
         }
+        for (old, new) in &edit.renamed {
+            let rename = |id: &mut SegmentId| {
+                if id == old {
+                    *id = *new;
+                }
+            };
+            for m in next.segments.values_mut() {
+                m.source.iter_mut().chain(m.covers.iter_mut()).for_each(rename);
+            }
+            for b in &mut next.billing {
+                b.basis.iter_mut().for_each(rename);
+            }
+        }
         if let Some(orphan) = next.segments.values().find(|m| m.derived_from().any(|s| !next.segments.contains_key(&s)))
         {
             return Err(StorageError::Internal(format!(
@@ -252,6 +275,10 @@ pub struct CatalogEdit {
     pub deleted_before: Option<i64>,
     /// Days of the Parquet mirror written, with the keys of their parts.
     pub mirrored: Vec<(i64, Vec<String>)>,
+    /// Raw segments rewritten in place of others with the same events (an
+    /// erasure), as (old, new): what derives from the old one (rollup
+    /// segments, merged days, billing snapshots' basis) now names the new.
+    pub renamed: Vec<(SegmentId, SegmentId)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -411,6 +438,7 @@ mod tests {
             source: None,
             covers: Vec::new(),
             reprocess_job: None,
+            erased_rows: 0,
         }
     }
 

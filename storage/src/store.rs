@@ -50,6 +50,7 @@ mod tests;
 
 mod append;
 mod billing;
+mod erasure;
 mod jobs;
 mod maintenance;
 mod mirror;
@@ -292,6 +293,8 @@ pub struct Snapshot {
     pub bucket_width_ms: i64,
     /// The data directory, where billing snapshot files are.
     data_dir: Arc<Path>,
+    /// Events whose identity was erased: a re-seal keeps their decisions.
+    pub erased: Arc<crate::erasure::ErasedEvents>,
 }
 
 impl Snapshot {
@@ -448,6 +451,13 @@ struct Inner {
     retention: RwLock<crate::retention::RetentionPolicy>,
     /// The object store of cold segments, opened on first use (`store/tiering.rs`).
     object_tier: Mutex<Option<Arc<crate::tier::ObjectTier>>>,
+    /// Held by each pass of the tiering thread and by an erasure, so no
+    /// mirror part or upload of a segment being erased runs meanwhile.
+    object_pass: Mutex<()>,
+    /// One erasure at a time (`store/erasure.rs`).
+    erasure_lock: Mutex<()>,
+    /// Events whose identity an erasure removed.
+    erased: Arc<crate::erasure::ErasedEvents>,
 }
 
 /// At most this many encode buffers are kept, each at most this large, so
@@ -497,6 +507,7 @@ impl Store {
             tracing::info!(path = %orphan.display(), "removed billing snapshot file not in the catalog");
         }
         let retention = retention::load(data_dir)?.unwrap_or(config.retention);
+        let erased = Arc::new(crate::erasure::ErasedEvents::open(data_dir)?);
         retention.validate(config.allowed_lateness_ms).map_err(StorageError::Config)?;
         let mut catalog = manifest.current();
         let wanted = (config.shards, config.bucket_width_ms);
@@ -610,6 +621,9 @@ impl Store {
             mirror_failed: Mutex::new(std::collections::HashSet::new()),
             live: Mutex::new(None),
             retention: RwLock::new(retention),
+            object_pass: Mutex::new(()),
+            erasure_lock: Mutex::new(()),
+            erased,
             object_tier: Mutex::new(object_tier),
         };
         let store = Store { inner: Arc::new(inner) };
@@ -638,6 +652,7 @@ impl Store {
             damaged: v.damaged.clone(),
             bucket_width_ms: self.inner.config.bucket_width_ms,
             data_dir: self.inner.data_dir.clone(),
+            erased: self.inner.erased.clone(),
         }
     }
 

@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
+use adstore_storage::EventType;
 
 const H: i64 = 3_600_000;
 

@@ -20,7 +20,7 @@ use crate::error::{IngestError, snippet};
 /// Longest `event_id`, in bytes.
 pub(crate) const MAX_EVENT_ID_BYTES: usize = 128;
 /// Longest value of any other string field, in bytes.
-pub(crate) const MAX_STR_BYTES: usize = 1024;
+pub const MAX_STR_BYTES: usize = 1024;
 
 const DEVICES: [&str; 5] = ["mobile", "desktop", "tablet", "ctv", "other"];
 

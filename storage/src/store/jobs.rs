@@ -372,6 +372,7 @@ impl Store {
             created_ms: now_ms(),
             rollup: Some(def.to_ref()),
             source: Some(raw.id),
+            erased_rows: 0,
             ..raw.clone()
         })?;
         Ok(Some(segment))
@@ -446,13 +447,16 @@ impl Store {
             source: None,
             covers: Vec::new(),
             reprocess_job: job.reprocess_job,
+            // Rewritten from the rows, every rollup with them: consistent again.
+            erased_rows: 0,
         };
         Ok((meta, reader))
     }
 
     /// Deletes WAL files whose records are all in segments, and forgets
-    /// seal watermarks that no retained record can need.
-    pub(super) fn truncate_wal(&self) -> Result<()> {
+    /// seal watermarks that no retained record can need. Returns how many
+    /// files it deleted.
+    pub(super) fn truncate_wal(&self) -> Result<usize> {
         let inner = &self.inner;
         let keep_from = inner.visible.read().head.min_lsn().unwrap_or_else(|| inner.wal.next_lsn());
         let deleted = inner.wal.truncate_before(keep_from)?;
@@ -468,6 +472,6 @@ impl Store {
                 inner.visible.write().catalog = catalog;
             }
         }
-        Ok(())
+        Ok(deleted)
     }
 }

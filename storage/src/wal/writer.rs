@@ -372,6 +372,19 @@ impl Wal {
         st.closed.first().map_or(st.active.first_lsn, |f| f.first_lsn)
     }
 
+    /// Closes the active file if it holds records, so that every record
+    /// written so far is in a closed file ([`Wal::truncate_before`] can
+    /// delete), and returns the first LSN of the files after them.
+    pub fn close_active(&self) -> Result<Lsn> {
+        let mut st = self.append.lock();
+        self.check_poison()?;
+        let next = Lsn(self.next_lsn.load(Ordering::Acquire));
+        if st.active.records > 0 {
+            self.rotate(&mut st, next)?;
+        }
+        Ok(next)
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
         WalStats {

@@ -190,6 +190,7 @@ impl Store {
                         source: None,
                         covers: t.raws.iter().map(|m| m.id).collect(),
                         reprocess_job: None,
+                        erased_rows: 0,
                     })?;
                     written.push(segment);
                 }
