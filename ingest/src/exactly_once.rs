@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -142,6 +142,12 @@ pub struct ExactlyOnce {
     /// `newest_ts` at the last expiry.
     expired_at_ts: AtomicI64,
     duplicates_at_seal: AtomicU64,
+    /// Users whose events an erasure removed the identity of, by the hash
+    /// the index keeps touches under, with the newest erased event time:
+    /// last touch ignores their touches up to it (the index still holds
+    /// them). Dropped once the windows pass it; a restart rebuilds the
+    /// index from the segments, without them.
+    erased_touches: RwLock<FxHashMap<u64, i64>>,
 }
 
 impl ExactlyOnce {
@@ -156,6 +162,7 @@ impl ExactlyOnce {
             newest_ts: AtomicI64::new(i64::MIN),
             expired_at_ts: AtomicI64::new(i64::MIN),
             duplicates_at_seal: AtomicU64::new(0),
+            erased_touches: RwLock::new(FxHashMap::default()),
         }
     }
 
@@ -224,6 +231,7 @@ impl ExactlyOnce {
         self.expired_at_ts.store(newest, Ordering::Release);
         let (imp_floor, click_floor) = self.anchor_floors(newest, keep_from);
         self.index.write().expire(imp_floor, click_floor);
+        self.erased_touches.write().retain(|_, max_ts| *max_ts >= imp_floor.min(click_floor));
         self.dedupe.expire(newest);
     }
 
@@ -408,7 +416,7 @@ impl ExactlyOnce {
                 if only_impressions && rules.bot_ua_hashes.is_empty() {
                     Ok(b.clone())
                 } else {
-                    attribute(b, &rules, &[&index, own])
+                    attribute(b, &rules, &[&index, own], &self.erased_touches.read())
                 }
             })
             .collect()
@@ -487,6 +495,12 @@ fn anchor_refs(batch: &EventBatch) -> Vec<AnchorRef<'_>> {
 impl SealStage for ExactlyOnce {
     fn name(&self) -> &str {
         "exactly_once"
+    }
+
+    fn erased(&self, user_key: &str, max_ts: i64) {
+        let mut erased = self.erased_touches.write();
+        let floor = erased.entry(h(user_key)).or_insert(max_ts);
+        *floor = (*floor).max(max_ts);
     }
 
     fn rules_version(&self) -> u32 {
@@ -645,7 +659,7 @@ impl ExactlyOnce {
         drop(self.indexing.write());
         let decided = {
             let index = self.index.read();
-            attribute(&events, &rules, &[&index])?
+            attribute(&events, &rules, &[&index], &self.erased_touches.read())?
         };
         // An erased event lost what its decisions were made from: a re-seal
         // keeps them, so counts do not change.
@@ -736,11 +750,13 @@ fn click_in(indexes: &[&AttributionIndex], id: u64) -> Option<(i64, u64)> {
 }
 
 /// Fills `attributed`, `attributed_to` and `invalid_reason` for events
-/// already in processing order, looking anchors up in `indexes`.
+/// already in processing order, looking anchors up in `indexes`; a user
+/// in `erased` is not attributed by last touch to a touch up to its time.
 fn attribute(
     events: &EventBatch,
     rules: &AttributionRules,
     indexes: &[&AttributionIndex],
+    erased: &FxHashMap<u64, i64>,
 ) -> StorageResult<EventBatch> {
     let n = events.num_rows();
     let kind = events.u8_column(ColumnId::Type).values();
@@ -780,7 +796,10 @@ fn attribute(
                         .filter(|(t, a)| *a == ad_h && *t <= ts[i] && *t >= lo)
                         .map(|(t, _)| (t, id.to_string())),
                     None => opt_str(user, i)
-                        .and_then(|u| last_touch_in(indexes, Touches::Impressions, (h(u), ad_h), lo, ts[i]))
+                        .and_then(|u| {
+                            let lo = erased.get(&h(u)).map_or(lo, |t| lo.max(t.saturating_add(1)));
+                            last_touch_in(indexes, Touches::Impressions, (h(u), ad_h), lo, ts[i])
+                        })
                         .map(|t| (t.ts, t.id.to_string())),
                 };
                 let who = opt_str(user, i).or_else(|| opt_str(ip, i)).map(h);
@@ -821,7 +840,10 @@ fn attribute(
                         .filter(|(t, a)| *a == adv_h && *t <= ts[i] && *t >= lo)
                         .map(|_| id.to_string()),
                     None => opt_str(user, i)
-                        .and_then(|u| last_touch_in(indexes, Touches::Clicks, (h(u), adv_h), lo, ts[i]))
+                        .and_then(|u| {
+                            let lo = erased.get(&h(u)).map_or(lo, |t| lo.max(t.saturating_add(1)));
+                            last_touch_in(indexes, Touches::Clicks, (h(u), adv_h), lo, ts[i])
+                        })
                         .map(|t| t.id.to_string()),
                 };
                 if let Some(id) = found {
@@ -859,6 +881,43 @@ mod tests {
         assert_eq!(verdicts, vec![false]);
         Landing { dedupe: &dedupe, flight: Some(flight), admitted }.settle(keys.len());
         assert_eq!(dedupe.admit_durable(&keys, SHORT).map(|(v, _)| v), Some(vec![true]));
+    }
+
+    #[test]
+    fn an_erased_user_is_not_attributed_by_last_touch_to_touches_before_the_erasure() {
+        use adstore_storage::Event;
+        let event = |id: &str, kind: EventType, ts: i64, imp: Option<&str>| Event {
+            event_id: id.into(),
+            kind,
+            ts,
+            publisher_id: "p".into(),
+            advertiser_id: "a".into(),
+            campaign_id: "c".into(),
+            ad_id: "x".into(),
+            impression_id: imp.map(str::to_string),
+            click_id: (kind == EventType::Click).then(|| format!("k-{id}")),
+            user_key: Some("u".into()),
+            ..Event::default()
+        };
+        let anchors = EventBatch::from_events(&[
+            event("i1", EventType::Impression, 1_000, Some("imp-1")),
+            event("i2", EventType::Impression, 5_000, Some("imp-2")),
+        ]);
+        let mut index = AttributionIndex::default();
+        let mut refs = Vec::new();
+        for_each_anchor(&anchors, None, |a| refs.push(a));
+        index.insert_all(refs);
+        let click = EventBatch::from_events(&[event("c1", EventType::Click, 9_000, None)]);
+        let rules = AttributionRules::default();
+        let to = |erased: &FxHashMap<u64, i64>| {
+            let out = attribute(&click, &rules, &[&index], erased).expect("attribute");
+            let to = out.str_column(ColumnId::AttributedTo);
+            arrow_array::Array::is_valid(to, 0).then(|| to.value(0).to_string())
+        };
+        assert_eq!(to(&FxHashMap::default()).as_deref(), Some("imp-2"), "the latest touch");
+        let erased_up_to = |ts: i64| [(h("u"), ts)].into_iter().collect::<FxHashMap<u64, i64>>();
+        assert_eq!(to(&erased_up_to(1_000)).as_deref(), Some("imp-2"), "a touch after the erasure counts");
+        assert_eq!(to(&erased_up_to(5_000)), None, "touches up to the erased events' time do not");
     }
 
     #[test]

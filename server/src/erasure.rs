@@ -47,10 +47,11 @@ pub async fn erase(
             req.user_key.len()
         )));
     }
+    let requested_ms = crate::http::now_ms();
     let store = app.store.clone();
     let by = principal.token_id.clone();
     tracing::info!(by = by.as_deref().unwrap_or("-"), "erasure requested");
-    let record = tokio::task::spawn_blocking(move || store.erase(&req.user_key, by))
+    let record = tokio::task::spawn_blocking(move || store.erase(&req.user_key, by, requested_ms))
         .await
         .map_err(|e| ServerError::Internal(format!("erasure: {e}")))??;
     Ok(Json(record))

@@ -12,7 +12,8 @@
 //! A re-seal recomputes attribution and invalid traffic from the stored
 //! columns, and an erased event has lost the ones last touch, click floods
 //! and bot user agents are decided by: so a re-seal keeps the decisions it
-//! had ([`ErasedEvents::keep_decisions`]), and counts stay as they were.
+//! had from them ([`ErasedEvents::keep_decisions`]), and counts stay as
+//! they were; what an impression or click id decides is decided again.
 //! The set is in memory (16 bytes an erased event) and grows only with
 //! erasures, never with traffic.
 
@@ -22,21 +23,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{BooleanBuilder, StringBuilder, UInt8Builder};
-use arrow_array::{Array, ArrayRef, StringArray};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use parking_lot::RwLock;
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, Result, StorageError};
-use crate::event::{ColumnId, EventBatch, EventType, idempotency_key};
+use crate::event::{ColumnId, EventBatch, EventType, InvalidReason, idempotency_key};
 use crate::manifest::sync_dir;
 
 /// The directory of the erasure log and of the erased events' keys.
 pub const ERASURE_DIR: &str = "erasure";
 /// The columns an erasure removes: what identifies a person.
 pub const IDENTITY_COLUMNS: [ColumnId; 3] = [ColumnId::UserKey, ColumnId::IpHash, ColumnId::UaHash];
-/// The columns a re-seal derives, which an erased event keeps.
-const DECISION_COLUMNS: [ColumnId; 3] = [ColumnId::Attributed, ColumnId::AttributedTo, ColumnId::InvalidReason];
 const LOG_FILE: &str = "log.jsonl";
 const KEYS_MAGIC: &[u8; 8] = b"ADERASE1";
 
@@ -113,8 +112,11 @@ impl ErasedEvents {
         Ok(())
     }
 
-    /// `after` (a re-seal's output, row for row `before`) with the
-    /// decisions of erased events taken back from `before`.
+    /// `after` (a re-seal's output, row for row `before`) with what erased
+    /// events had decided from their identity taken back from `before`:
+    /// attribution by last touch (a click without `impression_id`, a
+    /// conversion without `click_id`), and with it the invalid reason; a
+    /// `bot_ua` or `click_flood` reason. What an id decides is decided again.
     ///
     /// # Errors
     /// `Arrow` if a column cannot be replaced.
@@ -122,14 +124,15 @@ impl ErasedEvents {
         if self.is_empty() {
             return Ok(after);
         }
+        let n = before.num_rows();
+        let (publisher, id, kind) = (
+            before.str_column(ColumnId::PublisherId),
+            before.str_column(ColumnId::EventId),
+            before.u8_column(ColumnId::Type).values(),
+        );
         let erased: Vec<bool> = {
             let keys = self.keys.read();
-            let (publisher, id, kind) = (
-                before.str_column(ColumnId::PublisherId),
-                before.str_column(ColumnId::EventId),
-                before.u8_column(ColumnId::Type).values(),
-            );
-            (0..before.num_rows())
+            (0..n)
                 .map(|i| {
                     let k = EventType::from_code(kind[i]).unwrap_or_default();
                     keys.contains(&idempotency_key(publisher.value(i), k, id.value(i)))
@@ -139,30 +142,35 @@ impl ErasedEvents {
         if !erased.contains(&true) {
             return Ok(after);
         }
-        let pick = |col: ColumnId| -> ArrayRef {
-            let from = |i: usize| if erased[i] { before } else { &after };
-            match col {
-                ColumnId::Attributed => {
-                    let mut b = BooleanBuilder::with_capacity(erased.len());
-                    (0..erased.len()).for_each(|i| b.append_value(from(i).bool_column(col).value(i)));
-                    Arc::new(b.finish())
-                }
-                ColumnId::InvalidReason => {
-                    let mut b = UInt8Builder::with_capacity(erased.len());
-                    (0..erased.len()).for_each(|i| b.append_value(from(i).u8_column(col).value(i)));
-                    Arc::new(b.finish())
-                }
-                _ => {
-                    let mut b = StringBuilder::new();
-                    for i in 0..erased.len() {
-                        let a = from(i).str_column(col);
-                        b.append_option(a.is_valid(i).then(|| a.value(i)));
-                    }
-                    Arc::new(b.finish())
-                }
-            }
-        };
-        DECISION_COLUMNS.iter().try_fold(after.clone(), |out, &col| out.with_column(col, pick(col)))
+        let (imp, click) = (before.str_column(ColumnId::ImpressionId), before.str_column(ColumnId::ClickId));
+        let reason = before.u8_column(ColumnId::InvalidReason).values();
+        let by_touch: Vec<bool> = (0..n)
+            .map(|i| match EventType::from_code(kind[i]) {
+                Some(EventType::Click) => imp.is_null(i),
+                Some(EventType::Conversion) => click.is_null(i),
+                _ => false,
+            })
+            .collect();
+        let by_identity = [InvalidReason::BotUa as u8, InvalidReason::ClickFlood as u8];
+        let keep_attribution = |i: usize| erased[i] && by_touch[i];
+        let keep_reason = |i: usize| keep_attribution(i) || (erased[i] && by_identity.contains(&reason[i]));
+        let from = |keep: bool| if keep { before } else { &after };
+        let mut attributed = BooleanBuilder::with_capacity(n);
+        let mut attributed_to = StringBuilder::new();
+        let mut invalid = UInt8Builder::with_capacity(n);
+        for i in 0..n {
+            let src = from(keep_attribution(i));
+            attributed.append_value(src.bool_column(ColumnId::Attributed).value(i));
+            let to = src.str_column(ColumnId::AttributedTo);
+            attributed_to.append_option(to.is_valid(i).then(|| to.value(i)));
+            invalid.append_value(from(keep_reason(i)).u8_column(ColumnId::InvalidReason).value(i));
+        }
+        let columns: [(ColumnId, ArrayRef); 3] = [
+            (ColumnId::Attributed, Arc::new(attributed.finish())),
+            (ColumnId::AttributedTo, Arc::new(attributed_to.finish())),
+            (ColumnId::InvalidReason, Arc::new(invalid.finish())),
+        ];
+        columns.into_iter().try_fold(after.clone(), |out, (col, array)| out.with_column(col, array))
     }
 }
 
@@ -173,11 +181,7 @@ impl ErasedEvents {
 /// # Errors
 /// `Arrow` if a column cannot be replaced.
 pub fn erase_identity(events: &EventBatch, user_key: &str) -> Result<Option<(EventBatch, Vec<u128>)>> {
-    let users = events.str_column(ColumnId::UserKey);
-    let hit: Vec<bool> = (0..events.num_rows()).map(|i| users.is_valid(i) && users.value(i) == user_key).collect();
-    if !hit.contains(&true) {
-        return Ok(None);
-    }
+    let Some((batch, hit)) = erase_rows(events.record_batch(), user_key)? else { return Ok(None) };
     let (publisher, id, kind) = (
         events.str_column(ColumnId::PublisherId),
         events.str_column(ColumnId::EventId),
@@ -187,13 +191,39 @@ pub fn erase_identity(events: &EventBatch, user_key: &str) -> Result<Option<(Eve
         .filter(|&i| hit[i])
         .map(|i| idempotency_key(publisher.value(i), EventType::from_code(kind[i]).unwrap_or_default(), id.value(i)))
         .collect();
-    let mut out = events.clone();
-    for col in IDENTITY_COLUMNS {
-        let a = events.str_column(col);
-        let kept: StringArray = (0..a.len()).map(|i| (!hit[i] && a.is_valid(i)).then(|| a.value(i))).collect();
-        out = out.with_column(col, Arc::new(kept) as ArrayRef)?;
+    Ok(Some((EventBatch::try_new(batch)?, keys)))
+}
+
+/// `batch` (events, in any schema that names the identity columns) with
+/// the identity columns of the rows whose `user_key` is `user_key` set
+/// NULL, and which rows those are; `None` when there is none.
+///
+/// # Errors
+/// `Arrow` if the batch cannot be rebuilt.
+pub fn erase_rows(batch: &RecordBatch, user_key: &str) -> Result<Option<(RecordBatch, Vec<bool>)>> {
+    let users = batch.column_by_name(ColumnId::UserKey.name()).and_then(|c| c.as_any().downcast_ref::<StringArray>());
+    let Some(users) = users else { return Ok(None) };
+    let hit: Vec<bool> = users.iter().map(|v| v == Some(user_key)).collect();
+    if !hit.contains(&true) {
+        return Ok(None);
     }
-    Ok(Some((out, keys)))
+    let schema = batch.schema();
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            let identity = IDENTITY_COLUMNS.iter().any(|c| c.name() == field.name());
+            match column.as_any().downcast_ref::<StringArray>() {
+                Some(a) if identity => {
+                    Arc::new(a.iter().zip(&hit).map(|(v, h)| if *h { None } else { v }).collect::<StringArray>())
+                        as ArrayRef
+                }
+                _ => column.clone(),
+            }
+        })
+        .collect();
+    Ok(Some((RecordBatch::try_new(schema, columns)?, hit)))
 }
 
 /// One erasure done, as its log records it: never the values erased.

@@ -216,6 +216,18 @@ impl Catalog {
             }
         }
         for (old, new) in &edit.renamed {
+            // Only a raw segment replaced in this edit by one of the same partition.
+            let added = edit.add.iter().find(|m| m.id == *new);
+            let same = added.is_some_and(|m| {
+                m.level == Level::Raw
+                    && edit.remove.contains(old)
+                    && self.segments.get(old).is_some_and(|o| o.level == Level::Raw && o.partition == m.partition)
+            });
+            if !same {
+                return Err(StorageError::Internal(format!(
+                    "catalog edit renames segment {old} to {new}, which does not replace it"
+                )));
+            }
             let rename = |id: &mut SegmentId| {
                 if id == old {
                     *id = *new;

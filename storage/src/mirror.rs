@@ -35,6 +35,11 @@ use crate::time::floor_to;
 pub const MIRROR_DIR: &str = "parquet";
 /// The directory of the raw events' parts, under `MIRROR_DIR`.
 pub const EVENTS_PREFIX: &str = "parquet/events/";
+/// In the data directory: a part written before its upload, by the mirror
+/// task and by an erasure (removed at open: a process stopped while
+/// writing it).
+pub const PART_TMP: &str = "mirror-part.parquet.tmp";
+pub const ERASED_PART_TMP: &str = "erased-part.parquet.tmp";
 
 /// The day (epoch ms of its midnight, UTC) a segment's rows belong to.
 pub fn day_of(meta: &SegmentMeta) -> i64 {
@@ -74,6 +79,48 @@ pub fn write_part(reader: &SegmentReader, level: Level, path: &Path) -> Result<u
     let file = writer.into_inner().map_err(failed)?;
     file.sync_all().at(path)?;
     Ok(rows)
+}
+
+/// `part` (a part of the mirror's events) without the identity of the
+/// rows whose `user_key` is `user_key`, written to `path` as it was
+/// written (row groups, zstd); the rows erased, or `None` (nothing
+/// written) when none is that user's.
+///
+/// # Errors
+/// `Internal` for a part that does not read or write as Parquet.
+pub fn erase_part(part: bytes::Bytes, user_key: &str, path: &Path) -> Result<Option<u64>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let failed = |e: parquet::errors::ParquetError| StorageError::Internal(format!("{}: {e}", path.display()));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(part).map_err(failed)?;
+    let schema = builder.schema().clone();
+    let group_rows = builder.metadata().row_groups().first().map_or(1, |g| usize::try_from(g.num_rows()).unwrap_or(1));
+    let mut batches = Vec::new();
+    let mut erased = 0u64;
+    for batch in builder.build().map_err(failed)? {
+        let batch = batch?;
+        match crate::erasure::erase_rows(&batch, user_key)? {
+            Some((batch, hit)) => {
+                erased += hit.iter().filter(|h| **h).count() as u64;
+                batches.push(batch);
+            }
+            None => batches.push(batch),
+        }
+    }
+    if erased == 0 {
+        return Ok(None);
+    }
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(failed)?))
+        .set_max_row_group_row_count(Some(group_rows.max(1)))
+        .build();
+    let file = std::fs::File::create(path).at(path)?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(failed)?;
+    for batch in &batches {
+        writer.write(batch).map_err(failed)?;
+    }
+    let file = writer.into_inner().map_err(failed)?;
+    file.sync_all().at(path)?;
+    Ok(Some(erased))
 }
 
 /// Whether column `name` of a `level` segment is an event code written as

@@ -146,6 +146,11 @@ pub trait SealStage: Send + Sync {
 
     /// The seal pass that `apply` produced `events` for was abandoned.
     fn aborted(&self, _ctx: &SealContext<'_>, _events: &EventBatch) {}
+
+    /// An erasure removed the identity of `user_key`'s events, none newer
+    /// than `max_ts`: state kept from before (in memory) must not link
+    /// later events to them.
+    fn erased(&self, _user_key: &str, _max_ts: i64) {}
 }
 
 /// The ordered list of stages a store runs at every seal. Empty by default:
@@ -208,6 +213,10 @@ impl SealPipeline {
         for (stage, events) in self.stages.iter().zip(per_stage) {
             stage.committed(ctx, events);
         }
+    }
+
+    pub(crate) fn erased(&self, user_key: &str, max_ts: i64) {
+        self.stages.iter().for_each(|s| s.erased(user_key, max_ts));
     }
 
     pub(crate) fn aborted(&self, ctx: &SealContext<'_>, per_stage: &[EventBatch]) {

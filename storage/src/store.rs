@@ -451,8 +451,8 @@ struct Inner {
     retention: RwLock<crate::retention::RetentionPolicy>,
     /// The object store of cold segments, opened on first use (`store/tiering.rs`).
     object_tier: Mutex<Option<Arc<crate::tier::ObjectTier>>>,
-    /// Held by each pass of the tiering thread and by an erasure, so no
-    /// mirror part or upload of a segment being erased runs meanwhile.
+    /// Held by a pass of the tiering or the mirror task and by an erasure,
+    /// so no mirror part or upload of a segment being erased runs meanwhile.
     object_pass: Mutex<()>,
     /// One erasure at a time (`store/erasure.rs`).
     erasure_lock: Mutex<()>,
@@ -505,6 +505,10 @@ impl Store {
         std::fs::create_dir_all(&billing_dir).at(&billing_dir)?;
         for orphan in billing::remove_orphans(data_dir, &manifest.current())? {
             tracing::info!(path = %orphan.display(), "removed billing snapshot file not in the catalog");
+        }
+        // Parquet parts being written when the process stopped: raw events.
+        for tmp in [crate::mirror::PART_TMP, crate::mirror::ERASED_PART_TMP] {
+            let _ = std::fs::remove_file(data_dir.join(tmp));
         }
         let retention = retention::load(data_dir)?.unwrap_or(config.retention);
         let erased = Arc::new(crate::erasure::ErasedEvents::open(data_dir)?);

@@ -4,6 +4,7 @@ use crate::manifest::{Level, Tier};
 use crate::retention::RetentionPolicy;
 use crate::seal::SealPipeline;
 use crate::store::{Store, StoreConfig};
+use std::fs::File;
 
 const BASE: i64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
 const DAY: i64 = 86_400_000;
@@ -19,7 +20,8 @@ fn event(i: i64, ts: i64) -> Event {
         advertiser_id: format!("a{}", i % 2),
         campaign_id: "c".into(),
         ad_id: "x".into(),
-        impression_id: Some(format!("i{i}")),
+        // Every fourth click by last touch: no impression id.
+        impression_id: (!(i % 3 == 2 && i % 4 == 0)).then(|| format!("i{i}")),
         click_id: Some(format!("k{i}")),
         user_key: Some(user.into()),
         ip_hash: Some(format!("ip-{user}")),
@@ -108,15 +110,40 @@ fn a_reseal_keeps_the_decisions_of_erased_events_only() {
     let (_, keys) = erase_identity(&before, "u-erase").expect("erase").expect("rows");
     set.record(1, 1, &keys).expect("record");
     let kept = set.keep_decisions(&before, redecided.clone()).expect("keep");
+    let mut touched = 0;
     for ((was, new), now) in before.events().iter().zip(redecided.events()).zip(kept.events()) {
-        let want = if was.user_key.as_deref() == Some("u-erase") { was } else { &new };
+        let erased = was.user_key.as_deref() == Some("u-erase");
+        let by_touch = erased && was.kind == EventType::Click && was.impression_id.is_none();
+        let by_identity = by_touch || (erased && was.invalid_reason == InvalidReason::BotUa);
+        touched += usize::from(by_touch);
+        let attribution = if by_touch { was } else { &new };
+        let reason = if by_identity { was } else { &new };
         assert_eq!(
             (now.attributed, &now.attributed_to, now.invalid_reason),
-            (want.attributed, &want.attributed_to, want.invalid_reason),
+            (attribution.attributed, &attribution.attributed_to, reason.invalid_reason),
             "{}",
             was.event_id
         );
     }
+    assert!(touched > 0, "the batch has erased clicks by last touch");
+}
+
+/// Events 0..2000 (two days, half of them "u-erase"'s) and four two days
+/// later that close them, sealed, finalized, rolled up, billed and (with
+/// the mirror on) mirrored; returns the first day.
+fn two_settled_days(store: &Store) -> i64 {
+    let day0 = BASE.div_euclid(DAY) * DAY;
+    store.append(&batch(0..2_000)).expect("append");
+    let far = EventBatch::from_events(&(3_000..3_004).map(|i| event(i, day0 + 3 * DAY + i)).collect::<Vec<_>>());
+    store.append(&far).expect("append");
+    store.seal_all().expect("seal");
+    for _ in 0..60 {
+        store.finalize_closed().expect("finalize");
+        store.roll_up().expect("roll up");
+        store.snapshot_billing().expect("billing");
+        store.mirror_parquet().expect("mirror");
+    }
+    day0
 }
 
 #[test]
@@ -124,18 +151,8 @@ fn a_store_erasure_rewrites_local_and_cold_segments_and_keeps_what_derives_from_
     let dir = tempfile::tempdir().expect("tempdir");
     let config = StoreConfig { fsync: false, close_idle_ms: 0, ..StoreConfig::default() };
     let store = Store::open(dir.path(), config.clone(), SealPipeline::new()).expect("open");
-    let day0 = BASE.div_euclid(DAY) * DAY;
-    // Two days, settled (four events two days later close them); then a
-    // few events of a later day left in the head.
-    store.append(&batch(0..2_000)).expect("append");
-    let far = EventBatch::from_events(&(3_000..3_004).map(|i| event(i, day0 + 3 * DAY + i)).collect::<Vec<_>>());
-    store.append(&far).expect("append");
-    store.seal_all().expect("seal");
-    for _ in 0..40 {
-        store.finalize_closed().expect("finalize");
-        store.roll_up().expect("roll up");
-        store.snapshot_billing().expect("billing");
-    }
+    // Two days, settled; then a few events of a later day left in the head.
+    let day0 = two_settled_days(&store);
     let policy: RetentionPolicy = serde_json::from_str(r#"{"raw": {"hot": "1d"}}"#).expect("policy");
     store.set_retention(policy).expect("set");
     for _ in 0..10 {
@@ -149,7 +166,7 @@ fn a_store_erasure_rewrites_local_and_cold_segments_and_keeps_what_derives_from_
     let derived: Vec<_> = catalog.segments.values().filter(|m| m.level != Level::Raw).map(|m| m.id).collect();
     assert!(!billing.is_empty() && !derived.is_empty());
 
-    let record = store.erase("u-erase", Some("ops".into())).expect("erase");
+    let record = store.erase("u-erase", Some("ops".into()), 1).expect("erase");
     assert_eq!(record.rows, 1_007, "every row of the user, the head's included");
     assert!(record.remote_segments > 0 && record.segments_rewritten > record.remote_segments, "{record:?}");
     assert_eq!(store.snapshot().head_rows(), 0, "the head was sealed first");
@@ -173,11 +190,11 @@ fn a_store_erasure_rewrites_local_and_cold_segments_and_keeps_what_derives_from_
     assert_eq!(store.reconcile(i64::MIN, i64::MAX).expect("reconcile").differing, 0);
     let objects = dir.path().join("objects");
     let cold: Vec<_> = catalog.segments_of(Level::Raw).filter(|m| m.tier == Tier::Remote).collect();
-    assert!(cold.iter().all(|m| m.erased_rows == 0), "rewritten segments are local until tiering moves them again");
+    assert!(!cold.is_empty(), "the cold segments without the user stay where they were");
     assert_eq!(files_under(&objects), cold.len(), "the old objects are deleted");
 
     // Nothing left to erase; reopened, the erased events are known.
-    assert_eq!(store.erase("u-erase", None).expect("again").rows, 0);
+    assert_eq!(store.erase("u-erase", None, 2).expect("again").rows, 0);
     store.close().expect("close");
     let store = Store::open(dir.path(), config, SealPipeline::new()).expect("reopen");
     assert_eq!(store.erased_events(), 1_007);
@@ -191,4 +208,54 @@ fn files_under(dir: &Path) -> usize {
         .flatten()
         .map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 })
         .sum()
+}
+
+/// The `user_key` values of every events part of the mirror under `objects`.
+fn mirrored_users(objects: &Path) -> Vec<Option<String>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut users = Vec::new();
+    let mut stack = vec![objects.join(crate::mirror::EVENTS_PREFIX)];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let file = File::open(e.path()).expect("part");
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader") {
+                let batch = batch.expect("batch");
+                let column = batch.column_by_name("user_key").expect("user_key");
+                let a = column.as_any().downcast_ref::<StringArray>().expect("strings");
+                users.extend(a.iter().map(|v| v.map(str::to_string)));
+            }
+        }
+    }
+    users
+}
+
+#[test]
+fn the_mirror_of_days_whose_raw_events_expired_is_rewritten_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig { fsync: false, close_idle_ms: 0, parquet_mirror: true, ..StoreConfig::default() };
+    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
+    let day0 = two_settled_days(&store);
+    assert_eq!(store.catalog().mirrored.len(), 2, "the two settled days are in the mirror");
+    let policy: RetentionPolicy = serde_json::from_str(r#"{"raw": {"ttl": "2d"}}"#).expect("policy");
+    store.set_retention(policy).expect("set");
+    store.apply_retention_at(day0 + 30 * DAY).expect("retention");
+    let catalog = store.catalog();
+    let expired = catalog.segments_of(Level::Raw).filter(|m| m.tier == Tier::Expired).count();
+    assert!(expired > 0, "the settled days' raw events are gone");
+    let objects = dir.path().join("objects");
+    let before = mirrored_users(&objects);
+    assert_eq!(before.iter().filter(|u| u.as_deref() == Some("u-erase")).count(), 1_000);
+
+    let record = store.erase("u-erase", None, 1).expect("erase");
+    assert_eq!(record.mirror_days, 2, "{record:?}");
+    let after = mirrored_users(&objects);
+    assert_eq!(after.len(), before.len(), "every archived event is still there");
+    assert!(!after.iter().any(|u| u.as_deref() == Some("u-erase")), "the archive holds no row of the user");
+    assert_eq!(after.iter().filter(|u| u.is_none()).count(), 1_000);
+    assert_eq!(after.iter().filter(|u| u.as_deref() == Some("u-keep")).count(), 1_000);
+    assert_eq!(store.catalog().mirrored.len(), 2, "no day of the archive is lost");
 }

@@ -18,8 +18,12 @@
 //!                                                   removed at the next open; a retry redoes it
 //!   5. the old files deleted; the old objects deleted, their cached chunks with them
 //!   (2-5 again until no segment holds the user: a finalization meanwhile may have re-sealed one)
-//!   6. the Parquet mirror's events of the days touched deleted (the mirror task writes them again)
+//!   6. the Parquet mirror: each events part of the days that may hold the user (touched now, rewritten
+//!      by an erasure and not yet written again, or whose raw events retention deleted) read, and
+//!      written again in place without the user's identity; objects no segment names deleted
 //!   7. erasure/log.jsonl: what was done and when, never the values
+//!  Steps 5 and 6 look at what earlier erasures left, not at what this one did: a retry after a
+//!  crash or a failure finishes them.
 //! ```
 //!
 //! Counts do not change: only the identity columns do, and re-seals keep
@@ -35,7 +39,7 @@ use crate::error::{Result, StorageError};
 use crate::event::ColumnId;
 use crate::ids::SegmentId;
 use crate::manifest::{CatalogEdit, Level, SegmentMeta, Tier, sync_dir};
-use crate::mirror::{EVENTS_PREFIX, day_of};
+use crate::mirror::{ERASED_PART_TMP, EVENTS_PREFIX, day_of, erase_part, part_key};
 use crate::segment::{ColumnData, SegmentReader, SegmentWriteOptions, write_segment};
 
 /// Segments rewritten per catalog commit: each is held in memory whole
@@ -43,6 +47,9 @@ use crate::segment::{ColumnData, SegmentReader, SegmentWriteOptions, write_segme
 const GROUP_SEGMENTS: usize = 4;
 /// Seal passes an erasure waits for the WAL's older files to empty.
 const FLUSH_ATTEMPTS: usize = 200;
+/// Rounds of finding and rewriting segments: more means the user's
+/// segments keep being re-sealed meanwhile.
+const MAX_ROUNDS: usize = 16;
 
 /// A rewritten segment, not yet committed.
 struct Rewritten {
@@ -54,24 +61,29 @@ struct Rewritten {
 
 impl Store {
     /// Removes the identity columns of every stored event of `user_key`
-    /// (see the module docs); `by` names who asked, for the log.
+    /// (see the module docs); `by` names who asked and `requested_ms` when,
+    /// for the log.
     ///
     /// # Errors
     /// `Damaged` when a damaged raw segment may hold the user's rows (it can
     /// be neither read nor rewritten); `ObjectStore` when a cold segment or
     /// the mirror cannot be reached; I/O errors. What was committed before
     /// stays erased, and a retry finishes the rest.
-    pub fn erase(&self, user_key: &str, by: Option<String>) -> Result<ErasureRecord> {
+    pub fn erase(&self, user_key: &str, by: Option<String>, requested_ms: i64) -> Result<ErasureRecord> {
         let _one_erasure = self.inner.erasure_lock.lock();
         let _no_object_pass = self.inner.object_pass.lock();
-        let requested_ms = now_ms();
         let id = self.inner.erased.next_erasure()?;
         let wal_files_deleted = self.seal_everything_before_now()?;
         let values = [user_key.to_string()];
         let mut clean: HashSet<SegmentId> = HashSet::new();
         let mut rewritten: Vec<(Arc<SegmentMeta>, SegmentMeta)> = Vec::new();
         let mut commit = 0u32;
-        loop {
+        for round in 0.. {
+            if round == MAX_ROUNDS {
+                return Err(StorageError::Busy(format!(
+                    "the user's segments were re-sealed {MAX_ROUNDS} times during the erasure: what was rewritten stays erased; retry"
+                )));
+            }
             let snapshot = self.snapshot();
             if let Some(d) = snapshot.damaged.iter().find(|d| d.meta.level == Level::Raw) {
                 return Err(StorageError::Damaged {
@@ -106,7 +118,10 @@ impl Store {
                 clean.extend(group.iter().map(|s| s.meta.id).filter(|id| !rewritten.iter().any(|(o, _)| o.id == *id)));
             }
         }
-        let mirror_days = self.erase_from_mirror(&rewritten)?;
+        if let Some(max_ts) = rewritten.iter().map(|(old, _)| old.max_ts).max() {
+            self.inner.pipeline.erased(user_key, max_ts);
+        }
+        let mirror_days = self.erase_from_objects(user_key, &rewritten)?;
         let record = ErasureRecord {
             id,
             requested_ms,
@@ -134,19 +149,19 @@ impl Store {
     }
 
     /// Seals the head until no WAL file written before this call is left,
-    /// and returns how many were deleted.
+    /// and returns how many there were.
     fn seal_everything_before_now(&self) -> Result<usize> {
         let inner = &self.inner;
         let boundary = inner.wal.close_active()?;
-        let mut deleted = 0;
+        let files = inner.wal.files_before(boundary);
         for _ in 0..FLUSH_ATTEMPTS {
             {
                 let _one_sealer = inner.seal_lock.lock();
                 self.seal_head(|_| true)?;
-                deleted += self.truncate_wal()?;
+                self.truncate_wal()?;
             }
             if inner.wal.first_lsn() >= boundary {
-                return Ok(deleted);
+                return Ok(files);
             }
             // A request between its WAL write and its head insert: sealed next time.
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -255,26 +270,51 @@ impl Store {
         Ok(Some(Rewritten { old: s.meta.clone(), meta, reader: Arc::new(reader), keys }))
     }
 
-    /// Deletes the Parquet mirror's events of every day `rewritten` touched
-    /// that the mirror holds; returns how many days. The mirror task writes
-    /// them again from the rewritten segments.
-    fn erase_from_mirror(&self, rewritten: &[(Arc<SegmentMeta>, SegmentMeta)]) -> Result<usize> {
+    /// Finishes the erasure in the object store: objects of segments no
+    /// longer remote deleted (this erasure's old segments, and any an
+    /// earlier one left), and the Parquet mirror's events parts that may
+    /// hold the user rewritten in place without their identity. Returns
+    /// the days of the mirror rewritten.
+    fn erase_from_objects(&self, user_key: &str, rewritten: &[(Arc<SegmentMeta>, SegmentMeta)]) -> Result<usize> {
         let catalog = self.catalog();
-        let days: BTreeSet<i64> =
-            rewritten.iter().map(|(old, _)| day_of(old)).filter(|d| catalog.mirrored.contains_key(d)).collect();
-        if days.is_empty() {
+        let mirror = self.inner.config.parquet_mirror;
+        let remote = catalog.segments.values().any(|m| m.tier == Tier::Remote);
+        if !mirror && !remote && !rewritten.iter().any(|(old, _)| old.tier == Tier::Remote) {
             return Ok(0);
         }
         let tier = self.object_tier()?;
-        for day in &days {
-            let dir = format!("{EVENTS_PREFIX}day={}", day_name(*day));
-            for key in tier.list_dir(&dir)? {
-                tier.remove(&key)?;
+        self.collect_garbage(&tier)?;
+        if !mirror && catalog.mirrored.is_empty() {
+            return Ok(0);
+        }
+        // Days that may hold the user: touched now; rewritten by an erasure
+        // and not yet written again; or whose raw events are gone.
+        let mut days: BTreeSet<i64> = rewritten.iter().map(|(old, _)| day_of(old)).collect();
+        for m in catalog.segments_of(Level::Raw) {
+            let day = day_of(m);
+            let Some(recorded) = catalog.mirrored.get(&day) else { continue };
+            let stale = m.erased_rows > 0 && part_key(m).is_some_and(|k| !recorded.contains(&k));
+            if m.tier == Tier::Expired || stale {
+                days.insert(day);
             }
         }
-        // Parts uploaded for a commit that has not come: written again.
+        let tmp = self.inner.data_dir.join(ERASED_PART_TMP);
+        let mut rewritten_days = 0;
+        for day in &days {
+            let mut any = false;
+            for key in tier.list_dir(&format!("{EVENTS_PREFIX}day={}", day_name(*day)))? {
+                let erased = erase_part(tier.get(&key)?, user_key, &tmp).and_then(|rows| match rows {
+                    Some(_) => tier.put(&key, &tmp).map(|_| true),
+                    None => Ok(false),
+                });
+                let _ = std::fs::remove_file(&tmp);
+                any |= erased?;
+            }
+            rewritten_days += usize::from(any);
+        }
+        // Parts uploaded for a day not yet committed: written again.
         self.inner.mirror_uploaded.lock().retain(|k| !days.iter().any(|d| k.contains(&day_name(*d))));
-        Ok(days.len())
+        Ok(rewritten_days)
     }
 }
 

@@ -374,12 +374,8 @@ impl Store {
                 let mut wait = interval;
                 while !store.inner.stop.load(Ordering::Acquire) {
                     let mut failed = false;
-                    {
-                        // An erasure waits for the pass, and the pass for it.
-                        let _pass = store.inner.object_pass.lock();
-                        for task in Task::ALL.into_iter().filter(|t| t.uses_object_store()) {
-                            failed |= store.run_task(task).is_err();
-                        }
+                    for task in Task::ALL.into_iter().filter(|t| t.uses_object_store()) {
+                        failed |= store.run_task(task).is_err();
                     }
                     wait = if failed { (wait * 2).min(space::MAX_SEAL_BACKOFF.max(interval)) } else { interval };
                     store.pause(wait, interval);

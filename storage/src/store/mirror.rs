@@ -27,12 +27,10 @@ use super::{SealReport, Store};
 use crate::billing::day_name;
 use crate::error::{Result, StorageError};
 use crate::manifest::{Catalog, CatalogEdit, Level, SegmentMeta, Tier};
-use crate::mirror::{EVENTS_PREFIX, MIRROR_DIR, day_of, part_key, write_part};
+use crate::mirror::{EVENTS_PREFIX, MIRROR_DIR, PART_TMP, day_of, part_key, write_part};
 
 /// Parts a pass writes at most.
 const PARTS_PER_PASS: usize = 4;
-/// The file a part is written to before its upload.
-const PART_TMP: &str = "mirror-part.parquet.tmp";
 
 impl Store {
     /// One pass of the mirror task (see the module docs).
@@ -40,6 +38,8 @@ impl Store {
         if !self.inner.config.parquet_mirror {
             return Ok(SealReport::default());
         }
+        // No erasure meanwhile: it rewrites parts of the days it touches.
+        let _pass = self.inner.object_pass.lock();
         let snapshot = self.snapshot();
         let catalog = &snapshot.catalog;
         let due = self.mirror_due(catalog);

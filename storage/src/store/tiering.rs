@@ -70,6 +70,9 @@ impl Store {
             return Ok(t.clone());
         }
         let tier = Arc::new(open_object_tier(&self.inner.config, &self.inner.data_dir)?);
+        let remote: HashSet<SegmentId> =
+            self.catalog().segments.values().filter(|m| m.tier == Tier::Remote).map(|m| m.id).collect();
+        tier.keep_cached(&remote);
         *slot = Some(tier.clone());
         Ok(tier)
     }
@@ -146,6 +149,8 @@ impl Store {
     /// One pass of the tiering task as if the wall clock read `now` (see
     /// the module docs).
     pub fn apply_tiering_at(&self, now: i64) -> Result<SealReport> {
+        // No erasure meanwhile: it could rewrite a segment being uploaded.
+        let _pass = self.inner.object_pass.lock();
         let policy = self.retention();
         let any_hot =
             [Level::Raw, Level::Minute, Level::Hour, Level::Day].iter().any(|&l| policy.level(l).hot.is_some());
@@ -211,7 +216,7 @@ impl Store {
     }
 
     /// Deletes objects whose segment the catalog no longer holds as remote.
-    fn collect_garbage(&self, tier: &ObjectTier) -> Result<()> {
+    pub(super) fn collect_garbage(&self, tier: &ObjectTier) -> Result<()> {
         let catalog = self.catalog();
         let remote: HashSet<SegmentId> =
             catalog.segments.values().filter(|m| m.tier == Tier::Remote).map(|m| m.id).collect();

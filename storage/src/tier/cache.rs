@@ -99,7 +99,13 @@ pub struct ChunkCache {
     capacity: u64,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Segments forgotten lately (deleted, erased): a read of one still in
+    /// flight stores nothing of it. The newest `FORGOTTEN_KEPT`.
+    forgotten: parking_lot::Mutex<std::collections::VecDeque<SegmentId>>,
 }
+
+/// Forgotten segments remembered: far more than reads can be in flight.
+const FORGOTTEN_KEPT: usize = 4096;
 
 impl std::fmt::Debug for ChunkCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,7 +122,14 @@ impl ChunkCache {
         let items = (capacity / CHUNK_BYTES).max(16) as usize;
         let lifecycle = DeleteFile { dir: dir.to_path_buf() };
         let chunks = Cache::with(items, capacity.max(1), FileBytes, DefaultHashBuilder::default(), lifecycle);
-        let cache = ChunkCache { dir: dir.to_path_buf(), chunks, capacity, hits: 0.into(), misses: 0.into() };
+        let cache = ChunkCache {
+            dir: dir.to_path_buf(),
+            chunks,
+            capacity,
+            hits: 0.into(),
+            misses: 0.into(),
+            forgotten: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+        };
         for entry in std::fs::read_dir(dir).at(dir)? {
             let entry = entry.at(dir)?;
             let name = entry.file_name();
@@ -216,6 +229,9 @@ impl ChunkCache {
     /// Keeps `bytes`, fetched from offset `start` (a chunk boundary), as
     /// the chunks they hold.
     pub fn store(&self, id: SegmentId, start: u64, bytes: &[u8]) {
+        if self.forgotten.lock().contains(&id) {
+            return;
+        }
         for (n, piece) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
             self.put(ChunkKey { segment: id, index: start / CHUNK_BYTES + n as u64 }, piece);
         }
@@ -265,11 +281,30 @@ impl ChunkCache {
         }
     }
 
-    /// Drops every chunk of segment `id` (deleted from the store, erased).
+    /// Drops every chunk of segment `id` (deleted from the store, erased),
+    /// and stores none of it from now on.
     pub fn forget(&self, id: SegmentId) {
+        {
+            let mut forgotten = self.forgotten.lock();
+            if forgotten.len() == FORGOTTEN_KEPT {
+                forgotten.pop_front();
+            }
+            forgotten.push_back(id);
+        }
+        self.forget_where(|segment| segment == id);
+    }
+
+    /// Drops every chunk of a segment not in `remote` (at the first use of
+    /// the object store: chunks of segments deleted or erased while the
+    /// store was closed, or by a read that raced their deletion).
+    pub fn keep_only(&self, remote: &std::collections::HashSet<SegmentId>) {
+        self.forget_where(|segment| !remote.contains(&segment));
+    }
+
+    fn forget_where(&self, gone: impl Fn(SegmentId) -> bool) {
         let dropped = parking_lot::Mutex::new(Vec::new());
         self.chunks.retain(|key, _| {
-            let keep = key.segment != id;
+            let keep = !gone(key.segment);
             if !keep {
                 dropped.lock().push(*key);
             }

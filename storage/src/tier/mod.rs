@@ -322,6 +322,16 @@ impl ObjectTier {
         Ok(bytes.to_vec())
     }
 
+    /// The whole object `relative` (a part of the Parquet mirror).
+    pub fn get(&self, relative: &str) -> Result<bytes::Bytes> {
+        let (store, key) = (self.store.clone(), self.relative(relative));
+        let what = format!("read of {key} from {}", self.url);
+        self.read_requests.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.block(what, async move { store.get(&key).await?.bytes().await })?;
+        self.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
     /// The segments the store holds (by their `segments/{id}.seg` keys).
     pub fn list(&self) -> Result<Vec<SegmentId>> {
         Ok(self
@@ -350,10 +360,20 @@ impl ObjectTier {
     /// Deletes segment `id` from the store and the cache (absent already
     /// is fine).
     pub fn delete(&self, id: SegmentId) -> Result<()> {
+        // The object first: a read racing the deletion fetches nothing
+        // after it, and the cache stores nothing of it once forgotten.
+        self.delete_key(self.key(id))?;
         if let Some(cache) = &self.cache {
             cache.forget(id);
         }
-        self.delete_key(self.key(id))
+        Ok(())
+    }
+
+    /// Drops the cached chunks of every segment not in `remote`.
+    pub fn keep_cached(&self, remote: &std::collections::HashSet<SegmentId>) {
+        if let Some(cache) = &self.cache {
+            cache.keep_only(remote);
+        }
     }
 }
 

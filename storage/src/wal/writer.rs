@@ -385,6 +385,11 @@ impl Wal {
         Ok(next)
     }
 
+    /// Closed files whose records all have an LSN below `lsn`.
+    pub fn files_before(&self, lsn: Lsn) -> usize {
+        self.append.lock().closed.iter().take_while(|f| f.last_lsn < lsn).count()
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
         WalStats {
