@@ -544,8 +544,15 @@ impl Store {
         // Cold segments: their footers are read from the object store now
         // (an unreachable store leaves them damaged until the next open).
         let remote: Vec<&SegmentMeta> = catalog.segments.values().filter(|m| m.tier == Tier::Remote).collect();
-        let object_tier =
-            if remote.is_empty() { None } else { Some(Arc::new(tiering::open_object_tier(&config, data_dir)?)) };
+        let object_tier = match remote.is_empty() {
+            true => None,
+            false => {
+                let tier = tiering::open_object_tier(&config, data_dir)?;
+                // Chunks of segments deleted or erased while it was closed.
+                tier.keep_cached(&remote.iter().map(|m| m.id).collect());
+                Some(Arc::new(tier))
+            }
+        };
         for meta in catalog.segments.values().filter(|m| m.tier != Tier::Expired) {
             let path = segments_dir.join(meta.id.file_name());
             let opened = match &object_tier {

@@ -14,7 +14,11 @@ fn event(i: i64, ts: i64) -> Event {
     let user = if i % 2 == 0 { "u-erase" } else { "u-keep" };
     Event {
         event_id: format!("e{i}"),
-        kind: if i % 3 == 2 { EventType::Click } else { EventType::Impression },
+        kind: match (i % 3, i % 5) {
+            (2, _) => EventType::Click,
+            (_, 4) => EventType::Conversion,
+            _ => EventType::Impression,
+        },
         ts,
         publisher_id: "p".into(),
         advertiser_id: format!("a{}", i % 2),
@@ -22,13 +26,18 @@ fn event(i: i64, ts: i64) -> Event {
         ad_id: "x".into(),
         // Every fourth click by last touch: no impression id.
         impression_id: (!(i % 3 == 2 && i % 4 == 0)).then(|| format!("i{i}")),
-        click_id: Some(format!("k{i}")),
+        // Every fourth conversion by last touch: no click id.
+        click_id: (!(i % 5 == 4 && i % 4 == 0)).then(|| format!("k{i}")),
         user_key: Some(user.into()),
         ip_hash: Some(format!("ip-{user}")),
         ua_hash: Some(format!("ua-{user}")),
         attributed: i % 5 == 0,
         attributed_to: (i % 5 == 0).then(|| format!("i{}", i - 1)),
-        invalid_reason: if i % 7 == 0 { InvalidReason::BotUa } else { InvalidReason::Valid },
+        invalid_reason: match (i % 7, i % 11) {
+            (0, _) => InvalidReason::BotUa,
+            (_, 0) => InvalidReason::ClickFlood,
+            _ => InvalidReason::Valid,
+        },
         ..Event::default()
     }
 }
@@ -98,12 +107,12 @@ fn record() -> ErasureRecord {
 fn a_reseal_keeps_the_decisions_of_erased_events_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let set = ErasedEvents::open(dir.path()).expect("open");
-    let before = batch(0..30);
+    let before = batch(0..60);
     // A re-seal that decided every row anew: nothing attributed, all valid.
     let redecided = before
-        .with_column(ColumnId::Attributed, Arc::new(arrow_array::BooleanArray::from(vec![false; 30])) as ArrayRef)
-        .and_then(|b| b.with_column(ColumnId::AttributedTo, Arc::new(StringArray::from(vec![None::<&str>; 30]))))
-        .and_then(|b| b.with_column(ColumnId::InvalidReason, Arc::new(arrow_array::UInt8Array::from(vec![0u8; 30]))))
+        .with_column(ColumnId::Attributed, Arc::new(arrow_array::BooleanArray::from(vec![false; 60])) as ArrayRef)
+        .and_then(|b| b.with_column(ColumnId::AttributedTo, Arc::new(StringArray::from(vec![None::<&str>; 60]))))
+        .and_then(|b| b.with_column(ColumnId::InvalidReason, Arc::new(arrow_array::UInt8Array::from(vec![0u8; 60]))))
         .expect("columns");
     let same = set.keep_decisions(&before, redecided.clone()).expect("keep");
     assert_eq!(same.events(), redecided.events(), "no erasure: the re-seal's decisions");
@@ -113,8 +122,14 @@ fn a_reseal_keeps_the_decisions_of_erased_events_only() {
     let mut touched = 0;
     for ((was, new), now) in before.events().iter().zip(redecided.events()).zip(kept.events()) {
         let erased = was.user_key.as_deref() == Some("u-erase");
-        let by_touch = erased && was.kind == EventType::Click && was.impression_id.is_none();
-        let by_identity = by_touch || (erased && was.invalid_reason == InvalidReason::BotUa);
+        let by_touch = erased
+            && match was.kind {
+                EventType::Click => was.impression_id.is_none(),
+                EventType::Conversion => was.click_id.is_none(),
+                EventType::Impression => false,
+            };
+        let identity_reason = [InvalidReason::BotUa, InvalidReason::ClickFlood].contains(&was.invalid_reason);
+        let by_identity = by_touch || (erased && identity_reason);
         touched += usize::from(by_touch);
         let attribution = if by_touch { was } else { &new };
         let reason = if by_identity { was } else { &new };
@@ -125,7 +140,7 @@ fn a_reseal_keeps_the_decisions_of_erased_events_only() {
             was.event_id
         );
     }
-    assert!(touched > 0, "the batch has erased clicks by last touch");
+    assert!(touched > 1, "the batch has erased clicks and conversions by last touch");
 }
 
 /// Events 0..2000 (two days, half of them "u-erase"'s) and four two days
@@ -240,12 +255,18 @@ fn the_mirror_of_days_whose_raw_events_expired_is_rewritten_in_place() {
     let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
     let day0 = two_settled_days(&store);
     assert_eq!(store.catalog().mirrored.len(), 2, "the two settled days are in the mirror");
-    let policy: RetentionPolicy = serde_json::from_str(r#"{"raw": {"ttl": "2d"}}"#).expect("policy");
+    // Every level past its ttl: the rollups go, and with them the catalog
+    // entries of the expired raw segments; the archive stays.
+    let policy: RetentionPolicy = serde_json::from_str(
+        r#"{"raw": {"ttl": "2d"}, "minute": {"ttl": "2d"}, "hour": {"ttl": "2d"}, "day": {"ttl": "2d"}}"#,
+    )
+    .expect("policy");
     store.set_retention(policy).expect("set");
-    store.apply_retention_at(day0 + 30 * DAY).expect("retention");
+    for _ in 0..4 {
+        store.apply_retention_at(day0 + 30 * DAY).expect("retention");
+    }
     let catalog = store.catalog();
-    let expired = catalog.segments_of(Level::Raw).filter(|m| m.tier == Tier::Expired).count();
-    assert!(expired > 0, "the settled days' raw events are gone");
+    assert!(!catalog.segments_of(Level::Raw).any(|m| m.partition.bucket_start_ms < day0 + 2 * DAY), "raw entries gone");
     let objects = dir.path().join("objects");
     let before = mirrored_users(&objects);
     assert_eq!(before.iter().filter(|u| u.as_deref() == Some("u-erase")).count(), 1_000);

@@ -118,9 +118,6 @@ impl Store {
                 clean.extend(group.iter().map(|s| s.meta.id).filter(|id| !rewritten.iter().any(|(o, _)| o.id == *id)));
             }
         }
-        if let Some(max_ts) = rewritten.iter().map(|(old, _)| old.max_ts).max() {
-            self.inner.pipeline.erased(user_key, max_ts);
-        }
         let mirror_days = self.erase_from_objects(user_key, &rewritten)?;
         let record = ErasureRecord {
             id,
@@ -232,13 +229,24 @@ impl Store {
                 v.readers.insert(r.meta.id, r.reader.clone());
             }
         }
+        if let Some(max_ts) = done.iter().map(|r| r.old.max_ts).max() {
+            inner.pipeline.erased(user_key, max_ts);
+        }
         for r in done.iter().filter(|r| r.old.tier == Tier::Local) {
             self.delete_segment_files(r.old.id);
         }
+        // Best effort: the garbage collection at the end of this erasure (or
+        // of its retry) deletes what is left.
         if done.iter().any(|r| r.old.tier == Tier::Remote) {
-            let tier = self.object_tier()?;
-            for r in done.iter().filter(|r| r.old.tier == Tier::Remote) {
-                tier.delete(r.old.id)?;
+            match self.object_tier() {
+                Ok(tier) => {
+                    for r in done.iter().filter(|r| r.old.tier == Tier::Remote) {
+                        if let Err(e) = tier.delete(r.old.id) {
+                            tracing::warn!(segment = %r.old.id, error = %e, "object of an erased segment not deleted yet");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "objects of erased segments not deleted yet"),
             }
         }
         Ok(done.into_iter().map(|r| (r.old, r.meta)).collect())
@@ -279,7 +287,8 @@ impl Store {
         let catalog = self.catalog();
         let mirror = self.inner.config.parquet_mirror;
         let remote = catalog.segments.values().any(|m| m.tier == Tier::Remote);
-        if !mirror && !remote && !rewritten.iter().any(|(old, _)| old.tier == Tier::Remote) {
+        let none_moved = !rewritten.iter().any(|(old, _)| old.tier == Tier::Remote);
+        if !mirror && !remote && none_moved && catalog.mirrored.is_empty() {
             return Ok(0);
         }
         let tier = self.object_tier()?;
@@ -287,15 +296,15 @@ impl Store {
         if !mirror && catalog.mirrored.is_empty() {
             return Ok(0);
         }
-        // Days that may hold the user: touched now; rewritten by an erasure
-        // and not yet written again; or whose raw events are gone.
+        // Days that may hold the user: touched now, and every archived day
+        // with an events part of no live raw segment (rewritten since, by an
+        // erasure or a re-seal, or whose raw events retention deleted).
+        let live: HashSet<String> =
+            catalog.segments_of(Level::Raw).filter(|m| m.tier != Tier::Expired).filter_map(part_key).collect();
         let mut days: BTreeSet<i64> = rewritten.iter().map(|(old, _)| day_of(old)).collect();
-        for m in catalog.segments_of(Level::Raw) {
-            let day = day_of(m);
-            let Some(recorded) = catalog.mirrored.get(&day) else { continue };
-            let stale = m.erased_rows > 0 && part_key(m).is_some_and(|k| !recorded.contains(&k));
-            if m.tier == Tier::Expired || stale {
-                days.insert(day);
+        for (day, keys) in &catalog.mirrored {
+            if keys.iter().any(|k| k.starts_with(EVENTS_PREFIX) && !live.contains(k)) {
+                days.insert(*day);
             }
         }
         let tmp = self.inner.data_dir.join(ERASED_PART_TMP);

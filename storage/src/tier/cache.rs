@@ -229,7 +229,10 @@ impl ChunkCache {
     /// Keeps `bytes`, fetched from offset `start` (a chunk boundary), as
     /// the chunks they hold.
     pub fn store(&self, id: SegmentId, start: u64, bytes: &[u8]) {
-        if self.forgotten.lock().contains(&id) {
+        // Held while storing: a `forget` of the segment waits, then drops
+        // what this stored.
+        let forgotten = self.forgotten.lock();
+        if forgotten.contains(&id) {
             return;
         }
         for (n, piece) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
