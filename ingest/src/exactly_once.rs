@@ -918,6 +918,24 @@ mod tests {
         let erased_up_to = |ts: i64| [(h("u"), ts)].into_iter().collect::<FxHashMap<u64, i64>>();
         assert_eq!(to(&erased_up_to(1_000)).as_deref(), Some("imp-2"), "a touch after the erasure counts");
         assert_eq!(to(&erased_up_to(5_000)), None, "touches up to the erased events' time do not");
+
+        // Conversions by last touch look clicks up the same way.
+        let clicks = EventBatch::from_events(&[
+            event("k1", EventType::Click, 2_000, Some("imp-1")),
+            event("k2", EventType::Click, 6_000, Some("imp-2")),
+        ]);
+        let mut refs = Vec::new();
+        for_each_anchor(&clicks, None, |a| refs.push(a));
+        index.insert_all(refs);
+        let conversion = EventBatch::from_events(&[event("v1", EventType::Conversion, 9_500, None)]);
+        let to = |erased: &FxHashMap<u64, i64>| {
+            let out = attribute(&conversion, &rules, &[&index], erased).expect("attribute");
+            let to = out.str_column(ColumnId::AttributedTo);
+            arrow_array::Array::is_valid(to, 0).then(|| to.value(0).to_string())
+        };
+        assert_eq!(to(&FxHashMap::default()).as_deref(), Some("k-k2"), "the latest click");
+        assert_eq!(to(&erased_up_to(2_000)).as_deref(), Some("k-k2"), "a click after the erasure counts");
+        assert_eq!(to(&erased_up_to(6_000)), None, "clicks up to the erased events' time do not");
     }
 
     #[test]
