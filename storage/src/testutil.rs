@@ -1,4 +1,4 @@
-//! Shared proptest strategies for the storage crate's tests.
+//! Shared proptest strategies and set-up for the storage crate's tests.
 
 use proptest::prelude::*;
 
@@ -59,4 +59,15 @@ pub(crate) fn any_event() -> impl Strategy<Value = Event> {
         attributed_to: d.1,
         invalid_reason: InvalidReason::from_code(d.2).unwrap_or_default(),
     })
+}
+
+/// Runs the sealer's day-settling tasks (finalize, roll up, bill, mirror)
+/// until a store of a few days has settled every closed day.
+pub(crate) fn settle(store: &crate::store::Store) {
+    for _ in 0..60 {
+        store.finalize_closed().expect("finalize");
+        store.roll_up().expect("roll up");
+        store.snapshot_billing().expect("billing");
+        store.mirror_parquet().expect("mirror");
+    }
 }

@@ -152,12 +152,7 @@ fn two_settled_days(store: &Store) -> i64 {
     let far = EventBatch::from_events(&(3_000..3_004).map(|i| event(i, day0 + 3 * DAY + i)).collect::<Vec<_>>());
     store.append(&far).expect("append");
     store.seal_all().expect("seal");
-    for _ in 0..60 {
-        store.finalize_closed().expect("finalize");
-        store.roll_up().expect("roll up");
-        store.snapshot_billing().expect("billing");
-        store.mirror_parquet().expect("mirror");
-    }
+    crate::testutil::settle(store);
     day0
 }
 

@@ -228,12 +228,7 @@ mod tests {
         events.extend((0..5).map(|i| event(1_000 + i, day0 + 3 * DAY + i)));
         store.append(&EventBatch::from_events(&events)).expect("append");
         store.seal_all().expect("seal");
-        for _ in 0..60 {
-            store.finalize_closed().expect("finalize");
-            store.roll_up().expect("roll up");
-            store.snapshot_billing().expect("billing");
-            store.mirror_parquet().expect("mirror");
-        }
+        crate::testutil::settle(&store);
         let catalog = store.catalog();
         assert!(store.mirror_due(&catalog).is_empty(), "every settled day mirrored");
         assert_eq!(catalog.mirrored.len(), 2, "the two settled days");
