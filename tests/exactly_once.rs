@@ -400,3 +400,50 @@ fn a_last_touch_click_sees_an_earlier_requests_head_impression_at_ingest() {
     assert_eq!(fresh.attributed_to.as_deref(), Some("i2"));
     assert_eq!(fresh.invalid_reason, InvalidReason::Valid);
 }
+
+/// The duplicate log (what the event trace reads) holds one record per
+/// copy the oracle counts as a duplicate: caught at ingest, or, for copies
+/// that reached the head past the ingest check (appended directly here, as
+/// a replay after a crash may), by the exact check at seal.
+#[test]
+fn the_duplicate_log_holds_every_copy_caught_at_ingest_or_at_seal() {
+    use adstore_ingest::{DuplicateLog, DuplicateStage, idempotency_key};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(DuplicateLog::open(&dir.path().join("duplicates"), 1 << 30).expect("log"));
+    let dedupe = DedupeIndex::new(DedupeConfig::default());
+    let eo = Arc::new(ExactlyOnce::new(Arc::new(dedupe), rules(), 86_400_000).with_duplicate_log(log.clone()));
+    let config = StoreConfig { shards: 3, block_rows: 1024, ..StoreConfig::default() };
+    let store = Store::open(dir.path(), config, SealPipeline::new().with_stage(eo.clone())).expect("open");
+    let sent = oracle::stream();
+    for batch in sent.chunks(997) {
+        eo.ingest(&store, &EventBatch::from_events(batch)).expect("ingest");
+    }
+    // Copies of every 50th event straight into the head.
+    let bypass: Vec<Event> = sent.iter().step_by(50).cloned().collect();
+    store.append(&EventBatch::from_events(&bypass)).expect("append");
+    store.seal_all().expect("seal");
+
+    let key = |e: &Event| idempotency_key(&e.publisher_id, e.kind, &e.event_id);
+    let mut copies: std::collections::HashMap<u128, (usize, usize)> = std::collections::HashMap::new();
+    for e in &sent {
+        copies.entry(key(e)).or_default().0 += 1;
+    }
+    for e in &bypass {
+        copies.entry(key(e)).or_default().1 += 1;
+    }
+    let unique = oracle::dedupe(&sent).len();
+    let at_ingest: usize = copies.values().map(|(sent, _)| sent - 1).sum();
+    assert_eq!(at_ingest, sent.len() - unique, "every repeat in the stream is within the dedupe window");
+    assert!(at_ingest > 0);
+    for (k, (sent_copies, bypassed)) in &copies {
+        let found = log.lookup(*k).expect("lookup");
+        let stages = |s: DuplicateStage| found.arrivals.iter().filter(|a| a.stage == s).count();
+        assert_eq!(
+            (stages(DuplicateStage::Ingest), stages(DuplicateStage::Seal)),
+            (sent_copies - 1, *bypassed),
+            "key {k:x}"
+        );
+    }
+    assert_eq!(log.stats().records as usize, at_ingest + bypass.len());
+    store.close().expect("close");
+}

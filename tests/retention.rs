@@ -118,6 +118,18 @@ fn raw_events_past_their_ttl_are_deleted_and_metrics_keep_their_numbers() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["rows"][0][0].as_u64(), Some(2 * 40), "{r}");
 
+    // The trace of an event of those days: not stored, and why.
+    let r = server.get("/v1/trace?publisher_id=p1&type=impression&event_id=e0");
+    assert_eq!(r["found"].as_u64(), Some(0), "{r}");
+    assert!(r["expired"]["note"].as_str().is_some_and(|n| n.contains("retention")), "{r}");
+    let to = r["expired"]["to"].as_str().expect("to");
+    assert!(to >= adstore_storage::time::format_timestamp(day0 + 3 * DAY_MS).as_str(), "{r}");
+    // An event after them is traced.
+    let later = 3 * DAY_MS / 90_000 + 1;
+    let r = server.get(&format!("/v1/trace?publisher_id=p1&type=impression&event_id=e{later}"));
+    assert_eq!(r["found"].as_u64(), Some(1), "{r}");
+    assert!(r.get("expired").is_none(), "{r}");
+
     // Reconciliation does not count deleted events as differences.
     let r = server.get(&format!("/v1/reconcile?from={day0}&to={}", day0 + 3 * DAY_MS));
     assert_eq!(r["differing"].as_u64(), Some(0), "{r}");

@@ -116,6 +116,7 @@ fn every_route_answers_by_role() {
         ("GET", "/v1/sql?q=SELECT%201", None, "AQ"),
         ("POST", "/v1/sql", Some(("text/plain", b"SELECT 1")), "AQ"),
         ("GET", "/v1/billing/daily?day=2026-01-01", None, "AQ"),
+        ("GET", "/v1/trace?click_id=c-1", None, "AQ"),
     ];
     for (method, path, body, who) in routes {
         for (caller, token) in CALLERS.iter().zip(tokens) {
@@ -269,6 +270,28 @@ fn scoped_tokens_send_and_see_only_their_own() {
         assert_eq!(status, 200, "{got}");
         let got: serde_json::Value = serde_json::from_str(&got).expect("json");
         assert_eq!(got["rows"], serde_json::Value::Array(theirs.clone()), "{q}");
+    }
+    // The event trace: a query token finds only its advertisers' events.
+    let stored_impression = |theirs: bool| {
+        text.lines()
+            .take(500)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                let adv = v["advertiser_id"].as_str().unwrap_or("");
+                v["publisher_id"] == "pub-01" && ["adv-001", "adv-002"].contains(&adv) == theirs
+            })
+            .map(|v| format!("arrow-imp-{}", v["event_id"].as_str().unwrap_or("?")))
+            .expect("an impression sent through Arrow")
+    };
+    for (theirs, query_finds) in [(true, 1), (false, 0)] {
+        let path = format!("{url}/v1/trace?impression_id={}", stored_impression(theirs));
+        let found = |token: &str| {
+            let (status, answer) = call("GET", &path, Some(token), None);
+            assert_eq!(status, 200, "{answer}");
+            let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+            answer["found"].as_u64().expect("found")
+        };
+        assert_eq!((found(&admin), found(&query)), (1, query_finds), "{path}");
     }
     let (_, distinct) = sql_as(&query, "SELECT count(DISTINCT advertiser_id) AS n FROM events", "json");
     assert!(distinct.contains("\"rows\":[[2]]"), "{distinct}");

@@ -110,6 +110,13 @@ fn settled_segments_move_to_s3_and_are_still_queried() {
     assert_eq!(r["rows"][0][0], "e1003", "{r}");
     let (_, explain) = sql(&server, "EXPLAIN SELECT event_id FROM events WHERE click_id = 'k1003'");
     assert!(explain.to_string().contains("id index on click_id"), "{explain}");
+    // The event trace reads it there too, and says where it is.
+    let r = server.get("/v1/trace?click_id=k1003");
+    assert_eq!(r["found"].as_u64(), Some(1), "{r}");
+    let t = &r["traces"][0];
+    assert_eq!((t["stored"]["tier"].as_str(), t["stored"]["final"].as_bool()), (Some("remote"), Some(true)), "{t}");
+    assert_eq!(t["event"]["event_id"], "e1003");
+    assert_eq!(t["attribution"]["attributed_to"], "imp1000", "{t}");
     let metrics = server.get_text("/metrics");
     let remote_raw = metrics
         .lines()

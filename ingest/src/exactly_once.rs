@@ -39,6 +39,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::dedupe::{DedupeIndex, Flight, SpilledStats, batch_keys};
+use crate::duplicates::{DuplicateLog, DuplicateLogStats, DuplicateStage};
 
 mod index;
 mod parts;
@@ -120,6 +121,8 @@ pub struct ExactlyOnceStats {
     pub attribution_parts: AttributionPartStats,
     /// Bytes of memory the anchors held in memory take.
     pub attribution_memory_bytes: u64,
+    /// The duplicate log's size and budget (all zero when it is off).
+    pub duplicate_log: DuplicateLogStats,
 }
 
 /// The seal stage. Shared (`Arc`) between the store's pipeline and the
@@ -148,6 +151,8 @@ pub struct ExactlyOnce {
     /// them). Dropped once the windows pass it; a restart rebuilds the
     /// index from the segments, without them.
     erased_touches: RwLock<FxHashMap<u64, i64>>,
+    /// When each duplicate arrived, for the event trace; `None`: not kept.
+    duplicate_log: Option<Arc<DuplicateLog>>,
 }
 
 impl ExactlyOnce {
@@ -163,6 +168,31 @@ impl ExactlyOnce {
             expired_at_ts: AtomicI64::new(i64::MIN),
             duplicates_at_seal: AtomicU64::new(0),
             erased_touches: RwLock::new(FxHashMap::default()),
+            duplicate_log: None,
+        }
+    }
+
+    /// Logs every duplicate caught, at ingest or at seal, to `log`.
+    pub fn with_duplicate_log(mut self, log: Arc<DuplicateLog>) -> ExactlyOnce {
+        self.duplicate_log = Some(log);
+        self
+    }
+
+    pub fn duplicate_log(&self) -> Option<&Arc<DuplicateLog>> {
+        self.duplicate_log.as_ref()
+    }
+
+    /// Appends the keys of `dup` to the duplicate log, if kept. A failure
+    /// costs the trace those records, never the request or the seal.
+    fn log_duplicates(&self, keys: &[(u128, i64)], dup: &[bool], stage: DuplicateStage) {
+        let Some(log) = &self.duplicate_log else {
+            return;
+        };
+        let caught: Vec<(u128, i64)> = keys.iter().zip(dup).filter(|(_, d)| **d).map(|(k, _)| *k).collect();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        if let Err(e) = log.append(&caught, stage, now) {
+            tracing::warn!(error = %e, "duplicates could not be written to the duplicate log");
         }
     }
 
@@ -207,6 +237,7 @@ impl ExactlyOnce {
             dedupe_spilled: self.dedupe.spilled_stats(),
             attribution_parts: self.spill.as_ref().map(|s| s.stats(&index)).unwrap_or_default(),
             attribution_memory_bytes: index.live.memory_bytes() as u64,
+            duplicate_log: self.duplicate_log.as_ref().map(|l| l.stats()).unwrap_or_default(),
         }
     }
 
@@ -337,6 +368,7 @@ impl ExactlyOnce {
         let Some((dup, flight)) = self.dedupe.admit_durable(&keys, std::time::Duration::from_secs(30)) else {
             return Err(StorageError::Busy("an earlier request with the same event ids is still being stored".into()));
         };
+        self.log_duplicates(&keys, &dup, DuplicateStage::Ingest);
         // Each batch's new rows, by index into the batch.
         let mut fresh: Vec<Vec<u32>> = Vec::with_capacity(batches.len());
         let mut admitted = Vec::with_capacity(total);
@@ -634,6 +666,9 @@ impl ExactlyOnce {
         };
         let drops = dup.iter().filter(|d| **d).count();
         self.duplicates_at_seal.fetch_add(drops as u64, Ordering::Relaxed);
+        if drops > 0 && ctx.kind == SealKind::Seal {
+            self.log_duplicates(keys, &dup, DuplicateStage::Seal);
+        }
         let mut order: Vec<u32> = (0..events.num_rows() as u32).filter(|&i| !dup[i as usize]).collect();
         // Deterministic processing order: (ts, type, event_id).
         {

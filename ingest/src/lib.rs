@@ -7,9 +7,11 @@
 //!                                  server: dedupe, WAL append (adstore-storage)
 //! ```
 //!
-//! Today this crate holds the parser and validator of DESIGN.md §1 and §5
-//! ([`parse_ndjson`], [`parse_json_array`], [`parse_arrow_ipc`]); dedupe, attribution and
-//! invalid-traffic rules join it later.
+//! It holds the parser and validator of DESIGN.md §1 and §5
+//! ([`parse_ndjson`], [`parse_json_array`], [`parse_arrow_ipc`]), the dedupe
+//! index ([`DedupeIndex`]), the exactly-once seal stage with attribution and
+//! invalid-traffic rules ([`ExactlyOnce`]), and the log of duplicate
+//! arrivals the event trace reads ([`DuplicateLog`]).
 //!
 //! Dependencies point one way: this crate depends on `adstore-storage` for
 //! the event model and must never depend on `adstore-query` or
@@ -17,6 +19,7 @@
 
 mod arrow;
 mod dedupe;
+mod duplicates;
 mod error;
 mod exactly_once;
 mod parse;
@@ -24,6 +27,10 @@ mod parse;
 pub use arrow::parse_arrow_ipc;
 pub use dedupe::{
     DedupeConfig, DedupeIndex, DedupeStats, Flight, Hold, SpilledStats, TableResize, batch_keys, idempotency_key,
+};
+pub use duplicates::{
+    Arrival, DUPLICATES_DIR, DuplicateLog, DuplicateLogStats, DuplicateStage, Duplicates,
+    MAX_LISTED as MAX_DUPLICATES_LISTED,
 };
 pub use error::IngestError;
 pub use exactly_once::{AttributionPartStats, AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};

@@ -6,6 +6,7 @@
 //!  adstore ingest  ─► cli/ingest.rs  a file to a server: parallel batches, retries, progress
 //!  adstore sql     ─► cli/sql.rs     a query to a server: table, CSV or JSON
 //!  adstore token   ─► cli/token.rs   access tokens, on a server or in a stopped server's data directory
+//!  adstore trace   ─► cli/trace.rs   why one event counts as it does (GET /v1/trace)
 //! ```
 //!
 //! Commands that call a server take `--url` and `--token` (`cli/remote.rs`).
@@ -22,6 +23,7 @@ mod retention;
 mod serve;
 mod sql;
 mod token;
+mod trace;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -53,6 +55,9 @@ enum Command {
     Retention(retention::RetentionArgs),
     /// Create, list or revoke access tokens (docs/security.md).
     Token(token::TokenArgs),
+    /// Explain one event: where it is stored, its duplicates, attribution,
+    /// invalid reason and what counts it (docs/trace.md).
+    Trace(trace::TraceArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -66,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Reconcile(args) => reconcile::run(args),
         Command::Retention(args) => retention::run(args),
         Command::Token(args) => token::run(args),
+        Command::Trace(args) => trace::run(args),
     };
     match result {
         Ok(code) => code,

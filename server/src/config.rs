@@ -169,6 +169,11 @@ pub struct IngestConfig {
     /// fences per anchor on disk. 0 keeps every anchor in memory.
     /// Default 1_000_000.
     pub attribution_spill_entries: usize,
+    /// The duplicate log (`duplicates/` in the data directory) records when
+    /// each duplicate arrived, for the event trace, in at most this many
+    /// bytes (40 a duplicate); past it the oldest records go. 0 keeps no
+    /// log. Default 67_108_864 (64 MiB, about 1.7 million duplicates).
+    pub duplicate_log_bytes: u64,
     /// An `adstore-expected-events` announcement never sizes the dedupe
     /// index past the table for this many keys (nor past an eighth of the
     /// memory). 0: announcements are ignored. Default 20_000_000 (about
@@ -190,6 +195,7 @@ impl Default for IngestConfig {
             dedupe_expected_keys: 0,
             dedupe_spill_keys: 1_000_000,
             attribution_spill_entries: 1_000_000,
+            duplicate_log_bytes: 64 << 20,
             max_announced_events: 20_000_000,
             max_events_per_second_per_publisher: 0,
         }

@@ -64,9 +64,18 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
         keys => DedupeIndex::with_spill(dedupe_config, &data_dir.join(DEDUPE_DIR), keys),
     };
     let eo = ExactlyOnce::new(Arc::new(dedupe), rules, lateness);
-    let eo = Arc::new(match config.ingest.attribution_spill_entries {
+    let eo = match config.ingest.attribution_spill_entries {
         0 => eo,
         entries => eo.with_attribution_spill(&data_dir.join(ATTRIBUTION_DIR), entries),
+    };
+    let eo = Arc::new(match config.ingest.duplicate_log_bytes {
+        0 => eo,
+        bytes => {
+            let dir = data_dir.join(adstore_ingest::DUPLICATES_DIR);
+            let log = adstore_ingest::DuplicateLog::open(&dir, bytes)
+                .map_err(|e| ServerError::Config(format!("cannot open the duplicate log in {}: {e}", dir.display())))?;
+            eo.with_duplicate_log(Arc::new(log))
+        }
     });
     storage.allowed_lateness_ms = lateness;
     storage.rollups = config.rollup_defs()?;

@@ -5,6 +5,7 @@
 //!        bodies: NDJSON, JSON array, Arrow IPC stream; Content-Encoding gzip | zstd
 //!  GET  /v1/segments               ─► catalog listing
 //!  GET  /v1/rollups                ─► configured rollups, how far each is built
+//!  GET  /v1/trace                  ─► one event explained (trace.rs)
 //!  GET  /health                    ─► liveness + damaged segments
 //!  GET  /metrics                   ─► Prometheus text
 //! ```
@@ -129,6 +130,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let query = Router::new()
         .route("/v1/sql", get(crate::sql::sql_get).post(crate::sql::sql_post))
         .route("/v1/billing/daily", get(crate::billing::billing_daily))
+        .route("/v1/trace", get(crate::trace::trace))
         .route_layer(gate(Need::Query));
     public
         .merge(admin)

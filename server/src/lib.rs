@@ -25,6 +25,7 @@ mod ratelimit;
 mod reconcile;
 mod retention;
 mod sql;
+mod trace;
 
 pub use config::{Config, HttpConfig, IngestConfig};
 pub use error::ServerError;

@@ -422,6 +422,24 @@ const SERIES: &[Series] = &[
         value: |s| s.eo.attribution_parts.disk_bytes as f64,
     },
     Series {
+        name: "adstore_duplicate_log_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of the duplicate log on disk (when each duplicate arrived, for GET /v1/trace).",
+        value: |s| s.eo.duplicate_log.bytes as f64,
+    },
+    Series {
+        name: "adstore_duplicate_log_budget_bytes",
+        kind: Kind::Gauge,
+        help: "The most the duplicate log holds (ingest.duplicate_log_bytes); past it the oldest records go.",
+        value: |s| s.eo.duplicate_log.budget_bytes as f64,
+    },
+    Series {
+        name: "adstore_duplicate_log_records",
+        kind: Kind::Gauge,
+        help: "Duplicate arrivals the duplicate log holds.",
+        value: |s| s.eo.duplicate_log.records as f64,
+    },
+    Series {
         name: "adstore_block_cache_bytes",
         kind: Kind::Gauge,
         help: "Bytes of segment blocks cached for queries.",

@@ -22,6 +22,7 @@ mod head;
 pub mod hll;
 mod idindex;
 mod ids;
+mod lookup;
 mod manifest;
 pub mod measure;
 pub mod mirror;
@@ -46,6 +47,7 @@ pub use event::{
 pub use head::{HeadChunk, Indexed, Partitioning};
 pub use idindex::{GRANULE_ROWS, ID_COLUMNS};
 pub use ids::{Lsn, SegmentId};
+pub use lookup::{Found, FoundEvent};
 pub use manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier};
 pub use scan::{
     BlockScan, CodeCounts, DimFilter, HeadScan, MAX_COUNT_CELLS, PruneReason, ScanBatch, ScanPlan, ScanRequest,
