@@ -99,6 +99,35 @@ fn every_attribution_outcome_is_explained_and_duplicates_counted() {
         let extra = format!(",\"impression_id\":\"i9\",\"click_id\":\"c-f{n}\",\"user_key\":\"u9\"");
         body += &line(&format!("k-f{n}"), "click", minute_3h + 1_000 + n * 1_000, "x3", &extra);
     }
+    // The window's edge: a click exactly click_window after its impression.
+    body += &line(
+        "k-edge",
+        "click",
+        t0 + HOUR_MS,
+        "x1",
+        ",\"impression_id\":\"i1\",\"click_id\":\"c-edge\",\"user_key\":\"u10\"",
+    );
+    // A last-touch tie: two impressions at one time; the larger id wins.
+    for id in ["i-a", "i-b"] {
+        let extra = format!(",\"impression_id\":\"{id}\",\"user_key\":\"u6\"");
+        body += &line(&format!("imp-{id}"), "impression", t0 + 30 * 60_000, "x5", &extra);
+    }
+    body += &line("k-tie", "click", t0 + 31 * 60_000, "x5", ",\"click_id\":\"c-tie\",\"user_key\":\"u6\"");
+    // A flood by ip_hash: seven clicks without a user_key, and one with a
+    // user_key from the same ip_hash, which the rule counts apart.
+    let minute_4h = t0 + 4 * HOUR_MS;
+    body += &line("imp7", "impression", minute_4h - 10_000, "x6", ",\"impression_id\":\"i7\"");
+    for n in 1..=7 {
+        let extra = format!(",\"impression_id\":\"i7\",\"click_id\":\"c-p{n}\",\"ip_hash\":\"ip7\"");
+        body += &line(&format!("k-p{n}"), "click", minute_4h + n * 1_000, "x6", &extra);
+    }
+    body += &line(
+        "k-pu",
+        "click",
+        minute_4h + 500,
+        "x6",
+        ",\"impression_id\":\"i7\",\"click_id\":\"c-pu\",\"ip_hash\":\"ip7\",\"user_key\":\"u8\"",
+    );
     body += &line("cv-id", "conversion", t0 + HOUR_MS, "x1", ",\"click_id\":\"c-ok\",\"user_key\":\"u7\"");
     body += &line("cv-lt", "conversion", t0 + 2 * HOUR_MS, "x9", ",\"user_key\":\"u1\"");
     body += &line("cv-lost", "conversion", t0 + 4 * HOUR_MS, "x1", ",\"click_id\":\"c-never\"");
@@ -141,7 +170,7 @@ fn every_attribution_outcome_is_explained_and_duplicates_counted() {
         .iter()
         .map(|c| text(&c["event_id"]))
         .collect();
-    assert_eq!(attributed, ["k-fast", "k-ok", "k-lt"], "{imp}");
+    assert_eq!(attributed, ["k-fast", "k-ok", "k-lt", "k-edge"], "by id and by its user's last touch: {imp}");
     let measures = &imp["counted_in"]["measures"];
     assert_eq!((measures["impressions"].as_i64(), measures["billable_impressions"].as_i64()), (Some(1), Some(1)));
     assert_eq!(measures["spend_micros"], 10);
@@ -228,6 +257,31 @@ fn every_attribution_outcome_is_explained_and_duplicates_counted() {
         }
     }
 
+    for n in 1..=7 {
+        let t = click(&server, &format!("k-p{n}"));
+        let want = if n > 5 { "click_flood" } else { "" };
+        assert_eq!(t["invalid"]["reason"], want, "{t}");
+        if n > 5 {
+            let detail = text(&t["invalid"]["detail"]);
+            assert!(detail.starts_with(&format!("click {n} of 7 on ad \"x6\" by ip_hash \"ip7\"")), "{detail}");
+        }
+    }
+    assert_eq!(click(&server, "k-pu")["invalid"]["reason"], "", "counted by its user_key");
+
+    // The window's edge is inside it; a tie goes to the larger id.
+    let edge = click(&server, "k-edge");
+    assert_eq!(
+        (edge["attribution"]["attributed_to"].as_str(), edge["attribution"]["agrees"].as_bool()),
+        (Some("i1"), Some(true)),
+        "{edge}"
+    );
+    let tie = click(&server, "k-tie");
+    assert_eq!(
+        (tie["attribution"]["attributed_to"].as_str(), tie["attribution"]["agrees"].as_bool()),
+        (Some("i-b"), Some(true)),
+        "{tie}"
+    );
+
     // Conversions by click id and by last touch (the latest click of u1 on a1).
     let cv = one(&server, "publisher_id=p1&type=conversion&event_id=cv-id");
     assert_eq!(
@@ -277,6 +331,8 @@ fn every_attribution_outcome_is_explained_and_duplicates_counted() {
 
 #[test]
 fn a_fresh_event_is_traced_from_the_head_and_bad_requests_are_refused() {
+    // (Also: a provisional decision the stored anchors now contradict, and
+    // an erased event.)
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&tmp.path().join("data"), Some("[storage]\nseal_max_age_ms = 600000\n"));
     let now = now_ms();
@@ -291,6 +347,39 @@ fn a_fresh_event_is_traced_from_the_head_and_bad_requests_are_refused() {
     assert_eq!(t["duplicates"]["count"], 0);
     assert!(server.metric("adstore_duplicate_log_budget_bytes") > 0);
 
+    // A click whose impression arrives after it: decided at ingest without
+    // it, so the trace shows the stored decision beside the one the
+    // anchors now give, and why they differ.
+    let click_line = line(
+        "late-k",
+        "click",
+        now - 60_000,
+        "x1",
+        ",\"impression_id\":\"i-late\",\"click_id\":\"c-late\",\"user_key\":\"uL\"",
+    );
+    let imp_line =
+        line("late-i", "impression", now - 120_000, "x1", ",\"impression_id\":\"i-late\",\"user_key\":\"uL\"");
+    for body in [click_line, imp_line] {
+        let (status, r) = server.post("/v1/events", "application/x-ndjson", None, body.as_bytes());
+        assert_eq!((status, r["accepted"].as_u64()), (200, Some(1)), "{r}");
+    }
+    let t = one(&server, "click_id=c-late");
+    let a = &t["attribution"];
+    assert_eq!(
+        (a["attributed"].as_bool(), a["derived_now"]["attributed_to"].as_str()),
+        (Some(false), Some("i-late")),
+        "{t}"
+    );
+    assert_eq!(a["agrees"], false, "{t}");
+    assert!(text(&a["note"]).contains("provisional"), "{t}");
+
+    // Erased: the identity is gone and the decision is not derived again.
+    let (status, r) = post(&format!("{}/v1/erasure", server.url), "application/json", None, br#"{"user_key": "uL"}"#);
+    assert_eq!(status, 200, "{r}");
+    let t = one(&server, "click_id=c-late");
+    assert!(t["event"]["user_key"].is_null() && t["erased"].is_string(), "{t}");
+    assert!(text(&t["attribution"]["method"]).starts_with("not derived again"), "{t}");
+
     for (query, names) in [
         ("", "exactly one of"),
         ("event_id=fresh", "publisher_id and type"),
@@ -300,6 +389,7 @@ fn a_fresh_event_is_traced_from_the_head_and_bad_requests_are_refused() {
         ("click_id=x&type=impression", "type"),
         ("click_id=x&ts=yesterday", "ts"),
         ("click_id=x&color=red", "color"),
+        ("click_id=x&user_key=u&ad_id=a&ts=1e3", "ts"),
     ] {
         let (status, r) = trace(&server, query);
         assert_eq!(status, 400, "{query}: {r}");

@@ -145,26 +145,54 @@ impl DuplicateLog {
     }
 
     /// Appends one record per `(key, ts)`, all caught now at `stage`.
+    /// Written in pieces of at most a file each, so that the log stays in
+    /// its budget even while one call holds more than the budget.
     pub fn append(&self, keys: &[(u128, i64)], stage: DuplicateStage, received_ms: i64) -> std::io::Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
+        let per_file = (self.budget_bytes / FILE_SHARE / RECORD_BYTES as u64).max(1) as usize;
         let mut inner = self.inner.lock();
+        for piece in keys.chunks(per_file) {
+            let result = self.append_piece(&mut inner, piece, stage, received_ms);
+            if let Err(e) = result {
+                // Whatever reached the file stays readable; the next append
+                // starts a file of its own, counted from what is on disk.
+                if let Some(mut broken) = inner.current.take() {
+                    let _ = broken.out.flush();
+                    let path = self.dir.join(file_name(broken.seq));
+                    let bytes = fs::metadata(&path).map_or(broken.bytes, |m| m.len());
+                    inner.closed.push((broken.seq, bytes));
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn append_piece(
+        &self,
+        inner: &mut Inner,
+        keys: &[(u128, i64)],
+        stage: DuplicateStage,
+        received_ms: i64,
+    ) -> std::io::Result<()> {
         let incoming = (keys.len() * RECORD_BYTES) as u64;
         let full_file = self.budget_bytes / FILE_SHARE;
         if inner.current.as_ref().is_some_and(|c| c.bytes + incoming > full_file)
             && let Some(mut done) = inner.current.take()
         {
-            done.out.flush()?;
+            // Listed before the flush: a failed flush leaves its file
+            // known (and trimmed in its turn), not orphaned.
             inner.closed.push((done.seq, done.bytes));
+            done.out.flush()?;
         }
-        self.trim(&mut inner, incoming)?;
+        self.trim(inner, incoming)?;
         if inner.current.is_none() {
             let seq = inner.closed.last().map_or(0, |(s, _)| s + 1);
             let file = fs::OpenOptions::new().create_new(true).append(true).open(self.dir.join(file_name(seq)))?;
             inner.current = Some(Current { seq, out: BufWriter::new(file), bytes: 0 });
         }
-        inner.oldest_ms.get_or_insert(received_ms);
+        if inner.oldest_ms.is_none() {
+            inner.oldest_ms = Some(received_ms);
+        }
         let Some(current) = inner.current.as_mut() else {
             return Ok(());
         };
@@ -187,13 +215,16 @@ impl DuplicateLog {
             inner.closed.iter().map(|(_, b)| b).sum::<u64>() + inner.current.as_ref().map_or(0, |c| c.bytes)
         };
         let mut removed = false;
-        while !inner.closed.is_empty() && held(inner) + incoming > self.budget_bytes {
-            let (seq, _) = inner.closed.remove(0);
+        while let Some(&(seq, _)) = inner.closed.first() {
+            if held(inner) + incoming <= self.budget_bytes {
+                break;
+            }
             match fs::remove_file(self.dir.join(file_name(seq))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
+            inner.closed.remove(0);
             removed = true;
         }
         if removed {
@@ -202,16 +233,19 @@ impl DuplicateLog {
         Ok(())
     }
 
-    /// The receive time of the first record of the oldest file.
+    /// The receive time of the first record of the oldest file holding one.
     fn first_received(&self, inner: &Inner) -> Option<i64> {
-        let seq = inner.closed.first().map(|(s, _)| *s).or(inner.current.as_ref().map(|c| c.seq))?;
-        let mut record = [0u8; RECORD_BYTES];
-        let mut file = File::open(self.dir.join(file_name(seq))).ok()?;
-        file.read_exact(&mut record).ok()?;
-        Some(i64::from_le_bytes(record[16..24].try_into().ok()?))
+        let seqs = inner.closed.iter().map(|(s, _)| *s).chain(inner.current.as_ref().map(|c| c.seq));
+        seqs.into_iter().find_map(|seq| {
+            let mut record = [0u8; RECORD_BYTES];
+            let mut file = File::open(self.dir.join(file_name(seq))).ok()?;
+            file.read_exact(&mut record).ok()?;
+            Some(i64::from_le_bytes(record[16..24].try_into().ok()?))
+        })
     }
 
-    /// Every logged duplicate of `key`, oldest first.
+    /// Every logged duplicate of `key`, oldest first (files read in
+    /// pieces: memory stays small whatever the budget).
     pub fn lookup(&self, key: u128) -> std::io::Result<Duplicates> {
         let seqs: Vec<u64> = {
             let mut inner = self.inner.lock();
@@ -222,24 +256,32 @@ impl DuplicateLog {
         };
         let want = key.to_le_bytes();
         let mut found = Duplicates::default();
+        let mut piece = vec![0u8; RECORD_BYTES * 16_384];
         for seq in seqs {
-            let bytes = match fs::read(self.dir.join(file_name(seq))) {
-                Ok(bytes) => bytes,
+            let file = match File::open(self.dir.join(file_name(seq))) {
+                Ok(file) => file,
                 // Trimmed since the list was taken: its records are gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            for record in bytes.chunks_exact(RECORD_BYTES) {
-                if record[..16] != want {
-                    continue;
+            let mut file = std::io::BufReader::new(file);
+            loop {
+                let n = read_records(&mut file, &mut piece)?;
+                for record in piece[..n].chunks_exact(RECORD_BYTES) {
+                    if record[..16] != want {
+                        continue;
+                    }
+                    let Some(stage) = DuplicateStage::from_code(record[32]) else {
+                        continue;
+                    };
+                    found.count += 1;
+                    if found.arrivals.len() < MAX_LISTED {
+                        let at = |r: std::ops::Range<usize>| record[r].try_into().map(i64::from_le_bytes).unwrap_or(0);
+                        found.arrivals.push(Arrival { received_ms: at(16..24), ts: at(24..32), stage });
+                    }
                 }
-                let Some(stage) = DuplicateStage::from_code(record[32]) else {
-                    continue;
-                };
-                found.count += 1;
-                if found.arrivals.len() < MAX_LISTED {
-                    let at = |r: std::ops::Range<usize>| record[r].try_into().map(i64::from_le_bytes).unwrap_or(0);
-                    found.arrivals.push(Arrival { received_ms: at(16..24), ts: at(24..32), stage });
+                if n < piece.len() {
+                    break;
                 }
             }
         }
@@ -256,6 +298,21 @@ impl DuplicateLog {
             oldest_ms: inner.oldest_ms,
         }
     }
+}
+
+/// Fills `buf` from `r` as far as it can; the bytes read (less than the
+/// buffer only at the end of the file).
+fn read_records(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]
@@ -320,5 +377,14 @@ mod tests {
         assert!(oldest > 150, "oldest kept record from {oldest}");
         assert_eq!(log.lookup(oldest as u128).expect("lookup").count, 1);
         assert_eq!(log.lookup(oldest as u128 - 1).expect("lookup").count, 0);
+
+        // One append of five times the budget: still within it, the newest kept.
+        let many: Vec<(u128, i64)> = (1_000..1_200u128).map(|k| (k, 0)).collect();
+        log.append(&many, DuplicateStage::Seal, 7).expect("append");
+        let on_disk: u64 =
+            fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").metadata().expect("meta").len()).sum();
+        assert!(on_disk <= budget && log.stats().bytes <= budget, "{on_disk} bytes on disk");
+        assert_eq!(log.lookup(1_199).expect("lookup").count, 1);
+        assert_eq!(log.lookup(1_000).expect("lookup").count, 0);
     }
 }

@@ -178,6 +178,12 @@ impl ExactlyOnce {
         self
     }
 
+    /// For a user whose identity was erased, the newest event time erased:
+    /// last touch does not attribute to their touches up to it.
+    pub fn erased_touch_floor(&self, user_key: &str) -> Option<i64> {
+        self.erased_touches.read().get(&h(user_key)).copied()
+    }
+
     pub fn duplicate_log(&self) -> Option<&Arc<DuplicateLog>> {
         self.duplicate_log.as_ref()
     }

@@ -121,6 +121,7 @@ impl ServerError {
             ServerError::Storage(S::HeadFull { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "head_full"),
             ServerError::Storage(S::Schema(_)) => (StatusCode::BAD_REQUEST, "bad_batch"),
             ServerError::Storage(S::Expired(_)) => (StatusCode::BAD_REQUEST, "retention_expired"),
+            ServerError::Storage(S::LookupTooLarge { .. }) => (StatusCode::BAD_REQUEST, "too_many_matches"),
             ServerError::Storage(S::ObjectStore { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "object_store_unavailable")
             }

@@ -159,6 +159,9 @@ pub(crate) struct Tracer<'a> {
     pub duplicates: Option<&'a DuplicateLog>,
     pub advertisers: Option<Vec<String>>,
     pub allowed_lateness_ms: i64,
+    /// For a user whose identity was erased, the newest event time erased
+    /// (`ExactlyOnce::erased_touch_floor`).
+    pub erased_floor: &'a dyn Fn(&str) -> Option<i64>,
 }
 
 impl Tracer<'_> {
@@ -233,9 +236,9 @@ impl Tracer<'_> {
             let named = self.find(filters, TimeRange::ALL, MAX_CANDIDATES)?;
             out["named_by"] = Value::Array(named.events.iter().map(|f| explain::brief(&f.event)).collect());
         }
-        let (Some(user), Some(ad)) = (&lookup.hints.user_key, &lookup.hints.ad_id) else {
+        let (Some(user), Some(ad), Some(ts)) = (&lookup.hints.user_key, &lookup.hints.ad_id, lookup.hints.ts) else {
             out["candidates_hint"] =
-                json!("give user_key and ad_id (and ts) to list the stored events of that user and ad nearest to it");
+                json!("give user_key, ad_id and ts to list the stored events of that user and ad nearest to it");
             return Ok(out);
         };
         let mut filters =
@@ -247,39 +250,26 @@ impl Tracer<'_> {
             Some(EventType::Conversion) => self.rules.conversion_window_ms,
             _ => self.rules.click_window_ms,
         };
-        let range = match lookup.hints.ts {
-            Some(ts) => {
-                TimeRange { start_ms: ts.saturating_sub(window), end_ms: ts.saturating_add(window).saturating_add(1) }
-            }
-            None => TimeRange::ALL,
-        };
+        let range =
+            TimeRange { start_ms: ts.saturating_sub(window), end_ms: ts.saturating_add(window).saturating_add(1) };
         let mut near = self.find(filters, range, usize::MAX)?.events;
-        if let Some(ts) = lookup.hints.ts {
-            near.sort_by_key(|f| (f.event.ts.abs_diff(ts), f.event.ts));
-        } else {
-            near.reverse();
-        }
+        near.sort_by_key(|f| (f.event.ts.abs_diff(ts), f.event.ts));
         out["candidates"] = Value::Array(
             near.iter()
                 .take(MAX_CANDIDATES)
                 .map(|f| {
                     let mut b = explain::brief(&f.event);
-                    if let Some(ts) = lookup.hints.ts {
-                        b["seconds_from_ts"] = json!((f.event.ts - ts) as f64 / 1000.0);
-                    }
+                    b["seconds_from_ts"] = json!((f.event.ts - ts) as f64 / 1000.0);
                     b
                 })
                 .collect(),
         );
-        out["candidates_window"] = json!(match lookup.hints.ts {
-            Some(_) => format!(
-                "same user_key and ad_id, {} to {} (ts ± the {} window)",
-                format_timestamp(range.start_ms),
-                format_timestamp(range.end_ms - 1),
-                if lookup.kind == Some(EventType::Conversion) { "conversion" } else { "click" }
-            ),
-            None => "same user_key and ad_id, any time, latest first (give ts to list those nearest to it)".to_string(),
-        });
+        out["candidates_window"] = json!(format!(
+            "same user_key and ad_id, {} to {} (ts ± the {} window)",
+            format_timestamp(range.start_ms),
+            format_timestamp(range.end_ms - 1),
+            if lookup.kind == Some(EventType::Conversion) { "conversion" } else { "click" }
+        ));
         Ok(out)
     }
 }
@@ -296,7 +286,9 @@ pub(crate) async fn trace(
         let _turn = turn;
         let snapshot = app.store.snapshot();
         let rules = app.exactly_once.rules();
+        let erased_floor = |user: &str| app.exactly_once.erased_touch_floor(user);
         let tracer = Tracer {
+            erased_floor: &erased_floor,
             snapshot: &snapshot,
             rules: &rules,
             duplicates: app.exactly_once.duplicate_log().map(|l| l.as_ref()),

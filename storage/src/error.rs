@@ -37,6 +37,10 @@ pub enum StorageError {
     /// range and what still holds it).
     #[error("{0}")]
     Expired(String),
+    /// A lookup of whole events (the event trace) matched more than it may
+    /// hold in memory.
+    #[error("more than {limit} stored events match this lookup; narrow it (an id, a publisher, a time)")]
+    LookupTooLarge { limit: usize },
     #[error("catalog {path} is corrupt: {reason}")]
     ManifestCorrupt { path: PathBuf, reason: String },
     #[error("event batch schema mismatch: {0}")]

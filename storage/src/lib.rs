@@ -47,7 +47,7 @@ pub use event::{
 pub use head::{HeadChunk, Indexed, Partitioning};
 pub use idindex::{GRANULE_ROWS, ID_COLUMNS};
 pub use ids::{Lsn, SegmentId};
-pub use lookup::{Found, FoundEvent};
+pub use lookup::{Found, FoundEvent, MAX_LOOKUP_EVENTS};
 pub use manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier};
 pub use scan::{
     BlockScan, CodeCounts, DimFilter, HeadScan, MAX_COUNT_CELLS, PruneReason, ScanBatch, ScanPlan, ScanRequest,

@@ -8,13 +8,14 @@
 //!
 //! Raw segments that retention deleted are left out (their events cannot
 //! be found, and [`Found::expired`] says which time they covered) instead
-//! of refusing the lookup as a query over them is refused.
+//! of refusing the lookup as a query over them is refused. Every column of
+//! a matching row is read, so a lookup holds at most [`MAX_LOOKUP_EVENTS`].
 
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::event::{COLUMNS, ColumnId, Event, EventType, InvalidReason};
 use crate::ids::SegmentId;
 use crate::manifest::{Level, SegmentMeta, Tier};
-use crate::scan::{DimFilter, ScanRequest, ScanSource, TimeRange};
+use crate::scan::{DimFilter, ScanPlan, ScanRequest, ScanSource, TimeRange};
 use crate::segment::ColumnData;
 use crate::store::Snapshot;
 
@@ -37,9 +38,21 @@ pub struct Found {
     pub truncated: bool,
 }
 
+/// Matching events a lookup may hold: every column of each is read, so a
+/// lookup that matches more (a bot's `user_key` over a long range) is
+/// refused instead of filling memory.
+pub const MAX_LOOKUP_EVENTS: usize = 100_000;
+
+/// Segments read at a time, between checks of [`MAX_LOOKUP_EVENTS`].
+const SEGMENTS_AT_ONCE: usize = 4;
+
 impl Snapshot {
     /// Up to `limit` stored events passing every filter in `range`, head
-    /// and segments (local or cold) alike.
+    /// and segments (local or cold) alike, earliest first.
+    ///
+    /// # Errors
+    /// [`StorageError::LookupTooLarge`] when more than [`MAX_LOOKUP_EVENTS`]
+    /// match; what the scan itself refuses (a damaged segment in range).
     pub fn find_events(&self, filters: Vec<DimFilter>, range: TimeRange, limit: usize) -> Result<Found> {
         let expired: Vec<&SegmentMeta> = self
             .catalog
@@ -48,33 +61,63 @@ impl Snapshot {
             .filter(|m| m.level == Level::Raw && m.tier == Tier::Expired && range.overlaps(m.min_ts, m.max_ts))
             .collect();
         let gone: Vec<SegmentId> = expired.iter().map(|m| m.id).collect();
-        let mut range = range;
-        if let Some(d) = self.catalog.deleted_before {
-            range.start_ms = range.start_ms.max(d);
+        let deleted = self.catalog.deleted_before.filter(|d| range.start_ms < *d);
+        let mut kept = range;
+        if let Some(d) = deleted {
+            kept.start_ms = d;
         }
-        let req = ScanRequest { time_range: range, filters, columns: COLUMNS.iter().map(|c| c.id).collect() };
-        let batches = self.plan_scan_except(&req, |id| gone.contains(&id))?.execute(&req)?;
-        let mut found = Found::default();
-        for batch in &batches {
-            for row in 0..batch.rows {
-                found.events.push(FoundEvent { event: event_at(&batch.columns, row), at: batch.source });
+        let mut found = Found {
+            expired: expired
+                .iter()
+                .map(|m| (m.partition.bucket_start_ms, m.partition.bucket_start_ms + m.bucket_width_ms))
+                .chain(deleted.map(|d| (i64::MIN, d)))
+                .reduce(|(a, b), (c, d)| (a.min(c), b.max(d))),
+            ..Found::default()
+        };
+        if kept.start_ms >= kept.end_ms && kept.end_ms != i64::MAX {
+            return Ok(found);
+        }
+        let req = ScanRequest { time_range: kept, filters, columns: COLUMNS.iter().map(|c| c.id).collect() };
+        let plan = self.plan_scan_except(&req, |id| gone.contains(&id))?;
+        // The head first, then the segments a few at a time, so that a
+        // lookup matching too much stops before it holds it all.
+        let parts = std::iter::once(ScanPlan { segments: Vec::new(), head: plan.head.clone(), ..empty_plan() }).chain(
+            plan.segments.chunks(SEGMENTS_AT_ONCE).map(|s| ScanPlan {
+                segments: s.to_vec(),
+                head: Vec::new(),
+                ..empty_plan()
+            }),
+        );
+        for part in parts {
+            for batch in &part.execute(&req)? {
+                for row in 0..batch.rows {
+                    found.events.push(FoundEvent { event: event_at(&batch.columns, row), at: batch.source });
+                }
+            }
+            if found.events.len() > MAX_LOOKUP_EVENTS {
+                return Err(StorageError::LookupTooLarge { limit: MAX_LOOKUP_EVENTS });
             }
         }
         found.events.sort_by(|a, b| (a.event.ts, &a.event.event_id).cmp(&(b.event.ts, &b.event.event_id)));
         found.truncated = found.events.len() > limit;
         found.events.truncate(limit);
-        let deleted = self.catalog.deleted_before.filter(|d| req.time_range.start_ms > range.start_ms.min(*d));
-        found.expired = expired
-            .iter()
-            .map(|m| (m.partition.bucket_start_ms, m.partition.bucket_start_ms + m.bucket_width_ms))
-            .chain(deleted.map(|d| (i64::MIN, d)))
-            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
         Ok(found)
     }
 
     /// The catalog entry of the raw segment a found event is in.
     pub fn segment_meta(&self, id: SegmentId) -> Option<&SegmentMeta> {
         self.catalog.segments.get(&id)
+    }
+}
+
+fn empty_plan() -> ScanPlan {
+    ScanPlan {
+        segments: Vec::new(),
+        pruned: Vec::new(),
+        blocks_total: 0,
+        blocks_pruned: 0,
+        head: Vec::new(),
+        candidate_rows: 0,
     }
 }
 
@@ -191,6 +234,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_lookup_matching_more_than_it_may_hold_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), StoreConfig::default(), SealPipeline::new()).expect("open");
+        let events: Vec<Event> = (0..=MAX_LOOKUP_EVENTS as i64)
+            .map(|n| Event {
+                event_id: format!("e{n}"),
+                ts: n,
+                publisher_id: "p".into(),
+                advertiser_id: "a".into(),
+                campaign_id: "c".into(),
+                ad_id: "ad".into(),
+                user_key: Some("bot".into()),
+                ..Event::default()
+            })
+            .collect();
+        store.append(&EventBatch::from_events(&events)).expect("append");
+        let snap = store.snapshot();
+        let by_user = |range| snap.find_events(vec![DimFilter::eq(ColumnId::UserKey, "bot")], range, 10);
+        assert!(matches!(by_user(TimeRange::ALL), Err(StorageError::LookupTooLarge { .. })));
+        let found = by_user(TimeRange { start_ms: 0, end_ms: 1_000 }).expect("a narrower lookup");
+        assert_eq!((found.events.len(), found.truncated), (10, true));
     }
 
     #[test]

@@ -22,8 +22,6 @@ use serde_json::{Value, json};
 use super::Tracer;
 use crate::error::ServerError;
 
-/// Anchors read for one last-touch explanation.
-const MAX_TOUCHES: usize = 10_000;
 /// Events listed as attributed to an anchor.
 const MAX_LISTED: usize = 10;
 
@@ -220,21 +218,24 @@ fn derive(t: &Tracer<'_>, e: &Event) -> Result<Option<Derived>, ServerError> {
     let mut filters = base;
     filters.push(eq(ColumnId::UserKey, user));
     filters.push(eq(rule.same_col, rule.same));
-    let touches: Vec<Event> = t
-        .find(filters, TimeRange::ALL, MAX_TOUCHES)?
-        .events
-        .into_iter()
-        .map(|f| f.event)
-        .filter(|a| rule.anchor_id(a).is_some())
-        .collect();
-    let chosen = touches
-        .iter()
-        .filter(|a| in_window(a))
-        .max_by(|a, b| (a.ts, rule.anchor_id(a)).cmp(&(b.ts, rule.anchor_id(b))))
-        .cloned();
+    // Touches up to an erasure of this user are not used (as at seal).
+    let from = (t.erased_floor)(user).map_or(lo, |f| lo.max(f.saturating_add(1)));
+    let touches = |start_ms: i64, end_ms: i64| -> Result<Vec<Event>, ServerError> {
+        let found = t.find(filters.clone(), TimeRange { start_ms, end_ms }, usize::MAX)?;
+        Ok(found.events.into_iter().map(|f| f.event).filter(|a| rule.anchor_id(a).is_some()).collect())
+    };
+    let latest = |a: &&Event, b: &&Event| (a.ts, rule.anchor_id(a)).cmp(&(b.ts, rule.anchor_id(b)));
+    let inside = touches(from, e.ts.saturating_add(1))?;
+    let chosen = inside.iter().filter(|a| in_window(a)).max_by(latest).cloned();
     let why_not = if chosen.is_some() {
         None
-    } else if let Some(before) = touches.iter().filter(|a| a.ts < lo).max_by_key(|a| a.ts) {
+    } else if from > lo {
+        Some(format!(
+            "no {anchor} with an {id_name} of user_key {user:?} on {same_name} {:?} in the window after {}: the user's touches up to then were erased on request and are not used",
+            rule.same,
+            format_timestamp(from - 1)
+        ))
+    } else if let Some(before) = touches(lo.saturating_sub(rule.window_ms), lo)?.iter().max_by(latest) {
         let id = rule.anchor_id(before).map_or("", String::as_str);
         Some(format!(
             "the latest {anchor} of user_key {user:?} on {same_name} {:?} before it, {id:?}, came {} s earlier: {} s outside the {window_s} s window",
@@ -242,16 +243,18 @@ fn derive(t: &Tracer<'_>, e: &Event) -> Result<Option<Derived>, ServerError> {
             seconds(e.ts - before.ts),
             seconds(lo - before.ts)
         ))
-    } else if let Some(after) = touches.iter().filter(|a| a.ts > e.ts).min_by_key(|a| a.ts) {
+    } else if let Some(after) =
+        touches(e.ts.saturating_add(1), e.ts.saturating_add(rule.window_ms).saturating_add(1))?.first()
+    {
         let id = rule.anchor_id(after).map_or("", String::as_str);
         Some(format!(
-            "the only {anchor}s of user_key {user:?} on {same_name} {:?} came after it (the first, {id:?}, {} s after): an {anchor} must come first",
+            "the first {anchor} of user_key {user:?} on {same_name} {:?} near it, {id:?}, came {} s after it: an {anchor} must come first",
             rule.same,
             seconds(after.ts - e.ts)
         ))
     } else {
         Some(format!(
-            "no {anchor} with an {id_name} of user_key {user:?} on {same_name} {:?} from publisher {:?} is stored",
+            "no {anchor} with an {id_name} of user_key {user:?} on {same_name} {:?} from publisher {:?} is stored within {window_s} s before or after it",
             rule.same, e.publisher_id
         ))
     };
@@ -280,9 +283,20 @@ fn outside(a: &Event, e: &Event, rule: &Rule<'_>, id: &str) -> String {
 }
 
 fn attribution(t: &Tracer<'_>, e: &Event, where_: &Stored) -> Result<(Value, Option<Event>), ServerError> {
-    let (mut out, anchor) = match derive(t, e)? {
-        None => (json!({"method": "none: impressions are what clicks are attributed to"}), None),
-        Some(d) => decision(t, e, where_, d),
+    let erased = t.snapshot.erased.contains(idempotency_key(&e.publisher_id, e.kind, &e.event_id));
+    let (mut out, anchor) = if erased && e.kind != EventType::Impression {
+        let out = json!({
+            "attributed": e.attributed,
+            "attributed_to": e.attributed_to,
+            "rules_version": where_.rules_version,
+            "method": "not derived again: the event's identity was erased on request, and its decision was kept from before the erasure",
+        });
+        (out, None)
+    } else {
+        match derive(t, e)? {
+            None => (json!({"method": "none: impressions are what clicks are attributed to"}), None),
+            Some(d) => decision(t, e, where_, d),
+        }
     };
     attributed_to_it(t, e, &mut out)?;
     Ok((out, anchor))
@@ -320,8 +334,6 @@ fn decision(t: &Tracer<'_>, e: &Event, where_: &Stored, d: Derived) -> (Value, O
                 "decided under rules version {} (derived now under version {}): a reprocess applies the current rules",
                 where_.rules_version, t.rules.version
             )
-        } else if t.snapshot.erased.contains(idempotency_key(&e.publisher_id, e.kind, &e.event_id)) {
-            "the event's identity was erased on request: its decision was kept from before the erasure".to_string()
         } else {
             "decided when its bucket was finalized; the anchors stored now decide otherwise (events loaded later by backfill, or anchors older than the attribution index reached at seal)".to_string()
         });
@@ -329,24 +341,34 @@ fn decision(t: &Tracer<'_>, e: &Event, where_: &Stored, d: Derived) -> (Value, O
     (out, d.anchor)
 }
 
-/// The events attributed to an impression or a click, in `out`.
+/// The events attributed to an impression or a click, in `out`: those
+/// naming it by id, and those of its user (by last touch), both found by
+/// the id index, in the attribution window after it.
 fn attributed_to_it(t: &Tracer<'_>, e: &Event, out: &mut Value) -> Result<(), ServerError> {
-    let (own_id, attributed_kind, window) = match e.kind {
-        EventType::Impression => (e.impression_id.as_ref(), EventType::Click, t.rules.click_window_ms),
-        EventType::Click => (e.click_id.as_ref(), EventType::Conversion, t.rules.conversion_window_ms),
-        EventType::Conversion => (None, EventType::Click, 0),
+    let (own_id, kind, id_col, window) = match e.kind {
+        EventType::Impression => (&e.impression_id, EventType::Click, ColumnId::ImpressionId, t.rules.click_window_ms),
+        EventType::Click => (&e.click_id, EventType::Conversion, ColumnId::ClickId, t.rules.conversion_window_ms),
+        EventType::Conversion => return Ok(()),
     };
-    if let Some(id) = own_id {
-        let range = TimeRange { start_ms: e.ts, end_ms: e.ts.saturating_add(window).saturating_add(1) };
-        let filters = vec![
-            eq(ColumnId::AttributedTo, id),
-            eq(ColumnId::Type, attributed_kind.as_str()),
-            eq(ColumnId::PublisherId, &e.publisher_id),
-        ];
-        let found = t.find(filters, range, MAX_LISTED)?;
-        out[format!("attributed_{}s", attributed_kind.as_str())] =
-            Value::Array(found.events.iter().map(|f| brief(&f.event)).collect());
+    let Some(id) = own_id else { return Ok(()) };
+    let range = TimeRange { start_ms: e.ts, end_ms: e.ts.saturating_add(window).saturating_add(1) };
+    let base = vec![
+        eq(ColumnId::AttributedTo, id),
+        eq(ColumnId::Type, kind.as_str()),
+        eq(ColumnId::PublisherId, &e.publisher_id),
+    ];
+    let mut by_id = base.clone();
+    by_id.push(eq(id_col, id));
+    let mut found: Vec<Event> = t.find(by_id, range, MAX_LISTED)?.events.into_iter().map(|f| f.event).collect();
+    if let Some(user) = &e.user_key {
+        let mut by_user = base;
+        by_user.push(eq(ColumnId::UserKey, user));
+        found.extend(t.find(by_user, range, MAX_LISTED)?.events.into_iter().map(|f| f.event));
     }
+    found.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+    found.dedup_by(|a, b| a.ts == b.ts && a.event_id == b.event_id);
+    found.truncate(MAX_LISTED);
+    out[format!("attributed_{}s", kind.as_str())] = Value::Array(found.iter().map(brief).collect());
     Ok(())
 }
 
@@ -401,20 +423,28 @@ fn invalid(t: &Tracer<'_>, e: &Event, anchor: Option<&Event>) -> Result<Value, S
 
 /// The click's place among the clicks on its ad by its user (or ip) in its minute.
 fn flood(t: &Tracer<'_>, e: &Event) -> Result<String, ServerError> {
-    let (col, who) = match (&e.user_key, &e.ip_hash) {
-        (Some(u), _) => (ColumnId::UserKey, u),
-        (None, Some(ip)) => (ColumnId::IpHash, ip),
+    // Clicks are counted by user_key, or by ip_hash for those without one.
+    let (col, who, by_ip) = match (&e.user_key, &e.ip_hash) {
+        (Some(u), _) => (ColumnId::UserKey, u, false),
+        (None, Some(ip)) => (ColumnId::IpHash, ip, true),
         (None, None) => return Ok("its user_key and ip_hash have been erased since it was decided".to_string()),
     };
     let minute = e.ts.saturating_sub(e.ts.rem_euclid(60_000));
+    // A seal counts within its time bucket: the minute's part in it.
+    let width = t.snapshot.bucket_width_ms;
+    let bucket = e.ts.saturating_sub(e.ts.rem_euclid(width));
     let filters = vec![
         eq(ColumnId::Type, EventType::Click.as_str()),
         eq(ColumnId::PublisherId, &e.publisher_id),
         eq(ColumnId::AdId, &e.ad_id),
         eq(col, who),
     ];
-    let range = TimeRange { start_ms: minute, end_ms: minute.saturating_add(60_000) };
-    let mut clicks: Vec<Event> = t.find(filters, range, MAX_TOUCHES)?.events.into_iter().map(|f| f.event).collect();
+    let range = TimeRange {
+        start_ms: minute.max(bucket),
+        end_ms: minute.saturating_add(60_000).min(bucket.saturating_add(width)),
+    };
+    let mut clicks: Vec<Event> = t.find(filters, range, usize::MAX)?.events.into_iter().map(|f| f.event).collect();
+    clicks.retain(|c| !by_ip || c.user_key.is_none());
     clicks.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
     let place = clicks.iter().position(|c| c.event_id == e.event_id).map_or(0, |p| p + 1);
     Ok(format!(
