@@ -139,10 +139,11 @@ fn every_attribution_outcome_is_explained_and_duplicates_counted() {
     // The impression twice more (a producer's retries, late: a backfill),
     // once alone and once beside a new event.
     let again = line("imp1", "impression", t0, "x1", ",\"impression_id\":\"i1\",\"user_key\":\"u1\"");
-    for extra in ["", &line("imp2", "impression", next + 1, "x1", "")] {
+    for extra in ["", &line("imp2", "impression", next + 1, "x1", ",\"impression_id\":\"i2\"")] {
         let body = format!("{again}{extra}");
         let (status, r) = server.post("/v1/events?mode=backfill", "application/x-ndjson", None, body.as_bytes());
-        assert_eq!((status, r["duplicates"].as_u64()), (200, Some(1)), "{r}");
+        let fresh = u64::from(!extra.is_empty());
+        assert_eq!((status, r["duplicates"].as_u64(), r["accepted"].as_u64()), (200, Some(1), Some(fresh)), "{r}");
     }
 
     // Wait for day0 to be final, rolled up and billed.
@@ -220,9 +221,10 @@ fn every_attribution_outcome_is_explained_and_duplicates_counted() {
     assert_eq!(fast["attribution"]["attributed"], true);
     assert_eq!(
         (fast["invalid"]["reason"].as_str(), fast["invalid"]["rule"].as_str()),
-        (Some("too_fast"), Some("too_fast_ms = 1000"))
+        (Some("too_fast"), Some("too_fast_ms"))
     );
-    assert!(text(&fast["invalid"]["detail"]).contains("500 ms after impression \"i1\""), "{fast}");
+    let detail = text(&fast["invalid"]["detail"]);
+    assert!(detail.contains("500 ms after impression \"i1\"; clicks sooner than 1000 ms"), "{fast}");
     assert_eq!(
         (
             fast["counted_in"]["measures"]["invalid_clicks"].as_i64(),
@@ -373,6 +375,49 @@ fn a_fresh_event_is_traced_from_the_head_and_bad_requests_are_refused() {
     assert_eq!(a["agrees"], false, "{t}");
     assert!(text(&a["note"]).contains("provisional"), "{t}");
 
+    // One impression id from twelve publishers: all counted, ten traced.
+    let body: String = (0..12)
+        .map(|n| {
+            line(&format!("m{n}"), "impression", now - 5_000, "x1", ",\"impression_id\":\"imany\"")
+                .replace("\"p1\"", &format!("\"p{n}\""))
+        })
+        .collect();
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, body.as_bytes());
+    assert_eq!((status, r["accepted"].as_u64()), (200, Some(12)), "{r}");
+    let (status, r) = trace(&server, "impression_id=imany");
+    assert_eq!(
+        (status, r["found"].as_u64(), r["traced"].as_u64(), r["more"].as_bool()),
+        (200, Some(12), Some(10), Some(true))
+    );
+
+    // An id stored twice (the second copy past the dedupe window, by
+    // backfill), the second sent twice: each copy has its own duplicates.
+    let old = line("twice", "impression", now - 30 * HOUR_MS, "x1", ",\"impression_id\":\"i-tw1\"");
+    let (status, r) = server.post("/v1/events?mode=backfill", "application/x-ndjson", None, old.as_bytes());
+    assert_eq!((status, r["accepted"].as_u64()), (200, Some(1)), "{r}");
+    let new = line("twice", "impression", now - 2_000, "x1", ",\"impression_id\":\"i-tw2\"");
+    let (status, r) = server.post("/v1/events", "application/x-ndjson", None, format!("{new}{new}").as_bytes());
+    assert_eq!((status, r["accepted"].as_u64(), r["duplicates"].as_u64()), (200, Some(1), Some(1)), "{r}");
+    let (status, r) = trace(&server, "publisher_id=p1&type=impression&event_id=twice");
+    assert_eq!((status, r["found"].as_u64()), (200, Some(2)), "{r}");
+    let counts: Vec<u64> = r["traces"]
+        .as_array()
+        .expect("traces")
+        .iter()
+        .map(|t| t["duplicates"]["count"].as_u64().expect("count"))
+        .collect();
+    assert_eq!(counts, [0, 1], "the older copy had none: {r}");
+
+    // The CLI's exit status: 0 stored, 1 not stored, 2 refused or unreachable.
+    let status_of = |args: &[&str]| {
+        let out = std::process::Command::new(ADSTORE).arg("trace").args(args).output().expect("adstore trace");
+        out.status.code()
+    };
+    assert_eq!(status_of(&["--url", &server.url, "--impression-id", "if"]), Some(0));
+    assert_eq!(status_of(&["--url", &server.url, "--impression-id", "nowhere"]), Some(1));
+    assert_eq!(status_of(&["--url", &server.url, "--click-id", ""]), Some(2));
+    assert_eq!(status_of(&["--url", "http://127.0.0.1:9", "--click-id", "x"]), Some(2));
+
     // Erased: the identity is gone and the decision is not derived again.
     let (status, r) = post(&format!("{}/v1/erasure", server.url), "application/json", None, br#"{"user_key": "uL"}"#);
     assert_eq!(status, 200, "{r}");
@@ -390,6 +435,7 @@ fn a_fresh_event_is_traced_from_the_head_and_bad_requests_are_refused() {
         ("click_id=x&ts=yesterday", "ts"),
         ("click_id=x&color=red", "color"),
         ("click_id=x&user_key=u&ad_id=a&ts=1e3", "ts"),
+        (&format!("publisher_id=p1&type=click&event_id={}", "e".repeat(129)), "event_id"),
     ] {
         let (status, r) = trace(&server, query);
         assert_eq!(status, 400, "{query}: {r}");

@@ -247,6 +247,12 @@ impl DuplicateLog {
     /// Every logged duplicate of `key`, oldest first (files read in
     /// pieces: memory stays small whatever the budget).
     pub fn lookup(&self, key: u128) -> std::io::Result<Duplicates> {
+        self.lookup_where(key, |_| true)
+    }
+
+    /// The logged duplicates of `key` whose event time passes `keep` (an
+    /// id stored twice, beyond the dedupe window: each copy's own).
+    pub fn lookup_where(&self, key: u128, keep: impl Fn(i64) -> bool) -> std::io::Result<Duplicates> {
         let seqs: Vec<u64> = {
             let mut inner = self.inner.lock();
             if let Some(c) = inner.current.as_mut() {
@@ -274,10 +280,14 @@ impl DuplicateLog {
                     let Some(stage) = DuplicateStage::from_code(record[32]) else {
                         continue;
                     };
+                    let at = |r: std::ops::Range<usize>| record[r].try_into().map(i64::from_le_bytes).unwrap_or(0);
+                    let ts = at(24..32);
+                    if !keep(ts) {
+                        continue;
+                    }
                     found.count += 1;
                     if found.arrivals.len() < MAX_LISTED {
-                        let at = |r: std::ops::Range<usize>| record[r].try_into().map(i64::from_le_bytes).unwrap_or(0);
-                        found.arrivals.push(Arrival { received_ms: at(16..24), ts: at(24..32), stage });
+                        found.arrivals.push(Arrival { received_ms: at(16..24), ts, stage });
                     }
                 }
                 if n < piece.len() {
@@ -335,6 +345,7 @@ mod tests {
             ]
         );
         assert_eq!(log.lookup(9).expect("lookup").count, 0);
+        assert_eq!(log.lookup_where(7, |ts| ts > 100).expect("lookup").arrivals.len(), 1, "the copy's own");
         assert_eq!(log.stats().records, 3);
         assert_eq!(log.stats().oldest_ms, Some(1_000));
     }

@@ -35,5 +35,5 @@ pub use duplicates::{
 pub use error::IngestError;
 pub use exactly_once::{AttributionPartStats, AttributionRules, ExactlyOnce, ExactlyOnceStats, IngestSummary};
 pub use parse::rfc3339::parse_ms as parse_rfc3339_ms;
-pub use parse::validate::MAX_STR_BYTES;
+pub use parse::validate::{MAX_EVENT_ID_BYTES, MAX_STR_BYTES};
 pub use parse::{LineError, ParseOptions, ParseOutcome, parse_json_array, parse_ndjson};

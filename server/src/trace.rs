@@ -121,6 +121,13 @@ fn lookup_of(p: TraceParams) -> Result<Lookup, ServerError> {
     }
     let mut lookup = Lookup { filters, key: None, kind, publisher: publisher.clone(), anchor: None, hints };
     if let Some(id) = event_id {
+        if id.len() > adstore_ingest::MAX_EVENT_ID_BYTES {
+            return Err(ServerError::BadRequest(format!(
+                "event_id: {} bytes; an event id has at most {}",
+                id.len(),
+                adstore_ingest::MAX_EVENT_ID_BYTES
+            )));
+        }
         let (Some(publisher), Some(kind)) = (&publisher, kind) else {
             return Err(ServerError::BadRequest(
                 "event_id: give publisher_id and type too (an event id is unique per publisher and type)".into(),
@@ -173,12 +180,15 @@ impl Tracer<'_> {
         Ok(self.snapshot.find_events(filters, range, limit)?)
     }
 
-    /// The duplicate log's record of `key`, as JSON.
-    fn duplicates_of(&self, key: u128) -> Result<Value, ServerError> {
+    /// The duplicate log's record of `key` (the copies whose event time
+    /// passes `keep`), as JSON.
+    fn duplicates_of(&self, key: u128, keep: impl Fn(i64) -> bool) -> Result<Value, ServerError> {
         let Some(log) = self.duplicates else {
             return Ok(json!({"kept": false, "note": "the duplicate log is off (ingest.duplicate_log_bytes = 0)"}));
         };
-        let found = log.lookup(key).map_err(|e| ServerError::Internal(format!("reading the duplicate log: {e}")))?;
+        let found = log
+            .lookup_where(key, keep)
+            .map_err(|e| ServerError::Internal(format!("reading the duplicate log: {e}")))?;
         let stats = log.stats();
         Ok(json!({
             "kept": true,
@@ -196,10 +206,21 @@ impl Tracer<'_> {
         let found = self.find(lookup.filters.clone(), TimeRange::ALL, MAX_TRACED)?;
         let mut traces = Vec::new();
         for f in &found.events {
-            traces.push(explain::explain(self, f)?);
+            // An id stored again past its dedupe window: each copy gets the
+            // duplicates nearest to it in event time.
+            let e = &f.event;
+            let copies: Vec<i64> = found
+                .events
+                .iter()
+                .map(|g| &g.event)
+                .filter(|g| g.publisher_id == e.publisher_id && g.kind == e.kind && g.event_id == e.event_id)
+                .map(|g| g.ts)
+                .collect();
+            traces.push(explain::explain(self, f, &copies)?);
         }
         let mut answer = json!({
-            "found": found.events.len(),
+            "found": found.matched,
+            "traced": traces.len(),
             "more": found.truncated,
             "traces": traces,
         });
@@ -224,7 +245,7 @@ impl Tracer<'_> {
         // Duplicates of a key whose first copy is not stored are only shown
         // to callers who see every advertiser.
         if let (Some(key), None) = (lookup.key, &self.advertisers) {
-            out["duplicates"] = self.duplicates_of(key)?;
+            out["duplicates"] = self.duplicates_of(key, |_| true)?;
         }
         // Events that name the missing anchor: conversions naming a click, clicks naming an impression.
         if let Some((col, id)) = &lookup.anchor {
@@ -264,8 +285,9 @@ impl Tracer<'_> {
                 })
                 .collect(),
         );
+        let publisher = lookup.publisher.as_ref().map_or(String::new(), |p| format!("publisher {p:?}, "));
         out["candidates_window"] = json!(format!(
-            "same user_key and ad_id, {} to {} (ts ± the {} window)",
+            "{publisher}same user_key and ad_id, {} to {} (ts ± the {} window)",
             format_timestamp(range.start_ms),
             format_timestamp(range.end_ms - 1),
             if lookup.kind == Some(EventType::Conversion) { "conversion" } else { "click" }

@@ -36,6 +36,8 @@ pub struct Found {
     pub expired: Option<(i64, i64)>,
     /// More events matched than the lookup's limit.
     pub truncated: bool,
+    /// How many matched (`events` holds the first `limit` of them).
+    pub matched: usize,
 }
 
 /// Matching events a lookup may hold: every column of each is read, so a
@@ -99,6 +101,7 @@ impl Snapshot {
             }
         }
         found.events.sort_by(|a, b| (a.event.ts, &a.event.event_id).cmp(&(b.event.ts, &b.event.event_id)));
+        found.matched = found.events.len();
         found.truncated = found.events.len() > limit;
         found.events.truncate(limit);
         Ok(found)

@@ -18,7 +18,7 @@ use super::rfc3339;
 use crate::error::{IngestError, snippet};
 
 /// Longest `event_id`, in bytes.
-pub(crate) const MAX_EVENT_ID_BYTES: usize = 128;
+pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// Longest value of any other string field, in bytes.
 pub const MAX_STR_BYTES: usize = 1024;
 

@@ -2,7 +2,8 @@
 //! `--click-id`, `--impression-id`): asks a server why an event counts as
 //! it does (`GET /v1/trace`, docs/trace.md) and prints the answer for
 //! people, or as the server's JSON with `--json`. Exit status 0 when the
-//! event is stored, 1 when it is not (or the request fails).
+//! event is stored, 1 when it is not, 2 when the request fails (refused,
+//! or no server answered).
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -46,6 +47,16 @@ pub struct TraceArgs {
 }
 
 pub fn run(args: TraceArgs) -> Result<ExitCode, ServerError> {
+    match ask(args) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("adstore: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn ask(args: TraceArgs) -> Result<ExitCode, ServerError> {
     let url = args.remote.endpoint("/v1/trace");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -71,7 +82,7 @@ pub fn run(args: TraceArgs) -> Result<ExitCode, ServerError> {
     let (status, body) = super::remote::Remote::answer(&url, request.call())?;
     if status != 200 {
         eprintln!("{}", super::sql::render_error(status, &body, ""));
-        return Ok(ExitCode::FAILURE);
+        return Ok(ExitCode::from(2));
     }
     let answer: Value = serde_json::from_str(&body)
         .map_err(|e| ServerError::Client { url: url.clone(), message: format!("the answer is not JSON: {e}") })?;
@@ -102,7 +113,17 @@ fn brief(e: &Value) -> String {
 /// The answer for people.
 fn render(a: &Value) -> String {
     let mut out = String::new();
-    for t in a["traces"].as_array().map_or(&[][..], Vec::as_slice) {
+    let traces = a["traces"].as_array().map_or(&[][..], Vec::as_slice);
+    let found = a["found"].as_u64().unwrap_or(0);
+    if found > 1 {
+        let shown =
+            if found as usize > traces.len() { format!("; the first {} shown", traces.len()) } else { String::new() };
+        let _ = writeln!(out, "{found} stored events match{shown}\n");
+    }
+    for (i, t) in traces.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
         render_trace(&mut out, t);
     }
     if let Some(n) = a.get("not_found") {
@@ -114,7 +135,8 @@ fn render(a: &Value) -> String {
             let _ = writeln!(out, "  named by {}", brief(e));
         }
         if let Some(w) = n["candidates_window"].as_str() {
-            let _ = writeln!(out, "  candidates ({w}):");
+            let none = n["candidates"].as_array().is_none_or(Vec::is_empty);
+            let _ = writeln!(out, "  candidates ({w}):{}", if none { " none" } else { "" });
         }
         for e in n["candidates"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "    {}", brief(e));
@@ -152,8 +174,13 @@ fn render_trace(out: &mut String, t: &Value) {
     let _ = writeln!(out, "  stored: {place}, {finality}, rules version {}", st["rules_version"]);
     let d = &t["duplicates"];
     if d["kept"] == true {
-        let firsts: Vec<&str> = d["arrivals"].as_array().into_iter().flatten().map(|a| s(&a["received"])).collect();
-        let received = if firsts.is_empty() { String::new() } else { format!(" (received {})", firsts.join(", ")) };
+        let firsts: Vec<String> = d["arrivals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| format!("{} with ts {}", s(&a["received"]), s(&a["ts"])))
+            .collect();
+        let received = if firsts.is_empty() { String::new() } else { format!(": received {}", firsts.join("; ")) };
         let _ = writeln!(out, "  duplicates: {}{received}", d["count"]);
     }
     let at = &t["attribution"];
@@ -163,6 +190,13 @@ fn render_trace(out: &mut String, t: &Value) {
             let _ = writeln!(out, "  attribution: attributed to {} by {}", s(&at["attributed_to"]), s(&at["method"]));
         } else {
             let _ = writeln!(out, "  attribution: not attributed ({}): {}", s(&at["method"]), s(&derived["why_not"]));
+        }
+        if at["agrees"] == false {
+            let now = match derived["attributed_to"].as_str() {
+                Some(to) => format!("attributed to {to}"),
+                None => format!("not attributed: {}", s(&derived["why_not"])),
+            };
+            let _ = writeln!(out, "    the anchors stored now give: {now}");
         }
         if let Some(note) = at["note"].as_str() {
             let _ = writeln!(out, "    note: {note}");
@@ -178,11 +212,14 @@ fn render_trace(out: &mut String, t: &Value) {
     let inv = &t["invalid"];
     match inv["reason"].as_str() {
         Some("") | None => {
-            let _ = writeln!(out, "  valid");
+            let _ = writeln!(out, "  {}", s(&inv["detail"]));
         }
         Some(r) => {
             let _ = writeln!(out, "  invalid: {r} (rule {}): {}", s(&inv["rule"]), s(&inv["detail"]));
         }
+    }
+    if let Some(note) = inv["note"].as_str() {
+        let _ = writeln!(out, "    {note}");
     }
     let c = &t["counted_in"];
     let measures: Vec<String> = c["measures"]

@@ -181,6 +181,7 @@ fn derive(t: &Tracer<'_>, e: &Event) -> Result<Option<Derived>, ServerError> {
         },
     };
     let (anchor, id_name, same_name) = (rule.anchor.as_str(), rule.id_col.name(), rule.same_col.name());
+    let a_anchor = if rule.anchor == EventType::Impression { "an impression" } else { "a click" };
     let window_s = seconds(rule.window_ms);
     let lo = e.ts.saturating_sub(rule.window_ms);
     let in_window = |a: &Event| rule.same_of(a) == rule.same && a.ts <= e.ts && a.ts >= lo;
@@ -231,7 +232,7 @@ fn derive(t: &Tracer<'_>, e: &Event) -> Result<Option<Derived>, ServerError> {
         None
     } else if from > lo {
         Some(format!(
-            "no {anchor} with an {id_name} of user_key {user:?} on {same_name} {:?} in the window after {}: the user's touches up to then were erased on request and are not used",
+            "no {anchor} with {id_name} of user_key {user:?} on {same_name} {:?} in the window after {}: the user's touches up to then were erased on request and are not used",
             rule.same,
             format_timestamp(from - 1)
         ))
@@ -248,13 +249,13 @@ fn derive(t: &Tracer<'_>, e: &Event) -> Result<Option<Derived>, ServerError> {
     {
         let id = rule.anchor_id(after).map_or("", String::as_str);
         Some(format!(
-            "the first {anchor} of user_key {user:?} on {same_name} {:?} near it, {id:?}, came {} s after it: an {anchor} must come first",
+            "the first {anchor} of user_key {user:?} on {same_name} {:?} near it, {id:?}, came {} s after it: {a_anchor} must come first",
             rule.same,
             seconds(after.ts - e.ts)
         ))
     } else {
         Some(format!(
-            "no {anchor} with an {id_name} of user_key {user:?} on {same_name} {:?} from publisher {:?} is stored within {window_s} s before or after it",
+            "no {anchor} with {id_name} of user_key {user:?} on {same_name} {:?} from publisher {:?} is stored within {window_s} s before or after it",
             rule.same, e.publisher_id
         ))
     };
@@ -271,7 +272,8 @@ fn outside(a: &Event, e: &Event, rule: &Rule<'_>, id: &str) -> String {
             rule.same
         )
     } else if a.ts > e.ts {
-        format!("{anchor} {id:?} came {} s after the {kind}: an {anchor} must come first", seconds(a.ts - e.ts))
+        let a_anchor = if rule.anchor == EventType::Impression { "an impression" } else { "a click" };
+        format!("{anchor} {id:?} came {} s after the {kind}: {a_anchor} must come first", seconds(a.ts - e.ts))
     } else {
         format!(
             "{anchor} {id:?} came {} s before the {kind}: {} s outside the {} s window",
@@ -372,31 +374,67 @@ fn attributed_to_it(t: &Tracer<'_>, e: &Event, out: &mut Value) -> Result<(), Se
     Ok(())
 }
 
-fn invalid(t: &Tracer<'_>, e: &Event, anchor: Option<&Event>) -> Result<Value, ServerError> {
+/// The invalid reason, the rule that set it and the facts it saw. A
+/// threshold is quoted only from the rules that decided the event: the
+/// current rules are the only ones kept, so under other rules the answer
+/// gives the facts and says what the current rules set.
+fn invalid(t: &Tracer<'_>, e: &Event, anchor: Option<&Event>, where_: &Stored) -> Result<Value, ServerError> {
     let r = &t.rules;
+    let same_rules = where_.rules_version == r.version;
     let (rule, detail) = match e.invalid_reason {
-        InvalidReason::Valid => return Ok(json!({"reason": "", "detail": "valid: counted in the billable measures"})),
+        InvalidReason::Valid => {
+            let detail = match e.kind {
+                EventType::Conversion if e.attributed => "valid: counted in attributed_conversions",
+                EventType::Conversion => {
+                    "valid, but not attributed: counted in conversions, not attributed_conversions"
+                }
+                _ => "valid: counted in the billable measures",
+            };
+            let mut out = json!({"reason": "", "detail": detail});
+            if !where_.is_final {
+                out["note"] = json!(
+                    "provisional: the final re-seal of its bucket decides again (a click flood may be counted only then)"
+                );
+            }
+            return Ok(out);
+        }
         InvalidReason::Unattributed => (
-            "unattributed = true".to_string(),
+            "unattributed".to_string(),
             "a click with no attributable impression (see attribution) is stored and counted as a click, never billed"
                 .to_string(),
         ),
         InvalidReason::TooFast => {
             let gap = match anchor {
-                Some(a) => {
-                    format!("{} ms after impression {:?}", e.ts - a.ts, a.impression_id.as_deref().unwrap_or(""))
-                }
-                None => "less than that after its impression".to_string(),
+                Some(a) => format!(
+                    "the click came {} ms after impression {:?}",
+                    e.ts - a.ts,
+                    a.impression_id.as_deref().unwrap_or("")
+                ),
+                None => "the click came too soon after its impression".to_string(),
             };
             (
-                format!("too_fast_ms = {}", r.too_fast_ms),
-                format!(
-                    "the click came {gap}; clicks sooner than {} ms after their impression are invalid",
-                    r.too_fast_ms
-                ),
+                "too_fast_ms".to_string(),
+                if same_rules {
+                    format!("{gap}; clicks sooner than {} ms after their impression are invalid", r.too_fast_ms)
+                } else {
+                    format!("{gap}; the current rules (version {}) set too_fast_ms = {}", r.version, r.too_fast_ms)
+                },
             )
         }
-        InvalidReason::ClickFlood => (format!("click_flood_per_minute = {}", r.click_flood_per_minute), flood(t, e)?),
+        InvalidReason::ClickFlood => {
+            let seen = flood(t, e)?;
+            (
+                "click_flood_per_minute".to_string(),
+                if same_rules {
+                    format!("{seen}; clicks past the {}th in a minute are invalid", r.click_flood_per_minute)
+                } else {
+                    format!(
+                        "{seen}; the current rules (version {}) set click_flood_per_minute = {}",
+                        r.version, r.click_flood_per_minute
+                    )
+                },
+            )
+        }
         InvalidReason::BotUa => (
             "bot_ua_hashes".to_string(),
             match &e.ua_hash {
@@ -418,7 +456,16 @@ fn invalid(t: &Tracer<'_>, e: &Event, anchor: Option<&Event>) -> Result<Value, S
             ),
         ),
     };
-    Ok(json!({"reason": e.invalid_reason.as_str(), "rule": rule, "detail": detail}))
+    let mut out = json!({
+        "reason": e.invalid_reason.as_str(),
+        "rule": rule,
+        "rules_version": where_.rules_version,
+        "detail": detail,
+    });
+    if !where_.is_final {
+        out["note"] = json!("provisional: the final re-seal of its bucket decides again");
+    }
+    Ok(out)
 }
 
 /// The click's place among the clicks on its ad by its user (or ip) in its minute.
@@ -448,12 +495,11 @@ fn flood(t: &Tracer<'_>, e: &Event) -> Result<String, ServerError> {
     clicks.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
     let place = clicks.iter().position(|c| c.event_id == e.event_id).map_or(0, |p| p + 1);
     Ok(format!(
-        "click {place} of {} on ad {:?} by {} {who:?} in the minute from {}; clicks past the {}th in a minute are invalid",
+        "click {place} of {} on ad {:?} by {} {who:?} in the minute from {}",
         clicks.len(),
         e.ad_id,
         col.name(),
-        format_timestamp(minute),
-        t.rules.click_flood_per_minute
+        format_timestamp(minute)
     ))
 }
 
@@ -533,7 +579,8 @@ fn billing(t: &Tracer<'_>, e: &Event, where_: &Stored, segment: SegmentId) -> Re
                 "rules_version": b.rules_version,
                 "reprocess_job": b.reprocess_job,
                 "created": format_timestamp(b.created_ms),
-                "checked_against_its_segment": b.basis.contains(&segment),
+                // A scoped caller's versions are renumbered: their basis is not theirs.
+                "checked_against_its_segment": t.advertisers.is_none().then(|| b.basis.contains(&segment)),
             })
         })
         .collect();
@@ -545,16 +592,22 @@ fn billing(t: &Tracer<'_>, e: &Event, where_: &Stored, segment: SegmentId) -> Re
 }
 
 /// The whole trace of one stored event.
-pub(super) fn explain(t: &Tracer<'_>, f: &FoundEvent) -> Result<Value, ServerError> {
+/// `copies`: the event times of every stored copy of its id (more than one
+/// when it was sent again past its dedupe window).
+pub(super) fn explain(t: &Tracer<'_>, f: &FoundEvent, copies: &[i64]) -> Result<Value, ServerError> {
     let e = &f.event;
     let where_ = stored(t, f);
     let (attribution, anchor) = attribution(t, e, &where_)?;
     let mut out = json!({
         "event": full(e),
         "stored": where_.json,
-        "duplicates": t.duplicates_of(idempotency_key(&e.publisher_id, e.kind, &e.event_id))?,
+        "duplicates": t.duplicates_of(idempotency_key(&e.publisher_id, e.kind, &e.event_id), |ts| {
+            // This copy's: the duplicates nearer to it than to any other copy.
+            let nearest = copies.iter().min_by_key(|c| (c.abs_diff(ts), **c)).copied();
+            nearest.is_none_or(|c| c == e.ts)
+        })?,
         "attribution": attribution,
-        "invalid": invalid(t, e, anchor.as_ref())?,
+        "invalid": invalid(t, e, anchor.as_ref(), &where_)?,
         "counted_in": counted_in(t, e, &where_)?,
     });
     if where_.rules_version != t.rules.version {
