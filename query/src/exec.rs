@@ -253,15 +253,7 @@ fn for_each_in_rounds<T: Sync>(tasks: &[T], f: impl Fn(&T) -> Result<()> + Sync 
 /// and the rollup segments read instead of raw ones (see `rollup::plan`).
 fn plan_scan<'s>(snapshot: &'s Snapshot, plan: &PhysicalPlan) -> Result<(ScanPlan, rollup::Cover<'s>)> {
     if plan.logical.table == crate::plan::Table::BillingDaily {
-        let none = ScanPlan {
-            segments: Vec::new(),
-            pruned: Vec::new(),
-            blocks_total: 0,
-            blocks_pruned: 0,
-            head: Vec::new(),
-            candidate_rows: 0,
-        };
-        return Ok((none, rollup::Cover::none()));
+        return Ok((ScanPlan::default(), rollup::Cover::none()));
     }
     rollup::plan(snapshot, plan)
 }

@@ -83,13 +83,10 @@ impl Snapshot {
         let plan = self.plan_scan_except(&req, |id| gone.contains(&id))?;
         // The head first, then the segments a few at a time, so that a
         // lookup matching too much stops before it holds it all.
-        let parts = std::iter::once(ScanPlan { segments: Vec::new(), head: plan.head.clone(), ..empty_plan() }).chain(
-            plan.segments.chunks(SEGMENTS_AT_ONCE).map(|s| ScanPlan {
-                segments: s.to_vec(),
-                head: Vec::new(),
-                ..empty_plan()
-            }),
-        );
+        let head = ScanPlan { head: plan.head.clone(), ..ScanPlan::default() };
+        let segments =
+            plan.segments.chunks(SEGMENTS_AT_ONCE).map(|s| ScanPlan { segments: s.to_vec(), ..ScanPlan::default() });
+        let parts = std::iter::once(head).chain(segments);
         for part in parts {
             for batch in &part.execute(&req)? {
                 for row in 0..batch.rows {
@@ -110,17 +107,6 @@ impl Snapshot {
     /// The catalog entry of the raw segment a found event is in.
     pub fn segment_meta(&self, id: SegmentId) -> Option<&SegmentMeta> {
         self.catalog.segments.get(&id)
-    }
-}
-
-fn empty_plan() -> ScanPlan {
-    ScanPlan {
-        segments: Vec::new(),
-        pruned: Vec::new(),
-        blocks_total: 0,
-        blocks_pruned: 0,
-        head: Vec::new(),
-        candidate_rows: 0,
     }
 }
 

@@ -153,7 +153,7 @@ pub struct HeadScan {
 }
 
 /// What a scan will read and what it skipped.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ScanPlan {
     pub segments: Vec<SegmentScan>,
     pub pruned: Vec<(SegmentId, PruneReason)>,
@@ -260,14 +260,7 @@ impl Snapshot {
             .filter(|s| !skip(s.meta.id))
             .map(|s| plan_segment(s, req))
             .collect();
-        let mut plan = ScanPlan {
-            segments: Vec::new(),
-            pruned: Vec::new(),
-            blocks_total: 0,
-            blocks_pruned: 0,
-            head: Vec::new(),
-            candidate_rows: 0,
-        };
+        let mut plan = ScanPlan::default();
         for outcome in per_segment {
             match outcome? {
                 SegmentOutcome::Pruned(id, why, blocks) => {
