@@ -85,6 +85,18 @@ fn check_numbers(server: &Server, day0: i64, per_day: &BTreeMap<i64, (u64, u64)>
     assert_eq!(status, 200, "{r}");
     let (imps, clicks) = per_day.range(..end).fold((0, 0), |(i, c), (_, d)| (i + d.0, c + d.1));
     assert_eq!(r["rows"], serde_json::json!([["click", clicks], ["impression", imps]]), "{r}");
+    // Filtered by a dimension: event i is of advertiser a{i % 3}, a click when i % 4 == 3.
+    let n = (imps + clicks) as i64;
+    let want = |adv: i64, click: bool| (0..n).filter(|i| i % 3 == adv && (i % 4 == 3) == click).count() as u64;
+    let (status, r) = sql(
+        server,
+        &format!(
+            "SELECT type, count(*) FROM events WHERE advertiser_id IN ('a1') AND ts >= {day0} AND ts < {end} \
+             GROUP BY 1 ORDER BY 1"
+        ),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["rows"], serde_json::json!([["click", want(1, true)], ["impression", want(1, false)]]), "{r}");
 }
 
 fn local_files(dir: &std::path::Path) -> usize {
