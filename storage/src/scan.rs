@@ -248,9 +248,8 @@ impl Snapshot {
         }
         self.check_retained(req.time_range, &skip)?;
         if !req.filters.is_empty() {
-            // Cold segments in range whose bitmaps are read: their index
-            // sections, in parallel.
-            let cold = self.segments.iter().filter(|s| !skip(s.meta.id) && uses_bitmaps(&s.reader));
+            // Cold segments in range: their index bitmaps, in parallel.
+            let cold = self.segments.iter().filter(|s| !skip(s.meta.id) && s.reader.remote().is_some());
             let in_range = cold.filter(|s| req.time_range.overlaps(s.meta.min_ts, s.meta.max_ts));
             prefetch(in_range.map(|s| (s, vec![s.reader.index_section()])));
         }
@@ -331,15 +330,6 @@ enum SegmentOutcome {
     Scan(Box<SegmentScan>, usize),
 }
 
-/// Whether a scan narrows a segment's rows by its bitmaps. Not for a cold
-/// segment of one block: the bitmaps could not skip a block the zone maps
-/// keep, and reading them costs a request for the index section, when
-/// the filter column's block, fetched with the others, lets the rows be
-/// checked by code instead.
-fn uses_bitmaps(reader: &crate::segment::SegmentReader) -> bool {
-    reader.remote().is_none() || reader.num_blocks() > 1
-}
-
 fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> {
     let reader = &seg.reader;
     let nblocks = reader.num_blocks();
@@ -356,9 +346,6 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
     let mut row_filters = Vec::new();
     let mut id_lookups = Vec::new();
     let mut narrowed_by = PruneReason::Dictionary(ColumnId::AdvertiserId);
-    let bitmaps = uses_bitmaps(reader);
-    // Code filters left to be checked row by row in every block kept.
-    let mut by_codes = false;
     for f in &req.filters {
         if !f.negated
             && let Some(dict) = reader.dictionary(f.column)
@@ -372,11 +359,6 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
             // A non-dimension string column (an id) is dictionary-encoded
             // when a segment holds few distinct values of it, but has no
             // bitmap index: it is checked row by row, below.
-            if reader.has_index(f.column) && !bitmaps {
-                code_ranges.push((f.column, codes));
-                by_codes = true;
-                continue;
-            }
             if reader.has_index(f.column) {
                 let mut rows = RoaringBitmap::new();
                 for &code in &codes {
@@ -429,10 +411,10 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
             continue;
         }
         let (selection, candidate_rows, check_codes) = match &selection {
-            None => (Selection::All, rows.len(), by_codes),
-            Some(bits) => match block_selection(bits, &rows, id_lookups.is_empty() && !by_codes) {
+            None => (Selection::All, rows.len(), false),
+            Some(bits) => match block_selection(bits, &rows, id_lookups.is_empty()) {
                 None => continue,
-                Some((selection, count, check)) => (selection, count, check || by_codes),
+                Some(found) => found,
             },
         };
         blocks.push(BlockScan { block: b, rows, selection, candidate_rows, check_time, check_codes });
