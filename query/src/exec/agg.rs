@@ -13,7 +13,6 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::error::{QueryError, Result};
@@ -22,46 +21,12 @@ use crate::plan::{AggFunc, AggSpec};
 use crate::types::{DataType, Scalar};
 use adstore_storage::hll::{Hll, hash_bytes};
 
-/// FxHash: a fast, non-cryptographic hasher for integer keys.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            self.write_u64(u64::from_le_bytes(b));
-        }
-        for &b in chunks.remainder() {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FxBuild = BuildHasherDefault<FxHasher>;
+/// rustc-hash's FxHash: fast for the integer keys of grouping, and (since
+/// its version 2) safe for strings too. The version-1 algorithm that was
+/// hand-rolled here left a string's low hash bits to its first bytes, so
+/// keys sharing a prefix (`u0000001`, `u0000002`, ...) piled into a few
+/// buckets, where every lookup compared strings down a long chain.
+type FxBuild = rustc_hash::FxBuildHasher;
 type FxMap<K, V> = HashMap<K, V, FxBuild>;
 
 mod group;
