@@ -248,24 +248,16 @@ fn every_attribution_outcome_is_explained_and_duplicates_counted() {
         assert_eq!(t["invalid"]["reason"], "unattributed", "{t}");
     }
 
-    // A flood: the sixth and seventh clicks of u9 on x3 in one minute.
-    for n in 1..=7 {
-        let t = click(&server, &format!("k-f{n}"));
-        let want = if n > 5 { "click_flood" } else { "" };
-        assert_eq!(t["invalid"]["reason"], want, "{t}");
-        if n > 5 {
-            let detail = text(&t["invalid"]["detail"]);
-            assert!(detail.starts_with(&format!("click {n} of 7 on ad \"x3\" by user_key \"u9\"")), "{detail}");
-        }
-    }
-
-    for n in 1..=7 {
-        let t = click(&server, &format!("k-p{n}"));
-        let want = if n > 5 { "click_flood" } else { "" };
-        assert_eq!(t["invalid"]["reason"], want, "{t}");
-        if n > 5 {
-            let detail = text(&t["invalid"]["detail"]);
-            assert!(detail.starts_with(&format!("click {n} of 7 on ad \"x6\" by ip_hash \"ip7\"")), "{detail}");
+    // Floods by user_key and by ip_hash: the sixth and seventh clicks.
+    for (prefix, ad, who) in [("k-f", "x3", "user_key \"u9\""), ("k-p", "x6", "ip_hash \"ip7\"")] {
+        for n in 1..=7 {
+            let t = click(&server, &format!("{prefix}{n}"));
+            let want = if n > 5 { "click_flood" } else { "" };
+            assert_eq!(t["invalid"]["reason"], want, "{t}");
+            if n > 5 {
+                let detail = text(&t["invalid"]["detail"]);
+                assert!(detail.starts_with(&format!("click {n} of 7 on ad \"{ad}\" by {who}")), "{detail}");
+            }
         }
     }
     assert_eq!(click(&server, "k-pu")["invalid"]["reason"], "", "counted by its user_key");

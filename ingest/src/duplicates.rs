@@ -36,6 +36,8 @@ const RECORD_BYTES: usize = 40;
 /// A file is closed, and a new one begun, once it holds this share of the
 /// budget: the oldest quarter goes at once when the budget is full.
 const FILE_SHARE: u64 = 4;
+/// A lookup reads a file in pieces of this many bytes (whole records).
+const READ_BYTES: u64 = RECORD_BYTES as u64 * 16_384;
 /// Arrivals a lookup lists; the count stays exact past it.
 pub const MAX_LISTED: usize = 100;
 
@@ -197,12 +199,7 @@ impl DuplicateLog {
             return Ok(());
         };
         for &(key, ts) in keys {
-            let mut record = [0u8; RECORD_BYTES];
-            record[..16].copy_from_slice(&key.to_le_bytes());
-            record[16..24].copy_from_slice(&received_ms.to_le_bytes());
-            record[24..32].copy_from_slice(&ts.to_le_bytes());
-            record[32] = stage as u8;
-            current.out.write_all(&record)?;
+            current.out.write_all(&encode(key, received_ms, ts, stage))?;
         }
         current.out.flush()?;
         current.bytes += incoming;
@@ -238,9 +235,8 @@ impl DuplicateLog {
         let seqs = inner.closed.iter().map(|(s, _)| *s).chain(inner.current.as_ref().map(|c| c.seq));
         seqs.into_iter().find_map(|seq| {
             let mut record = [0u8; RECORD_BYTES];
-            let mut file = File::open(self.dir.join(file_name(seq))).ok()?;
-            file.read_exact(&mut record).ok()?;
-            Some(i64::from_le_bytes(record[16..24].try_into().ok()?))
+            File::open(self.dir.join(file_name(seq))).ok()?.read_exact(&mut record).ok()?;
+            decode(&record).map(|(_, a)| a.received_ms)
         })
     }
 
@@ -260,37 +256,29 @@ impl DuplicateLog {
             }
             inner.closed.iter().map(|(s, _)| *s).chain(inner.current.as_ref().map(|c| c.seq)).collect()
         };
-        let want = key.to_le_bytes();
         let mut found = Duplicates::default();
-        let mut piece = vec![0u8; RECORD_BYTES * 16_384];
+        let mut piece = Vec::with_capacity(READ_BYTES as usize);
         for seq in seqs {
-            let file = match File::open(self.dir.join(file_name(seq))) {
+            let mut file = match File::open(self.dir.join(file_name(seq))) {
                 Ok(file) => file,
                 // Trimmed since the list was taken: its records are gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let mut file = std::io::BufReader::new(file);
             loop {
-                let n = read_records(&mut file, &mut piece)?;
-                for record in piece[..n].chunks_exact(RECORD_BYTES) {
-                    if record[..16] != want {
-                        continue;
-                    }
-                    let Some(stage) = DuplicateStage::from_code(record[32]) else {
-                        continue;
-                    };
-                    let at = |r: std::ops::Range<usize>| record[r].try_into().map(i64::from_le_bytes).unwrap_or(0);
-                    let ts = at(24..32);
-                    if !keep(ts) {
+                piece.clear();
+                let n = (&mut file).take(READ_BYTES).read_to_end(&mut piece)?;
+                for record in piece.chunks_exact(RECORD_BYTES) {
+                    let Some((k, arrival)) = decode(record) else { continue };
+                    if k != key || !keep(arrival.ts) {
                         continue;
                     }
                     found.count += 1;
                     if found.arrivals.len() < MAX_LISTED {
-                        found.arrivals.push(Arrival { received_ms: at(16..24), ts, stage });
+                        found.arrivals.push(arrival);
                     }
                 }
-                if n < piece.len() {
+                if (n as u64) < READ_BYTES {
                     break;
                 }
             }
@@ -310,19 +298,21 @@ impl DuplicateLog {
     }
 }
 
-/// Fills `buf` from `r` as far as it can; the bytes read (less than the
-/// buffer only at the end of the file).
-fn read_records(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+fn encode(key: u128, received_ms: i64, ts: i64, stage: DuplicateStage) -> [u8; RECORD_BYTES] {
+    let mut record = [0u8; RECORD_BYTES];
+    record[..16].copy_from_slice(&key.to_le_bytes());
+    record[16..24].copy_from_slice(&received_ms.to_le_bytes());
+    record[24..32].copy_from_slice(&ts.to_le_bytes());
+    record[32] = stage as u8;
+    record
+}
+
+/// A record's key and arrival; `None` for a record that is not one.
+fn decode(record: &[u8]) -> Option<(u128, Arrival)> {
+    let key = u128::from_le_bytes(record.get(..16)?.try_into().ok()?);
+    let at = |r: std::ops::Range<usize>| record.get(r)?.try_into().ok().map(i64::from_le_bytes);
+    let stage = DuplicateStage::from_code(*record.get(32)?)?;
+    Some((key, Arrival { received_ms: at(16..24)?, ts: at(24..32)?, stage }))
 }
 
 #[cfg(test)]

@@ -195,6 +195,9 @@ impl ExactlyOnce {
             return;
         };
         let caught: Vec<(u128, i64)> = keys.iter().zip(dup).filter(|(_, d)| **d).map(|(k, _)| *k).collect();
+        if caught.is_empty() {
+            return;
+        }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         if let Err(e) = log.append(&caught, stage, now) {

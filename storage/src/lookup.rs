@@ -171,6 +171,20 @@ mod tests {
     use crate::store::{Store, StoreConfig};
     use crate::testutil::any_event;
 
+    /// Event `n` at `ts` of user `user` (of one publisher, advertiser and ad).
+    fn of_user(n: i64, ts: i64, user: &str) -> Event {
+        Event {
+            event_id: format!("e{n}"),
+            ts,
+            publisher_id: "p".into(),
+            advertiser_id: "a".into(),
+            campaign_id: "c".into(),
+            ad_id: "ad".into(),
+            user_key: Some(user.into()),
+            ..Event::default()
+        }
+    }
+
     fn debug_sorted(events: impl Iterator<Item = Event>) -> Vec<String> {
         let mut v: Vec<String> = events.map(|e| format!("{e:?}")).collect();
         v.sort();
@@ -229,18 +243,7 @@ mod tests {
     fn a_lookup_matching_more_than_it_may_hold_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), StoreConfig::default(), SealPipeline::new()).expect("open");
-        let events: Vec<Event> = (0..=MAX_LOOKUP_EVENTS as i64)
-            .map(|n| Event {
-                event_id: format!("e{n}"),
-                ts: n,
-                publisher_id: "p".into(),
-                advertiser_id: "a".into(),
-                campaign_id: "c".into(),
-                ad_id: "ad".into(),
-                user_key: Some("bot".into()),
-                ..Event::default()
-            })
-            .collect();
+        let events: Vec<Event> = (0..=MAX_LOOKUP_EVENTS as i64).map(|n| of_user(n, n, "bot")).collect();
         store.append(&EventBatch::from_events(&events)).expect("append");
         let snap = store.snapshot();
         let by_user = |range| snap.find_events(vec![DimFilter::eq(ColumnId::UserKey, "bot")], range, 10);
@@ -253,18 +256,7 @@ mod tests {
     fn a_limit_keeps_the_earliest_and_says_more_matched() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), StoreConfig::default(), SealPipeline::new()).expect("open");
-        let events: Vec<Event> = (0..5)
-            .map(|n| Event {
-                event_id: format!("e{n}"),
-                ts: 1_000 * (5 - n),
-                publisher_id: "p".into(),
-                advertiser_id: "a".into(),
-                campaign_id: "c".into(),
-                ad_id: "ad".into(),
-                user_key: Some("u".into()),
-                ..Event::default()
-            })
-            .collect();
+        let events: Vec<Event> = (0..5).map(|n| of_user(n, 1_000 * (5 - n), "u")).collect();
         store.append(&EventBatch::from_events(&events)).expect("append");
         let found =
             store.snapshot().find_events(vec![DimFilter::eq(ColumnId::UserKey, "u")], TimeRange::ALL, 2).expect("find");

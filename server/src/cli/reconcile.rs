@@ -28,11 +28,7 @@ pub struct ReconcileArgs {
 
 pub fn run(args: ReconcileArgs) -> Result<ExitCode, ServerError> {
     let url = args.remote.endpoint("/v1/reconcile");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(3600)))
-        .build()
-        .into();
+    let agent: ureq::Agent = super::remote::agent(Duration::from_secs(3600));
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
     let mut response = args
         .remote

@@ -12,6 +12,12 @@ pub struct Remote {
     pub token: Option<String>,
 }
 
+/// The HTTP client of a command: answers of every status returned (the
+/// command reads the error body), and at most `timeout` per call.
+pub fn agent(timeout: std::time::Duration) -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into()
+}
+
 impl Remote {
     /// The URL of `path` (`/v1/sql`) on the server.
     pub fn endpoint(&self, path: &str) -> String {

@@ -58,11 +58,7 @@ struct SetArgs {
 
 pub fn run(args: RetentionArgs) -> Result<ExitCode, ServerError> {
     let url = args.remote.endpoint("/v1/retention");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent: ureq::Agent = super::remote::agent(Duration::from_secs(30));
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
     let call = |request| super::remote::Remote::answer(&url, request);
     let (status, body) = call(args.remote.authorize(agent.get(&url)).call())?;

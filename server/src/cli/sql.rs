@@ -62,11 +62,7 @@ pub fn run(args: SqlArgs) -> Result<ExitCode, ServerError> {
     let url = args.remote.endpoint("/v1/sql");
     let wire = if format == OutputFormat::Csv { "csv" } else { "json" };
     let request = serde_json::json!({ "sql": args.query, "format": wire });
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into();
+    let agent: ureq::Agent = super::remote::agent(Duration::from_secs(600));
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
     let mut response = args
         .remote

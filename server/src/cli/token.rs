@@ -136,11 +136,7 @@ fn offline(dir: &std::path::Path, action: Action) -> Result<ExitCode, ServerErro
 
 /// Through a running server's admin API.
 fn online(remote: &super::remote::Remote, action: Action) -> Result<ExitCode, ServerError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent: ureq::Agent = super::remote::agent(Duration::from_secs(30));
     let url = remote.endpoint("/v1/tokens");
     let client_error = |message: String| ServerError::Client { url: url.clone(), message };
     let call = |request| super::remote::Remote::answer(&url, request);

@@ -58,11 +58,7 @@ pub fn run(args: TraceArgs) -> Result<ExitCode, ServerError> {
 
 fn ask(args: TraceArgs) -> Result<ExitCode, ServerError> {
     let url = args.remote.endpoint("/v1/trace");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
+    let agent: ureq::Agent = super::remote::agent(Duration::from_secs(120));
     let params = [
         ("publisher_id", &args.publisher_id),
         ("type", &args.kind),
@@ -98,6 +94,11 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
+/// The elements of a JSON list (none if it is not one).
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
 /// One line per event of a list.
 fn brief(e: &Value) -> String {
     format!(
@@ -131,14 +132,14 @@ fn render(a: &Value) -> String {
         if let Some(d) = n.get("duplicates") {
             let _ = writeln!(out, "  duplicates logged: {}", d["count"]);
         }
-        for e in n["named_by"].as_array().into_iter().flatten() {
+        for e in items(&n["named_by"]) {
             let _ = writeln!(out, "  named by {}", brief(e));
         }
         if let Some(w) = n["candidates_window"].as_str() {
             let none = n["candidates"].as_array().is_none_or(Vec::is_empty);
             let _ = writeln!(out, "  candidates ({w}):{}", if none { " none" } else { "" });
         }
-        for e in n["candidates"].as_array().into_iter().flatten() {
+        for e in items(&n["candidates"]) {
             let _ = writeln!(out, "    {}", brief(e));
         }
         if let Some(hint) = n["candidates_hint"].as_str() {
@@ -174,12 +175,8 @@ fn render_trace(out: &mut String, t: &Value) {
     let _ = writeln!(out, "  stored: {place}, {finality}, rules version {}", st["rules_version"]);
     let d = &t["duplicates"];
     if d["kept"] == true {
-        let firsts: Vec<String> = d["arrivals"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|a| format!("{} with ts {}", s(&a["received"]), s(&a["ts"])))
-            .collect();
+        let firsts: Vec<String> =
+            items(&d["arrivals"]).map(|a| format!("{} with ts {}", s(&a["received"]), s(&a["ts"]))).collect();
         let received = if firsts.is_empty() { String::new() } else { format!(": received {}", firsts.join("; ")) };
         let _ = writeln!(out, "  duplicates: {}{received}", d["count"]);
     }
@@ -205,7 +202,7 @@ fn render_trace(out: &mut String, t: &Value) {
         let _ = writeln!(out, "  attribution: {}", s(&at["method"]));
     }
     for key in ["attributed_clicks", "attributed_conversions"] {
-        for x in at[key].as_array().into_iter().flatten() {
+        for x in items(&at[key]) {
             let _ = writeln!(out, "    attributed to it: {}", brief(x));
         }
     }
@@ -229,7 +226,7 @@ fn render_trace(out: &mut String, t: &Value) {
         .map(|(k, v)| format!("{k} {}", v.as_str().map_or(v.to_string(), |_| "sketch".into())))
         .collect();
     let _ = writeln!(out, "  counts in: {}", measures.join(", "));
-    for r in c["rollups"].as_array().into_iter().flatten() {
+    for r in items(&c["rollups"]) {
         let _ = writeln!(
             out,
             "    rollup {} {} bucket {} (segment {})",
@@ -244,10 +241,7 @@ fn render_trace(out: &mut String, t: &Value) {
     }
     let b = &c["billing"];
     if b.is_object() {
-        let versions: Vec<String> = b["versions"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let versions: Vec<String> = items(&b["versions"])
             .map(|v| format!("v{} {} (rules {})", v["version"], s(&v["cause"]), v["rules_version"]))
             .collect();
         let row = &b["row"];

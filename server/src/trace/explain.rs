@@ -10,7 +10,7 @@
 //! touch on (`user_key`, publisher, advertiser) in the conversion window.
 
 use adstore_ingest::idempotency_key;
-use adstore_storage::billing::{BillingSnapshot, as_seen_by};
+use adstore_storage::billing::{BillingSnapshot, as_seen_by, day_name};
 use adstore_storage::measure::Measure;
 use adstore_storage::rollup::Granularity;
 use adstore_storage::time::format_timestamp;
@@ -42,20 +42,13 @@ pub(super) fn brief(e: &Event) -> Value {
     })
 }
 
+/// Every field of an event: [`brief`]'s and the rest.
 fn full(e: &Event) -> Value {
-    json!({
-        "event_id": e.event_id,
-        "type": e.kind.as_str(),
-        "ts": format_timestamp(e.ts),
+    let mut out = brief(e);
+    let rest = json!({
         "ts_ms": e.ts,
-        "publisher_id": e.publisher_id,
-        "advertiser_id": e.advertiser_id,
         "campaign_id": e.campaign_id,
         "ad_group_id": e.ad_group_id,
-        "ad_id": e.ad_id,
-        "impression_id": e.impression_id,
-        "click_id": e.click_id,
-        "user_key": e.user_key,
         "device": e.device,
         "os": e.os,
         "country": e.country,
@@ -66,9 +59,11 @@ fn full(e: &Event) -> Value {
         "ip_hash": e.ip_hash,
         "ua_hash": e.ua_hash,
         "attributed": e.attributed,
-        "attributed_to": e.attributed_to,
-        "invalid_reason": e.invalid_reason.as_str(),
-    })
+    });
+    if let (Some(out), Value::Object(rest)) = (out.as_object_mut(), rest) {
+        out.extend(rest);
+    }
+    out
 }
 
 fn seconds(ms: i64) -> f64 {
@@ -87,6 +82,11 @@ fn stored(t: &Tracer<'_>, f: &FoundEvent) -> Stored {
     let width = t.snapshot.bucket_width_ms;
     let bucket = f.event.ts.saturating_sub(f.event.ts.rem_euclid(width));
     let final_after = format_timestamp(bucket.saturating_add(width).saturating_add(t.allowed_lateness_ms));
+    let provisional = |state: &str| {
+        format!(
+            "{state}: its decisions are provisional until its bucket closes ({final_after} by event time, or earlier by the wall clock once events stop) and is re-sealed"
+        )
+    };
     match f.at {
         ScanSource::Head { lsn } => Stored {
             json: json!({
@@ -95,7 +95,7 @@ fn stored(t: &Tracer<'_>, f: &FoundEvent) -> Stored {
                 "final": false,
                 "rules_version": t.rules.version,
                 "bucket": format_timestamp(bucket),
-                "note": format!("acknowledged and not sealed yet: its decisions are provisional until its bucket closes ({final_after} by event time, or earlier by the wall clock once events stop) and is re-sealed"),
+                "note": provisional("acknowledged and not sealed yet"),
             }),
             segment: None,
             is_final: false,
@@ -118,9 +118,7 @@ fn stored(t: &Tracer<'_>, f: &FoundEvent) -> Stored {
                 json["reprocess_job"] = json!(job);
             }
             if !is_final {
-                json["note"] = json!(format!(
-                    "sealed provisionally: its decisions become final when its bucket closes ({final_after} by event time, or earlier by the wall clock once events stop) and is re-sealed"
-                ));
+                json["note"] = json!(provisional("sealed provisionally"));
             }
             Stored { json, segment: Some(id), is_final, rules_version }
         }
@@ -158,6 +156,11 @@ impl Rule<'_> {
     fn same_of<'a>(&self, a: &'a Event) -> &'a str {
         if self.same_col == ColumnId::AdId { &a.ad_id } else { &a.advertiser_id }
     }
+
+    /// "an impression" or "a click".
+    fn an_anchor(&self) -> &'static str {
+        if self.anchor == EventType::Impression { "an impression" } else { "a click" }
+    }
 }
 
 fn derive(t: &Tracer<'_>, e: &Event) -> Result<Option<Derived>, ServerError> {
@@ -181,7 +184,7 @@ fn derive(t: &Tracer<'_>, e: &Event) -> Result<Option<Derived>, ServerError> {
         },
     };
     let (anchor, id_name, same_name) = (rule.anchor.as_str(), rule.id_col.name(), rule.same_col.name());
-    let a_anchor = if rule.anchor == EventType::Impression { "an impression" } else { "a click" };
+    let a_anchor = rule.an_anchor();
     let window_s = seconds(rule.window_ms);
     let lo = e.ts.saturating_sub(rule.window_ms);
     let in_window = |a: &Event| rule.same_of(a) == rule.same && a.ts <= e.ts && a.ts >= lo;
@@ -272,8 +275,11 @@ fn outside(a: &Event, e: &Event, rule: &Rule<'_>, id: &str) -> String {
             rule.same
         )
     } else if a.ts > e.ts {
-        let a_anchor = if rule.anchor == EventType::Impression { "an impression" } else { "a click" };
-        format!("{anchor} {id:?} came {} s after the {kind}: {a_anchor} must come first", seconds(a.ts - e.ts))
+        format!(
+            "{anchor} {id:?} came {} s after the {kind}: {} must come first",
+            seconds(a.ts - e.ts),
+            rule.an_anchor()
+        )
     } else {
         format!(
             "{anchor} {id:?} came {} s before the {kind}: {} s outside the {} s window",
@@ -284,8 +290,12 @@ fn outside(a: &Event, e: &Event, rule: &Rule<'_>, id: &str) -> String {
     }
 }
 
-fn attribution(t: &Tracer<'_>, e: &Event, where_: &Stored) -> Result<(Value, Option<Event>), ServerError> {
-    let erased = t.snapshot.erased.contains(idempotency_key(&e.publisher_id, e.kind, &e.event_id));
+fn attribution(
+    t: &Tracer<'_>,
+    e: &Event,
+    where_: &Stored,
+    erased: bool,
+) -> Result<(Value, Option<Event>), ServerError> {
     let (mut out, anchor) = if erased && e.kind != EventType::Impression {
         let out = json!({
             "attributed": e.attributed,
@@ -540,8 +550,9 @@ fn counted_in(t: &Tracer<'_>, e: &Event, where_: &Stored) -> Result<Value, Serve
             "final": m.is_final,
         }));
     }
+    let none = rollups.is_empty();
     let mut out = json!({"measures": measures, "rollups": rollups});
-    if rollups_empty(&out) {
+    if none {
         out["rollups_note"] =
             json!("no rollup segment derives from its segment: no [[rollups]] are configured, or they are being built");
     }
@@ -549,13 +560,9 @@ fn counted_in(t: &Tracer<'_>, e: &Event, where_: &Stored) -> Result<Value, Serve
     Ok(out)
 }
 
-fn rollups_empty(v: &Value) -> bool {
-    v["rollups"].as_array().is_none_or(Vec::is_empty)
-}
-
 fn billing(t: &Tracer<'_>, e: &Event, where_: &Stored, segment: SegmentId) -> Result<Value, ServerError> {
     let day = e.ts.saturating_sub(e.ts.rem_euclid(Granularity::Day.width_ms()));
-    let key = json!({"day": format_timestamp(day).chars().take(10).collect::<String>(), "advertiser_id": e.advertiser_id, "campaign_id": e.campaign_id});
+    let key = json!({"day": day_name(day), "advertiser_id": e.advertiser_id, "campaign_id": e.campaign_id});
     if !where_.is_final {
         return Ok(
             json!({"row": key, "versions": [], "note": "billing snapshots hold final days only: this event's bucket is not final yet"}),
@@ -596,12 +603,14 @@ fn billing(t: &Tracer<'_>, e: &Event, where_: &Stored, segment: SegmentId) -> Re
 /// when it was sent again past its dedupe window).
 pub(super) fn explain(t: &Tracer<'_>, f: &FoundEvent, copies: &[i64]) -> Result<Value, ServerError> {
     let e = &f.event;
+    let key = idempotency_key(&e.publisher_id, e.kind, &e.event_id);
+    let erased = t.snapshot.erased.contains(key);
     let where_ = stored(t, f);
-    let (attribution, anchor) = attribution(t, e, &where_)?;
+    let (attribution, anchor) = attribution(t, e, &where_, erased)?;
     let mut out = json!({
         "event": full(e),
         "stored": where_.json,
-        "duplicates": t.duplicates_of(idempotency_key(&e.publisher_id, e.kind, &e.event_id), |ts| {
+        "duplicates": t.duplicates_of(key, |ts| {
             // This copy's: the duplicates nearer to it than to any other copy.
             let nearest = copies.iter().min_by_key(|c| (c.abs_diff(ts), **c)).copied();
             nearest.is_none_or(|c| c == e.ts)
@@ -616,7 +625,7 @@ pub(super) fn explain(t: &Tracer<'_>, f: &FoundEvent, copies: &[i64]) -> Result<
             where_.rules_version, t.rules.version
         ));
     }
-    if t.snapshot.erased.contains(idempotency_key(&e.publisher_id, e.kind, &e.event_id)) {
+    if erased {
         out["erased"] = json!("its user_key, ip_hash and ua_hash were erased on request (GET /v1/erasure)");
     }
     Ok(out)
