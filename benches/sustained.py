@@ -79,6 +79,8 @@ GAUGES = (
     "adstore_attribution_disk_bytes", "adstore_head_bytes", "adstore_head_rows",
     "adstore_block_cache_bytes", "adstore_process_resident_memory_bytes", "adstore_segments",
     "adstore_rollup_segments", "adstore_rollup_bytes", "adstore_billing_snapshots",
+    'adstore_memory_used_bytes{part="head"}', 'adstore_memory_used_bytes{part="block_cache"}',
+    'adstore_memory_used_bytes{part="dedupe"}', 'adstore_memory_used_bytes{part="attribution"}',
 )
 COUNTERS = (
     "adstore_ingest_head_full_total", "adstore_events_accepted_total", "adstore_events_duplicate_total",
@@ -353,7 +355,10 @@ class RssSampler(threading.Thread):
     def sample(self):
         rss = self.server.status_value("VmRSS")
         if rss:
-            self.samples.append({"t": round(self.phase.now(), 2), "phase": self.phase.get(), "rss": rss})
+            # RssAnon is the heap (and anonymous maps); RssFile the mapped segment, run and part pages.
+            self.samples.append({"t": round(self.phase.now(), 2), "phase": self.phase.get(), "rss": rss,
+                                 "anon": self.server.status_value("RssAnon"),
+                                 "file": self.server.status_value("RssFile")})
 
     def run(self):
         while not self.stop_evt.is_set():
@@ -702,6 +707,7 @@ def summarize(ctx: dict) -> dict:
     ms = ctx["metrics_samples"]
     phases = [p for p in ctx["phase_started"] if p.startswith("day")] + ["settle", "idle"]
     rss_by = phase_summary(rss, "rss")
+    anon_by, file_by = phase_summary(rss, "anon"), phase_summary(rss, "file")
     gauges = {g: phase_summary(ms, g) for g in GAUGES}
     # RAM per dedupe key at the scrape with the most keys in the window (in memory + spilled).
     best = max(ms, key=lambda s: s.get("adstore_dedupe_keys", 0) + s.get("adstore_dedupe_spilled_keys", 0),
@@ -716,6 +722,9 @@ def summarize(ctx: dict) -> dict:
         "phases": phases,
         "peak_rss": max([s["rss"] for s in rss] + [ctx["vm_hwm"]]),
         "peak_rss_by_phase": {p: rss_by.get(p, {}).get("max") for p in phases},
+        # Heap and mapped files apart (runs before this split have neither).
+        "peak_anon_by_phase": {p: anon_by.get(p, {}).get("max") for p in phases},
+        "peak_file_by_phase": {p: file_by.get(p, {}).get("max") for p in phases},
         "gauges_by_phase": {g: {p: v.get(p) for p in phases} for g, v in gauges.items()},
         "dedupe_at_peak": {"t": best.get("t"), "phase": best.get("phase"), "keys_in_memory": keys_mem,
                            "keys_in_window": keys_all, "table_bytes": table, "memory_bytes": mem,
@@ -797,6 +806,9 @@ def render(runs: list) -> str:
                                    " (last ack until settled)" if p == "settle" else
                                    " (after settled)" if p == "idle" else "")
         lines.append(row(what, lambda r, p=p: gib(r["summary"]["peak_rss_by_phase"].get(p))))
+    for p in phases:
+        lines.append(row(f"peak RssAnon / RssFile, {p}", lambda r, p=p: " / ".join(
+            gib(r["summary"].get(k, {}).get(p)) for k in ("peak_anon_by_phase", "peak_file_by_phase"))))
     lines += [
         row("RSS when settled", lambda r: gib(r["rss_settled"])),
         row("RSS after idle", lambda r: f"{gib(r['rss_idle'])} ({r['idle_s']:.0f} s)"),
@@ -877,9 +889,11 @@ def report_main(args) -> int:
         path = Path(args.out).resolve() / label / "results.json"
         try:
             with open(path) as f:
-                runs.append(json.load(f))
+                run = json.load(f)
         except FileNotFoundError:
             raise BenchError(f"no {path}: run `benches/run.sh --suite sustained --label {label}` first") from None
+        run["summary"] = summarize(run)  # figures added since the run was made
+        runs.append(run)
     text = render(runs)
     if args.write:
         Path(args.write).write_text(text)

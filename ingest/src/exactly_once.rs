@@ -44,7 +44,7 @@ use crate::duplicates::{DuplicateLog, DuplicateLogStats, DuplicateStage};
 mod index;
 mod parts;
 
-use index::{AnchorRef, AttributionIndex, Touches, h, last_touch_in, scoped};
+use index::{AnchorRef, AttributionIndex, Touches, h, last_touch_in, scoped, touch_key};
 pub use parts::AttributionPartStats;
 use parts::AttributionSpill;
 
@@ -842,7 +842,7 @@ fn attribute(
                     None => opt_str(user, i)
                         .and_then(|u| {
                             let lo = erased.get(&h(u)).map_or(lo, |t| lo.max(t.saturating_add(1)));
-                            last_touch_in(indexes, Touches::Impressions, (h(u), ad_h), lo, ts[i])
+                            last_touch_in(indexes, Touches::Impressions, touch_key(h(u), ad_h), lo, ts[i])
                         })
                         .map(|t| (t.ts, t.id.to_string())),
                 };
@@ -886,7 +886,7 @@ fn attribute(
                     None => opt_str(user, i)
                         .and_then(|u| {
                             let lo = erased.get(&h(u)).map_or(lo, |t| lo.max(t.saturating_add(1)));
-                            last_touch_in(indexes, Touches::Clicks, (h(u), adv_h), lo, ts[i])
+                            last_touch_in(indexes, Touches::Clicks, touch_key(h(u), adv_h), lo, ts[i])
                         })
                         .map(|t| t.id.to_string()),
                 };

@@ -39,6 +39,16 @@ pub(super) fn scoped(publisher: &str, s: &str) -> u64 {
     hasher.digest()
 }
 
+/// The key last touches are found by: a user's hash and a scope hash
+/// ([`scoped`] ad or advertiser) as one hash. Two pairs share a key only by
+/// a 64-bit collision, as two ids share an anchor's [`scoped`] key.
+pub(super) fn touch_key(user: u64, scope: u64) -> u64 {
+    let mut pair = [0u8; 16];
+    pair[..8].copy_from_slice(&user.to_le_bytes());
+    pair[8..].copy_from_slice(&scope.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&pair)
+}
+
 /// An anchor as a last-touch lookup finds it.
 #[derive(Debug, Clone)]
 pub(super) struct Touch {
@@ -75,12 +85,6 @@ pub(super) trait ShardKey: Copy + Eq + std::hash::Hash {
 impl ShardKey for u64 {
     fn shard(&self) -> usize {
         (self >> (u64::BITS - SHARD_BITS)) as usize
-    }
-}
-
-impl ShardKey for (u64, u64) {
-    fn shard(&self) -> usize {
-        self.0.shard()
     }
 }
 
@@ -222,7 +226,7 @@ impl Live {
             };
             by_id.push(entry);
             if let Some(u) = user_key {
-                touches.push(RunEntry { key: (h(u), scope), ts, id: CompactString::from(id) });
+                touches.push(RunEntry { key: touch_key(h(u), scope), ts, id: CompactString::from(id) });
             }
         }
         by_id.sort_unstable_by_key(ById::shard);
@@ -273,6 +277,14 @@ impl AttributionIndex {
         }
     }
 
+    /// Anchors of kind `which` older than this may have been dropped.
+    pub fn floor(&self, which: Touches) -> i64 {
+        match which {
+            Touches::Impressions => self.imp_floor,
+            Touches::Clicks => self.click_floor,
+        }
+    }
+
     /// Impressions and clicks indexed, in memory and in parts (an anchor
     /// in two parts until they merge counts twice).
     pub fn entries(&self) -> usize {
@@ -302,7 +314,7 @@ impl AttributionIndex {
 
     /// The latest touch under `key` with `lo <= ts <= hi` (by ts, then id),
     /// in memory and in every part.
-    pub fn last_touch(&self, which: Touches, key: (u64, u64), lo: i64, hi: i64) -> Option<Touch> {
+    pub fn last_touch(&self, which: Touches, key: u64, lo: i64, hi: i64) -> Option<Touch> {
         let parts = self.parts[which as usize].iter().filter_map(|p| p.last_touch(which, key, lo, hi));
         self.live.touches(which).last_touch(key, lo, hi).into_iter().chain(parts).max_by(latest)
     }
@@ -313,10 +325,10 @@ fn latest(a: &Touch, b: &Touch) -> std::cmp::Ordering {
     (a.ts, a.id.as_str()).cmp(&(b.ts, b.id.as_str()))
 }
 
-/// One touch under its (user_key, scope) key, as runs hold it.
+/// One touch under its [`touch_key`], as runs hold it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct RunEntry {
-    pub key: (u64, u64),
+    pub key: u64,
     pub ts: i64,
     pub id: CompactString,
 }
@@ -351,7 +363,7 @@ impl TouchRuns {
     }
 
     /// The latest touch under `key` with `lo <= ts <= hi` (by ts, then id).
-    pub fn last_touch(&self, key: (u64, u64), lo: i64, hi: i64) -> Option<Touch> {
+    pub fn last_touch(&self, key: u64, lo: i64, hi: i64) -> Option<Touch> {
         self.runs
             .iter()
             .filter_map(|run| {
@@ -416,7 +428,7 @@ fn merge(a: Vec<RunEntry>, b: Vec<RunEntry>) -> Vec<RunEntry> {
 pub(super) fn last_touch_in(
     indexes: &[&AttributionIndex],
     which: Touches,
-    key: (u64, u64),
+    key: u64,
     lo: i64,
     hi: i64,
 ) -> Option<Touch> {
@@ -428,7 +440,7 @@ mod tests {
     use super::*;
 
     fn entry(key: u64, ts: i64, id: &str) -> RunEntry {
-        RunEntry { key: (key, 0), ts, id: id.into() }
+        RunEntry { key, ts, id: id.into() }
     }
 
     #[test]
@@ -437,11 +449,11 @@ mod tests {
         runs.add(vec![entry(1, 10, "a"), entry(1, 30, "c"), entry(2, 20, "x")]);
         runs.add(vec![entry(1, 20, "b"), entry(1, 30, "c")]);
         assert_eq!(runs.len(), 4, "the repeat of (1, 30, c) is dropped by the merge");
-        let id = |lo, hi| runs.last_touch((1, 0), lo, hi).map(|t| t.id.to_string());
+        let id = |lo, hi| runs.last_touch(1, lo, hi).map(|t| t.id.to_string());
         assert_eq!(id(0, 25).as_deref(), Some("b"));
         assert_eq!(id(21, 25), None);
         assert_eq!(id(0, 100).as_deref(), Some("c"));
-        assert_eq!(runs.last_touch((3, 0), 0, 100).map(|t| t.ts), None);
+        assert_eq!(runs.last_touch(3, 0, 100).map(|t| t.ts), None);
     }
 
     proptest::proptest! {
@@ -470,7 +482,7 @@ mod tests {
                             .filter(|(k, ts, _)| *k == key && *ts >= lo.max(from) && *ts <= hi)
                             .max_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)))
                             .map(|(_, ts, id)| (*ts, id.clone()));
-                        let got = runs.last_touch((key, 0), lo, hi).map(|t| (t.ts, t.id.to_string()));
+                        let got = runs.last_touch(key, lo, hi).map(|t| (t.ts, t.id.to_string()));
                         proptest::prop_assert_eq!(got, want);
                     }
                 }
@@ -506,7 +518,7 @@ mod tests {
             assert_eq!(one.impression(h(a.id)), all.impression(h(a.id)));
             assert_eq!(one.click(h(a.id)), all.click(h(a.id)));
             if let Some(u) = a.user_key {
-                let key = (h(u), a.scope);
+                let key = touch_key(h(u), a.scope);
                 for which in Touches::BOTH {
                     let got = |x: &AttributionIndex| x.last_touch(which, key, 0, 1000).map(|t| (t.ts, t.id));
                     assert_eq!(got(&one), got(&all));

@@ -7,12 +7,17 @@
 //!                     2. no lock: each kind's part written, sorted, and mapped
 //!                     3. write lock: the frozen part is replaced by the mapped ones
 //!                     4. trailing parts of like size merged (newest wins), expired anchors dropped
+//!                     5. the part with most expired records rewritten without them, once they are half of it
 //!
-//!  part-N.attr   header │ anchors: (id hash, ts, scope hash), sorted by id hash
-//!                       │ touches: (user hash, scope hash, ts, end of id), sorted by (user, scope, ts, id)
+//!  part-N.attr   header │ anchors: (id hash, ts, scope hash), 24 B, sorted by id hash
+//!                       │ touches: (touch key, ts, end of id in its block), 20 B, sorted by (key, ts, id)
 //!  part-N.heap   the touches' ids, one after another
-//!  memory: a binary fuse filter of the id hashes (≈2.3 B an anchor), one fence per 256 records
+//!  memory: a binary fuse filter of the id hashes (≈2.3 B an anchor); per 256 records
+//!          a fence, a time sample, and where the block's ids start in the heap
 //! ```
+//!
+//! Step 5 bounds what expired anchors cost: size-tiered merges put old and
+//! new anchors in one part, which otherwise stays until its newest expires.
 //!
 //! A lookup by id takes memory first, then the parts newest first; a
 //! last-touch lookup takes the latest touch of memory and every part.
@@ -32,18 +37,18 @@ use xorf::{BinaryFuse16, Filter};
 
 use super::index::{AttributionIndex, Live, Touch, Touches};
 
-const MAGIC: &[u8; 8] = b"ADATTRP1";
+const MAGIC: &[u8; 8] = b"ADATTRP2";
 /// Magic, kind, anchors, touches, oldest and newest ts, heap bytes, spare.
 const HEADER: usize = 64;
 /// id hash, ts, scope hash.
 const ANCHOR: usize = 24;
-/// user hash, scope hash, ts, end of the touch's id in the heap.
-const TOUCH: usize = 32;
+/// touch key, ts, end of the touch's id in its block's stretch of the heap.
+const TOUCH: usize = 20;
 /// Records per fence: a lookup past the fences reads one block.
 const FENCE: usize = 256;
 
-/// A touch as a part stores it, without its id: (user hash, scope hash, ts).
-type TouchKey = (u64, u64, i64);
+/// A touch as a part stores it, without its id: (touch key, ts).
+type TouchKey = (u64, i64);
 
 /// Anchors out of memory.
 pub(super) enum Part {
@@ -53,7 +58,7 @@ pub(super) enum Part {
         live: Arc<Live>,
         max_ts: [i64; 2],
     },
-    Mapped(Mapped),
+    Mapped(Box<Mapped>),
 }
 
 impl Part {
@@ -68,7 +73,7 @@ impl Part {
         }
     }
 
-    pub fn last_touch(&self, which: Touches, key: (u64, u64), lo: i64, hi: i64) -> Option<Touch> {
+    pub fn last_touch(&self, which: Touches, key: u64, lo: i64, hi: i64) -> Option<Touch> {
         match self {
             Part::Frozen { live, .. } => live.touches(which).last_touch(key, lo, hi),
             Part::Mapped(m) => m.last_touch(key, lo, hi),
@@ -105,7 +110,7 @@ impl Part {
 
     fn mapped(&self) -> Option<&Mapped> {
         match self {
-            Part::Mapped(m) => Some(m),
+            Part::Mapped(m) => Some(m.as_ref()),
             Part::Frozen { .. } => None,
         }
     }
@@ -124,14 +129,25 @@ pub(super) struct Mapped {
     filter: Option<BinaryFuse16>,
     /// The id hash of every `FENCE`th anchor.
     id_fences: Vec<u64>,
+    /// The ts of every `FENCE`th anchor: a sample random in time, anchors
+    /// being in id-hash order (as the touch fences' ts are).
+    anchor_ts: Vec<i64>,
     /// The key of every `FENCE`th touch.
     touch_fences: Vec<TouchKey>,
+    /// Where the ids of every `FENCE` touches start in the heap.
+    heap_starts: Vec<u64>,
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(b)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
 }
 
 impl Mapped {
@@ -146,17 +162,31 @@ impl Mapped {
 
     fn touch_key(&self, i: usize) -> TouchKey {
         let at = self.touches_at() + i * TOUCH;
-        (u64_at(&self.map, at), u64_at(&self.map, at + 8), u64_at(&self.map, at + 16) as i64)
+        (u64_at(&self.map, at), u64_at(&self.map, at + 8) as i64)
     }
 
+    /// End of touch `i`'s id, from where its block's ids start.
     fn touch_end(&self, i: usize) -> usize {
-        u64_at(&self.map, self.touches_at() + i * TOUCH + 24) as usize
+        u32_at(&self.map, self.touches_at() + i * TOUCH + 16) as usize
     }
 
     fn touch_id(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.touch_end(i - 1) };
+        let base = self.heap_starts.get(i / FENCE).map_or(0, |&b| b as usize);
+        let start = if i.is_multiple_of(FENCE) { 0 } else { self.touch_end(i - 1) };
         let end = self.touch_end(i);
-        self.heap.as_ref().and_then(|h| h.get(start..end)).unwrap_or_default()
+        self.heap.as_ref().and_then(|h| h.get(base + start..base + end)).unwrap_or_default()
+    }
+
+    fn records(&self) -> usize {
+        self.anchors + self.touches
+    }
+
+    /// Records older than `floor`, estimated from the time samples.
+    fn expired(&self, floor: i64) -> usize {
+        let share = |older: usize, samples: usize, of: usize| (older * of).checked_div(samples).unwrap_or(0);
+        let anchors = self.anchor_ts.iter().filter(|&&ts| ts < floor).count();
+        let touches = self.touch_fences.iter().filter(|f| f.1 < floor).count();
+        share(anchors, self.anchor_ts.len(), self.anchors) + share(touches, self.touch_fences.len(), self.touches)
     }
 
     /// (ts, scope hash) of the anchor with id hash `id`.
@@ -177,8 +207,8 @@ impl Mapped {
         None
     }
 
-    fn last_touch(&self, key: (u64, u64), lo: i64, hi: i64) -> Option<Touch> {
-        let target = (key.0, key.1, hi);
+    fn last_touch(&self, key: u64, lo: i64, hi: i64) -> Option<Touch> {
+        let target = (key, hi);
         let (from, to) = block(&self.touch_fences, &target, self.touches);
         let (mut a, mut b) = (from, to);
         while a < b {
@@ -186,14 +216,16 @@ impl Mapped {
             if self.touch_key(mid) <= target { a = mid + 1 } else { b = mid }
         }
         let last = a.checked_sub(1)?;
-        let (k0, k1, ts) = self.touch_key(last);
-        ((k0, k1) == key && ts >= lo)
+        let (k, ts) = self.touch_key(last);
+        (k == key && ts >= lo)
             .then(|| Touch { ts, id: CompactString::from(String::from_utf8_lossy(self.touch_id(last))) })
     }
 
     fn memory_bytes(&self) -> usize {
         let filter = self.filter.as_ref().map_or(0, |f| f.fingerprints.len() * 2);
-        filter + self.id_fences.len() * 8 + self.touch_fences.len() * std::mem::size_of::<TouchKey>()
+        filter
+            + (self.id_fences.len() + self.anchor_ts.len() + self.heap_starts.len()) * 8
+            + self.touch_fences.len() * std::mem::size_of::<TouchKey>()
     }
 
     fn disk_bytes(&self) -> usize {
@@ -231,7 +263,9 @@ struct PartWriter {
     max_ts: i64,
     ids: Vec<u64>,
     id_fences: Vec<u64>,
+    anchor_ts: Vec<i64>,
     touch_fences: Vec<TouchKey>,
+    heap_starts: Vec<u64>,
 }
 
 impl PartWriter {
@@ -255,7 +289,9 @@ impl PartWriter {
             max_ts: i64::MIN,
             ids: Vec::new(),
             id_fences: Vec::new(),
+            anchor_ts: Vec::new(),
             touch_fences: Vec::new(),
+            heap_starts: Vec::new(),
         })
     }
 
@@ -269,6 +305,7 @@ impl PartWriter {
         debug_assert!(self.touches == 0 && self.ids.last().is_none_or(|&last| last < id));
         if self.anchors.is_multiple_of(FENCE) {
             self.id_fences.push(id);
+            self.anchor_ts.push(ts);
         }
         self.out.write_all(&id.to_le_bytes())?;
         self.out.write_all(&ts.to_le_bytes())?;
@@ -283,14 +320,19 @@ impl PartWriter {
     fn touch(&mut self, key: TouchKey, id: &[u8]) -> std::io::Result<()> {
         if self.touches.is_multiple_of(FENCE) {
             self.touch_fences.push(key);
+            self.heap_starts.push(self.heap_len);
         }
         self.heap.write_all(id)?;
         self.heap_len += id.len() as u64;
-        for v in [key.0, key.1, key.2 as u64, self.heap_len] {
-            self.out.write_all(&v.to_le_bytes())?;
-        }
+        let block_start = self.heap_starts.last().copied().unwrap_or(0);
+        // A block's ids are `FENCE` validated ids (at most 128 bytes each).
+        let end = u32::try_from(self.heap_len - block_start)
+            .map_err(|_| std::io::Error::other("attribution part: a block of touch ids over 4 GiB"))?;
+        self.out.write_all(&key.0.to_le_bytes())?;
+        self.out.write_all(&key.1.to_le_bytes())?;
+        self.out.write_all(&end.to_le_bytes())?;
         self.touches += 1;
-        self.seen(key.2);
+        self.seen(key.1);
         Ok(())
     }
 
@@ -333,7 +375,9 @@ impl PartWriter {
             max_ts: self.max_ts,
             filter,
             id_fences: self.id_fences,
+            anchor_ts: self.anchor_ts,
             touch_fences: self.touch_fences,
+            heap_starts: self.heap_starts,
         })
     }
 }
@@ -350,7 +394,7 @@ fn write_frozen(live: &Live, which: Touches, path: PathBuf) -> std::io::Result<M
         w.anchor(a)?;
     }
     for e in live.touches(which).sorted() {
-        w.touch((e.key.0, e.key.1, e.ts), e.id.as_bytes())?;
+        w.touch((e.key, e.ts), e.id.as_bytes())?;
     }
     w.finish()
 }
@@ -387,7 +431,7 @@ fn merge(parts: &[&Mapped], which: Touches, floor: i64, path: PathBuf) -> std::i
         let Some(p) = next else { break };
         let (key, id) = (parts[p].touch_key(at[p]), parts[p].touch_id(at[p]));
         at[p] += 1;
-        if key.2 < floor || last.as_ref().is_some_and(|(k, i)| *k == key && i == id) {
+        if key.1 < floor || last.as_ref().is_some_and(|(k, i)| *k == key && i == id) {
             continue;
         }
         w.touch(key, id)?;
@@ -454,7 +498,8 @@ impl AttributionSpill {
     }
 
     /// Moves the anchors in memory to parts if there are `entries` or more,
-    /// then merges parts (size-tiered). Another caller's spill in progress
+    /// then merges parts (size-tiered) and rewrites the part with the most
+    /// expired records once they are half of it. Another caller's spill in progress
     /// makes this one return at once. On an error the anchors stay in a
     /// frozen part in memory, still answering, until they expire.
     pub fn spill_if_due(&self, index: &RwLock<AttributionIndex>) -> std::io::Result<()> {
@@ -477,22 +522,28 @@ impl AttributionSpill {
             }
         }
         for which in Touches::BOTH {
-            let (stretch, floor) = {
+            let stretch = to_merge(&index.read().parts[which as usize]);
+            self.rewrite(index, which, &stretch)?;
+            let stale = {
                 let x = index.read();
-                let floor = match which {
-                    Touches::Impressions => x.imp_floor,
-                    Touches::Clicks => x.click_floor,
-                };
-                (to_merge(&x.parts[which as usize]), floor)
+                most_expired(&x.parts[which as usize], x.floor(which))
             };
-            if stretch.is_empty() {
-                continue;
-            }
-            let mapped: Vec<&Mapped> = stretch.iter().filter_map(|p| p.mapped()).collect();
-            let merged = merge(&mapped, which, floor, self.next_path()?)?;
-            let merged = (merged.anchors + merged.touches > 0).then_some(merged);
-            replace(&mut index.write().parts[which as usize], &stretch, merged);
+            self.rewrite(index, which, &stale)?;
         }
+        Ok(())
+    }
+
+    /// Replaces `parts` (contiguous, oldest first) with one part of their
+    /// records at or after the floor.
+    fn rewrite(&self, index: &RwLock<AttributionIndex>, which: Touches, parts: &[Arc<Part>]) -> std::io::Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let floor = index.read().floor(which);
+        let mapped: Vec<&Mapped> = parts.iter().filter_map(|p| p.mapped()).collect();
+        let merged = merge(&mapped, which, floor, self.next_path()?)?;
+        let merged = (merged.records() > 0).then_some(merged);
+        replace(&mut index.write().parts[which as usize], parts, merged);
         Ok(())
     }
 
@@ -518,16 +569,28 @@ impl AttributionSpill {
 /// before it that are not more than twice the size of what absorbs them.
 fn to_merge(list: &[Arc<Part>]) -> Vec<Arc<Part>> {
     let Some(last) = list.last().and_then(|p| p.mapped()) else { return Vec::new() };
-    let mut size = last.anchors + last.touches;
+    let mut size = last.records();
     let mut from = list.len() - 1;
     while let Some(prev) = from.checked_sub(1).and_then(|i| list[i].mapped()) {
-        if prev.anchors + prev.touches > 2 * size {
+        if prev.records() > 2 * size {
             break;
         }
         from -= 1;
-        size += prev.anchors + prev.touches;
+        size += prev.records();
     }
     if from + 1 == list.len() { Vec::new() } else { list[from..].to_vec() }
+}
+
+/// The mapped part with the most records older than `floor`, if they are
+/// at least half of it: rewriting it alone halves it at least, so expired
+/// records never take more than the live ones.
+fn most_expired(list: &[Arc<Part>], floor: i64) -> Vec<Arc<Part>> {
+    list.iter()
+        .filter_map(|p| p.mapped().map(|m| (m.expired(floor), m.records(), p)))
+        .filter(|(expired, records, _)| *expired > 0 && 2 * expired >= *records)
+        .max_by_key(|(expired, ..)| *expired)
+        .map(|(.., p)| vec![p.clone()])
+        .unwrap_or_default()
 }
 
 /// Replaces the parts `old` (contiguous in `list` when chosen; expiry may
@@ -536,13 +599,13 @@ fn replace(list: &mut Vec<Arc<Part>>, old: &[Arc<Part>], new: Option<Mapped>) {
     let Some(at) = list.iter().position(|p| old.iter().any(|o| Arc::ptr_eq(p, o))) else { return };
     list.retain(|p| !old.iter().any(|o| Arc::ptr_eq(p, o)));
     if let Some(m) = new {
-        list.insert(at, Arc::new(Part::Mapped(m)));
+        list.insert(at, Arc::new(Part::Mapped(Box::new(m))));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::index::{AnchorRef, h};
+    use super::super::index::{AnchorRef, h, touch_key};
     use super::*;
     use adstore_storage::EventType;
 
@@ -588,8 +651,48 @@ mod tests {
         assert_eq!(x.impression(h("imp-none")), None);
         for (id, (click, ts, user, scope)) in batch.iter().rev().take(400) {
             let which = if *click { Touches::Clicks } else { Touches::Impressions };
-            let key = (h(["u0", "u1", "u2", "u3"][user.unwrap_or(0) as usize]), h(["s0", "s1", "s2"][*scope as usize]));
+            let key = touch_key(
+                h(["u0", "u1", "u2", "u3"][user.unwrap_or(0) as usize]),
+                h(["s0", "s1", "s2"][*scope as usize]),
+            );
             let t = x.last_touch(which, key, *ts, *ts).expect("touch");
+            assert_eq!((t.ts, t.id.as_str()), (*ts, id.as_str()));
+        }
+    }
+
+    /// Parts whose anchors span the whole time range never expire whole;
+    /// once most of a part is older than the floor, it is rewritten
+    /// without them, and what is left still answers.
+    #[test]
+    fn expired_records_are_rewritten_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spill = AttributionSpill::new(dir.path(), 1_000);
+        let index = RwLock::new(AttributionIndex::default());
+        let batch: Vec<(String, Gen)> = (0..10_000)
+            .map(|i| (format!("imp-{i}"), (false, (i * 7_919) % 10_000, Some((i % 4) as u8), (i % 3) as u8)))
+            .collect();
+        for chunk in batch.chunks(1_000) {
+            index.write().insert_all(anchors(chunk));
+            spill.spill_if_due(&index).expect("spill");
+        }
+        let live = |x: &AttributionIndex| {
+            x.parts[Touches::Impressions as usize].iter().map(|p| p.entries(Touches::Impressions)).sum::<usize>()
+        };
+        assert_eq!(live(&index.read()), 10_000, "every anchor is in a part");
+        index.write().expire(9_000, i64::MIN);
+        assert!(live(&index.read()) > 5_000, "no part expired whole");
+        for _ in 0..20 {
+            spill.spill_if_due(&index).expect("spill");
+        }
+        let x = index.read();
+        assert_eq!(live(&x), 1_000, "only the anchors at or after the floor are left");
+        for (id, (_, ts, user, scope)) in batch.iter().filter(|(_, g)| g.1 >= 9_000) {
+            assert_eq!(x.impression(h(id)).map(|a| a.0), Some(*ts), "{id}");
+            let key = touch_key(
+                h(["u0", "u1", "u2", "u3"][user.unwrap_or(0) as usize]),
+                h(["s0", "s1", "s2"][*scope as usize]),
+            );
+            let t = x.last_touch(Touches::Impressions, key, *ts, *ts).expect("touch");
             assert_eq!((t.ts, t.id.as_str()), (*ts, id.as_str()));
         }
     }
@@ -642,7 +745,7 @@ mod tests {
                     for scope in ["s0", "s1", "s2"] {
                         for (lo, hi) in [(0, 199), (50, 120), (100, 100), (150, 60)] {
                             let lo = lo.max(floor);
-                            let key = (h(user), h(scope));
+                            let key = touch_key(h(user), h(scope));
                             let got = on_disk.last_touch(which, key, lo, hi).map(|t| (t.ts, t.id));
                             let want = in_memory.last_touch(which, key, lo, hi).map(|t| (t.ts, t.id));
                             proptest::prop_assert_eq!(got, want);

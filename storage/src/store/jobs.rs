@@ -42,6 +42,11 @@ pub(super) struct SealJob {
 }
 
 impl SealJob {
+    /// Rows it reads: its head chunks' and those of the segments it replaces.
+    fn rows(&self) -> usize {
+        self.head.rows() + self.replaces.iter().map(|m| usize::try_from(m.rows).unwrap_or(usize::MAX)).sum::<usize>()
+    }
+
     pub(super) fn context<'a>(&'a self, snapshot: &'a Snapshot, bucket_width_ms: i64) -> SealContext<'a> {
         SealContext {
             partition: self.partition,
@@ -120,30 +125,37 @@ impl Store {
         let now = Instant::now();
         let candidates: Vec<SealCandidate> =
             inner.visible.read().head.due(now, inner.config.seal_max_rows, max_age, force);
-        // One commit per group of at most `seal_max_rows` rows (and at least
-        // one partition). A pass over a large head, as under pressure, then
-        // holds the sealed copy of one group at a time instead of the whole
-        // head's, and drops each group's head chunks once committed (their
-        // memory goes once no other partition's slice of the same append
-        // still holds it).
+        // A pass over a large head, as under pressure, drops each group's
+        // head chunks once committed (their memory goes once no other
+        // partition's slice of the same append still holds it).
+        let jobs = candidates.into_iter().map(|c| SealJob {
+            partition: c.partition,
+            kind: SealKind::Seal,
+            is_final: false,
+            head: c,
+            replaces: vec![],
+            reprocess_job: None,
+        });
+        self.run_grouped(jobs)
+    }
+
+    /// Runs `jobs` with one commit per group of at most `seal_max_rows`
+    /// rows (and at least one job): a pass over many partitions (a large
+    /// head, the closing of a day's buckets) holds the sealed copy of one
+    /// group at a time instead of all of them. Each partition's segments
+    /// are still replaced in one commit. Callers hold `seal_lock`.
+    pub(super) fn run_grouped(&self, jobs: impl IntoIterator<Item = SealJob>) -> Result<SealReport> {
         let mut report = SealReport::default();
         let mut group = Vec::new();
         let mut group_rows = 0;
-        for c in candidates {
-            let rows = c.rows();
-            if !group.is_empty() && group_rows + rows > inner.config.seal_max_rows {
+        for job in jobs {
+            let rows = job.rows();
+            if !group.is_empty() && group_rows + rows > self.inner.config.seal_max_rows {
                 report.absorb(self.run_jobs(std::mem::take(&mut group))?);
                 group_rows = 0;
             }
             group_rows += rows;
-            group.push(SealJob {
-                partition: c.partition,
-                kind: SealKind::Seal,
-                is_final: false,
-                head: c,
-                replaces: vec![],
-                reprocess_job: None,
-            });
+            group.push(job);
         }
         report.absorb(self.run_jobs(group)?);
         Ok(report)
@@ -171,7 +183,10 @@ impl Store {
                 reprocess_job: job,
             })
             .collect();
-        report.absorb(self.run_jobs(jobs)?);
+        // A reprocess job is one commit, so that no reader sees part of it;
+        // it holds its whole range's events until then. Finalization goes
+        // in groups.
+        report.absorb(if kind == SealKind::Reprocess { self.run_jobs(jobs)? } else { self.run_grouped(jobs)? });
         Ok(report)
     }
 

@@ -164,7 +164,9 @@ impl Store {
     /// [`SealKind::Final`] when buckets close, with [`SealKind::Reprocess`]
     /// when rules changed. Each partition's old segments are replaced by one
     /// new segment in a single catalog commit, so a snapshot sees all old or
-    /// all new. Output is final when the bucket has closed.
+    /// all new; a reprocess commits all its partitions at once, a
+    /// finalization in groups of `seal_max_rows` rows. Output is final when
+    /// the bucket has closed.
     pub fn reseal_buckets(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
         self.reseal_locked(buckets, kind, None)
@@ -255,7 +257,7 @@ impl Store {
             return Ok(SealReport::default());
         }
         tracing::debug!(partitions = jobs.len(), "compacting small provisional segments");
-        self.run_jobs(jobs)
+        self.run_grouped(jobs)
     }
 
     /// Checks every checksum of every local segment; a segment that fails is

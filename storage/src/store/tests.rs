@@ -816,6 +816,28 @@ fn a_large_seal_commits_in_groups_of_at_most_seal_max_rows_and_seals_the_same_ev
     assert_eq!(whole, sorted_debug(&events));
 }
 
+/// Closing buckets re-seals every partition of them: in groups of at
+/// most `seal_max_rows` rows, so a day's worth of buckets closing at once
+/// is not held in memory whole. A reprocess stays one commit.
+#[test]
+fn finalization_commits_in_groups_and_a_reprocess_in_one() {
+    let events = over_two_buckets(240);
+    let batch = EventBatch::from_events(&events);
+    let partitions = partition_rows(&batch).len();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(dir.path(), StoreConfig { seal_max_rows: 1, ..small_config() });
+    store.append(&batch).expect("append");
+    store.seal_all().expect("seal");
+    let buckets = [0, 3_600_000];
+    for (kind, want) in [(SealKind::Final, partitions), (SealKind::Reprocess, 1)] {
+        let before = store.catalog().version;
+        let report = store.reseal_buckets(&buckets, kind).expect("reseal");
+        assert_eq!(report.partitions, partitions, "{kind:?}");
+        assert_eq!(store.catalog().version - before, want as u64, "{kind:?}: commits");
+        assert_eq!(all_events(&store), sorted_debug(&events), "{kind:?}");
+    }
+}
+
 /// Records the thread each seal runs on.
 struct ThreadNames(Mutex<Vec<String>>);
 
