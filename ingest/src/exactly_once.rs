@@ -30,8 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use adstore_storage::{
-    ColumnId, EventBatch, EventType, InvalidReason, Level, LiveSegment, Result as StorageResult, Rows, SealContext,
-    SealKind, SealStage, SidecarReader, Snapshot, StageOutput, StorageError, Store,
+    ColumnId, EventBatch, EventType, InvalidReason, Level, LiveSegment, PartlyStored, Result as StorageResult, Rows,
+    SealContext, SealKind, SealStage, SidecarReader, Snapshot, StageOutput, StorageError, Store,
+    offsets::SourceOffsets,
 };
 use arrow_array::{ArrayRef, BooleanArray, StringArray, UInt8Array};
 use parking_lot::RwLock;
@@ -366,8 +367,34 @@ impl ExactlyOnce {
     /// [`Store::append_all`]: a WAL record per batch, one wait for the fsync
     /// that covers them.
     pub fn ingest_all(&self, store: &Store, batches: &[EventBatch]) -> StorageResult<IngestSummary> {
+        self.ingest_batches(store, batches, None)
+    }
+
+    /// [`ExactlyOnce::ingest`] for the events of an outside stream's
+    /// messages: one WAL record holds the new rows of `batch` and `offsets`,
+    /// how far into the stream they were read ([`Store::append_from`]), so
+    /// the stream resumes exactly after what is durable. A batch with no
+    /// new rows (empty, or duplicates only) still writes its offsets.
+    pub fn ingest_from(
+        &self,
+        store: &Store,
+        batch: &EventBatch,
+        offsets: &SourceOffsets,
+    ) -> StorageResult<IngestSummary> {
+        self.ingest_batches(store, std::slice::from_ref(batch), Some(offsets))
+    }
+
+    fn ingest_batches(
+        &self,
+        store: &Store,
+        batches: &[EventBatch],
+        offsets: Option<&SourceOffsets>,
+    ) -> StorageResult<IngestSummary> {
         let total: usize = batches.iter().map(EventBatch::num_rows).sum();
         if total == 0 {
+            if let Some(offsets) = offsets {
+                store.append_from(Rows { batch: &EventBatch::empty(), keep: None }, offsets)?;
+            }
             return Ok(IngestSummary::default());
         }
         let mut keys = Vec::with_capacity(total);
@@ -422,8 +449,18 @@ impl ExactlyOnce {
             .collect();
         // From the append (rows visible to seals) until the anchors are indexed.
         let indexing = self.indexing.read();
-        let (stored, result) = match store.append_all(&rows) {
-            Ok(_) => (batches.len(), Ok(())),
+        let appended = match (offsets, rows.as_slice()) {
+            (None, _) => store.append_all(&rows).map(|_| ()),
+            (Some(offsets), [rows]) => {
+                store.append_from(*rows, offsets).map(|_| ()).map_err(|error| PartlyStored { stored: 0, error })
+            }
+            (Some(_), _) => Err(PartlyStored {
+                stored: 0,
+                error: StorageError::Internal("a stream's events are appended as one batch".into()),
+            }),
+        };
+        let (stored, result) = match appended {
+            Ok(()) => (batches.len(), Ok(())),
             Err(e) => (e.stored, Err(e.error)),
         };
         // Durable: from now on every later event is attributed with them.

@@ -37,6 +37,8 @@ pub struct Config {
     pub tiering: TieringConfig,
     /// `[click]`: where the click redirect may send users (`click.rs`).
     pub click: crate::click::ClickConfig,
+    /// `[[sources.kafka]]`: topics consumed as ingest (`kafka.rs`).
+    pub sources: crate::kafka::SourcesConfig,
     /// The settings the memory budget would fill in that the file gave
     /// (set by [`Config::parse`]).
     #[serde(skip)]
@@ -347,6 +349,7 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(ServerError::Config("server.max_body_bytes must be at least 1024".into()));
         }
+        self.sources.validate(self.server.max_body_bytes)?;
         if self.server.pg_max_connections == 0 {
             return Err(ServerError::Config(
                 "server.pg_max_connections must be positive (turn the protocol off with server.pg_listen = \"off\")"

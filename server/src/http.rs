@@ -63,6 +63,8 @@ pub struct AppState {
     pub memory: crate::memory::MemoryGuard,
     /// The click writer's queue (`click.rs`), set once the state exists.
     pub clicks: std::sync::OnceLock<std::sync::mpsc::Sender<crate::click::Pending>>,
+    /// The Kafka sources' threads and counters (`kafka.rs`).
+    pub kafka: crate::kafka::Sources,
 }
 
 /// One request's parse, counted in [`AppState::parsing`] while it lives.

@@ -18,6 +18,7 @@ mod error;
 mod exactly;
 mod extract;
 mod http;
+mod kafka;
 mod memory;
 mod metrics;
 mod pgwire;

@@ -26,6 +26,7 @@ mod lookup;
 mod manifest;
 pub mod measure;
 pub mod mirror;
+pub mod offsets;
 pub mod retention;
 pub mod rollup;
 mod scan;

@@ -31,6 +31,7 @@ use crate::billing::BillingSnapshot;
 use crate::error::{IoContext, Result, StorageError};
 use crate::failpoint;
 use crate::ids::{Lsn, SegmentId};
+use crate::offsets::SourceOffsets;
 use crate::rollup::RollupRef;
 
 const CATALOG_FILE: &str = "catalog.json";
@@ -176,6 +177,10 @@ pub struct Catalog {
     /// keys of its parts in the object store.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mirrored: BTreeMap<i64, Vec<String>>,
+    /// How far outside streams (Kafka partitions) were read into WAL
+    /// records already deleted (`crate::offsets`).
+    #[serde(default, skip_serializing_if = "SourceOffsets::is_empty")]
+    pub source_offsets: SourceOffsets,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +271,9 @@ impl Catalog {
         for (day, keys) in &edit.mirrored {
             next.mirrored.insert(*day, keys.clone());
         }
+        if let Some(offsets) = &edit.source_offsets {
+            next.source_offsets.merge(offsets);
+        }
         next.sealed.sort_by_key(|w| w.partition);
         Ok(next)
     }
@@ -291,6 +299,8 @@ pub struct CatalogEdit {
     /// erasure), as (old, new): what derives from the old one (rollup
     /// segments, merged days, billing snapshots' basis) now names the new.
     pub renamed: Vec<(SegmentId, SegmentId)>,
+    /// Source offsets to keep (each only moves forward).
+    pub source_offsets: Option<SourceOffsets>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -38,8 +38,10 @@ use crate::buffers::BufferPool;
 use crate::error::{IoContext, Result, StorageError};
 use crate::event::EventBatch;
 use crate::head::{Head, HeadChunk, Partitioning};
+use crate::ids::Lsn;
 use crate::ids::SegmentId;
 use crate::manifest::{Catalog, CatalogEdit, Level, Manifest, PartitionKey, SegmentMeta, Tier};
+use crate::offsets::SourceOffsets;
 use crate::rollup::RollupDef;
 use crate::seal::{SealPipeline, SidecarReader};
 use crate::segment::{BlockCache, SegmentReader, SegmentSchema};
@@ -451,6 +453,9 @@ struct Inner {
     retention: RwLock<crate::retention::RetentionPolicy>,
     /// The object store of cold segments, opened on first use (`store/tiering.rs`).
     object_tier: Mutex<Option<Arc<crate::tier::ObjectTier>>>,
+    /// Source offsets of every WAL record written, and the LSN of the last
+    /// record that carried any (`crate::offsets`).
+    offsets: Mutex<(SourceOffsets, Lsn)>,
     /// Held by a pass of the tiering or the mirror task and by an erasure,
     /// so no mirror part or upload of a segment being erased runs meanwhile.
     object_pass: Mutex<()>,
@@ -576,8 +581,12 @@ impl Store {
         let max_age = Duration::from_millis(config.seal_max_age_ms);
         let wal_config =
             WalConfig { dir: data_dir.join("wal"), file_size_bytes: config.wal_file_size_bytes, fsync: config.fsync };
+        let mut offsets = catalog.source_offsets.clone();
         let wal = Wal::open(wal_config, |lsn, payload| {
             let record = decode_record(payload)?;
+            if let Some(o) = &record.offsets {
+                offsets.merge(o);
+            }
             let indexed = partitioning.index_stored(record.batch, record.dropped);
             let stored = indexed.stored_rows();
             let chunks = indexed
@@ -636,6 +645,7 @@ impl Store {
             erasure_lock: Mutex::new(()),
             erased,
             object_tier: Mutex::new(object_tier),
+            offsets: Mutex::new((offsets, Lsn(0))),
         };
         let store = Store { inner: Arc::new(inner) };
         let sidecars = SidecarReader { segments_dir: store.inner.segments_dir.clone() };
@@ -645,6 +655,12 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+
+    /// How far into each outside stream the records written so far have
+    /// read (durable once the append that wrote them has returned).
+    pub fn source_offsets(&self) -> SourceOffsets {
+        self.inner.offsets.lock().0.clone()
     }
 
     pub fn partitioning(&self) -> Partitioning {

@@ -87,7 +87,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use codec::{decode_batch, encode_batch, encode_batch_into};
+pub use codec::{RecordNotes, decode_batch, encode_batch, encode_batch_into};
 pub(crate) use codec::{decode_encoded_record, decode_record};
 pub use writer::{Wal, Written};
 

@@ -46,7 +46,10 @@ impl Server {
             std::fs::write(&path, toml).expect("write config");
             cmd.arg("--config").arg(path);
         }
-        cmd.args(extra).env("ADSTORE_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(extra)
+            .env("ADSTORE_LOG", std::env::var("ADSTORE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn adstore serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();

@@ -127,8 +127,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         auth: Arc::new(auth),
         memory,
         clicks: std::sync::OnceLock::new(),
+        kafka: crate::kafka::Sources::default(),
     });
     let _ = state.clicks.set(crate::click::start_writer(Arc::downgrade(&state))?);
+    crate::kafka::Sources::start(&state)?;
+    let sources = state.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -164,6 +167,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, ServerError> {
         served
     });
     tracing::info!("shutting down: in-flight requests finished, syncing the WAL");
+    // They store what they hold before the store closes.
+    sources.kafka.stop();
+    drop(sources);
     // Close even if serving failed, so the WAL is synced either way.
     let closed = store.close();
     served?;

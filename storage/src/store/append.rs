@@ -18,7 +18,8 @@ use crate::event::EventBatch;
 use crate::head::{HeadChunk, Indexed};
 use crate::ids::Lsn;
 use crate::manifest::PartitionKey;
-use crate::wal::{Written, decode_encoded_record, encode_batch_into};
+use crate::offsets::SourceOffsets;
+use crate::wal::{RecordNotes, Written, decode_encoded_record, encode_batch_into};
 
 /// Smallest WAL payload whose rows the head keeps as a mapping of the WAL
 /// file rather than as a copy in memory: a mapping costs a system call and
@@ -132,7 +133,7 @@ impl Store {
             if r.is_empty() {
                 continue;
             }
-            match self.write_rows(*r) {
+            match self.write_rows(*r, None) {
                 Ok(lsn) => last = lsn,
                 Err(error) => {
                     // The records before this one are in the head. Once
@@ -148,17 +149,40 @@ impl Store {
         Ok(last)
     }
 
+    /// Appends the selected rows of `batch` in one WAL record with the
+    /// source offsets of the messages they came in (`crate::offsets`), as
+    /// [`Store::append`] does: the offsets are durable exactly when the
+    /// rows are. An append with no rows still writes its offsets, so that a
+    /// run of duplicates or bad messages is not read again.
+    pub fn append_from(&self, rows: Rows<'_>, offsets: &SourceOffsets) -> Result<Lsn> {
+        if self.inner.stop.load(Ordering::Acquire) {
+            return Err(StorageError::ShuttingDown);
+        }
+        self.check_disk_space()?;
+        self.check_head_room()?;
+        let lsn = self.write_rows(rows, Some(offsets))?;
+        self.inner.wal.wait_written(lsn)?;
+        Ok(lsn)
+    }
+
     /// One record of [`Store::append_all`]: groups the rows, writes them to
     /// the WAL (not waiting for its fsync) and puts them in the head.
-    pub(super) fn write_rows(&self, r: Rows<'_>) -> Result<Lsn> {
+    pub(super) fn write_rows(&self, r: Rows<'_>, offsets: Option<&SourceOffsets>) -> Result<Lsn> {
         let indexed = self.inner.partitioning.index(r.batch, r.keep)?;
         let mut payload = self.inner.encode_buffers.take();
-        encode_batch_into(&indexed.rows, &indexed.dropped, Some(now_ms()), payload.vec_mut())?;
+        let notes = RecordNotes { arrived_ms: Some(now_ms()), offsets };
+        encode_batch_into(&indexed.rows, &indexed.dropped, notes, payload.vec_mut())?;
         let appended = indexed.stored_rows() as u64;
         let max_ts = indexed.max_ts;
         let lsn = self.inner.wal.write_with(&payload, |lsn, written| {
             let chunks = head_chunks(lsn, &written, &payload, indexed);
             self.inner.visible.write().head.insert(chunks, Instant::now());
+            // In LSN order, under the log's append lock.
+            if let Some(offsets) = offsets {
+                let mut noted = self.inner.offsets.lock();
+                noted.0.merge(offsets);
+                noted.1 = lsn;
+            }
         })?;
         self.inner.counters.appended_rows.fetch_add(appended, Ordering::Relaxed);
         if let Some(max) = max_ts {

@@ -468,12 +468,31 @@ impl Store {
         Ok((meta, reader))
     }
 
+    /// Commits to the catalog the source offsets of the records written so
+    /// far, once they are durable: the WAL files about to be deleted may be
+    /// the only place that holds them.
+    fn keep_source_offsets(&self) -> Result<()> {
+        let inner = &self.inner;
+        let (offsets, lsn) = inner.offsets.lock().clone();
+        if !inner.manifest.current().source_offsets.is_behind(&offsets) {
+            return Ok(());
+        }
+        inner.wal.wait_written(lsn)?;
+        let edit = CatalogEdit { source_offsets: Some(offsets), ..CatalogEdit::default() };
+        let catalog = inner.manifest.commit(&edit)?;
+        inner.visible.write().catalog = catalog;
+        Ok(())
+    }
+
     /// Deletes WAL files whose records are all in segments, and forgets
     /// seal watermarks that no retained record can need. Returns how many
     /// files it deleted.
     pub(super) fn truncate_wal(&self) -> Result<usize> {
         let inner = &self.inner;
         let keep_from = inner.visible.read().head.min_lsn().unwrap_or_else(|| inner.wal.next_lsn());
+        if inner.wal.would_truncate(keep_from) {
+            self.keep_source_offsets()?;
+        }
         let deleted = inner.wal.truncate_before(keep_from)?;
         // Without fsync a deleted file may come back after a crash; keep the
         // watermarks then, so a resurrected record is still skipped.

@@ -943,3 +943,40 @@ fn replayed_events_keep_their_seal_age() {
     assert_eq!(store.snapshot().head_rows(), 0);
     assert_eq!(all_events(&store).len(), 20);
 }
+
+/// Source offsets come back after a restart from the WAL records that
+/// carry them, and from the catalog once those records' files are
+/// deleted; an append without rows still moves them.
+#[test]
+fn source_offsets_survive_restarts_and_wal_deletion() {
+    use crate::offsets::SourceOffsets;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut expected = SourceOffsets::default();
+    for n in 0..200u64 {
+        let mut offsets = SourceOffsets::default();
+        offsets.advance("kafka/events", (n % 4) as i32, n as i64 + 1);
+        expected.merge(&offsets);
+        let batch = EventBatch::from_events(&[event(n, 5_000, "a2")]);
+        store.append_from(Rows { batch: &batch, keep: None }, &offsets).expect("append");
+    }
+    let mut duplicates_only = SourceOffsets::default();
+    duplicates_only.advance("kafka/events", 0, 1_000);
+    let batch = EventBatch::from_events(&[event(7, 5_000, "a2")]);
+    store.append_from(Rows { batch: &batch, keep: Some(&[]) }, &duplicates_only).expect("append no rows");
+    expected.merge(&duplicates_only);
+    assert_eq!(store.source_offsets(), expected);
+    store.close().expect("close");
+
+    let store = open(dir.path());
+    assert_eq!(store.source_offsets(), expected, "replayed from the WAL");
+    assert_eq!(store.snapshot().head_rows(), 200, "the record without rows adds none");
+    store.seal_all().expect("seal");
+    assert_eq!(std::fs::read_dir(dir.path().join("wal")).expect("wal dir").count(), 1, "sealed files deleted");
+    assert_eq!(store.snapshot().catalog.source_offsets, expected, "kept in the catalog before the deletion");
+    store.close().expect("close");
+
+    let store = open(dir.path());
+    assert_eq!(store.source_offsets(), expected, "from the catalog");
+    assert_eq!(store.snapshot().segment_rows(), 200);
+}

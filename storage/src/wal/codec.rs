@@ -3,8 +3,10 @@
 //! rows of the batch that the record does not store, if there are any:
 //!
 //! ```text
-//! payload = ipc                                      every row is stored
-//!         | "ADSDROP\0" | n: u32 LE | 4 zero bytes | row: u32 LE × n | zero bytes to a multiple of 8 | ipc
+//! payload = [arrived] [offsets] [dropped] ipc
+//! arrived = "ADSTIME\0" | epoch ms: i64 LE
+//! offsets = source offsets (`crate::offsets`), a multiple of 8 bytes
+//! dropped = "ADSDROP\0" | n: u32 LE | 4 zero bytes | row: u32 LE × n | zero bytes to a multiple of 8
 //! ```
 //!
 //! The dropped rows are ascending row numbers of the batch. They are there
@@ -22,6 +24,7 @@ use arrow_schema::ArrowError;
 
 use crate::error::{Result, StorageError};
 use crate::event::{EventBatch, are_rows_under, event_schema, other_rows};
+use crate::offsets::SourceOffsets;
 
 /// Room for the IPC schema and message headers on top of the batch's buffers.
 const IPC_OVERHEAD_BYTES: usize = 16 << 10;
@@ -44,44 +47,52 @@ pub struct Record {
     /// When the events arrived (epoch ms, the server's clock); `None` in
     /// records written before this was noted.
     pub arrived_ms: Option<i64>,
+    /// How far into outside streams the consumer that wrote the record
+    /// had read, once it is durable; `None` for other records.
+    pub offsets: Option<SourceOffsets>,
+}
+
+/// What a record says besides its rows: when they arrived, the source
+/// offsets they carry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordNotes<'a> {
+    pub arrived_ms: Option<i64>,
+    pub offsets: Option<&'a SourceOffsets>,
 }
 
 /// Encodes `batch` as an Arrow IPC stream (schema + one batch + end marker).
 pub fn encode_batch(batch: &EventBatch) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    encode_batch_into(batch, &[], None, &mut out)?;
+    encode_batch_into(batch, &[], RecordNotes::default(), &mut out)?;
     Ok(out)
 }
 
 /// Encodes the rows of `batch` not in `dropped` (ascending row numbers of
-/// it), and when they arrived, into `out` (cleared first), so a caller can
-/// reuse one buffer for many records instead of megabytes of fresh memory
-/// each time.
-pub fn encode_batch_into(
-    batch: &EventBatch,
-    dropped: &[u32],
-    arrived_ms: Option<i64>,
-    out: &mut Vec<u8>,
-) -> Result<()> {
+/// it), with `notes`, into `out` (cleared first), so a caller can reuse one
+/// buffer for many records instead of megabytes of fresh memory each time.
+pub fn encode_batch_into(batch: &EventBatch, dropped: &[u32], notes: RecordNotes<'_>, out: &mut Vec<u8>) -> Result<()> {
     let rb = batch.record_batch();
     // Sized up front: growing by doubling copied the payload several times,
     // each time into memory fresh from the kernel.
     out.clear();
     out.reserve(ARRIVED_PREFIX_LEN + dropped_prefix_len(dropped.len()) + batch.memory_bytes() + IPC_OVERHEAD_BYTES);
-    if let Some(ms) = arrived_ms {
+    if let Some(ms) = notes.arrived_ms {
         out.extend_from_slice(&ARRIVED_MAGIC);
         out.extend_from_slice(&ms.to_le_bytes());
+    }
+    if let Some(offsets) = notes.offsets {
+        offsets.encode_into(out)?;
     }
     if !dropped.is_empty() {
         if !are_rows_under(dropped, batch.num_rows()) {
             return Err(StorageError::Internal("dropped rows must be ascending row numbers of the batch".into()));
         }
         let n = u32::try_from(dropped.len()).map_err(|_| ipc_error("too many dropped rows for one record"))?;
+        let start = out.len();
         out.extend_from_slice(&DROPPED_MAGIC);
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         out.extend(dropped.iter().flat_map(|row| row.to_le_bytes()));
-        let start = if arrived_ms.is_some() { ARRIVED_PREFIX_LEN } else { 0 };
         out.resize(start + dropped_prefix_len(dropped.len()), 0);
     }
     let mut writer = StreamWriter::try_new(out, rb.schema_ref())?;
@@ -95,18 +106,31 @@ fn dropped_prefix_len(n: usize) -> usize {
     if n == 0 { 0 } else { (16 + 4 * n).next_multiple_of(8) }
 }
 
-/// When a payload's events arrived, its dropped rows, and where its IPC
-/// stream starts.
-fn split_payload(bytes: &[u8]) -> Result<(Option<i64>, Vec<u32>, usize)> {
-    let (arrived_ms, at) = match bytes.strip_prefix(&ARRIVED_MAGIC) {
+/// What a payload holds before its IPC stream, and where that starts.
+struct Prefix {
+    arrived_ms: Option<i64>,
+    offsets: Option<SourceOffsets>,
+    dropped: Vec<u32>,
+    ipc_at: usize,
+}
+
+fn split_payload(bytes: &[u8]) -> Result<Prefix> {
+    let (arrived_ms, mut at) = match bytes.strip_prefix(&ARRIVED_MAGIC) {
         Some(rest) => {
             let ms = rest.get(..8).ok_or_else(|| ipc_error("the arrival time is cut short"))?;
             (Some(i64::from_le_bytes([ms[0], ms[1], ms[2], ms[3], ms[4], ms[5], ms[6], ms[7]])), ARRIVED_PREFIX_LEN)
         }
         None => (None, 0),
     };
+    let offsets = match SourceOffsets::decode_prefix(&bytes[at..]).map_err(|e| ipc_error(&e))? {
+        Some((offsets, len)) => {
+            at += len;
+            Some(offsets)
+        }
+        None => None,
+    };
     let (dropped, start) = split_dropped(&bytes[at..])?;
-    Ok((arrived_ms, dropped, at + start))
+    Ok(Prefix { arrived_ms, offsets, dropped, ipc_at: at + start })
 }
 
 /// The dropped rows of a payload (after any arrival time), and where its
@@ -135,11 +159,12 @@ fn split_dropped(bytes: &[u8]) -> Result<(Vec<u32>, usize)> {
 
 /// The record's rows and their batch, checking that the dropped rows are
 /// rows of it.
-fn record(batch: EventBatch, dropped: Vec<u32>, arrived_ms: Option<i64>) -> Result<Record> {
+fn record(batch: EventBatch, prefix: Prefix) -> Result<Record> {
+    let Prefix { arrived_ms, offsets, dropped, .. } = prefix;
     if dropped.last().is_some_and(|&last| last as usize >= batch.num_rows()) {
         return Err(ipc_error("a dropped row is not a row of the batch"));
     }
-    Ok(Record { batch, dropped, arrived_ms })
+    Ok(Record { batch, dropped, arrived_ms, offsets })
 }
 
 /// Decodes a payload written by [`encode_batch_into`]: the stored rows.
@@ -161,8 +186,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<EventBatch> {
 /// one batch, after a well-formed list of dropped rows of it if any;
 /// [`StorageError::Schema`] if the batch is not an event batch.
 pub fn decode_record(bytes: &[u8]) -> Result<Record> {
-    let (arrived_ms, dropped, start) = split_payload(bytes)?;
-    let mut reader = StreamReader::try_new(&bytes[start..], None)?;
+    let prefix = split_payload(bytes)?;
+    let mut reader = StreamReader::try_new(&bytes[prefix.ipc_at..], None)?;
     let batch = match reader.next() {
         Some(batch) => batch?,
         None => return Err(ipc_error("the IPC stream holds no record batch")),
@@ -170,7 +195,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
     if reader.next().is_some() {
         return Err(ipc_error("the IPC stream holds more than one record batch"));
     }
-    record(EventBatch::try_new(batch)?, dropped, arrived_ms)
+    record(EventBatch::try_new(batch)?, prefix)
 }
 
 /// [`decode_record`] without a copy and without checking the arrays: the
@@ -188,8 +213,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
 /// schema.
 #[allow(unsafe_code)]
 pub(crate) unsafe fn decode_encoded_record(bytes: arrow_buffer::Buffer) -> Result<Record> {
-    let (arrived_ms, dropped, start) = split_payload(&bytes)?;
-    let bytes = bytes.slice(start);
+    let prefix = split_payload(&bytes)?;
+    let bytes = bytes.slice(prefix.ipc_at);
     // The stream `encode_batch_into` writes: the schema message, the batch
     // message, the end marker. Each message is the continuation marker, the
     // metadata length (i32 LE), the metadata, then its body.
@@ -211,7 +236,7 @@ pub(crate) unsafe fn decode_encoded_record(bytes: arrow_buffer::Buffer) -> Resul
     // decoder does.)
     let decoder = unsafe { FileDecoder::new(event_schema(), MetadataVersion::V5).with_skip_validation(true) };
     match decoder.read_record_batch(&block, &bytes.slice(at))? {
-        Some(batch) => record(EventBatch::try_new(batch)?, dropped, arrived_ms),
+        Some(batch) => record(EventBatch::try_new(batch)?, prefix),
         None => Err(ipc_error("the IPC stream holds no record batch")),
     }
 }
@@ -284,13 +309,22 @@ mod tests {
             cut in 0usize..30,
             drop in prop::collection::vec(any::<bool>(), 30),
             arrived in prop::option::of(any::<i64>()),
+            offsets in prop::option::of(prop::collection::vec(("[a-z/]{1,10}", any::<i32>(), any::<i64>()), 1..4)),
         ) {
+            let offsets = offsets.map(|entries| {
+                let mut offsets = SourceOffsets::default();
+                for (stream, partition, next) in entries {
+                    offsets.advance(&stream, partition, next);
+                }
+                offsets
+            });
+            let notes = RecordNotes { arrived_ms: arrived, offsets: offsets.as_ref() };
             let batch = EventBatch::from_events(&events);
             let cut = cut.min(events.len());
             let events = &events[cut..];
             let dropped: Vec<u32> = (0..events.len() as u32).filter(|&i| drop[i as usize]).collect();
             let mut bytes = Vec::new();
-            encode_batch_into(&batch.slice(cut, events.len()), &dropped, arrived, &mut bytes).expect("encode");
+            encode_batch_into(&batch.slice(cut, events.len()), &dropped, notes, &mut bytes).expect("encode");
             let stored: Vec<Event> =
                 events.iter().enumerate().filter(|(i, _)| !drop[*i]).map(|(_, e)| e.clone()).collect();
             prop_assert_eq!(decode_batch(&bytes).expect("decode").events(), stored);
@@ -298,12 +332,14 @@ mod tests {
             prop_assert_eq!(checked.batch.events(), events.to_vec());
             prop_assert_eq!(&checked.dropped, &dropped);
             prop_assert_eq!(checked.arrived_ms, arrived);
+            prop_assert_eq!(&checked.offsets, &offsets);
             // SAFETY: `bytes` are what `encode_batch_into` wrote.
             #[allow(unsafe_code)]
             let in_place = unsafe { decode_encoded_record(bytes.into()) }.expect("decode");
             prop_assert_eq!(in_place.batch.events(), events.to_vec());
             prop_assert_eq!(in_place.dropped, dropped);
             prop_assert_eq!(in_place.arrived_ms, arrived);
+            prop_assert_eq!(in_place.offsets, offsets);
         }
 
         #[test]
@@ -330,13 +366,14 @@ mod tests {
     fn bad_lists_of_dropped_rows_are_errors() {
         let batch = EventBatch::from_events(&vec![Event::default(); 4]);
         let mut good = Vec::new();
-        encode_batch_into(&batch, &[1, 3], None, &mut good).expect("encode");
+        encode_batch_into(&batch, &[1, 3], RecordNotes::default(), &mut good).expect("encode");
         assert_eq!(decode_record(&good).expect("decode").dropped, vec![1, 3]);
         let mut one = Vec::new();
-        encode_batch_into(&batch, &[1], None, &mut one).expect("encode");
+        encode_batch_into(&batch, &[1], RecordNotes::default(), &mut one).expect("encode");
         assert_eq!(decode_record(&one).expect("decode").dropped, vec![1], "four bytes of padding");
         for bad in [&[1, 1][..], &[2, 1], &[4]] {
-            let err = encode_batch_into(&batch, bad, None, &mut Vec::new()).expect_err("not rows of the batch");
+            let err = encode_batch_into(&batch, bad, RecordNotes::default(), &mut Vec::new())
+                .expect_err("not rows of the batch");
             assert!(err.to_string().contains("ascending row numbers of the batch"), "{bad:?}: {err}");
         }
         let with_list = |n: u32, rows: &[u32]| {

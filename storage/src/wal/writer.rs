@@ -399,6 +399,11 @@ impl Wal {
         }
     }
 
+    /// Whether [`Wal::truncate_before`]`(lsn)` would delete a file.
+    pub fn would_truncate(&self, lsn: Lsn) -> bool {
+        self.append.lock().closed.first().is_some_and(|f| f.last_lsn < lsn)
+    }
+
     /// Deletes every closed file whose records all have an LSN below `lsn`,
     /// oldest first, and returns how many it deleted. The active file is
     /// never deleted. Call it only once those records are safe elsewhere

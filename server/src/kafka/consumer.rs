@@ -1,0 +1,390 @@
+//! A source's consumer thread: poll, gather, store, commit; pause while the
+//! store has no room; hand partitions over cleanly on a rebalance.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use adstore_ingest::ParseOptions;
+use adstore_storage::{EventBatch, StorageError};
+use parking_lot::Mutex;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use super::pending::{DeadLetter, DeadLetters, Pending};
+use super::{KafkaSourceConfig, SourceStats};
+use crate::error::ServerError;
+use crate::http::{AppState, now_ms};
+
+/// How long a call to the group coordinator may take (committed offsets at
+/// an assignment, the commit at a hand-over).
+const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the loop waits between looks while the store has no room or a
+/// store failed.
+const BACKOFF: Duration = Duration::from_millis(200);
+
+type SourceConsumer = BaseConsumer<SourceContext>;
+
+/// A source, ready to run on its own thread.
+pub struct Source {
+    consumer: SourceConsumer,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What the loop and the rebalance callback (run inside `poll`, on the
+/// same thread) share.
+struct Shared {
+    app: Arc<AppState>,
+    config: KafkaSourceConfig,
+    stream: String,
+    stats: Arc<SourceStats>,
+    pending: Mutex<Pending>,
+    dead: Mutex<DeadLetters>,
+}
+
+pub struct SourceContext {
+    shared: Arc<Shared>,
+}
+
+/// Why a batch was not stored; it stays pending.
+enum NotStored {
+    /// The store has no room or is busy: wait and try again.
+    Busy(String),
+    /// The server is stopping.
+    Stopping,
+}
+
+impl Source {
+    pub fn connect(
+        app: Arc<AppState>,
+        config: KafkaSourceConfig,
+        stats: Arc<SourceStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Source, ServerError> {
+        let dead_path = config
+            .dead_letter_file
+            .clone()
+            .unwrap_or_else(|| app.data_dir.join("dead-letters").join(format!("{}.ndjson", config.name)));
+        let mut client = ClientConfig::new();
+        for (key, value) in &config.options {
+            client.set(key, value);
+        }
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group)
+            .set("client.id", format!("adstore-{}", config.name))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", config.start.as_str())
+            .set("statistics.interval.ms", "1000");
+        let shared = Arc::new(Shared {
+            stream: config.stream(),
+            dead: Mutex::new(DeadLetters::new(dead_path, config.dead_letter_max_bytes)),
+            pending: Mutex::new(Pending::default()),
+            app,
+            config,
+            stats,
+        });
+        let consumer: SourceConsumer = client
+            .create_with_context(SourceContext { shared: shared.clone() })
+            .map_err(|e| ServerError::Config(format!("sources.kafka {:?}: {e}", shared.config.name)))?;
+        consumer
+            .subscribe(&[shared.config.topic.as_str()])
+            .map_err(|e| ServerError::Config(format!("sources.kafka {:?}: {e}", shared.config.name)))?;
+        Ok(Source { consumer, shared, stop })
+    }
+
+    /// Consumes until the server stops, then stores what it holds, commits
+    /// and leaves the group.
+    pub fn run(self) {
+        let Source { consumer, shared, stop } = self;
+        let wait = Duration::from_millis(shared.config.max_batch_wait_ms);
+        let mut paused = false;
+        while !stop.load(Ordering::Acquire) {
+            let room = shared.room();
+            if room.is_err() != paused {
+                paused = room.is_err();
+                shared.pause(&consumer, paused);
+            }
+            if paused {
+                // Still polled: the group's heartbeats and rebalances go on.
+                shared.take(consumer.poll(BACKOFF));
+                continue;
+            }
+            shared.take(consumer.poll(wait.min(Duration::from_millis(50))));
+            // Everything already fetched, without waiting.
+            while shared.pending.lock().messages() < 100_000 && !shared.is_due() {
+                match consumer.poll(Duration::ZERO) {
+                    None => break,
+                    message => shared.take(message),
+                }
+            }
+            if shared.is_due()
+                && let Err(NotStored::Busy(why)) = shared.store(&consumer)
+            {
+                tracing::debug!(source = %shared.config.name, why, "batch not stored yet; retrying");
+                shared.take(consumer.poll(BACKOFF));
+            }
+        }
+        if let Err(NotStored::Busy(why)) = shared.store(&consumer) {
+            tracing::warn!(source = %shared.config.name, why,
+                "stopping with messages not stored; they are read again at the next start");
+        }
+        consumer.unsubscribe();
+        tracing::info!(source = %shared.config.name, "Kafka source stopped");
+    }
+}
+
+impl Shared {
+    /// `Err` while the store would refuse an append: head or memory full,
+    /// disk low.
+    fn room(&self) -> Result<(), ServerError> {
+        self.app.store.check_disk_space()?;
+        self.app.store.check_head_room()?;
+        self.app.memory.check(&self.app.store, &self.app.exactly_once)
+    }
+
+    fn pause(&self, consumer: &SourceConsumer, pause: bool) {
+        self.stats.paused.store(pause, Ordering::Relaxed);
+        if pause {
+            self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(assigned) = consumer.assignment() else { return };
+        let result = if pause { consumer.pause(&assigned) } else { consumer.resume(&assigned) };
+        if let Err(e) = result {
+            tracing::warn!(source = %self.config.name, error = %e, pause, "cannot pause or resume the partitions");
+        }
+        tracing::info!(source = %self.config.name, pause, "Kafka source {}", if pause {
+            "paused: the store has no room until seals catch up"
+        } else {
+            "resumed"
+        });
+    }
+
+    fn is_due(&self) -> bool {
+        let pending = self.pending.lock();
+        !pending.is_empty() && pending.is_due(self.config.max_batch_bytes, self.config.max_batch_wait_ms)
+    }
+
+    /// Adds a polled message to the pending batch, unless the WAL already
+    /// holds it.
+    fn take<M: Message>(&self, polled: Option<Result<M, KafkaError>>) {
+        match polled {
+            None => {}
+            Some(Err(e)) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(source = %self.config.name, error = %e, "Kafka consumer error");
+            }
+            Some(Ok(m)) => {
+                let stored = self.stats.partitions.lock().get(&m.partition()).map(|p| p.stored);
+                if stored.is_some_and(|next| m.offset() < next) {
+                    return;
+                }
+                self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                self.pending.lock().push(&self.stream, m.partition(), m.offset(), m.payload());
+            }
+        }
+    }
+
+    /// Stores the pending batch: parsed as HTTP ingest parses a body, its
+    /// bad lines written as dead letters, then its events and offsets in
+    /// one WAL record; then the offsets are committed to the group.
+    fn store(&self, consumer: &SourceConsumer) -> Result<(), NotStored> {
+        let mut pending = self.pending.lock();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.room().map_err(|e| NotStored::Busy(e.to_string()))?;
+        let app = &self.app;
+        // Held from before the lateness check until the admit, as HTTP
+        // ingest holds it.
+        let hold = app.exactly_once.dedupe().hold();
+        let newest = app.newest_ts_ms.load(Ordering::Acquire);
+        hold.checked_against(newest);
+        let ingest = &app.config.ingest;
+        let base = ParseOptions {
+            now_ms: now_ms(),
+            max_future_skew_ms: ingest.max_future_skew_ms,
+            min_ts_ms: (newest != i64::MIN).then(|| newest.saturating_sub(ingest.allowed_lateness_ms)),
+            ..ParseOptions::default()
+        };
+        let (name, topic) = (self.config.name.as_str(), self.config.topic.as_str());
+        let mut letters = Vec::new();
+        let outcomes = pending.parse(
+            |partition| ParseOptions {
+                publishers: self.config.publisher_of(partition).map(|p| vec![p.to_string()]),
+                ..base.clone()
+            },
+            |partition, offset, line, e, value| {
+                letters.push(DeadLetter {
+                    source: name,
+                    topic,
+                    partition,
+                    offset,
+                    line,
+                    field: e.field.clone(),
+                    reason: e.reason.clone(),
+                    value: String::from_utf8_lossy(value).into_owned(),
+                })
+            },
+        );
+        let batches: Vec<EventBatch> = outcomes.iter().flat_map(|o| o.batches.iter().cloned()).collect();
+        let batches = app.auth.signing.mark(batches).map_err(|e| NotStored::Busy(e.to_string()))?;
+        let batch = match batches.as_slice() {
+            [one] => one.clone(),
+            [] => EventBatch::empty(),
+            many => EventBatch::concat(many).map_err(|e| NotStored::Busy(e.to_string()))?,
+        };
+        // Before the offsets past them are durable: a crash in between
+        // writes them again, never loses them.
+        let dead = self.dead.lock().write(&letters);
+        if let Err(e) = dead {
+            let path = self.dead.lock().path().display().to_string();
+            return Err(NotStored::Busy(format!("cannot write the dead letters to {path}: {e}")));
+        }
+        let summary = match app.exactly_once.ingest_from(&app.store, &batch, &pending.offsets) {
+            Ok(summary) => summary,
+            Err(StorageError::ShuttingDown) => return Err(NotStored::Stopping),
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(NotStored::Busy(e.to_string()));
+            }
+        };
+        if let Some(max) = outcomes.iter().filter_map(|o| o.max_ts()).max() {
+            app.newest_ts_ms.fetch_max(max, Ordering::Release);
+        }
+        drop(hold);
+        let stats = &self.stats;
+        stats.records.fetch_add(1, Ordering::Relaxed);
+        stats.accepted.fetch_add(summary.accepted as u64, Ordering::Relaxed);
+        stats.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
+        stats.dead_letters.fetch_add(letters.len() as u64, Ordering::Relaxed);
+        app.counters.accepted.fetch_add(summary.accepted as u64, Ordering::Relaxed);
+        app.counters.duplicates.fetch_add(summary.duplicates as u64, Ordering::Relaxed);
+        app.counters.rejected.fetch_add(letters.len() as u64, Ordering::Relaxed);
+        let offsets = std::mem::take(&mut *pending).offsets;
+        drop(pending);
+        let mut tpl = TopicPartitionList::new();
+        let mut partitions = stats.partitions.lock();
+        for (stream, partition, next) in offsets.iter() {
+            if stream == self.stream {
+                partitions.entry(partition).or_default().stored = next;
+                let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+            }
+        }
+        drop(partitions);
+        // The WAL holds them; the group's offsets follow for lag tools and
+        // for a node that takes a partition over.
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(source = %name, error = %e, "offset commit to the group failed; the next one carries them");
+        }
+        Ok(())
+    }
+
+    /// Where each newly assigned partition starts: after what the WAL
+    /// holds, or after what the group committed if another node has read
+    /// further since.
+    fn start_offsets(&self, consumer: &SourceConsumer, assigned: &mut TopicPartitionList) {
+        let committed = consumer.committed_offsets(assigned.clone(), COORDINATOR_TIMEOUT).unwrap_or_else(|e| {
+            tracing::warn!(source = %self.config.name, error = %e, "cannot read the group's committed offsets");
+            TopicPartitionList::new()
+        });
+        let stored = self.app.store.source_offsets();
+        let mut starts = Vec::new();
+        for elem in assigned.elements() {
+            let partition = elem.partition();
+            let group = committed.find_partition(elem.topic(), partition).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            let wal = stored.next(&self.stream, partition);
+            let start = wal.max(group);
+            if let Some(start) = start {
+                starts.push((elem.topic().to_string(), partition, start));
+            }
+            let mut partitions = self.stats.partitions.lock();
+            partitions.entry(partition).or_default().stored = start.unwrap_or(0);
+            tracing::info!(source = %self.config.name, partition, wal, group, start, "partition assigned");
+        }
+        for (topic, partition, start) in starts {
+            let _ = assigned.set_partition_offset(&topic, partition, Offset::Offset(start));
+        }
+    }
+
+    /// Before partitions go to another node: what is pending is stored
+    /// and its offsets committed, so the next owner starts after it. What
+    /// cannot be stored is dropped here, uncommitted, for the next owner.
+    fn hand_over(&self, consumer: &SourceConsumer, revoked: &TopicPartitionList) {
+        match self.store(consumer) {
+            Ok(()) => {}
+            Err(NotStored::Busy(why)) => {
+                tracing::warn!(source = %self.config.name, why, "partitions handed over with messages not stored here");
+                *self.pending.lock() = Pending::default();
+            }
+            Err(NotStored::Stopping) => *self.pending.lock() = Pending::default(),
+        }
+        let stored = self.app.store.source_offsets();
+        let mut tpl = TopicPartitionList::new();
+        for elem in revoked.elements() {
+            if let Some(next) = stored.next(&self.stream, elem.partition()) {
+                let _ = tpl.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(next));
+            }
+            self.stats.partitions.lock().remove(&elem.partition());
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        {
+            tracing::warn!(source = %self.config.name, error = %e, "cannot commit offsets at a hand-over");
+        }
+        tracing::info!(source = %self.config.name, partitions = revoked.count(), "partitions handed over");
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.config.topic) else { return };
+        let mut partitions = self.shared.stats.partitions.lock();
+        for (id, p) in &topic.partitions {
+            if let Some(stats) = partitions.get_mut(id)
+                && p.hi_offset >= 0
+            {
+                stats.high = Some(p.hi_offset);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(source = %self.shared.config.name, error = %error, reason, "Kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(&self, consumer: &SourceConsumer, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.start_offsets(consumer, tpl);
+                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.hand_over(consumer, tpl);
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+            other => {
+                tracing::warn!(source = %self.shared.config.name, error = ?other, "rebalance failed");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(source = %self.shared.config.name, error = %e, "cannot change the assignment");
+        }
+    }
+}

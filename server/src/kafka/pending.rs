@@ -1,0 +1,212 @@
+//! Messages polled and not yet stored: each partition's values as one
+//! NDJSON body, which message each line came from, and the offsets the
+//! batch will carry.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use adstore_ingest::{LineError, ParseOptions, ParseOutcome, parse_ndjson};
+use adstore_storage::offsets::SourceOffsets;
+use serde::Serialize;
+
+/// One message's place in its partition's body.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    offset: i64,
+    /// Its first line in the body (1-based), and how many it has.
+    first_line: usize,
+    lines: usize,
+    /// Its bytes in the body.
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Default)]
+struct PartitionBody {
+    bytes: Vec<u8>,
+    lines: usize,
+    messages: Vec<Placed>,
+}
+
+impl PartitionBody {
+    /// The message that holds line `line` of the body.
+    fn message_of(&self, line: usize) -> Option<&Placed> {
+        let at = self.messages.partition_point(|m| m.first_line <= line);
+        at.checked_sub(1).map(|i| &self.messages[i]).filter(|m| line < m.first_line + m.lines.max(1))
+    }
+
+    fn value_of(&self, m: &Placed) -> &[u8] {
+        self.bytes.get(m.start..m.end).unwrap_or_default()
+    }
+}
+
+/// Messages gathered for the next WAL record.
+#[derive(Debug, Default)]
+pub struct Pending {
+    partitions: BTreeMap<i32, PartitionBody>,
+    /// The next offset of every partition a message was taken from.
+    pub offsets: SourceOffsets,
+    bytes: usize,
+    messages: usize,
+    since: Option<Instant>,
+}
+
+/// A rejected line, as written to the dead-letter file.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter<'a> {
+    pub source: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The line within the message (1-based).
+    pub line: usize,
+    pub field: Option<String>,
+    pub reason: String,
+    /// The message's value (lossy UTF-8).
+    pub value: String,
+}
+
+impl Pending {
+    /// Takes a message's value (`None`: a message without one, which still
+    /// moves the offset).
+    pub fn push(&mut self, stream: &str, partition: i32, offset: i64, value: Option<&[u8]>) {
+        let body = self.partitions.entry(partition).or_default();
+        let value = value.unwrap_or_default();
+        let lines = value.iter().filter(|&&b| b == b'\n').count() + usize::from(!value.ends_with(b"\n"));
+        let lines = if value.is_empty() { 0 } else { lines };
+        if lines > 0 {
+            let start = body.bytes.len();
+            body.messages.push(Placed { offset, first_line: body.lines + 1, lines, start, end: start + value.len() });
+            body.bytes.extend_from_slice(value);
+            if !value.ends_with(b"\n") {
+                body.bytes.push(b'\n');
+            }
+            body.lines += lines;
+        }
+        self.offsets.advance(stream, partition, offset + 1);
+        self.bytes += value.len();
+        self.messages += 1;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// Whether the batch should be stored now.
+    pub fn is_due(&self, max_bytes: usize, max_wait_ms: u64) -> bool {
+        self.bytes >= max_bytes || self.since.is_some_and(|t| t.elapsed().as_millis() as u64 >= max_wait_ms)
+    }
+
+    /// Parses each partition's body with the options `opts_for` gives it,
+    /// calling `reject` for every bad line with the message it came in.
+    pub fn parse(
+        &self,
+        opts_for: impl Fn(i32) -> ParseOptions,
+        mut reject: impl FnMut(i32, i64, usize, &LineError, &[u8]),
+    ) -> Vec<ParseOutcome> {
+        let mut outcomes = Vec::with_capacity(self.partitions.len());
+        for (&partition, body) in &self.partitions {
+            if body.bytes.is_empty() {
+                continue;
+            }
+            let opts = ParseOptions { max_errors: usize::MAX, ..opts_for(partition) };
+            let outcome = parse_ndjson(&body.bytes, &opts);
+            for e in &outcome.errors {
+                match body.message_of(e.line) {
+                    Some(m) => reject(partition, m.offset, e.line + 1 - m.first_line, e, body.value_of(m)),
+                    // Not expected: every line is some message's.
+                    None => reject(partition, -1, e.line, e, &[]),
+                }
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+}
+
+/// The dead-letter file of a source, rotated past its size.
+pub struct DeadLetters {
+    path: PathBuf,
+    max_bytes: u64,
+    file: Option<File>,
+    written: u64,
+}
+
+impl DeadLetters {
+    pub fn new(path: PathBuf, max_bytes: u64) -> DeadLetters {
+        DeadLetters { path, max_bytes, file: None, written: 0 }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `letters`, one JSON line each, and syncs the file: they are
+    /// on disk before the offsets past them are.
+    pub fn write(&mut self, letters: &[DeadLetter<'_>]) -> std::io::Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for l in letters {
+            serde_json::to_writer(&mut text, l).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+        }
+        if self.file.is_some() && self.written + text.len() as u64 > self.max_bytes {
+            self.file = None;
+            std::fs::rename(&self.path, self.path.with_extension("ndjson.1"))?;
+        }
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+                self.written = f.metadata()?.len();
+                self.file.insert(f)
+            }
+        };
+        file.write_all(&text)?;
+        file.sync_data()?;
+        self.written += text.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_lines_name_the_message_and_line_they_came_in() {
+        let good = br#"{"event_id":"i-1","type":"impression","ts":"2026-11-22T10:00:00Z","publisher_id":"p","advertiser_id":"a","campaign_id":"c","ad_id":"d","impression_id":"i-1"}"#;
+        let mut pending = Pending::default();
+        pending.push("s/t", 0, 10, Some(good));
+        let mut two = good.to_vec();
+        two.extend_from_slice(b"\n{\"event_id\":\"x\"}\n");
+        pending.push("s/t", 0, 11, Some(&two));
+        pending.push("s/t", 0, 12, None);
+        pending.push("s/t", 1, 7, Some(b"not json"));
+        assert_eq!(pending.messages(), 4);
+        assert_eq!((pending.offsets.next("s/t", 0), pending.offsets.next("s/t", 1)), (Some(13), Some(8)));
+        let mut rejected = Vec::new();
+        let outcomes = pending.parse(
+            |_| ParseOptions::default(),
+            |p, offset, line, _, value| rejected.push((p, offset, line, String::from_utf8_lossy(value).into_owned())),
+        );
+        assert_eq!(outcomes.iter().map(|o| o.accepted()).sum::<usize>(), 2);
+        assert_eq!(
+            rejected,
+            vec![(0, 11, 2, String::from_utf8_lossy(&two).into_owned()), (1, 7, 1, "not json".to_string())]
+        );
+    }
+}

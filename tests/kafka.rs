@@ -1,0 +1,337 @@
+//! Kafka sources against a real Kafka-protocol broker (tansu, installed by
+//! `scripts/test`) with kafka-python as the producer: a topic consumed
+//! exactly once across SIGKILLs, checked against the independent oracle;
+//! bad messages as dead letters; a full head pausing the source; two nodes
+//! in one group handing partitions over.
+
+mod oracle;
+mod support;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use adstore_server::datagen::{BOT_UA_HASH, write_ndjson};
+use adstore_storage::SealKind;
+use support::{Server, sql};
+
+/// A tansu broker on a free 127.0.0.1 port, topics in a SQLite file under
+/// `dir`; killed on drop. (Its `memory://` engine answers a fetch from the
+/// middle of a producer's batch with the next batch, losing the rest of
+/// that one for any consumer that resumes there; its SQL engines keep
+/// records one by one.)
+struct Broker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        // tansu opens a sqlite:// path relative to its working directory.
+        let child = Command::new(tansu())
+            .current_dir(dir)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu broker (cargo install tansu --features libsql; scripts/test installs it)");
+        let broker = Broker { child, bootstrap: format!("127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&broker.bootstrap).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {}", broker.bootstrap);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        broker
+    }
+
+    /// Sends `lines` to `topic` (created with `partitions`), one message
+    /// each, keyed by advertiser, at most `per_second` a second (0: as fast
+    /// as it goes), in the background.
+    fn produce(&self, topic: &str, partitions: u32, lines: &Path, per_second: u32) -> Child {
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/produce.py"))
+            .args([&self.bootstrap, topic, &partitions.to_string()])
+            .arg(lines)
+            .args(["--per-second", &per_second.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 tests/kafka/produce.py (pip install kafka-python; scripts/test installs it)")
+    }
+}
+
+impl Broker {
+    /// Sets `group`'s committed offsets of every partition of `topic` to
+    /// `offset` (the group must have no members).
+    fn rewind(&self, group: &str, topic: &str, offset: i64) {
+        let status = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/rewind.py"))
+            .args([&self.bootstrap, group, topic, &offset.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("python3 tests/kafka/rewind.py");
+        assert!(status.success(), "rewind failed: {status}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu() -> PathBuf {
+    if let Some(path) = std::env::var_os("ADSTORE_TANSU") {
+        return path.into();
+    }
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .map(|home| home.join("bin/tansu"));
+    cargo_bin.filter(|p| p.exists()).unwrap_or_else(|| "tansu".into())
+}
+
+fn wait_producer(mut producer: Child) {
+    let status = producer.wait().expect("producer");
+    assert!(status.success(), "the producer failed: {status}");
+}
+
+fn count(server: &Server, query: &str) -> u64 {
+    let (status, body) = sql(server, query);
+    assert_eq!(status, 200, "{body}");
+    body["rows"][0][0].as_u64().unwrap_or_else(|| panic!("a count in {body}"))
+}
+
+/// Waits until `SELECT count(*) FROM events` reaches `n`.
+fn wait_for_events(server: &Server, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = count(server, "SELECT count(*) FROM events");
+        assert!(have <= n, "{have} events stored, more than the {n} sent");
+        if have == n {
+            return;
+        }
+        if Instant::now() > deadline {
+            let metrics = server.get_text("/metrics");
+            let kafka: Vec<&str> = metrics.lines().filter(|l| l.starts_with("adstore_kafka")).collect();
+            let letters = std::fs::read_to_string(server.data_dir.join("dead-letters/ads.ndjson")).unwrap_or_default();
+            panic!("{have} of {n} events stored after {timeout:?}\n{}\ndead letters:\n{letters}", kafka.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sum of a labelled series over its labels.
+fn metric_sum(server: &Server, name: &str) -> u64 {
+    let text = server.get_text("/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn source_config(broker: &Broker, extra: &str) -> String {
+    format!(
+        "[storage]\nseal_max_age_ms = 100\nseal_interval_ms = 20\nshards = 3\n\n\
+         [attribution]\nbot_ua_hashes = [\"{BOT_UA_HASH}\"]\n{extra}\n\
+         [[sources.kafka]]\nname = \"ads\"\nbrokers = \"{}\"\ntopic = \"events\"\ngroup = \"adstore-test\"\n\
+         max_batch_wait_ms = 20\nmax_batch_bytes = 65536\n\
+         # A killed node's partitions go to the others after this long.\n\
+         options = {{ \"session.timeout.ms\" = \"6000\" }}\n",
+        broker.bootstrap
+    )
+}
+
+/// The bad messages sent among the events, with what the dead letter
+/// must say of each.
+const BAD: [(&str, &str); 3] = [
+    (r#"{"event_id":"bad-1","type":"click"}"#, "ts"),
+    ("this is not json", "JSON"),
+    (
+        r#"{"event_id":"bad-3","type":"impression","ts":"yesterday","publisher_id":"p","advertiser_id":"adv-001","campaign_id":"c","ad_id":"a"}"#,
+        "ts",
+    ),
+];
+
+/// The oracle's stream (duplicates, out-of-order clicks, a click flood)
+/// through a 4-partition topic, the server SIGKILLed twice while it
+/// consumes: every event stored once, the bad messages in the dead-letter
+/// file, the numbers equal to the oracle's once final.
+#[test]
+fn a_topic_is_stored_exactly_once_across_sigkills_and_matches_the_oracle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let data = dir.path().join("data");
+    let sent = oracle::stream();
+    let unique = oracle::dedupe(&sent);
+    let mut lines = Vec::new();
+    for (i, e) in sent.iter().enumerate() {
+        if i % (sent.len() / BAD.len()) == 7
+            && let Some((bad, _)) = BAD.get(i / (sent.len() / BAD.len()))
+        {
+            lines.extend_from_slice(bad.as_bytes());
+            lines.push(b'\n');
+        }
+        write_ndjson(e, &mut lines);
+    }
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, &lines).expect("write events");
+    let producer = broker.produce("events", 4, &file, 4_000);
+    let config = source_config(&broker, "");
+    let mut server = Server::start(&data, Some(&config));
+    for third in [1, 2] {
+        let at = unique.len() as u64 * third / 3;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count(&server, "SELECT count(*) FROM events") < at {
+            assert!(Instant::now() < deadline, "the source did not reach {at} events");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Command::new("kill").args(["-KILL", &server.pid().to_string()]).status().expect("kill");
+        drop(server);
+        server = Server::start(&data, Some(&config));
+    }
+    wait_producer(producer);
+    wait_for_events(&server, unique.len() as u64, Duration::from_secs(120));
+    // Nothing more comes: no message is read twice.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&server, "SELECT count(*) FROM events"), unique.len() as u64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_sum(&server, "adstore_kafka_lag_messages") > 0 {
+        assert!(Instant::now() < deadline, "lag did not reach 0:\n{}", server.get_text("/metrics"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Each bad message is a dead letter naming where it was and why.
+    let letters = std::fs::read_to_string(data.join("dead-letters/ads.ndjson")).expect("dead letters");
+    let mut seen = std::collections::BTreeSet::new();
+    for line in letters.lines() {
+        let l: serde_json::Value = serde_json::from_str(line).expect("a JSON dead letter");
+        let (partition, offset) = (l["partition"].as_i64().expect("partition"), l["offset"].as_i64().expect("offset"));
+        assert!(offset >= 0, "{l}");
+        let (_, why) = BAD.iter().find(|(text, _)| l["value"] == *text).unwrap_or_else(|| panic!("unexpected {l}"));
+        let said = format!("{} {}", l["field"], l["reason"]);
+        assert!(said.contains(why), "{l} should say {why}");
+        assert_eq!((l["source"].as_str(), l["topic"].as_str()), (Some("ads"), Some("events")));
+        seen.insert((partition, offset, l["value"].to_string()));
+    }
+    // A crash between the dead letter's write and the record's may write
+    // one twice (same partition and offset), never lose one.
+    assert_eq!(seen.len(), BAD.len(), "{letters}");
+
+    // The WAL, not the group, says where to resume: with the group's
+    // offsets rewound to 0 while the server is down, a restart reads
+    // nothing again.
+    assert!(server.stop().success());
+    broker.rewind("adstore-test", "events", 0);
+    let server = Server::start(&data, Some(&config));
+    wait_until("the partitions are assigned", Duration::from_secs(60), || {
+        server.get_text("/metrics").lines().filter(|l| l.starts_with("adstore_kafka_stored_offset{")).count() == 4
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.metric("adstore_kafka_messages_total{source=\"ads\"}"), 0, "messages read again");
+    assert_eq!(count(&server, "SELECT count(*) FROM events"), unique.len() as u64);
+    assert!(server.stop().success());
+    let cfg = adstore_server::Config::load(&data.with_extension("toml")).expect("config");
+    let (store, _eo) = adstore_server::open_store(&data, &cfg).expect("open store");
+    store.seal_all().expect("seal");
+    let mut buckets: Vec<i64> = store.catalog().segments.values().map(|m| m.partition.bucket_start_ms).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    store.reseal_buckets(&buckets, SealKind::Final).expect("finalize");
+    let rules = oracle::Rules { bot_ua: vec![BOT_UA_HASH.to_string()], ..oracle::Rules::default() };
+    let expected = oracle::report(&oracle::outcomes(&sent, &rules));
+    let stored = store.snapshot().read_events().expect("read");
+    let rows: usize = stored.iter().map(|b| b.events().len()).sum();
+    assert_eq!(rows, unique.len(), "every event stored exactly once across kills");
+    let actual = oracle::report(&oracle::stored_outcomes(&stored));
+    oracle::assert_same(&expected, &actual);
+}
+
+/// Event ids stored in a stopped node's data directory.
+fn stored_ids(data: &Path) -> Vec<String> {
+    let config = adstore_storage::StoreConfig { shards: 3, ..adstore_storage::StoreConfig::default() };
+    support::stored_events(data, config).iter().flat_map(|b| b.events()).map(|e| e.event_id).collect()
+}
+
+/// Waits until `done` holds, polling.
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two nodes in one group split a topic: a node that joins takes
+/// partitions over from the other (which stores what it holds and commits
+/// first), and a node stopped with SIGTERM hands its partitions to the
+/// other. Between them every event is stored, and none twice.
+#[test]
+fn two_nodes_in_one_group_split_the_topic_and_hand_partitions_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let lines = support::ndjson(20_000, 11);
+    let sent: Vec<String> = lines
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<serde_json::Value>(l).expect("json")["event_id"].to_string())
+        .map(|id| id.trim_matches('"').to_string())
+        .collect();
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, &lines).expect("write events");
+    let producer = broker.produce("events", 4, &file, 3_000);
+    let config = source_config(&broker, "");
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = Server::start(&data_a, Some(&config));
+    wait_until("node a stores events", Duration::from_secs(60), || count(&a, "SELECT count(*) FROM events") >= 3_000);
+    let b = Server::start(&data_b, Some(&config));
+    let assigned =
+        |s: &Server| s.get_text("/metrics").lines().filter(|l| l.starts_with("adstore_kafka_stored_offset{")).count();
+    wait_until("the group splits the partitions", Duration::from_secs(60), || {
+        assigned(&a) + assigned(&b) == 4 && assigned(&b) > 0
+    });
+    let a_before = count(&a, "SELECT count(*) FROM events");
+    wait_until("node b stores events", Duration::from_secs(60), || count(&b, "SELECT count(*) FROM events") >= 2_000);
+    assert!(count(&a, "SELECT count(*) FROM events") >= a_before);
+    // A clean stop hands a's partitions to b.
+    assert!(a.stop().success());
+    wait_producer(producer);
+    let a_ids = stored_ids(&data_a);
+    wait_until("node b stores the rest", Duration::from_secs(120), || {
+        count(&b, "SELECT count(*) FROM events") as usize + a_ids.len() >= sent.len()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(b.stop().success());
+    let b_ids = stored_ids(&data_b);
+    let mut all: Vec<String> = a_ids.iter().chain(&b_ids).cloned().collect();
+    all.sort();
+    let stored_twice = all.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(stored_twice, 0, "events stored by both nodes");
+    let mut sent = sent;
+    sent.sort();
+    assert_eq!(all, sent, "a: {}, b: {}", a_ids.len(), b_ids.len());
+    assert!(!a_ids.is_empty() && b_ids.len() > a_ids.len() / 4, "a: {}, b: {}", a_ids.len(), b_ids.len());
+}
+
+/// A head too small for the rate pauses the source instead of refusing
+/// or dropping: every event is stored once, the pauses are counted.
+#[test]
+fn a_full_head_pauses_the_source_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let lines = support::ndjson(20_000, 13);
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(&file, &lines).expect("write events");
+    let producer = broker.produce("events", 2, &file, 0);
+    wait_producer(producer);
+    let config =
+        source_config(&broker, "").replace("[storage]\n", "[storage]\nmax_head_bytes = 262144\nseal_max_rows = 2000\n");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
+    wait_for_events(&server, 20_000, Duration::from_secs(120));
+    assert!(server.metric("adstore_kafka_pauses_total{source=\"ads\"}") > 0, "{}", server.get_text("/metrics"));
+    assert_eq!(server.metric("adstore_kafka_events_duplicate_total{source=\"ads\"}"), 0);
+}
