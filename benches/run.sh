@@ -7,6 +7,7 @@
 #   benches/run.sh --suite longrange [--events N] [--span 30d] [--engines adstore,chdb] ...
 #   benches/run.sh --suite tiering [--events N] [--runs 5] [--threads 2]
 #   benches/run.sh --suite sustained [--events N] [--span 3d] [--label L]
+#   benches/run.sh --suite kafka [--events N]
 #                  [--config-extra SECTION.KEY=VALUE]... [--busy-file FILE]
 #
 #   --suite      default (the dashboard suite, benches/queries.toml, two days of events), or
@@ -19,6 +20,9 @@
 #                sustained (days of events pushed at full speed into one server with a 1 GiB head:
 #                rates, settle time, RSS and dedupe gauges per event day, disk per event; see
 #                benches/sustained.py; report in benches/out/sustained/LABEL/)
+#                kafka (issue 28: one node consuming a 4-partition topic of a tansu broker against
+#                HTTP ingest of the same events, and the lag after a burst; benches/kafka.py;
+#                needs kafka-python and tansu, which scripts/test installs; default 1000000 events)
 #   --events N   events to generate (default 10000000; sustained: 60000000)
 #   --quick      1000000 events (for development)
 #   --span Nd    days the generated events span (longrange: default 30d; sustained: 3d)
@@ -98,7 +102,11 @@ case "$suite" in
     span="${span:-3d}"
     [[ -z "$engines" && ${#publish[@]} -eq 0 ]] \
       || { echo "run.sh: --engines and --publish are not for --suite sustained (adstore alone)" >&2; exit 2; } ;;
-  *) echo "run.sh: unknown suite $suite (default, longrange, tiering or sustained)" >&2; exit 2 ;;
+  kafka)
+    events="${events:-1000000}"
+    [[ -z "$engines" && -z "$span" && ${#publish[@]} -eq 0 ]] \
+      || { echo "run.sh: --engines, --span and --publish are not for --suite kafka (adstore alone)" >&2; exit 2; } ;;
+  *) echo "run.sh: unknown suite $suite (default, longrange, tiering, sustained or kafka)" >&2; exit 2 ;;
 esac
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
@@ -118,6 +126,16 @@ if [[ "$suite" == tiering ]]; then
   set +e
   python3 "$here/tiering.py" run --bin "$bin" --events "$events" --threads "$threads" \
     --runs "$runs" --out "$here/out/tiering" --gen-dir "$here/out" --command-line "$cmdline"
+  status=$?
+  set -e
+  log "finished in $(( $(date +%s) - t0 )) s (exit $status)"
+  exit $status
+fi
+
+# The Kafka suite needs kafka-python and a tansu broker (scripts/test installs both).
+if [[ "$suite" == kafka ]]; then
+  set +e
+  python3 "$here/kafka.py" run --bin "$bin" --events "$events"
   status=$?
   set -e
   log "finished in $(( $(date +%s) - t0 )) s (exit $status)"

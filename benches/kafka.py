@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""The Kafka suite (issue 28's targets): one node consuming a 4-partition
+topic against HTTP ingest of the same events, and how long the consumer's
+lag takes to reach zero after a burst.
+
+    benches/run.sh --suite kafka [--events N]
+
+run.sh builds adstore (release), then calls `kafka.py run`:
+
+    adstore gen --span 12h ──► benches/out/events-N-s42-12h.ndjson (cached)
+        │
+        ├─► HTTP: adstore serve (fresh data dir), `adstore ingest FILE`:
+        │   events acknowledged per second (the ingest command's own clock)
+        │
+        ├─► tansu broker (--tansu, SQLite storage in a fresh directory); the
+        │   file produced to topic `events` (4 partitions, keyed by advertiser)
+        │   with kafka-python before the server starts
+        │
+        ├─► Kafka: adstore serve (fresh data dir) with a [[sources.kafka]]
+        │   on the topic: from the first message stored to the last (every
+        │   message in a WAL record with its offsets, what "acknowledged"
+        │   means for a source), read from /metrics every 100 ms
+        │
+        └─► burst: with that server caught up, --burst more events produced
+            as fast as kafka-python sends them; the time from the producer's
+            last acknowledgement until the lag of every partition is 0
+
+Results: benches/out/kafka/results.json. Needs kafka-python
+(`pip install kafka-python`) and a tansu binary (`cargo install tansu
+--features libsql`; a release build for figures of record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PRODUCE = ROOT / "tests" / "kafka" / "produce.py"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(bin_: str, data: Path, config: str | None) -> tuple[subprocess.Popen, str]:
+    args = [bin_, "serve", "--listen", "127.0.0.1:0", "--pg-listen", "off", "--data-dir", str(data)]
+    if config is not None:
+        path = data.with_suffix(".toml")
+        path.write_text(config)
+        args += ["--config", str(path)]
+    env = dict(os.environ, ADSTORE_LOG="warn")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(data.with_suffix(".log"), "w"), env=env, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("listening on http://"):
+            return proc, line.split()[-1]
+    raise RuntimeError("adstore serve did not start")
+
+
+def metrics(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def series(text: str, name: str) -> list[float]:
+    return [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)]
+
+
+def produce(bootstrap: str, file: Path, partitions: int = 4) -> tuple[int, float]:
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(PRODUCE), bootstrap, "events", str(partitions), str(file), "--per-second", "0"],
+        check=True, capture_output=True, text=True,
+    )
+    return int(out.stdout.strip()), time.monotonic() - started
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run(args: argparse.Namespace) -> None:
+    out = ROOT / "benches" / "out" / "kafka"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="adstore-kafka-bench-"))
+    results: dict = {"events": args.events, "burst": args.burst}
+    try:
+        file = ROOT / "benches" / "out" / f"events-{args.events}-s42-12h.ndjson"
+        if not file.exists():
+            subprocess.run([args.bin, "gen", "--events", str(args.events), "--seed", "42", "--span", "12h",
+                            "--out", str(file)], check=True)
+        lines = sum(1 for _ in open(file, "rb"))
+
+        # HTTP: the ingest command's own rate.
+        proc, url = serve(args.bin, work / "http", None)
+        started = time.monotonic()
+        done = subprocess.run([args.bin, "ingest", str(file), "--url", url], check=True, capture_output=True, text=True)
+        results["http_seconds"] = time.monotonic() - started
+        results["http_events_per_s"] = lines / results["http_seconds"]
+        results["http_ingest_output"] = (done.stdout + done.stderr).strip().splitlines()[-3:]
+        stop(proc)
+
+        # The broker, loaded before the server starts.
+        port = free_port()
+        broker_dir = work / "broker"
+        broker_dir.mkdir()
+        listener = f"tcp://127.0.0.1:{port}"
+        broker = subprocess.Popen(
+            [args.tansu, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+             "--storage-engine", "sqlite://tansu.db"],
+            cwd=broker_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+        bootstrap = f"127.0.0.1:{port}"
+        sent, seconds = produce(bootstrap, file)
+        results["produced"] = sent
+        results["produce_seconds"] = seconds
+
+        config = (f'[[sources.kafka]]\nname = "bench"\nbrokers = "{bootstrap}"\ntopic = "events"\n'
+                  f'max_batch_bytes = {args.batch_bytes}\n')
+        proc, url = serve(args.bin, work / "kafka", config)
+        first = last = None
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            text = metrics(url)
+            handled = sum(series(text, "adstore_kafka_messages_total"))
+            stored = sum(series(text, "adstore_kafka_stored_offset"))
+            now = time.monotonic()
+            if first is None and stored > 0:
+                first = (now, stored)
+            if stored >= sent and handled >= sent:
+                last = now
+                break
+            time.sleep(0.1)
+        if first is None or last is None:
+            raise RuntimeError(f"the source did not store {sent} messages within {args.timeout} s")
+        results["kafka_seconds"] = last - first[0]
+        results["kafka_events_per_s"] = (sent - first[1]) / results["kafka_seconds"]
+        text = metrics(url)
+        for name in ["adstore_kafka_events_accepted_total", "adstore_kafka_events_duplicate_total",
+                     "adstore_kafka_dead_letters_total", "adstore_kafka_records_total", "adstore_kafka_pauses_total"]:
+            results[name] = sum(series(text, name))
+
+        # A burst into the caught-up consumer.
+        burst = work / "burst.ndjson"
+        subprocess.run([args.bin, "gen", "--events", str(args.burst), "--seed", "7", "--span", "1h",
+                        "--out", str(burst)], check=True, capture_output=True)
+        burst_sent, burst_seconds = produce(bootstrap, burst)
+        produced_at = time.monotonic()
+        while True:
+            lags = series(metrics(url), "adstore_kafka_lag_messages")
+            stored = sum(series(metrics(url), "adstore_kafka_stored_offset"))
+            if lags and max(lags) == 0 and stored >= sent + burst_sent:
+                break
+            if time.monotonic() - produced_at > args.timeout:
+                raise RuntimeError("lag did not reach 0")
+            time.sleep(0.1)
+        results["burst_produce_seconds"] = burst_seconds
+        results["burst_lag_zero_after_s"] = time.monotonic() - produced_at
+        stop(proc)
+        broker.terminate()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--bin", required=True)
+    r.add_argument("--tansu", default=shutil.which("tansu") or str(Path.home() / ".cargo/bin/tansu"))
+    r.add_argument("--events", type=int, default=1_000_000)
+    r.add_argument("--burst", type=int, default=1_000_000)
+    r.add_argument("--batch-bytes", type=int, default=4 << 20)
+    r.add_argument("--timeout", type=float, default=1800)
+    args = p.parse_args()
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
