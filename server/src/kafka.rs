@@ -36,8 +36,15 @@ use crate::error::ServerError;
 use crate::http::AppState;
 
 /// librdkafka properties the source sets itself.
-const OWN_PROPERTIES: &[&str] =
-    &["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "statistics.interval.ms"];
+const OWN_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "client.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "statistics.interval.ms",
+];
 
 /// `[sources]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -155,7 +162,12 @@ impl SourcesConfig {
             if s.max_batch_wait_ms == 0 || s.max_batch_wait_ms > 60_000 {
                 return Err(bad(name, "max_batch_wait_ms must be between 1 and 60000".into()));
             }
-            if let Some(p) = s.publishers.keys().find(|p| p.parse::<i32>().map_or(true, |p| p < 0)) {
+            if s.stream().len() > adstore_storage::offsets::MAX_STREAM_NAME_BYTES {
+                return Err(bad(name, "name and topic are too long together".into()));
+            }
+            // Written as the partition prints ("3", not "03"): the lookup is by that text.
+            let canonical = |p: &String| p.parse::<i32>().is_ok_and(|n| n >= 0 && n.to_string() == *p);
+            if let Some(p) = s.publishers.keys().find(|p| !canonical(p)) {
                 return Err(bad(name, format!("publishers: {p:?} is not a partition number")));
             }
             if let Some(key) = s.options.keys().find(|k| OWN_PROPERTIES.contains(&k.as_str())) {
@@ -206,6 +218,8 @@ pub struct SourceStats {
     pub paused: AtomicBool,
     pub pauses: AtomicU64,
     pub errors: AtomicU64,
+    /// Messages below the stored offset, which came anyway.
+    pub skipped: AtomicU64,
     pub partitions: Mutex<BTreeMap<i32, PartitionStats>>,
 }
 
@@ -257,8 +271,6 @@ impl Sources {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     fn source(toml: &str) -> Result<(), String> {
         let text = format!("[[sources.kafka]]\nname = \"ads\"\nbrokers = \"b:9092\"\ntopic = \"t\"\n{toml}");
         let config = crate::config::Config::parse(&text).map_err(|e| e.to_string())?;
@@ -275,14 +287,17 @@ mod tests {
         refused("max_batch_bytes = 10", "max_batch_bytes");
         refused("max_batch_wait_ms = 0", "max_batch_wait_ms");
         refused("publishers = { \"x\" = \"pub-1\" }", "not a partition number");
+        refused("publishers = { \"03\" = \"pub-1\" }", "not a partition number");
+        refused("options = { \"auto.offset.reset\" = \"latest\" }", "its own field");
         refused("options = { \"group.id\" = \"other\" }", "group.id is set by the source itself");
         refused("format = \"avro\"", "unknown variant");
         refused("start = \"middle\"", "unknown variant");
         refused("colour = 1", "unknown field");
         let twice = "[[sources.kafka]]\nname = \"ads\"\nbrokers = \"b:9092\"\ntopic = \"u\"\n";
         refused(twice, "used twice");
-        let bad_name = crate::config::Config::parse("[[sources.kafka]]\nname = \"a b\"\nbrokers = \"b\"\ntopic = \"t\"\n")
-            .expect("parse");
+        let bad_name =
+            crate::config::Config::parse("[[sources.kafka]]\nname = \"a b\"\nbrokers = \"b\"\ntopic = \"t\"\n")
+                .expect("parse");
         let e = bad_name.sources.validate(64 << 20).expect_err("a name with a space");
         assert!(e.to_string().contains("letters, digits"), "{e}");
     }

@@ -592,7 +592,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 /// The Kafka sources' series, labelled `source` (and `partition`).
 fn kafka_series(text: &mut String, sources: &[Arc<crate::kafka::SourceStats>]) {
     type Counter = fn(&crate::kafka::SourceStats) -> &std::sync::atomic::AtomicU64;
-    let per_source: [(&str, Kind, &str, Counter); 7] = [
+    let per_source: [(&str, Kind, &str, Counter); 8] = [
         ("adstore_kafka_messages_total", Kind::Counter, "Messages polled from the source's topic.", |s| &s.messages),
         ("adstore_kafka_events_accepted_total", Kind::Counter, "Events of the source stored.", |s| &s.accepted),
         ("adstore_kafka_events_duplicate_total", Kind::Counter, "Events of the source that were duplicates.", |s| {
@@ -613,6 +613,12 @@ fn kafka_series(text: &mut String, sources: &[Arc<crate::kafka::SourceStats>]) {
         ("adstore_kafka_errors_total", Kind::Counter, "Client and store errors the source met (it retries).", |s| {
             &s.errors
         }),
+        (
+            "adstore_kafka_skipped_total",
+            Kind::Counter,
+            "Messages below the stored offset that came anyway, skipped (stored already).",
+            |s| &s.skipped,
+        ),
         (
             "adstore_kafka_pauses_total",
             Kind::Counter,

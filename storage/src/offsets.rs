@@ -52,6 +52,16 @@ impl SourceOffsets {
         *at = (*at).max(next);
     }
 
+    /// Drops `stream`'s offset of `partition`.
+    pub fn forget(&mut self, stream: &str, partition: i32) {
+        if let Some(partitions) = self.0.get_mut(stream) {
+            partitions.remove(&partition);
+            if partitions.is_empty() {
+                self.0.remove(stream);
+            }
+        }
+    }
+
     /// Takes every offset of `other` that is ahead of this one's.
     pub fn merge(&mut self, other: &SourceOffsets) {
         for (stream, partitions) in &other.0 {

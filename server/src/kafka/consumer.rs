@@ -18,7 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use super::pending::{DeadLetter, DeadLetters, Pending};
-use super::{KafkaSourceConfig, SourceStats};
+use super::{KafkaSourceConfig, PartitionStats, SourceStats};
 use crate::error::ServerError;
 use crate::http::{AppState, now_ms};
 
@@ -58,7 +58,7 @@ enum NotStored {
     /// The store has no room or is busy: wait and try again.
     Busy(String),
     /// The server is stopping.
-    Stopping,
+    Stopping(String),
 }
 
 impl Source {
@@ -133,7 +133,7 @@ impl Source {
                 shared.take(consumer.poll(BACKOFF));
             }
         }
-        if let Err(NotStored::Busy(why)) = shared.store(&consumer) {
+        if let Err(NotStored::Busy(why) | NotStored::Stopping(why)) = shared.store(&consumer) {
             tracing::warn!(source = %shared.config.name, why,
                 "stopping with messages not stored; they are read again at the next start");
         }
@@ -183,8 +183,16 @@ impl Shared {
                 tracing::warn!(source = %self.config.name, error = %e, "Kafka consumer error");
             }
             Some(Ok(m)) => {
-                let stored = self.stats.partitions.lock().get(&m.partition()).map(|p| p.stored);
-                if stored.is_some_and(|next| m.offset() < next) {
+                let stored = self
+                    .stats
+                    .partitions
+                    .lock()
+                    .entry(m.partition())
+                    .or_insert(PartitionStats { stored: m.offset(), high: None })
+                    .stored;
+                if m.offset() < stored {
+                    // Below what the WAL holds: stored already.
+                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
@@ -243,15 +251,20 @@ impl Shared {
             many => EventBatch::concat(many).map_err(|e| NotStored::Busy(e.to_string()))?,
         };
         // Before the offsets past them are durable: a crash in between
-        // writes them again, never loses them.
-        let dead = self.dead.lock().write(&letters);
-        if let Err(e) = dead {
-            let path = self.dead.lock().path().display().to_string();
-            return Err(NotStored::Busy(format!("cannot write the dead letters to {path}: {e}")));
+        // writes them again, never loses them. A batch retried after a
+        // failure below does not write them twice.
+        if !pending.letters_written {
+            let mut dead = self.dead.lock();
+            if let Err(e) = dead.write(&letters) {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let path = dead.path().display().to_string();
+                return Err(NotStored::Busy(format!("cannot write the dead letters to {path}: {e}")));
+            }
+            pending.letters_written = true;
         }
         let summary = match app.exactly_once.ingest_from(&app.store, &batch, &pending.offsets) {
             Ok(summary) => summary,
-            Err(StorageError::ShuttingDown) => return Err(NotStored::Stopping),
+            Err(StorageError::ShuttingDown) => return Err(NotStored::Stopping("the store is closing".into())),
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(NotStored::Busy(e.to_string()));
@@ -292,8 +305,16 @@ impl Shared {
     /// holds, or after what the group committed if another node has read
     /// further since.
     fn start_offsets(&self, consumer: &SourceConsumer, assigned: &mut TopicPartitionList) {
-        let committed = consumer.committed_offsets(assigned.clone(), COORDINATOR_TIMEOUT).unwrap_or_else(|e| {
-            tracing::warn!(source = %self.config.name, error = %e, "cannot read the group's committed offsets");
+        let mut committed = consumer.committed_offsets(assigned.clone(), COORDINATOR_TIMEOUT);
+        for _ in 0..2 {
+            if committed.is_ok() {
+                break;
+            }
+            committed = consumer.committed_offsets(assigned.clone(), COORDINATOR_TIMEOUT);
+        }
+        let committed = committed.unwrap_or_else(|e| {
+            tracing::warn!(source = %self.config.name, error = %e,
+                "cannot read the group's committed offsets: starting at the WAL's");
             TopicPartitionList::new()
         });
         let stored = self.app.store.source_offsets();
@@ -310,7 +331,11 @@ impl Shared {
                 starts.push((elem.topic().to_string(), partition, start));
             }
             let mut partitions = self.stats.partitions.lock();
-            partitions.entry(partition).or_default().stored = start.unwrap_or(0);
+            match start {
+                Some(start) => partitions.entry(partition).or_default().stored = start,
+                // Known from its first message.
+                None => _ = partitions.remove(&partition),
+            }
             tracing::info!(source = %self.config.name, partition, wal, group, start, "partition assigned");
         }
         for (topic, partition, start) in starts {
@@ -322,21 +347,21 @@ impl Shared {
     /// and its offsets committed, so the next owner starts after it. What
     /// cannot be stored is dropped here, uncommitted, for the next owner.
     fn hand_over(&self, consumer: &SourceConsumer, revoked: &TopicPartitionList) {
-        match self.store(consumer) {
-            Ok(()) => {}
-            Err(NotStored::Busy(why)) => {
-                tracing::warn!(source = %self.config.name, why, "partitions handed over with messages not stored here");
-                *self.pending.lock() = Pending::default();
+        if let Err(NotStored::Busy(why) | NotStored::Stopping(why)) = self.store(consumer) {
+            tracing::warn!(source = %self.config.name, why, "partitions handed over with messages not stored here");
+            // Only the revoked partitions' messages: the others stay.
+            let mut pending = self.pending.lock();
+            for elem in revoked.elements() {
+                pending.forget(&self.stream, elem.partition());
             }
-            Err(NotStored::Stopping) => *self.pending.lock() = Pending::default(),
         }
-        let stored = self.app.store.source_offsets();
+        // What this node stored (`stored` moves only once a record is
+        // durable), for the next owner.
         let mut tpl = TopicPartitionList::new();
         for elem in revoked.elements() {
-            if let Some(next) = stored.next(&self.stream, elem.partition()) {
-                let _ = tpl.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(next));
+            if let Some(p) = self.stats.partitions.lock().remove(&elem.partition()) {
+                let _ = tpl.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(p.stored));
             }
-            self.stats.partitions.lock().remove(&elem.partition());
         }
         if tpl.count() > 0
             && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
@@ -372,7 +397,11 @@ impl ConsumerContext for SourceContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.shared.start_offsets(consumer, tpl);
-                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                // A pause outlives an assignment in librdkafka: new partitions
+                // follow the source's state, not whatever they had before.
+                let paused = self.shared.stats.paused.load(Ordering::Relaxed);
+                assigned.and_then(|()| if paused { consumer.pause(tpl) } else { consumer.resume(tpl) })
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.shared.hand_over(consumer, tpl);

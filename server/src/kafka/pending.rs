@@ -28,7 +28,10 @@ struct Placed {
 struct PartitionBody {
     bytes: Vec<u8>,
     lines: usize,
+    /// The messages with lines.
     messages: Vec<Placed>,
+    /// Every message taken, those without a value included.
+    taken: usize,
 }
 
 impl PartitionBody {
@@ -52,6 +55,10 @@ pub struct Pending {
     bytes: usize,
     messages: usize,
     since: Option<Instant>,
+    /// Whether this batch's dead letters are written already (a store
+    /// that failed after writing them is retried without writing them
+    /// again).
+    pub letters_written: bool,
 }
 
 /// A rejected line, as written to the dead-letter file.
@@ -86,6 +93,7 @@ impl Pending {
             }
             body.lines += lines;
         }
+        body.taken += 1;
         self.offsets.advance(stream, partition, offset + 1);
         self.bytes += value.len();
         self.messages += 1;
@@ -94,6 +102,19 @@ impl Pending {
 
     pub fn is_empty(&self) -> bool {
         self.messages == 0
+    }
+
+    /// Drops the messages of `partition` (revoked, and not stored here: its
+    /// next owner reads them).
+    pub fn forget(&mut self, stream: &str, partition: i32) {
+        if let Some(body) = self.partitions.remove(&partition) {
+            self.messages -= body.taken.min(self.messages);
+            self.bytes -= body.bytes.len().min(self.bytes);
+        }
+        self.offsets.forget(stream, partition);
+        if self.offsets.is_empty() {
+            *self = Pending::default();
+        }
     }
 
     pub fn messages(&self) -> usize {
@@ -162,7 +183,9 @@ impl DeadLetters {
         }
         if self.file.is_some() && self.written + text.len() as u64 > self.max_bytes {
             self.file = None;
-            std::fs::rename(&self.path, self.path.with_extension("ndjson.1"))?;
+            let mut previous = self.path.clone().into_os_string();
+            previous.push(".1");
+            std::fs::rename(&self.path, previous)?;
         }
         let file = match &mut self.file {
             Some(f) => f,
