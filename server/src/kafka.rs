@@ -68,6 +68,12 @@ pub struct KafkaSourceConfig {
     /// Default `adstore`.
     #[serde(default = "default_group")]
     pub group: String,
+    /// Read exactly these partitions, without the group's assignment (no
+    /// rebalances; after a restart the source resumes at once instead of
+    /// waiting for its old session to time out). Offsets are still
+    /// committed to `group`. Default: the group assigns them.
+    #[serde(default)]
+    pub partitions: Option<Vec<i32>>,
     /// `ndjson`: each message holds one or more NDJSON lines.
     #[serde(default)]
     pub format: SourceFormat,
@@ -161,6 +167,14 @@ impl SourcesConfig {
             }
             if s.max_batch_wait_ms == 0 || s.max_batch_wait_ms > 60_000 {
                 return Err(bad(name, "max_batch_wait_ms must be between 1 and 60000".into()));
+            }
+            if let Some(list) = &s.partitions {
+                let mut sorted = list.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                if list.is_empty() || sorted.len() != list.len() || sorted[0] < 0 {
+                    return Err(bad(name, "partitions must list partition numbers, each once".into()));
+                }
             }
             if s.stream().len() > adstore_storage::offsets::MAX_STREAM_NAME_BYTES {
                 return Err(bad(name, "name and topic are too long together".into()));
@@ -293,6 +307,10 @@ mod tests {
         refused("format = \"avro\"", "unknown variant");
         refused("start = \"middle\"", "unknown variant");
         refused("colour = 1", "unknown field");
+        refused("partitions = []", "each once");
+        refused("partitions = [0, 0]", "each once");
+        refused("partitions = [-1]", "each once");
+        assert_eq!(source("partitions = [0, 2]"), Ok(()));
         let twice = "[[sources.kafka]]\nname = \"ads\"\nbrokers = \"b:9092\"\ntopic = \"u\"\n";
         refused(twice, "used twice");
         let bad_name =

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use adstore_ingest::ParseOptions;
 use adstore_storage::{EventBatch, StorageError};
@@ -28,6 +28,9 @@ const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the loop waits between looks while the store has no room or a
 /// store failed.
 const BACKOFF: Duration = Duration::from_millis(200);
+/// How often stored offsets are committed to the group (the WAL has them
+/// at once): a commit per record was a write per record for the broker.
+const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 type SourceConsumer = BaseConsumer<SourceContext>;
 
@@ -47,6 +50,9 @@ struct Shared {
     stats: Arc<SourceStats>,
     pending: Mutex<Pending>,
     dead: Mutex<DeadLetters>,
+    /// When the group's offsets were last committed, and whether more
+    /// were stored since.
+    last_commit: Mutex<(Instant, bool)>,
 }
 
 pub struct SourceContext {
@@ -88,6 +94,7 @@ impl Source {
             stream: config.stream(),
             dead: Mutex::new(DeadLetters::new(dead_path, config.dead_letter_max_bytes)),
             pending: Mutex::new(Pending::default()),
+            last_commit: Mutex::new((Instant::now(), false)),
             app,
             config,
             stats,
@@ -95,9 +102,18 @@ impl Source {
         let consumer: SourceConsumer = client
             .create_with_context(SourceContext { shared: shared.clone() })
             .map_err(|e| ServerError::Config(format!("sources.kafka {:?}: {e}", shared.config.name)))?;
-        consumer
-            .subscribe(&[shared.config.topic.as_str()])
-            .map_err(|e| ServerError::Config(format!("sources.kafka {:?}: {e}", shared.config.name)))?;
+        let refused = |e: KafkaError| ServerError::Config(format!("sources.kafka {:?}: {e}", shared.config.name));
+        match &shared.config.partitions {
+            Some(list) => {
+                let mut tpl = TopicPartitionList::new();
+                for &p in list {
+                    tpl.add_partition(&shared.config.topic, p);
+                }
+                shared.start_offsets(&consumer, &mut tpl);
+                consumer.assign(&tpl).map_err(refused)?;
+            }
+            None => consumer.subscribe(&[shared.config.topic.as_str()]).map_err(refused)?,
+        }
         Ok(Source { consumer, shared, stop })
     }
 
@@ -132,10 +148,17 @@ impl Source {
                 tracing::debug!(source = %shared.config.name, why, "batch not stored yet; retrying");
                 shared.take(consumer.poll(BACKOFF));
             }
+            shared.commit_if_due(&consumer);
         }
         if let Err(NotStored::Busy(why) | NotStored::Stopping(why)) = shared.store(&consumer) {
             tracing::warn!(source = %shared.config.name, why,
                 "stopping with messages not stored; they are read again at the next start");
+        }
+        let stored = shared.stored_offsets(None);
+        if stored.count() > 0
+            && let Err(e) = consumer.commit(&stored, CommitMode::Sync)
+        {
+            tracing::warn!(source = %shared.config.name, error = %e, "cannot commit offsets to the group at stop");
         }
         consumer.unsubscribe();
         tracing::info!(source = %shared.config.name, "Kafka source stopped");
@@ -284,21 +307,44 @@ impl Shared {
         app.counters.rejected.fetch_add(letters.len() as u64, Ordering::Relaxed);
         let offsets = std::mem::take(&mut *pending).offsets;
         drop(pending);
-        let mut tpl = TopicPartitionList::new();
         let mut partitions = stats.partitions.lock();
         for (stream, partition, next) in offsets.iter() {
             if stream == self.stream {
                 partitions.entry(partition).or_default().stored = next;
-                let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
             }
         }
         drop(partitions);
-        // The WAL holds them; the group's offsets follow for lag tools and
-        // for a node that takes a partition over.
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!(source = %name, error = %e, "offset commit to the group failed; the next one carries them");
-        }
+        self.last_commit.lock().1 = true;
+        self.commit_if_due(consumer);
         Ok(())
+    }
+
+    /// The WAL holds the stored offsets; the group's follow, at most once
+    /// per GROUP_COMMIT_INTERVAL, for lag tools and for a node that takes a
+    /// partition over (a hand-over commits at once).
+    fn commit_if_due(&self, consumer: &SourceConsumer) {
+        let mut last = self.last_commit.lock();
+        if !last.1 || last.0.elapsed() < GROUP_COMMIT_INTERVAL {
+            return;
+        }
+        *last = (Instant::now(), false);
+        if let Err(e) = consumer.commit(&self.stored_offsets(None), CommitMode::Async) {
+            last.1 = true;
+            tracing::debug!(source = %self.config.name, error = %e, "offset commit to the group failed; retried");
+        }
+    }
+
+    /// What this node stored of each assigned partition (of `only`, if
+    /// given), as offsets to commit.
+    fn stored_offsets(&self, only: Option<&TopicPartitionList>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        let partitions = self.stats.partitions.lock();
+        for (&partition, p) in partitions.iter() {
+            if only.is_none_or(|o| o.find_partition(&self.config.topic, partition).is_some()) {
+                let _ = tpl.add_partition_offset(&self.config.topic, partition, Offset::Offset(p.stored));
+            }
+        }
+        tpl
     }
 
     /// Where each newly assigned partition starts: after what the WAL
@@ -357,12 +403,12 @@ impl Shared {
         }
         // What this node stored (`stored` moves only once a record is
         // durable), for the next owner.
-        let mut tpl = TopicPartitionList::new();
+        let tpl = self.stored_offsets(Some(revoked));
+        let mut partitions = self.stats.partitions.lock();
         for elem in revoked.elements() {
-            if let Some(p) = self.stats.partitions.lock().remove(&elem.partition()) {
-                let _ = tpl.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(p.stored));
-            }
+            partitions.remove(&elem.partition());
         }
+        drop(partitions);
         if tpl.count() > 0
             && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
         {
