@@ -18,7 +18,7 @@
 //! says. Kafka's committed offset moves after the WAL's, for lag tools and
 //! for another node that takes the partition over; a node resumes from the
 //! larger of the two. A full head pauses the partitions instead of refusing.
-//! See `docs/kafka.md`.
+//! See `docs/scale-out.md`.
 
 mod consumer;
 mod pending;
