@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use adstore_server::datagen::{BOT_UA_HASH, write_ndjson};
-use adstore_storage::{Event, SealKind};
+use adstore_storage::Event;
 
 const ADSTORE: &str = env!("CARGO_BIN_EXE_adstore");
 
@@ -186,20 +186,7 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("term");
     let status = server.child.wait().expect("wait");
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
-    let cfg = adstore_server::Config::load(&config).expect("config");
-    let (store, _eo) = adstore_server::open_store(&data, &cfg).expect("open store");
-    store.seal_all().expect("seal");
-    let mut buckets: Vec<i64> = store.catalog().segments.values().map(|m| m.partition.bucket_start_ms).collect();
-    buckets.sort_unstable();
-    buckets.dedup();
-    store.reseal_buckets(&buckets, SealKind::Final).expect("finalize");
-    let rules = oracle::Rules { bot_ua: vec![BOT_UA_HASH.to_string()], ..oracle::Rules::default() };
-    let expected = oracle::report(&oracle::outcomes(&sent, &rules));
-    let stored = store.snapshot().read_events().expect("read");
-    let rows: usize = stored.iter().map(|b| b.events().len()).sum();
-    assert_eq!(rows, unique.len(), "every event stored exactly once across kills and retries");
-    let actual = oracle::report(&oracle::stored_outcomes(&stored));
-    oracle::assert_same(&expected, &actual);
+    oracle::assert_finalized_store_matches(&data, &config, &sent, BOT_UA_HASH);
 }
 
 /// Sealed keys the server writes to a run each time its table gains this

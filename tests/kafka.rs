@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adstore_server::datagen::{BOT_UA_HASH, write_ndjson};
-use adstore_storage::SealKind;
 use support::{Server, sql};
 
 /// One test at a time: each runs a broker, servers and a producer, and
@@ -37,7 +36,7 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = support::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         // tansu opens a sqlite:// path relative to its working directory.
         let child = Command::new(tansu())
@@ -247,20 +246,7 @@ fn a_topic_is_stored_exactly_once_across_sigkills_and_matches_the_oracle() {
     assert_eq!(server.metric("adstore_kafka_messages_total{source=\"ads\"}"), 0, "messages read again");
     assert_eq!(count(&server, "SELECT count(*) FROM events"), unique.len() as u64);
     assert!(server.stop().success());
-    let cfg = adstore_server::Config::load(&data.with_extension("toml")).expect("config");
-    let (store, _eo) = adstore_server::open_store(&data, &cfg).expect("open store");
-    store.seal_all().expect("seal");
-    let mut buckets: Vec<i64> = store.catalog().segments.values().map(|m| m.partition.bucket_start_ms).collect();
-    buckets.sort_unstable();
-    buckets.dedup();
-    store.reseal_buckets(&buckets, SealKind::Final).expect("finalize");
-    let rules = oracle::Rules { bot_ua: vec![BOT_UA_HASH.to_string()], ..oracle::Rules::default() };
-    let expected = oracle::report(&oracle::outcomes(&sent, &rules));
-    let stored = store.snapshot().read_events().expect("read");
-    let rows: usize = stored.iter().map(|b| b.events().len()).sum();
-    assert_eq!(rows, unique.len(), "every event stored exactly once across kills");
-    let actual = oracle::report(&oracle::stored_outcomes(&stored));
-    oracle::assert_same(&expected, &actual);
+    oracle::assert_finalized_store_matches(&data, &data.with_extension("toml"), &sent, BOT_UA_HASH);
 }
 
 /// Event ids stored in a stopped node's data directory.

@@ -346,16 +346,9 @@ async fn ingest(
         hold.checked_against(newest);
         let opts = ParseOptions {
             expected_type,
-            now_ms: now_ms(),
-            max_future_skew_ms: worker.config.ingest.max_future_skew_ms,
-            min_ts_ms: if backfill || newest == i64::MIN {
-                None
-            } else {
-                Some(newest.saturating_sub(worker.config.ingest.allowed_lateness_ms))
-            },
             max_errors: worker.config.ingest.max_errors,
             publishers: principal.publisher_scope(),
-            ..ParseOptions::default()
+            ..time_window(&worker.config.ingest, newest, backfill)
         };
         let body = body::decode(body, encoding, limit_bytes, &worker.body_buffers)?;
         let parsing = Parsing::start(&worker.parsing);
@@ -420,6 +413,18 @@ async fn ingest(
     let body =
         IngestResponse { accepted, duplicates: summary.duplicates, rejected: outcome.rejected, errors: outcome.errors };
     Ok((status, Json(body)).into_response())
+}
+
+/// Parse options with the ingest time window: no later than
+/// `max_future_skew_ms` from now, no earlier than `allowed_lateness_ms`
+/// before `newest` (the newest event time accepted), unless `backfill`.
+pub fn time_window(ingest: &crate::config::IngestConfig, newest: i64, backfill: bool) -> ParseOptions {
+    ParseOptions {
+        now_ms: now_ms(),
+        max_future_skew_ms: ingest.max_future_skew_ms,
+        min_ts_ms: (!backfill && newest != i64::MIN).then(|| newest.saturating_sub(ingest.allowed_lateness_ms)),
+        ..ParseOptions::default()
+    }
 }
 
 pub fn now_ms() -> i64 {

@@ -591,81 +591,74 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 
 /// The Kafka sources' series, labelled `source` (and `partition`).
 fn kafka_series(text: &mut String, sources: &[Arc<crate::kafka::SourceStats>]) {
-    type Counter = fn(&crate::kafka::SourceStats) -> &std::sync::atomic::AtomicU64;
-    let per_source: [(&str, Kind, &str, Counter); 8] = [
-        ("adstore_kafka_messages_total", Kind::Counter, "Messages polled from the source's topic.", |s| &s.messages),
-        ("adstore_kafka_events_accepted_total", Kind::Counter, "Events of the source stored.", |s| &s.accepted),
-        ("adstore_kafka_events_duplicate_total", Kind::Counter, "Events of the source that were duplicates.", |s| {
-            &s.duplicates
+    use crate::kafka::{PartitionStats, SourceStats};
+    type OfSource<'a> = &'a dyn Fn(&SourceStats) -> u64;
+    type OfPartition = fn(&PartitionStats) -> Option<i64>;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let per_source: [(&str, Kind, &str, OfSource); 9] = [
+        ("adstore_kafka_messages_total", Kind::Counter, "Messages polled from the source's topic.", &|s| {
+            count(&s.messages)
+        }),
+        ("adstore_kafka_events_accepted_total", Kind::Counter, "Events of the source stored.", &|s| count(&s.accepted)),
+        ("adstore_kafka_events_duplicate_total", Kind::Counter, "Events of the source that were duplicates.", &|s| {
+            count(&s.duplicates)
         }),
         (
             "adstore_kafka_dead_letters_total",
             Kind::Counter,
             "Lines of the source's messages rejected to its dead-letter file.",
-            |s| &s.dead_letters,
+            &|s| count(&s.dead_letters),
         ),
         (
             "adstore_kafka_records_total",
             Kind::Counter,
             "WAL records the source wrote (events with their offsets).",
-            |s| &s.records,
+            &|s| count(&s.records),
         ),
-        ("adstore_kafka_errors_total", Kind::Counter, "Client and store errors the source met (it retries).", |s| {
-            &s.errors
+        ("adstore_kafka_errors_total", Kind::Counter, "Client and store errors the source met (it retries).", &|s| {
+            count(&s.errors)
         }),
         (
             "adstore_kafka_skipped_total",
             Kind::Counter,
             "Messages below the stored offset that came anyway, skipped (stored already).",
-            |s| &s.skipped,
+            &|s| count(&s.skipped),
         ),
         (
             "adstore_kafka_pauses_total",
             Kind::Counter,
             "Times the source paused its partitions because the store had no room.",
-            |s| &s.pauses,
+            &|s| count(&s.pauses),
         ),
+        ("adstore_kafka_paused", Kind::Gauge, "1 while the source is paused because the store has no room.", &|s| {
+            u64::from(s.paused.load(Ordering::Relaxed))
+        }),
     ];
     for (name, kind, help, value) in per_source {
         header(text, name, kind, help);
         for s in sources {
-            let _ = writeln!(text, "{name}{{source=\"{}\"}} {}", s.name, value(s).load(Ordering::Relaxed));
+            let _ = writeln!(text, "{name}{{source=\"{}\"}} {}", s.name, value(s));
         }
     }
-    header(text, "adstore_kafka_paused", Kind::Gauge, "1 while the source is paused because the store has no room.");
-    for s in sources {
-        let _ = writeln!(
-            text,
-            "adstore_kafka_paused{{source=\"{}\"}} {}",
-            s.name,
-            u8::from(s.paused.load(Ordering::Relaxed))
-        );
-    }
-    header(
-        text,
-        "adstore_kafka_stored_offset",
-        Kind::Gauge,
-        "Per assigned partition, the next offset not yet stored (the WAL holds every message before it).",
-    );
-    for s in sources {
-        for (p, stats) in s.partitions.lock().iter() {
-            let _ = writeln!(
-                text,
-                "adstore_kafka_stored_offset{{source=\"{}\",partition=\"{p}\"}} {}",
-                s.name, stats.stored
-            );
-        }
-    }
-    header(
-        text,
-        "adstore_kafka_lag_messages",
-        Kind::Gauge,
-        "Per assigned partition, messages between the broker's high watermark (as last reported) and the stored offset.",
-    );
-    for s in sources {
-        for (p, stats) in s.partitions.lock().iter() {
-            if let Some(lag) = stats.lag() {
-                let _ = writeln!(text, "adstore_kafka_lag_messages{{source=\"{}\",partition=\"{p}\"}} {lag}", s.name);
+    let per_partition: [(&str, &str, OfPartition); 2] = [
+        (
+            "adstore_kafka_stored_offset",
+            "Per assigned partition, the next offset not yet stored (the WAL holds every message before it).",
+            |p| Some(p.stored),
+        ),
+        (
+            "adstore_kafka_lag_messages",
+            "Per assigned partition, messages between the broker's high watermark (as last reported) and the stored offset.",
+            PartitionStats::lag,
+        ),
+    ];
+    for (name, help, value) in per_partition {
+        header(text, name, Kind::Gauge, help);
+        for s in sources {
+            for (p, stats) in s.partitions.lock().iter() {
+                if let Some(v) = value(stats) {
+                    let _ = writeln!(text, "{name}{{source=\"{}\",partition=\"{p}\"}} {v}", s.name);
+                }
             }
         }
     }

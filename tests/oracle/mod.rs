@@ -258,6 +258,27 @@ pub fn assert_same(expected: &Report, actual: &Report) {
     );
 }
 
+/// Opens a stopped server's data directory with its configuration file,
+/// seals and finalizes every bucket, and checks that it holds each event
+/// of `sent` once and the numbers the oracle gives them (the bot rule on
+/// `bot_ua`).
+#[allow(dead_code)] // not every test binary that includes the oracle uses it
+pub fn assert_finalized_store_matches(data: &std::path::Path, config: &std::path::Path, sent: &[Event], bot_ua: &str) {
+    let cfg = adstore_server::Config::load(config).expect("config");
+    let (store, _eo) = adstore_server::open_store(data, &cfg).expect("open store");
+    store.seal_all().expect("seal");
+    let mut buckets: Vec<i64> = store.catalog().segments.values().map(|m| m.partition.bucket_start_ms).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    store.reseal_buckets(&buckets, adstore_storage::SealKind::Final).expect("finalize");
+    let rules = Rules { bot_ua: vec![bot_ua.to_string()], ..Rules::default() };
+    let expected = report(&outcomes(sent, &rules));
+    let stored = store.snapshot().read_events().expect("read");
+    let rows: usize = stored.iter().map(|b| b.events().len()).sum();
+    assert_eq!(rows, dedupe(sent).len(), "every event stored exactly once");
+    assert_same(&expected, &report(&stored_outcomes(&stored)));
+}
+
 /// The generated day plus a click flood by one ordinary user, and clicks
 /// that arrive before their impressions (out of order across batches).
 #[allow(dead_code)] // not every test binary that includes the oracle uses it

@@ -287,9 +287,14 @@ pub struct Moto {
     pub endpoint: String,
 }
 
+/// A port free on 127.0.0.1 a moment ago, for a server started next.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
 impl Moto {
     pub fn start(bucket: &str) -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let port = free_port();
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaRespErr;
 use super::pending::{DeadLetter, DeadLetters, Pending};
 use super::{KafkaSourceConfig, PartitionStats, SourceStats};
 use crate::error::ServerError;
-use crate::http::{AppState, now_ms};
+use crate::http::{AppState, time_window};
 
 /// How long a call to the group coordinator may take (committed offsets at
 /// an assignment, the commit at a hand-over).
@@ -28,6 +28,9 @@ const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the loop waits between looks while the store has no room or a
 /// store failed.
 const BACKOFF: Duration = Duration::from_millis(200);
+/// Most messages one batch gathers (small messages would otherwise fill a
+/// batch by count long before `max_batch_bytes`).
+const MAX_PENDING_MESSAGES: usize = 100_000;
 /// How often stored offsets are committed to the group (the WAL has them
 /// at once): a commit per record was a write per record for the broker.
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
@@ -136,7 +139,7 @@ impl Source {
             }
             shared.take(consumer.poll(wait.min(Duration::from_millis(50))));
             // Everything already fetched, without waiting.
-            while shared.pending.lock().messages() < 100_000 && !shared.is_due() {
+            while shared.wants_more() {
                 match consumer.poll(Duration::ZERO) {
                     None => break,
                     message => shared.take(message),
@@ -191,6 +194,14 @@ impl Shared {
         });
     }
 
+    /// Whether more already fetched messages should join the batch before
+    /// it is stored (one lock per message, on the drain loop).
+    fn wants_more(&self) -> bool {
+        let pending = self.pending.lock();
+        pending.messages() < MAX_PENDING_MESSAGES
+            && !pending.is_due(self.config.max_batch_bytes, self.config.max_batch_wait_ms)
+    }
+
     fn is_due(&self) -> bool {
         let pending = self.pending.lock();
         !pending.is_empty() && pending.is_due(self.config.max_batch_bytes, self.config.max_batch_wait_ms)
@@ -239,13 +250,7 @@ impl Shared {
         let hold = app.exactly_once.dedupe().hold();
         let newest = app.newest_ts_ms.load(Ordering::Acquire);
         hold.checked_against(newest);
-        let ingest = &app.config.ingest;
-        let base = ParseOptions {
-            now_ms: now_ms(),
-            max_future_skew_ms: ingest.max_future_skew_ms,
-            min_ts_ms: (newest != i64::MIN).then(|| newest.saturating_sub(ingest.allowed_lateness_ms)),
-            ..ParseOptions::default()
-        };
+        let base = time_window(&app.config.ingest, newest, false);
         let (name, topic) = (self.config.name.as_str(), self.config.topic.as_str());
         let mut letters = Vec::new();
         let outcomes = pending.parse(
