@@ -75,11 +75,26 @@ pub struct TieringConfig {
     /// object store as Hive-partitioned Parquet (`parquet/events/day=…/`),
     /// for other engines. Default false.
     pub parquet_mirror: bool,
+    /// Also commit the mirror's parts to Apache Iceberg tables (`events`,
+    /// `{rollup}_hour`, `{rollup}_day`) that several nodes share (needs
+    /// `parquet_mirror`). Default false.
+    pub iceberg: bool,
+    /// Where the Iceberg tables live: `s3://bucket/prefix` or a directory,
+    /// the same for every node of a fleet. Default: `iceberg/` in
+    /// `object_store`.
+    pub iceberg_warehouse: Option<String>,
 }
 
 impl Default for TieringConfig {
     fn default() -> TieringConfig {
-        TieringConfig { object_store: None, timeout_ms: 30_000, cache_bytes: 1 << 30, parquet_mirror: false }
+        TieringConfig {
+            object_store: None,
+            timeout_ms: 30_000,
+            cache_bytes: 1 << 30,
+            parquet_mirror: false,
+            iceberg: false,
+            iceberg_warehouse: None,
+        }
     }
 }
 
@@ -338,6 +353,15 @@ impl Config {
             adstore_storage::StorageError::Config(message) => ServerError::Config(message),
             other => ServerError::Config(other.to_string()),
         })?;
+        if self.tiering.iceberg && !self.tiering.parquet_mirror {
+            return Err(ServerError::Config(
+                "tiering.iceberg = true needs tiering.parquet_mirror = true: the tables' data files are the mirror's parts"
+                    .into(),
+            ));
+        }
+        if self.tiering.iceberg_warehouse.is_some() && !self.tiering.iceberg {
+            return Err(ServerError::Config("tiering.iceberg_warehouse is set but tiering.iceberg is not true".into()));
+        }
         // The store closes buckets by the ingest lateness; a different value
         // under [storage] would be silently replaced by it.
         let lateness = self.storage.allowed_lateness_ms;
@@ -416,6 +440,18 @@ mod tests {
         let c: Config = toml::from_str("[storage]\nallowed_lateness_ms = 5\n").expect("parse");
         let err = c.validate().expect_err("set where it is not read").to_string();
         assert!(err.contains("ingest.allowed_lateness_ms"), "{err}");
+    }
+
+    #[test]
+    fn iceberg_needs_the_mirror_and_a_warehouse_needs_iceberg() {
+        let ok = "[tiering]\nparquet_mirror = true\niceberg = true\niceberg_warehouse = \"s3://b/w\"\n";
+        toml::from_str::<Config>(ok).expect("parse").validate().expect("valid");
+        let c: Config = toml::from_str("[tiering]\niceberg = true\n").expect("parse");
+        let err = c.validate().expect_err("no mirror").to_string();
+        assert!(err.contains("tiering.iceberg = true needs tiering.parquet_mirror = true"), "{err}");
+        let c: Config = toml::from_str("[tiering]\niceberg_warehouse = \"/w\"\n").expect("parse");
+        let err = c.validate().expect_err("iceberg off").to_string();
+        assert!(err.contains("tiering.iceberg_warehouse is set but tiering.iceberg is not true"), "{err}");
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub fn open_store(data_dir: &Path, config: &Config) -> Result<(Store, Arc<Exactl
     storage.object_store_timeout_ms = config.tiering.timeout_ms;
     storage.object_cache_bytes = config.tiering.cache_bytes;
     storage.parquet_mirror = config.tiering.parquet_mirror;
+    storage.iceberg = config.tiering.iceberg;
+    storage.iceberg_warehouse = config.tiering.iceberg_warehouse.clone();
     let store = Store::open(data_dir, storage, SealPipeline::new().with_stage(eo.clone()))?;
     Ok((store, eo))
 }

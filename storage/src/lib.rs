@@ -20,6 +20,7 @@ mod event;
 pub mod failpoint;
 mod head;
 pub mod hll;
+pub mod iceberg;
 mod idindex;
 mod ids;
 mod lookup;

@@ -177,6 +177,11 @@ pub struct Catalog {
     /// keys of its parts in the object store.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mirrored: BTreeMap<i64, Vec<String>>,
+    /// The Iceberg tables (`crate::iceberg`): for each day committed, the
+    /// keys of the mirror's parts its snapshots hold (the day is due again
+    /// while they differ from `mirrored`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub iceberg: BTreeMap<i64, Vec<String>>,
     /// How far outside streams (Kafka partitions) were read into WAL
     /// records already deleted (`crate::offsets`).
     #[serde(default, skip_serializing_if = "SourceOffsets::is_empty")]
@@ -271,6 +276,12 @@ impl Catalog {
         for (day, keys) in &edit.mirrored {
             next.mirrored.insert(*day, keys.clone());
         }
+        for (day, keys) in &edit.iceberg {
+            match keys {
+                Some(keys) => next.iceberg.insert(*day, keys.clone()),
+                None => next.iceberg.remove(day),
+            };
+        }
         if let Some(offsets) = &edit.source_offsets {
             next.source_offsets.merge(offsets);
         }
@@ -295,6 +306,9 @@ pub struct CatalogEdit {
     pub deleted_before: Option<i64>,
     /// Days of the Parquet mirror written, with the keys of their parts.
     pub mirrored: Vec<(i64, Vec<String>)>,
+    /// Days committed to the Iceberg tables, with the keys committed;
+    /// `None` forgets a day (its parts were rewritten in place).
+    pub iceberg: Vec<(i64, Option<Vec<String>>)>,
     /// Raw segments rewritten in place of others with the same events (an
     /// erasure), as (old, new): what derives from the old one (rollup
     /// segments, merged days, billing snapshots' basis) now names the new.

@@ -9,7 +9,8 @@
 //!
 //! One part per segment, one row group per segment block, zstd. Columns
 //! are the segment's, in its order, made plain for other engines: `ts` a
-//! UTC timestamp in milliseconds, `type` and `invalid_reason` their names
+//! UTC timestamp in microseconds (what Iceberg's `timestamptz` is, so the
+//! parts are also the data files of the Iceberg tables, `crate::iceberg`), `type` and `invalid_reason` their names
 //! (as SQL shows them: `''` for a valid event); a rollup's `users` stays
 //! its HyperLogLog sketch (bytes). This module only writes files; the
 //! task that decides what to write is `store/mirror.rs`.
@@ -17,7 +18,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt8Array};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt8Array};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -134,14 +135,14 @@ fn named_code(name: &str, level: Level) -> Option<&'static [&'static str]> {
     }
 }
 
-/// The segment schema as the mirror writes it.
-fn plain_schema(schema: &Schema, level: Level) -> Arc<Schema> {
+/// The segment schema (of a `level` segment) as the mirror writes it.
+pub(crate) fn plain_schema(schema: &Schema, level: Level) -> Arc<Schema> {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|f| match (f.name().as_str(), f.data_type()) {
             ("ts", DataType::Int64) => {
-                Field::new(f.name(), DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), f.is_nullable())
+                Field::new(f.name(), DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), f.is_nullable())
             }
             (name, DataType::UInt8) if named_code(name, level).is_some() => {
                 Field::new(f.name(), DataType::Utf8, f.is_nullable())
@@ -164,9 +165,8 @@ fn plain_batch(batch: &RecordBatch, schema: &Arc<Schema>, level: Level) -> Resul
             Ok(match field.data_type() {
                 DataType::Timestamp(..) => {
                     let ms = column.as_any().downcast_ref::<Int64Array>().ok_or_else(|| mismatch(name))?;
-                    Arc::new(
-                        TimestampMillisecondArray::new(ms.values().clone(), ms.nulls().cloned()).with_timezone("UTC"),
-                    )
+                    let us: TimestampMicrosecondArray = ms.unary(|ms| ms.saturating_mul(1_000));
+                    Arc::new(us.with_timezone("UTC"))
                 }
                 DataType::Utf8 if let Some(names) = named_code(name, level) => {
                     let codes = column.as_any().downcast_ref::<UInt8Array>().ok_or_else(|| mismatch(name))?;

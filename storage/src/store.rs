@@ -53,6 +53,7 @@ mod tests;
 mod append;
 mod billing;
 mod erasure;
+mod iceberg;
 mod jobs;
 mod maintenance;
 mod mirror;
@@ -160,6 +161,15 @@ pub struct StoreConfig {
     /// parquet_mirror`). Default false.
     #[serde(skip)]
     pub parquet_mirror: bool,
+    /// Commit the mirror's parts to Iceberg tables (`crate::iceberg`; the
+    /// server sets it from `[tiering] iceberg`). Default false.
+    #[serde(skip)]
+    pub iceberg: bool,
+    /// Where the Iceberg tables live: `s3://bucket/prefix` or a
+    /// directory, shared by the nodes that write them (`[tiering]
+    /// iceberg_warehouse`). Default `None`: `iceberg/` in the object store.
+    #[serde(skip)]
+    pub iceberg_warehouse: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -188,6 +198,8 @@ impl Default for StoreConfig {
             object_store_timeout_ms: 30_000,
             object_cache_bytes: 1 << 30,
             parquet_mirror: false,
+            iceberg: false,
+            iceberg_warehouse: None,
         }
     }
 }
@@ -195,6 +207,11 @@ impl Default for StoreConfig {
 impl StoreConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(StorageError::Config(m.to_string()));
+        if self.iceberg && !self.parquet_mirror {
+            return bad(
+                "tiering.iceberg = true needs tiering.parquet_mirror = true: the tables' data files are the mirror's parts",
+            );
+        }
         if self.shards == 0 || self.shards > 4096 {
             return bad("storage.shards must be between 1 and 4096");
         }
@@ -445,6 +462,10 @@ struct Inner {
     mirror_uploaded: Mutex<std::collections::HashSet<String>>,
     /// Days whose mirror failed last time: tried after the others.
     mirror_failed: Mutex<std::collections::HashSet<i64>>,
+    /// The Iceberg warehouse, opened on first use (`store/iceberg.rs`).
+    warehouse: Mutex<Option<Arc<crate::iceberg::Warehouse>>>,
+    /// Days whose Iceberg commit failed last time: tried after the others.
+    iceberg_failed: Mutex<std::collections::HashSet<i64>>,
     /// The last snapshot's segment lists, reused while the catalog and
     /// readers stay the same (a query on a store of many segments would
     /// otherwise copy every segment's metadata).
@@ -639,6 +660,8 @@ impl Store {
             billing_skipped: Mutex::new(std::collections::HashSet::new()),
             mirror_uploaded: Mutex::new(std::collections::HashSet::new()),
             mirror_failed: Mutex::new(std::collections::HashSet::new()),
+            warehouse: Mutex::new(None),
+            iceberg_failed: Mutex::new(std::collections::HashSet::new()),
             live: Mutex::new(None),
             retention: RwLock::new(retention),
             object_pass: Mutex::new(()),
@@ -791,6 +814,6 @@ impl Store {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -69,5 +69,6 @@ pub(crate) fn settle(store: &crate::store::Store) {
         store.roll_up().expect("roll up");
         store.snapshot_billing().expect("billing");
         store.mirror_parquet().expect("mirror");
+        store.commit_iceberg().expect("iceberg");
     }
 }

@@ -308,7 +308,7 @@ impl Store {
             }
         }
         let tmp = self.inner.data_dir.join(ERASED_PART_TMP);
-        let mut rewritten_days = 0;
+        let mut rewritten_days = Vec::new();
         for day in &days {
             let mut any = false;
             for key in tier.list_dir(&format!("{EVENTS_PREFIX}day={}", day_name(*day)))? {
@@ -319,11 +319,23 @@ impl Store {
                 let _ = std::fs::remove_file(&tmp);
                 any |= erased?;
             }
-            rewritten_days += usize::from(any);
+            if any {
+                rewritten_days.push(*day);
+            }
         }
         // Parts uploaded for a day not yet committed: written again.
         self.inner.mirror_uploaded.lock().retain(|k| !days.iter().any(|d| k.contains(&day_name(*d))));
-        Ok(rewritten_days)
+        // Parts rewritten in place have new sizes: their days are committed
+        // to the Iceberg tables again.
+        let committed: Vec<i64> = rewritten_days.iter().copied().filter(|d| catalog.iceberg.contains_key(d)).collect();
+        if !committed.is_empty() {
+            let _one_sealer = self.inner.seal_lock.lock();
+            let edit =
+                CatalogEdit { iceberg: committed.iter().map(|d| (*d, None)).collect(), ..CatalogEdit::default() };
+            let next = self.inner.manifest.commit(&edit)?;
+            self.inner.visible.write().catalog = next;
+        }
+        Ok(rewritten_days.len())
     }
 }
 

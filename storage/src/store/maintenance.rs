@@ -8,7 +8,7 @@
 //!    for each task of Task::ALL not using the object store: task.run()   (each takes seal_lock)
 //!    a failed pass: back off, doubling up to MAX_SEAL_BACKOFF
 //!  tiering thread: every seal_interval_ms
-//!    for each task using it (mirror, tiering): task.run()   (seal_lock only to commit)
+//!    for each task using it (mirror, iceberg, tiering): task.run()   (seal_lock only to commit)
 //!    a failed pass: this thread backs off, the sealer does not: an object
 //!    store that is down or slow never holds up seals, ingest or queries on hot data
 //! ```
@@ -54,18 +54,21 @@ pub enum Task {
     Tiering = 6,
     /// Write settled days to the Parquet mirror ([`Store::mirror_parquet`]).
     Mirror = 7,
+    /// Commit mirrored days to the Iceberg tables ([`Store::commit_iceberg`]).
+    Iceberg = 8,
 }
 
 impl Task {
     /// The order of a pass: the head is sealed first, so that compaction
     /// and finalization see its rows in segments.
-    pub const ALL: [Task; 8] = [
+    pub const ALL: [Task; 9] = [
         Task::Seal,
         Task::Compact,
         Task::Finalize,
         Task::Rollup,
         Task::Billing,
         Task::Mirror,
+        Task::Iceberg,
         Task::Retention,
         Task::Tiering,
     ];
@@ -73,7 +76,7 @@ impl Task {
     /// Whether the task talks to the object store, and so runs on the
     /// tiering thread rather than the sealer's.
     pub fn uses_object_store(self) -> bool {
-        matches!(self, Task::Mirror | Task::Tiering)
+        matches!(self, Task::Mirror | Task::Iceberg | Task::Tiering)
     }
 
     pub fn name(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Task {
             Task::Retention => "retention",
             Task::Tiering => "tiering",
             Task::Mirror => "mirror",
+            Task::Iceberg => "iceberg",
         }
     }
 
@@ -99,6 +103,7 @@ impl Task {
             Task::Retention => store.apply_retention(),
             Task::Tiering => store.apply_tiering(),
             Task::Mirror => store.mirror_parquet(),
+            Task::Iceberg => store.commit_iceberg(),
         }
     }
 }

@@ -15,7 +15,8 @@
 //! their keys: the day is written again, and at its commit every object of
 //! the day's directories that the new set does not name is deleted (parts
 //! of the old version, and of an earlier attempt a crash or a re-seal cut
-//! short). While a day is rewritten, readers may see old and new parts
+//! short), but for parts the Iceberg tables still hold: those go once the
+//! day's next Iceberg commit has replaced them. While a day is rewritten, readers may see old and new parts
 //! side by side. Rollup segments that only go (their level's ttl) change
 //! nothing: the mirror is an archive, retention never deletes it; a rollup
 //! that only comes (a new rollup's backfill) adds its parts. A day that
@@ -43,20 +44,7 @@ impl Store {
         let snapshot = self.snapshot();
         let catalog = &snapshot.catalog;
         let due = self.mirror_due(catalog);
-        let failed = self.inner.mirror_failed.lock().clone();
-        let Some(day) = due.iter().find(|d| !failed.contains(&d.day)).or_else(|| due.first()) else {
-            return Ok(SealReport::default());
-        };
-        match self.mirror_day(&snapshot, day) {
-            Ok(report) => {
-                self.inner.mirror_failed.lock().remove(&day.day);
-                Ok(report)
-            }
-            Err(e) => {
-                self.inner.mirror_failed.lock().insert(day.day);
-                Err(e)
-            }
-        }
+        one_day(&self.inner.mirror_failed, &due, |d| d.day, |day| self.mirror_day(&snapshot, day))
     }
 
     /// The settled days whose mirror is missing or out of date, oldest first.
@@ -138,8 +126,14 @@ impl Store {
                     dirs.insert(format!("{MIRROR_DIR}/rollups/{}/{}/day={name}", def.name(), level.as_str()));
                 }
             }
+            // Parts the Iceberg tables hold stay until the day's next commit
+            // there replaces them (`store/iceberg.rs` deletes them then).
+            let committed: BTreeSet<&String> = match self.inner.config.iceberg {
+                true => snapshot.catalog.iceberg.get(&day.day).into_iter().flatten().collect(),
+                false => BTreeSet::new(),
+            };
             for dir in dirs {
-                for stale in tier.list_dir(&dir)?.into_iter().filter(|k| !keys.contains(k)) {
+                for stale in tier.list_dir(&dir)?.into_iter().filter(|k| !keys.contains(k) && !committed.contains(k)) {
                     tier.remove(&stale)?;
                 }
             }
@@ -160,6 +154,27 @@ impl Store {
         tracing::info!(day = %day_name(day.day), parts = keys.len(), store = tier.url(), "day written to the Parquet mirror");
         Ok(report)
     }
+}
+
+/// Runs `work` on the first of `due` (days oldest first, `day_of` each's
+/// day) that did not fail last time, or on the first if all did, and
+/// records in `failed` whether it failed: a day that fails holds up no other.
+pub(super) fn one_day<T>(
+    failed: &parking_lot::Mutex<HashSet<i64>>,
+    due: &[T],
+    day_of: impl Fn(&T) -> i64,
+    work: impl FnOnce(&T) -> Result<SealReport>,
+) -> Result<SealReport> {
+    let skip = failed.lock().clone();
+    let Some(next) = due.iter().find(|d| !skip.contains(&day_of(d))).or_else(|| due.first()) else {
+        return Ok(SealReport::default());
+    };
+    let result = work(next);
+    match result.is_ok() {
+        true => failed.lock().remove(&day_of(next)),
+        false => failed.lock().insert(day_of(next)),
+    };
+    result
 }
 
 /// The keys of raw events' parts among `keys`.

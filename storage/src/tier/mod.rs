@@ -67,6 +67,9 @@ pub struct ObjectTier {
     prefix: Path,
     /// Where it is, for messages (`s3://bucket/prefix`, a directory).
     url: String,
+    /// The URL other engines name its objects by, without a trailing
+    /// slash: `s3://bucket/prefix`, `file:///absolute/dir`.
+    root: String,
     runtime: tokio::runtime::Runtime,
     /// How long one call may take, retries included, before it fails.
     timeout: Duration,
@@ -89,7 +92,9 @@ impl ObjectTier {
     /// (`/path`, `file:///path`), created if missing.
     pub fn open(url: &str, timeout: Duration) -> Result<ObjectTier> {
         let bad = |e: String| StorageError::Config(format!("tiering.object_store = {url:?}: {e}"));
-        let (store, prefix): (Arc<dyn ObjectStore>, Path) = if url.starts_with("s3://") || url.starts_with("s3a://") {
+        let (store, prefix, root): (Arc<dyn ObjectStore>, Path, String) = if url.starts_with("s3://")
+            || url.starts_with("s3a://")
+        {
             // Client options set here replace those `from_env` read:
             // AWS_ALLOW_HTTP is read again.
             let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
@@ -109,15 +114,16 @@ impl ObjectTier {
                 .build()
                 .map_err(|e| bad(e.to_string()))?;
             let key_prefix = url.split_once("://").and_then(|(_, rest)| rest.split_once('/')).map_or("", |(_, p)| p);
-            (Arc::new(s3), Path::from(key_prefix))
+            (Arc::new(s3), Path::from(key_prefix), url.trim_end_matches('/').replacen("s3a://", "s3://", 1))
         } else if url.contains("://") && !url.starts_with("file://") {
             return Err(bad("only s3:// URLs and local directories are supported".into()));
         } else {
             let dir = url.strip_prefix("file://").unwrap_or(url);
             std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
-            let local = object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(dir))
-                .map_err(|e| bad(e.to_string()))?;
-            (Arc::new(local), Path::default())
+            let absolute = std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?;
+            let local =
+                object_store::local::LocalFileSystem::new_with_prefix(&absolute).map_err(|e| bad(e.to_string()))?;
+            (Arc::new(local), Path::default(), format!("file://{}", absolute.display()))
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -129,6 +135,7 @@ impl ObjectTier {
             store,
             prefix,
             url: url.to_string(),
+            root,
             runtime,
             timeout,
             cache: None,
@@ -155,6 +162,13 @@ impl ObjectTier {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The URL of `relative` (a key under the store's prefix) as other
+    /// engines name it: `s3://bucket/prefix/{relative}`,
+    /// `file:///dir/{relative}`.
+    pub fn location(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.root)
     }
 
     /// The key of a segment's file.
@@ -243,6 +257,48 @@ impl ObjectTier {
         }
         self.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(len)
+    }
+
+    /// Writes `bytes` as `relative`; with `create_only`, only if nothing
+    /// is there yet (an atomic check on S3 and on local disk). Returns
+    /// whether it was written: `false` when `create_only` found an object.
+    pub fn put_bytes(&self, relative: &str, bytes: Vec<u8>, create_only: bool) -> Result<bool> {
+        let (store, key) = (self.store.clone(), self.relative(relative));
+        let what = format!("upload of {key} to {}", self.url);
+        let mode = match create_only {
+            true => object_store::PutMode::Create,
+            false => object_store::PutMode::Overwrite,
+        };
+        let len = bytes.len() as u64;
+        let put = async move {
+            match store.put_opts(&key, PutPayload::from(bytes), mode.into()).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let written = self.block(what, put)?;
+        if written {
+            self.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(written)
+    }
+
+    /// The size of object `relative` in bytes.
+    pub fn size(&self, relative: &str) -> Result<u64> {
+        let (store, key) = (self.store.clone(), self.relative(relative));
+        let what = format!("size of {key} in {}", self.url);
+        Ok(self.block(what, async move { store.head(&key).await })?.size)
+    }
+
+    /// Bytes `range` of object `relative`.
+    pub fn get_range(&self, relative: &str, range: Range<u64>) -> Result<bytes::Bytes> {
+        let (store, key) = (self.store.clone(), self.relative(relative));
+        let what = format!("read of {key} from {}", self.url);
+        self.read_requests.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.block(what, async move { store.get_range(&key, range).await })?;
+        self.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
     }
 
     /// Bytes `range` of segment `id`, a file of `len` bytes: from the
