@@ -10,6 +10,7 @@ mod support;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adstore_server::datagen::{BOT_UA_HASH, write_ndjson};
@@ -334,4 +335,82 @@ fn a_full_head_pauses_the_source_and_loses_nothing() {
     wait_for_events(&server, 20_000, Duration::from_secs(120));
     assert!(server.metric("adstore_kafka_pauses_total{source=\"ads\"}") > 0, "{}", server.get_text("/metrics"));
     assert_eq!(server.metric("adstore_kafka_events_duplicate_total{source=\"ads\"}"), 0);
+}
+
+/// One Arrow IPC stream of `record`'s rows `start..start + len`.
+fn ipc_stream(record: &arrow_array::RecordBatch, start: usize, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &record.schema()).expect("writer");
+    w.write(&record.slice(start, len)).expect("write");
+    w.finish().expect("finish");
+    drop(w);
+    out
+}
+
+/// `format = "arrow"`: each message an Arrow IPC stream of events. Every
+/// good row is stored once; a message that is no Arrow stream and a row
+/// without its advertiser are dead letters naming their offset and row,
+/// and hold up nothing behind them.
+#[test]
+fn arrow_messages_are_stored_and_their_bad_rows_are_dead_letters() {
+    use adstore_ingest::{ParseOptions, parse_ndjson};
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+
+    let _alone = one_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path());
+    let events = parse_ndjson(&support::ndjson(3_000, 21), &ParseOptions::default()).batch();
+    let input: Vec<usize> = (0..adstore_storage::ColumnId::Attributed.index()).collect();
+    let record = events.record_batch().project(&input).expect("the input columns");
+    let mut files = Vec::new();
+    let mut write = |name: String, bytes: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("message file");
+        files.push(path);
+    };
+    for (i, start) in (0..3_000).step_by(100).enumerate() {
+        write(format!("m{i:03}.arrow"), ipc_stream(&record, start, 100));
+        if i == 10 {
+            write("garbage".into(), b"this is no Arrow stream".to_vec());
+        }
+        if i == 20 {
+            let column = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+            let no_advertiser = RecordBatch::try_from_iter([
+                ("event_id", column("orphan-1")),
+                ("type", column("impression")),
+                ("ts", column("2026-11-22T10:00:00Z")),
+                ("publisher_id", column("p")),
+                ("campaign_id", column("c")),
+                ("ad_id", column("a")),
+            ])
+            .expect("batch");
+            write("no-advertiser.arrow".into(), ipc_stream(&no_advertiser, 0, 1));
+        }
+    }
+    let status = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/produce_files.py"))
+        .args([&broker.bootstrap, "events", "2"])
+        .args(&files)
+        .stdout(Stdio::null())
+        .status()
+        .expect("python3 tests/kafka/produce_files.py");
+    assert!(status.success(), "the producer failed: {status}");
+
+    let config = format!("{}format = \"arrow\"\n", source_config(&broker, ""));
+    let server = Server::start(&dir.path().join("data"), Some(&config));
+    wait_for_events(&server, 3_000, Duration::from_secs(120));
+    let letters = std::fs::read_to_string(server.data_dir.join("dead-letters/ads.ndjson")).expect("dead letters");
+    let letters: Vec<serde_json::Value> =
+        letters.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let garbage = letters.iter().find(|l| l["reason"].as_str().is_some_and(|r| r.contains("Arrow")));
+    let orphan = letters.iter().find(|l| l["field"] == "advertiser_id");
+    for letter in [garbage, orphan] {
+        let letter = letter.unwrap_or_else(|| panic!("both faults among {letters:?}"));
+        assert_eq!((letter["line"].as_u64(), &letter["value"]), (Some(1), &serde_json::Value::Null), "{letter}");
+        assert!(letter["offset"].as_i64().is_some_and(|o| o >= 0), "{letter}");
+    }
+    assert_eq!(count(&server, "SELECT count(*) FROM events WHERE event_id = 'orphan-1'"), 0);
+    assert_eq!(server.metric("adstore_kafka_dead_letters_total{source=\"ads\"}"), 2);
+    assert_eq!(server.metric("adstore_kafka_messages_total{source=\"ads\"}"), 32);
 }

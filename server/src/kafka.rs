@@ -74,7 +74,8 @@ pub struct KafkaSourceConfig {
     /// committed to `group`. Default: the group assigns them.
     #[serde(default)]
     pub partitions: Option<Vec<i32>>,
-    /// `ndjson`: each message holds one or more NDJSON lines.
+    /// `ndjson` (default): each message holds one or more NDJSON lines;
+    /// `arrow`: each message is an Arrow IPC stream of event rows.
     #[serde(default)]
     pub format: SourceFormat,
     /// Where a partition neither the WAL nor the group has an offset for
@@ -108,8 +109,12 @@ pub struct KafkaSourceConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceFormat {
+    /// One or more NDJSON lines per message, as `POST /v1/events` takes them.
     #[default]
     Ndjson,
+    /// An Arrow IPC stream per message, as `POST /v1/events` takes it
+    /// (`application/vnd.apache.arrow.stream`).
+    Arrow,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -254,6 +254,7 @@ impl Shared {
         let (name, topic) = (self.config.name.as_str(), self.config.topic.as_str());
         let mut letters = Vec::new();
         let outcomes = pending.parse(
+            self.config.format,
             |partition| ParseOptions {
                 publishers: self.config.publisher_of(partition).map(|p| vec![p.to_string()]),
                 ..base.clone()
@@ -267,7 +268,7 @@ impl Shared {
                     line,
                     field: e.field.clone(),
                     reason: e.reason.clone(),
-                    value: String::from_utf8_lossy(value).into_owned(),
+                    value: value.map(|v| String::from_utf8_lossy(v).into_owned()),
                 })
             },
         );

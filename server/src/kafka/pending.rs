@@ -1,6 +1,7 @@
 //! Messages polled and not yet stored: each partition's values as one
 //! NDJSON body, which message each line came from, and the offsets the
-//! batch will carry.
+//! batch will carry. Arrow messages are kept the same way and parsed one
+//! by one (each is a stream of its own).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -8,9 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use adstore_ingest::{LineError, ParseOptions, ParseOutcome, parse_ndjson};
+use adstore_ingest::{LineError, ParseOptions, ParseOutcome, parse_arrow_ipc, parse_ndjson};
 use adstore_storage::offsets::SourceOffsets;
 use serde::Serialize;
+
+use super::SourceFormat;
 
 /// One message's place in its partition's body.
 #[derive(Debug, Clone, Copy)]
@@ -68,12 +71,13 @@ pub struct DeadLetter<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
-    /// The line within the message (1-based).
+    /// The line (NDJSON) or row (Arrow) within the message (1-based).
     pub line: usize,
     pub field: Option<String>,
     pub reason: String,
-    /// The message's value (lossy UTF-8).
-    pub value: String,
+    /// The message's value (lossy UTF-8); `null` for an Arrow message,
+    /// which stays in the topic at `offset`.
+    pub value: Option<String>,
 }
 
 impl Pending {
@@ -126,12 +130,14 @@ impl Pending {
         self.bytes >= max_bytes || self.since.is_some_and(|t| t.elapsed().as_millis() as u64 >= max_wait_ms)
     }
 
-    /// Parses each partition's body with the options `opts_for` gives it,
-    /// calling `reject` for every bad line with the message it came in.
+    /// Parses each partition's body (as `format`) with the options
+    /// `opts_for` gives it, calling `reject` for every bad line or row with
+    /// the message it came in (its value: `None` for Arrow).
     pub fn parse(
         &self,
+        format: SourceFormat,
         opts_for: impl Fn(i32) -> ParseOptions,
-        mut reject: impl FnMut(i32, i64, usize, &LineError, &[u8]),
+        mut reject: impl FnMut(i32, i64, usize, &LineError, Option<&[u8]>),
     ) -> Vec<ParseOutcome> {
         let mut outcomes = Vec::with_capacity(self.partitions.len());
         for (&partition, body) in &self.partitions {
@@ -139,12 +145,22 @@ impl Pending {
                 continue;
             }
             let opts = ParseOptions { max_errors: usize::MAX, ..opts_for(partition) };
+            if format == SourceFormat::Arrow {
+                for m in &body.messages {
+                    let outcome = parse_arrow_ipc(body.value_of(m).to_vec(), &opts);
+                    for e in &outcome.errors {
+                        reject(partition, m.offset, e.line, e, None);
+                    }
+                    outcomes.push(outcome);
+                }
+                continue;
+            }
             let outcome = parse_ndjson(&body.bytes, &opts);
             for e in &outcome.errors {
                 match body.message_of(e.line) {
-                    Some(m) => reject(partition, m.offset, e.line + 1 - m.first_line, e, body.value_of(m)),
+                    Some(m) => reject(partition, m.offset, e.line + 1 - m.first_line, e, Some(body.value_of(m))),
                     // Not expected: every line is some message's.
-                    None => reject(partition, -1, e.line, e, &[]),
+                    None => reject(partition, -1, e.line, e, None),
                 }
             }
             outcomes.push(outcome);
@@ -223,8 +239,11 @@ mod tests {
         assert_eq!((pending.offsets.next("s/t", 0), pending.offsets.next("s/t", 1)), (Some(13), Some(8)));
         let mut rejected = Vec::new();
         let outcomes = pending.parse(
+            SourceFormat::Ndjson,
             |_| ParseOptions::default(),
-            |p, offset, line, _, value| rejected.push((p, offset, line, String::from_utf8_lossy(value).into_owned())),
+            |p, offset, line, _, value| {
+                rejected.push((p, offset, line, String::from_utf8_lossy(value.unwrap_or_default()).into_owned()))
+            },
         );
         assert_eq!(outcomes.iter().map(|o| o.accepted()).sum::<usize>(), 2);
         assert_eq!(
