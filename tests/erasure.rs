@@ -126,17 +126,22 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
 }
 
 /// A copy of every object in the bucket, under their keys (boto3, which
-/// comes with moto, signs the requests).
+/// comes with moto, signs the requests). An object listed and deleted
+/// before its download (the mirror task replacing a part) is left out.
 fn bucket_copy(moto: &Moto) -> tempfile::TempDir {
     let to = tempfile::tempdir().expect("tempdir");
-    let script = "import boto3, os, sys\n\
+    let script = "import boto3, botocore, os, sys\n\
         s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', \
         aws_secret_access_key='test', region_name='us-east-1')\n\
         for page in s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[2]):\n\
         \x20   for o in page.get('Contents', []):\n\
         \x20       path = os.path.join(sys.argv[3], o['Key'])\n\
         \x20       os.makedirs(os.path.dirname(path), exist_ok=True)\n\
-        \x20       s3.download_file(sys.argv[2], o['Key'], path)\n";
+        \x20       try:\n\
+        \x20           s3.download_file(sys.argv[2], o['Key'], path)\n\
+        \x20       except botocore.exceptions.ClientError as e:\n\
+        \x20           if e.response['Error']['Code'] not in ('404', 'NoSuchKey'):\n\
+        \x20               raise\n";
     let status = std::process::Command::new("python3")
         .args(["-c", script, &moto.endpoint, BUCKET, &to.path().to_string_lossy()])
         .status()

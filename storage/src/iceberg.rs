@@ -132,6 +132,15 @@ impl Warehouse {
         Ok(out)
     }
 
+    /// Whether the metadata file `key` is this commit's (snapshot
+    /// `snapshot_id`): a write retried after the store took it but failed
+    /// to answer finds it there already.
+    fn is_ours(&self, key: &str, snapshot_id: i64) -> Result<bool> {
+        let meta: serde_json::Value = serde_json::from_slice(&self.tier.get(key)?)
+            .map_err(|e| StorageError::Internal(format!("{}: {e}", self.tier.location(key))))?;
+        Ok(meta["current-snapshot-id"].as_i64() == Some(snapshot_id))
+    }
+
     /// The highest metadata version of the table at `dir`, by listing.
     fn latest_version(&self, dir: &str) -> Result<Option<u64>> {
         let listed = self.tier.list_dir(&format!("{dir}/metadata"))?;
@@ -170,14 +179,16 @@ impl Warehouse {
         let dir = self.table_dir(table);
         let mine = format!("{}-{}-", day_name(day), self.node);
         for attempt in 1..=MAX_ATTEMPTS {
-            let now = super::store::now_ms();
             let latest = self.latest(&dir)?;
             let version = latest.as_ref().map_or(0, |(v, _)| *v);
             let mut meta = match latest {
                 Some((_, meta)) => meta,
                 None if files.is_empty() => return Ok(Commit::Unchanged),
-                None => metadata::new_table(&self.tier.location(&dir), schema, now)?,
+                None => metadata::new_table(&self.tier.location(&dir), schema, super::store::now_ms())?,
             };
+            // Never before the table's last update: readers refuse logs
+            // that go back in time, and nodes' clocks differ.
+            let now = super::store::now_ms().max(metadata::last_updated_ms(&meta));
             if !files.is_empty() {
                 metadata::evolve(&mut meta, schema)?;
             }
@@ -188,6 +199,13 @@ impl Warehouse {
             };
             let (ours, others): (Vec<ManifestFile>, Vec<ManifestFile>) =
                 listed.into_iter().partition(|m| m.path.rsplit('/').next().is_some_and(|n| n.starts_with(&mine)));
+            // A manifest of deleted files only is needed by the snapshot that
+            // deleted them, not by the ones after.
+            let parent = current.as_ref().map(|c| c.0);
+            let others: Vec<ManifestFile> = others
+                .into_iter()
+                .filter(|m| m.files[0] + m.files[1] > 0 || Some(m.added_snapshot_id) == parent)
+                .collect();
             let mut held = Vec::new();
             for m in &ours {
                 let entries = avro::read_manifest(&self.tier.get(self.key_of(&m.path)?)?, m)?;
@@ -199,10 +217,14 @@ impl Warehouse {
             }
 
             let snapshot_id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
-            let sequence_number = meta["last-sequence-number"].as_i64().unwrap_or(0) + 1;
+            let sequence_number =
+                meta["last-sequence-number"].as_i64().unwrap_or(0).checked_add(1).ok_or_else(|| {
+                    StorageError::Internal(format!("Iceberg table {table}: sequence numbers exhausted"))
+                })?;
             let entries = changes(&held, files, snapshot_id);
             let (schema_json, spec_json) = metadata::manifest_header(&meta)?;
-            let manifest = avro::write_manifest(&entries, &schema_json, &spec_json)?;
+            let schema_id = meta["current-schema-id"].as_i64().unwrap_or(0);
+            let manifest = avro::write_manifest(&entries, &schema_json, schema_id, &spec_json)?;
             let manifest_key = format!("{dir}/metadata/{mine}{}-m0.avro", uuid::Uuid::new_v4());
             let mut manifests = others;
             manifests.push(ManifestFile::of(
@@ -222,7 +244,11 @@ impl Warehouse {
             let added = count(Status::Added).count();
             let deleted = count(Status::Deleted).count();
             let summary = json!({
-                "operation": if deleted == 0 { "append" } else { "overwrite" },
+                "operation": match (added, deleted) {
+                    (_, 0) => "append",
+                    (0, _) => "delete",
+                    _ => "overwrite",
+                },
                 "added-data-files": added.to_string(),
                 "deleted-data-files": deleted.to_string(),
                 "added-records": count(Status::Added).map(|e| e.file.rows).sum::<u64>().to_string(),
@@ -244,19 +270,25 @@ impl Warehouse {
             let previous =
                 (version > 0).then(|| self.tier.location(&format!("{dir}/metadata/v{version}.metadata.json")));
             let expired = metadata::add_snapshot(&mut meta, snapshot, previous.as_deref(), now)?;
-            let next = version + 1;
+            let next = version
+                .checked_add(1)
+                .ok_or_else(|| StorageError::Internal(format!("Iceberg table {table}: versions exhausted")))?;
             let body = serde_json::to_vec_pretty(&meta).map_err(|e| StorageError::Internal(e.to_string()))?;
-            if !self.tier.put_bytes(&format!("{dir}/metadata/v{next}.metadata.json"), body, true)? {
+            let next_key = format!("{dir}/metadata/v{next}.metadata.json");
+            if !self.tier.put_bytes(&next_key, body, true)? && !self.is_ours(&next_key, snapshot_id)? {
                 // Another node committed version `next` first: start over
                 // from it; the files written for this attempt go.
                 let _ = self.tier.remove(&manifest_key);
                 let _ = self.tier.remove(&list_key);
-                let pause = 10 + uuid::Uuid::new_v4().as_u64_pair().1 % 90;
+                let backoff = 10u64 << attempt.min(6);
+                let pause = backoff + uuid::Uuid::new_v4().as_u64_pair().1 % backoff;
                 std::thread::sleep(std::time::Duration::from_millis(pause));
                 continue;
             }
             // Best effort from here: the commit is done.
-            let _ = self.write_hint(&dir, next);
+            if let Err(e) = self.write_hint(&dir, next) {
+                tracing::warn!(table, version = next, error = %e, "version-hint.text not written");
+            }
             for url in expired.manifest_lists.iter().chain(&expired.metadata_files) {
                 if let Ok(key) = self.key_of(url) {
                     let _ = self.tier.remove(key);

@@ -179,7 +179,9 @@ pub struct Catalog {
     pub mirrored: BTreeMap<i64, Vec<String>>,
     /// The Iceberg tables (`crate::iceberg`): for each day committed, the
     /// keys of the mirror's parts its snapshots hold (the day is due again
-    /// while they differ from `mirrored`).
+    /// while they differ from `mirrored`). While a commit is under way, or
+    /// after an erasure rewrote parts in place, the keys the tables may
+    /// hold, with the mark `"!uncommitted"` (`store/iceberg.rs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub iceberg: BTreeMap<i64, Vec<String>>,
     /// How far outside streams (Kafka partitions) were read into WAL
@@ -277,10 +279,7 @@ impl Catalog {
             next.mirrored.insert(*day, keys.clone());
         }
         for (day, keys) in &edit.iceberg {
-            match keys {
-                Some(keys) => next.iceberg.insert(*day, keys.clone()),
-                None => next.iceberg.remove(day),
-            };
+            next.iceberg.insert(*day, keys.clone());
         }
         if let Some(offsets) = &edit.source_offsets {
             next.source_offsets.merge(offsets);
@@ -306,9 +305,9 @@ pub struct CatalogEdit {
     pub deleted_before: Option<i64>,
     /// Days of the Parquet mirror written, with the keys of their parts.
     pub mirrored: Vec<(i64, Vec<String>)>,
-    /// Days committed to the Iceberg tables, with the keys committed;
-    /// `None` forgets a day (its parts were rewritten in place).
-    pub iceberg: Vec<(i64, Option<Vec<String>>)>,
+    /// Days committed to the Iceberg tables, with the keys committed
+    /// (see [`Catalog::iceberg`]).
+    pub iceberg: Vec<(i64, Vec<String>)>,
     /// Raw segments rewritten in place of others with the same events (an
     /// erasure), as (old, new): what derives from the old one (rollup
     /// segments, merged days, billing snapshots' basis) now names the new.

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -466,6 +466,17 @@ impl ConsumerContext for SourceContext {
         };
         if let Err(e) = result {
             tracing::warn!(source = %self.shared.config.name, error = %e, "cannot change the assignment");
+        }
+    }
+
+    /// An asynchronous commit that failed is sent again at the next store
+    /// (the group's offsets would otherwise stay behind the WAL until then,
+    /// and a node taking a partition over would read more of it again).
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.shared.last_commit.lock().1 = true;
+            tracing::debug!(source = %self.shared.config.name, error = %e, "offset commit to the group failed; retried");
         }
     }
 }

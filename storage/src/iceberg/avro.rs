@@ -92,8 +92,8 @@ impl ManifestFile {
                 Status::Existing => 1,
                 Status::Deleted => 2,
             };
-            files[slot] += 1;
-            rows[slot] += e.file.rows as i64;
+            files[slot] = files[slot].saturating_add(1);
+            rows[slot] = rows[slot].saturating_add(i64::try_from(e.file.rows).unwrap_or(i64::MAX));
             if e.status != Status::Deleted {
                 min_sequence_number = min_sequence_number.min(e.sequence_number.unwrap_or(sequence_number));
             }
@@ -127,12 +127,13 @@ fn optional_long(v: Option<i64>) -> Value {
 
 /// A manifest of `entries`, with the header metadata the spec asks for
 /// (the table's schema and partition spec as JSON).
-pub fn write_manifest(entries: &[Entry], schema_json: &str, spec_json: &str) -> Result<Vec<u8>> {
+pub fn write_manifest(entries: &[Entry], schema_json: &str, schema_id: i64, spec_json: &str) -> Result<Vec<u8>> {
     let schema = schema(MANIFEST_ENTRY)?;
     let mut writer = Writer::new(&schema, Vec::new());
+    let schema_id = schema_id.to_string();
     for (key, value) in [
         ("schema", schema_json),
-        ("schema-id", "0"),
+        ("schema-id", schema_id.as_str()),
         ("partition-spec", spec_json),
         ("partition-spec-id", "0"),
         ("format-version", "2"),
@@ -148,8 +149,8 @@ pub fn write_manifest(entries: &[Entry], schema_json: &str, spec_json: &str) -> 
             ("file_path".into(), Value::String(e.file.path.clone())),
             ("file_format".into(), Value::String("PARQUET".into())),
             ("partition".into(), Value::Record(vec![("ts_day".into(), Value::Union(1, Box::new(Value::Date(day))))])),
-            ("record_count".into(), Value::Long(e.file.rows as i64)),
-            ("file_size_in_bytes".into(), Value::Long(e.file.bytes as i64)),
+            ("record_count".into(), Value::Long(i64::try_from(e.file.rows).unwrap_or(i64::MAX))),
+            ("file_size_in_bytes".into(), Value::Long(i64::try_from(e.file.bytes).unwrap_or(i64::MAX))),
         ]);
         let entry = Value::Record(vec![
             ("status".into(), Value::Int(e.status as i32)),
@@ -189,9 +190,9 @@ pub fn read_manifest(bytes: &[u8], list: &ManifestFile) -> Result<Vec<Entry>> {
             file_sequence_number: long(get(&value, "file_sequence_number")).or(inherited),
             file: DataFile {
                 path: string(get(file, "file_path")).ok_or_else(|| bad("file_path"))?,
-                day: day.ok_or_else(|| bad("partition"))? * DAY_MS,
-                rows: long(get(file, "record_count")).ok_or_else(|| bad("record_count"))? as u64,
-                bytes: long(get(file, "file_size_in_bytes")).ok_or_else(|| bad("file_size_in_bytes"))? as u64,
+                day: day.and_then(|d| d.checked_mul(DAY_MS)).ok_or_else(|| bad("partition"))?,
+                rows: count(get(file, "record_count")).ok_or_else(|| bad("record_count"))?,
+                bytes: count(get(file, "file_size_in_bytes")).ok_or_else(|| bad("file_size_in_bytes"))?,
             },
         });
     }
@@ -250,7 +251,8 @@ pub fn read_manifest_list(bytes: &[u8], path: &str) -> Result<Vec<ManifestFile>>
             return Err(StorageError::Internal(format!("{what}: delete manifests are not supported")));
         }
         let count = |a: &'static str, b: &'static str| {
-            long(get(&value, a)).or_else(|| long(get(&value, b))).map(|n| n as i32).ok_or_else(|| bad(a))
+            let n = long(get(&value, a)).or_else(|| long(get(&value, b)));
+            n.and_then(|n| i32::try_from(n).ok()).ok_or_else(|| bad(a))
         };
         out.push(ManifestFile {
             path: string(get(&value, "manifest_path")).ok_or_else(|| bad("manifest_path"))?,
@@ -285,6 +287,11 @@ fn long(v: Option<&Value>) -> Option<i64> {
         Value::Union(_, inner) => long(Some(inner)),
         _ => None,
     }
+}
+
+/// A count: a long that is not negative.
+fn count(v: Option<&Value>) -> Option<u64> {
+    long(v).and_then(|n| u64::try_from(n).ok())
 }
 
 fn string(v: Option<&Value>) -> Option<String> {

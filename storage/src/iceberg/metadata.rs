@@ -134,8 +134,24 @@ pub fn evolve(meta: &mut Value, arrow: &Schema) -> Result<()> {
     schemas.push(json!({"type": "struct", "schema-id": id, "fields": next}));
     meta["current-schema-id"] = json!(id);
     meta["last-column-id"] = json!(last);
-    meta["properties"][NAME_MAPPING] = json!(name_mapping(&next).to_string());
+    object_mut(meta, "properties")?.insert(NAME_MAPPING.into(), json!(name_mapping(&next).to_string()));
     Ok(())
+}
+
+/// When the table was last changed (epoch ms): its `last-updated-ms`, or a
+/// later entry of its logs.
+pub fn last_updated_ms(meta: &Value) -> i64 {
+    let logged = |log: &str| {
+        let entries = meta[log].as_array().into_iter().flatten();
+        entries.filter_map(|e| e["timestamp-ms"].as_i64()).max().unwrap_or(i64::MIN)
+    };
+    meta["last-updated-ms"].as_i64().unwrap_or(i64::MIN).max(logged("snapshot-log")).max(logged("metadata-log"))
+}
+
+/// `meta[key]` as an object to write into (made one if absent).
+fn object_mut<'a>(meta: &'a mut Value, key: &str) -> Result<&'a mut serde_json::Map<String, Value>> {
+    let slot = meta.as_object_mut().ok_or_else(|| bad("not a JSON object"))?.entry(key).or_insert_with(|| json!({}));
+    slot.as_object_mut().ok_or_else(|| bad(&format!("{key} is not an object")))
 }
 
 /// The current snapshot's id and manifest list, if the table has one.
@@ -161,12 +177,25 @@ pub fn add_snapshot(meta: &mut Value, snapshot: Value, previous: Option<&str>, n
     let id = snapshot["snapshot-id"].clone();
     let sequence_number = snapshot["sequence-number"].clone();
     let mut expired = Expired::default();
+    // Snapshots a tag or branch of another writer names are kept.
+    let named: Vec<Value> = meta["refs"]
+        .as_object()
+        .into_iter()
+        .flat_map(|refs| refs.iter())
+        .filter(|(name, _)| *name != "main")
+        .map(|(_, r)| r["snapshot-id"].clone())
+        .collect();
     let snapshots = meta["snapshots"].as_array_mut().ok_or_else(|| bad("no snapshots"))?;
     snapshots.push(snapshot);
-    let drop = snapshots.len().saturating_sub(KEEP_SNAPSHOTS);
-    for old in snapshots.drain(..drop) {
-        expired.manifest_lists.extend(old["manifest-list"].as_str().map(str::to_string));
-    }
+    let mut excess = snapshots.len().saturating_sub(KEEP_SNAPSHOTS);
+    snapshots.retain(|s| {
+        let expire = excess > 0 && !named.contains(&s["snapshot-id"]);
+        if expire {
+            excess -= 1;
+            expired.manifest_lists.extend(s["manifest-list"].as_str().map(str::to_string));
+        }
+        !expire
+    });
     let log = meta["snapshot-log"].as_array_mut().ok_or_else(|| bad("no snapshot-log"))?;
     log.push(json!({"snapshot-id": id, "timestamp-ms": now_ms}));
     let drop = log.len().saturating_sub(KEEP_SNAPSHOTS);
@@ -181,7 +210,7 @@ pub fn add_snapshot(meta: &mut Value, snapshot: Value, previous: Option<&str>, n
         }
     }
     meta["current-snapshot-id"] = id.clone();
-    meta["refs"]["main"] = json!({"snapshot-id": id, "type": "branch"});
+    object_mut(meta, "refs")?.insert("main".into(), json!({"snapshot-id": id, "type": "branch"}));
     meta["last-sequence-number"] = sequence_number;
     meta["last-updated-ms"] = json!(now_ms);
     Ok(expired)

@@ -327,11 +327,13 @@ impl Store {
         self.inner.mirror_uploaded.lock().retain(|k| !days.iter().any(|d| k.contains(&day_name(*d))));
         // Parts rewritten in place have new sizes: their days are committed
         // to the Iceberg tables again.
-        let committed: Vec<i64> = rewritten_days.iter().copied().filter(|d| catalog.iceberg.contains_key(d)).collect();
+        let committed: Vec<(i64, Vec<String>)> = rewritten_days
+            .iter()
+            .filter_map(|d| Some((*d, super::iceberg::uncommitted(catalog.iceberg.get(d)?, &[]))))
+            .collect();
         if !committed.is_empty() {
             let _one_sealer = self.inner.seal_lock.lock();
-            let edit =
-                CatalogEdit { iceberg: committed.iter().map(|d| (*d, None)).collect(), ..CatalogEdit::default() };
+            let edit = CatalogEdit { iceberg: committed, ..CatalogEdit::default() };
             let next = self.inner.manifest.commit(&edit)?;
             self.inner.visible.write().catalog = next;
         }

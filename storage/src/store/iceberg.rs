@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!  catalog.mirrored[day] ≠ catalog.iceberg[day]         (a new day, a rewritten one, an erasure's)
+//!    catalog commit: iceberg[day] = what it held ∪ mirrored[day] ∪ {UNCOMMITTED}
+//!      (every part a table may name from here on: the mirror task deletes none of them)
 //!    for each table the day's parts belong to now or did at the last commit:
 //!      each part's size and Parquet footer (rows, columns) read from the object store
 //!      warehouse.commit_day(table, day, parts)          this node's files of that day, replaced
@@ -78,6 +80,20 @@ impl Store {
         let tier = self.object_tier()?;
         let warehouse = self.warehouse(&tier)?;
         let keys = catalog.mirrored.get(&day).cloned().unwrap_or_default();
+        let held = catalog.iceberg.get(&day).cloned().unwrap_or_default();
+        // From here a table may name any of these: the mirror task keeps
+        // them until the commit below is recorded (a crash in between
+        // leaves them marked, and the day due).
+        let marked = uncommitted(&held, &keys);
+        if held != marked {
+            let _one_sealer = self.inner.seal_lock.lock();
+            if self.catalog().mirrored.get(&day) != Some(&keys) {
+                return Ok(SealReport::default());
+            }
+            let edit = CatalogEdit { iceberg: vec![(day, marked)], ..CatalogEdit::default() };
+            let next = self.inner.manifest.commit(&edit)?;
+            self.inner.visible.write().catalog = next;
+        }
         // The tables of the parts now, and of those committed before (a
         // table whose parts of the day are all gone has them deleted).
         let mut tables: BTreeMap<String, Vec<&String>> = BTreeMap::new();
@@ -86,7 +102,7 @@ impl Store {
                 tables.entry(table).or_default().push(key);
             }
         }
-        for key in catalog.iceberg.get(&day).into_iter().flatten() {
+        for key in &held {
             if let Some(table) = table_of(key) {
                 tables.entry(table).or_default();
             }
@@ -94,12 +110,17 @@ impl Store {
         let mut report = SealReport::default();
         for (table, keys) in &tables {
             let mut files = Vec::with_capacity(keys.len());
-            let mut schema = arrow_schema::Schema::empty();
+            let mut schemas = Vec::with_capacity(keys.len());
             for key in keys {
                 let (file, columns) = read_part(&tier, key, day)?;
-                schema = columns;
+                schemas.push(columns);
                 files.push(file);
             }
+            // Every column of every part (a rollup's parts of one day may
+            // come from before and after a change of its columns).
+            let schema = arrow_schema::Schema::try_merge(schemas).map_err(|e| {
+                StorageError::Internal(format!("Iceberg table {table}: parts of {}: {e}", day_name(day)))
+            })?;
             if let Commit::Committed { version, attempts, .. } = warehouse.commit_day(table, &schema, day, &files)? {
                 report.rows_out += files.iter().map(|f| f.rows as usize).sum::<usize>();
                 tracing::info!(table, day = %day_name(day), files = files.len(), version, attempts, "Iceberg commit");
@@ -110,19 +131,35 @@ impl Store {
             // Rewritten meanwhile: due again.
             return Ok(report);
         }
-        let edit = CatalogEdit { iceberg: vec![(day, Some(keys.clone()))], ..CatalogEdit::default() };
+        let edit = CatalogEdit { iceberg: vec![(day, keys.clone())], ..CatalogEdit::default() };
         let next = self.inner.manifest.commit(&edit)?;
         self.inner.visible.write().catalog = next;
+        drop(_one_sealer);
         report.partitions += 1;
         // Parts the tables held and the mirror no longer names (a rewritten
         // day's old version, which the mirror task left for this commit).
-        for old in catalog.iceberg.get(&day).into_iter().flatten().filter(|k| !keys.contains(k)) {
+        for old in held.iter().filter(|k| !keys.contains(k) && k.as_str() != UNCOMMITTED) {
             if let Err(e) = tier.remove(old) {
                 tracing::warn!(key = old, error = %e, "a replaced part of the Parquet mirror was not deleted");
             }
         }
         Ok(report)
     }
+}
+
+/// The mark of a day in `Catalog::iceberg` whose keys are not (all)
+/// committed as they are: a commit under way, or parts an erasure
+/// rewrote in place. It is no key of the mirror, so the day is due.
+const UNCOMMITTED: &str = "!uncommitted";
+
+/// `held` (a day's keys in `Catalog::iceberg`) with `more`, marked
+/// uncommitted.
+pub(super) fn uncommitted(held: &[String], more: &[String]) -> Vec<String> {
+    let mut keys: Vec<String> = held.iter().chain(more).cloned().collect();
+    keys.push(UNCOMMITTED.to_string());
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// The mirrored days whose parts differ from those committed.
@@ -171,9 +208,10 @@ fn read_part(tier: &ObjectTier, key: &str, day: i64) -> Result<(DataFile, arrow_
 mod tests {
     use std::sync::Arc;
 
-    use super::table_of;
+    use super::{table_of, uncommitted};
     use crate::event::{Event, EventBatch, EventType};
     use crate::iceberg::Warehouse;
+    use crate::manifest::CatalogEdit;
     use crate::seal::SealPipeline;
     use crate::store::{Store, StoreConfig};
     use crate::tier::ObjectTier;
@@ -238,6 +276,23 @@ mod tests {
             assert!(!warehouse.files(table).expect(table).is_empty(), "{table}");
         }
         assert!(warehouse.files("campaign_minute").expect("none").is_empty());
+
+        // A commit cut short (marked, the tables maybe ahead) is finished
+        // by the next pass, and a part only the mark named is deleted.
+        let (day, keys) = catalog.mirrored.iter().next().map(|(d, k)| (*d, k.clone())).expect("a day");
+        let stray = format!("{}/stray.parquet", keys[0].rsplit_once('/').expect("a directory").0);
+        std::fs::write(objects.join(&stray), b"an earlier attempt's").expect("stray part");
+        let edit = CatalogEdit {
+            iceberg: vec![(day, uncommitted(&keys, std::slice::from_ref(&stray)))],
+            ..CatalogEdit::default()
+        };
+        let next = store.inner.manifest.commit(&edit).expect("commit");
+        store.inner.visible.write().catalog = next;
+        assert_eq!(store.iceberg_days_due(), 1);
+        crate::testutil::settle(&store);
+        assert_eq!(store.catalog().iceberg, catalog.mirrored);
+        assert!(!objects.join(&stray).exists(), "a part no table names any more is deleted");
+        assert_eq!(warehouse.files("events").expect("events").iter().map(|f| f.rows).sum::<u64>(), 300);
 
         // An erasure rewrites parts in place: their days are committed
         // again with the new sizes.

@@ -87,6 +87,11 @@ impl Store {
         let tier = self.object_tier()?;
         let mut uploaded = self.inner.mirror_uploaded.lock();
         let mut report = SealReport::default();
+        // A part the catalog records is in the store already: a segment's
+        // part never changes (an erasure rewrites it in place), and tables
+        // of other engines may name it with its size.
+        let recorded: BTreeSet<&String> = snapshot.catalog.mirrored.get(&day.day).into_iter().flatten().collect();
+        uploaded.extend(day.parts.iter().filter(|(key, _)| recorded.contains(key)).map(|(key, _)| key.clone()));
         let missing: Vec<&(String, &SegmentMeta)> =
             day.parts.iter().filter(|(key, _)| !uploaded.contains(key)).take(PARTS_PER_PASS).collect();
         for (key, meta) in missing {
