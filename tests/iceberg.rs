@@ -109,7 +109,7 @@ fn a_nodes_days_are_iceberg_tables_that_pyiceberg_reads_and_a_reprocess_replaces
         assert_eq!(got["days"], expected(&per_day, 1), "{table} after the reprocess: {got}");
         assert!(got["snapshots"].as_u64() > Some(snapshots[table]), "{table}: a new snapshot: {got}");
     }
-    assert_eq!(server.metric("adstore_iceberg_days_due"), 0);
+    assert_eq!(server.metric("adstore_iceberg_commits_due"), 0);
     // The old parts, kept until the tables stopped naming them, are gone.
     let mut named: Vec<String> = catalog_days(&dir, "mirrored").into_values().flatten().collect();
     named.sort();

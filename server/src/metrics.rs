@@ -575,11 +575,11 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let _ = writeln!(text, "adstore_tiering_lag_seconds {}", tiering.lag_ms as f64 / 1000.0);
     header(
         &mut text,
-        "adstore_iceberg_days_due",
+        "adstore_iceberg_commits_due",
         Kind::Gauge,
-        "Days of the Parquet mirror not yet committed to the Iceberg tables as they are now.",
+        "Days of the Parquet mirror not yet committed to the Iceberg tables as they are now (a commit each).",
     );
-    let _ = writeln!(text, "adstore_iceberg_days_due {}", app.store.iceberg_days_due());
+    let _ = writeln!(text, "adstore_iceberg_commits_due {}", app.store.iceberg_days_due());
     let by_level = crate::retention::by_level_and_tier(&app.store.catalog());
     for (name, help, pick) in LEVEL_SERIES {
         header(&mut text, name, Kind::Gauge, help);
