@@ -98,11 +98,82 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Broker:
+    """tansu (SQLite storage, produced to with kafka-python) or librdkafka's
+    mock cluster (benches/kafka_broker.rs, produced to in-process)."""
+
+    def __init__(self, kind: str, args: argparse.Namespace, work: Path):
+        self.kind = kind
+        if kind == "tansu":
+            port = free_port()
+            directory = work / f"broker-{port}"
+            directory.mkdir()
+            listener = f"tcp://127.0.0.1:{port}"
+            self.proc = subprocess.Popen(
+                [args.tansu, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+                 "--storage-engine", "sqlite://tansu.db"],
+                cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)
+            self.bootstrap = f"127.0.0.1:{port}"
+        else:
+            self.proc = subprocess.Popen([args.mock_broker, "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         text=True)
+            line = self.proc.stdout.readline().split()
+            assert line[0] == "bootstrap", line
+            self.bootstrap = line[1]
+
+    def produce(self, file: Path) -> tuple[int, float]:
+        if self.kind == "tansu":
+            return produce(self.bootstrap, file)
+        self.proc.stdin.write(f"produce {file}\n")
+        self.proc.stdin.flush()
+        _, sent, seconds = self.proc.stdout.readline().split()
+        return int(sent), float(seconds)
+
+    def stop(self) -> None:
+        if self.kind == "mock":
+            self.proc.stdin.close()
+        stop(self.proc)
+
+
+def source_config(bootstrap: str, args: argparse.Namespace) -> str:
+    return (f'[[sources.kafka]]\nname = "bench"\nbrokers = "{bootstrap}"\ntopic = "events"\n'
+            f'max_batch_bytes = {args.batch_bytes}\n')
+
+
+def consume(urls: list[str], sent: int, timeout: float) -> tuple[float, float]:
+    """Waits until the servers at `urls` together have stored `sent`
+    messages; returns the seconds from the first stored to the last, and
+    how many were stored at the first sight."""
+    first = last = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        texts = [metrics(u) for u in urls]
+        handled = sum(sum(series(t, "adstore_kafka_messages_total")) for t in texts)
+        stored = sum(sum(series(t, "adstore_kafka_stored_offset")) for t in texts)
+        now = time.monotonic()
+        if first is None and stored > 0:
+            first = (now, stored)
+        if stored >= sent and handled >= sent:
+            last = now
+            break
+        time.sleep(0.1)
+    if first is None or last is None:
+        raise RuntimeError(f"the source did not store {sent} messages within {timeout} s")
+    return last - first[0], first[1]
+
+
 def run(args: argparse.Namespace) -> None:
     out = ROOT / "benches" / "out" / "kafka"
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="adstore-kafka-bench-"))
-    results: dict = {"events": args.events, "burst": args.burst}
+    results: dict = {"events": args.events, "burst": args.burst, "broker": args.broker}
     try:
         file = ROOT / "benches" / "out" / f"events-{args.events}-s42-12h.ndjson"
         if not file.exists():
@@ -119,41 +190,19 @@ def run(args: argparse.Namespace) -> None:
         results["http_ingest_output"] = (done.stdout + done.stderr).strip().splitlines()[-3:]
         stop(proc)
 
-        # The broker, loaded before the server starts.
-        port = free_port()
-        broker_dir = work / "broker"
-        broker_dir.mkdir()
-        listener = f"tcp://127.0.0.1:{port}"
-        broker = subprocess.Popen(
-            [args.tansu, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-             "--storage-engine", "sqlite://tansu.db"],
-            cwd=broker_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2)
-        bootstrap = f"127.0.0.1:{port}"
-        sent, seconds = produce(bootstrap, file)
+        # One node: the broker loaded before the server starts.
+        broker = Broker(args.broker, args, work)
+        sent, seconds = broker.produce(file)
         results["produced"] = sent
         results["produce_seconds"] = seconds
-
-        config = (f'[[sources.kafka]]\nname = "bench"\nbrokers = "{bootstrap}"\ntopic = "events"\n'
-                  f'max_batch_bytes = {args.batch_bytes}\n')
-        proc, url = serve(args.bin, work / "kafka", config)
-        first = last = None
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            text = metrics(url)
-            handled = sum(series(text, "adstore_kafka_messages_total"))
-            stored = sum(series(text, "adstore_kafka_stored_offset"))
-            now = time.monotonic()
-            if first is None and stored > 0:
-                first = (now, stored)
-            if stored >= sent and handled >= sent:
-                last = now
-                break
-            time.sleep(0.1)
-        if first is None or last is None:
-            raise RuntimeError(f"the source did not store {sent} messages within {args.timeout} s")
-        results["kafka_seconds"] = last - first[0]
-        results["kafka_events_per_s"] = (sent - first[1]) / results["kafka_seconds"]
+        proc, url = serve(args.bin, work / "kafka", source_config(broker.bootstrap, args))
+        cpu = (cpu_seconds(proc.pid), cpu_seconds(broker.proc.pid))
+        elapsed, at_first = consume([url], sent, args.timeout)
+        results["kafka_seconds"] = elapsed
+        results["kafka_events_per_s"] = (sent - at_first) / elapsed
+        results["kafka_cpu_seconds"] = {"adstore": cpu_seconds(proc.pid) - cpu[0],
+                                        "broker": cpu_seconds(broker.proc.pid) - cpu[1]}
+        results["kafka_events_per_adstore_cpu_s"] = sent / max(results["kafka_cpu_seconds"]["adstore"], 1e-9)
         text = metrics(url)
         for name in ["adstore_kafka_events_accepted_total", "adstore_kafka_events_duplicate_total",
                      "adstore_kafka_dead_letters_total", "adstore_kafka_records_total", "adstore_kafka_pauses_total"]:
@@ -163,7 +212,7 @@ def run(args: argparse.Namespace) -> None:
         burst = work / "burst.ndjson"
         subprocess.run([args.bin, "gen", "--events", str(args.burst), "--seed", "7", "--span", "1h",
                         "--out", str(burst)], check=True, capture_output=True)
-        burst_sent, burst_seconds = produce(bootstrap, burst)
+        burst_sent, burst_seconds = broker.produce(burst)
         produced_at = time.monotonic()
         while True:
             lags = series(metrics(url), "adstore_kafka_lag_messages")
@@ -176,10 +225,32 @@ def run(args: argparse.Namespace) -> None:
         results["burst_produce_seconds"] = burst_seconds
         results["burst_lag_zero_after_s"] = time.monotonic() - produced_at
         stop(proc)
-        broker.terminate()
+        broker.stop()
+
+        # Two nodes in one group on a fresh broker with the same topic.
+        if args.nodes > 1:
+            broker = Broker(args.broker, args, work)
+            sent, _ = broker.produce(file)
+            nodes = [serve(args.bin, work / f"node-{n}", source_config(broker.bootstrap, args))
+                     for n in range(args.nodes)]
+            cpu = [cpu_seconds(p.pid) for p, _ in nodes] + [cpu_seconds(broker.proc.pid)]
+            elapsed, at_first = consume([u for _, u in nodes], sent, args.timeout)
+            results["nodes"] = args.nodes
+            results["nodes_seconds"] = elapsed
+            results["nodes_events_per_s"] = (sent - at_first) / elapsed
+            results["nodes_ratio_to_one"] = results["nodes_events_per_s"] / results["kafka_events_per_s"]
+            results["nodes_stored"] = [sum(series(metrics(u), "adstore_kafka_events_accepted_total"))
+                                       for _, u in nodes]
+            results["nodes_cpu_seconds"] = {
+                "adstore": [cpu_seconds(p.pid) - c for (p, _), c in zip(nodes, cpu)],
+                "broker": cpu_seconds(broker.proc.pid) - cpu[-1],
+            }
+            for p, _ in nodes:
+                stop(p)
+            broker.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / f"results-{args.broker}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
 
@@ -193,6 +264,9 @@ def main() -> None:
     r.add_argument("--burst", type=int, default=1_000_000)
     r.add_argument("--batch-bytes", type=int, default=4 << 20)
     r.add_argument("--timeout", type=float, default=1800)
+    r.add_argument("--broker", choices=["tansu", "mock"], default="tansu")
+    r.add_argument("--mock-broker", help="the kafka_broker bench binary (--broker mock)")
+    r.add_argument("--nodes", type=int, default=2, help="nodes of the group run (1: none)")
     args = p.parse_args()
     run(args)
 

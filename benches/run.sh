@@ -7,7 +7,7 @@
 #   benches/run.sh --suite longrange [--events N] [--span 30d] [--engines adstore,chdb] ...
 #   benches/run.sh --suite tiering [--events N] [--runs 5] [--threads 2]
 #   benches/run.sh --suite sustained [--events N] [--span 3d] [--label L]
-#   benches/run.sh --suite kafka [--events N]
+#   benches/run.sh --suite kafka [--events N] [--broker tansu|mock]
 #                  [--config-extra SECTION.KEY=VALUE]... [--busy-file FILE]
 #
 #   --suite      default (the dashboard suite, benches/queries.toml, two days of events), or
@@ -20,9 +20,10 @@
 #                sustained (days of events pushed at full speed into one server with a 1 GiB head:
 #                rates, settle time, RSS and dedupe gauges per event day, disk per event; see
 #                benches/sustained.py; report in benches/out/sustained/LABEL/)
-#                kafka (issue 28: one node consuming a 4-partition topic of a tansu broker against
-#                HTTP ingest of the same events, and the lag after a burst; benches/kafka.py;
-#                needs kafka-python and tansu, which scripts/test installs; default 1000000 events)
+#                kafka (issue 28: one node consuming a 4-partition topic against HTTP ingest of the
+#                same events, the lag after a burst, and two nodes in one group; benches/kafka.py;
+#                --broker tansu (default; needs kafka-python and tansu, which scripts/test installs)
+#                or mock (librdkafka's mock cluster, benches/kafka_broker.rs); default 1000000 events)
 #   --events N   events to generate (default 10000000; sustained: 60000000)
 #   --quick      1000000 events (for development)
 #   --span Nd    days the generated events span (longrange: default 30d; sustained: 3d)
@@ -59,6 +60,7 @@ threads=2
 runs=5
 publish=()
 sustained=()
+broker=tansu
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --suite) suite="$2"; shift 2 ;;
@@ -75,6 +77,8 @@ while [[ $# -gt 0 ]]; do
     --runs) runs="$2"; shift 2 ;;
     --runs=*) runs="${1#*=}"; shift ;;
     --publish) publish=(--publish); shift ;;
+    --broker) broker="$2"; shift 2 ;;
+    --broker=*) broker="${1#*=}"; shift ;;
     --label|--config-extra|--busy-file) sustained+=("$1" "$2"); shift 2 ;;
     --label=*|--config-extra=*|--busy-file=*) sustained+=("$1"); shift ;;
     -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -134,8 +138,17 @@ fi
 
 # The Kafka suite needs kafka-python and a tansu broker (scripts/test installs both).
 if [[ "$suite" == kafka ]]; then
+  mock=()
+  if [[ "$broker" == mock ]]; then
+    log "cargo bench --no-run --bench kafka_broker"
+    mock=(--mock-broker "$(cd "$repo" && cargo bench --no-run --quiet --bench kafka_broker --message-format json \
+      | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("target", {}).get("name") == "kafka_broker" and m.get("executable"): print(m["executable"])')")
+  fi
   set +e
-  python3 "$here/kafka.py" run --bin "$bin" --events "$events"
+  python3 "$here/kafka.py" run --bin "$bin" --events "$events" --broker "$broker" "${mock[@]}"
   status=$?
   set -e
   log "finished in $(( $(date +%s) - t0 )) s (exit $status)"
