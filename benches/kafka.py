@@ -106,7 +106,8 @@ def cpu_seconds(pid: int) -> float:
 
 class Broker:
     """tansu (SQLite storage, produced to with kafka-python) or librdkafka's
-    mock cluster (benches/kafka_broker.rs, produced to in-process)."""
+    mock cluster (benches/kafka_broker.rs, produced to in-process, in
+    steps: it keeps only 5 MiB a partition)."""
 
     def __init__(self, kind: str, args: argparse.Namespace, work: Path):
         self.kind = kind
@@ -124,17 +125,38 @@ class Broker:
         else:
             self.proc = subprocess.Popen([args.mock_broker, "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          text=True)
+            self.window = args.window
             line = self.proc.stdout.readline().split()
             assert line[0] == "bootstrap", line
             self.bootstrap = line[1]
 
-    def produce(self, file: Path) -> tuple[int, float]:
-        if self.kind == "tansu":
-            return produce(self.bootstrap, file)
-        self.proc.stdin.write(f"produce {file}\n")
+    def command(self, line: str) -> list[str]:
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        _, sent, seconds = self.proc.stdout.readline().split()
-        return int(sent), float(seconds)
+        return self.proc.stdout.readline().split()
+
+    def produce(self, file: Path) -> tuple[int, float]:
+        """tansu: the whole file, before the server starts."""
+        return produce(self.bootstrap, file)
+
+    def paced(self, file: Path, urls: list[str], timeout: float) -> tuple[int, float]:
+        """mock: the file sent in steps of STEP messages while the servers
+        at `urls` have stored all but WINDOW of them; returns the messages
+        and the seconds from the first sent to the last stored."""
+        window = self.window
+        step = window // 4
+        total = int(self.command(f"load {file}")[1])
+        sent, started = 0, time.monotonic()
+        while True:
+            stored = stored_offsets(urls)
+            if sent >= total and stored >= total:
+                return total, time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{stored} of {total} stored within {timeout} s")
+            if sent < total and sent - stored < window:
+                sent = int(self.command(f"send {step}")[1])
+            else:
+                time.sleep(0.002)
 
     def stop(self) -> None:
         if self.kind == "mock":
@@ -142,9 +164,25 @@ class Broker:
         stop(self.proc)
 
 
+def stored_offsets(urls: list[str]) -> float:
+    """The next offset stored of each partition, the highest any server
+    reports, summed: messages stored (the topic starts at offset 0)."""
+    best: dict[str, float] = {}
+    for u in urls:
+        for m in re.finditer(r'^adstore_kafka_stored_offset{[^}]*partition="(\d+)"} (\S+)$', metrics(u), re.M):
+            best[m.group(1)] = max(best.get(m.group(1), 0.0), float(m.group(2)))
+    return sum(best.values())
+
+
 def source_config(bootstrap: str, args: argparse.Namespace) -> str:
     return (f'[[sources.kafka]]\nname = "bench"\nbrokers = "{bootstrap}"\ntopic = "events"\n'
-            f'max_batch_bytes = {args.batch_bytes}\n')
+            f'max_batch_bytes = {args.batch_bytes}\nmax_batch_wait_ms = {args.batch_wait_ms}\n{args.source_extra}\n')
+
+
+def settle_group(seconds: float) -> None:
+    """Gives the consumer group time to form before messages flow: a
+    partition shows in /metrics only from its first message."""
+    time.sleep(seconds)
 
 
 def consume(urls: list[str], sent: int, timeout: float) -> tuple[float, float]:
@@ -173,7 +211,8 @@ def run(args: argparse.Namespace) -> None:
     out = ROOT / "benches" / "out" / "kafka"
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="adstore-kafka-bench-"))
-    results: dict = {"events": args.events, "burst": args.burst, "broker": args.broker}
+    results: dict = {"events": args.events, "burst": args.burst, "broker": args.broker,
+                     "batch_wait_ms": args.batch_wait_ms, "source_extra": args.source_extra}
     try:
         file = ROOT / "benches" / "out" / f"events-{args.events}-s42-12h.ndjson"
         if not file.exists():
@@ -190,31 +229,44 @@ def run(args: argparse.Namespace) -> None:
         results["http_ingest_output"] = (done.stdout + done.stderr).strip().splitlines()[-3:]
         stop(proc)
 
-        # One node: the broker loaded before the server starts.
+        # One node. tansu: the broker loaded before the server starts;
+        # mock: sent while the server consumes, as fast as it stores.
         broker = Broker(args.broker, args, work)
-        sent, seconds = broker.produce(file)
-        results["produced"] = sent
-        results["produce_seconds"] = seconds
+        if args.broker == "tansu":
+            sent, seconds = broker.produce(file)
+            results["produced"] = sent
+            results["produce_seconds"] = seconds
         proc, url = serve(args.bin, work / "kafka", source_config(broker.bootstrap, args))
         cpu = (cpu_seconds(proc.pid), cpu_seconds(broker.proc.pid))
-        elapsed, at_first = consume([url], sent, args.timeout)
+        if args.broker == "tansu":
+            elapsed, at_first = consume([url], sent, args.timeout)
+        else:
+            settle_group(3)
+            sent, elapsed = broker.paced(file, [url], args.timeout)
+            at_first = 0
         results["kafka_seconds"] = elapsed
         results["kafka_events_per_s"] = (sent - at_first) / elapsed
         results["kafka_cpu_seconds"] = {"adstore": cpu_seconds(proc.pid) - cpu[0],
                                         "broker": cpu_seconds(broker.proc.pid) - cpu[1]}
         results["kafka_events_per_adstore_cpu_s"] = sent / max(results["kafka_cpu_seconds"]["adstore"], 1e-9)
         text = metrics(url)
-        for name in ["adstore_kafka_events_accepted_total", "adstore_kafka_events_duplicate_total",
-                     "adstore_kafka_dead_letters_total", "adstore_kafka_records_total", "adstore_kafka_pauses_total"]:
+        for name in ["adstore_kafka_messages_total", "adstore_kafka_events_accepted_total",
+                     "adstore_kafka_events_duplicate_total", "adstore_kafka_dead_letters_total",
+                     "adstore_kafka_records_total", "adstore_kafka_pauses_total"]:
             results[name] = sum(series(text, name))
+        if results["adstore_kafka_messages_total"] < sent:
+            raise RuntimeError(f"{results['adstore_kafka_messages_total']} of {sent} messages read: the broker lost some")
 
-        # A burst into the caught-up consumer.
+        # A burst into the caught-up consumer (tansu only: the mock keeps
+        # 5 MiB a partition, less than a burst).
         burst = work / "burst.ndjson"
+        if args.broker == "mock":
+            args.burst = 0
         subprocess.run([args.bin, "gen", "--events", str(args.burst), "--seed", "7", "--span", "1h",
                         "--out", str(burst)], check=True, capture_output=True)
-        burst_sent, burst_seconds = broker.produce(burst)
+        burst_sent, burst_seconds = broker.produce(burst) if args.burst else (0, 0.0)
         produced_at = time.monotonic()
-        while True:
+        while args.burst:
             lags = series(metrics(url), "adstore_kafka_lag_messages")
             stored = sum(series(metrics(url), "adstore_kafka_stored_offset"))
             if lags and max(lags) == 0 and stored >= sent + burst_sent:
@@ -222,25 +274,37 @@ def run(args: argparse.Namespace) -> None:
             if time.monotonic() - produced_at > args.timeout:
                 raise RuntimeError("lag did not reach 0")
             time.sleep(0.1)
-        results["burst_produce_seconds"] = burst_seconds
-        results["burst_lag_zero_after_s"] = time.monotonic() - produced_at
+        if args.burst:
+            results["burst_produce_seconds"] = burst_seconds
+            results["burst_lag_zero_after_s"] = time.monotonic() - produced_at
         stop(proc)
         broker.stop()
 
         # Two nodes in one group on a fresh broker with the same topic.
         if args.nodes > 1:
             broker = Broker(args.broker, args, work)
-            sent, _ = broker.produce(file)
+            if args.broker == "tansu":
+                sent, _ = broker.produce(file)
             nodes = [serve(args.bin, work / f"node-{n}", source_config(broker.bootstrap, args))
                      for n in range(args.nodes)]
             cpu = [cpu_seconds(p.pid) for p, _ in nodes] + [cpu_seconds(broker.proc.pid)]
-            elapsed, at_first = consume([u for _, u in nodes], sent, args.timeout)
+            urls = [u for _, u in nodes]
+            if args.broker == "tansu":
+                elapsed, at_first = consume(urls, sent, args.timeout)
+            else:
+                settle_group(10)
+                sent, elapsed = broker.paced(file, urls, args.timeout)
+                at_first = 0
             results["nodes"] = args.nodes
             results["nodes_seconds"] = elapsed
             results["nodes_events_per_s"] = (sent - at_first) / elapsed
             results["nodes_ratio_to_one"] = results["nodes_events_per_s"] / results["kafka_events_per_s"]
-            results["nodes_stored"] = [sum(series(metrics(u), "adstore_kafka_events_accepted_total"))
-                                       for _, u in nodes]
+            for name, key in [("adstore_kafka_messages_total", "nodes_messages"),
+                              ("adstore_kafka_events_accepted_total", "nodes_accepted"),
+                              ("adstore_kafka_events_duplicate_total", "nodes_duplicates")]:
+                results[key] = [sum(series(metrics(u), name)) for u in urls]
+            if sum(results["nodes_messages"]) < sent:
+                raise RuntimeError(f"{results['nodes_messages']} of {sent} messages read: the broker lost some")
             results["nodes_cpu_seconds"] = {
                 "adstore": [cpu_seconds(p.pid) - c for (p, _), c in zip(nodes, cpu)],
                 "broker": cpu_seconds(broker.proc.pid) - cpu[-1],
@@ -263,6 +327,10 @@ def main() -> None:
     r.add_argument("--events", type=int, default=1_000_000)
     r.add_argument("--burst", type=int, default=1_000_000)
     r.add_argument("--batch-bytes", type=int, default=4 << 20)
+    r.add_argument("--batch-wait-ms", type=int, default=100, help="the source's max_batch_wait_ms")
+    r.add_argument("--source-extra", default="", help="more TOML lines for the [[sources.kafka]] table")
+    r.add_argument("--window", type=int, default=30_000,
+                   help="mock: messages sent and not yet stored at most (the mock keeps 5 MiB a partition)")
     r.add_argument("--timeout", type=float, default=1800)
     r.add_argument("--broker", choices=["tansu", "mock"], default="tansu")
     r.add_argument("--mock-broker", help="the kafka_broker bench binary (--broker mock)")

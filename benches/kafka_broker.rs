@@ -6,53 +6,44 @@
 //! groups included; it is a test broker (no replication, no durability),
 //! used for figures only, never by the tests of record.
 //!
+//! The mock keeps only the last 5 MiB of each partition (librdkafka's
+//! `rdkafka_mock.c`), so a backlog larger than that is lost: the suite
+//! sends the events in steps while the consumer keeps up (`load`, then
+//! `send` as the stored offsets follow), without keys so that the
+//! partitions fill evenly.
+//!
 //! ```text
 //!  cargo bench --bench kafka_broker -- PARTITIONS
 //!  prints  bootstrap HOST:PORT
-//!  stdin   produce FILE    one message per NDJSON line, keyed by advertiser_id,
-//!                          to topic `events`; prints "produced N SECONDS"
+//!  stdin   load FILE       the file's NDJSON lines, kept in memory; prints "loaded N"
+//!          send N          the next N of them, one message each, to topic `events`,
+//!                          acknowledged; prints "sent TOTAL"
 //!          (end of input)  the broker stops
 //! ```
 
 use std::io::{BufRead, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-/// The advertiser of an NDJSON event line, its message key.
-fn advertiser(line: &[u8]) -> Option<&[u8]> {
-    const FIELD: &[u8] = b"\"advertiser_id\":\"";
-    let at = line.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
-    let len = line[at..].iter().position(|&b| b == b'"')?;
-    Some(&line[at..at + len])
-}
-
-/// Sends every line of `path` to `events`; returns the messages sent.
-fn produce(producer: &BaseProducer, path: &str) -> Result<u64, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut sent = 0u64;
-    for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
-        let line = line.map_err(|e| format!("{path}: {e}"))?;
-        if line.is_empty() {
-            continue;
-        }
-        let key = advertiser(&line).unwrap_or_default();
+/// Sends `lines` to `events`, without keys, and waits for the broker's
+/// acknowledgements.
+fn send(producer: &BaseProducer, lines: &[Vec<u8>]) -> Result<(), String> {
+    for line in lines {
         loop {
-            match producer.send(BaseRecord::to("events").key(key).payload(&line)) {
+            match producer.send(BaseRecord::<(), _>::to("events").payload(line)) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    producer.poll(Duration::from_millis(5));
+                    producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(format!("produce: {e}")),
             }
         }
-        sent += 1;
     }
-    producer.flush(Duration::from_secs(300)).map_err(|e| format!("flush: {e}"))?;
-    Ok(sent)
+    producer.flush(Duration::from_secs(300)).map_err(|e| format!("flush: {e}"))
 }
 
 fn main() -> Result<(), String> {
@@ -66,19 +57,34 @@ fn main() -> Result<(), String> {
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "none")
+        // Each keyless message to a partition of its own choosing, not a
+        // batch to one: the partitions fill evenly.
+        .set("sticky.partitioning.linger.ms", "0")
         .create()
         .map_err(|e| format!("producer: {e}"))?;
     let mut out = std::io::stdout();
     writeln!(out, "bootstrap {}", cluster.bootstrap_servers()).map_err(|e| e.to_string())?;
     out.flush().map_err(|e| e.to_string())?;
+    let (mut lines, mut next): (Vec<Vec<u8>>, usize) = (Vec::new(), 0);
     for command in std::io::stdin().lock().lines() {
         let command = command.map_err(|e| e.to_string())?;
-        let Some(path) = command.strip_prefix("produce ") else {
-            return Err(format!("unknown command {command:?}"));
+        let reply = match command.split_once(' ') {
+            Some(("load", path)) => {
+                let text = std::fs::read(path.trim()).map_err(|e| format!("{path}: {e}"))?;
+                lines = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+                next = 0;
+                format!("loaded {}", lines.len())
+            }
+            Some(("send", n)) => {
+                let n: usize = n.trim().parse().map_err(|_| format!("send {n:?}: not a count"))?;
+                let end = (next + n).min(lines.len());
+                send(&producer, &lines[next..end])?;
+                next = end;
+                format!("sent {next}")
+            }
+            _ => return Err(format!("unknown command {command:?}")),
         };
-        let started = Instant::now();
-        let sent = produce(&producer, path.trim())?;
-        writeln!(out, "produced {sent} {:.3}", started.elapsed().as_secs_f64()).map_err(|e| e.to_string())?;
+        writeln!(out, "{reply}").map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
     Ok(())
