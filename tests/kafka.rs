@@ -250,6 +250,21 @@ fn a_topic_is_stored_exactly_once_across_sigkills_and_matches_the_oracle() {
     oracle::assert_finalized_store_matches(&data, &data.with_extension("toml"), &sent, BOT_UA_HASH);
 }
 
+/// `n` generated events (seed `seed`) written to `dir/events.ndjson`,
+/// and their event ids in order.
+fn events_file(dir: &Path, n: u64, seed: u64) -> (PathBuf, Vec<String>) {
+    let lines = support::ndjson(n, seed);
+    let ids = lines
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<serde_json::Value>(l).expect("json")["event_id"].to_string())
+        .map(|id| id.trim_matches('"').to_string())
+        .collect();
+    let file = dir.join("events.ndjson");
+    std::fs::write(&file, &lines).expect("write events");
+    (file, ids)
+}
+
 /// Event ids stored in a stopped node's data directory.
 fn stored_ids(data: &Path) -> Vec<String> {
     let config = adstore_storage::StoreConfig { shards: 3, ..adstore_storage::StoreConfig::default() };
@@ -274,15 +289,7 @@ fn two_nodes_in_one_group_split_the_topic_and_hand_partitions_over() {
     let _alone = one_at_a_time();
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(dir.path());
-    let lines = support::ndjson(20_000, 11);
-    let sent: Vec<String> = lines
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice::<serde_json::Value>(l).expect("json")["event_id"].to_string())
-        .map(|id| id.trim_matches('"').to_string())
-        .collect();
-    let file = dir.path().join("events.ndjson");
-    std::fs::write(&file, &lines).expect("write events");
+    let (file, sent) = events_file(dir.path(), 20_000, 11);
     let producer = broker.produce("events", 4, &file, 3_000);
     let config = source_config(&broker, "");
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
@@ -328,15 +335,7 @@ fn a_node_killed_mid_stream_loses_nothing_and_doubles_at_most_its_last_second() 
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(dir.path());
     const RATE: u32 = 2_000;
-    let lines = support::ndjson(40_000, 17);
-    let sent: Vec<String> = lines
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice::<serde_json::Value>(l).expect("json")["event_id"].to_string())
-        .map(|id| id.trim_matches('"').to_string())
-        .collect();
-    let file = dir.path().join("events.ndjson");
-    std::fs::write(&file, &lines).expect("write events");
+    let (file, sent) = events_file(dir.path(), 40_000, 17);
     let producer = broker.produce("events", 4, &file, RATE);
     // A short session: the killed node's partitions move after 6 s.
     let config = format!("{}options = {{ \"session.timeout.ms\" = \"6000\" }}\n", source_config(&broker, ""));

@@ -13,20 +13,15 @@ import json
 import sys
 import time
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka import KafkaProducer
+
+from topic import create_topic
 
 
 def main():
     bootstrap, topic, partitions, path = sys.argv[1:5]
     per_second = int(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[5] == "--per-second" else 0
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=int(partitions), replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
-    admin.close()
+    create_topic(bootstrap, topic, int(partitions))
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     sent = 0
     started = time.monotonic()

@@ -10,19 +10,14 @@ the number of messages sent once the broker has acknowledged them all.
 
 import sys
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka import KafkaProducer
+
+from topic import create_topic
 
 
 def main():
     bootstrap, topic, partitions = sys.argv[1:4]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=int(partitions), replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
-    admin.close()
+    create_topic(bootstrap, topic, int(partitions))
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=16 << 20)
     for path in sys.argv[4:]:
         with open(path, "rb") as f:
