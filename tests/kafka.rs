@@ -425,7 +425,8 @@ fn ipc_stream(record: &arrow_array::RecordBatch, start: usize, len: usize) -> Ve
 /// `format = "arrow"`: each message an Arrow IPC stream of events. Every
 /// good row is stored once; a message that is no Arrow stream and a row
 /// without its advertiser are dead letters naming their offset and row,
-/// and hold up nothing behind them.
+/// written to a dead-letter topic (`dead_letter_topic`), and hold up
+/// nothing behind them.
 #[test]
 fn arrow_messages_are_stored_and_their_bad_rows_are_dead_letters() {
     use adstore_ingest::{ParseOptions, parse_ndjson};
@@ -471,13 +472,29 @@ fn arrow_messages_are_stored_and_their_bad_rows_are_dead_letters() {
         .expect("python3 tests/kafka/produce_files.py");
     assert!(status.success(), "the producer failed: {status}");
 
-    let config = format!("{}format = \"arrow\"\n", source_config(&broker, ""));
+    // The dead-letter topic is the operator's to create, as any topic.
+    let created = Command::new("python3")
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka"))
+        .args(["-c", "import sys, topic; topic.create_topic(sys.argv[1], 'events-dead', 1)", &broker.bootstrap])
+        .status()
+        .expect("python3 tests/kafka/topic.py");
+    assert!(created.success());
+    let config = format!("{}format = \"arrow\"\ndead_letter_topic = \"events-dead\"\n", source_config(&broker, ""));
     let server = Server::start(&dir.path().join("data"), Some(&config));
     wait_for_events(&server, 3_000, Duration::from_secs(120));
-    let letters = std::fs::read_to_string(server.data_dir.join("dead-letters/ads.ndjson")).expect("dead letters");
-    let letters: Vec<serde_json::Value> =
-        letters.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(!server.data_dir.join("dead-letters").exists(), "no dead-letter file with a topic");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/consume.py"))
+        .args([&broker.bootstrap, "events-dead", "2"])
+        .output()
+        .expect("python3 tests/kafka/consume.py");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let letters: Vec<serde_json::Value> = read.iter().map(|m| m["value"].clone()).collect();
+    assert_eq!(letters.len(), 2, "{read:?}");
+    for m in &read {
+        assert_eq!(m["key"].as_str().map(str::to_string), Some(m["value"]["partition"].to_string()), "{m}");
+    }
     let garbage = letters.iter().find(|l| l["reason"].as_str().is_some_and(|r| r.contains("Arrow")));
     let orphan = letters.iter().find(|l| l["field"] == "advertiser_id");
     for letter in [garbage, orphan] {

@@ -90,6 +90,11 @@ pub struct KafkaSourceConfig {
     /// `{data_dir}/dead-letters/{name}.ndjson`.
     #[serde(default)]
     pub dead_letter_file: Option<PathBuf>,
+    /// Write dead letters to this topic of the same brokers instead of
+    /// the file, one message each (the JSON object the file would hold),
+    /// keyed by the partition they came from. Default: the file.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
     /// The dead-letter file is moved to `….1` (replacing the last one)
     /// past this size. Default 64 MiB.
     #[serde(default = "default_dead_letter_max_bytes")]
@@ -188,6 +193,15 @@ impl SourcesConfig {
             let canonical = |p: &String| p.parse::<i32>().is_ok_and(|n| n >= 0 && n.to_string() == *p);
             if let Some(p) = s.publishers.keys().find(|p| !canonical(p)) {
                 return Err(bad(name, format!("publishers: {p:?} is not a partition number")));
+            }
+            match &s.dead_letter_topic {
+                Some(t) if t.trim().is_empty() || *t == s.topic => {
+                    return Err(bad(name, "dead_letter_topic must be a topic other than the source's".into()));
+                }
+                Some(_) if s.dead_letter_file.is_some() => {
+                    return Err(bad(name, "dead_letter_topic and dead_letter_file are exclusive".into()));
+                }
+                _ => {}
             }
             if let Some(key) = s.options.keys().find(|k| OWN_PROPERTIES.contains(&k.as_str())) {
                 return Err(bad(name, format!("options: {key} is set by the source itself; use its own field")));
@@ -315,6 +329,9 @@ mod tests {
         refused("partitions = []", "each once");
         refused("partitions = [0, 0]", "each once");
         refused("partitions = [-1]", "each once");
+        refused("dead_letter_topic = \"t\"", "a topic other than the source's");
+        refused("dead_letter_topic = \"d\"\ndead_letter_file = \"/x\"", "exclusive");
+        assert_eq!(source("dead_letter_topic = \"t-dead\""), Ok(()));
         assert_eq!(source("partitions = [0, 2]"), Ok(()));
         let twice = "[[sources.kafka]]\nname = \"ads\"\nbrokers = \"b:9092\"\ntopic = \"u\"\n";
         refused(twice, "used twice");

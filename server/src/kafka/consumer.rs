@@ -17,7 +17,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use super::pending::{DeadLetter, DeadLetters, Pending};
+use super::pending::{DeadLetter, DeadLetterFile, DeadLetterTopic, DeadLetters, Pending};
 use super::{KafkaSourceConfig, PartitionStats, SourceStats};
 use crate::error::ServerError;
 use crate::http::{AppState, time_window};
@@ -85,17 +85,22 @@ impl Source {
         for (key, value) in &config.options {
             client.set(key, value);
         }
+        client.set("bootstrap.servers", &config.brokers).set("client.id", format!("adstore-{}", config.name));
+        let dead = match &config.dead_letter_topic {
+            Some(topic) => DeadLetters::Topic(DeadLetterTopic::new(client.clone(), topic.clone()).map_err(|e| {
+                ServerError::Config(format!("sources.kafka {:?}: dead_letter_topic: {e}", config.name))
+            })?),
+            None => DeadLetters::File(DeadLetterFile::new(dead_path, config.dead_letter_max_bytes)),
+        };
         client
-            .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
-            .set("client.id", format!("adstore-{}", config.name))
+            .set("statistics.interval.ms", "1000")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", config.start.as_str())
-            .set("statistics.interval.ms", "1000");
+            .set("auto.offset.reset", config.start.as_str());
         let shared = Arc::new(Shared {
             stream: config.stream(),
-            dead: Mutex::new(DeadLetters::new(dead_path, config.dead_letter_max_bytes)),
+            dead: Mutex::new(dead),
             pending: Mutex::new(Pending::default()),
             last_commit: Mutex::new((Instant::now(), false)),
             app,
@@ -286,8 +291,8 @@ impl Shared {
             let mut dead = self.dead.lock();
             if let Err(e) = dead.write(&letters) {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                let path = dead.path().display().to_string();
-                return Err(NotStored::Busy(format!("cannot write the dead letters to {path}: {e}")));
+                let to = dead.describe();
+                return Err(NotStored::Busy(format!("cannot write the dead letters to {to}: {e}")));
             }
             pending.letters_written = true;
         }

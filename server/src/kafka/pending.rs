@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use adstore_ingest::{LineError, ParseOptions, ParseOutcome, parse_arrow_ipc, parse_ndjson};
@@ -169,29 +169,93 @@ impl Pending {
     }
 }
 
+/// Where a source's dead letters go: a file, or a topic.
+pub enum DeadLetters {
+    File(DeadLetterFile),
+    Topic(DeadLetterTopic),
+}
+
+impl DeadLetters {
+    /// Where they go, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            DeadLetters::File(f) => f.path.display().to_string(),
+            DeadLetters::Topic(t) => format!("topic {}", t.topic),
+        }
+    }
+
+    /// Writes `letters` durably (synced, or acknowledged by the brokers)
+    /// before the offsets past them are stored.
+    pub fn write(&mut self, letters: &[DeadLetter<'_>]) -> std::io::Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        match self {
+            DeadLetters::File(f) => f.write(letters),
+            DeadLetters::Topic(t) => t.write(letters),
+        }
+    }
+}
+
+/// A dead-letter topic: each letter one message, keyed by the partition
+/// it came from, acknowledged by every in-sync replica before `write`
+/// returns.
+pub struct DeadLetterTopic {
+    producer: rdkafka::producer::BaseProducer,
+    topic: String,
+}
+
+/// How long the brokers may take to acknowledge a batch's dead letters.
+const DEAD_LETTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl DeadLetterTopic {
+    /// A producer to `topic` with the client settings `client` (the
+    /// source's brokers and options).
+    pub fn new(mut client: rdkafka::ClientConfig, topic: String) -> rdkafka::error::KafkaResult<DeadLetterTopic> {
+        let producer = client.set("acks", "all").set("enable.idempotence", "true").create()?;
+        Ok(DeadLetterTopic { producer, topic })
+    }
+
+    fn write(&mut self, letters: &[DeadLetter<'_>]) -> std::io::Result<()> {
+        use rdkafka::producer::{BaseRecord, Producer};
+        for l in letters {
+            let value = serde_json::to_vec(l).map_err(std::io::Error::other)?;
+            let key = l.partition.to_string();
+            let mut record = BaseRecord::to(&self.topic).key(&key).payload(&value);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
+                        record = back;
+                        self.producer.poll(std::time::Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(std::io::Error::other(e)),
+                }
+            }
+        }
+        self.producer.flush(DEAD_LETTER_TIMEOUT).map_err(std::io::Error::other)
+    }
+}
+
 /// The dead-letter file of a source, rotated past its size.
-pub struct DeadLetters {
+pub struct DeadLetterFile {
     path: PathBuf,
     max_bytes: u64,
     file: Option<File>,
     written: u64,
 }
 
-impl DeadLetters {
-    pub fn new(path: PathBuf, max_bytes: u64) -> DeadLetters {
-        DeadLetters { path, max_bytes, file: None, written: 0 }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+impl DeadLetterFile {
+    pub fn new(path: PathBuf, max_bytes: u64) -> DeadLetterFile {
+        DeadLetterFile { path, max_bytes, file: None, written: 0 }
     }
 
     /// Appends `letters`, one JSON line each, and syncs the file: they are
     /// on disk before the offsets past them are.
-    pub fn write(&mut self, letters: &[DeadLetter<'_>]) -> std::io::Result<()> {
-        if letters.is_empty() {
-            return Ok(());
-        }
+    fn write(&mut self, letters: &[DeadLetter<'_>]) -> std::io::Result<()> {
         let mut text = Vec::new();
         for l in letters {
             serde_json::to_writer(&mut text, l).map_err(std::io::Error::other)?;
