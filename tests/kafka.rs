@@ -265,6 +265,24 @@ fn events_file(dir: &Path, n: u64, seed: u64) -> (PathBuf, Vec<String>) {
     (file, ids)
 }
 
+/// The partitions `server`'s source holds (those with a stored offset).
+fn assigned(server: &Server) -> usize {
+    server.get_text("/metrics").lines().filter(|l| l.starts_with("adstore_kafka_stored_offset{")).count()
+}
+
+/// Node a started on `data_a`, and once it has stored `a_first` events,
+/// node b on `data_b` in the same group: returned once the group has
+/// split the 4 partitions between them.
+fn two_nodes(data_a: &Path, data_b: &Path, config: &str, a_first: u64) -> (Server, Server) {
+    let a = Server::start(data_a, Some(config));
+    wait_until("node a stores events", Duration::from_secs(60), || count(&a, "SELECT count(*) FROM events") >= a_first);
+    let b = Server::start(data_b, Some(config));
+    wait_until("the group splits the partitions", Duration::from_secs(60), || {
+        assigned(&a) + assigned(&b) == 4 && assigned(&b) > 0
+    });
+    (a, b)
+}
+
 /// Event ids stored in a stopped node's data directory.
 fn stored_ids(data: &Path) -> Vec<String> {
     let config = adstore_storage::StoreConfig { shards: 3, ..adstore_storage::StoreConfig::default() };
@@ -293,14 +311,7 @@ fn two_nodes_in_one_group_split_the_topic_and_hand_partitions_over() {
     let producer = broker.produce("events", 4, &file, 3_000);
     let config = source_config(&broker, "");
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Server::start(&data_a, Some(&config));
-    wait_until("node a stores events", Duration::from_secs(60), || count(&a, "SELECT count(*) FROM events") >= 3_000);
-    let b = Server::start(&data_b, Some(&config));
-    let assigned =
-        |s: &Server| s.get_text("/metrics").lines().filter(|l| l.starts_with("adstore_kafka_stored_offset{")).count();
-    wait_until("the group splits the partitions", Duration::from_secs(60), || {
-        assigned(&a) + assigned(&b) == 4 && assigned(&b) > 0
-    });
+    let (a, b) = two_nodes(&data_a, &data_b, &config, 3_000);
     let a_before = count(&a, "SELECT count(*) FROM events");
     wait_until("node b stores events", Duration::from_secs(60), || count(&b, "SELECT count(*) FROM events") >= 2_000);
     assert!(count(&a, "SELECT count(*) FROM events") >= a_before);
@@ -340,14 +351,7 @@ fn a_node_killed_mid_stream_loses_nothing_and_doubles_at_most_its_last_second() 
     // A short session: the killed node's partitions move after 6 s.
     let config = format!("{}options = {{ \"session.timeout.ms\" = \"6000\" }}\n", source_config(&broker, ""));
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Server::start(&data_a, Some(&config));
-    wait_until("node a stores events", Duration::from_secs(60), || count(&a, "SELECT count(*) FROM events") >= 2_000);
-    let b = Server::start(&data_b, Some(&config));
-    let assigned =
-        |s: &Server| s.get_text("/metrics").lines().filter(|l| l.starts_with("adstore_kafka_stored_offset{")).count();
-    wait_until("the group splits the partitions", Duration::from_secs(60), || {
-        assigned(&a) + assigned(&b) == 4 && assigned(&b) > 0
-    });
+    let (a, b) = two_nodes(&data_a, &data_b, &config, 2_000);
     // Long enough that b's commits matter: without them, all it stored
     // would be stored again, far above the bound below.
     wait_until("node b stores events", Duration::from_secs(60), || count(&b, "SELECT count(*) FROM events") >= 6_000);

@@ -351,18 +351,38 @@ fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
     if a.is_null(i) { None } else { Some(a.value(i)) }
 }
 
+/// The columns of a batch that attribution reads: what an event is, the
+/// ids it carries or names, and the scopes those ids live in.
+struct AttributionColumns<'a> {
+    kind: &'a [u8],
+    imp: &'a StringArray,
+    click: &'a StringArray,
+    ad: &'a StringArray,
+    adv: &'a StringArray,
+    user: &'a StringArray,
+    publisher: &'a StringArray,
+}
+
+impl<'a> AttributionColumns<'a> {
+    fn of(batch: &'a EventBatch) -> Self {
+        AttributionColumns {
+            kind: batch.u8_column(ColumnId::Type).values(),
+            imp: batch.str_column(ColumnId::ImpressionId),
+            click: batch.str_column(ColumnId::ClickId),
+            ad: batch.str_column(ColumnId::AdId),
+            adv: batch.str_column(ColumnId::AdvertiserId),
+            user: batch.str_column(ColumnId::UserKey),
+            publisher: batch.str_column(ColumnId::PublisherId),
+        }
+    }
+}
+
 /// Calls `f` with each impression (that has an `impression_id`) and click
 /// (that has a `click_id`) among `rows` of `batch` (all rows when `None`),
 /// read straight from its columns.
 fn for_each_anchor<'a>(batch: &'a EventBatch, rows: Option<&[u32]>, mut f: impl FnMut(AnchorRef<'a>)) {
-    let kind = batch.u8_column(ColumnId::Type).values();
+    let AttributionColumns { kind, imp, click, ad, adv, user, publisher } = AttributionColumns::of(batch);
     let ts = batch.ts();
-    let imp = batch.str_column(ColumnId::ImpressionId);
-    let click = batch.str_column(ColumnId::ClickId);
-    let ad = batch.str_column(ColumnId::AdId);
-    let adv = batch.str_column(ColumnId::AdvertiserId);
-    let user = batch.str_column(ColumnId::UserKey);
-    let publisher = batch.str_column(ColumnId::PublisherId);
     let mut one = |i: usize| {
         let Some(kind) = EventType::from_code(kind[i]) else { return };
         let (id, scope) = match kind {

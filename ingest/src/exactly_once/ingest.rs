@@ -11,7 +11,7 @@ use rustc_hash::FxHashSet;
 use serde::Serialize;
 
 use super::index::{AnchorRef, AttributionIndex, h, scoped};
-use super::{ExactlyOnce, attribute, for_each_anchor, opt_str};
+use super::{AttributionColumns, ExactlyOnce, attribute, for_each_anchor, opt_str};
 use crate::dedupe::{DedupeIndex, Flight, batch_keys};
 use crate::duplicates::DuplicateStage;
 
@@ -216,13 +216,7 @@ impl Wanted {
     fn by(batches: &[EventBatch]) -> Wanted {
         let mut w = Wanted::default();
         for batch in batches {
-            let kind = batch.u8_column(ColumnId::Type).values();
-            let imp = batch.str_column(ColumnId::ImpressionId);
-            let click = batch.str_column(ColumnId::ClickId);
-            let ad = batch.str_column(ColumnId::AdId);
-            let adv = batch.str_column(ColumnId::AdvertiserId);
-            let user = batch.str_column(ColumnId::UserKey);
-            let publisher = batch.str_column(ColumnId::PublisherId);
+            let AttributionColumns { kind, imp, click, ad, adv, user, publisher } = AttributionColumns::of(batch);
             for (i, &k) in kind.iter().enumerate() {
                 let (ids, by_user, id, scope) = match EventType::from_code(k) {
                     Some(EventType::Click) => (&mut w.impressions, &mut w.impressions_by_user, imp, ad),

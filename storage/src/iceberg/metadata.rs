@@ -84,20 +84,22 @@ fn name_mapping(fields: &[Value]) -> Value {
     Value::Array(fields.iter().map(|f| json!({"field-id": f["id"], "names": [f["name"]]})).collect())
 }
 
-/// The current schema's fields.
-fn current_fields(meta: &Value) -> Result<&Vec<Value>> {
+/// The current schema.
+fn current_schema(meta: &Value) -> Result<&Value> {
     let id = &meta["current-schema-id"];
     let schemas = meta["schemas"].as_array().ok_or_else(|| bad("no schemas"))?;
-    let schema = schemas.iter().find(|s| s["schema-id"] == *id).ok_or_else(|| bad("no current schema"))?;
-    schema["fields"].as_array().ok_or_else(|| bad("a schema without fields"))
+    schemas.iter().find(|s| s["schema-id"] == *id).ok_or_else(|| bad("no current schema"))
+}
+
+/// The current schema's fields.
+fn current_fields(meta: &Value) -> Result<&Vec<Value>> {
+    current_schema(meta)?["fields"].as_array().ok_or_else(|| bad("a schema without fields"))
 }
 
 /// The current schema and the partition spec as the JSON a manifest's
 /// header carries.
 pub fn manifest_header(meta: &Value) -> Result<(String, String)> {
-    let id = &meta["current-schema-id"];
-    let schemas = meta["schemas"].as_array().ok_or_else(|| bad("no schemas"))?;
-    let schema = schemas.iter().find(|s| s["schema-id"] == *id).ok_or_else(|| bad("no current schema"))?;
+    let schema = current_schema(meta)?;
     let specs = meta["partition-specs"].as_array().ok_or_else(|| bad("no partition specs"))?;
     let spec = specs.iter().find(|s| s["spec-id"] == 0).ok_or_else(|| bad("no partition spec 0"))?;
     if spec["fields"].as_array().map(Vec::len) != Some(1) || spec["fields"][0]["transform"] != "day" {
