@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use adstore_storage::{
-    BlockScan, ColumnData, ColumnId, HeadScan, ScanBatch, ScanPlan, SegmentScan, Snapshot, count_block, scan_block,
+    BlockScan, ColumnData, ColumnId, HeadChunk, HeadScan, ScanBatch, ScanPlan, SegmentScan, Snapshot, count_block,
+    scan_block, scan_head_run,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{Field, Schema, SchemaRef};
@@ -64,7 +65,8 @@ pub(crate) struct ExecStats {
 
 enum Task<'p> {
     Block(&'p SegmentScan, &'p BlockScan),
-    Head(&'p HeadScan),
+    /// A run of head chunks ([`ScanPlan::head_runs`]), read as one batch.
+    Head(&'p [HeadScan]),
     /// A block of a rollup segment read instead of a raw segment.
     Rollup(&'p adstore_storage::LiveSegment, usize),
     /// A billing snapshot (`billing_daily`).
@@ -77,16 +79,11 @@ fn scan_task(task: &Task<'_>, req: &adstore_storage::ScanRequest) -> Result<Opti
         Task::Rollup(..) | Task::Billing(_) => {
             return Err(QueryError::Internal("a rollup block or billing snapshot scanned as events".into()));
         }
-        Task::Head(h) => {
-            let one = ScanPlan {
-                segments: Vec::new(),
-                pruned: Vec::new(),
-                blocks_total: 0,
-                blocks_pruned: 0,
-                head: vec![(*h).clone()],
-                candidate_rows: 0,
-            };
-            one.execute(req)?.into_iter().next().map(|sb| (sb, false))
+        // Read here, on this task's thread: a scan plan would hand the
+        // run to the pool again from inside the pool.
+        Task::Head(run) => {
+            let chunks: Vec<&HeadChunk> = run.iter().map(|h| &h.chunk).collect();
+            scan_head_run(&chunks, req)?.map(|sb| (sb, false))
         }
     })
 }
@@ -292,7 +289,7 @@ pub(crate) fn execute(
     for r in cover.reads() {
         tasks.extend(rollup::blocks(r, plan).into_iter().map(|b| Task::Rollup(r, b)));
     }
-    tasks.extend(scan.head.iter().map(Task::Head));
+    tasks.extend(scan.head_runs().into_iter().map(Task::Head));
     let rows_scanned = AtomicU64::new(0);
     let head_rows = AtomicBool::new(false);
     let stop = Stop { deadline, opts };
@@ -647,14 +644,21 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
         push(&name, what);
     }
     let head_rows: usize = scan.head.iter().map(|h| h.chunk.num_rows()).sum();
-    push("head", format!("{} chunk(s), {} row(s) checked row by row", scan.head.len(), head_rows));
+    let head_runs = scan.head_runs().len();
+    push(
+        "head",
+        format!(
+            "{} chunk(s) in {head_runs} run(s), {head_rows} row(s) checked row by row (dimensions as codes)",
+            scan.head.len()
+        ),
+    );
     let raw_blocks: usize =
         scan.segments.iter().filter(|s| cover.of(s.segment.meta.id).is_none()).map(|s| s.blocks.len()).sum();
     let rollup_blocks: usize = cover.reads().iter().map(|r| rollup::blocks(r, plan).len()).sum();
-    let tasks = raw_blocks + rollup_blocks + scan.head.len();
+    let tasks = raw_blocks + rollup_blocks + head_runs;
     push(
         "parallelism",
-        format!("{} task(s) (blocks + head chunks) on {} rayon thread(s)", tasks, rayon::current_num_threads()),
+        format!("{} task(s) (blocks + head runs) on {} rayon thread(s)", tasks, rayon::current_num_threads()),
     );
     explain_batch(rows)
 }

@@ -105,6 +105,7 @@ pub fn apply_budget(
 /// The memory each part holds, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryUse {
+    /// The unsealed events, and the dictionary codes scans built for them.
     pub head: u64,
     pub block_cache: u64,
     /// The dedupe table, and the filters and fences of its runs on disk.
@@ -117,7 +118,7 @@ impl MemoryUse {
     pub fn measure(store: &Store, exactly_once: &ExactlyOnce) -> MemoryUse {
         let eo = exactly_once.stats();
         MemoryUse {
-            head: store.head_bytes(),
+            head: store.head_bytes() + store.head_codes_bytes(),
             block_cache: store.block_cache_bytes(),
             dedupe: eo.dedupe_table_bytes + eo.dedupe_spilled.memory_bytes,
             attribution: eo.attribution_memory_bytes + eo.attribution_parts.memory_bytes,

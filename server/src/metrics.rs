@@ -242,6 +242,12 @@ const SERIES: &[Series] = &[
         value: |s| s.store.head_bytes as f64,
     },
     Series {
+        name: "adstore_head_codes_bytes",
+        kind: Kind::Gauge,
+        help: "Dictionary codes of the unsealed events' dimension columns, built by the scans that read them.",
+        value: |s| s.store.head_codes_bytes as f64,
+    },
+    Series {
         name: "adstore_head_limit_bytes",
         kind: Kind::Gauge,
         help: "storage.max_head_bytes (0: no limit).",

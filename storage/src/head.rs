@@ -15,10 +15,18 @@
 //! a cheap clone of the chunk lists and never blocks ingest for longer than
 //! that clone. A seal takes a prefix of a partition's chunks and, once its
 //! segment is in the catalog, drops exactly that prefix.
+//!
+//! Scans read a partition's chunks in runs of up to [`dicts::RUN_ROWS`]
+//! rows, their dimension columns as codes of one dictionary per run, built
+//! at the first scan that needs them ([`dicts`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+mod dicts;
+pub use dicts::Run;
 
 use crate::error::{Result, StorageError};
 use crate::event::{ColumnId, EventBatch, are_rows_under, other_rows, shard_of};
@@ -219,13 +227,15 @@ pub struct HeadChunk {
     /// its rows it holds), counted into the head's bytes at insert and out
     /// again, the same number, when sealed.
     pub bytes: u64,
+    /// The run of its partition's chunks it is scanned with.
+    run: Arc<Run>,
 }
 
 impl HeadChunk {
     /// A chunk of every row of `batch`.
     pub fn whole(lsn: Lsn, batch: EventBatch) -> HeadChunk {
         let bytes = batch.memory_bytes() as u64;
-        HeadChunk { lsn, source: batch, rows: None, bytes }
+        HeadChunk { lsn, source: batch, rows: None, bytes, run: Arc::new(Run::new(Arc::default())) }
     }
 
     /// A chunk of the rows of `source` at `rows` (ascending), or of all of
@@ -236,7 +246,7 @@ impl HeadChunk {
         let Some(rows) = rows else { return HeadChunk::whole(lsn, source) };
         let share = rows.len() as f64 / stored.max(1) as f64;
         let bytes = (source.memory_bytes() as f64 * share) as u64;
-        HeadChunk { lsn, source, rows: Some(rows), bytes }
+        HeadChunk { lsn, source, rows: Some(rows), bytes, run: Arc::new(Run::new(Arc::default())) }
     }
 
     pub fn num_rows(&self) -> usize {
@@ -267,6 +277,13 @@ impl HeadChunk {
         }
     }
 
+    /// The run it is scanned with: the chunks of its partition that
+    /// share dictionaries ([`Run::codes`]). A chunk outside a head is a
+    /// run of its own.
+    pub fn run(&self) -> &Arc<Run> {
+        &self.run
+    }
+
     /// The event times of the chunk's rows.
     pub fn ts(&self) -> impl Iterator<Item = i64> + '_ {
         let ts = self.source.ts();
@@ -277,6 +294,8 @@ impl HeadChunk {
 #[derive(Debug, Default)]
 struct HeadPartition {
     chunks: Vec<HeadChunk>,
+    /// The run new chunks join, and the rows it was given.
+    run: Option<(Arc<Run>, usize)>,
     rows: usize,
     /// Arrow bytes of the chunks' rows ([`EventBatch::memory_bytes`]).
     bytes: u64,
@@ -290,6 +309,9 @@ pub struct Head {
     partitions: BTreeMap<PartitionKey, HeadPartition>,
     /// Sum of the partitions' `bytes`.
     bytes: u64,
+    /// Bytes of the runs' dictionary codes (see [`Run::codes`]), until the
+    /// last reference to a run's chunks is dropped.
+    codes_bytes: Arc<AtomicU64>,
 }
 
 /// A partition that a seal should take now, and how much of it.
@@ -317,6 +339,14 @@ impl Head {
                 continue;
             }
             let p = self.partitions.entry(key).or_default();
+            let rows = chunk.num_rows();
+            let (run, held) = match p.run.take() {
+                Some((run, held)) if held + rows <= dicts::RUN_ROWS => (run, held + rows),
+                // Its codes count in this head's bytes (none are built yet).
+                _ => (Arc::new(Run::new(self.codes_bytes.clone())), rows),
+            };
+            let chunk = HeadChunk { run: run.clone(), ..chunk };
+            p.run = Some((run, held));
             p.rows += chunk.num_rows();
             p.bytes += chunk.bytes;
             self.bytes += chunk.bytes;
@@ -333,6 +363,11 @@ impl Head {
     /// [`Head::remove_sealed`] has not yet removed.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes of the dictionary codes scans built for head chunks.
+    pub fn codes_bytes(&self) -> u64 {
+        self.codes_bytes.load(Ordering::Relaxed)
     }
 
     pub fn partition_count(&self) -> usize {
@@ -369,8 +404,11 @@ impl Head {
     pub fn remove_sealed(&mut self, partition: PartitionKey, count: usize, now: Instant) {
         let Some(p) = self.partitions.get_mut(&partition) else { return };
         let count = count.min(p.chunks.len());
-        let (rows, bytes) =
-            p.chunks.drain(..count).fold((0, 0), |(rows, bytes), c| (rows + c.num_rows(), bytes + c.bytes));
+        let sealed: Vec<HeadChunk> = p.chunks.drain(..count).collect();
+        let (rows, bytes) = sealed.iter().fold((0, 0), |(rows, bytes), c| (rows + c.num_rows(), bytes + c.bytes));
+        for c in &sealed {
+            c.run.forget(&[c.lsn]);
+        }
         debug_assert!(p.bytes >= bytes && self.bytes >= bytes, "head bytes out of step");
         p.rows -= rows;
         p.bytes -= bytes;

@@ -53,7 +53,7 @@ pub use lookup::{Found, FoundEvent, MAX_LOOKUP_EVENTS};
 pub use manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier};
 pub use scan::{
     BlockScan, CodeCounts, DimFilter, HeadScan, MAX_COUNT_CELLS, PruneReason, ScanBatch, ScanPlan, ScanRequest,
-    ScanSource, SegmentScan, TimeRange, count_block, gather, scan_block,
+    ScanSource, SegmentScan, TimeRange, count_block, gather, scan_block, scan_head_chunk, scan_head_run,
 };
 pub use seal::{SealContext, SealKind, SealPipeline, SealStage, Sidecar, SidecarReader, StageOutput};
 pub use segment::{

@@ -15,6 +15,7 @@
 //! sealed) are filtered row by row.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use arrow_array::Array;
 use rayon::prelude::*;
@@ -167,6 +168,20 @@ pub struct ScanPlan {
 impl ScanPlan {
     pub fn segments_scanned(&self) -> usize {
         self.segments.len()
+    }
+
+    /// The head chunks by run ([`HeadChunk::run`]), each read as one
+    /// batch by [`scan_head_run`].
+    pub fn head_runs(&self) -> Vec<&[HeadScan]> {
+        let mut runs: Vec<&[HeadScan]> = Vec::new();
+        let mut start = 0;
+        for end in 1..=self.head.len() {
+            if end == self.head.len() || !Arc::ptr_eq(self.head[end].chunk.run(), self.head[start].chunk.run()) {
+                runs.push(&self.head[start..end]);
+                start = end;
+            }
+        }
+        runs
     }
 }
 
@@ -757,6 +772,7 @@ pub fn gather(data: &ColumnData, idx: &[u32]) -> ColumnData {
     }
 }
 
+/// Column `c` of every row of `batch`.
 fn head_column(batch: &EventBatch, c: ColumnId) -> ColumnData {
     match c.spec().kind {
         ColumnKind::Str => ColumnData::Str(batch.str_column(c).clone()),
@@ -768,82 +784,162 @@ fn head_column(batch: &EventBatch, c: ColumnId) -> ColumnData {
     }
 }
 
-/// Column `c`'s values at rows `idx` of a head chunk's source, read where
-/// they are: a copy of the whole column first would cost a record's size
-/// for each of its partitions' chunks.
-fn head_column_at(batch: &EventBatch, c: ColumnId, idx: &[u32]) -> ColumnData {
-    let at = |i: &u32| *i as usize;
+/// Column `c`'s values at rows `idx[k]` of chunk `k`'s source, one after
+/// another, read where they are: a copy of the whole column first would
+/// cost a record's size for each of its partitions' chunks.
+fn head_column_of(chunks: &[&HeadChunk], idx: &[Vec<u32>], c: ColumnId) -> ColumnData {
+    if let ([chunk], [idx]) = (chunks, idx)
+        && idx.len() == chunk.source().num_rows()
+    {
+        return head_column(chunk.source(), c);
+    }
+    let parts = || chunks.iter().zip(idx).map(|(ch, idx)| (ch.source(), idx));
     match c.spec().kind {
-        ColumnKind::Str => {
-            let a = batch.str_column(c);
-            ColumnData::Str(idx.iter().map(at).map(|i| (!a.is_null(i)).then(|| a.value(i))).collect())
-        }
-        ColumnKind::I64 => {
-            let v = batch.i64_column(c).values();
-            ColumnData::I64(idx.iter().map(at).map(|i| v[i]).collect())
-        }
-        ColumnKind::U8 => {
-            let v = batch.u8_column(c).values();
-            ColumnData::U8(idx.iter().map(at).map(|i| v[i]).collect())
-        }
-        ColumnKind::Bool => {
-            let a = batch.bool_column(c);
-            ColumnData::Bool(idx.iter().map(at).map(|i| a.is_valid(i) && a.value(i)).collect())
-        }
+        ColumnKind::Str => ColumnData::Str(
+            parts()
+                .flat_map(|(b, idx)| {
+                    let a = b.str_column(c);
+                    idx.iter().map(move |&i| (!a.is_null(i as usize)).then(|| a.value(i as usize)))
+                })
+                .collect(),
+        ),
+        ColumnKind::I64 => ColumnData::I64(
+            parts()
+                .flat_map(|(b, idx)| {
+                    let v = b.i64_column(c).values();
+                    idx.iter().map(move |&i| v[i as usize])
+                })
+                .collect(),
+        ),
+        ColumnKind::U8 => ColumnData::U8(
+            parts()
+                .flat_map(|(b, idx)| {
+                    let v = b.u8_column(c).values();
+                    idx.iter().map(move |&i| v[i as usize])
+                })
+                .collect(),
+        ),
+        ColumnKind::Bool => ColumnData::Bool(
+            parts()
+                .flat_map(|(b, idx)| {
+                    let a = b.bool_column(c);
+                    idx.iter().map(move |&i| a.is_valid(i as usize) && a.value(i as usize))
+                })
+                .collect(),
+        ),
         // Invariant: no event column is Bytes (`COLUMNS`).
-        ColumnKind::Bytes => ColumnData::Bytes(arrow_array::BinaryArray::new_null(idx.len())),
-    }
-}
-
-/// A filtered column of a head chunk.
-enum HeadColumn<'a> {
-    Str(&'a arrow_array::StringArray),
-    /// Codes and the name of each.
-    Enum(&'a [u8], &'static [&'static str]),
-}
-
-impl HeadColumn<'_> {
-    fn value(&self, i: usize) -> Option<&str> {
-        match self {
-            HeadColumn::Str(a) => (!a.is_null(i)).then(|| a.value(i)),
-            HeadColumn::Enum(codes, names) => names.get(usize::from(codes[i])).copied(),
+        ColumnKind::Bytes => {
+            ColumnData::Bytes(arrow_array::BinaryArray::new_null(idx.iter().map(Vec::len).sum::<usize>()))
         }
     }
 }
 
-fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBatch>> {
-    // The chunk's rows of its source batch, which may hold other
-    // partitions' rows too: only the chunk's are looked at.
-    let batch = chunk.source();
-    let ts = batch.ts();
-    let filters: Vec<(&DimFilter, HeadColumn<'_>)> = req
+/// A filter on head rows, row by row; per chunk where it reads a column.
+enum HeadFilter<'a> {
+    /// A string column, compared as strings.
+    Str(&'a DimFilter, Vec<&'a arrow_array::StringArray>),
+    /// An enum column: codes and the name of each.
+    Enum(&'a DimFilter, Vec<&'a [u8]>, &'static [&'static str]),
+    /// A dimension column as the run's codes, and the verdict per code.
+    Codes(Vec<Arc<[u32]>>, CodeVerdict),
+}
+
+impl HeadFilter<'_> {
+    /// Whether row `j` of chunk `k`, row `i` of its source, passes.
+    fn holds(&self, k: usize, j: usize, i: usize) -> bool {
+        match self {
+            HeadFilter::Str(f, a) => f.matches_str((!a[k].is_null(i)).then(|| a[k].value(i))),
+            HeadFilter::Enum(f, codes, names) => f.matches_str(names.get(usize::from(codes[k][i])).copied()),
+            HeadFilter::Codes(codes, verdict) => verdict.holds(i64::from(codes[k][j])),
+        }
+    }
+}
+
+/// One head chunk's matching rows, as [`scan_head_run`] reads them.
+pub fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBatch>> {
+    scan_head_run(&[chunk], req)
+}
+
+/// The rows of head chunks of one run (see [`HeadChunk::run`]) that
+/// match, and the requested columns of them, as one batch: dimension
+/// columns as the run's dictionary codes (built by the first scan that
+/// reads them), so that they group and filter as a segment's do; the
+/// others read where they are. Its source names the first chunk's LSN.
+pub fn scan_head_run(chunks: &[&HeadChunk], req: &ScanRequest) -> Result<Option<ScanBatch>> {
+    let Some(first) = chunks.first() else { return Ok(None) };
+    if chunks.iter().any(|c| !Arc::ptr_eq(c.run(), first.run())) {
+        return Err(StorageError::Internal("head chunks of different runs scanned as one".into()));
+    }
+    let run = first.run();
+    let filters: Vec<HeadFilter<'_>> = req
         .filters
         .iter()
-        .map(|f| {
-            let col = match f.column.enum_names() {
-                Some(names) => HeadColumn::Enum(batch.u8_column(f.column).values(), names),
-                None => HeadColumn::Str(batch.str_column(f.column)),
-            };
-            (f, col)
+        .map(|f| match f.column.enum_names() {
+            Some(names) => HeadFilter::Enum(
+                f,
+                chunks.iter().map(|ch| ch.source().u8_column(f.column).values().as_ref()).collect(),
+                names,
+            ),
+            None => match run.codes(f.column, chunks) {
+                Some((dict, codes)) => {
+                    HeadFilter::Codes(codes, CodeVerdict::new(dict.len(), |c| f.matches_str(dict.value(c))))
+                }
+                None => HeadFilter::Str(f, chunks.iter().map(|ch| ch.source().str_column(f.column)).collect()),
+            },
         })
         .collect();
-    let keep = |&i: &u32| {
-        let i = i as usize;
-        req.time_range.contains(ts[i]) && filters.iter().all(|(f, c)| f.matches_str(c.value(i)))
-    };
-    let idx: Vec<u32> = match chunk.rows() {
-        Some(rows) => rows.iter().copied().filter(keep).collect(),
-        None => (0..batch.num_rows() as u32).filter(keep).collect(),
-    };
-    if idx.is_empty() {
+    // Per chunk: the positions among its rows that match, and those rows
+    // of its source (which may hold other partitions' rows too).
+    let kept: Vec<Vec<u32>> = chunks
+        .iter()
+        .enumerate()
+        .map(|(k, ch)| {
+            let ts = ch.source().ts();
+            let source_row = |j: usize| ch.rows().map_or(j, |rows| rows[j] as usize);
+            (0..ch.num_rows())
+                .filter(|&j| {
+                    let i = source_row(j);
+                    req.time_range.contains(ts[i]) && filters.iter().all(|f| f.holds(k, j, i))
+                })
+                .map(|j| j as u32)
+                .collect()
+        })
+        .collect();
+    let rows: usize = kept.iter().map(Vec::len).sum();
+    if rows == 0 {
         return Ok(None);
     }
-    let all = idx.len() == batch.num_rows();
-    let columns =
-        req.columns.iter().map(|&c| if all { head_column(batch, c) } else { head_column_at(batch, c, &idx) }).collect();
-    let ts_bounds =
-        idx.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &i| (lo.min(ts[i as usize]), hi.max(ts[i as usize])));
-    Ok(Some(ScanBatch { source: ScanSource::Head { lsn: chunk.lsn }, rows: idx.len(), columns, ts_bounds }))
+    let idx: Vec<Vec<u32>> = chunks
+        .iter()
+        .zip(&kept)
+        .map(|(ch, kept)| match ch.rows() {
+            None => kept.clone(),
+            Some(source) => kept.iter().map(|&j| source[j as usize]).collect(),
+        })
+        .collect();
+    let columns = req
+        .columns
+        .iter()
+        .map(|&c| match run.codes(c, chunks) {
+            Some((dict, codes)) => {
+                let mut out = Vec::with_capacity(rows);
+                for (codes, kept) in codes.iter().zip(&kept) {
+                    if kept.len() == codes.len() {
+                        out.extend_from_slice(codes);
+                    } else {
+                        out.extend(kept.iter().map(|&j| codes[j as usize]));
+                    }
+                }
+                ColumnData::Dict { codes: out, dict }
+            }
+            None => head_column_of(chunks, &idx, c),
+        })
+        .collect();
+    let ts_bounds = chunks.iter().zip(&idx).fold((i64::MAX, i64::MIN), |bounds, (ch, idx)| {
+        let ts = ch.source().ts();
+        idx.iter().fold(bounds, |(lo, hi), &i| (lo.min(ts[i as usize]), hi.max(ts[i as usize])))
+    });
+    Ok(Some(ScanBatch { source: ScanSource::Head { lsn: first.lsn }, rows, columns, ts_bounds }))
 }
 
 #[cfg(test)]

@@ -129,6 +129,17 @@ impl Dictionary {
         if entries.windows(2).any(|w| w[0].as_ref() >= w[1].as_ref()) {
             return None;
         }
+        Some(Dictionary::build(entries))
+    }
+
+    /// A dictionary of `entries`, sorted and deduplicated first.
+    pub(crate) fn from_distinct(mut entries: Vec<&str>) -> Dictionary {
+        entries.sort_unstable();
+        entries.dedup();
+        Dictionary::build(&entries)
+    }
+
+    fn build<S: AsRef<str>>(entries: &[S]) -> Dictionary {
         let mut data = String::with_capacity(entries.iter().map(|e| e.as_ref().len()).sum());
         let mut ends = Vec::with_capacity(entries.len() + 1);
         ends.push(0);
@@ -136,12 +147,17 @@ impl Dictionary {
             data.push_str(e.as_ref());
             ends.push(data.len());
         }
-        Some(Dictionary { data, ends })
+        Dictionary { data, ends }
     }
 
     /// Number of entries (not counting NULL).
     pub fn len(&self) -> usize {
         self.ends.len().saturating_sub(1)
+    }
+
+    /// Bytes it holds in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() + self.ends.len() * size_of::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -375,6 +375,8 @@ pub struct StoreStats {
     pub head_bytes: u64,
     /// `max_head_bytes`, 0 when there is none.
     pub head_limit_bytes: u64,
+    /// Dictionary codes scans built for the unsealed events.
+    pub head_codes_bytes: u64,
     /// Appends refused because the head was full.
     pub head_full_refusals: u64,
     /// Free bytes on the data directory's file system.
@@ -758,6 +760,7 @@ impl Store {
             head_partitions: v.head.partition_count(),
             head_bytes: v.head.bytes(),
             head_limit_bytes: self.head_limit().unwrap_or(0),
+            head_codes_bytes: v.head.codes_bytes(),
             head_full_refusals: c.head_full_refusals.load(Ordering::Relaxed),
             disk_free_bytes: self.disk_free_bytes(),
             disk_min_free_bytes: self.inner.config.min_free_bytes,
@@ -780,6 +783,11 @@ impl Store {
     /// Bytes of unsealed events in the head.
     pub fn head_bytes(&self) -> u64 {
         self.inner.visible.read().head.bytes()
+    }
+
+    /// Bytes of the dictionary codes scans built for the head's events.
+    pub fn head_codes_bytes(&self) -> u64 {
+        self.inner.visible.read().head.codes_bytes()
     }
 
     /// Bytes held by the block cache.
