@@ -406,8 +406,10 @@ impl Head {
         let count = count.min(p.chunks.len());
         let sealed: Vec<HeadChunk> = p.chunks.drain(..count).collect();
         let (rows, bytes) = sealed.iter().fold((0, 0), |(rows, bytes), c| (rows + c.num_rows(), bytes + c.bytes));
-        for c in &sealed {
-            c.run.forget(&[c.lsn]);
+        for same_run in sealed.chunk_by(|a, b| Arc::ptr_eq(&a.run, &b.run)) {
+            if let Some(first) = same_run.first() {
+                first.run.forget(&same_run.iter().map(|c| c.lsn).collect::<Vec<Lsn>>());
+            }
         }
         debug_assert!(p.bytes >= bytes && self.bytes >= bytes, "head bytes out of step");
         p.rows -= rows;

@@ -787,13 +787,14 @@ fn head_column(batch: &EventBatch, c: ColumnId) -> ColumnData {
 /// Column `c`'s values at rows `idx[k]` of chunk `k`'s source, one after
 /// another, read where they are: a copy of the whole column first would
 /// cost a record's size for each of its partitions' chunks.
-fn head_column_of(chunks: &[&HeadChunk], idx: &[Vec<u32>], c: ColumnId) -> ColumnData {
+fn head_column_of(chunks: &[&HeadChunk], idx: &[&[u32]], c: ColumnId) -> ColumnData {
     if let ([chunk], [idx]) = (chunks, idx)
         && idx.len() == chunk.source().num_rows()
     {
         return head_column(chunk.source(), c);
     }
-    let parts = || chunks.iter().zip(idx).map(|(ch, idx)| (ch.source(), idx));
+    let rows = idx.iter().map(|idx| idx.len()).sum();
+    let parts = || chunks.iter().zip(idx).map(|(ch, idx)| (ch.source(), *idx));
     match c.spec().kind {
         ColumnKind::Str => ColumnData::Str(
             parts()
@@ -803,34 +804,32 @@ fn head_column_of(chunks: &[&HeadChunk], idx: &[Vec<u32>], c: ColumnId) -> Colum
                 })
                 .collect(),
         ),
-        ColumnKind::I64 => ColumnData::I64(
-            parts()
-                .flat_map(|(b, idx)| {
-                    let v = b.i64_column(c).values();
-                    idx.iter().map(move |&i| v[i as usize])
-                })
-                .collect(),
-        ),
-        ColumnKind::U8 => ColumnData::U8(
-            parts()
-                .flat_map(|(b, idx)| {
-                    let v = b.u8_column(c).values();
-                    idx.iter().map(move |&i| v[i as usize])
-                })
-                .collect(),
-        ),
-        ColumnKind::Bool => ColumnData::Bool(
-            parts()
-                .flat_map(|(b, idx)| {
-                    let a = b.bool_column(c);
-                    idx.iter().map(move |&i| a.is_valid(i as usize) && a.value(i as usize))
-                })
-                .collect(),
-        ),
-        // Invariant: no event column is Bytes (`COLUMNS`).
-        ColumnKind::Bytes => {
-            ColumnData::Bytes(arrow_array::BinaryArray::new_null(idx.iter().map(Vec::len).sum::<usize>()))
+        ColumnKind::I64 => {
+            let mut out = Vec::with_capacity(rows);
+            for (b, idx) in parts() {
+                let v = b.i64_column(c).values();
+                out.extend(idx.iter().map(|&i| v[i as usize]));
+            }
+            ColumnData::I64(out)
         }
+        ColumnKind::U8 => {
+            let mut out = Vec::with_capacity(rows);
+            for (b, idx) in parts() {
+                let v = b.u8_column(c).values();
+                out.extend(idx.iter().map(|&i| v[i as usize]));
+            }
+            ColumnData::U8(out)
+        }
+        ColumnKind::Bool => {
+            let mut out = Vec::with_capacity(rows);
+            for (b, idx) in parts() {
+                let a = b.bool_column(c);
+                out.extend(idx.iter().map(|&i| a.is_valid(i as usize) && a.value(i as usize)));
+            }
+            ColumnData::Bool(out)
+        }
+        // Invariant: no event column is Bytes (`COLUMNS`).
+        ColumnKind::Bytes => ColumnData::Bytes(arrow_array::BinaryArray::new_null(rows)),
     }
 }
 
@@ -855,9 +854,45 @@ impl HeadFilter<'_> {
     }
 }
 
-/// One head chunk's matching rows, as [`scan_head_run`] reads them.
+/// The rows of one head chunk that match a scan.
+struct Picked {
+    /// Positions among the chunk's rows.
+    kept: Vec<u32>,
+    /// The same rows of the chunk's source.
+    rows: Vec<u32>,
+    ts_min: i64,
+    ts_max: i64,
+}
+
+/// The rows of chunk `k` of a run that match: `rows` gives (position
+/// among the chunk's rows, row of its source), in order.
+fn pick(
+    chunk: &HeadChunk,
+    rows: impl Iterator<Item = (usize, usize)>,
+    range: TimeRange,
+    filters: &[HeadFilter<'_>],
+    k: usize,
+) -> Picked {
+    let ts = chunk.source().ts();
+    let every_time = range == TimeRange::ALL;
+    let mut p = Picked { kept: Vec::new(), rows: Vec::new(), ts_min: i64::MAX, ts_max: i64::MIN };
+    for (j, i) in rows {
+        let t = ts[i];
+        if (every_time || range.contains(t)) && filters.iter().all(|f| f.holds(k, j, i)) {
+            p.kept.push(j as u32);
+            p.rows.push(i as u32);
+            p.ts_min = p.ts_min.min(t);
+            p.ts_max = p.ts_max.max(t);
+        }
+    }
+    p
+}
+
+/// One head chunk's matching rows, its string columns as strings: for
+/// reads that need each chunk's own LSN (lookups), where building its
+/// run's codes one chunk at a time would cost more than it saves.
 pub fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<ScanBatch>> {
-    scan_head_run(&[chunk], req)
+    scan_head(&[chunk], req, false)
 }
 
 /// The rows of head chunks of one run (see [`HeadChunk::run`]) that
@@ -866,6 +901,11 @@ pub fn scan_head_chunk(chunk: &HeadChunk, req: &ScanRequest) -> Result<Option<Sc
 /// reads them), so that they group and filter as a segment's do; the
 /// others read where they are. Its source names the first chunk's LSN.
 pub fn scan_head_run(chunks: &[&HeadChunk], req: &ScanRequest) -> Result<Option<ScanBatch>> {
+    scan_head(chunks, req, true)
+}
+
+/// [`scan_head_run`], with dimension columns as the run's codes or not.
+fn scan_head(chunks: &[&HeadChunk], req: &ScanRequest, as_codes: bool) -> Result<Option<ScanBatch>> {
     let Some(first) = chunks.first() else { return Ok(None) };
     if chunks.iter().any(|c| !Arc::ptr_eq(c.run(), first.run())) {
         return Err(StorageError::Internal("head chunks of different runs scanned as one".into()));
@@ -880,7 +920,7 @@ pub fn scan_head_run(chunks: &[&HeadChunk], req: &ScanRequest) -> Result<Option<
                 chunks.iter().map(|ch| ch.source().u8_column(f.column).values().as_ref()).collect(),
                 names,
             ),
-            None => match run.codes(f.column, chunks) {
+            None => match as_codes.then(|| run.codes(f.column, chunks)).flatten() {
                 Some((dict, codes)) => {
                     HeadFilter::Codes(codes, CodeVerdict::new(dict.len(), |c| f.matches_str(dict.value(c))))
                 }
@@ -888,46 +928,30 @@ pub fn scan_head_run(chunks: &[&HeadChunk], req: &ScanRequest) -> Result<Option<
             },
         })
         .collect();
-    // Per chunk: the positions among its rows that match, and those rows
-    // of its source (which may hold other partitions' rows too).
-    let kept: Vec<Vec<u32>> = chunks
+    let picked: Vec<Picked> = chunks
         .iter()
         .enumerate()
-        .map(|(k, ch)| {
-            let ts = ch.source().ts();
-            let source_row = |j: usize| ch.rows().map_or(j, |rows| rows[j] as usize);
-            (0..ch.num_rows())
-                .filter(|&j| {
-                    let i = source_row(j);
-                    req.time_range.contains(ts[i]) && filters.iter().all(|f| f.holds(k, j, i))
-                })
-                .map(|j| j as u32)
-                .collect()
+        .map(|(k, ch)| match ch.rows() {
+            Some(rows) => pick(ch, rows.iter().map(|&i| i as usize).enumerate(), req.time_range, &filters, k),
+            None => pick(ch, (0..ch.num_rows()).map(|i| (i, i)), req.time_range, &filters, k),
         })
         .collect();
-    let rows: usize = kept.iter().map(Vec::len).sum();
+    let rows: usize = picked.iter().map(|p| p.kept.len()).sum();
     if rows == 0 {
         return Ok(None);
     }
-    let idx: Vec<Vec<u32>> = chunks
-        .iter()
-        .zip(&kept)
-        .map(|(ch, kept)| match ch.rows() {
-            None => kept.clone(),
-            Some(source) => kept.iter().map(|&j| source[j as usize]).collect(),
-        })
-        .collect();
+    let idx: Vec<&[u32]> = picked.iter().map(|p| p.rows.as_slice()).collect();
     let columns = req
         .columns
         .iter()
-        .map(|&c| match run.codes(c, chunks) {
+        .map(|&c| match as_codes.then(|| run.codes(c, chunks)).flatten() {
             Some((dict, codes)) => {
                 let mut out = Vec::with_capacity(rows);
-                for (codes, kept) in codes.iter().zip(&kept) {
-                    if kept.len() == codes.len() {
+                for (codes, p) in codes.iter().zip(&picked) {
+                    if p.kept.len() == codes.len() {
                         out.extend_from_slice(codes);
                     } else {
-                        out.extend(kept.iter().map(|&j| codes[j as usize]));
+                        out.extend(p.kept.iter().map(|&j| codes[j as usize]));
                     }
                 }
                 ColumnData::Dict { codes: out, dict }
@@ -935,10 +959,7 @@ pub fn scan_head_run(chunks: &[&HeadChunk], req: &ScanRequest) -> Result<Option<
             None => head_column_of(chunks, &idx, c),
         })
         .collect();
-    let ts_bounds = chunks.iter().zip(&idx).fold((i64::MAX, i64::MIN), |bounds, (ch, idx)| {
-        let ts = ch.source().ts();
-        idx.iter().fold(bounds, |(lo, hi), &i| (lo.min(ts[i as usize]), hi.max(ts[i as usize])))
-    });
+    let ts_bounds = picked.iter().fold((i64::MAX, i64::MIN), |(lo, hi), p| (lo.min(p.ts_min), hi.max(p.ts_max)));
     Ok(Some(ScanBatch { source: ScanSource::Head { lsn: first.lsn }, rows, columns, ts_bounds }))
 }
 

@@ -52,14 +52,28 @@ struct RunColumn {
     /// The codes of each chunk's rows, by the chunk's LSN (a partition has
     /// one chunk per WAL record).
     chunks: FxHashMap<Lsn, Arc<[u32]>>,
+    /// Bytes of the codes in `chunks`.
+    codes_bytes: usize,
 }
 
 impl RunColumn {
     fn bytes(&self) -> u64 {
-        let codes: usize = self.chunks.values().map(|c| c.len() * size_of::<u32>()).sum();
         // The index holds each entry again, with a map slot.
         let index = self.dict.memory_bytes() + self.index.len() * (size_of::<String>() + size_of::<u32>());
-        (codes + self.dict.memory_bytes() + index) as u64
+        (self.codes_bytes + self.dict.memory_bytes() + index) as u64
+    }
+
+    fn keep(&mut self, lsn: Lsn, codes: Arc<[u32]>) {
+        self.codes_bytes += codes.len() * size_of::<u32>();
+        if let Some(old) = self.chunks.insert(lsn, codes) {
+            self.codes_bytes -= old.len() * size_of::<u32>();
+        }
+    }
+
+    fn drop_chunk(&mut self, lsn: Lsn) {
+        if let Some(old) = self.chunks.remove(&lsn) {
+            self.codes_bytes -= old.len() * size_of::<u32>();
+        }
     }
 
     /// The codes of `rows` of `array`, or `None` if one of their values is
@@ -124,6 +138,7 @@ impl Run {
             dict: Arc::new(Dictionary::default()),
             index: FxHashMap::default(),
             chunks: FxHashMap::default(),
+            codes_bytes: 0,
         });
         let before = col.bytes();
         let new: Vec<&HeadChunk> = chunks.iter().copied().filter(|ch| !col.chunks.contains_key(&ch.lsn)).collect();
@@ -132,9 +147,7 @@ impl Run {
             let mut pending = Vec::new();
             for ch in &new {
                 match col.encode(ch.source().str_column(c), rows_of(ch), &mut missing) {
-                    Some(codes) => {
-                        col.chunks.insert(ch.lsn, codes);
-                    }
+                    Some(codes) => col.keep(ch.lsn, codes),
                     None => pending.push(*ch),
                 }
             }
@@ -144,7 +157,7 @@ impl Run {
                 for ch in pending {
                     // Every value is in the extended dictionary.
                     let codes = col.encode(ch.source().str_column(c), rows_of(ch), &mut none)?;
-                    col.chunks.insert(ch.lsn, codes);
+                    col.keep(ch.lsn, codes);
                 }
             }
             let after = col.bytes();
@@ -165,7 +178,7 @@ impl Run {
             let Some(col) = slot.as_mut() else { continue };
             let before = col.bytes();
             for lsn in sealed {
-                col.chunks.remove(lsn);
+                col.drop_chunk(*lsn);
             }
             let freed = before.saturating_sub(col.bytes());
             self.bytes.fetch_sub(freed, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use super::*;
 use crate::event::{ColumnId, Event, EventType};
 use crate::ids::Lsn;
 use crate::manifest::SealWatermark;
-use crate::scan::{DimFilter, PruneReason, ScanRequest, TimeRange};
+use crate::scan::{DimFilter, PruneReason, ScanBatch, ScanRequest, TimeRange};
 use crate::seal::SealKind;
 use crate::segment::ColumnData;
 use crate::testutil::any_event;
@@ -374,7 +374,8 @@ fn scanned_costs(store: &Store, req: &ScanRequest) -> Vec<i64> {
         assert_eq!(b.columns.len(), 4);
         assert!(b.columns.iter().all(|c| c.len() == b.rows), "every column holds the batch's rows");
         let ColumnData::I64(v) = &b.columns[0] else { panic!("cost_micros must be I64") };
-        // Dimensions come as dictionary codes (the head's built by the scan), other strings plain or as codes.
+        // Segments give dimensions as dictionary codes, other strings plain or
+        // as codes; head chunks read one by one (lookups) give strings.
         let str_at = |c: &ColumnData, i: usize| match c {
             ColumnData::Str(a) => (!arrow_array::Array::is_null(a, i)).then(|| a.value(i).to_string()),
             ColumnData::Dict { codes, dict } => dict.value(codes[i]).map(str::to_string),
@@ -523,7 +524,18 @@ fn head_dimension_codes_are_built_once_counted_and_released_with_their_chunks() 
         filters: vec![DimFilter::eq(ColumnId::CampaignId, "c1")],
         columns: vec![ColumnId::Device, ColumnId::CostMicros],
     };
-    let scan = || store.snapshot().scan(&req).expect("scan");
+    // As queries read the head: by run.
+    let scan = || -> Vec<ScanBatch> {
+        let snapshot = store.snapshot();
+        let plan = snapshot.plan_scan(&req).expect("plan");
+        plan.head_runs()
+            .iter()
+            .filter_map(|run| {
+                let chunks: Vec<&HeadChunk> = run.iter().map(|h| &h.chunk).collect();
+                crate::scan::scan_head_run(&chunks, &req).expect("scan")
+            })
+            .collect()
+    };
     let mut devices = Vec::new();
     for b in scan() {
         let ColumnData::Dict { codes, dict } = &b.columns[0] else {

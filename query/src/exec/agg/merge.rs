@@ -21,8 +21,11 @@ pub(crate) struct Interner {
     /// Strings, looked up by `&str` without allocating.
     strs: FxMap<Arc<str>, u32>,
     pub values: Vec<Scalar>,
-    /// Per dictionary (by identity): code → global id (`u32::MAX`: not yet seen).
-    dict_cache: FxMap<usize, Vec<u32>>,
+    /// Per dictionary (by identity): code → global id (`u32::MAX`: not yet
+    /// seen), and the dictionary, held so that its address is not reused by
+    /// another while the query runs (a head run's dictionary can be
+    /// replaced and freed mid-query).
+    dict_cache: FxMap<usize, (DictRef, Vec<u32>)>,
     bytes: usize,
 }
 
@@ -63,7 +66,8 @@ impl Interner {
     pub(crate) fn translate(&mut self, d: &Domain, code: u32) -> u32 {
         match d {
             Domain::Dict(dict) => {
-                let cache = self.dict_cache.entry(dict.id()).or_insert_with(|| vec![u32::MAX; dict.len() + 1]);
+                let (_, cache) =
+                    self.dict_cache.entry(dict.id()).or_insert_with(|| (dict.clone(), vec![u32::MAX; dict.len() + 1]));
                 let cached = cache.get(code as usize).copied().unwrap_or(u32::MAX);
                 if cached != u32::MAX {
                     return cached;
@@ -72,7 +76,7 @@ impl Interner {
                     Some(s) => self.intern_str(s),
                     None => self.intern(Scalar::Null),
                 };
-                if let Some(slot) = self.dict_cache.get_mut(&dict.id()).and_then(|c| c.get_mut(code as usize)) {
+                if let Some(slot) = self.dict_cache.get_mut(&dict.id()).and_then(|(_, c)| c.get_mut(code as usize)) {
                     *slot = id;
                 }
                 id
@@ -105,7 +109,8 @@ impl Interner {
     ) {
         if let Domain::Dict(dict) = d {
             let id = dict.id();
-            let mut cache = self.dict_cache.remove(&id).unwrap_or_else(|| vec![u32::MAX; dict.len() + 1]);
+            let (held, mut cache) =
+                self.dict_cache.remove(&id).unwrap_or_else(|| (dict.clone(), vec![u32::MAX; dict.len() + 1]));
             for i in (offset..codes.len()).step_by(stride) {
                 let c = codes[i] as usize;
                 let Some(slot) = cache.get_mut(c) else { continue };
@@ -117,7 +122,7 @@ impl Interner {
                 }
                 out[i] = *slot;
             }
-            self.dict_cache.insert(id, cache);
+            self.dict_cache.insert(id, (held, cache));
             return;
         }
         for i in (offset..codes.len()).step_by(stride) {
@@ -126,7 +131,7 @@ impl Interner {
     }
 
     fn approx_bytes(&self) -> usize {
-        self.bytes + self.dict_cache.values().map(|c| c.len() * 4).sum::<usize>()
+        self.bytes + self.dict_cache.values().map(|(_, c)| c.len() * 4).sum::<usize>()
     }
 }
 
