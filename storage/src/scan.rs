@@ -837,8 +837,8 @@ fn head_column_of(chunks: &[&HeadChunk], idx: &[&[u32]], c: ColumnId) -> ColumnD
 enum HeadFilter<'a> {
     /// A string column, compared as strings.
     Str(&'a DimFilter, Vec<&'a arrow_array::StringArray>),
-    /// An enum column: codes and the name of each.
-    Enum(&'a DimFilter, Vec<&'a [u8]>, &'static [&'static str]),
+    /// An enum column: its codes, and the verdict per code (by name).
+    Enum(Vec<&'a [u8]>, CodeVerdict),
     /// A dimension column as the run's codes, and the verdict per code.
     Codes(Vec<Arc<[u32]>>, CodeVerdict),
 }
@@ -848,7 +848,7 @@ impl HeadFilter<'_> {
     fn holds(&self, k: usize, j: usize, i: usize) -> bool {
         match self {
             HeadFilter::Str(f, a) => f.matches_str((!a[k].is_null(i)).then(|| a[k].value(i))),
-            HeadFilter::Enum(f, codes, names) => f.matches_str(names.get(usize::from(codes[k][i])).copied()),
+            HeadFilter::Enum(codes, verdict) => verdict.holds(i64::from(codes[k][i])),
             HeadFilter::Codes(codes, verdict) => verdict.holds(i64::from(codes[k][j])),
         }
     }
@@ -916,9 +916,8 @@ fn scan_head(chunks: &[&HeadChunk], req: &ScanRequest, as_codes: bool) -> Result
         .iter()
         .map(|f| match f.column.enum_names() {
             Some(names) => HeadFilter::Enum(
-                f,
                 chunks.iter().map(|ch| ch.source().u8_column(f.column).values().as_ref()).collect(),
-                names,
+                CodeVerdict::of_table(names.iter().map(|n| f.matches_str(Some(n))).collect()),
             ),
             None => match as_codes.then(|| run.codes(f.column, chunks)).flatten() {
                 Some((dict, codes)) => {

@@ -343,6 +343,7 @@ fn naive_scan(events: &[Event], req: &ScanRequest) -> Vec<i64> {
             ColumnId::CampaignId => Some(e.campaign_id.clone()),
             ColumnId::Device => e.device.clone(),
             ColumnId::AdId => Some(e.ad_id.clone()),
+            ColumnId::Type => Some(e.kind.as_str().to_string()),
             _ => None,
         }
     };
@@ -395,10 +396,16 @@ fn scanned_costs(store: &Store, req: &ScanRequest) -> Vec<i64> {
 }
 
 fn any_filter() -> impl Strategy<Value = DimFilter> {
-    let col =
-        prop::sample::select(vec![ColumnId::AdvertiserId, ColumnId::CampaignId, ColumnId::Device, ColumnId::AdId]);
+    let col = prop::sample::select(vec![
+        ColumnId::AdvertiserId,
+        ColumnId::CampaignId,
+        ColumnId::Device,
+        ColumnId::AdId,
+        ColumnId::Type,
+    ]);
     let vals = prop::collection::vec(
-        prop::sample::select(vec!["a1", "a2", "a9", "c0", "c1", "mobile", "ctv", "ad3", "zz"]).prop_map(String::from),
+        prop::sample::select(vec!["a1", "a2", "a9", "c0", "c1", "mobile", "ctv", "ad3", "zz", "impression", "click"])
+            .prop_map(String::from),
         1..3,
     );
     (col, vals, any::<bool>()).prop_map(|(column, values, negated)| DimFilter { column, values, negated })
