@@ -481,6 +481,17 @@ mod tests {
     }
 
     #[test]
+    fn background_nice_is_read_and_bounded() {
+        let c: Config = toml::from_str("[storage]\nbackground_nice = 0\n").expect("parse");
+        c.validate().expect("0 runs the background level");
+        assert_eq!((c.storage.background_nice, Config::default().storage.background_nice), (0, 10));
+        let c: Config = toml::from_str("[storage]\nbackground_nice = 20\n").expect("parse");
+        let err = c.validate().expect_err("past 19").to_string();
+        assert!(err.contains("storage.background_nice must be between 0 and 19"), "{err}");
+        assert!(toml::from_str::<Config>("[storage]\nbackground_nice = -1\n").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = toml::from_str::<Config>("[storage]\nshard = 3\n").expect_err("must fail");
         assert!(err.to_string().contains("shard"), "{err}");

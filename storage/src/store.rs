@@ -57,6 +57,7 @@ mod iceberg;
 mod jobs;
 mod maintenance;
 mod mirror;
+mod priority;
 mod reconcile;
 mod retention;
 mod rollups;
@@ -84,6 +85,11 @@ pub struct StoreConfig {
     pub seal_max_age_ms: u64,
     /// How often the sealer looks for due partitions, in ms. Default 1_000.
     pub seal_interval_ms: u64,
+    /// How many nice steps below the rest of the process the background
+    /// threads (seals, compaction, finalization, rollups, tiering) run, so
+    /// that queries and ingest get the cores first while a load is sealed
+    /// (`store/priority.rs`); 0 runs them level. Default 10.
+    pub background_nice: u8,
     /// Rows per segment block. Default 65_536.
     pub block_rows: usize,
     /// zstd level for segment blocks. Default 1: on ad events it compresses
@@ -180,6 +186,7 @@ impl Default for StoreConfig {
             seal_max_rows: 1_000_000,
             seal_max_age_ms: 30_000,
             seal_interval_ms: 1_000,
+            background_nice: 10,
             block_rows: 65_536,
             zstd_level: 1,
             id_index: true,
@@ -226,6 +233,9 @@ impl StoreConfig {
         }
         if !(1..=22).contains(&self.zstd_level) {
             return bad("storage.zstd_level must be between 1 and 22");
+        }
+        if self.background_nice > 19 {
+            return bad("storage.background_nice must be between 0 and 19");
         }
         if self.allowed_lateness_ms < 0 {
             return bad("allowed lateness must not be negative");
@@ -561,9 +571,11 @@ impl Store {
                 catalog = manifest.commit(&edit)?;
             }
         }
+        let nice = config.background_nice;
         let background = rayon::ThreadPoolBuilder::new()
             .num_threads(rayon::current_num_threads())
             .thread_name(|i| format!("adstore-seal-{i}"))
+            .start_handler(move |_| priority::lower_this_thread(nice))
             .build()
             .map_err(|e| StorageError::Internal(format!("cannot start the seal threads: {e}")))?;
         let block_cache = Arc::new(BlockCache::new(config.block_cache_bytes));

@@ -353,6 +353,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("adstore-sealer".into())
             .spawn(move || {
+                super::priority::lower_this_thread(store.inner.config.background_nice);
                 store.verify_segments();
                 // While passes fail (the disk full, say), the wait between
                 // them doubles up to `MAX_SEAL_BACKOFF`, rather than a
@@ -385,6 +386,7 @@ impl Store {
         let tiering = std::thread::Builder::new()
             .name("adstore-tiering".into())
             .spawn(move || {
+                super::priority::lower_this_thread(store.inner.config.background_nice);
                 let mut wait = interval;
                 while !store.inner.stop.load(Ordering::Acquire) {
                     let mut failed = false;

@@ -948,8 +948,8 @@ fn finalization_commits_in_groups_and_a_reprocess_in_one() {
     }
 }
 
-/// Records the thread each seal runs on.
-struct ThreadNames(Mutex<Vec<String>>);
+/// Records the thread each seal runs on, and its nice value.
+struct ThreadNames(Mutex<Vec<(String, i32)>>);
 
 impl crate::seal::SealStage for ThreadNames {
     fn name(&self) -> &str {
@@ -957,22 +957,36 @@ impl crate::seal::SealStage for ThreadNames {
     }
 
     fn apply(&self, _ctx: &crate::seal::SealContext<'_>, events: EventBatch) -> Result<crate::seal::StageOutput> {
-        self.0.lock().push(std::thread::current().name().unwrap_or("").to_string());
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.0.lock().push((name, super::priority::this_thread_nice()));
         Ok(crate::seal::StageOutput { events, sidecars: vec![] })
     }
 }
 
-#[test]
-fn seals_run_on_their_own_threads_not_the_pool_queries_use() {
+/// The threads that ran the seals of `store`'s first pass over 90 events.
+fn seal_threads(config: StoreConfig) -> Vec<(String, i32)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let names = Arc::new(ThreadNames(Mutex::new(Vec::new())));
-    let store = Store::open(dir.path(), small_config(), SealPipeline::new().with_stage(names.clone())).expect("open");
+    let store = Store::open(dir.path(), config, SealPipeline::new().with_stage(names.clone())).expect("open");
     let events: Vec<Event> = (0..90).map(|n| event(n, 1_000_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
     store.append(&EventBatch::from_events(&events)).expect("append");
     store.seal_all().expect("seal");
-    let names = names.0.lock().clone();
-    assert!(!names.is_empty());
-    assert!(names.iter().all(|n| n.starts_with("adstore-seal-")), "{names:?}");
+    names.0.lock().clone()
+}
+
+#[test]
+fn seals_run_on_their_own_threads_below_the_priority_of_queries() {
+    let ours = super::priority::this_thread_nice();
+    let threads = seal_threads(small_config());
+    assert!(!threads.is_empty());
+    let lowered = (ours + i32::from(StoreConfig::default().background_nice)).min(19);
+    for (name, nice) in &threads {
+        assert!(name.starts_with("adstore-seal-"), "{threads:?}");
+        assert_eq!(*nice, lowered, "{name}: nice {nice}, this thread {ours}");
+    }
+    let level = StoreConfig { background_nice: 0, ..small_config() };
+    assert!(seal_threads(level).iter().all(|(_, nice)| *nice == ours), "background_nice = 0 leaves them level");
+    assert_eq!(super::priority::this_thread_nice(), ours, "the caller's own priority is untouched");
 }
 
 /// Fails the seal of one partition.
