@@ -248,6 +248,12 @@ const SERIES: &[Series] = &[
         value: |s| s.store.head_codes_bytes as f64,
     },
     Series {
+        name: "adstore_segment_metadata_bytes",
+        kind: Kind::Gauge,
+        help: "Block metadata and zone maps the open segments keep in memory (their dictionaries are in the block cache).",
+        value: |s| s.store.segment_metadata_bytes as f64,
+    },
+    Series {
         name: "adstore_head_limit_bytes",
         kind: Kind::Gauge,
         help: "storage.max_head_bytes (0: no limit).",

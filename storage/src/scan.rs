@@ -363,7 +363,7 @@ fn plan_segment(seg: &LiveSegment, req: &ScanRequest) -> Result<SegmentOutcome> 
     let mut narrowed_by = PruneReason::Dictionary(ColumnId::AdvertiserId);
     for f in &req.filters {
         if !f.negated
-            && let Some(dict) = reader.dictionary(f.column)
+            && let Some(dict) = reader.dictionary(f.column)?
         {
             let mut codes: Vec<u32> = f.values.iter().filter_map(|v| dict.code_of(v)).collect();
             codes.sort_unstable();
@@ -527,13 +527,13 @@ pub fn scan_block(seg: &SegmentScan, block: &BlockScan, req: &ScanRequest) -> Re
     }
     if block.check_codes {
         for (col, codes) in &seg.code_filters {
-            let dict_len = reader.dictionary(*col).map_or(0, |d| d.len());
+            let dict_len = reader.dictionary(*col)?.map_or(0, |d| d.len());
             let verdict = CodeVerdict::new(dict_len, |c| codes.binary_search(&c).is_ok());
             selection = reader.select_rows(*col, block.block, selection, |c| verdict.holds(c))?;
         }
     }
     for f in &seg.row_filters {
-        selection = match (reader.dictionary(f.column), f.column.enum_names()) {
+        selection = match (reader.dictionary(f.column)?, f.column.enum_names()) {
             (Some(dict), _) => {
                 let verdict = CodeVerdict::new(dict.len(), |c| f.matches_str(dict.value(c)));
                 reader.select_rows(f.column, block.block, selection, |c| verdict.holds(c))?
@@ -625,7 +625,7 @@ pub fn count_block(
     let mut cards = Vec::with_capacity(keys.len());
     let mut cells = 1usize;
     for &k in keys {
-        let card = match (reader.dictionary(k), k.enum_names()) {
+        let card = match (reader.dictionary(k)?, k.enum_names()) {
             (Some(dict), _) => dict.len() + 1,
             (None, Some(names)) => names.len(),
             (None, None) => return Ok(None),

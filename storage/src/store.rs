@@ -389,6 +389,8 @@ pub struct StoreStats {
     pub head_codes_bytes: u64,
     /// Appends refused because the head was full.
     pub head_full_refusals: u64,
+    /// Block metadata and zone maps the open segments keep in memory.
+    pub segment_metadata_bytes: u64,
     /// Free bytes on the data directory's file system.
     pub disk_free_bytes: u64,
     /// `min_free_bytes`.
@@ -774,6 +776,7 @@ impl Store {
             head_limit_bytes: self.head_limit().unwrap_or(0),
             head_codes_bytes: v.head.codes_bytes(),
             head_full_refusals: c.head_full_refusals.load(Ordering::Relaxed),
+            segment_metadata_bytes: v.readers.values().map(|r| r.metadata_bytes()).sum(),
             disk_free_bytes: self.disk_free_bytes(),
             disk_min_free_bytes: self.inner.config.min_free_bytes,
             disk_low_refusals: self.disk_low_refusals(),

@@ -246,7 +246,9 @@ pub(crate) fn blocks(segment: &LiveSegment, plan: &PhysicalPlan) -> Vec<usize> {
     let mut wanted: Vec<(usize, Vec<u32>)> = Vec::new();
     for f in plan.request.filters.iter().filter(|f| !f.negated) {
         let Some(col) = r.schema().position(f.column.name()) else { return Vec::new() };
-        let Some(dict) = r.dictionary(col) else { continue };
+        // A dictionary that cannot be read keeps every block: reading one
+        // fails with the reason.
+        let Ok(Some(dict)) = r.dictionary(col) else { continue };
         let codes: Vec<u32> = f.values.iter().filter_map(|v| dict.code_of(v)).collect();
         if codes.is_empty() {
             return Vec::new();

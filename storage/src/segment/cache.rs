@@ -1,4 +1,4 @@
-//! A bounded cache of segment blocks as queries read them.
+//! A bounded cache of segment blocks and dictionaries as queries read them.
 //!
 //! A block read from the file has its checksum verified and, when stored
 //! compressed, is decompressed: for a query that keeps a fraction of a
@@ -7,6 +7,11 @@
 //! the verified, decompressed bytes of the blocks queries read, up to a
 //! byte budget (`storage.block_cache_bytes`), evicting the least useful
 //! (S3-FIFO, from `quick_cache`).
+//!
+//! The dictionaries of the segments' string columns share the same budget:
+//! a reader checks its footer at open, then lets go of them and reads a
+//! dictionary again from the file when the cache no longer holds it, so the
+//! memory they take no longer grows with the segments kept.
 //!
 //! A cached block was checked when it entered the cache, like a page of a
 //! database's buffer pool; damage to the file after that is found by the
@@ -17,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
+
+use super::Dictionary;
 
 /// A block: the reader it belongs to (unique per opened file in this
 /// process, never reused) and the block's offset in that file.
@@ -29,18 +36,37 @@ pub(crate) struct BlockKey {
 /// Bookkeeping bytes per entry on top of the block itself.
 const ENTRY_OVERHEAD: u64 = 64;
 
+/// What an entry holds.
 #[derive(Clone)]
-struct ByLength;
+enum Cached {
+    /// A block's (or bitmap's, or id page's) verified, decompressed bytes.
+    Block(Arc<[u8]>),
+    /// A column's dictionary, keyed by its offset in the footer.
+    Dictionary(Arc<Dictionary>),
+}
 
-impl Weighter<BlockKey, Arc<[u8]>> for ByLength {
-    fn weight(&self, _key: &BlockKey, block: &Arc<[u8]>) -> u64 {
-        block.len() as u64 + ENTRY_OVERHEAD
+impl Cached {
+    fn bytes(&self) -> u64 {
+        match self {
+            Cached::Block(b) => b.len() as u64,
+            Cached::Dictionary(d) => d.memory_bytes() as u64,
+        }
     }
 }
 
-/// Verified, decompressed segment blocks, shared by every reader of a store.
+#[derive(Clone)]
+struct ByLength;
+
+impl Weighter<BlockKey, Cached> for ByLength {
+    fn weight(&self, _key: &BlockKey, entry: &Cached) -> u64 {
+        entry.bytes() + ENTRY_OVERHEAD
+    }
+}
+
+/// Verified, decompressed segment blocks and decoded dictionaries, shared
+/// by every reader of a store.
 pub struct BlockCache {
-    blocks: Cache<BlockKey, Arc<[u8]>, ByLength>,
+    blocks: Cache<BlockKey, Cached, ByLength>,
     capacity: u64,
 }
 
@@ -72,14 +98,33 @@ impl BlockCache {
     }
 
     pub(crate) fn get(&self, key: &BlockKey) -> Option<Arc<[u8]>> {
-        self.blocks.get(key)
+        match self.blocks.get(key)? {
+            Cached::Block(b) => Some(b),
+            Cached::Dictionary(_) => None,
+        }
     }
 
     /// Keeps `block` unless the cache is disabled or the block alone
     /// would take more than an eighth of it.
     pub(crate) fn insert(&self, key: BlockKey, block: Arc<[u8]>) {
-        if (block.len() as u64 + ENTRY_OVERHEAD) * 8 <= self.capacity {
-            self.blocks.insert(key, block);
+        self.keep(key, Cached::Block(block));
+    }
+
+    pub(crate) fn get_dictionary(&self, key: &BlockKey) -> Option<Arc<Dictionary>> {
+        match self.blocks.get(key)? {
+            Cached::Dictionary(d) => Some(d),
+            Cached::Block(_) => None,
+        }
+    }
+
+    /// Keeps `dict` on the terms of [`BlockCache::insert`].
+    pub(crate) fn insert_dictionary(&self, key: BlockKey, dict: Arc<Dictionary>) {
+        self.keep(key, Cached::Dictionary(dict));
+    }
+
+    fn keep(&self, key: BlockKey, entry: Cached) {
+        if (entry.bytes() + ENTRY_OVERHEAD) * 8 <= self.capacity {
+            self.blocks.insert(key, entry);
         }
     }
 

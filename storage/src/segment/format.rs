@@ -212,7 +212,13 @@ pub(crate) struct ColumnMeta {
     pub(crate) kind: ColumnKind,
     pub(crate) encoding: Encoding,
     pub(crate) stats: ColumnStats,
+    /// The dictionary of a dictionary-encoded column: the writer's, or
+    /// the one `decode` read. A reader lets go of it once the footer is
+    /// checked and reads it again from `dict_at` when needed.
     pub(crate) dict: Option<Arc<Dictionary>>,
+    /// Where `decode` found the dictionary (its count and entries) in the
+    /// footer's bytes.
+    pub(crate) dict_at: Option<Range<usize>>,
     pub(crate) blocks: Vec<BlockMeta>,
     /// Per dictionary code (0 = NULL, then 1..=dict.len()), the bitmap of
     /// rows holding it. Present for dictionary-encoded dimension columns.
@@ -253,6 +259,30 @@ pub(crate) struct Footer {
     pub(crate) ids: Option<IdSection>,
 }
 
+impl Footer {
+    /// Bytes it holds in memory (the dictionaries aside): the block
+    /// metadata and zone maps of every column, index entries, id pages.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        let heap = |s: &ColumnStats| match &s.range {
+            ValueRange::Str { min, max } => min.len() + max.len(),
+            _ => 0,
+        };
+        let column = |c: &ColumnMeta| {
+            size_of::<ColumnMeta>()
+                + c.name.len()
+                + heap(&c.stats)
+                + c.blocks.iter().map(|b| size_of::<BlockMeta>() + heap(&b.stats)).sum::<usize>()
+                + c.index.as_ref().map_or(0, |e| e.len() * size_of::<IndexEntry>())
+        };
+        let ids = self.ids.as_ref().map_or(0, |ids| {
+            size_of::<IdSection>()
+                + ids.page_crcs.len() * size_of::<u32>()
+                + ids.files.iter().map(|(name, _)| name.len() + size_of::<(String, Range<u64>)>()).sum::<usize>()
+        });
+        size_of::<Footer>() + self.user_meta.len() + self.columns.iter().map(column).sum::<usize>() + ids
+    }
+}
+
 fn put_stats(e: &mut Enc, s: &ColumnStats) {
     e.u64(s.null_count);
     match &s.range {
@@ -285,6 +315,18 @@ fn get_stats(d: &mut Dec<'_>) -> Result<ColumnStats, Reason> {
         t => return Err(format!("unknown stats tag {t}")),
     };
     Ok(ColumnStats { null_count, range })
+}
+
+/// A dictionary as the footer stores it: a `u32` count, then each entry
+/// length-prefixed, in strictly ascending order.
+pub(crate) fn decode_dictionary(d: &mut Dec<'_>) -> Result<Dictionary, Reason> {
+    let n = d.u32()?;
+    let n = d.count(u64::from(n), 4)?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        entries.push(d.str()?);
+    }
+    Dictionary::from_sorted(&entries).ok_or_else(|| "dictionary is not strictly sorted".to_string())
 }
 
 impl Footer {
@@ -379,18 +421,12 @@ impl Footer {
             let kind = kind_from_code(d.u8()?).ok_or_else(|| format!("column {name}: unknown kind"))?;
             let encoding = Encoding::from_code(d.u8()?).ok_or_else(|| format!("column {name}: unknown encoding"))?;
             let stats = get_stats(&mut d)?;
-            let dict = if encoding == Encoding::Dict {
-                let n = d.u32()?;
-                let n = d.count(u64::from(n), 4)?;
-                let mut entries = Vec::with_capacity(n);
-                for _ in 0..n {
-                    entries.push(d.str()?);
-                }
-                let dict = Dictionary::from_sorted(&entries)
-                    .ok_or_else(|| format!("column {name}: dictionary is not strictly sorted"))?;
-                Some(Arc::new(dict))
+            let (dict, dict_at) = if encoding == Encoding::Dict {
+                let start = d.pos();
+                let dict = decode_dictionary(&mut d).map_err(|r| format!("column {name}: {r}"))?;
+                (Some(Arc::new(dict)), Some(start..d.pos()))
             } else {
-                None
+                (None, None)
             };
             let nblocks = d.u32()?;
             let nblocks = d.count(u64::from(nblocks), 42)?;
@@ -419,7 +455,7 @@ impl Footer {
                 }
                 t => return Err(format!("column {name}: bad index flag {t}")),
             };
-            columns.push(ColumnMeta { name, kind, encoding, stats, dict, blocks, index });
+            columns.push(ColumnMeta { name, kind, encoding, stats, dict, dict_at, blocks, index });
         }
         let ids = if version < IDS_SINCE {
             None

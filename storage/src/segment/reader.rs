@@ -37,7 +37,7 @@ use ids::id_page_key;
 mod ids;
 use super::format::{
     BYTES_SINCE, BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason,
-    SUPPORTED_VERSIONS, TRAILER_LEN, decode_ints_at, decode_ints_map, packed_len, select_ints,
+    SUPPORTED_VERSIONS, TRAILER_LEN, decode_dictionary, decode_ints_at, decode_ints_map, packed_len, select_ints,
 };
 use super::{ColumnData, ColumnStats, Dictionary, SegmentColumn, SegmentSchema, Selection};
 
@@ -52,9 +52,26 @@ pub struct SegmentReader {
     /// The id index, opened at its first lookup (a failed open is tried again).
     ids: parking_lot::Mutex<Option<Arc<IdIndex>>>,
     schema: Arc<SegmentSchema>,
+    /// Where each column's dictionary lies in the file (`None`: not
+    /// dictionary-encoded).
+    pub(super) dicts: Vec<Option<DictPlace>>,
+    /// The dictionaries a reader without a block cache has read, kept for
+    /// its life (such readers are short: a seal, a test).
+    held: parking_lot::Mutex<Vec<Option<Arc<Dictionary>>>>,
+    /// Bytes its footer holds in memory, the dictionaries let go.
+    metadata_bytes: u64,
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
     cache: Option<Arc<BlockCache>>,
+}
+
+/// A dictionary in the file: read and checked at open, then read again
+/// (against `crc`, its bytes' CRC32C) whenever the block cache does not
+/// hold it.
+#[derive(Debug)]
+pub(super) struct DictPlace {
+    pub(super) at: Range<u64>,
+    crc: u32,
 }
 
 /// Where a segment's bytes are read from.
@@ -142,6 +159,9 @@ impl Drop for SegmentReader {
         if let Some(cache) = &self.cache {
             for b in self.footer.columns.iter().flat_map(|c| &c.blocks) {
                 cache.remove(&BlockKey { reader: self.uid, offset: b.offset });
+            }
+            for place in self.dicts.iter().flatten() {
+                cache.remove(&BlockKey { reader: self.uid, offset: place.at.start });
             }
             // A cold segment's bitmaps and id pages are cached too.
             if self.is_remote() {
@@ -267,13 +287,29 @@ impl SegmentReader {
         if crc32c::crc32c(&footer_bytes) != footer_crc {
             return Err(corrupt(id, path, "footer checksum mismatch"));
         }
-        let footer = Footer::decode(&footer_bytes, version).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        let mut footer =
+            Footer::decode(&footer_bytes, version).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
         validate(&footer, footer_start, version, &schema).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
+        // Checked: the dictionaries go, and come back through the block cache.
+        let dicts: Vec<Option<DictPlace>> = footer
+            .columns
+            .iter_mut()
+            .map(|c| {
+                c.dict = None;
+                let at = c.dict_at.clone()?;
+                let crc = crc32c::crc32c(footer_bytes.get(at.clone())?);
+                Some(DictPlace { at: footer_start + at.start as u64..footer_start + at.end as u64, crc })
+            })
+            .collect();
         drop((trailer, footer_bytes));
+        let metadata_bytes = (footer.memory_bytes() + dicts.len() * size_of::<Option<DictPlace>>()) as u64;
         Ok(SegmentReader {
             id,
+            metadata_bytes,
             path: path.to_owned(),
             source,
+            held: parking_lot::Mutex::new(vec![None; dicts.len()]),
+            dicts,
             footer,
             ids: parking_lot::Mutex::new(None),
             schema,
@@ -304,6 +340,12 @@ impl SegmentReader {
 
     pub fn size_bytes(&self) -> u64 {
         self.source.len()
+    }
+
+    /// Bytes of block metadata and zone maps it keeps in memory while open
+    /// (its dictionaries are in the block cache).
+    pub fn metadata_bytes(&self) -> u64 {
+        self.metadata_bytes
     }
 
     /// Whether its bytes are in the object store.
@@ -347,9 +389,42 @@ impl SegmentReader {
         self.col(col).blocks.get(block).map(|b| &b.stats)
     }
 
-    /// The column's dictionary, if it is dictionary-encoded in this segment.
-    pub fn dictionary(&self, col: impl SegmentColumn) -> Option<&Dictionary> {
-        self.col(col).dict.as_deref()
+    /// The column's dictionary, if it is dictionary-encoded in this
+    /// segment: from the block cache, or read from the file (checked
+    /// against its CRC32C) and kept there. Errors: `SegmentCorrupt` for a
+    /// damaged dictionary, the object store's error for a cold segment
+    /// it cannot read.
+    pub fn dictionary(&self, col: impl SegmentColumn) -> Result<Option<Arc<Dictionary>>> {
+        let i = col.position();
+        let Some(place) = self.dicts.get(i).and_then(Option::as_ref) else { return Ok(None) };
+        let key = BlockKey { reader: self.uid, offset: place.at.start };
+        let hit = match &self.cache {
+            Some(cache) => cache.get_dictionary(&key),
+            None => self.held.lock().get(i).cloned().flatten(),
+        };
+        if let Some(dict) = hit {
+            return Ok(Some(dict));
+        }
+        let dict = Arc::new(self.file_dictionary(col, place)?);
+        match &self.cache {
+            Some(cache) => cache.insert_dictionary(key, dict.clone()),
+            None => {
+                if let Some(slot) = self.held.lock().get_mut(i) {
+                    *slot = Some(dict.clone());
+                }
+            }
+        }
+        Ok(Some(dict))
+    }
+
+    /// A dictionary read from the file, checksum verified.
+    fn file_dictionary(&self, col: impl SegmentColumn, place: &DictPlace) -> Result<Dictionary> {
+        let what = || format!("dictionary of column {}", self.name(col));
+        let bytes = self.slice(place.at.start, place.at.end - place.at.start).map_err(|r| self.failed(what(), r))?;
+        if crc32c::crc32c(&bytes) != place.crc {
+            return Err(self.corrupt(format!("{}: checksum mismatch", what())));
+        }
+        decode_dictionary(&mut Dec::new(&bytes)).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
     /// Whether [`SegmentReader::index_rows`] works for `col` (dictionary-encoded dimensions).
@@ -463,7 +538,13 @@ impl SegmentReader {
         }
         let what = || format!("column {} block {block}", self.name(col));
         let raw = self.block_bytes(b, via).map_err(|r| self.failed(what(), r))?;
-        decode_block(meta, b, &raw, pick).map_err(|r| self.corrupt(format!("{}: {r}", what())))
+        let dict = match meta.encoding {
+            Encoding::Dict => {
+                Some(self.dictionary(col)?.ok_or_else(|| self.corrupt(format!("{}: no dictionary", what())))?)
+            }
+            _ => None,
+        };
+        decode_block(meta, dict, b, &raw, pick).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
     /// The whole events segment as one batch, rows in stored (sorted) order.
@@ -495,6 +576,11 @@ impl SegmentReader {
     /// Checks every checksum in the file and decodes every block and bitmap.
     pub fn verify(&self) -> Result<()> {
         let n = self.schema.columns().len();
+        for (col, place) in self.dicts.iter().enumerate() {
+            if let Some(place) = place {
+                self.file_dictionary(col, place)?;
+            }
+        }
         for col in 0..n {
             for block in 0..self.col(col).blocks.len() {
                 self.read_picked(col, block, Pick::Run(&(0..self.block_rows(block).len())), Via::File)?;
@@ -696,7 +782,7 @@ impl SegmentReader {
                 Arc::new(BooleanArray::from(all))
             }
             ColumnKind::Str if meta.encoding == Encoding::Dict => {
-                let dict = meta.dict.as_deref().ok_or_else(mismatch)?;
+                let dict = self.dictionary(col)?.ok_or_else(mismatch)?;
                 let mut b = StringBuilder::with_capacity(rows, rows * 8);
                 for p in parts {
                     let ColumnData::Dict { codes, .. } = p else { return Err(mismatch()) };
@@ -856,7 +942,14 @@ impl Pick<'_> {
 
 /// Decodes the picked rows of a block's raw (decompressed) bytes; the
 /// whole block is still checked to be exactly as long as its encoding says.
-fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], pick: Pick<'_>) -> Result<ColumnData, Reason> {
+/// `dict`: the column's dictionary, for a dictionary-encoded column.
+fn decode_block(
+    meta: &ColumnMeta,
+    dict: Option<Arc<Dictionary>>,
+    b: &BlockMeta,
+    raw: &[u8],
+    pick: Pick<'_>,
+) -> Result<ColumnData, Reason> {
     let n = b.rows as usize;
     let expect_all = |used: usize| {
         if used == raw.len() { Ok(()) } else { Err(format!("{} trailing bytes", raw.len() - used)) }
@@ -879,7 +972,7 @@ fn decode_block(meta: &ColumnMeta, b: &BlockMeta, raw: &[u8], pick: Pick<'_>) ->
             Ok(ColumnData::Bool(v))
         }
         (ColumnKind::Str, Encoding::Dict) => {
-            let dict = meta.dict.clone().ok_or_else(|| "dictionary missing".to_string())?;
+            let dict = dict.ok_or_else(|| "dictionary missing".to_string())?;
             let mut codes = Vec::with_capacity(len);
             expect_all(pick.ints(raw, n, &mut codes, |x| x as u32)?)?;
             let max = codes.iter().copied().max().unwrap_or(0);

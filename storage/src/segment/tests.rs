@@ -137,13 +137,17 @@ fn check_segment(r: &SegmentReader, model: &[Event], block_rows: usize) {
         }
         assert_eq!(r.column_stats(spec.id), &total, "column {}", spec.name);
         if spec.dimension {
-            assert!(r.dictionary(spec.id).is_some(), "dimension {} must be dictionary-encoded", spec.name);
+            assert!(
+                r.dictionary(spec.id).expect("dictionary").is_some(),
+                "dimension {} must be dictionary-encoded",
+                spec.name
+            );
         }
         if spec.kind != ColumnKind::Str {
-            assert!(r.dictionary(spec.id).is_none());
+            assert!(r.dictionary(spec.id).expect("dictionary").is_none());
         }
 
-        if let Some(dict) = r.dictionary(spec.id) {
+        if let Some(dict) = r.dictionary(spec.id).expect("dictionary") {
             let entries: Vec<&str> = dict.iter().map(|(_, v)| v).collect();
             assert!(entries.windows(2).all(|w| w[0] < w[1]), "dictionary sorted");
             for (code, v) in dict.iter() {
@@ -154,7 +158,7 @@ fn check_segment(r: &SegmentReader, model: &[Event], block_rows: usize) {
         }
         if r.has_index(spec.id) {
             let col = batch.str_column(spec.id);
-            let dict = r.dictionary(spec.id).expect("indexed columns have a dictionary");
+            let dict = r.dictionary(spec.id).expect("dictionary").expect("indexed columns have a dictionary");
             for code in 0..=dict.len() as u32 {
                 let want: Vec<u32> = (0..col.len())
                     .filter(|&i| match dict.value(code) {
@@ -229,16 +233,16 @@ fn encodings_follow_cardinality() {
     let (path, _) = write(dir.path(), &events, &opts(64));
     let r = SegmentReader::open(ID, &path).expect("open");
     // Unique per row: plain. Few distinct values: dictionary even if not a dimension.
-    assert!(r.dictionary(ColumnId::EventId).is_none());
+    assert!(r.dictionary(ColumnId::EventId).expect("dictionary").is_none());
     assert!(matches!(r.read_column(ColumnId::EventId, 0).expect("read"), ColumnData::Str(_)));
-    assert_eq!(r.dictionary(ColumnId::UserKey).map(Dictionary::len), Some(4));
+    assert_eq!(r.dictionary(ColumnId::UserKey).expect("dictionary").map(|d| d.len()), Some(4));
     assert!(!r.has_index(ColumnId::UserKey), "only dimensions are indexed");
-    let dict = r.dictionary(ColumnId::AdvertiserId).expect("dimension");
+    let dict = r.dictionary(ColumnId::AdvertiserId).expect("dictionary").expect("dimension");
     assert_eq!(dict.iter().map(|(_, v)| v).collect::<Vec<_>>(), ["acme", "globex", "initech"]);
     assert_eq!(dict.code_of("globex"), Some(2));
     assert_eq!(dict.code_of("zzz"), None);
     // All-NULL dimension: only the NULL bitmap, covering every row.
-    assert_eq!(r.dictionary(ColumnId::Region).map(Dictionary::len), Some(0));
+    assert_eq!(r.dictionary(ColumnId::Region).expect("dictionary").map(|d| d.len()), Some(0));
     assert_eq!(r.index_rows(ColumnId::Region, 0).expect("index").len(), 300);
     check_segment(&r, &model_sort(&events), 64);
 }
@@ -316,7 +320,7 @@ fn flipped_block_fails_read_column() {
 fn flipped_index_fails_index_rows() {
     let (_dir, path, bytes, _) = corrupt_fixture();
     let r = SegmentReader::open(ID, &path).expect("open");
-    let code = r.dictionary(ColumnId::Country).and_then(|d| d.code_of("FR")).expect("FR");
+    let code = r.dictionary(ColumnId::Country).expect("dictionary").and_then(|d| d.code_of("FR")).expect("FR");
     let e = r.footer.columns[ColumnId::Country.index()].index.as_ref().expect("indexed")[code as usize];
     drop(r);
     let mut bad = bytes.clone();
@@ -464,7 +468,7 @@ fn golden_file_v1_reads_back_exactly() {
     );
     assert_eq!(e.attributed_to.as_deref(), Some("imp-1"));
     assert_eq!(e.invalid_reason, InvalidReason::ALL[3]);
-    let adv = r.dictionary(ColumnId::AdvertiserId).expect("dict");
+    let adv = r.dictionary(ColumnId::AdvertiserId).expect("dictionary").expect("dict");
     let globex = adv.code_of("globex").expect("globex");
     assert_eq!(r.index_rows(ColumnId::AdvertiserId, globex).expect("index").iter().collect::<Vec<_>>(), [4, 5, 6]);
     assert_eq!(r.column_stats(ColumnId::Ts).range, ValueRange::Int { min: i64::MIN, max: i64::MAX });
@@ -496,6 +500,60 @@ fn cached_reads_match_file_reads_and_leave_with_the_reader() {
     assert!(cache.used_bytes() > 0, "query reads fill the cache");
     drop(cached);
     assert_eq!(cache.used_bytes(), 0, "a dropped reader's blocks leave the cache");
+}
+
+#[test]
+fn dictionaries_are_read_through_the_block_cache_not_kept_by_open_readers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = small_events(300);
+    let (path, _) = write(dir.path(), &events, &opts(64));
+    let cache = std::sync::Arc::new(BlockCache::new(1 << 20));
+    let r = SegmentReader::open(ID, &path).expect("open").with_cache(cache.clone());
+    assert!(r.footer.columns.iter().all(|c| c.dict.is_none()), "the footer's dictionaries go once checked");
+    assert_eq!(cache.used_bytes(), 0, "opening reads nothing into the cache");
+    let first = r.dictionary(ColumnId::AdvertiserId).expect("read").expect("dimension");
+    let used = cache.used_bytes();
+    assert!(used >= first.memory_bytes() as u64, "the dictionary is counted in the cache: {used}");
+    let again = r.dictionary(ColumnId::AdvertiserId).expect("read").expect("dimension");
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "the second read is the cached one");
+    assert_eq!(cache.used_bytes(), used);
+    let plain = SegmentReader::open(ID, &path).expect("open");
+    for spec in &COLUMNS {
+        assert_eq!(r.read_column(spec.id, 1).expect("cached"), plain.read_column(spec.id, 1).expect("plain"));
+    }
+    drop(r);
+    assert_eq!(cache.used_bytes(), 0, "a dropped reader's dictionaries leave the cache");
+    // No room in the cache: read from the file at every call, the same.
+    let uncached = SegmentReader::open(ID, &path).expect("open").with_cache(std::sync::Arc::new(BlockCache::new(0)));
+    let (a, b) = (uncached.dictionary(ColumnId::UserKey), uncached.dictionary(ColumnId::UserKey));
+    let (a, b) = (a.expect("read").expect("dict"), b.expect("read").expect("dict"));
+    assert!(!std::sync::Arc::ptr_eq(&a, &b) && a == b && a.len() == 4);
+    check_segment(&uncached, &model_sort(&events), 64);
+}
+
+#[test]
+fn a_dictionary_damaged_after_open_is_an_error_not_wrong_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = small_events(300);
+    let (path, _) = write(dir.path(), &events, &opts(64));
+    let r = SegmentReader::open(ID, &path).expect("open").with_cache(std::sync::Arc::new(BlockCache::new(0)));
+    let at = r.dicts[ColumnId::AdvertiserId.index()].as_ref().expect("dictionary-encoded").at.clone();
+    let bytes = std::fs::read(&path).expect("read");
+    let pos =
+        at.start + bytes[at.start as usize..at.end as usize].iter().position(|&b| b == b'g').expect("globex") as u64;
+    {
+        // Damage the file in place: "globex" becomes "flobex", still sorted.
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).expect("open rw");
+        f.seek(SeekFrom::Start(pos)).expect("seek");
+        f.write_all(b"f").expect("write");
+    }
+    let err = r.dictionary(ColumnId::AdvertiserId).expect_err("checked against its checksum").to_string();
+    assert!(err.contains("dictionary of column advertiser_id: checksum mismatch"), "{err}");
+    assert!(r.read_column(ColumnId::AdvertiserId, 0).is_err(), "codes are not named by a damaged dictionary");
+    let err = r.verify().expect_err("verification reads the dictionaries").to_string();
+    assert!(err.contains("dictionary of column advertiser_id"), "{err}");
+    assert!(SegmentReader::open(ID, &path).is_err(), "the footer's checksum catches it at the next open");
 }
 
 #[test]
@@ -604,7 +662,11 @@ fn a_segment_of_any_schema_reads_back_sorted_with_its_bytes() {
         (want[block1.start + 5].4.clone(), want[block1.start].4.clone(), want[block1.start + 5].4.clone())
     );
     assert!(r.has_index(2usize));
-    let de = r.dictionary(2usize).and_then(|d| (1..=d.len() as u32).find(|&c| d.value(c) == Some("DE"))).expect("DE");
+    let de = r
+        .dictionary(2usize)
+        .expect("dictionary")
+        .and_then(|d| (1..=d.len() as u32).find(|&c| d.value(c) == Some("DE")))
+        .expect("DE");
     let de_rows: Vec<u32> = r.index_rows(2usize, de).expect("index").iter().collect();
     let model: Vec<u32> =
         want.iter().enumerate().filter(|(_, w)| w.2.as_deref() == Some("DE")).map(|(i, _)| i as u32).collect();

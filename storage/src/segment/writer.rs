@@ -458,7 +458,16 @@ fn encode_column(
         Source::Plain(_) | Source::Bytes(_) => (Encoding::PlainStr, None, None),
         _ => (Encoding::Int, None, None),
     };
-    let meta = ColumnMeta { name: def.name.to_owned(), kind: def.kind, encoding, stats, dict, blocks, index: None };
+    let meta = ColumnMeta {
+        name: def.name.to_owned(),
+        kind: def.kind,
+        encoding,
+        stats,
+        dict,
+        dict_at: None,
+        blocks,
+        index: None,
+    };
     Ok(EncodedColumn { meta, data, bitmaps })
 }
 

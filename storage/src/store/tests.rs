@@ -989,6 +989,19 @@ fn seals_run_on_their_own_threads_below_the_priority_of_queries() {
     assert_eq!(super::priority::this_thread_nice(), ours, "the caller's own priority is untouched");
 }
 
+#[test]
+fn open_segments_count_the_metadata_they_keep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    assert_eq!(store.stats().segment_metadata_bytes, 0, "no segment, nothing kept");
+    let events: Vec<Event> = (0..300).map(|n| event(n, 1_000_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
+    store.append(&EventBatch::from_events(&events)).expect("append");
+    store.seal_all().expect("seal");
+    let kept = store.stats().segment_metadata_bytes;
+    // Three shards' segments of 100 rows: a block per column each, a few KB.
+    assert!((1_000..100_000).contains(&kept), "{kept} bytes");
+}
+
 /// Fails the seal of one partition.
 struct FailOn(PartitionKey);
 
