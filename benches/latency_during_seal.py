@@ -3,7 +3,7 @@
 held head against the same rows sealed.
 
     python3 benches/latency_during_seal.py --bin target/release/adstore \\
-        --file benches/out/events-10000000-s42-2d.ndjson [--seconds 45]
+        --file benches/out/events-10000000-s42-2d.ndjson [--seconds 45] [--config FILE]
     python3 benches/latency_during_seal.py --bin target/release/adstore \\
         --file benches/out/events-10000000-s42-2d.ndjson --hold-head 3000000
 
@@ -129,6 +129,7 @@ def main():
     ap.add_argument("--file", required=True)
     ap.add_argument("--seconds", type=float, default=45)
     ap.add_argument("--port", type=int, default=18123)
+    ap.add_argument("--config", help="the server's configuration file while the load is sealed (default: none)")
     ap.add_argument("--hold-head", type=int, metavar="N", help="time QUERY over N events held in the head, then sealed")
     a = ap.parse_args()
     data = tempfile.mkdtemp(prefix="adstore-latency-")
@@ -139,7 +140,7 @@ def main():
         finally:
             shutil.rmtree(data, ignore_errors=True)
         return
-    server = serve(a, data, env)
+    server = serve(a, data, env, a.config)
     try:
         start = time.time()
         subprocess.run([a.bin, "ingest", a.file, "--url", f"http://127.0.0.1:{a.port}", "--backfill"],

@@ -2,7 +2,8 @@
 """The PostgreSQL protocol against HTTP, with the ready Grafana dashboard.
 
     python3 benches/pgwire.py --bin target/release/adstore [--events 2000000]
-        [--rounds 30] [--connections 100] [--seconds 60] [--write docs/bench/pgwire.md]
+        [--rounds 30] [--connections 100] [--seconds 60] [--config FILE]
+        [--write docs/bench/pgwire.md]
 
 1. Starts `adstore serve --demo` (a day of generated events ending now) on
    free ports, waits until everything is sealed (a settled store).
@@ -74,13 +75,13 @@ def panels():
 
 
 class Server:
-    def __init__(self, binary, events):
+    def __init__(self, binary, events, config=None):
         self.dir = tempfile.mkdtemp(prefix="adstore-pgbench-")
         env = dict(os.environ, ADSTORE_LOG="warn")
-        self.proc = subprocess.Popen(
-            [binary, "serve", "--data-dir", f"{self.dir}/data", "--listen", "127.0.0.1:0",
-             "--pg-listen", "127.0.0.1:0", "--demo", "--demo-events", str(events)],
-            env=env, stdout=subprocess.PIPE, text=True)
+        args = [binary, "serve", "--data-dir", f"{self.dir}/data", "--listen", "127.0.0.1:0",
+                "--pg-listen", "127.0.0.1:0", "--demo", "--demo-events", str(events)]
+        self.proc = subprocess.Popen(args + (["--config", config] if config else []),
+                                     env=env, stdout=subprocess.PIPE, text=True)
         lines = [self.proc.stdout.readline().strip() for _ in range(2)]
         self.http_port = int(lines[0].rsplit(":", 1)[1])
         self.pg_url = lines[1].removeprefix("listening on ")
@@ -209,9 +210,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--connections", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--config", help="the server's configuration file (default: none)")
     ap.add_argument("--write")
     a = ap.parse_args()
-    server = Server(a.bin, a.events)
+    server = Server(a.bin, a.events, a.config)
     try:
         started = time.time()
         server.wait_settled()
@@ -238,7 +240,8 @@ def main():
     if a.write:
         lines = ["# PostgreSQL protocol against HTTP: the Grafana dashboard", "",
                  f"`python3 benches/pgwire.py --bin target/release/adstore --events {a.events} --rounds {a.rounds} "
-                 f"--connections {a.connections} --seconds {a.seconds:g}` on {datetime.now(timezone.utc):%Y-%m-%d}, "
+                 f"--connections {a.connections} --seconds {a.seconds:g}"
+                 + (f" --config {a.config}" if a.config else "") + f"` on {datetime.now(timezone.utc):%Y-%m-%d}, "
                  f"this machine ({os.cpu_count()} cores). Each panel of docs/grafana/dashboards/adstore.json, "
                  "macros expanded as Grafana expands them (last 24 h, 5-minute buckets); median of "
                  f"{a.rounds} runs each, alternated: HTTP `POST /v1/sql` (JSON, keep-alive) and psycopg 3 over the "
