@@ -263,10 +263,13 @@ impl Snapshot {
         }
         self.check_retained(req.time_range, &skip)?;
         if !req.filters.is_empty() {
-            // Cold segments in range: their index bitmaps, in parallel.
+            // Cold segments in range: their dictionaries and index bitmaps, in parallel.
             let cold = self.segments.iter().filter(|s| !skip(s.meta.id) && s.reader.remote().is_some());
             let in_range = cold.filter(|s| req.time_range.overlaps(s.meta.min_ts, s.meta.max_ts));
-            prefetch(in_range.map(|s| (s, vec![s.reader.index_section()])));
+            prefetch(in_range.map(|s| {
+                let ranges = s.reader.dictionary_ranges().chain([s.reader.index_section()]);
+                (s, ranges.collect())
+            }));
         }
         let per_segment: Vec<Result<SegmentOutcome>> = self
             .segments

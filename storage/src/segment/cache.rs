@@ -117,15 +117,21 @@ impl BlockCache {
         }
     }
 
-    /// Keeps `dict` on the terms of [`BlockCache::insert`].
-    pub(crate) fn insert_dictionary(&self, key: BlockKey, dict: Arc<Dictionary>) {
-        self.keep(key, Cached::Dictionary(dict));
+    /// Keeps `dict` on the terms of [`BlockCache::insert`]; whether it
+    /// was kept (the cache also refuses an entry larger than one of its
+    /// shards, a fraction of the whole on a machine with many cores).
+    pub(crate) fn insert_dictionary(&self, key: BlockKey, dict: Arc<Dictionary>) -> bool {
+        self.keep(key, Cached::Dictionary(dict)) && self.blocks.contains_key(&key)
     }
 
-    fn keep(&self, key: BlockKey, entry: Cached) {
-        if (entry.bytes() + ENTRY_OVERHEAD) * 8 <= self.capacity {
+    /// Inserts `entry` unless it alone would take more than an eighth of
+    /// the cache; whether it was offered.
+    fn keep(&self, key: BlockKey, entry: Cached) -> bool {
+        let fits = (entry.bytes() + ENTRY_OVERHEAD) * 8 <= self.capacity;
+        if fits {
             self.blocks.insert(key, entry);
         }
+        fits
     }
 
     pub(crate) fn remove(&self, key: &BlockKey) {

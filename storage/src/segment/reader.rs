@@ -55,14 +55,26 @@ pub struct SegmentReader {
     /// Where each column's dictionary lies in the file (`None`: not
     /// dictionary-encoded).
     pub(super) dicts: Vec<Option<DictPlace>>,
-    /// The dictionaries a reader without a block cache has read, kept for
-    /// its life (such readers are short: a seal, a test).
-    held: parking_lot::Mutex<Vec<Option<Arc<Dictionary>>>>,
+    /// Per column, the dictionary it last handed out (see [`Known`]).
+    known: parking_lot::Mutex<Vec<Known>>,
     /// Bytes its footer holds in memory, the dictionaries let go.
     metadata_bytes: u64,
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
     cache: Option<Arc<BlockCache>>,
+}
+
+/// What a reader knows of a column's dictionary besides the block cache.
+#[derive(Debug, Default)]
+struct Known {
+    /// The one it last handed out: while a query or the cache still holds
+    /// it, every read of the column gets this same dictionary (the
+    /// aggregation keys its work per dictionary object), without a lookup.
+    seen: std::sync::Weak<Dictionary>,
+    /// One the block cache would not take (no cache, the cache off, or a
+    /// dictionary too large for it), kept for the reader's life so it is
+    /// not decoded again at every block.
+    kept: Option<Arc<Dictionary>>,
 }
 
 /// A dictionary in the file: read and checked at open, then read again
@@ -291,16 +303,21 @@ impl SegmentReader {
             Footer::decode(&footer_bytes, version).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
         validate(&footer, footer_start, version, &schema).map_err(|r| corrupt(id, path, format!("footer: {r}")))?;
         // Checked: the dictionaries go, and come back through the block cache.
-        let dicts: Vec<Option<DictPlace>> = footer
-            .columns
-            .iter_mut()
-            .map(|c| {
-                c.dict = None;
-                let at = c.dict_at.clone()?;
-                let crc = crc32c::crc32c(footer_bytes.get(at.clone())?);
-                Some(DictPlace { at: footer_start + at.start as u64..footer_start + at.end as u64, crc })
-            })
-            .collect();
+        let mut dicts = Vec::with_capacity(footer.columns.len());
+        for c in &mut footer.columns {
+            c.dict = None;
+            let place = match c.dict_at.clone() {
+                None => None,
+                Some(at) => {
+                    let bytes = footer_bytes.get(at.clone()).ok_or_else(|| {
+                        corrupt(id, path, format!("footer: dictionary of column {} outside the footer", c.name))
+                    })?;
+                    let at = footer_start + at.start as u64..footer_start + at.end as u64;
+                    Some(DictPlace { at, crc: crc32c::crc32c(bytes) })
+                }
+            };
+            dicts.push(place);
+        }
         drop((trailer, footer_bytes));
         let metadata_bytes = (footer.memory_bytes() + dicts.len() * size_of::<Option<DictPlace>>()) as u64;
         Ok(SegmentReader {
@@ -308,7 +325,7 @@ impl SegmentReader {
             metadata_bytes,
             path: path.to_owned(),
             source,
-            held: parking_lot::Mutex::new(vec![None; dicts.len()]),
+            known: parking_lot::Mutex::new(dicts.iter().map(|_| Known::default()).collect()),
             dicts,
             footer,
             ids: parking_lot::Mutex::new(None),
@@ -390,31 +407,37 @@ impl SegmentReader {
     }
 
     /// The column's dictionary, if it is dictionary-encoded in this
-    /// segment: from the block cache, or read from the file (checked
-    /// against its CRC32C) and kept there. Errors: `SegmentCorrupt` for a
-    /// damaged dictionary, the object store's error for a cold segment
-    /// it cannot read.
+    /// segment: the one this reader last handed out while it is still in
+    /// use, else from the block cache, else read from the file (checked
+    /// against its CRC32C) and kept in the cache, or by the reader when the
+    /// cache will not take it. Errors: `SegmentCorrupt` for a damaged
+    /// dictionary, the object store's error for a cold segment it cannot
+    /// read.
     pub fn dictionary(&self, col: impl SegmentColumn) -> Result<Option<Arc<Dictionary>>> {
         let i = col.position();
         let Some(place) = self.dicts.get(i).and_then(Option::as_ref) else { return Ok(None) };
-        let key = BlockKey { reader: self.uid, offset: place.at.start };
-        let hit = match &self.cache {
-            Some(cache) => cache.get_dictionary(&key),
-            None => self.held.lock().get(i).cloned().flatten(),
-        };
-        if let Some(dict) = hit {
+        if let Some(dict) = self.known.lock().get(i).and_then(|k| k.seen.upgrade()) {
             return Ok(Some(dict));
         }
-        let dict = Arc::new(self.file_dictionary(col, place)?);
-        match &self.cache {
-            Some(cache) => cache.insert_dictionary(key, dict.clone()),
+        let key = BlockKey { reader: self.uid, offset: place.at.start };
+        let (dict, cached) = match self.cache.as_ref().and_then(|c| c.get_dictionary(&key)) {
+            Some(dict) => (dict, true),
             None => {
-                if let Some(slot) = self.held.lock().get_mut(i) {
-                    *slot = Some(dict.clone());
-                }
+                let dict = Arc::new(self.file_dictionary(col, place)?);
+                let cached = self.cache.as_ref().is_some_and(|c| c.insert_dictionary(key, dict.clone()));
+                (dict, cached)
             }
+        };
+        if let Some(k) = self.known.lock().get_mut(i) {
+            k.seen = Arc::downgrade(&dict);
+            k.kept = (!cached).then(|| dict.clone());
         }
         Ok(Some(dict))
+    }
+
+    /// Where the dictionaries lie in the file (for a prefetch).
+    pub(crate) fn dictionary_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.dicts.iter().flatten().map(|p| p.at.clone())
     }
 
     /// A dictionary read from the file, checksum verified.

@@ -975,6 +975,7 @@ fn seal_threads(config: StoreConfig) -> Vec<(String, i32)> {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
 fn seals_run_on_their_own_threads_below_the_priority_of_queries() {
     let ours = super::priority::this_thread_nice();
     let threads = seal_threads(small_config());
