@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 mod dicts;
-pub use dicts::Run;
+pub use dicts::{Run, RunCodes};
 
 use crate::error::{Result, StorageError};
 use crate::event::{ColumnId, EventBatch, are_rows_under, other_rows, shard_of};

@@ -32,12 +32,14 @@ use crate::ids::SegmentId;
 use crate::tier::ObjectTier;
 
 use super::cache::{BlockCache, BlockKey, next_reader_id};
+use dicts::{DictPlace, Known};
 use ids::id_page_key;
 
+mod dicts;
 mod ids;
 use super::format::{
     BYTES_SINCE, BlockMeta, ColumnMeta, Dec, Encoding, FLAG_ZSTD, Footer, HEADER_LEN, MAGIC, Reason,
-    SUPPORTED_VERSIONS, TRAILER_LEN, decode_dictionary, decode_ints_at, decode_ints_map, packed_len, select_ints,
+    SUPPORTED_VERSIONS, TRAILER_LEN, decode_ints_at, decode_ints_map, packed_len, select_ints,
 };
 use super::{ColumnData, ColumnStats, Dictionary, SegmentColumn, SegmentSchema, Selection};
 
@@ -62,28 +64,6 @@ pub struct SegmentReader {
     /// This reader's key in the block cache (never reused in the process).
     uid: u64,
     cache: Option<Arc<BlockCache>>,
-}
-
-/// What a reader knows of a column's dictionary besides the block cache.
-#[derive(Debug, Default)]
-struct Known {
-    /// The one it last handed out: while a query or the cache still holds
-    /// it, every read of the column gets this same dictionary (the
-    /// aggregation keys its work per dictionary object), without a lookup.
-    seen: std::sync::Weak<Dictionary>,
-    /// One the block cache would not take (no cache, the cache off, or a
-    /// dictionary too large for it), kept for the reader's life so it is
-    /// not decoded again at every block.
-    kept: Option<Arc<Dictionary>>,
-}
-
-/// A dictionary in the file: read and checked at open, then read again
-/// (against `crc`, its bytes' CRC32C) whenever the block cache does not
-/// hold it.
-#[derive(Debug)]
-pub(super) struct DictPlace {
-    pub(super) at: Range<u64>,
-    crc: u32,
 }
 
 /// Where a segment's bytes are read from.
@@ -312,8 +292,7 @@ impl SegmentReader {
                     let bytes = footer_bytes.get(at.clone()).ok_or_else(|| {
                         corrupt(id, path, format!("footer: dictionary of column {} outside the footer", c.name))
                     })?;
-                    let at = footer_start + at.start as u64..footer_start + at.end as u64;
-                    Some(DictPlace { at, crc: crc32c::crc32c(bytes) })
+                    Some(DictPlace::new(footer_start + at.start as u64..footer_start + at.end as u64, bytes))
                 }
             };
             dicts.push(place);
@@ -404,50 +383,6 @@ impl SegmentReader {
     /// Null count and value range of one block; `None` past the last block.
     pub fn block_stats(&self, col: impl SegmentColumn, block: usize) -> Option<&ColumnStats> {
         self.col(col).blocks.get(block).map(|b| &b.stats)
-    }
-
-    /// The column's dictionary, if it is dictionary-encoded in this
-    /// segment: the one this reader last handed out while it is still in
-    /// use, else from the block cache, else read from the file (checked
-    /// against its CRC32C) and kept in the cache, or by the reader when the
-    /// cache will not take it. Errors: `SegmentCorrupt` for a damaged
-    /// dictionary, the object store's error for a cold segment it cannot
-    /// read.
-    pub fn dictionary(&self, col: impl SegmentColumn) -> Result<Option<Arc<Dictionary>>> {
-        let i = col.position();
-        let Some(place) = self.dicts.get(i).and_then(Option::as_ref) else { return Ok(None) };
-        if let Some(dict) = self.known.lock().get(i).and_then(|k| k.seen.upgrade()) {
-            return Ok(Some(dict));
-        }
-        let key = BlockKey { reader: self.uid, offset: place.at.start };
-        let (dict, cached) = match self.cache.as_ref().and_then(|c| c.get_dictionary(&key)) {
-            Some(dict) => (dict, true),
-            None => {
-                let dict = Arc::new(self.file_dictionary(col, place)?);
-                let cached = self.cache.as_ref().is_some_and(|c| c.insert_dictionary(key, dict.clone()));
-                (dict, cached)
-            }
-        };
-        if let Some(k) = self.known.lock().get_mut(i) {
-            k.seen = Arc::downgrade(&dict);
-            k.kept = (!cached).then(|| dict.clone());
-        }
-        Ok(Some(dict))
-    }
-
-    /// Where the dictionaries lie in the file (for a prefetch).
-    pub(crate) fn dictionary_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
-        self.dicts.iter().flatten().map(|p| p.at.clone())
-    }
-
-    /// A dictionary read from the file, checksum verified.
-    fn file_dictionary(&self, col: impl SegmentColumn, place: &DictPlace) -> Result<Dictionary> {
-        let what = || format!("dictionary of column {}", self.name(col));
-        let bytes = self.slice(place.at.start, place.at.end - place.at.start).map_err(|r| self.failed(what(), r))?;
-        if crc32c::crc32c(&bytes) != place.crc {
-            return Err(self.corrupt(format!("{}: checksum mismatch", what())));
-        }
-        decode_dictionary(&mut Dec::new(&bytes)).map_err(|r| self.corrupt(format!("{}: {r}", what())))
     }
 
     /// Whether [`SegmentReader::index_rows`] works for `col` (dictionary-encoded dimensions).
