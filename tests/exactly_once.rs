@@ -447,3 +447,58 @@ fn the_duplicate_log_holds_every_copy_caught_at_ingest_or_at_seal() {
     assert_eq!(log.stats().records as usize, at_ingest + bypass.len());
     store.close().expect("close");
 }
+
+/// A click backfilled into an old bucket that has closed, whose impression
+/// expiry has dropped from the attribution index: the bucket's first seal
+/// is final at once, so it reads the impression back from its segment as a
+/// re-seal would, and the click is attributed.
+#[test]
+fn a_click_backfilled_into_a_closed_bucket_is_sealed_final_and_attributed_to_an_expired_impression() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, eo) = open(dir.path(), rules());
+    let hour = 3_600_000;
+    let edge = 10 * hour;
+    let imp = Event {
+        event_id: "i1".into(),
+        kind: EventType::Impression,
+        ts: edge - 10_000,
+        publisher_id: "p".into(),
+        advertiser_id: "a".into(),
+        campaign_id: "c".into(),
+        ad_id: "x".into(),
+        impression_id: Some("i1".into()),
+        user_key: Some("u".into()),
+        ..Event::default()
+    };
+    eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&imp))).expect("ingest");
+    store.seal_all().expect("seal");
+    // Ten days later: the impression's bucket closes and is finalized, and
+    // expiry drops the impression from the index.
+    let later = Event { event_id: "i2".into(), ts: edge + 240 * hour, impression_id: Some("i2".into()), ..imp.clone() };
+    eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&later))).expect("ingest");
+    store.seal_all().expect("seal");
+    store.finalize_closed().expect("finalize");
+    // A seal after the finalization expires what only the closed bucket needed.
+    let last = Event { event_id: "i3".into(), ts: edge + 264 * hour, impression_id: Some("i3".into()), ..imp.clone() };
+    eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&last))).expect("ingest");
+    store.seal_all().expect("seal");
+
+    let click = Event {
+        event_id: "c1".into(),
+        kind: EventType::Click,
+        ts: edge + 10_000,
+        click_id: Some("c1".into()),
+        ..imp.clone()
+    };
+    eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&click))).expect("ingest");
+    let report = store.seal_due().expect("seal");
+    assert_eq!(report.rows_in, 1, "the click's bucket is closed: due at once");
+    let sealed = store.snapshot();
+    let segment =
+        sealed.segments.iter().find(|s| s.meta.partition.bucket_start_ms == edge).expect("the click's segment");
+    assert!(segment.meta.is_final, "its bucket's first segment, sealed final: {:?}", segment.meta);
+    let stored: Vec<Event> = segment.reader.read_batch().expect("read").events();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].attributed, "{:?}", stored[0]);
+    assert_eq!(stored[0].attributed_to.as_deref(), Some("i1"));
+}

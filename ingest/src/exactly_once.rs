@@ -564,7 +564,9 @@ impl ExactlyOnce {
             });
         }
         let events = events.take(&order)?;
-        if ctx.kind != SealKind::Seal {
+        // A re-seal, or a first seal straight to final, may need anchors
+        // older than the index holds (a backfilled old bucket).
+        if ctx.kind != SealKind::Seal || ctx.is_final {
             self.ensure_anchors(ctx.snapshot, ctx.partition.bucket_start_ms)?;
         }
         let rules = self.rules();

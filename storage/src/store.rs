@@ -85,6 +85,12 @@ pub struct StoreConfig {
     pub seal_max_age_ms: u64,
     /// How often the sealer looks for due partitions, in ms. Default 1_000.
     pub seal_interval_ms: u64,
+    /// Once no event has been appended for this long, a head holding an
+    /// eighth of `max_head_bytes` or more is sealed whole, however young
+    /// its partitions: the end of a load is sealed at once instead of
+    /// `seal_max_age_ms` later, while the cores are free. 0 turns it off.
+    /// Default 1_000.
+    pub seal_idle_ms: u64,
     /// How many nice steps below the rest of the process the background
     /// threads (seals, compaction, finalization, rollups, tiering) run, so
     /// that queries and ingest get the cores first while a load is sealed
@@ -186,6 +192,7 @@ impl Default for StoreConfig {
             seal_max_rows: 1_000_000,
             seal_max_age_ms: 30_000,
             seal_interval_ms: 1_000,
+            seal_idle_ms: 1_000,
             background_nice: 10,
             block_rows: 65_536,
             zstd_level: 1,

@@ -67,12 +67,18 @@ fn final_days_get_versioned_snapshots_of_their_final_numbers() {
     let open = || Store::open(dir.path(), config(), SealPipeline::new()).expect("open");
     let store = open();
     let day0 = BASE.div_euclid(DAY) * DAY;
-    // Three days, crossing midnights; the third day's events close the first.
+    // Three days, crossing midnights; the first day's events are sealed
+    // before the later ones close it.
     let mut events: Vec<Event> = (0..600).map(|i| event(i, BASE + i * 431_000)).collect();
     events.extend((0..20).map(|i| event(1_000 + i, day0 + 2 * DAY + 12 * 3_600_000 + i)));
-    store.append(&EventBatch::from_events(&events)).expect("append");
+    let (first_day, later): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| e.ts < day0 + DAY);
+    store.append(&EventBatch::from_events(&first_day)).expect("append");
     store.seal_all().expect("seal");
     assert_eq!(store.snapshot_billing().expect("billing").partitions, 0, "nothing is final yet");
+    // The later events close the first day (re-sealed as final below) and
+    // part of the second, whose partitions are sealed as final at once.
+    store.append(&EventBatch::from_events(&later)).expect("append");
+    store.seal_all().expect("seal");
     store.finalize_closed().expect("finalize");
     store.snapshot_billing().expect("billing");
     for day in [day0, day0 + DAY] {

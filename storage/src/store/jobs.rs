@@ -11,7 +11,7 @@
 //! ```
 //! A failure before the commit removes every file the pass wrote.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -123,15 +123,27 @@ impl Store {
         let inner = &self.inner;
         let max_age = Duration::from_millis(inner.config.seal_max_age_ms);
         let now = Instant::now();
-        let candidates: Vec<SealCandidate> =
-            inner.visible.read().head.due(now, inner.config.seal_max_rows, max_age, force);
+        let (candidates, catalog) = {
+            let visible = inner.visible.read();
+            (visible.head.due(now, inner.config.seal_max_rows, max_age, force), visible.catalog.clone())
+        };
+        if candidates.is_empty() {
+            return Ok(SealReport::default());
+        }
+        // A partition of a closed bucket with no segment yet is sealed as
+        // final at once: its first seal already sees every event and anchor
+        // a re-seal at closing would (closing waits for no more events), so
+        // sealing it provisional and then again as final would do the same
+        // work twice. One with segments is sealed provisional and merged
+        // with them by finalization, as before.
+        let stored: HashSet<PartitionKey> = catalog.segments_of(Level::Raw).map(|m| m.partition).collect();
         // A pass over a large head, as under pressure, drops each group's
         // head chunks once committed (their memory goes once no other
         // partition's slice of the same append still holds it).
         let jobs = candidates.into_iter().map(|c| SealJob {
             partition: c.partition,
             kind: SealKind::Seal,
-            is_final: false,
+            is_final: !stored.contains(&c.partition) && self.bucket_closed(c.partition.bucket_start_ms),
             head: c,
             replaces: vec![],
             reprocess_job: None,

@@ -127,17 +127,27 @@ pub struct TaskStats {
 }
 
 impl Store {
-    /// Seals the partitions that are due (row threshold or age), or every
-    /// partition while the head holds half of `max_head_bytes` or more:
-    /// waiting for partitions to age would leave appends refused meanwhile.
+    /// Seals the partitions that are due (row threshold, age, or a closed
+    /// bucket), or every partition while the head holds half of
+    /// `max_head_bytes` or more (waiting for partitions to age would leave
+    /// appends refused meanwhile), or an eighth of it once no event has been
+    /// appended for `seal_idle_ms` (a load has ended: its head is sealed
+    /// while the cores are free, not `seal_max_age_ms` later).
     pub fn seal_due(&self) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
         let head_bytes = self.inner.visible.read().head.bytes();
-        let pressed = self.head_limit().is_some_and(|limit| head_bytes >= limit / 2);
+        let pressed = self.head_limit().is_some_and(|limit| {
+            head_bytes >= limit / 2 || (head_bytes >= limit / 8 && self.quiet_for(self.inner.config.seal_idle_ms))
+        });
         if pressed {
-            tracing::debug!(head_bytes, "head at half its limit or more: sealing every partition");
+            tracing::debug!(
+                head_bytes,
+                "head at half its limit, or an eighth with ingest quiet: sealing every partition"
+            );
         }
-        let report = self.seal_head(|_| pressed)?;
+        // A partition of a closed bucket waits for nothing more: it is
+        // sealed (as final, if it is the bucket's first) at once.
+        let report = self.seal_head(|p| pressed || self.bucket_closed(p.bucket_start_ms))?;
         // Records without events (a stream's offsets alone) never reach the
         // head, so no seal deletes their files: this pass does, once
         // nothing in the head is older.
@@ -220,9 +230,13 @@ impl Store {
     /// Whether wall-clock closing applies: it is on and no event has been
     /// appended for `close_idle_ms`.
     pub(super) fn idle(&self) -> bool {
-        let idle_ms = self.inner.config.close_idle_ms;
+        self.quiet_for(self.inner.config.close_idle_ms)
+    }
+
+    /// Whether no event has been appended for `ms` (never, for 0).
+    fn quiet_for(&self, ms: u64) -> bool {
         let since_open = u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        idle_ms > 0 && since_open.saturating_sub(self.inner.last_append_ms.load(Ordering::Relaxed)) >= idle_ms
+        ms > 0 && since_open.saturating_sub(self.inner.last_append_ms.load(Ordering::Relaxed)) >= ms
     }
 
     /// Re-seals, as final, every closed bucket that still has provisional

@@ -13,6 +13,7 @@ use crate::segment::ColumnData;
 use crate::testutil::any_event;
 
 mod head_runs;
+mod seal_due;
 
 fn small_config() -> StoreConfig {
     StoreConfig { shards: 3, block_rows: 128, wal_file_size_bytes: 8 * 1024, ..StoreConfig::default() }
@@ -722,6 +723,7 @@ fn a_full_head_refuses_appends_until_seals_free_it_and_loses_nothing() {
         max_head_bytes: Some(one_batch * 5 / 2),
         seal_max_age_ms: 3_600_000,
         seal_max_rows: usize::MAX,
+        seal_idle_ms: 0,
         ..small_config()
     };
     let store = open_with(dir.path(), config.clone());
