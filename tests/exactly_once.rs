@@ -63,6 +63,22 @@ fn attributed_in_range(s: &Store, range: &[i64]) -> i64 {
         .count() as i64
 }
 
+/// An impression of user `u` on ad `x`, with `id` as event and impression id.
+fn user_impression(id: &str, ts: i64) -> Event {
+    Event {
+        event_id: id.into(),
+        kind: EventType::Impression,
+        ts,
+        publisher_id: "p".into(),
+        advertiser_id: "a".into(),
+        campaign_id: "c".into(),
+        ad_id: "x".into(),
+        impression_id: Some(id.into()),
+        user_key: Some("u".into()),
+        ..Event::default()
+    }
+}
+
 fn stored_report(store: &Store) -> oracle::Report {
     oracle::report(&oracle::stored_outcomes(&store.snapshot().read_events().expect("read events")))
 }
@@ -326,18 +342,7 @@ fn a_last_touch_click_sealed_before_its_impression_is_attributed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, eo) = open(dir.path(), rules());
     let edge = 10 * 3_600_000;
-    let imp = Event {
-        event_id: "i1".into(),
-        kind: EventType::Impression,
-        ts: edge - 10_000,
-        publisher_id: "p".into(),
-        advertiser_id: "a".into(),
-        campaign_id: "c".into(),
-        ad_id: "x".into(),
-        impression_id: Some("i1".into()),
-        user_key: Some("u".into()),
-        ..Event::default()
-    };
+    let imp = user_impression("i1", edge - 10_000);
     let click = Event {
         event_id: "c1".into(),
         kind: EventType::Click,
@@ -367,18 +372,7 @@ fn a_last_touch_click_sees_an_earlier_requests_head_impression_at_ingest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, eo) = open(dir.path(), rules());
     let edge = 10 * 3_600_000;
-    let imp = |id: &str, ts: i64| Event {
-        event_id: id.into(),
-        kind: EventType::Impression,
-        ts,
-        publisher_id: "p".into(),
-        advertiser_id: "a".into(),
-        campaign_id: "c".into(),
-        ad_id: "x".into(),
-        impression_id: Some(id.into()),
-        user_key: Some("u".into()),
-        ..Event::default()
-    };
+    let imp = user_impression;
     let click = Event {
         event_id: "c1".into(),
         kind: EventType::Click,
@@ -458,18 +452,7 @@ fn a_click_backfilled_into_a_closed_bucket_is_sealed_final_and_attributed_to_an_
     let (store, eo) = open(dir.path(), rules());
     let hour = 3_600_000;
     let edge = 10 * hour;
-    let imp = Event {
-        event_id: "i1".into(),
-        kind: EventType::Impression,
-        ts: edge - 10_000,
-        publisher_id: "p".into(),
-        advertiser_id: "a".into(),
-        campaign_id: "c".into(),
-        ad_id: "x".into(),
-        impression_id: Some("i1".into()),
-        user_key: Some("u".into()),
-        ..Event::default()
-    };
+    let imp = user_impression("i1", edge - 10_000);
     eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&imp))).expect("ingest");
     store.seal_all().expect("seal");
     // Ten days later: the impression's bucket closes and is finalized, and
