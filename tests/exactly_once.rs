@@ -443,11 +443,14 @@ fn the_duplicate_log_holds_every_copy_caught_at_ingest_or_at_seal() {
 }
 
 /// A click backfilled into an old bucket that has closed, whose impression
-/// expiry has dropped from the attribution index: the bucket's first seal
-/// is final at once, so it reads the impression back from its segment as a
-/// re-seal would, and the click is attributed.
+/// expiry has dropped from the attribution index: its bucket's first seal
+/// is not final at once (that would read the impression back from older
+/// segments, which may be in the object store, while the head waits), so
+/// it waits for its age as before, is sealed provisional, and finalization
+/// reads the impression back and attributes the click. A click into a closed bucket whose anchors are
+/// all in the index is sealed final at once.
 #[test]
-fn a_click_backfilled_into_a_closed_bucket_is_sealed_final_and_attributed_to_an_expired_impression() {
+fn a_click_backfilled_into_a_closed_bucket_is_attributed_to_an_expired_impression_at_finalization() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, eo) = open(dir.path(), rules());
     let hour = 3_600_000;
@@ -474,14 +477,48 @@ fn a_click_backfilled_into_a_closed_bucket_is_sealed_final_and_attributed_to_an_
         ..imp.clone()
     };
     eo.ingest(&store, &EventBatch::from_events(std::slice::from_ref(&click))).expect("ingest");
-    let report = store.seal_due().expect("seal");
-    assert_eq!(report.rows_in, 1, "the click's bucket is closed: due at once");
-    let sealed = store.snapshot();
-    let segment =
-        sealed.segments.iter().find(|s| s.meta.partition.bucket_start_ms == edge).expect("the click's segment");
-    assert!(segment.meta.is_final, "its bucket's first segment, sealed final: {:?}", segment.meta);
-    let stored: Vec<Event> = segment.reader.read_batch().expect("read").events();
+    let click_segment = |store: &Store| {
+        let snapshot = store.snapshot();
+        let segment =
+            snapshot.segments.iter().find(|s| s.meta.partition.bucket_start_ms == edge).expect("the click's segment");
+        let stored: Vec<Event> = segment.reader.read_batch().expect("read").events();
+        assert_eq!(stored.len(), 1);
+        (segment.meta.is_final, stored[0].clone())
+    };
+    assert_eq!(store.seal_due().expect("seal").rows_in, 0, "not due at once: its first seal cannot be final");
+    store.seal_all().expect("seal");
+    let (is_final, _) = click_segment(&store);
+    assert!(!is_final, "its impression left the index: the first seal is provisional");
+    store.finalize_closed().expect("finalize");
+    let (is_final, stored) = click_segment(&store);
+    assert!(is_final);
+    assert!(stored.attributed, "{stored:?}");
+    assert_eq!(stored.attributed_to.as_deref(), Some("i1"));
+
+    // A click ten seconds after a new impression, and an event a day later
+    // that closes both their buckets, which have no segment yet: their
+    // anchors are in the index, so each first seal is final at once, and
+    // the click is attributed.
+    let i4 = user_impression("i4", edge + 250 * hour - 10_000);
+    let c2 = Event {
+        event_id: "c2".into(),
+        kind: EventType::Click,
+        ts: edge + 250 * hour + 10_000,
+        click_id: Some("c2".into()),
+        impression_id: Some("i4".into()),
+        ..i4.clone()
+    };
+    let closer = user_impression("i5", edge + 280 * hour);
+    eo.ingest(&store, &EventBatch::from_events(&[i4, c2.clone(), closer])).expect("ingest");
+    assert_eq!(store.seal_due().expect("seal").rows_in, 2, "the impression and the click, due at once");
+    let snapshot = store.snapshot();
+    let segment = snapshot
+        .segments
+        .iter()
+        .find(|s| s.meta.partition.bucket_start_ms == edge + 250 * hour)
+        .expect("the second click's segment");
+    assert!(segment.meta.is_final, "anchors at hand: final at once");
+    let stored = segment.reader.read_batch().expect("read").events();
     assert_eq!(stored.len(), 1);
-    assert!(stored[0].attributed, "{:?}", stored[0]);
-    assert_eq!(stored[0].attributed_to.as_deref(), Some("i1"));
+    assert_eq!(stored[0].attributed_to.as_deref(), Some("i4"));
 }

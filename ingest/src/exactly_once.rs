@@ -21,7 +21,9 @@
 //! bucket closes the store re-seals it ([`SealKind::Final`]); this stage
 //! then recomputes every derived column over the complete bucket, which is
 //! what makes late impressions count. Reprocessing does the same under the
-//! current rules.
+//! current rules. A bucket that closed before its first seal is sealed
+//! final at once when every anchor it may need is in the index
+//! ([`SealStage::first_seal_final`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -287,22 +289,31 @@ impl ExactlyOnce {
         (oldest.saturating_sub(rules.click_window_ms), oldest.saturating_sub(rules.conversion_window_ms))
     }
 
+    /// The oldest impression and the oldest click that the events of the
+    /// bucket starting at `bucket_start` can be attributed to.
+    fn anchors_needed(&self, bucket_start: i64) -> (i64, i64) {
+        let rules = self.rules();
+        (bucket_start.saturating_sub(rules.click_window_ms), bucket_start.saturating_sub(rules.conversion_window_ms))
+    }
+
+    /// Whether expiry has dropped none of the anchors that the events of
+    /// the bucket starting at `bucket_start` can be attributed to.
+    fn anchors_at_hand(&self, bucket_start: i64) -> bool {
+        let (need_imp, need_click) = self.anchors_needed(bucket_start);
+        let index = self.index.read();
+        need_imp >= index.imp_floor && need_click >= index.click_floor
+    }
+
     /// Makes sure the index holds every anchor that the events of a
     /// re-sealed bucket starting at `bucket_start` may be attributed to:
     /// what expiry dropped (a reprocess, or a backfill that re-opened an
     /// old bucket) is read back from the segments of that time, and stays
     /// until the next expiry.
     fn ensure_anchors(&self, snapshot: &Snapshot, bucket_start: i64) -> StorageResult<()> {
-        let rules = self.rules();
-        let need_imp = bucket_start.saturating_sub(rules.click_window_ms);
-        let need_click = bucket_start.saturating_sub(rules.conversion_window_ms);
-        let (imp_floor, click_floor) = {
-            let index = self.index.read();
-            (index.imp_floor, index.click_floor)
-        };
-        if need_imp >= imp_floor && need_click >= click_floor {
+        if self.anchors_at_hand(bucket_start) {
             return Ok(());
         }
+        let (need_imp, need_click) = self.anchors_needed(bucket_start);
         let mut index = self.index.write();
         // Another partition of the same pass may have loaded them meanwhile.
         let (imp_floor, click_floor) = (index.imp_floor, index.click_floor);
@@ -486,6 +497,14 @@ impl SealStage for ExactlyOnce {
         Ok(())
     }
 
+    /// Only with every anchor the bucket can need in the index: reading
+    /// them back from older segments (perhaps in the object store, under
+    /// the index's write lock) is finalization's work, which retries on its
+    /// own, not a seal's, which the head waits on.
+    fn first_seal_final(&self, bucket_start_ms: i64) -> bool {
+        self.anchors_at_hand(bucket_start_ms)
+    }
+
     fn apply(&self, ctx: &SealContext<'_>, events: EventBatch) -> StorageResult<StageOutput> {
         self.observe(&events);
         let keys = batch_keys(&events);
@@ -564,8 +583,11 @@ impl ExactlyOnce {
             });
         }
         let events = events.take(&order)?;
-        // A re-seal, or a first seal straight to final, may need anchors
-        // older than the index holds (a backfilled old bucket).
+        // A re-seal may need anchors older than the index holds (a
+        // reprocess, a backfill into an old bucket). A first seal straight
+        // to final was asked for only with them at hand
+        // (`first_seal_final`); should expiry have run since, it reads them
+        // back too rather than seal final numbers without them.
         if ctx.kind != SealKind::Seal || ctx.is_final {
             self.ensure_anchors(ctx.snapshot, ctx.partition.bucket_start_ms)?;
         }

@@ -94,11 +94,13 @@ fn billing_daily_answers_from_the_snapshots() {
     let config = StoreConfig { fsync: false, close_idle_ms: 0, ..StoreConfig::default() };
     let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
     let day0 = BASE.div_euclid(DAY) * DAY;
-    // Four days; the last one's events close the first two.
+    // Four days; the last one's events close the first two (their
+    // buckets' first seals are final already, but no billing snapshot has
+    // been taken).
     let mut events: Vec<Event> = (0..700).map(|i| event(i, BASE + i * 400_000)).collect();
     store.append(&EventBatch::from_events(&events)).expect("append");
     store.seal_all().expect("seal");
-    assert!(run(&store, ROWS).is_empty(), "no day is final yet");
+    assert!(run(&store, ROWS).is_empty(), "no snapshot yet");
     store.finalize_closed().expect("finalize");
     store.snapshot_billing().expect("billing");
     let final_days: Vec<Event> = events.iter().filter(|e| e.ts < day0 + 2 * DAY).cloned().collect();

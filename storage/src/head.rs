@@ -374,6 +374,11 @@ impl Head {
         self.partitions.len()
     }
 
+    /// The partitions holding events, in order.
+    pub fn partition_keys(&self) -> impl Iterator<Item = PartitionKey> + '_ {
+        self.partitions.keys().copied()
+    }
+
     /// Every chunk, with its partition, in partition then LSN order.
     pub fn snapshot(&self) -> Vec<(PartitionKey, HeadChunk)> {
         self.partitions.iter().flat_map(|(k, p)| p.chunks.iter().map(move |c| (*k, c.clone()))).collect()

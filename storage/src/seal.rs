@@ -19,7 +19,10 @@
 //!
 //! The same pipeline runs again over already-sealed events when a bucket
 //! closes ([`SealKind::Final`]) or when rules change ([`SealKind::Reprocess`]);
-//! stages must then recompute derived columns from scratch.
+//! stages must then recompute derived columns from scratch. A head
+//! partition of a bucket that has closed before its first seal is sealed
+//! final at once ([`SealContext::is_final`] with [`SealKind::Seal`]) when
+//! every stage agrees ([`SealStage::first_seal_final`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +36,8 @@ use crate::store::Snapshot;
 /// Why the pipeline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealKind {
-    /// Head events become a segment for the first time (provisional).
+    /// Head events become a segment for the first time: provisional, or
+    /// final at once when the bucket has closed and has no segment yet.
     Seal,
     /// A closed bucket's segments are re-sealed with complete data (final).
     Final,
@@ -129,6 +133,16 @@ pub trait SealStage: Send + Sync {
         Ok(())
     }
 
+    /// Whether a first seal of the closed bucket starting at
+    /// `bucket_start_ms` may be final at once: everything this stage would
+    /// read when re-sealing the bucket at its closing is at hand (no state
+    /// to read back from older segments, which may be in the object
+    /// store). If a stage says no, the seal is provisional and
+    /// finalization re-seals it. Default true.
+    fn first_seal_final(&self, _bucket_start_ms: i64) -> bool {
+        true
+    }
+
     /// Transforms the events of one partition before they are written.
     ///
     /// # Errors
@@ -184,6 +198,10 @@ impl SealPipeline {
 
     pub(crate) fn rules_version(&self) -> u32 {
         self.stages.iter().map(|s| s.rules_version()).max().unwrap_or(0)
+    }
+
+    pub(crate) fn first_seal_final(&self, bucket_start_ms: i64) -> bool {
+        self.stages.iter().all(|s| s.first_seal_final(bucket_start_ms))
     }
 
     pub(crate) fn recover(&self, snapshot: &Snapshot, sidecars: &SidecarReader) -> Result<()> {

@@ -347,7 +347,7 @@ fn decision(t: &Tracer<'_>, e: &Event, where_: &Stored, d: Derived) -> (Value, O
                 where_.rules_version, t.rules.version
             )
         } else {
-            "decided when its bucket was finalized; the anchors stored now decide otherwise (events loaded later by backfill, or anchors older than the attribution index reached at seal)".to_string()
+            "decided when its bucket became final; the anchors stored now decide otherwise (events loaded later by backfill, or anchors older than the attribution index reached at seal)".to_string()
         });
     }
     (out, d.anchor)

@@ -25,7 +25,7 @@ use crate::event::EventBatch;
 use crate::failpoint;
 use crate::head::{HeadChunk, SealCandidate};
 use crate::ids::SegmentId;
-use crate::manifest::{CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
+use crate::manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
 use crate::rollup::{RollupDef, RollupInput};
 use crate::seal::{PipelineOutput, SealContext, SealKind};
 use crate::segment::{SegmentReader, SegmentSchema, SegmentSummary, SegmentWriteOptions, write_columns, write_segment};
@@ -105,6 +105,11 @@ impl Store {
     }
 }
 
+/// The partitions that have raw segments.
+pub(super) fn stored_partitions(catalog: &Catalog) -> HashSet<PartitionKey> {
+    catalog.segments_of(Level::Raw).map(|m| m.partition).collect()
+}
+
 /// The segments derived from `replaced` (their rollup segments, and those
 /// merged from a day they belong to), which go with them.
 fn derived_of<'a>(snapshot: &'a Snapshot, replaced: &'a [SegmentMeta]) -> impl Iterator<Item = SegmentId> + 'a {
@@ -130,25 +135,32 @@ impl Store {
         if candidates.is_empty() {
             return Ok(SealReport::default());
         }
-        // A partition of a closed bucket with no segment yet is sealed as
-        // final at once: its first seal already sees every event and anchor
-        // a re-seal at closing would (closing waits for no more events), so
-        // sealing it provisional and then again as final would do the same
-        // work twice. One with segments is sealed provisional and merged
-        // with them by finalization, as before.
-        let stored: HashSet<PartitionKey> = catalog.segments_of(Level::Raw).map(|m| m.partition).collect();
+        let stored = stored_partitions(&catalog);
         // A pass over a large head, as under pressure, drops each group's
         // head chunks once committed (their memory goes once no other
         // partition's slice of the same append still holds it).
         let jobs = candidates.into_iter().map(|c| SealJob {
             partition: c.partition,
             kind: SealKind::Seal,
-            is_final: !stored.contains(&c.partition) && self.bucket_closed(c.partition.bucket_start_ms),
+            is_final: self.seals_final(&stored, &c.partition),
             head: c,
             replaces: vec![],
             reprocess_job: None,
         });
         self.run_grouped(jobs)
+    }
+
+    /// Whether the first seal of head partition `p` is final at once: its
+    /// bucket has closed, it has no segment (`stored`: the partitions that
+    /// have raw segments), and every seal stage agrees. Such a seal already
+    /// sees every event and anchor that a re-seal at closing would (closing
+    /// waits for no more events), so sealing it provisional and then again
+    /// as final would do the work twice. A partition with segments is
+    /// sealed provisional and merged with them by finalization.
+    pub(super) fn seals_final(&self, stored: &HashSet<PartitionKey>, p: &PartitionKey) -> bool {
+        !stored.contains(p)
+            && self.bucket_closed(p.bucket_start_ms)
+            && self.inner.pipeline.first_seal_final(p.bucket_start_ms)
     }
 
     /// Runs `jobs` with one commit per group of at most `seal_max_rows`

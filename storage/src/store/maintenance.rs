@@ -127,8 +127,8 @@ pub struct TaskStats {
 }
 
 impl Store {
-    /// Seals the partitions that are due (row threshold, age, or a closed
-    /// bucket), or every partition while the head holds half of
+    /// Seals the partitions that are due (row threshold, age, or the first
+    /// segment of a closed bucket), or every partition while the head holds half of
     /// `max_head_bytes` or more (waiting for partitions to age would leave
     /// appends refused meanwhile), or an eighth of it once no event has been
     /// appended for `seal_idle_ms` (a load has ended: its head is sealed
@@ -145,9 +145,12 @@ impl Store {
                 "head at half its limit, or an eighth with ingest quiet: sealing every partition"
             );
         }
-        // A partition of a closed bucket waits for nothing more: it is
-        // sealed (as final, if it is the bucket's first) at once.
-        let report = self.seal_head(|p| pressed || self.bucket_closed(p.bucket_start_ms))?;
+        // A closed bucket's partition that would be its first segment waits
+        // for nothing more: it is sealed as final at once. (One with
+        // segments waits for its age as before: each seal of it would make
+        // finalization re-seal the whole bucket again.)
+        let stored = super::jobs::stored_partitions(&self.inner.visible.read().catalog);
+        let report = self.seal_head(|p| pressed || self.seals_final(&stored, p))?;
         // Records without events (a stream's offsets alone) never reach the
         // head, so no seal deletes their files: this pass does, once
         // nothing in the head is older.

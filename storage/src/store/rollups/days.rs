@@ -50,13 +50,18 @@ fn day_of(ms: i64) -> i64 {
 }
 
 impl Store {
-    /// Days whose raw segments are all final and whose last bucket has
-    /// closed, with those raw segments.
+    /// Days whose raw segments are all final, whose last bucket has
+    /// closed and with no events in the head, with those raw segments. (A
+    /// closed bucket's first seal is final: while a pass seals a day's
+    /// partitions in groups, those of its first groups are final and the
+    /// rest still in the head.)
     pub(in crate::store) fn final_days<'a>(
         &self,
         raws: impl Iterator<Item = &'a SegmentMeta>,
     ) -> Vec<(i64, Vec<&'a SegmentMeta>)> {
         let width = self.inner.config.bucket_width_ms;
+        let in_head: BTreeSet<i64> =
+            self.inner.visible.read().head.partition_keys().map(|p| day_of(p.bucket_start_ms)).collect();
         let mut days: BTreeMap<i64, Vec<&SegmentMeta>> = BTreeMap::new();
         for m in raws {
             days.entry(day_of(m.partition.bucket_start_ms)).or_default().push(m);
@@ -64,7 +69,7 @@ impl Store {
         days.into_iter()
             .filter(|(day, raws)| {
                 let last_bucket = floor_to(day.saturating_add(Granularity::Day.width_ms() - 1), width);
-                raws.iter().all(|m| m.is_final) && self.bucket_closed(last_bucket)
+                raws.iter().all(|m| m.is_final) && self.bucket_closed(last_bucket) && !in_head.contains(day)
             })
             .collect()
     }

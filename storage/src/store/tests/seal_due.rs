@@ -40,11 +40,14 @@ fn a_closed_buckets_first_seal_is_final_and_a_later_one_is_merged_by_finalizatio
     assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
 
     // A late event into the closed bucket: its partition has a segment, so
-    // it is sealed provisional and finalization merges the two.
+    // it waits for its age (each seal of it makes finalization re-seal the
+    // bucket), is sealed provisional, and finalization merges the two.
     let late = in_hour(200, 3, old + 30 * 60_000, "a1");
     store.append(&EventBatch::from_events(&late)).expect("append");
     stored.extend(late);
-    assert_eq!(store.seal_due().expect("seal").rows_in, 3, "due at once: its bucket is closed");
+    assert_eq!(store.seal_due().expect("seal").rows_in, 0, "not due at once: its partition has a segment");
+    assert_eq!(store.seal_all().expect("seal").rows_in, 8);
+    assert_eq!(store.snapshot().head_rows(), 0);
     assert_eq!(store.closed_provisional_buckets(), vec![old]);
     let report = store.finalize_closed().expect("finalize");
     assert_eq!(report.replaced.len(), 2, "the final segment and the late one");
@@ -53,7 +56,6 @@ fn a_closed_buckets_first_seal_is_final_and_a_later_one_is_merged_by_finalizatio
     assert_eq!(raw.len(), 1);
     assert!(raw[0].is_final);
     assert_eq!(raw[0].rows, 23);
-    assert_eq!(store.snapshot().head_rows(), 5, "the newest bucket is still open");
     assert_eq!(all_events(&store), sorted_debug(&stored));
 }
 
@@ -87,11 +89,17 @@ fn a_large_head_waits_while_events_arrive_and_with_the_quiet_seal_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let batch = in_hour(0, 40, 10 * HOUR, "a1");
     let bytes = EventBatch::from_events(&batch).memory_bytes() as u64;
-    // Ingest was quiet only a moment ago: an hour is never reached here.
-    let config = patient(StoreConfig { max_head_bytes: Some(bytes * 4), seal_idle_ms: 3_600_000, ..small_config() });
+    let quiet_ms = 1_000;
+    let config = patient(StoreConfig { max_head_bytes: Some(bytes * 4), seal_idle_ms: quiet_ms, ..small_config() });
     let store = open_with(dir.path(), config);
     store.append(&EventBatch::from_events(&batch)).expect("append");
-    assert_eq!(store.seal_due().expect("seal").rows_in, 0, "events arrived just now");
+    // Another append before the quiet time is up starts it again.
+    std::thread::sleep(Duration::from_millis(700));
+    store.append(&EventBatch::from_events(&in_hour(100, 1, 10 * HOUR, "a1"))).expect("append");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(store.seal_due().expect("seal").rows_in, 0, "an event arrived half a second ago");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(store.seal_due().expect("seal").rows_in, 41, "quiet since the last append");
     drop(store);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -100,4 +108,42 @@ fn a_large_head_waits_while_events_arrive_and_with_the_quiet_seal_off() {
     store.append(&EventBatch::from_events(&batch)).expect("append");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(store.seal_due().expect("seal").rows_in, 0, "seal_idle_ms = 0 turns it off");
+}
+
+#[test]
+fn a_day_with_events_in_the_head_is_not_final_while_its_segments_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(dir.path(), patient(StoreConfig { seal_idle_ms: 0, ..small_config() }));
+    let day = 10 * 24 * HOUR;
+    // Events of several advertisers (so several shards) over the day, and
+    // one two days later that closes every bucket of it.
+    let mut events: Vec<Event> = Vec::new();
+    for (i, adv) in ["a1", "a2", "a3", "a4", "a5", "a6"].iter().enumerate() {
+        events.extend(in_hour(i as u64 * 10, 5, day + i as i64 * 4 * HOUR, adv));
+    }
+    events.extend(in_hour(100, 1, day + 2 * 24 * HOUR + 12 * HOUR, "a1"));
+    store.append(&EventBatch::from_events(&events)).expect("append");
+    let of_day: Vec<PartitionKey> = store
+        .inner
+        .visible
+        .read()
+        .head
+        .partition_keys()
+        .filter(|p| p.bucket_start_ms >= day && p.bucket_start_ms < day + 24 * HOUR)
+        .collect();
+    assert!(of_day.len() >= 2, "{of_day:?}");
+
+    // One of the day's partitions is sealed (final: its bucket has
+    // closed), the rest still in the head.
+    let first = of_day[0];
+    store.seal_head(|p| *p == first).expect("seal one partition");
+    let catalog = store.catalog();
+    let raw: Vec<&SegmentMeta> = catalog.segments_of(Level::Raw).collect();
+    assert!(raw.len() == 1 && raw[0].is_final, "{raw:?}");
+    assert!(store.final_days(catalog.segments_of(Level::Raw)).is_empty(), "the day still has events in the head");
+
+    assert_eq!(store.seal_due().expect("seal").partitions, of_day.len() - 1, "the rest, due at once");
+    let catalog = store.catalog();
+    let days: Vec<i64> = store.final_days(catalog.segments_of(Level::Raw)).into_iter().map(|(d, _)| d).collect();
+    assert_eq!(days, vec![day]);
 }
