@@ -26,6 +26,21 @@ fn head_column(batch: &EventBatch, c: ColumnId) -> ColumnData {
     }
 }
 
+/// `values(source)` at the rows `idx` of each (source, idx) part, one part
+/// after another (`rows` in all).
+fn gather<'a, T: Copy + 'a>(
+    rows: usize,
+    parts: impl Iterator<Item = (&'a EventBatch, &'a [u32])>,
+    values: impl Fn(&'a EventBatch) -> &'a [T],
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows);
+    for (b, idx) in parts {
+        let v = values(b);
+        out.extend(idx.iter().map(|&i| v[i as usize]));
+    }
+    out
+}
+
 /// Column `c`'s values at rows `idx[k]` of chunk `k`'s source, one after
 /// another, read where they are: a copy of the whole column first would
 /// cost a record's size for each of its partitions' chunks.
@@ -46,22 +61,8 @@ fn head_column_of(chunks: &[&HeadChunk], idx: &[&[u32]], c: ColumnId) -> ColumnD
                 })
                 .collect(),
         ),
-        ColumnKind::I64 => {
-            let mut out = Vec::with_capacity(rows);
-            for (b, idx) in parts() {
-                let v = b.i64_column(c).values();
-                out.extend(idx.iter().map(|&i| v[i as usize]));
-            }
-            ColumnData::I64(out)
-        }
-        ColumnKind::U8 => {
-            let mut out = Vec::with_capacity(rows);
-            for (b, idx) in parts() {
-                let v = b.u8_column(c).values();
-                out.extend(idx.iter().map(|&i| v[i as usize]));
-            }
-            ColumnData::U8(out)
-        }
+        ColumnKind::I64 => ColumnData::I64(gather(rows, parts(), |b| &b.i64_column(c).values()[..])),
+        ColumnKind::U8 => ColumnData::U8(gather(rows, parts(), |b| &b.u8_column(c).values()[..])),
         ColumnKind::Bool => {
             let mut out = Vec::with_capacity(rows);
             for (b, idx) in parts() {

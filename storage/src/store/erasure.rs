@@ -154,7 +154,7 @@ impl Store {
         for _ in 0..FLUSH_ATTEMPTS {
             {
                 let _one_sealer = inner.seal_lock.lock();
-                self.seal_head(|_| true)?;
+                self.seal_head(false, |_| true)?;
                 self.truncate_wal()?;
             }
             if inner.wal.first_lsn() >= boundary {

@@ -25,7 +25,7 @@ use crate::event::EventBatch;
 use crate::failpoint;
 use crate::head::{HeadChunk, SealCandidate};
 use crate::ids::SegmentId;
-use crate::manifest::{Catalog, CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
+use crate::manifest::{CatalogEdit, Level, PartitionKey, SealWatermark, SegmentMeta, Tier, sync_dir};
 use crate::rollup::{RollupDef, RollupInput};
 use crate::seal::{PipelineOutput, SealContext, SealKind};
 use crate::segment::{SegmentReader, SegmentSchema, SegmentSummary, SegmentWriteOptions, write_columns, write_segment};
@@ -105,11 +105,6 @@ impl Store {
     }
 }
 
-/// The partitions that have raw segments.
-pub(super) fn stored_partitions(catalog: &Catalog) -> HashSet<PartitionKey> {
-    catalog.segments_of(Level::Raw).map(|m| m.partition).collect()
-}
-
 /// The segments derived from `replaced` (their rollup segments, and those
 /// merged from a day they belong to), which go with them.
 fn derived_of<'a>(snapshot: &'a Snapshot, replaced: &'a [SegmentMeta]) -> impl Iterator<Item = SegmentId> + 'a {
@@ -122,27 +117,26 @@ fn derived_of<'a>(snapshot: &'a Snapshot, replaced: &'a [SegmentMeta]) -> impl I
 }
 
 impl Store {
-    /// Seals head partitions that are due or for which `force` holds.
-    /// Callers hold `seal_lock`.
-    pub(super) fn seal_head(&self, force: impl Fn(&PartitionKey) -> bool) -> Result<SealReport> {
+    /// Seals head partitions that are due or for which `force` holds, and,
+    /// with `finals_due`, those whose first seal is final
+    /// ([`Store::first_final_partitions`]). Callers hold `seal_lock`.
+    pub(super) fn seal_head(&self, finals_due: bool, force: impl Fn(&PartitionKey) -> bool) -> Result<SealReport> {
         let inner = &self.inner;
         let max_age = Duration::from_millis(inner.config.seal_max_age_ms);
         let now = Instant::now();
-        let (candidates, catalog) = {
-            let visible = inner.visible.read();
-            (visible.head.due(now, inner.config.seal_max_rows, max_age, force), visible.catalog.clone())
-        };
-        if candidates.is_empty() {
-            return Ok(SealReport::default());
-        }
-        let stored = stored_partitions(&catalog);
+        let finals = self.first_final_partitions();
+        let candidates = inner
+            .visible
+            .read()
+            .head
+            .due(now, inner.config.seal_max_rows, max_age, |p| force(p) || (finals_due && finals.contains(p)));
         // A pass over a large head, as under pressure, drops each group's
         // head chunks once committed (their memory goes once no other
         // partition's slice of the same append still holds it).
         let jobs = candidates.into_iter().map(|c| SealJob {
             partition: c.partition,
             kind: SealKind::Seal,
-            is_final: self.seals_final(&stored, &c.partition),
+            is_final: finals.contains(&c.partition),
             head: c,
             replaces: vec![],
             reprocess_job: None,
@@ -150,17 +144,25 @@ impl Store {
         self.run_grouped(jobs)
     }
 
-    /// Whether the first seal of head partition `p` is final at once: its
-    /// bucket has closed, it has no segment (`stored`: the partitions that
-    /// have raw segments), and every seal stage agrees. Such a seal already
-    /// sees every event and anchor that a re-seal at closing would (closing
-    /// waits for no more events), so sealing it provisional and then again
-    /// as final would do the work twice. A partition with segments is
-    /// sealed provisional and merged with them by finalization.
-    pub(super) fn seals_final(&self, stored: &HashSet<PartitionKey>, p: &PartitionKey) -> bool {
-        !stored.contains(p)
-            && self.bucket_closed(p.bucket_start_ms)
-            && self.inner.pipeline.first_seal_final(p.bucket_start_ms)
+    /// The head partitions whose first seal is final at once: the bucket
+    /// has closed, the partition has no raw segment, and every seal stage
+    /// agrees. Such a seal already sees every event and anchor that a
+    /// re-seal at closing would (closing waits for no more events), so
+    /// sealing it provisional and then again as final would do the work
+    /// twice. A partition with segments is sealed provisional and merged
+    /// with them by finalization. (The stages are asked outside the store's
+    /// lock; the catalog does not change meanwhile, under `seal_lock`.)
+    fn first_final_partitions(&self) -> HashSet<PartitionKey> {
+        let closed: Vec<PartitionKey> = {
+            let visible = self.inner.visible.read();
+            let stored: HashSet<PartitionKey> = visible.catalog.segments_of(Level::Raw).map(|m| m.partition).collect();
+            visible
+                .head
+                .partition_keys()
+                .filter(|p| !stored.contains(p) && self.bucket_closed(p.bucket_start_ms))
+                .collect()
+        };
+        closed.into_iter().filter(|p| self.inner.pipeline.first_seal_final(p.bucket_start_ms)).collect()
     }
 
     /// Runs `jobs` with one commit per group of at most `seal_max_rows`
@@ -188,7 +190,7 @@ impl Store {
     pub(super) fn reseal_locked(&self, buckets: &[i64], kind: SealKind, job: Option<u64>) -> Result<SealReport> {
         let buckets: std::collections::HashSet<i64> = buckets.iter().copied().collect();
         let inner = &self.inner;
-        let mut report = self.seal_head(|p| buckets.contains(&p.bucket_start_ms))?;
+        let mut report = self.seal_head(false, |p| buckets.contains(&p.bucket_start_ms))?;
         let catalog = inner.visible.read().catalog.clone();
         let mut by_partition: BTreeMap<PartitionKey, Vec<SegmentMeta>> = BTreeMap::new();
         for m in catalog.segments_of(Level::Raw) {

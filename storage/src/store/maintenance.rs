@@ -149,8 +149,7 @@ impl Store {
         // for nothing more: it is sealed as final at once. (One with
         // segments waits for its age as before: each seal of it would make
         // finalization re-seal the whole bucket again.)
-        let stored = super::jobs::stored_partitions(&self.inner.visible.read().catalog);
-        let report = self.seal_head(|p| pressed || self.seals_final(&stored, p))?;
+        let report = self.seal_head(true, |_| pressed)?;
         // Records without events (a stream's offsets alone) never reach the
         // head, so no seal deletes their files: this pass does, once
         // nothing in the head is older.
@@ -163,7 +162,7 @@ impl Store {
     /// Seals every head partition now (tests, shutdown, benchmarks).
     pub fn seal_all(&self) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
-        self.seal_head(|_| true)
+        self.seal_head(false, |_| true)
     }
 
     /// The start of every bucket in `[from_ms, to_ms)` that holds raw

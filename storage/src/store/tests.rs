@@ -13,7 +13,7 @@ use crate::segment::ColumnData;
 use crate::testutil::any_event;
 
 mod head_runs;
-mod seal_due;
+mod sealer;
 
 fn small_config() -> StoreConfig {
     StoreConfig { shards: 3, block_rows: 128, wal_file_size_bytes: 8 * 1024, ..StoreConfig::default() }
@@ -568,104 +568,6 @@ fn config_is_validated() {
 }
 
 #[test]
-fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig { allowed_lateness_ms: 3_600_000, ..small_config() };
-    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
-    let mut events: Vec<Event> = Vec::new();
-    // Bucket 0 gets three seals (three segments per partition).
-    for round in 0..3u64 {
-        let chunk: Vec<Event> = (0..100).map(|n| event(round * 100 + n, (n as i64) * 1000, "a1")).collect();
-        store.append(&EventBatch::from_events(&chunk)).expect("append");
-        store.seal_all().expect("seal");
-        events.extend(chunk);
-    }
-    let raw_before = store.catalog().segments_of(Level::Raw).count();
-    assert!(raw_before >= 3);
-    assert!(!store.bucket_closed(0), "bucket 0 is open: no newer events yet");
-    assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
-
-    // An event two hours later closes bucket 0 (lateness 1 h).
-    let late = event(10_000, 2 * 3_600_000 + 1, "a1");
-    store.append(&EventBatch::from_events(std::slice::from_ref(&late))).expect("append");
-    assert!(store.bucket_closed(0));
-    // Concurrent readers must always see all rows exactly once.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let store = store.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut checks = 0;
-            loop {
-                let n: usize = store.snapshot().read_events().expect("read").iter().map(|b| b.num_rows()).sum();
-                assert_eq!(n, 301, "a snapshot saw a mix of old and new segments");
-                checks += 1;
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            checks
-        })
-    };
-    let report = store.finalize_closed().expect("finalize");
-    stop.store(true, Ordering::Release);
-    let checks = reader.join().expect("reader thread");
-    assert!(checks > 0);
-    assert_eq!(report.replaced.len(), raw_before);
-    let catalog = store.catalog();
-    let bucket0: Vec<&SegmentMeta> = catalog.segments.values().filter(|m| m.partition.bucket_start_ms == 0).collect();
-    assert!(bucket0.iter().any(|m| m.level == Level::Minute), "minute rollups re-sealed with their raw segments");
-    assert!(bucket0.iter().all(|m| m.is_final), "closed bucket re-sealed as final");
-    let partitions: std::collections::BTreeSet<_> = bucket0.iter().map(|m| m.partition).collect();
-    let rollups = StoreConfig::default().rollups.len();
-    assert_eq!(bucket0.len(), partitions.len() * (1 + rollups), "one final segment per partition, and its minutes");
-    events.push(late);
-    assert_eq!(all_events(&store), sorted_debug(&events));
-    // Old files are gone; the store reopens to the same state.
-    let files = std::fs::read_dir(dir.path().join("segments")).expect("dir").count();
-    assert_eq!(files, catalog.segments.len());
-    store.close().expect("close");
-    drop(store);
-    let store = open(dir.path());
-    assert_eq!(all_events(&store), sorted_debug(&events));
-    // Nothing left to finalize.
-    assert_eq!(store.finalize_closed().expect("finalize").partitions, 0);
-}
-
-/// When traffic stops, buckets past their lateness on the wall clock
-/// close too: the last day of a quiet store becomes final. While events
-/// are appended, only event time closes buckets.
-#[test]
-fn buckets_close_on_the_wall_clock_once_appends_stop() {
-    let idle = Duration::from_millis(300);
-    for close_idle_ms in [0, idle.as_millis() as u64] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = StoreConfig { close_idle_ms, ..small_config() };
-        let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
-        // Events of 1970: far behind the wall clock, and nothing newer.
-        let events: Vec<Event> = (0..50).map(|n| event(n, (n as i64) * 60_000, "a1")).collect();
-        store.append(&EventBatch::from_events(&events)).expect("append");
-        store.seal_all().expect("seal");
-        assert!(!store.bucket_closed(0), "appends just happened: event time alone decides");
-        std::thread::sleep(idle + Duration::from_millis(50));
-        assert_eq!(store.bucket_closed(0), close_idle_ms > 0, "close_idle_ms {close_idle_ms}");
-        let report = store.finalize_closed().expect("finalize");
-        let catalog = store.catalog();
-        let finals = catalog.segments.values().filter(|m| m.is_final).count();
-        if close_idle_ms > 0 {
-            assert!(report.partitions > 0);
-            assert_eq!(finals, catalog.segments.len(), "every bucket final once quiet");
-        } else {
-            assert_eq!(finals, 0, "wall-clock closing is off");
-        }
-        // An append makes the store busy again: no closing by the clock.
-        store.append(&EventBatch::from_events(&[event(99, 10, "a1")])).expect("append");
-        assert!(!store.bucket_closed(0));
-        assert_eq!(all_events(&store).len(), 51);
-    }
-}
-
-#[test]
 fn partitioning_is_fixed_for_the_life_of_a_data_dir() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
@@ -679,88 +581,8 @@ fn partitioning_is_fixed_for_the_life_of_a_data_dir() {
     assert_eq!(all_events(&open(dir.path())).len(), 1);
 }
 
-#[test]
-fn small_provisional_segments_are_compacted_without_changing_events() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig { shards: 1, compact_min_segments: 4, ..small_config() };
-    let store = Store::open(dir.path(), config, SealPipeline::new()).expect("open");
-    let mut events = Vec::new();
-    for round in 0..6u64 {
-        let chunk: Vec<Event> = (0..50).map(|n| event(round * 50 + n, 1_000 + n as i64, "a1")).collect();
-        store.append(&EventBatch::from_events(&chunk)).expect("append");
-        store.seal_all().expect("seal");
-        events.extend(chunk);
-    }
-    assert_eq!(store.catalog().segments_of(Level::Raw).count(), 6);
-    let report = store.compact_small().expect("compact");
-    assert_eq!(report.replaced.len(), 6);
-    let catalog = store.catalog();
-    assert_eq!(catalog.segments_of(Level::Raw).count(), 1);
-    assert_eq!(catalog.segments.len(), 1 + StoreConfig::default().rollups.len(), "one minute segment per rollup");
-    assert!(catalog.segments.values().all(|m| !m.is_final), "compaction keeps data provisional");
-    assert_eq!(all_events(&store), sorted_debug(&events));
-    // Below the threshold: nothing to do.
-    assert_eq!(store.compact_small().expect("compact").partitions, 0);
-    store.close().expect("close");
-    drop(store);
-    assert_eq!(all_events(&open_with(dir.path(), StoreConfig { shards: 1, ..small_config() })), sorted_debug(&events));
-}
-
 fn open_with(dir: &Path, config: StoreConfig) -> Store {
     Store::open(dir, config, SealPipeline::new()).expect("open store")
-}
-
-#[test]
-fn a_full_head_refuses_appends_until_seals_free_it_and_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let batch_of =
-        |from: u64| -> Vec<Event> { (from..from + 50).map(|n| event(n, 1_000_000 + n as i64, "a1")).collect() };
-    let bytes_of = |from: u64| EventBatch::from_events(&batch_of(from)).memory_bytes() as u64;
-    let one_batch = bytes_of(0);
-    // Room for two batches and a half; partitions never age or fill, so
-    // only the head limit makes the sealer take them.
-    let config = StoreConfig {
-        max_head_bytes: Some(one_batch * 5 / 2),
-        seal_max_age_ms: 3_600_000,
-        seal_max_rows: usize::MAX,
-        seal_idle_ms: 0,
-        ..small_config()
-    };
-    let store = open_with(dir.path(), config.clone());
-    let mut stored: Vec<Event> = Vec::new();
-    for from in [0, 50, 100] {
-        store.append(&EventBatch::from_events(&batch_of(from))).expect("room in the head");
-        stored.extend(batch_of(from));
-    }
-    let stats = store.stats();
-    let three = bytes_of(0) + bytes_of(50) + bytes_of(100);
-    assert_eq!(stats.head_bytes, three, "the head counts the bytes of its rows");
-    let refused = store.append(&EventBatch::from_events(&batch_of(150))).expect_err("the head is full");
-    assert!(
-        matches!(refused, StorageError::HeadFull { head_bytes, limit_bytes, retry_after_s: 1 } if head_bytes == three && limit_bytes == one_batch * 5 / 2),
-        "{refused:?}"
-    );
-    assert!(refused.to_string().contains("storage.max_head_bytes"), "{refused}");
-    assert_eq!(store.stats().head_full_refusals, 1);
-    assert_eq!(all_events(&store), sorted_debug(&stored), "a refused append stores nothing");
-
-    // Young partitions below max_rows are sealed because the head is past
-    // half its limit; then appends are taken again.
-    let report = store.seal_due().expect("seal");
-    assert_eq!(report.rows_in, 150);
-    assert_eq!(store.stats().head_bytes, 0, "sealing gives the bytes back");
-    store.check_head_room().expect("room again");
-    store.append(&EventBatch::from_events(&batch_of(150))).expect("room after the seal");
-    stored.extend(batch_of(150));
-    // Below half the limit, young partitions wait as before.
-    assert_eq!(store.seal_due().expect("seal").rows_in, 0);
-    assert_eq!(all_events(&store), sorted_debug(&stored));
-    store.close().expect("close");
-
-    // Replay brings back what the head held, limit or not.
-    let store = open_with(dir.path(), config);
-    assert_eq!(store.stats().head_bytes, bytes_of(150));
-    assert_eq!(all_events(&store), sorted_debug(&stored));
 }
 
 #[test]
@@ -785,71 +607,6 @@ fn head_bytes_count_each_row_once_however_the_batch_is_split() {
     assert_eq!(store.stats().head_bytes, 0);
 }
 
-#[test]
-fn a_large_seal_commits_in_groups_of_at_most_seal_max_rows_and_seals_the_same_events() {
-    // Three advertisers over two buckets: several partitions.
-    let events = over_two_buckets(240);
-    let batch = EventBatch::from_events(&events);
-    let sizes = partition_rows(&batch);
-    let partitions = sizes.len();
-    assert!(partitions >= 3, "{sizes:?}");
-    let sealed_with = |seal_max_rows: usize| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_with(dir.path(), StoreConfig { seal_max_rows, ..small_config() });
-        store.append(&batch).expect("append");
-        let before = store.catalog().version;
-        let report = store.seal_all().expect("seal");
-        let commits = store.catalog().version - before;
-        assert_eq!((report.rows_in, report.rows_out, store.snapshot().head_rows()), (240, 240, 0));
-        assert_eq!(report.segments.len(), partitions);
-        (commits, all_events(&store))
-    };
-    let (commits, whole) = sealed_with(1_000);
-    assert_eq!(commits, 1, "everything fits one group");
-    assert_eq!(sealed_with(1).0 as usize, partitions, "each partition alone");
-    // The model: partitions in key order, a new group when the next would
-    // take the group past the bound.
-    let bound = 120;
-    let mut groups = 0;
-    let mut rows = 0;
-    for &n in sizes.values() {
-        if rows > 0 && rows + n > bound {
-            rows = 0;
-        }
-        if rows == 0 {
-            groups += 1;
-        }
-        rows += n;
-    }
-    assert!(groups > 1 && groups < partitions, "{sizes:?}");
-    let (commits, grouped) = sealed_with(bound);
-    assert_eq!(commits as usize, groups);
-    assert_eq!(grouped, whole);
-    assert_eq!(whole, sorted_debug(&events));
-}
-
-/// Closing buckets re-seals every partition of them: in groups of at
-/// most `seal_max_rows` rows, so a day's worth of buckets closing at once
-/// is not held in memory whole. A reprocess stays one commit.
-#[test]
-fn finalization_commits_in_groups_and_a_reprocess_in_one() {
-    let events = over_two_buckets(240);
-    let batch = EventBatch::from_events(&events);
-    let partitions = partition_rows(&batch).len();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_with(dir.path(), StoreConfig { seal_max_rows: 1, ..small_config() });
-    store.append(&batch).expect("append");
-    store.seal_all().expect("seal");
-    let buckets = [0, 3_600_000];
-    for (kind, want) in [(SealKind::Final, partitions), (SealKind::Reprocess, 1)] {
-        let before = store.catalog().version;
-        let report = store.reseal_buckets(&buckets, kind).expect("reseal");
-        assert_eq!(report.partitions, partitions, "{kind:?}");
-        assert_eq!(store.catalog().version - before, want as u64, "{kind:?}: commits");
-        assert_eq!(all_events(&store), sorted_debug(&events), "{kind:?}");
-    }
-}
-
 /// Records the thread each seal runs on, and its nice value.
 struct ThreadNames(Mutex<Vec<(String, i32)>>);
 
@@ -863,33 +620,6 @@ impl crate::seal::SealStage for ThreadNames {
         self.0.lock().push((name, super::priority::this_thread_nice()));
         Ok(crate::seal::StageOutput { events, sidecars: vec![] })
     }
-}
-
-/// The threads that ran the seals of `store`'s first pass over 90 events.
-fn seal_threads(config: StoreConfig) -> Vec<(String, i32)> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let names = Arc::new(ThreadNames(Mutex::new(Vec::new())));
-    let store = Store::open(dir.path(), config, SealPipeline::new().with_stage(names.clone())).expect("open");
-    let events: Vec<Event> = (0..90).map(|n| event(n, 1_000_000, ["a1", "a2", "a3"][(n % 3) as usize])).collect();
-    store.append(&EventBatch::from_events(&events)).expect("append");
-    store.seal_all().expect("seal");
-    names.0.lock().clone()
-}
-
-#[test]
-#[cfg(target_os = "linux")]
-fn seals_run_on_their_own_threads_below_the_priority_of_queries() {
-    let ours = super::priority::this_thread_nice();
-    let threads = seal_threads(small_config());
-    assert!(!threads.is_empty());
-    let lowered = (ours + i32::from(StoreConfig::default().background_nice)).min(19);
-    for (name, nice) in &threads {
-        assert!(name.starts_with("adstore-seal-"), "{threads:?}");
-        assert_eq!(*nice, lowered, "{name}: nice {nice}, this thread {ours}");
-    }
-    let level = StoreConfig { background_nice: 0, ..small_config() };
-    assert!(seal_threads(level).iter().all(|(_, nice)| *nice == ours), "background_nice = 0 leaves them level");
-    assert_eq!(super::priority::this_thread_nice(), ours, "the caller's own priority is untouched");
 }
 
 #[test]
@@ -919,29 +649,6 @@ impl crate::seal::SealStage for FailOn {
         }
         Ok(crate::seal::StageOutput { events, sidecars: vec![] })
     }
-}
-
-#[test]
-fn a_failed_group_leaves_the_groups_before_it_committed_and_its_own_in_the_head() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let events = over_two_buckets(240);
-    let batch = EventBatch::from_events(&events);
-    let keys: Vec<PartitionKey> = partition_rows(&batch).into_keys().collect();
-    let last = *keys.last().expect("partitions");
-    // One partition a group; the last one fails.
-    let config = StoreConfig { seal_max_rows: 1, ..small_config() };
-    let store = Store::open(dir.path(), config, SealPipeline::new().with_stage(Arc::new(FailOn(last)))).expect("open");
-    store.append(&batch).expect("append");
-    let err = store.seal_all().expect_err("the last group fails");
-    assert!(err.to_string().contains("injected seal failure"), "{err}");
-    let snap = store.snapshot();
-    let committed: Vec<PartitionKey> = snap.catalog.segments_of(Level::Raw).map(|m| m.partition).collect();
-    assert_eq!(committed.len(), keys.len() - 1);
-    assert!(!committed.contains(&last));
-    assert!(snap.head.iter().all(|(k, _)| *k == last), "only the failed partition stays in the head");
-    let head_bytes: u64 = snap.head.iter().map(|(_, c)| c.bytes).sum();
-    assert_eq!(store.stats().head_bytes, head_bytes);
-    assert_eq!(all_events(&store), sorted_debug(&events), "nothing lost or doubled");
 }
 
 /// `n` events of three advertisers over two one-hour buckets: several
