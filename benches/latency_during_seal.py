@@ -11,7 +11,8 @@ Starts `adstore serve` on a fresh data directory (2 rayon and 2 tokio
 threads, as the benchmark does), loads FILE with `adstore ingest --backfill`,
 then runs QUERY every 0.5 s for --seconds while the seals run, and prints
 the latency percentiles, when the head was first empty (checked after each
-query, and every half second once the queries are done) and the server's CPU time.
+query, and every half second once the queries are done), the server's CPU time
+and the wall time of each background task (`adstore_maintenance_seconds_total`).
 
 With --hold-head N: loads the first N events of FILE into a head that does
 not seal (no seal is due: `max_head_bytes` 8 GiB, `seal_max_rows` and
@@ -54,6 +55,20 @@ def segments(port):
 
 def head_rows(port):
     return segments(port)["head"]["rows"]
+
+
+def maintenance_seconds(port):
+    """Wall time each background task has run, from /metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('adstore_maintenance_seconds_total{task="'):
+            task = line.split('"')[1]
+            out[task] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def serve(a, data, env, config=None):
@@ -170,6 +185,8 @@ def main():
         print(f"queries {len(lat)}: p50 {p(0.5):.0f} ms, p90 {p(0.9):.0f} ms, max {lat[-1]:.0f} ms")
         print(f"head empty {sealed - start:.0f} s after the load started, {sealed - acked:.1f} s after its last "
               f"acknowledgement; server CPU {cpu:.1f} s")
+        print("background work until then (s): " + ", ".join(
+            f"{task} {secs:.1f}" for task, secs in maintenance_seconds(a.port).items() if secs >= 0.05))
     finally:
         server.terminate()
         server.wait()

@@ -198,8 +198,12 @@ impl Store {
                 by_partition.entry(m.partition).or_default().push(m.clone());
             }
         }
+        // A partition already final in one segment (sealed final at once)
+        // would be re-sealed into the same rows: finalization leaves it.
+        let already_final = |segs: &[SegmentMeta]| kind == SealKind::Final && matches!(segs, [m] if m.is_final);
         let jobs: Vec<SealJob> = by_partition
             .into_iter()
+            .filter(|(_, replaces)| !already_final(replaces))
             .map(|(partition, replaces)| SealJob {
                 partition,
                 kind,

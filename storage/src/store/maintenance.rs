@@ -190,7 +190,8 @@ impl Store {
     /// new segment in a single catalog commit, so a snapshot sees all old or
     /// all new; a reprocess commits all its partitions at once, a
     /// finalization in groups of `seal_max_rows` rows. Output is final when
-    /// the bucket has closed.
+    /// the bucket has closed. A finalization leaves a partition that is
+    /// already one final segment (its first seal was final) as it is.
     pub fn reseal_buckets(&self, buckets: &[i64], kind: SealKind) -> Result<SealReport> {
         let _one_sealer = self.inner.seal_lock.lock();
         self.reseal_locked(buckets, kind, None)

@@ -151,6 +151,52 @@ fn a_day_with_events_in_the_head_is_not_final_while_its_segments_are() {
 }
 
 #[test]
+fn finalization_leaves_a_partition_already_final_and_merges_the_provisional_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(dir.path(), patient(StoreConfig { seal_idle_ms: 0, ..small_config() }));
+    let hour = 10 * HOUR;
+    let mut events: Vec<Event> = Vec::new();
+    for (i, adv) in ["a1", "a2", "a3", "a4", "a5", "a6"].iter().enumerate() {
+        events.extend(in_hour(i as u64 * 10, 5, hour, adv));
+    }
+    store.append(&EventBatch::from_events(&events)).expect("append");
+    let partitions: Vec<PartitionKey> = store.inner.visible.read().head.partition_keys().collect();
+    assert!(partitions.len() >= 2, "{partitions:?}");
+    // One partition is sealed while its bucket is open: provisional.
+    let early = partitions[0];
+    store.seal_head(false, |p| *p == early).expect("seal one partition");
+    let provisional: Vec<SegmentMeta> = store.catalog().segments_of(Level::Raw).cloned().collect();
+    assert!(provisional.len() == 1 && !provisional[0].is_final, "{provisional:?}");
+
+    // An event a day and two hours later closes the bucket: the other
+    // partitions' first seals are final.
+    let closing = in_hour(100, 1, hour + 26 * HOUR, "a1");
+    store.append(&EventBatch::from_events(&closing)).expect("append");
+    events.extend(closing);
+    assert_eq!(store.seal_due().expect("seal").partitions, partitions.len() - 1);
+    let final_ids: Vec<SegmentId> = store
+        .catalog()
+        .segments_of(Level::Raw)
+        .filter(|m| m.partition.bucket_start_ms == hour && m.is_final)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(final_ids.len(), partitions.len() - 1);
+
+    // Finalization re-seals the provisional partition alone.
+    let report = store.finalize_closed().expect("finalize");
+    assert_eq!(report.partitions, 1, "{report:?}");
+    assert_eq!(report.replaced, vec![provisional[0].id]);
+    let catalog = store.catalog();
+    let of_hour: Vec<&SegmentMeta> =
+        catalog.segments_of(Level::Raw).filter(|m| m.partition.bucket_start_ms == hour).collect();
+    assert_eq!(of_hour.len(), partitions.len());
+    assert!(of_hour.iter().all(|m| m.is_final), "{of_hour:?}");
+    assert!(final_ids.iter().all(|id| of_hour.iter().any(|m| m.id == *id)), "the final segments stay as they were");
+    assert!(store.closed_provisional_buckets().is_empty());
+    assert_eq!(all_events(&store), sorted_debug(&events));
+}
+
+#[test]
 fn reseal_replaces_segments_atomically_and_finalizes_closed_buckets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = StoreConfig { allowed_lateness_ms: 3_600_000, ..small_config() };
