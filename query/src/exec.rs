@@ -615,6 +615,7 @@ pub(crate) fn explain(snapshot: &Snapshot, plan: &PhysicalPlan) -> Result<(Schem
             let (k, name) = label(&meta.meta);
             let why = match why {
                 adstore_storage::PruneReason::TimeRange => "time range".to_string(),
+                adstore_storage::PruneReason::Shard => "advertiser_id in another shard".to_string(),
                 adstore_storage::PruneReason::Dictionary(c) => format!("no matching {} in dictionary", c.name()),
                 adstore_storage::PruneReason::IdIndex(c) => format!("no matching {} in the id index", c.name()),
             };

@@ -5,6 +5,7 @@
 //!  ScanRequest ──► plan_scan ──► ScanPlan ──► execute (rayon, per block) ──► ScanBatch…
 //!                   │
 //!                   ├─ segment: time range vs min/max ts          → pruned (TimeRange)
+//!                   ├─ segment: shard of no advertiser_id IN value → pruned (Shard)
 //!                   ├─ segment: IN value absent from dictionary   → pruned (Dictionary)
 //!                   ├─ rows:    ∩ of per-value row indexes (roaring)
 //!                   └─ block:   ts zone map, code-range zone map   → block pruned
@@ -12,7 +13,8 @@
 //!
 //! Filters on dictionary columns are resolved to codes once per segment;
 //! rows are never compared as strings in segments. Head chunks (not yet
-//! sealed) are filtered row by row (`scan/head.rs`).
+//! sealed) are filtered row by row (`scan/head.rs`), those of other shards
+//! than an `advertiser_id` filter's skipped whole.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
 use crate::error::{Result, StorageError};
-use crate::event::{ColumnId, ColumnKind};
+use crate::event::{ColumnId, ColumnKind, shard_of};
 use crate::head::HeadChunk;
 use crate::ids::{Lsn, SegmentId};
 use crate::manifest::{Level, PartitionKey, Tier};
@@ -92,6 +94,23 @@ pub struct ScanRequest {
 }
 
 impl ScanRequest {
+    /// The shards that can hold a matching row, of `shards` (events go to
+    /// shard `shard_of(advertiser_id)`): those of the advertisers its
+    /// `advertiser_id IN (...)` filters name; `None` without such a filter.
+    pub fn shards(&self, shards: u32) -> Option<Vec<u32>> {
+        let mut out: Option<Vec<u32>> = None;
+        for f in self.filters.iter().filter(|f| f.column == ColumnId::AdvertiserId && !f.negated) {
+            let mut these: Vec<u32> = f.values.iter().map(|v| shard_of(v, shards)).collect();
+            these.sort_unstable();
+            these.dedup();
+            out = Some(match out {
+                None => these,
+                Some(prev) => prev.into_iter().filter(|s| these.contains(s)).collect(),
+            });
+        }
+        out
+    }
+
     fn validate(&self) -> Result<()> {
         for f in &self.filters {
             if f.column.spec().kind != ColumnKind::Str && f.column.enum_names().is_none() {
@@ -109,6 +128,9 @@ impl ScanRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PruneReason {
     TimeRange,
+    /// The segment holds another shard than those of the advertisers an
+    /// `advertiser_id IN` filter names.
+    Shard,
     /// An `IN` filter on this column names no value the segment holds.
     Dictionary(ColumnId),
     /// The id index holds none of an `IN` filter's values on this column.
@@ -265,13 +287,19 @@ impl Snapshot {
             return Err(StorageError::Damaged { id: d.meta.id, reason: d.error.clone() });
         }
         self.check_retained(req.time_range, &skip)?;
+        let shards = req.shards(self.shards);
+        let in_shards = |p: &PartitionKey| shards.as_ref().is_none_or(|s| s.contains(&p.shard));
         if !req.filters.is_empty() {
-            // Cold segments in range: their dictionaries and index bitmaps, in parallel.
+            // Cold segments in range: the dictionaries and index bitmaps
+            // of the filtered columns, in parallel.
             let cold = self.segments.iter().filter(|s| !skip(s.meta.id) && s.reader.remote().is_some());
-            let in_range = cold.filter(|s| req.time_range.overlaps(s.meta.min_ts, s.meta.max_ts));
+            let in_range =
+                cold.filter(|s| req.time_range.overlaps(s.meta.min_ts, s.meta.max_ts) && in_shards(&s.meta.partition));
             prefetch(in_range.map(|s| {
-                let ranges = s.reader.dictionary_ranges().chain([s.reader.index_section()]);
-                (s, ranges.collect())
+                let filtered = || req.filters.iter().map(|f| f.column);
+                let mut ranges = s.reader.dictionary_ranges(filtered());
+                ranges.extend(filtered().filter_map(|c| s.reader.index_range(c)));
+                (s, ranges)
             }));
         }
         let per_segment: Vec<Result<SegmentOutcome>> = self
@@ -279,7 +307,13 @@ impl Snapshot {
             .par_iter()
             .with_min_len(64)
             .filter(|s| !skip(s.meta.id))
-            .map(|s| plan_segment(s, req))
+            .map(|s| {
+                if in_shards(&s.meta.partition) {
+                    plan_segment(s, req)
+                } else {
+                    Ok(SegmentOutcome::Pruned(s.meta.id, PruneReason::Shard, s.reader.num_blocks()))
+                }
+            })
             .collect();
         let mut plan = ScanPlan::default();
         for outcome in per_segment {
@@ -302,7 +336,7 @@ impl Snapshot {
             .iter()
             .filter(|(p, _)| {
                 let last = p.bucket_start_ms.saturating_add(self.bucket_width_ms - 1);
-                req.time_range.overlaps(p.bucket_start_ms, last)
+                req.time_range.overlaps(p.bucket_start_ms, last) && in_shards(p)
             })
             .map(|(p, c)| HeadScan { partition: *p, chunk: c.clone() })
             .collect();
@@ -314,9 +348,13 @@ impl Snapshot {
             columns.push(ColumnId::Ts);
             columns.sort_unstable_by_key(|c| c.index());
             columns.dedup();
+            // The blocks of every column read, and the dictionaries that
+            // decode them.
             prefetch(cold.into_iter().map(|s| {
+                let reader = &s.segment.reader;
                 let blocks = || s.blocks.iter().map(|b| b.block);
-                (&s.segment, columns.iter().flat_map(|&c| s.segment.reader.block_ranges(c, blocks())).collect())
+                let ranges = columns.iter().flat_map(|&c| reader.block_ranges(c, blocks()));
+                (&s.segment, ranges.chain(reader.dictionary_ranges(req.columns.iter().copied())).collect())
             }));
         }
         Ok(plan)

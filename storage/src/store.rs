@@ -327,6 +327,8 @@ pub struct Snapshot {
     pub damaged: Vec<DamagedSegment>,
     /// Width of the time buckets the head is partitioned by.
     pub bucket_width_ms: i64,
+    /// Dimension shards the head and raw segments are partitioned by.
+    pub shards: u32,
     /// The data directory, where billing snapshot files are.
     data_dir: Arc<Path>,
     /// Events whose identity was erased: a re-seal keeps their decisions.
@@ -724,6 +726,7 @@ impl Store {
             head: v.head.snapshot(),
             damaged: v.damaged.clone(),
             bucket_width_ms: self.inner.config.bucket_width_ms,
+            shards: self.inner.config.shards,
             data_dir: self.inner.data_dir.clone(),
             erased: self.inner.erased.clone(),
         }

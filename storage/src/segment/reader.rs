@@ -646,9 +646,13 @@ impl SegmentReader {
         blocks.filter_map(|b| meta.blocks.get(b)).map(|b| b.offset..b.offset + b.stored_len).collect()
     }
 
-    /// The bytes of the index section (every bitmap) in the file.
-    pub(crate) fn index_section(&self) -> Range<u64> {
-        self.footer.index_offset..self.footer.index_offset + self.footer.index_len
+    /// The bytes of column `col`'s bitmaps in the index section (every
+    /// code's), if it has an index (for a prefetch).
+    pub(crate) fn index_range(&self, col: impl SegmentColumn) -> Option<Range<u64>> {
+        let entries = self.col(col).index.as_ref()?;
+        let start = entries.iter().map(|e| e.offset).min()?;
+        let end = entries.iter().map(|e| e.offset + e.len).max()?;
+        Some(start..end)
     }
 
     /// A block's encoded bytes: checksum verified, decompressed if needed;

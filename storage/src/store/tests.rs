@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::jobs::SealJob;
 use super::*;
-use crate::event::{ColumnId, Event, EventType};
+use crate::event::{ColumnId, Event, EventType, shard_of};
 use crate::ids::Lsn;
 use crate::manifest::SealWatermark;
 use crate::scan::{DimFilter, PruneReason, ScanBatch, ScanRequest, TimeRange};
@@ -553,8 +553,64 @@ fn scan_prunes_by_time_and_dictionary() {
         ScanRequest { filters: vec![DimFilter::eq(ColumnId::AdvertiserId, "a1")], time_range: TimeRange::ALL, ..req };
     let plan = snap.plan_scan(&req).expect("plan");
     assert!(plan.segments.iter().all(|s| s.segment.meta.partition.bucket_start_ms == 0));
-    assert!(plan.pruned.iter().any(|(_, why)| *why == PruneReason::Dictionary(ColumnId::AdvertiserId)));
+    // a2's segments: pruned by their shard, or by their dictionary where a1 hashes to the same one.
+    let why = if shard_of("a1", snap.shards) == shard_of("a2", snap.shards) {
+        PruneReason::Dictionary(ColumnId::AdvertiserId)
+    } else {
+        PruneReason::Shard
+    };
+    assert!(plan.pruned.iter().any(|(_, w)| *w == why), "{:?}", plan.pruned);
     assert_eq!(scanned_costs(&store, &req).len(), 200);
+}
+
+#[test]
+fn an_advertiser_filter_reads_only_its_shards_segments_and_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let advertisers = ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"];
+    let events: Vec<Event> =
+        (0..400u64).map(|n| event(n, (n as i64 % 100) * 1000, advertisers[n as usize % advertisers.len()])).collect();
+    let (sealed, fresh) = events.split_at(200);
+    store.append(&EventBatch::from_events(sealed)).expect("append");
+    store.seal_all().expect("seal");
+    store.append(&EventBatch::from_events(fresh)).expect("append");
+    let snap = store.snapshot();
+    let shards = snap.shards;
+    let shards_held: std::collections::BTreeSet<u32> = advertisers.iter().map(|a| shard_of(a, shards)).collect();
+    assert!(shards_held.len() > 1, "the advertisers span several shards");
+
+    for wanted in [vec!["a1"], vec!["a1", "a2"], vec!["a3", "zz"]] {
+        let filter = DimFilter {
+            column: ColumnId::AdvertiserId,
+            values: wanted.iter().map(|v| v.to_string()).collect(),
+            negated: false,
+        };
+        let req =
+            ScanRequest { time_range: TimeRange::ALL, filters: vec![filter], columns: vec![ColumnId::CostMicros] };
+        let own: Vec<u32> = wanted.iter().map(|a| shard_of(a, shards)).collect();
+        let plan = snap.plan_scan(&req).expect("plan");
+        assert!(plan.segments.iter().all(|s| own.contains(&s.segment.meta.partition.shard)), "{wanted:?}");
+        assert!(plan.head.iter().all(|h| own.contains(&h.partition.shard)), "{wanted:?}: head of other shards");
+        let others = snap.segments.iter().filter(|s| !own.contains(&s.meta.partition.shard)).count();
+        assert!(others > 0);
+        assert_eq!(plan.pruned.iter().filter(|(_, why)| *why == PruneReason::Shard).count(), others, "{wanted:?}");
+        assert_eq!(scanned_costs(&store, &req), naive_scan(&events, &req), "{wanted:?}");
+    }
+    // Two filters on advertiser_id: the shards both allow.
+    let req = ScanRequest {
+        time_range: TimeRange::ALL,
+        filters: vec![DimFilter::eq(ColumnId::AdvertiserId, "a1"), DimFilter::eq(ColumnId::AdvertiserId, "a2")],
+        columns: vec![ColumnId::CostMicros],
+    };
+    assert_eq!(scanned_costs(&store, &req), naive_scan(&events, &req));
+    // NOT IN says nothing of the shards.
+    let req = ScanRequest {
+        time_range: TimeRange::ALL,
+        filters: vec![DimFilter { column: ColumnId::AdvertiserId, values: vec!["a1".into()], negated: true }],
+        columns: vec![ColumnId::CostMicros],
+    };
+    assert!(snap.plan_scan(&req).expect("plan").pruned.is_empty());
+    assert_eq!(scanned_costs(&store, &req), naive_scan(&events, &req));
 }
 
 #[test]

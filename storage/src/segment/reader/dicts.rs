@@ -71,9 +71,13 @@ impl SegmentReader {
         Ok(Some(dict))
     }
 
-    /// Where the dictionaries lie in the file (for a prefetch).
-    pub(crate) fn dictionary_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
-        self.dicts.iter().flatten().map(|p| p.at.clone())
+    /// Where the dictionaries of `cols` lie in the file, for those that
+    /// have one (for a prefetch).
+    pub(crate) fn dictionary_ranges<C: SegmentColumn>(&self, cols: impl IntoIterator<Item = C>) -> Vec<Range<u64>> {
+        cols.into_iter()
+            .filter_map(|c| self.dicts.get(c.position()).and_then(Option::as_ref))
+            .map(|p| p.at.clone())
+            .collect()
     }
 
     /// A dictionary read from the file, checksum verified.
