@@ -308,7 +308,8 @@ impl Snapshot {
             .with_min_len(64)
             .filter(|s| !skip(s.meta.id))
             .map(|s| {
-                if in_shards(&s.meta.partition) {
+                // Out of range is said before another shard.
+                if in_shards(&s.meta.partition) || !req.time_range.overlaps(s.meta.min_ts, s.meta.max_ts) {
                     plan_segment(s, req)
                 } else {
                     Ok(SegmentOutcome::Pruned(s.meta.id, PruneReason::Shard, s.reader.num_blocks()))

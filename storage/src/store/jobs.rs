@@ -199,7 +199,8 @@ impl Store {
             }
         }
         // A partition already final in one segment (sealed final at once)
-        // would be re-sealed into the same rows: finalization leaves it.
+        // is left as it is: only its own events or a reprocess change a
+        // final partition's numbers (docs/exactly-once.md).
         let already_final = |segs: &[SegmentMeta]| kind == SealKind::Final && matches!(segs, [m] if m.is_final);
         let jobs: Vec<SealJob> = by_partition
             .into_iter()
