@@ -165,6 +165,11 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
     assert_eq!(resend, 0, "a resent stream stores nothing");
     // A second server on the same data directory is refused by the lock
     // and leaves the running server's runs and parts alone.
+    // The running server is stopped meanwhile (it keeps its lock): its own
+    // merges and expiry of runs and parts must not pass for the refused
+    // server's deletions.
+    let running = server.child.id().to_string();
+    Command::new("kill").args(["-STOP", &running]).status().expect("kill -STOP");
     let runs_before = [files(&data.join("dedupe"), "keys"), files(&data.join("attribution"), "attr")].concat();
     assert!(runs_before.iter().any(|p| p.extension().is_some_and(|e| e == "attr")), "attribution parts");
     assert!(runs_before.iter().any(|p| p.extension().is_some_and(|e| e == "keys")), "dedupe runs");
@@ -177,8 +182,10 @@ fn sigkill_mid_ingest_with_retrying_producer_matches_the_oracle() {
         .stderr(Stdio::null())
         .status()
         .expect("second serve");
+    let deleted: Vec<&std::path::PathBuf> = runs_before.iter().filter(|p| !p.exists()).collect();
+    Command::new("kill").args(["-CONT", &running]).status().expect("kill -CONT");
     assert!(!second.success(), "a second server on a locked data directory must not start");
-    assert!(runs_before.iter().all(|p| p.exists()), "the refused server deleted runs or parts of the running one");
+    assert!(deleted.is_empty(), "the refused server deleted runs or parts of the running one: {deleted:?}");
     let resend: usize = batches.iter().map(|b| post(&agent, &server.url, b).expect("resend").accepted).sum();
     assert_eq!(resend, 0, "a resent stream stores nothing after the refused start");
 
