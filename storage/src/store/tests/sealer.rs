@@ -61,17 +61,24 @@ fn a_closed_buckets_first_seal_is_final_and_a_later_one_is_merged_by_finalizatio
     assert_eq!(all_events(&store), sorted_debug(&stored));
 }
 
+/// A store whose head limit is four times a 40-event batch, sealing a
+/// quiet head after `quiet_ms`, with that batch appended: a quarter of the
+/// limit, past the eighth that a quiet ingest seals, short of the half
+/// that seals at once. Returns the batch's bytes too.
+fn quiet_store(dir: &std::path::Path, quiet_ms: u64) -> (Store, u64) {
+    let batch = EventBatch::from_events(&in_hour(0, 40, 10 * HOUR, "a1"));
+    let bytes = batch.memory_bytes() as u64;
+    let config = patient(StoreConfig { max_head_bytes: Some(bytes * 4), seal_idle_ms: quiet_ms, ..small_config() });
+    let store = open_with(dir, config);
+    store.append(&batch).expect("append");
+    (store, bytes)
+}
+
 #[test]
 fn a_large_head_is_sealed_whole_once_ingest_is_quiet_and_a_small_one_waits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let batch = in_hour(0, 40, 10 * HOUR, "a1");
-    let bytes = EventBatch::from_events(&batch).memory_bytes() as u64;
-    // The batch is a quarter of the limit: past the eighth that a quiet
-    // ingest seals, short of the half that seals at once.
     let quiet_ms = 300;
-    let config = patient(StoreConfig { max_head_bytes: Some(bytes * 4), seal_idle_ms: quiet_ms, ..small_config() });
-    let store = open_with(dir.path(), config);
-    store.append(&EventBatch::from_events(&batch)).expect("append");
+    let (store, bytes) = quiet_store(dir.path(), quiet_ms);
     std::thread::sleep(Duration::from_millis(quiet_ms + 100));
     let report = store.seal_due().expect("seal");
     assert_eq!(report.rows_in, 40, "quiet for {quiet_ms} ms: the whole head is sealed");
@@ -89,12 +96,7 @@ fn a_large_head_is_sealed_whole_once_ingest_is_quiet_and_a_small_one_waits() {
 #[test]
 fn a_large_head_waits_while_events_arrive_and_with_the_quiet_seal_off() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let batch = in_hour(0, 40, 10 * HOUR, "a1");
-    let bytes = EventBatch::from_events(&batch).memory_bytes() as u64;
-    let quiet_ms = 1_000;
-    let config = patient(StoreConfig { max_head_bytes: Some(bytes * 4), seal_idle_ms: quiet_ms, ..small_config() });
-    let store = open_with(dir.path(), config);
-    store.append(&EventBatch::from_events(&batch)).expect("append");
+    let (store, _) = quiet_store(dir.path(), 1_000);
     // Another append before the quiet time is up starts it again.
     std::thread::sleep(Duration::from_millis(700));
     store.append(&EventBatch::from_events(&in_hour(100, 1, 10 * HOUR, "a1"))).expect("append");
@@ -105,9 +107,7 @@ fn a_large_head_waits_while_events_arrive_and_with_the_quiet_seal_off() {
     drop(store);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = patient(StoreConfig { max_head_bytes: Some(bytes * 4), seal_idle_ms: 0, ..small_config() });
-    let store = open_with(dir.path(), config);
-    store.append(&EventBatch::from_events(&batch)).expect("append");
+    let (store, _) = quiet_store(dir.path(), 0);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(store.seal_due().expect("seal").rows_in, 0, "seal_idle_ms = 0 turns it off");
 }
